@@ -1,0 +1,1 @@
+"""One module per group of `psystats` commands; see psystats/cli.py."""

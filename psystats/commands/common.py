@@ -1,0 +1,80 @@
+"""Pieces every command shares: the --db option, opening the warehouse, errors, output."""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+import click
+
+from warehouse.db import ENV_VAR, WarehouseError, connect, default_path
+
+
+def db_option(f: Callable) -> Callable:
+    """``--db PATH`` on a subcommand; falls back to the group's ``--db``/$PSYSTATS_DB."""
+    return click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
+                        help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].")(f)
+
+
+def db_path(db: str | None) -> str:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    return db or (root.obj or {}).get("db") or default_path()
+
+
+def open_db(db: str | None, *, create: bool = False, read_only: bool = False):
+    """Open the warehouse for a command, turning problems into clean CLI errors."""
+    try:
+        return connect(db_path(db), create=create, read_only=read_only)
+    except WarehouseError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def friendly_errors(f: Callable) -> Callable:
+    """Show a WarehouseError (and its subclasses) as 'Error: ...' with exit code 1."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except WarehouseError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table",
+               out=None) -> None:
+    """Print a result set as an aligned table, CSV or JSON (one object per row)."""
+    out = out or sys.stdout
+    if fmt == "json":
+        out.write(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1) + "\n")
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([[_cell(v) for v in r] for r in rows])
+        out.write(buf.getvalue())
+        return
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows
+               for i in range(len(columns))]
+    def fmt_row(r):
+        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    out.write(fmt_row(list(columns)) + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for r in cells:
+        out.write(fmt_row(r) + "\n")
+    out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")

@@ -1,0 +1,152 @@
+"""`psystats init | ingest | summary | sql`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from warehouse import domains as domain_map
+from warehouse.db import transaction
+from warehouse.ingest import FileResult, ingest_paths
+from warehouse.queries import summary_rows
+
+from .common import db_option, db_path, friendly_errors, open_db, print_rows
+
+FORMATS = click.Choice(["table", "csv", "json"])
+
+
+@click.command()
+@db_option
+@friendly_errors
+def init(db: str | None) -> None:
+    """Create the warehouse file (or migrate an old one) and load the default domain map."""
+    con = open_db(db, create=True)
+    with transaction(con):
+        domain_map.ensure_builtin(con)
+    click.echo(f"warehouse ready: {db_path(db)}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=False, type=click.Path(exists=True))
+@db_option
+@click.option("--study", help="Study name for a single file (default: its folder, as Psych-201 names them).")
+@click.option("--domains", "domains_file", type=click.Path(exists=True, dir_okay=False),
+              help="Experiment->domain mapping CSV (experiment_domains.csv format); "
+                   "overrides the shipped mapping for the keys it lists.")
+@click.option("--skip-bad", is_flag=True,
+              help="Ingest the good lines and write rejected ones to --rejects instead of stopping.")
+@click.option("--rejects", type=click.Path(dir_okay=False), default="psystats-rejects.jsonl",
+              show_default=True, help="Where --skip-bad writes the rejected lines (JSONL).")
+@click.option("--replace-changed", is_flag=True,
+              help="Replace participants whose content changed (their old scores are deleted). "
+                   "Default: keep the old content and report the change.")
+@click.option("--force", is_flag=True, help="Re-read files even if their bytes were ingested before.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final totals.")
+@friendly_errors
+def ingest(paths: tuple[str, ...], db: str | None, study: str | None, domains_file: str | None,
+           skip_bad: bool, rejects: str, replace_changed: bool, force: bool, quiet: bool) -> None:
+    """Ingest Psych-101/201 studies into the warehouse.
+
+    PATHS may be prompts.jsonl files, zips holding one jsonl (prompts.jsonl.zip),
+    Parquet files with the same columns, a study folder, or a folder of study
+    folders laid out as Psych-201 is (the study is the folder name).
+
+    Each file is one transaction: a bad line stops the command with its file,
+    line and field, and that file leaves no trace (earlier files stay).
+    Ingesting the same content again adds nothing.
+
+    \b
+    Examples:
+      psystats ingest ../shared/data/psych201
+      psystats ingest --domains experiment_domains.csv my_study/prompts.jsonl
+    """
+    if not paths and not domains_file:
+        raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
+    con = open_db(db, create=True)
+    if domains_file:
+        with transaction(con):
+            domain_map.ensure_builtin(con)
+            n = domain_map.load_mapping(con, domains_file)
+            domain_map.resolve(con)
+        click.echo(f"loaded domain mapping for {n} experiments from {domains_file}")
+    if not paths:
+        return
+
+    def report(r: FileResult) -> None:
+        if quiet:
+            return
+        if r.status == "skipped-same-content":
+            click.echo(f"{r.study}: unchanged since last ingest ({r.source})", err=True)
+            return
+        extra = []
+        if r.participants_unchanged:
+            extra.append(f"{r.participants_unchanged} already present")
+        if r.participants_changed:
+            extra.append(f"{r.participants_changed} CHANGED "
+                         f"({'replaced' if replace_changed else 'kept old; see ingest_conflicts'})")
+        if r.rejected:
+            extra.append(f"{len(r.rejected)} rejected")
+        click.echo(f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
+                   f"responses in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
+                   err=True)
+
+    results = ingest_paths(con, paths, study=study, skip_bad=skip_bad,
+                           replace_changed=replace_changed, force=force, on_file=report)
+    rejected = [rej for r in results for rej in r.rejected]
+    if rejected:
+        with open(rejects, "w", encoding="utf-8") as f:
+            for rej in rejected:
+                f.write(json.dumps(rej.__dict__) + "\n")
+        click.echo(f"{len(rejected)} rejected lines written to {rejects}", err=True)
+    added_p = sum(r.participants_added for r in results)
+    added_r = sum(r.responses_added for r in results)
+    changed = sum(r.participants_changed for r in results)
+    click.echo(f"ingested {len(results)} files: +{added_p} participants, +{added_r} responses"
+               + (f", {changed} changed participants reported" if changed else ""))
+
+
+@click.command()
+@db_option
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@friendly_errors
+def summary(db: str | None, fmt: str) -> None:
+    """Per study: experiments, participants, responses, domains and scored runs."""
+    con = open_db(db, read_only=True)
+    cols, rows = summary_rows(con)
+    print_rows(cols, rows, fmt)
+
+
+@click.command()
+@click.argument("query", required=False)
+@db_option
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--file", "-f", "query_file", type=click.File("r"),
+              help="Read the SQL from a file ('-' for stdin).")
+@click.option("--param", "-p", "params", multiple=True,
+              help="Bound parameter for a '?' placeholder (repeatable, in order).")
+@click.option("--write", is_flag=True, help="Open the warehouse writable (default read-only).")
+@friendly_errors
+def sql(query: str | None, db: str | None, fmt: str, query_file, params: tuple[str, ...],
+        write: bool) -> None:
+    """Run a SQL QUERY against the warehouse and print the result.
+
+    \b
+    Example:
+      psystats sql "SELECT experiment, count(*) FROM responses GROUP BY 1"
+      psystats sql "SELECT * FROM participants WHERE study = ?" -p franke2024bayesian
+    """
+    if query_file is not None:
+        query = query_file.read()
+    if not query:
+        raise click.UsageError("give a QUERY or --file")
+    con = open_db(db, read_only=not write)
+    try:
+        cur = con.execute(query, list(params) if params else None)
+    except Exception as e:  # duckdb's errors are precise; show them as they are
+        raise click.ClickException(str(e)) from None
+    if cur.description is None:
+        return
+    cols = [d[0] for d in cur.description]
+    print_rows(cols, cur.fetchall(), fmt)

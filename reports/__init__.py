@@ -1,0 +1,1 @@
+"""What `psystats report` needs to render its PDF."""

@@ -1,0 +1,1 @@
+"""Per-response log-probabilities of human answers from causal language models."""

