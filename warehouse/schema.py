@@ -230,6 +230,7 @@ CREATE TABLE fits (
     selection        JSON,               -- which runs / models / experiments were used
     sampler          JSON,               -- sampler, chains, draws, tune, seed
     diagnostics      JSON,               -- max R-hat, min ESS, divergences, E-BFMI, LOO, ...
+    summary          JSON,               -- headline quantities, e.g. P(gap grows), ROPE probabilities
     passed           BOOLEAN,            -- diagnostic gates met
     netcdf_path      VARCHAR,            -- full InferenceData
     seconds          DOUBLE,
@@ -245,7 +246,9 @@ CREATE TABLE fit_params (
     mean        DOUBLE,
     sd          DOUBLE,
     q03         DOUBLE,
+    q05         DOUBLE,                  -- q05/q95: the 90% interval the report marks
     q50         DOUBLE,
+    q95         DOUBLE,
     q97         DOUBLE,
     hdi_low     DOUBLE,                  -- 94% HDI
     hdi_high    DOUBLE,
