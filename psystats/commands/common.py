@@ -26,11 +26,17 @@ def db_path(db: str | None) -> str:
 
 
 def open_db(db: str | None, *, create: bool = False, read_only: bool = False):
-    """Open the warehouse for a command, turning problems into clean CLI errors."""
+    """Open the warehouse for a command, turning problems into clean CLI errors.
+
+    The connection is closed when the command ends, even on error, so the
+    file's lock is released (this matters when commands run in-process).
+    """
     try:
-        return connect(db_path(db), create=create, read_only=read_only)
+        con = connect(db_path(db), create=create, read_only=read_only)
     except WarehouseError as e:
         raise click.ClickException(str(e)) from None
+    click.get_current_context().call_on_close(con.close)
+    return con
 
 
 def friendly_errors(f: Callable) -> Callable:

@@ -1,0 +1,84 @@
+"""Ingest all of ../shared/data/psych201 into a fresh warehouse, then again.
+
+Prints wall time, responses/s and peak RSS of each pass (each pass runs in a
+fresh subprocess so its peak RSS is its own), and the ratio second/first.
+
+    python benchmarks/bench_ingest.py [--data ../shared/data/psych201] [--repeat 3]
+
+Targets (issue 2, 2-core machine): first pass < 60 s and < 2 GiB peak RSS;
+second pass < 1/4 of the first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_pass(db: str, data: str) -> dict:
+    """Run in a child process: ingest, report time/RSS/counts as JSON."""
+    sys.path.insert(0, str(ROOT))
+    import warehouse
+    from warehouse.db import scalar
+    from warehouse.ingest import ingest_paths
+
+    t0 = time.perf_counter()
+    con = warehouse.connect(db)
+    results = ingest_paths(con, [data])
+    con.execute("CHECKPOINT")
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "responses_added": sum(r.responses_added for r in results),
+        "responses_total": scalar(con, "SELECT count(*) FROM responses"),
+        "participants_total": scalar(con, "SELECT count(*) FROM participants"),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "psych201"))
+    ap.add_argument("--repeat", type=int, default=3, help="fresh warehouses to time (median reported)")
+    ap.add_argument("--child", nargs=2, metavar=("DB", "DATA"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(one_pass(*args.child)))
+        return
+
+    def run(db: str) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--child", db, args.data],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    firsts, seconds = [], []
+    for i in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            db = str(Path(tmp) / "bench.duckdb")
+            first = run(db)
+            second = run(db)
+            firsts.append(first)
+            seconds.append(second)
+            print(f"run {i + 1}: first {first['seconds']:.1f}s "
+                  f"({first['responses_added'] / first['seconds']:,.0f} responses/s, "
+                  f"peak RSS {first['peak_rss_mib']:.0f} MiB); second {second['seconds']:.2f}s "
+                  f"(+{second['responses_added']} responses)")
+    f_med = statistics.median(r["seconds"] for r in firsts)
+    s_med = statistics.median(r["seconds"] for r in seconds)
+    rss = max(r["peak_rss_mib"] for r in firsts)
+    n = firsts[0]["responses_total"]
+    print(f"\nparticipants {firsts[0]['participants_total']:,}, responses {n:,}")
+    print(f"first ingest   median {f_med:.1f} s  ({n / f_med:,.0f} responses/s), max peak RSS {rss:.0f} MiB")
+    print(f"second ingest  median {s_med:.2f} s  (ratio second/first {s_med / f_med:.3f})")
+
+
+if __name__ == "__main__":
+    main()
