@@ -1,0 +1,202 @@
+"""`psystats models add | list | show | set | load | remove`."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from scoring.naming import POST_TRAINING_TYPES
+
+from .common import db_option, friendly_errors, open_db, print_rows
+
+FORMATS = click.Choice(["table", "csv", "json"])
+LIST_COLUMNS = ("name", "family", "generation", "n_params", "post_training", "base_model", "source")
+
+
+def human_count(n: int | None) -> str:
+    """134515008 -> '134.5M', 7615616512 -> '7.62B'."""
+    if n is None:
+        return ""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            value = n / div
+            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return str(n)
+
+
+def _show(row: dict) -> None:
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        if key == "inferred":
+            continue
+        if key == "n_params" and value is not None:
+            value = f"{value} ({human_count(value)})"
+        click.echo(f"{key.ljust(width)}  {'' if value is None else value}")
+    click.echo("inferred:")
+    for key, info in row["inferred"].items():
+        if isinstance(info, dict) and "from" in info:
+            extra = f" (rule: {info['candidate']})" if info.get("candidate") else ""
+            click.echo(f"  {key}: {info.get('value')!r} <- {info['from']}{extra}")
+        else:
+            click.echo(f"  {key}: {info!r}")
+
+
+@click.group()
+def models() -> None:
+    """Register models and edit what psystats knows about them.
+
+    A model is a Hugging Face id, a local safetensors folder or a local .gguf
+    file.  Family, generation, post-training type, parameter count and base
+    model are inferred (see docs/models.md); `models set` and `models load`
+    override anything.
+    """
+
+
+@models.command("add")
+@click.argument("source")
+@db_option
+@click.option("--name", help="Name in the warehouse [default: the hub id, folder name or GGUF file stem].")
+@click.option("--base", help="The base model it descends from (a registered name, path or hub id).")
+@click.option("--type", "post_training", type=click.Choice(POST_TRAINING_TYPES),
+              help="Post-training type [default: inferred from the name].")
+@click.option("--gguf-file", help="GGUF file inside a folder or hub repository.")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the repository's own model code to run when scoring.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Override any field at registration (repeatable), e.g. --set generation=3.1.")
+@friendly_errors
+def add(source: str, db: str | None, name: str | None, base: str | None, post_training: str | None,
+        gguf_file: str | None, revision: str | None, trust_remote_code: bool,
+        sets: tuple[str, ...]) -> None:
+    """Register the model at SOURCE (hub id, safetensors folder or .gguf file).
+
+    Adding an already registered name and source again only applies the
+    options given.  The parameter count is read from the weight files'
+    headers (never loading the weights); for a hub id without local files it
+    comes from the hub when online, else it stays empty.
+
+    \b
+    Examples:
+      psystats models add Qwen/Qwen3-8B-Base
+      psystats models add Qwen/Qwen3-8B --base Qwen/Qwen3-8B-Base
+      psystats models add ./SmolLM2-135M-Instruct.Q4_1.gguf
+      psystats models add ./my-finetune --name mine --type instruct --base Qwen/Qwen2.5-7B
+    """
+    from scoring.registry import add_model
+
+    con = open_db(db, create=True)
+    row = add_model(con, source, name=name, base=base, post_training=post_training,
+                    gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code,
+                    overrides=_pairs(sets))
+    _show(row)
+
+
+@models.command("list")
+@db_option
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
+              help="table (sizes shortened), or csv/json with every column.")
+@friendly_errors
+def list_(db: str | None, fmt: str) -> None:
+    """List registered models (by family, generation and size).
+
+    \b
+    Example:
+      psystats models list --format csv > models.csv
+    """
+    from scoring.registry import list_models
+
+    con = open_db(db, read_only=True)
+    rows = list_models(con)
+    if fmt == "table":
+        print_rows(LIST_COLUMNS, [[human_count(r[c]) if c == "n_params" else r[c]
+                                   for c in LIST_COLUMNS] for r in rows], fmt)
+        return
+    columns = [c for c in rows[0]] if rows else list(LIST_COLUMNS)
+    print_rows(columns, [[json.dumps(r[c]) if c == "inferred" else r[c] for c in columns]
+                         for r in rows], fmt)
+
+
+@models.command("show")
+@click.argument("name")
+@db_option
+@friendly_errors
+def show(name: str, db: str | None) -> None:
+    """Every field of model NAME, and what was inferred from what."""
+    from scoring.registry import get_model
+
+    _show(get_model(open_db(db, read_only=True), name))
+
+
+@models.command("set")
+@click.argument("name")
+@click.argument("assignments", nargs=-1, required=True, metavar="FIELD=VALUE...")
+@db_option
+@friendly_errors
+def set_(name: str, assignments: tuple[str, ...], db: str | None) -> None:
+    """Override fields of model NAME.
+
+    Fields: source, revision, gguf_file, tokenizer_source, family, generation,
+    generation_order, n_params, post_training (alias type), base_model (alias
+    base), trust_remote_code.  'null' clears a field.  Setting generation also
+    sets generation_order when the generation is a number.
+
+    \b
+    Examples:
+      psystats models set allenai/Olmo-3-7B-Think base=allenai/Olmo-3-1025-7B
+      psystats models set my-model family=qwen generation=2.5 type=instruct
+    """
+    from scoring.registry import set_fields
+
+    row = set_fields(open_db(db), name, _pairs(assignments))
+    _show(row)
+
+
+@models.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@db_option
+@friendly_errors
+def load(file: str, db: str | None) -> None:
+    """Register or update the models listed in a TOML or YAML FILE (one transaction).
+
+    Each entry has a name and/or a source plus any fields; a registered name
+    is updated, anything else is added.
+
+    \b
+    Example models.toml:
+      [[models]]
+      source = "allenai/Olmo-3-7B-Think"
+      base = "allenai/Olmo-3-1025-7B"
+      [[models]]
+      name = "my-cognitive-model"
+      type = "other"
+    """
+    from scoring.registry import load_file
+
+    rows = load_file(open_db(db, create=True), file)
+    print_rows(LIST_COLUMNS, [[human_count(r[c]) if c == "n_params" else r[c]
+                               for c in LIST_COLUMNS] for r in rows])
+
+
+@models.command("remove")
+@click.argument("name")
+@db_option
+@click.option("--force", is_flag=True, help="Also delete the model's score runs and scores.")
+@friendly_errors
+def remove(name: str, db: str | None, force: bool) -> None:
+    """Remove model NAME (refused while it has scores, unless --force)."""
+    from scoring.registry import remove_model
+
+    gone = remove_model(open_db(db), name, force=force)
+    click.echo(f"removed {name}" + (f" with {gone['runs']} run(s) and {gone['scores']} scores"
+                                    if gone["runs"] else ""))
+
+
+def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"expected FIELD=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
