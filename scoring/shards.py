@@ -36,6 +36,7 @@ import heapq
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,12 +45,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.db import WarehouseError
+from warehouse.db import WarehouseError, scalar
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `psystats merge`
     import duckdb
 
-    from scoring.engine import ScoreBatch
+    from scoring.engine import ScoreBatch, Scorer
     from scoring.inputs import ParticipantInput
 
 FORMAT_VERSION = 1
@@ -88,13 +89,17 @@ def run_key(model: Mapping[str, Any] | str, condition: str, selection: Mapping[s
     shard finds (or opens) exactly the run a single-machine ``psystats
     score`` would have used.
     """
+    from scoring.runs import run_key_settings
+
     name = model if isinstance(model, str) else model["name"]
     # Round-trip through JSON so tuples/lists and key order cannot change the hash.
     return json.loads(_canonical({
         "model": name,
         "condition": condition,
         "selection": dict(selection or {}),
-        "settings": dict(settings),
+        # Batching (batch size, device) changes no result, so a job on a
+        # smaller GPU still writes into the same run (as start_run matches).
+        "settings": run_key_settings(dict(settings)),
         "fingerprints": dict(fingerprints or {}),
     }))
 
@@ -104,8 +109,13 @@ def run_hash(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(key).encode()).hexdigest()[:16]
 
 
-def run_dir(out: str | os.PathLike, key: Mapping[str, Any]) -> Path:
-    """``out/run-<hash>``, created, with ``run.json`` holding the key (checked if present)."""
+def run_dir(out: str | os.PathLike, key: Mapping[str, Any],
+            settings: Mapping[str, Any] | None = None) -> Path:
+    """``out/run-<hash>``, created, with ``run.json`` holding the key (checked if present).
+
+    ``settings``: the full scorer settings (batching included), recorded in
+    ``run.json`` so the merged run shows how the shards were computed.
+    """
     d = Path(out) / f"run-{run_hash(key)}"
     d.mkdir(parents=True, exist_ok=True)
     meta = d / "run.json"
@@ -115,7 +125,8 @@ def run_dir(out: str | os.PathLike, key: Mapping[str, Any]) -> Path:
             raise ShardError(f"{meta}: holds a different run key than this run "
                              f"(hash collision or edited file)")
     else:
-        _write_json_atomic(meta, {"format": FORMAT_VERSION, "hash": run_hash(key), "key": key})
+        _write_json_atomic(meta, {"format": FORMAT_VERSION, "hash": run_hash(key), "key": key,
+                                  "settings": dict(settings or key["settings"])})
     return d
 
 
@@ -304,6 +315,8 @@ def verify_manifest(mpath: Path) -> dict:
     if "scores" not in m["files"]:
         raise ShardError(f"{mpath}: field 'files': no scores file listed")
     for name, info in m["files"].items():
+        if name not in TABLES or Path(info["file"]).name != info["file"]:
+            raise ShardError(f"{mpath}: field 'files': bad entry {name!r}: {info.get('file')!r}")
         path = mpath.parent / info["file"]
         if not path.exists():
             raise ShardError(f"{path}: missing (listed in {mpath.name})")
@@ -315,7 +328,7 @@ def verify_manifest(mpath: Path) -> dict:
 
 def read_shard(mpath: Path) -> tuple[dict, "ScoreBatch"]:
     """A verified manifest and its tables as a ``ScoreBatch`` ready for ``write_batch``."""
-    from scoring.engine import ScoreBatch
+    from scoring.engine import OPTION_SCHEMA, ScoreBatch
 
     m = verify_manifest(mpath)
     tables: dict[str, pa.Table | None] = {}
@@ -334,10 +347,8 @@ def read_shard(mpath: Path) -> tuple[dict, "ScoreBatch"]:
         if t.num_rows != info["rows"]:
             raise ShardError(f"{path}: {t.num_rows} rows, manifest says {info['rows']}")
         tables[name] = t
-    if tables["options"] is None:
-        tables["options"] = pa.table({c: pa.array([], type=typ) for c, typ in
-                                      zip(COLUMNS["options"], (pa.int64(), pa.string(),
-                                                               pa.float64()))})
+    if tables["options"] is None:           # not written when empty
+        tables["options"] = OPTION_SCHEMA.empty_table()
     batch = ScoreBatch(scores=tables["scores"], options=tables["options"], tokens=tables["tokens"],
                        participant_keys=[int(k) for k in m.get("covered_keys", [])],
                        counts=dict(m.get("counts") or {}))
@@ -385,12 +396,15 @@ class RunMerge:
     errors: list[str] = field(default_factory=list)
 
 
-def _check_transcripts(con: "duckdb.DuckDBPyConnection", mpath: Path, m: dict) -> None:
-    """Refuse a shard computed on a warehouse whose participants differ from this one."""
+def _check_against_warehouse(con: "duckdb.DuckDBPyConnection", mpath: Path, m: dict,
+                             batch: "ScoreBatch") -> None:
+    """Refuse a shard computed on a warehouse whose participants differ from this one,
+    or whose rows are not responses of the unit's participants."""
     expected = m.get("transcript_sha256") or {}
-    if not expected:
-        return
-    keys = [int(k) for k in expected]
+    keys = [int(k) for k in m["participant_keys"]]
+    if sorted(int(k) for k in expected) != sorted(keys):
+        raise ShardError(f"{mpath}: field 'transcript_sha256' does not list the unit's "
+                         f"participants")
     rows = con.execute(
         "SELECT participant_key, sha256 FROM transcripts WHERE participant_key IN "
         "(SELECT unnest(?::BIGINT[]))", [keys]).fetchall()
@@ -400,6 +414,16 @@ def _check_transcripts(con: "duckdb.DuckDBPyConnection", mpath: Path, m: dict) -
             what = "is not in this warehouse" if k not in have else "has a different transcript"
             raise ShardError(f"{mpath}: participant_key {k} {what}: the shard was scored from "
                              f"another warehouse file; merge it into that one")
+    con.register("_shard_ids", batch.scores.select(["response_id"]))
+    try:
+        outside = scalar(con, "SELECT count(*) FROM _shard_ids s WHERE NOT EXISTS (SELECT 1 "
+                              "FROM responses r WHERE r.response_id = s.response_id AND "
+                              "r.participant_key IN (SELECT unnest(?::BIGINT[])))", [keys])
+    finally:
+        con.unregister("_shard_ids")
+    if outside:
+        raise ShardError(f"{mpath}: {outside} score rows are not responses of the unit's "
+                         f"participants")
 
 
 def merge_unit(con: "duckdb.DuckDBPyConnection", run_id: int, mpath: Path) -> tuple[dict, int, int]:
@@ -407,17 +431,18 @@ def merge_unit(con: "duckdb.DuckDBPyConnection", run_id: int, mpath: Path) -> tu
     from scoring.runs import write_batch
 
     m, batch = read_shard(mpath)
-    _check_transcripts(con, mpath, m)
+    _check_against_warehouse(con, mpath, m, batch)
     added = int(write_batch(con, run_id, batch))
     return m, added, batch.scores.num_rows - added
 
 
-def _start_run_for_key(con: "duckdb.DuckDBPyConnection", key: Mapping[str, Any]) -> tuple[int, bool]:
+def _start_run_for_key(con: "duckdb.DuckDBPyConnection", key: Mapping[str, Any],
+                       settings: Mapping[str, Any]) -> tuple[int, bool]:
     from scoring.registry import get_model
     from scoring.runs import start_run
 
     model = get_model(con, key["model"])
-    return start_run(con, model, key["condition"], key["selection"], key["settings"],
+    return start_run(con, model, key["condition"], key["selection"], settings,
                      key["fingerprints"])
 
 
@@ -451,7 +476,7 @@ def merge_run_dir(con: "duckdb.DuckDBPyConnection", rdir: Path, *,
     meta = _read_json(rdir / "run.json")
     key = meta["key"]
     result = RunMerge(run_dir=str(rdir))
-    run_id, _already = _start_run_for_key(con, key)
+    run_id, _already = _start_run_for_key(con, key, meta.get("settings") or key["settings"])
     result.run_id = run_id
     merged_counts: dict[str, dict] = {}
     for unit_id, mpath in finished_units(rdir).items():
@@ -467,7 +492,10 @@ def merge_run_dir(con: "duckdb.DuckDBPyConnection", rdir: Path, *,
         if on_unit:
             on_unit(unit_id, added)
     markers, result.shards_done = complete_shard_set(rdir)
-    if markers is not None and not result.errors:
+    if markers is not None and len({d.get("partition_sha256") for d in markers}) > 1:
+        result.errors.append(f"{rdir}: the {result.shards_done} shard jobs saw different "
+                             f"participants (warehouse changed between jobs?); rerun them all")
+    elif markers is not None and not result.errors:
         wanted = [u for d in markers for u in d["units"]]
         missing = [u for u in wanted if u not in merged_counts]
         if missing:
@@ -512,3 +540,133 @@ def merge_dir(con: "duckdb.DuckDBPyConnection", out: str | os.PathLike, *,
         err.results = results  # type: ignore[attr-defined]
         raise err
     return results
+
+
+# ---------------------------------------------------------------------------
+# One --shard I/N job (SLURM array task): score my part, write shards
+# ---------------------------------------------------------------------------
+
+@dataclass
+class ShardJobResult:
+    run_dir: str
+    shard: tuple[int, int]
+    units: int = 0
+    units_skipped: int = 0          # already written by an earlier attempt of this task
+    participants: int = 0
+    tokens: int = 0
+    counts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def partition_digest(token_counts: Mapping[int, int]) -> str:
+    """Hash of the (participant, tokens) list a partition was computed from.
+
+    Every task of an array records it, and ``merge`` refuses a set of tasks
+    that saw different participants (e.g. the warehouse was re-ingested
+    between tasks), because their partitions would overlap and leave gaps.
+    """
+    items = sorted((int(k), int(v)) for k, v in token_counts.items())
+    return hashlib.sha256(_canonical(items).encode()).hexdigest()[:16]
+
+
+def _token_counts(rdir: Path, scorer: "Scorer", inputs: Sequence["ParticipantInput"]) -> dict[int, int]:
+    """Token counts of every input, cached in ``rdir/token_counts.parquet`` for sibling tasks."""
+    cache = rdir / "token_counts.parquet"
+    keys = sorted(p.participant_key for p in inputs)
+    if cache.exists():
+        try:
+            t = pq.read_table(cache).to_pydict()
+            cached = dict(zip(t["participant_key"], t["n_tokens"]))
+            if sorted(cached) == keys:
+                return {int(k): int(v) for k, v in cached.items()}
+        except Exception:  # damaged or half-written by a sibling: recount
+            pass
+    counts = {p.participant_key: int(scorer.count_tokens(p)) for p in inputs}
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    pq.write_table(pa.table({"participant_key": pa.array(list(counts), pa.int64()),
+                             "n_tokens": pa.array(list(counts.values()), pa.int64())}), tmp)
+    _fsync_replace(tmp, cache)
+    return counts
+
+
+def run_shard(scorer: "Scorer", model: Mapping[str, Any] | str, *, condition: str,
+              selection: Mapping[str, Any] | None, inputs: Sequence["ParticipantInput"],
+              shard: tuple[int, int], out_dir: str | os.PathLike,
+              unit_tokens: int = DEFAULT_UNIT_TOKENS,
+              progress: Callable[[int, int, int], None] | None = None) -> ShardJobResult:
+    """Score part ``I`` of ``N`` of ``inputs`` with ``scorer`` and write its shards under ``out_dir``.
+
+    For SLURM job arrays (or any scheduler): needs no Ray and no write access
+    to the warehouse (the caller loads ``inputs`` from a read-only
+    connection).  ``inputs`` must be the whole selection, not what is still
+    unscored, so that every task computes the same partition.  Units already
+    written by an earlier attempt of this task (verified by hash) are
+    skipped, so a preempted or timed-out task just runs again.  When all its
+    units are written the task leaves ``shard-I-of-N.done.json``; ``merge``
+    closes the run once all N are there.  ``progress(units_done, units, tokens_done)``
+    is called after each unit.
+    """
+    i, n = shard
+    if not 0 <= i < n:
+        raise WarehouseError(f"shard {i}/{n}: need 0 <= I < N")
+    t0 = time.monotonic()
+    key = run_key(model, condition, selection, scorer.settings, scorer.fingerprints)
+    rdir = run_dir(out_dir, key, scorer.settings)
+    by_key = {p.participant_key: p for p in inputs}
+    counts = _token_counts(rdir, scorer, inputs)
+    mine = partition(counts, n)[i]
+    units = make_units({k: counts[k] for k in mine}, unit_tokens, prefix=f"s{i:04d}of{n:04d}-")
+    result = ShardJobResult(run_dir=str(rdir), shard=(i, n), participants=len(mine),
+                            tokens=sum(counts[k] for k in mine))
+    unit_counts = []
+    tokens_done = 0
+    for j, unit in enumerate(units):
+        if unit_is_done(rdir, unit.unit_id):
+            result.units_skipped += 1
+            unit_counts.append(_read_json(manifest_path(rdir, unit.unit_id)).get("counts") or {})
+        else:
+            participants = [by_key[k] for k in unit.participant_keys]
+            t_unit = time.perf_counter()
+            batch = scorer.score(participants)
+            m = write_shard(rdir, key, unit, batch, participants, shard=(i, n),
+                            seconds=time.perf_counter() - t_unit)
+            unit_counts.append(m["counts"])
+            result.units += 1
+        tokens_done += unit.n_tokens
+        if progress:
+            progress(j + 1, len(units), tokens_done)
+    result.counts = sum_counts(unit_counts)
+    result.seconds = time.monotonic() - t0
+    _write_json_atomic(done_marker_path(rdir, i, n), {
+        "i": i, "n": n, "units": [u.unit_id for u in units],
+        "partition_sha256": partition_digest(counts), "counts": result.counts,
+        "participants": len(mine), "tokens": result.tokens, "host": socket.gethostname(),
+        "finished_at": datetime.now(timezone.utc).isoformat()})
+    return result
+
+
+def resolve_model_read_only(con: "duckdb.DuckDBPyConnection", name_or_source: str) -> dict:
+    """The registered model with this name or source, without writing (for ``--shard`` tasks).
+
+    A task of a job array must not register models: N tasks would race to
+    write the warehouse.  Register it once before submitting the array.
+    """
+    from scoring.registry import _classify, get_model
+
+    rows = con.execute("SELECT name FROM models WHERE name = ? ORDER BY model_id",
+                       [name_or_source]).fetchall()
+    if not rows:
+        # A path or hub id: look it up the way `resolve_model` does, by source.
+        try:
+            _, source, gguf_file = _classify(name_or_source, None)
+        except WarehouseError:
+            source, gguf_file = name_or_source, None
+        rows = con.execute("SELECT name FROM models WHERE source = ? AND "
+                           "coalesce(gguf_file, '') = ? ORDER BY model_id",
+                           [source, gguf_file or ""]).fetchall()
+    if not rows:
+        raise WarehouseError(
+            f"model {name_or_source!r} is not registered; --shard tasks read the warehouse "
+            f"read-only, so register it once before submitting the array: "
+            f"psystats models add {name_or_source}")
+    return get_model(con, rows[0][0])

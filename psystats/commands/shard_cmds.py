@@ -1,0 +1,51 @@
+"""``psystats merge DIR``: ingest Parquet score shards written by ``--shard I/N`` jobs or Ray."""
+from __future__ import annotations
+
+import click
+
+from .common import db_option, friendly_errors, open_db, print_rows
+
+
+@click.command("merge")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@db_option
+@click.option("--quiet", "-q", is_flag=True, help="Print only the summary table.")
+@friendly_errors
+def merge(directory: str, db: str | None, quiet: bool) -> None:
+    """Merge the score shards under DIRECTORY into the warehouse.
+
+    DIRECTORY is the --out folder given to `psystats score --shard I/N` (or
+    `--engine ray`), or one of its run-<hash> folders.  Each shard is checked
+    against the hashes in its manifest and against this warehouse's
+    transcripts, then added in its own transaction.  Rows already present are
+    skipped, so merging twice adds nothing and an interrupted merge is
+    simply run again.  A run is marked complete once all N shard jobs of
+    some --shard I/N array have finished.
+
+    \b
+    Examples:
+      psystats merge shards/
+      psystats --db big.duckdb merge /scratch/me/shards/run-3f2a9c0d1e4b5a6f
+    """
+    from scoring.shards import ShardError, merge_dir
+
+    con = open_db(db)
+
+    def on_unit(unit_id: str, added: int) -> None:
+        if not quiet:
+            click.echo(f"merged unit {unit_id}: {added} new score rows", err=True)
+
+    try:
+        results = merge_dir(con, directory, on_unit=on_unit)
+        error = None
+    except ShardError as e:
+        results = getattr(e, "results", None)
+        if results is None:
+            raise
+        error = e
+    rows = [(r.run_id, r.run_dir.rsplit("/", 1)[-1], r.units, r.rows_added, r.rows_skipped,
+             r.shards_done or "-", "complete" if r.complete else "open") for r in results]
+    print_rows(["run_id", "folder", "units", "rows_added", "rows_present", "shard_jobs", "run"],
+               rows)
+    if error is not None:
+        raise click.ClickException(str(error))
