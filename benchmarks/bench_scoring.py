@@ -1,0 +1,329 @@
+"""Scoring throughput against the seed study's method (issue 4).
+
+Builds random-initialised Qwen3-shaped models from config dicts (no hub
+download), tokenises real Psych-201 transcripts with the SmolLM2 tokenizer
+(extracted from its GGUF), measures the matmul peak, and times on the SAME
+participants:
+
+* ``seed``        the seed study's published method: one participant per
+                  forward pass, full-vocabulary logits for every position,
+                  whole-text tokenisation with offsets, a Python loop over
+                  positions to collect each response's tokens, then sums.
+* ``psystats-1``  psystats' engine (``scoring.engine.Scorer.score``, the path
+                  ``psystats score`` takes) with one participant per forward
+                  (``packing="none"``): hidden states gathered at response
+                  positions before the LM head.
+* ``psystats-packed``  the same engine packing several participants per
+                  forward (position ids restart, document mask), token budget
+                  ``--token-budget``.
+
+Both psystats methods use ``tokenization="whole"`` here so that every method
+scores the very same token sequences (the default ``segments`` rule changes
+the tokens at response boundaries, by design).
+
+Printed: one table with shape, method, transcript tokens/s, useful TFLOP/s
+(the FLOPs the answer needs: body matmuls for every token, causal attention,
+the LM head only at response positions), MFU against the measured matmul
+peak, speed-up over ``seed``, max relative per-response NLL difference
+against a float32 reference (psystats-1 in float32 on the first
+``--ref-participants`` participants), and peak memory.
+
+    python benchmarks/bench_scoring.py --device cpu --shape tiny      # CI smoke test, < 1 min
+    python benchmarks/bench_scoring.py --device cuda --shape 1.7b --shape 8b --dtype bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "psych201"
+
+# Qwen3 configs (as published in the models' config.json), plus a tiny one for CI.
+SHAPES: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, intermediate_size=128, vocab_size=49152, tie_word_embeddings=False),
+    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
+                 tie_word_embeddings=True),
+    "1.7b": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, intermediate_size=6144, vocab_size=151936,
+                 tie_word_embeddings=True),
+    "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936,
+               tie_word_embeddings=False),
+}
+
+
+# --------------------------------------------------------------------------- inputs
+
+def load_participants(data: Path, tokenizer, n: int, max_tokens: int, seed: int = 0):
+    """Up to ``n`` real participants (round-robin over studies) of at most ``max_tokens`` tokens."""
+    import random
+
+    from scoring.inputs import ParticipantInput
+    from warehouse.transcript import find_spans
+
+    per_study = []
+    for z in sorted(data.glob("*/prompts.jsonl.zip")):
+        with zipfile.ZipFile(z) as f:
+            lines = f.read(f.namelist()[0]).decode("utf-8").splitlines()
+        random.Random(seed).shuffle(lines)
+        per_study.append(lines[:50])
+    out, key = [], 0
+    for round_ in range(50):
+        for lines in per_study:
+            if round_ >= len(lines) or len(out) >= n:
+                continue
+            rec = json.loads(lines[round_])
+            text = rec["text"]
+            n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n_tok > max_tokens:
+                continue
+            spans = tuple(find_spans(text))
+            if not spans:
+                continue
+            out.append(ParticipantInput(
+                participant_key=key, experiment=str(rec["experiment"]), text=text,
+                response_ids=tuple(range(key * 100_000, key * 100_000 + len(spans))), spans=spans))
+            key += 1
+    return out
+
+
+# --------------------------------------------------------------------------- models and FLOPs
+
+def build_model(shape: str, device: str, dtype, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    cfg = dict(SHAPES[shape])
+    cfg["vocab_size"] = max(cfg["vocab_size"], len(tokenizer))
+    config = Qwen3Config(max_position_embeddings=40960, rope_theta=1_000_000.0,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         **cfg)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def useful_flops(cfg, lengths: list[int], n_scored: int) -> float:
+    """Forward FLOPs the answer needs: body matmuls, causal attention, LM head at scored positions."""
+    d, L = cfg.hidden_size, cfg.num_hidden_layers
+    hd = getattr(cfg, "head_dim", d // cfg.num_attention_heads)
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    body_per_token = 2 * L * (d * q + 2 * d * kv + q * d + 3 * d * cfg.intermediate_size)
+    T = sum(lengths)
+    attn = sum(2 * 2 * L * q * (t * (t + 1) / 2) for t in lengths)     # QK^T and AV, causal
+    head = 2 * d * cfg.vocab_size * n_scored
+    return body_per_token * T + attn + head
+
+
+def matmul_peak(device: str, dtype) -> float:
+    """Measured dense matmul TFLOP/s (best of a few runs)."""
+    import torch
+
+    n = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 20 if device.startswith("cuda") else 3
+    best = math.inf
+    for _ in range(3):
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n ** 3 / best / 1e12
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # process high-water mark
+
+
+# --------------------------------------------------------------------------- methods
+
+def seed_method(model, tokenizer, participants, device: str) -> dict[int, float]:
+    """The seed study's way: one participant per forward, full logits, Python loop over positions."""
+    import torch
+
+    out = {}
+    with torch.inference_mode():
+        for p in participants:
+            enc = tokenizer(p.text, return_offsets_mapping=True, add_special_tokens=True)
+            ids = torch.tensor([enc["input_ids"]], device=device)
+            logits = model(ids).logits[0]                       # [T, V]: every position
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            offs = enc["offset_mapping"]
+            for rid, (a, b) in zip(p.response_ids, p.spans):
+                positions = []
+                for t in range(1, len(offs)):                   # loop over positions
+                    s, e = offs[t]
+                    if s < b and e > a:
+                        positions.append(t)
+                pos = torch.tensor(positions, device=device)
+                out[rid] = float(-logp[pos - 1, ids[0, pos]].sum())
+    return out
+
+
+def psystats_scorer(model, tokenizer, device: str, dtype: str, packing: str, budget: int):
+    """The engine users run (``psystats score`` builds the same Scorer), on this model."""
+    from scoring.engine import Scorer
+
+    return Scorer({"name": "bench", "source": None}, device=device, dtype=dtype, packing=packing,
+                  token_budget=budget, tokenization="whole", lm=model, tokenizer=tokenizer)
+
+
+def psystats_method(scorer, participants) -> dict[int, float]:
+    batch = scorer.score(participants)
+    return dict(zip(batch.scores["response_id"].to_pylist(), batch.scores["nll"].to_pylist()))
+
+
+def rel_diff(a: dict[int, float], ref: dict[int, float]) -> float:
+    return max((abs(a[k] - v) / max(abs(v), 1e-12) for k, v in ref.items() if k in a), default=float("nan"))
+
+
+def run_shape(shape: str, args, tokenizer, participants, peak: float) -> list[dict]:
+    import torch
+
+    dtype_t = getattr(torch, args.dtype)
+    model = build_model(shape, args.device, dtype_t, tokenizer)
+    lengths = [len(tokenizer(p.text)["input_ids"]) for p in participants]
+    # Exact number of scored positions (response tokens) under whole-text tokenisation.
+    from scoring.render import render
+    from scoring.tokenize import tokenize
+    n_scored = sum(int((t.ends - t.starts).sum()) for t in (
+        tokenize(tokenizer, render(p, "plain"), len(p.spans), "whole") for p in participants))
+    flops = useful_flops(model.config, lengths, n_scored)
+    tokens = sum(lengths)
+
+    # float32 reference on the first participants (same weights).
+    ref_parts = participants[:args.ref_participants]
+    ref_model = build_model(shape, args.device, torch.float32, tokenizer)
+    ref_model.load_state_dict(model.state_dict())
+    ref = psystats_method(psystats_scorer(ref_model, tokenizer, args.device, "float32", "none",
+                                          args.token_budget), ref_parts)
+    del ref_model
+    gc.collect()
+
+    # Scorers are built (and self-checked) before the clock starts.
+    one = psystats_scorer(model, tokenizer, args.device, args.dtype, "none", args.token_budget)
+    packed = psystats_scorer(model, tokenizer, args.device, args.dtype, "packed", args.token_budget)
+    methods = {
+        "seed": lambda ps: seed_method(model, tokenizer, ps, args.device),
+        "psystats-1": lambda ps: psystats_method(one, ps),
+        "psystats-packed": lambda ps: psystats_method(packed, ps),
+    }
+    rows = []
+    for name, fn in methods.items():
+        if args.warmup:
+            fn(participants[:1])
+        reset_peak(args.device)
+        sync(args.device)
+        t = time.perf_counter()
+        nll = fn(participants)
+        sync(args.device)
+        sec = time.perf_counter() - t
+        tflops = flops / sec / 1e12
+        rows.append(dict(shape=shape, method=name, tokens_per_s=tokens / sec, tflops=tflops,
+                         mfu=tflops / peak, seconds=sec, rel_diff=rel_diff(nll, ref),
+                         peak_gib=peak_gib(args.device), participants=len(participants),
+                         tokens=tokens))
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speedup"] = r["tokens_per_s"] / base
+    del model
+    gc.collect()
+    return rows
+
+
+def print_table(rows: list[dict], peak: float, device: str) -> None:
+    print(f"\nmatmul peak: {peak:.3g} TFLOP/s on {device}")
+    head = f"{'shape':<6} {'method':<16} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} " \
+           f"{'max rel NLL diff':>16} {'peak GiB':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['shape']:<6} {r['method']:<16} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
+              f"{r['mfu']:>7.3f} {r['speedup']:>7.2f}x {r['rel_diff']:>16.2e} {r['peak_gib']:>9.2f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shape", action="append", choices=list(SHAPES),
+                    help="model shape(s) (repeatable) [default: 0.6b, 1.7b, 8b; tiny on CPU]")
+    ap.add_argument("--dtype", default=None, help="[default: bfloat16 on CUDA, float32 on CPU]")
+    ap.add_argument("--participants", type=int, default=None,
+                    help="participants scored by every method [default: 64 on CUDA, 6 on CPU]")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="skip transcripts longer than this [default: 32768 on CUDA, 1200 on CPU]")
+    ap.add_argument("--ref-participants", type=int, default=4)
+    ap.add_argument("--token-budget", type=int, default=65536)
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--gguf", default=None, help="SmolLM2 GGUF (its tokenizer is used)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.shape = args.shape or (["0.6b", "1.7b", "8b"] if cuda else ["tiny"])
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.participants = args.participants or (64 if cuda else 6)
+    args.max_tokens = args.max_tokens or (32768 if cuda else 1200)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from scoring.tiny import save_smollm2_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = save_smollm2_tokenizer(Path(tmp) / "tok", args.gguf)
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    participants = load_participants(args.data, tokenizer, args.participants, args.max_tokens)
+    print(f"{len(participants)} participants, "
+          f"{sum(len(tokenizer(p.text)['input_ids']) for p in participants):,} tokens, "
+          f"{sum(len(p.spans) for p in participants):,} responses; device {args.device} "
+          f"({torch.cuda.get_device_name() if cuda else 'cpu, %d threads' % torch.get_num_threads()}), "
+          f"torch {torch.__version__}, dtype {args.dtype}", flush=True)
+    peak = matmul_peak(args.device, getattr(torch, args.dtype))
+    rows = []
+    for shape in args.shape:
+        rows.extend(run_shape(shape, args, tokenizer, participants, peak))
+        print_table(rows, peak, args.device)
+    if args.json:
+        args.json.write_text(json.dumps({"peak_tflops": peak, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

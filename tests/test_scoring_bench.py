@@ -1,0 +1,27 @@
+"""The scoring benchmark runs end to end on CPU with the tiny shape (CI smoke test)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_scoring_tiny_cpu(smollm2_gguf, psych201, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scoring.py"), "--device", "cpu",
+         "--shape", "tiny", "--participants", "3", "--max-tokens", "900", "--no-warmup",
+         "--data", str(psych201), "--gguf", str(smollm2_gguf), "--json", str(out)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "max rel NLL diff" in r.stdout
+    data = json.loads(out.read_text())
+    assert [row["method"] for row in data["rows"]] == ["seed", "psystats-1", "psystats-packed"]
+    for row in data["rows"]:
+        assert row["tokens_per_s"] > 0 and row["participants"] == 3
+        # Every method scores the same tokens: float32 agrees with the float32 reference.
+        assert row["rel_diff"] < 1e-4
