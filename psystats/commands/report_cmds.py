@@ -1,0 +1,43 @@
+"""`psystats report`: render the warehouse's scores and fits as a PDF (or HTML)."""
+from __future__ import annotations
+
+import click
+
+from .common import db_option, db_path, friendly_errors, open_db
+
+
+@click.command()
+@db_option
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="report.pdf",
+              show_default=True, help="Where to write the report.")
+@click.option("--format", "fmt", type=click.Choice(["pdf", "html"]), default=None,
+              help="pdf (vector figures) or html (one self-contained file with SVG figures); "
+                   "default: from the output's suffix, else pdf.")
+@click.option("--title", default="psystats report", show_default=True, help="Title on the first page.")
+@click.option("--note", help="A boxed note at the top of the first page (e.g. what the data are).")
+@friendly_errors
+def report(db: str | None, output: str, fmt: str | None, title: str, note: str | None) -> None:
+    """Write a report of everything in the warehouse: data, scores, fits, diagnostics, methods.
+
+    Sections: 1 data; 2 NLL against parameter count per family; 3 post-training
+    effect by model and task domain (heatmap); 4 generations; 5 effects-model
+    forest plot; 6 persona and accuracy; 7 diagnostics and posterior predictive
+    checks; 8 methods generated from what was fitted.  A section without data
+    says so.  The newest fit of each kind is shown; every fit is listed in the
+    diagnostics table.  The warehouse is only read.
+
+    \b
+    Examples:
+      psystats report --db study.duckdb -o report.pdf
+      psystats report --db study.duckdb -o report.html
+    """
+    from reports import render_report
+
+    if fmt is None:
+        fmt = "html" if output.lower().endswith((".html", ".htm")) else "pdf"
+    con = open_db(db, read_only=True)
+    try:
+        path = render_report(con, output, fmt=fmt, title=title, note=note, source=db_path(db))
+    finally:
+        con.close()
+    click.echo(f"report written to {path}")

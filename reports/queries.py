@@ -1,0 +1,408 @@
+"""Everything the report reads from the warehouse, as pandas DataFrames.
+
+One function per report section.  Each returns an empty DataFrame (or None)
+when the warehouse holds nothing for that section, so the layout code can say
+"no data" instead of failing.  Nothing here draws or formats; the figures
+module gets exactly these frames, and tests check them against independent
+computations.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from warehouse.db import scalar
+
+# Conditions in the order the report shows them.
+CONDITION_ORDER = ("plain", "chat", "persona", "imported")
+METADATA_FIELDS = ("age", "gender", "nationality", "education", "diagnosis")
+
+
+def frame(con, query: str, params: list | None = None) -> pd.DataFrame:
+    """Run a query and return its rows as a DataFrame (fully read, as DuckDB 2 needs)."""
+    cur = con.execute(query, params)
+    cols = [d[0] for d in cur.description]
+    return pd.DataFrame(cur.fetchall(), columns=cols)
+
+
+def parse_json(v: Any) -> Any:
+    """A JSON column's value parsed (DuckDB returns JSON as text); None stays None."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, (dict, list)):
+        return v
+    try:
+        return json.loads(v)
+    except (TypeError, ValueError):
+        return v
+
+
+# --------------------------------------------------------------------- 1 Data
+
+def overview(con) -> dict[str, int]:
+    """Headline counts of the warehouse."""
+    q = {
+        "studies": "SELECT count(*) FROM studies",
+        "experiments": "SELECT count(*) FROM experiments",
+        "domains": "SELECT count(DISTINCT domain) FROM experiments WHERE domain IS NOT NULL",
+        "participants": "SELECT count(*) FROM participants",
+        "responses": "SELECT count(*) FROM responses",
+        "models": "SELECT count(*) FROM models",
+        "score_runs": "SELECT count(*) FROM score_runs",
+        "scores": "SELECT count(*) FROM scores",
+        "fits": "SELECT count(*) FROM fits",
+    }
+    return {k: int(scalar(con, sql) or 0) for k, sql in q.items()}
+
+
+def studies_table(con) -> pd.DataFrame:
+    """Per study: domains, experiments, participants, responses, metadata coverage (%)."""
+    cover = ", ".join(f"100.0 * count(p.{f}) / count(*) AS {f}" for f in METADATA_FIELDS)
+    return frame(con, f"""
+        SELECT p.study,
+               string_agg(DISTINCT coalesce(e.domain, 'unmapped'), '; ') AS domains,
+               count(DISTINCT p.experiment) AS experiments,
+               count(*) AS participants,
+               sum(p.n_responses)::BIGINT AS responses,
+               {cover},
+               100.0 * count(*) FILTER (WHERE p.metadata IS NOT NULL
+                                         AND p.metadata::VARCHAR NOT IN ('{{}}', 'null'))
+                     / count(*) AS other_metadata
+        FROM participants p LEFT JOIN experiments e USING (experiment)
+        GROUP BY p.study ORDER BY p.study""")
+
+
+def domains_table(con) -> pd.DataFrame:
+    """Per task domain: experiments, participants, responses."""
+    return frame(con, """
+        SELECT coalesce(e.domain, 'unmapped') AS domain,
+               count(DISTINCT p.experiment) AS experiments,
+               count(*) AS participants,
+               sum(p.n_responses)::BIGINT AS responses
+        FROM participants p LEFT JOIN experiments e USING (experiment)
+        GROUP BY 1 ORDER BY responses DESC, domain""")
+
+
+def models_table(con) -> pd.DataFrame:
+    return frame(con, """
+        SELECT name, family, generation, generation_order, n_params, post_training,
+               base_model, source, revision, gguf_file
+        FROM models ORDER BY family NULLS LAST, generation_order NULLS LAST, n_params, name""")
+
+
+def runs_table(con) -> pd.DataFrame:
+    """Every scoring run with how many responses it scored (its provenance)."""
+    return frame(con, """
+        SELECT sr.run_id, sr.model, sr.condition, sr.scorer, sr.status,
+               count(s.response_id) AS scored,
+               count(s.response_id) FILTER (WHERE s.n_tokens > 0) AS with_tokens,
+               sr.n_skipped, sr.dtype, sr.device, sr.started_at, sr.finished_at,
+               sr.psystats_version, sr.weights_sha256, sr.tokenizer_sha256, sr.settings,
+               sr.counts, sr.error
+        FROM score_runs sr LEFT JOIN scores s USING (run_id)
+        GROUP BY ALL ORDER BY sr.run_id""")
+
+
+# ------------------------------------------------------- 2 NLL against size
+
+def participant_nll(con, condition: str) -> pd.DataFrame:
+    """Per (model, participant): mean summed NLL per response under ``condition``.
+
+    Uses the statistics layer's definition (latest complete run per model,
+    condition and experiment; responses with ``n_tokens > 0``), so the figure
+    and the fits read the same numbers.
+    """
+    from psystats.stats.data import participant_means
+
+    return participant_means(con, condition=condition)
+
+
+def conditions_scored(con) -> list[str]:
+    rows = con.execute("SELECT DISTINCT condition FROM score_runs WHERE status = 'complete'").fetchall()
+    found = [r[0] for r in rows]
+    return sorted(found, key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER else 99, c))
+
+
+def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, dict]:
+    """Per model: mean NLL per response over participants, with a t interval.
+
+    Models are compared on the same people: only participants scored by every
+    model under ``condition`` count (if no participant is common to all, each
+    model uses all of its own participants and ``info["common"]`` is False).
+    Each participant contributes the mean of their responses' NLLs; the model's
+    value is the mean of those, and its ``level`` interval is
+    mean ± t_{n-1} · sd / sqrt(n) over participants.
+
+    Returns ``(table, info)``; table columns: ``model, family, generation,
+    generation_order, n_params, post_training, base_model, n_participants,
+    mean, sd, lo, hi``.
+    """
+    pm = participant_nll(con, condition)
+    info = {"condition": condition, "level": level, "common": True, "n_participants": 0,
+            "experiments": 0}
+    if pm.empty:
+        return pd.DataFrame(), info
+    n_models = pm["model"].nunique()
+    per_participant = pm.groupby("participant_key")["model"].nunique()
+    common = per_participant.index[per_participant == n_models]
+    if len(common):
+        pm = pm[pm["participant_key"].isin(common)]
+    else:
+        info["common"] = False
+    info["n_participants"] = int(pm["participant_key"].nunique())
+    info["experiments"] = int(pm["experiment"].nunique())
+    g = pm.groupby("model")["mean_nll"]
+    out = pd.DataFrame({"n_participants": g.size(), "mean": g.mean(), "sd": g.std(ddof=1)})
+    half = stats.t.ppf(0.5 + level / 2, np.maximum(out["n_participants"] - 1, 1)) \
+        * out["sd"] / np.sqrt(out["n_participants"])
+    out["lo"] = out["mean"] - half
+    out["hi"] = out["mean"] + half
+    out = out.reset_index()
+    meta = frame(con, """SELECT name AS model, family, generation, generation_order, n_params,
+                                post_training, base_model FROM models""")
+    out = out.merge(meta, on="model", how="left")
+    out["family"] = out["family"].fillna("other")
+    out["post_training"] = out["post_training"].fillna("other")
+    cols = ["model", "family", "generation", "generation_order", "n_params", "post_training",
+            "base_model", "n_participants", "mean", "sd", "lo", "hi"]
+    return out[cols].sort_values(["family", "post_training", "n_params", "model"]).reset_index(drop=True), info
+
+
+# ------------------------------------------------------------------- fits
+
+def latest_fit(con, kind: str) -> dict | None:
+    """The newest fit of ``kind`` as a dict with its JSON columns parsed, or None."""
+    df = frame(con, "SELECT * FROM fits WHERE kind = ? ORDER BY created_at DESC, fit_id DESC LIMIT 1",
+               [kind])
+    if df.empty:
+        return None
+    row = df.iloc[0].to_dict()
+    for k in ("spec", "priors", "selection", "sampler", "diagnostics", "summary"):
+        row[k] = parse_json(row.get(k))
+    return row
+
+
+def all_fits(con) -> list[dict]:
+    df = frame(con, "SELECT * FROM fits ORDER BY fit_id")
+    rows = df.to_dict("records")
+    for row in rows:
+        for k in ("spec", "priors", "selection", "sampler", "diagnostics", "summary"):
+            row[k] = parse_json(row.get(k))
+    return rows
+
+
+def fit_params(con, fit_id: int, parameters: list[str] | None = None) -> pd.DataFrame:
+    """``fit_params`` rows of one fit (optionally only some parameters), coords parsed."""
+    if parameters:
+        ph = ", ".join("?" * len(parameters))
+        df = frame(con, f"SELECT * FROM fit_params WHERE fit_id = ? AND parameter IN ({ph})",
+                   [int(fit_id), *parameters])
+    else:
+        df = frame(con, "SELECT * FROM fit_params WHERE fit_id = ?", [int(fit_id)])
+    df["coords"] = [parse_json(c) or {} for c in df["coords"]]
+    return df
+
+
+def _coord(df: pd.DataFrame, dim: str) -> pd.Series:
+    """One dimension's label from the coords dicts (falls back to ``label``)."""
+    return pd.Series([c.get(dim) if isinstance(c, dict) and dim in c else lab
+                      for c, lab in zip(df["coords"], df["label"])], index=df.index)
+
+
+# ----------------------------------------------------------- 3 heatmap
+
+def pair_domain_effects(con, fit_id: int) -> pd.DataFrame:
+    """``pair_domain_effect`` as long rows: pair, domain, mean, q05, q95, credible (bool).
+
+    ``credible`` marks cells whose 90% interval (q05..q95) excludes zero.
+    """
+    df = fit_params(con, fit_id, ["pair_domain_effect"])
+    if df.empty:
+        return pd.DataFrame(columns=["pair", "domain", "mean", "q05", "q95", "credible"])
+    out = pd.DataFrame({"pair": [c.get("pair") for c in df["coords"]],
+                        "domain": [c.get("domain") for c in df["coords"]],
+                        "mean": df["mean"], "q05": df["q05"], "q95": df["q95"]})
+    out["credible"] = (out["q05"] > 0) | (out["q95"] < 0)
+    return out
+
+
+# --------------------------------------------------------- 4 generations
+
+def generation_curves(con, fit_id: int) -> pd.DataFrame:
+    """``base_nll`` and ``gap`` per (family, generation) in generation order.
+
+    Columns: parameter, family, generation, order, mean, q05, q95, q03, q97.
+    The order comes from ``models.generation_order`` of that family and
+    generation, else the generation read as a number, else its label.
+    """
+    df = fit_params(con, fit_id, ["base_nll", "gap"])
+    if df.empty:
+        return pd.DataFrame()
+    out = pd.DataFrame({"parameter": df["parameter"], "family": _coord(df, "family"),
+                        "generation": [str(c.get("generation")) for c in df["coords"]],
+                        "mean": df["mean"], "q03": df["q03"], "q05": df["q05"],
+                        "q95": df["q95"], "q97": df["q97"]})
+    orders = frame(con, """SELECT family, generation, min(generation_order) AS order_
+                           FROM models WHERE generation IS NOT NULL GROUP BY ALL""")
+    known = {(f, str(g)): o for f, g, o in orders.itertuples(index=False)}
+
+    def order(fam: str, gen: str) -> float:
+        o = known.get((fam, gen))
+        if o is not None and not pd.isna(o):
+            return float(o)
+        try:
+            return float(gen)
+        except ValueError:
+            return float("nan")
+
+    out["order"] = [order(f, g) for f, g in zip(out["family"], out["generation"])]
+    return out.sort_values(["parameter", "family", "order", "generation"]).reset_index(drop=True)
+
+
+def generation_slopes(con, fit_id: int) -> pd.DataFrame:
+    df = fit_params(con, fit_id, ["base_slope", "gap_slope"])
+    if df.empty:
+        return df
+    df["family"] = _coord(df, "family")
+    return df[["parameter", "family", "mean", "q05", "q95"]]
+
+
+# ---------------------------------------------------------- 5 forest plot
+
+# Parameter groups of the effects model, in the order the forest plot shows them.
+FOREST_GROUPS = (
+    ("intercept", "Intercept"),
+    ("type", "Post-training type"),
+    ("family", "Family"),
+    ("size_slope", "Size slope (per unit log params)"),
+    ("generation_slope", "Generation slope"),
+    ("generation_slope_family", "Generation slope by family"),
+    ("domain", "Task domain"),
+)
+
+
+def forest_rows(con, fit_id: int, groups=FOREST_GROUPS, include_scales: bool = True) -> pd.DataFrame:
+    """Rows for a forest plot: group, label, mean, q05, q95, hdi_low, hdi_high, r_hat, ess_bulk.
+
+    Scale parameters (``sigma_*``) come last when ``include_scales``.
+    """
+    df = fit_params(con, fit_id)
+    if df.empty:
+        return pd.DataFrame()
+    parts = []
+    for name, title in groups:
+        sub = df[df["parameter"] == name].copy()
+        if sub.empty:
+            continue
+        sub["group"] = title
+        sub["label"] = sub["label"].fillna(name)
+        parts.append(sub)
+    if include_scales:
+        sig = df[df["parameter"].str.startswith("sigma")].copy()
+        if not sig.empty:
+            sig["group"] = "Scale parameters"
+            sig["label"] = [p if lab is None or pd.isna(lab) else f"{p}[{lab}]"
+                            for p, lab in zip(sig["parameter"], sig["label"])]
+            parts.append(sig.sort_values("parameter"))
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    return out[["group", "parameter", "label", "mean", "sd", "q05", "q95", "hdi_low", "hdi_high",
+                "r_hat", "ess_bulk"]]
+
+
+# ------------------------------------------------- 6 persona and accuracy
+
+def labelled_params(con, fit_id: int, parameters: list[str], dim: str | None = None) -> pd.DataFrame:
+    """Rows of some parameters with a readable ``label`` (from ``coords[dim]`` when given)."""
+    df = fit_params(con, fit_id, parameters)
+    if df.empty:
+        return df
+    if dim:
+        df["label"] = _coord(df, dim)
+    df["label"] = [lab if lab is not None and not pd.isna(lab) else p
+                   for lab, p in zip(df["label"], df["parameter"])]
+    return df
+
+
+def rope_bounds(summary: Any) -> tuple[float, float] | None:
+    """The ROPE (low, high) a persona fit's summary states, in whatever shape it uses."""
+    if not isinstance(summary, dict):
+        return None
+    for key in ("rope", "rope_bounds", "ROPE"):
+        v = summary.get(key)
+        if isinstance(v, (list, tuple)) and len(v) == 2:
+            return float(v[0]), float(v[1])
+        if isinstance(v, dict):
+            lo = v.get("low", v.get("lower", v.get("lo")))
+            hi = v.get("high", v.get("upper", v.get("hi")))
+            if lo is not None and hi is not None:
+                return float(lo), float(hi)
+    lo = summary.get("rope_low", summary.get("rope_lower"))
+    hi = summary.get("rope_high", summary.get("rope_upper"))
+    if lo is not None and hi is not None:
+        return float(lo), float(hi)
+    return None
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested JSON value as (dotted key, text) rows for a table."""
+    rows: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            rows.extend(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+        for i, v in enumerate(value):
+            rows.extend(flatten(v, f"{prefix}[{i}]"))
+    else:
+        if isinstance(value, float):
+            text = f"{value:.4g}"
+        elif isinstance(value, list):
+            text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+        else:
+            text = "" if value is None else str(value)
+        rows.append((prefix or "value", text))
+    return rows
+
+
+# ---------------------------------------------------------- 7 diagnostics
+
+def diagnostics_table(con) -> pd.DataFrame:
+    """Per fit: gates and headline diagnostics.
+
+    Taken from ``fits.diagnostics``; where a value is missing there, the worst
+    R-hat / smallest ESS over the fit's ``fit_params`` rows stands in.
+    """
+    fits = all_fits(con)
+    if not fits:
+        return pd.DataFrame()
+    agg = frame(con, """SELECT fit_id, max(r_hat) AS r_hat, min(ess_bulk) AS ess_bulk,
+                               min(ess_tail) AS ess_tail, count(*) AS n_params
+                        FROM fit_params GROUP BY fit_id""").set_index("fit_id")
+    rows = []
+    for f in fits:
+        d = f["diagnostics"] if isinstance(f["diagnostics"], dict) else {}
+        s = f["sampler"] if isinstance(f["sampler"], dict) else {}
+        a = agg.loc[f["fit_id"]] if f["fit_id"] in agg.index else None
+
+        def pick(key, fallback):
+            v = d.get(key)
+            if v is None and a is not None:
+                v = a[fallback]
+            return v
+
+        rows.append(dict(
+            fit_id=f["fit_id"], kind=f["kind"], name=f.get("name"), condition=f.get("condition"),
+            sampler=s.get("sampler"), chains=s.get("chains", d.get("n_chains")),
+            draws=s.get("draws", d.get("n_draws")),
+            max_rhat=pick("max_rhat", "r_hat"), min_ess_bulk=pick("min_ess_bulk", "ess_bulk"),
+            min_ess_tail=pick("min_ess_tail", "ess_tail"), divergences=d.get("divergences"),
+            min_bfmi=d.get("min_bfmi"), passed=f.get("passed"), seconds=f.get("seconds"),
+            problems="; ".join(map(str, d.get("problems") or [])),
+            n_params=None if a is None else int(a["n_params"]),
+            netcdf_path=f.get("netcdf_path")))
+    return pd.DataFrame(rows)
