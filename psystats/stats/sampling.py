@@ -86,7 +86,7 @@ def sample(model, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed:
                                       seed=seed, target_accept=target_accept,
                                       progress_bar=progressbar, save_warmup=False, **kwargs)
                 record["sampling_seconds"] = time.perf_counter() - t1
-                idata = _add_data_groups(model, idata)
+                idata = _add_data_groups(model, _drop_transformed(model, idata))
     if idata is None:
         record["sampler"] = "pymc"
         t1 = time.perf_counter()
@@ -99,6 +99,15 @@ def sample(model, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed:
     record["nutpie_version" if record["sampler"] == "nutpie" else "pymc_version"] = (
         __import__("nutpie").__version__ if record["sampler"] == "nutpie" else pm.__version__)
     idata.attrs["psystats_sampler"] = json.dumps(record)
+    return idata
+
+
+def _drop_transformed(model, idata):
+    """Keep the model's own variables: nutpie also stores unconstrained values (``tau_log__``)."""
+    keep = {v.name for v in model.free_RVs} | {v.name for v in model.deterministics}
+    extra = [n for n in idata.posterior.data_vars if n not in keep]
+    if extra:
+        idata.posterior = idata.posterior.drop_vars(extra)
     return idata
 
 

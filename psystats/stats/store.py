@@ -83,6 +83,10 @@ def summarise_posterior(idata, var_names: Sequence[str] | None = None,
     ``labels`` maps a variable to a format string over its dimension names,
     e.g. ``{"type_domain": "{type} × {domain}"}``; by default the label is the
     element's coordinate values joined by " × " (None for a scalar).
+
+    A dimension named ``<name>_level`` is written as ``<name>`` in ``coords``
+    and labels: PyMC forbids a variable named like its dimension, so the
+    effects model's ``type`` effect has dimension ``type_level``.
     """
     import arviz as az
 
@@ -109,8 +113,9 @@ def summarise_posterior(idata, var_names: Sequence[str] | None = None,
         h = hdi[name].values  # (*element shape, 2)
         r, eb, et = rhat[name].values, ess_b[name].values, ess_t[name].values
         coord_vals = [list(map(str, da.coords[d].values)) for d in dims]
+        dim_names = [d.removesuffix("_level") for d in dims]
         for idx in np.ndindex(*da.shape[2:]):
-            coords = {d: coord_vals[k][i] for k, (d, i) in enumerate(zip(dims, idx))}
+            coords = {d: coord_vals[k][i] for k, (d, i) in enumerate(zip(dim_names, idx))}
             if name in labels:
                 label = labels[name].format(**coords)
             else:

@@ -1,0 +1,213 @@
+"""Paired post-minus-base differences, aggregated to (pair, experiment) cells.
+
+For a pair (post-trained model P, its base B) and participant i, the paired
+difference is
+
+    d_i = mean over i's responses r of [NLL_P(r) - NLL_B(r)]
+
+over the responses both models scored validly (``n_tokens > 0``), each
+model's NLL taken from its latest complete run of that experiment in its
+condition (``post_condition`` for P, ``base_condition`` for B).
+
+A cell (pair, experiment) keeps only the sufficient statistics of its
+participants' differences: n, mean and (unbiased) variance.  For a Gaussian
+participant-level model d_i ~ N(mu, s) they carry all the information:
+
+    sum_i log N(d_i | mu, s)
+        = -n/2 log(2 pi s^2) - [(n - 1) var + n (mean - mu)^2] / (2 s^2)
+
+(:func:`suffstat_loglik`), so a model over ~10,000 cells evaluates exactly
+the same likelihood as one over millions of participant rows.
+
+Two scales (``with_scale``):
+
+* ``nats``: y = mean, se = sqrt(var / n), in nats per response;
+* ``standardised``: both divided by the cell's pooled participant SD
+  sqrt((sd_post^2 + sd_base^2) / 2) of the two models' per-participant mean
+  NLLs, so y is the seed study's Cohen's d (d_av) for that experiment.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from warehouse.db import WarehouseError
+from warehouse.queries import where_clause
+
+from .data import PAIR_COLUMNS, latest_runs_sql, pairs
+
+SCALES = ("nats", "standardised")
+
+CELL_COLUMNS = ["pair", "post_model", "base_model", "post_training", "family", "generation",
+                "generation_order", "n_params", "experiment", "study", "domain", "n", "mean",
+                "var", "sd_post", "sd_base", "pooled_sd", "n_responses", "post_run_id",
+                "base_run_id", "post_condition", "base_condition"]
+
+
+def _differences_sql(n_pairs: int, exp_filter: str) -> str:
+    """The CTEs down to ``diffs``: one row per (pair, participant) with d_i."""
+    values = ", ".join(["(?, ?)"] * n_pairs)
+    return f"""
+    WITH {latest_runs_sql("?, ?")},
+    pair_list(post_model, base_model) AS (VALUES {values}),
+    pair_runs AS (
+        SELECT pl.post_model, pl.base_model, lp.experiment,
+               lp.run_id AS post_run_id, lb.run_id AS base_run_id
+        FROM pair_list pl
+        JOIN latest_runs lp ON lp.model = pl.post_model AND lp.condition = ?
+        JOIN latest_runs lb ON lb.model = pl.base_model AND lb.condition = ?
+                           AND lb.experiment = lp.experiment
+        {exp_filter}
+    ),
+    diffs AS (
+        SELECT pr.post_model, pr.base_model, pr.experiment, r.study, r.participant_key,
+               pr.post_run_id, pr.base_run_id,
+               count(*)::BIGINT AS n_responses,
+               avg(sp.nll) AS mean_post, avg(sb.nll) AS mean_base,
+               avg(sp.nll - sb.nll) AS d
+        FROM pair_runs pr
+        JOIN scores sp ON sp.run_id = pr.post_run_id
+        JOIN responses r ON r.response_id = sp.response_id AND r.experiment = pr.experiment
+        JOIN scores sb ON sb.run_id = pr.base_run_id AND sb.response_id = sp.response_id
+        WHERE sp.n_tokens > 0 AND sp.nll IS NOT NULL AND isfinite(sp.nll)
+          AND sb.n_tokens > 0 AND sb.nll IS NOT NULL AND isfinite(sb.nll)
+        GROUP BY ALL
+    )"""
+
+
+def _pairs_or_fail(con, models) -> pd.DataFrame:
+    pr = pairs(con, models)
+    if pr.empty:
+        what = f" among {list(models)}" if models else ""
+        raise WarehouseError(
+            f"no (post-trained, base) pairs registered{what}: register the post-trained "
+            "model with its base, e.g. `psystats models add MODEL --base BASE_MODEL`")
+    return pr
+
+
+def _params(pr: pd.DataFrame, post_condition: str, base_condition: str,
+            experiments) -> tuple[list, str]:
+    exp_filter, exp_params = where_clause({"lp.experiment": experiments})
+    params: list = [post_condition, base_condition]
+    for p, b in zip(pr.post_model, pr.base_model):
+        params += [p, b]
+    params += [post_condition, base_condition] + exp_params
+    return params, exp_filter
+
+
+def participant_differences(con, *, post_condition: str = "plain",
+                            base_condition: str | None = None,
+                            models: Sequence[str] | None = None,
+                            experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (pair, participant): ``d`` and both models' mean NLL.
+
+    Columns: ``pair, post_model, base_model, experiment, study, domain,
+    participant_key, n_responses, mean_post, mean_base, d, post_run_id,
+    base_run_id``.  ``base_condition`` defaults to ``post_condition``.
+    """
+    base_condition = base_condition or post_condition
+    pr = _pairs_or_fail(con, models)
+    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
+    q = _differences_sql(len(pr), exp_filter) + """
+    SELECT d.post_model, d.base_model, d.experiment, d.study, e.domain, d.participant_key,
+           d.n_responses, d.mean_post, d.mean_base, d.d, d.post_run_id, d.base_run_id
+    FROM diffs d LEFT JOIN experiments e ON e.experiment = d.experiment
+    ORDER BY d.post_model, d.base_model, d.experiment, d.participant_key
+    """
+    cur = con.execute(q, params)
+    df = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+    df.insert(0, "pair", [f"{p} vs {b}" for p, b in zip(df.post_model, df.base_model)])
+    return df
+
+
+def aggregate_cells(diffs: pd.DataFrame) -> pd.DataFrame:
+    """Sufficient statistics per (pair, experiment) from participant rows (pandas).
+
+    The reference for :func:`build_cells` (which aggregates inside DuckDB) and
+    the route for data that never was in a warehouse.  Needs columns
+    ``pair, experiment, d, mean_post, mean_base``; carries along the
+    ``post_model, base_model, study, domain`` and run columns when present.
+    """
+    keys = ["pair", "experiment"]
+    g = diffs.groupby(keys, sort=True)
+    out = g.agg(n=("d", "size"), mean=("d", "mean"), var=("d", "var"),
+                sd_post=("mean_post", "std"), sd_base=("mean_base", "std")).reset_index()
+    if "n_responses" in diffs:
+        out["n_responses"] = g["n_responses"].sum().to_numpy()
+    for col in ("post_model", "base_model", "study", "domain", "post_run_id", "base_run_id"):
+        if col in diffs:
+            out[col] = g[col].first().to_numpy()
+    out["pooled_sd"] = np.sqrt((out.sd_post ** 2 + out.sd_base ** 2) / 2)
+    return out
+
+
+def build_cells(con, *, post_condition: str = "plain", base_condition: str | None = None,
+                models: Sequence[str] | None = None,
+                experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """The cell table: one row per (pair, experiment) with n, mean, var and pair metadata.
+
+    Aggregated inside DuckDB (the participant rows never reach Python).
+    Columns: ``CELL_COLUMNS``; ``var``/``sd_*`` are NaN for a one-participant
+    cell.  Raises :class:`WarehouseError` when there is no pair or no
+    experiment that both models of some pair scored.
+    """
+    base_condition = base_condition or post_condition
+    pr = _pairs_or_fail(con, models)
+    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
+    q = _differences_sql(len(pr), exp_filter) + """
+    SELECT d.post_model, d.base_model, d.experiment, any_value(d.study) AS study,
+           any_value(e.domain) AS domain, count(*)::BIGINT AS n, avg(d.d) AS mean,
+           var_samp(d.d) AS var, stddev_samp(d.mean_post) AS sd_post,
+           stddev_samp(d.mean_base) AS sd_base, sum(d.n_responses)::BIGINT AS n_responses,
+           any_value(d.post_run_id) AS post_run_id, any_value(d.base_run_id) AS base_run_id
+    FROM diffs d LEFT JOIN experiments e ON e.experiment = d.experiment
+    GROUP BY d.post_model, d.base_model, d.experiment
+    ORDER BY d.post_model, d.base_model, d.experiment
+    """
+    cur = con.execute(q, params)
+    df = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+    if df.empty:
+        raise WarehouseError(
+            f"no cells: no experiment was scored by both models of any pair "
+            f"(post condition {post_condition!r}, base condition {base_condition!r}); "
+            "check `psystats sql \"SELECT model, condition, status FROM score_runs\"`")
+    for col in ("mean", "var", "sd_post", "sd_base"):
+        df[col] = df[col].astype(float)
+    df["pooled_sd"] = np.sqrt((df.sd_post ** 2 + df.sd_base ** 2) / 2)
+    df = df.merge(pr[[c for c in PAIR_COLUMNS if not c.startswith("base_") or c == "base_model"]],
+                  on=["post_model", "base_model"], how="left")
+    df["post_condition"], df["base_condition"] = post_condition, base_condition
+    return df[CELL_COLUMNS]
+
+
+def with_scale(cells: pd.DataFrame, scale: str = "nats") -> pd.DataFrame:
+    """Add ``y`` (cell mean difference) and ``se`` (its standard error) on ``scale``.
+
+    ``se`` = sqrt(var / n) uses the cell's own participant SD as a plug-in;
+    it is NaN for a one-participant cell.  On the standardised scale both
+    are divided by ``pooled_sd``.
+    """
+    if scale not in SCALES:
+        raise WarehouseError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    out = cells.copy()
+    se = np.sqrt(out["var"].astype(float) / out["n"].astype(float))
+    if scale == "nats":
+        out["y"], out["se"] = out["mean"].astype(float), se
+    else:
+        c = out["pooled_sd"].astype(float).where(lambda v: v > 0)
+        out["y"], out["se"] = out["mean"].astype(float) / c, se / c
+    out["scale"] = scale
+    return out
+
+
+def suffstat_loglik(n, mean, var, mu, s):
+    """sum_i log N(d_i | mu, s) from the cell's sufficient statistics (elementwise).
+
+    ``var`` is the unbiased sample variance (any finite value when n = 1,
+    where its term vanishes).
+    """
+    n, mean, var, mu, s = (np.asarray(a, dtype=float) for a in (n, mean, var, mu, s))
+    ss = np.where(n > 1, (n - 1) * np.nan_to_num(var), 0.0)
+    return -0.5 * n * np.log(2 * np.pi * s ** 2) - (ss + n * (mean - mu) ** 2) / (2 * s ** 2)

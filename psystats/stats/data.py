@@ -1,0 +1,115 @@
+"""What the statistical models read from the warehouse.
+
+Two views every analysis shares:
+
+* :func:`participant_means` -- one row per (model, experiment, participant):
+  the mean over that participant's responses of the summed response NLL.
+* :func:`pairs` -- the registered (post-trained, base) pairs with the
+  metadata the models use (type of post-training, family, generation, size).
+
+Which run counts: for each (model, condition, experiment), the latest
+*complete* run (by finish time) that scored that experiment.  Scoring an
+experiment again therefore replaces, never adds to, its earlier scores, and
+runs over different studies combine.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from warehouse.queries import where_clause
+
+# Scores that count: the response produced tokens and the NLL is known
+# (responses skipped or truncated away by the scorer have n_tokens = 0 or NULL nll).
+VALID_SCORE = "s.n_tokens > 0 AND s.nll IS NOT NULL AND isfinite(s.nll)"
+
+
+def latest_runs_sql(condition_param: str = "?") -> str:
+    """SQL for ``latest_runs(model, condition, experiment, run_id)``; binds one condition list.
+
+    ``condition_param`` is the placeholder text for the ``IN (...)`` list of
+    conditions (e.g. ``"?, ?"``).
+    """
+    return f"""
+    run_experiments AS (
+        SELECT sr.run_id, sr.model, sr.condition,
+               coalesce(sr.finished_at, sr.started_at) AS t, r.experiment
+        FROM score_runs sr
+        JOIN scores s ON s.run_id = sr.run_id
+        JOIN responses r ON r.response_id = s.response_id
+        WHERE sr.status = 'complete' AND sr.condition IN ({condition_param})
+        GROUP BY ALL
+    ),
+    latest_runs AS (
+        SELECT model, condition, experiment, arg_max(run_id, (t, run_id)) AS run_id
+        FROM run_experiments GROUP BY model, condition, experiment
+    )"""
+
+
+def participant_means(con, *, condition: str, models: Sequence[str] | None = None,
+                      experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-participant mean response NLL of each model under ``condition``.
+
+    Columns: ``model, run_id, experiment, domain, study, participant_key,
+    n_responses, mean_nll`` where ``n_responses`` counts the responses with a
+    valid score (``n_tokens > 0``) and ``mean_nll`` is their mean summed NLL
+    in nats.  ``domain`` is the experiment's first listed domain (NULL if none).
+    """
+    filt, params = where_clause({"lr.model": models, "lr.experiment": experiments})
+    conditions = " AND ".join([VALID_SCORE] + ([filt.removeprefix("WHERE ")] if filt else []))
+    q = f"""
+    WITH {latest_runs_sql()}
+    SELECT lr.model, lr.run_id, r.experiment, e.domain, r.study, r.participant_key,
+           count(*)::BIGINT AS n_responses, avg(s.nll) AS mean_nll
+    FROM latest_runs lr
+    JOIN scores s ON s.run_id = lr.run_id
+    JOIN responses r ON r.response_id = s.response_id AND r.experiment = lr.experiment
+    LEFT JOIN experiments e ON e.experiment = r.experiment
+    WHERE {conditions}
+    GROUP BY ALL
+    ORDER BY lr.model, r.experiment, r.participant_key
+    """
+    cur = con.execute(q, [condition] + params)
+    return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+
+
+PAIR_COLUMNS = ["pair", "post_model", "base_model", "post_training", "family", "generation",
+                "generation_order", "n_params", "base_family", "base_generation",
+                "base_generation_order", "base_n_params"]
+
+
+def pair_label(post: str, base: str) -> str:
+    """How a pair is named in coordinates and ``fit_params.label``."""
+    return f"{post} vs {base}"
+
+
+def pairs(con, models: Sequence[str] | None = None) -> pd.DataFrame:
+    """Registered (post-trained, base) pairs: every model whose ``base_model`` is set.
+
+    Columns (see ``PAIR_COLUMNS``): ``pair`` ("post vs base"), ``post_model``,
+    ``base_model``, ``post_training`` and the post model's ``family``,
+    ``generation``, ``generation_order``, ``n_params`` (each falling back to
+    the base's value when the post model's is unknown), then the base's own.
+    ``models`` keeps the pairs whose post or base model is listed.
+    Pairs whose base is not registered are left out.
+    """
+    q = """
+    SELECT p.name AS post_model, b.name AS base_model, p.post_training,
+           coalesce(p.family, b.family) AS family,
+           coalesce(p.generation, b.generation) AS generation,
+           coalesce(p.generation_order, b.generation_order) AS generation_order,
+           coalesce(p.n_params, b.n_params) AS n_params,
+           b.family AS base_family, b.generation AS base_generation,
+           b.generation_order AS base_generation_order, b.n_params AS base_n_params
+    FROM models p JOIN models b ON b.name = p.base_model
+    WHERE p.base_model IS NOT NULL AND p.name <> b.name
+    ORDER BY p.name
+    """
+    cur = con.execute(q)
+    df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+    if models:
+        wanted = set(models)
+        df = df[df.post_model.isin(wanted) | df.base_model.isin(wanted)]
+    df.insert(0, "pair", [pair_label(p, b) for p, b in zip(df.post_model, df.base_model)])
+    return df[PAIR_COLUMNS].reset_index(drop=True)

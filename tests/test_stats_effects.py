@@ -1,0 +1,276 @@
+"""The effects model: preparation, identification, likelihood identity, recovery, CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import warehouse
+from warehouse.db import WarehouseError
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _cells(**cols) -> pd.DataFrame:
+    return pd.DataFrame(cols)
+
+
+# ---------------------------------------------------------------------------
+# preparation and identification (no sampling)
+
+
+def test_constraint_basis_is_orthonormal_and_constrained():
+    from psystats.stats.effects import constraint_basis
+
+    groups = np.array([0, 0, 0, 1, 1, 2])
+    G = np.eye(3)[groups]
+    B = constraint_basis(G)
+    assert B.shape == (6, 3)  # 6 levels - 3 group sums
+    np.testing.assert_allclose(B.T @ B, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(G.T @ B, 0, atol=1e-12)
+
+
+def test_degenerate_data_drop_terms_with_messages():
+    from psystats.stats.effects import NO_DOMAIN, prepare
+    from psystats.stats.simulate import simulate_cells
+
+    sim = simulate_cells(6, 8, n_families=1, n_types=1, n_domains=1, seed=2)
+    c = sim.cells
+    # An experiment with one participant, a pair with a single experiment, a missing domain,
+    # a cell whose differences are all equal.
+    c.loc[0, "n"], c.loc[0, "se"] = 1, np.nan
+    c.loc[1, "se"] = 0.0
+    c.loc[c.experiment == "exp007", "domain"] = None
+    lone = c.iloc[[5]].assign(pair="lone vs base", post_model="lone", experiment="exp003")
+    data = prepare(pd.concat([c, lone], ignore_index=True))
+    text = " | ".join(data.messages)
+    assert "fewer than 2 participant" in text and "zero variance" in text
+    assert NO_DOMAIN in data.coords["domain"]
+    for term in ("type", "family", "type_domain"):
+        assert term not in data.active and term in data.dropped
+    assert "domain" in data.active  # two levels now: the real one and NO_DOMAIN
+    assert "lone vs base" in data.coords["pair"]
+    assert data.n_cells == len(c) + 1 - 2
+
+
+def test_single_pair_drops_experiment_term_and_all_zero_variance_fails():
+    from psystats.stats.effects import prepare
+
+    one = _cells(pair=["p"] * 4, experiment=list("abcd"), y=[0.1, 0.2, 0.0, 0.3],
+                 se=[0.05] * 4, domain=["X", "X", "Y", "Y"], n=[10] * 4)
+    data = prepare(one)
+    assert "experiment" in data.dropped and "pair" not in data.active
+    assert "single cell" in data.dropped["experiment"]
+    with pytest.raises(WarehouseError, match="none of the 4 cell"):
+        prepare(one.assign(se=0.0))
+
+
+def test_spec_from_toml_and_errors(tmp_path):
+    from psystats.stats.effects import EffectsSpec, Prior
+
+    p = tmp_path / "spec.toml"
+    p.write_text('parameterization = "noncentred"\n[terms]\ngeneration = false\n'
+                 '[priors]\nsigma_pair = {dist = "HalfStudentT", nu = 3, sigma = 0.2}\n')
+    spec = EffectsSpec.from_file(p)
+    assert spec.terms["generation"] is False and spec.terms["pair"] is True
+    assert spec.prior("sigma_pair") == Prior("HalfStudentT", nu=3, sigma=0.2)
+    assert spec.to_dict()["priors"]["sigma_cell"] == {"dist": "HalfNormal", "sigma": 0.5}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("priors:\n  sigma_pear: {dist: HalfNormal, sigma: 1}\n")
+    with pytest.raises(WarehouseError, match="bad.yaml: unknown prior.*sigma_pear"):
+        EffectsSpec.from_file(bad)
+    with pytest.raises(WarehouseError, match="unknown prior distribution"):
+        Prior("Uniformish", lower=0)
+
+
+# ---------------------------------------------------------------------------
+# likelihood identity: sufficient statistics vs participant rows
+
+
+def _participant_data(seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, (n, mu) in enumerate([(12, 0.3), (7, 0.1), (20, 0.25), (9, -0.05)]):
+        d = rng.normal(mu, 0.4, n)
+        rows += [dict(pair=f"p{c}", experiment="e", d=x) for x in d]
+    df = pd.DataFrame(rows)
+    cells = df.groupby("pair").d.agg(n="size", mean="mean", var="var").reset_index()
+    cells["experiment"], cells["y"] = "e", cells["mean"]
+    cells["se"] = np.sqrt(cells["var"] / cells["n"])
+    return df, cells
+
+
+def _row_model(df, cells, spec):
+    import pymc as pm
+
+    s = np.sqrt(cells["var"].to_numpy())
+    idx = df.pair.map({p: i for i, p in enumerate(cells.pair)}).to_numpy()
+    with pm.Model(coords={"cell": cells.pair.tolist()}) as m:
+        b0 = spec.prior("intercept").rv("intercept")
+        sc = spec.prior("sigma_cell").rv("sigma_cell")
+        z = pm.Normal("cell_z", 0, 1, dims="cell")
+        pm.Normal("d", b0 + sc * z[idx], s[idx], observed=df.d.to_numpy())
+    return m
+
+
+def test_suffstat_model_logp_equals_row_level_model_logp():
+    from psystats.stats.cells import suffstat_loglik
+    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+
+    df, cells = _participant_data()
+    spec = EffectsSpec(residual="explicit")
+    data = prepare(cells, spec)
+    assert data.active == []  # intercept + cell residual only
+    suff, row = build_effects_model(data, spec), _row_model(df, cells, spec)
+    # The constant: row-level minus mean-only likelihood, at any mu (here mu = mean).
+    s = np.sqrt(cells["var"])
+    const = (suffstat_loglik(cells.n, cells["mean"], cells["var"], cells["mean"], s)
+             - (-0.5 * np.log(2 * np.pi * s ** 2 / cells.n))).sum()
+    f_suff, f_row = suff.compile_logp(), row.compile_logp()
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        pt = {"intercept": rng.normal(), "sigma_cell_log__": rng.normal(-1, 0.5),
+              "cell_z": rng.normal(size=len(cells))}
+        assert f_row(pt) == pytest.approx(f_suff(pt) + const, rel=1e-10)
+
+
+def test_suffstat_posterior_agrees_with_row_level_posterior():
+    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.sampling import sample
+
+    df, cells = _participant_data()
+    spec = EffectsSpec()  # marginal: cell residual integrated out
+    a = sample(build_effects_model(prepare(cells, spec), spec), draws=1500, tune=1000, seed=3,
+               sampler="pymc")
+    b = sample(_row_model(df, cells, spec), draws=1500, tune=1000, seed=4, sampler="pymc")
+    for v in ("intercept", "sigma_cell"):
+        x, y = a.posterior[v].values.ravel(), b.posterior[v].values.ravel()
+        assert abs(x.mean() - y.mean()) < 0.1 * max(x.std(), 0.01) + 4 * x.std() / np.sqrt(1500)
+        assert np.quantile(x, 0.9) == pytest.approx(np.quantile(y, 0.9), rel=0.1, abs=0.02)
+
+
+def test_eight_schools_through_the_effects_builder():
+    from psystats.stats.effects import EffectsSpec, Prior, build_effects_model, prepare
+    from psystats.stats.sampling import diagnose, sample
+
+    cells = _cells(pair=["school"] * 8, experiment=list("ABCDEFGH"),
+                   y=[28, 8, -3, 7, -1, 1, 18, 12.0], se=[15, 10, 16, 11, 9, 11, 10, 18.0])
+    spec = EffectsSpec(priors={"intercept": Prior("Normal", mu=0, sigma=5),
+                               "sigma_cell": Prior("HalfCauchy", beta=5)})
+    data = prepare(cells, spec)
+    assert data.active == [] and "experiment" in data.dropped
+    idata = sample(build_effects_model(data, spec), draws=2000, tune=1000, seed=5)
+    assert diagnose(idata).passed
+    mu, tau = idata.posterior.intercept.values.ravel(), idata.posterior.sigma_cell.values.ravel()
+    assert abs(mu.mean() - 4.4) < 0.4 and abs(mu.std() - 3.3) < 0.3
+    assert abs(tau.mean() - 3.6) < 0.4 and abs(tau.std() - 3.2) < 0.5
+
+
+# ---------------------------------------------------------------------------
+# recovery (one dataset; the coverage study is benchmarks/bench_fit.py --recovery)
+
+
+def test_recovery_point_estimates_one_dataset():
+    from psystats.stats.effects import fit_cells
+    from psystats.stats.simulate import simulate_cells
+
+    sim = simulate_cells(12, 16, n_families=3, n_types=2, n_domains=4, seed=11)
+    fit = fit_cells(sim.cells, draws=500, tune=500, seed=1, checks=False, target_accept=0.99)
+    assert fit.diagnostics.passed, fit.diagnostics.problems
+    post = fit.idata.posterior
+    for name in ("intercept", "size_slope"):
+        x = post[name].values.ravel()
+        assert abs(x.mean() - sim.truth[name]) < 4 * x.std(), name
+    for name in ("type", "domain", "pair_mean"):
+        est = post[name].mean(("chain", "draw")).to_series()
+        truth = sim.truth[name]
+        sd = post[name].std(("chain", "draw")).to_series()
+        assert (np.abs(est.to_numpy() - truth[est.index.astype(str)].to_numpy())
+                < 4 * sd.to_numpy() + 1e-3).all(), name
+    pde = post["pair_domain_effect"].mean(("chain", "draw")).to_pandas()
+    assert np.corrcoef(pde.to_numpy().ravel(),
+                       sim.truth["pair_domain_effect"].loc[pde.index, pde.columns].to_numpy().ravel()
+                       )[0, 1] > 0.9
+
+
+# ---------------------------------------------------------------------------
+# end to end through the CLI on a real warehouse file
+
+
+@pytest.fixture(scope="module")
+def sim_wh(small_warehouse, tmp_path_factory):
+    from psystats.stats.simulate import add_synthetic_experiments, simulate_warehouse
+
+    path = tmp_path_factory.mktemp("e2e") / "sim.duckdb"
+    shutil.copy(small_warehouse, path)
+    con = warehouse.connect(path)
+    add_synthetic_experiments(con, n_experiments=6, participants=30, responses=4)
+    simulate_warehouse(con, seed=3, scales={"sigma_experiment": 0.2, "sigma_type_domain": 0.1})
+    con.close()
+    return path
+
+
+def test_cli_fit_effects_gate_failure_leaves_warehouse_unchanged(sim_wh, tmp_path):
+    from psystats.cli import main
+
+    db = tmp_path / "w.duckdb"
+    shutil.copy(sim_wh, db)
+    # Too few draws: the gates fail, the command exits 1 and stores nothing.
+    r = CliRunner().invoke(main, ["--db", str(db), "fit", "effects", "--draws", "30", "--tune",
+                                  "30", "--no-checks"])
+    assert r.exit_code == 1 and "diagnostic gates" in r.output and "ESS" in r.output
+    con = warehouse.connect(db, read_only=True)
+    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 0
+    assert warehouse.db.scalar(con, "SELECT count(*) FROM fit_params") == 0
+    assert not (tmp_path / "w.duckdb.fits").exists() or not any((tmp_path / "w.duckdb.fits").iterdir())
+
+
+def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
+    from psystats.cli import main
+
+    db = tmp_path / "w.duckdb"
+    shutil.copy(sim_wh, db)
+    runner = CliRunner()
+    r = runner.invoke(main, ["--db", str(db), "fit", "effects", "--draws", "600", "--tune", "600",
+                             "--no-compare", "--target-accept", "0.99"])
+    assert r.exit_code == 0, r.output
+    con = warehouse.connect(db, read_only=True)
+    fit = con.execute("SELECT kind, passed, scale, condition, diagnostics, summary, netcdf_path "
+                      "FROM fits").fetchall()
+    assert len(fit) == 1
+    kind, passed, scale, condition, diag, summary, nc = fit[0]
+    assert (kind, passed, scale, condition) == ("effects", True, "nats", "plain")
+    summary = json.loads(summary)
+    assert 0.5 < summary["ppc"]["coverage_90"] <= 1 and "elpd_loo" in summary["loo"]["full"]
+    params = {r[0] for r in con.execute("SELECT DISTINCT parameter FROM fit_params").fetchall()}
+    assert {"intercept", "type", "type_mean", "domain", "type_domain", "experiment",
+            "pair_domain_effect", "sigma_cell"} <= params
+    td = con.execute("SELECT label, coords FROM fit_params WHERE parameter = 'type_domain' "
+                     "ORDER BY label LIMIT 1").fetchall()[0]
+    assert set(json.loads(td[1])) == {"type", "domain"} and " × " in td[0]
+    n_pde = warehouse.db.scalar(con, "SELECT count(*) FROM fit_params "
+                                     "WHERE parameter = 'pair_domain_effect'")
+    assert n_pde == 8 * 4  # 8 pairs x (Psycholinguistics + 3 synthetic domains)
+    from pathlib import Path
+    assert Path(nc).exists()
+
+
+def test_cli_export_cells(sim_wh, tmp_path):
+    from psystats.cli import main
+
+    runner = CliRunner()
+    for ext in ("parquet", "csv"):
+        out = tmp_path / f"cells.{ext}"
+        r = runner.invoke(main, ["--db", str(sim_wh), "export", "cells", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        df = pd.read_parquet(out) if ext == "parquet" else pd.read_csv(out)
+        assert len(df) == 64
+        np.testing.assert_allclose(df.se_nats, np.sqrt(df["var"] / df.n))
+        np.testing.assert_allclose(df.y_std, df["mean"] / df.pooled_sd)
+    r = runner.invoke(main, ["--db", str(sim_wh), "export", "cells", "-o", str(tmp_path / "x.txt")])
+    assert r.exit_code != 0 and ".parquet or .csv" in r.output
