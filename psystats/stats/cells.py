@@ -36,7 +36,7 @@ import pandas as pd
 from warehouse.db import WarehouseError
 from warehouse.queries import where_clause
 
-from .data import PAIR_COLUMNS, latest_runs_sql, pairs
+from .data import PAIR_COLUMNS, latest_runs_sql, pairs, valid_score
 
 SCALES = ("nats", "standardised")
 
@@ -71,8 +71,7 @@ def _differences_sql(n_pairs: int, exp_filter: str) -> str:
         JOIN scores sp ON sp.run_id = pr.post_run_id
         JOIN responses r ON r.response_id = sp.response_id AND r.experiment = pr.experiment
         JOIN scores sb ON sb.run_id = pr.base_run_id AND sb.response_id = sp.response_id
-        WHERE sp.n_tokens > 0 AND sp.nll IS NOT NULL AND isfinite(sp.nll)
-          AND sb.n_tokens > 0 AND sb.nll IS NOT NULL AND isfinite(sb.nll)
+        WHERE {valid_score("sp")} AND {valid_score("sb")}
         GROUP BY ALL
     )"""
 

@@ -22,7 +22,14 @@ from warehouse.queries import where_clause
 
 # Scores that count: the response produced tokens and the NLL is known
 # (responses skipped or truncated away by the scorer have n_tokens = 0 or NULL nll).
-VALID_SCORE = "s.n_tokens > 0 AND s.nll IS NOT NULL AND isfinite(s.nll)"
+# Imported scores from non-token models (cognitive models) have n_tokens NULL:
+# they are valid whenever their nll is finite.
+VALID_SCORE = "coalesce(s.n_tokens, 1) > 0 AND s.nll IS NOT NULL AND isfinite(s.nll)"
+
+
+def valid_score(alias: str) -> str:
+    """The VALID_SCORE condition for a scores table under another alias."""
+    return VALID_SCORE.replace("s.", f"{alias}.")
 
 
 def latest_runs_sql(condition_param: str = "?") -> str:

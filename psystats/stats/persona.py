@@ -1,0 +1,353 @@
+"""``psystats fit persona``: does telling the model who the participant is help it predict them?
+
+For every model scored in both the ``persona`` condition (a metadata interview
+before the transcript) and the ``plain`` condition, and every participant, the
+paired difference
+
+    d_i = mean over i's responses r of [NLL_persona(r) - NLL_plain(r)]
+
+over the responses both runs scored validly (same model, same responses;
+participants without metadata are skipped by the persona scorer and so drop
+out here).  Negative d = the persona helps.  Cells (model, experiment) keep
+(n, mean, var); the model (``docs/model.md``) is hierarchical over
+experiments and models with one ``persona_effect`` per post-training type.
+
+"No benefit" is a posterior statement through a region of practical
+equivalence (ROPE) around zero: ``P(|effect| < rope)``, ``P(effect < -rope)``
+(benefit) and ``P(effect > rope)`` (harm), in ``fits.summary``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from warehouse.db import WarehouseError
+from warehouse.queries import where_clause
+
+from .analysis_common import crossed_normal_logp, load_models, prob
+
+KIND = "persona"
+SCALES = ("nats", "standardised")
+# Default ROPE half-widths.  0.01 nats per response is a likelihood ratio of
+# exp(0.01) ~ 1.01: the persona would change the probability the model gives
+# each human response by about 1 %.  0.1 SD is Kruschke's (2018) default ROPE
+# for standardised effects: half of Cohen's "small" effect.
+DEFAULT_ROPE = {"nats": 0.01, "standardised": 0.1}
+DECISION = 0.95  # posterior mass needed to call an effect equivalent / beneficial / harmful
+
+
+@dataclass
+class PersonaPriors:
+    """Prior scales (on the fit's scale).  ``None``: scaled from the data.
+
+    With S = max(root mean square of the cell means, rope):
+    ``persona_effect ~ Normal(0, 2.5 S)``, ``sigma_model``,
+    ``sigma_experiment``, ``sigma_cell ~ HalfNormal(S)``.
+    """
+
+    effect_sd: float | None = None
+    model_sd: float | None = None
+    experiment_sd: float | None = None
+    cell_sd: float | None = None
+
+    def resolved(self, cells: pd.DataFrame, rope: float) -> dict[str, float]:
+        s = max(float(np.sqrt(np.mean(np.square(cells["y"])))), rope)
+        auto = dict(effect_sd=2.5 * s, model_sd=s, experiment_sd=s, cell_sd=s)
+        out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(self).items()}
+        bad = [k for k, v in out.items() if not (v > 0)]
+        if bad:
+            raise WarehouseError(f"persona priors must be positive: {', '.join(bad)}")
+        return out
+
+
+@dataclass
+class PersonaData:
+    """Cells (model, experiment) with ``y``/``se`` on ``scale`` and the model metadata."""
+
+    cells: pd.DataFrame
+    scale: str
+    rope: float
+    notes: list[str] = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
+
+
+def persona_cells(con, *, persona_condition: str = "persona", plain_condition: str = "plain",
+                  models: Sequence[str] | None = None,
+                  experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """(model, experiment) cells of paired persona-minus-plain differences, from DuckDB.
+
+    Columns: model, experiment, n, mean, var, sd_persona, sd_plain,
+    n_responses, persona_run_id, plain_run_id.  Each condition's scores come
+    from the model's latest complete run of that experiment (``stats.data``).
+    """
+    from .data import VALID_SCORE, latest_runs_sql
+
+    if persona_condition == plain_condition:
+        raise WarehouseError("the persona and plain conditions must differ "
+                             f"(both are {persona_condition!r})")
+    filt, fparams = where_clause({"lp.model": models, "lp.experiment": experiments})
+    extra = (" AND " + filt.removeprefix("WHERE ")) if filt else ""
+    valid_p = VALID_SCORE.replace("s.", "sp.")
+    valid_q = VALID_SCORE.replace("s.", "sq.")
+    q = f"""
+    WITH {latest_runs_sql("?, ?")},
+    model_runs AS (
+        SELECT lp.model, lp.experiment, lp.run_id AS persona_run_id, lq.run_id AS plain_run_id
+        FROM latest_runs lp
+        JOIN latest_runs lq ON lq.model = lp.model AND lq.experiment = lp.experiment
+                           AND lq.condition = ?
+        WHERE lp.condition = ?{extra}
+    ),
+    diffs AS (
+        SELECT mr.model, mr.experiment, r.participant_key, mr.persona_run_id, mr.plain_run_id,
+               count(*)::BIGINT AS n_responses, avg(sp.nll) AS mean_persona,
+               avg(sq.nll) AS mean_plain, avg(sp.nll - sq.nll) AS d
+        FROM model_runs mr
+        JOIN scores sp ON sp.run_id = mr.persona_run_id
+        JOIN responses r ON r.response_id = sp.response_id AND r.experiment = mr.experiment
+        JOIN scores sq ON sq.run_id = mr.plain_run_id AND sq.response_id = sp.response_id
+        WHERE {valid_p} AND {valid_q}
+        GROUP BY ALL
+    )
+    SELECT model, experiment, count(*)::BIGINT AS n, avg(d) AS mean, var_samp(d) AS var,
+           stddev_samp(mean_persona) AS sd_persona, stddev_samp(mean_plain) AS sd_plain,
+           sum(n_responses)::BIGINT AS n_responses,
+           any_value(persona_run_id) AS persona_run_id, any_value(plain_run_id) AS plain_run_id
+    FROM diffs GROUP BY model, experiment ORDER BY model, experiment
+    """
+    cur = con.execute(q, [persona_condition, plain_condition, plain_condition,
+                          persona_condition, *fparams])
+    df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+    for col in ("mean", "var", "sd_persona", "sd_plain"):
+        df[col] = df[col].astype(float)
+    return df
+
+
+def prepare_persona(cells: pd.DataFrame, models: pd.DataFrame, *, scale: str = "nats",
+                    rope: float | None = None) -> PersonaData:
+    """Put cells on ``scale`` (``y``, ``se``), attach post-training types, drop unusable cells."""
+    if scale not in SCALES:
+        raise WarehouseError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
+    rope = DEFAULT_ROPE[scale] if rope is None else float(rope)
+    if not rope > 0:
+        raise WarehouseError(f"--rope must be positive, got {rope}")
+    notes: list[str] = []
+    if cells.empty:
+        raise WarehouseError(
+            "fit persona found no model scored in both the persona and the plain condition "
+            "on the same responses: run `psystats score MODEL --condition persona` (and "
+            "`--condition plain`) first")
+    c = cells.copy()
+    thin = c[c["n"] < 2]
+    if len(thin):
+        notes.append(f"{len(thin)} cell(s) with fewer than 2 participants left out: "
+                     + ", ".join(f"{m} / {e}" for m, e in zip(thin["model"], thin["experiment"])))
+        c = c[c["n"] >= 2]
+    se = np.sqrt(c["var"] / c["n"])
+    if scale == "nats":
+        c["y"], c["se"] = c["mean"], se
+    else:
+        pooled = np.sqrt((c["sd_persona"] ** 2 + c["sd_plain"] ** 2) / 2)
+        flat = c[~(pooled > 0)]
+        if len(flat):
+            notes.append(f"{len(flat)} cell(s) with zero participant SD cannot be standardised "
+                         "and are left out")
+        c, pooled, se = c[pooled > 0], pooled[pooled > 0], se[pooled > 0]
+        c["y"], c["se"] = c["mean"] / pooled, se / pooled
+    zero = c[~(c["se"] > 0)]
+    if len(zero):
+        # All participants' differences equal: the cell's likelihood would be a spike.
+        notes.append(f"{len(zero)} cell(s) whose participant differences are all equal left out "
+                     "(identical persona and plain scores?)")
+        c = c[c["se"] > 0]
+    if c.empty:
+        raise WarehouseError("fit persona: no usable cells (each needs at least 2 participants "
+                             "whose persona-minus-plain differences vary); " + "; ".join(notes))
+    types = models.set_index("name")["post_training"]
+    c["post_training"] = c["model"].map(types).fillna("unregistered")
+    return PersonaData(cells=c.reset_index(drop=True), scale=scale, rope=rope, notes=notes)
+
+
+def build_persona_model(data: PersonaData, priors: PersonaPriors | None = None, *,
+                        model_effects: str = "fixed"):
+    """The PyMC persona model; returns ``(model, spec)`` (see ``docs/model.md``).
+
+    ``model_effects="fixed"`` (default): one effect per model, ``persona_effect``
+    = the average over the type's scored models.  ``"random"``: models are a
+    sample from a population of models of that type (``sigma_model``), which
+    needs several models per type to say anything beyond the prior.
+    """
+    if model_effects not in ("fixed", "random"):
+        raise WarehouseError(f"model_effects must be 'fixed' or 'random', not {model_effects!r}")
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    c = data.cells
+    p = (priors or PersonaPriors()).resolved(c, data.rope)
+    types = sorted(set(c["post_training"]))
+    model_names = sorted(set(c["model"]))
+    exps = sorted(set(c["experiment"]))
+    spec: dict[str, Any] = dict(
+        kind=KIND, scale=data.scale, rope=data.rope,
+        likelihood="cell mean ~ Normal(mu, sqrt(sigma_cell^2 + var/n))",
+        terms={}, dropped={})
+    use_model = bool((c.groupby("post_training")["model"].nunique() >= 2).any())
+    spec["model_effects"] = model_effects if use_model else "fixed"
+    spec["terms"]["model"] = (
+        "random intercept over models of a type (integrated out analytically)"
+        if model_effects == "random" and use_model else
+        "one effect per model; persona_effect = average over the type's models")
+    use_exp = len(exps) >= 2
+    spec["terms" if use_exp else "dropped"]["experiment"] = (
+        "random intercept over experiments (integrated out analytically; persona_effect is "
+        "the effect in a typical experiment)" if use_exp else "one experiment only")
+    use_cell = len(c) > len(model_names) + (len(exps) - 1 if use_exp else 0)
+    spec["terms" if use_cell else "dropped"]["cell residual"] = (
+        "model x experiment residual" if use_cell else "one cell per parameter: not identified")
+
+    coords = {"post_training": types, "cell": np.arange(len(c)), "model": model_names}
+    m_idx = pd.Index(model_names).get_indexer(c["model"])
+    model_type = (c.drop_duplicates("model").set_index("model")
+                  .loc[model_names, "post_training"].to_numpy())
+    with pm.Model(coords=coords) as model:
+        var = c["se"].to_numpy(float) ** 2
+        if use_cell:
+            s_c = pm.HalfNormal("sigma_cell", p["cell_sd"])
+            var = s_c ** 2 + var
+        factors = []
+        if model_effects == "fixed" or not use_model:
+            # Each model's own effect; persona_effect[type] is their average: the effect for
+            # the models that were scored (no funnel however few models a type has).
+            per_model = pm.Normal("persona_model_effect", 0.0, p["effect_sd"], dims="model")
+            avg = np.zeros((len(types), len(model_names)))
+            for j, t in enumerate(model_type):
+                avg[types.index(t), j] = 1.0
+            avg /= avg.sum(axis=1, keepdims=True)
+            pm.Deterministic("persona_effect", pt.dot(pt.as_tensor(avg), per_model),
+                             dims="post_training")
+            mu = per_model[m_idx]
+        else:
+            # Population of models: persona_effect[type] is the mean of a Normal over models,
+            # the model intercepts integrated out exactly.
+            effect = pm.Normal("persona_effect", 0.0, p["effect_sd"], dims="post_training")
+            mu = effect[pd.Index(types).get_indexer(c["post_training"])]
+            factors.append((m_idx, len(model_names),
+                            pm.HalfNormal("sigma_model", p["model_sd"])))
+        if use_exp:
+            # Experiment random intercept, integrated out exactly (no funnel for small sigma).
+            factors.append((pd.Index(exps).get_indexer(c["experiment"]), len(exps),
+                            pm.HalfNormal("sigma_experiment", p["experiment_sd"])))
+        if factors:
+            pm.Potential("obs", crossed_normal_logp(c["y"].to_numpy(float), mu, var, factors))
+        else:
+            pm.Normal("obs", mu=mu, sigma=pt.sqrt(var), observed=c["y"].to_numpy(float),
+                      dims="cell")
+    spec["priors"] = p
+    return model, spec
+
+
+PARAMS = ["persona_effect", "persona_model_effect", "sigma_model", "sigma_experiment",
+          "sigma_cell"]
+
+
+def summarise_persona(idata, data: PersonaData) -> dict:
+    """ROPE probabilities and a verdict per post-training type."""
+    rope = data.rope
+    out: dict[str, Any] = {"rope": [-rope, rope], "scale": data.scale, "decision_mass": DECISION,
+                           "by_post_training": {}}
+    post = idata.posterior["persona_effect"]
+    for t in post.coords["post_training"].values:
+        x = post.sel(post_training=t).values.ravel()
+        p_in, p_ben, p_harm = prob(np.abs(x) < rope), prob(x < -rope), prob(x > rope)
+        verdict = ("practically equivalent to no effect" if p_in >= DECISION else
+                   "persona helps" if p_ben >= DECISION else
+                   "persona hurts" if p_harm >= DECISION else "undecided")
+        out["by_post_training"][str(t)] = dict(
+            mean=float(x.mean()), q05=float(np.quantile(x, 0.05)),
+            q95=float(np.quantile(x, 0.95)), p_in_rope=p_in, p_benefit=p_ben, p_harm=p_harm,
+            verdict=verdict,
+            n_models=int(data.cells.loc[data.cells["post_training"] == t, "model"].nunique()))
+    return out
+
+
+def fit_persona(con, *, persona_condition: str = "persona", plain_condition: str = "plain",
+                models: Sequence[str] | None = None, experiments: Sequence[str] | None = None,
+                scale: str = "nats", rope: float | None = None,
+                model_effects: str = "fixed", priors: PersonaPriors | None = None, draws: int = 1000, tune: int = 1000,
+                chains: int = 4, seed: int = 0, sampler: str = "nutpie",
+                target_accept: float = 0.95, allow_diagnostics_failure: bool = False,
+                netcdf_dir=None, name: str | None = None) -> dict:
+    """Load, build, sample, check and store a persona fit; returns a result dict."""
+    from .sampling import diagnose, enforce, sample
+    from .store import save_fit
+
+    t0 = time.perf_counter()
+    cells = persona_cells(con, persona_condition=persona_condition,
+                          plain_condition=plain_condition, models=models,
+                          experiments=experiments)
+    data = prepare_persona(cells, load_models(con), scale=scale, rope=rope)
+    data.selection = dict(persona_condition=persona_condition, plain_condition=plain_condition,
+                          models=list(models or []) or None,
+                          experiments=list(experiments or []) or None,
+                          runs={m: {"persona": sorted(set(map(int, g["persona_run_id"]))),
+                                    "plain": sorted(set(map(int, g["plain_run_id"])))}
+                                for m, g in data.cells.groupby("model")},
+                          n_cells=len(data.cells), notes=data.notes)
+    model, spec = build_persona_model(data, priors, model_effects=model_effects)
+    idata = sample(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
+                   target_accept=target_accept)
+    diag = diagnose(idata)
+    enforce(diag, allow_diagnostics_failure)
+    summary = summarise_persona(idata, data)
+    fit_id = save_fit(con, kind=KIND, idata=idata, spec=spec, priors=spec["priors"],
+                      selection=data.selection,
+                      condition=f"{persona_condition} vs {plain_condition}", scale=scale,
+                      diagnostics=diag, summary=summary, seconds=time.perf_counter() - t0,
+                      netcdf_dir=netcdf_dir, var_names=[n for n in PARAMS if n in idata.posterior],
+                      name=name)
+    return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
+
+
+def simulate_persona(con, *, effects: dict[str, float] | None = None, models_per_type: int = 2,
+                     model_sd: float = 0.0, difference_sd: float = 0.05,
+                     persona_condition: str = "persona", plain_condition: str = "plain",
+                     seed: int = 0) -> dict:
+    """Write plain and persona runs with a known persona effect per post-training type.
+
+    For each type, ``models_per_type`` models (post-trained ones get the
+    first base as ``base_model``).  Per response: plain NLL = 1 + Exponential(1);
+    persona NLL = plain NLL + effect[type] + model deviation (N(0, model_sd))
+    + d_i, d_i ~ N(0, difference_sd) per participant.  Returns the truth.
+    """
+    from warehouse.db import transaction
+
+    from .analysis_common import register_models, responses_frame, write_run
+
+    effects = effects or {"base": 0.0, "instruct": -0.1}
+    rng = np.random.default_rng(seed)
+    resp = responses_frame(con)
+    parts = sorted(set(resp["participant_key"]))
+    rows, runs = [], []
+    first_base = None
+    for t, eff in effects.items():
+        for j in range(models_per_type):
+            name = f"sim-persona-{t}-{j}"
+            if t == "base" and first_base is None:
+                first_base = name
+            rows.append(dict(name=name, family="sim", generation="1", generation_order=1.0,
+                             post_training=t, base_model=None if t == "base" else first_base))
+            plain = 1.0 + rng.exponential(1.0, len(resp))
+            shift = eff + rng.normal(0.0, model_sd) if model_sd else eff
+            d = dict(zip(parts, rng.normal(0.0, difference_sd, len(parts))))
+            runs += [(name, plain_condition, plain),
+                     (name, persona_condition,
+                      plain + shift + resp["participant_key"].map(d).to_numpy())]
+    with transaction(con):
+        register_models(con, rows)
+        for model, cond, nll in runs:
+            write_run(con, model, cond, resp["response_id"], nll)
+    return {"persona_effect": dict(effects)}

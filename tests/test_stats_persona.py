@@ -1,0 +1,145 @@
+"""fit persona: paired cells against an independent computation, ROPE statements, errors, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import warehouse
+from warehouse.db import WarehouseError
+
+
+@pytest.fixture
+def persona_warehouse(tmp_path):
+    from psystats.stats.persona import simulate_persona
+    from psystats.stats.simulate import add_synthetic_experiments
+
+    path = tmp_path / "persona.duckdb"
+    con = warehouse.connect(path)
+    add_synthetic_experiments(con, n_experiments=8, participants=20, responses=4, seed=4)
+    truth = simulate_persona(con, effects={"base": 0.0, "instruct": -0.15}, seed=5)
+    con.close()
+    return path, truth
+
+
+def test_persona_cells_match_a_pandas_reference(persona_warehouse):
+    from psystats.stats.persona import persona_cells
+
+    path, _ = persona_warehouse
+    con = warehouse.connect(path)
+    # One response's persona score is invalid (no tokens): it must drop out of both sides.
+    rid = con.execute("SELECT min(response_id) FROM responses").fetchall()[0][0]
+    con.execute("UPDATE scores SET n_tokens = 0 WHERE response_id = ? AND run_id IN "
+                "(SELECT run_id FROM score_runs WHERE condition = 'persona')", [rid])
+    cells = persona_cells(con).set_index(["model", "experiment"])
+    raw = pd.DataFrame(con.execute(
+        "SELECT sr.model, sr.condition, s.response_id, s.nll, s.n_tokens, r.participant_key, "
+        "r.experiment FROM scores s JOIN score_runs sr USING (run_id) "
+        "JOIN responses r USING (response_id)").fetchall(),
+        columns=["model", "condition", "response_id", "nll", "n_tokens", "participant_key",
+                 "experiment"])
+    con.close()
+    wide = raw[raw.n_tokens > 0].pivot_table(
+        index=["model", "experiment", "participant_key", "response_id"], columns="condition",
+        values="nll").dropna()
+    d = (wide["persona"] - wide["plain"]).groupby(level=[0, 1, 2]).mean()
+    ref = d.groupby(level=[0, 1]).agg(["size", "mean", "var"])
+    assert len(ref) == len(cells)
+    for key, row in ref.iterrows():
+        assert cells.loc[key, "n"] == row["size"]
+        assert cells.loc[key, "mean"] == pytest.approx(row["mean"], abs=1e-12)
+        assert cells.loc[key, "var"] == pytest.approx(row["var"], rel=1e-9)
+    assert cells["n_responses"].sum() == len(wide)
+
+
+def test_no_persona_runs_is_a_clear_error(tmp_path):
+    from psystats.stats.persona import fit_persona
+    from psystats.stats.simulate import add_synthetic_experiments
+
+    con = warehouse.connect(tmp_path / "p.duckdb")
+    add_synthetic_experiments(con, n_experiments=2, participants=5, responses=2)
+    with pytest.raises(WarehouseError, match="no model scored in both the persona and the plain"):
+        fit_persona(con)
+    with pytest.raises(WarehouseError, match="must differ"):
+        fit_persona(con, persona_condition="plain")
+    assert con.execute("SELECT count(*) FROM fits").fetchall()[0][0] == 0
+
+
+def test_prepare_persona_drops_degenerate_cells_with_notes():
+    from psystats.stats.persona import prepare_persona
+
+    models = pd.DataFrame({"name": ["m"], "post_training": ["base"]})
+    cells = pd.DataFrame({"model": ["m", "m", "m"], "experiment": ["a", "b", "c"],
+                          "n": [10, 1, 10], "mean": [0.1, 0.2, 0.0], "var": [0.04, np.nan, 0.0],
+                          "sd_persona": [1.0, np.nan, 1.0], "sd_plain": [1.0, np.nan, 1.0]})
+    data = prepare_persona(cells, models)
+    assert list(data.cells["experiment"]) == ["a"]
+    assert data.rope == 0.01
+    assert any("fewer than 2 participants" in n for n in data.notes)
+    assert any("all equal" in n for n in data.notes)
+    std = prepare_persona(cells, models, scale="standardised")
+    assert std.rope == 0.1 and std.cells["y"].iloc[0] == pytest.approx(0.1)
+    with pytest.raises(WarehouseError, match="no usable cells"):
+        prepare_persona(cells.iloc[1:], models)
+
+
+def test_fit_persona_cli_rope_statements(persona_warehouse):
+    """End to end: no effect for base -> in ROPE; a real benefit for instruct -> 'helps'."""
+    from click.testing import CliRunner
+
+    from psystats.commands.fit_analyses_cmds import persona
+
+    path, truth = persona_warehouse
+    res = CliRunner().invoke(persona, ["--db", str(path), "--rope", "0.05", "--draws", "1000",
+                                       "--tune", "500", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "ROPE: ±0.05" in res.output
+    con = warehouse.connect(path, read_only=True)
+    (fit_id, summary, passed), = con.execute(
+        "SELECT fit_id, summary, passed FROM fits WHERE kind = 'persona'").fetchall()
+    params = dict(con.execute(
+        "SELECT label, mean FROM fit_params WHERE fit_id = ? AND parameter = 'persona_effect'",
+        [fit_id]).fetchall())
+    coords = con.execute("SELECT coords FROM fit_params WHERE fit_id = ? AND "
+                         "parameter = 'persona_effect'", [fit_id]).fetchall()
+    con.close()
+    assert passed is True
+    s = json.loads(summary)["by_post_training"]
+    assert s["base"]["p_in_rope"] > 0.9 and s["base"]["verdict"].startswith("practically")
+    assert s["instruct"]["p_benefit"] > 0.95 and s["instruct"]["verdict"] == "persona helps"
+    for t, true in truth["persona_effect"].items():
+        assert params[t] == pytest.approx(true, abs=0.03)
+    assert {json.loads(c[0])["post_training"] for c in coords} == {"base", "instruct"}
+
+
+def test_integrated_random_intercepts_equal_the_dense_normal():
+    """crossed_normal_logp (and its gradient) against scipy's multivariate normal."""
+    import pytensor
+    import pytensor.tensor as pt
+    from scipy.stats import multivariate_normal
+
+    from psystats.stats.analysis_common import crossed_normal_logp, grouped_normal_logp
+
+    rng = np.random.default_rng(0)
+    g = np.array([0, 0, 1, 2, 2, 2, 1, 0, 1])
+    h = np.array([0, 1, 1, 0, 1, 1, 0, 0, 1])
+    y, mu0, v = rng.normal(size=9), rng.normal(size=9), rng.uniform(0.1, 1.0, 9)
+    s, t = 0.7, 0.4
+    Z, H = np.eye(3)[g], np.eye(2)[h]
+    dense = multivariate_normal(mu0, np.diag(v) + s**2 * Z @ Z.T + t**2 * H @ H.T).logpdf(y)
+    assert float(crossed_normal_logp(y, mu0, v, [(g, 3, s), (h, 2, t)]).eval()) == \
+        pytest.approx(dense, rel=1e-10)
+    one = multivariate_normal(mu0, np.diag(v) + s**2 * Z @ Z.T).logpdf(y)
+    assert float(grouped_normal_logp(y, mu0, v, g, 3, s).eval()) == pytest.approx(one, rel=1e-10)
+    # Gradient (what NUTS uses) against central differences.
+    mu, ss = pt.dvector("mu"), pt.dscalar("s")
+    lp = crossed_normal_logp(y, mu, v, [(g, 3, ss), (h, 2, t)])
+    f = pytensor.function([mu, ss], lp)
+    df = pytensor.function([mu, ss], pytensor.grad(lp, [mu, ss]))
+    gm, gs = df(mu0, s)
+    eps = 1e-6
+    num = [(f(mu0 + eps * e, s) - f(mu0 - eps * e, s)) / (2 * eps) for e in np.eye(9)]
+    assert np.allclose(gm, num, atol=1e-6)
+    assert gs == pytest.approx((f(mu0, s + eps) - f(mu0, s - eps)) / (2 * eps), abs=1e-6)
