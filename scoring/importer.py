@@ -18,7 +18,6 @@ Columns of an import file (Parquet or CSV; names are case-insensitive)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from warehouse.db import WarehouseError, scalar, transaction
+from warehouse.hashing import file_sha256
 
 from . import registry
 
@@ -90,14 +90,6 @@ def read_table(path: Path) -> tuple[pa.Table, str]:
     raise WarehouseError(f"{path}: expected a .parquet, .csv or .tsv file")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fail(path: Path, what: str, where: str, rows: list[tuple], total: int) -> None:
     """Raise naming the file, the first offending rows/lines and the field."""
     listed = "; ".join(f"{where} {r[0]}: {r[1]}" for r in rows[:MAX_LISTED])
@@ -133,7 +125,7 @@ def import_scores(con: duckdb.DuckDBPyConnection, path: str | Path, *, model: st
     if not path.is_file():
         raise WarehouseError(f"{path}: no such file")
     scorer = scorer or model
-    sha = _sha256(path)
+    sha = file_sha256(path)
     settings = {"source_file": str(path.resolve()), "content_sha256": sha, "unit": unit}
 
     if not force:

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from warehouse import hashing
 from warehouse.db import WarehouseError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -162,11 +163,7 @@ def file_sha256(path: Path) -> str:
     real = path.resolve()
     if _HEX64.match(real.name):
         return real.name
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hashing.file_sha256(real)
 
 
 def weights_fingerprint(model: dict) -> str | None:

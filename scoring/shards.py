@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.db import WarehouseError, scalar
+from warehouse.hashing import file_sha256
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `psystats merge`
     import duckdb
@@ -221,14 +222,6 @@ def parse_shard_spec(spec: str) -> tuple[int, int]:
 # Writing and reading one shard
 # ---------------------------------------------------------------------------
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync_replace(tmp: Path, dest: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -276,7 +269,7 @@ def write_shard(rdir: str | os.PathLike, key: Mapping[str, Any], unit: WorkUnit,
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         pq.write_table(table, tmp, compression="zstd")
         _fsync_replace(tmp, dest)
-        files[name] = {"file": dest.name, "rows": table.num_rows, "sha256": _sha256_file(dest)}
+        files[name] = {"file": dest.name, "rows": table.num_rows, "sha256": file_sha256(dest)}
     transcripts = {str(p.participant_key): text_sha256(p.text) for p in participants}
     manifest = {
         "format": FORMAT_VERSION,
@@ -320,7 +313,7 @@ def verify_manifest(mpath: Path) -> dict:
         path = mpath.parent / info["file"]
         if not path.exists():
             raise ShardError(f"{path}: missing (listed in {mpath.name})")
-        if _sha256_file(path) != info["sha256"]:
+        if file_sha256(path) != info["sha256"]:
             raise ShardError(f"{path}: content hash differs from {mpath.name} "
                              f"(corrupt or partly written: rerun the job that wrote it)")
     return m

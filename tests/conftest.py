@@ -77,3 +77,39 @@ def tiny_models(tmp_path_factory, smollm2_tokenizer_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {fam: build_tiny_model(root / f"tiny-{fam}", smollm2_tokenizer_dir, fam, seed=i)
             for i, fam in enumerate(TINY_ARCHS)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: two cores shared by several engineers make one far
+    faster here.  Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """Hub ids must not reach the network in tests (none exists; this makes it instant)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def inputs(small_warehouse):
+    """Scoring inputs from ``small_warehouse``: a few from each study, franke (4
+    single-letter answers) and guenther (long free-text association lists)."""
+    import warehouse
+    from helpers import FRANKE
+    from scoring.inputs import load_inputs
+
+    con = warehouse.connect(small_warehouse, read_only=True)
+    try:
+        ps = load_inputs(con)
+    finally:
+        con.close()
+    franke = [p for p in ps if p.experiment == FRANKE][:3]
+    other = [p for p in ps if p.experiment != FRANKE][:2]
+    return franke + other

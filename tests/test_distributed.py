@@ -16,7 +16,7 @@ import pytest
 
 import warehouse
 from scoring import shards
-from test_shards import reference_run, snapshot
+from helpers import cli_base_warehouse, cli_ok, reference_run, snapshot
 
 ray = pytest.importorskip("ray")
 
@@ -145,36 +145,15 @@ def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
 def test_cli_engine_ray_equals_cli_local(ray_session, tmp_path, psych201, tiny_models):
     """`psystats score --engine ray` (joining the running Ray) stores what
     `psystats score` stores, and a second call finds the run complete."""
-    import zipfile
-
-    from click.testing import CliRunner
-
-    from psystats.cli import main
-
-    study = "franke2024bayesian"
-    src = tmp_path / study
-    src.mkdir()
-    with zipfile.ZipFile(psych201 / study / "prompts.jsonl.zip") as z, \
-            z.open("prompts.jsonl") as f:
-        (src / "prompts.jsonl").write_bytes(b"".join(next(f) for _ in range(6)))
-    runner = CliRunner()
-
-    def ok(*args):
-        res = runner.invoke(main, [str(a) for a in args])
-        assert res.exit_code == 0, res.output
-        return res
-
-    base = tmp_path / "base.duckdb"
-    ok("--db", base, "ingest", src)
-    ok("--db", base, "models", "add", tiny_models["qwen3"], "--name", "tiny-qwen3")
+    base = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
     local, distributed = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
     shutil.copy(base, local)
     shutil.copy(base, distributed)
-    ok("--db", local, "score", "--model", "tiny-qwen3", "-q")
+    cli_ok("--db", local, "score", "--model", "tiny-qwen3", "-q")
     ray_args = ("--db", distributed, "score", "--model", "tiny-qwen3", "--engine", "ray",
                 "--num-gpus-per-worker", "0", "--num-workers", "1", "--unit-tokens", "3000",
                 "--out", tmp_path / "shards", "-q")
-    res = ok(*ray_args)
+    res = cli_ok(*ray_args)
     assert "complete" in res.output
     assert snapshot(distributed) == snapshot(local)
-    assert "already complete" in ok(*ray_args).output
+    assert "already complete" in cli_ok(*ray_args).output

@@ -14,10 +14,7 @@ from scoring.naming import infer_from_name
 from warehouse.db import WarehouseError, scalar
 
 
-@pytest.fixture(autouse=True)
-def offline_hub(monkeypatch):
-    """Hub ids must not reach the network in tests (none exists; this makes it instant)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 @pytest.fixture

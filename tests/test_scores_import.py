@@ -20,9 +20,7 @@ from warehouse.db import WarehouseError, scalar
 SCORE_COLS = ["nll", "n_tokens", "first_token_nll", "top1_all", "top1_first", "first_token_entropy"]
 
 
-@pytest.fixture(autouse=True)
-def offline_hub(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 @pytest.fixture

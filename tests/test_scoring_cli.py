@@ -20,13 +20,7 @@ from warehouse.db import scalar
 
 STUDY = "franke2024bayesian"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cli(db: Path, *args: str):

@@ -12,7 +12,7 @@ import torch
 
 import warehouse
 from scoring.inputs import load_inputs
-from test_scoring_reference import FRANKE, check_batch, reference_pieces, reference_scores
+from helpers import FRANKE, check_batch, reference_pieces, reference_scores
 
 SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
           "Hugging Face<|im_end|>\n")

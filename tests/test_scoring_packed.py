@@ -2,7 +2,7 @@
 
 FlexAttention runs eagerly on CPU in torch 2.13 (unfused, exact), so the same
 ``Scorer`` code path that runs on CUDA is checked here against the
-independent float64 reference of ``test_scoring_reference`` — only the
+independent float64 reference of ``helpers`` — only the
 fused kernel, bf16 and speed are left for a GPU (``benchmarks/gpu_check.sh``).
 """
 from __future__ import annotations
@@ -14,16 +14,10 @@ import pytest
 import torch
 
 from scoring import attention as attn
-from test_scoring_reference import (FRANKE, check_batch, inputs, load64,  # noqa: F401 (fixture)
-                                    model_row, reference_pieces, reference_scores)
+from helpers import (FRANKE, check_batch, load64, model_row, reference_ids, reference_pieces,
+                     reference_scores, window_reference)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- masks
@@ -119,7 +113,7 @@ def test_block_mask_needs_a_block_multiple():
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama", "olmo2"])
-def test_flex_packed_matches_float64_reference(tiny_models, inputs, family):  # noqa: F811
+def test_flex_packed_matches_float64_reference(tiny_models, inputs, family):
     from scoring.engine import Scorer
 
     path = tiny_models[family]
@@ -142,7 +136,7 @@ def test_flex_packed_matches_float64_reference(tiny_models, inputs, family):  # 
     assert check_batch(sc64.score(inputs[::-1]), inputs, refs, atol=1e-8) < 1e-8
 
 
-def test_flex_option_branches_match_reference(tiny_models, inputs):  # noqa: F811
+def test_flex_option_branches_match_reference(tiny_models, inputs):
     from scoring.engine import Scorer
 
     path = tiny_models["olmo2"]
@@ -166,7 +160,7 @@ def test_flex_option_branches_match_reference(tiny_models, inputs):  # noqa: F81
                 atol=1e-8)
 
 
-def test_flex_windows_match_window_reference(tiny_models, inputs):  # noqa: F811
+def test_flex_windows_match_window_reference(tiny_models, inputs):
     from scoring.engine import Scorer
 
     path = tiny_models["llama"]
@@ -176,33 +170,19 @@ def test_flex_windows_match_window_reference(tiny_models, inputs):  # noqa: F811
                 max_context=L, context_policy="window", stride=S, token_level=True)
     batch = sc.score([p])
     assert batch.counts["windowed_participants"] == 1
-    ids, where = [], {}
-    for text, r in reference_pieces(p):
-        t = sc.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if r >= 0:
-            where[r] = (len(ids), len(ids) + len(t))
-        ids.extend(t)
-    ref_model = load64(path)
-    cache = {}
-
-    def window_logp(lo):
-        if lo not in cache:
-            with torch.no_grad():
-                cache[lo] = torch.log_softmax(
-                    ref_model(torch.tensor([ids[lo:lo + L]])).logits[0].double(), -1)
-        return cache[lo]
+    ids, where = reference_ids(sc.tokenizer, reference_pieces(p))
+    window_logprob = window_reference(load64(path), ids, L, S)
 
     got = {}
     for row in batch.tokens.to_pylist():
         got.setdefault(row["response_id"], []).append(row["logprob"])
     for i, rid in enumerate(p.response_ids):
         s, e = where[i]
-        want = [float(window_logp(lo)[t - 1 - lo, ids[t]])
-                for t in range(s, e) for lo in [0 if t < L else ((t - L) // S + 1) * S]]
+        want = [window_logprob(t) for t in range(s, e)]
         np.testing.assert_allclose(got[rid], want, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_choice(tiny_models, inputs):  # noqa: F811
+def test_attention_choice(tiny_models, inputs):
     from scoring.engine import Scorer
 
     path = tiny_models["qwen3"]
@@ -215,7 +195,7 @@ def test_attention_choice(tiny_models, inputs):  # noqa: F811
         Scorer(model_row(path), attention="paged", lm=auto.lm, tokenizer=auto.tokenizer)
 
 
-def test_padding_documents_do_not_change_results(tiny_models, inputs):  # noqa: F811
+def test_padding_documents_do_not_change_results(tiny_models, inputs):
     """Dense attention with a padding bucket (as under --compile) equals the unpadded numbers."""
     from scoring.engine import Scorer
 
@@ -235,7 +215,7 @@ def test_padding_documents_do_not_change_results(tiny_models, inputs):  # noqa: 
 
 
 @pytest.mark.slow
-def test_compiled_flex_matches_eager(tiny_models, inputs):  # noqa: F811
+def test_compiled_flex_matches_eager(tiny_models, inputs):
     """torch.compile of the decoder (CPU inductor; ~1 min of C++ compilation) changes nothing."""
     from scoring.engine import Scorer
 

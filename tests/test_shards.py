@@ -11,6 +11,7 @@ import pytest
 import warehouse
 from scoring import shards
 from warehouse.db import WarehouseError, scalar
+from helpers import N_PARTICIPANTS, STUDY, cli_base_warehouse, cli_ok, reference_run, snapshot
 
 
 # ---------------------------------------------------------------------------
@@ -88,75 +89,11 @@ def test_run_key_hash_ignores_key_order_and_tuples():
     assert shards.run_hash(c) != shards.run_hash(a)
 
 
-
-
 # ---------------------------------------------------------------------------
 # Shards of a real run: tiny model, real warehouse, merged into DuckDB
 # ---------------------------------------------------------------------------
 
-STUDY = "franke2024bayesian"
-N_PARTICIPANTS = 12          # a small real slice keeps CPU scoring to seconds
 UNIT_TOKENS = 1500           # several units per shard
-SCORE_COLS = ("response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, "
-              "first_token_entropy")
-
-
-def snapshot(db: Path, run_id: int | None = None) -> dict:
-    """Everything a run put in the warehouse, without run ids (to compare two warehouses)."""
-    con = warehouse.connect(db, read_only=True)
-    try:
-        if run_id is None:
-            run_id = scalar(con, "SELECT max(run_id) FROM score_runs")
-        return {
-            "scores": con.execute(f"SELECT {SCORE_COLS} FROM scores WHERE run_id = ? "
-                                  "ORDER BY response_id", [run_id]).fetchall(),
-            "options": con.execute("SELECT response_id, option, logprob FROM option_scores "
-                                   "WHERE run_id = ? ORDER BY response_id, option",
-                                   [run_id]).fetchall(),
-            "run": con.execute("SELECT model, condition, status, n_participants, n_responses, "
-                               "n_skipped FROM score_runs WHERE run_id = ?", [run_id]).fetchall(),
-        }
-    finally:
-        con.close()
-
-
-def reference_run(tmp_root: Path, small_warehouse: Path, model_dir: Path) -> dict:
-    """A warehouse with a registered tiny model, a Scorer, a small selection and the
-    single-process reference: what one ``psystats score`` process stores for it."""
-    from scoring.engine import Scorer
-    from scoring.inputs import load_inputs
-    from scoring.registry import add_model
-    from scoring.runs import finish_run, start_run, write_batch
-
-    base = tmp_root / "base.duckdb"
-    shutil.copy(small_warehouse, base)
-    con = warehouse.connect(base)
-    model = add_model(con, str(model_dir), name="tiny-qwen3")
-    keys = [k for (k,) in con.execute(
-        "SELECT participant_key FROM participants WHERE study = ? ORDER BY participant_key "
-        "LIMIT ?", [STUDY, N_PARTICIPANTS]).fetchall()]
-    inputs = load_inputs(con, participant_keys=keys)
-    # The study's answers are letters: declare them as an option set so the
-    # option_scores path travels through the shards too.
-    letters = sorted(t for (t,) in con.execute(
-        "SELECT DISTINCT text FROM responses WHERE study = ?", [STUDY]).fetchall())
-    con.close()
-    selection = {"participant_keys": keys}
-    scorer_kwargs = {"condition": "plain",
-                     "option_sets": {p.experiment: letters for p in inputs}}
-    scorer = Scorer(model, **scorer_kwargs)
-
-    ref = tmp_root / "reference.duckdb"
-    shutil.copy(base, ref)
-    con = warehouse.connect(ref)
-    run_id, _ = start_run(con, model, "plain", selection, scorer.settings, scorer.fingerprints)
-    batch = scorer.score(inputs)
-    write_batch(con, run_id, batch)
-    finish_run(con, run_id, batch.counts)
-    con.close()
-    return {"base": base, "model": model, "scorer": scorer, "scorer_kwargs": scorer_kwargs,
-            "inputs": inputs,
-            "selection": selection, "reference": snapshot(ref)}
 
 
 @pytest.fixture(scope="module")
@@ -326,33 +263,14 @@ def test_cli_job_array_on_a_read_only_warehouse_then_merge_equals_local_score(
     and the result equals a plain `psystats score` row for row."""
     import os
     import stat
-    import zipfile
-
-    from click.testing import CliRunner
-
-    from psystats.cli import main
 
     # A six-participant slice of a real study keeps three model loads cheap.
-    src = tmp_path / STUDY
-    src.mkdir()
-    with zipfile.ZipFile(psych201 / STUDY / "prompts.jsonl.zip") as z, \
-            z.open("prompts.jsonl") as f:
-        (src / "prompts.jsonl").write_bytes(b"".join(next(f) for _ in range(6)))
-    runner = CliRunner()
-
-    def ok(*args):
-        res = runner.invoke(main, [str(a) for a in args])
-        assert res.exit_code == 0, res.output
-        return res
-
-    base = tmp_path / "base.duckdb"
-    ok("--db", base, "ingest", src)
-    ok("--db", base, "models", "add", tiny_models["qwen3"], "--name", "tiny-qwen3")
+    base = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
     local, readonly, merged = (tmp_path / f"{n}.duckdb" for n in ("local", "ro", "merged"))
     for p in (local, readonly, merged):
         shutil.copy(base, p)
 
-    ok("--db", local, "score", "--model", "tiny-qwen3", "-q")
+    cli_ok("--db", local, "score", "--model", "tiny-qwen3", "-q")
 
     os.chmod(readonly, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
     before = readonly.read_bytes()
@@ -363,12 +281,12 @@ def test_cli_job_array_on_a_read_only_warehouse_then_merge_equals_local_score(
     out = tmp_path / "shards"
     try:
         for i in range(2):
-            res = ok("--db", readonly, "score", "--model", "tiny-qwen3", "--shard", f"{i}/2",
+            res = cli_ok("--db", readonly, "score", "--model", "tiny-qwen3", "--shard", f"{i}/2",
                      "--out", out, "--unit-tokens", "2000", "-q")
             assert f"shard {i}/2" in res.output
     finally:
         holder.close()
     assert readonly.read_bytes() == before
-    ok("--db", merged, "merge", out)
+    cli_ok("--db", merged, "merge", out)
     assert snapshot(merged) == snapshot(local)
     assert snapshot(merged)["run"][0][2] == "complete"

@@ -7,7 +7,6 @@ is named after its stem (``mystudy.jsonl`` -> ``mystudy``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .db import WarehouseError
+from .hashing import file_sha256
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zip", ".zip", ".parquet")
 
@@ -26,14 +26,6 @@ class LineError(Exception):
         super().__init__(message)
         self.field = field
         self.message = message
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
