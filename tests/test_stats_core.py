@@ -216,3 +216,22 @@ def test_suffstat_identity_equals_row_level_loglik():
         for mu, s in ((0.0, 0.5), (0.3, 1.7)):
             assert suffstat_loglik(n, d.mean(), var, mu, s) == pytest.approx(
                 stats.norm.logpdf(d, mu, s).sum(), rel=1e-12)
+
+
+def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
+    """element_coords replaces a dimension's coords per element, in save_fit's one transaction."""
+    from psystats.stats.store import save_fit
+
+    con = warehouse.connect(db_path)
+    override = {"school": {"A": {"state": "NJ", "school": "A"}, "C": {"state": "NY", "school": "C"}}}
+    fid = save_fit(con, kind="test", idata=eight_idata, var_names=["theta"],
+                   labels={"theta": "school {school}"}, element_coords=override)
+    rows = dict(con.execute("SELECT label, coords FROM fit_params WHERE fit_id = ?",
+                            [fid]).fetchall())
+    assert json.loads(rows["school A"]) == {"state": "NJ", "school": "A"}
+    assert json.loads(rows["school C"]) == {"state": "NY", "school": "C"}
+    assert json.loads(rows["school B"]) == {"school": "B"}  # not overridden: the default
+    # A failing save with element_coords leaves nothing (no second, separate write).
+    with pytest.raises(Exception):
+        save_fit(con, kind=None, idata=eight_idata, element_coords=override)
+    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 1

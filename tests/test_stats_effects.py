@@ -258,6 +258,23 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
     assert n_pde == 8 * 4  # 8 pairs x (Psycholinguistics + 3 synthetic domains)
     from pathlib import Path
     assert Path(nc).exists()
+    # The posterior predictive draws are stored beside the observations ...
+    import arviz as az
+    idata = az.from_netcdf(nc)
+    assert {"posterior_predictive", "observed_data"} <= set(idata.groups())
+    rep = idata.posterior_predictive["y"].values.reshape(-1, idata.observed_data["y"].size)
+    assert rep.shape[0] == summary["ppc"]["draws"] and np.all(np.isfinite(rep))
+    assert rep.std(axis=0).min() > 0
+    # ... so the report draws its predictive check plot for this fit.
+    from reports.content import build_report
+    report = build_report(con)
+    try:
+        ppc = [f for f in report.figures() if f.caption.startswith("Posterior predictive check")]
+        assert len(ppc) == 1 and "(effects)" in ppc[0].caption
+        notes = [b for b in report.section(7).blocks if "No posterior predictive plot" in str(b)]
+        assert not notes
+    finally:
+        report.close()
 
 
 def test_cli_export_cells(sim_wh, tmp_path):
@@ -274,3 +291,46 @@ def test_cli_export_cells(sim_wh, tmp_path):
         np.testing.assert_allclose(df.y_std, df["mean"] / df.pooled_sd)
     r = runner.invoke(main, ["--db", str(sim_wh), "export", "cells", "-o", str(tmp_path / "x.txt")])
     assert r.exit_code != 0 and ".parquet or .csv" in r.output
+
+
+def test_ppc_is_sensible_on_large_scale_data_from_the_model():
+    """Cells of many nats (as a random model against a trained one): the default priors widen
+    with the data, and the predictive check's p-values are neither 0 nor 1.
+
+    Before autoscaling, such data met priors built for tenths of a nat: the fit sat between
+    prior and data and every p-value was 0 or 1 (the demo's stored ppc).
+    """
+    from psystats.stats.effects import EffectsSpec, fit_cells, prior_scale_for
+    from psystats.stats.simulate import TRUE_SCALES, simulate_cells
+
+    big = {k: 100 * v for k, v in TRUE_SCALES.items()}  # an intercept of 15 nats
+    sim = simulate_cells(2, 8, n_families=1, n_types=1, n_domains=3, seed=5, scales=big)
+    assert prior_scale_for(sim.cells["y"]) > 10
+    fit = fit_cells(sim.cells, EffectsSpec(), draws=400, tune=400, chains=2, seed=1,
+                    allow_failure=True, compare=False)
+    assert fit.data.prior_scale == pytest.approx(prior_scale_for(sim.cells["y"]))
+    assert any("default prior scales multiplied" in m for m in fit.data.messages)
+    assert fit.spec.prior("sigma_cell").params["sigma"] == pytest.approx(0.5 * fit.data.prior_scale)
+    ppc = fit.summary["ppc"]
+    assert all(0 < p < 1 for p in ppc["p_values"].values()), ppc
+    assert ppc["coverage_90"] >= 0.6, ppc
+    assert "posterior_predictive" in fit.idata.groups()
+    # The same data with the priors left as they are: the degenerate check of the demo.
+    fixed = fit_cells(sim.cells, EffectsSpec(autoscale=False), draws=400, tune=400, chains=2,
+                      seed=1, allow_failure=True, compare=False)
+    assert fixed.data.prior_scale == 1.0
+    assert any(p in (0.0, 1.0) for p in fixed.summary["ppc"]["p_values"].values())
+
+
+def test_default_priors_unchanged_on_the_nats_scale_and_user_priors_kept():
+    from psystats.stats.effects import DEFAULT_PRIORS, EffectsSpec, Prior, resolve_priors
+
+    spec = EffectsSpec(priors={"sigma_pair": Prior("HalfNormal", sigma=0.2)})
+    assert resolve_priors(spec, 1.0) is spec
+    wide = resolve_priors(spec, 10.0)
+    assert wide.prior("sigma_pair").params == {"sigma": 0.2}          # the user's, as given
+    assert wide.prior("intercept").params == {"mu": 0.0, "sigma": 10.0}
+    assert wide.prior("generation_family").params["sigma"] == pytest.approx(1.0)
+    assert resolve_priors(wide, 10.0) is wide                          # resolved once
+    assert DEFAULT_PRIORS["intercept"].params["sigma"] == 1.0          # defaults untouched
+    assert EffectsSpec.from_dict(EffectsSpec(autoscale=False).to_dict()).autoscale is False

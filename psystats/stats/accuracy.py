@@ -534,7 +534,8 @@ def simulate_accuracy(con, *, experiments: Sequence[str] | None = None,
     """
     from warehouse.db import transaction
 
-    from .analysis_common import register_models, responses_frame, write_run
+    from .analysis_common import responses_frame
+    from .simulate import register_models, write_run
 
     beta = beta or {"sim-acc-base": 1.0, "sim-acc-instruct": 1.6}
     sharpness = sharpness or {"sim-acc-base": 1.0, "sim-acc-instruct": 4.0}

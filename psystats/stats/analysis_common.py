@@ -1,18 +1,17 @@
 """Small pieces shared by the generations, persona and accuracy analyses.
 
 Reading the warehouse for them (models, latest complete runs, per-participant
-means), the optional log-size term, and the ``fit_params.coords`` fix-up for
-variables indexed by a flattened (family, generation) dimension.
+means), the optional log-size term, and the ``fit_params.coords`` of
+variables indexed by a flattened (family, generation) dimension
+(:func:`generation_coords`).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import transaction
 from warehouse.queries import where_clause
 
 MODEL_COLUMNS = ["name", "family", "generation", "generation_order", "n_params",
@@ -60,76 +59,43 @@ def log_size_term(cells: pd.DataFrame, keys: list[str], model_col: str):
     return (logp - centre, centre), f"log(n_params) centred at {np.exp(centre):.3g} parameters"
 
 
+def resolve_prior_scales(given: Any, auto: dict[str, float], what: str) -> dict[str, float]:
+    """Prior scales of a priors dataclass ``given``, each ``None`` replaced by ``auto[name]``.
+
+    Raises :class:`WarehouseError` naming any scale that is not positive.
+    """
+    from dataclasses import asdict
+
+    from warehouse.db import WarehouseError
+
+    out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(given).items()}
+    bad = [k for k, v in out.items() if not (v > 0)]
+    if bad:
+        raise WarehouseError(f"{what} priors must be positive: {', '.join(bad)}")
+    return out
+
+
 def prob(mask) -> float:
     """Posterior probability of an event given as a boolean array over draws."""
     return float(np.mean(np.asarray(mask, dtype=bool)))
 
 
-def fix_coords(con, fit_id: int, params: dict[str, str], generations: pd.DataFrame) -> None:
-    """Write ``{"family": f, "generation": g}`` coords for flattened (family, generation) dims.
+def generation_coords(generations: pd.DataFrame, dims: Sequence[str]
+                      ) -> dict[str, dict[str, dict[str, str]]]:
+    """``fit_params.coords`` for dimensions that flatten (family, generation) into one label.
 
-    ``store.save_fit`` writes coords as ``{dim: label}``; the generations
-    variables are indexed by one flattened dimension (families have different
-    generations, so a dense grid would hold unestimable holes), and the
-    contract promises ``{family, generation}`` coords.
+    The generations variables are indexed by one flattened dimension (families
+    have different generations, so a dense grid would hold unestimable holes)
+    whose values are :func:`cell_label`; the contract promises
+    ``{"family": f, "generation": g}`` coords.  Pass the result to
+    ``store.save_fit(element_coords=...)``.
     """
-    with transaction(con):
-        for param, dim in params.items():
-            for f, g in zip(generations["family"], generations["generation"]):
-                label = cell_label(f, g)
-                con.execute("UPDATE fit_params SET coords = ? WHERE fit_id = ? AND parameter = ?"
-                            " AND label = ?",
-                            [json.dumps({"family": str(f), "generation": str(g)}), fit_id,
-                             param, label])
+    per_label = {cell_label(f, g): {"family": str(f), "generation": str(g)}
+                 for f, g in zip(generations["family"], generations["generation"])}
+    return {dim: per_label for dim in dims}
 
 
 # --------------------------------------------------------------------------- simulation
-
-
-def register_models(con, rows: Sequence[dict]) -> None:
-    """Insert simulated models (name, family, generation, generation_order, n_params,
-    post_training, base_model); the caller holds the transaction."""
-    for m in rows:
-        con.execute(
-            "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
-            " n_params, post_training, base_model, inferred) VALUES (nextval('model_id_seq'),"
-            " ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-            [m["name"], m.get("family"), m.get("generation"), m.get("generation_order"),
-             m.get("n_params"), m["post_training"], m.get("base_model"),
-             json.dumps({"simulated": True})])
-
-
-def write_run(con, model: str, condition: str, response_ids, nll,
-              options: pd.DataFrame | None = None) -> int:
-    """Write one complete simulated score run (and its option scores); returns run_id.
-
-    ``options``: response_id, option, logprob rows for ``option_scores``.
-    The caller holds the transaction.
-    """
-    from warehouse.db import scalar
-
-    run_id = int(scalar(con, "SELECT nextval('run_id_seq')"))
-    con.execute("INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings,"
-                " psystats_version, started_at, finished_at, status, n_responses, n_skipped)"
-                " VALUES (?, ?, ?, 'simulated', '{}', '{}', 'simulated', current_timestamp,"
-                " current_timestamp, 'complete', ?, 0)", [run_id, model, condition, len(nll)])
-    scores = pd.DataFrame({"run_id": run_id, "response_id": np.asarray(response_ids),
-                           "nll": np.asarray(nll, dtype=float), "n_tokens": 1})
-    con.register("_c2_sim", scores)
-    try:
-        con.execute("INSERT INTO scores (run_id, response_id, nll, n_tokens) "
-                    "SELECT run_id, response_id, nll, n_tokens FROM _c2_sim")
-    finally:
-        con.unregister("_c2_sim")
-    if options is not None and len(options):
-        opt = options[["response_id", "option", "logprob"]].assign(run_id=run_id)
-        con.register("_c2_opt", opt)
-        try:
-            con.execute("INSERT INTO option_scores (run_id, response_id, option, logprob) "
-                        "SELECT run_id, response_id, option, logprob FROM _c2_opt")
-        finally:
-            con.unregister("_c2_opt")
-    return run_id
 
 
 def responses_frame(con, experiments: Sequence[str] | None = None) -> pd.DataFrame:

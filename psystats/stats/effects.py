@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,6 +41,9 @@ TERMS = ("type", "family", "size", "generation", "generation_family", "domain", 
          "experiment", "pair")
 NO_DOMAIN = "(no domain)"
 MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of a pooled scale
+# The data scale (nats per response, or SDs) the default priors are written for:
+# cells whose root mean square exceeds it get default priors widened in proportion.
+PRIOR_REFERENCE_SCALE = 1.0
 
 # Where a Prior's distribution comes from (PyMC names); scale priors must be positive.
 _DISTS = ("Normal", "StudentT", "Cauchy", "HalfNormal", "HalfStudentT", "HalfCauchy",
@@ -110,6 +113,10 @@ class EffectsSpec:
     integrated out analytically) or ``explicit`` (one non-centred latent per
     cell).  ``scale``: ``nats`` or ``standardised``.  ``min_participants``:
     cells with fewer participants are left out (their SD is unknown).
+    ``autoscale``: when the cell values' root mean square exceeds
+    :data:`PRIOR_REFERENCE_SCALE` (differences of many nats, e.g. a random
+    model against a trained one), every *default* prior scale is multiplied by
+    that ratio (:func:`resolve_priors`); priors given in ``priors`` are kept.
     """
 
     terms: dict[str, bool] = field(default_factory=lambda: {t: True for t in TERMS})
@@ -118,6 +125,7 @@ class EffectsSpec:
     residual: str = "marginal"
     scale: str = "nats"
     min_participants: int = 2
+    autoscale: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.terms) - set(TERMS)
@@ -147,13 +155,14 @@ class EffectsSpec:
     def to_dict(self) -> dict:
         return {"terms": dict(self.terms), "priors": self.all_priors(),
                 "parameterization": self.parameterization, "residual": self.residual,
-                "scale": self.scale, "min_participants": self.min_participants}
+                "scale": self.scale, "min_participants": self.min_participants,
+                "autoscale": self.autoscale}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EffectsSpec":
         d = dict(d)
         unknown = set(d) - {"terms", "priors", "parameterization", "residual", "scale",
-                            "min_participants"}
+                            "min_participants", "autoscale"}
         if unknown:
             raise WarehouseError(f"unknown spec field(s) {sorted(unknown)}")
         return cls(**d)
@@ -180,6 +189,32 @@ class EffectsSpec:
             return cls.from_dict(d)
         except WarehouseError as e:
             raise WarehouseError(f"{path}: {e}") from None
+
+
+def prior_scale_for(y: np.ndarray) -> float:
+    """How much to widen the default priors for cell values ``y``: max(1, RMS(y) / reference)."""
+    y = np.asarray(y, dtype=float)
+    rms = float(np.sqrt(np.mean(y ** 2))) if y.size else 0.0
+    return max(1.0, rms / PRIOR_REFERENCE_SCALE)
+
+
+def resolve_priors(spec: EffectsSpec, prior_scale: float) -> EffectsSpec:
+    """``spec`` with its default priors' scales multiplied by ``prior_scale`` (when ``autoscale``).
+
+    Priors the user set are kept as given.  The result has every prior
+    explicit and ``autoscale = False``, so resolving it again changes nothing.
+    Why: the defaults assume differences of at most about a nat per response;
+    far larger cell values against them are a prior-data conflict (the fit
+    then sits between prior and data and its predictive check fails).
+    """
+    if not spec.autoscale or prior_scale == 1.0:
+        return spec
+    scaled = {}
+    for name, p in DEFAULT_PRIORS.items():
+        if name not in spec.priors:
+            scaled[name] = Prior(p.dist, {k: v * prior_scale if k in ("mu", "sigma", "beta") else v
+                                          for k, v in p.params.items()})
+    return replace(spec, priors={**scaled, **spec.priors}, autoscale=False)
 
 
 # ---------------------------------------------------------------------------
@@ -232,6 +267,7 @@ class EffectsData:
     centred: dict[str, bool]
     size_center: float | None = None
     fixed_scale: set[str] = field(default_factory=set)
+    prior_scale: float = 1.0  # default priors widened by this factor (resolve_priors)
 
     @property
     def n_cells(self) -> int:
@@ -495,6 +531,15 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             else:
                 bases["pair"] = B
 
+    # Default priors far narrower than the data: widen them (and say so).
+    prior_scale = prior_scale_for(c["y"]) if spec.autoscale else 1.0
+    if prior_scale > 1.0:
+        messages.append(f"the cell values (root mean square {prior_scale * PRIOR_REFERENCE_SCALE:.3g}) "
+                        f"are far beyond the {PRIOR_REFERENCE_SCALE:g} the default priors assume: "
+                        f"default prior scales multiplied by {prior_scale:.3g} (fits.priors has "
+                        f"the priors used; set autoscale = false or your own priors to change it)")
+    spec = resolve_priors(spec, prior_scale)
+
     # A scale cannot be learned from a handful of levels (and its funnel then
     # defeats the sampler): such terms get a fixed-scale prior instead.
     fixed_scale = set()
@@ -528,7 +573,8 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     return EffectsData(cells=c, coords=coords, active=active, dropped=dropped, messages=messages,
                        pair_type=pair_type, pair_family=pair_family, size_x=size_x,
                        generation_x=gen_x, experiment_domain=exp_domain, bases=bases,
-                       centred=centred, size_center=size_center, fixed_scale=fixed_scale)
+                       centred=centred, size_center=size_center, fixed_scale=fixed_scale,
+                       prior_scale=prior_scale)
 
 
 # ---------------------------------------------------------------------------
@@ -557,7 +603,7 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
     import pymc as pm
     import pytensor.tensor as pt
 
-    spec = spec or EffectsSpec()
+    spec = resolve_priors(spec or EffectsSpec(), data.prior_scale)
     c = data.cells
     active = set(data.active)
     # PyMC forbids a variable named like its dimension: the dims are "<name>_level"
@@ -676,35 +722,23 @@ LABELS = {"type_domain": "{type} × {domain}", "pair_domain_effect": "{pair} × 
 # Checks and the whole fit
 
 
-def posterior_predictive_summary(model, idata, *, max_draws: int = 400, seed: int = 0) -> dict:
+def posterior_predictive_summary(model, idata, *, max_draws: int = 400, seed: int = 0,
+                                 var_name: str = "y", add_to_idata: bool = True) -> dict:
     """Posterior predictive check on the cell means.
 
-    Replicates y from (at most ``max_draws``) posterior draws and reports the
-    share of cells inside their 90% predictive interval and Bayesian p-values
-    (P(T(y_rep) >= T(y))) for the mean, SD, minimum and maximum of the
-    standardised cell values (y - E y_rep) / sd(y_rep).
+    Replicates ``var_name`` from (at most ``max_draws``) posterior draws and
+    reports the share of cells inside their 90% predictive interval and
+    Bayesian p-values (P(T(y_rep) >= T(y))) for the mean, SD, minimum and
+    maximum of the standardised cell values (y - E y_rep) / sd(y_rep).  With
+    ``add_to_idata`` the replicated draws become ``idata``'s
+    ``posterior_predictive`` group (stored in the fit's NetCDF, where the
+    report draws its predictive check from them).
     """
-    import pymc as pm
+    from .sampling import posterior_predictive_draws, ppc_statistics
 
-    thin = _thin(idata, max_draws)
-    with model:
-        pp = pm.sample_posterior_predictive(thin, var_names=["y"], random_seed=seed,
-                                            progressbar=False, return_inferencedata=False)
-    rep = np.asarray(pp["y"]).reshape(-1, np.asarray(pp["y"]).shape[-1])  # (draws, cells)
-    y = np.asarray(idata.observed_data["y"].values)
-    lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
-    m, s = rep.mean(axis=0), rep.std(axis=0)
-    z_obs, z_rep = (y - m) / s, (rep - m) / s
-    stats = {"mean": np.mean, "sd": np.std, "min": np.min, "max": np.max}
-    pvals = {k: float(np.mean(f(z_rep, axis=1) >= f(z_obs))) for k, f in stats.items()}
-    return {"draws": int(rep.shape[0]), "coverage_90": float(np.mean((y >= lo) & (y <= hi))),
-            "p_values": pvals}
-
-
-def _thin(idata, max_draws: int):
-    n = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
-    step = max(1, int(np.ceil(n / max_draws)))
-    return idata.sel(draw=slice(None, None, step)) if step > 1 else idata
+    rep, y = posterior_predictive_draws(model, idata, var_name, max_draws=max_draws, seed=seed,
+                                        add_to_idata=add_to_idata)
+    return ppc_statistics(y, rep)
 
 
 def loo_summary(model, idata, *, max_draws: int = 1000) -> tuple[dict, Any]:
@@ -714,7 +748,9 @@ def loo_summary(model, idata, *, max_draws: int = 1000) -> tuple[dict, Any]:
     import arviz as az
     import pymc as pm
 
-    thin = _thin(idata, max_draws)
+    from .sampling import thin_draws
+
+    thin = thin_draws(idata, max_draws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ll = pm.compute_log_likelihood(thin, model=model, var_names=["y"],
@@ -768,11 +804,13 @@ def fit_cells(cells: pd.DataFrame, spec: EffectsSpec | None = None, *, draws: in
     summary: dict[str, Any] = {"messages": data.messages, "dropped_terms": data.dropped,
                                "active_terms": data.active, "centred": data.centred,
                                "n_cells": data.n_cells, "size_center_log_params": data.size_center,
+                               "prior_scale": data.prior_scale,
                                "coords": {k: len(v) for k, v in data.coords.items()}}
     if checks:
-        summary["ppc"] = posterior_predictive_summary(model, idata, seed=seed)
         loo, loo_full = loo_summary(model, idata)
         summary["loo"] = {"full": loo}
+        # Also adds the replicated draws to idata (posterior_predictive, in the NetCDF).
+        summary["ppc"] = posterior_predictive_summary(model, idata, seed=seed)
         if compare and "type_domain" in data.active:
             spec2 = replace(spec, terms={**spec.terms, "type_domain": False})
             data2 = prepare(cells, spec2)
@@ -793,7 +831,9 @@ def fit_cells(cells: pd.DataFrame, spec: EffectsSpec | None = None, *, draws: in
                               "no clear difference (|elpd diff| < 2 SE)")})
     seconds = time.perf_counter() - t0
     summary["sampler"] = sampler_record(idata)
-    return EffectsFit(idata=idata, model=model, data=data, spec=spec, diagnostics=diag,
+    # The spec as fitted: every prior explicit, default ones widened by data.prior_scale.
+    return EffectsFit(idata=idata, model=model, data=data,
+                      spec=resolve_priors(spec, data.prior_scale), diagnostics=diag,
                       summary=summary, seconds=seconds)
 
 
@@ -825,7 +865,7 @@ def fit_effects(con, *, post_condition: str = "plain", base_condition: str | Non
     condition = post_condition if post_condition == base_condition else \
         f"{post_condition} vs {base_condition}"
     fit.fit_id = save_fit(
-        con, kind="effects", idata=fit.idata, spec=spec.to_dict(), priors=spec.all_priors(),
+        con, kind="effects", idata=fit.idata, spec=spec.to_dict(), priors=fit.spec.all_priors(),
         selection=selection, condition=condition, scale=spec.scale,
         sampler=fit.summary["sampler"], diagnostics=fit.diagnostics, summary=fit.summary,
         seconds=fit.seconds, netcdf_dir=netcdf_dir, var_names=reported_vars(fit.model),

@@ -32,7 +32,7 @@ their least-squares trend on ``models.generation_order`` within the family
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,8 +40,9 @@ import pandas as pd
 
 from warehouse.db import WarehouseError
 
-from .analysis_common import (cell_label, fix_coords, grouped_normal_logp,
-                              latest_participant_means, load_models, log_size_term, prob)
+from .analysis_common import (cell_label, generation_coords, grouped_normal_logp,
+                              latest_participant_means, load_models, log_size_term, prob,
+                              resolve_prior_scales)
 
 KIND = "generations"
 
@@ -87,11 +88,7 @@ class GenerationsPriors:
                     base_model_sd=s_b, base_size_sd=s_b, gap_sd=2.5 * s_g,
                     gap_type_sd=2.5 * s_g, gap_experiment_sd=s_g, gap_pair_sd=s_g,
                     gap_cell_sd=s_g, gap_size_sd=s_g)
-        out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(self).items()}
-        bad = [k for k, v in out.items() if not (v > 0)]
-        if bad:
-            raise WarehouseError(f"generations priors must be positive: {', '.join(bad)}")
-        return out
+        return resolve_prior_scales(self, auto, "generations")
 
 
 # --------------------------------------------------------------------------- data
@@ -511,7 +508,7 @@ def fit_generations(con, *, base_condition: str = "plain", post_condition: str =
     (nothing stored) unless ``allow_diagnostics_failure``, which stores it
     with ``fits.passed = false``.
     """
-    from .sampling import diagnose, enforce, sample
+    from .sampling import diagnose, enforce, posterior_predictive_draws, ppc_statistics, sample
     from .store import save_fit
 
     t0 = time.perf_counter()
@@ -525,14 +522,20 @@ def fit_generations(con, *, base_condition: str = "plain", post_condition: str =
     diag = diagnose(idata)
     enforce(diag, allow_diagnostics_failure)
     summary = summarise_generations(idata, data)
+    # Predictive check of the observed cells (the base cells; the gap cells too unless
+    # their experiment effect is integrated out, which makes them a Potential).
+    summary["ppc"] = {}
+    for rv in model.observed_RVs:
+        rep, y = posterior_predictive_draws(model, idata, rv.name, seed=seed)
+        summary["ppc"][rv.name] = ppc_statistics(y, rep)
     condition = base_condition if base_condition == post_condition else \
         f"{post_condition} vs {base_condition}"
     fit_id = save_fit(con, kind=KIND, idata=idata, spec=spec, priors=spec["priors"],
                       selection=data.selection, condition=condition, scale="nats",
                       diagnostics=diag, summary=summary, seconds=time.perf_counter() - t0,
-                      netcdf_dir=netcdf_dir, var_names=names, name=name)
-    fix_coords(con, fit_id, {"base_nll": "base_generation", "gap": "gap_generation"},
-               data.generations)
+                      netcdf_dir=netcdf_dir, var_names=names, name=name,
+                      element_coords=generation_coords(data.generations,
+                                                       ["base_generation", "gap_generation"]))
     return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
@@ -556,7 +559,8 @@ def simulate_generations(con, *, families: dict[str, Sequence[float]] | None = N
     """
     from warehouse.db import transaction
 
-    from .analysis_common import register_models, responses_frame, write_run
+    from .analysis_common import responses_frame
+    from .simulate import register_models, write_run
 
     families = families or {"qwen": (1, 2, 3), "llama": (1, 2)}
     base_slope = base_slope or {f: -0.2 for f in families}

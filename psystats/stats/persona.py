@@ -19,7 +19,7 @@ equivalence (ROPE) around zero: ``P(|effect| < rope)``, ``P(effect < -rope)``
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,7 +28,7 @@ import pandas as pd
 from warehouse.db import WarehouseError
 from warehouse.queries import where_clause
 
-from .analysis_common import crossed_normal_logp, load_models, prob
+from .analysis_common import crossed_normal_logp, load_models, prob, resolve_prior_scales
 
 KIND = "persona"
 SCALES = ("nats", "standardised")
@@ -57,11 +57,7 @@ class PersonaPriors:
     def resolved(self, cells: pd.DataFrame, rope: float) -> dict[str, float]:
         s = max(float(np.sqrt(np.mean(np.square(cells["y"])))), rope)
         auto = dict(effect_sd=2.5 * s, model_sd=s, experiment_sd=s, cell_sd=s)
-        out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(self).items()}
-        bad = [k for k, v in out.items() if not (v > 0)]
-        if bad:
-            raise WarehouseError(f"persona priors must be positive: {', '.join(bad)}")
-        return out
+        return resolve_prior_scales(self, auto, "persona")
 
 
 @dataclass
@@ -325,7 +321,8 @@ def simulate_persona(con, *, effects: dict[str, float] | None = None, models_per
     """
     from warehouse.db import transaction
 
-    from .analysis_common import register_models, responses_frame, write_run
+    from .analysis_common import responses_frame
+    from .simulate import register_models, write_run
 
     effects = effects or {"base": 0.0, "instruct": -0.1}
     rng = np.random.default_rng(seed)

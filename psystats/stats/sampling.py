@@ -129,6 +129,59 @@ def _add_data_groups(model, idata):
     return idata
 
 
+# ---------------------------------------------------------------------------
+# Posterior predictive checks (shared by every analysis with an observed variable)
+
+
+def posterior_predictive_draws(model, idata, var_name: str, *, max_draws: int = 400,
+                               seed: int = 0, add_to_idata: bool = True):
+    """(replicated draws as (draws, observations), observed values) of an observed variable.
+
+    At most ``max_draws`` thinned posterior draws; with ``add_to_idata`` they
+    are added to ``idata`` as its ``posterior_predictive`` group.
+    """
+    import pymc as pm
+
+    thin = thin_draws(idata, max_draws)
+    with model, warnings.catch_warnings():
+        # PyMC warns that Potentials are ignored: they are not, here, because the
+        # parameters are posterior draws (the Potentials shaped them already).
+        warnings.filterwarnings("ignore", message=".*Potentials.*")
+        pp = pm.sample_posterior_predictive(thin, var_names=[var_name], random_seed=seed,
+                                            progressbar=False, extend_inferencedata=False)
+    if add_to_idata:
+        if "posterior_predictive" in idata.groups():
+            idata.posterior_predictive = idata.posterior_predictive.merge(pp.posterior_predictive)
+        else:
+            idata.add_groups({"posterior_predictive": pp.posterior_predictive})
+    values = pp.posterior_predictive[var_name].values
+    y = np.asarray(idata.observed_data[var_name].values, dtype=float).ravel()
+    return values.reshape(-1, y.size), y
+
+
+def ppc_statistics(y: np.ndarray, rep: np.ndarray) -> dict:
+    """Coverage of the 90% predictive intervals and p-values of summary statistics.
+
+    ``rep`` is (draws, observations).  Each observation is standardised by its
+    predictive mean and SD; p-values P(T(y_rep) >= T(y)) for T = mean, SD,
+    min and max over observations.  Values near 0 or 1 signal misfit.
+    """
+    lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
+    m, s = rep.mean(axis=0), rep.std(axis=0)
+    z_obs, z_rep = (y - m) / s, (rep - m) / s
+    stats = {"mean": np.mean, "sd": np.std, "min": np.min, "max": np.max}
+    pvals = {k: float(np.mean(f(z_rep, axis=1) >= f(z_obs))) for k, f in stats.items()}
+    return {"draws": int(rep.shape[0]), "coverage_90": float(np.mean((y >= lo) & (y <= hi))),
+            "p_values": pvals}
+
+
+def thin_draws(idata, max_draws: int):
+    """``idata`` with every k-th draw, k chosen so at most about ``max_draws`` draws remain."""
+    n = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    step = max(1, int(np.ceil(n / max_draws)))
+    return idata.sel(draw=slice(None, None, step)) if step > 1 else idata
+
+
 def sampler_record(idata) -> dict:
     """The sampler settings :func:`sample` stored on ``idata`` (empty dict if none)."""
     raw = idata.attrs.get("psystats_sampler")

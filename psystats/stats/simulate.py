@@ -300,40 +300,56 @@ def simulate_warehouse(con, *, families: Sequence[str] = ("qwen", "llama"),
     base_models = [m for m in models if m["base_model"] is None]
     participants = resp[["participant_key", "experiment"]].drop_duplicates()
     with transaction(con):
-        for m in models:
-            con.execute(
-                "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
-                " n_params, post_training, base_model, inferred) VALUES (nextval('model_id_seq'),"
-                " ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-                [m["name"], m["family"], m["generation"], m["generation_order"], m["n_params"],
-                 m["post_training"], m["base_model"], json.dumps({"simulated": True})])
+        register_models(con, models)
         base_nll = {}
         for m in base_models:
             base_nll[m["name"]] = 1.0 + rng.exponential(1.0, len(resp))
-            _write_run(con, m["name"], base_condition, resp.response_id, base_nll[m["name"]])
+            write_run(con, m["name"], base_condition, resp.response_id, base_nll[m["name"]])
         for pr in pair_rows:
             d = {}
             for row in participants.itertuples():
                 d[row.participant_key] = rng.normal(mu[(pr["pair"], row.experiment)], participant_sd)
             shift = resp.participant_key.map(d).to_numpy()
-            _write_run(con, pr["post_model"], post_condition, resp.response_id,
+            write_run(con, pr["post_model"], post_condition, resp.response_id,
                        base_nll[pr["base_model"]] + shift)
     return sim
 
 
-def _write_run(con, model: str, condition: str, response_ids, nll) -> int:
+def register_models(con, rows: Sequence[dict]) -> None:
+    """Insert simulated models (name, family, generation, generation_order, n_params,
+    post_training, base_model; missing keys are NULL).  The caller holds the transaction."""
+    for m in rows:
+        con.execute(
+            "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
+            " n_params, post_training, base_model, inferred) VALUES (nextval('model_id_seq'),"
+            " ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            [m["name"], m.get("family"), m.get("generation"), m.get("generation_order"),
+             m.get("n_params"), m["post_training"], m.get("base_model"),
+             json.dumps({"simulated": True})])
+
+
+def write_run(con, model: str, condition: str, response_ids, nll,
+              options: pd.DataFrame | None = None) -> int:
+    """Write one complete simulated score run (and its option scores); returns its run_id.
+
+    ``options``: ``response_id, option, logprob`` rows for ``option_scores``.
+    Every score gets ``n_tokens = 1`` (valid).  The caller holds the transaction.
+    """
     run_id = int(scalar(con, "SELECT nextval('run_id_seq')"))
-    n = len(nll)
     con.execute("INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings,"
                 " psystats_version, started_at, finished_at, status, n_responses, n_skipped)"
                 " VALUES (?, ?, ?, 'simulated', '{}', '{}', 'simulated', current_timestamp,"
-                " current_timestamp, 'complete', ?, 0)", [run_id, model, condition, n])
-    df = pd.DataFrame({"run_id": run_id, "response_id": np.asarray(response_ids),
-                       "nll": np.asarray(nll, dtype=float), "n_tokens": 1})
-    con.register("_sim_scores", df)
-    try:
-        con.execute("INSERT INTO scores (run_id, response_id, nll, n_tokens) "
-                    "SELECT run_id, response_id, nll, n_tokens FROM _sim_scores")
-    finally:
-        con.unregister("_sim_scores")
+                " current_timestamp, 'complete', ?, 0)", [run_id, model, condition, len(nll)])
+    scores = pd.DataFrame({"run_id": run_id, "response_id": np.asarray(response_ids),
+                           "nll": np.asarray(nll, dtype=float), "n_tokens": 1})
+    tables = [("scores", "run_id, response_id, nll, n_tokens", scores)]
+    if options is not None and len(options):
+        tables.append(("option_scores", "run_id, response_id, option, logprob",
+                       options[["response_id", "option", "logprob"]].assign(run_id=run_id)))
+    for table, cols, df in tables:
+        con.register("_sim_rows", df)
+        try:
+            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _sim_rows")
+        finally:
+            con.unregister("_sim_rows")
     return run_id

@@ -77,7 +77,9 @@ def default_netcdf_dir(con) -> Path:
 
 
 def summarise_posterior(idata, var_names: Sequence[str] | None = None,
-                        labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+                        labels: Mapping[str, str] | None = None,
+                        element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None
+                        ) -> pd.DataFrame:
     """One row per scalar element of each posterior variable: the ``fit_params`` columns.
 
     ``labels`` maps a variable to a format string over its dimension names,
@@ -87,6 +89,13 @@ def summarise_posterior(idata, var_names: Sequence[str] | None = None,
     A dimension named ``<name>_level`` is written as ``<name>`` in ``coords``
     and labels: PyMC forbids a variable named like its dimension, so the
     effects model's ``type`` effect has dimension ``type_level``.
+
+    ``element_coords`` overrides the ``coords`` written for a dimension: it
+    maps a dimension name to ``{coordinate value: coords dict}``, e.g. a
+    flattened (family, generation) dimension ``{"gap_generation": {"qwen 2.5":
+    {"family": "qwen", "generation": "2.5"}}}`` gives those elements
+    ``{"family": "qwen", "generation": "2.5"}`` instead of
+    ``{"gap_generation": "qwen 2.5"}``.  Labels are unchanged.
     """
     import arviz as az
 
@@ -97,6 +106,7 @@ def summarise_posterior(idata, var_names: Sequence[str] | None = None,
     if missing:
         raise WarehouseError(f"no posterior variable(s) {missing} in this fit")
     labels = dict(labels or {})
+    element_coords = dict(element_coords or {})
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -120,8 +130,13 @@ def summarise_posterior(idata, var_names: Sequence[str] | None = None,
                 label = labels[name].format(**coords)
             else:
                 label = " × ".join(coords.values()) if coords else None
+            stored: dict[str, Any] = {}
+            for dim, (d, value) in zip(dims, coords.items()):
+                override = element_coords.get(dim, {}).get(value)
+                stored.update({str(k): str(v) for k, v in override.items()} if override
+                              else {d: value})
             rows.append(dict(parameter=name, label=label,
-                             coords=json.dumps(coords) if coords else None,
+                             coords=json.dumps(stored) if stored else None,
                              mean=mean[idx], sd=sd[idx], q03=q[0][idx], q05=q[1][idx],
                              q50=q[2][idx], q95=q[3][idx], q97=q[4][idx],
                              hdi_low=h[idx + (0,)], hdi_high=h[idx + (1,)],
@@ -138,7 +153,8 @@ def save_fit(con, *, kind: str, idata, spec: Any = None, priors: Any = None,
              summary: Any = None, seconds: float | None = None,
              netcdf_dir: str | os.PathLike | None = None,
              var_names: Sequence[str] | None = None,
-             labels: Mapping[str, str] | None = None, name: str | None = None) -> int:
+             labels: Mapping[str, str] | None = None, name: str | None = None,
+             element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> int:
     """Write one fit: its ``fits`` row, its ``fit_params`` rows and its NetCDF; returns fit_id.
 
     Everything happens in one transaction; the NetCDF is written to a
@@ -146,11 +162,13 @@ def save_fit(con, *, kind: str, idata, spec: Any = None, priors: Any = None,
     if anything fails, so an interrupted save leaves neither a half-written
     fit nor an orphan file behind.  ``var_names`` chooses the variables that
     get ``fit_params`` rows (default: every posterior variable); the NetCDF
-    always holds the whole ``InferenceData``.
+    always holds the whole ``InferenceData``.  ``labels`` and
+    ``element_coords`` shape the ``fit_params`` labels and coords
+    (:func:`summarise_posterior`).
     """
     from psystats import __version__
 
-    params = summarise_posterior(idata, var_names, labels)
+    params = summarise_posterior(idata, var_names, labels, element_coords)
     if isinstance(diagnostics, Diagnostics):
         passed = diagnostics.passed
         diagnostics = diagnostics.to_dict()
