@@ -138,6 +138,24 @@ SCORE_COLS = ("response_id, nll, n_tokens, first_token_nll, top1_all, top1_first
               "first_token_entropy")
 
 
+def check_options(batch, participants, scorer, model64, options: list[str], *,
+                  atol: float) -> dict[tuple[int, str], float]:
+    """Each stored option log-probability equals the float64 reference's.
+
+    Returns the stored values keyed by (response_id, option) for further checks.
+    """
+    enc = {o: scorer.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options}
+    assert any(len(v) > 1 for v in enc.values())        # multi-token branches are exercised
+    got = {(r["response_id"], r["option"]): r["logprob"] for r in batch.options.to_pylist()}
+    for p in participants:
+        ref = reference_scores(model64, scorer.tokenizer, reference_pieces(p), len(p.spans),
+                               scorer.prefix_ids, options=enc)
+        for i, rid in enumerate(p.response_ids):
+            for o in options:
+                assert got[(rid, o)] == pytest.approx(ref[i]["options"][o], abs=atol)
+    return got
+
+
 def snapshot(db: Path, run_id: int | None = None) -> dict:
     """Everything a run put in the warehouse, without run ids (to compare two warehouses)."""
     con = warehouse.connect(db, read_only=True)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from scoring import attention as attn
-from helpers import (FRANKE, check_batch, load64, model_row, reference_ids, reference_pieces,
-                     reference_scores, window_reference)
+from helpers import (FRANKE, check_batch, check_options, load64, model_row, reference_ids,
+                     reference_pieces, reference_scores, window_reference)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,16 +145,8 @@ def test_flex_option_branches_match_reference(tiny_models, inputs):
     sc = Scorer(model_row(path), dtype="float64", packing="packed", attention="flex",
                 option_sets={FRANKE: opts})
     batch = sc.score(franke)
-    enc = {o: sc.tokenizer(o, add_special_tokens=False)["input_ids"] for o in opts}
-    assert any(len(v) > 1 for v in enc.values())        # branches are exercised
-    got = {(r["response_id"], r["option"]): r["logprob"] for r in batch.options.to_pylist()}
     ref_model = load64(path)
-    for p in franke:
-        ref = reference_scores(ref_model, sc.tokenizer, reference_pieces(p), len(p.spans),
-                               sc.prefix_ids, options=enc)
-        for i, rid in enumerate(p.response_ids):
-            for o in opts:
-                assert got[(rid, o)] == pytest.approx(ref[i]["options"][o], abs=1e-8)
+    check_options(batch, franke, sc, ref_model, opts, atol=1e-8)
     check_batch(batch, franke, [reference_scores(ref_model, sc.tokenizer, reference_pieces(p),
                                                  len(p.spans), sc.prefix_ids) for p in franke],
                 atol=1e-8)
