@@ -16,6 +16,7 @@ and checks that every variant stored exactly the local rows.
 ``tiny`` is a random-initialised Qwen3-shaped model (scoring.tiny); ``smollm2``
 the SmolLM2-135M-Instruct GGUF; anything else a model folder or .gguf path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import warehouse  # noqa: E402
-from warehouse.db import scalar  # noqa: E402
+from psystats import warehouse  # noqa: E402
+from psystats.warehouse.db import scalar  # noqa: E402
 
-COLS = ("response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, "
-        "first_token_entropy")
+COLS = "response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, first_token_entropy"
 
 
 def rows(db: Path) -> list:
@@ -46,7 +46,7 @@ def rows(db: Path) -> list:
 
 
 def model_source(spec: str, tmp: Path) -> str:
-    from scoring.tiny import build_tiny_model, find_smollm2_gguf, save_smollm2_tokenizer
+    from psystats.scoring.tiny import build_tiny_model, find_smollm2_gguf, save_smollm2_tokenizer
 
     if spec == "smollm2":
         p = find_smollm2_gguf()
@@ -60,8 +60,9 @@ def model_source(spec: str, tmp: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "psych201"))
     ap.add_argument("--studies", nargs="+", default=["franke2024bayesian"])
     ap.add_argument("--model", default="tiny")
@@ -71,8 +72,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--limit", type=int, default=60, help="participants (0: all selected)")
-    ap.add_argument("--cpu-threads", type=int, default=None,
-                    help="torch threads of the local/shard process (Ray CPU actors use 1 each)")
+    ap.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch threads of the local/shard process (Ray CPU actors use 1 each)",
+    )
     args = ap.parse_args()
     if args.cpu_threads:
         import torch
@@ -81,13 +86,13 @@ def main() -> None:
 
     import ray
 
-    from scoring.distributed import run_ray
-    from scoring.engine import Scorer
-    from scoring.inputs import load_inputs
-    from scoring.registry import add_model
-    from scoring.runs import finish_run, start_run, write_batch
-    from scoring.shards import merge_dir, run_shard
-    from warehouse.ingest import ingest_paths
+    from psystats.scoring.distributed import run_ray
+    from psystats.scoring.engine import Scorer
+    from psystats.scoring.inputs import load_inputs
+    from psystats.scoring.registry import add_model
+    from psystats.scoring.runs import finish_run, start_run, write_batch
+    from psystats.scoring.shards import merge_dir, run_shard
+    from psystats.warehouse.ingest import ingest_paths
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     try:
@@ -95,17 +100,26 @@ def main() -> None:
         con = warehouse.connect(base)
         ingest_paths(con, [Path(args.data) / s for s in args.studies])
         model = add_model(con, model_source(args.model, tmp), name="bench-model")
-        keys = [k for (k,) in con.execute(
-            "SELECT participant_key FROM participants ORDER BY participant_key").fetchall()]
-        keys = keys[:args.limit] if args.limit else keys
+        keys = [
+            k
+            for (k,) in con.execute(
+                "SELECT participant_key FROM participants ORDER BY participant_key"
+            ).fetchall()
+        ]
+        keys = keys[: args.limit] if args.limit else keys
         inputs = load_inputs(con, participant_keys=keys)
         con.close()
         selection = {"participant_keys": keys}
         kwargs = {"condition": "plain", "device": args.device, "dtype": args.dtype}
-        report: dict = {"participants": len(inputs), "studies": args.studies,
-                        "model": args.model, "workers": args.workers,
-                        "gpus_per_worker": args.gpus_per_worker, "device": args.device,
-                        "cpu_threads": args.cpu_threads}
+        report: dict = {
+            "participants": len(inputs),
+            "studies": args.studies,
+            "model": args.model,
+            "workers": args.workers,
+            "gpus_per_worker": args.gpus_per_worker,
+            "device": args.device,
+            "cpu_threads": args.cpu_threads,
+        }
 
         # One process.
         local = tmp / "local.duckdb"
@@ -123,40 +137,65 @@ def main() -> None:
         tokens = scalar(con, "SELECT sum(n_tokens) FROM scores")
         con.close()
         forwarded = batch.n_tokens
-        report["local"] = {"load_s": round(t_load, 2), "score_s": round(t_local, 2),
-                           "tokens_forwarded": forwarded,
-                           "tok_per_s": round(forwarded / t_local), "response_tokens": tokens}
+        report["local"] = {
+            "load_s": round(t_load, 2),
+            "score_s": round(t_local, 2),
+            "tokens_forwarded": forwarded,
+            "tok_per_s": round(forwarded / t_local),
+            "response_tokens": tokens,
+        }
         want = rows(local)
 
         # Ray.
-        ray.init(num_cpus=max(args.workers, 1) if args.gpus_per_worker == 0 else None,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=max(args.workers, 1) if args.gpus_per_worker == 0 else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         try:
             db = tmp / "ray.duckdb"
             shutil.copy(base, db)
             con = warehouse.connect(db)
             last = {}
             t0 = time.perf_counter()
-            r = run_ray(con, model, functools.partial(Scorer, model, **kwargs), condition="plain",
-                        selection=selection, inputs=inputs, out_dir=tmp / "ray-shards",
-                        num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
-                        progress=lambda p: last.update(tps=p.tokens_per_second,
-                                                       scoring_s=p.elapsed))
+            r = run_ray(
+                con,
+                model,
+                functools.partial(Scorer, model, **kwargs),
+                condition="plain",
+                selection=selection,
+                inputs=inputs,
+                out_dir=tmp / "ray-shards",
+                num_workers=args.workers,
+                num_gpus_per_worker=args.gpus_per_worker,
+                progress=lambda p: last.update(tps=p.tokens_per_second, scoring_s=p.elapsed),
+            )
             t_ray = time.perf_counter() - t0
             con.close()
         finally:
             ray.shutdown()
         assert rows(db) == want, "Ray rows differ from the single process"
-        report["ray"] = {"wall_s": round(t_ray, 2), "units": r.units,
-                         "scoring_s": round(last.get("scoring_s", 0), 2),
-                         "tok_per_s_driver": round(last.get("tps", 0))}
+        report["ray"] = {
+            "wall_s": round(t_ray, 2),
+            "units": r.units,
+            "scoring_s": round(last.get("scoring_s", 0), 2),
+            "tok_per_s_driver": round(last.get("tps", 0)),
+        }
 
         # Shard jobs + merge.
         out = tmp / "array"
         t0 = time.perf_counter()
         for i in range(args.shards):
-            run_shard(scorer, model, condition="plain", selection=selection, inputs=inputs,
-                      shard=(i, args.shards), out_dir=out, unit_tokens=20_000)
+            run_shard(
+                scorer,
+                model,
+                condition="plain",
+                selection=selection,
+                inputs=inputs,
+                shard=(i, args.shards),
+                out_dir=out,
+                unit_tokens=20_000,
+            )
         t_shards = time.perf_counter() - t0
         db = tmp / "merged.duckdb"
         shutil.copy(base, db)
@@ -166,9 +205,12 @@ def main() -> None:
         t_merge = time.perf_counter() - t0
         con.close()
         assert rows(db) == want, "merged shard rows differ from the single process"
-        report["shards"] = {"jobs_s": round(t_shards, 2), "units": m.units,
-                            "merge_s": round(t_merge, 3),
-                            "merge_rows_per_s": round(m.rows_added / t_merge)}
+        report["shards"] = {
+            "jobs_s": round(t_shards, 2),
+            "units": m.units,
+            "merge_s": round(t_merge, 3),
+            "merge_rows_per_s": round(m.rows_added / t_merge),
+        }
         report["identical_rows"] = True
         print(json.dumps(report, indent=1))
     finally:

@@ -10,6 +10,7 @@ its load with the figures (the numbers printed include ``os.getloadavg()``).
 Recovery and SBC compile the model once and re-run it on new data of the same
 layout (``compiled.with_data``), so they measure the model, not the compiler.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,23 +28,51 @@ def full_size(args) -> dict:
     from psystats.stats.effects import EffectsSpec, fit_cells
     from psystats.stats.simulate import simulate_cells
 
-    sim = simulate_cells(args.pairs, args.experiments, n_families=args.families,
-                         n_types=args.types, n_domains=11, seed=args.seed, missing=args.missing)
+    sim = simulate_cells(
+        args.pairs,
+        args.experiments,
+        n_families=args.families,
+        n_types=args.types,
+        n_domains=11,
+        seed=args.seed,
+        missing=args.missing,
+    )
     t0 = time.perf_counter()
-    fit = fit_cells(sim.cells, EffectsSpec(), draws=args.draws, tune=args.tune, chains=4,
-                    seed=args.seed, allow_failure=True, checks=args.checks, compare=args.checks)
+    fit = fit_cells(
+        sim.cells,
+        EffectsSpec(),
+        draws=args.draws,
+        tune=args.tune,
+        chains=4,
+        seed=args.seed,
+        allow_failure=True,
+        checks=args.checks,
+        compare=args.checks,
+    )
     total = time.perf_counter() - t0
     rec = fit.summary["sampler"]
     d = fit.diagnostics
-    return {"cells": fit.data.n_cells, "pairs": args.pairs, "experiments": args.experiments,
-            "active_terms": fit.data.active, "centred": fit.data.centred,
-            "compile_s": round(rec.get("compile_seconds") or 0, 1),
-            "sampling_s": round(rec["sampling_seconds"], 1), "total_s": round(total, 1),
-            "max_rhat": round(d.max_rhat, 4), "min_ess_bulk": round(d.min_ess_bulk),
-            "min_ess_tail": round(d.min_ess_tail), "divergences": d.divergences,
-            "min_bfmi": round(d.min_bfmi, 2), "passed": d.passed, "problems": d.problems,
-            "worst": d.worst, "ppc": fit.summary.get("ppc"), "loo": fit.summary.get("loo"),
-            "loadavg": os.getloadavg()}
+    return {
+        "cells": fit.data.n_cells,
+        "pairs": args.pairs,
+        "experiments": args.experiments,
+        "active_terms": fit.data.active,
+        "centred": fit.data.centred,
+        "compile_s": round(rec.get("compile_seconds") or 0, 1),
+        "sampling_s": round(rec["sampling_seconds"], 1),
+        "total_s": round(total, 1),
+        "max_rhat": round(d.max_rhat, 4),
+        "min_ess_bulk": round(d.min_ess_bulk),
+        "min_ess_tail": round(d.min_ess_tail),
+        "divergences": d.divergences,
+        "min_bfmi": round(d.min_bfmi, 2),
+        "passed": d.passed,
+        "problems": d.problems,
+        "worst": d.worst,
+        "ppc": fit.summary.get("ppc"),
+        "loo": fit.summary.get("loo"),
+        "loadavg": os.getloadavg(),
+    }
 
 
 def _compiled(cells):
@@ -61,24 +90,33 @@ def _compiled(cells):
 
 def recovery(args) -> dict:
     """Coverage of the 90% central intervals of every true parameter element."""
-    from psystats.stats.simulate import simulate_cells, simulate_design
-    from psystats.stats.sampling import diagnose
-    from psystats.stats.effects import reported_vars
     import nutpie
 
-    design = simulate_design(args.rec_pairs, args.rec_experiments, n_families=4, n_types=3,
-                             n_domains=6, seed=0)
+    from psystats.stats.effects import reported_vars
+    from psystats.stats.sampling import diagnose
+    from psystats.stats.simulate import simulate_cells, simulate_design
+
+    design = simulate_design(
+        args.rec_pairs, args.rec_experiments, n_families=4, n_types=3, n_domains=6, seed=0
+    )
     first = simulate_cells(design=design, seed=0)
     model, data, compiled, compile_s = _compiled(first.cells)
     hits, by_param, failed, t_sample = [], {}, 0, 0.0
     for k in range(args.recovery):
         sim = simulate_cells(design=design, seed=1000 + k)
         cells = sim.cells.set_index(["pair", "experiment"]).loc[
-            list(zip(data.cells.pair, data.cells.experiment))]
+            list(zip(data.cells.pair, data.cells.experiment))
+        ]
         t = time.perf_counter()
-        idata = nutpie.sample(compiled.with_data(y_obs=cells.y.to_numpy(), se=cells.se.to_numpy()),
-                              draws=args.draws, tune=args.tune, chains=4, seed=k,
-                              progress_bar=False, target_accept=0.95)
+        idata = nutpie.sample(
+            compiled.with_data(y_obs=cells.y.to_numpy(), se=cells.se.to_numpy()),
+            draws=args.draws,
+            tune=args.tune,
+            chains=4,
+            seed=k,
+            progress_bar=False,
+            target_accept=0.95,
+        )
         t_sample += time.perf_counter() - t
         if not diagnose(idata, var_names=reported_vars(model)).passed:
             failed += 1
@@ -91,19 +129,31 @@ def recovery(args) -> dict:
             if np.ndim(truth) == 0:
                 inside = [bool(lo <= truth <= hi)]
             else:
-                tv = np.asarray(truth.loc[[str(v) for v in da.coords[da.dims[2]].values]]
-                                if hasattr(truth, "loc") else truth)
+                tv = np.asarray(
+                    truth.loc[[str(v) for v in da.coords[da.dims[2]].values]]
+                    if hasattr(truth, "loc")
+                    else truth
+                )
                 if da.ndim == 4:
-                    tv = np.asarray(truth.loc[list(map(str, da.coords[da.dims[2]].values)),
-                                              list(map(str, da.coords[da.dims[3]].values))])
+                    tv = np.asarray(
+                        truth.loc[
+                            list(map(str, da.coords[da.dims[2]].values)),
+                            list(map(str, da.coords[da.dims[3]].values)),
+                        ]
+                    )
                 inside = list(((lo.values <= tv) & (tv <= hi.values)).ravel())
             hits += inside
             by_param.setdefault(name, []).extend(inside)
-    return {"datasets": args.recovery, "cells": data.n_cells, "compile_s": round(compile_s, 1),
-            "mean_sampling_s": round(t_sample / args.recovery, 2),
-            "coverage_90": round(float(np.mean(hits)), 3), "n_intervals": len(hits),
-            "coverage_by_parameter": {k: round(float(np.mean(v)), 3) for k, v in by_param.items()},
-            "fits_missing_gates": failed}
+    return {
+        "datasets": args.recovery,
+        "cells": data.n_cells,
+        "compile_s": round(compile_s, 1),
+        "mean_sampling_s": round(t_sample / args.recovery, 2),
+        "coverage_90": round(float(np.mean(hits)), 3),
+        "n_intervals": len(hits),
+        "coverage_by_parameter": {k: round(float(np.mean(v)), 3) for k, v in by_param.items()},
+        "fits_missing_gates": failed,
+    }
 
 
 def sbc(args) -> dict:
@@ -116,8 +166,18 @@ def sbc(args) -> dict:
 
     small = simulate_cells(6, 8, n_families=2, n_types=2, n_domains=2, seed=0).cells
     model, data, compiled, compile_s = _compiled(small)
-    scalars = [v for v in ("intercept", "size_slope", "generation_slope", "sigma_cell",
-                           "sigma_experiment", "sigma_pair") if v in model.named_vars]
+    scalars = [
+        v
+        for v in (
+            "intercept",
+            "size_slope",
+            "generation_slope",
+            "sigma_cell",
+            "sigma_experiment",
+            "sigma_pair",
+        )
+        if v in model.named_vars
+    ]
     vectors = [v for v in ("type", "domain") if v in model.named_vars]
     with model:
         prior = pm.sample_prior_predictive(draws=args.sbc, random_seed=args.seed)
@@ -125,8 +185,15 @@ def sbc(args) -> dict:
     thin = 99  # ranks in 0..99 from 99 thinned posterior draws
     for i in range(args.sbc):
         y = prior.prior_predictive["y"].values[0, i]
-        idata = nutpie.sample(compiled.with_data(y_obs=y), draws=thin * 10 // 4 + 1, tune=500,
-                              chains=4, seed=i, progress_bar=False, target_accept=0.95)
+        idata = nutpie.sample(
+            compiled.with_data(y_obs=y),
+            draws=thin * 10 // 4 + 1,
+            tune=500,
+            chains=4,
+            seed=i,
+            progress_bar=False,
+            target_accept=0.95,
+        )
         for v in scalars + vectors:
             draws = idata.posterior[v].values.reshape(-1, *idata.posterior[v].shape[2:])
             draws = draws[np.linspace(0, len(draws) - 1, thin).astype(int)]
@@ -138,12 +205,18 @@ def sbc(args) -> dict:
     for k, r in ranks.items():
         hist = np.histogram(r, bins=10, range=(0, thin + 1))[0]
         out[k] = {"chi2_p": float(stats.chisquare(hist).pvalue), "hist": hist.tolist()}
-    return {"replications": args.sbc, "compile_s": round(compile_s, 1),
-            "min_p": min(v["chi2_p"] for v in out.values()), "parameters": out}
+    return {
+        "replications": args.sbc,
+        "compile_s": round(compile_s, 1),
+        "min_p": min(v["chi2_p"] for v in out.values()),
+        "parameters": out,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--experiments", type=int, default=150)
     ap.add_argument("--families", type=int, default=6)

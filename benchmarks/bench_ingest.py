@@ -8,6 +8,7 @@ fresh subprocess so its peak RSS is its own), and the ratio second/first.
 Targets (issue 2, 2-core machine): first pass < 60 s and < 2 GiB peak RSS;
 second pass < 1/4 of the first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def one_pass(db: str, data: str) -> dict:
     """Run in a child process: ingest, report time/RSS/counts as JSON."""
     sys.path.insert(0, str(ROOT))
-    import warehouse
-    from warehouse.db import scalar
-    from warehouse.ingest import ingest_paths
+    from psystats import warehouse
+    from psystats.warehouse.db import scalar
+    from psystats.warehouse.ingest import ingest_paths
 
     t0 = time.perf_counter()
     con = warehouse.connect(db)
@@ -45,9 +46,13 @@ def one_pass(db: str, data: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "psych201"))
-    ap.add_argument("--repeat", type=int, default=3, help="fresh warehouses to time (median reported)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="fresh warehouses to time (median reported)"
+    )
     ap.add_argument("--child", nargs=2, metavar=("DB", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -55,8 +60,12 @@ def main() -> None:
         return
 
     def run(db: str) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--child", db, args.data],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", db, args.data],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return json.loads(out.strip().splitlines()[-1])
 
     firsts, seconds = [], []
@@ -67,16 +76,20 @@ def main() -> None:
             second = run(db)
             firsts.append(first)
             seconds.append(second)
-            print(f"run {i + 1}: first {first['seconds']:.1f}s "
-                  f"({first['responses_added'] / first['seconds']:,.0f} responses/s, "
-                  f"peak RSS {first['peak_rss_mib']:.0f} MiB); second {second['seconds']:.2f}s "
-                  f"(+{second['responses_added']} responses)")
+            print(
+                f"run {i + 1}: first {first['seconds']:.1f}s "
+                f"({first['responses_added'] / first['seconds']:,.0f} responses/s, "
+                f"peak RSS {first['peak_rss_mib']:.0f} MiB); second {second['seconds']:.2f}s "
+                f"(+{second['responses_added']} responses)"
+            )
     f_med = statistics.median(r["seconds"] for r in firsts)
     s_med = statistics.median(r["seconds"] for r in seconds)
     rss = max(r["peak_rss_mib"] for r in firsts)
     n = firsts[0]["responses_total"]
     print(f"\nparticipants {firsts[0]['participants_total']:,}, responses {n:,}")
-    print(f"first ingest   median {f_med:.1f} s  ({n / f_med:,.0f} responses/s), max peak RSS {rss:.0f} MiB")
+    print(
+        f"first ingest   median {f_med:.1f} s  ({n / f_med:,.0f} responses/s), max peak RSS {rss:.0f} MiB"
+    )
     print(f"second ingest  median {s_med:.2f} s  (ratio second/first {s_med / f_med:.3f})")
 
 

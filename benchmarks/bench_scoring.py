@@ -43,6 +43,7 @@ folder prepared here (``--prepare DIR`` writes ``DIR/tokenizer/`` and
 ``DIR/participants.jsonl``; then ``--data DIR/participants.jsonl --tokenizer
 DIR/tokenizer``); ``benchmarks/gpu_check.sh`` does exactly that.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,21 +64,51 @@ DATA = ROOT.parent / "shared" / "data" / "psych201"
 
 # Qwen3 configs (as published in the models' config.json), plus a tiny one for CI.
 SHAPES: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=16, intermediate_size=128, vocab_size=49152, tie_word_embeddings=False),
-    "0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936,
-                 tie_word_embeddings=True),
-    "1.7b": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, intermediate_size=6144, vocab_size=151936,
-                 tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936,
-               tie_word_embeddings=False),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=49152,
+        tie_word_embeddings=False,
+    ),
+    "0.6b": dict(
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "1.7b": dict(
+        hidden_size=2048,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=6144,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+    ),
 }
 
 
 # --------------------------------------------------------------------------- inputs
+
 
 def read_records(data: Path, n: int, seed: int = 0) -> list[dict]:
     """Records (``text``, ``experiment``) from a Psych-201 folder (round-robin over studies,
@@ -91,7 +122,7 @@ def read_records(data: Path, n: int, seed: int = 0) -> list[dict]:
         with zipfile.ZipFile(z) as f:
             lines = f.read(f.namelist()[0]).decode("utf-8").splitlines()
         random.Random(seed).shuffle(lines)
-        per_study.append(lines[:max(50, n)])
+        per_study.append(lines[: max(50, n)])
     if not per_study:
         raise SystemExit(f"no */prompts.jsonl.zip under {data} (use --data)")
     out = []
@@ -105,8 +136,8 @@ def read_records(data: Path, n: int, seed: int = 0) -> list[dict]:
 
 def load_participants(data: Path, tokenizer, n: int, max_tokens: int, seed: int = 0):
     """Up to ``n`` real participants of at most ``max_tokens`` tokens, in a fixed order."""
-    from scoring.inputs import ParticipantInput
-    from warehouse.transcript import find_spans
+    from psystats.scoring.inputs import ParticipantInput
+    from psystats.warehouse.transcript import find_spans
 
     out, key = [], 0
     for rec in read_records(data, n, seed):
@@ -118,9 +149,15 @@ def load_participants(data: Path, tokenizer, n: int, max_tokens: int, seed: int 
         spans = tuple(find_spans(text))
         if not spans:
             continue
-        out.append(ParticipantInput(
-            participant_key=key, experiment=rec["experiment"], text=text,
-            response_ids=tuple(range(key * 100_000, key * 100_000 + len(spans))), spans=spans))
+        out.append(
+            ParticipantInput(
+                participant_key=key,
+                experiment=rec["experiment"],
+                text=text,
+                response_ids=tuple(range(key * 100_000, key * 100_000 + len(spans))),
+                spans=spans,
+            )
+        )
         key += 1
     return out
 
@@ -129,7 +166,7 @@ def prepare(dest: Path, args) -> None:
     """Write the tokenizer and the selected participants for a machine without either."""
     from transformers import AutoTokenizer
 
-    from scoring.tiny import save_smollm2_tokenizer
+    from psystats.scoring.tiny import save_smollm2_tokenizer
 
     tok_dir = save_smollm2_tokenizer(dest / "tokenizer", args.gguf)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
@@ -143,15 +180,20 @@ def prepare(dest: Path, args) -> None:
 
 # --------------------------------------------------------------------------- models and FLOPs
 
+
 def build_model(shape: str, device: str, dtype, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     cfg = dict(SHAPES[shape])
     cfg["vocab_size"] = max(cfg["vocab_size"], len(tokenizer))
-    config = Qwen3Config(max_position_embeddings=40960, rope_theta=1_000_000.0,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **cfg)
+    config = Qwen3Config(
+        max_position_embeddings=40960,
+        rope_theta=1_000_000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **cfg,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -165,7 +207,7 @@ def useful_flops(cfg, lengths: list[int], n_scored: int) -> float:
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     body_per_token = 2 * L * (d * q + 2 * d * kv + q * d + 3 * d * cfg.intermediate_size)
     T = sum(lengths)
-    attn = sum(2 * 2 * L * q * (t * (t + 1) / 2) for t in lengths)     # QK^T and AV, causal
+    attn = sum(2 * 2 * L * q * (t * (t + 1) / 2) for t in lengths)  # QK^T and AV, causal
     head = 2 * d * cfg.vocab_size * n_scored
     return body_per_token * T + attn + head
 
@@ -186,7 +228,7 @@ def matmul_peak(device: str, dtype) -> float:
             a @ b
         sync(device)
         best = min(best, (time.perf_counter() - t) / reps)
-    return 2 * n ** 3 / best / 1e12
+    return 2 * n**3 / best / 1e12
 
 
 def sync(device: str) -> None:
@@ -208,11 +250,12 @@ def peak_gib(device: str) -> float:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # process high-water mark
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process high-water mark
 
 
 # --------------------------------------------------------------------------- methods
+
 
 def seed_method(model, tokenizer, participants, device: str) -> dict[int, float]:
     """The seed study's way: one participant per forward, full logits, Python loop over positions."""
@@ -223,12 +266,12 @@ def seed_method(model, tokenizer, participants, device: str) -> dict[int, float]
         for p in participants:
             enc = tokenizer(p.text, return_offsets_mapping=True, add_special_tokens=True)
             ids = torch.tensor([enc["input_ids"]], device=device)
-            logits = model(ids).logits[0]                       # [T, V]: every position
+            logits = model(ids).logits[0]  # [T, V]: every position
             logp = torch.log_softmax(logits.float(), dim=-1)
             offs = enc["offset_mapping"]
             for rid, (a, b) in zip(p.response_ids, p.spans):
                 positions = []
-                for t in range(1, len(offs)):                   # loop over positions
+                for t in range(1, len(offs)):  # loop over positions
                     s, e = offs[t]
                     if s < b and e > a:
                         positions.append(t)
@@ -237,14 +280,34 @@ def seed_method(model, tokenizer, participants, device: str) -> dict[int, float]
     return out
 
 
-def psystats_scorer(model, tokenizer, device: str, dtype: str, *, packing: str, budget: int,
-                    attention: str = "dense", compile: bool = False, bucket: int = 8192):
+def psystats_scorer(
+    model,
+    tokenizer,
+    device: str,
+    dtype: str,
+    *,
+    packing: str,
+    budget: int,
+    attention: str = "dense",
+    compile: bool = False,
+    bucket: int = 8192,
+):
     """The engine users run (``psystats score`` builds the same Scorer), on this model."""
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
-    return Scorer({"name": "bench", "source": None}, device=device, dtype=dtype, packing=packing,
-                  token_budget=budget, tokenization="whole", attention=attention,
-                  compile=compile, compile_bucket=bucket, lm=model, tokenizer=tokenizer)
+    return Scorer(
+        {"name": "bench", "source": None},
+        device=device,
+        dtype=dtype,
+        packing=packing,
+        token_budget=budget,
+        tokenization="whole",
+        attention=attention,
+        compile=compile,
+        compile_bucket=bucket,
+        lm=model,
+        tokenizer=tokenizer,
+    )
 
 
 def psystats_method(scorer, participants) -> dict[int, float]:
@@ -253,7 +316,9 @@ def psystats_method(scorer, participants) -> dict[int, float]:
 
 
 def rel_diff(a: dict[int, float], ref: dict[int, float]) -> float:
-    return max((abs(a[k] - v) / max(abs(v), 1e-12) for k, v in ref.items() if k in a), default=float("nan"))
+    return max(
+        (abs(a[k] - v) / max(abs(v), 1e-12) for k, v in ref.items() if k in a), default=float("nan")
+    )
 
 
 METHODS = ("seed", "psystats-1", "psystats-packed", "psystats-flex", "psystats-compiled")
@@ -265,17 +330,26 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
     dtype_t = getattr(torch, args.dtype)
     lengths = [len(tokenizer(p.text)["input_ids"]) for p in participants]
     # Exact number of scored positions (response tokens) under whole-text tokenisation.
-    from scoring.render import render
-    from scoring.tokenize import tokenize
-    n_scored = sum(int((t.ends - t.starts).sum()) for t in (
-        tokenize(tokenizer, render(p, "plain"), len(p.spans), "whole") for p in participants))
+    from psystats.scoring.render import render
+    from psystats.scoring.tokenize import tokenize
+
+    n_scored = sum(
+        int((t.ends - t.starts).sum())
+        for t in (
+            tokenize(tokenizer, render(p, "plain"), len(p.spans), "whole") for p in participants
+        )
+    )
     tokens = sum(lengths)
 
     # float32 reference on the first participants, same weights, built and freed first.
-    ref_parts = participants[:args.ref_participants]
+    ref_parts = participants[: args.ref_participants]
     ref_model = build_model(shape, args.device, torch.float32, tokenizer)
-    ref = psystats_method(psystats_scorer(ref_model, tokenizer, args.device, "float32",
-                                          packing="none", budget=args.token_budget), ref_parts)
+    ref = psystats_method(
+        psystats_scorer(
+            ref_model, tokenizer, args.device, "float32", packing="none", budget=args.token_budget
+        ),
+        ref_parts,
+    )
     ref_state = {k: v.to(dtype_t) for k, v in ref_model.state_dict().items()}
     del ref_model
     gc.collect()
@@ -293,8 +367,13 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
         elif name == "psystats-flex":
             kw = dict(packing="packed", budget=args.token_budget, attention="flex")
         elif name == "psystats-compiled":
-            kw = dict(packing="packed", budget=args.token_budget, attention="flex", compile=True,
-                      bucket=args.compile_bucket)
+            kw = dict(
+                packing="packed",
+                budget=args.token_budget,
+                attention="flex",
+                compile=True,
+                bucket=args.compile_bucket,
+            )
         return psystats_scorer(model, tokenizer, args.device, args.dtype, **kw)
 
     rows = []
@@ -322,7 +401,7 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
             sync(args.device)
             sec = time.perf_counter() - t
             if name == "psystats-compiled":
-                compile_s = first - sec             # first pass minus a warm pass
+                compile_s = first - sec  # first pass minus a warm pass
         except Exception as e:  # noqa: BLE001 - one failing method must not lose the others
             print(f"{shape} {name}: FAILED {type(e).__name__}: {str(e)[:500]}", flush=True)
             rows.append(dict(shape=shape, method=name, error=f"{type(e).__name__}: {e}"[:2000]))
@@ -330,17 +409,28 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
             reset_peak(args.device)
             continue
         tflops = flops / sec / 1e12
-        rows.append(dict(shape=shape, method=name, tokens_per_s=tokens / sec, tflops=tflops,
-                         mfu=tflops / peak, seconds=sec, rel_diff=rel_diff(nll, ref),
-                         peak_gib=peak_gib(args.device), participants=len(participants),
-                         tokens=tokens, compile_s=compile_s))
+        rows.append(
+            dict(
+                shape=shape,
+                method=name,
+                tokens_per_s=tokens / sec,
+                tflops=tflops,
+                mfu=tflops / peak,
+                seconds=sec,
+                rel_diff=rel_diff(nll, ref),
+                peak_gib=peak_gib(args.device),
+                participants=len(participants),
+                tokens=tokens,
+                compile_s=compile_s,
+            )
+        )
         if emit:
             emit(rows)
     ok = [r for r in rows if "error" not in r]
     base = next((r["tokens_per_s"] for r in ok if r["method"] == "seed"), None)
     for r in ok:
         r["speedup"] = r["tokens_per_s"] / base if base else float("nan")
-    del model
+    model = None  # free the weights before the next shape
     gc.collect()
     reset_peak(args.device)
     return rows
@@ -348,8 +438,10 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
 
 def print_table(rows: list[dict], peak: float, device: str) -> None:
     print(f"\nmatmul peak: {peak:.3g} TFLOP/s on {device}")
-    head = f"{'shape':<6} {'method':<18} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} " \
-           f"{'max rel NLL diff':>16} {'peak GiB':>9} {'compile s':>9}"
+    head = (
+        f"{'shape':<6} {'method':<18} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} "
+        f"{'max rel NLL diff':>16} {'peak GiB':>9} {'compile s':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -357,42 +449,91 @@ def print_table(rows: list[dict], peak: float, device: str) -> None:
             print(f"{r['shape']:<6} {r['method']:<18} FAILED: {r['error'][:80]}")
             continue
         comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "-"
-        print(f"{r['shape']:<6} {r['method']:<18} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
-              f"{r['mfu']:>7.3f} {r.get('speedup', float('nan')):>7.2f}x {r['rel_diff']:>16.2e} "
-              f"{r['peak_gib']:>9.2f} {comp:>9}")
+        print(
+            f"{r['shape']:<6} {r['method']:<18} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
+            f"{r['mfu']:>7.3f} {r.get('speedup', float('nan')):>7.2f}x {r['rel_diff']:>16.2e} "
+            f"{r['peak_gib']:>9.2f} {comp:>9}"
+        )
     print(flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--shape", action="append", choices=list(SHAPES),
-                    help="model shape(s) (repeatable) [default: 0.6b, 1.7b, 8b; tiny on CPU]")
-    ap.add_argument("--method", dest="methods", action="append", choices=METHODS,
-                    help="methods (repeatable) [default: all on CUDA; all but psystats-compiled "
-                         "on CPU, where compiling takes minutes]")
+    ap.add_argument(
+        "--shape",
+        action="append",
+        choices=list(SHAPES),
+        help="model shape(s) (repeatable) [default: 0.6b, 1.7b, 8b; tiny on CPU]",
+    )
+    ap.add_argument(
+        "--method",
+        dest="methods",
+        action="append",
+        choices=METHODS,
+        help="methods (repeatable) [default: all on CUDA; all but psystats-compiled "
+        "on CPU, where compiling takes minutes]",
+    )
     ap.add_argument("--dtype", default=None, help="[default: bfloat16 on CUDA, float32 on CPU]")
-    ap.add_argument("--participants", type=int, default=None,
-                    help="participants scored by every method [default: 64 on CUDA, 6 on CPU]")
-    ap.add_argument("--max-tokens", type=int, default=None,
-                    help="skip transcripts longer than this [default: 32768 on CUDA, 1200 on CPU]")
+    ap.add_argument(
+        "--participants",
+        type=int,
+        default=None,
+        help="participants scored by every method [default: 64 on CUDA, 6 on CPU]",
+    )
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="skip transcripts longer than this [default: 32768 on CUDA, 1200 on CPU]",
+    )
     ap.add_argument("--ref-participants", type=int, default=4)
-    ap.add_argument("--token-budget", type=int, default=65536,
-                    help="tokens per forward for psystats-flex/-compiled")
-    ap.add_argument("--dense-budget", type=int, default=16384,
-                    help="tokens per forward for psystats-packed (dense N x N mask)")
-    ap.add_argument("--compile-bucket", type=int, default=8192,
-                    help="psystats-compiled pads packed lengths to a multiple of this")
+    ap.add_argument(
+        "--token-budget",
+        type=int,
+        default=65536,
+        help="tokens per forward for psystats-flex/-compiled",
+    )
+    ap.add_argument(
+        "--dense-budget",
+        type=int,
+        default=16384,
+        help="tokens per forward for psystats-packed (dense N x N mask)",
+    )
+    ap.add_argument(
+        "--compile-bucket",
+        type=int,
+        default=8192,
+        help="psystats-compiled pads packed lengths to a multiple of this",
+    )
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
-    ap.add_argument("--data", type=Path, default=DATA,
-                    help="Psych-201 folder, or a participants.jsonl written by --prepare")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=DATA,
+        help="Psych-201 folder, or a participants.jsonl written by --prepare",
+    )
     ap.add_argument("--gguf", default=None, help="SmolLM2 GGUF (its tokenizer is used)")
-    ap.add_argument("--tokenizer", type=Path, default=None,
-                    help="tokenizer folder (from --prepare) instead of extracting it from the GGUF")
-    ap.add_argument("--prepare", type=Path, default=None, metavar="DIR",
-                    help="only write DIR/tokenizer and DIR/participants.jsonl for another machine")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here "
-                    "(rewritten after every method, so a run cut short keeps what it measured)")
+    ap.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer folder (from --prepare) instead of extracting it from the GGUF",
+    )
+    ap.add_argument(
+        "--prepare",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="only write DIR/tokenizer and DIR/participants.jsonl for another machine",
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the rows as JSON here "
+        "(rewritten after every method, so a run cut short keeps what it measured)",
+    )
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.shape = args.shape or (["0.6b", "1.7b", "8b"] if cuda else ["tiny"])
@@ -408,7 +549,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from scoring.tiny import save_smollm2_tokenizer
+    from psystats.scoring.tiny import save_smollm2_tokenizer
 
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer))
@@ -418,16 +559,26 @@ def main(argv=None) -> int:
             tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     participants = load_participants(args.data, tokenizer, args.participants, args.max_tokens)
     lengths = [len(tokenizer(p.text)["input_ids"]) for p in participants]
-    print(f"{len(participants)} participants, {sum(lengths):,} tokens (longest {max(lengths):,}), "
-          f"{sum(len(p.spans) for p in participants):,} responses; device {args.device} "
-          f"({torch.cuda.get_device_name() if cuda else 'cpu, %d threads' % torch.get_num_threads()}), "
-          f"torch {torch.__version__}, dtype {args.dtype}", flush=True)
+    print(
+        f"{len(participants)} participants, {sum(lengths):,} tokens (longest {max(lengths):,}), "
+        f"{sum(len(p.spans) for p in participants):,} responses; device {args.device} "
+        f"({torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} threads'}), "
+        f"torch {torch.__version__}, dtype {args.dtype}",
+        flush=True,
+    )
     peak = matmul_peak(args.device, getattr(torch, args.dtype))
     print(f"matmul peak {peak:.4g} TFLOP/s", flush=True)
     rows: list[dict] = []
-    meta = {"peak_tflops": peak, "device": args.device, "torch": torch.__version__,
-            "card": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"),
-            "dtype": args.dtype, "participants": len(participants), "tokens": sum(lengths)}
+    meta = {
+        "peak_tflops": peak,
+        "device": args.device,
+        "torch": torch.__version__,
+        "card": torch.cuda.get_device_name() if cuda else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "dtype": args.dtype,
+        "participants": len(participants),
+        "tokens": sum(lengths),
+    }
 
     def emit(shape_rows):
         if args.json:

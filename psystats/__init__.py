@@ -1,2 +1,5 @@
 """psystats: how well language models predict what people do in psychology experiments."""
-__version__ = "0.1.0"
+
+from psystats.warehouse.provenance import __version__
+
+__all__ = ["__version__"]

@@ -4,32 +4,45 @@ Each command lives in its own module under ``psystats/commands`` and is
 imported only when it runs, so ``psystats --help`` and ``psystats sql`` stay
 fast (torch and PyMC take seconds to import).
 """
+
 from __future__ import annotations
 
 import importlib
 
 import click
 
-from warehouse.db import ENV_VAR, default_path
+from psystats.warehouse.db import ENV_VAR, default_path
 
 # name -> (module, attribute, one-line help shown by `psystats --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("psystats.commands.warehouse_cmds", "init", "Create (or migrate) a warehouse file."),
-    "ingest": ("psystats.commands.warehouse_cmds", "ingest",
-               "Ingest Psych-101/201 studies (jsonl, zip, folders, Parquet)."),
-    "summary": ("psystats.commands.warehouse_cmds", "summary",
-                "Counts per study: experiments, participants, responses, scores."),
+    "ingest": (
+        "psystats.commands.warehouse_cmds",
+        "ingest",
+        "Ingest Psych-101/201 studies (jsonl, zip, folders, Parquet).",
+    ),
+    "summary": (
+        "psystats.commands.warehouse_cmds",
+        "summary",
+        "Counts per study: experiments, participants, responses, scores.",
+    ),
     "sql": ("psystats.commands.warehouse_cmds", "sql", "Run SQL against the warehouse."),
     "models": ("psystats.commands.models_cmds", "models", "Register and edit models."),
     "score": ("psystats.commands.score_cmds", "score", "Score responses with a language model."),
     "scores": ("psystats.commands.scores_cmds", "scores", "Import or export scores."),
-    "merge": ("psystats.commands.shard_cmds", "merge",
-              "Merge Parquet score shards (from --shard or Ray) into the warehouse."),
+    "merge": (
+        "psystats.commands.shard_cmds",
+        "merge",
+        "Merge Parquet score shards (from --shard or Ray) into the warehouse.",
+    ),
     "fit": ("psystats.commands.fit_cmds", "fit", "Fit hierarchical Bayesian models."),
     "export": ("psystats.commands.fit_cmds", "export", "Export analysis tables (cells)."),
     "report": ("psystats.commands.report_cmds", "report", "Render the PDF report."),
-    "demo": ("psystats.commands.demo_cmds", "demo",
-             "Run the whole pipeline on the embedded sample."),
+    "demo": (
+        "psystats.commands.demo_cmds",
+        "demo",
+        "Run the whole pipeline on the embedded sample.",
+    ),
 }
 
 
@@ -52,8 +65,13 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
-              help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].")
+@click.option(
+    "--db",
+    "db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].",
+)
 @click.version_option(package_name="psystats")
 @click.pass_context
 def main(ctx: click.Context, db: str | None) -> None:

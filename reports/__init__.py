@@ -5,13 +5,21 @@ warehouse alone); ``pdf.write_pdf`` and ``html.write_html`` lay it out;
 ``queries`` holds every SQL query, ``figures`` every matplotlib figure, and
 ``example`` fabricates known results for previews and tests.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def render_report(con, out: str | Path, *, fmt: str = "pdf", title: str = "psystats report",
-                  note: str | None = None, source: str | None = None) -> Path:
+def render_report(
+    con,
+    out: str | Path,
+    *,
+    fmt: str = "pdf",
+    title: str = "psystats report",
+    note: str | None = None,
+    source: str | None = None,
+) -> Path:
     """Build the report from the warehouse behind ``con`` and write it to ``out``."""
     from .content import build_report
 
@@ -19,9 +27,11 @@ def render_report(con, out: str | Path, *, fmt: str = "pdf", title: str = "psyst
     try:
         if fmt == "pdf":
             from .pdf import write_pdf
+
             return write_pdf(report, out)
         if fmt == "html":
             from .html import write_html
+
             return write_html(report, out)
         raise ValueError(f"unknown report format {fmt!r}: use pdf or html")
     finally:

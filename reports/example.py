@@ -11,6 +11,7 @@ with NetCDF files holding posterior predictive checks).  The returned
 Nothing here is an estimate: it is a fixture for the report's layout and
 arithmetic, and the report it produces says nothing about real models.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from warehouse.db import next_id, transaction
+from psystats.warehouse.db import next_id, transaction
 
 # family, generation, generation_order, sizes, post-training types
 FAMILIES = (
@@ -37,11 +38,11 @@ ALL_KINDS = ("effects", "generations", "persona", "accuracy")
 
 @dataclass
 class Truth:
-    model_mean: dict[str, float] = field(default_factory=dict)   # expected NLL per response
+    model_mean: dict[str, float] = field(default_factory=dict)  # expected NLL per response
     n_params: dict[str, int] = field(default_factory=dict)
-    runs: dict[str, int] = field(default_factory=dict)           # model -> complete plain run
-    fits: dict[str, int] = field(default_factory=dict)           # kind -> fit_id
-    effects: dict[str, dict] = field(default_factory=dict)       # parameter -> {label: value}
+    runs: dict[str, int] = field(default_factory=dict)  # model -> complete plain run
+    fits: dict[str, int] = field(default_factory=dict)  # kind -> fit_id
+    effects: dict[str, dict] = field(default_factory=dict)  # parameter -> {label: value}
 
 
 def model_name(family: str, gen: str, size: float, ptype: str) -> str:
@@ -51,8 +52,13 @@ def model_name(family: str, gen: str, size: float, ptype: str) -> str:
 
 def true_nll(family: str, order: float, size: float, ptype: str) -> float:
     """The NLL per response the fabricated scores are drawn around."""
-    return (3.0 - 0.3 * math.log10(size / 1e9) + TYPE_SHIFT[ptype] + FAMILY_SHIFT[family]
-            - 0.15 * (order - 1))
+    return (
+        3.0
+        - 0.3 * math.log10(size / 1e9)
+        + TYPE_SHIFT[ptype]
+        + FAMILY_SHIFT[family]
+        - 0.15 * (order - 1)
+    )
 
 
 def _models(con, truth: Truth) -> list[dict]:
@@ -63,56 +69,103 @@ def _models(con, truth: Truth) -> list[dict]:
             base = model_name(family, gen, size, "base")
             for ptype in types:
                 name = model_name(family, gen, size, ptype)
-                rows.append(dict(model_id=mid, name=name, source=f"example/{name}", family=family,
-                                 generation=gen, generation_order=order, n_params=int(size),
-                                 post_training=ptype, base_model=None if ptype == "base" else base))
+                rows.append(
+                    dict(
+                        model_id=mid,
+                        name=name,
+                        source=f"example/{name}",
+                        family=family,
+                        generation=gen,
+                        generation_order=order,
+                        n_params=int(size),
+                        post_training=ptype,
+                        base_model=None if ptype == "base" else base,
+                    )
+                )
                 truth.model_mean[name] = true_nll(family, order, size, ptype)
                 truth.n_params[name] = int(size)
                 mid += 1
     df = pd.DataFrame(rows)
     con.register("_ex_models", df)
-    con.execute("INSERT INTO models (model_id, name, source, family, generation, generation_order,"
-                " n_params, post_training, base_model) SELECT model_id, name, source, family,"
-                " generation, generation_order, n_params, post_training, base_model FROM _ex_models")
+    con.execute(
+        "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
+        " n_params, post_training, base_model) SELECT model_id, name, source, family,"
+        " generation, generation_order, n_params, post_training, base_model FROM _ex_models"
+    )
     con.unregister("_ex_models")
     return rows
 
 
 def _scores(con, models: list[dict], truth: Truth, rng: np.random.Generator) -> None:
-    resp = con.execute("SELECT response_id, participant_key FROM responses ORDER BY response_id").fetchall()
+    resp = con.execute(
+        "SELECT response_id, participant_key FROM responses ORDER BY response_id"
+    ).fetchall()
     resp = pd.DataFrame(resp, columns=["response_id", "participant_key"])
     keys = resp["participant_key"].unique()
     person = pd.Series(rng.normal(0, 0.3, len(keys)), index=keys)  # shared by all models
     run_id = next_id(con, "score_runs", "run_id")
     runs, frames = [], []
     for m in models:
-        conditions = ["plain"] + (["persona"] if m["family"] == "qwen" and m["generation"] == "3" else [])
+        conditions = ["plain"] + (
+            ["persona"] if m["family"] == "qwen" and m["generation"] == "3" else []
+        )
         for cond in conditions:
             mu = truth.model_mean[m["name"]] + (-0.02 if cond == "persona" else 0.0)
-            nll = mu + person.loc[resp["participant_key"]].to_numpy() + rng.normal(0, 0.5, len(resp))
-            frames.append(pd.DataFrame({
-                "run_id": run_id, "response_id": resp["response_id"], "nll": nll,
-                "n_tokens": rng.integers(1, 6, len(resp)),
-                "first_token_nll": nll * 0.6, "top1_all": rng.random(len(resp)) < 0.2,
-                "top1_first": rng.random(len(resp)) < 0.4,
-                "first_token_entropy": rng.uniform(1, 4, len(resp))}))
+            nll = (
+                mu + person.loc[resp["participant_key"]].to_numpy() + rng.normal(0, 0.5, len(resp))
+            )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "run_id": run_id,
+                        "response_id": resp["response_id"],
+                        "nll": nll,
+                        "n_tokens": rng.integers(1, 6, len(resp)),
+                        "first_token_nll": nll * 0.6,
+                        "top1_all": rng.random(len(resp)) < 0.2,
+                        "top1_first": rng.random(len(resp)) < 0.4,
+                        "first_token_entropy": rng.uniform(1, 4, len(resp)),
+                    }
+                )
+            )
             runs.append((run_id, m["name"], cond, "complete"))
             if cond == "plain":
                 truth.runs[m["name"]] = run_id
             run_id += 1
     # An interrupted run the report must flag and the figures must ignore.
     runs.append((run_id, models[0]["name"], "plain", "failed"))
-    frames.append(pd.DataFrame({"run_id": run_id, "response_id": resp["response_id"][:5],
-                                "nll": 99.0, "n_tokens": 1, "first_token_nll": 99.0,
-                                "top1_all": False, "top1_first": False, "first_token_entropy": 1.0}))
+    frames.append(
+        pd.DataFrame(
+            {
+                "run_id": run_id,
+                "response_id": resp["response_id"][:5],
+                "nll": 99.0,
+                "n_tokens": 1,
+                "first_token_nll": 99.0,
+                "top1_all": False,
+                "top1_first": False,
+                "first_token_entropy": 1.0,
+            }
+        )
+    )
     for rid, model, cond, status in runs:
         con.execute(
             "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, dtype,"
             " device, tokenizer_sha256, weights_sha256, psystats_version, started_at, finished_at,"
             " status, n_participants, n_responses, n_skipped, counts) VALUES (?, ?, ?, 'psystats',"
             " '{}', ?, 'float32', 'cpu', ?, ?, 'example', now(), now(), ?, ?, ?, 0, '{}')",
-            [rid, model, cond, '{"tokenization": "segments", "token_budget": 8192, "context": "skip"}',
-             "ab" * 32, f"{rid:064x}", status, len(keys), len(resp)])
+            [
+                rid,
+                model,
+                cond,
+                '{"tokenization": "segments", "token_budget": 8192, "context": "skip"}',
+                "ab" * 32,
+                f"{rid:064x}",
+                status,
+                len(keys),
+                len(resp),
+            ],
+        )
     scores = pd.concat(frames, ignore_index=True)
     con.register("_ex_scores", scores)
     con.execute("INSERT INTO scores SELECT * FROM _ex_scores")
@@ -134,7 +187,8 @@ def _idata(posterior: dict, coords: dict, dims: dict, rng, *, ppc_cells: int = 0
         se = 0.1
         groups["observed_data"] = {"d_bar": truth + rng.normal(0, se, ppc_cells)}
         groups["posterior_predictive"] = {
-            "d_bar": truth + rng.normal(0, se, (chains, draws, ppc_cells))}
+            "d_bar": truth + rng.normal(0, se, (chains, draws, ppc_cells))
+        }
         groups["coords"] = {**coords, "cell": np.arange(ppc_cells)}
         groups["dims"] = {**dims, "d_bar": ["cell"]}
     return az.from_dict(**groups)
@@ -153,9 +207,18 @@ def _diagnostics(idata, passed: bool = True) -> dict:
 def _save(con, kind, idata, truth: Truth, netcdf_dir, **kw) -> int:
     from psystats.stats.store import save_fit
 
-    fit_id = save_fit(con, kind=kind, idata=idata, netcdf_dir=netcdf_dir, condition="plain",
-                      scale="nats", seconds=1.0, diagnostics=_diagnostics(idata),
-                      sampler=dict(sampler="example", chains=4, draws=250, tune=0, seed=0), **kw)
+    fit_id = save_fit(
+        con,
+        kind=kind,
+        idata=idata,
+        netcdf_dir=netcdf_dir,
+        condition="plain",
+        scale="nats",
+        seconds=1.0,
+        diagnostics=_diagnostics(idata),
+        sampler=dict(sampler="example", chains=4, draws=250, tune=0, seed=0),
+        **kw,
+    )
     truth.fits[kind] = fit_id
     return fit_id
 
@@ -165,69 +228,145 @@ def _effects(con, models, truth, rng, netcdf_dir) -> None:
     types = ["instruct", "reasoning"]
     fams = ["llama", "qwen"]
     # Known pair x domain effects: alternating clear and null effects.
-    pde = np.array([[0.5 if (i + j) % 2 == 0 else 0.0 for j in range(len(DOMAINS))]
-                    for i in range(len(pairs))])
+    pde = np.array(
+        [[0.5 if (i + j) % 2 == 0 else 0.0 for j in range(len(DOMAINS))] for i in range(len(pairs))]
+    )
     values = {
-        "intercept": (0.45, 0.03), "type": ([0.4, 0.6], 0.05), "family": ([0.05, -0.05], 0.04),
-        "size_slope": (-0.1, 0.02), "generation_slope": (-0.05, 0.03),
-        "generation_slope_family": ([0.02, -0.02], 0.03), "domain": ([0.1, -0.2, 0.1], 0.05),
-        "sigma_experiment": (0.2, 0.03), "sigma_pair": (0.1, 0.02),
+        "intercept": (0.45, 0.03),
+        "type": ([0.4, 0.6], 0.05),
+        "family": ([0.05, -0.05], 0.04),
+        "size_slope": (-0.1, 0.02),
+        "generation_slope": (-0.05, 0.03),
+        "generation_slope_family": ([0.02, -0.02], 0.03),
+        "domain": ([0.1, -0.2, 0.1], 0.05),
+        "sigma_experiment": (0.2, 0.03),
+        "sigma_pair": (0.1, 0.02),
         "pair_domain_effect": (pde, 0.2),
     }
     # As in psystats.stats.effects: a variable may not share its dimension's name,
     # so dims are "<name>_level"; the store writes coords back as "<name>".
-    coords = {"type_level": types, "family_level": fams, "domain_level": list(DOMAINS),
-              "pair_level": pairs}
-    dims = {"type": ["type_level"], "family": ["family_level"],
-            "generation_slope_family": ["family_level"], "domain": ["domain_level"],
-            "pair_domain_effect": ["pair_level", "domain_level"]}
+    coords = {
+        "type_level": types,
+        "family_level": fams,
+        "domain_level": list(DOMAINS),
+        "pair_level": pairs,
+    }
+    dims = {
+        "type": ["type_level"],
+        "family": ["family_level"],
+        "generation_slope_family": ["family_level"],
+        "domain": ["domain_level"],
+        "pair_domain_effect": ["pair_level", "domain_level"],
+    }
     idata = _idata(values, coords, dims, rng, ppc_cells=40)
     truth.effects = {k: v[0] for k, v in values.items()}
-    _save(con, "effects", idata, truth, netcdf_dir,
-          spec={"terms": ["type", "family", "size_slope", "generation_slope", "domain",
-                          "pair_domain_effect"], "coding": "sum-to-zero"},
-          priors={"intercept": "Normal(0, 1)", "sigma_*": "HalfNormal(0.5)"},
-          selection={"condition": "plain", "pairs": len(pairs)})
+    _save(
+        con,
+        "effects",
+        idata,
+        truth,
+        netcdf_dir,
+        spec={
+            "terms": [
+                "type",
+                "family",
+                "size_slope",
+                "generation_slope",
+                "domain",
+                "pair_domain_effect",
+            ],
+            "coding": "sum-to-zero",
+        },
+        priors={"intercept": "Normal(0, 1)", "sigma_*": "HalfNormal(0.5)"},
+        selection={"condition": "plain", "pairs": len(pairs)},
+    )
 
 
 def _generations(con, models, truth, rng, netcdf_dir) -> None:
     fams = ["llama", "qwen"]
     gens = ["2.5", "3", "3.1"]
     valid = {("qwen", "2.5"), ("qwen", "3"), ("llama", "3"), ("llama", "3.1")}
-    base = np.array([[3.0 - 0.2 * gens.index(g) if (f, g) in valid else 0.0 for g in gens] for f in fams])
-    gap = np.array([[0.3 + 0.1 * gens.index(g) if (f, g) in valid else 0.0 for g in gens] for f in fams])
-    values = {"base_nll": (base, 0.05), "gap": (gap, 0.05), "base_slope": ([-0.2, -0.2], 0.03),
-              "gap_slope": ([0.1, 0.1], 0.03)}
-    dims = {"base_nll": ["family", "generation"], "gap": ["family", "generation"],
-            "base_slope": ["family"], "gap_slope": ["family"]}
+    base = np.array(
+        [[3.0 - 0.2 * gens.index(g) if (f, g) in valid else 0.0 for g in gens] for f in fams]
+    )
+    gap = np.array(
+        [[0.3 + 0.1 * gens.index(g) if (f, g) in valid else 0.0 for g in gens] for f in fams]
+    )
+    values = {
+        "base_nll": (base, 0.05),
+        "gap": (gap, 0.05),
+        "base_slope": ([-0.2, -0.2], 0.03),
+        "gap_slope": ([0.1, 0.1], 0.03),
+    }
+    dims = {
+        "base_nll": ["family", "generation"],
+        "gap": ["family", "generation"],
+        "base_slope": ["family"],
+        "gap_slope": ["family"],
+    }
     idata = _idata(values, {"family": fams, "generation": gens}, dims, rng)
-    fit_id = _save(con, "generations", idata, truth, netcdf_dir,
-                   summary={"p_gap_grows_while_base_falls": {"llama": 0.97, "qwen": 0.95}})
+    fit_id = _save(
+        con,
+        "generations",
+        idata,
+        truth,
+        netcdf_dir,
+        summary={"p_gap_grows_while_base_falls": {"llama": 0.97, "qwen": 0.95}},
+    )
     # A family has only its own generations: drop the grid's empty corners.
     for f, g in [(f, g) for f in fams for g in gens if (f, g) not in valid]:
-        con.execute("DELETE FROM fit_params WHERE fit_id = ? AND coords->>'family' = ? "
-                    "AND coords->>'generation' = ?", [fit_id, f, g])
+        con.execute(
+            "DELETE FROM fit_params WHERE fit_id = ? AND coords->>'family' = ? "
+            "AND coords->>'generation' = ?",
+            [fit_id, f, g],
+        )
 
 
 def _persona(con, truth, rng, netcdf_dir) -> None:
     values = {"persona_effect": ([-0.02, 0.0, 0.005], 0.01)}
-    idata = _idata(values, {"post_training": ["base", "instruct", "reasoning"]},
-                   {"persona_effect": ["post_training"]}, rng)
-    _save(con, "persona", idata, truth, netcdf_dir,
-          summary={"rope": [-0.01, 0.01], "p_in_rope": {"base": 0.16, "instruct": 0.68,
-                                                        "reasoning": 0.65}})
+    idata = _idata(
+        values,
+        {"post_training": ["base", "instruct", "reasoning"]},
+        {"persona_effect": ["post_training"]},
+        rng,
+    )
+    _save(
+        con,
+        "persona",
+        idata,
+        truth,
+        netcdf_dir,
+        summary={
+            "rope": [-0.01, 0.01],
+            "p_in_rope": {"base": 0.16, "instruct": 0.68, "reasoning": 0.65},
+        },
+    )
 
 
 def _accuracy(con, truth, rng, netcdf_dir) -> None:
-    values = {"accuracy_gap": ([-0.3, -0.4], 0.05), "accuracy_gap_calibrated": ([-0.05, -0.1], 0.05)}
-    idata = _idata(values, {"post_training": ["instruct", "reasoning"]},
-                   {"accuracy_gap": ["post_training"], "accuracy_gap_calibrated": ["post_training"]}, rng)
-    _save(con, "accuracy", idata, truth, netcdf_dir,
-          summary={"gap_survives_calibration": {"instruct": False, "reasoning": True}})
+    values = {
+        "accuracy_gap": ([-0.3, -0.4], 0.05),
+        "accuracy_gap_calibrated": ([-0.05, -0.1], 0.05),
+    }
+    idata = _idata(
+        values,
+        {"post_training": ["instruct", "reasoning"]},
+        {"accuracy_gap": ["post_training"], "accuracy_gap_calibrated": ["post_training"]},
+        rng,
+    )
+    _save(
+        con,
+        "accuracy",
+        idata,
+        truth,
+        netcdf_dir,
+        summary={"gap_survives_calibration": {"instruct": False, "reasoning": True}},
+    )
 
 
-def fabricate(con, *, kinds=ALL_KINDS, seed: int = 0,
-              netcdf_dir: str | Path | None = None) -> Truth:
+def fabricate(
+    con, *, kinds=ALL_KINDS, seed: int = 0, netcdf_dir: str | Path | None = None
+) -> Truth:
     """Write example models, scores and fits of ``kinds`` into ``con``; returns the truth.
 
     The warehouse must already hold responses (ingest a study first).

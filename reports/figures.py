@@ -7,11 +7,12 @@ points are posterior means (or sample means), thick bars/bands are 90%
 intervals, thin bars 94% HDIs, and negative differences mean the post-trained
 model predicts people *better* (lower NLL).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import matplotlib
 
@@ -38,14 +39,19 @@ STYLE = {
     "grid.alpha": 0.25,
     "grid.linewidth": 0.5,
     "lines.linewidth": 1.2,
-    "pdf.fonttype": 42,   # TrueType, so figure text is selectable and searchable
+    "pdf.fonttype": 42,  # TrueType, so figure text is selectable and searchable
     "svg.fonttype": "none",
 }
 
 # One colour per post-training type, stable across figures.
 TYPE_COLOURS = {
-    "base": "#4d4d4d", "instruct": "#1f77b4", "reasoning": "#d62728", "vision": "#2ca02c",
-    "code": "#9467bd", "math": "#ff7f0e", "other": "#8c564b",
+    "base": "#4d4d4d",
+    "instruct": "#1f77b4",
+    "reasoning": "#d62728",
+    "vision": "#2ca02c",
+    "code": "#9467bd",
+    "math": "#ff7f0e",
+    "other": "#8c564b",
 }
 PALETTE = plt.get_cmap("tab10").colors
 
@@ -78,6 +84,7 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
 
 # --------------------------------------------------------- 2 NLL vs size
 
+
 def nll_by_size(table: pd.DataFrame, *, condition: str, level: float = 0.95) -> Figure:
     """One panel per family: mean NLL per response against parameter count.
 
@@ -89,22 +96,31 @@ def nll_by_size(table: pd.DataFrame, *, condition: str, level: float = 0.95) -> 
     families = sorted(table["family"].unique())
     rows, cols = _grid(len(families))
     with style():
-        fig, axes = plt.subplots(rows, cols, figsize=(TEXT_WIDTH_IN, 2.4 * rows + 0.4),
-                                 squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(TEXT_WIDTH_IN, 2.4 * rows + 0.4), squeeze=False, sharey=True
+        )
         types_seen: dict[str, str] = {}
         gen_styles: dict[str, str] = {}
         styles = ("-", "--", ":", "-.")
         for ax, fam in zip(axes.flat, families):
             sub = table[table["family"] == fam]
             # One line per (type, generation): sizes are only comparable within a generation.
-            gens = (sub.drop_duplicates("generation").sort_values(["generation_order", "generation"])
-                    ["generation"].tolist())
-            for i, (t, g_t) in enumerate(sorted(sub.groupby("post_training"), key=lambda kv: kv[0] != "base")):
+            gens = (
+                sub.drop_duplicates("generation")
+                .sort_values(["generation_order", "generation"])["generation"]
+                .tolist()
+            )
+            for i, (t, g_t) in enumerate(
+                sorted(sub.groupby("post_training"), key=lambda kv: kv[0] != "base")
+            ):
                 c = type_colour(t, i)
                 types_seen[t] = c
                 for k, gen in enumerate(gens):
-                    g = g_t[g_t["generation"].isna()] if gen is None or pd.isna(gen) \
+                    g = (
+                        g_t[g_t["generation"].isna()]
+                        if gen is None or pd.isna(gen)
                         else g_t[g_t["generation"] == gen]
+                    )
                     if g.empty:
                         continue
                     g = g.sort_values("n_params")
@@ -114,8 +130,15 @@ def nll_by_size(table: pd.DataFrame, *, condition: str, level: float = 0.95) -> 
                     x = g["n_params"].astype(float).to_numpy()
                     ax.plot(x, g["mean"], ls, marker="o", color=c, markersize=3.5)
                     ax.fill_between(x, g["lo"], g["hi"], color=c, alpha=0.18, linewidth=0)
-                    ax.errorbar(x, g["mean"], yerr=[g["mean"] - g["lo"], g["hi"] - g["mean"]],
-                                fmt="none", ecolor=c, elinewidth=0.8, capsize=2)
+                    ax.errorbar(
+                        x,
+                        g["mean"],
+                        yerr=[g["mean"] - g["lo"], g["hi"] - g["mean"]],
+                        fmt="none",
+                        ecolor=c,
+                        elinewidth=0.8,
+                        capsize=2,
+                    )
             ax.set_xscale("log")
             ax.set_title(fam)
             ax.set_xlabel("parameters")
@@ -126,21 +149,36 @@ def nll_by_size(table: pd.DataFrame, *, condition: str, level: float = 0.95) -> 
                 ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
         for ax in axes[:, 0]:
             ax.set_ylabel("NLL per response (nats)")
-        for ax in list(axes.flat)[len(families):]:
+        for ax in list(axes.flat)[len(families) :]:
             ax.set_visible(False)
-        handles = [plt.Line2D([], [], color=c, marker="o", markersize=3.5, label=t)
-                   for t, c in types_seen.items()]
-        handles += [plt.Line2D([], [], color="#777777", linestyle=ls, label=f"gen. {g}")
-                    for g, ls in gen_styles.items()]
-        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6),
-                   frameon=False, bbox_to_anchor=(0.5, 1.0))
-        fig.suptitle(f"condition: {condition}; bands and bars: {int(level * 100)}% t intervals "
-                     f"over participants", y=0.02, fontsize=7, va="bottom")
+        handles = [
+            plt.Line2D([], [], color=c, marker="o", markersize=3.5, label=t)
+            for t, c in types_seen.items()
+        ]
+        handles += [
+            plt.Line2D([], [], color="#777777", linestyle=ls, label=f"gen. {g}")
+            for g, ls in gen_styles.items()
+        ]
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=min(len(handles), 6),
+            frameon=False,
+            bbox_to_anchor=(0.5, 1.0),
+        )
+        fig.suptitle(
+            f"condition: {condition}; bands and bars: {int(level * 100)}% t intervals "
+            f"over participants",
+            y=0.02,
+            fontsize=7,
+            va="bottom",
+        )
         fig.tight_layout(rect=(0, 0.04, 1, 0.93))
     return fig
 
 
 # ------------------------------------------------------------- 3 heatmap
+
 
 def effect_heatmap(cells: pd.DataFrame, *, scale: str | None = None) -> Figure:
     """Pairs x domains heatmap of posterior mean effects; a dot where the 90% interval excludes 0."""
@@ -160,9 +198,16 @@ def effect_heatmap(cells: pd.DataFrame, *, scale: str | None = None) -> Figure:
     with style():
         fig, ax = plt.subplots(figsize=(width, height))
         # pcolormesh, not imshow: imshow would embed a raster image in the PDF.
-        im = ax.pcolormesh(np.arange(len(domains) + 1) - 0.5, np.arange(len(pairs) + 1) - 0.5,
-                           np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-lim, vmax=lim,
-                           edgecolors="white", linewidth=0.5)
+        im = ax.pcolormesh(
+            np.arange(len(domains) + 1) - 0.5,
+            np.arange(len(pairs) + 1) - 0.5,
+            np.ma.masked_invalid(grid),
+            cmap="RdBu_r",
+            vmin=-lim,
+            vmax=lim,
+            edgecolors="white",
+            linewidth=0.5,
+        )
         ax.set_ylim(len(pairs) - 0.5, -0.5)
         ax.grid(False)
         ax.set_xticks(range(len(domains)), domains, rotation=40, ha="right")
@@ -176,10 +221,11 @@ def effect_heatmap(cells: pd.DataFrame, *, scale: str | None = None) -> Figure:
                 colour = "white" if dark else "black"
                 text = (f"{grid[i, j]:+.2f}" if small else "") + (" •" if mark[i, j] else "")
                 if text:
-                    ax.text(j, i, text.strip(), ha="center", va="center", fontsize=6.5, color=colour)
+                    ax.text(
+                        j, i, text.strip(), ha="center", va="center", fontsize=6.5, color=colour
+                    )
         # Explicit boundaries make the colour bar vector patches instead of an image.
-        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02,
-                          boundaries=np.linspace(-lim, lim, 41))
+        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, boundaries=np.linspace(-lim, lim, 41))
         cb.locator = matplotlib.ticker.MaxNLocator(5)
         cb.update_ticks()
         cb.set_label(f"post − base ({scale or 'nats'})")
@@ -190,6 +236,7 @@ def effect_heatmap(cells: pd.DataFrame, *, scale: str | None = None) -> Figure:
 
 # ----------------------------------------------------------- 4 generations
 
+
 def generations(curves: pd.DataFrame) -> Figure:
     """Per family (one row each): base NLL and post-minus-base gap across its generations.
 
@@ -199,8 +246,9 @@ def generations(curves: pd.DataFrame) -> Figure:
     families = sorted(curves["family"].dropna().unique())
     panels = [("base_nll", "base-model NLL per response"), ("gap", "post − base gap")]
     with style():
-        fig, axes = plt.subplots(len(families), 2, figsize=(TEXT_WIDTH_IN, 0.5 + 1.9 * len(families)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(families), 2, figsize=(TEXT_WIDTH_IN, 0.5 + 1.9 * len(families)), squeeze=False
+        )
         for i, fam in enumerate(families):
             c = PALETTE[i % len(PALETTE)]
             for ax, (param, title) in zip(axes[i], panels):
@@ -223,10 +271,16 @@ def generations(curves: pd.DataFrame) -> Figure:
 
 # --------------------------------------------------------------- forests
 
-def forest(rows: pd.DataFrame, *, title: str | None = None, zero: bool = True,
-           xlabel: str = "effect (nats per response)",
-           rope: tuple[float, float] | None = None,
-           series: str | None = None) -> Figure:
+
+def forest(
+    rows: pd.DataFrame,
+    *,
+    title: str | None = None,
+    zero: bool = True,
+    xlabel: str = "effect (nats per response)",
+    rope: tuple[float, float] | None = None,
+    series: str | None = None,
+) -> Figure:
     """Forest plot: mean (dot), 90% interval (thick), 94% HDI (thin), grouped by ``group``.
 
     ``series``: a column whose values are drawn side by side in different
@@ -260,13 +314,19 @@ def forest(rows: pd.DataFrame, *, title: str | None = None, zero: bool = True,
             if "hdi_low" in sub and sub["hdi_low"].notna().any():
                 ax.hlines(ys, sub["hdi_low"], sub["hdi_high"], color=c, linewidth=0.8)
             ax.hlines(ys, sub["q05"], sub["q95"], color=c, linewidth=2.6)
-            ax.plot(sub["mean"], ys, "o", color="white", markeredgecolor=c, markersize=4,
-                    label=None if sv is None else str(sv))
+            ax.plot(
+                sub["mean"],
+                ys,
+                "o",
+                color="white",
+                markeredgecolor=c,
+                markersize=4,
+                label=None if sv is None else str(sv),
+            )
         if zero:
             ax.axvline(0, color="black", linewidth=0.6)
         if rope:
-            ax.axvspan(rope[0], rope[1], color="#f2c14e", alpha=0.3, linewidth=0,
-                       label="ROPE")
+            ax.axvspan(rope[0], rope[1], color="#f2c14e", alpha=0.3, linewidth=0, label="ROPE")
         # Group headings are bold tick labels on their own rows.
         ticks = [(ypos[k], k[1], False) for k in keys] + [(yh, g, True) for yh, g in headings]
         ax.set_yticks([t[0] for t in ticks], [t[1] for t in ticks])
@@ -287,6 +347,7 @@ def forest(rows: pd.DataFrame, *, title: str | None = None, zero: bool = True,
 
 # ---------------------------------------------------- 7 predictive check
 
+
 def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure | None:
     """Posterior predictive check from an InferenceData with ``posterior_predictive``.
 
@@ -304,14 +365,22 @@ def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure |
     if not names:
         return None
     with style():
-        fig, axes = plt.subplots(len(names), 2, figsize=(TEXT_WIDTH_IN, 2.5 * len(names)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(names), 2, figsize=(TEXT_WIDTH_IN, 2.5 * len(names)), squeeze=False
+        )
         for (ax_l, ax_r), name in zip(axes, names):
             obs = np.asarray(idata.observed_data[name].values, dtype=float).ravel()
             pp = idata.posterior_predictive[name].values
             pp = pp.reshape(-1, obs.size).astype(float)
-            az.plot_ppc(idata, var_names=[name], kind="cumulative", num_pp_samples=50,
-                        ax=ax_l, legend=True, random_seed=0)
+            az.plot_ppc(
+                idata,
+                var_names=[name],
+                kind="cumulative",
+                num_pp_samples=50,
+                ax=ax_l,
+                legend=True,
+                random_seed=0,
+            )
             ax_l.set_title(f"{name}: cumulative distribution")
             lo, hi = np.quantile(pp, [(1 - level) / 2, (1 + level) / 2], axis=0)
             mean = pp.mean(axis=0)
@@ -321,9 +390,13 @@ def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure |
             ax_r.vlines(x, lo[order], hi[order], color="#9bb7d4", linewidth=1.0)
             ax_r.plot(x, mean[order], "_", color="#1f3b73", markersize=4)
             ax_r.plot(x[inside[order]], obs[order][inside[order]], ".", color="black", markersize=3)
-            ax_r.plot(x[~inside[order]], obs[order][~inside[order]], "x", color="#d62728", markersize=3.5)
-            ax_r.set_title(f"{inside.mean():.0%} of {obs.size} inside their "
-                           f"{int(level * 100)}% interval", fontsize=8)
+            ax_r.plot(
+                x[~inside[order]], obs[order][~inside[order]], "x", color="#d62728", markersize=3.5
+            )
+            ax_r.set_title(
+                f"{inside.mean():.0%} of {obs.size} inside their {int(level * 100)}% interval",
+                fontsize=8,
+            )
             ax_r.set_xlabel("observations, sorted by predictive mean")
             ax_r.set_ylabel(name)
         fig.suptitle(title, fontsize=9)
@@ -333,11 +406,18 @@ def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure |
 
 # ----------------------------------------------------------- 8 equations
 
+
 def equation(lines: Sequence[str], *, fontsize: float = 10) -> Figure:
     """Typeset matplotlib mathtext lines (a vector image of the model's equations)."""
     with style():
         fig = plt.figure(figsize=(TEXT_WIDTH_IN, 0.32 * len(lines) + 0.15))
         for i, line in enumerate(lines):
-            fig.text(0.02, 1 - (i + 0.75) / (len(lines) + 0.3), line, fontsize=fontsize,
-                     ha="left", va="center")
+            fig.text(
+                0.02,
+                1 - (i + 0.75) / (len(lines) + 0.3),
+                line,
+                fontsize=fontsize,
+                ha="left",
+                va="center",
+            )
     return fig

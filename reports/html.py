@@ -1,4 +1,5 @@
 """Lay a :class:`reports.content.Report` out as one self-contained HTML file (inline SVG figures)."""
+
 from __future__ import annotations
 
 import io
@@ -34,14 +35,16 @@ def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg")
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]
+    return svg[svg.index("<svg") :]
 
 
 def write_html(report: Report, path: str | Path) -> Path:
     title = escape(report.title)
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-           f"<style>{CSS}</style></head><body>",
-           f"<h1>{title}</h1><p class='subtitle'>{escape(report.subtitle)}</p>"]
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{title}</h1><p class='subtitle'>{escape(report.subtitle)}</p>",
+    ]
 
     def add(block):
         if isinstance(block, Para):
@@ -53,13 +56,20 @@ def write_html(report: Report, path: str | Path) -> Path:
                 out.append(f"<p class='caption'>{_markup(block.caption)}</p>")
             numeric = block.numeric or [False] * len(block.columns)
             head = "".join(f"<th>{c}</th>" for c in block.columns)
-            rows = "".join("<tr>" + "".join(
-                f"<td class='{'num' if numeric[i] else ''}'>{v}</td>" for i, v in enumerate(r))
-                + "</tr>" for r in block.rows)
+            rows = "".join(
+                "<tr>"
+                + "".join(
+                    f"<td class='{'num' if numeric[i] else ''}'>{v}</td>" for i, v in enumerate(r)
+                )
+                + "</tr>"
+                for r in block.rows
+            )
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Figure):
-            out.append(f"<figure>{_svg(block.figure)}<figcaption class='caption'>"
-                       f"{_markup(block.caption)}</figcaption></figure>")
+            out.append(
+                f"<figure>{_svg(block.figure)}<figcaption class='caption'>"
+                f"{_markup(block.caption)}</figcaption></figure>"
+            )
 
     for block in report.front:
         add(block)

@@ -8,6 +8,7 @@ TrueType text, and reportlab's flowing layout (page breaks, tables split
 across pages, headings kept with what follows) does the typesetting.  See
 docs/report.md for why this route.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,10 +21,17 @@ from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import cm
-from reportlab.platypus import (CondPageBreak, Flowable, KeepTogether, PageBreak, Paragraph,
-                                SimpleDocTemplate, Spacer)
+from reportlab.platypus import (
+    CondPageBreak,
+    Flowable,
+    KeepTogether,
+    PageBreak,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    TableStyle,
+)
 from reportlab.platypus import Table as RLTable
-from reportlab.platypus import TableStyle
 
 from .content import Figure, Note, Para, Report, Table
 
@@ -34,31 +42,58 @@ FRAME_H = PAGE[1] - 2 * MARGIN - 0.6 * cm  # room for the footer
 
 _base = getSampleStyleSheet()
 STYLES = {
-    "title": ParagraphStyle("title", parent=_base["Title"], fontSize=20, leading=24,
-                            alignment=TA_LEFT, spaceAfter=4),
-    "subtitle": ParagraphStyle("subtitle", parent=_base["Normal"], fontSize=9,
-                               textColor=colors.HexColor("#555555"), spaceAfter=12),
-    "h1": ParagraphStyle("h1", parent=_base["Heading1"], fontSize=15, leading=18,
-                         spaceBefore=6, spaceAfter=8, textColor=colors.HexColor("#1f3b73"),
-                         keepWithNext=1),
-    "body": ParagraphStyle("body", parent=_base["Normal"], fontSize=9.5, leading=13,
-                           spaceAfter=6),
-    "small": ParagraphStyle("small", parent=_base["Normal"], fontSize=8, leading=10,
-                            textColor=colors.HexColor("#444444"), spaceAfter=6),
-    "caption": ParagraphStyle("caption", parent=_base["Normal"], fontSize=8, leading=10.5,
-                              textColor=colors.HexColor("#333333"), spaceBefore=2, spaceAfter=10),
+    "title": ParagraphStyle(
+        "title", parent=_base["Title"], fontSize=20, leading=24, alignment=TA_LEFT, spaceAfter=4
+    ),
+    "subtitle": ParagraphStyle(
+        "subtitle",
+        parent=_base["Normal"],
+        fontSize=9,
+        textColor=colors.HexColor("#555555"),
+        spaceAfter=12,
+    ),
+    "h1": ParagraphStyle(
+        "h1",
+        parent=_base["Heading1"],
+        fontSize=15,
+        leading=18,
+        spaceBefore=6,
+        spaceAfter=8,
+        textColor=colors.HexColor("#1f3b73"),
+        keepWithNext=1,
+    ),
+    "body": ParagraphStyle("body", parent=_base["Normal"], fontSize=9.5, leading=13, spaceAfter=6),
+    "small": ParagraphStyle(
+        "small",
+        parent=_base["Normal"],
+        fontSize=8,
+        leading=10,
+        textColor=colors.HexColor("#444444"),
+        spaceAfter=6,
+    ),
+    "caption": ParagraphStyle(
+        "caption",
+        parent=_base["Normal"],
+        fontSize=8,
+        leading=10.5,
+        textColor=colors.HexColor("#333333"),
+        spaceBefore=2,
+        spaceAfter=10,
+    ),
     "cell": ParagraphStyle("cell", parent=_base["Normal"], fontSize=7, leading=8.5),
-    "cellnum": ParagraphStyle("cellnum", parent=_base["Normal"], fontSize=7, leading=8.5,
-                              alignment=2),
-    "head": ParagraphStyle("head", parent=_base["Normal"], fontSize=7, leading=8.5,
-                           fontName="Helvetica-Bold"),
+    "cellnum": ParagraphStyle(
+        "cellnum", parent=_base["Normal"], fontSize=7, leading=8.5, alignment=2
+    ),
+    "head": ParagraphStyle(
+        "head", parent=_base["Normal"], fontSize=7, leading=8.5, fontName="Helvetica-Bold"
+    ),
     "note": ParagraphStyle("note", parent=_base["Normal"], fontSize=8.5, leading=11),
 }
 
 
 @dataclass
 class _Placed:
-    page: int          # 0-based
+    page: int  # 0-based
     x: float
     y: float
     width: float
@@ -79,8 +114,9 @@ class FigureBox(Flowable):
     def drawOn(self, canvas, x, y, _sW=0):
         # Centre in the frame; x, y are absolute page coordinates here.
         x += max(0.0, (FRAME_W - self.width) / 2)
-        self._placements[self.index] = _Placed(canvas.getPageNumber() - 1, x, y,
-                                               self.width, self.height)
+        self._placements[self.index] = _Placed(
+            canvas.getPageNumber() - 1, x, y, self.width, self.height
+        )
 
     def draw(self):  # pragma: no cover - drawOn does the work
         pass
@@ -105,6 +141,7 @@ def _footer(title: str):
         canvas.drawString(MARGIN, MARGIN * 0.55, title)
         canvas.drawRightString(PAGE[0] - MARGIN, MARGIN * 0.55, f"page {doc.page}")
         canvas.restoreState()
+
     return draw
 
 
@@ -113,20 +150,26 @@ def _table(block: Table) -> list:
     numeric = block.numeric or [False] * n
     widths = _column_widths(block, n)
     head = [Paragraph(c, STYLES["head"]) for c in block.columns]
-    body = [[Paragraph(v, STYLES["cellnum"] if numeric[i] else STYLES["cell"])
-             for i, v in enumerate(r)] for r in block.rows]
+    body = [
+        [Paragraph(v, STYLES["cellnum"] if numeric[i] else STYLES["cell"]) for i, v in enumerate(r)]
+        for r in block.rows
+    ]
     t = RLTable([head] + body, colWidths=widths, repeatRows=1, hAlign="LEFT")
-    t.setStyle(TableStyle([
-        ("LINEABOVE", (0, 0), (-1, 0), 0.8, colors.black),
-        ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
-        ("LINEBELOW", (0, -1), (-1, -1), 0.8, colors.black),
-        ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f3f5f9")]),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ("TOPPADDING", (0, 0), (-1, -1), 1.5),
-        ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
-        ("LEFTPADDING", (0, 0), (-1, -1), 3),
-        ("RIGHTPADDING", (0, 0), (-1, -1), 3),
-    ]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("LINEABOVE", (0, 0), (-1, 0), 0.8, colors.black),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.black),
+                ("LINEBELOW", (0, -1), (-1, -1), 0.8, colors.black),
+                ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f3f5f9")]),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                ("LEFTPADDING", (0, 0), (-1, -1), 3),
+                ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+            ]
+        )
+    )
     out: list = []
     if block.caption:
         out.append(Paragraph(block.caption, STYLES["caption"]))
@@ -159,12 +202,17 @@ def _note(block: Note) -> RLTable:
     colour = "#fdf1dc" if block.kind == "warning" else "#eef2f8"
     edge = "#d99a27" if block.kind == "warning" else "#7d93b8"
     t = RLTable([[Paragraph(block.text, STYLES["note"])]], colWidths=[FRAME_W])
-    t.setStyle(TableStyle([
-        ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(colour)),
-        ("LINEBEFORE", (0, 0), (0, -1), 2.5, colors.HexColor(edge)),
-        ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
-        ("LEFTPADDING", (0, 0), (-1, -1), 7),
-    ]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(colour)),
+                ("LINEBEFORE", (0, 0), (0, -1), 2.5, colors.HexColor(edge)),
+                ("TOPPADDING", (0, 0), (-1, -1), 5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
+                ("LEFTPADDING", (0, 0), (-1, -1), 7),
+            ]
+        )
+    )
     return t
 
 
@@ -176,8 +224,10 @@ def _figure_size(fig) -> tuple[float, float]:
 
 
 def _flowables(report: Report, placements: dict, figures: list) -> list:
-    story: list = [Paragraph(escape(report.title), STYLES["title"]),
-                   Paragraph(escape(report.subtitle), STYLES["subtitle"])]
+    story: list = [
+        Paragraph(escape(report.title), STYLES["title"]),
+        Paragraph(escape(report.subtitle), STYLES["subtitle"]),
+    ]
 
     def render(block) -> list:
         if isinstance(block, Para):
@@ -190,8 +240,11 @@ def _flowables(report: Report, placements: dict, figures: list) -> list:
             w, h = _figure_size(block.figure)
             idx = len(figures)
             figures.append(block.figure)
-            return [KeepTogether([FigureBox(idx, w, h, placements),
-                                  Paragraph(block.caption, STYLES["caption"])])]
+            return [
+                KeepTogether(
+                    [FigureBox(idx, w, h, placements), Paragraph(block.caption, STYLES["caption"])]
+                )
+            ]
         raise TypeError(f"unknown report block {type(block).__name__}")  # pragma: no cover
 
     for block in report.front:
@@ -220,9 +273,17 @@ def write_pdf(report: Report, path: str | Path) -> Path:
     placements: dict[int, _Placed] = {}
     figures: list = []
     buf = io.BytesIO()
-    doc = _Doc(buf, pagesize=PAGE, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN,
-               bottomMargin=MARGIN + 0.6 * cm, title=report.title, author="psystats",
-               subject=report.subtitle)
+    doc = _Doc(
+        buf,
+        pagesize=PAGE,
+        leftMargin=MARGIN,
+        rightMargin=MARGIN,
+        topMargin=MARGIN,
+        bottomMargin=MARGIN + 0.6 * cm,
+        title=report.title,
+        author="psystats",
+        subject=report.subtitle,
+    )
     footer = _footer(report.title)
     doc.build(_flowables(report, placements, figures), onFirstPage=footer, onLaterPages=footer)
 
@@ -237,7 +298,8 @@ def write_pdf(report: Report, path: str | Path) -> Path:
         fw = float(fpage.mediabox.width)
         s = where.width / fw
         writer.pages[where.page].merge_transformed_page(
-            fpage, Transformation().scale(s, s).translate(where.x, where.y))
+            fpage, Transformation().scale(s, s).translate(where.x, where.y)
+        )
     writer.add_metadata({"/Title": report.title, "/Creator": "psystats report"})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ when the warehouse holds nothing for that section, so the layout code can say
 module gets exactly these frames, and tests check them against independent
 computations.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from warehouse.db import scalar
+from psystats.warehouse.db import scalar
 
 # Conditions in the order the report shows them.
 CONDITION_ORDER = ("plain", "chat", "persona", "imported")
@@ -43,6 +44,7 @@ def parse_json(v: Any) -> Any:
 
 # --------------------------------------------------------------------- 1 Data
 
+
 def overview(con) -> dict[str, int]:
     """Headline counts of the warehouse."""
     q = {
@@ -62,7 +64,9 @@ def overview(con) -> dict[str, int]:
 def studies_table(con) -> pd.DataFrame:
     """Per study: domains, experiments, participants, responses, metadata coverage (%)."""
     cover = ", ".join(f"100.0 * count(p.{f}) / count(*) AS {f}" for f in METADATA_FIELDS)
-    return frame(con, f"""
+    return frame(
+        con,
+        f"""
         SELECT p.study,
                string_agg(DISTINCT coalesce(e.domain, 'unmapped'), '; ') AS domains,
                count(DISTINCT p.experiment) AS experiments,
@@ -73,30 +77,39 @@ def studies_table(con) -> pd.DataFrame:
                                          AND p.metadata::VARCHAR NOT IN ('{{}}', 'null'))
                      / count(*) AS other_metadata
         FROM participants p LEFT JOIN experiments e USING (experiment)
-        GROUP BY p.study ORDER BY p.study""")
+        GROUP BY p.study ORDER BY p.study""",
+    )
 
 
 def domains_table(con) -> pd.DataFrame:
     """Per task domain: experiments, participants, responses."""
-    return frame(con, """
+    return frame(
+        con,
+        """
         SELECT coalesce(e.domain, 'unmapped') AS domain,
                count(DISTINCT p.experiment) AS experiments,
                count(*) AS participants,
                sum(p.n_responses)::BIGINT AS responses
         FROM participants p LEFT JOIN experiments e USING (experiment)
-        GROUP BY 1 ORDER BY responses DESC, domain""")
+        GROUP BY 1 ORDER BY responses DESC, domain""",
+    )
 
 
 def models_table(con) -> pd.DataFrame:
-    return frame(con, """
+    return frame(
+        con,
+        """
         SELECT name, family, generation, generation_order, n_params, post_training,
                base_model, source, revision, gguf_file
-        FROM models ORDER BY family NULLS LAST, generation_order NULLS LAST, n_params, name""")
+        FROM models ORDER BY family NULLS LAST, generation_order NULLS LAST, n_params, name""",
+    )
 
 
 def runs_table(con) -> pd.DataFrame:
     """Every scoring run with how many responses it scored (its provenance)."""
-    return frame(con, """
+    return frame(
+        con,
+        """
         SELECT sr.run_id, sr.model, sr.condition, sr.scorer, sr.status,
                count(s.response_id) AS scored,
                count(s.response_id) FILTER (WHERE s.n_tokens > 0) AS with_tokens,
@@ -104,10 +117,12 @@ def runs_table(con) -> pd.DataFrame:
                sr.psystats_version, sr.weights_sha256, sr.tokenizer_sha256, sr.settings,
                sr.counts, sr.error
         FROM score_runs sr LEFT JOIN scores s USING (run_id)
-        GROUP BY ALL ORDER BY sr.run_id""")
+        GROUP BY ALL ORDER BY sr.run_id""",
+    )
 
 
 # ------------------------------------------------------- 2 NLL against size
+
 
 def participant_nll(con, condition: str) -> pd.DataFrame:
     """Per (model, participant): mean summed NLL per response under ``condition``.
@@ -122,9 +137,13 @@ def participant_nll(con, condition: str) -> pd.DataFrame:
 
 
 def conditions_scored(con) -> list[str]:
-    rows = con.execute("SELECT DISTINCT condition FROM score_runs WHERE status = 'complete'").fetchall()
+    rows = con.execute(
+        "SELECT DISTINCT condition FROM score_runs WHERE status = 'complete'"
+    ).fetchall()
     found = [r[0] for r in rows]
-    return sorted(found, key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER else 99, c))
+    return sorted(
+        found, key=lambda c: (CONDITION_ORDER.index(c) if c in CONDITION_ORDER else 99, c)
+    )
 
 
 def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, dict]:
@@ -142,8 +161,13 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     mean, sd, lo, hi``.
     """
     pm = participant_nll(con, condition)
-    info = {"condition": condition, "level": level, "common": True, "n_participants": 0,
-            "experiments": 0}
+    info = {
+        "condition": condition,
+        "level": level,
+        "common": True,
+        "n_participants": 0,
+        "experiments": 0,
+    }
     if pm.empty:
         return pd.DataFrame(), info
     n_models = pm["model"].nunique()
@@ -157,27 +181,51 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     info["experiments"] = int(pm["experiment"].nunique())
     g = pm.groupby("model")["mean_nll"]
     out = pd.DataFrame({"n_participants": g.size(), "mean": g.mean(), "sd": g.std(ddof=1)})
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(out["n_participants"] - 1, 1)) \
-        * out["sd"] / np.sqrt(out["n_participants"])
+    half = (
+        stats.t.ppf(0.5 + level / 2, np.maximum(out["n_participants"] - 1, 1))
+        * out["sd"]
+        / np.sqrt(out["n_participants"])
+    )
     out["lo"] = out["mean"] - half
     out["hi"] = out["mean"] + half
     out = out.reset_index()
-    meta = frame(con, """SELECT name AS model, family, generation, generation_order, n_params,
-                                post_training, base_model FROM models""")
+    meta = frame(
+        con,
+        """SELECT name AS model, family, generation, generation_order, n_params,
+                                post_training, base_model FROM models""",
+    )
     out = out.merge(meta, on="model", how="left")
     out["family"] = out["family"].fillna("other")
     out["post_training"] = out["post_training"].fillna("other")
-    cols = ["model", "family", "generation", "generation_order", "n_params", "post_training",
-            "base_model", "n_participants", "mean", "sd", "lo", "hi"]
-    return out[cols].sort_values(["family", "post_training", "n_params", "model"]).reset_index(drop=True), info
+    cols = [
+        "model",
+        "family",
+        "generation",
+        "generation_order",
+        "n_params",
+        "post_training",
+        "base_model",
+        "n_participants",
+        "mean",
+        "sd",
+        "lo",
+        "hi",
+    ]
+    return out[cols].sort_values(["family", "post_training", "n_params", "model"]).reset_index(
+        drop=True
+    ), info
 
 
 # ------------------------------------------------------------------- fits
 
+
 def latest_fit(con, kind: str) -> dict | None:
     """The newest fit of ``kind`` as a dict with its JSON columns parsed, or None."""
-    df = frame(con, "SELECT * FROM fits WHERE kind = ? ORDER BY created_at DESC, fit_id DESC LIMIT 1",
-               [kind])
+    df = frame(
+        con,
+        "SELECT * FROM fits WHERE kind = ? ORDER BY created_at DESC, fit_id DESC LIMIT 1",
+        [kind],
+    )
     if df.empty:
         return None
     row = df.iloc[0].to_dict()
@@ -199,8 +247,11 @@ def fit_params(con, fit_id: int, parameters: list[str] | None = None) -> pd.Data
     """``fit_params`` rows of one fit (optionally only some parameters), coords parsed."""
     if parameters:
         ph = ", ".join("?" * len(parameters))
-        df = frame(con, f"SELECT * FROM fit_params WHERE fit_id = ? AND parameter IN ({ph})",
-                   [int(fit_id), *parameters])
+        df = frame(
+            con,
+            f"SELECT * FROM fit_params WHERE fit_id = ? AND parameter IN ({ph})",
+            [int(fit_id), *parameters],
+        )
     else:
         df = frame(con, "SELECT * FROM fit_params WHERE fit_id = ?", [int(fit_id)])
     df["coords"] = [parse_json(c) or {} for c in df["coords"]]
@@ -209,11 +260,17 @@ def fit_params(con, fit_id: int, parameters: list[str] | None = None) -> pd.Data
 
 def _coord(df: pd.DataFrame, dim: str) -> pd.Series:
     """One dimension's label from the coords dicts (falls back to ``label``)."""
-    return pd.Series([c.get(dim) if isinstance(c, dict) and dim in c else lab
-                      for c, lab in zip(df["coords"], df["label"])], index=df.index)
+    return pd.Series(
+        [
+            c.get(dim) if isinstance(c, dict) and dim in c else lab
+            for c, lab in zip(df["coords"], df["label"])
+        ],
+        index=df.index,
+    )
 
 
 # ----------------------------------------------------------- 3 heatmap
+
 
 def pair_domain_effects(con, fit_id: int) -> pd.DataFrame:
     """``pair_domain_effect`` as long rows: pair, domain, mean, q05, q95, credible (bool).
@@ -223,14 +280,21 @@ def pair_domain_effects(con, fit_id: int) -> pd.DataFrame:
     df = fit_params(con, fit_id, ["pair_domain_effect"])
     if df.empty:
         return pd.DataFrame(columns=["pair", "domain", "mean", "q05", "q95", "credible"])
-    out = pd.DataFrame({"pair": [c.get("pair") for c in df["coords"]],
-                        "domain": [c.get("domain") for c in df["coords"]],
-                        "mean": df["mean"], "q05": df["q05"], "q95": df["q95"]})
+    out = pd.DataFrame(
+        {
+            "pair": [c.get("pair") for c in df["coords"]],
+            "domain": [c.get("domain") for c in df["coords"]],
+            "mean": df["mean"],
+            "q05": df["q05"],
+            "q95": df["q95"],
+        }
+    )
     out["credible"] = (out["q05"] > 0) | (out["q95"] < 0)
     return out
 
 
 # --------------------------------------------------------- 4 generations
+
 
 def generation_curves(con, fit_id: int) -> pd.DataFrame:
     """``base_nll`` and ``gap`` per (family, generation) in generation order.
@@ -242,12 +306,23 @@ def generation_curves(con, fit_id: int) -> pd.DataFrame:
     df = fit_params(con, fit_id, ["base_nll", "gap"])
     if df.empty:
         return pd.DataFrame()
-    out = pd.DataFrame({"parameter": df["parameter"], "family": _coord(df, "family"),
-                        "generation": [str(c.get("generation")) for c in df["coords"]],
-                        "mean": df["mean"], "q03": df["q03"], "q05": df["q05"],
-                        "q95": df["q95"], "q97": df["q97"]})
-    orders = frame(con, """SELECT family, generation, min(generation_order) AS order_
-                           FROM models WHERE generation IS NOT NULL GROUP BY ALL""")
+    out = pd.DataFrame(
+        {
+            "parameter": df["parameter"],
+            "family": _coord(df, "family"),
+            "generation": [str(c.get("generation")) for c in df["coords"]],
+            "mean": df["mean"],
+            "q03": df["q03"],
+            "q05": df["q05"],
+            "q95": df["q95"],
+            "q97": df["q97"],
+        }
+    )
+    orders = frame(
+        con,
+        """SELECT family, generation, min(generation_order) AS order_
+                           FROM models WHERE generation IS NOT NULL GROUP BY ALL""",
+    )
     known = {(f, str(g)): o for f, g, o in orders.itertuples(index=False)}
 
     def order(fam: str, gen: str) -> float:
@@ -285,7 +360,9 @@ FOREST_GROUPS = (
 )
 
 
-def forest_rows(con, fit_id: int, groups=FOREST_GROUPS, include_scales: bool = True) -> pd.DataFrame:
+def forest_rows(
+    con, fit_id: int, groups=FOREST_GROUPS, include_scales: bool = True
+) -> pd.DataFrame:
     """Rows for a forest plot: group, label, mean, q05, q95, hdi_low, hdi_high, r_hat, ess_bulk.
 
     Scale parameters (``sigma_*``) come last when ``include_scales``.
@@ -305,27 +382,47 @@ def forest_rows(con, fit_id: int, groups=FOREST_GROUPS, include_scales: bool = T
         sig = df[df["parameter"].str.startswith("sigma")].copy()
         if not sig.empty:
             sig["group"] = "Scale parameters"
-            sig["label"] = [p if lab is None or pd.isna(lab) else f"{p}[{lab}]"
-                            for p, lab in zip(sig["parameter"], sig["label"])]
+            sig["label"] = [
+                p if lab is None or pd.isna(lab) else f"{p}[{lab}]"
+                for p, lab in zip(sig["parameter"], sig["label"])
+            ]
             parts.append(sig.sort_values("parameter"))
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return out[["group", "parameter", "label", "mean", "sd", "q05", "q95", "hdi_low", "hdi_high",
-                "r_hat", "ess_bulk"]]
+    return out[
+        [
+            "group",
+            "parameter",
+            "label",
+            "mean",
+            "sd",
+            "q05",
+            "q95",
+            "hdi_low",
+            "hdi_high",
+            "r_hat",
+            "ess_bulk",
+        ]
+    ]
 
 
 # ------------------------------------------------- 6 persona and accuracy
 
-def labelled_params(con, fit_id: int, parameters: list[str], dim: str | None = None) -> pd.DataFrame:
+
+def labelled_params(
+    con, fit_id: int, parameters: list[str], dim: str | None = None
+) -> pd.DataFrame:
     """Rows of some parameters with a readable ``label`` (from ``coords[dim]`` when given)."""
     df = fit_params(con, fit_id, parameters)
     if df.empty:
         return df
     if dim:
         df["label"] = _coord(df, dim)
-    df["label"] = [lab if lab is not None and not pd.isna(lab) else p
-                   for lab, p in zip(df["label"], df["parameter"])]
+    df["label"] = [
+        lab if lab is not None and not pd.isna(lab) else p
+        for lab, p in zip(df["label"], df["parameter"])
+    ]
     return df
 
 
@@ -371,6 +468,7 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------- 7 diagnostics
 
+
 def diagnostics_table(con) -> pd.DataFrame:
     """Per fit: gates and headline diagnostics.
 
@@ -380,29 +478,43 @@ def diagnostics_table(con) -> pd.DataFrame:
     fits = all_fits(con)
     if not fits:
         return pd.DataFrame()
-    agg = frame(con, """SELECT fit_id, max(r_hat) AS r_hat, min(ess_bulk) AS ess_bulk,
+    agg = frame(
+        con,
+        """SELECT fit_id, max(r_hat) AS r_hat, min(ess_bulk) AS ess_bulk,
                                min(ess_tail) AS ess_tail, count(*) AS n_params
-                        FROM fit_params GROUP BY fit_id""").set_index("fit_id")
+                        FROM fit_params GROUP BY fit_id""",
+    ).set_index("fit_id")
     rows = []
     for f in fits:
         d = f["diagnostics"] if isinstance(f["diagnostics"], dict) else {}
         s = f["sampler"] if isinstance(f["sampler"], dict) else {}
         a = agg.loc[f["fit_id"]] if f["fit_id"] in agg.index else None
 
-        def pick(key, fallback):
+        def pick(key, fallback, d=d, a=a):
             v = d.get(key)
             if v is None and a is not None:
                 v = a[fallback]
             return v
 
-        rows.append(dict(
-            fit_id=f["fit_id"], kind=f["kind"], name=f.get("name"), condition=f.get("condition"),
-            sampler=s.get("sampler"), chains=s.get("chains", d.get("n_chains")),
-            draws=s.get("draws", d.get("n_draws")),
-            max_rhat=pick("max_rhat", "r_hat"), min_ess_bulk=pick("min_ess_bulk", "ess_bulk"),
-            min_ess_tail=pick("min_ess_tail", "ess_tail"), divergences=d.get("divergences"),
-            min_bfmi=d.get("min_bfmi"), passed=f.get("passed"), seconds=f.get("seconds"),
-            problems="; ".join(map(str, d.get("problems") or [])),
-            n_params=None if a is None else int(a["n_params"]),
-            netcdf_path=f.get("netcdf_path")))
+        rows.append(
+            dict(
+                fit_id=f["fit_id"],
+                kind=f["kind"],
+                name=f.get("name"),
+                condition=f.get("condition"),
+                sampler=s.get("sampler"),
+                chains=s.get("chains", d.get("n_chains")),
+                draws=s.get("draws", d.get("n_draws")),
+                max_rhat=pick("max_rhat", "r_hat"),
+                min_ess_bulk=pick("min_ess_bulk", "ess_bulk"),
+                min_ess_tail=pick("min_ess_tail", "ess_tail"),
+                divergences=d.get("divergences"),
+                min_bfmi=d.get("min_bfmi"),
+                passed=f.get("passed"),
+                seconds=f.get("seconds"),
+                problems="; ".join(map(str, d.get("problems") or [])),
+                n_params=None if a is None else int(a["n_params"]),
+                netcdf_path=f.get("netcdf_path"),
+            )
+        )
     return pd.DataFrame(rows)

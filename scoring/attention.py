@@ -34,13 +34,14 @@ call in ``torch.compile``, which on CPU costs ~30 s of C++ compilation per
 shape; here FlexAttention is compiled on CUDA only and runs eagerly on CPU,
 where it is exact but unfused — what the tests use.)
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-BLOCK = 128            # FlexAttention's default tile; packed lengths are padded to a multiple
+BLOCK = 128  # FlexAttention's default tile; packed lengths are padded to a multiple
 ATTN_NAME = "psystats_packed"
 _registered = False
 _compiled_flex = None
@@ -61,8 +62,10 @@ def allowed_pairs(pos, doc, branch, bstart, q, k):
 def _tensors(pos, doc, branch, bstart, device):
     import torch
 
-    return tuple(torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
-                 for a in (pos, doc, branch, bstart))
+    return tuple(
+        torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
+        for a in (pos, doc, branch, bstart)
+    )
 
 
 def dense_mask(pos, doc, branch, bstart, device) -> Any:
@@ -98,7 +101,7 @@ def document_block_mask(pos, doc, branch, bstart, device, block: int = BLOCK) ->
     is_start = torch.ones(n, dtype=torch.bool, device=device)
     is_start[1:] = doc_t[1:] != doc_t[:-1]
     doc_start = torch.cummax(torch.where(is_start, idx, torch.zeros_like(idx)), 0).values
-    lo = doc_start[::block] // block                             # [nb] first key tile needed
+    lo = doc_start[::block] // block  # [nb] first key tile needed
     tiles_doc = doc_t.view(nb, block)
     tiles_main = (br_t.view(nb, block) < 0).all(1)
     uniform = tiles_main & (tiles_doc == tiles_doc[:, :1]).all(1)
@@ -120,8 +123,9 @@ def document_block_mask(pos, doc, branch, bstart, device, block: int = BLOCK) ->
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed_pairs(pos_t, doc_t, br_t, bs_t, q_idx, kv_idx)
 
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
-                                    mask_mod=mask_mod, seq_lengths=(n, n))
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(n, n)
+    )
 
 
 def supports_flex(model) -> bool:
@@ -146,8 +150,9 @@ def _flex():
     return _compiled_flex
 
 
-def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                     **kwargs):
+def packed_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+):
     """transformers attention function: FlexAttention for a BlockMask, SDPA for anything else."""
     import warnings
 
@@ -155,16 +160,23 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not isinstance(attention_mask, BlockMask):
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     if kwargs.get("softcap") or kwargs.get("s_aux") is not None:
         raise NotImplementedError("packed FlexAttention does not support soft-capping or sinks")
     fn = _flex() if query.device.type == "cuda" else flex_attention
     with warnings.catch_warnings():
         # Eager FlexAttention on CPU warns that it is unfused: known, exact, and only for tests.
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        out = fn(query, key, value, block_mask=attention_mask, scale=scaling,
-                 enable_gqa=query.shape[1] != key.shape[1])
+        out = fn(
+            query,
+            key,
+            value,
+            block_mask=attention_mask,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
     return out.transpose(1, 2).contiguous(), None
 
 

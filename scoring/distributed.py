@@ -27,24 +27,26 @@ merged at once with ``scoring.runs.write_batch`` (idempotent).  If the driver
 itself dies, rerunning the same command first merges the shards already on
 disk and then scores only what is still missing.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from warehouse.db import WarehouseError
+from psystats.warehouse.db import WarehouseError
 
 from . import shards
 
 if TYPE_CHECKING:
     import duckdb
 
-    from scoring.engine import Scorer, ScoreBatch
-    from scoring.inputs import ParticipantInput
+    from psystats.scoring.engine import ScoreBatch, Scorer
+    from psystats.scoring.inputs import ParticipantInput
 
 # How often a unit is handed to a new actor after the actor running it died
 # for good (Ray's own max_task_retries restarts come first).
@@ -60,7 +62,7 @@ class ScoringWorker:
     Ray restarts the actor.
     """
 
-    def __init__(self, factory: Callable[[], "Scorer"], cpu_threads: int | None = None):
+    def __init__(self, factory: Callable[[], Scorer], cpu_threads: int | None = None):
         if cpu_threads:
             import torch
 
@@ -70,22 +72,31 @@ class ScoringWorker:
     def describe(self) -> dict:
         import socket
 
-        return {"settings": self.scorer.settings, "fingerprints": self.scorer.fingerprints,
-                "host": socket.gethostname(), "pid": os.getpid()}
+        return {
+            "settings": self.scorer.settings,
+            "fingerprints": self.scorer.fingerprints,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
 
-    def count_tokens(self, participants: Sequence["ParticipantInput"]) -> list[int]:
+    def count_tokens(self, participants: Sequence[ParticipantInput]) -> list[int]:
         return [int(self.scorer.count_tokens(p)) for p in participants]
 
-    def score(self, unit_id: str, participants: Sequence["ParticipantInput"]) -> dict:
+    def score(self, unit_id: str, participants: Sequence[ParticipantInput]) -> dict:
         t0 = time.perf_counter()
         batch = self.scorer.score(participants)
-        return {"unit_id": unit_id, "batch": batch, "seconds": time.perf_counter() - t0,
-                "pid": os.getpid()}
+        return {
+            "unit_id": unit_id,
+            "batch": batch,
+            "seconds": time.perf_counter() - t0,
+            "pid": os.getpid(),
+        }
 
 
 @dataclass
 class Progress:
     """The driver's view of a distributed run, passed to the ``progress`` callback."""
+
     units_total: int
     tokens_total: int
     units_done: int = 0
@@ -110,9 +121,11 @@ class Progress:
     def line(self) -> str:
         eta = self.eta_seconds
         eta_text = f"{eta / 60:.1f} min" if eta is not None else "?"
-        return (f"units {self.units_done}/{self.units_total} · tokens {self.tokens_done:,}/"
-                f"{self.tokens_total:,} · {self.tokens_per_second:,.0f} tok/s · ETA {eta_text}"
-                + (f" · {self.retries} retried" if self.retries else ""))
+        return (
+            f"units {self.units_done}/{self.units_total} · tokens {self.tokens_done:,}/"
+            f"{self.tokens_total:,} · {self.tokens_per_second:,.0f} tok/s · ETA {eta_text}"
+            + (f" · {self.retries} retried" if self.retries else "")
+        )
 
 
 def print_progress(p: Progress) -> None:
@@ -154,20 +167,22 @@ def _default_num_workers(num_gpus_per_worker: float, num_cpus_per_worker: float)
     if num_gpus_per_worker > 0:
         n = int(res.get("GPU", 0) // num_gpus_per_worker)
         if n < 1:
-            raise WarehouseError(f"the Ray cluster has {res.get('GPU', 0):g} GPUs; "
-                                 f"--num-gpus-per-worker {num_gpus_per_worker:g} needs at least "
-                                 f"that many (use --num-gpus-per-worker 0 for CPU workers)")
+            raise WarehouseError(
+                f"the Ray cluster has {res.get('GPU', 0):g} GPUs; "
+                f"--num-gpus-per-worker {num_gpus_per_worker:g} needs at least "
+                f"that many (use --num-gpus-per-worker 0 for CPU workers)"
+            )
         return n
     return max(1, int(res.get("CPU", 1) // max(num_cpus_per_worker, 1e-9)))
 
 
-def _count_tokens(actors: list, participants: Sequence["ParticipantInput"]) -> dict[int, int]:
+def _count_tokens(actors: list, participants: Sequence[ParticipantInput]) -> dict[int, int]:
     """Token counts of ``participants``, computed by the actors in parallel (round robin)."""
     import ray
 
     if not participants:
         return {}
-    parts = [list(participants[i::len(actors)]) for i in range(len(actors))]
+    parts = [list(participants[i :: len(actors)]) for i in range(len(actors))]
     refs = [a.count_tokens.remote(part) for a, part in zip(actors, parts) if part]
     counts: dict[int, int] = {}
     for part, n in zip([p for p in parts if p], ray.get(refs)):
@@ -194,15 +209,26 @@ def _merge_leftovers(con, run_id: int, rdir: Path) -> tuple[int, int]:
     return units, added
 
 
-def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
-            scorer_factory: Callable[[], "Scorer"], *, condition: str,
-            selection: Mapping[str, Any] | None, inputs: Sequence["ParticipantInput"],
-            out_dir: str | os.PathLike, address: str | None = None,
-            num_workers: int | None = None, num_gpus_per_worker: float = 1.0,
-            num_cpus_per_worker: float = 1.0, unit_tokens: int | None = None,
-            force: bool = False, max_restarts: int = 3, unit_attempts: int = DEFAULT_UNIT_ATTEMPTS,
-            progress: Callable[[Progress], None] | None = print_progress,
-            ray_init_kwargs: Mapping[str, Any] | None = None) -> RayRunResult:
+def run_ray(
+    con: duckdb.DuckDBPyConnection,
+    model: Mapping[str, Any],
+    scorer_factory: Callable[[], Scorer],
+    *,
+    condition: str,
+    selection: Mapping[str, Any] | None,
+    inputs: Sequence[ParticipantInput],
+    out_dir: str | os.PathLike,
+    address: str | None = None,
+    num_workers: int | None = None,
+    num_gpus_per_worker: float = 1.0,
+    num_cpus_per_worker: float = 1.0,
+    unit_tokens: int | None = None,
+    force: bool = False,
+    max_restarts: int = 3,
+    unit_attempts: int = DEFAULT_UNIT_ATTEMPTS,
+    progress: Callable[[Progress], None] | None = print_progress,
+    ray_init_kwargs: Mapping[str, Any] | None = None,
+) -> RayRunResult:
     """Score ``inputs`` with ``model`` on a Ray cluster and merge the results into the warehouse.
 
     ``scorer_factory`` builds the very Scorer single-machine scoring uses;
@@ -216,7 +242,7 @@ def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
     """
     import ray
 
-    from scoring.runs import finish_run, pending_participants, start_run
+    from psystats.scoring.runs import finish_run, pending_participants, start_run
 
     t_start = time.monotonic()
     started_ray = _ensure_ray(address, ray_init_kwargs)
@@ -226,8 +252,11 @@ def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
         n_workers = max(1, min(n_workers, len(inputs) or 1))
         cpu_threads = int(num_cpus_per_worker) if num_gpus_per_worker <= 0 else None
         Worker = ray.remote(ScoringWorker).options(
-            num_gpus=num_gpus_per_worker, num_cpus=num_cpus_per_worker,
-            max_restarts=max_restarts, max_task_retries=max_restarts)
+            num_gpus=num_gpus_per_worker,
+            num_cpus=num_cpus_per_worker,
+            max_restarts=max_restarts,
+            max_task_retries=max_restarts,
+        )
         actors = [Worker.remote(scorer_factory, cpu_threads) for _ in range(n_workers)]
 
         # Every actor must see the same model: a node with other weights or
@@ -242,13 +271,15 @@ def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
                 raise WarehouseError(
                     f"Ray worker on {d['host']} loaded a different model or settings than "
                     f"{first['host']} ({d['fingerprints']} vs {first['fingerprints']}): "
-                    f"make every node see the same model files")
+                    f"make every node see the same model files"
+                )
         settings, fingerprints = first["settings"], first["fingerprints"]
 
         key = shards.run_key(model, condition, selection, settings, fingerprints)
         rdir = shards.run_dir(out_dir, key, settings)
-        run_id, complete = start_run(con, dict(model), condition, dict(selection or {}),
-                                     settings, fingerprints, force=force)
+        run_id, complete = start_run(
+            con, dict(model), condition, dict(selection or {}), settings, fingerprints, force=force
+        )
         result = RayRunResult(run_id=run_id, already_complete=complete, run_dir=str(rdir))
         if complete and not force:
             return result
@@ -264,7 +295,7 @@ def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
         units = shards.make_units(token_counts, target, prefix="ray-")
         # Largest first: the long units start early and the small ones fill the gaps.
         queue = sorted(units, key=lambda u: (-u.n_tokens, u.unit_id))
-        keep = max(1, len(queue))            # fewer units than workers: free the GPUs
+        keep = max(1, len(queue))  # fewer units than workers: free the GPUs
         for extra in actors[keep:]:
             ray.kill(extra)
         actors = actors[:keep]
@@ -301,7 +332,8 @@ def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
                             f"work unit {unit.unit_id} ({len(unit.participant_keys)} "
                             f"participants, {unit.n_tokens:,} tokens): its worker died for good "
                             f"{attempts[unit.unit_id]} times (after Ray's restarts); last error: "
-                            f"{e}") from None
+                            f"{e}"
+                        ) from None
                     queue.insert(0, unit)
                     if not idle and not in_flight:
                         raise WarehouseError("every Ray worker died; see the Ray logs") from None
@@ -346,7 +378,7 @@ def run_ray(con: "duckdb.DuckDBPyConnection", model: Mapping[str, Any],
 
 def _fail_run(con, run_id: int, counts: dict, error: BaseException) -> None:
     """Mark the run failed (a rerun resumes it); never hide the original error."""
-    from scoring.runs import finish_run
+    from psystats.scoring.runs import finish_run
 
     try:
         finish_run(con, run_id, counts, status="failed", error=str(error)[:2000])

@@ -38,37 +38,58 @@ forward on a probe and refuses architectures where they differ; non-finite
 logits fail the batch with the affected response ids; out-of-memory halves
 the token budget and retries (counted as ``oom_backoffs``).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from warehouse.db import WarehouseError
+from psystats.warehouse.db import WarehouseError
 
 from . import attention as attn
 from . import loader
 from .inputs import ParticipantInput
 from .render import CONDITIONS, Skip, render, render_settings
-from .tokenize import TOKENIZATIONS, Tokenized, check_segment_tokenizer, leading_special_ids, tokenize
+from .tokenize import (
+    TOKENIZATIONS,
+    Tokenized,
+    check_segment_tokenizer,
+    leading_special_ids,
+    tokenize,
+)
 
 ENGINE_VERSION = 1
 CONTEXT_POLICIES = ("skip", "window")
 PACKINGS = ("auto", "packed", "none")
 ATTENTIONS = ("auto", "flex", "dense")
 
-SCORE_SCHEMA = pa.schema([
-    ("response_id", pa.int64()), ("nll", pa.float64()), ("n_tokens", pa.int32()),
-    ("first_token_nll", pa.float64()), ("top1_all", pa.bool_()), ("top1_first", pa.bool_()),
-    ("first_token_entropy", pa.float64())])
-OPTION_SCHEMA = pa.schema([("response_id", pa.int64()), ("option", pa.string()),
-                           ("logprob", pa.float64())])
-TOKEN_SCHEMA = pa.schema([("response_id", pa.int64()), ("token_index", pa.int32()),
-                          ("token_id", pa.int32()), ("token", pa.string()),
-                          ("logprob", pa.float64())])
+SCORE_SCHEMA = pa.schema(
+    [
+        ("response_id", pa.int64()),
+        ("nll", pa.float64()),
+        ("n_tokens", pa.int32()),
+        ("first_token_nll", pa.float64()),
+        ("top1_all", pa.bool_()),
+        ("top1_first", pa.bool_()),
+        ("first_token_entropy", pa.float64()),
+    ]
+)
+OPTION_SCHEMA = pa.schema(
+    [("response_id", pa.int64()), ("option", pa.string()), ("logprob", pa.float64())]
+)
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("response_id", pa.int64()),
+        ("token_index", pa.int32()),
+        ("token_id", pa.int32()),
+        ("token", pa.string()),
+        ("logprob", pa.float64()),
+    ]
+)
 
 
 class ScoringError(WarehouseError):
@@ -81,16 +102,17 @@ class NonFiniteLogits(ScoringError):
         shown = ", ".join(str(r) for r in ids[:20]) + (" ..." if len(ids) > 20 else "")
         super().__init__(
             f"the model produced NaN/inf logits for {len(ids)} response(s) "
-            f"(response_id {shown}); nothing from this batch was written. Try --dtype float32.")
+            f"(response_id {shown}); nothing from this batch was written. Try --dtype float32."
+        )
         self.response_ids = ids
 
 
 @dataclass
 class ScoreBatch:
-    scores: pa.Table                  # SCORE_SCHEMA
-    options: pa.Table                 # OPTION_SCHEMA
-    tokens: pa.Table | None           # TOKEN_SCHEMA when token_level
-    participant_keys: list[int]       # participants completely covered
+    scores: pa.Table  # SCORE_SCHEMA
+    options: pa.Table  # OPTION_SCHEMA
+    tokens: pa.Table | None  # TOKEN_SCHEMA when token_level
+    participant_keys: list[int]  # participants completely covered
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -105,11 +127,14 @@ class ScoreBatch:
 @dataclass(eq=False)
 class _Row:
     """One sequence of a forward pass: a window of a participant plus option branches."""
-    part: int                          # index into the prepared list
-    lo: int                            # global token index of the row's first token
-    ids: np.ndarray                    # main tokens
-    targets: np.ndarray                # global indices of scored target tokens
-    branch_start: list[int] = field(default_factory=list)   # local position of each branch's first token
+
+    part: int  # index into the prepared list
+    lo: int  # global token index of the row's first token
+    ids: np.ndarray  # main tokens
+    targets: np.ndarray  # global indices of scored target tokens
+    branch_start: list[int] = field(
+        default_factory=list
+    )  # local position of each branch's first token
     branch_ids: list[np.ndarray] = field(default_factory=list)
     # option queries: branch (-1: the main sequence), local position in it, token, query index
     oq_branch: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -166,17 +191,35 @@ class Scorer:
     ``lm``/``tokenizer`` may be passed when already loaded (tests, notebooks).
     """
 
-    def __init__(self, model: dict, *, condition: str = "plain", device: str = "cpu",
-                 dtype: str = "float32", token_budget: int = 16384,
-                 max_context: int | None = None, context_policy: str = "skip",
-                 stride: int | None = None, tokenization: str = "segments",
-                 token_level: bool = False, option_sets: dict[str, list[str]] | None = None,
-                 packing: str = "auto", system_prompt: str | None = None,
-                 max_logit_rows: int = 2048, trust_remote_code: bool | None = None,
-                 self_check: bool = True, lm=None, tokenizer=None, attention: str = "auto",
-                 compile: bool = False, compile_bucket: int = 4096) -> None:
+    def __init__(
+        self,
+        model: dict,
+        *,
+        condition: str = "plain",
+        device: str = "cpu",
+        dtype: str = "float32",
+        token_budget: int = 16384,
+        max_context: int | None = None,
+        context_policy: str = "skip",
+        stride: int | None = None,
+        tokenization: str = "segments",
+        token_level: bool = False,
+        option_sets: dict[str, list[str]] | None = None,
+        packing: str = "auto",
+        system_prompt: str | None = None,
+        max_logit_rows: int = 2048,
+        trust_remote_code: bool | None = None,
+        self_check: bool = True,
+        lm=None,
+        tokenizer=None,
+        attention: str = "auto",
+        compile: bool = False,
+        compile_bucket: int = 4096,
+    ) -> None:
         if condition not in CONDITIONS:
-            raise ScoringError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+            raise ScoringError(
+                f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}"
+            )
         if tokenization not in TOKENIZATIONS:
             raise ScoringError(f"unknown tokenization {tokenization!r}")
         if context_policy not in CONTEXT_POLICIES:
@@ -184,7 +227,9 @@ class Scorer:
         if packing not in PACKINGS:
             raise ScoringError(f"unknown packing {packing!r}; choose from {', '.join(PACKINGS)}")
         if attention not in ATTENTIONS:
-            raise ScoringError(f"unknown attention {attention!r}; choose from {', '.join(ATTENTIONS)}")
+            raise ScoringError(
+                f"unknown attention {attention!r}; choose from {', '.join(ATTENTIONS)}"
+            )
         if dtype not in loader.DTYPES:
             raise ScoringError(f"unknown dtype {dtype!r}; choose from {', '.join(loader.DTYPES)}")
         self.model_row = dict(model)
@@ -196,38 +241,53 @@ class Scorer:
         self.token_level = token_level
         self.system_prompt = system_prompt
         self.max_logit_rows = int(max_logit_rows)
-        self.packing = ("packed" if device.startswith("cuda") else "none") if packing == "auto" else packing
+        self.packing = (
+            ("packed" if device.startswith("cuda") else "none") if packing == "auto" else packing
+        )
         self.counts: dict[str, int] = {}
         self.compile = bool(compile)
         if self.compile and compile_bucket % attn.BLOCK:
             raise ScoringError(f"--compile-bucket must be a multiple of {attn.BLOCK}")
         self.compile_bucket = int(compile_bucket)
 
-        self.tokenizer = tokenizer if tokenizer is not None else loader.load_tokenizer(
-            model, trust_remote_code=trust_remote_code)
+        self.tokenizer = (
+            tokenizer
+            if tokenizer is not None
+            else loader.load_tokenizer(model, trust_remote_code=trust_remote_code)
+        )
         if condition == "chat" and not getattr(self.tokenizer, "chat_template", None):
             raise ScoringError(
                 f"model {model.get('name')!r}: its tokenizer has no chat template, so the "
-                "'chat' condition is undefined for it; use --condition plain or persona")
+                "'chat' condition is undefined for it; use --condition plain or persona"
+            )
         if tokenization == "segments":
             try:
                 check_segment_tokenizer(self.tokenizer)
             except ValueError as e:
                 raise ScoringError(f"model {model.get('name')!r}: {e}") from None
         self.prefix_ids = leading_special_ids(self.tokenizer)
-        self.lm = lm if lm is not None else loader.load_model(
-            model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.lm = (
+            lm
+            if lm is not None
+            else loader.load_model(
+                model, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            )
+        )
 
         self.attention = self._choose_attention(attention)
         if self.attention == "flex":
             attn.use_packed_attention(self.lm)
         # Packed lengths are padded to a multiple of this (1: no padding).
-        self.pad_multiple = (self.compile_bucket if self.compile
-                             else attn.BLOCK if self.attention == "flex" else 1)
-        self._pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                           else (self.tokenizer.eos_token_id or 0))
-        self._decoder_fn = None         # torch.compile'd decoder, built on first use
-        self.compile_seconds = 0.0      # first-call time of each compiled shape, summed
+        self.pad_multiple = (
+            self.compile_bucket if self.compile else attn.BLOCK if self.attention == "flex" else 1
+        )
+        self._pad_id = int(
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else (self.tokenizer.eos_token_id or 0)
+        )
+        self._decoder_fn = None  # torch.compile'd decoder, built on first use
+        self.compile_seconds = 0.0  # first-call time of each compiled shape, summed
 
         cfg = self.lm.config
         model_max = getattr(cfg, "max_position_embeddings", None) or (1 << 30)
@@ -235,8 +295,9 @@ class Scorer:
         self.context_policy = context_policy
         self.stride = int(stride or max(1, self.max_context // 2))
         if self.stride >= self.max_context:
-            raise ScoringError(f"--stride ({self.stride}) must be smaller than the context "
-                               f"({self.max_context})")
+            raise ScoringError(
+                f"--stride ({self.stride}) must be smaller than the context ({self.max_context})"
+            )
         self.option_sets = {e: list(o) for e, o in sorted((option_sets or {}).items())}
         self._option_ids: dict[str, list[np.ndarray]] = {}
         self._longest_option = 0
@@ -258,7 +319,8 @@ class Scorer:
             if not ok:
                 raise ScoringError(
                     f"model {self.model_row.get('name')!r} ({type(self.lm).__name__}) does not "
-                    "support FlexAttention in transformers; use --attention dense")
+                    "support FlexAttention in transformers; use --attention dense"
+                )
             return "flex" if packs else "dense"
         if requested == "auto" and packs and ok and self.device.startswith("cuda"):
             return "flex"
@@ -270,21 +332,31 @@ class Scorer:
     def settings(self) -> dict:
         """Everything that decides the numbers, exactly (recorded in ``score_runs.settings``)."""
         s = render_settings(self.condition, self.tokenizer, self.system_prompt)
-        s.update({
-            "engine_version": ENGINE_VERSION,
-            "tokenization": self.tokenization,
-            "leading_special_ids": list(map(int, self.prefix_ids)),
-            "dtype": self.dtype,
-            "context": {"max_context": self.max_context, "policy": self.context_policy,
-                        **({"stride": self.stride} if self.context_policy == "window" else {})},
-            "options": self.option_sets,
-            "token_level": self.token_level,
-            "head": self.head,
-            "batching": {"device": self.device, "packing": self.packing,
-                         "token_budget": self.token_budget, "max_logit_rows": self.max_logit_rows,
-                         "attention": self.attention, "compile": self.compile,
-                         **({"compile_bucket": self.compile_bucket} if self.compile else {})},
-        })
+        s.update(
+            {
+                "engine_version": ENGINE_VERSION,
+                "tokenization": self.tokenization,
+                "leading_special_ids": list(map(int, self.prefix_ids)),
+                "dtype": self.dtype,
+                "context": {
+                    "max_context": self.max_context,
+                    "policy": self.context_policy,
+                    **({"stride": self.stride} if self.context_policy == "window" else {}),
+                },
+                "options": self.option_sets,
+                "token_level": self.token_level,
+                "head": self.head,
+                "batching": {
+                    "device": self.device,
+                    "packing": self.packing,
+                    "token_budget": self.token_budget,
+                    "max_logit_rows": self.max_logit_rows,
+                    "attention": self.attention,
+                    "compile": self.compile,
+                    **({"compile_bucket": self.compile_bucket} if self.compile else {}),
+                },
+            }
+        )
         return s
 
     @property
@@ -300,8 +372,9 @@ class Scorer:
 
     def _tokenize(self, p: ParticipantInput) -> Tokenized:
         rendering = render(p, self.condition, self.tokenizer, system_prompt=self.system_prompt)
-        return tokenize(self.tokenizer, rendering, len(p.response_ids), self.tokenization,
-                        self.prefix_ids)
+        return tokenize(
+            self.tokenizer, rendering, len(p.response_ids), self.tokenization, self.prefix_ids
+        )
 
     def count_tokens(self, p: ParticipantInput) -> int:
         """Tokens of ``p``'s rendering (0 when it is skipped under this condition)."""
@@ -316,7 +389,9 @@ class Scorer:
             self._token_cache[p.participant_key] = n
         return n
 
-    def prepare(self, participants: Sequence[ParticipantInput]) -> tuple[list[_Prepared], dict[str, int]]:
+    def prepare(
+        self, participants: Sequence[ParticipantInput]
+    ) -> tuple[list[_Prepared], dict[str, int]]:
         """Render, tokenise and plan rows; returns the plans and skip counts."""
         out: list[_Prepared] = []
         counts: dict[str, int] = {}
@@ -353,9 +428,11 @@ class Scorer:
         T = len(tok)
         targets = _ranges(tok.starts, tok.ends)
         # Room for option branches inside the model's positions.
-        L = self.max_context - (self._longest_option if prep.p.experiment in self.option_sets else 0)
+        L = self.max_context - (
+            self._longest_option if prep.p.experiment in self.option_sets else 0
+        )
         if T <= L:
-            windows = [(0, T, 1, T)]            # (lo, hi, first scored target, end of scored targets)
+            windows = [(0, T, 1, T)]  # (lo, hi, first scored target, end of scored targets)
         elif self.context_policy == "skip":
             raise Skip("too-long")
         else:
@@ -385,8 +462,10 @@ class Scorer:
         g_resp, g_name, g_reuse = [], [], []
         q_group: list[int] = []
         # Which row scores target t: rows' target ranges are disjoint and sorted.
-        bounds = [(int(r.targets[0]), int(r.targets[-1]) + 1) if len(r.targets) else (0, 0)
-                  for r in prep.rows]
+        bounds = [
+            (int(r.targets[0]), int(r.targets[-1]) + 1) if len(r.targets) else (0, 0)
+            for r in prep.rows
+        ]
         per_row: dict[int, dict[str, list]] = {}
         for i in range(len(prep.p.response_ids)):
             s, e = int(tok.starts[i]), int(tok.ends[i])
@@ -395,8 +474,9 @@ class Scorer:
             observed = tok.input_ids[s:e]
             r_i = next(k for k, (a, b) in enumerate(bounds) if a <= s < b)
             row = prep.rows[r_i]
-            acc = per_row.setdefault(r_i, {"branch": [], "pos": [], "token": [], "ref": [],
-                                           "bstart": [], "bids": []})
+            acc = per_row.setdefault(
+                r_i, {"branch": [], "pos": [], "token": [], "ref": [], "bstart": [], "bids": []}
+            )
             for name, ids in zip(names, opt_ids):
                 g = len(g_resp)
                 g_resp.append(i)
@@ -436,14 +516,21 @@ class Scorer:
 
     # -- scoring ------------------------------------------------------------
 
-    def score(self, participants: Sequence[ParticipantInput],
-              progress: Callable[[int], None] | None = None) -> ScoreBatch:
+    def score(
+        self,
+        participants: Sequence[ParticipantInput],
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch:
         """Score ``participants``; raises :class:`NonFiniteLogits` (nothing returned) on NaN/inf."""
         prepared, counts = self.prepare(participants)
         return self.score_prepared(prepared, counts, progress)
 
-    def score_prepared(self, prepared: list[_Prepared], counts: dict[str, int] | None = None,
-                       progress: Callable[[int], None] | None = None) -> ScoreBatch:
+    def score_prepared(
+        self,
+        prepared: list[_Prepared],
+        counts: dict[str, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch:
         counts = dict(counts or {})
         for prep in prepared:
             T = len(prep.tok)
@@ -472,7 +559,7 @@ class Scorer:
                     ) from None
                 budget = max(1, budget // 2)
                 counts["oom_backoffs"] = counts.get("oom_backoffs", 0) + 1
-                continue            # the group's rows are still in `rows`: re-planned smaller
+                continue  # the group's rows are still in `rows`: re-planned smaller
             taken = {id(r) for r in group}
             rows = [r for r in rows if id(r) not in taken]
             n = sum(r.n_tokens for r in group)
@@ -547,8 +634,16 @@ class Scorer:
             d += 1
             pad -= m
         cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731
-        return (cat(ids), cat(pos), cat(doc), cat(branch), cat(bstart),
-                np.asarray(main_off, np.int64), branch_off, nb)
+        return (
+            cat(ids),
+            cat(pos),
+            cat(doc),
+            cat(branch),
+            cat(bstart),
+            np.asarray(main_off, np.int64),
+            branch_off,
+            nb,
+        )
 
     def _mask(self, pos, doc, branch, bstart, device):
         """The packed attention mask: a FlexAttention BlockMask, or dense bool [1, 1, N, N]."""
@@ -557,8 +652,9 @@ class Scorer:
         return attn.dense_mask(pos, doc, branch, bstart, device)
 
     def _decoder_forward(self, ids, pos, mask):
-        out = self.lm.get_decoder()(input_ids=ids, position_ids=pos, attention_mask=mask,
-                                    use_cache=False)
+        out = self.lm.get_decoder()(
+            input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False
+        )
         return out.last_hidden_state
 
     def _hidden(self, ids, pos, mask, *, compiled: bool = True):
@@ -572,7 +668,9 @@ class Scorer:
             limit = max(8, self.token_budget // self.compile_bucket + 4)
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+                    setattr(
+                        torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit)
+                    )
             self._decoder_fn = torch.compile(self._decoder_forward)
             self._compiled_shapes: set[int] = set()
         n = int(ids.shape[0])
@@ -593,8 +691,11 @@ class Scorer:
 
         head = self.lm.get_output_embeddings()
         w = getattr(head, "weight", None)
-        if (hidden_rows.dtype in (torch.bfloat16, torch.float16) and isinstance(head, torch.nn.Linear)
-                and hidden_rows.device.type == "cuda"):
+        if (
+            hidden_rows.dtype in (torch.bfloat16, torch.float16)
+            and isinstance(head, torch.nn.Linear)
+            and hidden_rows.device.type == "cuda"
+        ):
             # The matmul in bf16/fp16 on tensor cores, accumulated AND written in float32:
             # rounding logits to bf16 would cost up to ~0.06 nats per token.
             try:
@@ -606,7 +707,9 @@ class Scorer:
         out = head(hidden_rows)
         return out if out.dtype in (torch.float32, torch.float64) else out.float()
 
-    def _forward(self, group: list[_Row], prepared: list[_Prepared], *, compiled: bool = True) -> None:
+    def _forward(
+        self, group: list[_Row], prepared: list[_Prepared], *, compiled: bool = True
+    ) -> None:
         import torch
 
         dev = torch.device(self.device)
@@ -625,8 +728,11 @@ class Scorer:
             if len(row.oq_pos):
                 at = main_off[g] + row.oq_pos
                 if len(branch_off[g]):
-                    at = np.where(row.oq_branch < 0, at,
-                                  branch_off[g][np.maximum(row.oq_branch, 0)] + row.oq_pos)
+                    at = np.where(
+                        row.oq_branch < 0,
+                        at,
+                        branch_off[g][np.maximum(row.oq_branch, 0)] + row.oq_pos,
+                    )
                 q_packed.append(at)
                 q_token.append(row.oq_token)
                 q_kind.append(np.ones(len(at), np.int8))
@@ -658,13 +764,16 @@ class Scorer:
                 logsm = torch.log_softmax(logits, -1)
                 ent_c.append(-(logsm.exp() * logsm).sum(-1))
                 arg_c.append(logits.argmax(-1))
-                qs = order[bounds[c]:bounds[c + 1]]
+                qs = order[bounds[c] : bounds[c + 1]]
                 local = torch.as_tensor(inverse[qs] - u0, device=dev)
                 tok_t = torch.as_tensor(q_token[qs], device=dev)
                 lp_c.append(logsm[local, tok_t])
                 del logits, logsm
-            cat = lambda xs, dt: (torch.cat(xs).to(dt).cpu().numpy() if xs  # noqa: E731
-                                  else np.zeros(0))
+            cat = lambda xs, dt: (
+                torch.cat(xs).to(dt).cpu().numpy()
+                if xs  # noqa: E731
+                else np.zeros(0)
+            )
             ent_u = cat(ent_c, torch.float64)
             argmax = cat(arg_c, torch.int64)
             bad_u = ~cat(fin_c, torch.bool).astype(bool)
@@ -676,7 +785,7 @@ class Scorer:
             rids = []
             for g in np.unique(q_row[bad_q]):
                 prep = prepared[group[g].part]
-                if prep.p is None:          # the start-up probe
+                if prep.p is None:  # the start-up probe
                     continue
                 sel = bad_q & (q_row == g)
                 main_t = q_index[sel & (q_kind == 0)]
@@ -739,8 +848,12 @@ class Scorer:
                 tok_rows["response_id"].append(rid[which])
                 tok_rows["token_index"].append((t - np.repeat(s, n)).astype(np.int32))
                 tok_rows["token_id"].append(tok.input_ids[t].astype(np.int32))
-                tok_rows["token"].append(np.asarray(
-                    self.tokenizer.convert_ids_to_tokens(tok.input_ids[t].tolist()), dtype=object))
+                tok_rows["token"].append(
+                    np.asarray(
+                        self.tokenizer.convert_ids_to_tokens(tok.input_ids[t].tolist()),
+                        dtype=object,
+                    )
+                )
                 tok_rows["logprob"].append(prep.lp[t])
         counts["participants"] = counts.get("participants", 0) + len(keys)
         counts["responses"] = counts.get("responses", 0) + n_resp
@@ -749,24 +862,41 @@ class Scorer:
             if not cols[name]:
                 return pa.array([], typ)
             data = np.concatenate(cols[name])
-            mask = None if name not in ("first_token_nll", "top1_all", "top1_first",
-                                        "first_token_entropy") else ~np.concatenate(valid[name])
+            mask = (
+                None
+                if name not in ("first_token_nll", "top1_all", "top1_first", "first_token_entropy")
+                else ~np.concatenate(valid[name])
+            )
             return pa.array(data, typ, mask=mask)
 
-        scores = pa.table({f.name: column(f.name, f.type) for f in SCORE_SCHEMA}, schema=SCORE_SCHEMA)
+        scores = pa.table(
+            {f.name: column(f.name, f.type) for f in SCORE_SCHEMA}, schema=SCORE_SCHEMA
+        )
         scores = scores.sort_by("response_id")
-        options = pa.table({
-            "response_id": pa.array(np.concatenate(opt_rows["response_id"]) if opt_rows["response_id"]
-                                    else [], pa.int64()),
-            "option": pa.array([o for chunk in opt_rows["option"] for o in chunk], pa.string()),
-            "logprob": pa.array(np.concatenate(opt_rows["logprob"]) if opt_rows["logprob"] else [],
-                                pa.float64()),
-        }, schema=OPTION_SCHEMA)
+        options = pa.table(
+            {
+                "response_id": pa.array(
+                    np.concatenate(opt_rows["response_id"]) if opt_rows["response_id"] else [],
+                    pa.int64(),
+                ),
+                "option": pa.array([o for chunk in opt_rows["option"] for o in chunk], pa.string()),
+                "logprob": pa.array(
+                    np.concatenate(opt_rows["logprob"]) if opt_rows["logprob"] else [], pa.float64()
+                ),
+            },
+            schema=OPTION_SCHEMA,
+        )
         tokens = None
         if self.token_level:
-            tokens = pa.table({
-                f.name: pa.array(np.concatenate(tok_rows[f.name]) if tok_rows[f.name] else [], f.type)
-                for f in TOKEN_SCHEMA}, schema=TOKEN_SCHEMA)
+            tokens = pa.table(
+                {
+                    f.name: pa.array(
+                        np.concatenate(tok_rows[f.name]) if tok_rows[f.name] else [], f.type
+                    )
+                    for f in TOKEN_SCHEMA
+                },
+                schema=TOKEN_SCHEMA,
+            )
         return ScoreBatch(scores, options, tokens, keys, counts)
 
     def _option_rows(self, prep: _Prepared, nll: np.ndarray, out: dict[str, list]) -> None:
@@ -798,14 +928,22 @@ class Scorer:
 
         text_a = "In each trial you choose a box. You press <<J>>. You win 3 points."
         text_b = "Rate the pair. You answer <<7>>."
-        ids_a = np.asarray(self.prefix_ids + self.tokenizer(text_a, add_special_tokens=False)["input_ids"], np.int64)
-        ids_b = np.asarray(self.prefix_ids + self.tokenizer(text_b, add_special_tokens=False)["input_ids"], np.int64)
-        rows = [_Row(part=0, lo=0, ids=ids_a, targets=np.arange(1, len(ids_a))),
-                _Row(part=1, lo=0, ids=ids_b, targets=np.arange(1, len(ids_b)))]
+        ids_a = np.asarray(
+            self.prefix_ids + self.tokenizer(text_a, add_special_tokens=False)["input_ids"],
+            np.int64,
+        )
+        ids_b = np.asarray(
+            self.prefix_ids + self.tokenizer(text_b, add_special_tokens=False)["input_ids"],
+            np.int64,
+        )
+        rows = [
+            _Row(part=0, lo=0, ids=ids_a, targets=np.arange(1, len(ids_a))),
+            _Row(part=1, lo=0, ids=ids_b, targets=np.arange(1, len(ids_b))),
+        ]
         # A two-token branch from the middle of document a.
         mid = len(ids_a) // 2
         rows[0].branch_start = [mid]
-        rows[0].branch_ids = [ids_a[mid:mid + 2]]
+        rows[0].branch_ids = [ids_a[mid : mid + 2]]
         rows[0].oq_branch = np.asarray([0], np.int64)
         rows[0].oq_pos = np.asarray([1], np.int64)
         rows[0].oq_token = np.asarray([int(ids_a[mid + 2])], np.int64)
@@ -827,12 +965,19 @@ class Scorer:
         worst = 0.0
         with torch.inference_mode():
             for prep, ids in zip(dummy, (ids_a, ids_b)):
-                ref = torch.log_softmax(self.lm(torch.as_tensor(ids, device=dev)[None]).logits[0]
-                                        .double(), -1)
-                want = ref[torch.arange(len(ids) - 1), torch.as_tensor(ids[1:], device=dev)].cpu().numpy()
+                ref = torch.log_softmax(
+                    self.lm(torch.as_tensor(ids, device=dev)[None]).logits[0].double(), -1
+                )
+                want = (
+                    ref[torch.arange(len(ids) - 1), torch.as_tensor(ids[1:], device=dev)]
+                    .cpu()
+                    .numpy()
+                )
                 worst = max(worst, float(np.max(np.abs(prep.lp[1:] - want))))
-            ref_b = torch.log_softmax(self.lm(torch.as_tensor(ids_a[:mid + 2], device=dev)[None])
-                                      .logits[0, -1].double(), -1)
+            ref_b = torch.log_softmax(
+                self.lm(torch.as_tensor(ids_a[: mid + 2], device=dev)[None]).logits[0, -1].double(),
+                -1,
+            )
             worst = max(worst, abs(float(ref_b[int(ids_a[mid + 2])]) - float(dummy[0].oq_lp[0])))
         tol = {"float64": 1e-8, "float32": 1e-3}.get(self.dtype, 0.1)
         if not np.isfinite(worst) or worst > tol:
@@ -840,4 +985,5 @@ class Scorer:
                 f"model {self.model_row.get('name')!r}: the engine's log-probabilities differ from a "
                 f"plain forward pass by {worst:.3g} on a probe (tolerance {tol:g}); this architecture "
                 "needs support in psystats (custom attention masks / LM head). "
-                + ("Try --packing none." if self.packing == "packed" else ""))
+                + ("Try --packing none." if self.packing == "packed" else "")
+            )

@@ -16,25 +16,26 @@ Columns of an import file (Parquet or CSV; names are case-insensitive)
 * the columns ``scores export`` adds (``run_id``, ``model``, ``condition``,
   ``scorer``, ``text``) and any others are ignored and reported.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from warehouse.db import WarehouseError, scalar, transaction
-from warehouse.hashing import file_sha256
+from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.hashing import file_sha256
 
 from . import registry
 
 UNITS: dict[str, float] = {"nats": 1.0, "bits": math.log(2.0), "log10": math.log(10.0)}
 NATURAL_KEY = ("study", "experiment", "participant", "response_index")
-FLOATS = ("nll", "first_token_nll", "first_token_entropy")      # converted to nats
+FLOATS = ("nll", "first_token_nll", "first_token_entropy")  # converted to nats
 BOOLS = ("top1_all", "top1_first")
 KNOWN = {"response_id", *NATURAL_KEY, "nll", "logprob", "n_tokens", *FLOATS, *BOOLS}
 EXPORT_EXTRAS = {"run_id", "model", "condition", "scorer", "text"}
@@ -54,11 +55,12 @@ class ImportResult:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _version() -> str:
-    from psystats import __version__
+    from psystats.warehouse.provenance import __version__
+
     return __version__
 
 
@@ -67,23 +69,30 @@ def read_table(path: Path) -> tuple[pa.Table, str]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
+
         try:
             return pq.read_table(path), "row"
         except Exception as e:  # pyarrow says precisely what is wrong with the file
             raise WarehouseError(f"{path}: cannot read Parquet ({e})") from None
     if suffix in (".csv", ".tsv"):
         import pyarrow.csv as pcsv
+
         # Key text columns stay text: participant "007" must not become 7.
         with open(path, encoding="utf-8", errors="replace") as f:
             header = f.readline().rstrip("\r\n").split("\t" if suffix == ".tsv" else ",")
         header = [h.strip().strip('"') for h in header]
-        text_cols = {h: pa.string() for h in header if h.lower() in ("study", "experiment", "participant")}
+        text_cols = {
+            h: pa.string() for h in header if h.lower() in ("study", "experiment", "participant")
+        }
         try:
             table = pcsv.read_csv(
-                path, parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+                path,
+                parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
                 # "nan"/"inf" stay numbers so they are reported as not finite.
-                convert_options=pcsv.ConvertOptions(column_types=text_cols,
-                                                    null_values=["", "NA", "NULL", "null"]))
+                convert_options=pcsv.ConvertOptions(
+                    column_types=text_cols, null_values=["", "NA", "NULL", "null"]
+                ),
+            )
         except Exception as e:
             raise WarehouseError(f"{path}: cannot read CSV ({e})") from None
         return table, "line"
@@ -97,8 +106,14 @@ def _fail(path: Path, what: str, where: str, rows: list[tuple], total: int) -> N
     raise WarehouseError(f"{path}: {what}: {listed}{more}; nothing was imported")
 
 
-def _check(con: duckdb.DuckDBPyConnection, path: Path, where: str, what: str, query: str,
-           params: list | None = None) -> None:
+def _check(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    where: str,
+    what: str,
+    query: str,
+    params: list | None = None,
+) -> None:
     """Run a query listing bad rows as (row number, message); raise if it returns any."""
     rows = con.execute(f"SELECT * FROM ({query}) ORDER BY 1 LIMIT {MAX_LISTED}", params).fetchall()
     if rows:
@@ -106,9 +121,17 @@ def _check(con: duckdb.DuckDBPyConnection, path: Path, where: str, what: str, qu
         _fail(path, what, where, rows, total)
 
 
-def import_scores(con: duckdb.DuckDBPyConnection, path: str | Path, *, model: str,
-                  condition: str = "imported", scorer: str | None = None, unit: str = "nats",
-                  post_training: str | None = None, force: bool = False) -> ImportResult:
+def import_scores(
+    con: duckdb.DuckDBPyConnection,
+    path: str | Path,
+    *,
+    model: str,
+    condition: str = "imported",
+    scorer: str | None = None,
+    unit: str = "nats",
+    post_training: str | None = None,
+    force: bool = False,
+) -> ImportResult:
     """Import an external scorer's per-response NLLs as one complete score run.
 
     ``model`` is registered (source NULL, ``post_training`` or inferred from
@@ -130,9 +153,10 @@ def import_scores(con: duckdb.DuckDBPyConnection, path: str | Path, *, model: st
 
     if not force:
         for run_id, s in con.execute(
-                "SELECT run_id, settings FROM score_runs WHERE model = ? AND condition = ? "
-                "AND scorer = ? AND status = 'complete' ORDER BY run_id DESC",
-                [model, condition, scorer]).fetchall():
+            "SELECT run_id, settings FROM score_runs WHERE model = ? AND condition = ? "
+            "AND scorer = ? AND status = 'complete' ORDER BY run_id DESC",
+            [model, condition, scorer],
+        ).fetchall():
             s = json.loads(s or "{}")
             if s.get("content_sha256") == sha and s.get("unit") == unit:
                 n = int(scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id]))
@@ -149,8 +173,10 @@ def import_scores(con: duckdb.DuckDBPyConnection, path: str | Path, *, model: st
     if table.num_rows == 0:
         raise WarehouseError(f"{path}: no rows")
     if "nll" not in cols and "logprob" not in cols:
-        raise WarehouseError(f"{path}: no 'nll' column (negative log-likelihood of each response; "
-                             f"or 'logprob'); columns: {', '.join(table.column_names)}")
+        raise WarehouseError(
+            f"{path}: no 'nll' column (negative log-likelihood of each response; "
+            f"or 'logprob'); columns: {', '.join(table.column_names)}"
+        )
     if "nll" in cols and "logprob" in cols:
         raise WarehouseError(f"{path}: give 'nll' or 'logprob', not both")
     natural = [c for c in NATURAL_KEY if c in cols]
@@ -158,10 +184,14 @@ def import_scores(con: duckdb.DuckDBPyConnection, path: str | Path, *, model: st
     if "response_id" not in cols and not has_natural:
         raise WarehouseError(
             f"{path}: no key columns: give 'response_id', or 'participant' + 'response_index' "
-            f"+ 'study' and/or 'experiment'; columns: {', '.join(table.column_names)}")
+            f"+ 'study' and/or 'experiment'; columns: {', '.join(table.column_names)}"
+        )
     ignored = sorted(cols - KNOWN)
-    missing_optional = [c for c in ("n_tokens", "first_token_nll", "first_token_entropy",
-                                    "top1_all", "top1_first") if c not in cols]
+    missing_optional = [
+        c
+        for c in ("n_tokens", "first_token_nll", "first_token_entropy", "top1_all", "top1_first")
+        if c not in cols
+    ]
 
     # Row numbers as the user sees them: CSV line (header is line 1), Parquet row (1-based).
     first = 2 if where == "line" else 1
@@ -169,119 +199,253 @@ def import_scores(con: duckdb.DuckDBPyConnection, path: str | Path, *, model: st
     con.register("_import_raw", table)
     try:
         return _validate_and_write(
-            con, path, where, cols, natural, settings, model=model, condition=condition,
-            scorer=scorer, unit=unit, post_training=post_training, ignored=ignored,
-            missing_optional=missing_optional)
+            con,
+            path,
+            where,
+            cols,
+            natural,
+            settings,
+            model=model,
+            condition=condition,
+            scorer=scorer,
+            unit=unit,
+            post_training=post_training,
+            ignored=ignored,
+            missing_optional=missing_optional,
+        )
     finally:
         con.unregister("_import_raw")
         con.execute("DROP TABLE IF EXISTS _import_rows")
 
 
-def _validate_and_write(con, path: Path, where: str, cols: set[str], natural: list[str],
-                        settings: dict, *, model: str, condition: str, scorer: str, unit: str,
-                        post_training: str | None, ignored: list[str],
-                        missing_optional: list[str]) -> ImportResult:
+def _validate_and_write(
+    con,
+    path: Path,
+    where: str,
+    cols: set[str],
+    natural: list[str],
+    settings: dict,
+    *,
+    model: str,
+    condition: str,
+    scorer: str,
+    unit: str,
+    post_training: str | None,
+    ignored: list[str],
+    missing_optional: list[str],
+) -> ImportResult:
     factor = UNITS[unit]
     # 1. Types: every given value must convert; report the first bad ones by row and field.
     nll_src = "nll" if "nll" in cols else "logprob"
-    numeric = [c for c in ("response_id", "response_index", "n_tokens", nll_src, *FLOATS[1:])
-               if c in cols]
+    numeric = [
+        c for c in ("response_id", "response_index", "n_tokens", nll_src, *FLOATS[1:]) if c in cols
+    ]
     for c in numeric:
         target = "DOUBLE" if c in FLOATS or c == "logprob" else "BIGINT"
-        _check(con, path, where, f"field {c!r} is not a {'number' if target == 'DOUBLE' else 'whole number'}",
-               f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
-               f"WHERE \"{c}\" IS NOT NULL AND TRY_CAST(\"{c}\" AS {target}) IS NULL")
+        _check(
+            con,
+            path,
+            where,
+            f"field {c!r} is not a {'number' if target == 'DOUBLE' else 'whole number'}",
+            f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
+            f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS {target}) IS NULL',
+        )
         if target == "BIGINT":  # 3.5 casts to BIGINT by rounding: refuse it
-            _check(con, path, where, f"field {c!r} is not a whole number",
-                   f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
-                   f"WHERE \"{c}\" IS NOT NULL AND TRY_CAST(\"{c}\" AS DOUBLE) <> TRY_CAST(\"{c}\" AS BIGINT)")
+            _check(
+                con,
+                path,
+                where,
+                f"field {c!r} is not a whole number",
+                f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
+                f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS DOUBLE) <> TRY_CAST("{c}" AS BIGINT)',
+            )
     for c in BOOLS:
         if c in cols:
-            _check(con, path, where, f"field {c!r} is not a boolean (true/false/1/0)",
-                   f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
-                   f"WHERE \"{c}\" IS NOT NULL AND TRY_CAST(\"{c}\" AS BOOLEAN) IS NULL")
-    required = [nll_src] + (["response_id"] if "response_id" in cols else
-                            [c for c in natural])
+            _check(
+                con,
+                path,
+                where,
+                f"field {c!r} is not a boolean (true/false/1/0)",
+                f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
+                f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS BOOLEAN) IS NULL',
+            )
+    required = [nll_src] + (["response_id"] if "response_id" in cols else [c for c in natural])
     for c in required:
-        _check(con, path, where, f"field {c!r} is empty", f"SELECT _row, '{c} missing' FROM _import_raw "
-               f"WHERE \"{c}\" IS NULL OR trim(CAST(\"{c}\" AS VARCHAR)) = ''")
+        _check(
+            con,
+            path,
+            where,
+            f"field {c!r} is empty",
+            f"SELECT _row, '{c} missing' FROM _import_raw "
+            f'WHERE "{c}" IS NULL OR trim(CAST("{c}" AS VARCHAR)) = \'\'',
+        )
 
     # 2. A typed copy in nats.
     def num(c: str, scale: bool) -> str:
         if c not in cols:
             return f"NULL::DOUBLE AS {c}"
-        return f"CAST(\"{c}\" AS DOUBLE){' * ' + repr(factor) if scale else ''} AS {c}"
-    nll_expr = (f"CAST(nll AS DOUBLE) * {factor!r}" if nll_src == "nll"
-                else f"-CAST(logprob AS DOUBLE) * {factor!r}")
+        return f'CAST("{c}" AS DOUBLE){" * " + repr(factor) if scale else ""} AS {c}'
+
+    nll_expr = (
+        f"CAST(nll AS DOUBLE) * {factor!r}"
+        if nll_src == "nll"
+        else f"-CAST(logprob AS DOUBLE) * {factor!r}"
+    )
     select = [
         "_row",
-        "CAST(response_id AS BIGINT) AS response_id" if "response_id" in cols else "NULL::BIGINT AS response_id",
-        *[f"CAST(\"{c}\" AS VARCHAR) AS {c}" if c != "response_index" else
-          "CAST(response_index AS BIGINT) AS response_index" for c in natural],
+        "CAST(response_id AS BIGINT) AS response_id"
+        if "response_id" in cols
+        else "NULL::BIGINT AS response_id",
+        *[
+            f'CAST("{c}" AS VARCHAR) AS {c}'
+            if c != "response_index"
+            else "CAST(response_index AS BIGINT) AS response_index"
+            for c in natural
+        ],
         f"{nll_expr} AS nll",
-        f"CAST(\"{nll_src}\" AS DOUBLE) AS nll_given",
-        "CAST(n_tokens AS BIGINT) AS n_tokens" if "n_tokens" in cols else "NULL::BIGINT AS n_tokens",
-        num("first_token_nll", True), num("first_token_entropy", True),
-        *[f"CAST(\"{c}\" AS BOOLEAN) AS {c}" if c in cols else f"NULL::BOOLEAN AS {c}" for c in BOOLS],
+        f'CAST("{nll_src}" AS DOUBLE) AS nll_given',
+        "CAST(n_tokens AS BIGINT) AS n_tokens"
+        if "n_tokens" in cols
+        else "NULL::BIGINT AS n_tokens",
+        num("first_token_nll", True),
+        num("first_token_entropy", True),
+        *[
+            f'CAST("{c}" AS BOOLEAN) AS {c}' if c in cols else f"NULL::BOOLEAN AS {c}"
+            for c in BOOLS
+        ],
     ]
     con.execute(f"CREATE TEMP TABLE _import_rows AS SELECT {', '.join(select)} FROM _import_raw")
 
     # 3. Values: finite, the right sign.
     for c in ("nll", "first_token_nll", "first_token_entropy"):
         given = "nll_given" if c == "nll" else c
-        _check(con, path, where, f"field {c if c != 'nll' else nll_src!r} is not finite",
-               f"SELECT _row, '{c}=' || CAST({given} AS VARCHAR) FROM _import_rows "
-               f"WHERE {c} IS NOT NULL AND NOT isfinite({c})")
-        sign = ("is positive: a log-probability is <= 0" if c == "nll" and nll_src == "logprob"
-                else "is negative: give the NEGATIVE log-likelihood (>= 0)" if c != "first_token_entropy"
-                else "is negative: an entropy is >= 0")
-        _check(con, path, where, f"field {c if c != 'nll' else nll_src!r} {sign}",
-               f"SELECT _row, '{c if c != 'nll' else nll_src}=' || CAST({given} AS VARCHAR) "
-               f"FROM _import_rows WHERE {c} < -{NEGATIVE_TOLERANCE}")
-    _check(con, path, where, "field 'n_tokens' is negative",
-           "SELECT _row, 'n_tokens=' || CAST(n_tokens AS VARCHAR) FROM _import_rows WHERE n_tokens < 0")
+        _check(
+            con,
+            path,
+            where,
+            f"field {c if c != 'nll' else nll_src!r} is not finite",
+            f"SELECT _row, '{c}=' || CAST({given} AS VARCHAR) FROM _import_rows "
+            f"WHERE {c} IS NOT NULL AND NOT isfinite({c})",
+        )
+        sign = (
+            "is positive: a log-probability is <= 0"
+            if c == "nll" and nll_src == "logprob"
+            else "is negative: give the NEGATIVE log-likelihood (>= 0)"
+            if c != "first_token_entropy"
+            else "is negative: an entropy is >= 0"
+        )
+        _check(
+            con,
+            path,
+            where,
+            f"field {c if c != 'nll' else nll_src!r} {sign}",
+            f"SELECT _row, '{c if c != 'nll' else nll_src}=' || CAST({given} AS VARCHAR) "
+            f"FROM _import_rows WHERE {c} < -{NEGATIVE_TOLERANCE}",
+        )
+    _check(
+        con,
+        path,
+        where,
+        "field 'n_tokens' is negative",
+        "SELECT _row, 'n_tokens=' || CAST(n_tokens AS VARCHAR) FROM _import_rows WHERE n_tokens < 0",
+    )
 
     # 4. Keys: every row is exactly one response of the warehouse.
     if "response_id" in cols:
-        _check(con, path, where, "response_id not in the warehouse",
-               "SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM _import_rows i "
-               "ANTI JOIN responses r ON r.response_id = i.response_id")
+        _check(
+            con,
+            path,
+            where,
+            "response_id not in the warehouse",
+            "SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM _import_rows i "
+            "ANTI JOIN responses r ON r.response_id = i.response_id",
+        )
         for c in natural:  # the natural key, when also given, must describe the same response
-            _check(con, path, where, f"field {c!r} disagrees with the warehouse for that response_id",
-                   f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) || ' has {c}=' "
-                   f"|| CAST(r.{c} AS VARCHAR) || ' in the warehouse, file says ' || CAST(i.{c} AS VARCHAR) "
-                   f"FROM _import_rows i JOIN responses r ON r.response_id = i.response_id "
-                   f"WHERE r.{c} IS DISTINCT FROM i.{c}")
+            _check(
+                con,
+                path,
+                where,
+                f"field {c!r} disagrees with the warehouse for that response_id",
+                f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) || ' has {c}=' "
+                f"|| CAST(r.{c} AS VARCHAR) || ' in the warehouse, file says ' || CAST(i.{c} AS VARCHAR) "
+                f"FROM _import_rows i JOIN responses r ON r.response_id = i.response_id "
+                f"WHERE r.{c} IS DISTINCT FROM i.{c}",
+            )
     else:
         on = " AND ".join(f"r.{c} = i.{c}" for c in natural)
         described = " || ', ' || ".join(f"'{c}=' || CAST(i.{c} AS VARCHAR)" for c in natural)
-        _check(con, path, where, "no such response in the warehouse",
-               f"SELECT i._row, {described} FROM _import_rows i ANTI JOIN responses r ON {on}")
-        _check(con, path, where, "key matches several responses (add the 'experiment' column)",
-               f"SELECT i._row, {described} || ' matches ' || CAST(count(*) AS VARCHAR) FROM "
-               f"_import_rows i JOIN responses r ON {on} GROUP BY i._row, {', '.join(f'i.{c}' for c in natural)} "
-               f"HAVING count(*) > 1")
-        con.execute(f"UPDATE _import_rows i SET response_id = r.response_id FROM responses r WHERE {on}")
-    _check(con, path, where, "the same response appears more than once",
-           f"SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ' at {where}s ' || "
-           "string_agg(CAST(_row AS VARCHAR), ', ' ORDER BY _row) FROM _import_rows "
-           "GROUP BY response_id HAVING count(*) > 1")
+        _check(
+            con,
+            path,
+            where,
+            "no such response in the warehouse",
+            f"SELECT i._row, {described} FROM _import_rows i ANTI JOIN responses r ON {on}",
+        )
+        _check(
+            con,
+            path,
+            where,
+            "key matches several responses (add the 'experiment' column)",
+            f"SELECT i._row, {described} || ' matches ' || CAST(count(*) AS VARCHAR) FROM "
+            f"_import_rows i JOIN responses r ON {on} GROUP BY i._row, {', '.join(f'i.{c}' for c in natural)} "
+            f"HAVING count(*) > 1",
+        )
+        con.execute(
+            f"UPDATE _import_rows i SET response_id = r.response_id FROM responses r WHERE {on}"
+        )
+    _check(
+        con,
+        path,
+        where,
+        "the same response appears more than once",
+        f"SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ' at {where}s ' || "
+        "string_agg(CAST(_row AS VARCHAR), ', ' ORDER BY _row) FROM _import_rows "
+        "GROUP BY response_id HAVING count(*) > 1",
+    )
 
     # 5. Write: model (if new), run, scores -- one transaction.
     n_rows = int(scalar(con, "SELECT count(*) FROM _import_rows"))
-    selection = dict(zip(("studies", "experiments"), [
-        [v for (v,) in con.execute(
-            f"SELECT DISTINCT r.{c} FROM _import_rows i JOIN responses r USING (response_id) "
-            f"ORDER BY 1").fetchall()] for c in ("study", "experiment")]))
-    settings = {**settings, "key": "response_id" if "response_id" in cols else "natural",
-                "columns": sorted(cols)}
-    n_participants = int(scalar(con, "SELECT count(DISTINCT r.participant_key) FROM _import_rows i "
-                                     "JOIN responses r USING (response_id)"))
+    selection = dict(
+        zip(
+            ("studies", "experiments"),
+            [
+                [
+                    v
+                    for (v,) in con.execute(
+                        f"SELECT DISTINCT r.{c} FROM _import_rows i JOIN responses r USING (response_id) "
+                        f"ORDER BY 1"
+                    ).fetchall()
+                ]
+                for c in ("study", "experiment")
+            ],
+        )
+    )
+    settings = {
+        **settings,
+        "key": "response_id" if "response_id" in cols else "natural",
+        "columns": sorted(cols),
+    }
+    n_participants = int(
+        scalar(
+            con,
+            "SELECT count(DISTINCT r.participant_key) FROM _import_rows i "
+            "JOIN responses r USING (response_id)",
+        )
+    )
     registered = False
     with transaction(con):
         if not scalar(con, "SELECT count(*) FROM models WHERE name = ?", [model]):
-            registry._add(con, None, name=model, base=None, post_training=post_training,
-                          gguf_file=None, revision=None, trust_remote_code=False, overrides=None)
+            registry._add(
+                con,
+                None,
+                name=model,
+                base=None,
+                post_training=post_training,
+                gguf_file=None,
+                revision=None,
+                trust_remote_code=False,
+                overrides=None,
+            )
             registered = True
         run_id = int(scalar(con, "SELECT nextval('run_id_seq')"))
         now = _now()
@@ -289,16 +453,34 @@ def _validate_and_write(con, path: Path, where: str, cols: set[str], natural: li
             "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, "
             "psystats_version, started_at, finished_at, status, n_participants, n_responses, "
             "n_skipped, counts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'complete', ?, ?, 0, ?)",
-            [run_id, model, condition, scorer, json.dumps(selection, sort_keys=True),
-             json.dumps(settings, sort_keys=True), _version(), now, now, n_participants, n_rows,
-             json.dumps({"imported_rows": n_rows})])
+            [
+                run_id,
+                model,
+                condition,
+                scorer,
+                json.dumps(selection, sort_keys=True),
+                json.dumps(settings, sort_keys=True),
+                _version(),
+                now,
+                now,
+                n_participants,
+                n_rows,
+                json.dumps({"imported_rows": n_rows}),
+            ],
+        )
         con.execute(
             "INSERT INTO scores (run_id, response_id, nll, n_tokens, first_token_nll, top1_all, "
             "top1_first, first_token_entropy) SELECT ?, response_id, nll, n_tokens, first_token_nll, "
             "top1_all, top1_first, first_token_entropy FROM _import_rows ORDER BY response_id",
-            [run_id])
-    return ImportResult(run_id=run_id, n_rows=n_rows, model_registered=registered,
-                        ignored_columns=ignored, missing_optional=missing_optional)
+            [run_id],
+        )
+    return ImportResult(
+        run_id=run_id,
+        n_rows=n_rows,
+        model_registered=registered,
+        ignored_columns=ignored,
+        missing_optional=missing_optional,
+    )
 
 
 # --------------------------------------------------------------------------- export
@@ -315,32 +497,52 @@ ORDER BY s.run_id, s.response_id
 """
 
 
-def export_runs(con: duckdb.DuckDBPyConnection, *, run_id: int | None = None,
-                model: str | None = None, condition: str | None = None) -> list[int]:
+def export_runs(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    run_id: int | None = None,
+    model: str | None = None,
+    condition: str | None = None,
+) -> list[int]:
     """The runs ``scores export`` writes: the given run, or the newest complete run of
     the model per condition (one condition with ``condition``)."""
     if (run_id is None) == (model is None):
         raise WarehouseError("give exactly one of --run or --model")
     if run_id is not None:
         if not scalar(con, "SELECT count(*) FROM score_runs WHERE run_id = ?", [run_id]):
-            raise WarehouseError(f"no score run {run_id}: see `psystats sql \"SELECT * FROM score_runs\"`")
+            raise WarehouseError(
+                f'no score run {run_id}: see `psystats sql "SELECT * FROM score_runs"`'
+            )
         return [run_id]
     registry.get_model(con, model)
     params: list = [model]
     extra = ""
     if condition:
         extra, params = " AND condition = ?", [model, condition]
-    runs = [r for (r,) in con.execute(
-        f"SELECT max(run_id) FROM score_runs WHERE model = ? AND status = 'complete'{extra} "
-        f"GROUP BY condition ORDER BY 1", params).fetchall()]
+    runs = [
+        r
+        for (r,) in con.execute(
+            f"SELECT max(run_id) FROM score_runs WHERE model = ? AND status = 'complete'{extra} "
+            f"GROUP BY condition ORDER BY 1",
+            params,
+        ).fetchall()
+    ]
     if not runs:
-        raise WarehouseError(f"model {model!r} has no complete score run"
-                             + (f" under condition {condition!r}" if condition else ""))
+        raise WarehouseError(
+            f"model {model!r} has no complete score run"
+            + (f" under condition {condition!r}" if condition else "")
+        )
     return runs
 
 
-def export_scores(con: duckdb.DuckDBPyConnection, out: str | Path, *, run_id: int | None = None,
-                  model: str | None = None, condition: str | None = None) -> tuple[list[int], int]:
+def export_scores(
+    con: duckdb.DuckDBPyConnection,
+    out: str | Path,
+    *,
+    run_id: int | None = None,
+    model: str | None = None,
+    condition: str | None = None,
+) -> tuple[list[int], int]:
     """Write scores joined with their natural keys to ``out`` (.parquet or .csv).
 
     Returns (run ids written, row count).  The file imports back unchanged
@@ -351,14 +553,18 @@ def export_scores(con: duckdb.DuckDBPyConnection, out: str | Path, *, run_id: in
     if suffix not in (".parquet", ".csv"):
         raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
     runs = export_runs(con, run_id=run_id, model=model, condition=condition)
-    table = con.sql(EXPORT_QUERY.format(runs=", ".join("?" * len(runs))), params=runs).to_arrow_table()
+    table = con.sql(
+        EXPORT_QUERY.format(runs=", ".join("?" * len(runs))), params=runs
+    ).to_arrow_table()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     if suffix == ".parquet":
         import pyarrow.parquet as pq
+
         pq.write_table(table, tmp)
     else:
         import pyarrow.csv as pcsv
+
         pcsv.write_csv(table, tmp)
-    tmp.replace(out)   # never leave a half-written file under the final name
+    tmp.replace(out)  # never leave a half-written file under the final name
     return runs, table.num_rows

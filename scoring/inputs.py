@@ -5,16 +5,18 @@ it can be shipped to Ray workers or written next to a SLURM shard.  It holds
 the transcript exactly as ingested and the character spans of its responses
 (``text[a:b]`` is the response, markers excluded), in response order.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import duckdb
 
-from warehouse.queries import where_clause
-from warehouse.transcript import NORMALISED_FIELDS
+from psystats.warehouse.queries import where_clause
+from psystats.warehouse.transcript import NORMALISED_FIELDS
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class ParticipantInput:
     experiment: str
     text: str
     response_ids: tuple[int, ...]
-    spans: tuple[tuple[int, int], ...]       # (char_start, char_end) per response
+    spans: tuple[tuple[int, int], ...]  # (char_start, char_end) per response
     # age/gender/nationality/education/diagnosis (when given) plus every other
     # metadata key as ingested; used by the persona condition.
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
@@ -34,23 +36,32 @@ class ParticipantInput:
         return [self.text[a:b] for a, b in self.spans]
 
 
-def load_inputs(con: duckdb.DuckDBPyConnection, *, studies: Sequence[str] | None = None,
-                experiments: Sequence[str] | None = None,
-                participant_keys: Sequence[int] | None = None) -> list[ParticipantInput]:
+def load_inputs(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    studies: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    participant_keys: Sequence[int] | None = None,
+) -> list[ParticipantInput]:
     """Participants matching every given filter, ordered by ``participant_key``.
 
     Filters are bound parameters.  Participants without responses are left
     out: there is nothing to score.
     """
-    where, params = where_clause({"study": studies, "experiment": experiments,
-                                  "participant_key": participant_keys}, alias="p")
+    where, params = where_clause(
+        {"study": studies, "experiment": experiments, "participant_key": participant_keys},
+        alias="p",
+    )
     normalised = ", ".join(f"p.{c}" for c in NORMALISED_FIELDS)
-    rows = con.execute(f"""
+    rows = con.execute(
+        f"""
         SELECT p.participant_key, p.study, p.experiment, t.text, {normalised}, p.metadata
         FROM participants p JOIN transcripts t USING (participant_key)
         {where}
         ORDER BY p.participant_key
-    """, params).fetchall()
+    """,
+        params,
+    ).fetchall()
     if not rows:
         return []
     keys = [r[0] for r in rows]
@@ -76,16 +87,22 @@ def load_inputs(con: duckdb.DuckDBPyConnection, *, studies: Sequence[str] | None
         if not items:
             continue
         meta: dict[str, Any] = {}
-        for name, value in zip(NORMALISED_FIELDS, r[4:4 + n_norm]):
+        for name, value in zip(NORMALISED_FIELDS, r[4 : 4 + n_norm]):
             if value is not None:
                 meta[name] = value
         extra = r[4 + n_norm]
         if extra:
             for k, v in json.loads(extra).items():
                 meta.setdefault(k, v)
-        out.append(ParticipantInput(
-            participant_key=int(pk), experiment=experiment, text=text,
-            response_ids=tuple(int(i[0]) for i in items),
-            spans=tuple((int(i[1]), int(i[2])) for i in items),
-            metadata=meta, study=study))
+        out.append(
+            ParticipantInput(
+                participant_key=int(pk),
+                experiment=experiment,
+                text=text,
+                response_ids=tuple(int(i[0]) for i in items),
+                spans=tuple((int(i[1]), int(i[2])) for i in items),
+                metadata=meta,
+                study=study,
+            )
+        )
     return out

@@ -13,6 +13,7 @@ A model's ``source`` is a Hugging Face hub id, a local folder, or a local
 ``.gguf`` file; ``gguf_file`` names the file inside the folder/repo when the
 source is a folder or hub id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from warehouse import hashing
-from warehouse.db import WarehouseError
+from psystats.warehouse import hashing
+from psystats.warehouse.db import WarehouseError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -34,8 +35,11 @@ class ModelLoadError(WarehouseError):
 
 
 def _looks_like_path(source: str) -> bool:
-    return (source.startswith(("/", "./", "../", "~")) or source.endswith(".gguf")
-            or Path(source).expanduser().exists())
+    return (
+        source.startswith(("/", "./", "../", "~"))
+        or source.endswith(".gguf")
+        or Path(source).expanduser().exists()
+    )
 
 
 def locate(model: dict) -> tuple[str, str | None]:
@@ -44,7 +48,8 @@ def locate(model: dict) -> tuple[str, str | None]:
     if not source:
         raise ModelLoadError(
             f"model {model.get('name')!r} has no source (an external scorer): "
-            "its scores come from `psystats scores import`, it cannot be run")
+            "its scores come from `psystats scores import`, it cannot be run"
+        )
     gguf = model.get("gguf_file")
     if source.endswith(".gguf"):
         p = Path(source).expanduser()
@@ -73,7 +78,8 @@ def _check_local(folder: str, gguf: str | None, name: str) -> None:
             raise ModelLoadError(
                 f"model {name!r}: {folder} has only pickle checkpoints ({', '.join(pickles[:3])}); "
                 "psystats loads safetensors or GGUF only (pickles can run code). Convert "
-                "the checkpoint to safetensors first.")
+                "the checkpoint to safetensors first."
+            )
         raise ModelLoadError(f"model {name!r}: no *.safetensors weights in {folder}")
 
 
@@ -96,8 +102,10 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
     if model.get("revision"):
         kwargs["revision"] = model["revision"]
     if tok_source:
-        folder, gguf = (str(Path(tok_source).expanduser()) if _looks_like_path(tok_source)
-                        else tok_source), None
+        folder, gguf = (
+            (str(Path(tok_source).expanduser()) if _looks_like_path(tok_source) else tok_source),
+            None,
+        )
     elif _looks_like_path(folder):
         _check_local(folder, gguf, name)
     if gguf:
@@ -108,8 +116,14 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
         raise ModelLoadError(f"model {name!r}: cannot load tokenizer from {folder}: {e}") from None
 
 
-def load_model(model: dict, *, device: str = "cpu", dtype: str = "float32",
-               attn_implementation: str = "sdpa", trust_remote_code: bool | None = None):
+def load_model(
+    model: dict,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool | None = None,
+):
     """The causal LM of a models row, in eval mode on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -119,8 +133,11 @@ def load_model(model: dict, *, device: str = "cpu", dtype: str = "float32",
     folder, gguf = locate(model)
     if _looks_like_path(folder):
         _check_local(folder, gguf, name)
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "trust_remote_code": trust,
-                              "attn_implementation": attn_implementation}
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(dtype),
+        "trust_remote_code": trust,
+        "attn_implementation": attn_implementation,
+    }
     if model.get("revision"):
         kwargs["revision"] = model["revision"]
     if gguf:
@@ -129,11 +146,13 @@ def load_model(model: dict, *, device: str = "cpu", dtype: str = "float32",
         kwargs["use_safetensors"] = True
     try:
         lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         msg = str(e)
         if "trust_remote_code" in msg:
-            msg = ("the model needs code from its repository; register it with "
-                   "--trust-remote-code if you trust that code")
+            msg = (
+                "the model needs code from its repository; register it with "
+                "--trust-remote-code if you trust that code"
+            )
         raise ModelLoadError(f"model {name!r}: cannot load weights from {folder}: {msg}") from None
     lm.eval()
     lm.to(torch.device(device))
@@ -147,10 +166,13 @@ def weight_files(model: dict) -> list[Path]:
         try:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(folder, revision=model.get("revision"),
-                                       local_files_only=True,
-                                       allow_patterns=[gguf] if gguf else ["*.safetensors"])
-        except Exception:   # noqa: BLE001 - no local copy: no fingerprint, said as such
+            folder = snapshot_download(
+                folder,
+                revision=model.get("revision"),
+                local_files_only=True,
+                allow_patterns=[gguf] if gguf else ["*.safetensors"],
+            )
+        except Exception:  # noqa: BLE001 - no local copy: no fingerprint, said as such
             return []
     p = Path(folder)
     if gguf:

@@ -6,41 +6,76 @@ rules are documented as a table in ``docs/models.md``; keep the two in step.
 Every function returns the value *and* the reason, because the registry
 records in ``models.inferred`` what was inferred from what.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
 POST_TRAINING_TYPES: tuple[str, ...] = (
-    "base", "instruct", "reasoning", "vision", "code", "math", "other")
+    "base",
+    "instruct",
+    "reasoning",
+    "vision",
+    "code",
+    "math",
+    "other",
+)
 
 # Families and the lowercase word that names them.  Order matters only when a
 # name contains two family words (e.g. "DeepSeek-R1-Distill-Qwen-7B" is a Qwen
 # network, so qwen/llama come before deepseek).
 FAMILY_WORDS: tuple[tuple[str, str], ...] = (
-    ("qwen", "qwen"), ("qwen", "qwq"), ("llama", "llama"), ("olmo", "olmo"),
-    ("smollm", "smollm"), ("gemma", "gemma"), ("mistral", "mistral"),
-    ("mistral", "mixtral"), ("phi", "phi"), ("deepseek", "deepseek"),
-    ("falcon", "falcon"), ("pythia", "pythia"), ("gpt2", "gpt2"),
+    ("qwen", "qwen"),
+    ("qwen", "qwq"),
+    ("llama", "llama"),
+    ("olmo", "olmo"),
+    ("smollm", "smollm"),
+    ("gemma", "gemma"),
+    ("mistral", "mistral"),
+    ("mistral", "mixtral"),
+    ("phi", "phi"),
+    ("deepseek", "deepseek"),
+    ("falcon", "falcon"),
+    ("pythia", "pythia"),
+    ("gpt2", "gpt2"),
 )
 
 # config.json "model_type" / GGUF "general.architecture" -> (family, generation or None).
 # qwen2 is shared by Qwen1.5, 2 and 2.5, llama by every Llama, so those give no generation.
 ARCHITECTURES: dict[str, tuple[str, str | None]] = {
-    "qwen": ("qwen", "1"), "qwen2": ("qwen", None), "qwen2_moe": ("qwen", None),
-    "qwen2_vl": ("qwen", "2"), "qwen2_5_vl": ("qwen", "2.5"),
-    "qwen3": ("qwen", "3"), "qwen3_moe": ("qwen", "3"), "qwen3_next": ("qwen", "3"),
-    "qwen3_vl": ("qwen", "3"), "qwen3_vl_moe": ("qwen", "3"),
-    "qwen3_5": ("qwen", "3.5"), "qwen3_5_text": ("qwen", "3.5"), "qwen3_5_moe": ("qwen", "3.5"),
-    "llama": ("llama", None), "mllama": ("llama", "3.2"), "llama4": ("llama", "4"),
-    "olmo": ("olmo", "1"), "olmo2": ("olmo", "2"), "olmo3": ("olmo", "3"),
+    "qwen": ("qwen", "1"),
+    "qwen2": ("qwen", None),
+    "qwen2_moe": ("qwen", None),
+    "qwen2_vl": ("qwen", "2"),
+    "qwen2_5_vl": ("qwen", "2.5"),
+    "qwen3": ("qwen", "3"),
+    "qwen3_moe": ("qwen", "3"),
+    "qwen3_next": ("qwen", "3"),
+    "qwen3_vl": ("qwen", "3"),
+    "qwen3_vl_moe": ("qwen", "3"),
+    "qwen3_5": ("qwen", "3.5"),
+    "qwen3_5_text": ("qwen", "3.5"),
+    "qwen3_5_moe": ("qwen", "3.5"),
+    "llama": ("llama", None),
+    "mllama": ("llama", "3.2"),
+    "llama4": ("llama", "4"),
+    "olmo": ("olmo", "1"),
+    "olmo2": ("olmo", "2"),
+    "olmo3": ("olmo", "3"),
     "olmoe": ("olmo", None),
     "smollm3": ("smollm", "3"),
-    "gemma": ("gemma", "1"), "gemma2": ("gemma", "2"), "gemma3": ("gemma", "3"),
+    "gemma": ("gemma", "1"),
+    "gemma2": ("gemma", "2"),
+    "gemma3": ("gemma", "3"),
     "gemma3_text": ("gemma", "3"),
-    "mistral": ("mistral", None), "mixtral": ("mistral", None),
-    "phi": ("phi", None), "phi3": ("phi", "3"),
-    "gpt2": ("gpt2", "2"), "falcon": ("falcon", None), "gpt_neox": ("other", None),
+    "mistral": ("mistral", None),
+    "mixtral": ("mistral", None),
+    "phi": ("phi", None),
+    "phi3": ("phi", "3"),
+    "gpt2": ("gpt2", "2"),
+    "falcon": ("falcon", None),
+    "gpt_neox": ("other", None),
 }
 
 # Generations whose un-suffixed name is the post-trained model and whose base
@@ -71,11 +106,11 @@ _SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])")
 class Inference:
     """What the name says, each value with the reason it was chosen."""
 
-    family: tuple[str, str] | None = None           # (value, reason)
+    family: tuple[str, str] | None = None  # (value, reason)
     generation: tuple[str, str] | None = None
     post_training: tuple[str, str] | None = None
-    base_candidate: str | None = None               # models.name the base would have
-    size_label: str | None = None                   # "7b", "135m": only to pair a base
+    base_candidate: str | None = None  # models.name the base would have
+    size_label: str | None = None  # "7b", "135m": only to pair a base
     notes: list[str] = field(default_factory=list)
 
 
@@ -144,22 +179,29 @@ def infer_from_name(name: str) -> Inference:
     math = next((t for t in toks if "math" in t), None)
     vision = has(_VISION) or next((t for t in toks if t.startswith("llava")), None)
     reasoning = has(_REASONING) or next(
-        (t for t in toks if t.startswith("think") or t.startswith("qwq")), None)
+        (t for t in toks if t.startswith("think") or t.startswith("qwq")), None
+    )
     instruct = has(_INSTRUCT) or next((t for t in toks if t.startswith("instruct")), None)
     base = has(_BASE)
-    for value, tok in (("vision", vision), ("code", code), ("math", math),
-                       ("reasoning", reasoning), ("instruct", instruct), ("base", base)):
+    for value, tok in (
+        ("vision", vision),
+        ("code", code),
+        ("math", math),
+        ("reasoning", reasoning),
+        ("instruct", instruct),
+        ("base", base),
+    ):
         if tok:
             inf.post_training = (value, f"name token '{tok}'")
             break
     else:
-        key = (inf.family[0] if inf.family else None,
-               inf.generation[0] if inf.generation else None)
+        key = (inf.family[0] if inf.family else None, inf.generation[0] if inf.generation else None)
         if key in UNSUFFIXED_POST_TRAINED:
             inf.post_training = (
                 UNSUFFIXED_POST_TRAINED[key],
                 f"no suffix: the un-suffixed {key[0]} {key[1]} model is post-trained "
-                f"(hybrid reasoning); its base is '-Base'")
+                f"(hybrid reasoning); its base is '-Base'",
+            )
         else:
             inf.post_training = ("base", "no post-training marker in name")
 
@@ -170,7 +212,7 @@ def infer_from_name(name: str) -> Inference:
 
 def _base_name(owner: str, repo: str, inf: Inference) -> str | None:
     """The name the base model would have, by the family's naming rule, or None."""
-    parts = re.split(r"([-_])", repo)           # keep separators to rebuild the name
+    parts = re.split(r"([-_])", repo)  # keep separators to rebuild the name
     kept: list[str] = []
     removed_any = False
     drop_date = False
@@ -179,23 +221,26 @@ def _base_name(owner: str, repo: str, inf: Inference) -> str | None:
         low = tok.lower()
         if low in _STRIP_FOR_BASE or (drop_date and re.fullmatch(r"\d{4}", low)):
             removed_any = True
-            drop_date = low in _INSTRUCT or low in _REASONING   # "Instruct-2507"
+            drop_date = low in _INSTRUCT or low in _REASONING  # "Instruct-2507"
             continue
         drop_date = False
         if kept:
             kept.append(parts[i - 1])
         kept.append(tok)
     stem = "".join(kept)
-    key = (inf.family[0] if inf.family else None,
-           inf.generation[0] if inf.generation else None)
+    key = (inf.family[0] if inf.family else None, inf.generation[0] if inf.generation else None)
     if key in UNSUFFIXED_POST_TRAINED:
         stem, removed_any = stem + "-Base", True
     elif key == ("gemma", "3") and removed_any:
         stem += "-pt"
     # A base name must still name the family ("QwQ-32B" has no rule) and a
     # distillation's base is another family's model, not its name minus tokens.
-    if (not removed_any or stem == repo or "distill" in repo.lower()
-            or not any(word in stem.lower() for _, word in FAMILY_WORDS)):
+    if (
+        not removed_any
+        or stem == repo
+        or "distill" in repo.lower()
+        or not any(word in stem.lower() for _, word in FAMILY_WORDS)
+    ):
         return None
     return f"{owner}/{stem}" if owner else stem
 

@@ -15,29 +15,36 @@ are therefore not detected; declare a set if you want one.
 Declared sets (``--options EXPERIMENT=A|B`` or ``--options-file``) replace
 detected ones and are never overwritten by detection.
 """
+
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import duckdb
 
-from warehouse.db import WarehouseError, transaction
-from warehouse.queries import where_clause
+from psystats.warehouse.db import WarehouseError, transaction
+from psystats.warehouse.queries import where_clause
 
 MAX_OPTIONS = 10
 MIN_COUNT = 5
 MIN_SHARE = 0.01
 
 
-def detect(con: duckdb.DuckDBPyConnection, experiments: Sequence[str] | None = None, *,
-           max_options: int = MAX_OPTIONS, min_count: int = MIN_COUNT,
-           min_share: float = MIN_SHARE) -> dict[str, list[str]]:
+def detect(
+    con: duckdb.DuckDBPyConnection,
+    experiments: Sequence[str] | None = None,
+    *,
+    max_options: int = MAX_OPTIONS,
+    min_count: int = MIN_COUNT,
+    min_share: float = MIN_SHARE,
+) -> dict[str, list[str]]:
     """Option sets found in the data, by experiment (options sorted)."""
     where, params = where_clause({"experiment": experiments})
-    rows = con.execute(f"""
+    rows = con.execute(
+        f"""
         WITH c AS (SELECT experiment, text, count(*) AS n FROM responses {where}
                    GROUP BY experiment, text),
              e AS (SELECT experiment, count(*) AS k, sum(n) AS total, min(n) AS least
@@ -45,7 +52,9 @@ def detect(con: duckdb.DuckDBPyConnection, experiments: Sequence[str] | None = N
         SELECT c.experiment, c.text FROM c JOIN e USING (experiment)
         WHERE e.k <= ? AND e.least >= greatest(?, ? * e.total)
         ORDER BY c.experiment, c.text
-    """, params + [max_options, min_count, min_share]).fetchall()
+    """,
+        params + [max_options, min_count, min_share],
+    ).fetchall()
     out: dict[str, list[str]] = {}
     for exp, text in rows:
         out.setdefault(exp, []).append(text)
@@ -64,7 +73,8 @@ def parse_declarations(values: Sequence[str] = (), path: str | None = None) -> d
         options = [o for o in opts.split("|") if o != ""]
         if not sep or not exp or len(options) < 2:
             raise WarehouseError(
-                f"--options {v!r}: expected EXPERIMENT=OPTION|OPTION[|...] with at least two options")
+                f"--options {v!r}: expected EXPERIMENT=OPTION|OPTION[|...] with at least two options"
+            )
         out[exp] = options
     if path:
         p = Path(path)
@@ -96,9 +106,13 @@ def parse_declarations(values: Sequence[str] = (), path: str | None = None) -> d
     return {e: sorted(set(o)) for e, o in out.items()}
 
 
-def ensure(con: duckdb.DuckDBPyConnection, experiments: Sequence[str],
-           declared: dict[str, list[str]] | None = None, *, detect_sets: bool = True
-           ) -> dict[str, list[str]]:
+def ensure(
+    con: duckdb.DuckDBPyConnection,
+    experiments: Sequence[str],
+    declared: dict[str, list[str]] | None = None,
+    *,
+    detect_sets: bool = True,
+) -> dict[str, list[str]]:
     """Store declared sets, detect missing ones, and return the sets of ``experiments``.
 
     One transaction.  Declared sets replace what an experiment had; detection
@@ -110,30 +124,40 @@ def ensure(con: duckdb.DuckDBPyConnection, experiments: Sequence[str],
         known = {r[0] for r in con.execute("SELECT experiment FROM experiments").fetchall()}
         missing = [e for e in unknown if e not in known]
         if missing:
-            raise WarehouseError(f"option set declared for unknown experiment(s): {', '.join(missing)}")
+            raise WarehouseError(
+                f"option set declared for unknown experiment(s): {', '.join(missing)}"
+            )
     with transaction(con):
         for exp, opts in declared.items():
             con.execute("DELETE FROM option_sets WHERE experiment = ?", [exp])
-            con.executemany("INSERT INTO option_sets VALUES (?, ?, 'declared')",
-                            [[exp, o] for o in opts])
+            con.executemany(
+                "INSERT INTO option_sets VALUES (?, ?, 'declared')", [[exp, o] for o in opts]
+            )
         if detect_sets and experiments:
             where, params = where_clause({"experiment": list(experiments)})
-            have = {r[0] for r in con.execute(
-                f"SELECT DISTINCT experiment FROM option_sets {where}", params).fetchall()}
+            have = {
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT experiment FROM option_sets {where}", params
+                ).fetchall()
+            }
             todo = [e for e in experiments if e not in have]
             if todo:
                 for exp, opts in detect(con, todo).items():
-                    con.executemany("INSERT INTO option_sets VALUES (?, ?, 'detected')",
-                                    [[exp, o] for o in opts])
+                    con.executemany(
+                        "INSERT INTO option_sets VALUES (?, ?, 'detected')",
+                        [[exp, o] for o in opts],
+                    )
     return stored(con, experiments)
 
 
-def stored(con: duckdb.DuckDBPyConnection, experiments: Sequence[str] | None = None
-           ) -> dict[str, list[str]]:
+def stored(
+    con: duckdb.DuckDBPyConnection, experiments: Sequence[str] | None = None
+) -> dict[str, list[str]]:
     where, params = where_clause({"experiment": experiments})
     out: dict[str, list[str]] = {}
     for exp, opt in con.execute(
-            f"SELECT experiment, option FROM option_sets {where} ORDER BY experiment, option",
-            params).fetchall():
+        f"SELECT experiment, option FROM option_sets {where} ORDER BY experiment, option", params
+    ).fetchall():
         out.setdefault(exp, []).append(opt)
     return out

@@ -19,6 +19,7 @@ Sources
   name, exactly the two arguments ``transformers`` takes
   (``from_pretrained(source, gguf_file=gguf_file)``).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,28 +30,51 @@ from typing import Any
 
 import duckdb
 
-from warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.db import WarehouseError, scalar, transaction
 
 from . import naming
 from .naming import POST_TRAINING_TYPES
 
 # Fields a user may set (``psystats models set`` / ``models load``) and their types.
 EDITABLE: dict[str, type] = {
-    "source": str, "revision": str, "gguf_file": str, "tokenizer_source": str,
-    "family": str, "generation": str, "generation_order": float, "n_params": int,
-    "post_training": str, "base_model": str, "trust_remote_code": bool,
+    "source": str,
+    "revision": str,
+    "gguf_file": str,
+    "tokenizer_source": str,
+    "family": str,
+    "generation": str,
+    "generation_order": float,
+    "n_params": int,
+    "post_training": str,
+    "base_model": str,
+    "trust_remote_code": bool,
 }
 # Friendlier names accepted in files and on the command line.
 ALIASES = {"type": "post_training", "base": "base_model", "params": "n_params"}
 
-_COLUMNS = ("model_id", "name", "source", "revision", "gguf_file", "tokenizer_source", "family",
-            "generation", "generation_order", "n_params", "post_training", "base_model",
-            "trust_remote_code", "inferred", "created_at")
+_COLUMNS = (
+    "model_id",
+    "name",
+    "source",
+    "revision",
+    "gguf_file",
+    "tokenizer_source",
+    "family",
+    "generation",
+    "generation_order",
+    "n_params",
+    "post_training",
+    "base_model",
+    "trust_remote_code",
+    "inferred",
+    "created_at",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 USER = "user"
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def _row(con: duckdb.DuckDBPyConnection, where: str, params: list) -> dict | None:
     rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM models WHERE {where}", params).fetchall()
@@ -65,7 +89,8 @@ def list_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """Every registered model as a dict, by family, generation, size and name."""
     names = con.execute(
         "SELECT name FROM models ORDER BY family NULLS LAST, generation_order NULLS LAST, "
-        "n_params NULLS LAST, name").fetchall()
+        "n_params NULLS LAST, name"
+    ).fetchall()
     return [get_model(con, n) for (n,) in names]
 
 
@@ -74,12 +99,13 @@ def get_model(con: duckdb.DuckDBPyConnection, name: str) -> dict:
     row = _row(con, "name = ?", [name])
     if row is None:
         hint = ""
-        close = con.execute("SELECT name FROM models WHERE lower(name) LIKE ? ORDER BY name LIMIT 5",
-                            [f"%{name.lower().rsplit('/', 1)[-1]}%"]).fetchall()
+        close = con.execute(
+            "SELECT name FROM models WHERE lower(name) LIKE ? ORDER BY name LIMIT 5",
+            [f"%{name.lower().rsplit('/', 1)[-1]}%"],
+        ).fetchall()
         if close:
             hint = f" (registered: {', '.join(n for (n,) in close)})"
-        raise WarehouseError(
-            f"model {name!r} is not registered{hint}: psystats models add {name}")
+        raise WarehouseError(f"model {name!r} is not registered{hint}: psystats models add {name}")
     return row
 
 
@@ -93,13 +119,15 @@ def resolve_model(con: duckdb.DuckDBPyConnection, name_or_source: str, **add_kwa
     _, source, gguf_file = _classify(name_or_source, add_kwargs.get("gguf_file"))
     rows = con.execute(
         "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? ORDER BY model_id",
-        [source, gguf_file or ""]).fetchall()
+        [source, gguf_file or ""],
+    ).fetchall()
     if rows:
         return get_model(con, rows[0][0])
     return add_model(con, name_or_source, **add_kwargs)
 
 
 # --------------------------------------------------------------------------- inspecting weights
+
 
 def _classify(source: str, gguf_file: str | None) -> tuple[str, str, str | None]:
     """('folder' | 'gguf' | 'hub', normalised source, gguf file name) for what the user typed."""
@@ -110,18 +138,23 @@ def _classify(source: str, gguf_file: str | None) -> tuple[str, str, str | None]
             if path.suffix.lower() != ".gguf":
                 raise WarehouseError(
                     f"{source}: a file that is not .gguf; give a model folder (safetensors), "
-                    f"a .gguf file or a Hugging Face id")
+                    f"a .gguf file or a Hugging Face id"
+                )
             return "gguf", str(path.parent), path.name
         if gguf_file:
             if not (path / gguf_file).is_file():
                 raise WarehouseError(f"{source}: no GGUF file {gguf_file!r} in this folder")
             return "gguf", str(path), gguf_file
         return "folder", str(path), None
-    looks_like_path = (source.startswith(("/", "./", "../", "~", "\\"))
-                       or source.lower().endswith(".gguf") or source.count("/") > 1)
+    looks_like_path = (
+        source.startswith(("/", "./", "../", "~", "\\"))
+        or source.lower().endswith(".gguf")
+        or source.count("/") > 1
+    )
     if looks_like_path or not _HUB_ID.match(source):
         raise WarehouseError(
-            f"{source}: no such file or folder, and not a Hugging Face id (owner/name)")
+            f"{source}: no such file or folder, and not a Hugging Face id (owner/name)"
+        )
     return "hub", source, gguf_file
 
 
@@ -162,7 +195,8 @@ def count_safetensors_params(folder: str | Path, config: dict | None = None) -> 
             for key in st.keys():
                 shapes[key] = st.get_slice(key).get_shape()
     tied = bool((config or {}).get("tie_word_embeddings")) and any(
-        k.endswith("embed_tokens.weight") for k in shapes)
+        k.endswith("embed_tokens.weight") for k in shapes
+    )
     total = 0
     for key, shape in shapes.items():
         if tied and key.endswith("lm_head.weight"):
@@ -184,8 +218,13 @@ def read_gguf(path: str | Path) -> tuple[int, dict[str, Any]]:
         raise WarehouseError(f"{path}: not a readable GGUF file ({e})") from None
     n = sum(int(t.n_elements) for t in reader.tensors)
     meta: dict[str, Any] = {}
-    for key in ("general.architecture", "general.basename", "general.name", "general.finetune",
-                "general.size_label"):
+    for key in (
+        "general.architecture",
+        "general.basename",
+        "general.name",
+        "general.finetune",
+        "general.size_label",
+    ):
         fld = reader.fields.get(key)
         if fld is not None:
             try:
@@ -200,12 +239,15 @@ def _hub_offline() -> bool:
         return True
     try:
         from huggingface_hub import constants
+
         return bool(constants.HF_HUB_OFFLINE)
     except ImportError:
         return True
 
 
-def _hub_facts(repo: str, revision: str | None, gguf_file: str | None) -> tuple[dict, int | None, str]:
+def _hub_facts(
+    repo: str, revision: str | None, gguf_file: str | None
+) -> tuple[dict, int | None, str]:
     """(config, parameter count, how) for a hub id, without downloading weights.
 
     The local cache is used first.  Over the network only the safetensors
@@ -234,11 +276,17 @@ def _hub_facts(repo: str, revision: str | None, gguf_file: str | None) -> tuple[
     try:
         meta = get_safetensors_metadata(repo, revision=revision)
     except Exception as e:  # no network, no such repo, gated, no safetensors...
-        return config, None, f"not counted: hub safetensors metadata unavailable ({type(e).__name__}); set n_params"
+        return (
+            config,
+            None,
+            f"not counted: hub safetensors metadata unavailable ({type(e).__name__}); set n_params",
+        )
     n = int(sum(meta.parameter_count.values()))
     if not config:
         try:
-            config = _read_config(Path(hf_hub_download(repo, "config.json", revision=revision)).parent)
+            config = _read_config(
+                Path(hf_hub_download(repo, "config.json", revision=revision)).parent
+            )
         except Exception:
             pass  # the parameter count is what matters; the name rules still apply
     return config, n, "hub safetensors headers (huggingface_hub.get_safetensors_metadata)"
@@ -246,8 +294,14 @@ def _hub_facts(repo: str, revision: str | None, gguf_file: str | None) -> tuple[
 
 # --------------------------------------------------------------------------- inference
 
-def describe(source: str | None, *, name: str | None = None, gguf_file: str | None = None,
-             revision: str | None = None) -> dict:
+
+def describe(
+    source: str | None,
+    *,
+    name: str | None = None,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+) -> dict:
     """Everything the registry can infer about a model, without touching the warehouse.
 
     Returns the column values (``inferred`` as a dict, plus the private keys
@@ -278,13 +332,20 @@ def describe(source: str | None, *, name: str | None = None, gguf_file: str | No
             if len(ggufs) == 1:
                 return describe(str(folder / ggufs[0]), name=name, revision=revision)
             if ggufs:
-                raise WarehouseError(f"{folder}: several GGUF files ({', '.join(ggufs)}); "
-                                     f"choose one with --gguf-file")
+                raise WarehouseError(
+                    f"{folder}: several GGUF files ({', '.join(ggufs)}); "
+                    f"choose one with --gguf-file"
+                )
             pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
             raise WarehouseError(
                 f"{folder}: no safetensors or GGUF weights"
-                + (f" (found {', '.join(pickles[:3])}: psystats never loads pickle checkpoints; "
-                   f"convert them to safetensors)" if pickles else ""))
+                + (
+                    f" (found {', '.join(pickles[:3])}: psystats never loads pickle checkpoints; "
+                    f"convert them to safetensors)"
+                    if pickles
+                    else ""
+                )
+            )
         default_name = folder.name
     elif kind == "hub":
         config, n_params, n_how = _hub_facts(source, revision, gguf_file)
@@ -296,8 +357,11 @@ def describe(source: str | None, *, name: str | None = None, gguf_file: str | No
     # The name speaks first (it says "Instruct", "2.5"), then config / GGUF metadata.
     # Read the name the weights came with (hub id, folder, GGUF file), then
     # the user's --name, then config's _name_or_path: the first naming a family.
-    readable = [naming.strip_quant(Path(gguf_file).stem) if kind == "gguf" else default_name,
-                name, config.get("_name_or_path")]
+    readable = [
+        naming.strip_quant(Path(gguf_file).stem) if kind == "gguf" else default_name,
+        name,
+        config.get("_name_or_path"),
+    ]
     readable = [r for r in readable if isinstance(r, str) and r]
     by_name = naming.infer_from_name(readable[0])
     for r in readable[1:]:
@@ -305,7 +369,9 @@ def describe(source: str | None, *, name: str | None = None, gguf_file: str | No
             by_name = naming.infer_from_name(r)
     family, generation = by_name.family, by_name.generation
     arch = config.get("model_type") or gguf_meta.get("architecture")
-    arch_from = "config.json model_type" if config.get("model_type") else "GGUF general.architecture"
+    arch_from = (
+        "config.json model_type" if config.get("model_type") else "GGUF general.architecture"
+    )
     if gguf_meta.get("basename") and (family is None or generation is None):
         by_meta = naming.infer_from_name(str(gguf_meta["basename"]))
         if family is None and by_meta.family:
@@ -319,7 +385,10 @@ def describe(source: str | None, *, name: str | None = None, gguf_file: str | No
         if generation is None and gen_a and fam_a == family[0]:
             generation = (gen_a, f"{arch_from} {arch!r}")
     if family is None:
-        family = ("other", "no known family in name" + (f" or architecture {arch!r}" if arch else ""))
+        family = (
+            "other",
+            "no known family in name" + (f" or architecture {arch!r}" if arch else ""),
+        )
     post = by_name.post_training
     if kind == "external" and family[0] == "other" and post[1].startswith("no post-training"):
         post = ("other", "external scorer of no known model family")
@@ -327,18 +396,25 @@ def describe(source: str | None, *, name: str | None = None, gguf_file: str | No
         # The generation may have come from the config (e.g. a local "my-qwen3" folder).
         key = (family[0], generation[0])
         if key in naming.UNSUFFIXED_POST_TRAINED:
-            post = (naming.UNSUFFIXED_POST_TRAINED[key],
-                    f"no suffix: un-suffixed {key[0]} {key[1]} models are post-trained")
+            post = (
+                naming.UNSUFFIXED_POST_TRAINED[key],
+                f"no suffix: un-suffixed {key[0]} {key[1]} models are post-trained",
+            )
 
     inferred["family"] = {"value": family[0], "from": family[1]}
-    inferred["generation"] = {"value": generation[0] if generation else None,
-                              "from": generation[1] if generation else "not found in name or config"}
+    inferred["generation"] = {
+        "value": generation[0] if generation else None,
+        "from": generation[1] if generation else "not found in name or config",
+    }
     order = naming.generation_order(generation[0] if generation else None)
     inferred["generation_order"] = {"value": order, "from": "generation"}
     inferred["post_training"] = {"value": post[0], "from": post[1]}
     inferred["n_params"] = {"value": n_params, "from": n_how}
-    inferred["base_model"] = {"value": None, "candidate": by_name.base_candidate,
-                              "from": "no registered base yet"}
+    inferred["base_model"] = {
+        "value": None,
+        "candidate": by_name.base_candidate,
+        "from": "no registered base yet",
+    }
     if by_name.size_label:
         inferred["size_label"] = by_name.size_label
     if arch:
@@ -347,10 +423,17 @@ def describe(source: str | None, *, name: str | None = None, gguf_file: str | No
         inferred["needs_remote_code"] = True
     inferred["source_kind"] = kind
     return {
-        "name": name, "source": source if kind != "external" else None, "revision": revision,
-        "gguf_file": gguf_file, "tokenizer_source": None, "family": family[0],
-        "generation": generation[0] if generation else None, "generation_order": order,
-        "n_params": n_params, "post_training": post[0], "base_model": None,
+        "name": name,
+        "source": source if kind != "external" else None,
+        "revision": revision,
+        "gguf_file": gguf_file,
+        "tokenizer_source": None,
+        "family": family[0],
+        "generation": generation[0] if generation else None,
+        "generation_order": order,
+        "n_params": n_params,
+        "post_training": post[0],
+        "base_model": None,
         "inferred": inferred,
     }
 
@@ -360,8 +443,10 @@ def _coerce(field: str, value: Any, where: str = "") -> Any:
     field = ALIASES.get(field, field)
     prefix = f"{where}: " if where else ""
     if field not in EDITABLE:
-        raise WarehouseError(f"{prefix}unknown field {field!r}; editable fields: "
-                             f"{', '.join(EDITABLE)} (aliases: {', '.join(ALIASES)})")
+        raise WarehouseError(
+            f"{prefix}unknown field {field!r}; editable fields: "
+            f"{', '.join(EDITABLE)} (aliases: {', '.join(ALIASES)})"
+        )
     kind = EDITABLE[field]
     given = value
     if value is None or (isinstance(value, str) and value.strip().lower() in {"", "null", "none"}):
@@ -377,7 +462,7 @@ def _coerce(field: str, value: Any, where: str = "") -> Any:
                 raise ValueError
             return text in {"true", "1", "yes"}
         if kind is int:
-            if isinstance(value, str):   # "134515008", "1.5e9", "7_615_616_512"
+            if isinstance(value, str):  # "134515008", "1.5e9", "7_615_616_512"
                 text = value.strip().replace("_", "")
                 value = float(text) if re.search(r"[.eE]", text) else int(text)
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -392,32 +477,49 @@ def _coerce(field: str, value: Any, where: str = "") -> Any:
         raise WarehouseError(f"{prefix}{field}: {given!r} is not a valid {kind.__name__}") from None
     value = str(value).strip()
     if field == "post_training" and value not in POST_TRAINING_TYPES:
-        raise WarehouseError(f"{prefix}post_training: {value!r} is not one of "
-                             f"{', '.join(POST_TRAINING_TYPES)}")
+        raise WarehouseError(
+            f"{prefix}post_training: {value!r} is not one of {', '.join(POST_TRAINING_TYPES)}"
+        )
     return value
 
 
 # --------------------------------------------------------------------------- writing
+
 
 def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) -> None:
     con.execute(
         "INSERT INTO models (model_id, name, source, revision, gguf_file, tokenizer_source, family, "
         "generation, generation_order, n_params, post_training, base_model, trust_remote_code, "
         "inferred) VALUES (nextval('model_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [row["name"], row["source"], row["revision"], row["gguf_file"], row["tokenizer_source"],
-         row["family"], row["generation"], row["generation_order"], row["n_params"],
-         row["post_training"], row["base_model"], trust_remote_code, json.dumps(row["inferred"])])
+        [
+            row["name"],
+            row["source"],
+            row["revision"],
+            row["gguf_file"],
+            row["tokenizer_source"],
+            row["family"],
+            row["generation"],
+            row["generation_order"],
+            row["n_params"],
+            row["post_training"],
+            row["base_model"],
+            trust_remote_code,
+            json.dumps(row["inferred"]),
+        ],
+    )
 
 
 def _update(con: duckdb.DuckDBPyConnection, name: str, values: dict, inferred: dict) -> None:
     cols = list(values)
     con.execute(
         f"UPDATE models SET {', '.join(f'{c} = ?' for c in cols)}, inferred = ? WHERE name = ?",
-        [values[c] for c in cols] + [json.dumps(inferred), name])
+        [values[c] for c in cols] + [json.dumps(inferred), name],
+    )
 
 
-def _apply(con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any], how: str,
-           where: str = "") -> dict:
+def _apply(
+    con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any], how: str, where: str = ""
+) -> dict:
     """Set user-given fields on a registered model (inside the caller's transaction)."""
     row = get_model(con, name)
     values: dict[str, Any] = {}
@@ -449,8 +551,11 @@ def _resolve_base(con: duckdb.DuckDBPyConnection, base: str) -> str:
         _, source, gguf_file = _classify(base, None)
     except WarehouseError:
         return base
-    rows = con.execute("SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? "
-                       "ORDER BY model_id", [source, gguf_file or ""]).fetchall()
+    rows = con.execute(
+        "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? "
+        "ORDER BY model_id",
+        [source, gguf_file or ""],
+    ).fetchall()
     return rows[0][0] if rows else base
 
 
@@ -463,9 +568,11 @@ def link_bases(con: duckdb.DuckDBPyConnection) -> int:
     """
     rows = con.execute(
         "SELECT name, family, generation, inferred FROM models "
-        "WHERE base_model IS NULL AND post_training <> 'base'").fetchall()
+        "WHERE base_model IS NULL AND post_training <> 'base'"
+    ).fetchall()
     bases = con.execute(
-        "SELECT name, family, generation, inferred FROM models WHERE post_training = 'base'").fetchall()
+        "SELECT name, family, generation, inferred FROM models WHERE post_training = 'base'"
+    ).fetchall()
     registered = {b[0] for b in bases}
     changed = 0
     for name, family, generation, inferred_json in rows:
@@ -479,9 +586,15 @@ def link_bases(con: duckdb.DuckDBPyConnection) -> int:
             base, why = candidate, f"family naming rule -> {candidate}"
         else:
             size = inferred.get("size_label")
-            same = [b for b, fam, gen, inf in bases
-                    if size and generation and fam == family and gen == generation
-                    and json.loads(inf or "{}").get("size_label") == size]
+            same = [
+                b
+                for b, fam, gen, inf in bases
+                if size
+                and generation
+                and fam == family
+                and gen == generation
+                and json.loads(inf or "{}").get("size_label") == size
+            ]
             if len(same) == 1:
                 base, why = same[0], f"the only registered {family} {generation} {size} base model"
         if base and base != name:
@@ -491,9 +604,19 @@ def link_bases(con: duckdb.DuckDBPyConnection) -> int:
     return changed
 
 
-def _add(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str | None, base: str | None,
-         post_training: str | None, gguf_file: str | None, revision: str | None,
-         trust_remote_code: bool, overrides: dict | None, how: str = USER) -> dict:
+def _add(
+    con: duckdb.DuckDBPyConnection,
+    source: str | None,
+    *,
+    name: str | None,
+    base: str | None,
+    post_training: str | None,
+    gguf_file: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    overrides: dict | None,
+    how: str = USER,
+) -> dict:
     """add_model without its transaction (``models load`` and the importer batch several)."""
     explicit = dict(overrides or {})
     if base is not None:
@@ -506,7 +629,8 @@ def _add(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str | None
         rows = con.execute(
             "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? "
             "AND coalesce(revision, '') = ? ORDER BY model_id",
-            [src, gg or "", revision or ""]).fetchall()
+            [src, gg or "", revision or ""],
+        ).fetchall()
         if rows:
             name = rows[0][0]
     if name is not None:
@@ -515,25 +639,39 @@ def _add(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str | None
             if source is not None:
                 _, src, gg = _classify(source, gguf_file)
                 if (src, gg or None) != (existing["source"], existing["gguf_file"]) or (
-                        revision is not None and revision != existing["revision"]):
+                    revision is not None and revision != existing["revision"]
+                ):
                     raise WarehouseError(
                         f"model {name!r} is already registered with source {existing['source']!r}"
                         f"{' (' + existing['gguf_file'] + ')' if existing['gguf_file'] else ''}"
                         f"{' at revision ' + existing['revision'] if existing['revision'] else ''}; "
-                        f"choose another --name or `psystats models remove {name}` first")
+                        f"choose another --name or `psystats models remove {name}` first"
+                    )
             if trust_remote_code and not existing["trust_remote_code"]:
                 explicit["trust_remote_code"] = True
-            changed = {k: v for k, v in explicit.items()
-                       if existing.get(ALIASES.get(k, k)) != _coerce(k, v)}
+            changed = {
+                k: v
+                for k, v in explicit.items()
+                if existing.get(ALIASES.get(k, k)) != _coerce(k, v)
+            }
             row = _apply(con, name, changed, how) if changed else existing
             link_bases(con)
             return get_model(con, name)
     row = describe(source, name=name, gguf_file=gguf_file, revision=revision)
     if _row(con, "name = ?", [row["name"]]) is not None:
         # Same default name (e.g. the hub id) registered before: idempotent.
-        return _add(con, source, name=row["name"], base=base, post_training=post_training,
-                    gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code,
-                    overrides=overrides, how=how)
+        return _add(
+            con,
+            source,
+            name=row["name"],
+            base=base,
+            post_training=post_training,
+            gguf_file=gguf_file,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            overrides=overrides,
+            how=how,
+        )
     for key, raw in explicit.items():
         field = ALIASES.get(key, key)
         value = _coerce(field, raw)
@@ -543,7 +681,10 @@ def _add(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str | None
         row["inferred"][field] = {"value": value, "from": how}
         if field == "generation" and "generation_order" not in explicit:
             row["generation_order"] = naming.generation_order(value)
-            row["inferred"]["generation_order"] = {"value": row["generation_order"], "from": "generation"}
+            row["inferred"]["generation_order"] = {
+                "value": row["generation_order"],
+                "from": "generation",
+            }
     if row["base_model"] is not None and row["base_model"] == row["name"]:
         raise WarehouseError("a model cannot be its own base")
     _insert(con, row, bool(explicit.get("trust_remote_code", trust_remote_code)))
@@ -551,10 +692,18 @@ def _add(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str | None
     return get_model(con, row["name"])
 
 
-def add_model(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str | None = None,
-              base: str | None = None, post_training: str | None = None,
-              gguf_file: str | None = None, revision: str | None = None,
-              trust_remote_code: bool = False, overrides: dict | None = None) -> dict:
+def add_model(
+    con: duckdb.DuckDBPyConnection,
+    source: str | None,
+    *,
+    name: str | None = None,
+    base: str | None = None,
+    post_training: str | None = None,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    overrides: dict | None = None,
+) -> dict:
     """Register a model (idempotently) and return its row.
 
     ``source`` is a hub id, a local safetensors folder, a local ``.gguf`` file
@@ -566,9 +715,17 @@ def add_model(con: duckdb.DuckDBPyConnection, source: str | None, *, name: str |
     fields given explicitly; the same name with another source is an error.
     """
     with transaction(con):
-        return _add(con, source, name=name, base=base, post_training=post_training,
-                    gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code,
-                    overrides=overrides)
+        return _add(
+            con,
+            source,
+            name=name,
+            base=base,
+            post_training=post_training,
+            gguf_file=gguf_file,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            overrides=overrides,
+        )
 
 
 def set_fields(con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any]) -> dict:
@@ -581,31 +738,51 @@ def set_fields(con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any]
     return get_model(con, row["name"])
 
 
-def remove_model(con: duckdb.DuckDBPyConnection, name: str, *, force: bool = False) -> dict[str, int]:
+def remove_model(
+    con: duckdb.DuckDBPyConnection, name: str, *, force: bool = False
+) -> dict[str, int]:
     """Delete a model; with ``force`` also its score runs and scores.  Returns what was deleted."""
     get_model(con, name)
-    runs = [r for (r,) in con.execute("SELECT run_id FROM score_runs WHERE model = ?", [name]).fetchall()]
-    n_scores = int(scalar(con, "SELECT count(*) FROM scores WHERE run_id IN "
-                               "(SELECT run_id FROM score_runs WHERE model = ?)", [name]) or 0)
+    runs = [
+        r
+        for (r,) in con.execute("SELECT run_id FROM score_runs WHERE model = ?", [name]).fetchall()
+    ]
+    n_scores = int(
+        scalar(
+            con,
+            "SELECT count(*) FROM scores WHERE run_id IN "
+            "(SELECT run_id FROM score_runs WHERE model = ?)",
+            [name],
+        )
+        or 0
+    )
     if runs and not force:
         raise WarehouseError(
             f"model {name!r} has {len(runs)} score run(s) with {n_scores} scores; "
-            f"`psystats models remove {name} --force` deletes them too")
+            f"`psystats models remove {name} --force` deletes them too"
+        )
     with transaction(con):
         for table in ("scores", "option_scores", "token_scores"):
-            con.execute(f"DELETE FROM {table} WHERE run_id IN "
-                        f"(SELECT run_id FROM score_runs WHERE model = ?)", [name])
+            con.execute(
+                f"DELETE FROM {table} WHERE run_id IN "
+                f"(SELECT run_id FROM score_runs WHERE model = ?)",
+                [name],
+            )
         con.execute("DELETE FROM score_runs WHERE model = ?", [name])
         con.execute("DELETE FROM models WHERE name = ?", [name])
         # Inferred links to the removed base are undone (re-adding it relinks);
         # a base the user gave stays, as given.
         for other, inferred_json in con.execute(
-                "SELECT name, inferred FROM models WHERE base_model = ?", [name]).fetchall():
+            "SELECT name, inferred FROM models WHERE base_model = ?", [name]
+        ).fetchall():
             inferred = json.loads(inferred_json or "{}")
             info = inferred.get("base_model", {})
             if info.get("from") != USER:
-                inferred["base_model"] = {"value": None, "candidate": info.get("candidate"),
-                                          "from": f"unlinked: base {name!r} removed"}
+                inferred["base_model"] = {
+                    "value": None,
+                    "candidate": info.get("candidate"),
+                    "from": f"unlinked: base {name!r} removed",
+                }
                 _update(con, other, {"base_model": None}, inferred)
     return {"runs": len(runs), "scores": n_scores}
 
@@ -624,16 +801,21 @@ def load_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> list[dict]:
         for i, entry in enumerate(entries, 1):
             where = f"{path}: models[{i}]"
             if not isinstance(entry, dict):
-                raise WarehouseError(f"{where}: expected a table of fields, got {type(entry).__name__}")
+                raise WarehouseError(
+                    f"{where}: expected a table of fields, got {type(entry).__name__}"
+                )
             entry = dict(entry)
             name, source = entry.pop("name", None), entry.pop("source", None)
             if name:
                 where += f" ({name})"
-            for key in entry:                       # report bad fields before any inference
+            for key in entry:  # report bad fields before any inference
                 _coerce(key, entry[key], where)
             try:
-                if name and _row(con, "name = ?", [name]) is not None and (
-                        source is None or _same_source(con, name, source, entry.get("gguf_file"))):
+                if (
+                    name
+                    and _row(con, "name = ?", [name]) is not None
+                    and (source is None or _same_source(con, name, source, entry.get("gguf_file")))
+                ):
                     rows.append(_apply(con, name, entry, USER, where))
                     link_bases(con)
                 elif source is None and not name:
@@ -642,16 +824,30 @@ def load_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> list[dict]:
                     gguf_file = entry.pop("gguf_file", None)
                     revision = entry.pop("revision", None)
                     trc = bool(_coerce("trust_remote_code", entry.pop("trust_remote_code", False)))
-                    rows.append(_add(con, source, name=name, base=None, post_training=None,
-                                     gguf_file=gguf_file, revision=revision,
-                                     trust_remote_code=trc, overrides=entry))
+                    rows.append(
+                        _add(
+                            con,
+                            source,
+                            name=name,
+                            base=None,
+                            post_training=None,
+                            gguf_file=gguf_file,
+                            revision=revision,
+                            trust_remote_code=trc,
+                            overrides=entry,
+                        )
+                    )
             except WarehouseError as e:
                 msg = str(e)
-                raise WarehouseError(msg if msg.startswith(str(path)) else f"{where}: {msg}") from None
+                raise WarehouseError(
+                    msg if msg.startswith(str(path)) else f"{where}: {msg}"
+                ) from None
     return rows
 
 
-def _same_source(con: duckdb.DuckDBPyConnection, name: str, source: str, gguf_file: str | None) -> bool:
+def _same_source(
+    con: duckdb.DuckDBPyConnection, name: str, source: str, gguf_file: str | None
+) -> bool:
     row = get_model(con, name)
     try:
         _, src, gg = _classify(source, gguf_file or row["gguf_file"])
@@ -667,12 +863,14 @@ def _read_entries(path: Path) -> list:
     text = path.read_text(encoding="utf-8")
     if suffix == ".toml":
         import tomllib
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise WarehouseError(f"{path}: invalid TOML ({e})") from None
     elif suffix in (".yaml", ".yml"):
         import yaml
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -682,6 +880,8 @@ def _read_entries(path: Path) -> list:
     if isinstance(data, dict):
         data = data.get("models")
     if not isinstance(data, list):
-        raise WarehouseError(f"{path}: expected a list of models ([[models]] in TOML, "
-                             f"a list or models: [...] in YAML)")
+        raise WarehouseError(
+            f"{path}: expected a list of models ([[models]] in TOML, "
+            f"a list or models: [...] in YAML)"
+        )
     return data

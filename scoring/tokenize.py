@@ -20,6 +20,7 @@ Two boundary rules (``tokenization`` setting):
 Either way the tokenizer's own leading special tokens (BOS, when it adds one)
 go in front when the rendering asks for them (``plain``/``persona``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,10 +34,10 @@ TOKENIZATIONS = ("segments", "whole")
 
 @dataclass
 class Tokenized:
-    input_ids: np.ndarray            # int64 [T]
-    starts: np.ndarray               # int64 [R]: first token index of response i
-    ends: np.ndarray                 # int64 [R]: one past its last token
-    straddling: int = 0              # tokens over a response boundary (whole mode)
+    input_ids: np.ndarray  # int64 [T]
+    starts: np.ndarray  # int64 [R]: first token index of response i
+    ends: np.ndarray  # int64 [R]: one past its last token
+    straddling: int = 0  # tokens over a response boundary (whole mode)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -64,11 +65,17 @@ def check_segment_tokenizer(tokenizer) -> None:
     if decoded != "ab":
         raise ValueError(
             "this tokenizer adds characters when a piece is tokenised on its own "
-            f"('a' + 'b' decodes to {decoded!r}); use --tokenization whole")
+            f"('a' + 'b' decodes to {decoded!r}); use --tokenization whole"
+        )
 
 
-def tokenize(tokenizer, rendering: Rendering, n_responses: int, mode: str = "segments",
-             prefix_ids: list[int] | None = None) -> Tokenized:
+def tokenize(
+    tokenizer,
+    rendering: Rendering,
+    n_responses: int,
+    mode: str = "segments",
+    prefix_ids: list[int] | None = None,
+) -> Tokenized:
     """Token ids of ``rendering`` and the token span of each of its ``n_responses`` responses."""
     prefix = list(prefix_ids or []) if rendering.add_special_tokens else []
     if mode == "segments":
@@ -125,5 +132,6 @@ def _tokenize_whole(tokenizer, rendering: Rendering, n: int, prefix: list[int]) 
         last_over = (starts < ends) & (tok_end[np.maximum(ends - 1, 0)] > char_b)
         straddle = int(first_over.sum() + last_over.sum())
     k = len(prefix)
-    return Tokenized(np.concatenate([np.asarray(prefix, dtype=np.int64), ids]),
-                     starts + k, ends + k, straddle)
+    return Tokenized(
+        np.concatenate([np.asarray(prefix, dtype=np.int64), ids]), starts + k, ends + k, straddle
+    )

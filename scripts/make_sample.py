@@ -15,6 +15,7 @@ copied beside the data for attribution.
 
 Rerunning with the same source, seed and counts reproduces the files exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ DEFAULT_DEST = ROOT / "psystats" / "sample" / "psych201"
 # study -> participants drawn: three task domains in four studies; counts keep the sample near
 # 27,000 SmolLM2 tokens (transcript lengths differ 7-fold between studies).
 STUDIES: dict[str, int] = {
-    "franke2024bayesian": 8,                    # Psycholinguistics, ~600 tokens each
-    "guenther2023associations_individual": 6,   # Psycholinguistics, age given
-    "zhu2024games": 2,                          # Economic Games, ~3,500 tokens each
-    "thoma2025problearn": 2,                    # Reinforcement Learning, age and gender given
+    "franke2024bayesian": 8,  # Psycholinguistics, ~600 tokens each
+    "guenther2023associations_individual": 6,  # Psycholinguistics, age given
+    "zhu2024games": 2,  # Economic Games, ~3,500 tokens each
+    "thoma2025problearn": 2,  # Reinforcement Learning, age and gender given
 }
 SEED = 201
 
@@ -69,8 +70,13 @@ def cut(source: Path, dest: Path, studies: dict[str, int], seed: int) -> dict[st
         for k in keep:
             json.loads(lines[k])  # fail here, not in the demo, if a line is not JSON
         counts[study] = n
-    manifest = {"source": "Psych-201", "seed": seed, "participants": counts,
-                "script": "scripts/make_sample.py", "license": "Apache-2.0 (see LICENSE)"}
+    manifest = {
+        "source": "Psych-201",
+        "seed": seed,
+        "participants": counts,
+        "script": "scripts/make_sample.py",
+        "license": "Apache-2.0 (see LICENSE)",
+    }
     (dest / "SAMPLE.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return counts
 

@@ -1,4 +1,5 @@
 """Shared fixtures: real DuckDB files, real Psych-201 studies, real (tiny or GGUF) models."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,8 @@ def small_warehouse(tmp_path_factory, psych201) -> Path:
 
     Tests that write to it must copy it first (see ``warehouse_copy``).
     """
-    import warehouse
-    from warehouse.ingest import ingest_paths
+    from psystats import warehouse
+    from psystats.warehouse.ingest import ingest_paths
 
     path = tmp_path_factory.mktemp("wh") / "small.duckdb"
     con = warehouse.connect(path)
@@ -54,7 +55,7 @@ def warehouse_copy(small_warehouse: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from scoring.tiny import find_smollm2_gguf
+    from psystats.scoring.tiny import find_smollm2_gguf
 
     p = find_smollm2_gguf()
     if p is None:
@@ -64,7 +65,7 @@ def smollm2_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(tmp_path_factory, smollm2_gguf) -> Path:
-    from scoring.tiny import save_smollm2_tokenizer
+    from psystats.scoring.tiny import save_smollm2_tokenizer
 
     return save_smollm2_tokenizer(tmp_path_factory.mktemp("tok"), smollm2_gguf)
 
@@ -72,11 +73,13 @@ def smollm2_tokenizer_dir(tmp_path_factory, smollm2_gguf) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, smollm2_tokenizer_dir) -> dict[str, Path]:
     """Random-initialised Qwen3/Llama/OLMo2-shaped models saved as safetensors folders."""
-    from scoring.tiny import TINY_ARCHS, build_tiny_model
+    from psystats.scoring.tiny import TINY_ARCHS, build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
-    return {fam: build_tiny_model(root / f"tiny-{fam}", smollm2_tokenizer_dir, fam, seed=i)
-            for i, fam in enumerate(TINY_ARCHS)}
+    return {
+        fam: build_tiny_model(root / f"tiny-{fam}", smollm2_tokenizer_dir, fam, seed=i)
+        for i, fam in enumerate(TINY_ARCHS)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +104,9 @@ def offline_hub(monkeypatch):
 def inputs(small_warehouse):
     """Scoring inputs from ``small_warehouse``: a few from each study, franke (4
     single-letter answers) and guenther (long free-text association lists)."""
-    import warehouse
     from helpers import FRANKE
-    from scoring.inputs import load_inputs
+    from psystats import warehouse
+    from psystats.scoring.inputs import load_inputs
 
     con = warehouse.connect(small_warehouse, read_only=True)
     try:

@@ -8,26 +8,28 @@
   compare against;
 - the CLI steps that build a small scored-ready warehouse from a real study.
 """
+
 from __future__ import annotations
 
 import math
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
 
-import warehouse
-from scoring.inputs import ParticipantInput
-from warehouse.db import scalar
+from psystats import warehouse
+from psystats.scoring.inputs import ParticipantInput
+from psystats.warehouse.db import scalar
 
 FRANKE = "franke2024bayesian/data-raw-human.csv"
 
 
 # --------------------------------------------------------------------------- float64 reference
+
 
 def reference_pieces(p: ParticipantInput) -> list[tuple[str, int]]:
     """Plain-condition pieces: (text, response index or -1), markers in the context."""
@@ -40,8 +42,9 @@ def reference_pieces(p: ParticipantInput) -> list[tuple[str, int]]:
     return out
 
 
-def reference_ids(tokenizer, pieces: list[tuple[str, int]], bos: list[int] | None = None
-                  ) -> tuple[list[int], dict[int, tuple[int, int]]]:
+def reference_ids(
+    tokenizer, pieces: list[tuple[str, int]], bos: list[int] | None = None
+) -> tuple[list[int], dict[int, tuple[int, int]]]:
     """The pieces tokenised one by one: token ids, and response index -> [start, end) in them."""
     ids: list[int] = list(bos or [])
     where: dict[int, tuple[int, int]] = {}
@@ -53,8 +56,14 @@ def reference_ids(tokenizer, pieces: list[tuple[str, int]], bos: list[int] | Non
     return ids, where
 
 
-def reference_scores(model64, tokenizer, pieces: list[tuple[str, int]], n_responses: int,
-                     bos: list[int] | None = None, options: dict[str, list[int]] | None = None):
+def reference_scores(
+    model64,
+    tokenizer,
+    pieces: list[tuple[str, int]],
+    n_responses: int,
+    bos: list[int] | None = None,
+    options: dict[str, list[int]] | None = None,
+):
     """dict response index -> (nll, n_tokens, first_nll, top1_all, top1_first, first_entropy, token lps)."""
     ids, where = reference_ids(tokenizer, pieces, bos)
     with torch.no_grad():
@@ -67,8 +76,15 @@ def reference_scores(model64, tokenizer, pieces: list[tuple[str, int]], n_respon
         tops = [int(torch.argmax(logits[t - 1])) == ids[t] for t in range(s, e)]
         p = torch.exp(logp[s - 1])
         ent = float(-(p * logp[s - 1]).sum())
-        out[r] = dict(nll=-sum(lps), n_tokens=e - s, first_nll=-lps[0], top1_all=all(tops),
-                      top1_first=tops[0], entropy=ent, lps=lps)
+        out[r] = dict(
+            nll=-sum(lps),
+            n_tokens=e - s,
+            first_nll=-lps[0],
+            top1_all=all(tops),
+            top1_first=tops[0],
+            entropy=ent,
+            lps=lps,
+        )
         if options:
             raw = {}
             for name, o in options.items():
@@ -93,7 +109,8 @@ def window_reference(model64, ids: list[int], L: int, S: int) -> Callable[[int],
         if lo not in cache:
             with torch.no_grad():
                 cache[lo] = torch.log_softmax(
-                    model64(torch.tensor([ids[lo:lo + L]])).logits[0].double(), -1)
+                    model64(torch.tensor([ids[lo : lo + L]])).logits[0].double(), -1
+                )
         return cache[lo]
 
     def logprob(t: int) -> float:
@@ -133,23 +150,31 @@ def check_batch(batch, participants, refs, *, atol: float, rtol: float = 0.0) ->
 # --------------------------------------------------------------------------- reference runs
 
 STUDY = "franke2024bayesian"
-N_PARTICIPANTS = 12          # a small real slice keeps CPU scoring to seconds
-SCORE_COLS = ("response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, "
-              "first_token_entropy")
+N_PARTICIPANTS = 12  # a small real slice keeps CPU scoring to seconds
+SCORE_COLS = (
+    "response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, first_token_entropy"
+)
 
 
-def check_options(batch, participants, scorer, model64, options: list[str], *,
-                  atol: float) -> dict[tuple[int, str], float]:
+def check_options(
+    batch, participants, scorer, model64, options: list[str], *, atol: float
+) -> dict[tuple[int, str], float]:
     """Each stored option log-probability equals the float64 reference's.
 
     Returns the stored values keyed by (response_id, option) for further checks.
     """
     enc = {o: scorer.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options}
-    assert any(len(v) > 1 for v in enc.values())        # multi-token branches are exercised
+    assert any(len(v) > 1 for v in enc.values())  # multi-token branches are exercised
     got = {(r["response_id"], r["option"]): r["logprob"] for r in batch.options.to_pylist()}
     for p in participants:
-        ref = reference_scores(model64, scorer.tokenizer, reference_pieces(p), len(p.spans),
-                               scorer.prefix_ids, options=enc)
+        ref = reference_scores(
+            model64,
+            scorer.tokenizer,
+            reference_pieces(p),
+            len(p.spans),
+            scorer.prefix_ids,
+            options=enc,
+        )
         for i, rid in enumerate(p.response_ids):
             for o in options:
                 assert got[(rid, o)] == pytest.approx(ref[i]["options"][o], abs=atol)
@@ -163,13 +188,19 @@ def snapshot(db: Path, run_id: int | None = None) -> dict:
         if run_id is None:
             run_id = scalar(con, "SELECT max(run_id) FROM score_runs")
         return {
-            "scores": con.execute(f"SELECT {SCORE_COLS} FROM scores WHERE run_id = ? "
-                                  "ORDER BY response_id", [run_id]).fetchall(),
-            "options": con.execute("SELECT response_id, option, logprob FROM option_scores "
-                                   "WHERE run_id = ? ORDER BY response_id, option",
-                                   [run_id]).fetchall(),
-            "run": con.execute("SELECT model, condition, status, n_participants, n_responses, "
-                               "n_skipped FROM score_runs WHERE run_id = ?", [run_id]).fetchall(),
+            "scores": con.execute(
+                f"SELECT {SCORE_COLS} FROM scores WHERE run_id = ? ORDER BY response_id", [run_id]
+            ).fetchall(),
+            "options": con.execute(
+                "SELECT response_id, option, logprob FROM option_scores "
+                "WHERE run_id = ? ORDER BY response_id, option",
+                [run_id],
+            ).fetchall(),
+            "run": con.execute(
+                "SELECT model, condition, status, n_participants, n_responses, "
+                "n_skipped FROM score_runs WHERE run_id = ?",
+                [run_id],
+            ).fetchall(),
         }
     finally:
         con.close()
@@ -178,27 +209,35 @@ def snapshot(db: Path, run_id: int | None = None) -> dict:
 def reference_run(tmp_root: Path, small_warehouse: Path, model_dir: Path) -> dict:
     """A warehouse with a registered tiny model, a Scorer, a small selection and the
     single-process reference: what one ``psystats score`` process stores for it."""
-    from scoring.engine import Scorer
-    from scoring.inputs import load_inputs
-    from scoring.registry import add_model
-    from scoring.runs import finish_run, start_run, write_batch
+    from psystats.scoring.engine import Scorer
+    from psystats.scoring.inputs import load_inputs
+    from psystats.scoring.registry import add_model
+    from psystats.scoring.runs import finish_run, start_run, write_batch
 
     base = tmp_root / "base.duckdb"
     shutil.copy(small_warehouse, base)
     con = warehouse.connect(base)
     model = add_model(con, str(model_dir), name="tiny-qwen3")
-    keys = [k for (k,) in con.execute(
-        "SELECT participant_key FROM participants WHERE study = ? ORDER BY participant_key "
-        "LIMIT ?", [STUDY, N_PARTICIPANTS]).fetchall()]
+    keys = [
+        k
+        for (k,) in con.execute(
+            "SELECT participant_key FROM participants WHERE study = ? ORDER BY participant_key "
+            "LIMIT ?",
+            [STUDY, N_PARTICIPANTS],
+        ).fetchall()
+    ]
     inputs = load_inputs(con, participant_keys=keys)
     # The study's answers are letters: declare them as an option set so the
     # option_scores path travels through the shards too.
-    letters = sorted(t for (t,) in con.execute(
-        "SELECT DISTINCT text FROM responses WHERE study = ?", [STUDY]).fetchall())
+    letters = sorted(
+        t
+        for (t,) in con.execute(
+            "SELECT DISTINCT text FROM responses WHERE study = ?", [STUDY]
+        ).fetchall()
+    )
     con.close()
     selection = {"participant_keys": keys}
-    scorer_kwargs = {"condition": "plain",
-                     "option_sets": {p.experiment: letters for p in inputs}}
+    scorer_kwargs = {"condition": "plain", "option_sets": {p.experiment: letters for p in inputs}}
     scorer = Scorer(model, **scorer_kwargs)
 
     ref = tmp_root / "reference.duckdb"
@@ -209,12 +248,19 @@ def reference_run(tmp_root: Path, small_warehouse: Path, model_dir: Path) -> dic
     write_batch(con, run_id, batch)
     finish_run(con, run_id, batch.counts)
     con.close()
-    return {"base": base, "model": model, "scorer": scorer, "scorer_kwargs": scorer_kwargs,
-            "inputs": inputs,
-            "selection": selection, "reference": snapshot(ref)}
+    return {
+        "base": base,
+        "model": model,
+        "scorer": scorer,
+        "scorer_kwargs": scorer_kwargs,
+        "inputs": inputs,
+        "selection": selection,
+        "reference": snapshot(ref),
+    }
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def cli_ok(*args) -> Result:
     """``psystats ARGS`` in this process; asserts it succeeded (the output says why not)."""
@@ -230,8 +276,7 @@ def cli_base_warehouse(tmp_path: Path, psych201: Path, model_dir: Path) -> Path:
     loads cheap) and ``psystats models add`` of a tiny model as ``tiny-qwen3``."""
     src = tmp_path / STUDY
     src.mkdir()
-    with zipfile.ZipFile(psych201 / STUDY / "prompts.jsonl.zip") as z, \
-            z.open("prompts.jsonl") as f:
+    with zipfile.ZipFile(psych201 / STUDY / "prompts.jsonl.zip") as z, z.open("prompts.jsonl") as f:
         (src / "prompts.jsonl").write_bytes(b"".join(next(f) for _ in range(6)))
     base = tmp_path / "base.duckdb"
     cli_ok("--db", base, "ingest", src)

@@ -1,4 +1,5 @@
 """`psystats demo` and the embedded sample: plumbing fast, the whole pipeline offline (slow)."""
+
 from __future__ import annotations
 
 import time
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import warehouse
+from psystats import warehouse
 from psystats.cli import COMMANDS, main
 from psystats.commands import demo_cmds
 from psystats.sample import sample_path, sample_studies
@@ -19,7 +20,9 @@ def test_sample_is_real_psych201_with_attribution(psych201: Path, tmp_path: Path
     """The shipped sample is byte-identical to what scripts/make_sample.py cuts from Psych-201."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "scripts" / "make_sample.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_sample", ROOT / "scripts" / "make_sample.py"
+    )
     make_sample = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_sample)
     counts = make_sample.cut(psych201, tmp_path / "cut", make_sample.STUDIES, make_sample.SEED)
@@ -27,7 +30,9 @@ def test_sample_is_real_psych201_with_attribution(psych201: Path, tmp_path: Path
     shipped = sample_path()
     assert (shipped / "LICENSE").read_bytes() == (psych201 / "LICENSE").read_bytes()
     for study, n in counts.items():
-        assert (shipped / study / "README.md").read_bytes() == (psych201 / study / "README.md").read_bytes()
+        assert (shipped / study / "README.md").read_bytes() == (
+            psych201 / study / "README.md"
+        ).read_bytes()
         data = (shipped / study / "prompts.jsonl").read_bytes()
         assert data == (tmp_path / "cut" / study / "prompts.jsonl").read_bytes()
         full = set(make_sample.read_lines(psych201 / study))
@@ -36,22 +41,39 @@ def test_sample_is_real_psych201_with_attribution(psych201: Path, tmp_path: Path
 
 
 def test_sample_ingests_into_several_domains(db_path: Path):
-    from warehouse.ingest import ingest_paths
+    from psystats.warehouse.ingest import ingest_paths
 
     con = warehouse.connect(db_path)
     ingest_paths(con, [sample_path()])
-    rows = con.execute("SELECT p.study, e.domain, count(*) FROM participants p "
-                       "JOIN experiments e USING (experiment) GROUP BY ALL").fetchall()
+    rows = con.execute(
+        "SELECT p.study, e.domain, count(*) FROM participants p "
+        "JOIN experiments e USING (experiment) GROUP BY ALL"
+    ).fetchall()
     con.close()
     assert {r[0]: r[2] for r in rows} == sample_studies()
     assert len({r[1] for r in rows}) >= 3
 
 
 def test_plan_is_ordinary_commands(tmp_path: Path):
-    p = demo_cmds.plan(tmp_path, "/models/base-folder", "/models/post.gguf", draws=50, tune=50,
-                       chains=4, post_type="instruct")
-    assert [s.argv[0] for s in p.steps] == ["init", "ingest", "models", "models", "score", "score",
-                                            "fit", "report"]
+    p = demo_cmds.plan(
+        tmp_path,
+        "/models/base-folder",
+        "/models/post.gguf",
+        draws=50,
+        tune=50,
+        chains=4,
+        post_type="instruct",
+    )
+    assert [s.argv[0] for s in p.steps] == [
+        "init",
+        "ingest",
+        "models",
+        "models",
+        "score",
+        "score",
+        "fit",
+        "report",
+    ]
     for step in p.steps:
         assert step.argv[0] in COMMANDS
         assert step.argv[step.argv.index("--db") + 1] == str(tmp_path / "demo.duckdb")
@@ -86,8 +108,9 @@ def test_hub_offline_env_means_unreachable(monkeypatch):
 
 
 def test_demo_needs_two_models(tmp_path: Path):
-    res = CliRunner().invoke(main, ["demo", "--offline", "--workdir", str(tmp_path),
-                                    "--model", "only-one"])
+    res = CliRunner().invoke(
+        main, ["demo", "--offline", "--workdir", str(tmp_path), "--model", "only-one"]
+    )
     assert res.exit_code == 2 and "exactly twice" in res.output
 
 
@@ -110,12 +133,28 @@ def _check_demo_output(workdir: Path, models: int = 2) -> None:
 
 
 def _demo_on_tiny_models(tiny_models, workdir: Path):
-    return CliRunner().invoke(main, [
-        "demo", "--offline", "--workdir", str(workdir), "--model", str(tiny_models["llama"]),
-        "--model", str(tiny_models["qwen3"]), "--post-type", "instruct",
-        "--draws", "100", "--tune", "100"])
+    return CliRunner().invoke(
+        main,
+        [
+            "demo",
+            "--offline",
+            "--workdir",
+            str(workdir),
+            "--model",
+            str(tiny_models["llama"]),
+            "--model",
+            str(tiny_models["qwen3"]),
+            "--post-type",
+            "instruct",
+            "--draws",
+            "100",
+            "--tune",
+            "100",
+        ],
+    )
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
     """The whole demo, offline, on two tiny local models: every step a real command.
 

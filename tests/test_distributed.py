@@ -4,6 +4,7 @@ One Ray session (2 CPUs, no dashboard) is shared by the module: Ray takes
 seconds to start.  Workers are CPU actors running the real Scorer on a tiny
 random-initialised model.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import warehouse
-from scoring import shards
 from helpers import cli_base_warehouse, cli_ok, reference_run, snapshot
+from psystats import warehouse
+from psystats.scoring import shards
 
 ray = pytest.importorskip("ray")
 
@@ -26,8 +27,12 @@ def ray_session():
     # Functions and classes of this test module reach the workers by value
     # (the workers cannot import tests/ as a module).
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    )
     yield ray
     ray.shutdown()
 
@@ -38,19 +43,29 @@ def scored(tmp_path_factory, small_warehouse, tiny_models):
 
 
 def _run(scored, db: Path, out: Path, factory=None, num_workers: int = 2, **kw):
-    from scoring.distributed import run_ray
-    from scoring.engine import Scorer
+    from psystats.scoring.distributed import run_ray
+    from psystats.scoring.engine import Scorer
 
     factory = factory or functools.partial(Scorer, scored["model"], **scored["scorer_kwargs"])
     events = []
     con = warehouse.connect(db)
     try:
-        result = run_ray(con, scored["model"], factory, condition="plain",
-                         selection=scored["selection"], inputs=scored["inputs"], out_dir=out,
-                         num_workers=num_workers, num_gpus_per_worker=0, unit_tokens=1500,
-                         progress=lambda p: events.append((p.units_done, p.units_total,
-                                                           p.tokens_done, p.tokens_per_second)),
-                         **kw)
+        result = run_ray(
+            con,
+            scored["model"],
+            factory,
+            condition="plain",
+            selection=scored["selection"],
+            inputs=scored["inputs"],
+            out_dir=out,
+            num_workers=num_workers,
+            num_gpus_per_worker=0,
+            unit_tokens=1500,
+            progress=lambda p: events.append(
+                (p.units_done, p.units_total, p.tokens_done, p.tokens_per_second)
+            ),
+            **kw,
+        )
     finally:
         con.close()
     return result, events
@@ -65,6 +80,7 @@ def ray_run(ray_session, scored, tmp_path_factory):
     return {"db": db, "out": root / "out", "result": result, "events": events}
 
 
+@pytest.mark.slow
 def test_ray_scores_equal_the_single_process_run(scored, ray_run):
     result = ray_run["result"]
     assert not result.already_complete and result.units >= 3
@@ -79,6 +95,7 @@ def test_ray_scores_equal_the_single_process_run(scored, ray_run):
     assert len(shards.finished_units(rdir)) == result.units
 
 
+@pytest.mark.slow
 def test_a_restarted_driver_merges_the_shards_already_written(scored, ray_run, tmp_path):
     # The driver of ray_run died after its workers' shards reached disk but
     # before its merges committed: a fresh warehouse copy stands for that.
@@ -88,7 +105,7 @@ def test_a_restarted_driver_merges_the_shards_already_written(scored, ray_run, t
     shutil.copytree(ray_run["out"], out)
     result, events = _run(scored, db, out, num_workers=1)
     assert result.resumed_units == ray_run["result"].units
-    assert result.units == 0 and events == []          # nothing left to score
+    assert result.units == 0 and events == []  # nothing left to score
     assert snapshot(db) == scored["reference"]
 
 
@@ -98,7 +115,7 @@ class CrashingScorer:
     a failing node takes a GPU worker down mid-unit."""
 
     def __init__(self, model: dict, kwargs: dict, victim: int, marker: str):
-        from scoring.engine import Scorer
+        from psystats.scoring.engine import Scorer
 
         self.inner = Scorer(model, **kwargs)
         self.victim, self.marker = victim, Path(marker)
@@ -121,27 +138,33 @@ class CrashingScorer:
         return self.inner.score(participants)
 
 
-@pytest.mark.parametrize("max_restarts", [
-    3,                                        # Ray restarts the actor and retries the unit
-    pytest.param(0, marks=pytest.mark.slow),  # the actor stays dead: the driver re-dispatches
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "max_restarts",
+    [
+        3,  # Ray restarts the actor and retries the unit
+        pytest.param(0, marks=pytest.mark.slow),  # the actor stays dead: the driver re-dispatches
+    ],
+)
 def test_a_worker_killed_mid_unit_is_restarted_and_its_unit_retried(
-        ray_session, scored, tmp_path, max_restarts):
+    ray_session, scored, tmp_path, max_restarts
+):
     db = tmp_path / "w.duckdb"
     shutil.copy(scored["base"], db)
     victim = scored["inputs"][len(scored["inputs"]) // 2].participant_key
     marker = tmp_path / "crashed"
-    factory = functools.partial(CrashingScorer, scored["model"], scored["scorer_kwargs"],
-                                victim, str(marker))
-    result, events = _run(scored, db, tmp_path / "out", factory=factory,
-                          max_restarts=max_restarts)
-    assert marker.exists()                              # a worker really died mid-unit
-    assert len(events) == result.units                  # every unit finished once
+    factory = functools.partial(
+        CrashingScorer, scored["model"], scored["scorer_kwargs"], victim, str(marker)
+    )
+    result, events = _run(scored, db, tmp_path / "out", factory=factory, max_restarts=max_restarts)
+    assert marker.exists()  # a worker really died mid-unit
+    assert len(events) == result.units  # every unit finished once
     assert result.retries == (1 if max_restarts == 0 else 0)
     # No loss, no duplicates: exactly the single-process rows.
     assert snapshot(db) == scored["reference"]
 
 
+@pytest.mark.slow
 def test_cli_engine_ray_equals_cli_local(ray_session, tmp_path, psych201, tiny_models):
     """`psystats score --engine ray` (joining the running Ray) stores what
     `psystats score` stores, and a second call finds the run complete."""
@@ -150,9 +173,24 @@ def test_cli_engine_ray_equals_cli_local(ray_session, tmp_path, psych201, tiny_m
     shutil.copy(base, local)
     shutil.copy(base, distributed)
     cli_ok("--db", local, "score", "--model", "tiny-qwen3", "-q")
-    ray_args = ("--db", distributed, "score", "--model", "tiny-qwen3", "--engine", "ray",
-                "--num-gpus-per-worker", "0", "--num-workers", "1", "--unit-tokens", "3000",
-                "--out", tmp_path / "shards", "-q")
+    ray_args = (
+        "--db",
+        distributed,
+        "score",
+        "--model",
+        "tiny-qwen3",
+        "--engine",
+        "ray",
+        "--num-gpus-per-worker",
+        "0",
+        "--num-workers",
+        "1",
+        "--unit-tokens",
+        "3000",
+        "--out",
+        tmp_path / "shards",
+        "-q",
+    )
     res = cli_ok(*ray_args)
     assert "complete" in res.output
     assert snapshot(distributed) == snapshot(local)

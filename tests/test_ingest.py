@@ -1,5 +1,6 @@
 """Ingest: counts against an independent reading of the files, idempotence,
 bad input refused cleanly (file, line, field; warehouse unchanged)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,12 +12,11 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
-
-import warehouse
-from psystats.cli import main
-from warehouse.ingest import IngestError, ingest_paths
-
 from conftest import SMALL_STUDIES
+
+from psystats import warehouse
+from psystats.cli import main
+from psystats.warehouse.ingest import ingest_paths
 
 
 def independent_counts(zip_path: Path) -> tuple[int, int, list[str]]:
@@ -33,8 +33,12 @@ def independent_counts(zip_path: Path) -> tuple[int, int, list[str]]:
 
 def table_snapshot(path: Path) -> dict[str, int]:
     con = duckdb.connect(str(path), read_only=True)
-    tables = [t for (t,) in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall()]
+    tables = [
+        t
+        for (t,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+        ).fetchall()
+    ]
     snap = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0] for t in tables}
     con.close()
     return snap
@@ -51,11 +55,14 @@ def test_counts_match_independent_reading(db_path, psych201):
     con = duckdb.connect(str(db_path), read_only=True)
     for study in SMALL_STUDIES:
         n_p, n_r, texts = independent_counts(psych201 / study / "prompts.jsonl.zip")
-        got = con.execute("SELECT count(*), sum(n_responses) FROM participants WHERE study = ?",
-                          [study]).fetchall()[0]
+        got = con.execute(
+            "SELECT count(*), sum(n_responses) FROM participants WHERE study = ?", [study]
+        ).fetchall()[0]
         assert got == (n_p, n_r)
-        got_r = con.execute("SELECT text FROM responses WHERE study = ? "
-                            "ORDER BY participant_key, response_index", [study]).fetchall()
+        got_r = con.execute(
+            "SELECT text FROM responses WHERE study = ? ORDER BY participant_key, response_index",
+            [study],
+        ).fetchall()
         assert sorted(t for (t,) in got_r) == sorted(texts)
 
 
@@ -69,8 +76,15 @@ def test_spans_point_into_transcripts(small_warehouse):
     """).fetchall()[0][0]
     assert bad == 0
     # Reaction times are attached in order (franke has RTs).
-    rts = con.execute("SELECT count(rt) FROM responses WHERE study = 'franke2024bayesian'").fetchall()[0][0]
-    assert rts == con.execute("SELECT count(*) FROM responses WHERE study = 'franke2024bayesian'").fetchall()[0][0]
+    rts = con.execute(
+        "SELECT count(rt) FROM responses WHERE study = 'franke2024bayesian'"
+    ).fetchall()[0][0]
+    assert (
+        rts
+        == con.execute(
+            "SELECT count(*) FROM responses WHERE study = 'franke2024bayesian'"
+        ).fetchall()[0][0]
+    )
 
 
 def test_domains_resolved_from_shipped_mapping(small_warehouse):
@@ -86,8 +100,9 @@ def test_second_ingest_adds_nothing(db_path, psych201):
     res = run_cli("--db", str(db_path), "ingest", path)
     assert res.exit_code == 0
     after = table_snapshot(db_path)
-    assert {k: v for k, v in after.items() if k != "ingests"} == \
-           {k: v for k, v in before.items() if k != "ingests"}
+    assert {k: v for k, v in after.items() if k != "ingests"} == {
+        k: v for k, v in before.items() if k != "ingests"
+    }
     # Same records from a different file (unzipped copy): still nothing added.
     res = run_cli("--db", str(db_path), "ingest", "--force", path)
     assert res.exit_code == 0 and "+0 participants" in res.output
@@ -102,8 +117,14 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
-GOOD = {"text": "Pick a door. You press <<A>>. Again: <<B>>.", "experiment": "toy",
-        "participant": 1, "RTs": [100, 200], "age": 30, "FACSIMILE A/D": 0.5}
+GOOD = {
+    "text": "Pick a door. You press <<A>>. Again: <<B>>.",
+    "experiment": "toy",
+    "participant": 1,
+    "RTs": [100, 200],
+    "age": 30,
+    "FACSIMILE A/D": 0.5,
+}
 
 BAD_LINES = [
     ("not json {", "<line>", "malformed JSON"),
@@ -113,8 +134,11 @@ BAD_LINES = [
     ({"text": "a <<b", "experiment": "toy", "participant": 2}, "text", "unbalanced"),
     ({"text": "a <<b <<c>> d>>", "experiment": "toy", "participant": 2}, "text", "nested"),
     ({"text": "a b>> c", "experiment": "toy", "participant": 2}, "text", "without an opening"),
-    ({"text": "a <<b>> <<c>>", "experiment": "toy", "participant": 2, "RTs": [1]}, "RTs",
-     "has 1 values but the text has 2 responses"),
+    (
+        {"text": "a <<b>> <<c>>", "experiment": "toy", "participant": 2, "RTs": [1]},
+        "RTs",
+        "has 1 values but the text has 2 responses",
+    ),
     ({"text": "   ", "experiment": "toy", "participant": 2}, "text", "empty transcript"),
 ]
 
@@ -132,14 +156,17 @@ def test_bad_line_names_file_line_field_and_writes_nothing(tmp_path, db_path, ba
     assert res.exit_code != 0
     assert f"{src}:2: field '{field}'" in res.output
     assert fragment in res.output
-    assert table_snapshot(db_path) == before   # good line 1 was rolled back too
+    assert table_snapshot(db_path) == before  # good line 1 was rolled back too
 
 
 def test_non_utf8_is_refused(tmp_path, db_path):
     src = tmp_path / "s" / "prompts.jsonl"
     src.parent.mkdir()
-    src.write_bytes(json.dumps(GOOD).encode() + b"\n" +
-                    b'{"text": "caf\xe9 <<x>>", "experiment": "toy", "participant": 9}\n')
+    src.write_bytes(
+        json.dumps(GOOD).encode()
+        + b"\n"
+        + b'{"text": "caf\xe9 <<x>>", "experiment": "toy", "participant": 9}\n'
+    )
     res = CliRunner().invoke(main, ["--db", str(db_path), "ingest", str(src)])
     assert res.exit_code != 0
     assert f"{src}:2: field '<line>': not valid UTF-8" in res.output
@@ -153,8 +180,9 @@ def test_skip_bad_ingests_good_lines_and_reports_rejects(tmp_path, db_path):
     res = run_cli("--db", str(db_path), "ingest", "--skip-bad", "--rejects", str(rejects), str(src))
     assert res.exit_code == 0, res.output
     con = duckdb.connect(str(db_path), read_only=True)
-    assert con.execute("SELECT list(participant ORDER BY participant) FROM participants"
-                       ).fetchall()[0][0] == ["1", "99"]
+    assert con.execute(
+        "SELECT list(participant ORDER BY participant) FROM participants"
+    ).fetchall()[0][0] == ["1", "99"]
     assert con.execute("SELECT count(*) FROM responses").fetchall()[0][0] == 4
     rej = [json.loads(l) for l in rejects.read_text().splitlines()]
     assert [r["line"] for r in rej] == list(range(2, 2 + len(BAD_LINES)))
@@ -171,40 +199,64 @@ def test_changed_participant_is_reported_not_duplicated(tmp_path, db_path):
     res = run_cli("--db", str(db_path), "ingest", str(src))
     assert res.exit_code == 0 and "1 CHANGED" in res.output
     con = duckdb.connect(str(db_path))
-    assert con.execute("SELECT list(text ORDER BY response_index) FROM responses").fetchall()[0][0] == ["A", "B"]
+    assert con.execute("SELECT list(text ORDER BY response_index) FROM responses").fetchall()[0][
+        0
+    ] == ["A", "B"]
     assert con.execute("SELECT action, line FROM ingest_conflicts").fetchall() == [("kept-old", 1)]
     con.close()
     res = run_cli("--db", str(db_path), "ingest", "--replace-changed", "--force", str(src))
     assert res.exit_code == 0
     con = duckdb.connect(str(db_path), read_only=True)
-    assert con.execute("SELECT list(text ORDER BY response_index) FROM responses").fetchall()[0][0] == ["C", "B"]
+    assert con.execute("SELECT list(text ORDER BY response_index) FROM responses").fetchall()[0][
+        0
+    ] == ["C", "B"]
     assert con.execute("SELECT count(*) FROM participants").fetchall()[0][0] == 1
 
 
 def test_duplicate_key_with_other_content_in_one_file(tmp_path, db_path):
-    src = write_jsonl(tmp_path / "s" / "prompts.jsonl",
-                      [GOOD, dict(GOOD, text="other <<Z>> <<Y>>")])
+    src = write_jsonl(
+        tmp_path / "s" / "prompts.jsonl", [GOOD, dict(GOOD, text="other <<Z>> <<Y>>")]
+    )
     res = CliRunner().invoke(main, ["--db", str(db_path), "ingest", str(src)])
     assert res.exit_code != 0
     assert ":2: field 'participant'" in res.output and "first at line 1" in res.output
 
 
 def test_metadata_normalised_and_typed(tmp_path, db_path):
-    rec = dict(GOOD, gender="female", nationality="DE", education="MSc",
-               diagnosis="none", condition="A", scores={"x": 1})
-    src = write_jsonl(tmp_path / "meta" / "prompts.jsonl", [rec, dict(GOOD, participant=2, age="18-25")])
+    rec = dict(
+        GOOD,
+        gender="female",
+        nationality="DE",
+        education="MSc",
+        diagnosis="none",
+        condition="A",
+        scores={"x": 1},
+    )
+    src = write_jsonl(
+        tmp_path / "meta" / "prompts.jsonl", [rec, dict(GOOD, participant=2, age="18-25")]
+    )
     assert run_cli("--db", str(db_path), "ingest", str(src)).exit_code == 0
     con = duckdb.connect(str(db_path), read_only=True)
-    row = con.execute("SELECT age, gender, nationality, education, diagnosis, metadata "
-                      "FROM participants WHERE participant = '1'").fetchall()[0]
+    row = con.execute(
+        "SELECT age, gender, nationality, education, diagnosis, metadata "
+        "FROM participants WHERE participant = '1'"
+    ).fetchall()[0]
     assert row[:5] == (30.0, "female", "DE", "MSc", "none")
     assert json.loads(row[5]) == {"FACSIMILE A/D": 0.5, "condition": "A", "scores": {"x": 1}}
-    kv = dict(((k, (n, t)) for k, n, t in con.execute(
-        "SELECT key, value_num, value_text FROM participant_metadata m "
-        "JOIN participants p USING (participant_key) WHERE p.participant = '1'").fetchall()))
+    kv = dict(
+        (
+            (k, (n, t))
+            for k, n, t in con.execute(
+                "SELECT key, value_num, value_text FROM participant_metadata m "
+                "JOIN participants p USING (participant_key) WHERE p.participant = '1'"
+            ).fetchall()
+        )
+    )
     assert kv["FACSIMILE A/D"] == (0.5, None) and kv["condition"] == (None, "A")
     # An age that is not a number stays in metadata rather than being lost.
-    row2 = con.execute("SELECT age, metadata FROM participants WHERE participant = '2'").fetchall()[0]
+    row2 = con.execute("SELECT age, metadata FROM participants WHERE participant = '2'").fetchall()[
+        0
+    ]
     assert row2[0] is None and json.loads(row2[1])["age"] == "18-25"
 
 
@@ -234,13 +286,15 @@ def test_zip_parquet_and_folder_sources_agree(tmp_path, psych201):
         db = tmp_path / f"{hashlib.md5(str(path).encode()).hexdigest()}.duckdb"
         con = warehouse.connect(db)
         ingest_paths(con, [path])
-        return con.execute("SELECT study, experiment, participant, response_index, text, rt "
-                           "FROM responses ORDER BY ALL").fetchall()
+        return con.execute(
+            "SELECT study, experiment, participant, response_index, text, rt "
+            "FROM responses ORDER BY ALL"
+        ).fetchall()
 
     reference = content(psych201 / study)
     assert len(reference) > 0
     assert content(jl) == reference
-    assert content(jl.parent.parent) == reference      # folder of study folders
+    assert content(jl.parent.parent) == reference  # folder of study folders
     assert content(other_zip) == reference
     assert content(pq_path) == reference
 
@@ -252,7 +306,9 @@ def test_domains_file_overrides_and_validates(tmp_path, db_path, psych201):
     res = run_cli("--db", str(db_path), "ingest", "--domains", str(mapping))
     assert res.exit_code == 0
     con = duckdb.connect(str(db_path), read_only=True)
-    assert con.execute("SELECT domain, domains FROM experiments").fetchall() == [("Reasoning", ["Reasoning", "Memory"])]
+    assert con.execute("SELECT domain, domains FROM experiments").fetchall() == [
+        ("Reasoning", ["Reasoning", "Memory"])
+    ]
     con.close()
     bad = tmp_path / "bad.csv"
     bad.write_text("experiment,dataset,Reasoning\nfoo,x,2\n")
@@ -261,15 +317,30 @@ def test_domains_file_overrides_and_validates(tmp_path, db_path, psych201):
 
 
 def test_sql_command_formats_and_bound_params(small_warehouse):
-    res = run_cli("--db", str(small_warehouse), "sql", "--format", "json",
-                  "SELECT study, count(*) AS n FROM participants WHERE study = ? GROUP BY study",
-                  "-p", "franke2024bayesian")
+    res = run_cli(
+        "--db",
+        str(small_warehouse),
+        "sql",
+        "--format",
+        "json",
+        "SELECT study, count(*) AS n FROM participants WHERE study = ? GROUP BY study",
+        "-p",
+        "franke2024bayesian",
+    )
     assert json.loads(res.output) == [{"study": "franke2024bayesian", "n": 302}]
-    res = run_cli("--db", str(small_warehouse), "sql", "--format", "csv",
-                  "SELECT count(*) AS n FROM responses WHERE study = ?", "-p", "x' OR '1'='1")
+    res = run_cli(
+        "--db",
+        str(small_warehouse),
+        "sql",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM responses WHERE study = ?",
+        "-p",
+        "x' OR '1'='1",
+    )
     assert res.output.splitlines() == ["n", "0"]
     res = CliRunner().invoke(main, ["--db", str(small_warehouse), "sql", "DELETE FROM responses"])
-    assert res.exit_code != 0   # read-only unless --write
+    assert res.exit_code != 0  # read-only unless --write
 
 
 def test_missing_db_is_an_error_for_queries(tmp_path):
@@ -280,7 +351,8 @@ def test_missing_db_is_an_error_for_queries(tmp_path):
 
 def test_schema_version_and_migrate_idempotent(db_path):
     con = warehouse.connect(db_path)
-    from warehouse.db import migrate
-    from warehouse.schema import SCHEMA_VERSION
+    from psystats.warehouse.db import migrate
+    from psystats.warehouse.schema import SCHEMA_VERSION
+
     assert migrate(con) == SCHEMA_VERSION
     assert con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0] == SCHEMA_VERSION

@@ -1,4 +1,5 @@
 """The model registry: inference from names, parameter counts from weights, overrides, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import warehouse
+from psystats import warehouse
 from psystats.cli import main
-from scoring import registry
-from scoring.naming import infer_from_name
-from warehouse.db import WarehouseError, scalar
-
+from psystats.scoring import registry
+from psystats.scoring.naming import infer_from_name
+from psystats.warehouse.db import WarehouseError, scalar
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 
@@ -60,12 +60,22 @@ NAMES = [
     ("meta-llama/Meta-Llama-3-8B-Instruct", "llama", "3", "instruct", "meta-llama/Meta-Llama-3-8B"),
     ("meta-llama/Llama-3.1-8B", "llama", "3.1", "base", None),
     ("meta-llama/Llama-3.1-8B-Instruct", "llama", "3.1", "instruct", "meta-llama/Llama-3.1-8B"),
-    ("meta-llama/Meta-Llama-3.1-70B-Instruct", "llama", "3.1", "instruct",
-     "meta-llama/Meta-Llama-3.1-70B"),
+    (
+        "meta-llama/Meta-Llama-3.1-70B-Instruct",
+        "llama",
+        "3.1",
+        "instruct",
+        "meta-llama/Meta-Llama-3.1-70B",
+    ),
     ("meta-llama/Llama-3.2-1B", "llama", "3.2", "base", None),
     ("meta-llama/Llama-3.2-3B-Instruct", "llama", "3.2", "instruct", "meta-llama/Llama-3.2-3B"),
-    ("meta-llama/Llama-3.2-11B-Vision-Instruct", "llama", "3.2", "vision",
-     "meta-llama/Llama-3.2-11B"),
+    (
+        "meta-llama/Llama-3.2-11B-Vision-Instruct",
+        "llama",
+        "3.2",
+        "vision",
+        "meta-llama/Llama-3.2-11B",
+    ),
     ("meta-llama/Llama-3.3-70B-Instruct", "llama", "3.3", "instruct", "meta-llama/Llama-3.3-70B"),
     ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "llama", None, "reasoning", None),
     ("allenai/OLMo-7B", "olmo", "1", "base", None),
@@ -83,26 +93,48 @@ NAMES = [
     ("allenai/Olmo-3.1-32B-Instruct", "olmo", "3.1", "instruct", "allenai/Olmo-3.1-32B"),
     ("HuggingFaceTB/SmolLM-135M", "smollm", "1", "base", None),
     ("HuggingFaceTB/SmolLM2-135M", "smollm", "2", "base", None),
-    ("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm", "2", "instruct", "HuggingFaceTB/SmolLM2-135M"),
-    ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "smollm", "2", "instruct", "HuggingFaceTB/SmolLM2-1.7B"),
+    (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "smollm",
+        "2",
+        "instruct",
+        "HuggingFaceTB/SmolLM2-135M",
+    ),
+    (
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+        "smollm",
+        "2",
+        "instruct",
+        "HuggingFaceTB/SmolLM2-1.7B",
+    ),
     ("HuggingFaceTB/SmolLM3-3B-Base", "smollm", "3", "base", None),
     ("HuggingFaceTB/SmolLM3-3B", "smollm", "3", "reasoning", "HuggingFaceTB/SmolLM3-3B-Base"),
     ("google/gemma-2-9b", "gemma", "2", "base", None),
     ("google/gemma-2-9b-it", "gemma", "2", "instruct", "google/gemma-2-9b"),
     ("google/gemma-3-4b-it", "gemma", "3", "instruct", "google/gemma-3-4b-pt"),
-    ("mistralai/Mistral-7B-Instruct-v0.2", "mistral", "0.2", "instruct", "mistralai/Mistral-7B-v0.2"),
+    (
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "mistral",
+        "0.2",
+        "instruct",
+        "mistralai/Mistral-7B-v0.2",
+    ),
     ("microsoft/Phi-3.5-mini-instruct", "phi", "3.5", "instruct", "microsoft/Phi-3.5-mini"),
     ("EleutherAI/pythia-1b", "pythia", None, "base", None),
     ("someone/cognitive-model", "other", None, "base", None),
 ]
 
 
-@pytest.mark.parametrize("name,family,generation,post_training,base", NAMES,
-                         ids=[n[0] for n in NAMES])
+@pytest.mark.parametrize(
+    "name,family,generation,post_training,base", NAMES, ids=[n[0] for n in NAMES]
+)
 def test_inference_from_hub_names(name, family, generation, post_training, base):
-    row = registry.describe(name)           # the whole path a hub id takes, offline
+    row = registry.describe(name)  # the whole path a hub id takes, offline
     assert (row["family"], row["generation"], row["post_training"]) == (
-        family, generation, post_training)
+        family,
+        generation,
+        post_training,
+    )
     assert row["inferred"]["base_model"]["candidate"] == base
     assert row["generation_order"] == (float(generation) if generation else None)
     assert row["n_params"] is None and "offline" in row["inferred"]["n_params"]["from"]
@@ -112,12 +144,22 @@ def test_inference_from_hub_names(name, family, generation, post_training, base)
 
 
 def test_generation_order_sorts_generations():
-    gens = ["Qwen/Qwen1.5-7B", "Qwen/Qwen2-7B", "Qwen/Qwen2.5-7B", "Qwen/Qwen3-8B-Base",
-            "Qwen/Qwen3.5-9B-Base"]
+    gens = [
+        "Qwen/Qwen1.5-7B",
+        "Qwen/Qwen2-7B",
+        "Qwen/Qwen2.5-7B",
+        "Qwen/Qwen3-8B-Base",
+        "Qwen/Qwen3.5-9B-Base",
+    ]
     orders = [registry.describe(g)["generation_order"] for g in gens]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
-    llamas = ["meta-llama/Llama-2-7b-hf", "meta-llama/Meta-Llama-3-8B", "meta-llama/Llama-3.1-8B",
-              "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.3-70B-Instruct"]
+    llamas = [
+        "meta-llama/Llama-2-7b-hf",
+        "meta-llama/Meta-Llama-3-8B",
+        "meta-llama/Llama-3.1-8B",
+        "meta-llama/Llama-3.2-1B",
+        "meta-llama/Llama-3.3-70B-Instruct",
+    ]
     orders = [registry.describe(g)["generation_order"] for g in llamas]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
 
@@ -129,6 +171,7 @@ def test_gguf_stem_is_read_without_its_quantisation():
 
 
 # ------------------------------------------------------------------ parameter counts
+
 
 def _torch_count(folder: Path) -> int:
     from transformers import AutoModelForCausalLM
@@ -154,8 +197,15 @@ def _save_small(dest: Path, *, tie: bool, max_shard_size: str | None = None) -> 
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=tie)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        tie_word_embeddings=tie,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
@@ -189,9 +239,9 @@ def _smollm2_reference_count() -> int:
     """SmolLM2-135M from its published architecture (llama; tied embeddings)."""
     vocab, d, layers, ffn, heads, kv_heads = 49152, 576, 30, 1536, 9, 3
     head = d // heads
-    attn = d * d + 2 * d * (kv_heads * head) + d * d      # q, k, v, o
-    mlp = 3 * d * ffn                                      # gate, up, down
-    return vocab * d + layers * (attn + mlp + 2 * d) + d   # + 2 norms per layer, final norm
+    attn = d * d + 2 * d * (kv_heads * head) + d * d  # q, k, v, o
+    mlp = 3 * d * ffn  # gate, up, down
+    return vocab * d + layers * (attn + mlp + 2 * d) + d  # + 2 norms per layer, final norm
 
 
 def test_gguf_file_registers_as_smollm2(smollm2_gguf, con):
@@ -209,9 +259,10 @@ def test_gguf_file_registers_as_smollm2(smollm2_gguf, con):
 
 # ------------------------------------------------------------------ bases, idempotency, errors
 
+
 def test_base_linked_when_registered_in_either_order(con):
     post = registry.add_model(con, "Qwen/Qwen2.5-7B-Instruct")
-    assert post["base_model"] is None                    # base not registered: not stored
+    assert post["base_model"] is None  # base not registered: not stored
     registry.add_model(con, "Qwen/Qwen2.5-7B")
     assert registry.get_model(con, "Qwen/Qwen2.5-7B-Instruct")["base_model"] == "Qwen/Qwen2.5-7B"
     registry.add_model(con, "Qwen/Qwen3-8B-Base")
@@ -228,7 +279,9 @@ def test_base_by_family_generation_and_size_when_names_differ(con):
     registry.remove_model(con, "allenai/Olmo-3-1025-7B")
     assert registry.get_model(con, "allenai/Olmo-3-7B-Think")["base_model"] is None
     registry.add_model(con, "allenai/Olmo-3-1025-7B")
-    assert registry.get_model(con, "allenai/Olmo-3-7B-Think")["base_model"] == "allenai/Olmo-3-1025-7B"
+    assert (
+        registry.get_model(con, "allenai/Olmo-3-7B-Think")["base_model"] == "allenai/Olmo-3-1025-7B"
+    )
 
 
 def test_explicit_base_is_kept_even_if_unregistered(con):
@@ -270,10 +323,10 @@ def test_bad_sources_are_refused_with_the_reason(con, tmp_path):
 
 
 def test_resolve_model(con, tmp_path):
-    row = registry.resolve_model(con, "Qwen/Qwen2.5-7B")          # a hub id: registered
+    row = registry.resolve_model(con, "Qwen/Qwen2.5-7B")  # a hub id: registered
     assert registry.resolve_model(con, "Qwen/Qwen2.5-7B")["model_id"] == row["model_id"]
     with pytest.raises(WarehouseError, match="'qwen25' is not registered"):
-        registry.resolve_model(con, "qwen25")                     # a bare name: a typo
+        registry.resolve_model(con, "qwen25")  # a bare name: a typo
     assert scalar(con, "SELECT count(*) FROM models") == 1
 
 
@@ -286,11 +339,14 @@ def test_external_scorer_needs_a_name(con):
 
 # ------------------------------------------------------------------ overrides
 
+
 def test_set_overrides_and_records_user(con):
     registry.add_model(con, "someone/mystery-7b")
-    row = registry.set_fields(con, "someone/mystery-7b",
-                              {"family": "llama", "generation": "3.1", "type": "instruct",
-                               "n_params": "8030261248"})
+    row = registry.set_fields(
+        con,
+        "someone/mystery-7b",
+        {"family": "llama", "generation": "3.1", "type": "instruct", "n_params": "8030261248"},
+    )
     assert (row["family"], row["generation"], row["generation_order"]) == ("llama", "3.1", 3.1)
     assert row["post_training"] == "instruct" and row["n_params"] == 8030261248
     assert row["inferred"]["family"] == {"value": "llama", "from": "user"}
@@ -309,19 +365,25 @@ def test_load_toml_and_yaml(con, tmp_path):
     toml.write_text(
         '[[models]]\nsource = "allenai/Olmo-3-1025-7B"\n\n'
         '[[models]]\nname = "allenai/Olmo-3-7B-Think"\nbase = "allenai/Olmo-3-1025-7B"\n'
-        'n_params = 7298011136\n\n'
-        '[[models]]\nname = "my-cognitive-model"\ntype = "other"\nfamily = "other"\n')
+        "n_params = 7298011136\n\n"
+        '[[models]]\nname = "my-cognitive-model"\ntype = "other"\nfamily = "other"\n'
+    )
     rows = registry.load_file(con, toml)
-    assert [r["name"] for r in rows] == ["allenai/Olmo-3-1025-7B", "allenai/Olmo-3-7B-Think",
-                                         "my-cognitive-model"]
+    assert [r["name"] for r in rows] == [
+        "allenai/Olmo-3-1025-7B",
+        "allenai/Olmo-3-7B-Think",
+        "my-cognitive-model",
+    ]
     think = registry.get_model(con, "allenai/Olmo-3-7B-Think")
     assert think["base_model"] == "allenai/Olmo-3-1025-7B" and think["n_params"] == 7298011136
     assert think["inferred"]["base_model"]["from"] == "user"
     assert registry.get_model(con, "my-cognitive-model")["source"] is None
 
     yml = tmp_path / "models.yaml"
-    yml.write_text("models:\n  - name: my-cognitive-model\n    generation: '2'\n"
-                   "  - source: Qwen/Qwen2.5-7B\n    type: base\n")
+    yml.write_text(
+        "models:\n  - name: my-cognitive-model\n    generation: '2'\n"
+        "  - source: Qwen/Qwen2.5-7B\n    type: base\n"
+    )
     registry.load_file(con, yml)
     assert registry.get_model(con, "my-cognitive-model")["generation_order"] == 2.0
     assert registry.get_model(con, "Qwen/Qwen2.5-7B")["post_training"] == "base"
@@ -331,7 +393,9 @@ def test_load_with_a_bad_entry_changes_nothing(con, tmp_path):
     before = scalar(con, "SELECT count(*) FROM models")
     bad = tmp_path / "bad.yaml"
     bad.write_text("- source: Qwen/Qwen2.5-7B\n- name: x\n  type: chatty\n")
-    with pytest.raises(WarehouseError, match=r"bad.yaml: models\[2\] \(x\): post_training: 'chatty'"):
+    with pytest.raises(
+        WarehouseError, match=r"bad.yaml: models\[2\] \(x\): post_training: 'chatty'"
+    ):
         registry.load_file(con, bad)
     assert scalar(con, "SELECT count(*) FROM models") == before
     notlist = tmp_path / "bad.toml"
@@ -342,14 +406,26 @@ def test_load_with_a_bad_entry_changes_nothing(con, tmp_path):
 
 # ------------------------------------------------------------------ CLI
 
+
 def test_cli_add_list_set_remove(db_path, smollm2_gguf, tmp_path, monkeypatch):
     runner = CliRunner()
     db = ["--db", str(db_path)]
     r = runner.invoke(main, ["models", "add", str(smollm2_gguf), *db])
     assert r.exit_code == 0, r.output
     assert "smollm" in r.output and "134515008 (135M)" in r.output
-    r = runner.invoke(main, ["models", "add", "Qwen/Qwen3-8B", "--base", "Qwen/Qwen3-8B-Base",
-                             "--set", "n_params=8190735360", *db])
+    r = runner.invoke(
+        main,
+        [
+            "models",
+            "add",
+            "Qwen/Qwen3-8B",
+            "--base",
+            "Qwen/Qwen3-8B-Base",
+            "--set",
+            "n_params=8190735360",
+            *db,
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["models", "list", "--format", "json", *db])
     rows = {m["name"]: m for m in json.loads(r.output)}
@@ -372,10 +448,12 @@ def test_remove_refuses_while_scores_exist(warehouse_copy, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scoring.importer import import_scores
+    from psystats.scoring.importer import import_scores
 
     con = warehouse.connect(warehouse_copy)
-    ids = [r for (r,) in con.execute("SELECT response_id FROM responses ORDER BY 1 LIMIT 5").fetchall()]
+    ids = [
+        r for (r,) in con.execute("SELECT response_id FROM responses ORDER BY 1 LIMIT 5").fetchall()
+    ]
     pq.write_table(pa.table({"response_id": ids, "nll": [1.0] * 5}), tmp_path / "s.parquet")
     import_scores(con, tmp_path / "s.parquet", model="ext")
     with pytest.raises(WarehouseError, match="has 1 score run.*5 scores.*--force"):

@@ -1,20 +1,20 @@
 """`psystats report`: content from real warehouses, a PDF that opens, renders and says what it should."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from scipy import stats
 from click.testing import CliRunner
+from scipy import stats
 
-import warehouse
+from psystats import warehouse
 from psystats.cli import main
-from reports import queries as q
-from reports.content import SECTION_TITLES, Figure, Note, build_report
-from reports.example import fabricate
+from psystats.reports import queries as q
+from psystats.reports.content import SECTION_TITLES, Figure, Note, build_report
+from psystats.reports.example import fabricate
 
 
 def pdf_text(path: Path) -> tuple[int, str]:
@@ -124,10 +124,13 @@ def test_nll_by_size_matches_independent_computation(full_warehouse):
     db, truth = full_warehouse
     con = warehouse.connect(db, read_only=True)
     table, info = q.model_nll(con, "plain")
-    scores = q.frame(con, """
+    scores = q.frame(
+        con,
+        """
         SELECT sr.model, r.participant_key, s.nll FROM scores s
         JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id)
-        WHERE sr.status = 'complete' AND sr.condition = 'plain' AND s.n_tokens > 0""")
+        WHERE sr.status = 'complete' AND sr.condition = 'plain' AND s.n_tokens > 0""",
+    )
     con.close()
     per_person = scores.groupby(["model", "participant_key"])["nll"].mean()
     for row in table.itertuples():
@@ -186,7 +189,9 @@ def test_forest_and_generations_data(full_warehouse):
     assert groups[:3] == ["Intercept", "Post-training type", "Family"]
     assert "Task domain" in groups and groups[-1] == "Scale parameters"
     t = forest[forest["parameter"] == "type"].set_index("label")["mean"]
-    assert t["instruct"] == pytest.approx(0.4, abs=0.02) and t["reasoning"] == pytest.approx(0.6, abs=0.02)
+    assert t["instruct"] == pytest.approx(0.4, abs=0.02) and t["reasoning"] == pytest.approx(
+        0.6, abs=0.02
+    )
     curves = next(b for b in report.section(4).blocks if isinstance(b, Figure)).data
     # only the generations each family has, in the registry's order
     qwen = curves[(curves["family"] == "qwen") & (curves["parameter"] == "base_nll")]
@@ -206,8 +211,9 @@ def test_html_report(full_warehouse, tmp_path: Path):
 
 
 def test_missing_warehouse_is_a_clean_error(tmp_path: Path):
-    res = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "nope.duckdb"),
-                                    "-o", str(tmp_path / "r.pdf")])
+    res = CliRunner().invoke(
+        main, ["report", "--db", str(tmp_path / "nope.duckdb"), "-o", str(tmp_path / "r.pdf")]
+    )
     assert res.exit_code == 1
     assert "no warehouse" in res.output
     assert not (tmp_path / "r.pdf").exists()
@@ -238,13 +244,30 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
     add_synthetic_experiments(con, n_experiments=6, participants=10, responses=4)
     simulate_warehouse(con, seed=3)
     con.close()
-    res = CliRunner().invoke(main, ["--db", str(db), "fit", "effects", "--draws", "200", "--tune",
-                                    "200", "--no-compare", "--allow-diagnostics-failure"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "--db",
+            str(db),
+            "fit",
+            "effects",
+            "--draws",
+            "200",
+            "--tune",
+            "200",
+            "--no-compare",
+            "--allow-diagnostics-failure",
+        ],
+    )
     assert res.exit_code == 0, res.output
     con = warehouse.connect(db, read_only=True)
     fit_id = warehouse.db.scalar(con, "SELECT max(fit_id) FROM fits")
-    expected = q.frame(con, "SELECT coords, mean, q05, q95 FROM fit_params "
-                            "WHERE fit_id = ? AND parameter = 'pair_domain_effect'", [fit_id])
+    expected = q.frame(
+        con,
+        "SELECT coords, mean, q05, q95 FROM fit_params "
+        "WHERE fit_id = ? AND parameter = 'pair_domain_effect'",
+        [fit_id],
+    )
     report = build_report(con)
     con.close()
     cells = next(b for b in report.section(3).blocks if isinstance(b, Figure)).data

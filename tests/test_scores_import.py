@@ -1,4 +1,5 @@
 """`scores import` / `scores export`: external scorers' results in and out of the warehouse."""
+
 from __future__ import annotations
 
 import math
@@ -11,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import warehouse
+from psystats import warehouse
 from psystats.cli import main
-from scoring import registry
-from scoring.importer import export_scores, import_scores
-from warehouse.db import WarehouseError, scalar
+from psystats.scoring import registry
+from psystats.scoring.importer import export_scores, import_scores
+from psystats.warehouse.db import WarehouseError, scalar
 
 SCORE_COLS = ["nll", "n_tokens", "first_token_nll", "top1_all", "top1_first", "first_token_entropy"]
 
@@ -34,29 +35,41 @@ def external_scores(con, n: int | None = None, seed: int = 0) -> pa.Table:
     """What an external scorer might deliver: natural keys plus random but valid scores."""
     rows = con.execute(
         "SELECT response_id, study, experiment, participant, response_index FROM responses "
-        "ORDER BY response_id" + (f" LIMIT {int(n)}" if n else "")).fetchall()
+        "ORDER BY response_id" + (f" LIMIT {int(n)}" if n else "")
+    ).fetchall()
     rng = np.random.default_rng(seed)
     k = len(rows)
     n_tokens = rng.integers(1, 6, k)
     first = rng.exponential(2.0, k)
-    return pa.table({
-        "response_id": [r[0] for r in rows],
-        "study": [r[1] for r in rows], "experiment": [r[2] for r in rows],
-        "participant": [r[3] for r in rows], "response_index": [r[4] for r in rows],
-        "nll": first + rng.exponential(1.0, k) * (n_tokens - 1),
-        "n_tokens": n_tokens, "first_token_nll": first,
-        "top1_all": rng.random(k) < 0.3, "top1_first": rng.random(k) < 0.5,
-        "first_token_entropy": rng.exponential(1.5, k),
-    })
+    return pa.table(
+        {
+            "response_id": [r[0] for r in rows],
+            "study": [r[1] for r in rows],
+            "experiment": [r[2] for r in rows],
+            "participant": [r[3] for r in rows],
+            "response_index": [r[4] for r in rows],
+            "nll": first + rng.exponential(1.0, k) * (n_tokens - 1),
+            "n_tokens": n_tokens,
+            "first_token_nll": first,
+            "top1_all": rng.random(k) < 0.3,
+            "top1_first": rng.random(k) < 0.5,
+            "first_token_entropy": rng.exponential(1.5, k),
+        }
+    )
 
 
 def stored(con, run_id: int) -> pa.Table:
-    return con.sql(f"SELECT response_id, {', '.join(SCORE_COLS)} FROM scores WHERE run_id = ? "
-                   f"ORDER BY response_id", params=[run_id]).to_arrow_table()
+    return con.sql(
+        f"SELECT response_id, {', '.join(SCORE_COLS)} FROM scores WHERE run_id = ? "
+        f"ORDER BY response_id",
+        params=[run_id],
+    ).to_arrow_table()
 
 
 def counts(con) -> tuple[int, int, int]:
-    return tuple(scalar(con, f"SELECT count(*) FROM {t}") for t in ("models", "score_runs", "scores"))
+    return tuple(
+        scalar(con, f"SELECT count(*) FROM {t}") for t in ("models", "score_runs", "scores")
+    )
 
 
 def test_round_trip_parquet(con, tmp_path):
@@ -66,10 +79,19 @@ def test_round_trip_parquet(con, tmp_path):
     r = import_scores(con, src, model="my-cognitive-model", post_training="other")
     assert r.n_rows == original.num_rows == scalar(con, "SELECT count(*) FROM responses")
     assert r.model_registered
-    run = con.execute("SELECT model, condition, scorer, status, n_responses, n_participants "
-                      "FROM score_runs WHERE run_id = ?", [r.run_id]).fetchall()[0]
-    assert run == ("my-cognitive-model", "imported", "my-cognitive-model", "complete",
-                   original.num_rows, scalar(con, "SELECT count(*) FROM participants"))
+    run = con.execute(
+        "SELECT model, condition, scorer, status, n_responses, n_participants "
+        "FROM score_runs WHERE run_id = ?",
+        [r.run_id],
+    ).fetchall()[0]
+    assert run == (
+        "my-cognitive-model",
+        "imported",
+        "my-cognitive-model",
+        "complete",
+        original.num_rows,
+        scalar(con, "SELECT count(*) FROM participants"),
+    )
     model = registry.get_model(con, "my-cognitive-model")
     assert model["source"] is None and model["post_training"] == "other"
 
@@ -108,19 +130,31 @@ def test_csv_with_natural_key_in_bits(con, tmp_path):
     # a model named like a hub model gets the name rules, even without a source
     m = registry.get_model(con, "Qwen/Qwen2.5-7B")
     assert (m["family"], m["generation"], m["post_training"], m["source"]) == (
-        "qwen", "2.5", "base", None)
+        "qwen",
+        "2.5",
+        "base",
+        None,
+    )
 
 
 def test_logprob_column_and_missing_optional_columns(con, tmp_path):
     t = external_scores(con, n=10)
     src = tmp_path / "lp.parquet"
-    pq.write_table(pa.table({"response_id": t["response_id"],
-                             "logprob": pa.array([-v for v in t["nll"].to_pylist()])}), src)
+    pq.write_table(
+        pa.table(
+            {
+                "response_id": t["response_id"],
+                "logprob": pa.array([-v for v in t["nll"].to_pylist()]),
+            }
+        ),
+        src,
+    )
     r = import_scores(con, src, model="m", unit="log10")
     assert "n_tokens" in r.missing_optional
     got = stored(con, r.run_id)
-    np.testing.assert_allclose(got["nll"].to_numpy(), t["nll"].to_numpy() * math.log(10.0),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        got["nll"].to_numpy(), t["nll"].to_numpy() * math.log(10.0), rtol=1e-12
+    )
     assert got["n_tokens"].null_count == 10
 
 
@@ -142,36 +176,64 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def _first_keys(con, n=3):
-    return con.execute("SELECT response_id, study, experiment, participant, response_index "
-                       "FROM responses ORDER BY response_id LIMIT ?", [n]).fetchall()
+    return con.execute(
+        "SELECT response_id, study, experiment, participant, response_index "
+        "FROM responses ORDER BY response_id LIMIT ?",
+        [n],
+    ).fetchall()
 
 
 BAD_CASES = {
     # name: (csv body builder, expected message fragment)
-    "unknown response_id": (lambda k: f"response_id,nll\n{k[0][0]},1.0\n99999999,2.0\n",
-                            "response_id not in the warehouse: line 3: response_id=99999999"),
-    "unknown participant": (lambda k: f"study,participant,response_index,nll\n"
-                                      f"{k[0][1]},{k[0][3]},{k[0][4]},1\n{k[0][1]},no-such-person,0,1\n",
-                            "no such response in the warehouse: line 3: study="),
-    "duplicate": (lambda k: f"response_id,nll\n{k[0][0]},1\n{k[1][0]},1\n{k[0][0]},2\n",
-                  f"the same response appears more than once: line 2: response_id="),
+    "unknown response_id": (
+        lambda k: f"response_id,nll\n{k[0][0]},1.0\n99999999,2.0\n",
+        "response_id not in the warehouse: line 3: response_id=99999999",
+    ),
+    "unknown participant": (
+        lambda k: (
+            f"study,participant,response_index,nll\n"
+            f"{k[0][1]},{k[0][3]},{k[0][4]},1\n{k[0][1]},no-such-person,0,1\n"
+        ),
+        "no such response in the warehouse: line 3: study=",
+    ),
+    "duplicate": (
+        lambda k: f"response_id,nll\n{k[0][0]},1\n{k[1][0]},1\n{k[0][0]},2\n",
+        "the same response appears more than once: line 2: response_id=",
+    ),
     "nan": (lambda k: f"response_id,nll\n{k[0][0]},nan\n", "field 'nll' is not finite: line 2"),
-    "inf entropy": (lambda k: f"response_id,nll,first_token_entropy\n{k[0][0]},1,inf\n",
-                    "field 'first_token_entropy' is not finite: line 2"),
-    "negative nll": (lambda k: f"response_id,nll\n{k[0][0]},1\n{k[1][0]},-0.5\n",
-                     "field 'nll' is negative: give the NEGATIVE log-likelihood (>= 0): line 3"),
-    "positive logprob": (lambda k: f"response_id,logprob\n{k[0][0]},0.5\n",
-                         "field 'logprob' is positive"),
-    "not a number": (lambda k: f"response_id,nll\n{k[0][0]},abc\n", "field 'nll' is not a number: line 2: nll=abc"),
+    "inf entropy": (
+        lambda k: f"response_id,nll,first_token_entropy\n{k[0][0]},1,inf\n",
+        "field 'first_token_entropy' is not finite: line 2",
+    ),
+    "negative nll": (
+        lambda k: f"response_id,nll\n{k[0][0]},1\n{k[1][0]},-0.5\n",
+        "field 'nll' is negative: give the NEGATIVE log-likelihood (>= 0): line 3",
+    ),
+    "positive logprob": (
+        lambda k: f"response_id,logprob\n{k[0][0]},0.5\n",
+        "field 'logprob' is positive",
+    ),
+    "not a number": (
+        lambda k: f"response_id,nll\n{k[0][0]},abc\n",
+        "field 'nll' is not a number: line 2: nll=abc",
+    ),
     "empty nll": (lambda k: f"response_id,nll\n{k[0][0]},\n", "field 'nll' is empty: line 2"),
-    "fractional index": (lambda k: f"study,participant,response_index,nll\n{k[0][1]},{k[0][3]},0.5,1\n",
-                         "field 'response_index' is not a whole number: line 2"),
-    "bad boolean": (lambda k: f"response_id,nll,top1_all\n{k[0][0]},1,maybe\n",
-                    "field 'top1_all' is not a boolean"),
-    "negative n_tokens": (lambda k: f"response_id,nll,n_tokens\n{k[0][0]},1,-2\n",
-                          "field 'n_tokens' is negative: line 2"),
-    "keys disagree": (lambda k: f"response_id,participant,nll\n{k[0][0]},someone-else,1\n",
-                      "field 'participant' disagrees with the warehouse for that response_id: line 2"),
+    "fractional index": (
+        lambda k: f"study,participant,response_index,nll\n{k[0][1]},{k[0][3]},0.5,1\n",
+        "field 'response_index' is not a whole number: line 2",
+    ),
+    "bad boolean": (
+        lambda k: f"response_id,nll,top1_all\n{k[0][0]},1,maybe\n",
+        "field 'top1_all' is not a boolean",
+    ),
+    "negative n_tokens": (
+        lambda k: f"response_id,nll,n_tokens\n{k[0][0]},1,-2\n",
+        "field 'n_tokens' is negative: line 2",
+    ),
+    "keys disagree": (
+        lambda k: f"response_id,participant,nll\n{k[0][0]},someone-else,1\n",
+        "field 'participant' disagrees with the warehouse for that response_id: line 2",
+    ),
     "no key": (lambda k: "participant,nll\nx,1\n", "no key columns"),
     "no nll": (lambda k: f"response_id,score\n{k[0][0]},1\n", "no 'nll' column"),
     "no rows": (lambda k: "response_id,nll\n", "no rows"),
@@ -187,10 +249,12 @@ def test_bad_files_name_line_and_field_and_write_nothing(con, tmp_path, case):
         import_scores(con, src, model="new-model")
     msg = str(e.value)
     assert str(src) in msg and fragment in msg, msg
-    assert counts(con) == before                    # no model, run or score written
+    assert counts(con) == before  # no model, run or score written
     # the connection is still usable (no half-finished transaction or temp table left)
     assert scalar(con, "SELECT count(*) FROM responses") > 0
-    assert not con.execute("SELECT * FROM duckdb_tables() WHERE table_name = '_import_rows'").fetchall()
+    assert not con.execute(
+        "SELECT * FROM duckdb_tables() WHERE table_name = '_import_rows'"
+    ).fetchall()
 
 
 def test_error_lists_first_rows_and_total(con, tmp_path):
@@ -227,7 +291,9 @@ def test_cli_import_export(warehouse_copy, tmp_path):
     con.close()
     runner = CliRunner()
     db = ["--db", str(warehouse_copy)]
-    r = runner.invoke(main, ["scores", "import", str(src), "--model", "cog", "--type", "other", *db])
+    r = runner.invoke(
+        main, ["scores", "import", str(src), "--model", "cog", "--type", "other", *db]
+    )
     assert r.exit_code == 0, r.output
     assert "imported 25 scores as run 1" in r.output
     r = runner.invoke(main, ["scores", "import", str(src), "--model", "cog", *db])
@@ -243,24 +309,35 @@ def test_cli_import_export(warehouse_copy, tmp_path):
 
 
 def test_study_without_experiment_is_ambiguous_when_the_study_has_several(db_path, tmp_path):
-    from warehouse.ingest import ingest_paths
+    from psystats.warehouse.ingest import ingest_paths
 
     study = tmp_path / "twoexp"
     study.mkdir()
     (study / "prompts.jsonl").write_text(
         '{"text": "You press <<A>>. Again: <<B>>.", "experiment": "e1", "participant": "1"}\n'
-        '{"text": "Pick: <<X>>.", "experiment": "e2", "participant": "1"}\n')
+        '{"text": "Pick: <<X>>.", "experiment": "e2", "participant": "1"}\n'
+    )
     con = warehouse.connect(db_path)
     ingest_paths(con, [study])
-    src = _write(tmp_path, "amb.csv", "study,participant,response_index,nll\ntwoexp,1,1,0.5\n"
-                                      "twoexp,1,0,0.7\n")
-    with pytest.raises(WarehouseError, match="key matches several responses .*line 3: study=twoexp, "
-                                             "participant=1, response_index=0 matches 2"):
+    src = _write(
+        tmp_path,
+        "amb.csv",
+        "study,participant,response_index,nll\ntwoexp,1,1,0.5\ntwoexp,1,0,0.7\n",
+    )
+    with pytest.raises(
+        WarehouseError,
+        match="key matches several responses .*line 3: study=twoexp, "
+        "participant=1, response_index=0 matches 2",
+    ):
         import_scores(con, src, model="m")
     assert counts(con) == (0, 0, 0)
-    ok = _write(tmp_path, "ok.csv", "study,experiment,participant,response_index,nll\n"
-                                    "twoexp,e2,1,0,0.25\n")
+    ok = _write(
+        tmp_path, "ok.csv", "study,experiment,participant,response_index,nll\ntwoexp,e2,1,0,0.25\n"
+    )
     r = import_scores(con, ok, model="m")
-    got = con.execute("SELECT r.experiment, r.text, s.nll FROM scores s JOIN responses r "
-                      "USING (response_id) WHERE run_id = ?", [r.run_id]).fetchall()
+    got = con.execute(
+        "SELECT r.experiment, r.text, s.nll FROM scores s JOIN responses r "
+        "USING (response_id) WHERE run_id = ?",
+        [r.run_id],
+    ).fetchall()
     assert got == [("e2", "X", 0.25)]

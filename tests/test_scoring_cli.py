@@ -1,4 +1,5 @@
 """`psystats score` end to end: runs, resume after kill -9, no-op reruns, errors, OOM back-off."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import warehouse
+from psystats import warehouse
 from psystats.cli import main
-from warehouse.db import scalar
+from psystats.warehouse.db import scalar
 
 STUDY = "franke2024bayesian"
 
@@ -33,18 +34,35 @@ def score_rows(db: Path, run_id: int | None = None) -> list[tuple]:
         return con.execute(
             "SELECT response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, "
             "first_token_entropy FROM scores WHERE run_id = coalesce(?, run_id) "
-            "ORDER BY response_id", [run_id]).fetchall()
+            "ORDER BY response_id",
+            [run_id],
+        ).fetchall()
     finally:
         con.close()
 
 
 def score_cmd(db: Path, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "psystats.cli", "--db", str(db), "score", "--model", str(model),
-            "--study", STUDY, "--cpu-threads", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "psystats.cli",
+        "--db",
+        str(db),
+        "score",
+        "--model",
+        str(model),
+        "--study",
+        STUDY,
+        "--cpu-threads",
+        "1",
+        *extra,
+    ]
 
 
-def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(tiny_models, small_warehouse,
-                                                                 tmp_path):
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(
+    tiny_models, small_warehouse, tmp_path
+):
     model = tiny_models["qwen3"]
     full, killed = tmp_path / "full.duckdb", tmp_path / "killed.duckdb"
     shutil.copy(small_warehouse, full)
@@ -53,8 +71,13 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(tiny_models, sm
     subprocess.run(score_cmd(full, model, "-q"), check=True, env=env, capture_output=True)
 
     # Small batches so the kill lands between commits; kill after two commits.
-    proc = subprocess.Popen(score_cmd(killed, model, "--commit-chars", "40000"),
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        score_cmd(killed, model, "--commit-chars", "40000"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     commits = 0
     for line in proc.stderr:
         if line.startswith("committed batch"):
@@ -67,18 +90,20 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(tiny_models, sm
     partial = score_rows(killed)
     assert 0 < len(partial) < len(score_rows(full))
 
-    resumed = subprocess.run(score_cmd(killed, model, "--commit-chars", "40000"), env=env,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        score_cmd(killed, model, "--commit-chars", "40000"), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming run 1" in resumed.stderr
-    assert score_rows(killed) == score_rows(full)        # same rows, same values, no duplicates
+    assert score_rows(killed) == score_rows(full)  # same rows, same values, no duplicates
     con = warehouse.connect(killed, read_only=True)
     try:
         n_resp = scalar(con, "SELECT count(*) FROM responses WHERE study = ?", [STUDY])
         assert scalar(con, "SELECT count(*) FROM scores") == n_resp
         assert scalar(con, "SELECT count(DISTINCT response_id) FROM scores") == n_resp
-        assert con.execute("SELECT run_id, status, n_responses FROM score_runs").fetchall() == \
-            [(1, "complete", n_resp)]
+        assert con.execute("SELECT run_id, status, n_responses FROM score_runs").fetchall() == [
+            (1, "complete", n_resp)
+        ]
     finally:
         con.close()
 
@@ -95,18 +120,24 @@ def test_rerun_is_noop_force_starts_new_run_and_sql_means(tiny_models, warehouse
     assert r.exit_code == 0, r.output
     assert score_rows(warehouse_copy, 2) == score_rows(warehouse_copy, 1)
     # Done-when: mean NLL per model and experiment from plain SQL.
-    r = cli(warehouse_copy, "sql", "--format", "json",
-            "SELECT sr.model, r.experiment, avg(s.nll) AS mean_nll, count(*) AS n "
-            "FROM scores s JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id) "
-            "WHERE sr.run_id = 1 GROUP BY ALL")
+    r = cli(
+        warehouse_copy,
+        "sql",
+        "--format",
+        "json",
+        "SELECT sr.model, r.experiment, avg(s.nll) AS mean_nll, count(*) AS n "
+        "FROM scores s JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id) "
+        "WHERE sr.run_id = 1 GROUP BY ALL",
+    )
     rows = json.loads(r.output)
     assert len(rows) == 1 and rows[0]["model"] == model.name
     assert rows[0]["mean_nll"] == pytest.approx(np.mean([row[1] for row in first]))
 
 
 def test_unknown_model_path(warehouse_copy):
-    r = CliRunner().invoke(main, ["--db", str(warehouse_copy), "score", "--model",
-                                  "/no/such/model-folder"])
+    r = CliRunner().invoke(
+        main, ["--db", str(warehouse_copy), "score", "--model", "/no/such/model-folder"]
+    )
     assert r.exit_code == 1
     assert "/no/such/model-folder" in r.output
 
@@ -118,14 +149,26 @@ def test_chat_needs_a_chat_template(tiny_models, warehouse_copy, tmp_path):
     cfg = json.loads((model / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
     (model / "tokenizer_config.json").write_text(json.dumps(cfg))
-    r = CliRunner().invoke(main, ["--db", str(warehouse_copy), "score", "--model", str(model),
-                                  "--condition", "chat", "--study", STUDY])
+    r = CliRunner().invoke(
+        main,
+        [
+            "--db",
+            str(warehouse_copy),
+            "score",
+            "--model",
+            str(model),
+            "--condition",
+            "chat",
+            "--study",
+            STUDY,
+        ],
+    )
     assert r.exit_code == 1
     assert "no chat template" in r.output
 
 
 def test_pickle_checkpoints_are_refused(tiny_models, tmp_path):
-    from scoring.loader import ModelLoadError, load_model
+    from psystats.scoring.loader import ModelLoadError, load_model
 
     folder = tmp_path / "pickled"
     folder.mkdir()
@@ -147,10 +190,11 @@ def test_nan_logits_fail_the_run_and_write_nothing(tiny_models, warehouse_copy, 
     bad = tok("F", add_special_tokens=False)["input_ids"]
     assert len(bad) == 1
     emb = next(k for k in weights if "embed_tokens" in k)
-    weights[emb][bad[0]] = float("nan")      # only transcripts containing "F" are hit
+    weights[emb][bad[0]] = float("nan")  # only transcripts containing "F" are hit
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    r = CliRunner().invoke(main, ["--db", str(warehouse_copy), "score", "--model", str(model),
-                                  "--study", STUDY, "-q"])
+    r = CliRunner().invoke(
+        main, ["--db", str(warehouse_copy), "score", "--model", str(model), "--study", STUDY, "-q"]
+    )
     assert r.exit_code == 1
     assert "NaN/inf logits" in r.output and "response_id" in r.output
     con = warehouse.connect(warehouse_copy, read_only=True)
@@ -162,7 +206,9 @@ def test_nan_logits_fail_the_run_and_write_nothing(tiny_models, warehouse_copy, 
         named = [int(x) for x in error.split("response_id ")[1].split(")")[0].split(", ")]
         texts = con.execute(
             "SELECT DISTINCT t.text FROM responses r JOIN transcripts t USING (participant_key) "
-            f"WHERE r.response_id IN ({', '.join('?' * len(named))})", named).fetchall()
+            f"WHERE r.response_id IN ({', '.join('?' * len(named))})",
+            named,
+        ).fetchall()
     finally:
         con.close()
     assert named and texts
@@ -170,8 +216,8 @@ def test_nan_logits_fail_the_run_and_write_nothing(tiny_models, warehouse_copy, 
 
 
 def test_out_of_memory_halves_the_budget_and_continues(tiny_models, small_warehouse):
-    from scoring.engine import Scorer
-    from scoring.inputs import load_inputs
+    from psystats.scoring.engine import Scorer
+    from psystats.scoring.inputs import load_inputs
 
     con = warehouse.connect(small_warehouse, read_only=True)
     try:
@@ -191,6 +237,7 @@ def test_out_of_memory_halves_the_budget_and_continues(tiny_models, small_wareho
         n = kwargs["input_ids"].shape[1]
         if n > limit:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory ({n} tokens)")
+
     handle = sc.lm.get_decoder().register_forward_pre_hook(fake_device_limit, with_kwargs=True)
     try:
         batch = sc.score(ps)

@@ -3,6 +3,7 @@
 The model is loaded once for the module (float32); the reference is a float64
 copy of the same weights with a plain forward (see test_scoring_reference).
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,21 +11,26 @@ import copy
 import pytest
 import torch
 
-import warehouse
-from scoring.inputs import load_inputs
 from helpers import FRANKE, check_batch, reference_pieces, reference_scores
+from psystats import warehouse
+from psystats.scoring.inputs import load_inputs
 
-SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
-          "Hugging Face<|im_end|>\n")
+SYSTEM = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+    "Hugging Face<|im_end|>\n"
+)
 
 
 @pytest.fixture(scope="module")
 def smol(smollm2_gguf):
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     torch.set_num_threads(1)
-    row = {"name": "SmolLM2-135M-Instruct", "source": str(smollm2_gguf.parent),
-           "gguf_file": smollm2_gguf.name}
+    row = {
+        "name": "SmolLM2-135M-Instruct",
+        "source": str(smollm2_gguf.parent),
+        "gguf_file": smollm2_gguf.name,
+    }
     sc = Scorer(row, dtype="float32")
     ref = copy.deepcopy(sc.lm).double()
     return sc, ref
@@ -37,7 +43,9 @@ def few(small_warehouse):
         ps = load_inputs(con)
     finally:
         con.close()
-    return [p for p in ps if p.experiment == FRANKE][:1] + [p for p in ps if p.experiment != FRANKE][:1]
+    return [p for p in ps if p.experiment == FRANKE][:1] + [
+        p for p in ps if p.experiment != FRANKE
+    ][:1]
 
 
 def chat_pieces(p):
@@ -45,7 +53,9 @@ def chat_pieces(p):
     out = [(SYSTEM, -1)]
     pos = 0
     for i, (a, b) in enumerate(p.spans):
-        out.append(("<|im_start|>user\n" + p.text[pos:a - 2] + "<|im_end|>\n<|im_start|>assistant\n", -1))
+        out.append(
+            ("<|im_start|>user\n" + p.text[pos : a - 2] + "<|im_end|>\n<|im_start|>assistant\n", -1)
+        )
         out.append((p.text[a:b], i))
         out.append(("<|im_end|>\n", -1))
         pos = b + 2
@@ -56,14 +66,23 @@ def chat_pieces(p):
 
 def persona_pieces(p):
     age = p.metadata["age"]
-    head = ("Before the experiment, the participant answered some questions about themselves.\n"
-            f"Q: How old are you?\nA: {int(age)}\n\n")
+    head = (
+        "Before the experiment, the participant answered some questions about themselves.\n"
+        f"Q: How old are you?\nA: {int(age)}\n\n"
+    )
     return [(head, -1)] + reference_pieces(p)
 
 
-@pytest.mark.parametrize("condition", ["plain", "chat", "persona"])
+@pytest.mark.parametrize(
+    "condition",
+    [
+        pytest.param("plain", marks=pytest.mark.slow),
+        "chat",
+        pytest.param("persona", marks=pytest.mark.slow),
+    ],
+)
 def test_smollm2_matches_reference(smol, few, condition):
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     sc, ref = smol
     scorer = Scorer(sc.model_row, condition=condition, lm=sc.lm, tokenizer=sc.tokenizer)

@@ -6,6 +6,7 @@ forward in float64 on CPU, log-softmax over the full sequence, and
 per-response sums over the response positions with a Python loop.  It shares
 no code with the engine.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,21 +15,32 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (FRANKE, check_batch, check_options, load64, model_row, reference_ids,
-                     reference_pieces, reference_scores, window_reference)
+from helpers import (
+    FRANKE,
+    check_batch,
+    check_options,
+    load64,
+    model_row,
+    reference_ids,
+    reference_pieces,
+    reference_scores,
+    window_reference,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama", "olmo2"])
 def test_nll_matches_float64_reference(tiny_models, inputs, family):
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     path = tiny_models[family]
     ref_model = load64(path)
     sc = Scorer(model_row(path), dtype="float64")
-    refs = [reference_scores(ref_model, sc.tokenizer, reference_pieces(p), len(p.spans),
-                             sc.prefix_ids) for p in inputs]
+    refs = [
+        reference_scores(ref_model, sc.tokenizer, reference_pieces(p), len(p.spans), sc.prefix_ids)
+        for p in inputs
+    ]
     batch = sc.score(inputs)
     assert sorted(batch.participant_keys) == sorted(p.participant_key for p in inputs)
     assert check_batch(batch, inputs, refs, atol=1e-6) < 1e-6
@@ -38,17 +50,26 @@ def test_nll_matches_float64_reference(tiny_models, inputs, family):
 
 
 def test_batching_order_and_packing_do_not_change_results(tiny_models, inputs):
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     path = tiny_models["qwen3"]
     base = Scorer(model_row(path), dtype="float64", packing="none")
     want = base.score(inputs).scores
     tok, lm = base.tokenizer, base.lm
     # Same model, other batch shapes: packed with several budgets, reversed order, one by one.
-    for packing, budget, order in [("packed", 100_000, inputs), ("packed", 1500, inputs[::-1]),
-                                   ("none", 1, inputs[::-1])]:
-        sc = Scorer(model_row(path), dtype="float64", packing=packing, token_budget=budget,
-                    lm=lm, tokenizer=tok)
+    for packing, budget, order in [
+        ("packed", 100_000, inputs),
+        ("packed", 1500, inputs[::-1]),
+        ("none", 1, inputs[::-1]),
+    ]:
+        sc = Scorer(
+            model_row(path),
+            dtype="float64",
+            packing=packing,
+            token_budget=budget,
+            lm=lm,
+            tokenizer=tok,
+        )
         got = sc.score(order).scores
         assert got["response_id"].to_pylist() == want["response_id"].to_pylist()
         np.testing.assert_allclose(got["nll"].to_numpy(), want["nll"].to_numpy(), rtol=0, atol=1e-9)
@@ -58,18 +79,25 @@ def test_batching_order_and_packing_do_not_change_results(tiny_models, inputs):
     alone = [sc32.score([p]).scores for p in inputs]
     together = sc32.score(inputs[::-1]).scores
     import pyarrow as pa
+
     assert pa.concat_tables(alone).sort_by("response_id").equals(together)
 
 
 def test_windows_score_every_token_once_with_its_window_context(tiny_models, inputs):
     """--context-policy window: each token's log-prob equals a plain forward over its window."""
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     path = tiny_models["llama"]
-    p = inputs[-1]                      # a long free-text participant
+    p = inputs[-1]  # a long free-text participant
     L, S = 256, 96
-    sc = Scorer(model_row(path), dtype="float64", max_context=L, context_policy="window",
-                stride=S, token_level=True)
+    sc = Scorer(
+        model_row(path),
+        dtype="float64",
+        max_context=L,
+        context_policy="window",
+        stride=S,
+        token_level=True,
+    )
     batch = sc.score([p])
     assert batch.counts["windowed_participants"] == 1
     # Reference: tokenise the pieces, then for every target t find the window
@@ -95,14 +123,13 @@ def test_windows_score_every_token_once_with_its_window_context(tiny_models, inp
 
 
 def test_option_scores_match_reference(tiny_models, inputs):
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     path = tiny_models["olmo2"]
     franke = [p for p in inputs if p.experiment == FRANKE][:1]
     # Single-token options and multi-token ones (scored through branches).
     opts = ["A", "B", "C", "D", "F", "I", "X", "green hexagon", "red"]
-    sc = Scorer(model_row(path), dtype="float64", packing="packed",
-                option_sets={FRANKE: opts})
+    sc = Scorer(model_row(path), dtype="float64", packing="packed", option_sets={FRANKE: opts})
     batch = sc.score(franke)
     got = check_options(batch, franke, sc, load64(path), opts, atol=1e-8)
     for p in franke:
@@ -112,7 +139,7 @@ def test_option_scores_match_reference(tiny_models, inputs):
 
 def test_whole_text_tokenization_scores_overlapping_tokens(tiny_models, inputs):
     """--tokenization whole: tokens overlapping a response's characters, from one tokenisation."""
-    from scoring.engine import Scorer
+    from psystats.scoring.engine import Scorer
 
     path = tiny_models["qwen3"]
     sc = Scorer(model_row(path), dtype="float64", tokenization="whole", token_level=True)

@@ -1,22 +1,23 @@
 """Shards for SLURM-style job arrays: partition, files, merge (idempotent, restartable)."""
+
 from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
-import warehouse
-from scoring import shards
-from warehouse.db import WarehouseError, scalar
 from helpers import N_PARTICIPANTS, STUDY, cli_base_warehouse, cli_ok, reference_run, snapshot
-
+from psystats import warehouse
+from psystats.scoring import shards
+from psystats.warehouse.db import WarehouseError, scalar
 
 # ---------------------------------------------------------------------------
 # Partitioning (pure)
 # ---------------------------------------------------------------------------
+
 
 def _random_counts(n: int, seed: int = 0) -> dict[int, int]:
     rng = random.Random(seed)
@@ -57,7 +58,7 @@ def test_make_units_respects_target_and_order():
     target = 3000
     units = shards.make_units(counts, target, prefix="x-")
     flat = [k for u in units for k in u.participant_keys]
-    assert flat == sorted(counts)                      # consecutive, in key order
+    assert flat == sorted(counts)  # consecutive, in key order
     for u in units:
         assert u.n_tokens == sum(counts[k] for k in u.participant_keys)
         assert u.n_tokens <= target or len(u.participant_keys) == 1
@@ -79,13 +80,20 @@ def test_parse_shard_spec():
 
 
 def test_run_key_hash_ignores_key_order_and_tuples():
-    a = shards.run_key("m", "plain", {"studies": ("s1", "s2")}, {"b": 1, "a": [1, 2]},
-                       {"weights_sha256": "x"})
-    b = shards.run_key({"name": "m", "family": "qwen"}, "plain", {"studies": ["s1", "s2"]},
-                       {"a": (1, 2), "b": 1}, {"weights_sha256": "x"})
+    a = shards.run_key(
+        "m", "plain", {"studies": ("s1", "s2")}, {"b": 1, "a": [1, 2]}, {"weights_sha256": "x"}
+    )
+    b = shards.run_key(
+        {"name": "m", "family": "qwen"},
+        "plain",
+        {"studies": ["s1", "s2"]},
+        {"a": (1, 2), "b": 1},
+        {"weights_sha256": "x"},
+    )
     assert shards.run_hash(a) == shards.run_hash(b)
-    c = shards.run_key("m", "chat", {"studies": ["s1", "s2"]}, {"a": [1, 2], "b": 1},
-                       {"weights_sha256": "x"})
+    c = shards.run_key(
+        "m", "chat", {"studies": ["s1", "s2"]}, {"a": [1, 2], "b": 1}, {"weights_sha256": "x"}
+    )
     assert shards.run_hash(c) != shards.run_hash(a)
 
 
@@ -93,7 +101,7 @@ def test_run_key_hash_ignores_key_order_and_tuples():
 # Shards of a real run: tiny model, real warehouse, merged into DuckDB
 # ---------------------------------------------------------------------------
 
-UNIT_TOKENS = 1500           # several units per shard
+UNIT_TOKENS = 1500  # several units per shard
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +111,19 @@ def scored(tmp_path_factory, small_warehouse, tiny_models):
 
 def run_jobs(scored, out: Path, n: int, only: Sequence[int] | None = None):
     """The ``--shard I/N`` jobs of an array (all of them, or ``only`` these I)."""
-    return [shards.run_shard(scored["scorer"], scored["model"], condition="plain",
-                             selection=scored["selection"], inputs=scored["inputs"],
-                             shard=(i, n), out_dir=out, unit_tokens=UNIT_TOKENS)
-            for i in (range(n) if only is None else only)]
+    return [
+        shards.run_shard(
+            scored["scorer"],
+            scored["model"],
+            condition="plain",
+            selection=scored["selection"],
+            inputs=scored["inputs"],
+            shard=(i, n),
+            out_dir=out,
+            unit_tokens=UNIT_TOKENS,
+        )
+        for i in (range(n) if only is None else only)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +174,13 @@ def test_merging_twice_adds_nothing(scored, out, db):
     assert snapshot(db) == scored["reference"]
     con = warehouse.connect(db, read_only=True)
     assert scalar(con, "SELECT count(*) FROM score_runs") == 1
-    assert scalar(con, "SELECT count(*) - count(DISTINCT (run_id, response_id, option)) "
-                       "FROM option_scores") == 0
+    assert (
+        scalar(
+            con,
+            "SELECT count(*) - count(DISTINCT (run_id, response_id, option)) FROM option_scores",
+        )
+        == 0
+    )
     con.close()
 
 
@@ -167,13 +189,13 @@ def test_an_unfinished_array_leaves_the_run_open(scored, out, db, tmp_path):
     held = tmp_path / "held"
     held.mkdir()
     for p in [*rdir.glob("unit-s0001of0003-*"), shards.done_marker_path(rdir, 1, 3)]:
-        shutil.move(p, held / p.name)                   # task 1 has not run yet
+        shutil.move(p, held / p.name)  # task 1 has not run yet
     (r,) = merge(db, out)
     assert not r.complete and r.shards_done == "2/3"
     snap = snapshot(db)
     assert snap["run"][0][2] == "running"
     assert 0 < len(snap["scores"]) < len(scored["reference"]["scores"])
-    for p in held.iterdir():                            # task 1 finishes
+    for p in held.iterdir():  # task 1 finishes
         shutil.move(p, rdir / p.name)
     (r,) = merge(db, out)
     assert r.complete and r.rows_added == len(scored["reference"]["scores"]) - len(snap["scores"])
@@ -184,7 +206,7 @@ def test_a_merge_stopped_by_a_corrupt_shard_is_rerun_after_the_fix(scored, out, 
     rdir = next(out.glob("run-*"))
     victim = sorted(rdir.glob("unit-s0001of0003-*.scores.parquet"))[0]
     data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])          # a half-copied file
+    victim.write_bytes(data[: len(data) // 2])  # a half-copied file
     with pytest.raises(shards.ShardError, match=victim.name) as err:
         merge(db, out)
     (r,) = err.value.results
@@ -220,8 +242,8 @@ def test_a_task_killed_before_its_manifest_redoes_only_that_unit(scored, out, db
 
 
 def test_shards_from_another_warehouse_are_refused(scored, out, tmp_path, psych201):
-    from scoring.registry import add_model
-    from warehouse.ingest import ingest_paths
+    from psystats.scoring.registry import add_model
+    from psystats.warehouse.ingest import ingest_paths
 
     # The same studies ingested in the other order: the same people get other keys.
     other = tmp_path / "other.duckdb"
@@ -257,7 +279,8 @@ def test_merge_command(scored, out, db):
 
 
 def test_cli_job_array_on_a_read_only_warehouse_then_merge_equals_local_score(
-        tmp_path, psych201, tiny_models):
+    tmp_path, psych201, tiny_models
+):
     """The SLURM path end to end through the CLI: N=2 tasks read a warehouse
     they cannot write (file mode 0444), `psystats merge` ingests their shards,
     and the result equals a plain `psystats score` row for row."""
@@ -281,8 +304,20 @@ def test_cli_job_array_on_a_read_only_warehouse_then_merge_equals_local_score(
     out = tmp_path / "shards"
     try:
         for i in range(2):
-            res = cli_ok("--db", readonly, "score", "--model", "tiny-qwen3", "--shard", f"{i}/2",
-                     "--out", out, "--unit-tokens", "2000", "-q")
+            res = cli_ok(
+                "--db",
+                readonly,
+                "score",
+                "--model",
+                "tiny-qwen3",
+                "--shard",
+                f"{i}/2",
+                "--out",
+                out,
+                "--unit-tokens",
+                "2000",
+                "-q",
+            )
             assert f"shard {i}/2" in res.output
     finally:
         holder.close()

@@ -1,4 +1,5 @@
 """fit accuracy: hits, temperatures (against brute force), held-out folds, errors, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import warehouse
-from warehouse.db import WarehouseError
+from psystats import warehouse
+from psystats.warehouse.db import WarehouseError
 
 
 def _matrix(lp, target, participants=None):
@@ -23,9 +24,14 @@ def _matrix(lp, target, participants=None):
 def test_top1_hits_and_option_nll_by_hand():
     from psystats.stats.accuracy import option_nll, top1_hits
 
-    m = _matrix([[np.log(0.7), np.log(0.2), np.log(0.1)],
-                 [np.log(0.4), np.log(0.4), np.log(0.2)],   # two-way tie at the top
-                 [np.log(0.5), np.log(0.5), -np.inf]], [0, 1, 2])  # padded third option
+    m = _matrix(
+        [
+            [np.log(0.7), np.log(0.2), np.log(0.1)],
+            [np.log(0.4), np.log(0.4), np.log(0.2)],  # two-way tie at the top
+            [np.log(0.5), np.log(0.5), -np.inf],
+        ],
+        [0, 1, 2],
+    )  # padded third option
     assert list(top1_hits(m)) == [1.0, 0.5, 0.0]
     assert option_nll(m)[:2] == pytest.approx([-np.log(0.7), -np.log(0.4)])
     # T = 2 flattens: p ~ sqrt(p), renormalised.
@@ -91,9 +97,15 @@ def test_no_option_scores_is_a_clear_error(tmp_path):
 def test_unmatched_responses_are_counted_not_scored():
     from psystats.stats.accuracy import option_matrix
 
-    rows = pd.DataFrame({"response_id": [1, 1, 2, 2], "participant_key": [10, 10, 11, 11],
-                         "response": ["A", "A", "maybe", "maybe"],
-                         "option": ["A", "B", "A", "B"], "logprob": np.log([0.6, 0.4, 0.5, 0.5])})
+    rows = pd.DataFrame(
+        {
+            "response_id": [1, 1, 2, 2],
+            "participant_key": [10, 10, 11, 11],
+            "response": ["A", "A", "maybe", "maybe"],
+            "option": ["A", "B", "A", "B"],
+            "logprob": np.log([0.6, 0.4, 0.5, 0.5]),
+        }
+    )
     m, unmatched = option_matrix(rows)
     assert unmatched == 1 and list(m.response_id) == [1] and list(m.target) == [0]
 
@@ -105,15 +117,21 @@ def test_survives_calibration_logic():
     from psystats.stats.accuracy import AccuracyData, summarise_accuracy
 
     rng = np.random.default_rng(0)
+
     def draws(mean, sd):
         return rng.normal(mean, sd, size=(2, 500, 3))
-    idata = az.from_dict(posterior={"accuracy_gap": draws([-0.8, -0.8, 0.05], 0.1),
-                                    "accuracy_gap_calibrated": draws([-0.7, 0.0, 0.0], 0.1)},
-                         coords={"post_training": ["instruct", "reasoning", "code"]},
-                         dims={"accuracy_gap": ["post_training"],
-                               "accuracy_gap_calibrated": ["post_training"]})
-    data = AccuracyData(participants=pd.DataFrame(), calibration=pd.DataFrame(),
-                        pairs=pd.DataFrame())
+
+    idata = az.from_dict(
+        posterior={
+            "accuracy_gap": draws([-0.8, -0.8, 0.05], 0.1),
+            "accuracy_gap_calibrated": draws([-0.7, 0.0, 0.0], 0.1),
+        },
+        coords={"post_training": ["instruct", "reasoning", "code"]},
+        dims={"accuracy_gap": ["post_training"], "accuracy_gap_calibrated": ["post_training"]},
+    )
+    data = AccuracyData(
+        participants=pd.DataFrame(), calibration=pd.DataFrame(), pairs=pd.DataFrame()
+    )
     s = summarise_accuracy(idata, data, folds=5)
     assert s["survives_calibration"] == {"instruct": True, "reasoning": False, "code": None}
     assert s["by_post_training"]["reasoning"]["verdict"] == "gap does not survive calibration"
@@ -132,22 +150,28 @@ def accuracy_warehouse(tmp_path):
     return path, truth
 
 
+@pytest.mark.slow
 def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     from click.testing import CliRunner
 
     from psystats.commands.fit_analyses_cmds import accuracy
 
     path, truth = accuracy_warehouse
-    res = CliRunner().invoke(accuracy, ["--db", str(path), "--draws", "1000", "--tune", "600",
-                                        "--seed", "2"])
+    res = CliRunner().invoke(
+        accuracy, ["--db", str(path), "--draws", "1000", "--tune", "600", "--seed", "2"]
+    )
     assert res.exit_code == 0, res.output
     assert "gap survives calibration" in res.output
     con = warehouse.connect(path, read_only=True)
-    (fit_id, summary, passed), = con.execute(
-        "SELECT fit_id, summary, passed FROM fits WHERE kind = 'accuracy'").fetchall()
-    params = {(p, l): (m, lo, hi) for p, l, m, lo, hi in con.execute(
-        "SELECT parameter, label, mean, q05, q95 FROM fit_params WHERE fit_id = ?",
-        [fit_id]).fetchall()}
+    ((fit_id, summary, passed),) = con.execute(
+        "SELECT fit_id, summary, passed FROM fits WHERE kind = 'accuracy'"
+    ).fetchall()
+    params = {
+        (p, l): (m, lo, hi)
+        for p, l, m, lo, hi in con.execute(
+            "SELECT parameter, label, mean, q05, q95 FROM fit_params WHERE fit_id = ?", [fit_id]
+        ).fetchall()
+    }
     con.close()
     assert passed is True
     for name in ("accuracy_gap", "accuracy_gap_calibrated"):

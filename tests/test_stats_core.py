@@ -1,4 +1,5 @@
 """Sampling, diagnostics gates, fit storage, the warehouse -> cells path (psystats.stats)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import warehouse
-from warehouse.db import WarehouseError
+from psystats import warehouse
+from psystats.warehouse.db import WarehouseError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -57,6 +58,7 @@ def test_eight_schools_reproduces_published_posterior(eight_idata):
     assert len(d.bfmi) == 4
 
 
+@pytest.mark.slow
 def test_diagnostics_gate_fails_on_short_single_chain():
     from psystats.stats.sampling import DiagnosticsFailure, diagnose, enforce, sample
 
@@ -75,11 +77,22 @@ def test_save_and_load_fit_roundtrip(eight_idata, db_path):
     from psystats.stats.store import load_fit, save_fit
 
     con = warehouse.connect(db_path)
-    fid = save_fit(con, kind="test", idata=eight_idata, spec={"model": "eight schools"},
-                   priors={"mu": "Normal(0, 5)"}, diagnostics=diagnose(eight_idata),
-                   summary={"x": float("nan")}, seconds=1.5, labels={"theta": "school {school}"})
-    rows = con.execute("SELECT parameter, label, coords, mean, q05, q95, hdi_low, hdi_high, r_hat "
-                       "FROM fit_params WHERE fit_id = ? ORDER BY parameter, label", [fid]).fetchall()
+    fid = save_fit(
+        con,
+        kind="test",
+        idata=eight_idata,
+        spec={"model": "eight schools"},
+        priors={"mu": "Normal(0, 5)"},
+        diagnostics=diagnose(eight_idata),
+        summary={"x": float("nan")},
+        seconds=1.5,
+        labels={"theta": "school {school}"},
+    )
+    rows = con.execute(
+        "SELECT parameter, label, coords, mean, q05, q95, hdi_low, hdi_high, r_hat "
+        "FROM fit_params WHERE fit_id = ? ORDER BY parameter, label",
+        [fid],
+    ).fetchall()
     # One row per scalar element: mu, tau, 8 z, 8 theta.
     assert len(rows) == 18
     theta_a = [r for r in rows if r[0] == "theta" and r[1] == "school A"][0]
@@ -121,8 +134,9 @@ def sim_warehouse(small_warehouse, tmp_path_factory):
     path = tmp_path_factory.mktemp("simwh") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
     con = warehouse.connect(path)
-    add_synthetic_experiments(con, n_experiments=6, participants=10, responses=4,
-                              domains=["Risky Choice", "Memory", None])
+    add_synthetic_experiments(
+        con, n_experiments=6, participants=10, responses=4, domains=["Risky Choice", "Memory", None]
+    )
     sim = simulate_warehouse(con, seed=3)
     con.close()
     return path, sim
@@ -130,9 +144,11 @@ def sim_warehouse(small_warehouse, tmp_path_factory):
 
 def _reference_cells(con) -> pd.DataFrame:
     """Cells computed independently with pandas from the raw tables."""
-    scores = con.execute("SELECT s.run_id, s.response_id, s.nll, s.n_tokens, sr.model "
-                         "FROM scores s JOIN score_runs sr USING (run_id) "
-                         "WHERE sr.status = 'complete'").df()
+    scores = con.execute(
+        "SELECT s.run_id, s.response_id, s.nll, s.n_tokens, sr.model "
+        "FROM scores s JOIN score_runs sr USING (run_id) "
+        "WHERE sr.status = 'complete'"
+    ).df()
     resp = con.execute("SELECT response_id, participant_key, experiment FROM responses").df()
     models = con.execute("SELECT name, base_model FROM models WHERE base_model IS NOT NULL").df()
     s = scores.merge(resp, on="response_id")
@@ -141,12 +157,24 @@ def _reference_cells(con) -> pd.DataFrame:
         a = s[s.model == post][["response_id", "participant_key", "experiment", "nll"]]
         b = s[s.model == base][["response_id", "nll"]]
         m = a.merge(b, on="response_id", suffixes=("_p", "_b"))
-        per = m.groupby(["experiment", "participant_key"]).agg(mp=("nll_p", "mean"),
-                                                             mb=("nll_b", "mean")).reset_index()
+        per = (
+            m.groupby(["experiment", "participant_key"])
+            .agg(mp=("nll_p", "mean"), mb=("nll_b", "mean"))
+            .reset_index()
+        )
         per["d"] = per.mp - per.mb
         for exp, g in per.groupby("experiment"):
-            out.append(dict(pair=f"{post} vs {base}", experiment=exp, n=len(g), mean=g.d.mean(),
-                            var=g.d.var(ddof=1), sd_post=g.mp.std(ddof=1), sd_base=g.mb.std(ddof=1)))
+            out.append(
+                dict(
+                    pair=f"{post} vs {base}",
+                    experiment=exp,
+                    n=len(g),
+                    mean=g.d.mean(),
+                    var=g.d.var(ddof=1),
+                    sd_post=g.mp.std(ddof=1),
+                    sd_base=g.mb.std(ddof=1),
+                )
+            )
     return pd.DataFrame(out)
 
 
@@ -161,8 +189,9 @@ def test_cells_match_independent_computation(sim_warehouse):
     m = cells.merge(ref, on=["pair", "experiment"], suffixes=("", "_ref"))
     for col in ("n", "mean", "var", "sd_post", "sd_base"):
         np.testing.assert_allclose(m[col].astype(float), m[col + "_ref"].astype(float), rtol=1e-9)
-    agg = aggregate_cells(participant_differences(con)).merge(cells, on=["pair", "experiment"],
-                                                               suffixes=("", "_sql"))
+    agg = aggregate_cells(participant_differences(con)).merge(
+        cells, on=["pair", "experiment"], suffixes=("", "_sql")
+    )
     np.testing.assert_allclose(agg["var"], agg["var_sql"], rtol=1e-9)
     assert set(cells.post_training) == {"instruct", "reasoning"}
     assert cells.domain.isna().sum() == 2 * 8  # synthetic experiments without a domain
@@ -176,23 +205,32 @@ def test_participant_means_and_latest_run(sim_warehouse, tmp_path):
     shutil.copy(sim_warehouse[0], path)
     con = warehouse.connect(path)
     pm_ = participant_means(con, condition="plain", models=["sim-qwen1-base"])
-    raw = con.execute("SELECT r.participant_key, avg(s.nll) FROM scores s JOIN score_runs sr "
-                      "USING (run_id) JOIN responses r USING (response_id) "
-                      "WHERE sr.model = 'sim-qwen1-base' GROUP BY 1").df()
+    raw = con.execute(
+        "SELECT r.participant_key, avg(s.nll) FROM scores s JOIN score_runs sr "
+        "USING (run_id) JOIN responses r USING (response_id) "
+        "WHERE sr.model = 'sim-qwen1-base' GROUP BY 1"
+    ).df()
     m = pm_.merge(raw, on="participant_key")
     assert len(m) == len(raw) and np.allclose(m.mean_nll, m.iloc[:, -1])
     assert pairs(con).shape[0] == 8
     before = build_cells(con, models=["sim-qwen1-instruct"])
     # A newer complete run replaces the old one; a failed run is ignored.
-    old = warehouse.db.scalar(con, "SELECT run_id FROM score_runs WHERE model = 'sim-qwen1-instruct'")
+    old = warehouse.db.scalar(
+        con, "SELECT run_id FROM score_runs WHERE model = 'sim-qwen1-instruct'"
+    )
     for status, shift in (("complete", 1.0), ("failed", 50.0)):
         new = warehouse.db.scalar(con, "SELECT nextval('run_id_seq')")
-        con.execute("INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version,"
-                    " started_at, finished_at, status) VALUES (?, 'sim-qwen1-instruct', 'plain',"
-                    " 'x', 'x', current_timestamp, current_timestamp + INTERVAL 1 SECOND, ?)",
-                    [new, status])
-        con.execute("INSERT INTO scores (run_id, response_id, nll, n_tokens) SELECT ?, response_id,"
-                    " nll + ?, n_tokens FROM scores WHERE run_id = ?", [new, shift, old])
+        con.execute(
+            "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version,"
+            " started_at, finished_at, status) VALUES (?, 'sim-qwen1-instruct', 'plain',"
+            " 'x', 'x', current_timestamp, current_timestamp + INTERVAL 1 SECOND, ?)",
+            [new, status],
+        )
+        con.execute(
+            "INSERT INTO scores (run_id, response_id, nll, n_tokens) SELECT ?, response_id,"
+            " nll + ?, n_tokens FROM scores WHERE run_id = ?",
+            [new, shift, old],
+        )
     after = build_cells(con, models=["sim-qwen1-instruct"])
     np.testing.assert_allclose(after["mean"], before["mean"] + 1.0)
     np.testing.assert_allclose(after["var"], before["var"])
@@ -215,7 +253,8 @@ def test_suffstat_identity_equals_row_level_loglik():
         var = d.var(ddof=1) if n > 1 else np.nan
         for mu, s in ((0.0, 0.5), (0.3, 1.7)):
             assert suffstat_loglik(n, d.mean(), var, mu, s) == pytest.approx(
-                stats.norm.logpdf(d, mu, s).sum(), rel=1e-12)
+                stats.norm.logpdf(d, mu, s).sum(), rel=1e-12
+            )
 
 
 def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
@@ -223,11 +262,20 @@ def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
     from psystats.stats.store import save_fit
 
     con = warehouse.connect(db_path)
-    override = {"school": {"A": {"state": "NJ", "school": "A"}, "C": {"state": "NY", "school": "C"}}}
-    fid = save_fit(con, kind="test", idata=eight_idata, var_names=["theta"],
-                   labels={"theta": "school {school}"}, element_coords=override)
-    rows = dict(con.execute("SELECT label, coords FROM fit_params WHERE fit_id = ?",
-                            [fid]).fetchall())
+    override = {
+        "school": {"A": {"state": "NJ", "school": "A"}, "C": {"state": "NY", "school": "C"}}
+    }
+    fid = save_fit(
+        con,
+        kind="test",
+        idata=eight_idata,
+        var_names=["theta"],
+        labels={"theta": "school {school}"},
+        element_coords=override,
+    )
+    rows = dict(
+        con.execute("SELECT label, coords FROM fit_params WHERE fit_id = ?", [fid]).fetchall()
+    )
     assert json.loads(rows["school A"]) == {"state": "NJ", "school": "A"}
     assert json.loads(rows["school C"]) == {"state": "NY", "school": "C"}
     assert json.loads(rows["school B"]) == {"school": "B"}  # not overridden: the default

@@ -1,4 +1,5 @@
 """The effects model: preparation, identification, likelihood identity, recovery, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import warehouse
-from warehouse.db import WarehouseError
+from psystats import warehouse
+from psystats.warehouse.db import WarehouseError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -61,8 +62,14 @@ def test_degenerate_data_drop_terms_with_messages():
 def test_single_pair_drops_experiment_term_and_all_zero_variance_fails():
     from psystats.stats.effects import prepare
 
-    one = _cells(pair=["p"] * 4, experiment=list("abcd"), y=[0.1, 0.2, 0.0, 0.3],
-                 se=[0.05] * 4, domain=["X", "X", "Y", "Y"], n=[10] * 4)
+    one = _cells(
+        pair=["p"] * 4,
+        experiment=list("abcd"),
+        y=[0.1, 0.2, 0.0, 0.3],
+        se=[0.05] * 4,
+        domain=["X", "X", "Y", "Y"],
+        n=[10] * 4,
+    )
     data = prepare(one)
     assert "experiment" in data.dropped and "pair" not in data.active
     assert "single cell" in data.dropped["experiment"]
@@ -74,8 +81,10 @@ def test_spec_from_toml_and_errors(tmp_path):
     from psystats.stats.effects import EffectsSpec, Prior
 
     p = tmp_path / "spec.toml"
-    p.write_text('parameterization = "noncentred"\n[terms]\ngeneration = false\n'
-                 '[priors]\nsigma_pair = {dist = "HalfStudentT", nu = 3, sigma = 0.2}\n')
+    p.write_text(
+        'parameterization = "noncentred"\n[terms]\ngeneration = false\n'
+        '[priors]\nsigma_pair = {dist = "HalfStudentT", nu = 3, sigma = 0.2}\n'
+    )
     spec = EffectsSpec.from_file(p)
     assert spec.terms["generation"] is False and spec.terms["pair"] is True
     assert spec.prior("sigma_pair") == Prior("HalfStudentT", nu=3, sigma=0.2)
@@ -129,24 +138,35 @@ def test_suffstat_model_logp_equals_row_level_model_logp():
     suff, row = build_effects_model(data, spec), _row_model(df, cells, spec)
     # The constant: row-level minus mean-only likelihood, at any mu (here mu = mean).
     s = np.sqrt(cells["var"])
-    const = (suffstat_loglik(cells.n, cells["mean"], cells["var"], cells["mean"], s)
-             - (-0.5 * np.log(2 * np.pi * s ** 2 / cells.n))).sum()
+    const = (
+        suffstat_loglik(cells.n, cells["mean"], cells["var"], cells["mean"], s)
+        - (-0.5 * np.log(2 * np.pi * s**2 / cells.n))
+    ).sum()
     f_suff, f_row = suff.compile_logp(), row.compile_logp()
     rng = np.random.default_rng(1)
     for _ in range(5):
-        pt = {"intercept": rng.normal(), "sigma_cell_log__": rng.normal(-1, 0.5),
-              "cell_z": rng.normal(size=len(cells))}
+        pt = {
+            "intercept": rng.normal(),
+            "sigma_cell_log__": rng.normal(-1, 0.5),
+            "cell_z": rng.normal(size=len(cells)),
+        }
         assert f_row(pt) == pytest.approx(f_suff(pt) + const, rel=1e-10)
 
 
+@pytest.mark.slow
 def test_suffstat_posterior_agrees_with_row_level_posterior():
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
     from psystats.stats.sampling import sample
 
     df, cells = _participant_data()
     spec = EffectsSpec()  # marginal: cell residual integrated out
-    a = sample(build_effects_model(prepare(cells, spec), spec), draws=1500, tune=1000, seed=3,
-               sampler="pymc")
+    a = sample(
+        build_effects_model(prepare(cells, spec), spec),
+        draws=1500,
+        tune=1000,
+        seed=3,
+        sampler="pymc",
+    )
     b = sample(_row_model(df, cells, spec), draws=1500, tune=1000, seed=4, sampler="pymc")
     for v in ("intercept", "sigma_cell"):
         x, y = a.posterior[v].values.ravel(), b.posterior[v].values.ravel()
@@ -154,14 +174,23 @@ def test_suffstat_posterior_agrees_with_row_level_posterior():
         assert np.quantile(x, 0.9) == pytest.approx(np.quantile(y, 0.9), rel=0.1, abs=0.02)
 
 
+@pytest.mark.slow
 def test_eight_schools_through_the_effects_builder():
     from psystats.stats.effects import EffectsSpec, Prior, build_effects_model, prepare
     from psystats.stats.sampling import diagnose, sample
 
-    cells = _cells(pair=["school"] * 8, experiment=list("ABCDEFGH"),
-                   y=[28, 8, -3, 7, -1, 1, 18, 12.0], se=[15, 10, 16, 11, 9, 11, 10, 18.0])
-    spec = EffectsSpec(priors={"intercept": Prior("Normal", mu=0, sigma=5),
-                               "sigma_cell": Prior("HalfCauchy", beta=5)})
+    cells = _cells(
+        pair=["school"] * 8,
+        experiment=list("ABCDEFGH"),
+        y=[28, 8, -3, 7, -1, 1, 18, 12.0],
+        se=[15, 10, 16, 11, 9, 11, 10, 18.0],
+    )
+    spec = EffectsSpec(
+        priors={
+            "intercept": Prior("Normal", mu=0, sigma=5),
+            "sigma_cell": Prior("HalfCauchy", beta=5),
+        }
+    )
     data = prepare(cells, spec)
     assert data.active == [] and "experiment" in data.dropped
     idata = sample(build_effects_model(data, spec), draws=2000, tune=1000, seed=5)
@@ -175,6 +204,7 @@ def test_eight_schools_through_the_effects_builder():
 # recovery (one dataset; the coverage study is benchmarks/bench_fit.py --recovery)
 
 
+@pytest.mark.slow
 def test_recovery_point_estimates_one_dataset():
     from psystats.stats.effects import fit_cells
     from psystats.stats.simulate import simulate_cells
@@ -190,12 +220,18 @@ def test_recovery_point_estimates_one_dataset():
         est = post[name].mean(("chain", "draw")).to_series()
         truth = sim.truth[name]
         sd = post[name].std(("chain", "draw")).to_series()
-        assert (np.abs(est.to_numpy() - truth[est.index.astype(str)].to_numpy())
-                < 4 * sd.to_numpy() + 1e-3).all(), name
+        assert (
+            np.abs(est.to_numpy() - truth[est.index.astype(str)].to_numpy())
+            < 4 * sd.to_numpy() + 1e-3
+        ).all(), name
     pde = post["pair_domain_effect"].mean(("chain", "draw")).to_pandas()
-    assert np.corrcoef(pde.to_numpy().ravel(),
-                       sim.truth["pair_domain_effect"].loc[pde.index, pde.columns].to_numpy().ravel()
-                       )[0, 1] > 0.9
+    assert (
+        np.corrcoef(
+            pde.to_numpy().ravel(),
+            sim.truth["pair_domain_effect"].loc[pde.index, pde.columns].to_numpy().ravel(),
+        )[0, 1]
+        > 0.9
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -215,58 +251,92 @@ def sim_wh(small_warehouse, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_cli_fit_effects_gate_failure_leaves_warehouse_unchanged(sim_wh, tmp_path):
     from psystats.cli import main
 
     db = tmp_path / "w.duckdb"
     shutil.copy(sim_wh, db)
     # Too few draws: the gates fail, the command exits 1 and stores nothing.
-    r = CliRunner().invoke(main, ["--db", str(db), "fit", "effects", "--draws", "30", "--tune",
-                                  "30", "--no-checks"])
+    r = CliRunner().invoke(
+        main, ["--db", str(db), "fit", "effects", "--draws", "30", "--tune", "30", "--no-checks"]
+    )
     assert r.exit_code == 1 and "diagnostic gates" in r.output and "ESS" in r.output
     con = warehouse.connect(db, read_only=True)
     assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 0
     assert warehouse.db.scalar(con, "SELECT count(*) FROM fit_params") == 0
-    assert not (tmp_path / "w.duckdb.fits").exists() or not any((tmp_path / "w.duckdb.fits").iterdir())
+    assert not (tmp_path / "w.duckdb.fits").exists() or not any(
+        (tmp_path / "w.duckdb.fits").iterdir()
+    )
 
 
+@pytest.mark.slow
 def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
     from psystats.cli import main
 
     db = tmp_path / "w.duckdb"
     shutil.copy(sim_wh, db)
     runner = CliRunner()
-    r = runner.invoke(main, ["--db", str(db), "fit", "effects", "--draws", "600", "--tune", "600",
-                             "--no-compare", "--target-accept", "0.99"])
+    r = runner.invoke(
+        main,
+        [
+            "--db",
+            str(db),
+            "fit",
+            "effects",
+            "--draws",
+            "600",
+            "--tune",
+            "600",
+            "--no-compare",
+            "--target-accept",
+            "0.99",
+        ],
+    )
     assert r.exit_code == 0, r.output
     con = warehouse.connect(db, read_only=True)
-    fit = con.execute("SELECT kind, passed, scale, condition, diagnostics, summary, netcdf_path "
-                      "FROM fits").fetchall()
+    fit = con.execute(
+        "SELECT kind, passed, scale, condition, diagnostics, summary, netcdf_path FROM fits"
+    ).fetchall()
     assert len(fit) == 1
     kind, passed, scale, condition, diag, summary, nc = fit[0]
     assert (kind, passed, scale, condition) == ("effects", True, "nats", "plain")
     summary = json.loads(summary)
     assert 0.5 < summary["ppc"]["coverage_90"] <= 1 and "elpd_loo" in summary["loo"]["full"]
     params = {r[0] for r in con.execute("SELECT DISTINCT parameter FROM fit_params").fetchall()}
-    assert {"intercept", "type", "type_mean", "domain", "type_domain", "experiment",
-            "pair_domain_effect", "sigma_cell"} <= params
-    td = con.execute("SELECT label, coords FROM fit_params WHERE parameter = 'type_domain' "
-                     "ORDER BY label LIMIT 1").fetchall()[0]
+    assert {
+        "intercept",
+        "type",
+        "type_mean",
+        "domain",
+        "type_domain",
+        "experiment",
+        "pair_domain_effect",
+        "sigma_cell",
+    } <= params
+    td = con.execute(
+        "SELECT label, coords FROM fit_params WHERE parameter = 'type_domain' "
+        "ORDER BY label LIMIT 1"
+    ).fetchall()[0]
     assert set(json.loads(td[1])) == {"type", "domain"} and " × " in td[0]
-    n_pde = warehouse.db.scalar(con, "SELECT count(*) FROM fit_params "
-                                     "WHERE parameter = 'pair_domain_effect'")
+    n_pde = warehouse.db.scalar(
+        con, "SELECT count(*) FROM fit_params WHERE parameter = 'pair_domain_effect'"
+    )
     assert n_pde == 8 * 4  # 8 pairs x (Psycholinguistics + 3 synthetic domains)
     from pathlib import Path
+
     assert Path(nc).exists()
     # The posterior predictive draws are stored beside the observations ...
     import arviz as az
+
     idata = az.from_netcdf(nc)
     assert {"posterior_predictive", "observed_data"} <= set(idata.groups())
     rep = idata.posterior_predictive["y"].values.reshape(-1, idata.observed_data["y"].size)
     assert rep.shape[0] == summary["ppc"]["draws"] and np.all(np.isfinite(rep))
     assert rep.std(axis=0).min() > 0
     # ... so the report draws its predictive check plot for this fit.
-    from reports.content import build_report
+    from psystats.reports.content import build_report
+
     report = build_report(con)
     try:
         ppc = [f for f in report.figures() if f.caption.startswith("Posterior predictive check")]
@@ -293,6 +363,7 @@ def test_cli_export_cells(sim_wh, tmp_path):
     assert r.exit_code != 0 and ".parquet or .csv" in r.output
 
 
+@pytest.mark.slow
 def test_ppc_is_sensible_on_large_scale_data_from_the_model():
     """Cells of many nats (as a random model against a trained one): the default priors widen
     with the data, and the predictive check's p-values are neither 0 nor 1.
@@ -306,8 +377,16 @@ def test_ppc_is_sensible_on_large_scale_data_from_the_model():
     big = {k: 100 * v for k, v in TRUE_SCALES.items()}  # an intercept of 15 nats
     sim = simulate_cells(2, 8, n_families=1, n_types=1, n_domains=3, seed=5, scales=big)
     assert prior_scale_for(sim.cells["y"]) > 10
-    fit = fit_cells(sim.cells, EffectsSpec(), draws=400, tune=400, chains=2, seed=1,
-                    allow_failure=True, compare=False)
+    fit = fit_cells(
+        sim.cells,
+        EffectsSpec(),
+        draws=400,
+        tune=400,
+        chains=2,
+        seed=1,
+        allow_failure=True,
+        compare=False,
+    )
     assert fit.data.prior_scale == pytest.approx(prior_scale_for(sim.cells["y"]))
     assert any("default prior scales multiplied" in m for m in fit.data.messages)
     assert fit.spec.prior("sigma_cell").params["sigma"] == pytest.approx(0.5 * fit.data.prior_scale)
@@ -316,8 +395,16 @@ def test_ppc_is_sensible_on_large_scale_data_from_the_model():
     assert ppc["coverage_90"] >= 0.6, ppc
     assert "posterior_predictive" in fit.idata.groups()
     # The same data with the priors left as they are: the degenerate check of the demo.
-    fixed = fit_cells(sim.cells, EffectsSpec(autoscale=False), draws=400, tune=400, chains=2,
-                      seed=1, allow_failure=True, compare=False)
+    fixed = fit_cells(
+        sim.cells,
+        EffectsSpec(autoscale=False),
+        draws=400,
+        tune=400,
+        chains=2,
+        seed=1,
+        allow_failure=True,
+        compare=False,
+    )
     assert fixed.data.prior_scale == 1.0
     assert any(p in (0.0, 1.0) for p in fixed.summary["ppc"]["p_values"].values())
 
@@ -328,9 +415,9 @@ def test_default_priors_unchanged_on_the_nats_scale_and_user_priors_kept():
     spec = EffectsSpec(priors={"sigma_pair": Prior("HalfNormal", sigma=0.2)})
     assert resolve_priors(spec, 1.0) is spec
     wide = resolve_priors(spec, 10.0)
-    assert wide.prior("sigma_pair").params == {"sigma": 0.2}          # the user's, as given
+    assert wide.prior("sigma_pair").params == {"sigma": 0.2}  # the user's, as given
     assert wide.prior("intercept").params == {"mu": 0.0, "sigma": 10.0}
     assert wide.prior("generation_family").params["sigma"] == pytest.approx(1.0)
-    assert resolve_priors(wide, 10.0) is wide                          # resolved once
-    assert DEFAULT_PRIORS["intercept"].params["sigma"] == 1.0          # defaults untouched
+    assert resolve_priors(wide, 10.0) is wide  # resolved once
+    assert DEFAULT_PRIORS["intercept"].params["sigma"] == 1.0  # defaults untouched
     assert EffectsSpec.from_dict(EffectsSpec(autoscale=False).to_dict()).autoscale is False

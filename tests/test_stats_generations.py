@@ -1,4 +1,5 @@
 """fit generations: data preparation, recovery of known trends, degenerate data, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -7,31 +8,74 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import warehouse
-from warehouse.db import WarehouseError
+from psystats import warehouse
+from psystats.warehouse.db import WarehouseError
 
 
 def _means(rows):
-    return pd.DataFrame(rows, columns=["model", "experiment", "participant_key", "mean_nll",
-                                       "run_id"])
+    return pd.DataFrame(
+        rows, columns=["model", "experiment", "participant_key", "mean_nll", "run_id"]
+    )
 
 
-MODELS = pd.DataFrame([
-    dict(name="q1", family="qwen", generation="1", generation_order=1.0, n_params=1e9,
-         post_training="base", base_model=None),
-    dict(name="q2", family="qwen", generation="2", generation_order=2.0, n_params=1e9,
-         post_training="base", base_model=None),
-    dict(name="q1-it", family="qwen", generation="1", generation_order=1.0, n_params=1e9,
-         post_training="instruct", base_model="q1"),
-    dict(name="q2-it", family="qwen", generation="2", generation_order=2.0, n_params=1e9,
-         post_training="instruct", base_model="q2"),
-])
+MODELS = pd.DataFrame(
+    [
+        dict(
+            name="q1",
+            family="qwen",
+            generation="1",
+            generation_order=1.0,
+            n_params=1e9,
+            post_training="base",
+            base_model=None,
+        ),
+        dict(
+            name="q2",
+            family="qwen",
+            generation="2",
+            generation_order=2.0,
+            n_params=1e9,
+            post_training="base",
+            base_model=None,
+        ),
+        dict(
+            name="q1-it",
+            family="qwen",
+            generation="1",
+            generation_order=1.0,
+            n_params=1e9,
+            post_training="instruct",
+            base_model="q1",
+        ),
+        dict(
+            name="q2-it",
+            family="qwen",
+            generation="2",
+            generation_order=2.0,
+            n_params=1e9,
+            post_training="instruct",
+            base_model="q2",
+        ),
+    ]
+)
 
 
 def _cells(pairs):
-    return pd.DataFrame([dict(pair=f"{p} vs {b}", post_model=p, base_model=b,
-                              post_training="instruct", experiment="e", n=n, mean=m, var=v)
-                         for p, b, n, m, v in pairs])
+    return pd.DataFrame(
+        [
+            dict(
+                pair=f"{p} vs {b}",
+                post_model=p,
+                base_model=b,
+                post_training="instruct",
+                experiment="e",
+                n=n,
+                mean=m,
+                var=v,
+            )
+            for p, b, n, m, v in pairs
+        ]
+    )
 
 
 def test_base_cells_use_the_within_participant_sd():
@@ -45,8 +89,11 @@ def test_base_cells_use_the_within_participant_sd():
     rows = [("q1", "e", i, v, 1) for i, v in enumerate(y1)]
     rows += [("q2", "e", i, v, 2) for i, v in enumerate(y2)]
     rows.append(("q1", "e", 99, 5.0, 1))  # scored by q1 only: left out
-    data = prepare_generations(_means(rows), _cells([("q1-it", "q1", 30, 0.2, 0.01),
-                                                     ("q2-it", "q2", 30, 0.3, 0.01)]), MODELS)
+    data = prepare_generations(
+        _means(rows),
+        _cells([("q1-it", "q1", 30, 0.2, 0.01), ("q2-it", "q2", 30, 0.3, 0.01)]),
+        MODELS,
+    )
     bc = data.base_cells.set_index("model")
     assert bc.loc["q1", "n"] == 30 and bc.loc["q1", "mean"] == pytest.approx(y1.mean())
     # Reference: the SD of the paired difference is sqrt(2) x the residual SD (m = 2).
@@ -68,8 +115,9 @@ def test_one_generation_only_is_a_clear_error():
 def test_slope_weights_are_least_squares():
     from psystats.stats.generations import _slope_weights
 
-    gen = pd.DataFrame({"family": ["a", "a", "a", "b", "b"],
-                        "generation_order": [1.0, 2.0, 4.0, 2.0, 3.0]})
+    gen = pd.DataFrame(
+        {"family": ["a", "a", "a", "b", "b"], "generation_order": [1.0, 2.0, 4.0, 2.0, 3.0]}
+    )
     w = _slope_weights(gen, ["a", "b"])
     levels = np.array([0.3, 0.1, 0.5, 2.0, 1.0])
     ref_a = np.polyfit([1, 2, 4], levels[:3], 1)[0]
@@ -85,13 +133,18 @@ def generations_warehouse(tmp_path):
     path = tmp_path / "gen.duckdb"
     con = warehouse.connect(path)
     add_synthetic_experiments(con, n_experiments=8, participants=20, responses=4, seed=1)
-    truth = simulate_generations(con, families={"qwen": (1, 2, 3), "llama": (1, 2)},
-                                 base_slope={"qwen": -0.2, "llama": 0.1},
-                                 gap_slope={"qwen": 0.15, "llama": 0.1}, seed=2)
+    truth = simulate_generations(
+        con,
+        families={"qwen": (1, 2, 3), "llama": (1, 2)},
+        base_slope={"qwen": -0.2, "llama": 0.1},
+        gap_slope={"qwen": 0.15, "llama": 0.1},
+        seed=2,
+    )
     con.close()
     return path, truth
 
 
+@pytest.mark.slow
 def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     """End to end: CLI -> fits/fit_params/NetCDF; slopes and gaps recovered."""
     from click.testing import CliRunner
@@ -99,17 +152,22 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     from psystats.commands.fit_analyses_cmds import generations
 
     path, truth = generations_warehouse
-    res = CliRunner().invoke(generations, ["--db", str(path), "--draws", "500", "--tune", "500",
-                                           "--seed", "3"])
+    res = CliRunner().invoke(
+        generations, ["--db", str(path), "--draws", "500", "--tune", "500", "--seed", "3"]
+    )
     assert res.exit_code == 0, res.output
     assert "P(gap grows while base falls)" in res.output
     con = warehouse.connect(path, read_only=True)
     fit = con.execute("SELECT fit_id, kind, passed, summary, netcdf_path FROM fits").fetchall()
     assert len(fit) == 1 and fit[0][1] == "generations" and fit[0][2] is True
     summary = json.loads(fit[0][3])
-    params = pd.DataFrame(con.execute(
-        "SELECT parameter, label, coords, mean, q05, q95 FROM fit_params WHERE fit_id = ?",
-        [fit[0][0]]).fetchall(), columns=["parameter", "label", "coords", "mean", "q05", "q95"])
+    params = pd.DataFrame(
+        con.execute(
+            "SELECT parameter, label, coords, mean, q05, q95 FROM fit_params WHERE fit_id = ?",
+            [fit[0][0]],
+        ).fetchall(),
+        columns=["parameter", "label", "coords", "mean", "q05", "q95"],
+    )
     con.close()
     slopes = params[params.parameter.isin(["base_slope", "gap_slope"])]
     for row in slopes.itertuples():
@@ -126,6 +184,7 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     p = summary["p_gap_grows_while_base_falls"]
     assert p["qwen"] > 0.95 and p["llama"] < 0.05
     import os
+
     assert os.path.exists(fit[0][4])
     # The predictive check of the base cells is summarised and its draws stored for the report.
     # (Not asserted: p-values inside (0, 1).  On this small layout sigma_base_cell is
@@ -134,6 +193,7 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     ppc = summary["ppc"]["base_obs"]
     assert ppc["draws"] == 400 and ppc["coverage_90"] > 0.5, ppc
     import arviz as az
+
     assert "base_obs" in az.from_netcdf(fit[0][4]).posterior_predictive
 
 
@@ -159,30 +219,73 @@ def test_cli_one_generation_only_exits_1_and_stores_nothing(tmp_path):
     con.close()
 
 
+@pytest.mark.slow
 def test_optional_terms_enter_when_the_data_identify_them():
     """Two types, two sizes in one generation: type offset, size slopes, model and pair terms."""
     from psystats.stats.generations import build_generations_model, prepare_generations
 
     rng = np.random.default_rng(0)
-    models = pd.concat([MODELS, pd.DataFrame([
-        dict(name="q2-big", family="qwen", generation="2", generation_order=2.0, n_params=7e9,
-             post_training="base", base_model=None),
-        dict(name="q2-big-it", family="qwen", generation="2", generation_order=2.0,
-             n_params=7e9, post_training="instruct", base_model="q2-big"),
-        dict(name="q2-r1", family="qwen", generation="2", generation_order=2.0, n_params=1e9,
-             post_training="reasoning", base_model="q2")])], ignore_index=True)
-    rows = [(m, e, i, rng.normal(2, 0.3), 1) for m in ("q1", "q2", "q2-big")
-            for e in ("e1", "e2") for i in range(10)]
-    cells = [(p, b, 10, rng.normal(0.2, 0.05), 0.01) for p, b in
-             (("q1-it", "q1"), ("q2-it", "q2"), ("q2-big-it", "q2-big"), ("q2-r1", "q2"))]
+    models = pd.concat(
+        [
+            MODELS,
+            pd.DataFrame(
+                [
+                    dict(
+                        name="q2-big",
+                        family="qwen",
+                        generation="2",
+                        generation_order=2.0,
+                        n_params=7e9,
+                        post_training="base",
+                        base_model=None,
+                    ),
+                    dict(
+                        name="q2-big-it",
+                        family="qwen",
+                        generation="2",
+                        generation_order=2.0,
+                        n_params=7e9,
+                        post_training="instruct",
+                        base_model="q2-big",
+                    ),
+                    dict(
+                        name="q2-r1",
+                        family="qwen",
+                        generation="2",
+                        generation_order=2.0,
+                        n_params=1e9,
+                        post_training="reasoning",
+                        base_model="q2",
+                    ),
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    rows = [
+        (m, e, i, rng.normal(2, 0.3), 1)
+        for m in ("q1", "q2", "q2-big")
+        for e in ("e1", "e2")
+        for i in range(10)
+    ]
+    cells = [
+        (p, b, 10, rng.normal(0.2, 0.05), 0.01)
+        for p, b in (("q1-it", "q1"), ("q2-it", "q2"), ("q2-big-it", "q2-big"), ("q2-r1", "q2"))
+    ]
     gc = pd.concat([_cells(cells).assign(experiment=e) for e in ("e1", "e2")])
     gc.loc[gc.post_model == "q2-r1", "post_training"] = "reasoning"
     data = prepare_generations(_means(rows), gc, models)
     assert data.reference_type == "instruct"
     model, spec = build_generations_model(data)
     names = {v.name for v in model.free_RVs}
-    assert {"type", "size_slope_base", "size_slope_gap", "sigma_base_model",
-            "sigma_gap_pair", "sigma_gap_experiment"} <= names
+    assert {
+        "type",
+        "size_slope_base",
+        "size_slope_gap",
+        "sigma_base_model",
+        "sigma_gap_pair",
+        "sigma_gap_experiment",
+    } <= names
     assert list(model.coords["type_level"]) == ["reasoning"]
     assert "type" in spec["terms"] and "size_slope_base" in spec["terms"]
     assert np.isfinite(model.compile_logp()(model.initial_point()))

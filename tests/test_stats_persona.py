@@ -1,4 +1,5 @@
 """fit persona: paired cells against an independent computation, ROPE statements, errors, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import warehouse
-from warehouse.db import WarehouseError
+from psystats import warehouse
+from psystats.warehouse.db import WarehouseError
 
 
 @pytest.fixture
@@ -31,19 +32,38 @@ def test_persona_cells_match_a_pandas_reference(persona_warehouse):
     con = warehouse.connect(path)
     # One response's persona score is invalid (no tokens): it must drop out of both sides.
     rid = con.execute("SELECT min(response_id) FROM responses").fetchall()[0][0]
-    con.execute("UPDATE scores SET n_tokens = 0 WHERE response_id = ? AND run_id IN "
-                "(SELECT run_id FROM score_runs WHERE condition = 'persona')", [rid])
+    con.execute(
+        "UPDATE scores SET n_tokens = 0 WHERE response_id = ? AND run_id IN "
+        "(SELECT run_id FROM score_runs WHERE condition = 'persona')",
+        [rid],
+    )
     cells = persona_cells(con).set_index(["model", "experiment"])
-    raw = pd.DataFrame(con.execute(
-        "SELECT sr.model, sr.condition, s.response_id, s.nll, s.n_tokens, r.participant_key, "
-        "r.experiment FROM scores s JOIN score_runs sr USING (run_id) "
-        "JOIN responses r USING (response_id)").fetchall(),
-        columns=["model", "condition", "response_id", "nll", "n_tokens", "participant_key",
-                 "experiment"])
+    raw = pd.DataFrame(
+        con.execute(
+            "SELECT sr.model, sr.condition, s.response_id, s.nll, s.n_tokens, r.participant_key, "
+            "r.experiment FROM scores s JOIN score_runs sr USING (run_id) "
+            "JOIN responses r USING (response_id)"
+        ).fetchall(),
+        columns=[
+            "model",
+            "condition",
+            "response_id",
+            "nll",
+            "n_tokens",
+            "participant_key",
+            "experiment",
+        ],
+    )
     con.close()
-    wide = raw[raw.n_tokens > 0].pivot_table(
-        index=["model", "experiment", "participant_key", "response_id"], columns="condition",
-        values="nll").dropna()
+    wide = (
+        raw[raw.n_tokens > 0]
+        .pivot_table(
+            index=["model", "experiment", "participant_key", "response_id"],
+            columns="condition",
+            values="nll",
+        )
+        .dropna()
+    )
     d = (wide["persona"] - wide["plain"]).groupby(level=[0, 1, 2]).mean()
     ref = d.groupby(level=[0, 1]).agg(["size", "mean", "var"])
     assert len(ref) == len(cells)
@@ -71,9 +91,17 @@ def test_prepare_persona_drops_degenerate_cells_with_notes():
     from psystats.stats.persona import prepare_persona
 
     models = pd.DataFrame({"name": ["m"], "post_training": ["base"]})
-    cells = pd.DataFrame({"model": ["m", "m", "m"], "experiment": ["a", "b", "c"],
-                          "n": [10, 1, 10], "mean": [0.1, 0.2, 0.0], "var": [0.04, np.nan, 0.0],
-                          "sd_persona": [1.0, np.nan, 1.0], "sd_plain": [1.0, np.nan, 1.0]})
+    cells = pd.DataFrame(
+        {
+            "model": ["m", "m", "m"],
+            "experiment": ["a", "b", "c"],
+            "n": [10, 1, 10],
+            "mean": [0.1, 0.2, 0.0],
+            "var": [0.04, np.nan, 0.0],
+            "sd_persona": [1.0, np.nan, 1.0],
+            "sd_plain": [1.0, np.nan, 1.0],
+        }
+    )
     data = prepare_persona(cells, models)
     assert list(data.cells["experiment"]) == ["a"]
     assert data.rope == 0.01
@@ -85,6 +113,7 @@ def test_prepare_persona_drops_degenerate_cells_with_notes():
         prepare_persona(cells.iloc[1:], models)
 
 
+@pytest.mark.slow
 def test_fit_persona_cli_rope_statements(persona_warehouse):
     """End to end: no effect for base -> in ROPE; a real benefit for instruct -> 'helps'."""
     from click.testing import CliRunner
@@ -92,18 +121,25 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
     from psystats.commands.fit_analyses_cmds import persona
 
     path, truth = persona_warehouse
-    res = CliRunner().invoke(persona, ["--db", str(path), "--rope", "0.05", "--draws", "1000",
-                                       "--tune", "500", "--seed", "1"])
+    res = CliRunner().invoke(
+        persona,
+        ["--db", str(path), "--rope", "0.05", "--draws", "1000", "--tune", "500", "--seed", "1"],
+    )
     assert res.exit_code == 0, res.output
     assert "ROPE: ±0.05" in res.output
     con = warehouse.connect(path, read_only=True)
-    (fit_id, summary, passed), = con.execute(
-        "SELECT fit_id, summary, passed FROM fits WHERE kind = 'persona'").fetchall()
-    params = dict(con.execute(
-        "SELECT label, mean FROM fit_params WHERE fit_id = ? AND parameter = 'persona_effect'",
-        [fit_id]).fetchall())
-    coords = con.execute("SELECT coords FROM fit_params WHERE fit_id = ? AND "
-                         "parameter = 'persona_effect'", [fit_id]).fetchall()
+    ((fit_id, summary, passed),) = con.execute(
+        "SELECT fit_id, summary, passed FROM fits WHERE kind = 'persona'"
+    ).fetchall()
+    params = dict(
+        con.execute(
+            "SELECT label, mean FROM fit_params WHERE fit_id = ? AND parameter = 'persona_effect'",
+            [fit_id],
+        ).fetchall()
+    )
+    coords = con.execute(
+        "SELECT coords FROM fit_params WHERE fit_id = ? AND parameter = 'persona_effect'", [fit_id]
+    ).fetchall()
     con.close()
     assert passed is True
     s = json.loads(summary)["by_post_training"]
@@ -114,6 +150,7 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
     assert {json.loads(c[0])["post_training"] for c in coords} == {"base", "instruct"}
 
 
+@pytest.mark.slow
 def test_integrated_random_intercepts_equal_the_dense_normal():
     """crossed_normal_logp (and its gradient) against scipy's multivariate normal."""
     import pytensor
@@ -129,8 +166,9 @@ def test_integrated_random_intercepts_equal_the_dense_normal():
     s, t = 0.7, 0.4
     Z, H = np.eye(3)[g], np.eye(2)[h]
     dense = multivariate_normal(mu0, np.diag(v) + s**2 * Z @ Z.T + t**2 * H @ H.T).logpdf(y)
-    assert float(crossed_normal_logp(y, mu0, v, [(g, 3, s), (h, 2, t)]).eval()) == \
-        pytest.approx(dense, rel=1e-10)
+    assert float(crossed_normal_logp(y, mu0, v, [(g, 3, s), (h, 2, t)]).eval()) == pytest.approx(
+        dense, rel=1e-10
+    )
     one = multivariate_normal(mu0, np.diag(v) + s**2 * Z @ Z.T).logpdf(y)
     assert float(grouped_normal_logp(y, mu0, v, g, 3, s).eval()) == pytest.approx(one, rel=1e-10)
     # Gradient (what NUTS uses) against central differences.

@@ -1,10 +1,11 @@
 """Opening a warehouse file and migrating its schema forward."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 
@@ -35,7 +36,8 @@ def scalar(con: duckdb.DuckDBPyConnection, query: str, params: list | None = Non
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = scalar(
-        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'")
+        con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    )
     if not exists:
         return 0
     v = scalar(con, "SELECT max(version) FROM schema_version")
@@ -62,8 +64,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     return SCHEMA_VERSION
 
 
-def connect(path: str | os.PathLike | None = None, *, read_only: bool = False,
-            create: bool = True) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | os.PathLike | None = None, *, read_only: bool = False, create: bool = True
+) -> duckdb.DuckDBPyConnection:
     """Open (and if needed create and migrate) the warehouse at ``path``.
 
     ``create=False`` refuses to make a new file, so a typo in ``--db`` is an

@@ -11,6 +11,7 @@ while the records' ``experiment`` field can be finer
 experiment is matched, case-insensitively, by the first of: its own name, its
 name up to the first ``/``, its study name.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,10 @@ def read_mapping(path: str | Path) -> list[tuple[str, str | None, str | None]]:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header or header[0].strip().lower() != "experiment":
-                raise WarehouseError(f"{path}:1: field 'experiment': the first column must be "
-                                     f"'experiment' (got {header[:1] if header else 'an empty file'})")
+                raise WarehouseError(
+                    f"{path}:1: field 'experiment': the first column must be "
+                    f"'experiment' (got {header[:1] if header else 'an empty file'})"
+                )
             has_dataset = len(header) > 1 and header[1].strip().lower() == "dataset"
             first_domain = 2 if has_dataset else 1
             domains = [h.strip() for h in header[first_domain:]]
@@ -51,8 +54,9 @@ def read_mapping(path: str | Path) -> list[tuple[str, str | None, str | None]]:
                 if not row or not any(c.strip() for c in row):
                     continue
                 if len(row) != len(header):
-                    raise WarehouseError(f"{path}:{lineno}: expected {len(header)} fields, "
-                                         f"got {len(row)}")
+                    raise WarehouseError(
+                        f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}"
+                    )
                 key = row[0].strip()
                 if not key:
                     raise WarehouseError(f"{path}:{lineno}: field 'experiment' is empty")
@@ -61,8 +65,9 @@ def read_mapping(path: str | Path) -> list[tuple[str, str | None, str | None]]:
                 for name, cell in zip(domains, row[first_domain:]):
                     cell = cell.strip()
                     if cell not in ("0", "1", ""):
-                        raise WarehouseError(f"{path}:{lineno}: field '{name}': expected 0 or 1, "
-                                             f"got {cell!r}")
+                        raise WarehouseError(
+                            f"{path}:{lineno}: field '{name}': expected 0 or 1, got {cell!r}"
+                        )
                     if cell == "1":
                         listed.append(name)
                 if listed:
@@ -84,10 +89,13 @@ def load_mapping(con: duckdb.DuckDBPyConnection, path: str | Path | None = None)
     source = str(path) if path is not None else BUILTIN_SOURCE
     rows = read_mapping(path if path is not None else builtin_path())
     keys = sorted({k for k, _, _ in rows})
-    con.execute("DELETE FROM domain_map WHERE lower(key) IN (SELECT unnest(?))",
-                [[k.lower() for k in keys]])
-    con.executemany("INSERT INTO domain_map (key, domain, dataset, source) VALUES (?, ?, ?, ?)",
-                    [(k, d, ds, source) for k, d, ds in rows])
+    con.execute(
+        "DELETE FROM domain_map WHERE lower(key) IN (SELECT unnest(?))", [[k.lower() for k in keys]]
+    )
+    con.executemany(
+        "INSERT INTO domain_map (key, domain, dataset, source) VALUES (?, ?, ?, ?)",
+        [(k, d, ds, source) for k, d, ds in rows],
+    )
     return len(keys)
 
 
@@ -117,5 +125,7 @@ def resolve(con: duckdb.DuckDBPyConnection) -> None:
         else:
             updates.append((None, [], None, experiment))
     if updates:
-        con.executemany("UPDATE experiments SET domain = ?, domains = ?, domain_key = ? "
-                        "WHERE experiment = ?", updates)
+        con.executemany(
+            "UPDATE experiments SET domain = ?, domains = ?, domain_key = ? WHERE experiment = ?",
+            updates,
+        )

@@ -4,12 +4,13 @@ One function for every place that fingerprints a file: source files at ingest
 (``ingests.content_sha256``), imported score files (``scoring.importer``),
 shard files (``scoring.shards``) and model weights (``scoring.loader``).
 """
+
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
-_BLOCK = 1 << 20   # 1 MiB: the block size changes the speed, never the digest
+_BLOCK = 1 << 20  # 1 MiB: the block size changes the speed, never the digest
 
 
 def file_sha256(path: Path) -> str:

@@ -17,14 +17,16 @@ Guarantees
 * **Streaming.**  Lines are read one at a time and flushed in batches, so
   memory is bounded by the batch size, not the file size.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -39,7 +41,8 @@ BATCH_RESPONSES = 200_000
 
 
 def _version() -> str:
-    from psystats import __version__
+    from psystats.warehouse.provenance import __version__
+
     return __version__
 
 
@@ -63,7 +66,7 @@ class Rejection:
 class FileResult:
     source: str
     study: str
-    status: str                 # complete | skipped-same-content
+    status: str  # complete | skipped-same-content
     seconds: float = 0.0
     lines: int = 0
     participants_added: int = 0
@@ -78,24 +81,54 @@ class _Batch:
     """Column buffers for one flush; Arrow tables are built from them."""
 
     def __init__(self) -> None:
-        self.participants: dict[str, list] = {k: [] for k in (
-            "participant_key", "study", "experiment", "participant", "age", "gender",
-            "nationality", "education", "diagnosis", "metadata", "n_responses",
-            "content_sha256", "ingest_id", "line")}
-        self.metadata: dict[str, list] = {k: [] for k in (
-            "participant_key", "key", "value_num", "value_text", "value_json")}
-        self.transcripts: dict[str, list] = {k: [] for k in (
-            "participant_key", "text", "sha256", "n_chars")}
-        self.responses: dict[str, list] = {k: [] for k in (
-            "response_id", "participant_key", "study", "experiment", "participant",
-            "response_index", "text", "char_start", "char_end", "rt")}
+        self.participants: dict[str, list] = {
+            k: []
+            for k in (
+                "participant_key",
+                "study",
+                "experiment",
+                "participant",
+                "age",
+                "gender",
+                "nationality",
+                "education",
+                "diagnosis",
+                "metadata",
+                "n_responses",
+                "content_sha256",
+                "ingest_id",
+                "line",
+            )
+        }
+        self.metadata: dict[str, list] = {
+            k: [] for k in ("participant_key", "key", "value_num", "value_text", "value_json")
+        }
+        self.transcripts: dict[str, list] = {
+            k: [] for k in ("participant_key", "text", "sha256", "n_chars")
+        }
+        self.responses: dict[str, list] = {
+            k: []
+            for k in (
+                "response_id",
+                "participant_key",
+                "study",
+                "experiment",
+                "participant",
+                "response_index",
+                "text",
+                "char_start",
+                "char_end",
+                "rt",
+            )
+        }
 
     @property
     def n_responses(self) -> int:
         return len(self.responses["response_id"])
 
-    def add(self, p: Participant, study: str, pkey: int, first_rid: int,
-            ingest_id: int, line: int) -> None:
+    def add(
+        self, p: Participant, study: str, pkey: int, first_rid: int, ingest_id: int, line: int
+    ) -> None:
         P = self.participants
         P["participant_key"].append(pkey)
         P["study"].append(study)
@@ -140,29 +173,62 @@ class _Batch:
 
     def flush(self, con: duckdb.DuckDBPyConnection) -> None:
         schemas = {
-            "participants": pa.schema([
-                ("participant_key", pa.int64()), ("study", pa.string()),
-                ("experiment", pa.string()), ("participant", pa.string()),
-                ("age", pa.float64()), ("gender", pa.string()), ("nationality", pa.string()),
-                ("education", pa.string()), ("diagnosis", pa.string()),
-                ("metadata", pa.string()), ("n_responses", pa.int32()),
-                ("content_sha256", pa.string()), ("ingest_id", pa.int32()), ("line", pa.int64())]),
-            "participant_metadata": pa.schema([
-                ("participant_key", pa.int64()), ("key", pa.string()),
-                ("value_num", pa.float64()), ("value_text", pa.string()),
-                ("value_json", pa.string())]),
-            "transcripts": pa.schema([
-                ("participant_key", pa.int64()), ("text", pa.large_string()),
-                ("sha256", pa.string()), ("n_chars", pa.int32())]),
-            "responses": pa.schema([
-                ("response_id", pa.int64()), ("participant_key", pa.int64()),
-                ("study", pa.string()), ("experiment", pa.string()),
-                ("participant", pa.string()), ("response_index", pa.int32()),
-                ("text", pa.large_string()), ("char_start", pa.int32()),
-                ("char_end", pa.int32()), ("rt", pa.float64())]),
+            "participants": pa.schema(
+                [
+                    ("participant_key", pa.int64()),
+                    ("study", pa.string()),
+                    ("experiment", pa.string()),
+                    ("participant", pa.string()),
+                    ("age", pa.float64()),
+                    ("gender", pa.string()),
+                    ("nationality", pa.string()),
+                    ("education", pa.string()),
+                    ("diagnosis", pa.string()),
+                    ("metadata", pa.string()),
+                    ("n_responses", pa.int32()),
+                    ("content_sha256", pa.string()),
+                    ("ingest_id", pa.int32()),
+                    ("line", pa.int64()),
+                ]
+            ),
+            "participant_metadata": pa.schema(
+                [
+                    ("participant_key", pa.int64()),
+                    ("key", pa.string()),
+                    ("value_num", pa.float64()),
+                    ("value_text", pa.string()),
+                    ("value_json", pa.string()),
+                ]
+            ),
+            "transcripts": pa.schema(
+                [
+                    ("participant_key", pa.int64()),
+                    ("text", pa.large_string()),
+                    ("sha256", pa.string()),
+                    ("n_chars", pa.int32()),
+                ]
+            ),
+            "responses": pa.schema(
+                [
+                    ("response_id", pa.int64()),
+                    ("participant_key", pa.int64()),
+                    ("study", pa.string()),
+                    ("experiment", pa.string()),
+                    ("participant", pa.string()),
+                    ("response_index", pa.int32()),
+                    ("text", pa.large_string()),
+                    ("char_start", pa.int32()),
+                    ("char_end", pa.int32()),
+                    ("rt", pa.float64()),
+                ]
+            ),
         }
-        buffers = {"participants": self.participants, "participant_metadata": self.metadata,
-                   "transcripts": self.transcripts, "responses": self.responses}
+        buffers = {
+            "participants": self.participants,
+            "participant_metadata": self.metadata,
+            "transcripts": self.transcripts,
+            "responses": self.responses,
+        }
         for table, cols in buffers.items():
             if not next(iter(cols.values())):
                 continue
@@ -176,36 +242,52 @@ class _Batch:
         self.__init__()
 
 
-def _existing(con: duckdb.DuckDBPyConnection, study: str) -> dict[tuple[str, str], tuple[int, str, int]]:
+def _existing(
+    con: duckdb.DuckDBPyConnection, study: str
+) -> dict[tuple[str, str], tuple[int, str, int]]:
     rows = con.execute(
         "SELECT experiment, participant, participant_key, content_sha256, line "
-        "FROM participants WHERE study = ?", [study]).fetchall()
+        "FROM participants WHERE study = ?",
+        [study],
+    ).fetchall()
     return {(e, p): (k, h, ln) for e, p, k, h, ln in rows}
 
 
 def _delete_participant(con: duckdb.DuckDBPyConnection, pkey: int) -> None:
     """Remove a participant and everything derived from it (used by replace)."""
     for table in ("scores", "option_scores", "token_scores"):
-        con.execute(f"DELETE FROM {table} WHERE response_id IN "
-                    "(SELECT response_id FROM responses WHERE participant_key = ?)", [pkey])
+        con.execute(
+            f"DELETE FROM {table} WHERE response_id IN "
+            "(SELECT response_id FROM responses WHERE participant_key = ?)",
+            [pkey],
+        )
     for table in ("responses", "transcripts", "participant_metadata", "participants"):
         con.execute(f"DELETE FROM {table} WHERE participant_key = ?", [pkey])
 
 
-def ingest_file(con: duckdb.DuckDBPyConnection, src: SourceFile, *, skip_bad: bool = False,
-                replace_changed: bool = False, force: bool = False) -> FileResult:
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    src: SourceFile,
+    *,
+    skip_bad: bool = False,
+    replace_changed: bool = False,
+    force: bool = False,
+) -> FileResult:
     """Ingest one source file in one transaction (see the module docstring)."""
     t0 = time.perf_counter()
     sha = src.sha256()
-    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    started = datetime.now(UTC).replace(tzinfo=None)
     if not force:
         seen = scalar(
-            con, "SELECT count(*) FROM ingests WHERE content_sha256 = ? AND study = ? "
+            con,
+            "SELECT count(*) FROM ingests WHERE content_sha256 = ? AND study = ? "
             "AND coalesce(member, '') = ? AND status = 'complete'",
-            [sha, src.study, src.member or ""])
+            [sha, src.study, src.member or ""],
+        )
         if seen:
-            return FileResult(src.label, src.study, "skipped-same-content",
-                              seconds=time.perf_counter() - t0)
+            return FileResult(
+                src.label, src.study, "skipped-same-content", seconds=time.perf_counter() - t0
+            )
 
     result = FileResult(src.label, src.study, "complete")
     with transaction(con):
@@ -236,8 +318,10 @@ def ingest_file(con: duckdb.DuckDBPyConnection, src: SourceFile, *, skip_bad: bo
                 if first_hash == p.content_sha256:
                     result.participants_unchanged += 1
                     continue
-                msg = (f"participant {p.participant!r} of experiment {p.experiment!r} appears "
-                       f"again with different content (first at line {first_line})")
+                msg = (
+                    f"participant {p.participant!r} of experiment {p.experiment!r} appears "
+                    f"again with different content (first at line {first_line})"
+                )
                 if not skip_bad:
                     raise IngestError(src.label, line, "participant", msg)
                 result.rejected.append(Rejection(src.label, line, "participant", msg))
@@ -251,8 +335,18 @@ def ingest_file(con: duckdb.DuckDBPyConnection, src: SourceFile, *, skip_bad: bo
                     continue
                 result.participants_changed += 1
                 action = "replaced" if replace_changed else "kept-old"
-                conflict_rows.append((ingest_id, src.study, p.experiment, p.participant, line,
-                                      old_hash, p.content_sha256, action))
+                conflict_rows.append(
+                    (
+                        ingest_id,
+                        src.study,
+                        p.experiment,
+                        p.participant,
+                        line,
+                        old_hash,
+                        p.content_sha256,
+                        action,
+                    )
+                )
                 result.conflicts.append((p.experiment, p.participant, line))
                 if not replace_changed:
                     continue
@@ -269,32 +363,57 @@ def ingest_file(con: duckdb.DuckDBPyConnection, src: SourceFile, *, skip_bad: bo
         batch.flush(con)
 
         if conflict_rows:
-            con.executemany("INSERT INTO ingest_conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            conflict_rows)
-        con.execute("INSERT INTO studies (study, source_path, first_ingested_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", [src.study, str(src.path), started])
+            con.executemany(
+                "INSERT INTO ingest_conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", conflict_rows
+            )
+        con.execute(
+            "INSERT INTO studies (study, source_path, first_ingested_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [src.study, str(src.path), started],
+        )
         known = {e for (e,) in con.execute("SELECT experiment FROM experiments").fetchall()}
         new_experiments = sorted(experiments - known)
         if new_experiments:
-            con.executemany("INSERT INTO experiments (experiment, study) VALUES (?, ?)",
-                            [(e, src.study) for e in new_experiments])
+            con.executemany(
+                "INSERT INTO experiments (experiment, study) VALUES (?, ?)",
+                [(e, src.study) for e in new_experiments],
+            )
             domain_map.ensure_builtin(con)
             domain_map.resolve(con)
         result.seconds = time.perf_counter() - t0
         con.execute(
             "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [ingest_id, str(src.path), src.member, src.study, sha, started,
-             datetime.now(timezone.utc).replace(tzinfo=None), result.lines,
-             result.participants_added, result.participants_unchanged,
-             result.participants_changed, result.responses_added, len(result.rejected),
-             "complete", _version()])
+            [
+                ingest_id,
+                str(src.path),
+                src.member,
+                src.study,
+                sha,
+                started,
+                datetime.now(UTC).replace(tzinfo=None),
+                result.lines,
+                result.participants_added,
+                result.participants_unchanged,
+                result.participants_changed,
+                result.responses_added,
+                len(result.rejected),
+                "complete",
+                _version(),
+            ],
+        )
     return result
 
 
-def ingest_paths(con: duckdb.DuckDBPyConnection, paths: Iterable[str | Path], *,
-                 study: str | None = None, skip_bad: bool = False,
-                 replace_changed: bool = False, force: bool = False,
-                 on_file: Callable[[FileResult], Any] | None = None) -> list[FileResult]:
+def ingest_paths(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[str | Path],
+    *,
+    study: str | None = None,
+    skip_bad: bool = False,
+    replace_changed: bool = False,
+    force: bool = False,
+    on_file: Callable[[FileResult], Any] | None = None,
+) -> list[FileResult]:
     """Ingest every source under ``paths``; each file is its own transaction."""
     sources = [s for p in paths for s in discover(p, study)]
     results = []

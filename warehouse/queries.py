@@ -1,7 +1,9 @@
 """Named queries the CLI and reports share.  Filters are always bound parameters."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 

@@ -14,6 +14,7 @@ Keys
   point) offsets into ``transcripts.text`` of the response *without* its
   ``<<``/``>>`` markers: ``text[char_start:char_end] == responses.text``.
 """
+
 from __future__ import annotations
 
 # The 11 task domains of the Psych-201 study, in the column order of

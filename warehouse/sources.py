@@ -5,13 +5,15 @@ ingest never holds a whole study in memory.  Study names follow Psych-201's
 layout: ``<study>/prompts.jsonl[.zip]`` is study ``<study>``; any other file
 is named after its stem (``mystudy.jsonl`` -> ``mystudy``).
 """
+
 from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .db import WarehouseError
 from .hashing import file_sha256
@@ -32,7 +34,7 @@ class LineError(Exception):
 class SourceFile:
     path: Path
     study: str
-    member: str | None = None     # the jsonl inside a zip
+    member: str | None = None  # the jsonl inside a zip
 
     @property
     def label(self) -> str:
@@ -78,7 +80,14 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | LineErr
             row += 1
             # Parquet has one schema for all rows: a metadata column a row
             # lacks comes back as null, which is "not given" in JSONL terms.
-            yield row, {k: v for k, v in rec.items() if v is not None or k in ("text", "experiment", "participant")}
+            yield (
+                row,
+                {
+                    k: v
+                    for k, v in rec.items()
+                    if v is not None or k in ("text", "experiment", "participant")
+                },
+            )
 
 
 def _study_name(path: Path) -> str:
@@ -95,14 +104,20 @@ def _study_name(path: Path) -> str:
 def _zip_member(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
-            members = [n for n in zf.namelist()
-                       if n.endswith(".jsonl") and not n.startswith("__MACOSX/")
-                       and not Path(n).name.startswith("._")]
+            members = [
+                n
+                for n in zf.namelist()
+                if n.endswith(".jsonl")
+                and not n.startswith("__MACOSX/")
+                and not Path(n).name.startswith("._")
+            ]
     except zipfile.BadZipFile as e:
         raise WarehouseError(f"{path}: not a readable zip file ({e})") from None
     if len(members) != 1:
-        raise WarehouseError(f"{path}: expected exactly one .jsonl inside the zip, found "
-                             f"{len(members)}: {members[:5]}")
+        raise WarehouseError(
+            f"{path}: expected exactly one .jsonl inside the zip, found "
+            f"{len(members)}: {members[:5]}"
+        )
     return members[0]
 
 

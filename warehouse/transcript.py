@@ -4,6 +4,7 @@ This is the one place that knows the ``<<response>>`` convention.  Every
 check raises :class:`RecordError` naming the offending field; the caller adds
 file and line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,10 +36,10 @@ class Participant:
     experiment: str
     participant: str
     text: str
-    spans: list[tuple[int, int]]          # (start, end) of each response, markers excluded
+    spans: list[tuple[int, int]]  # (start, end) of each response, markers excluded
     rts: list[float | None] | None
-    normalised: dict[str, Any]            # age, gender, nationality, education, diagnosis
-    metadata: dict[str, Any] = field(default_factory=dict)   # every other key
+    normalised: dict[str, Any]  # age, gender, nationality, education, diagnosis
+    metadata: dict[str, Any] = field(default_factory=dict)  # every other key
     content_sha256: str = ""
     text_sha256: str = ""
 
@@ -59,8 +60,11 @@ def find_spans(text: str) -> list[tuple[int, int]]:
     for m in _MARKER.finditer(text):
         if m.group() == "<<":
             if open_at >= 0:
-                raise RecordError("text", f"nested '<<' at character {m.start()} "
-                                          f"(response opened at {open_at - 2} is not closed)")
+                raise RecordError(
+                    "text",
+                    f"nested '<<' at character {m.start()} "
+                    f"(response opened at {open_at - 2} is not closed)",
+                )
             open_at = m.end()
         else:
             if open_at < 0:
@@ -135,17 +139,24 @@ def parse_record(record: Any) -> Participant:
         if not isinstance(rts, list):
             raise RecordError(RT_FIELD, f"must be a list, got {type(rts).__name__}")
         if len(rts) != len(spans):
-            raise RecordError(RT_FIELD, f"has {len(rts)} values but the text has "
-                                        f"{len(spans)} responses")
-        bad = [i for i, v in enumerate(rts)
-               if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+            raise RecordError(
+                RT_FIELD, f"has {len(rts)} values but the text has {len(spans)} responses"
+            )
+        bad = [
+            i
+            for i, v in enumerate(rts)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
+        ]
         if bad:
             raise RecordError(RT_FIELD, f"value {bad[0]} is not a number: {rts[bad[0]]!r}")
         rts = [None if v is None or not math.isfinite(v) else float(v) for v in rts]
 
     normalised = {k: _normalise(k, record.get(k)) for k in NORMALISED_FIELDS}
-    metadata = {k: v for k, v in record.items()
-                if k not in CORE_FIELDS and k != RT_FIELD and k not in NORMALISED_FIELDS}
+    metadata = {
+        k: v
+        for k, v in record.items()
+        if k not in CORE_FIELDS and k != RT_FIELD and k not in NORMALISED_FIELDS
+    }
     # Keep an unparseable age (e.g. "18-25") as given rather than lose it.
     if record.get("age") is not None and normalised["age"] is None:
         metadata["age"] = record["age"]

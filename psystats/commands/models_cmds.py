@@ -1,11 +1,12 @@
 """`psystats models add | list | show | set | load | remove`."""
+
 from __future__ import annotations
 
 import json
 
 import click
 
-from scoring.naming import POST_TRAINING_TYPES
+from psystats.scoring.naming import POST_TRAINING_TYPES
 
 from .common import db_option, friendly_errors, open_db, print_rows
 
@@ -55,20 +56,42 @@ def models() -> None:
 @models.command("add")
 @click.argument("source")
 @db_option
-@click.option("--name", help="Name in the warehouse [default: the hub id, folder name or GGUF file stem].")
+@click.option(
+    "--name", help="Name in the warehouse [default: the hub id, folder name or GGUF file stem]."
+)
 @click.option("--base", help="The base model it descends from (a registered name, path or hub id).")
-@click.option("--type", "post_training", type=click.Choice(POST_TRAINING_TYPES),
-              help="Post-training type [default: inferred from the name].")
+@click.option(
+    "--type",
+    "post_training",
+    type=click.Choice(POST_TRAINING_TYPES),
+    help="Post-training type [default: inferred from the name].",
+)
 @click.option("--gguf-file", help="GGUF file inside a folder or hub repository.")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow the repository's own model code to run when scoring.")
-@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
-              help="Override any field at registration (repeatable), e.g. --set generation=3.1.")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow the repository's own model code to run when scoring.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Override any field at registration (repeatable), e.g. --set generation=3.1.",
+)
 @friendly_errors
-def add(source: str, db: str | None, name: str | None, base: str | None, post_training: str | None,
-        gguf_file: str | None, revision: str | None, trust_remote_code: bool,
-        sets: tuple[str, ...]) -> None:
+def add(
+    source: str,
+    db: str | None,
+    name: str | None,
+    base: str | None,
+    post_training: str | None,
+    gguf_file: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    sets: tuple[str, ...],
+) -> None:
     """Register the model at SOURCE (hub id, safetensors folder or .gguf file).
 
     Adding an already registered name and source again only applies the
@@ -83,19 +106,33 @@ def add(source: str, db: str | None, name: str | None, base: str | None, post_tr
       psystats models add ./SmolLM2-135M-Instruct.Q4_1.gguf
       psystats models add ./my-finetune --name mine --type instruct --base Qwen/Qwen2.5-7B
     """
-    from scoring.registry import add_model
+    from psystats.scoring.registry import add_model
 
     con = open_db(db, create=True)
-    row = add_model(con, source, name=name, base=base, post_training=post_training,
-                    gguf_file=gguf_file, revision=revision, trust_remote_code=trust_remote_code,
-                    overrides=_pairs(sets))
+    row = add_model(
+        con,
+        source,
+        name=name,
+        base=base,
+        post_training=post_training,
+        gguf_file=gguf_file,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        overrides=_pairs(sets),
+    )
     _show(row)
 
 
 @models.command("list")
 @db_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
-              help="table (sizes shortened), or csv/json with every column.")
+@click.option(
+    "--format",
+    "fmt",
+    type=FORMATS,
+    default="table",
+    show_default=True,
+    help="table (sizes shortened), or csv/json with every column.",
+)
 @friendly_errors
 def list_(db: str | None, fmt: str) -> None:
     """List registered models (by family, generation and size).
@@ -104,17 +141,23 @@ def list_(db: str | None, fmt: str) -> None:
     Example:
       psystats models list --format csv > models.csv
     """
-    from scoring.registry import list_models
+    from psystats.scoring.registry import list_models
 
     con = open_db(db, read_only=True)
     rows = list_models(con)
     if fmt == "table":
-        print_rows(LIST_COLUMNS, [[human_count(r[c]) if c == "n_params" else r[c]
-                                   for c in LIST_COLUMNS] for r in rows], fmt)
+        print_rows(
+            LIST_COLUMNS,
+            [[human_count(r[c]) if c == "n_params" else r[c] for c in LIST_COLUMNS] for r in rows],
+            fmt,
+        )
         return
     columns = [c for c in rows[0]] if rows else list(LIST_COLUMNS)
-    print_rows(columns, [[json.dumps(r[c]) if c == "inferred" else r[c] for c in columns]
-                         for r in rows], fmt)
+    print_rows(
+        columns,
+        [[json.dumps(r[c]) if c == "inferred" else r[c] for c in columns] for r in rows],
+        fmt,
+    )
 
 
 @models.command("show")
@@ -123,7 +166,7 @@ def list_(db: str | None, fmt: str) -> None:
 @friendly_errors
 def show(name: str, db: str | None) -> None:
     """Every field of model NAME, and what was inferred from what."""
-    from scoring.registry import get_model
+    from psystats.scoring.registry import get_model
 
     _show(get_model(open_db(db, read_only=True), name))
 
@@ -146,7 +189,7 @@ def set_(name: str, assignments: tuple[str, ...], db: str | None) -> None:
       psystats models set allenai/Olmo-3-7B-Think base=allenai/Olmo-3-1025-7B
       psystats models set my-model family=qwen generation=2.5 type=instruct
     """
-    from scoring.registry import set_fields
+    from psystats.scoring.registry import set_fields
 
     row = set_fields(open_db(db), name, _pairs(assignments))
     _show(row)
@@ -171,11 +214,13 @@ def load(file: str, db: str | None) -> None:
       name = "my-cognitive-model"
       type = "other"
     """
-    from scoring.registry import load_file
+    from psystats.scoring.registry import load_file
 
     rows = load_file(open_db(db, create=True), file)
-    print_rows(LIST_COLUMNS, [[human_count(r[c]) if c == "n_params" else r[c]
-                               for c in LIST_COLUMNS] for r in rows])
+    print_rows(
+        LIST_COLUMNS,
+        [[human_count(r[c]) if c == "n_params" else r[c] for c in LIST_COLUMNS] for r in rows],
+    )
 
 
 @models.command("remove")
@@ -185,11 +230,13 @@ def load(file: str, db: str | None) -> None:
 @friendly_errors
 def remove(name: str, db: str | None, force: bool) -> None:
     """Remove model NAME (refused while it has scores, unless --force)."""
-    from scoring.registry import remove_model
+    from psystats.scoring.registry import remove_model
 
     gone = remove_model(open_db(db), name, force=force)
-    click.echo(f"removed {name}" + (f" with {gone['runs']} run(s) and {gone['scores']} scores"
-                                    if gone["runs"] else ""))
+    click.echo(
+        f"removed {name}"
+        + (f" with {gone['runs']} run(s) and {gone['scores']} scores" if gone["runs"] else "")
+    )
 
 
 def _pairs(items: tuple[str, ...]) -> dict[str, str]:

@@ -1,4 +1,5 @@
 """`psystats report`: render the warehouse's scores and fits as a PDF (or HTML)."""
+
 from __future__ import annotations
 
 import click
@@ -8,12 +9,26 @@ from .common import db_option, db_path, friendly_errors, open_db
 
 @click.command()
 @db_option
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="report.pdf",
-              show_default=True, help="Where to write the report.")
-@click.option("--format", "fmt", type=click.Choice(["pdf", "html"]), default=None,
-              help="pdf (vector figures) or html (one self-contained file with SVG figures); "
-                   "default: from the output's suffix, else pdf.")
-@click.option("--title", default="psystats report", show_default=True, help="Title on the first page.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    default="report.pdf",
+    show_default=True,
+    help="Where to write the report.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pdf", "html"]),
+    default=None,
+    help="pdf (vector figures) or html (one self-contained file with SVG figures); "
+    "default: from the output's suffix, else pdf.",
+)
+@click.option(
+    "--title", default="psystats report", show_default=True, help="Title on the first page."
+)
 @click.option("--note", help="A boxed note at the top of the first page (e.g. what the data are).")
 @friendly_errors
 def report(db: str | None, output: str, fmt: str | None, title: str, note: str | None) -> None:
@@ -31,7 +46,7 @@ def report(db: str | None, output: str, fmt: str | None, title: str, note: str |
       psystats report --db study.duckdb -o report.pdf
       psystats report --db study.duckdb -o report.html
     """
-    from reports import render_report
+    from psystats.reports import render_report
 
     if fmt is None:
         fmt = "html" if output.lower().endswith((".html", ".htm")) else "pdf"

@@ -1,9 +1,10 @@
 """`psystats scores import | export`: scores from and for other tools."""
+
 from __future__ import annotations
 
 import click
 
-from scoring.naming import POST_TRAINING_TYPES
+from psystats.scoring.naming import POST_TRAINING_TYPES
 
 from .common import db_option, friendly_errors, open_db
 
@@ -15,20 +16,44 @@ def scores() -> None:
 
 @scores.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", required=True,
-              help="Model name the scores belong to (registered with no source if new).")
+@click.option(
+    "--model",
+    required=True,
+    help="Model name the scores belong to (registered with no source if new).",
+)
 @db_option
-@click.option("--condition", default="imported", show_default=True,
-              help="Condition recorded for the run (plain, chat, persona, imported, ...).")
+@click.option(
+    "--condition",
+    default="imported",
+    show_default=True,
+    help="Condition recorded for the run (plain, chat, persona, imported, ...).",
+)
 @click.option("--scorer", help="Who produced the scores [default: the model name].")
-@click.option("--unit", type=click.Choice(["nats", "bits", "log10"]), default="nats",
-              show_default=True, help="Unit of nll/first_token_nll/first_token_entropy; stored as nats.")
-@click.option("--type", "post_training", type=click.Choice(POST_TRAINING_TYPES),
-              help="Post-training type when the model is new [default: inferred from the name].")
+@click.option(
+    "--unit",
+    type=click.Choice(["nats", "bits", "log10"]),
+    default="nats",
+    show_default=True,
+    help="Unit of nll/first_token_nll/first_token_entropy; stored as nats.",
+)
+@click.option(
+    "--type",
+    "post_training",
+    type=click.Choice(POST_TRAINING_TYPES),
+    help="Post-training type when the model is new [default: inferred from the name].",
+)
 @click.option("--force", is_flag=True, help="Import again even if this file was imported before.")
 @friendly_errors
-def import_(file: str, model: str, db: str | None, condition: str, scorer: str | None, unit: str,
-            post_training: str | None, force: bool) -> None:
+def import_(
+    file: str,
+    model: str,
+    db: str | None,
+    condition: str,
+    scorer: str | None,
+    unit: str,
+    post_training: str | None,
+    force: bool,
+) -> None:
     """Import per-response scores from FILE (.parquet, .csv or .tsv).
 
     Columns: a key (response_id, or participant + response_index + study
@@ -43,22 +68,36 @@ def import_(file: str, model: str, db: str | None, condition: str, scorer: str |
       psystats scores import results.parquet --model my-cognitive-model --type other
       psystats scores import lm.csv --model Qwen/Qwen2.5-7B --condition plain --unit bits
     """
-    from scoring.importer import import_scores
+    from psystats.scoring.importer import import_scores
 
     con = open_db(db)
-    r = import_scores(con, file, model=model, condition=condition, scorer=scorer, unit=unit,
-                      post_training=post_training, force=force)
+    r = import_scores(
+        con,
+        file,
+        model=model,
+        condition=condition,
+        scorer=scorer,
+        unit=unit,
+        post_training=post_training,
+        force=force,
+    )
     if r.already_imported:
-        click.echo(f"{file} was imported before as run {r.run_id} ({r.n_rows} scores); "
-                   f"nothing to do (--force imports it again)")
+        click.echo(
+            f"{file} was imported before as run {r.run_id} ({r.n_rows} scores); "
+            f"nothing to do (--force imports it again)"
+        )
         return
     if r.model_registered:
-        click.echo(f"registered model {model} (no source; see `psystats models show {model}`)", err=True)
+        click.echo(
+            f"registered model {model} (no source; see `psystats models show {model}`)", err=True
+        )
     if r.ignored_columns:
         click.echo(f"ignored columns: {', '.join(r.ignored_columns)}", err=True)
     if "n_tokens" in r.missing_optional:
         click.echo("note: no n_tokens column; n_tokens is stored empty (NULL)", err=True)
-    click.echo(f"imported {r.n_rows} scores as run {r.run_id} (model {model}, condition {condition})")
+    click.echo(
+        f"imported {r.n_rows} scores as run {r.run_id} (model {model}, condition {condition})"
+    )
 
 
 @scores.command("export")
@@ -66,11 +105,17 @@ def import_(file: str, model: str, db: str | None, condition: str, scorer: str |
 @click.option("--run", "run_id", type=int, help="The score run to export.")
 @click.option("--model", help="Export this model's newest complete run of each condition.")
 @click.option("--condition", help="With --model: only this condition.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
-              help="Output file (.parquet or .csv).")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output file (.parquet or .csv).",
+)
 @friendly_errors
-def export(db: str | None, run_id: int | None, model: str | None, condition: str | None,
-           out: str) -> None:
+def export(
+    db: str | None, run_id: int | None, model: str | None, condition: str | None, out: str
+) -> None:
     """Write scores joined with study, experiment, participant and response_index.
 
     The file imports back unchanged with `psystats scores import`.
@@ -80,11 +125,14 @@ def export(db: str | None, run_id: int | None, model: str | None, condition: str
       psystats scores export --run 3 -o run3.parquet
       psystats scores export --model Qwen/Qwen3-8B --condition chat -o qwen3-chat.csv
     """
-    from scoring.importer import export_scores
+    from psystats.scoring.importer import export_scores
 
     if condition and not model:
         raise click.UsageError("--condition needs --model")
-    runs, n = export_scores(open_db(db, read_only=True), out, run_id=run_id, model=model,
-                            condition=condition)
-    click.echo(f"wrote {n} scores from run{'s' if len(runs) > 1 else ''} "
-               f"{', '.join(map(str, runs))} to {out}")
+    runs, n = export_scores(
+        open_db(db, read_only=True), out, run_id=run_id, model=model, condition=condition
+    )
+    click.echo(
+        f"wrote {n} scores from run{'s' if len(runs) > 1 else ''} "
+        f"{', '.join(map(str, runs))} to {out}"
+    )

@@ -1,4 +1,5 @@
 """``psystats merge DIR``: ingest Parquet score shards written by ``--shard I/N`` jobs or Ray."""
+
 from __future__ import annotations
 
 import click
@@ -27,7 +28,7 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
       psystats merge shards/
       psystats --db big.duckdb merge /scratch/me/shards/run-3f2a9c0d1e4b5a6f
     """
-    from scoring.shards import ShardError, merge_dir
+    from psystats.scoring.shards import ShardError, merge_dir
 
     con = open_db(db)
 
@@ -43,9 +44,20 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
         if results is None:
             raise
         error = e
-    rows = [(r.run_id, r.run_dir.rsplit("/", 1)[-1], r.units, r.rows_added, r.rows_skipped,
-             r.shards_done or "-", "complete" if r.complete else "open") for r in results]
-    print_rows(["run_id", "folder", "units", "rows_added", "rows_present", "shard_jobs", "run"],
-               rows)
+    rows = [
+        (
+            r.run_id,
+            r.run_dir.rsplit("/", 1)[-1],
+            r.units,
+            r.rows_added,
+            r.rows_skipped,
+            r.shards_done or "-",
+            "complete" if r.complete else "open",
+        )
+        for r in results
+    ]
+    print_rows(
+        ["run_id", "folder", "units", "rows_added", "rows_present", "shard_jobs", "run"], rows
+    )
     if error is not None:
         raise click.ClickException(str(error))

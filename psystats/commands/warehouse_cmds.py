@@ -1,16 +1,15 @@
 """`psystats init | ingest | summary | sql`."""
+
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import click
 
-from warehouse import domains as domain_map
-from warehouse.db import transaction
-from warehouse.ingest import FileResult, ingest_paths
-from warehouse.queries import summary_rows
+from psystats.warehouse import domains as domain_map
+from psystats.warehouse.db import transaction
+from psystats.warehouse.ingest import FileResult, ingest_paths
+from psystats.warehouse.queries import summary_rows
 
 from .common import db_option, db_path, friendly_errors, open_db, print_rows
 
@@ -31,22 +30,50 @@ def init(db: str | None) -> None:
 @click.command()
 @click.argument("paths", nargs=-1, required=False, type=click.Path(exists=True))
 @db_option
-@click.option("--study", help="Study name for a single file (default: its folder, as Psych-201 names them).")
-@click.option("--domains", "domains_file", type=click.Path(exists=True, dir_okay=False),
-              help="Experiment->domain mapping CSV (experiment_domains.csv format); "
-                   "overrides the shipped mapping for the keys it lists.")
-@click.option("--skip-bad", is_flag=True,
-              help="Ingest the good lines and write rejected ones to --rejects instead of stopping.")
-@click.option("--rejects", type=click.Path(dir_okay=False), default="psystats-rejects.jsonl",
-              show_default=True, help="Where --skip-bad writes the rejected lines (JSONL).")
-@click.option("--replace-changed", is_flag=True,
-              help="Replace participants whose content changed (their old scores are deleted). "
-                   "Default: keep the old content and report the change.")
-@click.option("--force", is_flag=True, help="Re-read files even if their bytes were ingested before.")
+@click.option(
+    "--study", help="Study name for a single file (default: its folder, as Psych-201 names them)."
+)
+@click.option(
+    "--domains",
+    "domains_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Experiment->domain mapping CSV (experiment_domains.csv format); "
+    "overrides the shipped mapping for the keys it lists.",
+)
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Ingest the good lines and write rejected ones to --rejects instead of stopping.",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False),
+    default="psystats-rejects.jsonl",
+    show_default=True,
+    help="Where --skip-bad writes the rejected lines (JSONL).",
+)
+@click.option(
+    "--replace-changed",
+    is_flag=True,
+    help="Replace participants whose content changed (their old scores are deleted). "
+    "Default: keep the old content and report the change.",
+)
+@click.option(
+    "--force", is_flag=True, help="Re-read files even if their bytes were ingested before."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final totals.")
 @friendly_errors
-def ingest(paths: tuple[str, ...], db: str | None, study: str | None, domains_file: str | None,
-           skip_bad: bool, rejects: str, replace_changed: bool, force: bool, quiet: bool) -> None:
+def ingest(
+    paths: tuple[str, ...],
+    db: str | None,
+    study: str | None,
+    domains_file: str | None,
+    skip_bad: bool,
+    rejects: str,
+    replace_changed: bool,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Ingest Psych-101/201 studies into the warehouse.
 
     PATHS may be prompts.jsonl files, zips holding one jsonl (prompts.jsonl.zip),
@@ -84,16 +111,27 @@ def ingest(paths: tuple[str, ...], db: str | None, study: str | None, domains_fi
         if r.participants_unchanged:
             extra.append(f"{r.participants_unchanged} already present")
         if r.participants_changed:
-            extra.append(f"{r.participants_changed} CHANGED "
-                         f"({'replaced' if replace_changed else 'kept old; see ingest_conflicts'})")
+            extra.append(
+                f"{r.participants_changed} CHANGED "
+                f"({'replaced' if replace_changed else 'kept old; see ingest_conflicts'})"
+            )
         if r.rejected:
             extra.append(f"{len(r.rejected)} rejected")
-        click.echo(f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
-                   f"responses in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
-                   err=True)
+        click.echo(
+            f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
+            f"responses in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
+            err=True,
+        )
 
-    results = ingest_paths(con, paths, study=study, skip_bad=skip_bad,
-                           replace_changed=replace_changed, force=force, on_file=report)
+    results = ingest_paths(
+        con,
+        paths,
+        study=study,
+        skip_bad=skip_bad,
+        replace_changed=replace_changed,
+        force=force,
+        on_file=report,
+    )
     rejected = [rej for r in results for rej in r.rejected]
     if rejected:
         with open(rejects, "w", encoding="utf-8") as f:
@@ -103,8 +141,10 @@ def ingest(paths: tuple[str, ...], db: str | None, study: str | None, domains_fi
     added_p = sum(r.participants_added for r in results)
     added_r = sum(r.responses_added for r in results)
     changed = sum(r.participants_changed for r in results)
-    click.echo(f"ingested {len(results)} files: +{added_p} participants, +{added_r} responses"
-               + (f", {changed} changed participants reported" if changed else ""))
+    click.echo(
+        f"ingested {len(results)} files: +{added_p} participants, +{added_r} responses"
+        + (f", {changed} changed participants reported" if changed else "")
+    )
 
 
 @click.command()
@@ -122,14 +162,25 @@ def summary(db: str | None, fmt: str) -> None:
 @click.argument("query", required=False)
 @db_option
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-@click.option("--file", "-f", "query_file", type=click.File("r"),
-              help="Read the SQL from a file ('-' for stdin).")
-@click.option("--param", "-p", "params", multiple=True,
-              help="Bound parameter for a '?' placeholder (repeatable, in order).")
+@click.option(
+    "--file",
+    "-f",
+    "query_file",
+    type=click.File("r"),
+    help="Read the SQL from a file ('-' for stdin).",
+)
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    help="Bound parameter for a '?' placeholder (repeatable, in order).",
+)
 @click.option("--write", is_flag=True, help="Open the warehouse writable (default read-only).")
 @friendly_errors
-def sql(query: str | None, db: str | None, fmt: str, query_file, params: tuple[str, ...],
-        write: bool) -> None:
+def sql(
+    query: str | None, db: str | None, fmt: str, query_file, params: tuple[str, ...], write: bool
+) -> None:
     """Run a SQL QUERY against the warehouse and print the result.
 
     \b

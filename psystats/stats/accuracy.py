@@ -33,19 +33,21 @@ k log(q) + (n - k) log(1 - q) as a ``pm.Potential``.
 the raw gap is credible (90% interval excludes 0) and whether the calibrated
 gap is credible with the same sign.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from warehouse.db import WarehouseError
-from warehouse.queries import where_clause
+from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.queries import where_clause
 
 from .analysis_common import load_models, prob
 
@@ -56,9 +58,14 @@ LOG_T_BOUNDS = (np.log(0.02), np.log(50.0))  # temperatures searched (ample for 
 # --------------------------------------------------------------------------- data
 
 
-def option_rows(con, *, post_condition: str = "plain", base_condition: str | None = None,
-                models: Sequence[str] | None = None,
-                experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def option_rows(
+    con,
+    *,
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Option log-probabilities of every scored response of the pairs' models.
 
     One row per (model, response, option): model, condition, run_id,
@@ -87,8 +94,7 @@ def option_rows(con, *, post_condition: str = "plain", base_condition: str | Non
     WHERE isfinite(o.logprob){extra}
     ORDER BY lr.model, o.response_id, option
     """
-    cur = con.execute(q, [post_condition, base_condition, base_condition, post_condition,
-                          *fparams])
+    cur = con.execute(q, [post_condition, base_condition, base_condition, post_condition, *fparams])
     return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
 
 
@@ -118,13 +124,16 @@ def option_matrix(rows: pd.DataFrame) -> tuple[OptionMatrix, int]:
     col = np.arange(len(rid)) - np.repeat(starts, counts)
     row = np.repeat(np.arange(n), counts)
     lp[row, col] = rows["logprob"].to_numpy(float)
-    is_target = (rows["option"].to_numpy() == rows["response"].to_numpy())
+    is_target = rows["option"].to_numpy() == rows["response"].to_numpy()
     target = np.full(n, -1)
     target[row[is_target]] = col[is_target]
     keep = target >= 0
-    m = OptionMatrix(logprob=lp[keep], target=target[keep],
-                     participant=rows["participant_key"].to_numpy()[starts][keep],
-                     response_id=rid[starts][keep])
+    m = OptionMatrix(
+        logprob=lp[keep],
+        target=target[keep],
+        participant=rows["participant_key"].to_numpy()[starts][keep],
+        response_id=rid[starts][keep],
+    )
     return m, int((~keep).sum())
 
 
@@ -150,11 +159,17 @@ def top1_hits(m: OptionMatrix) -> np.ndarray:
 
 def fit_temperature(m: OptionMatrix, rows: np.ndarray | None = None) -> float:
     """The temperature minimising the mean option NLL of ``rows`` (all rows by default)."""
-    sub = m if rows is None else OptionMatrix(m.logprob[rows], m.target[rows],
-                                              m.participant[rows], m.response_id[rows])
-    res = minimize_scalar(lambda lt: option_nll(sub, float(np.exp(lt))).mean(),
-                          bounds=LOG_T_BOUNDS, method="bounded",
-                          options={"xatol": 1e-6})
+    sub = (
+        m
+        if rows is None
+        else OptionMatrix(m.logprob[rows], m.target[rows], m.participant[rows], m.response_id[rows])
+    )
+    res = minimize_scalar(
+        lambda lt: option_nll(sub, float(np.exp(lt))).mean(),
+        bounds=LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(res.x))
 
 
@@ -208,29 +223,38 @@ class AccuracyData:
     selection: dict = field(default_factory=dict)
 
 
-def prepare_accuracy(rows: pd.DataFrame, models: pd.DataFrame, *, folds: int = 5,
-                     seed: int = 0) -> AccuracyData:
+def prepare_accuracy(
+    rows: pd.DataFrame, models: pd.DataFrame, *, folds: int = 5, seed: int = 0
+) -> AccuracyData:
     """Hits, calibration and pairing from :func:`option_rows`' table."""
     notes: list[str] = []
     if rows.empty:
         raise WarehouseError(
             "fit accuracy found no option scores: it needs experiments with an option set "
             "(table option_sets) scored by a base model and its post-trained model, which "
-            "writes option_scores (`psystats score ...`)")
+            "writes option_scores (`psystats score ...`)"
+        )
     pr = models[(models["post_training"] != "base") & models["base_model"].notna()]
     have = set(rows["model"])
     pr = pr[pr["name"].isin(have) & pr["base_model"].isin(have)]
     if pr.empty:
         raise WarehouseError(
             "fit accuracy needs a post-trained model and its base (models.base_model) both "
-            f"with option scores; models with option scores: {', '.join(sorted(have))}")
-    pairs = pd.DataFrame({"pair": pr["name"] + " vs " + pr["base_model"],
-                          "post_model": pr["name"], "base_model": pr["base_model"],
-                          "post_training": pr["post_training"]}).reset_index(drop=True)
+            f"with option scores; models with option scores: {', '.join(sorted(have))}"
+        )
+    pairs = pd.DataFrame(
+        {
+            "pair": pr["name"] + " vs " + pr["base_model"],
+            "post_model": pr["name"],
+            "base_model": pr["base_model"],
+            "post_training": pr["post_training"],
+        }
+    ).reset_index(drop=True)
     used = set(pairs["post_model"]) | set(pairs["base_model"])
     per_part, calib = [], []
-    for (model, exp), g in rows[rows["model"].isin(used)].groupby(["model", "experiment"],
-                                                                    sort=True):
+    for (model, exp), g in rows[rows["model"].isin(used)].groupby(
+        ["model", "experiment"], sort=True
+    ):
         m, unmatched = option_matrix(g)
         if len(m.target) == 0:
             notes.append(f"{model} / {exp}: no response is one of its options; left out")
@@ -240,56 +264,86 @@ def prepare_accuracy(rows: pd.DataFrame, models: pd.DataFrame, *, folds: int = 5
             notes.append(f"{model} / {exp}: fewer than 2 participants, not calibrated (T = 1)")
         at_bound = [t for t in per_fold if min(abs(np.log(t) - b) for b in LOG_T_BOUNDS) < 1e-3]
         if at_bound:
-            why = ("the options become nearly uniform: the model's ranking carries almost no "
-                   "information about the responses" if at_bound[0] > 1 else
-                   "the model is far too flat: its ranking is right but its confidence tiny")
-            notes.append(f"{model} / {exp}: temperature at the search bound "
-                         f"({at_bound[0]:.3g}) in some fold; {why}")
+            why = (
+                "the options become nearly uniform: the model's ranking carries almost no "
+                "information about the responses"
+                if at_bound[0] > 1
+                else "the model is far too flat: its ranking is right but its confidence tiny"
+            )
+            notes.append(
+                f"{model} / {exp}: temperature at the search bound "
+                f"({at_bound[0]:.3g}) in some fold; {why}"
+            )
         hit = top1_hits(m)
         nll_raw = option_nll(m, 1.0)
         ls_cal = log_softmax(m.logprob, temps[:, None])
         nll_cal = -ls_cal[np.arange(len(m.target)), m.target]
-        df = pd.DataFrame({"participant_key": m.participant, "hit": hit,
-                           "p_raw": np.exp(-nll_raw), "p_cal": np.exp(-nll_cal),
-                           "nll_raw": nll_raw, "nll_cal": nll_cal})
-        agg = df.groupby("participant_key").agg(
-            n=("hit", "size"), hits=("hit", "sum"), hits_sampled=("p_raw", "sum"),
-            hits_calibrated=("p_cal", "sum"), nll_raw=("nll_raw", "sum"),
-            nll_calibrated=("nll_cal", "sum")).reset_index()
+        df = pd.DataFrame(
+            {
+                "participant_key": m.participant,
+                "hit": hit,
+                "p_raw": np.exp(-nll_raw),
+                "p_cal": np.exp(-nll_cal),
+                "nll_raw": nll_raw,
+                "nll_cal": nll_cal,
+            }
+        )
+        agg = (
+            df.groupby("participant_key")
+            .agg(
+                n=("hit", "size"),
+                hits=("hit", "sum"),
+                hits_sampled=("p_raw", "sum"),
+                hits_calibrated=("p_cal", "sum"),
+                nll_raw=("nll_raw", "sum"),
+                nll_calibrated=("nll_cal", "sum"),
+            )
+            .reset_index()
+        )
         agg.insert(0, "experiment", exp)
         agg.insert(0, "model", model)
         per_part.append(agg)
-        calib.append(dict(model=model, experiment=exp, n_responses=len(m.target),
-                          n_unmatched=unmatched, temperature=float(np.mean(per_fold)),
-                          temperatures=per_fold, accuracy_top1=float(hit.mean()),
-                          accuracy_sampled=float(np.exp(-nll_raw).mean()),
-                          accuracy_calibrated=float(np.exp(-nll_cal).mean()),
-                          option_nll_raw=float(nll_raw.mean()),
-                          option_nll_calibrated=float(nll_cal.mean())))
+        calib.append(
+            dict(
+                model=model,
+                experiment=exp,
+                n_responses=len(m.target),
+                n_unmatched=unmatched,
+                temperature=float(np.mean(per_fold)),
+                temperatures=per_fold,
+                accuracy_top1=float(hit.mean()),
+                accuracy_sampled=float(np.exp(-nll_raw).mean()),
+                accuracy_calibrated=float(np.exp(-nll_cal).mean()),
+                option_nll_raw=float(nll_raw.mean()),
+                option_nll_calibrated=float(nll_cal.mean()),
+            )
+        )
         if unmatched:
-            notes.append(f"{model} / {exp}: {unmatched} response(s) not among the options "
-                         "left out")
+            notes.append(f"{model} / {exp}: {unmatched} response(s) not among the options left out")
     if not per_part:
-        raise WarehouseError("fit accuracy: no response matched one of its options; "
-                             "check option_sets against the responses' text")
+        raise WarehouseError(
+            "fit accuracy: no response matched one of its options; "
+            "check option_sets against the responses' text"
+        )
     participants = pd.concat(per_part, ignore_index=True)
     # Keep participants scored by both models of some pair (the comparison is paired).
     keep = []
     for _, p in pairs.iterrows():
         a = participants[participants["model"] == p["post_model"]]
         b = participants[participants["model"] == p["base_model"]]
-        both = a.merge(b[["experiment", "participant_key"]], on=["experiment",
-                                                                   "participant_key"])
+        both = a.merge(b[["experiment", "participant_key"]], on=["experiment", "participant_key"])
         keep.append(both[["experiment", "participant_key"]].assign(model=p["post_model"]))
         keep.append(both[["experiment", "participant_key"]].assign(model=p["base_model"]))
     keep = pd.concat(keep).drop_duplicates()
     participants = participants.merge(keep, on=["model", "experiment", "participant_key"])
     if participants.empty:
-        raise WarehouseError("fit accuracy: no participant was scored with options by both "
-                             "models of any pair")
+        raise WarehouseError(
+            "fit accuracy: no participant was scored with options by both models of any pair"
+        )
     pairs = pairs[pairs["post_model"].isin(set(participants["model"]))].reset_index(drop=True)
-    return AccuracyData(participants=participants, calibration=pd.DataFrame(calib),
-                        pairs=pairs, notes=notes)
+    return AccuracyData(
+        participants=participants, calibration=pd.DataFrame(calib), pairs=pairs, notes=notes
+    )
 
 
 # --------------------------------------------------------------------------- model
@@ -338,16 +392,26 @@ def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec:
     use_pair = bool((pairs.groupby("post_training")["pair"].nunique() >= 2).any())
     use_exp = len(exps) >= 2
     use_cell = len(cells) > len(types) + (len(exps) - 1 if use_exp else 0) + (
-        len(pair_levels) - len(types) if use_pair else 0)
+        len(pair_levels) - len(types) if use_pair else 0
+    )
     use_part = bool(d["n"].max() > 1)
     if not suffix:
-        spec["terms"] = {"pair": use_pair, "experiment (sum to zero)": use_exp,
-                         "pair x experiment cell": use_cell, "participant": use_part}
+        spec["terms"] = {
+            "pair": use_pair,
+            "experiment (sum to zero)": use_exp,
+            "pair x experiment cell": use_cell,
+            "participant": use_part,
+        }
 
     model = pm.modelcontext(None)
-    for dim, vals in (("base_experiment", be_levels), ("post_training", types),
-                      ("pair", pair_levels), ("experiment", exps), ("gap_cell", cells),
-                      ("participant", part_levels)):
+    for dim, vals in (
+        ("base_experiment", be_levels),
+        ("post_training", types),
+        ("pair", pair_levels),
+        ("experiment", exps),
+        ("gap_cell", cells),
+        ("participant", part_levels),
+    ):
         if dim not in model.coords:
             model.add_coord(dim, vals)
 
@@ -356,9 +420,11 @@ def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec:
     # The gap terms are evaluated for every row and switched on by the post-model mask
     # (base rows point at level 0 of each index; their value is multiplied by 0).
     mask = is_post.astype(float)
+
     def idx(levels, values):
         out = pd.Index(levels).get_indexer(values)
         return np.where(is_post, out, 0)
+
     post_model = d["model"].where(is_post, pairs["post_model"].iloc[0])
     gap = pm.Normal(f"accuracy_gap{suffix}", 0.0, p["gap_sd"], dims="post_training")
     g = gap[idx(types, post_model.map(type_of))]
@@ -387,8 +453,9 @@ def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec:
     pm.Potential(f"loglik{suffix}", pt.sum(-k * pt.softplus(-eta) - (n - k) * pt.softplus(eta)))
 
 
-def build_accuracy_model(data: AccuracyData, priors: AccuracyPriors | None = None, *,
-                         calibrated: bool = True):
+def build_accuracy_model(
+    data: AccuracyData, priors: AccuracyPriors | None = None, *, calibrated: bool = True
+):
     """The PyMC model: raw top-1 hits (``accuracy_gap``) and, with ``calibrated``,
     expected hits under the calibrated distribution (``accuracy_gap_calibrated``),
     as two independent submodels of one model.  Returns ``(model, spec)``."""
@@ -399,11 +466,13 @@ def build_accuracy_model(data: AccuracyData, priors: AccuracyPriors | None = Non
     if bad:
         raise WarehouseError(f"accuracy priors must be positive: {', '.join(bad)}")
     spec: dict[str, Any] = dict(
-        kind=KIND, scale="logit",
+        kind=KIND,
+        scale="logit",
         raw="top-1 hits (ties count 1/k) ~ binomial-logit",
         calibrated="expected hits sum_r softmax(logprob_r / T)[response_r], T cross-validated "
-                   "per (model, experiment)",
-        reference="accuracy_gap = post minus base on the logit scale, mean over experiments")
+        "per (model, experiment)",
+        reference="accuracy_gap = post minus base on the logit scale, mean over experiments",
+    )
     with pm.Model() as model:
         _add_submodel(data, "hits", "", p, spec)
         if calibrated:
@@ -412,22 +481,38 @@ def build_accuracy_model(data: AccuracyData, priors: AccuracyPriors | None = Non
     return model, spec
 
 
-PARAMS = ["accuracy_gap", "accuracy_gap_calibrated", "sigma_pair", "sigma_experiment",
-          "sigma_cell", "sigma_participant", "sigma_pair_calibrated",
-          "sigma_experiment_calibrated", "sigma_cell_calibrated",
-          "sigma_participant_calibrated"]
+PARAMS = [
+    "accuracy_gap",
+    "accuracy_gap_calibrated",
+    "sigma_pair",
+    "sigma_experiment",
+    "sigma_cell",
+    "sigma_participant",
+    "sigma_pair_calibrated",
+    "sigma_experiment_calibrated",
+    "sigma_cell_calibrated",
+    "sigma_participant_calibrated",
+]
 
 
 def _interval(x: np.ndarray) -> dict:
-    return dict(mean=float(x.mean()), q05=float(np.quantile(x, 0.05)),
-                q95=float(np.quantile(x, 0.95)), p_negative=prob(x < 0))
+    return dict(
+        mean=float(x.mean()),
+        q05=float(np.quantile(x, 0.05)),
+        q95=float(np.quantile(x, 0.95)),
+        p_negative=prob(x < 0),
+    )
 
 
 def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
     """Raw vs calibrated gap per type, whether it survives, and the calibration table."""
     post = idata.posterior
-    out: dict[str, Any] = {"scale": "logit (post minus base)", "folds": folds,
-                           "by_post_training": {}, "survives_calibration": {}}
+    out: dict[str, Any] = {
+        "scale": "logit (post minus base)",
+        "folds": folds,
+        "by_post_training": {},
+        "survives_calibration": {},
+    }
     for t in post["accuracy_gap"].coords["post_training"].values:
         raw = post["accuracy_gap"].sel(post_training=t).values.ravel()
         entry = {"raw": _interval(raw)}
@@ -436,15 +521,21 @@ def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
         if "accuracy_gap_calibrated" in post:
             cal = post["accuracy_gap_calibrated"].sel(post_training=t).values.ravel()
             entry["calibrated"] = _interval(cal)
-            same_side = ((entry["raw"]["q95"] < 0 and entry["calibrated"]["q95"] < 0) or
-                         (entry["raw"]["q05"] > 0 and entry["calibrated"]["q05"] > 0))
+            same_side = (entry["raw"]["q95"] < 0 and entry["calibrated"]["q95"] < 0) or (
+                entry["raw"]["q05"] > 0 and entry["calibrated"]["q05"] > 0
+            )
             survives = bool(same_side) if credible_raw else None
         entry["raw_gap_credible"] = bool(credible_raw)
         entry["survives"] = survives
         entry["verdict"] = (
-            "no credible raw gap (90% interval includes 0)" if not credible_raw else
-            "gap survives calibration" if survives else
-            "gap does not survive calibration" if survives is False else "not calibrated")
+            "no credible raw gap (90% interval includes 0)"
+            if not credible_raw
+            else "gap survives calibration"
+            if survives
+            else "gap does not survive calibration"
+            if survives is False
+            else "not calibrated"
+        )
         out["by_post_training"][str(t)] = entry
         out["survives_calibration"][str(t)] = survives
     cal = data.calibration.copy()
@@ -452,54 +543,101 @@ def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
     return out
 
 
-def fit_accuracy(con, *, post_condition: str = "plain", base_condition: str | None = None,
-                 models: Sequence[str] | None = None, experiments: Sequence[str] | None = None,
-                 folds: int = 5, calibrated: bool = True,
-                 priors: AccuracyPriors | None = None, draws: int = 1000,
-                 tune: int = 1000, chains: int = 4, seed: int = 0, sampler: str = "nutpie",
-                 target_accept: float = 0.95, allow_diagnostics_failure: bool = False,
-                 netcdf_dir=None, name: str | None = None) -> dict:
+def fit_accuracy(
+    con,
+    *,
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    folds: int = 5,
+    calibrated: bool = True,
+    priors: AccuracyPriors | None = None,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sampler: str = "nutpie",
+    target_accept: float = 0.95,
+    allow_diagnostics_failure: bool = False,
+    netcdf_dir=None,
+    name: str | None = None,
+) -> dict:
     """Load, calibrate, build, sample, check and store an accuracy fit; returns a result dict."""
-    from .sampling import diagnose, enforce, sample
+    from .sampling import diagnose, enforce, gated_vars, sample
     from .store import save_fit
 
     if folds < 2:
         raise WarehouseError(f"--folds must be at least 2 (got {folds})")
     t0 = time.perf_counter()
     base_condition = base_condition or post_condition
-    rows = option_rows(con, post_condition=post_condition, base_condition=base_condition,
-                       models=models, experiments=experiments)
+    rows = option_rows(
+        con,
+        post_condition=post_condition,
+        base_condition=base_condition,
+        models=models,
+        experiments=experiments,
+    )
     data = prepare_accuracy(rows, load_models(con), folds=folds, seed=seed)
     runs = rows.groupby("model")["run_id"].agg(lambda s: sorted(set(map(int, s))))
-    data.selection = dict(post_condition=post_condition, base_condition=base_condition,
-                          models=list(models or []) or None,
-                          experiments=list(experiments or []) or None,
-                          pairs=list(data.pairs["pair"]),
-                          runs={m: runs[m] for m in sorted(set(data.participants["model"]))},
-                          n_participants=int(data.participants.groupby(
-                              ["experiment", "participant_key"]).ngroups),
-                          notes=data.notes)
+    data.selection = dict(
+        post_condition=post_condition,
+        base_condition=base_condition,
+        models=list(models or []) or None,
+        experiments=list(experiments or []) or None,
+        pairs=list(data.pairs["pair"]),
+        runs={m: runs[m] for m in sorted(set(data.participants["model"]))},
+        n_participants=int(data.participants.groupby(["experiment", "participant_key"]).ngroups),
+        notes=data.notes,
+    )
     model, spec = build_accuracy_model(data, priors, calibrated=calibrated)
-    idata = sample(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                   target_accept=target_accept)
-    diag = diagnose(idata)
+    idata = sample(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+    )
+    diag = diagnose(idata, var_names=gated_vars(model))
     enforce(diag, allow_diagnostics_failure)
     summary = summarise_accuracy(idata, data, folds)
-    condition = post_condition if post_condition == base_condition else \
-        f"{post_condition} vs {base_condition}"
-    fit_id = save_fit(con, kind=KIND, idata=idata, spec=spec, priors=spec["priors"],
-                      selection=data.selection, condition=condition, scale="logit",
-                      diagnostics=diag, summary=summary, seconds=time.perf_counter() - t0,
-                      netcdf_dir=netcdf_dir,
-                      var_names=[n for n in PARAMS if n in idata.posterior], name=name)
+    condition = (
+        post_condition
+        if post_condition == base_condition
+        else f"{post_condition} vs {base_condition}"
+    )
+    fit_id = save_fit(
+        con,
+        kind=KIND,
+        idata=idata,
+        spec=spec,
+        priors=spec["priors"],
+        selection=data.selection,
+        condition=condition,
+        scale="logit",
+        diagnostics=diag,
+        summary=summary,
+        seconds=time.perf_counter() - t0,
+        netcdf_dir=netcdf_dir,
+        var_names=[n for n in PARAMS if n in idata.posterior],
+        name=name,
+    )
     return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
 # --------------------------------------------------------------------------- simulation
 
 
-def expected_accuracy(beta: float, n_options: int, *, temperature_ratio: float | None = None,
-                      draws: int = 200_000, seed: int = 0) -> dict[str, float]:
+def expected_accuracy(
+    beta: float,
+    n_options: int,
+    *,
+    temperature_ratio: float | None = None,
+    draws: int = 200_000,
+    seed: int = 0,
+) -> dict[str, float]:
     """Monte-Carlo truth for :func:`simulate_accuracy`'s generative model.
 
     Option scores z_o = beta 1[o = response] + N(0, 1).  Returns the top-1
@@ -514,11 +652,16 @@ def expected_accuracy(beta: float, n_options: int, *, temperature_ratio: float |
     return {"top1": top1, "sampled_calibrated": float(p.mean())}
 
 
-def simulate_accuracy(con, *, experiments: Sequence[str] | None = None,
-                      beta: dict[str, float] | None = None,
-                      sharpness: dict[str, float] | None = None,
-                      participant_sd: float = 0.5, condition: str = "plain",
-                      seed: int = 0) -> dict:
+def simulate_accuracy(
+    con,
+    *,
+    experiments: Sequence[str] | None = None,
+    beta: dict[str, float] | None = None,
+    sharpness: dict[str, float] | None = None,
+    participant_sd: float = 0.5,
+    condition: str = "plain",
+    seed: int = 0,
+) -> dict:
     """Write option scores for a base and an instruct model with known accuracy and confidence.
 
     The option set of an experiment is the set of its distinct response texts
@@ -532,7 +675,7 @@ def simulate_accuracy(con, *, experiments: Sequence[str] | None = None,
     ``accuracy_gap``/``accuracy_gap_calibrated``: the logit gap post minus base
     averaged over b, the model's participant-conditional estimand).
     """
-    from warehouse.db import transaction
+    from psystats.warehouse.db import transaction
 
     from .analysis_common import responses_frame
     from .simulate import register_models, write_run
@@ -557,22 +700,31 @@ def simulate_accuracy(con, *, experiments: Sequence[str] | None = None,
             target = pd.Index(opts).get_indexer(g["text"])
             z[np.arange(len(g)), target] += beta[m] + g["participant_key"].map(b_i).to_numpy()
             lp = log_softmax(sharpness[m] * z)
-            rows.append(pd.DataFrame({"response_id": np.repeat(g["response_id"].to_numpy(),
-                                                               len(opts)),
-                                      "option": np.tile(opts, len(g)),
-                                      "logprob": lp.ravel()}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "response_id": np.repeat(g["response_id"].to_numpy(), len(opts)),
+                        "option": np.tile(opts, len(g)),
+                        "logprob": lp.ravel(),
+                    }
+                )
+            )
         opt = pd.concat(rows, ignore_index=True)
         k = int(options.map(len).median())
         ea = expected_accuracy(beta[m], k, seed=seed)
-        truth["models"][m] = dict(beta=beta[m], sharpness=sharpness[m],
-                                  temperature=sharpness[m] / beta[m], **ea)
+        truth["models"][m] = dict(
+            beta=beta[m], sharpness=sharpness[m], temperature=sharpness[m] / beta[m], **ea
+        )
         runs.append((m, 1.0 + rng.exponential(1.0, len(resp)), opt))
+
     def logit(p):
         return float(np.log(p / (1 - p)))
+
     k = int(options.map(len).median())
     gaps = {"top1": [], "sampled_calibrated": []}
     for q in np.linspace(0.025, 0.975, 20):  # average over people (normal quantiles of b)
         from scipy.stats import norm
+
         b = float(norm.ppf(q)) * participant_sd
         ep = expected_accuracy(beta[post] + b, k, draws=40_000, seed=seed)
         eb = expected_accuracy(beta[base] + b, k, draws=40_000, seed=seed)
@@ -581,14 +733,30 @@ def simulate_accuracy(con, *, experiments: Sequence[str] | None = None,
     truth["accuracy_gap"] = float(np.mean(gaps["top1"]))
     truth["accuracy_gap_calibrated"] = float(np.mean(gaps["sampled_calibrated"]))
     with transaction(con):
-        register_models(con, [dict(name=base, family="sim", generation="1",
-                                   generation_order=1.0, post_training="base"),
-                              dict(name=post, family="sim", generation="1",
-                                   generation_order=1.0, post_training="instruct",
-                                   base_model=base)])
+        register_models(
+            con,
+            [
+                dict(
+                    name=base,
+                    family="sim",
+                    generation="1",
+                    generation_order=1.0,
+                    post_training="base",
+                ),
+                dict(
+                    name=post,
+                    family="sim",
+                    generation="1",
+                    generation_order=1.0,
+                    post_training="instruct",
+                    base_model=base,
+                ),
+            ],
+        )
         for exp, opts in options.items():
-            con.executemany("INSERT INTO option_sets VALUES (?, ?, 'declared')",
-                            [(exp, o) for o in opts])
+            con.executemany(
+                "INSERT INTO option_sets VALUES (?, ?, 'declared')", [(exp, o) for o in opts]
+            )
         for m, nll, opt in runs:
             write_run(con, m, condition, resp["response_id"], nll, opt)
     return truth

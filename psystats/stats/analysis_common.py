@@ -5,17 +5,26 @@ means), the optional log-size term, and the ``fit_params.coords`` of
 variables indexed by a flattened (family, generation) dimension
 (:func:`generation_coords`).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from warehouse.queries import where_clause
+from psystats.warehouse.queries import where_clause
 
-MODEL_COLUMNS = ["name", "family", "generation", "generation_order", "n_params",
-                 "post_training", "base_model"]
+MODEL_COLUMNS = [
+    "name",
+    "family",
+    "generation",
+    "generation_order",
+    "n_params",
+    "post_training",
+    "base_model",
+]
 
 
 def load_models(con) -> pd.DataFrame:
@@ -24,8 +33,13 @@ def load_models(con) -> pd.DataFrame:
     return pd.DataFrame(cur.fetchall(), columns=MODEL_COLUMNS)
 
 
-def latest_participant_means(con, *, condition: str, models: Sequence[str] | None = None,
-                             experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def latest_participant_means(
+    con,
+    *,
+    condition: str,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Per-participant mean NLL per response (``stats.data.participant_means``)."""
     from .data import participant_means
 
@@ -66,7 +80,7 @@ def resolve_prior_scales(given: Any, auto: dict[str, float], what: str) -> dict[
     """
     from dataclasses import asdict
 
-    from warehouse.db import WarehouseError
+    from psystats.warehouse.db import WarehouseError
 
     out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(given).items()}
     bad = [k for k, v in out.items() if not (v > 0)]
@@ -80,8 +94,9 @@ def prob(mask) -> float:
     return float(np.mean(np.asarray(mask, dtype=bool)))
 
 
-def generation_coords(generations: pd.DataFrame, dims: Sequence[str]
-                      ) -> dict[str, dict[str, dict[str, str]]]:
+def generation_coords(
+    generations: pd.DataFrame, dims: Sequence[str]
+) -> dict[str, dict[str, dict[str, str]]]:
     """``fit_params.coords`` for dimensions that flatten (family, generation) into one label.
 
     The generations variables are indexed by one flattened dimension (families
@@ -90,8 +105,10 @@ def generation_coords(generations: pd.DataFrame, dims: Sequence[str]
     ``{"family": f, "generation": g}`` coords.  Pass the result to
     ``store.save_fit(element_coords=...)``.
     """
-    per_label = {cell_label(f, g): {"family": str(f), "generation": str(g)}
-                 for f, g in zip(generations["family"], generations["generation"])}
+    per_label = {
+        cell_label(f, g): {"family": str(f), "generation": str(g)}
+        for f, g in zip(generations["family"], generations["generation"])
+    }
     return {dim: per_label for dim in dims}
 
 
@@ -100,16 +117,22 @@ def generation_coords(generations: pd.DataFrame, dims: Sequence[str]
 
 def responses_frame(con, experiments: Sequence[str] | None = None) -> pd.DataFrame:
     """response_id, participant_key, experiment, text of the warehouse's responses."""
-    from warehouse.db import WarehouseError
+    from psystats.warehouse.db import WarehouseError
 
     where, params = where_clause({"experiment": experiments})
-    cur = con.execute("SELECT response_id, participant_key, experiment, text FROM responses "
-                      f"{where} ORDER BY response_id", params)
-    df = pd.DataFrame(cur.fetchall(), columns=["response_id", "participant_key", "experiment",
-                                               "text"])
+    cur = con.execute(
+        "SELECT response_id, participant_key, experiment, text FROM responses "
+        f"{where} ORDER BY response_id",
+        params,
+    )
+    df = pd.DataFrame(
+        cur.fetchall(), columns=["response_id", "participant_key", "experiment", "text"]
+    )
     if df.empty:
-        raise WarehouseError("the warehouse has no responses to simulate scores for: ingest "
-                             "studies or call stats.simulate.add_synthetic_experiments() first")
+        raise WarehouseError(
+            "the warehouse has no responses to simulate scores for: ingest "
+            "studies or call stats.simulate.add_synthetic_experiments() first"
+        )
     return df
 
 
@@ -135,10 +158,12 @@ def grouped_normal_logp(y, mu, var, group: np.ndarray, n_groups: int, sigma):
     A = pt.inc_subtensor(A[group], w)
     B = pt.zeros(n_groups)
     B = pt.inc_subtensor(B[group], r * w)
-    s2 = sigma ** 2
-    return (-0.5 * pt.sum(pt.log(2 * np.pi * var) + r ** 2 * w)
-            - 0.5 * pt.sum(pt.log1p(s2 * A))
-            + 0.5 * pt.sum(s2 * B ** 2 / (1.0 + s2 * A)))
+    s2 = sigma**2
+    return (
+        -0.5 * pt.sum(pt.log(2 * np.pi * var) + r**2 * w)
+        - 0.5 * pt.sum(pt.log1p(s2 * A))
+        + 0.5 * pt.sum(s2 * B**2 / (1.0 + s2 * A))
+    )
 
 
 def crossed_normal_logp(y, mu, var, factors: Sequence[tuple[np.ndarray, int, Any]]):
@@ -169,8 +194,8 @@ def crossed_normal_logp(y, mu, var, factors: Sequence[tuple[np.ndarray, int, Any
     k = int(offsets[-1])
     cols = [np.asarray(idx) + off for (idx, _, _), off in zip(factors, offsets[:-1])]
     M = pt.zeros((k, k))
-    for i, ci in enumerate(cols):
-        for j, cj in enumerate(cols):
+    for ci in cols:
+        for cj in cols:
             M = pt.inc_subtensor(M[ci, cj], w)
     zr = pt.zeros(k)
     for ci in cols:
@@ -180,6 +205,8 @@ def crossed_normal_logp(y, mu, var, factors: Sequence[tuple[np.ndarray, int, Any
     chol = cholesky(K)
     b = ell * zr
     v = solve_triangular(chol, b, lower=True)
-    return (-0.5 * pt.sum(pt.log(2 * np.pi * var) + r ** 2 * w)
-            - pt.sum(pt.log(pt.diag(chol)))
-            + 0.5 * pt.sum(v ** 2))
+    return (
+        -0.5 * pt.sum(pt.log(2 * np.pi * var) + r**2 * w)
+        - pt.sum(pt.log(pt.diag(chol)))
+        + 0.5 * pt.sum(v**2)
+    )

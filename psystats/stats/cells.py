@@ -26,24 +26,45 @@ Two scales (``with_scale``):
   sqrt((sd_post^2 + sd_base^2) / 2) of the two models' per-participant mean
   NLLs, so y is the seed study's Cohen's d (d_av) for that experiment.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import WarehouseError
-from warehouse.queries import where_clause
+from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.queries import where_clause
 
 from .data import PAIR_COLUMNS, latest_runs_sql, pairs, valid_score
 
 SCALES = ("nats", "standardised")
 
-CELL_COLUMNS = ["pair", "post_model", "base_model", "post_training", "family", "generation",
-                "generation_order", "n_params", "experiment", "study", "domain", "n", "mean",
-                "var", "sd_post", "sd_base", "pooled_sd", "n_responses", "post_run_id",
-                "base_run_id", "post_condition", "base_condition"]
+CELL_COLUMNS = [
+    "pair",
+    "post_model",
+    "base_model",
+    "post_training",
+    "family",
+    "generation",
+    "generation_order",
+    "n_params",
+    "experiment",
+    "study",
+    "domain",
+    "n",
+    "mean",
+    "var",
+    "sd_post",
+    "sd_base",
+    "pooled_sd",
+    "n_responses",
+    "post_run_id",
+    "base_run_id",
+    "post_condition",
+    "base_condition",
+]
 
 
 def _differences_sql(n_pairs: int, exp_filter: str) -> str:
@@ -82,12 +103,14 @@ def _pairs_or_fail(con, models) -> pd.DataFrame:
         what = f" among {list(models)}" if models else ""
         raise WarehouseError(
             f"no (post-trained, base) pairs registered{what}: register the post-trained "
-            "model with its base, e.g. `psystats models add MODEL --base BASE_MODEL`")
+            "model with its base, e.g. `psystats models add MODEL --base BASE_MODEL`"
+        )
     return pr
 
 
-def _params(pr: pd.DataFrame, post_condition: str, base_condition: str,
-            experiments) -> tuple[list, str]:
+def _params(
+    pr: pd.DataFrame, post_condition: str, base_condition: str, experiments
+) -> tuple[list, str]:
     exp_filter, exp_params = where_clause({"lp.experiment": experiments})
     params: list = [post_condition, base_condition]
     for p, b in zip(pr.post_model, pr.base_model):
@@ -96,10 +119,14 @@ def _params(pr: pd.DataFrame, post_condition: str, base_condition: str,
     return params, exp_filter
 
 
-def participant_differences(con, *, post_condition: str = "plain",
-                            base_condition: str | None = None,
-                            models: Sequence[str] | None = None,
-                            experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def participant_differences(
+    con,
+    *,
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """One row per (pair, participant): ``d`` and both models' mean NLL.
 
     Columns: ``pair, post_model, base_model, experiment, study, domain,
@@ -109,12 +136,15 @@ def participant_differences(con, *, post_condition: str = "plain",
     base_condition = base_condition or post_condition
     pr = _pairs_or_fail(con, models)
     params, exp_filter = _params(pr, post_condition, base_condition, experiments)
-    q = _differences_sql(len(pr), exp_filter) + """
+    q = (
+        _differences_sql(len(pr), exp_filter)
+        + """
     SELECT d.post_model, d.base_model, d.experiment, d.study, e.domain, d.participant_key,
            d.n_responses, d.mean_post, d.mean_base, d.d, d.post_run_id, d.base_run_id
     FROM diffs d LEFT JOIN experiments e ON e.experiment = d.experiment
     ORDER BY d.post_model, d.base_model, d.experiment, d.participant_key
     """
+    )
     cur = con.execute(q, params)
     df = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
     df.insert(0, "pair", [f"{p} vs {b}" for p, b in zip(df.post_model, df.base_model)])
@@ -131,20 +161,30 @@ def aggregate_cells(diffs: pd.DataFrame) -> pd.DataFrame:
     """
     keys = ["pair", "experiment"]
     g = diffs.groupby(keys, sort=True)
-    out = g.agg(n=("d", "size"), mean=("d", "mean"), var=("d", "var"),
-                sd_post=("mean_post", "std"), sd_base=("mean_base", "std")).reset_index()
+    out = g.agg(
+        n=("d", "size"),
+        mean=("d", "mean"),
+        var=("d", "var"),
+        sd_post=("mean_post", "std"),
+        sd_base=("mean_base", "std"),
+    ).reset_index()
     if "n_responses" in diffs:
         out["n_responses"] = g["n_responses"].sum().to_numpy()
     for col in ("post_model", "base_model", "study", "domain", "post_run_id", "base_run_id"):
         if col in diffs:
             out[col] = g[col].first().to_numpy()
-    out["pooled_sd"] = np.sqrt((out.sd_post ** 2 + out.sd_base ** 2) / 2)
+    out["pooled_sd"] = np.sqrt((out.sd_post**2 + out.sd_base**2) / 2)
     return out
 
 
-def build_cells(con, *, post_condition: str = "plain", base_condition: str | None = None,
-                models: Sequence[str] | None = None,
-                experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def build_cells(
+    con,
+    *,
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """The cell table: one row per (pair, experiment) with n, mean, var and pair metadata.
 
     Aggregated inside DuckDB (the participant rows never reach Python).
@@ -155,7 +195,9 @@ def build_cells(con, *, post_condition: str = "plain", base_condition: str | Non
     base_condition = base_condition or post_condition
     pr = _pairs_or_fail(con, models)
     params, exp_filter = _params(pr, post_condition, base_condition, experiments)
-    q = _differences_sql(len(pr), exp_filter) + """
+    q = (
+        _differences_sql(len(pr), exp_filter)
+        + """
     SELECT d.post_model, d.base_model, d.experiment, any_value(d.study) AS study,
            any_value(e.domain) AS domain, count(*)::BIGINT AS n, avg(d.d) AS mean,
            var_samp(d.d) AS var, stddev_samp(d.mean_post) AS sd_post,
@@ -165,18 +207,23 @@ def build_cells(con, *, post_condition: str = "plain", base_condition: str | Non
     GROUP BY d.post_model, d.base_model, d.experiment
     ORDER BY d.post_model, d.base_model, d.experiment
     """
+    )
     cur = con.execute(q, params)
     df = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
     if df.empty:
         raise WarehouseError(
             f"no cells: no experiment was scored by both models of any pair "
             f"(post condition {post_condition!r}, base condition {base_condition!r}); "
-            "check `psystats sql \"SELECT model, condition, status FROM score_runs\"`")
+            'check `psystats sql "SELECT model, condition, status FROM score_runs"`'
+        )
     for col in ("mean", "var", "sd_post", "sd_base"):
         df[col] = df[col].astype(float)
-    df["pooled_sd"] = np.sqrt((df.sd_post ** 2 + df.sd_base ** 2) / 2)
-    df = df.merge(pr[[c for c in PAIR_COLUMNS if not c.startswith("base_") or c == "base_model"]],
-                  on=["post_model", "base_model"], how="left")
+    df["pooled_sd"] = np.sqrt((df.sd_post**2 + df.sd_base**2) / 2)
+    df = df.merge(
+        pr[[c for c in PAIR_COLUMNS if not c.startswith("base_") or c == "base_model"]],
+        on=["post_model", "base_model"],
+        how="left",
+    )
     df["post_condition"], df["base_condition"] = post_condition, base_condition
     return df[CELL_COLUMNS]
 
@@ -209,4 +256,4 @@ def suffstat_loglik(n, mean, var, mu, s):
     """
     n, mean, var, mu, s = (np.asarray(a, dtype=float) for a in (n, mean, var, mu, s))
     ss = np.where(n > 1, (n - 1) * np.nan_to_num(var), 0.0)
-    return -0.5 * n * np.log(2 * np.pi * s ** 2) - (ss + n * (mean - mu) ** 2) / (2 * s ** 2)
+    return -0.5 * n * np.log(2 * np.pi * s**2) - (ss + n * (mean - mu) ** 2) / (2 * s**2)

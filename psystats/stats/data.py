@@ -12,13 +12,14 @@ Which run counts: for each (model, condition, experiment), the latest
 experiment again therefore replaces, never adds to, its earlier scores, and
 runs over different studies combine.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
-from warehouse.queries import where_clause
+from psystats.warehouse.queries import where_clause
 
 # Scores that count: the response produced tokens and the NLL is known
 # (responses skipped or truncated away by the scorer have n_tokens = 0 or NULL nll).
@@ -54,8 +55,13 @@ def latest_runs_sql(condition_param: str = "?") -> str:
     )"""
 
 
-def participant_means(con, *, condition: str, models: Sequence[str] | None = None,
-                      experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def participant_means(
+    con,
+    *,
+    condition: str,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Per-participant mean response NLL of each model under ``condition``.
 
     Columns: ``model, run_id, experiment, domain, study, participant_key,
@@ -81,9 +87,20 @@ def participant_means(con, *, condition: str, models: Sequence[str] | None = Non
     return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
 
 
-PAIR_COLUMNS = ["pair", "post_model", "base_model", "post_training", "family", "generation",
-                "generation_order", "n_params", "base_family", "base_generation",
-                "base_generation_order", "base_n_params"]
+PAIR_COLUMNS = [
+    "pair",
+    "post_model",
+    "base_model",
+    "post_training",
+    "family",
+    "generation",
+    "generation_order",
+    "n_params",
+    "base_family",
+    "base_generation",
+    "base_generation_order",
+    "base_n_params",
+]
 
 
 def pair_label(post: str, base: str) -> str:

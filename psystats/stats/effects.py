@@ -21,24 +21,35 @@ subspace (sum to zero over its levels; experiments within each domain; pairs
 orthogonal to every pair-level term), parameterised by an orthonormal basis of that
 subspace, so every reported effect is identified.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import WarehouseError
+from psystats.warehouse.db import WarehouseError
 
 log = logging.getLogger(__name__)
 
-TERMS = ("type", "family", "size", "generation", "generation_family", "domain", "type_domain",
-         "experiment", "pair")
+TERMS = (
+    "type",
+    "family",
+    "size",
+    "generation",
+    "generation_family",
+    "domain",
+    "type_domain",
+    "experiment",
+    "pair",
+)
 NO_DOMAIN = "(no domain)"
 MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of a pooled scale
 # The data scale (nats per response, or SDs) the default priors are written for:
@@ -46,8 +57,17 @@ MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of 
 PRIOR_REFERENCE_SCALE = 1.0
 
 # Where a Prior's distribution comes from (PyMC names); scale priors must be positive.
-_DISTS = ("Normal", "StudentT", "Cauchy", "HalfNormal", "HalfStudentT", "HalfCauchy",
-          "Exponential", "Gamma", "LogNormal")
+_DISTS = (
+    "Normal",
+    "StudentT",
+    "Cauchy",
+    "HalfNormal",
+    "HalfStudentT",
+    "HalfCauchy",
+    "Exponential",
+    "Gamma",
+    "LogNormal",
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +79,9 @@ class Prior:
 
     def __init__(self, dist: str, params: Mapping[str, float] | None = None, **kw: float):
         if dist not in _DISTS:
-            raise WarehouseError(f"unknown prior distribution {dist!r}: use one of {', '.join(_DISTS)}")
+            raise WarehouseError(
+                f"unknown prior distribution {dist!r}: use one of {', '.join(_DISTS)}"
+            )
         object.__setattr__(self, "dist", dist)
         object.__setattr__(self, "params", dict(params or {}, **kw))
 
@@ -72,21 +94,23 @@ class Prior:
         return {"dist": self.dist, **self.params}
 
     @classmethod
-    def from_value(cls, v: Any) -> "Prior":
+    def from_value(cls, v: Any) -> Prior:
         if isinstance(v, Prior):
             return v
         if isinstance(v, Mapping):
             v = dict(v)
             return cls(v.pop("dist"), v)
-        raise WarehouseError(f"a prior is a table like {{dist = 'HalfNormal', sigma = 0.5}}, got {v!r}")
+        raise WarehouseError(
+            f"a prior is a table like {{dist = 'HalfNormal', sigma = 0.5}}, got {v!r}"
+        )
 
 
 # On the nats-per-response scale: post-minus-base differences of a few tenths
 # of a nat are large, so unit-scale priors are weakly informative.
 DEFAULT_PRIORS: dict[str, Prior] = {
     "intercept": Prior("Normal", mu=0.0, sigma=1.0),
-    "type": Prior("Normal", mu=0.0, sigma=0.5),           # fixed scale: not pooled
-    "size_slope": Prior("Normal", mu=0.0, sigma=0.5),     # per unit of log(parameters)
+    "type": Prior("Normal", mu=0.0, sigma=0.5),  # fixed scale: not pooled
+    "size_slope": Prior("Normal", mu=0.0, sigma=0.5),  # per unit of log(parameters)
     "generation_slope": Prior("Normal", mu=0.0, sigma=0.5),  # per generation step
     "sigma_family": Prior("HalfNormal", sigma=0.5),
     "sigma_generation_family": Prior("HalfNormal", sigma=0.25),
@@ -134,8 +158,9 @@ class EffectsSpec:
         self.terms = {t: bool(self.terms.get(t, True)) for t in TERMS}
         bad = set(self.priors) - set(DEFAULT_PRIORS)
         if bad:
-            raise WarehouseError(f"unknown prior(s) {sorted(bad)}: priors are "
-                                 f"{', '.join(DEFAULT_PRIORS)}")
+            raise WarehouseError(
+                f"unknown prior(s) {sorted(bad)}: priors are {', '.join(DEFAULT_PRIORS)}"
+            )
         self.priors = {k: Prior.from_value(v) for k, v in self.priors.items()}
         if self.parameterization not in ("auto", "centred", "noncentred"):
             raise WarehouseError("parameterization must be auto, centred or noncentred")
@@ -153,31 +178,45 @@ class EffectsSpec:
         return {k: self.prior(k).to_dict() for k in DEFAULT_PRIORS}
 
     def to_dict(self) -> dict:
-        return {"terms": dict(self.terms), "priors": self.all_priors(),
-                "parameterization": self.parameterization, "residual": self.residual,
-                "scale": self.scale, "min_participants": self.min_participants,
-                "autoscale": self.autoscale}
+        return {
+            "terms": dict(self.terms),
+            "priors": self.all_priors(),
+            "parameterization": self.parameterization,
+            "residual": self.residual,
+            "scale": self.scale,
+            "min_participants": self.min_participants,
+            "autoscale": self.autoscale,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "EffectsSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> EffectsSpec:
         d = dict(d)
-        unknown = set(d) - {"terms", "priors", "parameterization", "residual", "scale",
-                            "min_participants", "autoscale"}
+        unknown = set(d) - {
+            "terms",
+            "priors",
+            "parameterization",
+            "residual",
+            "scale",
+            "min_participants",
+            "autoscale",
+        }
         if unknown:
             raise WarehouseError(f"unknown spec field(s) {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "EffectsSpec":
+    def from_file(cls, path: str | Path) -> EffectsSpec:
         """Read a spec from TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
             if path.suffix == ".toml":
                 import tomllib
+
                 d = tomllib.loads(text)
             elif path.suffix in (".yaml", ".yml"):
                 import yaml
+
                 d = yaml.safe_load(text) or {}
             else:
                 d = json.loads(text)
@@ -194,7 +233,7 @@ class EffectsSpec:
 def prior_scale_for(y: np.ndarray) -> float:
     """How much to widen the default priors for cell values ``y``: max(1, RMS(y) / reference)."""
     y = np.asarray(y, dtype=float)
-    rms = float(np.sqrt(np.mean(y ** 2))) if y.size else 0.0
+    rms = float(np.sqrt(np.mean(y**2))) if y.size else 0.0
     return max(1.0, rms / PRIOR_REFERENCE_SCALE)
 
 
@@ -212,8 +251,13 @@ def resolve_priors(spec: EffectsSpec, prior_scale: float) -> EffectsSpec:
     scaled = {}
     for name, p in DEFAULT_PRIORS.items():
         if name not in spec.priors:
-            scaled[name] = Prior(p.dist, {k: v * prior_scale if k in ("mu", "sigma", "beta") else v
-                                          for k, v in p.params.items()})
+            scaled[name] = Prior(
+                p.dist,
+                {
+                    k: v * prior_scale if k in ("mu", "sigma", "beta") else v
+                    for k, v in p.params.items()
+                },
+            )
     return replace(spec, priors={**scaled, **spec.priors}, autoscale=False)
 
 
@@ -274,7 +318,7 @@ class EffectsData:
         return len(self.cells)
 
 
-def fixed_sigma(spec: "EffectsSpec", term: str) -> float:
+def fixed_sigma(spec: EffectsSpec, term: str) -> float:
     """Scale of the fixed prior a term gets when it has too few levels to pool.
 
     The scale parameter of its ``sigma_<term>`` prior (0.5 by default).
@@ -287,7 +331,9 @@ def fixed_sigma(spec: "EffectsSpec", term: str) -> float:
 
 def _few(names: Sequence[str], k: int = 5) -> str:
     names = list(names)
-    return ", ".join(map(str, names[:k])) + (f" and {len(names) - k} more" if len(names) > k else "")
+    return ", ".join(map(str, names[:k])) + (
+        f" and {len(names) - k} more" if len(names) > k else ""
+    )
 
 
 def _informative(y: np.ndarray, codes: np.ndarray, k: int) -> bool:
@@ -323,9 +369,14 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     if missing:
         raise WarehouseError(f"the cell table lacks column(s) {sorted(missing)}")
     c = cells.copy().reset_index(drop=True)
-    for col, default in (("post_training", "post-trained"), ("family", "unknown"),
-                         ("domain", None), ("n", np.nan), ("n_params", np.nan),
-                         ("generation_order", np.nan)):
+    for col, default in (
+        ("post_training", "post-trained"),
+        ("family", "unknown"),
+        ("domain", None),
+        ("n", np.nan),
+        ("n_params", np.nan),
+        ("generation_order", np.nan),
+    ):
         if col not in c:
             c[col] = default
 
@@ -333,43 +384,63 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     n_before = len(c)
     bad_n = c["n"].notna() & (c["n"] < spec.min_participants)
     if bad_n.any():
-        messages.append(f"{int(bad_n.sum())} cell(s) with fewer than {spec.min_participants} "
-                        f"participant(s) left out (their participant SD is unknown): "
-                        f"{_few(c.loc[bad_n, 'pair'] + ' / ' + c.loc[bad_n, 'experiment'])}")
+        messages.append(
+            f"{int(bad_n.sum())} cell(s) with fewer than {spec.min_participants} "
+            f"participant(s) left out (their participant SD is unknown): "
+            f"{_few(c.loc[bad_n, 'pair'] + ' / ' + c.loc[bad_n, 'experiment'])}"
+        )
     zero = ~bad_n & (c["se"] == 0)
     if zero.any():
-        messages.append(f"{int(zero.sum())} cell(s) where every participant's difference is the "
-                        f"same (zero variance: post and base scored identically?) left out: "
-                        f"{_few(c.loc[zero, 'pair'] + ' / ' + c.loc[zero, 'experiment'])}")
-    nonfinite = ~bad_n & ~zero & ~(np.isfinite(c["y"].astype(float)) & np.isfinite(c["se"].astype(float)))
+        messages.append(
+            f"{int(zero.sum())} cell(s) where every participant's difference is the "
+            f"same (zero variance: post and base scored identically?) left out: "
+            f"{_few(c.loc[zero, 'pair'] + ' / ' + c.loc[zero, 'experiment'])}"
+        )
+    nonfinite = (
+        ~bad_n & ~zero & ~(np.isfinite(c["y"].astype(float)) & np.isfinite(c["se"].astype(float)))
+    )
     if nonfinite.any():
-        messages.append(f"{int(nonfinite.sum())} cell(s) without a finite mean or standard error "
-                        f"(e.g. zero pooled SD on the standardised scale) left out: "
-                        f"{_few(c.loc[nonfinite, 'pair'] + ' / ' + c.loc[nonfinite, 'experiment'])}")
+        messages.append(
+            f"{int(nonfinite.sum())} cell(s) without a finite mean or standard error "
+            f"(e.g. zero pooled SD on the standardised scale) left out: "
+            f"{_few(c.loc[nonfinite, 'pair'] + ' / ' + c.loc[nonfinite, 'experiment'])}"
+        )
     c = c[~(bad_n | zero | nonfinite)].reset_index(drop=True)
     if c.empty:
         raise WarehouseError(
-            f"none of the {n_before} cell(s) can be fitted: "
-            + ("; ".join(messages) or "no data"))
+            f"none of the {n_before} cell(s) can be fitted: " + ("; ".join(messages) or "no data")
+        )
     if c.duplicated(["pair", "experiment"]).any():
         raise WarehouseError("the cell table has duplicate (pair, experiment) rows")
 
     no_dom = c["domain"].isna()
     if no_dom.any():
         exps = sorted(c.loc[no_dom, "experiment"].unique())
-        messages.append(f"{len(exps)} experiment(s) have no domain in the domain map and form "
-                        f"the level {NO_DOMAIN!r}: {_few(exps)}")
+        messages.append(
+            f"{len(exps)} experiment(s) have no domain in the domain map and form "
+            f"the level {NO_DOMAIN!r}: {_few(exps)}"
+        )
         c.loc[no_dom, "domain"] = NO_DOMAIN
 
     # Pair-level table (one row per pair) and codes.
-    pair_tab = c.groupby("pair", sort=True).agg(
-        post_training=("post_training", "first"), family=("family", "first"),
-        n_params=("n_params", "first"), generation_order=("generation_order", "first"),
-        n_cells=("experiment", "size")).reset_index()
+    pair_tab = (
+        c.groupby("pair", sort=True)
+        .agg(
+            post_training=("post_training", "first"),
+            family=("family", "first"),
+            n_params=("n_params", "first"),
+            generation_order=("generation_order", "first"),
+            n_cells=("experiment", "size"),
+        )
+        .reset_index()
+    )
     for col in ("post_training", "family"):
         pair_tab[col] = pair_tab[col].fillna("unknown").astype(str)
-    exp_tab = c.groupby("experiment", sort=True).agg(
-        domain=("domain", "first"), n_cells=("pair", "size")).reset_index()
+    exp_tab = (
+        c.groupby("experiment", sort=True)
+        .agg(domain=("domain", "first"), n_cells=("pair", "size"))
+        .reset_index()
+    )
     coords = {
         "pair": pair_tab["pair"].tolist(),
         "experiment": exp_tab["experiment"].tolist(),
@@ -401,8 +472,11 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             messages.append(f"term {term!r} dropped: {why}")
 
     if T < 2:
-        drop("type", f"every pair has the same post-training type ({coords['type'][0]}); "
-                     "the intercept is that type's effect")
+        drop(
+            "type",
+            f"every pair has the same post-training type ({coords['type'][0]}); "
+            "the intercept is that type's effect",
+        )
     if F < 2:
         drop("family", f"every pair is in the same family ({coords['family'][0]})")
     if D < 2:
@@ -416,8 +490,11 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     if "size" in active:
         npar = pd.to_numeric(pair_tab["n_params"], errors="coerce")
         if npar.isna().any() or (npar <= 0).any():
-            drop("size", f"parameter count unknown for {_few(pair_tab.loc[npar.isna() | (npar <= 0), 'pair'])} "
-                         "(set it with `psystats models` or the registry)")
+            drop(
+                "size",
+                f"parameter count unknown for {_few(pair_tab.loc[npar.isna() | (npar <= 0), 'pair'])} "
+                "(set it with `psystats models` or the registry)",
+            )
         elif npar.nunique() < 2:
             drop("size", "every pair has the same parameter count")
         else:
@@ -440,8 +517,10 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
         else:
             unknown = pair_tab.loc[gen_o.isna() & np.isin(pair_family, varying), "pair"]
             if len(unknown):
-                messages.append(f"generation unknown for {_few(unknown)}: treated as their "
-                                f"family's average generation")
+                messages.append(
+                    f"generation unknown for {_few(unknown)}: treated as their "
+                    f"family's average generation"
+                )
             if len(varying) < 2:
                 drop("generation_family", "only one family has pairs from several generations")
             else:
@@ -474,8 +553,11 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
         X = pair_design()
         if np.linalg.matrix_rank(X) == X.shape[1]:
             break
-        drop(term, f"with these {P} pair(s) it cannot be separated from the other pair-level "
-                   "terms (type, family, size, generation)")
+        drop(
+            term,
+            f"with these {P} pair(s) it cannot be separated from the other pair-level "
+            "terms (type, family, size, generation)",
+        )
         if term == "generation":
             drop("generation_family", "there is no generation term")
         if term == "type":
@@ -490,15 +572,20 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     if "domain" in active:
         bases["domain"] = constraint_basis(np.ones((D, 1)))
     if "generation_family" in active:
-        bases["generation_family"] = constraint_basis(np.ones((len(coords["generation_family"]), 1)))
+        bases["generation_family"] = constraint_basis(
+            np.ones((len(coords["generation_family"]), 1))
+        )
     if "type_domain" in active:
-        rows = np.kron(np.eye(T), np.ones((D, 1)))   # sum over domains, per type
-        cols = np.kron(np.ones((T, 1)), np.eye(D))   # sum over types, per domain
+        rows = np.kron(np.eye(T), np.ones((D, 1)))  # sum over domains, per type
+        cols = np.kron(np.ones((T, 1)), np.eye(D))  # sum over types, per domain
         bases["type_domain"] = constraint_basis(np.hstack([rows, cols]))
     if "experiment" in active:
         if exp_tab["n_cells"].max() < 2:
-            drop("experiment", "every experiment has a single cell (one pair), so experiment "
-                               "effects and cell residuals are the same thing")
+            drop(
+                "experiment",
+                "every experiment has a single cell (one pair), so experiment "
+                "effects and cell residuals are the same thing",
+            )
         else:
             group = _indicators(exp_domain, D) if "domain" in active else np.ones((E, 1))
             B = constraint_basis(group)
@@ -508,8 +595,11 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
                 bases["experiment"] = B
     if "pair" in active:
         if pair_tab["n_cells"].max() < 2:
-            drop("pair", "every pair has a single cell (one experiment), so pair effects and "
-                         "cell residuals are the same thing")
+            drop(
+                "pair",
+                "every pair has a single cell (one experiment), so pair effects and "
+                "cell residuals are the same thing",
+            )
         else:
             # Pair effects are what the pair-level terms leave unexplained: orthogonal
             # to every pair-level column (intercept, type, family, size, generation).
@@ -526,18 +616,23 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
                 cols.append(_indicators(pair_family, F) * gen_x[:, None])
             B = constraint_basis(np.hstack(cols))
             if B.shape[1] == 0:
-                drop("pair", "the pair-level terms (type, family, size, generation) already "
-                             "describe every pair exactly")
+                drop(
+                    "pair",
+                    "the pair-level terms (type, family, size, generation) already "
+                    "describe every pair exactly",
+                )
             else:
                 bases["pair"] = B
 
     # Default priors far narrower than the data: widen them (and say so).
     prior_scale = prior_scale_for(c["y"]) if spec.autoscale else 1.0
     if prior_scale > 1.0:
-        messages.append(f"the cell values (root mean square {prior_scale * PRIOR_REFERENCE_SCALE:.3g}) "
-                        f"are far beyond the {PRIOR_REFERENCE_SCALE:g} the default priors assume: "
-                        f"default prior scales multiplied by {prior_scale:.3g} (fits.priors has "
-                        f"the priors used; set autoscale = false or your own priors to change it)")
+        messages.append(
+            f"the cell values (root mean square {prior_scale * PRIOR_REFERENCE_SCALE:.3g}) "
+            f"are far beyond the {PRIOR_REFERENCE_SCALE:g} the default priors assume: "
+            f"default prior scales multiplied by {prior_scale:.3g} (fits.priors has "
+            f"the priors used; set autoscale = false or your own priors to change it)"
+        )
     spec = resolve_priors(spec, prior_scale)
 
     # A scale cannot be learned from a handful of levels (and its funnel then
@@ -546,17 +641,26 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     for term in ("family", "generation_family", "domain", "type_domain", "experiment", "pair"):
         if term in active and bases[term].shape[1] < MIN_POOLED_LEVELS - 1:
             fixed_scale.add(term)
-            what = ("the fixed prior 'generation_family'" if term == "generation_family" else
-                    f"a fixed Normal(0, {fixed_sigma(spec, term):g}) prior")
-            messages.append(f"term {term!r} has only {bases[term].shape[1] + 1} free levels: "
-                            f"{what} instead of a pooled scale")
+            what = (
+                "the fixed prior 'generation_family'"
+                if term == "generation_family"
+                else f"a fixed Normal(0, {fixed_sigma(spec, term):g}) prior"
+            )
+            messages.append(
+                f"term {term!r} has only {bases[term].shape[1] + 1} free levels: "
+                f"{what} instead of a pooled scale"
+            )
 
     # Centred or non-centred, per grouped term.
     y = c["y"].to_numpy(float)
-    level_codes = {"family": c["family_idx"].to_numpy(), "domain": c["domain_idx"].to_numpy(),
-                   "experiment": c["experiment_idx"].to_numpy(), "pair": c["pair_idx"].to_numpy(),
-                   "type_domain": (c["type_idx"] * D + c["domain_idx"]).to_numpy(),
-                   "generation_family": c["family_idx"].to_numpy()}
+    level_codes = {
+        "family": c["family_idx"].to_numpy(),
+        "domain": c["domain_idx"].to_numpy(),
+        "experiment": c["experiment_idx"].to_numpy(),
+        "pair": c["pair_idx"].to_numpy(),
+        "type_domain": (c["type_idx"] * D + c["domain_idx"]).to_numpy(),
+        "generation_family": c["family_idx"].to_numpy(),
+    }
     centred = {}
     for term in ("family", "domain", "type_domain", "experiment", "pair", "generation_family"):
         if term in active:
@@ -570,19 +674,35 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
                     centred[term] = _informative(y, level_codes[term], k)
             else:
                 centred[term] = spec.parameterization == "centred"
-    return EffectsData(cells=c, coords=coords, active=active, dropped=dropped, messages=messages,
-                       pair_type=pair_type, pair_family=pair_family, size_x=size_x,
-                       generation_x=gen_x, experiment_domain=exp_domain, bases=bases,
-                       centred=centred, size_center=size_center, fixed_scale=fixed_scale,
-                       prior_scale=prior_scale)
+    return EffectsData(
+        cells=c,
+        coords=coords,
+        active=active,
+        dropped=dropped,
+        messages=messages,
+        pair_type=pair_type,
+        pair_family=pair_family,
+        size_x=size_x,
+        generation_x=gen_x,
+        experiment_domain=exp_domain,
+        bases=bases,
+        centred=centred,
+        size_center=size_center,
+        fixed_scale=fixed_scale,
+        prior_scale=prior_scale,
+    )
 
 
 # ---------------------------------------------------------------------------
 # The PyMC model
 
 
-def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
-                        extra: Callable[[Any, EffectsData], Any] | None = None):
+def build_effects_model(
+    data: EffectsData,
+    spec: EffectsSpec | None = None,
+    *,
+    extra: Callable[[Any, EffectsData], Any] | None = None,
+):
     """The PyMC model for prepared cells; returns ``pm.Model``.
 
     Variables (dims in brackets): ``intercept``, ``type[type]``,
@@ -619,8 +739,9 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
         """basis @ coefficients: centred (coef ~ N(0, sigma)) or non-centred (sigma * N(0, 1))."""
         B = pt.as_tensor_variable(data.bases[term])
         if fixed_prior is not None:
-            coef = pm.Normal(f"{term}_coef", 0.0, fixed_prior.params.get("sigma", 1.0),
-                             dims=f"{term}_basis")
+            coef = pm.Normal(
+                f"{term}_coef", 0.0, fixed_prior.params.get("sigma", 1.0), dims=f"{term}_basis"
+            )
             return pt.dot(B, coef)
         sigma = spec.prior(sigma_name).rv(sigma_name)
         if data.centred.get(term, False):
@@ -642,8 +763,10 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
         if "type" in active:
             tp = spec.prior("type")
             if tp.dist != "Normal" or tp.params.get("mu", 0.0) != 0.0:
-                raise WarehouseError("the 'type' prior must be Normal with mu = 0 (a sum-to-zero "
-                                     "effect); set its sigma")
+                raise WarehouseError(
+                    "the 'type' prior must be Normal with mu = 0 (a sum-to-zero "
+                    "effect); set its sigma"
+                )
             type_eff = grouped("type", "type_level", None, fixed_prior=tp)
             pm.Deterministic("type_mean", intercept + type_eff, dims="type_level")
             pair_part = pair_part + type_eff[data.pair_type]
@@ -658,16 +781,29 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
             slope_by_pair = gslope * pt.ones(P)
             if "generation_family" in active:
                 # Stored as each family's total slope: global + its (sum-to-zero) deviation.
-                dev = (constrained("generation_family", None, fixed_prior=Prior(
-                                   "Normal", mu=0.0, sigma=fixed_sigma(spec, "generation_family")))
-                       if "generation_family" in data.fixed_scale
-                       else constrained("generation_family", "sigma_generation_family"))
-                fam_slope = pm.Deterministic("generation_slope_family", gslope + dev,
-                                             dims="generation_family_level")
+                dev = (
+                    constrained(
+                        "generation_family",
+                        None,
+                        fixed_prior=Prior(
+                            "Normal", mu=0.0, sigma=fixed_sigma(spec, "generation_family")
+                        ),
+                    )
+                    if "generation_family" in data.fixed_scale
+                    else constrained("generation_family", "sigma_generation_family")
+                )
+                fam_slope = pm.Deterministic(
+                    "generation_slope_family", gslope + dev, dims="generation_family_level"
+                )
                 gf_names = data.coords["generation_family"]
-                to_gf = np.array([gf_names.index(data.coords["family"][f])
-                                  if data.coords["family"][f] in gf_names else -1
-                                  for f in data.pair_family])
+                to_gf = np.array(
+                    [
+                        gf_names.index(data.coords["family"][f])
+                        if data.coords["family"][f] in gf_names
+                        else -1
+                        for f in data.pair_family
+                    ]
+                )
                 has = to_gf >= 0
                 slope_by_pair = pt.switch(has, fam_slope[np.where(has, to_gf, 0)], gslope)
             pair_part = pair_part + slope_by_pair * data.generation_x
@@ -686,12 +822,16 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
         if "type_domain" in active:
             td = grouped("type_domain", ("type_level", "domain_level"), "sigma_type_domain")
 
-        pm.Deterministic("pair_domain_effect",
-                         pair_mean[:, None] + dom_eff[None, :] + td[data.pair_type, :],
-                         dims=("pair_level", "domain_level"))
+        pm.Deterministic(
+            "pair_domain_effect",
+            pair_mean[:, None] + dom_eff[None, :] + td[data.pair_type, :],
+            dims=("pair_level", "domain_level"),
+        )
 
         pi, ei = c["pair_idx"].to_numpy(), c["experiment_idx"].to_numpy()
-        eta = pair_part[pi] + exp_part[ei] + td[c["type_idx"].to_numpy(), c["domain_idx"].to_numpy()]
+        eta = (
+            pair_part[pi] + exp_part[ei] + td[c["type_idx"].to_numpy(), c["domain_idx"].to_numpy()]
+        )
         if extra is not None:
             eta = eta + extra(model, data)
         # Data containers: a compiled model can be re-run on new cell values of the
@@ -700,8 +840,9 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
         y_obs = pm.Data("y_obs", c["y"].to_numpy(float), dims="cell")
         sigma_cell = spec.prior("sigma_cell").rv("sigma_cell")
         if spec.residual == "marginal":
-            pm.Normal("y", mu=eta, sigma=pt.sqrt(sigma_cell ** 2 + se ** 2),
-                      observed=y_obs, dims="cell")
+            pm.Normal(
+                "y", mu=eta, sigma=pt.sqrt(sigma_cell**2 + se**2), observed=y_obs, dims="cell"
+            )
         else:
             z = pm.Normal("cell_z", 0.0, 1.0, dims="cell")
             pm.Normal("y", mu=eta + sigma_cell * z, sigma=se, observed=y_obs, dims="cell")
@@ -710,9 +851,9 @@ def build_effects_model(data: EffectsData, spec: EffectsSpec | None = None, *,
 
 def reported_vars(model) -> list[str]:
     """The variables that get ``fit_params`` rows: effects, slopes, scales, derived."""
-    skip_suffix = ("_coef",)
-    names = [v.name for v in model.free_RVs + model.deterministics]
-    return [n for n in names if not n.endswith(skip_suffix) and n != "cell_z"]
+    from .sampling import gated_vars
+
+    return gated_vars(model)
 
 
 LABELS = {"type_domain": "{type} × {domain}", "pair_domain_effect": "{pair} × {domain}"}
@@ -722,8 +863,15 @@ LABELS = {"type_domain": "{type} × {domain}", "pair_domain_effect": "{pair} × 
 # Checks and the whole fit
 
 
-def posterior_predictive_summary(model, idata, *, max_draws: int = 400, seed: int = 0,
-                                 var_name: str = "y", add_to_idata: bool = True) -> dict:
+def posterior_predictive_summary(
+    model,
+    idata,
+    *,
+    max_draws: int = 400,
+    seed: int = 0,
+    var_name: str = "y",
+    add_to_idata: bool = True,
+) -> dict:
     """Posterior predictive check on the cell means.
 
     Replicates ``var_name`` from (at most ``max_draws``) posterior draws and
@@ -736,8 +884,9 @@ def posterior_predictive_summary(model, idata, *, max_draws: int = 400, seed: in
     """
     from .sampling import posterior_predictive_draws, ppc_statistics
 
-    rep, y = posterior_predictive_draws(model, idata, var_name, max_draws=max_draws, seed=seed,
-                                        add_to_idata=add_to_idata)
+    rep, y = posterior_predictive_draws(
+        model, idata, var_name, max_draws=max_draws, seed=seed, add_to_idata=add_to_idata
+    )
     return ppc_statistics(y, rep)
 
 
@@ -753,15 +902,26 @@ def loo_summary(model, idata, *, max_draws: int = 1000) -> tuple[dict, Any]:
     thin = thin_draws(idata, max_draws)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ll = pm.compute_log_likelihood(thin, model=model, var_names=["y"],
-                                       extend_inferencedata=False, progressbar=False)
+        ll = pm.compute_log_likelihood(
+            thin, model=model, var_names=["y"], extend_inferencedata=False, progressbar=False
+        )
         thin = thin.copy()
-        thin.add_groups({"log_likelihood": ll.log_likelihood if hasattr(ll, "log_likelihood") else ll})
+        thin.add_groups(
+            {"log_likelihood": ll.log_likelihood if hasattr(ll, "log_likelihood") else ll}
+        )
         res = az.loo(thin, pointwise=True)
     k = np.asarray(res.pareto_k)
-    return ({"elpd_loo": float(res.elpd_loo), "se": float(res.se), "p_loo": float(res.p_loo),
-             "n_cells": int(k.size), "pareto_k_over_0.7": int(np.sum(k > 0.7)),
-             "draws": int(thin.posterior.sizes["chain"] * thin.posterior.sizes["draw"])}, res)
+    return (
+        {
+            "elpd_loo": float(res.elpd_loo),
+            "se": float(res.se),
+            "p_loo": float(res.p_loo),
+            "n_cells": int(k.size),
+            "pareto_k_over_0.7": int(np.sum(k > 0.7)),
+            "draws": int(thin.posterior.sizes["chain"] * thin.posterior.sizes["draw"]),
+        },
+        res,
+    )
 
 
 @dataclass
@@ -778,10 +938,21 @@ class EffectsFit:
     fit_id: int | None = None
 
 
-def fit_cells(cells: pd.DataFrame, spec: EffectsSpec | None = None, *, draws: int = 1000,
-              tune: int = 1000, chains: int = 4, seed: int = 0, sampler: str = "nutpie",
-              target_accept: float = 0.95, allow_failure: bool = False, compare: bool = True,
-              checks: bool = True, progressbar: bool = False) -> EffectsFit:
+def fit_cells(
+    cells: pd.DataFrame,
+    spec: EffectsSpec | None = None,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sampler: str = "nutpie",
+    target_accept: float = 0.95,
+    allow_failure: bool = False,
+    compare: bool = True,
+    checks: bool = True,
+    progressbar: bool = False,
+) -> EffectsFit:
     """Fit the effects model to a cell table (with ``y``/``se``), check it, summarise it.
 
     Raises :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate
@@ -797,15 +968,28 @@ def fit_cells(cells: pd.DataFrame, spec: EffectsSpec | None = None, *, draws: in
     for m in data.messages:
         log.warning(m)
     model = build_effects_model(data, spec)
-    idata = sample(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                   target_accept=target_accept, progressbar=progressbar)
+    idata = sample(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+        progressbar=progressbar,
+    )
     diag = diagnose(idata, var_names=reported_vars(model))
     enforce(diag, allow_failure)
-    summary: dict[str, Any] = {"messages": data.messages, "dropped_terms": data.dropped,
-                               "active_terms": data.active, "centred": data.centred,
-                               "n_cells": data.n_cells, "size_center_log_params": data.size_center,
-                               "prior_scale": data.prior_scale,
-                               "coords": {k: len(v) for k, v in data.coords.items()}}
+    summary: dict[str, Any] = {
+        "messages": data.messages,
+        "dropped_terms": data.dropped,
+        "active_terms": data.active,
+        "centred": data.centred,
+        "n_cells": data.n_cells,
+        "size_center_log_params": data.size_center,
+        "prior_scale": data.prior_scale,
+        "coords": {k: len(v) for k, v in data.coords.items()},
+    }
     if checks:
         loo, loo_full = loo_summary(model, idata)
         summary["loo"] = {"full": loo}
@@ -815,32 +999,62 @@ def fit_cells(cells: pd.DataFrame, spec: EffectsSpec | None = None, *, draws: in
             spec2 = replace(spec, terms={**spec.terms, "type_domain": False})
             data2 = prepare(cells, spec2)
             model2 = build_effects_model(data2, spec2)
-            idata2 = sample(model2, draws=draws, tune=tune, chains=chains, seed=seed,
-                            sampler=sampler, target_accept=target_accept)
+            idata2 = sample(
+                model2,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                seed=seed,
+                sampler=sampler,
+                target_accept=target_accept,
+            )
             diag2 = diagnose(idata2, var_names=reported_vars(model2))
             loo2, loo_reduced = loo_summary(model2, idata2)
             diff = loo_full.elpd_loo - loo_reduced.elpd_loo
             # SE of the difference from the pointwise differences (as arviz.compare does).
             pw = np.asarray(loo_full.loo_i) - np.asarray(loo_reduced.loo_i)
             se_diff = float(np.sqrt(pw.size * np.var(pw)))
-            summary["loo"].update({
-                "without_type_domain": loo2, "without_type_domain_passed": diag2.passed,
-                "elpd_diff_full_minus_without": float(diff), "se_diff": se_diff,
-                "preferred": ("with type x domain" if diff > 2 * se_diff else
-                              "without type x domain" if diff < -2 * se_diff else
-                              "no clear difference (|elpd diff| < 2 SE)")})
+            summary["loo"].update(
+                {
+                    "without_type_domain": loo2,
+                    "without_type_domain_passed": diag2.passed,
+                    "elpd_diff_full_minus_without": float(diff),
+                    "se_diff": se_diff,
+                    "preferred": (
+                        "with type x domain"
+                        if diff > 2 * se_diff
+                        else "without type x domain"
+                        if diff < -2 * se_diff
+                        else "no clear difference (|elpd diff| < 2 SE)"
+                    ),
+                }
+            )
     seconds = time.perf_counter() - t0
     summary["sampler"] = sampler_record(idata)
     # The spec as fitted: every prior explicit, default ones widened by data.prior_scale.
-    return EffectsFit(idata=idata, model=model, data=data,
-                      spec=resolve_priors(spec, data.prior_scale), diagnostics=diag,
-                      summary=summary, seconds=seconds)
+    return EffectsFit(
+        idata=idata,
+        model=model,
+        data=data,
+        spec=resolve_priors(spec, data.prior_scale),
+        diagnostics=diag,
+        summary=summary,
+        seconds=seconds,
+    )
 
 
-def fit_effects(con, *, post_condition: str = "plain", base_condition: str | None = None,
-                models: Sequence[str] | None = None, experiments: Sequence[str] | None = None,
-                spec: EffectsSpec | None = None, netcdf_dir: str | Path | None = None,
-                name: str | None = None, **fit_kw) -> EffectsFit:
+def fit_effects(
+    con,
+    *,
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    spec: EffectsSpec | None = None,
+    netcdf_dir: str | Path | None = None,
+    name: str | None = None,
+    **fit_kw,
+) -> EffectsFit:
     """Cells from the warehouse -> :func:`fit_cells` -> ``fits``/``fit_params`` + NetCDF.
 
     Nothing is written when the fit misses its gates (unless
@@ -851,23 +1065,50 @@ def fit_effects(con, *, post_condition: str = "plain", base_condition: str | Non
 
     spec = spec or EffectsSpec()
     base_condition = base_condition or post_condition
-    cells = with_scale(build_cells(con, post_condition=post_condition,
-                                   base_condition=base_condition, models=models,
-                                   experiments=experiments), spec.scale)
+    cells = with_scale(
+        build_cells(
+            con,
+            post_condition=post_condition,
+            base_condition=base_condition,
+            models=models,
+            experiments=experiments,
+        ),
+        spec.scale,
+    )
     fit = fit_cells(cells, spec, **fit_kw)
-    selection = {"models": list(models) if models else None,
-                 "experiments": list(experiments) if experiments else None,
-                 "post_condition": post_condition, "base_condition": base_condition,
-                 "pairs": fit.data.coords["pair"],
-                 "runs": sorted({int(r) for r in pd.concat([cells.post_run_id,
-                                                            cells.base_run_id]).dropna()}),
-                 "n_cells": fit.data.n_cells, "n_experiments": len(fit.data.coords["experiment"])}
-    condition = post_condition if post_condition == base_condition else \
-        f"{post_condition} vs {base_condition}"
+    selection = {
+        "models": list(models) if models else None,
+        "experiments": list(experiments) if experiments else None,
+        "post_condition": post_condition,
+        "base_condition": base_condition,
+        "pairs": fit.data.coords["pair"],
+        "runs": sorted(
+            {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
+        ),
+        "n_cells": fit.data.n_cells,
+        "n_experiments": len(fit.data.coords["experiment"]),
+    }
+    condition = (
+        post_condition
+        if post_condition == base_condition
+        else f"{post_condition} vs {base_condition}"
+    )
     fit.fit_id = save_fit(
-        con, kind="effects", idata=fit.idata, spec=spec.to_dict(), priors=fit.spec.all_priors(),
-        selection=selection, condition=condition, scale=spec.scale,
-        sampler=fit.summary["sampler"], diagnostics=fit.diagnostics, summary=fit.summary,
-        seconds=fit.seconds, netcdf_dir=netcdf_dir, var_names=reported_vars(fit.model),
-        labels=LABELS, name=name)
+        con,
+        kind="effects",
+        idata=fit.idata,
+        spec=spec.to_dict(),
+        priors=fit.spec.all_priors(),
+        selection=selection,
+        condition=condition,
+        scale=spec.scale,
+        sampler=fit.summary["sampler"],
+        diagnostics=fit.diagnostics,
+        summary=fit.summary,
+        seconds=fit.seconds,
+        netcdf_dir=netcdf_dir,
+        var_names=reported_vars(fit.model),
+        labels=LABELS,
+        name=name,
+    )
     return fit

@@ -29,20 +29,29 @@ Data (see ``docs/model.md`` for the model in math):
 their least-squares trend on ``models.generation_order`` within the family
 (derived quantities, so no straight-line assumption is forced on the levels).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import WarehouseError
+from psystats.warehouse.db import WarehouseError
 
-from .analysis_common import (cell_label, generation_coords, grouped_normal_logp,
-                              latest_participant_means, load_models, log_size_term, prob,
-                              resolve_prior_scales)
+from .analysis_common import (
+    cell_label,
+    generation_coords,
+    grouped_normal_logp,
+    latest_participant_means,
+    load_models,
+    log_size_term,
+    prob,
+    resolve_prior_scales,
+)
 
 KIND = "generations"
 
@@ -80,14 +89,23 @@ class GenerationsPriors:
     gap_cell_sd: float | None = None
     gap_size_sd: float | None = None
 
-    def resolved(self, data: "GenerationsData") -> dict[str, float]:
+    def resolved(self, data: GenerationsData) -> dict[str, float]:
         """The prior scales with every ``None`` replaced by its data-derived default."""
         s_b = max(float(np.std(data.base_cells["mean"], ddof=0)), 0.1)
         s_g = max(float(np.sqrt(np.mean(np.square(data.gap_cells["mean"])))), 0.05)
-        auto = dict(base_level_sd=2.5 * s_b, base_experiment_sd=2.5 * s_b, base_cell_sd=s_b,
-                    base_model_sd=s_b, base_size_sd=s_b, gap_sd=2.5 * s_g,
-                    gap_type_sd=2.5 * s_g, gap_experiment_sd=s_g, gap_pair_sd=s_g,
-                    gap_cell_sd=s_g, gap_size_sd=s_g)
+        auto = dict(
+            base_level_sd=2.5 * s_b,
+            base_experiment_sd=2.5 * s_b,
+            base_cell_sd=s_b,
+            base_model_sd=s_b,
+            base_size_sd=s_b,
+            gap_sd=2.5 * s_g,
+            gap_type_sd=2.5 * s_g,
+            gap_experiment_sd=s_g,
+            gap_pair_sd=s_g,
+            gap_cell_sd=s_g,
+            gap_size_sd=s_g,
+        )
         return resolve_prior_scales(self, auto, "generations")
 
 
@@ -120,8 +138,9 @@ def _base_cells_one(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
     ``frame``: model, participant_key, mean_nll for the family's base models.
     """
-    wide = frame.pivot_table(index="participant_key", columns="model", values="mean_nll",
-                             aggfunc="first")
+    wide = frame.pivot_table(
+        index="participant_key", columns="model", values="mean_nll", aggfunc="first"
+    )
     complete = wide.dropna()
     dropped = len(wide) - len(complete)
     n, m = complete.shape
@@ -131,19 +150,24 @@ def _base_cells_one(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if m >= 2:
         # Two-way decomposition: residual = y - participant mean - model mean + grand mean.
         resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
-        sd = np.sqrt((resid ** 2).sum() / ((n - 1) * (m - 1)))
+        sd = np.sqrt((resid**2).sum() / ((n - 1) * (m - 1)))
         sds = np.full(m, sd)
     else:
         sds = y.std(axis=0, ddof=1)
-    cells = pd.DataFrame({"model": complete.columns, "n": n, "mean": y.mean(axis=0),
-                          "se": sds / np.sqrt(n)})
+    cells = pd.DataFrame(
+        {"model": complete.columns, "n": n, "mean": y.mean(axis=0), "se": sds / np.sqrt(n)}
+    )
     return cells, dropped
 
 
-def prepare_generations(base_means: pd.DataFrame, pair_cells: pd.DataFrame,
-                        models: pd.DataFrame, *,
-                        families: Sequence[str] | None = None,
-                        post_training: Sequence[str] | None = None) -> GenerationsData:
+def prepare_generations(
+    base_means: pd.DataFrame,
+    pair_cells: pd.DataFrame,
+    models: pd.DataFrame,
+    *,
+    families: Sequence[str] | None = None,
+    post_training: Sequence[str] | None = None,
+) -> GenerationsData:
     """Build the generations data from per-participant mean NLL tables.
 
     ``base_means``: one row per (model, experiment, participant_key) with
@@ -162,92 +186,149 @@ def prepare_generations(base_means: pd.DataFrame, pair_cells: pd.DataFrame,
         bases = bases[bases["family"].isin(list(families))]
     no_gen = bases[bases["family"].isna() | bases["generation_order"].isna()]
     if len(no_gen):
-        notes.append("base models without family or generation_order left out: "
-                     + ", ".join(sorted(no_gen.index)) + " (set them with `psystats models set`)")
+        notes.append(
+            "base models without family or generation_order left out: "
+            + ", ".join(sorted(no_gen.index))
+            + " (set them with `psystats models set`)"
+        )
         bases = bases.drop(no_gen.index)
 
     # ---- base cells, paired within (family, experiment)
     bm = base_means[base_means["model"].isin(bases.index)]
     cells = []
     for (fam, exp), frame in bm.assign(family=bm["model"].map(bases["family"])).groupby(
-            ["family", "experiment"], sort=True):
+        ["family", "experiment"], sort=True
+    ):
         c, dropped = _base_cells_one(frame)
         if dropped:
-            notes.append(f"{fam} / {exp}: {dropped} participant(s) not scored by every "
-                         f"base model of the family left out of the base cells")
+            notes.append(
+                f"{fam} / {exp}: {dropped} participant(s) not scored by every "
+                f"base model of the family left out of the base cells"
+            )
         if len(c):
             c["family"], c["experiment"] = fam, exp
             cells.append(c)
-    base_cells = (pd.concat(cells, ignore_index=True) if cells else
-                  pd.DataFrame(columns=["model", "n", "mean", "se", "family", "experiment"]))
+    base_cells = (
+        pd.concat(cells, ignore_index=True)
+        if cells
+        else pd.DataFrame(columns=["model", "n", "mean", "se", "family", "experiment"])
+    )
     for col in ("generation", "generation_order", "n_params"):
         base_cells[col] = base_cells["model"].map(bases[col])
 
     # ---- gap cells: paired post - base per participant (stats.cells), by the base's generation
-    posts = models[(models["post_training"] != "base") & models["base_model"].notna()
-                   & models["base_model"].isin(bases.index)]
+    posts = models[
+        (models["post_training"] != "base")
+        & models["base_model"].notna()
+        & models["base_model"].isin(bases.index)
+    ]
     if post_training:
         posts = posts[posts["post_training"].isin(list(post_training))]
-    gap_cells = pair_cells[pair_cells["post_model"].isin(posts.index)
-                           & pair_cells["base_model"].isin(bases.index)].copy()
+    gap_cells = pair_cells[
+        pair_cells["post_model"].isin(posts.index) & pair_cells["base_model"].isin(bases.index)
+    ].copy()
     thin = gap_cells[gap_cells["n"] < 2]
     if len(thin):
-        notes.append(f"{len(thin)} gap cell(s) with fewer than 2 paired participants left out: "
-                     + ", ".join(f"{p} / {e}" for p, e in zip(thin["pair"], thin["experiment"])))
+        notes.append(
+            f"{len(thin)} gap cell(s) with fewer than 2 paired participants left out: "
+            + ", ".join(f"{p} / {e}" for p, e in zip(thin["pair"], thin["experiment"]))
+        )
         gap_cells = gap_cells[gap_cells["n"] >= 2]
     gap_cells["sd"] = np.sqrt(gap_cells["var"].astype(float))
     gap_cells["se"] = gap_cells["sd"] / np.sqrt(gap_cells["n"].astype(float))
     gap_cells["mean"] = gap_cells["mean"].astype(float)
     for col in ("family", "generation", "generation_order", "n_params"):
         gap_cells[col] = gap_cells["base_model"].map(bases[col])
-    gap_cells = gap_cells[["pair", "post_model", "base_model", "post_training", "family",
-                           "generation", "generation_order", "n_params", "experiment", "n",
-                           "mean", "sd", "se"]].reset_index(drop=True)
+    gap_cells = gap_cells[
+        [
+            "pair",
+            "post_model",
+            "base_model",
+            "post_training",
+            "family",
+            "generation",
+            "generation_order",
+            "n_params",
+            "experiment",
+            "n",
+            "mean",
+            "sd",
+            "se",
+        ]
+    ].reset_index(drop=True)
 
     # ---- which families can answer the question
     def gens(df):
-        return df.groupby("family")["generation_order"].nunique() if len(df) else pd.Series(
-            dtype=int)
+        return (
+            df.groupby("family")["generation_order"].nunique() if len(df) else pd.Series(dtype=int)
+        )
+
     gb, gg = gens(base_cells), gens(gap_cells)
-    keep = sorted(f for f in set(gb.index) | set(gg.index)
-                  if gb.get(f, 0) >= 2 and gg.get(f, 0) >= 2)
+    keep = sorted(
+        f for f in set(gb.index) | set(gg.index) if gb.get(f, 0) >= 2 and gg.get(f, 0) >= 2
+    )
     for f in sorted(set(gb.index) | set(gg.index)):
         if f not in keep:
-            notes.append(f"family {f} left out: base scores in {gb.get(f, 0)} and post-minus-"
-                         f"base pairs in {gg.get(f, 0)} generation(s); both need at least 2")
+            notes.append(
+                f"family {f} left out: base scores in {gb.get(f, 0)} and post-minus-"
+                f"base pairs in {gg.get(f, 0)} generation(s); both need at least 2"
+            )
     if not keep:
-        seen = ", ".join(
-            f"{f}: generation(s) "
-            + "/".join(sorted(map(str, set(base_cells.loc[base_cells['family'] == f,
-                                                          'generation'])))) or "none"
-            for f in sorted(set(gb.index) | set(gg.index))) or "no scored base models"
+        seen = (
+            ", ".join(
+                f"{f}: generation(s) "
+                + "/".join(
+                    sorted(map(str, set(base_cells.loc[base_cells["family"] == f, "generation"])))
+                )
+                or "none"
+                for f in sorted(set(gb.index) | set(gg.index))
+            )
+            or "no scored base models"
+        )
         raise WarehouseError(
             "fit generations needs a family with base models scored in at least two "
             "generations and post-trained models (with --base) paired to them in at least "
             f"two generations; found {seen}. Register and score more generations "
-            "(`psystats models add ... --base ...`, `psystats score ...`).")
+            "(`psystats models add ... --base ...`, `psystats score ...`)."
+        )
     base_cells = base_cells[base_cells["family"].isin(keep)].reset_index(drop=True)
     gap_cells = gap_cells[gap_cells["family"].isin(keep)].reset_index(drop=True)
 
     types = gap_cells["post_training"].value_counts()
     reference = "instruct" if "instruct" in types.index else str(types.index[0])
 
-    g = pd.concat([base_cells.assign(has_base=True, has_gap=False),
-                   gap_cells.assign(has_base=False, has_gap=True)])
-    generations = (g.groupby(["family", "generation", "generation_order"], sort=False)
-                   .agg(has_base=("has_base", "any"), has_gap=("has_gap", "any"))
-                   .reset_index().sort_values(["family", "generation_order"])
-                   .reset_index(drop=True))
-    return GenerationsData(base_cells=base_cells, gap_cells=gap_cells,
-                           generations=generations, families=keep,
-                           reference_type=reference, notes=notes)
+    g = pd.concat(
+        [
+            base_cells.assign(has_base=True, has_gap=False),
+            gap_cells.assign(has_base=False, has_gap=True),
+        ]
+    )
+    generations = (
+        g.groupby(["family", "generation", "generation_order"], sort=False)
+        .agg(has_base=("has_base", "any"), has_gap=("has_gap", "any"))
+        .reset_index()
+        .sort_values(["family", "generation_order"])
+        .reset_index(drop=True)
+    )
+    return GenerationsData(
+        base_cells=base_cells,
+        gap_cells=gap_cells,
+        generations=generations,
+        families=keep,
+        reference_type=reference,
+        notes=notes,
+    )
 
 
-def load_generations_data(con, *, base_condition: str = "plain",
-                          post_condition: str = "plain",
-                          families: Sequence[str] | None = None,
-                          experiments: Sequence[str] | None = None,
-                          post_training: Sequence[str] | None = None) -> GenerationsData:
+def load_generations_data(
+    con,
+    *,
+    base_condition: str = "plain",
+    post_condition: str = "plain",
+    families: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    post_training: Sequence[str] | None = None,
+) -> GenerationsData:
     """Read the warehouse and :func:`prepare_generations`.
 
     Each model's scores come from its latest complete run of each experiment
@@ -257,32 +338,45 @@ def load_generations_data(con, *, base_condition: str = "plain",
     from .cells import build_cells
 
     models = load_models(con)
-    base_means = latest_participant_means(con, condition=base_condition,
-                                          experiments=experiments)
+    base_means = latest_participant_means(con, condition=base_condition, experiments=experiments)
     if base_means.empty:
-        raise WarehouseError(f"no complete score runs with condition {base_condition!r}: "
-                             "score the base models first (`psystats score`)")
+        raise WarehouseError(
+            f"no complete score runs with condition {base_condition!r}: "
+            "score the base models first (`psystats score`)"
+        )
     try:
-        pair_cells = build_cells(con, post_condition=post_condition,
-                                 base_condition=base_condition, experiments=experiments)
+        pair_cells = build_cells(
+            con,
+            post_condition=post_condition,
+            base_condition=base_condition,
+            experiments=experiments,
+        )
     except WarehouseError as e:
         raise WarehouseError(f"fit generations needs post-minus-base pairs: {e}") from None
-    data = prepare_generations(base_means, pair_cells, models, families=families,
-                               post_training=post_training)
+    data = prepare_generations(
+        base_means, pair_cells, models, families=families, post_training=post_training
+    )
     used = set(data.base_cells["model"]) | set(data.gap_cells["post_model"])
-    runs = {m: sorted(int(r) for r in set(g)) for m, g in
-            base_means.groupby("model")["run_id"] if m in set(data.base_cells["model"])}
+    runs = {
+        m: sorted(int(r) for r in set(g))
+        for m, g in base_means.groupby("model")["run_id"]
+        if m in set(data.base_cells["model"])
+    }
     for col_m, col_r in (("post_model", "post_run_id"), ("base_model", "base_run_id")):
         for m, r in zip(pair_cells[col_m], pair_cells[col_r]):
             if m in used or m in set(data.gap_cells["base_model"]):
                 runs.setdefault(m, [])
                 if int(r) not in runs[m]:
                     runs[m] = sorted(runs[m] + [int(r)])
-    data.selection = dict(base_condition=base_condition, post_condition=post_condition,
-                          families=list(families or []) or None,
-                          experiments=list(experiments or []) or None,
-                          post_training=list(post_training or []) or None,
-                          runs=runs, notes=data.notes)
+    data.selection = dict(
+        base_condition=base_condition,
+        post_condition=post_condition,
+        families=list(families or []) or None,
+        experiments=list(experiments or []) or None,
+        post_training=list(post_training or []) or None,
+        runs=runs,
+        notes=data.notes,
+    )
     return data
 
 
@@ -296,7 +390,7 @@ def _slope_weights(gen: pd.DataFrame, families: list[str]) -> np.ndarray:
         rows = np.flatnonzero(gen["family"].to_numpy() == f)
         o = gen["generation_order"].to_numpy(float)[rows]
         c = o - o.mean()
-        w[i, rows] = c / (c ** 2).sum()
+        w[i, rows] = c / (c**2).sum()
     return w
 
 
@@ -323,8 +417,7 @@ def _zero_sum_basis(groups: Sequence[str]) -> np.ndarray:
     return np.hstack(cols) if cols else np.zeros((len(groups), 0))
 
 
-def build_generations_model(data: GenerationsData,
-                            priors: GenerationsPriors | None = None):
+def build_generations_model(data: GenerationsData, priors: GenerationsPriors | None = None):
     """The PyMC model of :mod:`psystats.stats.generations` (see ``docs/model.md``).
 
     Returns ``(model, spec)``; ``spec`` says which optional terms are in
@@ -338,10 +431,18 @@ def build_generations_model(data: GenerationsData,
     p = (priors or GenerationsPriors()).resolved(data)
     bc, gc = data.base_cells, data.gap_cells
     fams = data.families
-    gen_b = (bc[["family", "generation", "generation_order"]].drop_duplicates()
-             .sort_values(["family", "generation_order"]).reset_index(drop=True))
-    gen_g = (gc[["family", "generation", "generation_order"]].drop_duplicates()
-             .sort_values(["family", "generation_order"]).reset_index(drop=True))
+    gen_b = (
+        bc[["family", "generation", "generation_order"]]
+        .drop_duplicates()
+        .sort_values(["family", "generation_order"])
+        .reset_index(drop=True)
+    )
+    gen_g = (
+        gc[["family", "generation", "generation_order"]]
+        .drop_duplicates()
+        .sort_values(["family", "generation_order"])
+        .reset_index(drop=True)
+    )
     lab = lambda df: [cell_label(f, g) for f, g in zip(df["family"], df["generation"])]
     fe = bc["family"] + " | " + bc["experiment"]
     fe_levels = sorted(set(fe))
@@ -351,39 +452,57 @@ def build_generations_model(data: GenerationsData,
     base_models = sorted(set(bc["model"]))
 
     spec: dict[str, Any] = dict(
-        kind=KIND, reference_type=data.reference_type,
+        kind=KIND,
+        reference_type=data.reference_type,
         base_likelihood="cell mean ~ Normal(mu, sqrt(sigma_base_cell^2 + se^2)), se from the "
-                        "within-participant residual SD (paired within family x experiment)",
+        "within-participant residual SD (paired within family x experiment)",
         gap_likelihood="cell mean of paired differences ~ Normal(mu, sqrt(sigma_gap_cell^2 + "
-                       "sd^2/n))",
+        "sd^2/n))",
         slopes="least-squares slope of base_nll / gap on generation_order within family",
-        terms={}, dropped={})
+        terms={},
+        dropped={},
+    )
+
     # Optional terms: kept only where the data can tell them apart from the levels.
     def multi(df, keys, col):
         return bool(len(df)) and bool((df.groupby(keys)[col].nunique() >= 2).any())
+
     size_b, why = log_size_term(bc, ["family", "generation"], "model")
     spec["terms" if size_b else "dropped"]["size_slope_base"] = why
     size_g, why = log_size_term(gc, ["family", "generation"], "base_model")
     spec["terms" if size_g else "dropped"]["size_slope_gap"] = why
     model_b = multi(bc, ["family", "generation"], "model")
     spec["terms" if model_b else "dropped"]["base_model residual"] = (
-        "some generation has several base models" if model_b else
-        "one base model per generation: a model residual would be confounded with base_nll")
+        "some generation has several base models"
+        if model_b
+        else "one base model per generation: a model residual would be confounded with base_nll"
+    )
     pair_g = multi(gc, ["family", "generation", "post_training"], "pair")
     spec["terms" if pair_g else "dropped"]["pair residual"] = (
-        "some generation and type has several pairs" if pair_g else
-        "one pair per generation and type: a pair residual would be confounded with gap")
+        "some generation and type has several pairs"
+        if pair_g
+        else "one pair per generation and type: a pair residual would be confounded with gap"
+    )
     exp_g = len(exps) >= 2
     spec["terms" if exp_g else "dropped"]["gap experiment effect"] = (
         f"random intercept over {len(exps)} experiments, integrated out analytically"
-        if exp_g else "one experiment only")
+        if exp_g
+        else "one experiment only"
+    )
     spec["terms" if types else "dropped"]["type"] = (
-        f"offsets of {', '.join(types)} relative to {data.reference_type}" if types else
-        f"one post-training type ({data.reference_type})")
+        f"offsets of {', '.join(types)} relative to {data.reference_type}"
+        if types
+        else f"one post-training type ({data.reference_type})"
+    )
 
-    coords = {"base_generation": lab(gen_b), "gap_generation": lab(gen_g), "family": fams,
-              "base_experiment": fe_levels, "base_cell": np.arange(len(bc)),
-              "gap_cell": np.arange(len(gc))}
+    coords = {
+        "base_generation": lab(gen_b),
+        "gap_generation": lab(gen_g),
+        "family": fams,
+        "base_experiment": fe_levels,
+        "base_cell": np.arange(len(bc)),
+        "gap_cell": np.arange(len(gc)),
+    }
     if types:
         coords["type_level"] = types  # PyMC forbids a variable named like its dimension
     if pair_g:
@@ -397,8 +516,12 @@ def build_generations_model(data: GenerationsData,
 
     with pm.Model(coords=coords) as model:
         # ---- base NLL
-        base_nll = pm.Normal("base_nll", mu=centre.reindex(gen_b["family"]).to_numpy(),
-                             sigma=p["base_level_sd"], dims="base_generation")
+        base_nll = pm.Normal(
+            "base_nll",
+            mu=centre.reindex(gen_b["family"]).to_numpy(),
+            sigma=p["base_level_sd"],
+            dims="base_generation",
+        )
         mu_b = base_nll[gidx_b]
         basis = _zero_sum_basis([f for f, _ in (x.split(" | ", 1) for x in fe_levels)])
         if basis.shape[1]:
@@ -407,8 +530,9 @@ def build_generations_model(data: GenerationsData,
             # Centred: each intercept is pinned by several precise cells.
             sigma_be = pm.HalfNormal("sigma_base_experiment", p["base_experiment_sd"])
             w = pm.Normal("base_experiment_raw", 0.0, sigma_be, shape=basis.shape[1])
-            a = pm.Deterministic("base_experiment_effect", pt.dot(pt.as_tensor(basis), w),
-                                 dims="base_experiment")
+            a = pm.Deterministic(
+                "base_experiment_effect", pt.dot(pt.as_tensor(basis), w), dims="base_experiment"
+            )
             mu_b = mu_b + a[pd.Index(fe_levels).get_indexer(fe)]
         if size_b:
             x, _ = size_b
@@ -419,9 +543,13 @@ def build_generations_model(data: GenerationsData,
             z_m = pm.Normal("z_base_model", 0.0, 1.0, dims="base_model")
             mu_b = mu_b + s_m * z_m[pd.Index(base_models).get_indexer(bc["model"])]
         s_bc = pm.HalfNormal("sigma_base_cell", p["base_cell_sd"])
-        pm.Normal("base_obs", mu=mu_b,
-                  sigma=pt.sqrt(s_bc ** 2 + bc["se"].to_numpy(float) ** 2),
-                  observed=bc["mean"].to_numpy(float), dims="base_cell")
+        pm.Normal(
+            "base_obs",
+            mu=mu_b,
+            sigma=pt.sqrt(s_bc**2 + bc["se"].to_numpy(float) ** 2),
+            observed=bc["mean"].to_numpy(float),
+            dims="base_cell",
+        )
 
         # ---- post-minus-base gap
         gap = pm.Normal("gap", 0.0, p["gap_sd"], dims="gap_generation")
@@ -439,23 +567,38 @@ def build_generations_model(data: GenerationsData,
             slope_g = pm.Normal("size_slope_gap", 0.0, p["gap_size_sd"])
             mu_g = mu_g + slope_g * x
         s_gc = pm.HalfNormal("sigma_gap_cell", p["gap_cell_sd"])
-        var_g = s_gc ** 2 + gc["se"].to_numpy(float) ** 2
+        var_g = s_gc**2 + gc["se"].to_numpy(float) ** 2
         if exp_g:
             # Experiment effect on the gap: x_e ~ Normal(0, sigma_gap_experiment), integrated
             # out exactly (no funnel when few experiments make sigma small).
             s_e = pm.HalfNormal("sigma_gap_experiment", p["gap_experiment_sd"])
-            pm.Potential("gap_obs", grouped_normal_logp(
-                gc["mean"].to_numpy(float), mu_g, var_g,
-                pd.Index(exps).get_indexer(gc["experiment"]), len(exps), s_e))
+            pm.Potential(
+                "gap_obs",
+                grouped_normal_logp(
+                    gc["mean"].to_numpy(float),
+                    mu_g,
+                    var_g,
+                    pd.Index(exps).get_indexer(gc["experiment"]),
+                    len(exps),
+                    s_e,
+                ),
+            )
         else:
-            pm.Normal("gap_obs", mu=mu_g, sigma=pt.sqrt(var_g),
-                      observed=gc["mean"].to_numpy(float), dims="gap_cell")
+            pm.Normal(
+                "gap_obs",
+                mu=mu_g,
+                sigma=pt.sqrt(var_g),
+                observed=gc["mean"].to_numpy(float),
+                dims="gap_cell",
+            )
 
         # ---- trends across generations (derived)
-        pm.Deterministic("base_slope", pt.dot(pt.as_tensor(_slope_weights(gen_b, fams)),
-                                              base_nll), dims="family")
-        pm.Deterministic("gap_slope", pt.dot(pt.as_tensor(_slope_weights(gen_g, fams)), gap),
-                         dims="family")
+        pm.Deterministic(
+            "base_slope", pt.dot(pt.as_tensor(_slope_weights(gen_b, fams)), base_nll), dims="family"
+        )
+        pm.Deterministic(
+            "gap_slope", pt.dot(pt.as_tensor(_slope_weights(gen_g, fams)), gap), dims="family"
+        )
     spec["priors"] = p
     return model, spec
 
@@ -463,19 +606,35 @@ def build_generations_model(data: GenerationsData,
 # --------------------------------------------------------------------------- summary
 
 
-PARAMS = ["base_nll", "gap", "base_slope", "gap_slope", "type", "size_slope_base",
-          "base_experiment_effect",
-          "size_slope_gap", "sigma_base_experiment", "sigma_base_model", "sigma_base_cell",
-          "sigma_gap_experiment", "sigma_gap_pair", "sigma_gap_cell"]
+PARAMS = [
+    "base_nll",
+    "gap",
+    "base_slope",
+    "gap_slope",
+    "type",
+    "size_slope_base",
+    "base_experiment_effect",
+    "size_slope_gap",
+    "sigma_base_experiment",
+    "sigma_base_model",
+    "sigma_base_cell",
+    "sigma_gap_experiment",
+    "sigma_gap_pair",
+    "sigma_gap_cell",
+]
 
 
 def summarise_generations(idata, data: GenerationsData) -> dict:
     """Headline numbers per family: slopes, and P(gap grows while base NLL falls)."""
     post = idata.posterior
-    out: dict[str, Any] = {"p_gap_grows_while_base_falls": {}, "p_base_falls": {},
-                           "p_gap_grows": {}, "slopes": {}, "reference_type":
-                           data.reference_type, "units": "nats per response per generation "
-                           "step of models.generation_order"}
+    out: dict[str, Any] = {
+        "p_gap_grows_while_base_falls": {},
+        "p_base_falls": {},
+        "p_gap_grows": {},
+        "slopes": {},
+        "reference_type": data.reference_type,
+        "units": "nats per response per generation step of models.generation_order",
+    }
     for f in data.families:
         b = post["base_slope"].sel(family=f).values.ravel()
         g = post["gap_slope"].sel(family=f).values.ravel()
@@ -483,43 +642,79 @@ def summarise_generations(idata, data: GenerationsData) -> dict:
         out["p_base_falls"][f] = prob(b < 0)
         out["p_gap_grows"][f] = prob(g > 0)
         out["slopes"][f] = {
-            "base_slope": {"mean": float(b.mean()), "q05": float(np.quantile(b, 0.05)),
-                           "q95": float(np.quantile(b, 0.95))},
-            "gap_slope": {"mean": float(g.mean()), "q05": float(np.quantile(g, 0.05)),
-                          "q95": float(np.quantile(g, 0.95))}}
+            "base_slope": {
+                "mean": float(b.mean()),
+                "q05": float(np.quantile(b, 0.05)),
+                "q95": float(np.quantile(b, 0.95)),
+            },
+            "gap_slope": {
+                "mean": float(g.mean()),
+                "q05": float(np.quantile(g, 0.05)),
+                "q95": float(np.quantile(g, 0.95)),
+            },
+        }
     return out
 
 
 # --------------------------------------------------------------------------- the fit
 
 
-def fit_generations(con, *, base_condition: str = "plain", post_condition: str = "plain",
-                    families: Sequence[str] | None = None,
-                    experiments: Sequence[str] | None = None,
-                    post_training: Sequence[str] | None = None,
-                    priors: GenerationsPriors | None = None, draws: int = 1000,
-                    tune: int = 1000, chains: int = 4, seed: int = 0,
-                    sampler: str = "nutpie", target_accept: float = 0.95,
-                    allow_diagnostics_failure: bool = False, netcdf_dir=None,
-                    name: str | None = None) -> dict:
+def fit_generations(
+    con,
+    *,
+    base_condition: str = "plain",
+    post_condition: str = "plain",
+    families: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    post_training: Sequence[str] | None = None,
+    priors: GenerationsPriors | None = None,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sampler: str = "nutpie",
+    target_accept: float = 0.95,
+    allow_diagnostics_failure: bool = False,
+    netcdf_dir=None,
+    name: str | None = None,
+) -> dict:
     """Load, build, sample, check and store a generations fit; returns a result dict.
 
     A fit that misses its diagnostic gates raises :class:`DiagnosticsFailure`
     (nothing stored) unless ``allow_diagnostics_failure``, which stores it
     with ``fits.passed = false``.
     """
-    from .sampling import diagnose, enforce, posterior_predictive_draws, ppc_statistics, sample
+    from .sampling import (
+        diagnose,
+        enforce,
+        gated_vars,
+        posterior_predictive_draws,
+        ppc_statistics,
+        sample,
+    )
     from .store import save_fit
 
     t0 = time.perf_counter()
-    data = load_generations_data(con, base_condition=base_condition,
-                                 post_condition=post_condition, families=families,
-                                 experiments=experiments, post_training=post_training)
+    data = load_generations_data(
+        con,
+        base_condition=base_condition,
+        post_condition=post_condition,
+        families=families,
+        experiments=experiments,
+        post_training=post_training,
+    )
     model, spec = build_generations_model(data, priors)
-    idata = sample(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                   target_accept=target_accept)
+    idata = sample(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+    )
     names = [n for n in PARAMS if n in idata.posterior]
-    diag = diagnose(idata)
+    diag = diagnose(idata, var_names=gated_vars(model))
     enforce(diag, allow_diagnostics_failure)
     summary = summarise_generations(idata, data)
     # Predictive check of the observed cells (the base cells; the gap cells too unless
@@ -528,26 +723,47 @@ def fit_generations(con, *, base_condition: str = "plain", post_condition: str =
     for rv in model.observed_RVs:
         rep, y = posterior_predictive_draws(model, idata, rv.name, seed=seed)
         summary["ppc"][rv.name] = ppc_statistics(y, rep)
-    condition = base_condition if base_condition == post_condition else \
-        f"{post_condition} vs {base_condition}"
-    fit_id = save_fit(con, kind=KIND, idata=idata, spec=spec, priors=spec["priors"],
-                      selection=data.selection, condition=condition, scale="nats",
-                      diagnostics=diag, summary=summary, seconds=time.perf_counter() - t0,
-                      netcdf_dir=netcdf_dir, var_names=names, name=name,
-                      element_coords=generation_coords(data.generations,
-                                                       ["base_generation", "gap_generation"]))
+    condition = (
+        base_condition
+        if base_condition == post_condition
+        else f"{post_condition} vs {base_condition}"
+    )
+    fit_id = save_fit(
+        con,
+        kind=KIND,
+        idata=idata,
+        spec=spec,
+        priors=spec["priors"],
+        selection=data.selection,
+        condition=condition,
+        scale="nats",
+        diagnostics=diag,
+        summary=summary,
+        seconds=time.perf_counter() - t0,
+        netcdf_dir=netcdf_dir,
+        var_names=names,
+        name=name,
+        element_coords=generation_coords(data.generations, ["base_generation", "gap_generation"]),
+    )
     return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
 # --------------------------------------------------------------------------- simulation
 
 
-def simulate_generations(con, *, families: dict[str, Sequence[float]] | None = None,
-                         base_slope: dict[str, float] | None = None,
-                         gap_slope: dict[str, float] | None = None, gap_mean: float = 0.3,
-                         participant_sd: float = 0.3, difference_sd: float = 0.1,
-                         response_sd: float = 0.3, condition: str = "plain",
-                         seed: int = 0) -> dict:
+def simulate_generations(
+    con,
+    *,
+    families: dict[str, Sequence[float]] | None = None,
+    base_slope: dict[str, float] | None = None,
+    gap_slope: dict[str, float] | None = None,
+    gap_mean: float = 0.3,
+    participant_sd: float = 0.3,
+    difference_sd: float = 0.1,
+    response_sd: float = 0.3,
+    condition: str = "plain",
+    seed: int = 0,
+) -> dict:
     """Write base and instruct models with known generational trends into ``con``.
 
     For every (family, generation order o): a base model and an instruct model
@@ -557,7 +773,7 @@ def simulate_generations(con, *, families: dict[str, Sequence[float]] | None = N
     d_i ~ N(0, difference_sd).  Every response in the warehouse is scored.
     Returns the truth: ``base_slope``, ``gap_slope`` and ``gap`` by (family, generation).
     """
-    from warehouse.db import transaction
+    from psystats.warehouse.db import transaction
 
     from .analysis_common import responses_frame
     from .simulate import register_models, write_run
@@ -571,21 +787,40 @@ def simulate_generations(con, *, families: dict[str, Sequence[float]] | None = N
     a = dict(zip(exps, rng.normal(0.0, 0.5, len(exps))))
     parts = sorted(set(resp["participant_key"]))
     u = dict(zip(parts, rng.normal(0.0, participant_sd, len(parts))))
-    base_level = 2.0 + resp["experiment"].map(a).to_numpy() + resp["participant_key"].map(u).to_numpy()
-    truth: dict[str, Any] = {"base_slope": dict(base_slope), "gap_slope": dict(gap_slope),
-                             "gap": {}}
+    base_level = (
+        2.0 + resp["experiment"].map(a).to_numpy() + resp["participant_key"].map(u).to_numpy()
+    )
+    truth: dict[str, Any] = {
+        "base_slope": dict(base_slope),
+        "gap_slope": dict(gap_slope),
+        "gap": {},
+    }
     rows, runs = [], []
     for f, orders in families.items():
         centre = float(np.mean(orders))
         for o in orders:
             g = f"{o:g}"
             base, post = f"sim-{f}{g}-base", f"sim-{f}{g}-instruct"
-            rows += [dict(name=base, family=f, generation=g, generation_order=float(o),
-                          n_params=int(1e9), post_training="base"),
-                     dict(name=post, family=f, generation=g, generation_order=float(o),
-                          n_params=int(1e9), post_training="instruct", base_model=base)]
-            b = (base_level + base_slope[f] * (o - centre)
-                 + rng.normal(0.0, response_sd, len(resp)))
+            rows += [
+                dict(
+                    name=base,
+                    family=f,
+                    generation=g,
+                    generation_order=float(o),
+                    n_params=int(1e9),
+                    post_training="base",
+                ),
+                dict(
+                    name=post,
+                    family=f,
+                    generation=g,
+                    generation_order=float(o),
+                    n_params=int(1e9),
+                    post_training="instruct",
+                    base_model=base,
+                ),
+            ]
+            b = base_level + base_slope[f] * (o - centre) + rng.normal(0.0, response_sd, len(resp))
             gap = gap_mean + gap_slope[f] * (o - centre)
             truth["gap"][cell_label(f, g)] = gap
             d = dict(zip(parts, rng.normal(gap, difference_sd, len(parts))))

@@ -16,17 +16,19 @@ experiments and models with one ``persona_effect`` per post-training type.
 equivalence (ROPE) around zero: ``P(|effect| < rope)``, ``P(effect < -rope)``
 (benefit) and ``P(effect > rope)`` (harm), in ``fits.summary``.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import WarehouseError
-from warehouse.queries import where_clause
+from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.queries import where_clause
 
 from .analysis_common import crossed_normal_logp, load_models, prob, resolve_prior_scales
 
@@ -71,9 +73,14 @@ class PersonaData:
     selection: dict = field(default_factory=dict)
 
 
-def persona_cells(con, *, persona_condition: str = "persona", plain_condition: str = "plain",
-                  models: Sequence[str] | None = None,
-                  experiments: Sequence[str] | None = None) -> pd.DataFrame:
+def persona_cells(
+    con,
+    *,
+    persona_condition: str = "persona",
+    plain_condition: str = "plain",
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """(model, experiment) cells of paired persona-minus-plain differences, from DuckDB.
 
     Columns: model, experiment, n, mean, var, sd_persona, sd_plain,
@@ -83,8 +90,9 @@ def persona_cells(con, *, persona_condition: str = "persona", plain_condition: s
     from .data import VALID_SCORE, latest_runs_sql
 
     if persona_condition == plain_condition:
-        raise WarehouseError("the persona and plain conditions must differ "
-                             f"(both are {persona_condition!r})")
+        raise WarehouseError(
+            f"the persona and plain conditions must differ (both are {persona_condition!r})"
+        )
     filt, fparams = where_clause({"lp.model": models, "lp.experiment": experiments})
     extra = (" AND " + filt.removeprefix("WHERE ")) if filt else ""
     valid_p = VALID_SCORE.replace("s.", "sp.")
@@ -115,16 +123,18 @@ def persona_cells(con, *, persona_condition: str = "persona", plain_condition: s
            any_value(persona_run_id) AS persona_run_id, any_value(plain_run_id) AS plain_run_id
     FROM diffs GROUP BY model, experiment ORDER BY model, experiment
     """
-    cur = con.execute(q, [persona_condition, plain_condition, plain_condition,
-                          persona_condition, *fparams])
+    cur = con.execute(
+        q, [persona_condition, plain_condition, plain_condition, persona_condition, *fparams]
+    )
     df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
     for col in ("mean", "var", "sd_persona", "sd_plain"):
         df[col] = df[col].astype(float)
     return df
 
 
-def prepare_persona(cells: pd.DataFrame, models: pd.DataFrame, *, scale: str = "nats",
-                    rope: float | None = None) -> PersonaData:
+def prepare_persona(
+    cells: pd.DataFrame, models: pd.DataFrame, *, scale: str = "nats", rope: float | None = None
+) -> PersonaData:
     """Put cells on ``scale`` (``y``, ``se``), attach post-training types, drop unusable cells."""
     if scale not in SCALES:
         raise WarehouseError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
@@ -136,12 +146,15 @@ def prepare_persona(cells: pd.DataFrame, models: pd.DataFrame, *, scale: str = "
         raise WarehouseError(
             "fit persona found no model scored in both the persona and the plain condition "
             "on the same responses: run `psystats score MODEL --condition persona` (and "
-            "`--condition plain`) first")
+            "`--condition plain`) first"
+        )
     c = cells.copy()
     thin = c[c["n"] < 2]
     if len(thin):
-        notes.append(f"{len(thin)} cell(s) with fewer than 2 participants left out: "
-                     + ", ".join(f"{m} / {e}" for m, e in zip(thin["model"], thin["experiment"])))
+        notes.append(
+            f"{len(thin)} cell(s) with fewer than 2 participants left out: "
+            + ", ".join(f"{m} / {e}" for m, e in zip(thin["model"], thin["experiment"]))
+        )
         c = c[c["n"] >= 2]
     se = np.sqrt(c["var"] / c["n"])
     if scale == "nats":
@@ -150,26 +163,33 @@ def prepare_persona(cells: pd.DataFrame, models: pd.DataFrame, *, scale: str = "
         pooled = np.sqrt((c["sd_persona"] ** 2 + c["sd_plain"] ** 2) / 2)
         flat = c[~(pooled > 0)]
         if len(flat):
-            notes.append(f"{len(flat)} cell(s) with zero participant SD cannot be standardised "
-                         "and are left out")
+            notes.append(
+                f"{len(flat)} cell(s) with zero participant SD cannot be standardised "
+                "and are left out"
+            )
         c, pooled, se = c[pooled > 0], pooled[pooled > 0], se[pooled > 0]
         c["y"], c["se"] = c["mean"] / pooled, se / pooled
     zero = c[~(c["se"] > 0)]
     if len(zero):
         # All participants' differences equal: the cell's likelihood would be a spike.
-        notes.append(f"{len(zero)} cell(s) whose participant differences are all equal left out "
-                     "(identical persona and plain scores?)")
+        notes.append(
+            f"{len(zero)} cell(s) whose participant differences are all equal left out "
+            "(identical persona and plain scores?)"
+        )
         c = c[c["se"] > 0]
     if c.empty:
-        raise WarehouseError("fit persona: no usable cells (each needs at least 2 participants "
-                             "whose persona-minus-plain differences vary); " + "; ".join(notes))
+        raise WarehouseError(
+            "fit persona: no usable cells (each needs at least 2 participants "
+            "whose persona-minus-plain differences vary); " + "; ".join(notes)
+        )
     types = models.set_index("name")["post_training"]
     c["post_training"] = c["model"].map(types).fillna("unregistered")
     return PersonaData(cells=c.reset_index(drop=True), scale=scale, rope=rope, notes=notes)
 
 
-def build_persona_model(data: PersonaData, priors: PersonaPriors | None = None, *,
-                        model_effects: str = "fixed"):
+def build_persona_model(
+    data: PersonaData, priors: PersonaPriors | None = None, *, model_effects: str = "fixed"
+):
     """The PyMC persona model; returns ``(model, spec)`` (see ``docs/model.md``).
 
     ``model_effects="fixed"`` (default): one effect per model, ``persona_effect``
@@ -188,32 +208,42 @@ def build_persona_model(data: PersonaData, priors: PersonaPriors | None = None, 
     model_names = sorted(set(c["model"]))
     exps = sorted(set(c["experiment"]))
     spec: dict[str, Any] = dict(
-        kind=KIND, scale=data.scale, rope=data.rope,
+        kind=KIND,
+        scale=data.scale,
+        rope=data.rope,
         likelihood="cell mean ~ Normal(mu, sqrt(sigma_cell^2 + var/n))",
-        terms={}, dropped={})
+        terms={},
+        dropped={},
+    )
     use_model = bool((c.groupby("post_training")["model"].nunique() >= 2).any())
     spec["model_effects"] = model_effects if use_model else "fixed"
     spec["terms"]["model"] = (
         "random intercept over models of a type (integrated out analytically)"
-        if model_effects == "random" and use_model else
-        "one effect per model; persona_effect = average over the type's models")
+        if model_effects == "random" and use_model
+        else "one effect per model; persona_effect = average over the type's models"
+    )
     use_exp = len(exps) >= 2
     spec["terms" if use_exp else "dropped"]["experiment"] = (
         "random intercept over experiments (integrated out analytically; persona_effect is "
-        "the effect in a typical experiment)" if use_exp else "one experiment only")
+        "the effect in a typical experiment)"
+        if use_exp
+        else "one experiment only"
+    )
     use_cell = len(c) > len(model_names) + (len(exps) - 1 if use_exp else 0)
     spec["terms" if use_cell else "dropped"]["cell residual"] = (
-        "model x experiment residual" if use_cell else "one cell per parameter: not identified")
+        "model x experiment residual" if use_cell else "one cell per parameter: not identified"
+    )
 
     coords = {"post_training": types, "cell": np.arange(len(c)), "model": model_names}
     m_idx = pd.Index(model_names).get_indexer(c["model"])
-    model_type = (c.drop_duplicates("model").set_index("model")
-                  .loc[model_names, "post_training"].to_numpy())
+    model_type = (
+        c.drop_duplicates("model").set_index("model").loc[model_names, "post_training"].to_numpy()
+    )
     with pm.Model(coords=coords) as model:
         var = c["se"].to_numpy(float) ** 2
         if use_cell:
             s_c = pm.HalfNormal("sigma_cell", p["cell_sd"])
-            var = s_c ** 2 + var
+            var = s_c**2 + var
         factors = []
         if model_effects == "fixed" or not use_model:
             # Each model's own effect; persona_effect[type] is their average: the effect for
@@ -223,95 +253,165 @@ def build_persona_model(data: PersonaData, priors: PersonaPriors | None = None, 
             for j, t in enumerate(model_type):
                 avg[types.index(t), j] = 1.0
             avg /= avg.sum(axis=1, keepdims=True)
-            pm.Deterministic("persona_effect", pt.dot(pt.as_tensor(avg), per_model),
-                             dims="post_training")
+            pm.Deterministic(
+                "persona_effect", pt.dot(pt.as_tensor(avg), per_model), dims="post_training"
+            )
             mu = per_model[m_idx]
         else:
             # Population of models: persona_effect[type] is the mean of a Normal over models,
             # the model intercepts integrated out exactly.
             effect = pm.Normal("persona_effect", 0.0, p["effect_sd"], dims="post_training")
             mu = effect[pd.Index(types).get_indexer(c["post_training"])]
-            factors.append((m_idx, len(model_names),
-                            pm.HalfNormal("sigma_model", p["model_sd"])))
+            factors.append((m_idx, len(model_names), pm.HalfNormal("sigma_model", p["model_sd"])))
         if use_exp:
             # Experiment random intercept, integrated out exactly (no funnel for small sigma).
-            factors.append((pd.Index(exps).get_indexer(c["experiment"]), len(exps),
-                            pm.HalfNormal("sigma_experiment", p["experiment_sd"])))
+            factors.append(
+                (
+                    pd.Index(exps).get_indexer(c["experiment"]),
+                    len(exps),
+                    pm.HalfNormal("sigma_experiment", p["experiment_sd"]),
+                )
+            )
         if factors:
             pm.Potential("obs", crossed_normal_logp(c["y"].to_numpy(float), mu, var, factors))
         else:
-            pm.Normal("obs", mu=mu, sigma=pt.sqrt(var), observed=c["y"].to_numpy(float),
-                      dims="cell")
+            pm.Normal(
+                "obs", mu=mu, sigma=pt.sqrt(var), observed=c["y"].to_numpy(float), dims="cell"
+            )
     spec["priors"] = p
     return model, spec
 
 
-PARAMS = ["persona_effect", "persona_model_effect", "sigma_model", "sigma_experiment",
-          "sigma_cell"]
+PARAMS = ["persona_effect", "persona_model_effect", "sigma_model", "sigma_experiment", "sigma_cell"]
 
 
 def summarise_persona(idata, data: PersonaData) -> dict:
     """ROPE probabilities and a verdict per post-training type."""
     rope = data.rope
-    out: dict[str, Any] = {"rope": [-rope, rope], "scale": data.scale, "decision_mass": DECISION,
-                           "by_post_training": {}}
+    out: dict[str, Any] = {
+        "rope": [-rope, rope],
+        "scale": data.scale,
+        "decision_mass": DECISION,
+        "by_post_training": {},
+    }
     post = idata.posterior["persona_effect"]
     for t in post.coords["post_training"].values:
         x = post.sel(post_training=t).values.ravel()
         p_in, p_ben, p_harm = prob(np.abs(x) < rope), prob(x < -rope), prob(x > rope)
-        verdict = ("practically equivalent to no effect" if p_in >= DECISION else
-                   "persona helps" if p_ben >= DECISION else
-                   "persona hurts" if p_harm >= DECISION else "undecided")
+        verdict = (
+            "practically equivalent to no effect"
+            if p_in >= DECISION
+            else "persona helps"
+            if p_ben >= DECISION
+            else "persona hurts"
+            if p_harm >= DECISION
+            else "undecided"
+        )
         out["by_post_training"][str(t)] = dict(
-            mean=float(x.mean()), q05=float(np.quantile(x, 0.05)),
-            q95=float(np.quantile(x, 0.95)), p_in_rope=p_in, p_benefit=p_ben, p_harm=p_harm,
+            mean=float(x.mean()),
+            q05=float(np.quantile(x, 0.05)),
+            q95=float(np.quantile(x, 0.95)),
+            p_in_rope=p_in,
+            p_benefit=p_ben,
+            p_harm=p_harm,
             verdict=verdict,
-            n_models=int(data.cells.loc[data.cells["post_training"] == t, "model"].nunique()))
+            n_models=int(data.cells.loc[data.cells["post_training"] == t, "model"].nunique()),
+        )
     return out
 
 
-def fit_persona(con, *, persona_condition: str = "persona", plain_condition: str = "plain",
-                models: Sequence[str] | None = None, experiments: Sequence[str] | None = None,
-                scale: str = "nats", rope: float | None = None,
-                model_effects: str = "fixed", priors: PersonaPriors | None = None, draws: int = 1000, tune: int = 1000,
-                chains: int = 4, seed: int = 0, sampler: str = "nutpie",
-                target_accept: float = 0.95, allow_diagnostics_failure: bool = False,
-                netcdf_dir=None, name: str | None = None) -> dict:
+def fit_persona(
+    con,
+    *,
+    persona_condition: str = "persona",
+    plain_condition: str = "plain",
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    scale: str = "nats",
+    rope: float | None = None,
+    model_effects: str = "fixed",
+    priors: PersonaPriors | None = None,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sampler: str = "nutpie",
+    target_accept: float = 0.95,
+    allow_diagnostics_failure: bool = False,
+    netcdf_dir=None,
+    name: str | None = None,
+) -> dict:
     """Load, build, sample, check and store a persona fit; returns a result dict."""
-    from .sampling import diagnose, enforce, sample
+    from .sampling import diagnose, enforce, gated_vars, sample
     from .store import save_fit
 
     t0 = time.perf_counter()
-    cells = persona_cells(con, persona_condition=persona_condition,
-                          plain_condition=plain_condition, models=models,
-                          experiments=experiments)
+    cells = persona_cells(
+        con,
+        persona_condition=persona_condition,
+        plain_condition=plain_condition,
+        models=models,
+        experiments=experiments,
+    )
     data = prepare_persona(cells, load_models(con), scale=scale, rope=rope)
-    data.selection = dict(persona_condition=persona_condition, plain_condition=plain_condition,
-                          models=list(models or []) or None,
-                          experiments=list(experiments or []) or None,
-                          runs={m: {"persona": sorted(set(map(int, g["persona_run_id"]))),
-                                    "plain": sorted(set(map(int, g["plain_run_id"])))}
-                                for m, g in data.cells.groupby("model")},
-                          n_cells=len(data.cells), notes=data.notes)
+    data.selection = dict(
+        persona_condition=persona_condition,
+        plain_condition=plain_condition,
+        models=list(models or []) or None,
+        experiments=list(experiments or []) or None,
+        runs={
+            m: {
+                "persona": sorted(set(map(int, g["persona_run_id"]))),
+                "plain": sorted(set(map(int, g["plain_run_id"]))),
+            }
+            for m, g in data.cells.groupby("model")
+        },
+        n_cells=len(data.cells),
+        notes=data.notes,
+    )
     model, spec = build_persona_model(data, priors, model_effects=model_effects)
-    idata = sample(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                   target_accept=target_accept)
-    diag = diagnose(idata)
+    idata = sample(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+    )
+    diag = diagnose(idata, var_names=gated_vars(model))
     enforce(diag, allow_diagnostics_failure)
     summary = summarise_persona(idata, data)
-    fit_id = save_fit(con, kind=KIND, idata=idata, spec=spec, priors=spec["priors"],
-                      selection=data.selection,
-                      condition=f"{persona_condition} vs {plain_condition}", scale=scale,
-                      diagnostics=diag, summary=summary, seconds=time.perf_counter() - t0,
-                      netcdf_dir=netcdf_dir, var_names=[n for n in PARAMS if n in idata.posterior],
-                      name=name)
+    fit_id = save_fit(
+        con,
+        kind=KIND,
+        idata=idata,
+        spec=spec,
+        priors=spec["priors"],
+        selection=data.selection,
+        condition=f"{persona_condition} vs {plain_condition}",
+        scale=scale,
+        diagnostics=diag,
+        summary=summary,
+        seconds=time.perf_counter() - t0,
+        netcdf_dir=netcdf_dir,
+        var_names=[n for n in PARAMS if n in idata.posterior],
+        name=name,
+    )
     return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
-def simulate_persona(con, *, effects: dict[str, float] | None = None, models_per_type: int = 2,
-                     model_sd: float = 0.0, difference_sd: float = 0.05,
-                     persona_condition: str = "persona", plain_condition: str = "plain",
-                     seed: int = 0) -> dict:
+def simulate_persona(
+    con,
+    *,
+    effects: dict[str, float] | None = None,
+    models_per_type: int = 2,
+    model_sd: float = 0.0,
+    difference_sd: float = 0.05,
+    persona_condition: str = "persona",
+    plain_condition: str = "plain",
+    seed: int = 0,
+) -> dict:
     """Write plain and persona runs with a known persona effect per post-training type.
 
     For each type, ``models_per_type`` models (post-trained ones get the
@@ -319,7 +419,7 @@ def simulate_persona(con, *, effects: dict[str, float] | None = None, models_per
     persona NLL = plain NLL + effect[type] + model deviation (N(0, model_sd))
     + d_i, d_i ~ N(0, difference_sd) per participant.  Returns the truth.
     """
-    from warehouse.db import transaction
+    from psystats.warehouse.db import transaction
 
     from .analysis_common import responses_frame
     from .simulate import register_models, write_run
@@ -335,14 +435,27 @@ def simulate_persona(con, *, effects: dict[str, float] | None = None, models_per
             name = f"sim-persona-{t}-{j}"
             if t == "base" and first_base is None:
                 first_base = name
-            rows.append(dict(name=name, family="sim", generation="1", generation_order=1.0,
-                             post_training=t, base_model=None if t == "base" else first_base))
+            rows.append(
+                dict(
+                    name=name,
+                    family="sim",
+                    generation="1",
+                    generation_order=1.0,
+                    post_training=t,
+                    base_model=None if t == "base" else first_base,
+                )
+            )
             plain = 1.0 + rng.exponential(1.0, len(resp))
             shift = eff + rng.normal(0.0, model_sd) if model_sd else eff
             d = dict(zip(parts, rng.normal(0.0, difference_sd, len(parts))))
-            runs += [(name, plain_condition, plain),
-                     (name, persona_condition,
-                      plain + shift + resp["participant_key"].map(d).to_numpy())]
+            runs += [
+                (name, plain_condition, plain),
+                (
+                    name,
+                    persona_condition,
+                    plain + shift + resp["participant_key"].map(d).to_numpy(),
+                ),
+            ]
     with transaction(con):
         register_models(con, rows)
         for model, cond, nll in runs:

@@ -13,18 +13,20 @@ The sampler settings (sampler, draws, tune, chains, seed, target_accept,
 compile and sampling seconds, and why a fallback happened) are recorded in
 ``idata.attrs["psystats_sampler"]`` as JSON so that a fit can be repeated.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from warehouse.db import WarehouseError
+from psystats.warehouse.db import WarehouseError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,18 @@ def _quiet_arviz() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 
-def sample(model, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
-           sampler: str = "nutpie", target_accept: float = 0.9, progressbar: bool = False,
-           cores: int | None = None):
+def sample(
+    model,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sampler: str = "nutpie",
+    target_accept: float = 0.9,
+    progressbar: bool = False,
+    cores: int | None = None,
+):
     """Draw posterior samples from a PyMC model; returns ``arviz.InferenceData``.
 
     ``sampler`` is ``"nutpie"`` (default) or ``"pymc"``.  If nutpie is not
@@ -60,9 +71,15 @@ def sample(model, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed:
         raise WarehouseError(f"unknown sampler {sampler!r}: use 'nutpie' or 'pymc'")
     if chains < 1 or draws < 1 or tune < 0:
         raise WarehouseError("chains and draws must be positive and tune non-negative")
-    record: dict[str, Any] = dict(sampler=sampler, draws=draws, tune=tune, chains=chains,
-                                  seed=seed, target_accept=target_accept,
-                                  fallback_reason=None)
+    record: dict[str, Any] = dict(
+        sampler=sampler,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        target_accept=target_accept,
+        fallback_reason=None,
+    )
     idata = None
     if sampler == "nutpie":
         try:
@@ -82,22 +99,38 @@ def sample(model, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed:
                 if cores is not None:
                     kwargs["cores"] = cores
                 t1 = time.perf_counter()
-                idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains,
-                                      seed=seed, target_accept=target_accept,
-                                      progress_bar=progressbar, save_warmup=False, **kwargs)
+                idata = nutpie.sample(
+                    compiled,
+                    draws=draws,
+                    tune=tune,
+                    chains=chains,
+                    seed=seed,
+                    target_accept=target_accept,
+                    progress_bar=progressbar,
+                    save_warmup=False,
+                    **kwargs,
+                )
                 record["sampling_seconds"] = time.perf_counter() - t1
                 idata = _add_data_groups(model, _drop_transformed(model, idata))
     if idata is None:
         record["sampler"] = "pymc"
         t1 = time.perf_counter()
         with model:
-            idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed,
-                              target_accept=target_accept, progressbar=progressbar,
-                              cores=cores or min(chains, 2), compute_convergence_checks=False)
+            idata = pm.sample(
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                random_seed=seed,
+                target_accept=target_accept,
+                progressbar=progressbar,
+                cores=cores or min(chains, 2),
+                compute_convergence_checks=False,
+            )
         record["compile_seconds"] = None  # included in sampling_seconds for PyMC
         record["sampling_seconds"] = time.perf_counter() - t1
     record["nutpie_version" if record["sampler"] == "nutpie" else "pymc_version"] = (
-        __import__("nutpie").__version__ if record["sampler"] == "nutpie" else pm.__version__)
+        __import__("nutpie").__version__ if record["sampler"] == "nutpie" else pm.__version__
+    )
     idata.attrs["psystats_sampler"] = json.dumps(record)
     return idata
 
@@ -114,16 +147,23 @@ def _drop_transformed(model, idata):
 def _add_data_groups(model, idata):
     """Attach observed and constant data, which nutpie does not see (as PyMC itself does)."""
     import pymc as pm
-    from pymc.backends.arviz import (coords_and_dims_for_inferencedata, dict_to_dataset,
-                                     find_constants, find_observations)
+    from pymc.backends.arviz import (
+        coords_and_dims_for_inferencedata,
+        dict_to_dataset,
+        find_constants,
+        find_observations,
+    )
 
     coords, dims = coords_and_dims_for_inferencedata(model)
     groups = {}
-    for name, values in (("observed_data", find_observations(model)),
-                         ("constant_data", find_constants(model))):
+    for name, values in (
+        ("observed_data", find_observations(model)),
+        ("constant_data", find_constants(model)),
+    ):
         if values and name not in idata.groups():
-            groups[name] = dict_to_dataset(values, library=pm, coords=coords, dims=dims,
-                                           default_dims=[])
+            groups[name] = dict_to_dataset(
+                values, library=pm, coords=coords, dims=dims, default_dims=[]
+            )
     if groups:
         idata.add_groups(groups, coords=coords, dims=dims)
     return idata
@@ -133,8 +173,9 @@ def _add_data_groups(model, idata):
 # Posterior predictive checks (shared by every analysis with an observed variable)
 
 
-def posterior_predictive_draws(model, idata, var_name: str, *, max_draws: int = 400,
-                               seed: int = 0, add_to_idata: bool = True):
+def posterior_predictive_draws(
+    model, idata, var_name: str, *, max_draws: int = 400, seed: int = 0, add_to_idata: bool = True
+):
     """(replicated draws as (draws, observations), observed values) of an observed variable.
 
     At most ``max_draws`` thinned posterior draws; with ``add_to_idata`` they
@@ -147,8 +188,13 @@ def posterior_predictive_draws(model, idata, var_name: str, *, max_draws: int = 
         # PyMC warns that Potentials are ignored: they are not, here, because the
         # parameters are posterior draws (the Potentials shaped them already).
         warnings.filterwarnings("ignore", message=".*Potentials.*")
-        pp = pm.sample_posterior_predictive(thin, var_names=[var_name], random_seed=seed,
-                                            progressbar=False, extend_inferencedata=False)
+        pp = pm.sample_posterior_predictive(
+            thin,
+            var_names=[var_name],
+            random_seed=seed,
+            progressbar=False,
+            extend_inferencedata=False,
+        )
     if add_to_idata:
         if "posterior_predictive" in idata.groups():
             idata.posterior_predictive = idata.posterior_predictive.merge(pp.posterior_predictive)
@@ -171,8 +217,11 @@ def ppc_statistics(y: np.ndarray, rep: np.ndarray) -> dict:
     z_obs, z_rep = (y - m) / s, (rep - m) / s
     stats = {"mean": np.mean, "sd": np.std, "min": np.min, "max": np.max}
     pvals = {k: float(np.mean(f(z_rep, axis=1) >= f(z_obs))) for k, f in stats.items()}
-    return {"draws": int(rep.shape[0]), "coverage_90": float(np.mean((y >= lo) & (y <= hi))),
-            "p_values": pvals}
+    return {
+        "draws": int(rep.shape[0]),
+        "coverage_90": float(np.mean((y >= lo) & (y <= hi))),
+        "p_values": pvals,
+    }
 
 
 def thin_draws(idata, max_draws: int):
@@ -203,13 +252,14 @@ class Diagnostics:
     worst: dict[str, str] = field(default_factory=dict)  # gate -> parameter that set it
     passed: bool = True
     problems: list[str] = field(default_factory=list)  # failed gates
-    notes: list[str] = field(default_factory=list)     # worth a look, not a gate (E-BFMI)
+    notes: list[str] = field(default_factory=list)  # worth a look, not a gate (E-BFMI)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         # JSON has no NaN; None says "not computable" (e.g. a single chain's R-hat).
-        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                for k, v in d.items()}
+        return {
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()
+        }
 
 
 def _extreme(ds, which: str) -> tuple[float, str]:
@@ -229,8 +279,12 @@ def _extreme(ds, which: str) -> tuple[float, str]:
     return best, where
 
 
-def diagnose(idata, var_names: Sequence[str] | None = None, rhat_max: float = RHAT_MAX,
-             ess_min: float = ESS_MIN) -> Diagnostics:
+def diagnose(
+    idata,
+    var_names: Sequence[str] | None = None,
+    rhat_max: float = RHAT_MAX,
+    ess_min: float = ESS_MIN,
+) -> Diagnostics:
     """R-hat, bulk/tail ESS, divergences and E-BFMI of ``idata``'s posterior, with the gates.
 
     ``var_names`` restricts R-hat/ESS to those posterior variables (default:
@@ -278,12 +332,46 @@ def diagnose(idata, var_names: Sequence[str] | None = None, rhat_max: float = RH
         problems.append(f"{divergences} divergent transition{'s' if divergences > 1 else ''}")
     notes = []
     if bfmi and min_bfmi < BFMI_MIN:
-        notes.append(f"E-BFMI {min_bfmi:.2f} < {BFMI_MIN} in some chain: the energy "
-                     "distribution is hard to explore (heavy tails or funnels)")
-    return Diagnostics(max_rhat=max_rhat, min_ess_bulk=min_bulk, min_ess_tail=min_tail,
-                       divergences=divergences, min_bfmi=min_bfmi, bfmi=bfmi,
-                       n_draws=n_draws, n_chains=n_chains, worst=worst,
-                       passed=not problems, problems=problems, notes=notes)
+        notes.append(
+            f"E-BFMI {min_bfmi:.2f} < {BFMI_MIN} in some chain: the energy "
+            "distribution is hard to explore (heavy tails or funnels)"
+        )
+    return Diagnostics(
+        max_rhat=max_rhat,
+        min_ess_bulk=min_bulk,
+        min_ess_tail=min_tail,
+        divergences=divergences,
+        min_bfmi=min_bfmi,
+        bfmi=bfmi,
+        n_draws=n_draws,
+        n_chains=n_chains,
+        worst=worst,
+        passed=not problems,
+        problems=problems,
+        notes=notes,
+    )
+
+
+# Names of sampler helper variables: standardised offsets of non-centred
+# parameterisations and raw coefficients that are mapped to the reported
+# effects.  They carry no meaning of their own, so the gates do not look at them.
+HELPER_PREFIXES = ("z_",)
+HELPER_SUFFIXES = ("_raw", "_coef", "_z", "_offset")
+
+
+def gated_vars(model) -> list[str]:
+    """The variables whose R-hat and ESS the gates check, the same rule for every analysis.
+
+    Every free and deterministic variable that a fit reports (effects,
+    slopes, scales, derived quantities), and none of the sampler's helper
+    variables (``*_raw``, ``*_coef``, ``*_z``, ``z_*``): a helper's R-hat may
+    sit at 1.011 while every reported quantity is converged, and a gate on it
+    fails on one machine and passes on the next.
+    """
+    names = [v.name for v in model.free_RVs + model.deterministics]
+    return [
+        n for n in names if not n.startswith(HELPER_PREFIXES) and not n.endswith(HELPER_SUFFIXES)
+    ]
 
 
 def enforce(diag: Diagnostics, allow_failure: bool = False) -> None:
@@ -294,9 +382,12 @@ def enforce(diag: Diagnostics, allow_failure: bool = False) -> None:
     """
     if diag.passed:
         return
-    msg = ("the fit missed its diagnostic gates: " + "; ".join(diag.problems) +
-           ". Try more --draws/--tune, a higher --target-accept, or check the data; "
-           "--allow-diagnostics-failure keeps the fit anyway (marked passed = false).")
+    msg = (
+        "the fit missed its diagnostic gates: "
+        + "; ".join(diag.problems)
+        + ". Try more --draws/--tune, a higher --target-accept, or check the data; "
+        "--allow-diagnostics-failure keeps the fit anyway (marked passed = false)."
+    )
     if allow_failure:
         log.warning(msg)
         return

@@ -13,30 +13,50 @@
 * :func:`add_synthetic_experiments` adds synthetic participants and responses
   when the warehouse has too few experiments or domains.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import WarehouseError, next_id, scalar, transaction
+from psystats.warehouse.db import WarehouseError, next_id, scalar, transaction
 
 from .effects import EffectsSpec, prepare
 
-TRUE_SCALES = dict(intercept=0.15, type=0.1, sigma_family=0.1, size_slope=-0.03,
-                   generation_slope=0.05, sigma_generation_family=0.03, sigma_domain=0.1,
-                   sigma_type_domain=0.05, sigma_experiment=0.1, sigma_pair=0.05,
-                   sigma_cell=0.05)
+TRUE_SCALES = dict(
+    intercept=0.15,
+    type=0.1,
+    sigma_family=0.1,
+    size_slope=-0.03,
+    generation_slope=0.05,
+    sigma_generation_family=0.03,
+    sigma_domain=0.1,
+    sigma_type_domain=0.05,
+    sigma_experiment=0.1,
+    sigma_pair=0.05,
+    sigma_cell=0.05,
+)
 
 FAMILIES = ("qwen", "llama", "olmo", "gemma", "mistral", "phi", "smollm", "falcon")
 TYPES = ("instruct", "reasoning", "code", "math", "vision")
-DOMAINS_SIM = ("Reinforcement Learning", "Risky Choice", "Intertemporal Choice", "Economic Games",
-               "Moral Judgment", "Reasoning", "Categorization", "Memory", "Cognitive Control",
-               "Psycholinguistics", "Psychophysics")
+DOMAINS_SIM = (
+    "Reinforcement Learning",
+    "Risky Choice",
+    "Intertemporal Choice",
+    "Economic Games",
+    "Moral Judgment",
+    "Reasoning",
+    "Categorization",
+    "Memory",
+    "Cognitive Control",
+    "Psycholinguistics",
+    "Psychophysics",
+)
 
 
 @dataclass
@@ -48,16 +68,27 @@ class Simulated:
     design: dict = field(default_factory=dict)
 
 
-def simulate_design(n_pairs: int, n_experiments: int, *, n_families: int = 4, n_types: int = 3,
-                    n_domains: int = 11, seed: int = 0, participants: tuple[float, float] = (60, 0.8),
-                    missing: float = 0.0) -> pd.DataFrame:
+def simulate_design(
+    n_pairs: int,
+    n_experiments: int,
+    *,
+    n_families: int = 4,
+    n_types: int = 3,
+    n_domains: int = 11,
+    seed: int = 0,
+    participants: tuple[float, float] = (60, 0.8),
+    missing: float = 0.0,
+) -> pd.DataFrame:
     """A cell table layout (pairs x experiments, metadata, n per cell) without outcomes.
 
     Participants per experiment are log-normal (median, log-SD) and at least 5;
     ``missing`` is the share of (pair, experiment) cells left out at random.
     """
     rng = np.random.default_rng(seed)
-    fams = [FAMILIES[i % len(FAMILIES)] + ("" if i < len(FAMILIES) else str(i)) for i in range(n_families)]
+    fams = [
+        FAMILIES[i % len(FAMILIES)] + ("" if i < len(FAMILIES) else str(i))
+        for i in range(n_families)
+    ]
     types = list(TYPES[:n_types])
     doms = list(DOMAINS_SIM[:n_domains])
     pairs = []
@@ -66,25 +97,46 @@ def simulate_design(n_pairs: int, n_experiments: int, *, n_families: int = 4, n_
         typ = types[(p // n_families) % n_types]
         gen = 1 + (p // (n_families * n_types)) % 4
         npar = float(np.exp(rng.uniform(np.log(1e8), np.log(7e10))))
-        pairs.append(dict(pair=f"{fam}{gen}-{typ}-{p} vs {fam}{gen}-base-{p}",
-                          post_model=f"{fam}{gen}-{typ}-{p}", base_model=f"{fam}{gen}-base-{p}",
-                          post_training=typ, family=fam, generation=str(gen),
-                          generation_order=float(gen), n_params=int(npar)))
+        pairs.append(
+            dict(
+                pair=f"{fam}{gen}-{typ}-{p} vs {fam}{gen}-base-{p}",
+                post_model=f"{fam}{gen}-{typ}-{p}",
+                base_model=f"{fam}{gen}-base-{p}",
+                post_training=typ,
+                family=fam,
+                generation=str(gen),
+                generation_order=float(gen),
+                n_params=int(npar),
+            )
+        )
     exps = []
     for e in range(n_experiments):
         n = max(5, int(round(participants[0] * np.exp(rng.normal(0, participants[1])))))
-        exps.append(dict(experiment=f"exp{e:03d}", study=f"study{e:03d}",
-                         domain=doms[e % n_domains], n=n,
-                         s=float(np.exp(rng.normal(np.log(0.3), 0.3)))))
+        exps.append(
+            dict(
+                experiment=f"exp{e:03d}",
+                study=f"study{e:03d}",
+                domain=doms[e % n_domains],
+                n=n,
+                s=float(np.exp(rng.normal(np.log(0.3), 0.3))),
+            )
+        )
     df = pd.DataFrame(pairs).merge(pd.DataFrame(exps), how="cross")
     if missing > 0:
         df = df[rng.uniform(size=len(df)) >= missing]
     return df.reset_index(drop=True)
 
 
-def simulate_cells(n_pairs: int = 20, n_experiments: int = 30, *, seed: int = 0,
-                   scales: dict | None = None, design: pd.DataFrame | None = None,
-                   spec: EffectsSpec | None = None, **design_kw) -> Simulated:
+def simulate_cells(
+    n_pairs: int = 20,
+    n_experiments: int = 30,
+    *,
+    seed: int = 0,
+    scales: dict | None = None,
+    design: pd.DataFrame | None = None,
+    spec: EffectsSpec | None = None,
+    **design_kw,
+) -> Simulated:
     """Cells drawn from the effects model with known parameters (see the module docstring).
 
     ``scales`` overrides :data:`TRUE_SCALES` (fixed values for intercept and
@@ -93,8 +145,11 @@ def simulate_cells(n_pairs: int = 20, n_experiments: int = 30, *, seed: int = 0,
     """
     rng = np.random.default_rng(seed + 1_000_003)
     sc = dict(TRUE_SCALES, **(scales or {}))
-    d = design.copy() if design is not None else simulate_design(n_pairs, n_experiments,
-                                                                 seed=seed, **design_kw)
+    d = (
+        design.copy()
+        if design is not None
+        else simulate_design(n_pairs, n_experiments, seed=seed, **design_kw)
+    )
     d["y"], d["se"] = 0.0, 1.0  # placeholders: prepare() only needs the layout here
     data = prepare(d, spec or EffectsSpec(parameterization="noncentred"))
     co = data.coords
@@ -155,23 +210,29 @@ def simulate_cells(n_pairs: int = 20, n_experiments: int = 30, *, seed: int = 0,
         truth["sigma_type_domain"] = sc["sigma_type_domain"]
     truth["pair_domain_effect"] = pd.DataFrame(
         pair_part[:, None] + dom[None, :] + td[data.pair_type, :],
-        index=co["pair"], columns=co["domain"])
+        index=co["pair"],
+        columns=co["domain"],
+    )
     truth["sigma_cell"] = sc["sigma_cell"]
 
     c = data.cells
-    mu = (pair_part[c.pair_idx] + exp_part[c.experiment_idx] + td[c.type_idx, c.domain_idx]
-          + rng.normal(0, sc["sigma_cell"], len(c)))
+    mu = (
+        pair_part[c.pair_idx]
+        + exp_part[c.experiment_idx]
+        + td[c.type_idx, c.domain_idx]
+        + rng.normal(0, sc["sigma_cell"], len(c))
+    )
     n = c["n"].to_numpy(float)
     s = c["s"].to_numpy(float)
     mean = rng.normal(mu, s / np.sqrt(n))
-    var = s ** 2 * rng.chisquare(n - 1) / (n - 1)
+    var = s**2 * rng.chisquare(n - 1) / (n - 1)
     out = d.drop(columns=["y", "se", "s"]).copy()
     out["n"] = n.astype(int)
     out["mean"], out["var"] = mean, var
     # Per-model participant SDs, for the standardised scale: about 1 nat.
     out["sd_post"] = np.exp(rng.normal(0, 0.2, len(out)))
     out["sd_base"] = np.exp(rng.normal(0, 0.2, len(out)))
-    out["pooled_sd"] = np.sqrt((out.sd_post ** 2 + out.sd_base ** 2) / 2)
+    out["pooled_sd"] = np.sqrt((out.sd_post**2 + out.sd_base**2) / 2)
     out["y"], out["se"], out["scale"] = mean, np.sqrt(var / n), "nats"
     return Simulated(cells=out, truth=truth, design={"scales": sc})
 
@@ -180,9 +241,16 @@ def simulate_cells(n_pairs: int = 20, n_experiments: int = 30, *, seed: int = 0,
 # Warehouse
 
 
-def add_synthetic_experiments(con, *, n_experiments: int = 6, domains: Sequence[str] | None = None,
-                              participants: int = 12, responses: int = 5, seed: int = 0,
-                              study: str = "psystats-synthetic") -> list[str]:
+def add_synthetic_experiments(
+    con,
+    *,
+    n_experiments: int = 6,
+    domains: Sequence[str] | None = None,
+    participants: int = 12,
+    responses: int = 5,
+    seed: int = 0,
+    study: str = "psystats-synthetic",
+) -> list[str]:
     """Add synthetic experiments (participants, transcripts, responses) to a warehouse.
 
     Experiment ``k`` is in ``domains[k % len(domains)]`` (default: the first
@@ -196,19 +264,26 @@ def add_synthetic_experiments(con, *, n_experiments: int = 6, domains: Sequence[
         pk = next_id(con, "participants", "participant_key")
         rid = next_id(con, "responses", "response_id")
         ingest_id = next_id(con, "ingests", "ingest_id")
-        con.execute("INSERT INTO ingests (ingest_id, source_path, study, content_sha256, started_at,"
-                    " finished_at, status, psystats_version) VALUES (?, 'simulated', ?, '', "
-                    "current_timestamp, current_timestamp, 'complete', 'simulated')",
-                    [ingest_id, study])
-        con.execute("INSERT INTO studies (study, source_path) SELECT ?, 'simulated' "
-                    "WHERE NOT EXISTS (SELECT 1 FROM studies WHERE study = ?)", [study, study])
+        con.execute(
+            "INSERT INTO ingests (ingest_id, source_path, study, content_sha256, started_at,"
+            " finished_at, status, psystats_version) VALUES (?, 'simulated', ?, '', "
+            "current_timestamp, current_timestamp, 'complete', 'simulated')",
+            [ingest_id, study],
+        )
+        con.execute(
+            "INSERT INTO studies (study, source_path) SELECT ?, 'simulated' "
+            "WHERE NOT EXISTS (SELECT 1 FROM studies WHERE study = ?)",
+            [study, study],
+        )
         part_rows, tr_rows, resp_rows = [], [], []
         for e in range(n_experiments):
             exp = f"{study}/exp{e:02d}"
             names.append(exp)
             dom = domains[e % len(domains)] if domains else None
-            con.execute("INSERT INTO experiments VALUES (?, ?, ?, ?, ?)",
-                        [exp, study, dom, [dom] if dom else [], None])
+            con.execute(
+                "INSERT INTO experiments VALUES (?, ?, ?, ?, ?)",
+                [exp, study, dom, [dom] if dom else [], None],
+            )
             for i in range(participants):
                 choices = rng.choice(["A", "B", "C"], size=responses)
                 text = " ".join(f"Trial {j}: You press <<{c}>>." for j, c in enumerate(choices))
@@ -218,26 +293,39 @@ def add_synthetic_experiments(con, *, n_experiments: int = 6, domains: Sequence[
                 pos = 0
                 for j, ch in enumerate(choices):
                     start = text.index("<<", pos) + 2
-                    resp_rows.append((rid, pk, study, exp, str(i), j, str(ch), start, start + len(ch)))
+                    resp_rows.append(
+                        (rid, pk, study, exp, str(i), j, str(ch), start, start + len(ch))
+                    )
                     pos = start
                     rid += 1
                 pk += 1
-        con.executemany("INSERT INTO participants (participant_key, study, experiment, participant,"
-                        " n_responses, content_sha256, ingest_id, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        part_rows)
+        con.executemany(
+            "INSERT INTO participants (participant_key, study, experiment, participant,"
+            " n_responses, content_sha256, ingest_id, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            part_rows,
+        )
         con.executemany("INSERT INTO transcripts VALUES (?, ?, ?, ?)", tr_rows)
-        con.executemany("INSERT INTO responses (response_id, participant_key, study, experiment,"
-                        " participant, response_index, text, char_start, char_end)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", resp_rows)
+        con.executemany(
+            "INSERT INTO responses (response_id, participant_key, study, experiment,"
+            " participant, response_index, text, char_start, char_end)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            resp_rows,
+        )
     return names
 
 
-def simulate_warehouse(con, *, families: Sequence[str] = ("qwen", "llama"),
-                       generations: Sequence[int] = (1, 2),
-                       types: Sequence[str] = ("instruct", "reasoning"),
-                       post_condition: str = "plain", base_condition: str | None = None,
-                       seed: int = 0, scales: dict | None = None,
-                       participant_sd: float = 0.3) -> Simulated:
+def simulate_warehouse(
+    con,
+    *,
+    families: Sequence[str] = ("qwen", "llama"),
+    generations: Sequence[int] = (1, 2),
+    types: Sequence[str] = ("instruct", "reasoning"),
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    seed: int = 0,
+    scales: dict | None = None,
+    participant_sd: float = 0.3,
+) -> Simulated:
     """Register simulated models and write complete score runs for every response in ``con``.
 
     One base per (family, generation) and one post-trained model per type on
@@ -250,12 +338,16 @@ def simulate_warehouse(con, *, families: Sequence[str] = ("qwen", "llama"),
     """
     base_condition = base_condition or post_condition
     rng = np.random.default_rng(seed)
-    resp = con.execute("SELECT r.response_id, r.participant_key, r.experiment, e.domain "
-                       "FROM responses r LEFT JOIN experiments e USING (experiment) "
-                       "ORDER BY r.response_id").fetchall()
+    resp = con.execute(
+        "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
+        "FROM responses r LEFT JOIN experiments e USING (experiment) "
+        "ORDER BY r.response_id"
+    ).fetchall()
     if not resp:
-        raise WarehouseError("the warehouse has no responses to score: ingest studies or call "
-                             "add_synthetic_experiments() first")
+        raise WarehouseError(
+            "the warehouse has no responses to score: ingest studies or call "
+            "add_synthetic_experiments() first"
+        )
     resp = pd.DataFrame(resp, columns=["response_id", "participant_key", "experiment", "domain"])
     n_by_exp = resp.groupby("experiment")["participant_key"].nunique()
     models, pair_rows = [], []
@@ -266,18 +358,45 @@ def simulate_warehouse(con, *, families: Sequence[str] = ("qwen", "llama"),
             gi = list(generations).index(g)
             npar = int(1e8 * 3 ** ((fi * 7 + gi * 3 + fi * gi * 5) % 11))
             base = f"sim-{fam}{g}-base"
-            models.append(dict(name=base, family=fam, generation=str(g), generation_order=float(g),
-                               n_params=npar, post_training="base", base_model=None))
+            models.append(
+                dict(
+                    name=base,
+                    family=fam,
+                    generation=str(g),
+                    generation_order=float(g),
+                    n_params=npar,
+                    post_training="base",
+                    base_model=None,
+                )
+            )
             for t in types:
                 post = f"sim-{fam}{g}-{t}"
-                models.append(dict(name=post, family=fam, generation=str(g),
-                                   generation_order=float(g), n_params=npar, post_training=t,
-                                   base_model=base))
-                pair_rows.append(dict(pair=f"{post} vs {base}", post_model=post, base_model=base,
-                                      post_training=t, family=fam, generation=str(g),
-                                      generation_order=float(g), n_params=npar))
-    exps = pd.DataFrame({"experiment": n_by_exp.index, "n": n_by_exp.to_numpy(),
-                         "s": participant_sd})
+                models.append(
+                    dict(
+                        name=post,
+                        family=fam,
+                        generation=str(g),
+                        generation_order=float(g),
+                        n_params=npar,
+                        post_training=t,
+                        base_model=base,
+                    )
+                )
+                pair_rows.append(
+                    dict(
+                        pair=f"{post} vs {base}",
+                        post_model=post,
+                        base_model=base,
+                        post_training=t,
+                        family=fam,
+                        generation=str(g),
+                        generation_order=float(g),
+                        n_params=npar,
+                    )
+                )
+    exps = pd.DataFrame(
+        {"experiment": n_by_exp.index, "n": n_by_exp.to_numpy(), "s": participant_sd}
+    )
     doms = resp.groupby("experiment")["domain"].first()
     exps["domain"] = exps["experiment"].map(doms)
     design = pd.DataFrame(pair_rows).merge(exps, how="cross")
@@ -308,10 +427,17 @@ def simulate_warehouse(con, *, families: Sequence[str] = ("qwen", "llama"),
         for pr in pair_rows:
             d = {}
             for row in participants.itertuples():
-                d[row.participant_key] = rng.normal(mu[(pr["pair"], row.experiment)], participant_sd)
+                d[row.participant_key] = rng.normal(
+                    mu[(pr["pair"], row.experiment)], participant_sd
+                )
             shift = resp.participant_key.map(d).to_numpy()
-            write_run(con, pr["post_model"], post_condition, resp.response_id,
-                       base_nll[pr["base_model"]] + shift)
+            write_run(
+                con,
+                pr["post_model"],
+                post_condition,
+                resp.response_id,
+                base_nll[pr["base_model"]] + shift,
+            )
     return sim
 
 
@@ -323,29 +449,52 @@ def register_models(con, rows: Sequence[dict]) -> None:
             "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
             " n_params, post_training, base_model, inferred) VALUES (nextval('model_id_seq'),"
             " ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
-            [m["name"], m.get("family"), m.get("generation"), m.get("generation_order"),
-             m.get("n_params"), m["post_training"], m.get("base_model"),
-             json.dumps({"simulated": True})])
+            [
+                m["name"],
+                m.get("family"),
+                m.get("generation"),
+                m.get("generation_order"),
+                m.get("n_params"),
+                m["post_training"],
+                m.get("base_model"),
+                json.dumps({"simulated": True}),
+            ],
+        )
 
 
-def write_run(con, model: str, condition: str, response_ids, nll,
-              options: pd.DataFrame | None = None) -> int:
+def write_run(
+    con, model: str, condition: str, response_ids, nll, options: pd.DataFrame | None = None
+) -> int:
     """Write one complete simulated score run (and its option scores); returns its run_id.
 
     ``options``: ``response_id, option, logprob`` rows for ``option_scores``.
     Every score gets ``n_tokens = 1`` (valid).  The caller holds the transaction.
     """
     run_id = int(scalar(con, "SELECT nextval('run_id_seq')"))
-    con.execute("INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings,"
-                " psystats_version, started_at, finished_at, status, n_responses, n_skipped)"
-                " VALUES (?, ?, ?, 'simulated', '{}', '{}', 'simulated', current_timestamp,"
-                " current_timestamp, 'complete', ?, 0)", [run_id, model, condition, len(nll)])
-    scores = pd.DataFrame({"run_id": run_id, "response_id": np.asarray(response_ids),
-                           "nll": np.asarray(nll, dtype=float), "n_tokens": 1})
+    con.execute(
+        "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings,"
+        " psystats_version, started_at, finished_at, status, n_responses, n_skipped)"
+        " VALUES (?, ?, ?, 'simulated', '{}', '{}', 'simulated', current_timestamp,"
+        " current_timestamp, 'complete', ?, 0)",
+        [run_id, model, condition, len(nll)],
+    )
+    scores = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "response_id": np.asarray(response_ids),
+            "nll": np.asarray(nll, dtype=float),
+            "n_tokens": 1,
+        }
+    )
     tables = [("scores", "run_id, response_id, nll, n_tokens", scores)]
     if options is not None and len(options):
-        tables.append(("option_scores", "run_id, response_id, option, logprob",
-                       options[["response_id", "option", "logprob"]].assign(run_id=run_id)))
+        tables.append(
+            (
+                "option_scores",
+                "run_id, response_id, option, logprob",
+                options[["response_id", "option", "logprob"]].assign(run_id=run_id),
+            )
+        )
     for table, cols, df in tables:
         con.register("_sim_rows", df)
         try:

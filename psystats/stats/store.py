@@ -7,24 +7,42 @@ most" directly), and one NetCDF file with the whole ``InferenceData`` (the
 statistician's entry point: ``arviz.from_netcdf``).  The NetCDF lives in
 ``<warehouse file>.fits/fit-<id>.nc`` unless a folder is given.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.db import WarehouseError, scalar, transaction
 
 from .sampling import Diagnostics
 
-PARAM_COLUMNS = ["fit_id", "parameter", "label", "coords", "mean", "sd", "q03", "q05", "q50",
-                 "q95", "q97", "hdi_low", "hdi_high", "r_hat", "ess_bulk", "ess_tail"]
+PARAM_COLUMNS = [
+    "fit_id",
+    "parameter",
+    "label",
+    "coords",
+    "mean",
+    "sd",
+    "q03",
+    "q05",
+    "q50",
+    "q95",
+    "q97",
+    "hdi_low",
+    "hdi_high",
+    "r_hat",
+    "ess_bulk",
+    "ess_tail",
+]
 
 
 def _jsonable(v: Any) -> Any:
@@ -65,8 +83,9 @@ def _clean(v: Any) -> Any:
 
 def warehouse_file(con) -> str | None:
     """Path of the DuckDB file behind ``con`` (None for an in-memory database)."""
-    rows = con.execute("SELECT path FROM duckdb_databases() "
-                       "WHERE database_name = current_database()").fetchall()
+    rows = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
     return rows[0][0] if rows and rows[0][0] else None
 
 
@@ -76,10 +95,12 @@ def default_netcdf_dir(con) -> Path:
     return Path(f"{path}.fits") if path else Path("psystats.fits")
 
 
-def summarise_posterior(idata, var_names: Sequence[str] | None = None,
-                        labels: Mapping[str, str] | None = None,
-                        element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None
-                        ) -> pd.DataFrame:
+def summarise_posterior(
+    idata,
+    var_names: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> pd.DataFrame:
     """One row per scalar element of each posterior variable: the ``fit_params`` columns.
 
     ``labels`` maps a variable to a format string over its dimension names,
@@ -133,28 +154,54 @@ def summarise_posterior(idata, var_names: Sequence[str] | None = None,
             stored: dict[str, Any] = {}
             for dim, (d, value) in zip(dims, coords.items()):
                 override = element_coords.get(dim, {}).get(value)
-                stored.update({str(k): str(v) for k, v in override.items()} if override
-                              else {d: value})
-            rows.append(dict(parameter=name, label=label,
-                             coords=json.dumps(stored) if stored else None,
-                             mean=mean[idx], sd=sd[idx], q03=q[0][idx], q05=q[1][idx],
-                             q50=q[2][idx], q95=q[3][idx], q97=q[4][idx],
-                             hdi_low=h[idx + (0,)], hdi_high=h[idx + (1,)],
-                             r_hat=r[idx], ess_bulk=eb[idx], ess_tail=et[idx]))
+                stored.update(
+                    {str(k): str(v) for k, v in override.items()} if override else {d: value}
+                )
+            rows.append(
+                dict(
+                    parameter=name,
+                    label=label,
+                    coords=json.dumps(stored) if stored else None,
+                    mean=mean[idx],
+                    sd=sd[idx],
+                    q03=q[0][idx],
+                    q05=q[1][idx],
+                    q50=q[2][idx],
+                    q95=q[3][idx],
+                    q97=q[4][idx],
+                    hdi_low=h[idx + (0,)],
+                    hdi_high=h[idx + (1,)],
+                    r_hat=r[idx],
+                    ess_bulk=eb[idx],
+                    ess_tail=et[idx],
+                )
+            )
     df = pd.DataFrame(rows, columns=PARAM_COLUMNS[1:])
     num = PARAM_COLUMNS[4:]
     df[num] = df[num].astype(float)
     return df
 
 
-def save_fit(con, *, kind: str, idata, spec: Any = None, priors: Any = None,
-             selection: Any = None, condition: str | None = None, scale: str | None = None,
-             sampler: Any = None, diagnostics: Diagnostics | Mapping | None = None,
-             summary: Any = None, seconds: float | None = None,
-             netcdf_dir: str | os.PathLike | None = None,
-             var_names: Sequence[str] | None = None,
-             labels: Mapping[str, str] | None = None, name: str | None = None,
-             element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> int:
+def save_fit(
+    con,
+    *,
+    kind: str,
+    idata,
+    spec: Any = None,
+    priors: Any = None,
+    selection: Any = None,
+    condition: str | None = None,
+    scale: str | None = None,
+    sampler: Any = None,
+    diagnostics: Diagnostics | Mapping | None = None,
+    summary: Any = None,
+    seconds: float | None = None,
+    netcdf_dir: str | os.PathLike | None = None,
+    var_names: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+    element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> int:
     """Write one fit: its ``fits`` row, its ``fit_params`` rows and its NetCDF; returns fit_id.
 
     Everything happens in one transaction; the NetCDF is written to a
@@ -166,7 +213,7 @@ def save_fit(con, *, kind: str, idata, spec: Any = None, priors: Any = None,
     ``element_coords`` shape the ``fit_params`` labels and coords
     (:func:`summarise_posterior`).
     """
-    from psystats import __version__
+    from psystats.warehouse.provenance import __version__
 
     params = summarise_posterior(idata, var_names, labels, element_coords)
     if isinstance(diagnostics, Diagnostics):
@@ -177,6 +224,7 @@ def save_fit(con, *, kind: str, idata, spec: Any = None, priors: Any = None,
         passed = diagnostics.get("passed")
     if sampler is None:
         from .sampling import sampler_record
+
         sampler = sampler_record(idata)
     folder = Path(netcdf_dir) if netcdf_dir is not None else default_netcdf_dir(con)
     folder.mkdir(parents=True, exist_ok=True)
@@ -191,15 +239,31 @@ def save_fit(con, *, kind: str, idata, spec: Any = None, priors: Any = None,
                 "INSERT INTO fits (fit_id, kind, name, condition, scale, spec, priors, selection,"
                 " sampler, diagnostics, summary, passed, netcdf_path, seconds, psystats_version)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [fit_id, kind, name, condition, scale, to_json(spec), to_json(priors),
-                 to_json(selection), to_json(sampler), to_json(diagnostics), to_json(summary),
-                 None if passed is None else bool(passed), str(final.resolve()),
-                 None if seconds is None else float(seconds), __version__])
+                [
+                    fit_id,
+                    kind,
+                    name,
+                    condition,
+                    scale,
+                    to_json(spec),
+                    to_json(priors),
+                    to_json(selection),
+                    to_json(sampler),
+                    to_json(diagnostics),
+                    to_json(summary),
+                    None if passed is None else bool(passed),
+                    str(final.resolve()),
+                    None if seconds is None else float(seconds),
+                    __version__,
+                ],
+            )
             params.insert(0, "fit_id", fit_id)
             con.register("_psystats_fit_params", params)
             try:
-                con.execute(f"INSERT INTO fit_params ({', '.join(PARAM_COLUMNS)}) "
-                            f"SELECT {', '.join(PARAM_COLUMNS)} FROM _psystats_fit_params")
+                con.execute(
+                    f"INSERT INTO fit_params ({', '.join(PARAM_COLUMNS)}) "
+                    f"SELECT {', '.join(PARAM_COLUMNS)} FROM _psystats_fit_params"
+                )
             finally:
                 con.unregister("_psystats_fit_params")
             os.replace(tmp, final)
@@ -223,16 +287,20 @@ def load_fit(con, fit_id: int):
     cols = [d[0] for d in cur.description]
     rows = cur.fetchall()
     if not rows:
-        raise WarehouseError(f"no fit with fit_id {fit_id}: see `psystats sql "
-                             f"\"SELECT fit_id, kind, created_at FROM fits\"`")
+        raise WarehouseError(
+            f"no fit with fit_id {fit_id}: see `psystats sql "
+            f'"SELECT fit_id, kind, created_at FROM fits"`'
+        )
     row = dict(zip(cols, rows[0]))
     for k in ("spec", "priors", "selection", "sampler", "diagnostics", "summary"):
         if isinstance(row.get(k), str):
             row[k] = json.loads(row[k])
     path = row.get("netcdf_path")
     if not path or not Path(path).exists():
-        raise WarehouseError(f"fit {fit_id}: its NetCDF file {path} is missing "
-                             f"(moved or deleted?); the fit_params rows are still in the warehouse")
+        raise WarehouseError(
+            f"fit {fit_id}: its NetCDF file {path} is missing "
+            f"(moved or deleted?); the fit_params rows are still in the warehouse"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         idata = az.from_netcdf(path)
