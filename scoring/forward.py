@@ -1,0 +1,322 @@
+"""Forward passes: rows grouped by a token budget, packed, through the decoder.
+
+Hidden states are gathered at the positions that predict a scored token
+*before* the LM head, so full-vocabulary logits exist only where a score
+needs them (see ``scoring.engine`` for the whole path).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from . import attention as attn
+from .assemble import ScoreBatch
+from .errors import NonFiniteLogits, ScoringError
+from .inputs import ParticipantInput
+from .plan import _Prepared, _Row
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+class ForwardMixin:
+    """``Scorer`` methods that run forward passes and fill the plans' per-token arrays."""
+
+    def score(
+        self,
+        participants: Sequence[ParticipantInput],
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch:
+        """Score ``participants``; raises :class:`NonFiniteLogits` (nothing returned) on NaN/inf."""
+        prepared, counts = self.prepare(participants)
+        return self.score_prepared(prepared, counts, progress)
+
+    def score_prepared(
+        self,
+        prepared: list[_Prepared],
+        counts: dict[str, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch:
+        counts = dict(counts or {})
+        for prep in prepared:
+            T = len(prep.tok)
+            prep.lp = np.zeros(T, np.float64)
+            prep.top1 = np.zeros(T, bool)
+            prep.ent = np.full(T, np.nan)
+            prep.oq_lp = np.zeros(len(prep.opt_query_group), np.float64)
+            prep.rows_done = 0
+        # Longest rows first; ties keep the input order, so plans are deterministic.
+        rows = sorted((r for prep in prepared for r in prep.rows), key=lambda r: -r.n_tokens)
+        budget = self.token_budget
+        tokens = 0
+        while rows:
+            group = self._take(rows, budget)
+            try:
+                self._forward(group, prepared)
+            except Exception as e:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not _is_oom(e):
+                    raise
+                self._free_memory()
+                if len(group) == 1:
+                    raise ScoringError(
+                        f"out of memory on a single sequence of {group[0].n_tokens} tokens "
+                        f"(participant_key {prepared[group[0].part].p.participant_key}); lower "
+                        "--max-context with --context-policy window, or use a smaller --dtype"
+                    ) from None
+                budget = max(1, budget // 2)
+                counts["oom_backoffs"] = counts.get("oom_backoffs", 0) + 1
+                continue  # the group's rows are still in `rows`: re-planned smaller
+            taken = {id(r) for r in group}
+            rows = [r for r in rows if id(r) not in taken]
+            n = sum(r.n_tokens for r in group)
+            tokens += n
+            if progress is not None:
+                progress(n)
+        if budget != self.token_budget:
+            counts["final_token_budget"] = budget
+        counts["tokens_forwarded"] = counts.get("tokens_forwarded", 0) + tokens
+        return self._assemble(prepared, counts)
+
+    def _take(self, rows: list[_Row], budget: int) -> list[_Row]:
+        """The next forward's rows: one row, or as many as fit the budget when packing."""
+        group = [rows[0]]
+        if self.packing == "packed":
+            used = rows[0].n_tokens
+            for r in rows[1:]:
+                if used + r.n_tokens > budget:
+                    continue
+                group.append(r)
+                used += r.n_tokens
+        return group
+
+    def _free_memory(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # Packed layout of a group of rows: token ids, positions, the per-token
+    # document/branch structure the mask is built from, and where every query sits.
+    def _layout(self, group: list[_Row], pad_multiple: int = 1):
+        ids, pos, doc, branch, bstart = [], [], [], [], []
+        main_off, branch_off = [], []
+        off = 0
+        nb = 0
+        for d, row in enumerate(group):
+            n = len(row.ids)
+            ids.append(row.ids)
+            pos.append(np.arange(n))
+            doc.append(np.full(n, d))
+            branch.append(np.full(n, -1))
+            bstart.append(np.full(n, 0))
+            main_off.append(off)
+            off += n
+            offs = []
+            for b_start, b_ids in zip(row.branch_start, row.branch_ids):
+                m = len(b_ids)
+                ids.append(b_ids)
+                pos.append(b_start + np.arange(m))
+                doc.append(np.full(m, d))
+                branch.append(np.full(m, nb))
+                bstart.append(np.full(m, b_start))
+                offs.append(off)
+                off += m
+                nb += 1
+            branch_off.append(np.asarray(offs, np.int64))
+        # Padding up to the bucket: documents of at most one attention tile each,
+        # so they cost little attention and nothing real ever attends to them.
+        pad = -off % pad_multiple
+        d = len(group)
+        while pad > 0:
+            m = min(pad, attn.BLOCK)
+            ids.append(np.full(m, self._pad_id))
+            pos.append(np.arange(m))
+            doc.append(np.full(m, d))
+            branch.append(np.full(m, -1))
+            bstart.append(np.full(m, 0))
+            d += 1
+            pad -= m
+        cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731
+        return (
+            cat(ids),
+            cat(pos),
+            cat(doc),
+            cat(branch),
+            cat(bstart),
+            np.asarray(main_off, np.int64),
+            branch_off,
+            nb,
+        )
+
+    def _mask(self, pos, doc, branch, bstart, device):
+        """The packed attention mask: a FlexAttention BlockMask, or dense bool [1, 1, N, N]."""
+        if self.attention == "flex":
+            return attn.document_block_mask(pos, doc, branch, bstart, device)
+        return attn.dense_mask(pos, doc, branch, bstart, device)
+
+    def _decoder_forward(self, ids, pos, mask):
+        out = self.lm.get_decoder()(
+            input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False
+        )
+        return out.last_hidden_state
+
+    def _hidden(self, ids, pos, mask, *, compiled: bool = True):
+        """Decoder hidden states [N, H] of one packed sequence."""
+        if not (self.compile and compiled):
+            return self._decoder_forward(ids[None], pos[None], mask)[0]
+        import torch
+
+        if self._decoder_fn is None:
+            # Room for one graph per bucket length (and the dynamic-shape one).
+            limit = max(8, self.token_budget // self.compile_bucket + 4)
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(
+                        torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit)
+                    )
+            self._decoder_fn = torch.compile(self._decoder_forward)
+            self._compiled_shapes: set[int] = set()
+        n = int(ids.shape[0])
+        first = n not in self._compiled_shapes
+        t = time.perf_counter()
+        h = self._decoder_fn(ids[None], pos[None], mask)[0]
+        if first:
+            # The first call of a shape compiles: its time is reported apart from throughput.
+            if h.device.type == "cuda":
+                torch.cuda.synchronize(h.device)
+            self.compile_seconds += time.perf_counter() - t
+            self._compiled_shapes.add(n)
+        return h
+
+    def _logits(self, hidden_rows):
+        """Full-vocabulary logits of the gathered rows, float32 or better."""
+        import torch
+
+        head = self.lm.get_output_embeddings()
+        w = getattr(head, "weight", None)
+        if (
+            hidden_rows.dtype in (torch.bfloat16, torch.float16)
+            and isinstance(head, torch.nn.Linear)
+            and hidden_rows.device.type == "cuda"
+        ):
+            # The matmul in bf16/fp16 on tensor cores, accumulated AND written in float32:
+            # rounding logits to bf16 would cost up to ~0.06 nats per token.
+            try:
+                out = torch.mm(hidden_rows, w.t(), out_dtype=torch.float32)
+            except (TypeError, RuntimeError):
+                out = None
+            if out is not None:
+                return out + head.bias.float() if head.bias is not None else out
+        out = head(hidden_rows)
+        return out if out.dtype in (torch.float32, torch.float64) else out.float()
+
+    def _forward(
+        self, group: list[_Row], prepared: list[_Prepared], *, compiled: bool = True
+    ) -> None:
+        import torch
+
+        dev = torch.device(self.device)
+        pad_multiple = self.pad_multiple if (self.packing == "packed" or self.compile) else 1
+        ids, pos, doc, branch, bstart, main_off, branch_off, nb = self._layout(group, pad_multiple)
+        need_mask = len(group) > 1 or nb > 0 or len(ids) > sum(len(r.ids) for r in group)
+        # Where every query sits in the packed sequence.
+        q_packed, q_token, q_kind, q_row, q_index = [], [], [], [], []
+        for g, row in enumerate(group):
+            t = row.targets
+            q_packed.append(main_off[g] + (t - 1 - row.lo))
+            q_token.append(row.ids[t - row.lo])
+            q_kind.append(np.zeros(len(t), np.int8))
+            q_row.append(np.full(len(t), g))
+            q_index.append(t)
+            if len(row.oq_pos):
+                at = main_off[g] + row.oq_pos
+                if len(branch_off[g]):
+                    at = np.where(
+                        row.oq_branch < 0,
+                        at,
+                        branch_off[g][np.maximum(row.oq_branch, 0)] + row.oq_pos,
+                    )
+                q_packed.append(at)
+                q_token.append(row.oq_token)
+                q_kind.append(np.ones(len(at), np.int8))
+                q_row.append(np.full(len(at), g))
+                q_index.append(row.oq_ref)
+        q_packed = np.concatenate(q_packed).astype(np.int64)
+        q_token = np.concatenate(q_token).astype(np.int64)
+        q_kind = np.concatenate(q_kind)
+        q_row = np.concatenate(q_row)
+        q_index = np.concatenate(q_index).astype(np.int64)
+
+        with torch.inference_mode():
+            ids_t = torch.as_tensor(ids, device=dev)
+            pos_t = torch.as_tensor(pos, device=dev)
+            mask = self._mask(pos, doc, branch, bstart, dev) if need_mask else None
+            hidden = self._hidden(ids_t, pos_t, mask, compiled=compiled)
+            uniq, inverse = np.unique(q_packed, return_inverse=True)
+            work = torch.float64 if self.dtype == "float64" else torch.float32
+            order = np.argsort(inverse, kind="stable")
+            chunk_starts = list(range(0, len(uniq), self.max_logit_rows)) + [len(uniq)]
+            bounds = np.searchsorted(inverse[order], chunk_starts)
+            # Results stay on the device until the end: one copy to the host per forward.
+            ent_c, arg_c, fin_c, lp_c = [], [], [], []
+            for c, u0 in enumerate(range(0, len(uniq), self.max_logit_rows)):
+                u1 = min(u0 + self.max_logit_rows, len(uniq))
+                rows_t = torch.as_tensor(uniq[u0:u1], device=dev)
+                logits = self._logits(hidden.index_select(0, rows_t)).to(work)
+                fin_c.append(torch.isfinite(logits).all(-1))
+                logsm = torch.log_softmax(logits, -1)
+                ent_c.append(-(logsm.exp() * logsm).sum(-1))
+                arg_c.append(logits.argmax(-1))
+                qs = order[bounds[c] : bounds[c + 1]]
+                local = torch.as_tensor(inverse[qs] - u0, device=dev)
+                tok_t = torch.as_tensor(q_token[qs], device=dev)
+                lp_c.append(logsm[local, tok_t])
+                del logits, logsm
+            cat = lambda xs, dt: (
+                torch.cat(xs).to(dt).cpu().numpy()
+                if xs  # noqa: E731
+                else np.zeros(0)
+            )
+            ent_u = cat(ent_c, torch.float64)
+            argmax = cat(arg_c, torch.int64)
+            bad_u = ~cat(fin_c, torch.bool).astype(bool)
+            lp = np.empty(len(q_packed), np.float64)
+            lp[order] = cat(lp_c, torch.float64)
+            top1 = argmax[inverse] == q_token
+        bad_q = bad_u[inverse]
+        if bad_q.any():
+            rids = []
+            for g in np.unique(q_row[bad_q]):
+                prep = prepared[group[g].part]
+                if prep.p is None:  # the start-up probe
+                    continue
+                sel = bad_q & (q_row == g)
+                main_t = q_index[sel & (q_kind == 0)]
+                resp = np.searchsorted(prep.tok.ends, main_t, side="right")
+                opt_groups = prep.opt_query_group[q_index[sel & (q_kind == 1)]]
+                resp = np.concatenate([resp, prep.opt_resp[opt_groups]])
+                rids.extend(prep.p.response_ids[int(i)] for i in np.unique(resp))
+            raise NonFiniteLogits(rids)
+        ent_q = ent_u[inverse]
+        for g, row in enumerate(group):
+            prep = prepared[row.part]
+            sel = q_row == g
+            m = sel & (q_kind == 0)
+            t = q_index[m]
+            prep.lp[t] = lp[m]
+            prep.top1[t] = top1[m]
+            prep.ent[t] = ent_q[m]
+            o = sel & (q_kind == 1)
+            prep.oq_lp[q_index[o]] = lp[o]
+            prep.rows_done += 1
