@@ -3,7 +3,8 @@
 A *run* is one (model, condition, selection, settings) combination; its
 ``run_id`` keys every score row.  The life of a run:
 
-1. :func:`start_run` finds an unfinished (``running`` or ``failed``) run with
+1. :func:`start_run` finds an unfinished (``running``, ``failed`` or
+   ``incomplete``) run with
    the same key and resumes it, or reports that a ``complete`` one exists
    (re-running is then a no-op unless ``force``), or creates a new one.
 2. :func:`pending_participants` drops the participants whose responses all
@@ -105,7 +106,9 @@ def start_run(
             if status == "complete":
                 return int(rid), True
     for rid, status in matching:
-        if status in ("running", "failed"):
+        # 'incomplete': ingest --replace-changed deleted some of its scores
+        # (warehouse.staleness); resuming scores exactly those participants.
+        if status in ("running", "failed", "incomplete"):
             with transaction(con):
                 con.execute(
                     "UPDATE score_runs SET status = 'running', error = NULL, "

@@ -26,7 +26,7 @@ BUILTIN_SOURCE = "builtin:experiment_domains.csv"
 
 
 def builtin_path() -> Path:
-    return Path(str(resources.files("warehouse") / "data" / "experiment_domains.csv"))
+    return Path(str(resources.files("psystats.warehouse") / "data" / "experiment_domains.csv"))
 
 
 def read_mapping(path: str | Path) -> list[tuple[str, str | None, str | None]]:

@@ -32,8 +32,10 @@ import duckdb
 import pyarrow as pa
 
 from . import domains as domain_map
+from . import staleness
 from .db import WarehouseError, next_id, scalar, transaction
-from .sources import LineError, SourceFile, discover
+from .normalise import as_number
+from .sources import DEFAULT_MAX_LINE_BYTES, LineError, SourceFile, discover_all
 from .transcript import Participant, RecordError, parse_record
 
 # Flush to DuckDB after this many response rows (bounds memory).
@@ -66,7 +68,7 @@ class Rejection:
 class FileResult:
     source: str
     study: str
-    status: str  # complete | skipped-same-content
+    status: str  # complete | skipped-same-content | rejected (the whole file, under skip_bad)
     seconds: float = 0.0
     lines: int = 0
     participants_added: int = 0
@@ -75,6 +77,12 @@ class FileResult:
     responses_added: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     conflicts: list[tuple[str, str, int]] = field(default_factory=list)
+    runs_marked_incomplete: int = 0
+    fits_marked_stale: int = 0
+
+
+class _FileRejected(Exception):
+    """Unwinds the file's transaction when skip_bad drops a whole unreadable file."""
 
 
 class _Batch:
@@ -146,8 +154,8 @@ class _Batch:
         for k, v in p.metadata.items():
             M["participant_key"].append(pkey)
             M["key"].append(k)
-            is_num = isinstance(v, (int, float))  # bool is an int: True -> 1.0
-            M["value_num"].append(float(v) if is_num else None)
+            # Numbers, numeric strings ("1159") and booleans (True -> 1.0).
+            M["value_num"].append(float(v) if isinstance(v, bool) else as_number(v))
             M["value_text"].append(v if isinstance(v, str) else None)
             M["value_json"].append(json.dumps(v, ensure_ascii=False))
 
@@ -253,8 +261,12 @@ def _existing(
     return {(e, p): (k, h, ln) for e, p, k, h, ln in rows}
 
 
-def _delete_participant(con: duckdb.DuckDBPyConnection, pkey: int) -> None:
-    """Remove a participant and everything derived from it (used by replace)."""
+def _delete_participant(con: duckdb.DuckDBPyConnection, pkey: int) -> set[int]:
+    """Remove a participant and everything derived from it (used by replace).
+
+    Returns the score runs that lost scores, to be marked incomplete.
+    """
+    runs = staleness.runs_scoring(con, pkey)
     for table in ("scores", "option_scores", "token_scores"):
         con.execute(
             f"DELETE FROM {table} WHERE response_id IN "
@@ -263,6 +275,7 @@ def _delete_participant(con: duckdb.DuckDBPyConnection, pkey: int) -> None:
         )
     for table in ("responses", "transcripts", "participant_metadata", "participants"):
         con.execute(f"DELETE FROM {table} WHERE participant_key = ?", [pkey])
+    return runs
 
 
 def ingest_file(
@@ -272,10 +285,14 @@ def ingest_file(
     skip_bad: bool = False,
     replace_changed: bool = False,
     force: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> FileResult:
     """Ingest one source file in one transaction (see the module docstring)."""
     t0 = time.perf_counter()
-    sha = src.sha256()
+    try:
+        sha = src.sha256()
+    except OSError as e:
+        return _refuse_file(src, 0, "<file>", f"cannot be read: {e.strerror}", skip_bad, t0)
     started = datetime.now(UTC).replace(tzinfo=None)
     if not force:
         seen = scalar(
@@ -290,6 +307,40 @@ def ingest_file(
             )
 
     result = FileResult(src.label, src.study, "complete")
+    try:
+        _ingest_in_transaction(
+            con, src, sha, started, result, skip_bad, replace_changed, max_line_bytes, t0
+        )
+    except _FileRejected as e:
+        line, fld, msg = e.args
+        return _refuse_file(src, line, fld, msg, skip_bad, t0, lines=result.lines)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _refuse_file(
+    src: SourceFile, line: int, fld: str, msg: str, skip_bad: bool, t0: float, lines: int = 0
+) -> FileResult:
+    """A file that cannot be read at all: an error, or under skip_bad one rejection."""
+    if not skip_bad:
+        raise IngestError(src.label, line, fld, msg)
+    out = FileResult(src.label, src.study, "rejected", seconds=time.perf_counter() - t0)
+    out.lines = lines
+    out.rejected.append(Rejection(src.label, line, fld, f"{msg} (whole file not ingested)"))
+    return out
+
+
+def _ingest_in_transaction(
+    con: duckdb.DuckDBPyConnection,
+    src: SourceFile,
+    sha: str,
+    started: datetime,
+    result: FileResult,
+    skip_bad: bool,
+    replace_changed: bool,
+    max_line_bytes: int,
+    t0: float,
+) -> None:
     with transaction(con):
         ingest_id = scalar(con, "SELECT nextval('ingest_id_seq')")
         existing = _existing(con, src.study)
@@ -298,9 +349,15 @@ def ingest_file(
         seen_here: dict[tuple[str, str], tuple[str, int]] = {}
         experiments: set[str] = set()
         conflict_rows: list[tuple] = []
+        lost_scores: set[int] = set()
         batch = _Batch()
 
-        for line, rec in src.records():
+        # Every line-level failure, whatever its cause (decoding, a reader
+        # error, validation), arrives here as a LineError or RecordError: one
+        # error path, one --skip-bad rule.
+        for line, rec in src.records(max_line_bytes):
+            if isinstance(rec, LineError) and rec.fatal:
+                raise _FileRejected(line, rec.field, rec.message)
             result.lines += 1
             try:
                 if isinstance(rec, LineError):
@@ -330,7 +387,9 @@ def ingest_file(
 
             if key in existing:
                 old_key, old_hash, _ = existing[key]
-                if old_hash == p.content_sha256:
+                # A warehouse written before normalisation holds the hash of
+                # the record as given; that counts as the same content too.
+                if old_hash == p.content_sha256 or old_hash == p.legacy_sha256():
                     result.participants_unchanged += 1
                     continue
                 result.participants_changed += 1
@@ -350,7 +409,7 @@ def ingest_file(
                 result.conflicts.append((p.experiment, p.participant, line))
                 if not replace_changed:
                     continue
-                _delete_participant(con, old_key)
+                lost_scores |= _delete_participant(con, old_key)
 
             batch.add(p, src.study, next_pkey, next_rid, ingest_id, line)
             experiments.add(p.experiment)
@@ -362,6 +421,14 @@ def ingest_file(
                 batch.flush(con)
         batch.flush(con)
 
+        if lost_scores:
+            why = (
+                f"ingest {ingest_id} of {src.label} replaced changed participants it had "
+                "scored (see ingest_conflicts)"
+            )
+            result.runs_marked_incomplete, result.fits_marked_stale = staleness.mark_stale(
+                con, lost_scores, why
+            )
         if conflict_rows:
             con.executemany(
                 "INSERT INTO ingest_conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", conflict_rows
@@ -401,7 +468,6 @@ def ingest_file(
                 _version(),
             ],
         )
-    return result
 
 
 def ingest_paths(
@@ -412,13 +478,29 @@ def ingest_paths(
     skip_bad: bool = False,
     replace_changed: bool = False,
     force: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     on_file: Callable[[FileResult], Any] | None = None,
+    on_warning: Callable[[str], Any] | None = None,
 ) -> list[FileResult]:
-    """Ingest every source under ``paths``; each file is its own transaction."""
-    sources = [s for p in paths for s in discover(p, study)]
+    """Ingest every source under ``paths``; each file is its own transaction.
+
+    Discovery warnings (stray files beside study folders, folders without a
+    data file) go to ``on_warning`` before anything is read.
+    """
+    found = discover_all(list(paths), study)
+    for w in found.warnings:
+        if on_warning:
+            on_warning(w)
     results = []
-    for src in sources:
-        r = ingest_file(con, src, skip_bad=skip_bad, replace_changed=replace_changed, force=force)
+    for src in found.sources:
+        r = ingest_file(
+            con,
+            src,
+            skip_bad=skip_bad,
+            replace_changed=replace_changed,
+            force=force,
+            max_line_bytes=max_line_bytes,
+        )
         results.append(r)
         if on_file:
             on_file(r)

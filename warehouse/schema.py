@@ -266,5 +266,12 @@ SELECT r.response_id, r.study, r.experiment, e.domain, e.domains
 FROM responses r JOIN experiments e USING (experiment);
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2]
+# Issue 11: a fit built on scores that `ingest --replace-changed` deleted is
+# stale (NULL: current).  Runs that lost scores get score_runs.status
+# 'incomplete' (no schema change: status is free text).
+MIGRATION_3 = """
+ALTER TABLE fits ADD COLUMN stale_reason VARCHAR;
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,17 +2,21 @@
 
 This is the one place that knows the ``<<response>>`` convention.  Every
 check raises :class:`RecordError` naming the offending field; the caller adds
-file and line.
+file and line.  Values are normalised by :mod:`warehouse.normalise`, and the
+content hash is taken over the normalised record, so the same participant
+gives the same hash from JSONL, zip or Parquet.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import normalise as norm
+from .normalise import RecordError  # noqa: F401  (part of this module's interface)
 
 # Fields with a fixed meaning; every other key is metadata.
 CORE_FIELDS = ("text", "experiment", "participant")
@@ -20,15 +24,6 @@ RT_FIELD = "RTs"
 NORMALISED_FIELDS = ("age", "gender", "nationality", "education", "diagnosis")
 
 _MARKER = re.compile(r"<<|>>")
-
-
-class RecordError(ValueError):
-    """A record that cannot be ingested; ``field`` names the culprit."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"field '{field}': {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass
@@ -42,6 +37,18 @@ class Participant:
     metadata: dict[str, Any] = field(default_factory=dict)  # every other key
     content_sha256: str = ""
     text_sha256: str = ""
+    raw: dict[str, Any] | None = None  # the record as decoded, for legacy_sha256()
+
+    def legacy_sha256(self) -> str | None:
+        """The hash psystats < 0.2 stored (over the record as given), or None if unhashable.
+
+        Lets a warehouse ingested before normalisation recognise unchanged
+        participants instead of reporting every one as changed.
+        """
+        try:
+            return canonical_hash(self.raw) if self.raw is not None else None
+        except (TypeError, ValueError, RecursionError):
+            return None
 
     @property
     def responses(self) -> list[str]:
@@ -76,40 +83,15 @@ def find_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _as_key(value: Any, name: str) -> str:
-    if value is None or isinstance(value, (dict, list)):
-        raise RecordError(name, f"must be a string or number, got {type(value).__name__}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    s = str(value)
-    if not s.strip():
-        raise RecordError(name, "is empty")
-    return s
-
-
-def _as_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
+def _normalise(name: str, v: Any) -> Any:
+    if name == "age":
+        return None if norm.is_missing(v) else norm.as_number(v)
+    if norm.is_null(v):
         return None
-    if isinstance(value, (int, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, str):
-        try:
-            f = float(value.strip())
-        except ValueError:
-            return None
-        return f if math.isfinite(f) else None
-    return None
-
-
-def _normalise(key: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if key == "age":
-        return _as_float(value)
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    v = norm.value(v, name)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
 
 
 def canonical_hash(record: dict[str, Any]) -> str:
@@ -119,48 +101,47 @@ def canonical_hash(record: dict[str, Any]) -> str:
 
 
 def parse_record(record: Any) -> Participant:
-    """Validate one decoded JSON line and locate its responses."""
+    """Validate and normalise one decoded record and locate its responses."""
     if not isinstance(record, dict):
-        raise RecordError("<line>", f"expected a JSON object, got {type(record).__name__}")
+        raise RecordError("<line>", f"expected a JSON object, got {norm.type_name(record)}")
     for name in CORE_FIELDS:
         if name not in record:
             raise RecordError(name, "is missing")
     text = record["text"]
     if not isinstance(text, str):
-        raise RecordError("text", f"must be a string, got {type(text).__name__}")
+        raise RecordError("text", f"must be a string, got {norm.type_name(text)}")
+    norm.check_text(text, "text")
     if not text.strip():
         raise RecordError("text", "is an empty transcript")
-    experiment = _as_key(record["experiment"], "experiment")
-    participant = _as_key(record["participant"], "participant")
+    experiment = norm.key(record["experiment"], "experiment")
+    participant = norm.key(record["participant"], "participant")
     spans = find_spans(text)
-
-    rts = record.get(RT_FIELD)
-    if rts is not None:
-        if not isinstance(rts, list):
-            raise RecordError(RT_FIELD, f"must be a list, got {type(rts).__name__}")
-        if len(rts) != len(spans):
-            raise RecordError(
-                RT_FIELD, f"has {len(rts)} values but the text has {len(spans)} responses"
-            )
-        bad = [
-            i
-            for i, v in enumerate(rts)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
-        ]
-        if bad:
-            raise RecordError(RT_FIELD, f"value {bad[0]} is not a number: {rts[bad[0]]!r}")
-        rts = [None if v is None or not math.isfinite(v) else float(v) for v in rts]
+    rts = norm.rts(record.get(RT_FIELD), len(spans))
 
     normalised = {k: _normalise(k, record.get(k)) for k in NORMALISED_FIELDS}
-    metadata = {
-        k: v
-        for k, v in record.items()
-        if k not in CORE_FIELDS and k != RT_FIELD and k not in NORMALISED_FIELDS
-    }
+    # Every other key, normalised; a missing value is "not given", so a key
+    # that is null in one file and absent in another (Parquet) is the same.
+    metadata: dict[str, Any] = {}
+    for k, v in record.items():
+        if k in CORE_FIELDS or k == RT_FIELD or k in NORMALISED_FIELDS:
+            continue
+        if not isinstance(k, str):
+            raise RecordError("<line>", f"has a non-text key of type {norm.type_name(k)}")
+        norm.check_text(k, k)
+        if norm.is_null(v):
+            continue
+        metadata[k] = norm.value(v, k)
     # Keep an unparseable age (e.g. "18-25") as given rather than lose it.
-    if record.get("age") is not None and normalised["age"] is None:
-        metadata["age"] = record["age"]
+    raw_age = record.get("age")
+    if not norm.is_missing(raw_age) and normalised["age"] is None:
+        metadata["age"] = norm.value(raw_age, "age")
 
+    # The hash covers the normalised record: what the warehouse stores.
+    canonical: dict[str, Any] = {"text": text, "experiment": experiment, "participant": participant}
+    if rts is not None:
+        canonical[RT_FIELD] = rts
+    canonical.update({k: v for k, v in normalised.items() if v is not None})
+    canonical.update(metadata)
     return Participant(
         experiment=experiment,
         participant=participant,
@@ -169,6 +150,7 @@ def parse_record(record: Any) -> Participant:
         rts=rts,
         normalised=normalised,
         metadata=metadata,
-        content_sha256=canonical_hash(record),
+        content_sha256=canonical_hash(canonical),
         text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        raw=record,
     )
