@@ -7,6 +7,13 @@ fresh subprocess so its peak RSS is its own), and the ratio second/first.
 
 Targets (issue 2, 2-core machine): first pass < 60 s and < 2 GiB peak RSS;
 second pass < 1/4 of the first.
+
+    python benchmarks/bench_ingest.py --bomb-gib 1
+
+Issue 11: a zip of a few MB holding one line of 1 GiB of spaces; prints the
+time and peak RSS until the line is refused (target < 1 GiB RSS), in a fresh
+subprocess.  The long property-based fuzz runs as the slow tests of
+tests/test_ingest_fuzz.py (``PSYSTATS_FUZZ_EXAMPLES=N`` sets the budget).
 """
 
 from __future__ import annotations
@@ -45,6 +52,52 @@ def one_pass(db: str, data: str) -> dict:
     }
 
 
+def bomb_pass(db: str, path: str) -> dict:
+    """Run in a child process: ingest the bomb, report the outcome, time and peak RSS."""
+    sys.path.insert(0, str(ROOT))
+    from psystats import warehouse
+    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.ingest import ingest_paths
+
+    t0 = time.perf_counter()
+    con = warehouse.connect(db)
+    try:
+        ingest_paths(con, [path])
+        outcome = "accepted"
+    except WarehouseError as e:
+        outcome = str(e)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "outcome": outcome,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_bomb(gib: float) -> None:
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bomb" / "prompts.jsonl.zip"
+        path.parent.mkdir()
+        block = b" " * (16 << 20)
+        line = b'{"text": "a <<b>>", "experiment": "e", "participant": 1}\n'
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            with zf.open("prompts.jsonl", "w", force_zip64=True) as f:
+                f.write(line)
+                for _ in range(int(gib * 64)):
+                    f.write(block)
+                f.write(b"\n" + line)
+        out = subprocess.run(
+            [sys.executable, __file__, "--bomb-child", str(Path(tmp) / "w.duckdb"), str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"bomb: {path.stat().st_size / 2**20:.1f} MiB zip holding a {gib:g} GiB line")
+        print(f"  {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB: {r['outcome']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,10 +106,20 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=3, help="fresh warehouses to time (median reported)"
     )
+    ap.add_argument(
+        "--bomb-gib", type=float, default=None, help="only the decompression-bomb case (GiB line)"
+    )
     ap.add_argument("--child", nargs=2, metavar=("DB", "DATA"), help=argparse.SUPPRESS)
+    ap.add_argument("--bomb-child", nargs=2, metavar=("DB", "ZIP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(one_pass(*args.child)))
+        return
+    if args.bomb_child:
+        print(json.dumps(bomb_pass(*args.bomb_child)))
+        return
+    if args.bomb_gib:
+        run_bomb(args.bomb_gib)
         return
 
     def run(db: str) -> dict:

@@ -460,3 +460,61 @@ def test_psych201_layout_has_no_warnings_beyond_its_mapping(tmp_path, psych201):
         f"{psych201 / 'experiment_domains.csv'}: not a study file beside study folders; "
         "not ingested (a domain mapping? load it with --domains)"
     ]
+
+
+BOMB_CHILD = """
+import json, resource, sys
+from psystats.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def make_bomb(path: Path, gib: float) -> Path:
+    """A zip of a few MB holding one line of ``gib`` GiB of spaces between two good lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = b" " * (16 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("prompts.jsonl", "w", force_zip64=True) as f:
+            f.write(json.dumps(dict(BASE, participant=1)).encode() + b"\n")
+            for _ in range(int(gib * 64)):
+                f.write(block)
+            f.write(b"\n" + json.dumps(dict(BASE, participant=2)).encode() + b"\n")
+    return path
+
+
+@pytest.mark.slow
+def test_one_gib_line_bomb_refused_under_one_gib_rss(tmp_path):
+    import subprocess
+    import sys
+
+    bomb = make_bomb(tmp_path / "bomb" / "prompts.jsonl.zip", 1.0)
+    assert bomb.stat().st_size < 8 << 20
+    db = tmp_path / "w.duckdb"
+    args = ["--db", str(db), "ingest", str(bomb)]
+    out = subprocess.run(
+        [sys.executable, "-c", BOMB_CHILD, *args], capture_output=True, text=True, check=True
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["code"] == 1
+    assert (
+        f"Error: {bomb}:prompts.jsonl:2: field '<line>': longer than the limit of 64 MiB per "
+        "line (raise it with --max-line-mib)" in out.stderr + out.stdout
+    )
+    assert res["peak_mib"] < 1024, res
+    # With --skip-bad the lines around it are kept, still in bounded memory.
+    out = subprocess.run(
+        [sys.executable, "-c", BOMB_CHILD, *args[:3], "--skip-bad", "--rejects",
+         str(tmp_path / "r.jsonl"), str(bomb)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["code"] in (0, None) and res["peak_mib"] < 1024, res
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT participant, line FROM participants ORDER BY 1").fetchall() == [
+        ("1", 1),
+        ("2", 3),
+    ]

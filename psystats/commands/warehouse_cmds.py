@@ -55,11 +55,20 @@ def init(db: str | None) -> None:
 @click.option(
     "--replace-changed",
     is_flag=True,
-    help="Replace participants whose content changed (their old scores are deleted). "
+    help="Replace participants whose content changed (their old scores are deleted; the "
+    "runs that scored them become incomplete and `psystats score` re-scores just them). "
     "Default: keep the old content and report the change.",
 )
 @click.option(
     "--force", is_flag=True, help="Re-read files even if their bytes were ingested before."
+)
+@click.option(
+    "--max-line-mib",
+    type=click.IntRange(1, 1 << 20),
+    default=64,
+    show_default=True,
+    help="Longest line (or Parquet transcript) accepted, in MiB; checked while reading, "
+    "so a longer line is refused without being held in memory.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final totals.")
 @friendly_errors
@@ -72,6 +81,7 @@ def ingest(
     rejects: str,
     replace_changed: bool,
     force: bool,
+    max_line_mib: int,
     quiet: bool,
 ) -> None:
     """Ingest Psych-101/201 studies into the warehouse.
@@ -82,12 +92,17 @@ def ingest(
 
     Each file is one transaction: a bad line stops the command with its file,
     line and field, and that file leaves no trace (earlier files stay).
-    Ingesting the same content again adds nothing.
+    Ingesting the same content again adds nothing.  Numbers may be JSON
+    numbers or numeric strings; null, "", "NA", "nan", "None" are missing
+    (docs/warehouse.md, "Normalisation").  Files beside study folders that
+    are not studies are reported as warnings.
 
     \b
     Examples:
       psystats ingest ../shared/data/psych201
       psystats ingest --domains experiment_domains.csv my_study/prompts.jsonl
+      psystats ingest --skip-bad --rejects rejects.jsonl messy_study/
+      psystats ingest --replace-changed --force my_study/prompts.jsonl
     """
     if not paths and not domains_file:
         raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
@@ -107,6 +122,9 @@ def ingest(
         if r.status == "skipped-same-content":
             click.echo(f"{r.study}: unchanged since last ingest ({r.source})", err=True)
             return
+        if r.status == "rejected":
+            click.echo(f"{r.study}: whole file rejected: {r.rejected[0].message}", err=True)
+            return
         extra = []
         if r.participants_unchanged:
             extra.append(f"{r.participants_unchanged} already present")
@@ -117,6 +135,11 @@ def ingest(
             )
         if r.rejected:
             extra.append(f"{len(r.rejected)} rejected")
+        if r.runs_marked_incomplete or r.fits_marked_stale:
+            extra.append(
+                f"{r.runs_marked_incomplete} score runs now incomplete, "
+                f"{r.fits_marked_stale} fits stale: see `psystats summary`"
+            )
         click.echo(
             f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
             f"responses in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
@@ -130,7 +153,9 @@ def ingest(
         skip_bad=skip_bad,
         replace_changed=replace_changed,
         force=force,
+        max_line_bytes=max_line_mib << 20,
         on_file=report,
+        on_warning=lambda w: click.echo(f"warning: {w}", err=True),
     )
     rejected = [rej for r in results for rej in r.rejected]
     if rejected:
@@ -153,9 +178,15 @@ def ingest(
 @friendly_errors
 def summary(db: str | None, fmt: str) -> None:
     """Per study: experiments, participants, responses, domains and scored runs."""
+    from psystats.warehouse.staleness import stale_notes
+
     con = open_db(db, read_only=True)
     cols, rows = summary_rows(con)
     print_rows(cols, rows, fmt)
+    # Runs and fits invalidated by `ingest --replace-changed` (stderr: the
+    # table on stdout stays machine-readable).
+    for note in stale_notes(con):
+        click.echo(f"warning: {note}", err=True)
 
 
 @click.command()
