@@ -1,27 +1,10 @@
-"""`psystats score`: per-response log-probabilities from a language model."""
+"""`psystats score`: options in, one line out; the work is `psystats.scoring.runner.score`."""
 
 from __future__ import annotations
 
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-
 import click
 
-from .common import db_option, friendly_errors, open_db
-
-
-def _chunks(participants, chars: int):
-    """Consecutive groups of about ``chars`` transcript characters: one committed batch each."""
-    group, size = [], 0
-    for p in participants:
-        group.append(p)
-        size += len(p.text)
-        if size >= chars:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
+from .common import db_option, db_path, friendly_errors
 
 
 @click.command()
@@ -266,245 +249,59 @@ def score(
       psystats score --model my-llama --options "exp1=yes|no" --token-level
       psystats score --model my-llama --shard $SLURM_ARRAY_TASK_ID/16 --out shards/
     """
-    from psystats.scoring import options as option_sets
-    from psystats.scoring.engine import NonFiniteLogits, Scorer
-    from psystats.scoring.inputs import load_inputs
-    from psystats.scoring.registry import resolve_model
-    from psystats.scoring.runs import finish_run, pending_participants, start_run
-    from psystats.warehouse.db import WarehouseError
+
+    from psystats.scoring.runner import score as run_scoring
 
     if cpu_threads:
         import torch
 
         torch.set_num_threads(cpu_threads)
-    # [distributed] A --shard task only reads the warehouse: read-only
-    # connections let every task of a job array open the file at once.
-    con = open_db(db, read_only=bool(shard))
     if shard:
-        from psystats.scoring.shards import resolve_model_read_only
+        engine = "shard"
 
-        model = resolve_model_read_only(con, model_name)
-    else:
-        model = resolve_model(con, model_name, trust_remote_code=trust_remote_code)
-    # [/distributed]
-    selection = {"studies": sorted(studies) or None, "experiments": sorted(experiments) or None}
-    inputs = load_inputs(con, studies=studies or None, experiments=experiments or None)
-    if not inputs:
-        raise WarehouseError(
-            "no participants match the selection "
-            f"(studies={list(studies) or 'all'}, experiments={list(experiments) or 'all'})"
-        )
-    declared = option_sets.parse_declarations(option_decls, options_file)
-    exps = sorted({p.experiment for p in inputs})
-    if shard:
-        # A shard task does not write the warehouse: use stored + declared (+ detected) sets.
-        sets = option_sets.stored(con, exps)
-        if not no_detect_options:
-            for e, o in option_sets.detect(con, [e for e in exps if e not in sets]).items():
-                sets[e] = o
-        sets.update({e: o for e, o in declared.items() if e in exps})
-    else:
-        sets = option_sets.ensure(con, exps, declared, detect_sets=not no_detect_options)
-    scorer_kwargs = dict(
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    outcome = run_scoring(
+        db_path(db),
+        model_name,
         condition=condition,
-        device=device,
-        dtype=dtype,
-        token_budget=token_budget,
-        max_context=max_context,
-        context_policy=context_policy,
-        stride=stride,
-        tokenization=tokenization,
-        token_level=token_level,
-        option_sets=sets,
-        packing=packing,
-        system_prompt=system_prompt,
-        attention=attention,
-        compile=compile_model,
-        compile_bucket=compile_bucket,
-        trust_remote_code=trust_remote_code or None,
-    )
-
-    if engine == "ray":
-        import functools
-
-        # [distributed]
-        from psystats.scoring.distributed import print_progress, run_ray
-
-        factory = functools.partial(Scorer, model, **scorer_kwargs)
-        r = run_ray(
-            con,
-            model,
-            factory,
-            condition=condition,
-            selection=selection,
-            inputs=inputs,
-            out_dir=out_dir,
+        studies=studies,
+        experiments=experiments,
+        engine=engine,
+        scorer_options=dict(
+            device=device,
+            dtype=dtype,
+            token_budget=token_budget,
+            max_context=max_context,
+            context_policy=context_policy,
+            stride=stride,
+            tokenization=tokenization,
+            token_level=token_level,
+            packing=packing,
+            system_prompt=system_prompt,
+            attention=attention,
+            compile=compile_model,
+            compile_bucket=compile_bucket,
+        ),
+        option_decls=option_decls,
+        options_file=options_file,
+        detect_options=not no_detect_options,
+        trust_remote_code=trust_remote_code,
+        force=force,
+        commit_chars=commit_chars,
+        shard=shard,
+        out_dir=out_dir,
+        unit_tokens=unit_tokens,
+        ray_options=dict(
             address=address,
+            num_workers=num_workers,
             num_gpus_per_worker=num_gpus_per_worker,
             num_cpus_per_worker=cpu_threads or 1,
-            num_workers=num_workers,
-            unit_tokens=unit_tokens,
-            force=force,
-            progress=None if quiet else print_progress,
-        )
-        if r.already_complete:
-            click.echo(f"run {r.run_id} is already complete; nothing to do (--force scores again)")
-        else:
-            click.echo(
-                f"run {r.run_id}: complete; {r.participants} participants in {r.units} "
-                f"units ({r.resumed_units} merged from earlier shards, {r.retries} "
-                f"re-dispatched) in {r.seconds:.0f}s; shards in {r.run_dir}"
-            )
-        return
-        # [/distributed]
-
-    t_load = time.perf_counter()
-    scorer = Scorer(model, **scorer_kwargs)
-    if not quiet:
-        click.echo(
-            f"loaded {model['name']} in {time.perf_counter() - t_load:.1f}s "
-            f"({dtype}, {device}, packing {scorer.packing}, attention {scorer.attention}"
-            f"{', compiled' if scorer.compile else ''})",
-            err=True,
-        )
-
-    if shard:
-        from psystats.scoring.shards import DEFAULT_UNIT_TOKENS, parse_shard_spec, run_shard
-
-        # [distributed]
-        def shard_progress(done: int, total: int, tokens: int) -> None:
-            if not quiet:
-                click.echo(f"shard {shard}: unit {done}/{total}, {tokens:,} tokens", err=True)
-
-        res = run_shard(
-            scorer,
-            model,
-            condition=condition,
-            selection=selection,
-            inputs=inputs,
-            shard=parse_shard_spec(shard),
-            out_dir=out_dir,
-            unit_tokens=unit_tokens or DEFAULT_UNIT_TOKENS,
-            progress=shard_progress,
-        )
-        # [/distributed]
-        click.echo(
-            f"shard {shard}: {res.participants} participants, {res.units} units written, "
-            f"{res.units_skipped} already there -> {res.run_dir}"
-        )
-        return
-
-    run_id, complete = start_run(
-        con, model, condition, selection, scorer.settings, scorer.fingerprints, force=force
+            quiet=quiet,
+        ),
+        say=say,
+        progress_bar=not quiet,
     )
-    if complete:
-        click.echo(
-            f"run {run_id} ({model['name']}, {condition}) is already complete; "
-            "nothing to do (--force scores again)"
-        )
-        return
-    pending = pending_participants(con, run_id, inputs)
-    if len(pending) < len(inputs) and not quiet:
-        click.echo(
-            f"resuming run {run_id}: {len(inputs) - len(pending)} of {len(inputs)} "
-            "participants already scored",
-            err=True,
-        )
-    _score_local(con, scorer, run_id, pending, commit_chars, quiet, finish_run, NonFiniteLogits)
-    n = con.execute(
-        "SELECT n_participants, n_responses, n_skipped, counts FROM score_runs WHERE run_id = ?",
-        [run_id],
-    ).fetchall()[0]
-    click.echo(
-        f"run {run_id}: complete; {n[0]} participants, {n[1]} responses scored, "
-        f"{n[2]} participants skipped; counts {n[3]}"
-    )
-
-
-def _score_local(
-    con, scorer, run_id: int, pending, commit_chars: int, quiet: bool, finish_run, NonFiniteLogits
-) -> None:
-    """Score ``pending`` batch by batch, committing each.
-
-    Off the model's critical path: tokenisation of batch i+1 runs in one thread
-    while batch i is on the model, and the commit of batch i runs in another
-    (on its own DuckDB cursor) while batch i+1 is scored; at most one commit is
-    in flight, so an interruption loses at most the batch being committed and
-    the one being scored (both are redone on resume).
-    """
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from psystats.scoring.runs import write_batch
-
-    skips: dict[str, int] = {}
-    chunks = list(_chunks(pending, commit_chars))
-    total_chars = sum(len(p.text) for p in pending)
-    interactive = sys.stderr.isatty() and not quiet
-    progress = Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not interactive,
-        transient=False,
-    )
-    t0 = time.perf_counter()
-    tokens = 0
-    writer_con = con.cursor()  # DuckDB: one connection object per thread
-    try:
-        with (
-            progress,
-            ThreadPoolExecutor(max_workers=1) as pool,
-            ThreadPoolExecutor(max_workers=1) as writer,
-        ):
-            task = progress.add_task("score", total=total_chars or 1, tps="-")
-            pending_write = None
-
-            def report(i, chunk, batch, added):
-                nonlocal tokens
-                tokens += batch.n_tokens
-                rate = tokens / max(time.perf_counter() - t0, 1e-9)
-                progress.update(task, advance=sum(len(p.text) for p in chunk), tps=f"{rate:,.0f}")
-                if not interactive and not quiet:
-                    click.echo(
-                        f"committed batch {i + 1}/{len(chunks)}: {added} responses, "
-                        f"{batch.n_tokens} tokens, {rate:,.0f} tok/s",
-                        err=True,
-                    )
-
-            future = pool.submit(scorer.prepare, chunks[0]) if chunks else None
-            for i, chunk in enumerate(chunks):
-                prepared, counts = future.result()
-                future = pool.submit(scorer.prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
-                for k, v in counts.items():
-                    if k.startswith("skipped:"):
-                        skips[k] = skips.get(k, 0) + v
-                batch = scorer.score_prepared(prepared, counts)
-                if pending_write is not None:
-                    report(*pending_write[1:], pending_write[0].result())
-                pending_write = (
-                    writer.submit(write_batch, writer_con, run_id, batch),
-                    i,
-                    chunk,
-                    batch,
-                )
-            if pending_write is not None:
-                report(*pending_write[1:], pending_write[0].result())
-    except NonFiniteLogits as e:
-        finish_run(con, run_id, skips, status="failed", error=str(e))
-        raise
-    except Exception as e:
-        finish_run(con, run_id, skips, status="failed", error=f"{type(e).__name__}: {e}"[:2000])
-        raise
-    finally:
-        writer_con.close()  # the writer thread has finished: the executor waited for it
-    finish_run(con, run_id, skips, status="complete")
+    click.echo(outcome.message)
