@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 import duckdb
@@ -114,7 +116,7 @@ def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_pa
     warnings = [x for x in r.output.splitlines() if x.startswith("warning:")]
     assert warnings == [
         f"warning: score run {run_id} (m, plain) is incomplete: participants it scored were "
-        "replaced; run `psystats score m --condition plain --study toy` to re-score them",
+        "replaced; run `psystats score --model m --condition plain --study toy` to re-score them",
         f"warning: fit 1 (persona) is stale: built on score run(s) {run_id}: ingest 2 of {src} "
         "replaced changed participants it had scored (see ingest_conflicts); fit it again",
     ]
@@ -162,12 +164,17 @@ def test_replace_marks_runs_incomplete_fits_stale_and_rescore_equals_fresh(tiny_
 
     r = cli(db, "summary")
     assert r.exit_code == 0
-    assert f"warning: score run {run_id} (" in r.output and "--study toy` to re-score" in r.output
+    [hint] = re.findall(
+        rf"warning: score run {run_id} \(.*?\) is incomplete: .*?run `(.*?)`", r.output
+    )
     assert "warning: fit 1 (effects) is stale: built on score run(s)" in r.output
     assert "warning: fit 3" not in r.output
 
-    # Re-scoring resumes the same run and scores exactly the replaced participant.
-    r = cli(db, "score", "--model", model, "--study", "toy")
+    # The hint is a valid command: running it resumes the same run and scores
+    # exactly the replaced participant.
+    program, *args = shlex.split(hint)
+    assert program == "psystats" and args[:2] == ["score", "--model"]
+    r = cli(db, *args)
     assert r.exit_code == 0, r.output
     assert f"resuming run {run_id}: 2 of 3 participants already scored" in r.output
     con = duckdb.connect(str(db), read_only=True)

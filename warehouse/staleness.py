@@ -100,7 +100,7 @@ def mark_stale(con: duckdb.DuckDBPyConnection, runs: Iterable[int], why: str) ->
 
 def rescore_command(model: str, condition: str, selection: str | None) -> str:
     """The ``psystats score`` command that resumes a run (same model, condition, selection)."""
-    parts = ["psystats", "score", model, "--condition", condition]
+    parts = ["psystats", "score", "--model", model, "--condition", condition]
     try:
         sel = json.loads(selection) if selection else {}
     except ValueError:
