@@ -15,7 +15,14 @@ Guarantees
   content adds nothing; changed content is reported in ``ingest_conflicts``
   and kept as it was unless ``replace_changed`` is set.
 * **Streaming.**  Lines are read one at a time and flushed in batches, so
-  memory is bounded by the batch size, not the file size.
+  memory is bounded by the batch size and the per-line limit
+  (``max_line_bytes``), not the file size.
+* **One error path.**  Whatever fails on a line (decoding, the reader,
+  validation) arrives as a ``LineError``/``RecordError`` and becomes one
+  ``FILE:LINE: field`` message, or under ``skip_bad`` one rejection.  A file
+  that cannot be read at all is refused whole (one rejection under skip_bad).
+* **Honest scores.**  Replacing a participant marks the runs that scored it
+  incomplete and the fits built on them stale (``warehouse.staleness``).
 """
 
 from __future__ import annotations

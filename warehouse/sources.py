@@ -105,7 +105,15 @@ def _zip_records(path: Path, member: str, max_line_bytes: int) -> Iterator[Recor
     try:
         zf = zipfile.ZipFile(path)
         f = zf.open(member)
-    except (zipfile.BadZipFile, zlib.error, OSError, KeyError, NotImplementedError) as e:
+    # RuntimeError: an encrypted member; NotImplementedError: an unknown compression.
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        OSError,
+        KeyError,
+        NotImplementedError,
+        RuntimeError,
+    ) as e:
         yield FILE_LINE, LineError("<file>", f"not a readable zip file ({e})", fatal=True)
         return
     with zf, f:
