@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.session import Target, session
 
 from . import shards
 
 if TYPE_CHECKING:
-    import duckdb
-
     from psystats.scoring.engine import ScoreBatch, Scorer
     from psystats.scoring.inputs import ParticipantInput
 
@@ -210,7 +209,7 @@ def _merge_leftovers(con, run_id: int, rdir: Path) -> tuple[int, int]:
 
 
 def run_ray(
-    con: duckdb.DuckDBPyConnection,
+    db: Target,
     model: Mapping[str, Any],
     scorer_factory: Callable[[], Scorer],
     *,
@@ -230,6 +229,10 @@ def run_ray(
     ray_init_kwargs: Mapping[str, Any] | None = None,
 ) -> RayRunResult:
     """Score ``inputs`` with ``model`` on a Ray cluster and merge the results into the warehouse.
+
+    ``db`` is the warehouse path, opened only for the moments the driver
+    writes (start the run, merge a finished unit, close the run), so readers
+    get the file while the cluster computes; or an open connection, used as is.
 
     ``scorer_factory`` builds the very Scorer single-machine scoring uses;
     it is called inside each actor.  ``address``: ``None`` starts a local Ray
@@ -277,17 +280,25 @@ def run_ray(
 
         key = shards.run_key(model, condition, selection, settings, fingerprints)
         rdir = shards.run_dir(out_dir, key, settings)
-        run_id, complete = start_run(
-            con, dict(model), condition, dict(selection or {}), settings, fingerprints, force=force
-        )
+        with session(db) as con:
+            run_id, complete = start_run(
+                con,
+                dict(model),
+                condition,
+                dict(selection or {}),
+                settings,
+                fingerprints,
+                force=force,
+            )
         result = RayRunResult(run_id=run_id, already_complete=complete, run_dir=str(rdir))
         if complete and not force:
             return result
         if force:
             _discard_units(rdir)
 
-        result.resumed_units, result.rows_added = _merge_leftovers(con, run_id, rdir)
-        pending = pending_participants(con, run_id, list(inputs))
+        with session(db) as con:
+            result.resumed_units, result.rows_added = _merge_leftovers(con, run_id, rdir)
+            pending = pending_participants(con, run_id, list(inputs))
         by_key = {p.participant_key: p for p in pending}
         token_counts = _count_tokens(actors, pending)
         total_tokens = sum(token_counts.values())
@@ -343,7 +354,8 @@ def run_ray(
                 participants = [by_key[k] for k in unit.participant_keys]
                 mpath = shards.manifest_path(rdir, unit.unit_id)
                 shards.write_shard(rdir, key, unit, batch, participants, seconds=out["seconds"])
-                _, added, _ = shards.merge_unit(con, run_id, mpath)
+                with session(db) as con:  # the file is open only while a unit is merged
+                    _, added, _ = shards.merge_unit(con, run_id, mpath)
                 unit_counts.append(batch.counts or {})
                 state.units_done += 1
                 state.tokens_done += unit.n_tokens
@@ -355,11 +367,13 @@ def run_ray(
         except BaseException as e:
             # Units still in flight die with their actors (killed below).
             if not isinstance(e, KeyboardInterrupt):
-                _fail_run(con, run_id, shards.sum_counts(unit_counts), e)
+                with session(db) as con:
+                    _fail_run(con, run_id, shards.sum_counts(unit_counts), e)
             raise
 
         result.counts = shards.sum_counts(unit_counts)
-        finish_run(con, run_id, result.counts, status="complete")
+        with session(db) as con:
+            finish_run(con, run_id, result.counts, status="complete")
         result.units = len(units)
         result.participants = len(pending)
         result.rows_added += state.rows_added

@@ -428,20 +428,20 @@ def _score_ray(
     opts = dict(ray_options or {})
     quiet = opts.pop("quiet", False)
     factory = functools.partial(Scorer, plan.model, **scorer_kwargs)
-    with session(db) as con:
-        r = run_ray(
-            con,
-            plan.model,
-            factory,
-            condition=condition,
-            selection=plan.selection,
-            inputs=plan.inputs,
-            out_dir=out_dir,
-            unit_tokens=unit_tokens,
-            force=force,
-            progress=None if quiet else print_progress,
-            **opts,
-        )
+    # run_ray opens the warehouse only to start the run, merge each unit and close it.
+    r = run_ray(
+        db,
+        plan.model,
+        factory,
+        condition=condition,
+        selection=plan.selection,
+        inputs=plan.inputs,
+        out_dir=out_dir,
+        unit_tokens=unit_tokens,
+        force=force,
+        progress=None if quiet else print_progress,
+        **opts,
+    )
     out = ScoreOutcome(
         engine="ray",
         model=plan.model["name"],

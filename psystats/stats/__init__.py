@@ -9,3 +9,10 @@
 
 Submodules are imported on use (PyMC takes seconds to import).
 """
+
+import warnings as _warnings
+
+# PyTensor warns on import, once per process, when pip-installed and unable to
+# link a system BLAS.  psystats samples with nutpie, whose numba backend does
+# its own linear algebra, so the warning only alarms users: silence that one.
+_warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS installation")
