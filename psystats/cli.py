@@ -72,9 +72,17 @@ class LazyGroup(click.Group):
     default=None,
     help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].",
 )
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="How long to wait for a warehouse another process holds "
+    "[env PSYSTATS_LOCK_TIMEOUT; default 30; 0 = do not wait].",
+)
 @click.version_option(package_name="psystats")
 @click.pass_context
-def main(ctx: click.Context, db: str | None) -> None:
+def main(ctx: click.Context, db: str | None, lock_timeout: float | None) -> None:
     """psystats: how well language models predict people in psychology experiments.
 
     Data flow: ingest studies -> register models -> score responses -> fit
@@ -83,6 +91,7 @@ def main(ctx: click.Context, db: str | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["db"] = db or default_path()
+    ctx.obj["lock_timeout"] = lock_timeout
 
 
 if __name__ == "__main__":  # pragma: no cover

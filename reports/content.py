@@ -202,7 +202,7 @@ def _section_data(con) -> Section:
         )
     )
     st = q.studies_table(con)
-    pct = lambda v: f"{v:.0f}%"  # noqa: E731
+    pct = lambda v: f"{v:.0f}%" if fmt(v) else ""  # noqa: E731 (NULL/NaN: blank)
     s.add(
         *table_from(
             st,
@@ -261,7 +261,8 @@ def _section_data(con) -> Section:
             )
         )
     else:
-        sha = lambda v: (v or "")[:12]  # noqa: E731
+        # Imported runs have no weights hash: NULL arrives as None or NaN.
+        sha = lambda v: v[:12] if isinstance(v, str) else ""  # noqa: E731
         s.add(
             *table_from(
                 runs,

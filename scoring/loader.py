@@ -5,9 +5,11 @@ Safety rules:
 * Weights load only from safetensors or GGUF files (``use_safetensors=True``;
   a folder holding only ``.bin``/``.pt``/``.pth`` pickles is refused: loading
   a pickle can run arbitrary code).
-* Code from a model repository runs only when the model was registered with
-  ``trust_remote_code`` (``psystats models add ... --trust-remote-code``) or
-  ``--trust-remote-code`` is given to ``psystats score``.
+* Code from a model repository runs only when the person running psystats
+  says so now: ``--trust-remote-code`` on ``psystats score`` or
+  ``PSYSTATS_TRUST_REMOTE_CODE=1`` in the environment.  The ``trust_remote_code``
+  flag stored in a warehouse is a note, never a permission: whoever is handed
+  a warehouse does not inherit that decision (a stored flag alone is refused).
 
 A model's ``source`` is a Hugging Face hub id, a local folder, or a local
 ``.gguf`` file; ``gguf_file`` names the file inside the folder/repo when the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,31 @@ def _check_local(folder: str, gguf: str | None, name: str) -> None:
         raise ModelLoadError(f"model {name!r}: no *.safetensors weights in {folder}")
 
 
+TRUST_ENV = "PSYSTATS_TRUST_REMOTE_CODE"
+
+
+def remote_code_allowed(model: dict, trust_remote_code: bool | None) -> bool:
+    """Whether this run may execute the model repository's Python code.
+
+    Only the caller's ``trust_remote_code`` (the command line) or
+    ``$PSYSTATS_TRUST_REMOTE_CODE`` allow it.  A model whose stored flag asks
+    for it, without either, is refused with the way to allow it.
+    """
+    if trust_remote_code:
+        return True
+    if os.environ.get(TRUST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if model.get("trust_remote_code") and trust_remote_code is None:
+        name = model.get("name")
+        raise ModelLoadError(
+            f"model {name!r} is marked trust_remote_code in this warehouse, but psystats "
+            "runs a model repository's own Python code only when you say so now: "
+            f"`psystats score --model {name} --trust-remote-code` (or set {TRUST_ENV}=1) "
+            "if you trust that code"
+        )
+    return False
+
+
 def _torch_dtype(dtype: str):
     import torch
 
@@ -95,7 +123,7 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
     from transformers import AutoTokenizer
 
     name = model.get("name")
-    trust = bool(model.get("trust_remote_code")) if trust_remote_code is None else trust_remote_code
+    trust = remote_code_allowed(model, trust_remote_code)
     tok_source = model.get("tokenizer_source")
     folder, gguf = locate(model)
     kwargs: dict[str, Any] = {"trust_remote_code": trust}
@@ -108,6 +136,10 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
         )
     elif _looks_like_path(folder):
         _check_local(folder, gguf, name)
+    if not _looks_like_path(folder):
+        from .registry import require_hub_files
+
+        require_hub_files(model, folder, gguf)  # offline: one line now, not a minute of retries
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
@@ -129,7 +161,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     name = model.get("name")
-    trust = bool(model.get("trust_remote_code")) if trust_remote_code is None else trust_remote_code
+    trust = remote_code_allowed(model, trust_remote_code)
     folder, gguf = locate(model)
     if _looks_like_path(folder):
         _check_local(folder, gguf, name)
@@ -150,8 +182,8 @@ def load_model(
         msg = str(e)
         if "trust_remote_code" in msg:
             msg = (
-                "the model needs code from its repository; register it with "
-                "--trust-remote-code if you trust that code"
+                "the model needs code from its repository; add --trust-remote-code to "
+                f"`psystats score` (or set {TRUST_ENV}=1) if you trust that code"
             )
         raise ModelLoadError(f"model {name!r}: cannot load weights from {folder}: {msg}") from None
     lm.eval()

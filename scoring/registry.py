@@ -98,14 +98,17 @@ def get_model(con: duckdb.DuckDBPyConnection, name: str) -> dict:
     """The ``models`` row called ``name`` (``inferred`` parsed), or a WarehouseError saying how to add it."""
     row = _row(con, "name = ?", [name])
     if row is None:
-        hint = ""
-        close = con.execute(
-            "SELECT name FROM models WHERE lower(name) LIKE ? ORDER BY name LIMIT 5",
-            [f"%{name.lower().rsplit('/', 1)[-1]}%"],
-        ).fetchall()
-        if close:
-            hint = f" (registered: {', '.join(n for (n,) in close)})"
-        raise WarehouseError(f"model {name!r} is not registered{hint}: psystats models add {name}")
+        from psystats.warehouse.queries import did_you_mean
+
+        known = [n for (n,) in con.execute("SELECT name FROM models").fetchall()]
+        hint = did_you_mean(name, known)
+        if hint:
+            raise WarehouseError(f"model {name!r} is not registered{hint}")
+        raise WarehouseError(
+            f"model {name!r} is not registered: `psystats models add SOURCE --name {name}` "
+            "registers it (SOURCE: a hub id, model folder or .gguf file); "
+            "`psystats models list` shows what is"
+        )
     return row
 
 
@@ -243,6 +246,59 @@ def _hub_offline() -> bool:
         return bool(constants.HF_HUB_OFFLINE)
     except ImportError:
         return True
+
+
+def hub_files_cached(repo: str, revision: str | None, gguf_file: str | None) -> bool:
+    """Whether the config and weights of a hub id are in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    if not gguf_file and not isinstance(
+        try_to_load_from_cache(repo, "config.json", revision=revision), str
+    ):
+        return False
+    names = [gguf_file] if gguf_file else ["model.safetensors.index.json", "model.safetensors"]
+    return any(isinstance(try_to_load_from_cache(repo, n, revision=revision), str) for n in names)
+
+
+def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """(whether the hub's host answers a TCP connection within ``timeout`` s, why not)."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return False, f"{host}: {e.strerror or e}"
+    return True, ""
+
+
+def require_hub_files(model: dict, repo: str, gguf_file: str | None = None) -> None:
+    """Fail at once, in one line, when a hub id's files are neither cached nor reachable.
+
+    Without this, transformers retries an unreachable hub for about a minute
+    before saying the same thing.
+    """
+    if hub_files_cached(repo, model.get("revision"), gguf_file):
+        return
+    name = model.get("name")
+    if _hub_offline():
+        why = "the hub is switched off (HF_HUB_OFFLINE)"
+    else:
+        ok, why = hub_reachable()
+        if ok:
+            return  # the hub answers: transformers downloads (or says the id is wrong)
+        why = f"the hub cannot be reached ({why})"
+    raise WarehouseError(
+        f"model {name!r}: the files of {repo} are not in the local Hugging Face cache and "
+        f"{why}: download them where there is a network (`huggingface-cli download {repo}`) "
+        "and copy the cache (HF_HOME) here, or register a local folder or .gguf file"
+    )
 
 
 def _hub_facts(

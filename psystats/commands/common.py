@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import io
 import json
@@ -11,8 +12,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+import duckdb
 
-from psystats.warehouse.db import ENV_VAR, WarehouseError, connect, default_path
+from psystats.warehouse.db import (
+    ENV_VAR,
+    NO_SPACE,
+    WarehouseError,
+    connect,
+    default_path,
+    environment_error,
+    is_environment_error,
+)
+
+# OS errors a user fixes (space, permissions, a missing path): one line, not a traceback.
+USER_OS_ERRORS = NO_SPACE + (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR)
 
 
 def db_option(f: Callable) -> Callable:
@@ -20,7 +33,8 @@ def db_option(f: Callable) -> Callable:
     return click.option(
         "--db",
         "db",
-        type=click.Path(dir_okay=False),
+        # Not checked by click: the warehouse layer says what is wrong and what to do.
+        type=click.Path(dir_okay=False, readable=False),
         default=None,
         help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].",
     )(f)
@@ -32,14 +46,38 @@ def db_path(db: str | None) -> str:
     return db or (root.obj or {}).get("db") or default_path()
 
 
-def open_db(db: str | None, *, create: bool = False, read_only: bool = False):
+def lock_timeout() -> float | None:
+    """The global ``--lock-timeout`` if given (else $PSYSTATS_LOCK_TIMEOUT / 30 s applies)."""
+    root = click.get_current_context().find_root()
+    return (root.obj or {}).get("lock_timeout")
+
+
+def _waiting(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def open_db(
+    db: str | None,
+    *,
+    create: bool = False,
+    read_only: bool = False,
+    config: dict | None = None,
+):
     """Open the warehouse for a command, turning problems into clean CLI errors.
 
-    The connection is closed when the command ends, even on error, so the
-    file's lock is released (this matters when commands run in-process).
+    A file held by another process is waited for (bounded, one line on
+    stderr).  The connection is closed when the command ends, even on error,
+    so the file's lock is released (this matters when commands run in-process).
     """
     try:
-        con = connect(db_path(db), create=create, read_only=read_only)
+        con = connect(
+            db_path(db),
+            create=create,
+            read_only=read_only,
+            config=config,
+            lock_timeout=lock_timeout(),
+            on_wait=_waiting,
+        )
     except WarehouseError as e:
         raise click.ClickException(str(e)) from None
     click.get_current_context().call_on_close(con.close)
@@ -47,7 +85,12 @@ def open_db(db: str | None, *, create: bool = False, read_only: bool = False):
 
 
 def friendly_errors(f: Callable) -> Callable:
-    """Show a WarehouseError (and its subclasses) as 'Error: ...' with exit code 1."""
+    """Show a WarehouseError (and its subclasses) as 'Error: ...' with exit code 1.
+
+    Environment failures met mid-command (disk full, permission denied, a
+    file DuckDB cannot read) get the same one-line treatment; anything else
+    is a bug and keeps its traceback.
+    """
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,8 +98,24 @@ def friendly_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except WarehouseError as e:
             raise click.ClickException(str(e)) from None
+        except duckdb.Error as e:
+            if not is_environment_error(e):
+                raise
+            raise click.ClickException(str(environment_error(e, _current_db()))) from None
+        except OSError as e:
+            if e.errno not in USER_OS_ERRORS:
+                raise
+            where = e.filename or _current_db()
+            raise click.ClickException(str(environment_error(e, str(where)))) from None
 
     return wrapper
+
+
+def _current_db() -> str:
+    try:
+        return db_path(click.get_current_context().params.get("db"))
+    except RuntimeError:
+        return default_path()
 
 
 def _cell(v: Any) -> str:

@@ -161,6 +161,7 @@ def effects(
         spec.scale = scale
     con = open_db(db)
     try:
+        _check_names(con, models, experiments, post_condition or condition, base_condition)
         result = fit_effects(
             con,
             post_condition=post_condition or condition,
@@ -200,6 +201,15 @@ def effects(
         print_rows([c[0] for c in cur.description], cur.fetchall())
     finally:
         con.close()
+
+
+def _check_names(con, models, experiments, condition, other_condition) -> None:
+    """'no such experiment/model/condition' (with "did you mean") before any work."""
+    from psystats.warehouse.queries import check_names
+
+    check_names(con, "model", models)
+    check_names(con, "experiment", experiments)
+    check_names(con, "condition", [c for c in (condition, other_condition) if c])
 
 
 @click.group()
@@ -247,8 +257,12 @@ def cells(db, output, condition, post_condition, base_condition, models, experim
     out = Path(output)
     if out.suffix not in (".parquet", ".csv"):
         raise click.BadParameter("the output must end in .parquet or .csv", param_hint="-o")
+    from psystats.warehouse.outputs import check_target
+
+    check_target(out)  # before the work: a bad -o fails at once
     con = open_db(db, read_only=True)
     try:
+        _check_names(con, models, experiments, post_condition or condition, base_condition)
         df = build_cells(
             con,
             post_condition=post_condition or condition,
@@ -261,10 +275,13 @@ def cells(db, output, condition, post_condition, base_condition, models, experim
     nats, std = with_scale(df, "nats"), with_scale(df, "standardised")
     df["y_nats"], df["se_nats"] = nats["y"], nats["se"]
     df["y_std"], df["se_std"] = std["y"], std["se"]
-    if out.suffix == ".parquet":
-        df.to_parquet(out, index=False)
-    else:
-        df.to_csv(out, index=False)
+    from psystats.warehouse.outputs import atomic_output
+
+    with atomic_output(out) as tmp:  # regular files only; never half-written
+        if out.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
     click.echo(f"wrote {len(df)} cells to {out}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -71,7 +72,8 @@ def models() -> None:
 @click.option(
     "--trust-remote-code",
     is_flag=True,
-    help="Allow the repository's own model code to run when scoring.",
+    help="Note that the model needs its repository's own code. A note only: scoring runs "
+    "that code only with `psystats score --trust-remote-code` (or PSYSTATS_TRUST_REMOTE_CODE=1).",
 )
 @click.option(
     "--set",
@@ -121,6 +123,24 @@ def add(
         overrides=_pairs(sets),
     )
     _show(row)
+    note = _unchecked_hub_id(row)
+    if note:
+        click.echo(note, err=True)
+
+
+def _unchecked_hub_id(row: dict) -> str | None:
+    """A warning when a hub id was registered without being able to check that it exists."""
+    source = row.get("source")
+    if not source or row.get("gguf_file") or Path(source).is_absolute():
+        return None
+    how = str((row.get("inferred") or {}).get("n_params", {}).get("from", ""))
+    if "offline" not in how and "unavailable" not in how:
+        return None
+    return (
+        f"warning: could not check that {source} exists on the Hugging Face hub (offline, "
+        "and not in the local cache): it is registered unchecked, so a typo shows only when "
+        f"`psystats score --model {row['name']}` cannot find the weights"
+    )
 
 
 @models.command("list")

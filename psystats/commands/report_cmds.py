@@ -39,7 +39,9 @@ def report(db: str | None, output: str, fmt: str | None, title: str, note: str |
     forest plot; 6 persona and accuracy; 7 diagnostics and posterior predictive
     checks; 8 methods generated from what was fitted.  A section without data
     says so.  The newest fit of each kind is shown; every fit is listed in the
-    diagnostics table.  The warehouse is only read.
+    diagnostics table.  The warehouse is only read.  The output must be a
+    regular file (or new): folders, links and devices are refused; it is
+    written under a temporary name and renamed, so it is never half-written.
 
     \b
     Examples:
@@ -50,9 +52,13 @@ def report(db: str | None, output: str, fmt: str | None, title: str, note: str |
 
     if fmt is None:
         fmt = "html" if output.lower().endswith((".html", ".htm")) else "pdf"
+    from psystats.warehouse.outputs import atomic_output, check_target
+
+    check_target(output)  # before the work: a bad -o fails at once
     con = open_db(db, read_only=True)
     try:
-        path = render_report(con, output, fmt=fmt, title=title, note=note, source=db_path(db))
+        with atomic_output(output) as tmp:
+            render_report(con, tmp, fmt=fmt, title=title, note=note, source=db_path(db))
     finally:
         con.close()
-    click.echo(f"report written to {path}")
+    click.echo(f"report written to {output}")

@@ -119,6 +119,8 @@ def export(
     """Write scores joined with study, experiment, participant and response_index.
 
     The file imports back unchanged with `psystats scores import`.
+    The output must be a regular file (or new); it is written under a
+    temporary name and renamed, so it is never half-written.
 
     \b
     Examples:
@@ -129,9 +131,12 @@ def export(
 
     if condition and not model:
         raise click.UsageError("--condition needs --model")
-    runs, n = export_scores(
-        open_db(db, read_only=True), out, run_id=run_id, model=model, condition=condition
-    )
+    from psystats.warehouse.outputs import atomic_output, check_target
+
+    check_target(out)  # before the work: a bad -o fails at once
+    con = open_db(db, read_only=True)
+    with atomic_output(out) as tmp:
+        runs, n = export_scores(con, tmp, run_id=run_id, model=model, condition=condition)
     click.echo(
         f"wrote {n} scores from run{'s' if len(runs) > 1 else ''} "
         f"{', '.join(map(str, runs))} to {out}"

@@ -8,7 +8,6 @@ import click
 
 from psystats.warehouse import domains as domain_map
 from psystats.warehouse.db import transaction
-from psystats.warehouse.ingest import FileResult, ingest_paths
 from psystats.warehouse.queries import summary_rows
 
 from .common import db_option, db_path, friendly_errors, open_db, print_rows
@@ -104,6 +103,8 @@ def ingest(
       psystats ingest --skip-bad --rejects rejects.jsonl messy_study/
       psystats ingest --replace-changed --force my_study/prompts.jsonl
     """
+    from psystats.warehouse.ingest import FileResult, ingest_paths  # noqa: F401 (annotation)
+
     if not paths and not domains_file:
         raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
     con = open_db(db, create=True)
@@ -207,28 +208,71 @@ def summary(db: str | None, fmt: str) -> None:
     multiple=True,
     help="Bound parameter for a '?' placeholder (repeatable, in order).",
 )
-@click.option("--write", is_flag=True, help="Open the warehouse writable (default read-only).")
+@click.option(
+    "--write",
+    is_flag=True,
+    help="Open the warehouse writable (default read-only). Still no access to other files.",
+)
+@click.option(
+    "--allow-external",
+    is_flag=True,
+    help="Let the query read and write other files and databases (read_csv, COPY TO, "
+    "ATTACH) and load extensions. Off by default: only this warehouse is reachable.",
+)
 @friendly_errors
 def sql(
-    query: str | None, db: str | None, fmt: str, query_file, params: tuple[str, ...], write: bool
+    query: str | None,
+    db: str | None,
+    fmt: str,
+    query_file,
+    params: tuple[str, ...],
+    write: bool,
+    allow_external: bool,
 ) -> None:
     """Run a SQL QUERY against the warehouse and print the result.
 
+    Sandboxed by default: the warehouse is opened read-only and the query
+    cannot reach anything else (no ATTACH, COPY ... TO, read_csv/read_parquet
+    of other files, INSTALL/LOAD, and no SET that would undo this).  --write
+    allows changes to this warehouse; --allow-external allows other files.
+    A read-only query never changes the file, not even to upgrade its schema.
+
     \b
-    Example:
+    Examples:
       psystats sql "SELECT experiment, count(*) FROM responses GROUP BY 1"
       psystats sql "SELECT * FROM participants WHERE study = ?" -p franke2024bayesian
+      psystats sql --write "DELETE FROM ingest_conflicts"
+      psystats sql --allow-external "COPY (SELECT * FROM experiments) TO 'experiments.csv'"
     """
+    from psystats.warehouse.db import SANDBOX
+
     if query_file is not None:
         query = query_file.read()
     if not query:
         raise click.UsageError("give a QUERY or --file")
-    con = open_db(db, read_only=not write)
+    con = open_db(db, read_only=not write, config=None if allow_external else SANDBOX)
     try:
         cur = con.execute(query, list(params) if params else None)
     except Exception as e:  # duckdb's errors are precise; show them as they are
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(_sql_error(str(e), write, allow_external)) from None
     if cur.description is None:
         return
     cols = [d[0] for d in cur.description]
     print_rows(cols, cur.fetchall(), fmt)
+
+
+def _sql_error(message: str, write: bool, allow_external: bool) -> str:
+    """DuckDB's message, plus which flag would allow what the sandbox refused."""
+    low = message.lower()
+    if not allow_external and (
+        "disabled by configuration" in low
+        or "disabled through configuration" in low
+        or "configuration has been locked" in low
+    ):
+        return (
+            f"{message.strip()}\n(psystats sql reaches only this warehouse; "
+            "--allow-external lets a query use other files, databases and extensions)"
+        )
+    if not write and "read-only mode" in low:
+        return f"{message.strip()}\n(the warehouse is opened read-only; --write allows changes)"
+    return message

@@ -145,7 +145,7 @@ def prepare_persona(
     if cells.empty:
         raise WarehouseError(
             "fit persona found no model scored in both the persona and the plain condition "
-            "on the same responses: run `psystats score MODEL --condition persona` (and "
+            "on the same responses: run `psystats score --model MODEL --condition persona` (and "
             "`--condition plain`) first"
         )
     c = cells.copy()
