@@ -96,7 +96,9 @@ def _start_run_for_key(
     from psystats.scoring.runs import start_run
 
     model = get_model(con, key["model"])
-    return start_run(con, model, key["condition"], key["selection"], settings, key["fingerprints"])
+    return start_run(
+        con, model, key["condition"], key["selection"], dict(settings), key["fingerprints"]
+    )
 
 
 def complete_shard_set(rdir: Path) -> tuple[list[dict] | None, str]:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from report_fixture import fabricate
 from scipy import stats
 
 from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
 from psystats.reports.content import SECTION_TITLES, Figure, Note, build_report
-from psystats.reports.example import fabricate
 
 
 def pdf_text(path: Path) -> tuple[int, str]:

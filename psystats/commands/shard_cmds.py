@@ -36,14 +36,14 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
         if not quiet:
             click.echo(f"merged unit {unit_id}: {added} new score rows", err=True)
 
+    error: ShardError | None = None
     try:
         results = merge_dir(con, directory, on_unit=on_unit)
-        error = None
     except ShardError as e:
-        results = getattr(e, "results", None)
-        if results is None:
+        partial = getattr(e, "results", None)
+        if partial is None:
             raise
-        error = e
+        results, error = partial, e
     rows = [
         (
             r.run_id,
