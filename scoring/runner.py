@@ -102,6 +102,11 @@ def plan_run(
             con, studies=list(studies) or None, experiments=list(experiments) or None
         )
         if not inputs:
+            from psystats.warehouse.queries import check_names
+
+            # A misspelt study or experiment: say which, with "did you mean".
+            check_names(con, "study", sorted(studies))
+            check_names(con, "experiment", sorted(experiments))
             raise WarehouseError(
                 "no participants match the selection "
                 f"(studies={list(studies) or 'all'}, experiments={list(experiments) or 'all'})"

@@ -254,3 +254,28 @@ def test_offline_hub_is_one_line():
     with pytest.raises(WarehouseError, match=r"switched off \(HF_HUB_OFFLINE\)") as e:
         registry.require_hub_files({"name": "x"}, "nobody/no-such-model")
     assert "`huggingface-cli download nobody/no-such-model`" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (
+            ["score", "--model", "ext-base", "--study", "franke2024bayesain"],
+            "no such study 'franke2024bayesain' (did you mean 'franke2024bayesian'?)",
+        ),
+        (
+            ["score", "--model", "ext-base", "--experiment", "franke2024bayesian"],
+            "that is a study",
+        ),
+        (["fit", "generations", "--experiment", "nope-exp"], "no such experiment 'nope-exp'"),
+        (["fit", "persona", "--model", "ext-chta"], "did you mean 'ext-chat'"),
+        (["fit", "accuracy", "--model", "ext-bsae"], "did you mean 'ext-base'"),
+    ],
+)
+def test_unknown_names_before_any_work(wh: Path, args: list[str], needle: str):
+    before = wh.read_bytes()
+    msg = error_line(cli("--db", wh, *args))
+    assert needle in msg
+    assert wh.read_bytes() == before
+    for h in hints(msg):
+        assert run_hint(h, wh).exit_code == 0, h

@@ -101,6 +101,14 @@ def _sampling_kwargs(kw: dict) -> dict:
     return {k: kw.pop(k) for k in keys}
 
 
+def _check_names(con, models, experiments) -> None:
+    """'no such model/experiment' (with "did you mean") before any work."""
+    from psystats.warehouse.queries import check_names
+
+    check_names(con, "model", models)
+    check_names(con, "experiment", experiments)
+
+
 def _report(result: dict) -> None:
     diag = result["diagnostics"]
     for note in result.get("notes") or []:
@@ -168,6 +176,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
     s = _sampling_kwargs(kw)
     con = open_db(db)
     try:
+        _check_names(con, None, s.get("experiments"))
         result = fit_generations(
             con,
             base_condition=base_condition or condition,
@@ -262,6 +271,7 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
     s = _sampling_kwargs(kw)
     con = open_db(db)
     try:
+        _check_names(con, models, s.get("experiments"))
         result = fit_persona(
             con,
             persona_condition=persona_condition,
@@ -335,6 +345,7 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
     s = _sampling_kwargs(kw)
     con = open_db(db)
     try:
+        _check_names(con, models, s.get("experiments"))
         result = fit_accuracy(
             con,
             post_condition=post_condition or condition,
