@@ -110,7 +110,7 @@ def parse_record(record: Any) -> Participant:
     text = record["text"]
     if not isinstance(text, str):
         raise RecordError("text", f"must be a string, got {norm.type_name(text)}")
-    norm.check_text(text, "text")
+    text_bytes = norm.utf8(text, "text")
     if not text.strip():
         raise RecordError("text", "is an empty transcript")
     experiment = norm.key(record["experiment"], "experiment")
@@ -151,6 +151,6 @@ def parse_record(record: Any) -> Participant:
         normalised=normalised,
         metadata=metadata,
         content_sha256=canonical_hash(canonical),
-        text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        text_sha256=hashlib.sha256(text_bytes).hexdigest(),
         raw=record,
     )
