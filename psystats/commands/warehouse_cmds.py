@@ -42,7 +42,8 @@ def init(db: str | None) -> None:
 @click.option(
     "--skip-bad",
     is_flag=True,
-    help="Ingest the good lines and write rejected ones to --rejects instead of stopping.",
+    help="Ingest the good lines and write rejected ones to --rejects instead of stopping "
+    "(a file that cannot be read at all is rejected whole).",
 )
 @click.option(
     "--rejects",
@@ -91,10 +92,10 @@ def ingest(
 
     Each file is one transaction: a bad line stops the command with its file,
     line and field, and that file leaves no trace (earlier files stay).
-    Ingesting the same content again adds nothing.  Numbers may be JSON
-    numbers or numeric strings; null, "", "NA", "nan", "None" are missing
-    (docs/warehouse.md, "Normalisation").  Files beside study folders that
-    are not studies are reported as warnings.
+    Ingesting the same content again adds nothing.  RTs and numbers may
+    be JSON numbers or numeric strings, and there null, "", "NA", "nan",
+    "None" mean missing (docs/warehouse.md, "Normalisation").  Files beside
+    study folders that are not studies are reported as warnings.
 
     \b
     Examples:
