@@ -39,6 +39,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("psystats.commands.fit_cmds", "export", "Export analysis tables (cells)."),
     "report": ("psystats.commands.report_cmds", "report", "Render the PDF report."),
     "demo": (
+    "plot": (
+        "psystats.commands.plot_cmds",
+        "plot",
+        "Write one report figure (svg/png/pdf) and its data as CSV.",
+    ),
+    "manifest": (
+        "psystats.commands.manifest_cmds",
+        "manifest",
+        "Reproducibility manifest of a fit or score run.",
+    ),
         "psystats.commands.demo_cmds",
         "demo",
         "Run the whole pipeline on the embedded sample.",

@@ -48,13 +48,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import ScoreBatch
 
 SKIP_PREFIX = "skipped:"
-NOT_IN_KEY = ("batching",)
+# "environment" (software versions, git revision: warehouse.manifest) is recorded, not matched.
+NOT_IN_KEY = ("batching", "environment")
 
 
 def _version() -> str:
     from psystats.warehouse.provenance import __version__
 
     return __version__
+
+
+def _environment() -> dict:
+    from psystats.warehouse.manifest import environment
+
+    return environment()
 
 
 def _now() -> datetime:
@@ -113,7 +120,7 @@ def start_run(
                 con.execute(
                     "UPDATE score_runs SET status = 'running', error = NULL, "
                     "finished_at = NULL, settings = ? WHERE run_id = ?",
-                    [canonical(settings), rid],
+                    [canonical({**settings, "environment": _environment()}), rid],
                 )
             return int(rid), False
     batching = settings.get("batching", {})
@@ -129,7 +136,7 @@ def start_run(
                 condition,
                 scorer,
                 sel,
-                canonical(settings),
+                canonical({**settings, "environment": _environment()}),
                 settings.get("dtype"),
                 batching.get("device"),
                 (fingerprints or {}).get("tokenizer_sha256"),

@@ -291,3 +291,9 @@ from .fit_analyses_cmds import accuracy, generations, persona  # noqa: E402
 fit.add_command(generations)
 fit.add_command(persona)
 fit.add_command(accuracy)
+
+# Any Bambi formula over the cells, and predictions from it (psystats/commands/formula_cmds.py).
+from .formula_cmds import formula, predict  # noqa: E402
+
+fit.add_command(formula)
+fit.add_command(predict)

@@ -226,6 +226,11 @@ def save_fit(
         from .sampling import sampler_record
 
         sampler = sampler_record(idata)
+    if isinstance(sampler, Mapping) and "environment" not in sampler:
+        # Software versions and git revision: `psystats manifest fit:ID` shows them.
+        from psystats.warehouse.manifest import environment
+
+        sampler = {**sampler, "environment": environment()}
     folder = Path(netcdf_dir) if netcdf_dir is not None else default_netcdf_dir(con)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = final = None

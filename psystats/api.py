@@ -1,0 +1,382 @@
+"""The notebook API: ``import psystats as ps; wh = ps.open("psych.duckdb")``.
+
+Every method returns a pandas ``DataFrame`` or an ArviZ ``InferenceData``
+(or, for fits, the fit's id), so a statistician can go from the warehouse to
+a custom model without SQL or the command line.  The CLI commands are thin
+layers over the same functions (docs/api.md walks through an example).
+
+The warehouse file is opened for each call and closed after it, so a
+notebook never holds DuckDB's file lock while a ``psystats`` command runs
+in a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from psystats.warehouse.db import WarehouseError, connect
+from psystats.warehouse.queries import where_clause
+
+FIT_KINDS = ("effects", "generations", "persona", "accuracy", "formula")
+PLOTS = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
+
+
+def _frame(cur) -> pd.DataFrame:
+    return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+
+
+class Warehouse:
+    """A psystats warehouse file, read and fitted from Python.
+
+    ``ps.open(path)`` refuses a path that does not exist (``create=True``
+    makes a new, empty warehouse).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise WarehouseError(
+                    f"no warehouse at {self.path}: run `psystats ingest --db {self.path} ...` "
+                    "first, or ps.open(path, create=True)"
+                )
+            connect(self.path).close()
+
+    def __repr__(self) -> str:
+        return f"psystats.Warehouse({str(self.path)!r})"
+
+    @contextmanager
+    def connection(self, *, read_only: bool = True) -> Iterator[Any]:
+        """A DuckDB connection to the file, closed on exit (``with wh.connection() as con:``)."""
+        con = connect(self.path, read_only=read_only, create=False)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Any read-only SQL as a DataFrame (bind values with ``?`` and ``params``)."""
+        with self.connection() as con:
+            return _frame(con.execute(query, list(params) if params else None))
+
+    def summary(self) -> pd.DataFrame:
+        """Counts per study: experiments, participants, responses."""
+        return self.sql(
+            "SELECT study, count(DISTINCT experiment) AS experiments,"
+            " count(DISTINCT participant_key) AS participants, count(*) AS responses"
+            " FROM responses GROUP BY study ORDER BY study"
+        )
+
+    def responses(
+        self,
+        *,
+        study: str | Sequence[str] | None = None,
+        experiment: str | Sequence[str] | None = None,
+        participant: str | Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """Human responses with their experiment's domain (one row per response)."""
+        filt, params = where_clause(
+            {
+                "r.study": _list(study),
+                "r.experiment": _list(experiment),
+                "r.participant": _list(participant),
+            }
+        )
+        q = (
+            "SELECT r.response_id, r.study, r.experiment, e.domain, r.participant,"
+            " r.participant_key, r.response_index, r.text, r.rt"
+            " FROM responses r LEFT JOIN experiments e USING (experiment) "
+            f"{filt} ORDER BY r.response_id"
+        )
+        if limit is not None:
+            q += " LIMIT ?"
+            params = [*params, int(limit)]
+        return self.sql(q, params)
+
+    def models(self) -> pd.DataFrame:
+        """The model registry: family, generation, size, post-training type, base."""
+        return self.sql(
+            "SELECT name, family, generation, generation_order, n_params, post_training,"
+            " base_model, source FROM models ORDER BY name"
+        )
+
+    def runs(self) -> pd.DataFrame:
+        """Score runs: model, condition, status, counts, hashes of weights and tokenizer."""
+        return self.sql(
+            "SELECT run_id, model, condition, scorer, status, n_responses, n_skipped, dtype,"
+            " device, weights_sha256, tokenizer_sha256, psystats_version, started_at,"
+            " finished_at FROM score_runs ORDER BY run_id"
+        )
+
+    def scores(
+        self,
+        *,
+        model: str | Sequence[str] | None = None,
+        condition: str | Sequence[str] | None = None,
+        experiment: str | Sequence[str] | None = None,
+        run_id: int | None = None,
+        latest: bool = True,
+    ) -> pd.DataFrame:
+        """Per-response scores joined with the response and its domain.
+
+        By default each (model, condition, experiment) contributes its latest
+        complete run (the rule every fit uses); ``latest=False`` returns every
+        run, ``run_id`` one run.  Columns: run_id, model, condition, response_id,
+        study, experiment, domain, participant, response_index, nll, n_tokens,
+        first_token_nll, top1_all, top1_first, first_token_entropy.
+        """
+        from psystats.stats.data import latest_runs_sql
+
+        filt, params = where_clause(
+            {
+                "sr.model": _list(model),
+                "sr.condition": _list(condition),
+                "r.experiment": _list(experiment),
+                "sr.run_id": None if run_id is None else [int(run_id)],
+            }
+        )
+        cols = (
+            "s.run_id, sr.model, sr.condition, s.response_id, r.study, r.experiment,"
+            " e.domain, r.participant, r.response_index, s.nll, s.n_tokens,"
+            " s.first_token_nll, s.top1_all, s.top1_first, s.first_token_entropy"
+        )
+        joins = (
+            "FROM scores s JOIN score_runs sr ON sr.run_id = s.run_id"
+            " JOIN responses r ON r.response_id = s.response_id"
+            " LEFT JOIN experiments e ON e.experiment = r.experiment"
+        )
+        if latest and run_id is None:
+            conds = _list(condition) or [
+                c for (c,) in self.sql("SELECT DISTINCT condition FROM score_runs").values
+            ]
+            if not conds:
+                return self.sql(f"SELECT {cols} {joins} WHERE false")
+            ph = ", ".join("?" * len(conds))
+            q = (
+                f"WITH {latest_runs_sql(ph)} SELECT {cols} {joins}"
+                " JOIN latest_runs lr ON lr.run_id = s.run_id AND lr.experiment = r.experiment"
+                f" {filt} ORDER BY s.run_id, s.response_id"
+            )
+            return self.sql(q, [*conds, *params])
+        return self.sql(f"SELECT {cols} {joins} {filt} ORDER BY s.run_id, s.response_id", params)
+
+    def participant_means(
+        self,
+        condition: str = "plain",
+        *,
+        models: Sequence[str] | None = None,
+        experiments: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Per-participant mean response NLL of each model (what the models aggregate)."""
+        from psystats.stats.data import participant_means
+
+        with self.connection() as con:
+            return participant_means(
+                con, condition=condition, models=models, experiments=experiments
+            )
+
+    def cells(
+        self,
+        *,
+        post_condition: str = "plain",
+        base_condition: str | None = None,
+        models: Sequence[str] | None = None,
+        experiments: Sequence[str] | None = None,
+        scale: str = "nats",
+        formula_columns: bool = False,
+    ) -> pd.DataFrame:
+        """The (pair, experiment) cell table the effects model fits, with ``y``/``se`` on ``scale``.
+
+        ``formula_columns=True`` returns the columns a formula may use
+        (``mean, se, type, family, log_params, domain, experiment, pair, ...``).
+        """
+        from psystats.stats.cells import build_cells, with_scale
+
+        with self.connection() as con:
+            cells = build_cells(
+                con,
+                post_condition=post_condition,
+                base_condition=base_condition or post_condition,
+                models=models,
+                experiments=experiments,
+            )
+        cells = with_scale(cells, scale)
+        if formula_columns:
+            from psystats.stats.formula import formula_frame
+
+            return formula_frame(cells)[0]
+        return cells
+
+    # ------------------------------------------------------------------- fits
+
+    def fits(self, kind: str | None = None) -> pd.DataFrame:
+        """Stored fits, newest last: id, kind, name, condition, scale, passed, formula, path."""
+        filt, params = where_clause({"kind": _list(kind)})
+        return self.sql(
+            "SELECT fit_id, kind, name, condition, scale, passed,"
+            " json_extract_string(spec, '$.formula') AS formula, seconds, created_at,"
+            f" netcdf_path FROM fits {filt} ORDER BY fit_id",
+            params,
+        )
+
+    def params(self, fit_id: int, parameter: str | Sequence[str] | None = None) -> pd.DataFrame:
+        """A fit's ``fit_params`` rows: mean, sd, quantiles, HDI, R-hat, ESS per element."""
+        filt, params = where_clause({"fit_id": [int(fit_id)], "parameter": _list(parameter)})
+        return self.sql(f"SELECT * FROM fit_params {filt} ORDER BY parameter, label", params)
+
+    def fit_info(self, fit_id: int) -> dict:
+        """The ``fits`` row of a fit as a dict (JSON columns parsed)."""
+        return self._load(fit_id)[0]
+
+    def posterior(self, fit_id: int):
+        """The whole ``arviz.InferenceData`` of a stored fit (posterior, checks, data)."""
+        return self._load(fit_id)[1]
+
+    def _load(self, fit_id: int):
+        from psystats.stats.store import load_fit
+
+        with self.connection() as con:
+            return load_fit(con, int(fit_id))
+
+    def fit(self, kind: str = "effects", **kwargs: Any) -> int:
+        """Run a built-in fit and store it; returns its ``fit_id``.
+
+        ``kind``: effects, generations, persona or accuracy; ``kwargs`` go to
+        ``psystats.stats.<kind>.fit_<kind>`` (e.g. ``post_condition``,
+        ``draws``, ``chains``, ``seed``, ``spec`` for effects).
+        """
+        if kind == "formula":
+            return self.fit_formula(**kwargs).fit_id
+        if kind not in FIT_KINDS:
+            raise WarehouseError(f"unknown fit kind {kind!r}: use one of {', '.join(FIT_KINDS)}")
+        import importlib
+
+        if kind == "effects" and "allow_diagnostics_failure" in kwargs:
+            kwargs["allow_failure"] = kwargs.pop("allow_diagnostics_failure")
+        fn = getattr(importlib.import_module(f"psystats.stats.{kind}"), f"fit_{kind}")
+        with self.connection(read_only=False) as con:
+            result = fn(con, **kwargs)
+        return int(result.fit_id if hasattr(result, "fit_id") else result["fit_id"])
+
+    def fit_formula(
+        self,
+        formula: str,
+        *,
+        post_condition: str = "plain",
+        base_condition: str | None = None,
+        scale: str = "nats",
+        priors: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """Fit a Bambi formula to the cells and store it (``kind = 'formula'``).
+
+        Returns the :class:`~psystats.stats.formula.FormulaFit` (``.fit_id``,
+        ``.idata``, ``.model`` the Bambi model, ``.frame`` the data).  See
+        docs/api.md for the columns and the known-measurement-error likelihood.
+        """
+        from psystats.stats.formula import fit_formula
+
+        with self.connection(read_only=False) as con:
+            return fit_formula(
+                con,
+                formula,
+                post_condition=post_condition,
+                base_condition=base_condition,
+                scale=scale,
+                priors=priors,
+                **kwargs,
+            )
+
+    def predict(
+        self,
+        fit_id: int,
+        new_pair: Mapping[str, Any] | str,
+        *,
+        per_experiment: bool = False,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Expected post-minus-base difference of a new pair under a stored formula fit.
+
+        ``new_pair``: e.g. ``{"type": "instruct", "family": "llama", "n_params": 70e9}``
+        (or the CLI's text form).  New group levels (the pair itself, a new
+        family) are drawn from their fitted distributions, so the interval
+        includes new-group uncertainty.
+        """
+        from psystats.stats.formula import load_formula_fit, parse_new_pair, predict_new_pair
+
+        if isinstance(new_pair, str):
+            new_pair = parse_new_pair(new_pair)
+        with self.connection() as con:
+            row, idata, model, frame = load_formula_fit(con, int(fit_id))
+        return predict_new_pair(
+            model,
+            idata,
+            frame,
+            new_pair,
+            size_center=(row.get("summary") or {}).get("size_center_log_params"),
+            per_experiment=per_experiment,
+            seed=seed,
+        )
+
+    def formula_model(self, fit_id: int):
+        """The Bambi model of a stored formula fit and its InferenceData (for ``bambi.interpret``)."""
+        from psystats.stats.formula import load_formula_fit
+
+        with self.connection() as con:
+            _, idata, model, _ = load_formula_fit(con, int(fit_id))
+        return model, idata
+
+    def compare(self, fit_ids: Sequence[int]) -> pd.DataFrame:
+        """PSIS-LOO comparison (``arviz.compare``) of fits of the same cells.
+
+        Uses each fit's stored pointwise log-likelihood when present, else
+        recomputes it from the NetCDF's posterior predictive inputs is not
+        possible: only effects and formula fits are supported (both model
+        cells with the same likelihood).
+        """
+        from psystats.stats.loo import compare_fits
+
+        with self.connection() as con:
+            return compare_fits(con, [int(f) for f in fit_ids])
+
+    # ------------------------------------------------------- figures, manifest
+
+    def plot(self, name: str, output: str | os.PathLike, *, fit_id: int | None = None, **kw):
+        """Write one report figure to ``output`` (.svg/.png/.pdf) and its data beside it (.csv).
+
+        ``name``: nll-vs-size, domain-heatmap, forest, generations or ppc.
+        Returns the (figure path, CSV path or None).
+        """
+        from psystats.reports.single import write_figure
+
+        with self.connection() as con:
+            return write_figure(con, name, Path(output), fit_id=fit_id, **kw)
+
+    def manifest(self, ref: str | int) -> dict:
+        """The reproducibility manifest of a run (``run:3``) or fit (``fit:2`` or ``2``)."""
+        from psystats.warehouse.manifest import manifest
+
+        with self.connection() as con:
+            return manifest(con, ref)
+
+
+def _list(v: str | Sequence[str] | None) -> list | None:
+    if v is None:
+        return None
+    if isinstance(v, (str, int)):
+        return [v]
+    return list(v)
+
+
+def open(path: str | os.PathLike, *, create: bool = False) -> Warehouse:  # noqa: A001
+    """Open a psystats warehouse: ``wh = psystats.open("psych.duckdb")``."""
+    return Warehouse(path, create=create)

@@ -1,0 +1,74 @@
+"""Warehouses for the reanalysis tests (API, formula, plot, manifest): real DuckDB files with
+the embedded Psych-201 sample and simulated scores with known effects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def simulated_warehouse(path: Path, *, seed: int = 0) -> Path:
+    """The embedded sample, two families x two generations x two types, scored (simulated)."""
+    from psystats import warehouse
+    from psystats.sample import sample_path
+    from psystats.stats.simulate import simulate_warehouse
+    from psystats.warehouse.ingest import ingest_paths
+
+    con = warehouse.connect(path)
+    try:
+        ingest_paths(con, [sample_path()])
+        simulate_warehouse(
+            con,
+            families=("qwen", "llama"),
+            generations=(1, 2),
+            types=("instruct", "reasoning"),
+            seed=seed,
+        )
+    finally:
+        con.close()
+    return path
+
+
+def store_prior_fit(path: Path, *, seed: int = 0, kind: str = "test") -> int:
+    """A fit stored through ``store.save_fit`` from seeded random draws of a small model.
+
+    Draws of (mu, effect[a, b], sigma) and replicated data (numpy, no sampler:
+    these tests are about storage, reading and drawing, not NUTS) in an
+    InferenceData with posterior, posterior_predictive and observed_data
+    groups like a real fit's.  Returns the fit id.
+    """
+    import arviz as az
+
+    from psystats import warehouse
+    from psystats.stats.store import save_fit
+
+    rng = np.random.default_rng(seed)
+    chains, draws = 2, 200
+    y = np.array([0.1, -0.2, 0.3, 0.05, 0.0])
+    mu = rng.normal(0.05, 0.1, (chains, draws))
+    effect = rng.normal(0, 0.2, (chains, draws, 2))
+    sigma = np.abs(rng.normal(0.2, 0.05, (chains, draws)))
+    level = np.array([0, 1, 0, 1, 0])
+    rep = rng.normal(mu[..., None] + effect[..., level], sigma[..., None])
+    idata = az.from_dict(
+        posterior={"mu": mu, "effect": effect, "sigma": sigma},
+        posterior_predictive={"y": rep},
+        observed_data={"y": y},
+        coords={"level": ["a", "b"], "obs": np.arange(5)},
+        dims={"effect": ["level"], "y": ["obs"]},
+    )
+    con = warehouse.connect(path)
+    try:
+        return save_fit(
+            con,
+            kind=kind,
+            idata=idata,
+            spec={"model": "test"},
+            selection={"runs": [1, 2]},
+            sampler={"sampler": "numpy draws", "seed": seed, "draws": draws, "chains": chains},
+            diagnostics={"passed": True},
+            var_names=["mu", "effect", "sigma"],
+        )
+    finally:
+        con.close()

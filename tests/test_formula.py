@@ -1,0 +1,113 @@
+"""Formula models through Bambi: the known-error likelihood, the data frame, and agreement
+with the built-in effects model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from psystats.stats.formula import (
+    build_formula_model,
+    formula_frame,
+    parse_new_pair,
+)
+from psystats.stats.simulate import simulate_cells
+from psystats.warehouse.db import WarehouseError
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return simulate_cells(8, 6, seed=3, n_families=2, n_types=2, n_domains=3).cells
+
+
+def test_frame_columns_and_centring(cells):
+    bad = cells.copy()
+    bad.loc[0, "n"] = 1
+    bad.loc[1, "se"] = np.nan
+    frame, messages = formula_frame(bad)
+    assert len(frame) == len(cells) - 2 and "2 cell(s) left out" in messages[0]
+    assert np.allclose(frame["mean"], bad["y"].iloc[2:])
+    assert list(frame["type"]) == list(bad["post_training"].iloc[2:])
+    # log_params is centred over pairs (each pair counted once), as the built-in size term
+    per_pair = np.log(cells.drop_duplicates("pair")["n_params"].astype(float))
+    raw = np.log(bad["n_params"].iloc[2:].astype(float)).to_numpy()
+    assert np.allclose(frame["log_params"], raw - per_pair.mean())
+
+
+def test_likelihood_is_normal_with_known_se(cells):
+    """log p(y | mu, sigma) of the Bambi model = sum log N(y | mu, sqrt(sigma^2 + se^2))."""
+    frame, _ = formula_frame(cells)
+    model = build_formula_model(frame, "mean ~ 0 + type + log_params")
+    pm_model = model.backend.model
+    obs = pm_model[model.response_component.response.name]
+    import pytensor
+
+    with pytensor.config.change_flags(mode="FAST_COMPILE"):  # no C compile: seconds, not tens
+        logp = pm_model.compile_logp(vars=[obs], jacobian=False)
+    types = sorted(frame["type"].unique())
+    coef, slope, sigma = np.array([0.12, -0.07]), -0.04, 0.08
+    point = {
+        "type": coef,
+        "log_params": np.array(slope),
+        "sigma_log__": np.array(np.log(sigma)),
+    }
+    mu = coef[[types.index(t) for t in frame["type"]]] + slope * frame["log_params"].to_numpy()
+    ref = stats.norm.logpdf(
+        frame["mean"], mu, np.sqrt(sigma**2 + frame["se"].to_numpy() ** 2)
+    ).sum()
+    assert np.isclose(logp(point), ref, rtol=1e-10)
+
+
+def test_bad_formulas_are_user_errors(cells):
+    frame, _ = formula_frame(cells)
+    with pytest.raises(WarehouseError, match="must model the cell value"):
+        build_formula_model(frame, "se ~ type")
+    with pytest.raises(WarehouseError, match="cannot build the formula model"):
+        build_formula_model(frame, "mean ~ no_such_column")
+    with pytest.raises(WarehouseError, match="key=value"):
+        parse_new_pair("instruct")
+    assert parse_new_pair("type=instruct, family=llama,n_params=7e10") == {
+        "type": "instruct",
+        "family": "llama",
+        "n_params": 7e10,
+    }
+
+
+@pytest.mark.slow
+def test_formula_reproduces_builtin_effects_posterior():
+    """Built-in effects model (type + size terms only) = 'mean ~ 0 + type + log_params':
+    the same posterior within Monte Carlo error on simulated cells."""
+    import arviz as az
+
+    from psystats.stats.effects import TERMS, EffectsSpec, fit_cells
+    from psystats.stats.formula import fit_formula_cells
+
+    sim = simulate_cells(12, 10, seed=3, n_families=3, n_types=2, n_domains=3)
+    spec = EffectsSpec(terms={t: t in ("type", "size") for t in TERMS})
+    kw = dict(draws=1000, tune=500, chains=4, seed=1)
+    b = fit_cells(sim.cells, spec, compare=False, checks=False, **kw)
+    f = fit_formula_cells(
+        sim.cells,
+        "mean ~ 0 + type + log_params",
+        # likelihood-dominated data: priors wide against the posterior SDs (~0.02)
+        priors={
+            "type": {"dist": "Normal", "mu": 0, "sigma": 1},
+            "log_params": {"dist": "Normal", "mu": 0, "sigma": 0.5},
+        },
+        checks=False,
+        **kw,
+    )
+    assert b.diagnostics.passed and f.diagnostics.passed
+    pairs = [("type_mean", "type"), ("size_slope", "log_params"), ("sigma_cell", "sigma")]
+    for bn, fn in pairs:
+        bd, fd = b.idata.posterior[bn], f.idata.posterior[fn]
+        bm, fm = bd.mean(("chain", "draw")).values, fd.mean(("chain", "draw")).values
+        mcse = np.sqrt(
+            np.asarray(az.mcse(b.idata, var_names=[bn])[bn].values) ** 2
+            + np.asarray(az.mcse(f.idata, var_names=[fn])[fn].values) ** 2
+        )
+        assert np.all(np.abs(bm - fm) < 5 * mcse + 1e-4), (bn, bm, fm, mcse)
+        bs, fs = bd.std(("chain", "draw")).values, fd.std(("chain", "draw")).values
+        assert np.allclose(bs, fs, rtol=0.15), (bn, bs, fs)
