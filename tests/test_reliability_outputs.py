@@ -181,3 +181,31 @@ def test_export_cells_refuses_device_target_with_csv_name(wh: Path, tmp_path: Pa
     res = cli("--db", wh, "export", "cells", "-o", link)
     assert res.exit_code == 1 and "is a symbolic link" in res.output, res.output
     assert link.is_symlink()
+
+
+def test_disk_full_while_writing_keeps_the_old_file(wh: Path, tmp_path: Path):
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.parquet"
+    out.write_bytes(b"old")
+
+    def limit():  # writes past 3 kB fail (EFBIG), as on a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    res = subprocess.run(
+        [sys.executable, "-m", "psystats.cli", "--db", str(wh), "scores", "export", "--run", "1"]
+        + ["-o", str(out)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"Error: no space left writing {out}" in res.stderr
+    assert out.read_bytes() == b"old"
+    assert listing(tmp_path) == {"s.parquet"}
