@@ -268,6 +268,10 @@ def test_offline_hub_is_one_line():
             "that is a study",
         ),
         (["fit", "generations", "--experiment", "nope-exp"], "no such experiment 'nope-exp'"),
+        (
+            ["scores", "export", "--model", "ext-base", "--condition", "plian", "-o", "x.csv"],
+            "no such condition 'plian' (did you mean 'plain'?)",
+        ),
         (["fit", "persona", "--model", "ext-chta"], "did you mean 'ext-chat'"),
         (["fit", "accuracy", "--model", "ext-bsae"], "did you mean 'ext-base'"),
     ],

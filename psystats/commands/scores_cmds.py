@@ -135,6 +135,10 @@ def export(
 
     check_target(out)  # before the work: a bad -o fails at once
     con = open_db(db, read_only=True)
+    if condition:  # a misspelt condition: "did you mean", not "no complete run"
+        from psystats.warehouse.queries import check_names
+
+        check_names(con, "condition", [condition])
     with atomic_output(out) as tmp:
         runs, n = export_scores(con, tmp, run_id=run_id, model=model, condition=condition)
     click.echo(
