@@ -8,6 +8,7 @@ fast (torch and PyMC take seconds to import).
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -83,6 +84,20 @@ class LazyGroup(click.Group):
     help=f"Warehouse file [env {ENV_VAR}; default psystats.duckdb].",
 )
 @click.option(
+    "--memory-limit",
+    default=None,
+    metavar="SIZE",
+    help="DuckDB memory limit, e.g. 4GB; larger is faster on big joins "
+    "[env PSYSTATS_MEMORY_LIMIT; default 1GB].",
+)
+@click.option(
+    "--temp-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where DuckDB spills what exceeds the memory limit "
+    "[env PSYSTATS_TEMP_DIR; default <db>.tmp].",
+)
+@click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0),
     default=None,
@@ -92,7 +107,13 @@ class LazyGroup(click.Group):
 )
 @click.version_option(package_name="psystats")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, lock_timeout: float | None) -> None:
+def main(
+    ctx: click.Context,
+    db: str | None,
+    memory_limit: str | None,
+    temp_dir: str | None,
+    lock_timeout: float | None,
+) -> None:
     """psystats: how well language models predict people in psychology experiments.
 
     Data flow: ingest studies -> register models -> score responses -> fit
@@ -102,6 +123,11 @@ def main(ctx: click.Context, db: str | None, lock_timeout: float | None) -> None
     ctx.ensure_object(dict)
     ctx.obj["db"] = db or default_path()
     ctx.obj["lock_timeout"] = lock_timeout
+    # Through the environment, so every connection (and any worker process) sees them.
+    if memory_limit:
+        os.environ["PSYSTATS_MEMORY_LIMIT"] = memory_limit
+    if temp_dir:
+        os.environ["PSYSTATS_TEMP_DIR"] = temp_dir
 
 
 if __name__ == "__main__":  # pragma: no cover

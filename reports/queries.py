@@ -160,7 +160,8 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     generation_order, n_params, post_training, base_model, n_participants,
     mean, sd, lo, hi``.
     """
-    pm = participant_nll(con, condition)
+    from psystats.stats.data import participant_means_sql
+
     info = {
         "condition": condition,
         "level": level,
@@ -168,19 +169,39 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
         "n_participants": 0,
         "experiments": 0,
     }
-    if pm.empty:
+    # Aggregated inside DuckDB: only one row per model (and one total) reaches Python.
+    q, params = participant_means_sql()
+    q += """,
+    n_models AS (SELECT count(DISTINCT model) AS n FROM participant_means),
+    common AS (
+        SELECT participant_key FROM participant_means GROUP BY participant_key
+        HAVING count(DISTINCT model) = (SELECT n FROM n_models)
+    ),
+    use_common AS (SELECT count(*) > 0 AS yes FROM common),
+    kept AS (
+        SELECT pm.model, pm.experiment, pm.participant_key, pm.mean_nll
+        FROM participant_means pm
+        WHERE NOT (SELECT yes FROM use_common)
+           OR pm.participant_key IN (SELECT participant_key FROM common)
+    )
+    SELECT model, grouping(model) AS is_total, count(*)::BIGINT AS n_participants,
+           avg(mean_nll) AS mean, stddev_samp(mean_nll) AS sd,
+           count(DISTINCT participant_key)::BIGINT AS n_keys,
+           count(DISTINCT experiment)::BIGINT AS n_experiments,
+           any_value((SELECT yes FROM use_common)) AS common
+    FROM kept GROUP BY GROUPING SETS ((model), ())
+    """
+    agg = frame(con, q, [condition] + params)
+    per_model = agg[agg["is_total"] == 0]
+    if per_model.empty:
         return pd.DataFrame(), info
-    n_models = pm["model"].nunique()
-    per_participant = pm.groupby("participant_key")["model"].nunique()
-    common = per_participant.index[per_participant == n_models]
-    if len(common):
-        pm = pm[pm["participant_key"].isin(common)]
-    else:
-        info["common"] = False
-    info["n_participants"] = int(pm["participant_key"].nunique())
-    info["experiments"] = int(pm["experiment"].nunique())
-    g = pm.groupby("model")["mean_nll"]
-    out = pd.DataFrame({"n_participants": g.size(), "mean": g.mean(), "sd": g.std(ddof=1)})
+    total = agg[agg["is_total"] == 1].iloc[0]
+    info["common"] = bool(total["common"])
+    info["n_participants"] = int(total["n_keys"])
+    info["experiments"] = int(total["n_experiments"])
+    out = per_model.set_index("model")[["n_participants", "mean", "sd"]].astype(
+        {"n_participants": int, "mean": float, "sd": float}
+    )
     half = (
         stats.t.ppf(0.5 + level / 2, np.maximum(out["n_participants"] - 1, 1))
         * out["sd"]

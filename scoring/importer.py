@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from psystats.warehouse.brief import local_connection
 from psystats.warehouse.db import WarehouseError, scalar, transaction
 from psystats.warehouse.hashing import file_sha256
 
@@ -64,39 +66,124 @@ def _version() -> str:
     return __version__
 
 
-def read_table(path: Path) -> tuple[pa.Table, str]:
-    """The file's rows, and how to name a row in messages ('line' for CSV, 'row' for Parquet)."""
+# Rows per record batch while streaming a file into DuckDB: RSS stays flat in the file size.
+BATCH_ROWS = 65_536
+# CSV column types are inferred from the first block; a large block makes a
+# column that is empty for its first rows less likely to be mistyped.
+CSV_BLOCK_BYTES = 16 << 20
+
+
+def _csv_reader(path: Path):
+    import pyarrow.csv as pcsv
+
+    suffix = path.suffix.lower()
+    # Key text columns stay text: participant "007" must not become 7.
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\r\n").split("\t" if suffix == ".tsv" else ",")
+    header = [h.strip().strip('"') for h in header]
+    text_cols = {
+        h: pa.string() for h in header if h.lower() in ("study", "experiment", "participant")
+    }
+    return pcsv.open_csv(
+        path,
+        read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+        # "nan"/"inf" stay numbers so they are reported as not finite.
+        convert_options=pcsv.ConvertOptions(
+            column_types=text_cols, null_values=["", "NA", "NULL", "null"]
+        ),
+    )
+
+
+def open_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch], str]:
+    """The file's schema, its rows as a stream of record batches, and how to name a
+    row in messages ('line' for CSV, 'row' for Parquet).  Never the whole file in memory."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path), "row"
+            pf = pq.ParquetFile(path)
+            schema = pf.schema_arrow
         except Exception as e:  # pyarrow says precisely what is wrong with the file
             raise WarehouseError(f"{path}: cannot read Parquet ({e})") from None
-    if suffix in (".csv", ".tsv"):
-        import pyarrow.csv as pcsv
 
-        # Key text columns stay text: participant "007" must not become 7.
-        with open(path, encoding="utf-8", errors="replace") as f:
-            header = f.readline().rstrip("\r\n").split("\t" if suffix == ".tsv" else ",")
-        header = [h.strip().strip('"') for h in header]
-        text_cols = {
-            h: pa.string() for h in header if h.lower() in ("study", "experiment", "participant")
-        }
+        def parquet_batches() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from pf.iter_batches(batch_size=BATCH_ROWS)
+            except Exception as e:
+                raise WarehouseError(f"{path}: cannot read Parquet ({e})") from None
+
+        return schema, parquet_batches(), "row"
+    if suffix in (".csv", ".tsv"):
         try:
-            table = pcsv.read_csv(
-                path,
-                parse_options=pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
-                # "nan"/"inf" stay numbers so they are reported as not finite.
-                convert_options=pcsv.ConvertOptions(
-                    column_types=text_cols, null_values=["", "NA", "NULL", "null"]
-                ),
-            )
+            reader = _csv_reader(path)
         except Exception as e:
             raise WarehouseError(f"{path}: cannot read CSV ({e})") from None
-        return table, "line"
+
+        def csv_batches() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in reader:
+                    # Blocks hold ~16 MB of text; slice them to the batch size.
+                    for off in range(0, batch.num_rows, BATCH_ROWS):
+                        yield batch.slice(off, BATCH_ROWS)
+            except Exception as e:
+                raise WarehouseError(f"{path}: cannot read CSV ({e})") from None
+
+        return reader.schema, csv_batches(), "line"
     raise WarehouseError(f"{path}: expected a .parquet, .csv or .tsv file")
+
+
+def read_table(path: Path) -> tuple[pa.Table, str]:
+    """The whole file as one table (small files and tests; the import streams instead)."""
+    schema, batches, where = open_batches(path)
+    return pa.Table.from_batches(list(batches), schema=schema), where
+
+
+def _stage_raw(con, path: Path) -> tuple[list[str], int, str]:
+    """Stream the file into the temporary table ``_import_raw`` with a ``_row`` column
+    (CSV line or Parquet row number as the user sees it) and lower-case column names.
+
+    Returns (column names, row count, 'line'/'row').  DuckDB holds the rows,
+    spilling beyond its memory limit, so RSS does not grow with the file.
+    """
+    schema, batches, where = open_batches(path)
+    lower = [c.lower() for c in schema.names]
+    # Name columns case-insensitively; a name given twice is ambiguous.
+    dupes = sorted({c for c in lower if lower.count(c) > 1})
+    if dupes:
+        raise WarehouseError(f"{path}: column(s) {', '.join(dupes)} given more than once")
+    if "_row" in lower:
+        raise WarehouseError(f"{path}: a column may not be named '_row'")
+    out_schema = pa.schema(
+        [pa.field(n, t) for n, t in zip(lower, schema.types)] + [pa.field("_row", pa.int64())]
+    )
+    first = 2 if where == "line" else 1  # CSV: the header is line 1
+    failure: list[WarehouseError] = []
+
+    def numbered() -> Iterator[pa.RecordBatch]:
+        nonlocal first
+        try:
+            for b in batches:
+                rows = pa.array(range(first, first + b.num_rows), pa.int64())
+                first += b.num_rows
+                yield pa.RecordBatch.from_arrays([*b.columns, rows], schema=out_schema)
+        except WarehouseError as e:
+            failure.append(e)  # DuckDB would wrap it in its own message
+            raise
+
+    local = local_connection(con)
+    local.register("_import_stream", pa.RecordBatchReader.from_batches(out_schema, numbered()))
+    try:
+        local.execute("CREATE OR REPLACE TEMP TABLE _import_raw AS SELECT * FROM _import_stream")
+    except duckdb.Error as e:
+        if failure:
+            raise failure[0] from None
+        raise WarehouseError(f"{path}: cannot read the file ({str(e).splitlines()[0]})") from None
+    finally:
+        local.unregister("_import_stream")
+    n = int(scalar(local, "SELECT count(*) FROM _import_raw"))
+    return lower, n, where
 
 
 def _fail(path: Path, what: str, where: str, rows: list[tuple], total: int) -> None:
@@ -162,42 +249,38 @@ def import_scores(
                 n = int(scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id]))
                 return ImportResult(run_id=int(run_id), n_rows=n, already_imported=True)
 
-    table, where = read_table(path)
-    # Name columns case-insensitively; a name given twice is ambiguous.
-    lower = [c.lower() for c in table.column_names]
-    dupes = sorted({c for c in lower if lower.count(c) > 1})
-    if dupes:
-        raise WarehouseError(f"{path}: column(s) {', '.join(dupes)} given more than once")
-    table = table.rename_columns(lower)
-    cols = set(lower)
-    if table.num_rows == 0:
-        raise WarehouseError(f"{path}: no rows")
-    if "nll" not in cols and "logprob" not in cols:
-        raise WarehouseError(
-            f"{path}: no 'nll' column (negative log-likelihood of each response; "
-            f"or 'logprob'); columns: {', '.join(table.column_names)}"
-        )
-    if "nll" in cols and "logprob" in cols:
-        raise WarehouseError(f"{path}: give 'nll' or 'logprob', not both")
-    natural = [c for c in NATURAL_KEY if c in cols]
-    has_natural = {"participant", "response_index"} <= cols and ({"study", "experiment"} & cols)
-    if "response_id" not in cols and not has_natural:
-        raise WarehouseError(
-            f"{path}: no key columns: give 'response_id', or 'participant' + 'response_index' "
-            f"+ 'study' and/or 'experiment'; columns: {', '.join(table.column_names)}"
-        )
-    ignored = sorted(cols - KNOWN)
-    missing_optional = [
-        c
-        for c in ("n_tokens", "first_token_nll", "first_token_entropy", "top1_all", "top1_first")
-        if c not in cols
-    ]
-
-    # Row numbers as the user sees them: CSV line (header is line 1), Parquet row (1-based).
-    first = 2 if where == "line" else 1
-    table = table.append_column("_row", pa.array(range(first, first + table.num_rows), pa.int64()))
-    con.register("_import_raw", table)
+    local = local_connection(con)
     try:
+        lower, n_rows, where = _stage_raw(con, path)
+        cols = set(lower)
+        if n_rows == 0:
+            raise WarehouseError(f"{path}: no rows")
+        if "nll" not in cols and "logprob" not in cols:
+            raise WarehouseError(
+                f"{path}: no 'nll' column (negative log-likelihood of each response; "
+                f"or 'logprob'); columns: {', '.join(lower)}"
+            )
+        if "nll" in cols and "logprob" in cols:
+            raise WarehouseError(f"{path}: give 'nll' or 'logprob', not both")
+        natural = [c for c in NATURAL_KEY if c in cols]
+        has_natural = {"participant", "response_index"} <= cols and ({"study", "experiment"} & cols)
+        if "response_id" not in cols and not has_natural:
+            raise WarehouseError(
+                f"{path}: no key columns: give 'response_id', or 'participant' + "
+                f"'response_index' + 'study' and/or 'experiment'; columns: {', '.join(lower)}"
+            )
+        ignored = sorted(cols - KNOWN)
+        missing_optional = [
+            c
+            for c in (
+                "n_tokens",
+                "first_token_nll",
+                "first_token_entropy",
+                "top1_all",
+                "top1_first",
+            )
+            if c not in cols
+        ]
         return _validate_and_write(
             con,
             path,
@@ -214,8 +297,8 @@ def import_scores(
             missing_optional=missing_optional,
         )
     finally:
-        con.unregister("_import_raw")
-        con.execute("DROP TABLE IF EXISTS _import_rows")
+        local.execute("DROP TABLE IF EXISTS _import_raw")
+        local.execute("DROP TABLE IF EXISTS _import_rows")
 
 
 def _validate_and_write(
@@ -270,14 +353,23 @@ def _validate_and_write(
                 f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS BOOLEAN) IS NULL',
             )
     required = [nll_src] + (["response_id"] if "response_id" in cols else [c for c in natural])
+    text_cols = {
+        name
+        for name, dtype in con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() "
+            "WHERE table_name = '_import_raw' AND database_name = 'temp'"
+        ).fetchall()
+        if dtype == "VARCHAR"
+    }
     for c in required:
+        # Only a text value can be blank; casting numbers to text is the slow part at scale.
+        blank = f" OR trim(\"{c}\") = ''" if c in text_cols else ""
         _check(
             con,
             path,
             where,
             f"field {c!r} is empty",
-            f"SELECT _row, '{c} missing' FROM _import_raw "
-            f'WHERE "{c}" IS NULL OR trim(CAST("{c}" AS VARCHAR)) = \'\'',
+            f"SELECT _row, '{c} missing' FROM _import_raw WHERE \"{c}\" IS NULL{blank}",
         )
 
     # 2. A typed copy in nats.
@@ -398,9 +490,11 @@ def _validate_and_write(
         path,
         where,
         "the same response appears more than once",
+        # The repeated ids first: listing rows for every id would cost seconds per million.
         f"SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ' at {where}s ' || "
         "string_agg(CAST(_row AS VARCHAR), ', ' ORDER BY _row) FROM _import_rows "
-        "GROUP BY response_id HAVING count(*) > 1",
+        "WHERE response_id IN (SELECT response_id FROM _import_rows GROUP BY response_id "
+        "HAVING count(*) > 1) GROUP BY response_id",
     )
 
     # 5. Write: model (if new), run, scores -- one transaction.
@@ -553,18 +647,30 @@ def export_scores(
     if suffix not in (".parquet", ".csv"):
         raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
     runs = export_runs(con, run_id=run_id, model=model, condition=condition)
-    table = con.sql(
+    # Record batches straight from DuckDB to the writer: RSS does not grow with the run.
+    reader = con.sql(
         EXPORT_QUERY.format(runs=", ".join("?" * len(runs))), params=runs
-    ).to_arrow_table()
+    ).to_arrow_reader(BATCH_ROWS)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    n = 0
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, tmp)
-    else:
-        import pyarrow.csv as pcsv
+            with pq.ParquetWriter(tmp, reader.schema) as w:
+                for batch in reader:
+                    w.write_batch(batch)
+                    n += batch.num_rows
+        else:
+            import pyarrow.csv as pcsv
 
-        pcsv.write_csv(table, tmp)
+            with pcsv.CSVWriter(tmp, reader.schema) as w:
+                for batch in reader:
+                    w.write_batch(batch)
+                    n += batch.num_rows
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)  # never leave a half-written file under the final name
-    return runs, table.num_rows
+    return runs, n

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import click
 
-from .common import db_option, friendly_errors, open_db, print_rows
+from .brief_db import open_brief
+from .common import db_option, friendly_errors, print_rows
 
 
 def sampling_options(f: Callable) -> Callable:
@@ -174,7 +175,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
     from psystats.stats.generations import fit_generations
 
     s = _sampling_kwargs(kw)
-    con = open_db(db)
+    con = open_brief(db)  # not held while sampling (see brief_db)
     try:
         _check_names(con, None, s.get("experiments"))
         result = fit_generations(
@@ -269,7 +270,7 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
     from psystats.stats.persona import fit_persona
 
     s = _sampling_kwargs(kw)
-    con = open_db(db)
+    con = open_brief(db)  # not held while sampling (see brief_db)
     try:
         _check_names(con, models, s.get("experiments"))
         result = fit_persona(
@@ -343,7 +344,7 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
     from psystats.stats.accuracy import fit_accuracy
 
     s = _sampling_kwargs(kw)
-    con = open_db(db)
+    con = open_brief(db)  # not held while sampling (see brief_db)
     try:
         _check_names(con, models, s.get("experiments"))
         result = fit_accuracy(

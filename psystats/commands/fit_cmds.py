@@ -159,7 +159,11 @@ def effects(
         )
     if scale:
         spec.scale = scale
-    con = open_db(db)
+    from .brief_db import open_brief
+
+    # Read the cells, let go of the file while sampling, write the fit in one
+    # short transaction: other commands can read and write meanwhile.
+    con = open_brief(db)
     try:
         _check_names(con, models, experiments, post_condition or condition, base_condition)
         result = fit_effects(

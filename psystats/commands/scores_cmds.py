@@ -70,7 +70,11 @@ def import_(
     """
     from psystats.scoring.importer import import_scores
 
-    con = open_db(db)
+    from .brief_db import open_brief
+
+    # The file is checked while other processes may read and write the warehouse;
+    # it is held for writing only while the run and its scores are committed.
+    con = open_brief(db)
     r = import_scores(
         con,
         file,

@@ -55,6 +55,35 @@ def latest_runs_sql(condition_param: str = "?") -> str:
     )"""
 
 
+def participant_means_sql(
+    *,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> tuple[str, list]:
+    """``WITH ..., participant_means AS (...)``: the CTEs behind :func:`participant_means`.
+
+    Returns (SQL text, parameters after the condition): bind
+    ``[condition] + params``.  Analyses that only need aggregates over
+    participants append their own ``SELECT ... FROM participant_means`` so the
+    participant rows stay inside DuckDB.
+    """
+    filt, params = where_clause({"lr.model": models, "lr.experiment": experiments})
+    conditions = " AND ".join([VALID_SCORE] + ([filt.removeprefix("WHERE ")] if filt else []))
+    q = f"""
+    WITH {latest_runs_sql()},
+    participant_means AS (
+        SELECT lr.model, lr.run_id, r.experiment, e.domain, r.study, r.participant_key,
+               count(*)::BIGINT AS n_responses, avg(s.nll) AS mean_nll
+        FROM latest_runs lr
+        JOIN scores s ON s.run_id = lr.run_id
+        JOIN responses r ON r.response_id = s.response_id AND r.experiment = lr.experiment
+        LEFT JOIN experiments e ON e.experiment = r.experiment
+        WHERE {conditions}
+        GROUP BY ALL
+    )"""
+    return q, params
+
+
 def participant_means(
     con,
     *,
@@ -69,19 +98,9 @@ def participant_means(
     valid score (``n_tokens > 0``) and ``mean_nll`` is their mean summed NLL
     in nats.  ``domain`` is the experiment's first listed domain (NULL if none).
     """
-    filt, params = where_clause({"lr.model": models, "lr.experiment": experiments})
-    conditions = " AND ".join([VALID_SCORE] + ([filt.removeprefix("WHERE ")] if filt else []))
-    q = f"""
-    WITH {latest_runs_sql()}
-    SELECT lr.model, lr.run_id, r.experiment, e.domain, r.study, r.participant_key,
-           count(*)::BIGINT AS n_responses, avg(s.nll) AS mean_nll
-    FROM latest_runs lr
-    JOIN scores s ON s.run_id = lr.run_id
-    JOIN responses r ON r.response_id = s.response_id AND r.experiment = lr.experiment
-    LEFT JOIN experiments e ON e.experiment = r.experiment
-    WHERE {conditions}
-    GROUP BY ALL
-    ORDER BY lr.model, r.experiment, r.participant_key
+    q, params = participant_means_sql(models=models, experiments=experiments)
+    q += """
+    SELECT * FROM participant_means ORDER BY model, experiment, participant_key
     """
     cur = con.execute(q, [condition] + params)
     return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])

@@ -1,0 +1,308 @@
+"""Bounded memory by design: streamed import/export, DuckDB-side aggregates, memory settings.
+
+The streaming paths are exercised with tiny record batches so a small file
+crosses many batch boundaries; results must equal the one-batch path and an
+independent computation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from psystats import warehouse
+from psystats.scoring import importer
+from psystats.scoring.importer import export_scores, import_scores
+from psystats.warehouse.brief import BriefConnection
+from psystats.warehouse.db import WarehouseError, scalar
+
+SCORE_COLS = "response_id, nll, n_tokens, first_token_nll, top1_all, top1_first"
+
+
+def _external(con, seed: int = 0) -> pa.Table:
+    rows = con.execute(
+        "SELECT response_id, study, experiment, participant, response_index FROM responses "
+        "ORDER BY response_id"
+    ).fetchall()
+    rng = np.random.default_rng(seed)
+    k = len(rows)
+    return pa.table(
+        {
+            "Study": [r[1] for r in rows],
+            "experiment": [r[2] for r in rows],
+            "participant": [r[3] for r in rows],
+            "response_index": [r[4] for r in rows],
+            "nll": rng.exponential(2.0, k),
+            "n_tokens": rng.integers(1, 6, k),
+            "first_token_nll": rng.exponential(1.0, k),
+            "top1_all": rng.random(k) < 0.3,
+            "top1_first": rng.random(k) < 0.5,
+        }
+    )
+
+
+def _stored(con, run_id: int) -> list[tuple]:
+    return con.execute(
+        f"SELECT {SCORE_COLS} FROM scores WHERE run_id = ? ORDER BY response_id", [run_id]
+    ).fetchall()
+
+
+@pytest.fixture
+def con(warehouse_copy):
+    c = warehouse.connect(warehouse_copy)
+    yield c
+    c.close()
+
+
+def test_import_in_small_batches_equals_one_batch(con, tmp_path, monkeypatch):
+    table = _external(con)
+    src_pq, src_csv = tmp_path / "s.parquet", tmp_path / "s.csv"
+    pq.write_table(table, src_pq, row_group_size=50)  # many row groups as well
+    pcsv.write_csv(table, src_csv)
+    one = import_scores(con, src_pq, model="m-one", post_training="other")
+    monkeypatch.setattr(importer, "BATCH_ROWS", 7)
+    many_pq = import_scores(con, src_pq, model="m-many", post_training="other")
+    many_csv = import_scores(con, src_csv, model="m-csv", post_training="other")
+    assert one.n_rows == many_pq.n_rows == many_csv.n_rows == table.num_rows
+    ref = _stored(con, one.run_id)
+    assert _stored(con, many_pq.run_id) == ref
+    assert _stored(con, many_csv.run_id) == ref
+    # Independent check of a value: row 123 of the file is stored for its response.
+    rid = scalar(
+        con,
+        "SELECT response_id FROM responses WHERE participant = ? AND response_index = ? "
+        "AND experiment = ?",
+        [
+            table["participant"][123].as_py(),
+            table["response_index"][123].as_py(),
+            table["experiment"][123].as_py(),
+        ],
+    )
+    got = scalar(
+        con, "SELECT nll FROM scores WHERE run_id = ? AND response_id = ?", [many_csv.run_id, rid]
+    )
+    assert got == pytest.approx(table["nll"][123].as_py(), rel=1e-15)
+
+
+def test_row_numbers_survive_batch_boundaries(con, tmp_path, monkeypatch):
+    """A bad value far past the first batch is reported at its own CSV line."""
+    table = _external(con).slice(0, 60)
+    nll = table["nll"].to_pylist()
+    nll[41] = -3.0  # data row 42 = CSV line 43
+    nll[58] = -1.0  # line 60
+    table = table.set_column(table.column_names.index("nll"), "nll", pa.array(nll))
+    src = tmp_path / "bad.csv"
+    pcsv.write_csv(table, src)
+    monkeypatch.setattr(importer, "BATCH_ROWS", 5)
+    before = scalar(con, "SELECT count(*) FROM scores")
+    with pytest.raises(WarehouseError, match=r"line 43: nll=-3.0; line 60: nll=-1.0"):
+        import_scores(con, src, model="m-bad", post_training="other")
+    assert scalar(con, "SELECT count(*) FROM scores") == before
+    assert not con.execute(
+        "SELECT * FROM duckdb_tables() WHERE table_name IN ('_import_raw', '_import_rows')"
+    ).fetchall()
+
+
+def test_export_in_small_batches_equals_one_batch(con, tmp_path, monkeypatch):
+    src = tmp_path / "s.parquet"
+    pq.write_table(_external(con), src)
+    r = import_scores(con, src, model="m-exp", post_training="other")
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    export_scores(con, a, run_id=r.run_id)
+    monkeypatch.setattr(importer, "BATCH_ROWS", 11)
+    _, n = export_scores(con, b, run_id=r.run_id)
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert n == ta.num_rows == r.n_rows and tb.equals(ta)
+    csv = tmp_path / "b.csv"
+    export_scores(con, csv, run_id=r.run_id)
+    back = pcsv.read_csv(
+        csv,
+        convert_options=pcsv.ConvertOptions(
+            column_types={
+                "participant": pa.string(),
+                "study": pa.string(),
+                "experiment": pa.string(),
+            }
+        ),
+    )
+    assert back.num_rows == n
+    np.testing.assert_array_equal(back["response_id"].to_numpy(), ta["response_id"].to_numpy())
+    np.testing.assert_allclose(back["nll"].to_numpy(), ta["nll"].to_numpy(), rtol=1e-15)
+
+
+# ---------------------------------------------------------------- memory settings
+
+
+def test_memory_settings_reach_duckdb(db_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("PSYSTATS_MEMORY_LIMIT", "300MB")
+    monkeypatch.setenv("PSYSTATS_TEMP_DIR", str(tmp_path / "spill"))
+    c = warehouse.connect(db_path)
+    try:
+        # 300 MB = 286.1 MiB as DuckDB shows it
+        assert scalar(c, "SELECT current_setting('memory_limit')") == "286.1 MiB"
+        assert scalar(c, "SELECT current_setting('temp_directory')") == str(tmp_path / "spill")
+    finally:
+        c.close()
+    monkeypatch.setenv("PSYSTATS_MEMORY_LIMIT", "lots")
+    with pytest.raises(WarehouseError, match=r"memory_limit 'lots'.*PSYSTATS_MEMORY_LIMIT"):
+        warehouse.connect(db_path)
+
+
+def test_memory_settings_defaults(db_path, monkeypatch):
+    monkeypatch.delenv("PSYSTATS_MEMORY_LIMIT", raising=False)
+    monkeypatch.delenv("PSYSTATS_TEMP_DIR", raising=False)
+    c = warehouse.connect(db_path)
+    try:
+        assert scalar(c, "SELECT current_setting('memory_limit')") == "953.6 MiB"  # 1 GB
+        assert scalar(c, "SELECT current_setting('temp_directory')") == f"{db_path}.tmp"
+    finally:
+        c.close()
+
+
+def test_cli_memory_options_reach_duckdb(db_path, tmp_path):
+    """The global --memory-limit/--temp-dir, through `psystats sql` (a locked configuration)."""
+    warehouse.connect(db_path).close()
+    spill = tmp_path / "spill"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "psystats.cli",
+            "--db",
+            str(db_path),
+            "--memory-limit",
+            "200MB",
+            "--temp-dir",
+            str(spill),
+            "sql",
+            "--format",
+            "csv",
+            "SELECT current_setting('memory_limit') AS m, current_setting('temp_directory') AS t",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1] == f"190.7 MiB,{spill}"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "psystats.cli",
+            "--db",
+            str(db_path),
+            "--memory-limit",
+            "x",
+            "summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stderr.startswith("Error: memory_limit 'x'")
+    assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- brief connection
+
+
+def test_brief_connection_holds_the_file_only_per_statement(warehouse_copy, tmp_path):
+    bc = BriefConnection(warehouse_copy)
+    try:
+        n = scalar(bc, "SELECT count(*) FROM responses")
+        assert n > 0 and not bc.holds_file
+        # Another process can write the file between two statements.
+        code = (
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+            'c.execute("CREATE TABLE other_writer AS SELECT 1 AS x"); c.close()'
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(warehouse_copy)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        # Temp tables live in memory across statements; writes commit in one transaction.
+        bc.execute("CREATE TEMP TABLE t AS SELECT response_id FROM responses LIMIT 3")
+        with warehouse.transaction(bc):
+            assert bc.holds_file
+            bc.execute(
+                "INSERT INTO models (model_id, name, post_training) "
+                "SELECT nextval('model_id_seq'), 'brief-model', 'other'"
+            )
+        assert not bc.holds_file
+        assert scalar(bc, "SELECT count(*) FROM t") == 3
+    finally:
+        bc.close()
+    c = warehouse.connect(warehouse_copy, read_only=True)
+    try:
+        assert scalar(c, "SELECT count(*) FROM models WHERE name = 'brief-model'") == 1
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------- report aggregates
+
+
+@pytest.fixture(scope="module")
+def scored(small_warehouse, tmp_path_factory):
+    """Simulated runs; one model misses some participants (the 'common' rule matters)."""
+    from psystats.stats.simulate import simulate_warehouse
+
+    path = tmp_path_factory.mktemp("scale") / "sim.duckdb"
+    shutil.copy(small_warehouse, path)
+    c = warehouse.connect(path)
+    simulate_warehouse(c, seed=5)
+    model = scalar(c, "SELECT min(model) FROM score_runs")
+    c.execute(
+        "DELETE FROM scores WHERE run_id IN (SELECT run_id FROM score_runs WHERE model = ?) "
+        "AND response_id IN (SELECT response_id FROM responses WHERE participant_key % 3 = 0)",
+        [model],
+    )
+    c.close()
+    return path
+
+
+def _reference_model_nll(pm: pd.DataFrame, level: float) -> tuple[pd.DataFrame, int, bool]:
+    """The report's former pandas computation over per-participant rows."""
+    n_models = pm["model"].nunique()
+    per = pm.groupby("participant_key")["model"].nunique()
+    common = per.index[per == n_models]
+    if len(common):
+        pm = pm[pm["participant_key"].isin(common)]
+    g = pm.groupby("model")["mean_nll"]
+    out = pd.DataFrame({"n": g.size(), "mean": g.mean(), "sd": g.std(ddof=1)})
+    half = stats.t.ppf(0.5 + level / 2, out["n"] - 1) * out["sd"] / np.sqrt(out["n"])
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out, int(pm["participant_key"].nunique()), bool(len(common))
+
+
+def test_report_model_nll_aggregates_in_duckdb_equal_pandas(scored):
+    from psystats.reports.queries import model_nll
+    from psystats.stats.data import participant_means
+
+    c = warehouse.connect(scored, read_only=True)
+    try:
+        for cond in [
+            r[0] for r in c.execute("SELECT DISTINCT condition FROM score_runs").fetchall()
+        ]:
+            table, info = model_nll(c, cond)
+            ref, n_part, common = _reference_model_nll(participant_means(c, condition=cond), 0.95)
+            assert info["n_participants"] == n_part and info["common"] == common
+            t = table.set_index("model").loc[ref.index]
+            assert (t["n_participants"].to_numpy() == ref["n"].to_numpy()).all()
+            for col in ("mean", "sd", "lo", "hi"):
+                np.testing.assert_allclose(t[col], ref[col], rtol=1e-10)
+    finally:
+        c.close()

@@ -1,0 +1,200 @@
+"""A connection that holds the warehouse file only while a statement runs.
+
+DuckDB lets one process write a file and no other process read it meanwhile;
+a reader (``read_only``) in turn keeps writers out.  A command that works
+for minutes -- a fit sampling its posterior, an import checking 26 M rows --
+must therefore not keep the file open between its statements.
+
+:class:`BriefConnection` looks like a ``duckdb`` connection to the code that
+uses it (``execute``, ``executemany``, ``register``, ``unregister``, the
+``transaction()`` helper), but the warehouse is ATTACHed to a private
+in-memory database only for the duration of each statement: read-only for a
+read (results are fetched before the file is let go), read-write from
+``BEGIN`` to ``COMMIT``/``ROLLBACK``.  Temporary tables and registered Arrow
+data live in the in-memory database, so they survive between statements, and
+spill to the temp folder beyond the memory limit.  Between statements other
+processes can read and write the file; when one holds it, the attach waits
+like :func:`psystats.warehouse.db.open_file` (``$PSYSTATS_LOCK_TIMEOUT``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import duckdb
+
+from .db import (
+    LOCK_TIMEOUT_VAR,
+    WarehouseLocked,
+    apply_memory_settings,
+    connect,
+    environment_error,
+    lock_holder,
+    lock_wait_seconds,
+)
+
+ALIAS = "psystats_wh"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Fetched:
+    """A statement's whole result, read before the file was let go (cursor-like)."""
+
+    def __init__(self, rows: list[tuple], description: list | None) -> None:
+        self._rows, self.description = rows, description
+
+    def fetchall(self) -> list[tuple]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def fetchone(self) -> tuple | None:
+        return self._rows.pop(0) if self._rows else None
+
+    def df(self):
+        import pandas as pd
+
+        cols = [d[0] for d in self.description or []]
+        return pd.DataFrame(self.fetchall(), columns=cols)
+
+    fetchdf = df
+
+
+class BriefConnection:
+    """See the module docstring.  ``path`` must be an existing warehouse (it is migrated)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        create: bool = True,
+        lock_timeout: float | None = None,
+        on_wait: Callable[[str], None] | None = _say,
+    ) -> None:
+        self.path = str(path)
+        self.lock_timeout = lock_timeout
+        self.on_wait = on_wait
+        # Create/migrate once, briefly, with the ordinary checks and messages.
+        connect(self.path, create=create, lock_timeout=lock_timeout, on_wait=on_wait).close()
+        self.local = duckdb.connect()
+        # Spills of the in-memory database go next to the warehouse, like DuckDB's own.
+        apply_memory_settings(self.local, self.path)
+        self._mode: str | None = None  # None, "ro" or "rw"
+        self._in_transaction = False
+
+    # ------------------------------------------------------------ the file
+    def _attach(self, mode: str) -> None:
+        if self._mode == mode:
+            return
+        self._detach()
+        literal = self.path.replace("'", "''")
+        sql = f"ATTACH '{literal}' AS {ALIAS}" + (" (READ_ONLY)" if mode == "ro" else "")
+        timeout = lock_wait_seconds() if self.lock_timeout is None else self.lock_timeout
+        deadline, delay, told = time.monotonic() + timeout, 0.05, False
+        while True:
+            try:
+                self.local.execute(sql)
+                break
+            except duckdb.Error as e:
+                holder = lock_holder(str(e))
+                if holder is None:
+                    raise environment_error(e, self.path, read_only=mode == "ro") from None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WarehouseLocked(self.path, holder, timeout) from None
+                if not told and self.on_wait is not None:
+                    self.on_wait(
+                        f"{self.path} is in use by {holder}; waiting up to {timeout:g} s "
+                        f"for it (set {LOCK_TIMEOUT_VAR} to change)"
+                    )
+                    told = True
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
+        self.local.execute(f"USE {ALIAS}")
+        self._mode = mode
+
+    def _detach(self) -> None:
+        if self._mode is None:
+            return
+        self.local.execute("USE memory")
+        self.local.execute(f"DETACH {ALIAS}")
+        self._mode = None
+
+    @property
+    def holds_file(self) -> bool:
+        """Whether the warehouse file is attached right now (only during a statement or
+        an open transaction)."""
+        return self._mode is not None
+
+    # ------------------------------------------------------------ statements
+    def execute(self, query: str, parameters: Sequence[Any] | None = None):
+        head = query.lstrip().split(None, 1)[0].upper() if query.strip() else ""
+        if head in ("BEGIN", "START"):
+            self._attach("rw")
+            self.local.execute(query, parameters)
+            self._in_transaction = True
+            return self.local
+        if self._in_transaction:
+            try:
+                result = self.local.execute(query, parameters)
+            finally:
+                if head in ("COMMIT", "ROLLBACK", "ABORT", "END"):
+                    self._in_transaction = False
+                    self._detach()
+            return result
+        self._attach("ro")
+        try:
+            cur = self.local.execute(query, parameters)
+            description = cur.description
+            rows = cur.fetchall() if description is not None else []
+        finally:
+            self._detach()
+        return Fetched(rows, description)
+
+    def executemany(self, query: str, parameters: Sequence[Sequence[Any]]):
+        if not self._in_transaction:
+            with_tx = True
+            self.execute("BEGIN TRANSACTION")
+        else:
+            with_tx = False
+        try:
+            self.local.executemany(query, parameters)
+        except BaseException:
+            if with_tx:
+                self.execute("ROLLBACK")
+            raise
+        if with_tx:
+            self.execute("COMMIT")
+        return self.local
+
+    def register(self, name: str, data: Any):
+        return self.local.register(name, data)
+
+    def unregister(self, name: str):
+        return self.local.unregister(name)
+
+    def close(self) -> None:
+        try:
+            if self._in_transaction:
+                self.local.execute("ROLLBACK")
+                self._in_transaction = False
+            self._detach()
+        finally:
+            self.local.close()
+
+    def __enter__(self) -> BriefConnection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def local_connection(con: Any) -> duckdb.DuckDBPyConnection:
+    """Where temporary work of ``con`` runs without touching the warehouse file."""
+    return con.local if isinstance(con, BriefConnection) else con
