@@ -3,7 +3,20 @@
     python benchmarks/bench_fit.py                       # 100 pairs x 150 experiments, timings + gates
     python benchmarks/bench_fit.py --pairs 50 --experiments 100 --checks
     python benchmarks/bench_fit.py --recovery 20         # 90% interval coverage over 20 datasets
-    python benchmarks/bench_fit.py --sbc 100             # simulation-based calibration, small model
+    python benchmarks/bench_fit.py --sbc 200             # simulation-based calibration, main layout
+    python benchmarks/bench_fit.py --grid 20             # null and small corners, 20 datasets each
+    python benchmarks/bench_fit.py --grid 5 --corners type_domain_zero,one_cell
+
+The grid (``--grid N``) simulates N datasets per corner: every grouped term
+(type, family, domain, type x domain, experiment, pair, generation-by-family)
+with a true scale of zero and with a large one (5x the default truth), and the
+small layouts (2 pairs; 1 pair; 1 experiment; 1 cell).  Each dataset goes
+through ``prepare`` with the default spec, as ``psystats fit effects`` would
+(so the automatic parameterisation sees each dataset); compiled models are
+reused across datasets whose model structure is the same.  Reported per
+corner: the share of fits meeting the gates (target >= 95%) and the 90%
+coverage per parameter family (target 85-95%; a scale whose truth is 0 is left
+out, as a central interval never contains its boundary: its q95 is shown).
 
 Timings are wall-clock on whatever machine runs this; report the machine and
 its load with the figures (the numbers printed include ``os.getloadavg()``).
@@ -164,7 +177,11 @@ def sbc(args) -> dict:
 
     from psystats.stats.simulate import simulate_cells
 
-    small = simulate_cells(6, 8, n_families=2, n_types=2, n_domains=2, seed=0).cells
+    if args.sbc_layout == "main":
+        layout = dict(MAIN_LAYOUT)
+        small = simulate_cells(layout.pop("n_pairs"), layout.pop("n_experiments"), **layout).cells
+    else:
+        small = simulate_cells(6, 8, n_families=2, n_types=2, n_domains=2, seed=0).cells
     model, data, compiled, compile_s = _compiled(small)
     scalars = [
         v
@@ -177,6 +194,9 @@ def sbc(args) -> dict:
             "sigma_pair",
         )
         if v in model.named_vars
+    ]
+    scalars += [
+        v for v in ("sigma_domain", "sigma_type_domain", "sigma_family") if v in model.named_vars
     ]
     vectors = [v for v in ("type", "domain") if v in model.named_vars]
     with model:
@@ -207,10 +227,126 @@ def sbc(args) -> dict:
         out[k] = {"chi2_p": float(stats.chisquare(hist).pvalue), "hist": hist.tolist()}
     return {
         "replications": args.sbc,
+        "layout": args.sbc_layout,
+        "cells": int(len(small)),
         "compile_s": round(compile_s, 1),
         "min_p": min(v["chi2_p"] for v in out.values()),
         "parameters": out,
     }
+
+
+MAIN_LAYOUT = dict(n_pairs=24, n_experiments=40, n_families=4, n_types=3, n_domains=6)
+GROUPED = {
+    "type": "type",
+    "family": "sigma_family",
+    "domain": "sigma_domain",
+    "type_domain": "sigma_type_domain",
+    "experiment": "sigma_experiment",
+    "pair": "sigma_pair",
+    "generation_family": "sigma_generation_family",
+}
+
+
+def corners() -> dict[str, dict]:
+    """Corner name -> simulate_cells arguments (layout and true scales)."""
+    from psystats.stats.simulate import TRUE_SCALES
+
+    out: dict[str, dict] = {"main": dict(MAIN_LAYOUT)}
+    for term, scale in GROUPED.items():
+        out[f"{term}_zero"] = dict(MAIN_LAYOUT, scales={scale: 0.0})
+        out[f"{term}_large"] = dict(MAIN_LAYOUT, scales={scale: 5 * TRUE_SCALES[scale]})
+    out["two_pairs"] = dict(n_pairs=2, n_experiments=20, n_families=1, n_types=2, n_domains=4)
+    out["one_pair"] = dict(n_pairs=1, n_experiments=20, n_families=1, n_types=1, n_domains=4)
+    out["one_experiment"] = dict(n_pairs=12, n_experiments=1, n_families=3, n_types=2, n_domains=1)
+    out["one_cell"] = dict(n_pairs=1, n_experiments=1, n_families=1, n_types=1, n_domains=1)
+    return out
+
+
+def _covered(post, truth: dict) -> dict[str, list[bool]]:
+    """Per parameter: is each true element inside its central 90% posterior interval?"""
+    out: dict[str, list[bool]] = {}
+    for name, tv in truth.items():
+        if name not in post:
+            continue
+        da = post[name]
+        lo = da.quantile(0.05, ("chain", "draw"))
+        hi = da.quantile(0.95, ("chain", "draw"))
+        if np.ndim(tv) == 0:
+            out[name] = [bool(lo <= tv <= hi)]
+            continue
+        labels = [list(map(str, da.coords[d].values)) for d in da.dims[2:]]
+        t = np.asarray(tv.loc[labels[0]] if len(labels) == 1 else tv.loc[labels[0], labels[1]])
+        out[name] = list(((lo.values <= t) & (t <= hi.values)).ravel())
+    return out
+
+
+def grid(args) -> dict:
+    """Gate pass rate and 90% coverage per parameter family, for every corner."""
+    import nutpie
+
+    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
+    from psystats.stats.sampling import diagnose
+    from psystats.stats.simulate import simulate_cells
+
+    wanted = args.corners.split(",") if args.corners else list(corners())
+    results = {}
+    for name in wanted:
+        kw = dict(corners()[name])
+        layout = {k: kw.pop(k) for k in ("n_pairs", "n_experiments")}
+        compiled_by_key: dict = {}
+        passed, cover, zero_q95, secs, structures = 0, {}, {}, 0.0, set()
+        zero_scales = {k for k, v in (kw.get("scales") or {}).items() if v == 0}
+        for k in range(args.grid):
+            sim = simulate_cells(layout["n_pairs"], layout["n_experiments"], seed=2000 + k, **kw)
+            spec = EffectsSpec()
+            data = prepare(sim.cells, spec)
+            key = (
+                tuple(data.active),
+                tuple(sorted(data.centred.items())),
+                tuple(sorted(data.fixed_scale)),
+                data.sigma_cell_fixed,
+                round(data.prior_scale, 6),
+            )
+            structures.add(key)
+            if key not in compiled_by_key:
+                model = build_effects_model(data, spec)
+                compiled_by_key[key] = (model, nutpie.compile_pymc_model(model))
+            model, compiled = compiled_by_key[key]
+            c = data.cells
+            t = time.perf_counter()
+            idata = nutpie.sample(
+                compiled.with_data(y_obs=c.y.to_numpy(float), se=c.se.to_numpy(float)),
+                draws=args.draws,
+                tune=args.tune,
+                chains=4,
+                seed=k,
+                progress_bar=False,
+                target_accept=0.95,
+            )
+            secs += time.perf_counter() - t
+            passed += diagnose(idata, var_names=reported_vars(model)).passed
+            truth = {n: v for n, v in sim.truth.items() if n not in zero_scales}
+            for n, hits in _covered(idata.posterior, truth).items():
+                cover.setdefault(n, []).extend(hits)
+            for n in zero_scales:
+                if n in idata.posterior:
+                    zero_q95.setdefault(n, []).append(float(idata.posterior[n].quantile(0.95)))
+        results[name] = {
+            "datasets": args.grid,
+            "cells": int(len(data.cells)),
+            "gate_pass_rate": round(passed / args.grid, 3),
+            "coverage_90": {n: round(float(np.mean(v)), 3) for n, v in cover.items()},
+            "intervals": {n: len(v) for n, v in cover.items()},
+            "zero_scale_q95_median": {
+                n: round(float(np.median(v)), 4) for n, v in zero_q95.items()
+            },
+            "active_terms": list(data.active),
+            "model_structures": len(structures),
+            "sigma_cell_fixed": data.sigma_cell_fixed,
+            "mean_sampling_s": round(secs / args.grid, 2),
+        }
+        print(name, json.dumps(results[name], default=str), flush=True)
+    return {"corners": results, "loadavg": os.getloadavg()}
 
 
 def main() -> None:
@@ -230,8 +366,18 @@ def main() -> None:
     ap.add_argument("--rec-pairs", type=int, default=24)
     ap.add_argument("--rec-experiments", type=int, default=40)
     ap.add_argument("--sbc", type=int, default=0, help="number of SBC replications")
+    ap.add_argument(
+        "--sbc-layout",
+        choices=("main", "small"),
+        default="main",
+        help="main: 24 pairs x 40 experiments (the grid's main layout); small: 6 x 8",
+    )
+    ap.add_argument("--grid", type=int, default=0, help="datasets per corner of the grid")
+    ap.add_argument("--corners", default="", help="comma-separated corners (default: all)")
     args = ap.parse_args()
-    if args.recovery:
+    if args.grid:
+        res = grid(args)
+    elif args.recovery:
         res = recovery(args)
     elif args.sbc:
         res = sbc(args)

@@ -77,6 +77,71 @@ def test_single_pair_drops_experiment_term_and_all_zero_variance_fails():
         prepare(one.assign(se=0.0))
 
 
+@pytest.mark.parametrize("term", ["sigma_type_domain", "sigma_experiment", "sigma_pair"])
+def test_absent_effect_is_noncentred_and_a_large_one_centred(term):
+    """The funnel corner: a term whose true scale is 0 must not get a centred parameterisation.
+
+    (A centred type x domain at sigma near 0 was the issue's failing default.)
+    The margin: with sigma = 0 the moment estimate exceeds twice the level SE only
+    when chi2_k / k > 5 (k >= 10 coefficients here), probability < 1e-6 per seed.
+    """
+    from psystats.stats.effects import prepare
+    from psystats.stats.simulate import simulate_cells
+
+    name = term.removeprefix("sigma_")
+    for seed in range(4):
+        kw = dict(n_families=4, n_types=3, n_domains=6, seed=seed)
+        absent = prepare(simulate_cells(24, 40, scales={term: 0.0}, **kw).cells)
+        assert absent.centred[name] is False, (seed, absent.scale_estimates)
+        assert absent.scale_estimates[name] < 0.03
+        large = prepare(simulate_cells(24, 40, scales={term: 0.5}, **kw).cells)
+        assert large.centred[name] is True, (seed, large.scale_estimates)
+        assert 0.25 < large.scale_estimates[name] < 1.0
+
+
+def test_moment_scale_estimates_match_the_truth_on_a_big_layout():
+    from psystats.stats.effects import prepare
+    from psystats.stats.simulate import simulate_cells
+
+    sim = simulate_cells(
+        30,
+        60,
+        n_families=6,
+        n_types=3,
+        n_domains=6,
+        seed=7,
+        scales={"sigma_experiment": 0.2, "sigma_pair": 0.1},
+    )
+    est = prepare(sim.cells).scale_estimates
+    assert abs(est["experiment"] - 0.2) < 0.06 and abs(est["pair"] - 0.1) < 0.04
+
+
+@pytest.mark.parametrize(
+    ("layout", "fixed"),
+    [
+        ((1, 1, 1, 1, 1), True),  # one cell: intercept only
+        ((2, 1, 1, 2, 1), True),  # two pairs (two types) on one experiment
+        ((1, 3, 1, 1, 1), False),  # one pair, three experiments: 2 residual df
+        ((2, 20, 1, 2, 4), False),
+    ],
+)
+def test_small_layouts_say_which_scales_cannot_be_learned(layout, fixed):
+    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.simulate import simulate_cells
+
+    P, E, F, T, D = layout
+    data = prepare(simulate_cells(P, E, n_families=F, n_types=T, n_domains=D, seed=1).cells)
+    text = " | ".join(data.messages)
+    assert data.sigma_cell_fixed is fixed
+    assert ("sigma_cell cannot be learned" in text) is fixed
+    model = build_effects_model(data, EffectsSpec())
+    assert ("sigma_cell" in model.named_vars) is not fixed
+    if fixed:
+        assert "fixed at 0" in text and f"{P * E} cell" in text
+    # Plurals: never "1 cells" or "1 location parameters".
+    assert "1 cells" not in text and " 1 location parameters" not in text
+
+
 def test_spec_from_toml_and_errors(tmp_path):
     from psystats.stats.effects import EffectsSpec, Prior
 
@@ -210,8 +275,10 @@ def test_recovery_point_estimates_one_dataset():
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(12, 16, n_families=3, n_types=2, n_domains=4, seed=11)
-    fit = fit_cells(sim.cells, draws=500, tune=500, seed=1, checks=False, target_accept=0.99)
-    assert fit.diagnostics.passed, fit.diagnostics.problems
+    fit = fit_cells(sim.cells, draws=1000, tune=1000, seed=1, checks=False, allow_failure=True)
+    # Recovery is the claim; convergence is checked with margins, not at the gates' edge.
+    d = fit.diagnostics
+    assert d.max_rhat < 1.05 and d.min_ess_bulk > 100 and d.divergences <= 10, d.problems
     post = fit.idata.posterior
     for name in ("intercept", "size_slope"):
         x = post[name].values.ravel()
@@ -421,3 +488,47 @@ def test_default_priors_unchanged_on_the_nats_scale_and_user_priors_kept():
     assert resolve_priors(wide, 10.0) is wide  # resolved once
     assert DEFAULT_PRIORS["intercept"].params["sigma"] == 1.0  # defaults untouched
     assert EffectsSpec.from_dict(EffectsSpec(autoscale=False).to_dict()).autoscale is False
+
+
+# ---------------------------------------------------------------------------
+# null and small corners, fitted with the defaults
+
+
+@pytest.mark.slow
+def test_default_fit_without_true_type_domain_converges_and_covers_the_truth():
+    """The issue's failing case: no true type x domain interaction, plain defaults."""
+    from psystats.stats.effects import fit_cells
+    from psystats.stats.simulate import simulate_cells
+
+    sim = simulate_cells(
+        24, 40, n_families=4, n_types=3, n_domains=6, seed=3, scales={"sigma_type_domain": 0.0}
+    )
+    fit = fit_cells(sim.cells, seed=3, checks=False, allow_failure=True)
+    d = fit.diagnostics
+    assert d.max_rhat < 1.02 and d.min_ess_bulk > 250 and d.divergences == 0, d.problems
+    post = fit.idata.posterior
+    assert float(post["sigma_type_domain"].quantile(0.95)) < 0.05  # truth 0; others ~0.1
+    for name in ("domain", "type", "type_domain", "pair_mean"):
+        mean = post[name].mean(("chain", "draw")).values
+        sd = post[name].std(("chain", "draw")).values
+        truth = sim.truth[name]
+        t = truth.to_numpy()
+        assert (np.abs(mean - t) < 4 * sd + 1e-3).all(), name
+
+
+@pytest.mark.slow
+def test_one_cell_posterior_is_the_conjugate_normal():
+    """One cell: sigma_cell fixed at 0, so intercept | y is Normal-Normal conjugate."""
+    from psystats.stats.effects import fit_cells
+    from psystats.stats.simulate import simulate_cells
+
+    cells = simulate_cells(1, 1, n_families=1, n_types=1, n_domains=1, seed=4).cells
+    fit = fit_cells(cells, seed=4, checks=False, allow_failure=True)
+    y, se = float(cells.y.iloc[0]), float(cells.se.iloc[0])
+    prior_sd = 1.0  # intercept ~ Normal(0, 1)
+    post_var = 1 / (1 / prior_sd**2 + 1 / se**2)
+    post_mean = post_var * y / se**2
+    x = fit.idata.posterior["intercept"].values.ravel()
+    assert fit.diagnostics.divergences == 0
+    assert abs(x.mean() - post_mean) < 0.15 * np.sqrt(post_var)
+    assert abs(x.std() / np.sqrt(post_var) - 1) < 0.1

@@ -26,7 +26,8 @@ import pandas as pd
 
 from psystats.warehouse.db import WarehouseError, next_id, scalar, transaction
 
-from .effects import EffectsSpec, prepare
+from .effects_design import prepare
+from .effects_spec import EffectsSpec
 
 TRUE_SCALES = dict(
     intercept=0.15,

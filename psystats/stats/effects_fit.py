@@ -1,0 +1,273 @@
+"""Fitting the effects model: sample, check, summarise (:func:`fit_cells`) and store (:func:`fit_effects`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .effects_design import EffectsData, prepare
+from .effects_model import LABELS, build_effects_model, reported_vars
+from .effects_spec import EffectsSpec, resolve_priors
+
+log = logging.getLogger(__name__)
+
+
+def posterior_predictive_summary(
+    model,
+    idata,
+    *,
+    max_draws: int = 400,
+    seed: int = 0,
+    var_name: str = "y",
+    add_to_idata: bool = True,
+) -> dict:
+    """Posterior predictive check on the cell means.
+
+    Replicates ``var_name`` from (at most ``max_draws``) posterior draws and
+    reports the share of cells inside their 90% predictive interval and
+    Bayesian p-values (P(T(y_rep) >= T(y))) for the mean, SD, minimum and
+    maximum of the standardised cell values (y - E y_rep) / sd(y_rep).  With
+    ``add_to_idata`` the replicated draws become ``idata``'s
+    ``posterior_predictive`` group (stored in the fit's NetCDF, where the
+    report draws its predictive check from them).
+    """
+    from .sampling import posterior_predictive_draws, ppc_statistics
+
+    rep, y = posterior_predictive_draws(
+        model, idata, var_name, max_draws=max_draws, seed=seed, add_to_idata=add_to_idata
+    )
+    return ppc_statistics(y, rep)
+
+
+def loo_summary(model, idata, *, max_draws: int = 1000) -> tuple[dict, Any]:
+    """PSIS-LOO (leave one cell out) with ArviZ on at most ``max_draws`` draws; (summary, ELPDData)."""
+    import warnings
+
+    import arviz as az
+    import pymc as pm
+
+    from .sampling import thin_draws
+
+    thin = thin_draws(idata, max_draws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ll = pm.compute_log_likelihood(
+            thin, model=model, var_names=["y"], extend_inferencedata=False, progressbar=False
+        )
+        thin = thin.copy()
+        thin.add_groups(
+            {"log_likelihood": ll.log_likelihood if hasattr(ll, "log_likelihood") else ll}
+        )
+        res = az.loo(thin, pointwise=True)
+    k = np.asarray(res.pareto_k)
+    return (
+        {
+            "elpd_loo": float(res.elpd_loo),
+            "se": float(res.se),
+            "p_loo": float(res.p_loo),
+            "n_cells": int(k.size),
+            "pareto_k_over_0.7": int(np.sum(k > 0.7)),
+            "draws": int(thin.posterior.sizes["chain"] * thin.posterior.sizes["draw"]),
+        },
+        res,
+    )
+
+
+@dataclass
+class EffectsFit:
+    """What :func:`fit_cells` returns (and :func:`fit_effects` after storing it)."""
+
+    idata: Any
+    model: Any
+    data: EffectsData
+    spec: EffectsSpec
+    diagnostics: Any
+    summary: dict
+    seconds: float
+    fit_id: int | None = None
+
+
+def fit_cells(
+    cells: pd.DataFrame,
+    spec: EffectsSpec | None = None,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int = 0,
+    sampler: str = "nutpie",
+    target_accept: float = 0.95,
+    allow_failure: bool = False,
+    compare: bool = True,
+    checks: bool = True,
+    progressbar: bool = False,
+) -> EffectsFit:
+    """Fit the effects model to a cell table (with ``y``/``se``), check it, summarise it.
+
+    Raises :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate
+    fails and ``allow_failure`` is false.  ``checks`` runs the posterior
+    predictive check and PSIS-LOO; ``compare`` also fits the model without
+    type x domain and compares the two by LOO.
+    """
+    from .sampling import diagnose, enforce, sample, sampler_record
+
+    spec = spec or EffectsSpec()
+    t0 = time.perf_counter()
+    data = prepare(cells, spec)
+    for m in data.messages:
+        log.warning(m)
+    model = build_effects_model(data, spec)
+    idata = sample(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+        progressbar=progressbar,
+    )
+    diag = diagnose(idata, var_names=reported_vars(model))
+    enforce(diag, allow_failure)
+    summary: dict[str, Any] = {
+        "messages": data.messages,
+        "dropped_terms": data.dropped,
+        "active_terms": data.active,
+        "centred": data.centred,
+        "n_cells": data.n_cells,
+        "size_center_log_params": data.size_center,
+        "prior_scale": data.prior_scale,
+        "scale_estimates": data.scale_estimates,
+        "sigma_cell_fixed": data.sigma_cell_fixed,
+        "residual_df": data.residual_df,
+        "coords": {k: len(v) for k, v in data.coords.items()},
+    }
+    if checks:
+        loo, loo_full = loo_summary(model, idata)
+        summary["loo"] = {"full": loo}
+        # Also adds the replicated draws to idata (posterior_predictive, in the NetCDF).
+        summary["ppc"] = posterior_predictive_summary(model, idata, seed=seed)
+        if compare and "type_domain" in data.active:
+            spec2 = replace(spec, terms={**spec.terms, "type_domain": False})
+            data2 = prepare(cells, spec2)
+            model2 = build_effects_model(data2, spec2)
+            idata2 = sample(
+                model2,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                seed=seed,
+                sampler=sampler,
+                target_accept=target_accept,
+            )
+            diag2 = diagnose(idata2, var_names=reported_vars(model2))
+            loo2, loo_reduced = loo_summary(model2, idata2)
+            diff = loo_full.elpd_loo - loo_reduced.elpd_loo
+            # SE of the difference from the pointwise differences (as arviz.compare does).
+            pw = np.asarray(loo_full.loo_i) - np.asarray(loo_reduced.loo_i)
+            se_diff = float(np.sqrt(pw.size * np.var(pw)))
+            summary["loo"].update(
+                {
+                    "without_type_domain": loo2,
+                    "without_type_domain_passed": diag2.passed,
+                    "elpd_diff_full_minus_without": float(diff),
+                    "se_diff": se_diff,
+                    "preferred": (
+                        "with type x domain"
+                        if diff > 2 * se_diff
+                        else "without type x domain"
+                        if diff < -2 * se_diff
+                        else "no clear difference (|elpd diff| < 2 SE)"
+                    ),
+                }
+            )
+    seconds = time.perf_counter() - t0
+    summary["sampler"] = sampler_record(idata)
+    # The spec as fitted: every prior explicit, default ones widened by data.prior_scale.
+    return EffectsFit(
+        idata=idata,
+        model=model,
+        data=data,
+        spec=resolve_priors(spec, data.prior_scale),
+        diagnostics=diag,
+        summary=summary,
+        seconds=seconds,
+    )
+
+
+def fit_effects(
+    con,
+    *,
+    post_condition: str = "plain",
+    base_condition: str | None = None,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    spec: EffectsSpec | None = None,
+    netcdf_dir: str | Path | None = None,
+    name: str | None = None,
+    **fit_kw,
+) -> EffectsFit:
+    """Cells from the warehouse -> :func:`fit_cells` -> ``fits``/``fit_params`` + NetCDF.
+
+    Nothing is written when the fit misses its gates (unless
+    ``allow_failure=True``, then it is stored with ``passed = false``).
+    """
+    from .cells import build_cells, with_scale
+    from .store import save_fit
+
+    spec = spec or EffectsSpec()
+    base_condition = base_condition or post_condition
+    cells = with_scale(
+        build_cells(
+            con,
+            post_condition=post_condition,
+            base_condition=base_condition,
+            models=models,
+            experiments=experiments,
+        ),
+        spec.scale,
+    )
+    fit = fit_cells(cells, spec, **fit_kw)
+    selection = {
+        "models": list(models) if models else None,
+        "experiments": list(experiments) if experiments else None,
+        "post_condition": post_condition,
+        "base_condition": base_condition,
+        "pairs": fit.data.coords["pair"],
+        "runs": sorted(
+            {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
+        ),
+        "n_cells": fit.data.n_cells,
+        "n_experiments": len(fit.data.coords["experiment"]),
+    }
+    condition = (
+        post_condition
+        if post_condition == base_condition
+        else f"{post_condition} vs {base_condition}"
+    )
+    fit.fit_id = save_fit(
+        con,
+        kind="effects",
+        idata=fit.idata,
+        spec=spec.to_dict(),
+        priors=fit.spec.all_priors(),
+        selection=selection,
+        condition=condition,
+        scale=spec.scale,
+        sampler=fit.summary["sampler"],
+        diagnostics=fit.diagnostics,
+        summary=fit.summary,
+        seconds=fit.seconds,
+        netcdf_dir=netcdf_dir,
+        var_names=reported_vars(fit.model),
+        labels=LABELS,
+        name=name,
+    )
+    return fit
