@@ -528,6 +528,20 @@ def _validate_and_write(
     )
     registered = False
     with transaction(con):
+        # The checks above ran without holding the file (brief connection): a
+        # concurrent ingest may have replaced responses since.  Re-check the keys
+        # inside the writing transaction, so the commit is still all-or-nothing.
+        gone = int(
+            scalar(
+                con,
+                "SELECT count(*) FROM _import_rows i ANTI JOIN responses r USING (response_id)",
+            )
+        )
+        if gone:
+            raise WarehouseError(
+                f"{path}: {gone} of its responses left the warehouse while it was being "
+                "checked (a concurrent ingest?); nothing was imported: run the import again"
+            )
         if not scalar(con, "SELECT count(*) FROM models WHERE name = ?", [model]):
             registry._add(
                 con,

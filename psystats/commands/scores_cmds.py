@@ -63,6 +63,11 @@ def import_(
     response of the warehouse with finite values; otherwise the error names
     the line and field and nothing is written.
 
+    The file is streamed in record batches (memory does not grow with it;
+    see --memory-limit/--temp-dir of `psystats`), and the warehouse is held
+    only per checking query and for the final commit: other commands can
+    read and write it meanwhile.
+
     \b
     Examples:
       psystats scores import results.parquet --model my-cognitive-model --type other
