@@ -24,6 +24,8 @@ RT_FIELD = "RTs"
 NORMALISED_FIELDS = ("age", "gender", "nationality", "education", "diagnosis")
 
 _MARKER = re.compile(r"<<|>>")
+_OPEN = re.compile(r"<<")
+_CLOSE = re.compile(r">>")
 
 
 @dataclass
@@ -62,6 +64,18 @@ def find_spans(text: str) -> list[tuple[int, int]]:
     else (a stray ``>>``, ``<<`` inside a response, an unclosed ``<<``) is an
     error that quotes the position.
     """
+    # Fast path (most transcripts are well-formed): the markers alternate iff
+    # the i-th '<<' ends before the i-th '>>' starts, which starts before the
+    # (i+1)-th '<<'.  '<<' and '>>' cannot overlap, so this equals the scan below.
+    opens = [m.end() for m in _OPEN.finditer(text)]
+    closes = [m.start() for m in _CLOSE.finditer(text)]
+    if (
+        len(opens) == len(closes)
+        and all(o <= c for o, c in zip(opens, closes))
+        and all(c < o for c, o in zip(closes, opens[1:]))
+    ):
+        return list(zip(opens, closes))
+    # Slow path: find the first offending marker for the message.
     spans: list[tuple[int, int]] = []
     open_at = -1
     for m in _MARKER.finditer(text):
