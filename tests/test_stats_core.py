@@ -107,6 +107,13 @@ def test_save_and_load_fit_roundtrip(eight_idata, db_path):
     assert row["sampler"]["sampler"] == "nutpie"
     assert row["netcdf_path"].endswith(f"test.duckdb.fits/fit-{fid}.nc")
     np.testing.assert_allclose(idata.posterior.mu.values, eight_idata.posterior.mu.values)
+    # The NetCDF stands alone: spec, priors, sampler and package versions in its attrs.
+    from psystats.stats.store import netcdf_attrs
+
+    rec = netcdf_attrs(row["netcdf_path"])
+    assert rec["fit_id"] == fid and rec["kind"] == "test"
+    assert rec["spec"] == {"model": "eight schools"} and rec["priors"] == {"mu": "Normal(0, 5)"}
+    assert rec["sampler"]["environment"]["packages"] and rec["passed"] is True
     with pytest.raises(WarehouseError, match="no fit with fit_id 999"):
         load_fit(con, 999)
 

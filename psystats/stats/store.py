@@ -182,6 +182,30 @@ def summarise_posterior(
     return df
 
 
+def netcdf_record(*, summary: Any = None, **fields: Any) -> dict:
+    """The ``psystats_fit`` attribute of a fit's NetCDF (JSON; :func:`netcdf_attrs` reads it).
+
+    Spec, priors actually used, data selection, terms kept and dropped (with
+    the reasons), the fit's messages, sampler settings and package versions.
+    """
+    summary = dict(summary or {}) if isinstance(summary, Mapping) else {}
+    return {
+        **fields,
+        "active_terms": summary.get("active_terms"),
+        "dropped_terms": summary.get("dropped_terms"),
+        "messages": summary.get("messages"),
+    }
+
+
+def netcdf_attrs(path: str | os.PathLike) -> dict:
+    """The ``psystats_fit`` record stored in a fit's NetCDF file (empty dict if none)."""
+    import arviz as az
+
+    idata = az.from_netcdf(str(path))
+    raw = idata.attrs.get("psystats_fit")
+    return json.loads(raw) if raw else {}
+
+
 def save_fit(
     con,
     *,
@@ -239,6 +263,24 @@ def save_fit(
             fit_id = int(scalar(con, "SELECT nextval('fit_id_seq')"))
             final = folder / f"fit-{fit_id}.nc"
             tmp = folder / f".fit-{fit_id}.nc.partial"
+            # The NetCDF stands alone for a reanalysis: what was fitted, to which
+            # data, with which priors and terms, by which software.
+            idata.attrs["psystats_fit"] = to_json(
+                netcdf_record(
+                    fit_id=fit_id,
+                    kind=kind,
+                    name=name,
+                    condition=condition,
+                    scale=scale,
+                    spec=spec,
+                    priors=priors,
+                    selection=selection,
+                    sampler=sampler,
+                    summary=summary,
+                    passed=passed,
+                    version=__version__,
+                )
+            )
             idata.to_netcdf(str(tmp))
             con.execute(
                 "INSERT INTO fits (fit_id, kind, name, condition, scale, spec, priors, selection,"
