@@ -259,3 +259,16 @@ def test_plain_duckdb_file_is_not_a_warehouse(tmp_path: Path):
     before = other.read_bytes()
     one_line_error(cli("--db", other, "summary"), "not a psystats warehouse")
     assert other.read_bytes() == before
+
+
+def test_db_that_is_a_pipe_or_device_does_not_hang(tmp_path: Path, sample_db: Path):
+    fifo = tmp_path / "fifo.duckdb"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/null"), Path("/dev/full")):
+        for args in (["summary"], ["init"]):
+            one_line_error(cli("--db", target, *args), "is not a regular file")
+    # A symbolic link to a real warehouse is fine.
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(sample_db)
+    res = cli("--db", link, "summary", "--format", "csv")
+    assert res.exit_code == 0 and "franke2024bayesian" in res.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +168,15 @@ def connect(
         if Path(path).is_dir():
             raise WarehouseError(f"{path} is a folder, not a warehouse file: give a file path")
         parent = Path(path).parent
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            # DuckDB would block forever on a pipe, and misreport a device.
+            raise WarehouseError(
+                f"{path} is not a regular file (a device, pipe or socket): give a warehouse file"
+            )
         if not Path(path).exists():
             if not create:
                 raise WarehouseError(
