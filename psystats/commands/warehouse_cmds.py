@@ -269,6 +269,7 @@ def _sql_error(message: str, write: bool, allow_external: bool) -> str:
         "disabled by configuration" in low
         or "disabled through configuration" in low
         or "configuration has been locked" in low
+        or ("but it exists in the" in low and "extension" in low)
     ):
         return (
             f"{message.strip()}\n(psystats sql reaches only this warehouse; "
