@@ -273,5 +273,14 @@ MIGRATION_3 = """
 ALTER TABLE fits ADD COLUMN stale_reason VARCHAR;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
+# Issue 14: adapters on a base (PEFT; the adapter's location, revision and
+# weights hash) and the quantisation of a checkpoint (NULL: full precision).
+MIGRATION_MODEL_CLASSES = """
+ALTER TABLE models ADD COLUMN adapter VARCHAR;
+ALTER TABLE models ADD COLUMN adapter_revision VARCHAR;
+ALTER TABLE models ADD COLUMN adapter_sha256 VARCHAR;
+ALTER TABLE models ADD COLUMN quantization VARCHAR;
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_MODEL_CLASSES]
 SCHEMA_VERSION = len(MIGRATIONS)
