@@ -23,6 +23,25 @@ def summary_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]
     return [d[0] for d in cur.description], cur.fetchall()
 
 
+def model_run_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
+    """Per model and condition: scored runs by status and the responses they scored.
+
+    Read from ``score_runs`` alone (one row per run), so it costs the same
+    with a thousand score rows or billions.
+    """
+    q = """
+    SELECT model, condition,
+           count(*) FILTER (WHERE status = 'complete')            AS complete,
+           count(*) FILTER (WHERE status <> 'complete')           AS unfinished,
+           coalesce(sum(n_responses) FILTER (WHERE status = 'complete'), 0)::BIGINT
+                                                                  AS responses_scored,
+           max(run_id)                                            AS newest_run
+    FROM score_runs GROUP BY model, condition ORDER BY model, condition
+    """
+    cur = con.execute(q)
+    return [d[0] for d in cur.description], cur.fetchall()
+
+
 def where_clause(filters: dict[str, Sequence[Any] | None], alias: str = "") -> tuple[str, list]:
     """``WHERE col IN (?, ...) AND ...`` for the non-empty filters, with its parameters.
 

@@ -158,7 +158,8 @@ def list_(db: str | None, fmt: str) -> None:
     """List registered models (by family, generation and size).
 
     \b
-    Example:
+    Examples:
+      psystats models list
       psystats models list --format csv > models.csv
     """
     from psystats.scoring.registry import list_models
@@ -185,7 +186,13 @@ def list_(db: str | None, fmt: str) -> None:
 @db_option
 @friendly_errors
 def show(name: str, db: str | None) -> None:
-    """Every field of model NAME, and what was inferred from what."""
+    """Every field of model NAME, and what was inferred from what.
+
+    \b
+    Examples:
+      psystats models show Qwen/Qwen3-8B
+      psystats models show SmolLM2-135M-Instruct
+    """
     from psystats.scoring.registry import get_model
 
     _show(get_model(open_db(db, read_only=True), name))
@@ -233,6 +240,11 @@ def load(file: str, db: str | None) -> None:
       [[models]]
       name = "my-cognitive-model"
       type = "other"
+
+    \b
+    Examples:
+      psystats models load models.toml
+      psystats --db psych.duckdb models load study-models.yaml
     """
     from psystats.scoring.registry import load_file
 
@@ -249,7 +261,16 @@ def load(file: str, db: str | None) -> None:
 @click.option("--force", is_flag=True, help="Also delete the model's score runs and scores.")
 @friendly_errors
 def remove(name: str, db: str | None, force: bool) -> None:
-    """Remove model NAME (refused while it has scores, unless --force)."""
+    """Remove model NAME (refused while it has scores, unless --force).
+
+    With --force its score runs and scores go too; fits that used them are
+    kept (their parameters are stored) but no longer match the warehouse.
+
+    \b
+    Examples:
+      psystats models remove my-typo-model
+      psystats models remove old-checkpoint --force
+    """
     from psystats.scoring.registry import remove_model
 
     gone = remove_model(open_db(db), name, force=force)

@@ -19,7 +19,18 @@ FORMATS = click.Choice(["table", "csv", "json"])
 @db_option
 @friendly_errors
 def init(db: str | None) -> None:
-    """Create the warehouse file (or migrate an old one) and load the default domain map."""
+    """Create the warehouse file (or migrate an old one) and load the default domain map.
+
+    Other commands create the file on first use too; `init` is for making it
+    explicitly, or for upgrading a warehouse written by an older psystats
+    (read-only commands never upgrade a file themselves).
+
+    \b
+    Examples:
+      psystats init
+      psystats --db /data/psych201.duckdb init
+      PSYSTATS_DB=psych.duckdb psystats init
+    """
     con = open_db(db, create=True)
     with transaction(con):
         domain_map.ensure_builtin(con)
@@ -177,14 +188,46 @@ def ingest(
 @click.command()
 @db_option
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option(
+    "--by",
+    type=click.Choice(["all", "study", "model"]),
+    default="all",
+    show_default=True,
+    help="study: counts per study; model: scored runs per model and condition; "
+    "all: both tables (with --format csv/json: the study table).",
+)
 @friendly_errors
-def summary(db: str | None, fmt: str) -> None:
-    """Per study: experiments, participants, responses, domains and scored runs."""
+def summary(db: str | None, fmt: str, by: str) -> None:
+    """What the warehouse holds: per study, then scored runs per model.
+
+    Per study: experiments, domains, participants, responses and how many
+    participants report an age.  Per model and condition: complete and
+    unfinished scoring runs, the responses the complete runs scored and the
+    newest run id.  Runs and fits made stale by `ingest --replace-changed`
+    are listed as warnings on stderr.
+
+    \b
+    Examples:
+      psystats summary
+      psystats summary --by model
+      psystats --db psych.duckdb summary --by study --format csv > studies.csv
+    """
+    from psystats.warehouse.queries import model_run_rows
     from psystats.warehouse.staleness import stale_notes
 
+    if by == "all" and fmt != "table":
+        by = "study"  # one machine-readable table per call
     con = open_db(db, read_only=True)
-    cols, rows = summary_rows(con)
-    print_rows(cols, rows, fmt)
+    if by in ("all", "study"):
+        cols, rows = summary_rows(con)
+        print_rows(cols, rows, fmt)
+    if by in ("all", "model"):
+        cols, rows = model_run_rows(con)
+        if by == "all":
+            click.echo("")
+            click.echo("Scored runs per model" if rows else "No scored runs yet (psystats score).")
+        if rows or by == "model":
+            print_rows(cols, rows, fmt)
     # Runs and fits invalidated by `ingest --replace-changed` (stderr: the
     # table on stdout stays machine-readable).
     for note in stale_notes(con):
