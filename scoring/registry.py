@@ -48,6 +48,7 @@ EDITABLE: dict[str, type] = {
     "post_training": str,
     "base_model": str,
     "trust_remote_code": bool,
+    "quantization": str,
 }
 # Friendlier names accepted in files and on the command line.
 ALIASES = {"type": "post_training", "base": "base_model", "params": "n_params"}
@@ -68,6 +69,10 @@ _COLUMNS = (
     "trust_remote_code",
     "inferred",
     "created_at",
+    "adapter",
+    "adapter_revision",
+    "adapter_sha256",
+    "quantization",
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 USER = "user"
@@ -121,7 +126,8 @@ def resolve_model(con: duckdb.DuckDBPyConnection, name_or_source: str, **add_kwa
         get_model(con, name_or_source)  # a bare name is a typo more often than a legacy hub id
     _, source, gguf_file = _classify(name_or_source, add_kwargs.get("gguf_file"))
     rows = con.execute(
-        "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? ORDER BY model_id",
+        "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? "
+        "AND adapter IS NULL ORDER BY model_id",
         [source, gguf_file or ""],
     ).fetchall()
     if rows:
@@ -301,6 +307,21 @@ def require_hub_files(model: dict, repo: str, gguf_file: str | None = None) -> N
     )
 
 
+def require_model_files(model: dict) -> None:
+    """:func:`require_hub_files` for a models row whose source is a hub id (else nothing).
+
+    Called before the scorer imports torch, so a hub id that cannot be
+    fetched fails in a second or two.
+    """
+    from .loader import _looks_like_path, locate
+
+    if not model.get("source"):
+        return  # an external scorer: the loader says it cannot be run
+    folder, gguf = locate(model)
+    if not _looks_like_path(folder):
+        require_hub_files(model, folder, gguf)
+
+
 def _hub_facts(
     repo: str, revision: str | None, gguf_file: str | None
 ) -> tuple[dict, int | None, str]:
@@ -457,6 +478,14 @@ def describe(
                 f"no suffix: un-suffixed {key[0]} {key[1]} models are post-trained",
             )
 
+    if arch in naming.VISION_ARCHITECTURES and post[0] != "vision":
+        post = (
+            "vision",
+            f"{arch_from} {arch!r}: a vision-language extension of a text model "
+            f"(the name said {post[0]!r}: {post[1]})",
+        )
+    quant = _quantization(config, gguf_meta, gguf_file if kind == "gguf" else None, by_name)
+
     inferred["family"] = {"value": family[0], "from": family[1]}
     inferred["generation"] = {
         "value": generation[0] if generation else None,
@@ -478,7 +507,9 @@ def describe(
     if config.get("auto_map"):
         inferred["needs_remote_code"] = True
     inferred["source_kind"] = kind
+    inferred["quantization"] = {"value": quant[0], "from": quant[1]}
     return {
+        "quantization": quant[0],
         "name": name,
         "source": source if kind != "external" else None,
         "revision": revision,
@@ -492,6 +523,30 @@ def describe(
         "base_model": None,
         "inferred": inferred,
     }
+
+
+def _quantization(
+    config: dict, gguf_meta: dict, gguf_file: str | None, by_name: naming.Inference
+) -> tuple[str | None, str]:
+    """(label or None, why): the checkpoint's quantisation, from its config, GGUF file or name."""
+    qc = config.get("quantization_config") or (config.get("text_config") or {}).get(
+        "quantization_config"
+    )
+    if isinstance(qc, dict) and qc.get("quant_method"):
+        method = str(qc["quant_method"]).lower()
+        bits = qc.get("bits")
+        if method == "bitsandbytes":
+            bits = 4 if qc.get("load_in_4bit") else 8 if qc.get("load_in_8bit") else bits
+            label = f"bitsandbytes-{bits}bit" if bits else "bitsandbytes"
+        else:
+            label = f"{method}-int{bits}" if bits else method
+        return label, "config.json quantization_config"
+    if gguf_file:
+        q = naming.quantization_from_name(Path(gguf_file).stem)
+        return (q[0], f"GGUF file name: {q[1]}") if q else ("gguf", "GGUF file")
+    if by_name.quantization:
+        return by_name.quantization
+    return None, "no quantization_config, not GGUF, none in name (full precision)"
 
 
 def _coerce(field: str, value: Any, where: str = "") -> Any:
@@ -546,7 +601,8 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) 
     con.execute(
         "INSERT INTO models (model_id, name, source, revision, gguf_file, tokenizer_source, family, "
         "generation, generation_order, n_params, post_training, base_model, trust_remote_code, "
-        "inferred) VALUES (nextval('model_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "inferred, adapter, adapter_revision, adapter_sha256, quantization) "
+        "VALUES (nextval('model_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             row["name"],
             row["source"],
@@ -561,6 +617,10 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) 
             row["base_model"],
             trust_remote_code,
             json.dumps(row["inferred"]),
+            row.get("adapter"),
+            row.get("adapter_revision"),
+            row.get("adapter_sha256"),
+            row.get("quantization"),
         ],
     )
 
@@ -609,7 +669,7 @@ def _resolve_base(con: duckdb.DuckDBPyConnection, base: str) -> str:
         return base
     rows = con.execute(
         "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? "
-        "ORDER BY model_id",
+        "AND adapter IS NULL ORDER BY model_id",
         [source, gguf_file or ""],
     ).fetchall()
     return rows[0][0] if rows else base
@@ -684,7 +744,7 @@ def _add(
         _, src, gg = _classify(source, gguf_file)
         rows = con.execute(
             "SELECT name FROM models WHERE source = ? AND coalesce(gguf_file, '') = ? "
-            "AND coalesce(revision, '') = ? ORDER BY model_id",
+            "AND coalesce(revision, '') = ? AND adapter IS NULL ORDER BY model_id",
             [src, gg or "", revision or ""],
         ).fetchall()
         if rows:
@@ -759,6 +819,8 @@ def add_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     overrides: dict | None = None,
+    adapter: str | None = None,
+    adapter_revision: str | None = None,
 ) -> dict:
     """Register a model (idempotently) and return its row.
 
@@ -769,8 +831,25 @@ def add_model(
     ``post_training`` and ``overrides`` (any editable field) win over
     inference.  Registering the same name and source again changes only the
     fields given explicitly; the same name with another source is an error.
+
+    With ``adapter`` (a PEFT adapter folder or hub id) the model registered is
+    the adapter on the base ``source`` (a registered name, folder, GGUF or hub
+    id; registered first when new): see :func:`_add_adapter`.
     """
     with transaction(con):
+        if adapter is not None:
+            return _add_adapter(
+                con,
+                source,
+                adapter,
+                name=name,
+                adapter_revision=adapter_revision,
+                post_training=post_training,
+                gguf_file=gguf_file,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                overrides=overrides,
+            )
         return _add(
             con,
             source,
@@ -782,6 +861,127 @@ def add_model(
             trust_remote_code=trust_remote_code,
             overrides=overrides,
         )
+
+
+def _add_adapter(
+    con: duckdb.DuckDBPyConnection,
+    base_source: str | None,
+    adapter: str,
+    *,
+    name: str | None,
+    adapter_revision: str | None,
+    post_training: str | None,
+    gguf_file: str | None,
+    revision: str | None,
+    trust_remote_code: bool,
+    overrides: dict | None,
+) -> dict:
+    """Register ``adapter`` on ``base_source`` (inside the caller's transaction).
+
+    The row has the base's source, family, generation, size and quantisation,
+    ``base_model`` = the base, ``adapter`` (absolute folder or hub id),
+    ``adapter_revision`` and ``adapter_sha256`` (weights + config).  The type
+    comes from the adapter's name ("...-Instruct-lora": instruct); a name
+    with no type marker is "other" (a fine-tune of unknown kind), never "base".
+    """
+    from . import adapters
+
+    if not base_source:
+        raise WarehouseError(
+            "--adapter needs the base model: psystats models add BASE --adapter PATH"
+        )
+    info = adapters.describe(adapter, adapter_revision)
+    adapter_loc = info["folder"] if adapters._is_path(adapter) else adapter
+    base = _row(con, "name = ?", [base_source])
+    if base is None:
+        base = _add(
+            con,
+            base_source,
+            name=None,
+            base=None,
+            post_training=None,
+            gguf_file=gguf_file,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            overrides=None,
+        )
+    if base.get("adapter"):
+        raise WarehouseError(
+            f"{base['name']!r} is itself an adapter model; give its base ({base['base_model']!r})"
+        )
+    default_name = Path(adapter_loc).name if adapters._is_path(adapter) else adapter
+    name = name or default_name
+    existing = _row(con, "name = ?", [name])
+    if existing is not None:
+        if (existing.get("adapter"), existing["source"]) != (adapter_loc, base["source"]):
+            raise WarehouseError(
+                f"model {name!r} is already registered "
+                + (
+                    f"with adapter {existing['adapter']!r}"
+                    if existing.get("adapter")
+                    else f"with source {existing['source']!r}"
+                )
+                + f"; choose another --name or `psystats models remove {name}` first"
+            )
+        if existing.get("adapter_sha256") != info["sha256"]:
+            _update(con, name, {"adapter_sha256": info["sha256"]}, existing["inferred"])
+        explicit = dict(overrides or {})
+        if post_training is not None:
+            explicit["post_training"] = post_training
+        if explicit:
+            _apply(con, name, explicit, USER)
+        return get_model(con, name)
+    by_name = naming.infer_from_name(default_name)
+    post = by_name.post_training
+    if post[0] == "base":
+        post = ("other", f"an adapter whose name names no post-training type ({post[1]})")
+    inferred = {
+        k: dict(v) if isinstance(v, dict) else v
+        for k, v in base["inferred"].items()
+        if k in ("family", "generation", "generation_order", "n_params", "size_label")
+    }
+    inferred["post_training"] = {"value": post[0], "from": f"adapter name: {post[1]}"}
+    inferred["base_model"] = {
+        "value": base["name"],
+        "candidate": by_name.base_candidate,
+        "from": f"the adapter is applied on {base['name']!r}",
+    }
+    inferred["n_params"] = {
+        "value": base["n_params"],
+        "from": "the base's: an adapter adds low-rank deltas to the same weights",
+    }
+    inferred["adapter"] = {k: v for k, v in info.items() if k != "folder"}
+    inferred["quantization"] = {"value": base.get("quantization"), "from": "the base's"}
+    inferred["source_kind"] = "adapter"
+    row = {
+        "name": name,
+        "source": base["source"],
+        "revision": base["revision"],
+        "gguf_file": base["gguf_file"],
+        "tokenizer_source": base["tokenizer_source"],
+        "family": base["family"],
+        "generation": base["generation"],
+        "generation_order": base["generation_order"],
+        "n_params": base["n_params"],
+        "post_training": post[0],
+        "base_model": base["name"],
+        "inferred": inferred,
+        "adapter": adapter_loc,
+        "adapter_revision": adapter_revision,
+        "adapter_sha256": info["sha256"],
+        "quantization": base.get("quantization"),
+    }
+    explicit = dict(overrides or {})
+    if post_training is not None:
+        explicit["post_training"] = post_training
+    for key, raw in explicit.items():
+        field = ALIASES.get(key, key)
+        row[field] = _coerce(field, raw)
+        row["inferred"][field] = {"value": row[field], "from": USER}
+    if row["base_model"] == row["name"]:
+        raise WarehouseError("a model cannot be its own base")
+    _insert(con, row, bool(base["trust_remote_code"]))
+    return get_model(con, name)
 
 
 def set_fields(con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any]) -> dict:

@@ -224,7 +224,6 @@ def test_score_refuses_a_model_marked_trust_remote_code(
     assert db.read_bytes() == before
 
 
-@pytest.mark.slow  # imports torch for `score` (the two tests below are the fast check)
 def test_score_of_an_uncached_hub_id_fails_at_once(wh: Path, tmp_path: Path):
     import shutil as sh
 
