@@ -209,3 +209,10 @@ def test_disk_full_while_writing_keeps_the_old_file(wh: Path, tmp_path: Path):
     assert f"Error: no space left writing {out}" in res.stderr
     assert out.read_bytes() == b"old"
     assert listing(tmp_path) == {"s.parquet"}
+
+
+def test_ingest_rejects_target_is_checked_before_ingesting(tmp_path: Path):
+    db = tmp_path / "w.duckdb"
+    res = cli("--db", db, "ingest", SAMPLE, "--skip-bad", "--rejects", "/dev/full")
+    assert res.exit_code == 1 and "Error: /dev/full is a device" in res.output, res.output
+    assert not db.exists()

@@ -119,6 +119,10 @@ def ingest(
 
     if not paths and not domains_file:
         raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
+    if skip_bad:  # a bad --rejects target fails now, not after the ingest
+        from psystats.warehouse.outputs import check_target
+
+        check_target(rejects)
     con = open_db(db, create=True)
     if domains_file:
         with transaction(con):
@@ -172,7 +176,9 @@ def ingest(
     )
     rejected = [rej for r in results for rej in r.rejected]
     if rejected:
-        with open(rejects, "w", encoding="utf-8") as f:
+        from psystats.warehouse.outputs import atomic_output
+
+        with atomic_output(rejects) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for rej in rejected:
                 f.write(json.dumps(rej.__dict__) + "\n")
         click.echo(f"{len(rejected)} rejected lines written to {rejects}", err=True)
