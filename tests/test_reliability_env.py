@@ -272,3 +272,15 @@ def test_db_that_is_a_pipe_or_device_does_not_hang(tmp_path: Path, sample_db: Pa
     link.symlink_to(sample_db)
     res = cli("--db", link, "summary", "--format", "csv")
     assert res.exit_code == 0 and "franke2024bayesian" in res.output
+
+
+def test_new_warehouse_in_a_read_only_folder(tmp_path: Path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        res = run(["--db", folder / "w.duckdb", "init"], unprivileged=True)
+    finally:
+        folder.chmod(0o755)
+    one_line_error(res, "permission denied")
+    assert list(folder.iterdir()) == []
