@@ -284,3 +284,17 @@ def test_new_warehouse_in_a_read_only_folder(tmp_path: Path):
         folder.chmod(0o755)
     one_line_error(res, "permission denied")
     assert list(folder.iterdir()) == []
+
+
+def test_missing_warehouse_hints_run(tmp_path: Path):
+    import re
+    import shlex
+
+    db = tmp_path / "new.duckdb"
+    msg = one_line_error(cli("--db", db, "summary"), "no warehouse at")
+    init, ingest = re.findall(r"`(psystats [^`]+)`", msg)
+    words = shlex.split(ingest.replace("FOLDER", str(SAMPLE)))[1:]
+    assert cli(*words, "-q").exit_code == 0
+    assert cli("--db", db, "summary").exit_code == 0
+    other = tmp_path / "other.duckdb"
+    assert cli(*shlex.split(init.replace(str(db), str(other)))[1:]).exit_code == 0

@@ -178,13 +178,11 @@ def connect(
                 f"{path} is not a regular file (a device, pipe or socket): give a warehouse file"
             )
         if not Path(path).exists():
-            if not create:
+            if not create or read_only:
                 raise WarehouseError(
-                    f"no warehouse at {path}: run `psystats init --db {path}` or "
-                    f"`psystats ingest` first"
+                    f"no warehouse at {path}: create it with `psystats init --db {path}`, "
+                    f"or ingest studies into it with `psystats ingest --db {path} FOLDER`"
                 )
-            if read_only:
-                raise WarehouseError(f"no warehouse at {path}")
             if not parent.is_dir():
                 raise WarehouseError(
                     f"{path}: folder {parent} does not exist; create it first (mkdir -p {parent})"
