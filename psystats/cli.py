@@ -49,6 +49,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "psystats.commands.manifest_cmds",
         "manifest",
         "Reproducibility manifest of a fit or score run.",
+    "simulate": (
+        "psystats.commands.simulate_cmds",
+        "simulate",
+        "Write a SIMULATED study with known effects; check its recovery.",
+    ),
+    "demo": (
     ),
         "psystats.commands.demo_cmds",
         "demo",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         chains=4,
         post_type="instruct",
     )
+    from psystats.stats.demo_study import study_files
+
+    n_files = len(study_files(tmp_path / "simulated"))
     assert [s.argv[0] for s in p.steps] == [
         "init",
         "ingest",
@@ -72,8 +76,18 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         "score",
         "score",
         "fit",
+        "simulate",
+        "models",
+        *["scores"] * n_files,
+        "fit",
+        "fit",
+        "fit",
+        "simulate",
         "report",
     ]
+    assert "SIMULATED STUDY" in p.steps[-1].argv[p.steps[-1].argv.index("--note") + 1]
+    plain = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", simulated=False)
+    assert [s.argv[0] for s in plain.steps][-2:] == ["fit", "report"]
     for step in p.steps:
         assert step.argv[0] in COMMANDS
         assert step.argv[step.argv.index("--db") + 1] == str(tmp_path / "demo.duckdb")
@@ -86,7 +100,8 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
     assert p.steps[-1].argv[p.steps[-1].argv.index("-o") + 1] == str(tmp_path / "demo.pdf")
     # every planned command parses with the real CLI (only --help, nothing runs)
     for step in p.steps:
-        sub = step.argv[:2] if step.argv[0] in ("models", "fit") else step.argv[:1]
+        grouped = ("models", "fit", "scores", "simulate")
+        sub = step.argv[:2] if step.argv[0] in grouped else step.argv[:1]
         res = CliRunner().invoke(main, [*sub, "--help"])
         assert res.exit_code == 0, (step.command, res.output)
         for opt in (a for a in step.argv if a.startswith("--")):
@@ -114,7 +129,7 @@ def test_demo_needs_two_models(tmp_path: Path):
     assert res.exit_code == 2 and "exactly twice" in res.output
 
 
-def _check_demo_output(workdir: Path, models: int = 2) -> None:
+def _check_demo_output(workdir: Path, models: int = 2, simulated: bool = False) -> None:
     from pypdf import PdfReader
 
     pdf = workdir / "demo.pdf"
@@ -127,12 +142,17 @@ def _check_demo_output(workdir: Path, models: int = 2) -> None:
     n_scores = warehouse.db.scalar(con, "SELECT count(*) FROM scores")
     fits = con.execute("SELECT kind FROM fits").fetchall()
     con.close()
+    if simulated:
+        from psystats.stats.demo_study import study_files
+
+        models += len(study_files(workdir / "simulated"))
     assert len(runs) == models and all(s == "complete" for _, s in runs)
     assert n_scores == models * n_resp
-    assert fits == [("effects",)]
+    kinds = ["effects"] + (["effects", "generations", "persona"] if simulated else [])
+    assert [k for (k,) in fits] == kinds
 
 
-def _demo_on_tiny_models(tiny_models, workdir: Path):
+def _demo_on_tiny_models(tiny_models, workdir: Path, *extra: str):
     return CliRunner().invoke(
         main,
         [
@@ -150,6 +170,7 @@ def _demo_on_tiny_models(tiny_models, workdir: Path):
             "100",
             "--tune",
             "100",
+            *extra,
         ],
     )
 
@@ -165,7 +186,9 @@ def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
     res = _demo_on_tiny_models(tiny_models, tmp_path)
     assert res.exit_code == 0, res.output
     assert "The same, one command at a time" in res.output
-    _check_demo_output(tmp_path)
+    _check_demo_output(tmp_path, simulated=True)
+    # the simulated study's estimates are printed beside their truth
+    assert re.search(r"\d+ of \d+ truths inside their 90% interval", res.output)
     print(f"demo on tiny models: {time.perf_counter() - t0:.0f} s")
 
 
@@ -173,7 +196,7 @@ def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
 def test_demo_rerun_resumes(tiny_models, tmp_path: Path):
     """Running the demo again scores nothing twice (finished runs are not redone)."""
     for _ in range(2):
-        res = _demo_on_tiny_models(tiny_models, tmp_path)
+        res = _demo_on_tiny_models(tiny_models, tmp_path, "--no-simulated")
         assert res.exit_code == 0, res.output
     con = warehouse.connect(tmp_path / "demo.duckdb", read_only=True)
     assert warehouse.db.scalar(con, "SELECT count(*) FROM score_runs") == 2
@@ -190,4 +213,70 @@ def test_demo_offline_default_pair(smollm2_gguf, tmp_path: Path, monkeypatch):
     res = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "PIPELINE CHECK ONLY" in res.output
-    _check_demo_output(tmp_path)
+    _check_demo_output(tmp_path, simulated=True)
+
+
+def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
+    """The files `psystats simulate study` writes: the ones the demo plans to import, and
+    per-participant post-minus-base differences centred on the stated effects."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from psystats.stats import demo_study as ds
+    from psystats.warehouse.ingest import ingest_paths
+
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    ingest_paths(con, [sample_path()])
+    truth = ds.write_study(con, tmp_path / "sim", seed=1)
+    resp = pd.DataFrame(
+        con.execute(
+            "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
+            "FROM responses r JOIN experiments e USING (experiment)"
+        ).fetchall(),
+        columns=["response_id", "participant_key", "experiment", "domain"],
+    )
+    con.close()
+    planned = {(m, c, str(p)) for m, c, p in ds.study_files(tmp_path / "sim")}
+    written = {(f["model"], f["condition"], f["path"]) for f in truth["files"]}
+    assert planned == written and all(Path(p).exists() for _, _, p in planned)
+    assert json.loads((tmp_path / "sim" / "truth.json").read_text())["seed"] == 1
+
+    def nll(name, cond=ds.CONDITION):
+        df = pd.read_parquet(tmp_path / "sim" / f"{name}.{cond}.parquet")
+        return resp.merge(df, on="response_id")
+
+    # reference: the effects model's mean for each pair, from the constants
+    logn = {k: np.log(v) for k, v in ds.N_PARAMS.items()}
+    pairs = [(f, g, t) for f in ds.FAMILIES for g in ds.GENERATIONS for t in ds.TYPES]
+    centre = np.mean([logn[(f, g)] for f, g, _ in pairs])
+    gbar = np.mean(ds.GENERATIONS)
+    dom = truth["effects"]["domain"]
+    for f, g, t in pairs:
+        base, post = nll(ds.model_name(f, g, "base")), nll(ds.model_name(f, g, t))
+        d = post["nll"] - base["nll"]
+        # one value per participant: every response carries the participant's d_i
+        per = d.groupby(post["participant_key"]).agg(["min", "max"])
+        assert np.allclose(per["min"], per["max"])
+        mu = (
+            ds.TRUTH["intercept"]
+            + ds.TRUTH["type"][t]
+            + ds.TRUTH["family"][f]
+            + ds.TRUTH["size_slope"] * (logn[(f, g)] - centre)
+            + ds.TRUTH["generation_slope"] * (g - gbar)
+        )
+        assert np.isclose(
+            truth["effects"]["pair_mean"][
+                f"{ds.model_name(f, g, t)} vs {ds.model_name(f, g, 'base')}"
+            ],
+            mu,
+        )
+        resid = d - mu - post["domain"].map(dom)
+        n = post["participant_key"].nunique()
+        assert abs(resid.groupby(post["participant_key"]).first().mean()) < 5 * 0.1 / np.sqrt(n)
+    # persona: the persona file minus the plain file is the type's effect (+ small wobble)
+    for t, eff in ds.TRUTH["persona"].items():
+        name = ds.model_name(ds.FAMILIES[0], ds.GENERATIONS[-1], t)
+        shift = nll(name, ds.PERSONA_CONDITION)["nll"] - nll(name)["nll"]
+        assert abs(shift.mean() - eff) < 0.03

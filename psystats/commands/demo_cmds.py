@@ -102,8 +102,16 @@ def plan(
     chains: int = 4,
     device: str = "cpu",
     post_type: str | None = None,
+    simulated: bool = True,
 ) -> Plan:
-    """The demo's commands for a base/post pair, in order."""
+    """The demo's commands for a base/post pair, in order.
+
+    With ``simulated`` the real pair is followed by a clearly labelled
+    SIMULATED study on the same real responses (``psystats simulate study``,
+    imported with ``models load`` and ``scores import``), fitted with the
+    effects, generations and persona models and checked against its truth,
+    so every section of the report has something to show.
+    """
     from psystats.sample import sample_path
 
     db = workdir / "demo.duckdb"
@@ -161,6 +169,11 @@ def plan(
             ],
             may_fail=True,
         ),
+    ]
+    if simulated:
+        p.steps += simulated_steps(workdir, d, draws=draws, tune=tune, chains=chains)
+        note += " " + SIMULATED_NOTE
+    p.steps.append(
         Step(
             "Write the report",
             [
@@ -173,9 +186,75 @@ def plan(
                 "--note",
                 note,
             ],
+        )
+    )
+    return p
+
+
+SIMULATED_NOTE = (
+    "SIMULATED STUDY: the SIM-* models (two families, two generations, instruct and "
+    "reasoning) have made-up scores with known effects, written on the sample's real "
+    "responses under the conditions 'sim' and 'sim-persona'; every fit named 'SIMULATED "
+    "study' is about them, and `psystats simulate check` prints each estimate beside its truth."
+)
+
+
+def simulated_steps(
+    workdir: Path, d: list[str], *, draws: int, tune: int, chains: int
+) -> list[Step]:
+    """The simulated study: write its files, import them, fit, compare with the truth."""
+    from psystats.stats.demo_study import CONDITION, FIT_NAME, PERSONA_CONDITION, study_files
+
+    out = workdir / "simulated"
+    sampling = ["--draws", str(draws), "--tune", str(tune), "--chains", str(chains)]
+    fit_opts = [*d, "--name", FIT_NAME, *sampling, "--allow-diagnostics-failure"]
+    steps = [
+        Step(
+            "SIMULATED study: score files with known effects on the real responses",
+            ["simulate", "study", "-o", str(out), *d],
+        ),
+        Step(
+            "SIMULATED study: register its models", ["models", "load", str(out / "models.toml"), *d]
         ),
     ]
-    return p
+    for model, condition, path in study_files(out):
+        steps.append(
+            Step(
+                f"SIMULATED study: import {model} ({condition})",
+                ["scores", "import", str(path), "--model", model, "--condition", condition, *d],
+            )
+        )
+    steps += [
+        Step(
+            "SIMULATED study: effects model",
+            ["fit", "effects", "--condition", CONDITION, "--no-compare", *fit_opts],
+            may_fail=True,
+        ),
+        Step(
+            "SIMULATED study: generations",
+            ["fit", "generations", "--condition", CONDITION, *fit_opts],
+            may_fail=True,
+        ),
+        Step(
+            "SIMULATED study: persona",
+            [
+                "fit",
+                "persona",
+                "--persona-condition",
+                PERSONA_CONDITION,
+                "--plain-condition",
+                CONDITION,
+                *fit_opts,
+            ],
+            may_fail=True,
+        ),
+        Step(
+            "SIMULATED study: each estimate beside the truth it should recover",
+            ["simulate", "check", str(out / "truth.json"), *d],
+            may_fail=True,
+        ),
+    ]
+    return steps
 
 
 def run_step(step: Step, number: int, total: int) -> bool:
@@ -240,6 +319,12 @@ def run_step(step: Step, number: int, total: int) -> bool:
 @click.option(
     "--fresh", is_flag=True, help="Delete the workdir's earlier warehouse and fits first."
 )
+@click.option(
+    "--simulated/--no-simulated",
+    default=True,
+    show_default=True,
+    help="Add the SIMULATED study with known effects (fills every report section).",
+)
 def demo(
     workdir: Path,
     offline: bool,
@@ -250,6 +335,7 @@ def demo(
     chains: int,
     device: str,
     fresh: bool,
+    simulated: bool,
 ) -> None:
     """Run the whole pipeline on the embedded sample and write demo.pdf.
 
@@ -265,10 +351,17 @@ def demo(
     checks the pipeline; it is not a scientific comparison, and the report
     says so.  Running the demo again resumes: finished steps are not redone.
 
+    Then (unless --no-simulated) a clearly labelled SIMULATED study on the
+    same real responses: SIM-* models with known effects of type, family,
+    size, generation, domain and persona prompts, imported with `models load`
+    and `scores import`, fitted, and each estimate printed beside its truth
+    (`psystats simulate check`), so every section of the report is filled.
+
     \b
     Examples:
       psystats demo
       psystats demo --offline
+      psystats demo --no-simulated
       psystats demo --offline --model ./SmolLM2-135M --model ./SmolLM2-135M-Instruct
     """
     if models and len(models) != 2:
@@ -279,6 +372,7 @@ def demo(
             workdir / "demo.duckdb",
             workdir / "demo.duckdb.wal",
             workdir / "demo.duckdb.fits",
+            workdir / "simulated",
         ):
             if p.is_dir():
                 shutil.rmtree(p)
@@ -322,6 +416,7 @@ def demo(
         chains=chains,
         device=device,
         post_type=post_type,
+        simulated=simulated,
     )
     t0 = time.perf_counter()
     failed: list[Step] = []

@@ -1,0 +1,88 @@
+"""``psystats simulate study|check``: a SIMULATED study with known effects, and its recovery.
+
+Used by ``psystats demo`` to fill every section of the report; the files it
+writes go in through the ordinary ``models load`` and ``scores import``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import db_option, friendly_errors, open_db, print_rows
+
+
+@click.group()
+def simulate() -> None:
+    """Simulated studies with known effects (clearly labelled SIM-*)."""
+
+
+@simulate.command("study")
+@db_option
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for models.toml, the score files and truth.json.",
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@friendly_errors
+def study(db, out, seed):
+    """Write a SIMULATED study on the warehouse's real responses: files to import.
+
+    Two families (SIM-qwen, SIM-llama) x two generations, each a base with an
+    instruct and a reasoning model, with known effects of type, family, size,
+    generation and domain on the post-minus-base NLL, known base-NLL trends
+    over generations and known persona effects.  Writes OUT/models.toml
+    (`psystats models load`), one Parquet per model and condition (`psystats
+    scores import --condition sim` / `sim-persona`) and OUT/truth.json
+    (`psystats simulate check`).  Nothing is written to the warehouse.
+
+    \b
+    Examples:
+      psystats simulate study -o simulated/
+      psystats models load simulated/models.toml
+      psystats scores import simulated/SIM-qwen1-base.sim.parquet --model SIM-qwen1-base --condition sim
+    """
+    from psystats.stats.demo_study import write_study
+
+    con = open_db(db, read_only=True)
+    truth = write_study(con, out, seed=seed)
+    click.echo(
+        f"wrote {len(truth['files'])} score files, models.toml and truth.json to {out} "
+        "(SIMULATED data)"
+    )
+
+
+@simulate.command("check")
+@click.argument("truth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@friendly_errors
+def check(truth_file, db, fmt):
+    """Print each estimate of the simulated study's fits beside the truth it should recover.
+
+    Reads the newest fit of each kind named 'SIMULATED study' (effects,
+    generations, persona).  `inside`: the truth lies in the 90% interval
+    (expect about 9 in 10 when the fits are calibrated).
+
+    \b
+    Examples:
+      psystats simulate check simulated/truth.json
+    """
+    from psystats.stats.demo_study import compare
+
+    con = open_db(db, read_only=True)
+    df = compare(con, json.loads(truth_file.read_text()))
+    if df.empty:
+        click.echo(
+            "no fit of the simulated study yet: run `psystats fit effects --condition sim "
+            "--name 'SIMULATED study'`"
+        )
+        return
+    print_rows(list(df.columns), [tuple(r) for r in df.itertuples(index=False)], fmt)
+    if fmt == "table":
+        click.echo(f"{int(df['inside'].sum())} of {len(df)} truths inside their 90% interval")

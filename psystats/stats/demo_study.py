@@ -1,0 +1,251 @@
+"""A SIMULATED study with known effects on a warehouse's real responses (the demo's second part).
+
+The demo's real scoring step compares one small pair; it cannot fill the
+report's family, size, generation, domain and persona pages.  This module
+writes, for the responses already in the warehouse (the embedded Psych-201
+sample), the files of a clearly labelled simulated study:
+
+* ``models.toml`` — two families (``SIM-qwen``, ``SIM-llama``) x two
+  generations, each a base with an instruct and a reasoning model on top,
+  with parameter counts (``psystats models load``);
+* one Parquet of per-response NLLs per model in condition ``sim`` and, for
+  the second generation, in condition ``sim-persona``
+  (``psystats scores import``);
+* ``truth.json`` — the values the fits should recover.
+
+Post-minus-base differences follow the effects model (docs/model.md):
+
+    d_i ~ N(mu_c, participant_sd),
+    mu_c = intercept + type_t + family_f + size_slope * x_p + generation_slope * g_p + domain_d
+
+with x the centred log parameter count and g the generation centred within
+the family, so ``type_mean``, ``family``, ``size_slope``,
+``generation_slope`` and ``domain`` of ``psystats fit effects --condition
+sim`` estimate exactly the truth.  Base NLLs fall by ``base_slope[family]``
+per generation (``fit generations``), and a persona prompt shifts each
+response's NLL by ``persona[type]`` (``fit persona``).  :func:`compare`
+prints every estimate beside its truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from psystats.warehouse.db import WarehouseError
+
+CONDITION = "sim"
+PERSONA_CONDITION = "sim-persona"
+FIT_NAME = "SIMULATED study"
+FAMILIES = ("SIM-qwen", "SIM-llama")
+GENERATIONS = (1, 2)
+TYPES = ("instruct", "reasoning")
+TRUTH = {
+    "intercept": 0.15,
+    "type": {"instruct": -0.12, "reasoning": 0.12},  # sums to zero
+    "family": {"SIM-qwen": 0.06, "SIM-llama": -0.06},
+    "size_slope": -0.05,  # per unit of log parameter count
+    "generation_slope": 0.08,  # per generation step
+    "base_slope": {"SIM-qwen": -0.30, "SIM-llama": -0.15},
+    "persona": {"base": 0.0, "instruct": -0.10, "reasoning": 0.05},
+    "domain_range": 0.2,  # domain effects spread evenly over [-range, range]
+    "participant_sd": 0.1,
+}
+# Parameter counts per (family, generation): not a sum of a family and a generation
+# part, so size stays separable from family and generation.
+N_PARAMS = {
+    ("SIM-qwen", 1): 5e8,
+    ("SIM-qwen", 2): 7e9,
+    ("SIM-llama", 1): 1e9,
+    ("SIM-llama", 2): 7e10,
+}
+
+
+def model_name(family: str, generation: int, kind: str) -> str:
+    return f"{family}{generation}-{kind}"
+
+
+def study_files(out: Path) -> list[tuple[str, str, Path]]:
+    """(model, condition, path) of every score file :func:`write_study` writes, in order."""
+    files = []
+    for f in FAMILIES:
+        for g in GENERATIONS:
+            for kind in ("base", *TYPES):
+                name = model_name(f, g, kind)
+                conds = (CONDITION, PERSONA_CONDITION) if g == GENERATIONS[-1] else (CONDITION,)
+                files += [(name, c, out / f"{name}.{c}.parquet") for c in conds]
+    return files
+
+
+def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
+    """Write models.toml, the score files and truth.json into ``out``; returns the truth."""
+    rows = con.execute(
+        "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
+        "FROM responses r LEFT JOIN experiments e USING (experiment) ORDER BY r.response_id"
+    ).fetchall()
+    if not rows:
+        raise WarehouseError("the warehouse has no responses: ingest studies first")
+    resp = pd.DataFrame(rows, columns=["response_id", "participant_key", "experiment", "domain"])
+    resp["domain"] = resp["domain"].fillna("(no domain)")
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+
+    domains = sorted(resp["domain"].unique())
+    spread = np.linspace(-TRUTH["domain_range"], TRUTH["domain_range"], len(domains))
+    domain_eff = dict(zip(domains, spread - spread.mean()))
+    exps = sorted(resp["experiment"].unique())
+    exp_level = dict(zip(exps, rng.normal(0, 0.5, len(exps))))  # base NLL level per experiment
+
+    pairs = [(f, g, t) for f in FAMILIES for g in GENERATIONS for t in TYPES]
+    logn = {fg: np.log(n) for fg, n in N_PARAMS.items()}
+    size_centre = float(np.mean([logn[(f, g)] for f, g, _ in pairs]))
+    gen_centre = {f: float(np.mean([g for ff, g, _ in pairs if ff == f])) for f in FAMILIES}
+
+    participants = resp.drop_duplicates("participant_key")[["participant_key", "experiment"]]
+    u = dict(zip(participants.participant_key, rng.normal(0, 0.3, len(participants))))
+    files: list[dict] = []
+    models_toml = ["# SIMULATED models of the demo's simulated study (psystats.stats.demo_study)\n"]
+
+    def save(name: str, condition: str, nll: np.ndarray) -> None:
+        path = out / f"{name}.{condition}.parquet"
+        pd.DataFrame({"response_id": resp["response_id"], "nll": nll}).to_parquet(path, index=False)
+        files.append({"model": name, "condition": condition, "path": str(path)})
+
+    cell_truth = []
+    for f in FAMILIES:
+        for g in GENERATIONS:
+            base = model_name(f, g, "base")
+            models_toml.append(
+                f'[[models]]\nname = "{base}"\ntype = "base"\nfamily = "{f}"\n'
+                f'generation = "{g}"\nn_params = {int(N_PARAMS[(f, g)])}\n'
+            )
+            base_nll = (
+                2.0
+                + resp["experiment"].map(exp_level).to_numpy()
+                + TRUTH["base_slope"][f] * (g - gen_centre[f])
+                + resp["participant_key"].map(u).to_numpy()
+                + rng.normal(0, 0.3, len(resp))
+            )
+            base_nll = np.abs(base_nll) + 0.05  # an NLL is positive
+            save(base, CONDITION, base_nll)
+            with_persona = g == GENERATIONS[-1]
+            if with_persona:
+                save(base, PERSONA_CONDITION, base_nll + _persona_shift(resp, "base", rng))
+            for t in TYPES:
+                post = model_name(f, g, t)
+                models_toml.append(
+                    f'[[models]]\nname = "{post}"\ntype = "{t}"\nbase = "{base}"\n'
+                    f'family = "{f}"\ngeneration = "{g}"\nn_params = {int(N_PARAMS[(f, g)])}\n'
+                )
+                pair_mu = (
+                    TRUTH["intercept"]
+                    + TRUTH["type"][t]
+                    + TRUTH["family"][f]
+                    + TRUTH["size_slope"] * (logn[(f, g)] - size_centre)
+                    + TRUTH["generation_slope"] * (g - gen_centre[f])
+                )
+                mu = {e: pair_mu + domain_eff[d] for e, d in zip(resp.experiment, resp.domain)}
+                d_i = {
+                    p: rng.normal(mu[e], TRUTH["participant_sd"])
+                    for p, e in zip(participants.participant_key, participants.experiment)
+                }
+                post_nll = base_nll + resp["participant_key"].map(d_i).to_numpy()
+                save(post, CONDITION, post_nll)
+                if with_persona:
+                    save(post, PERSONA_CONDITION, post_nll + _persona_shift(resp, t, rng))
+                cell_truth.append({"pair": f"{post} vs {base}", "mean": pair_mu})
+    (out / "models.toml").write_text("\n".join(models_toml))
+    truth = {
+        "about": "SIMULATED study on the sample's real responses: known effects",
+        "condition": CONDITION,
+        "persona_condition": PERSONA_CONDITION,
+        "effects": {
+            "intercept": TRUTH["intercept"],
+            "type_mean": {t: TRUTH["intercept"] + v for t, v in TRUTH["type"].items()},
+            "family": TRUTH["family"],
+            "size_slope": TRUTH["size_slope"],
+            "generation_slope": TRUTH["generation_slope"],
+            "domain": domain_eff,
+            "pair_mean": {c["pair"]: c["mean"] for c in cell_truth},
+        },
+        "generations": {
+            "base_slope": TRUTH["base_slope"],
+            # Within a family the size changes with the generation, so the gap's
+            # change per generation step carries both slopes.
+            "gap_slope": {
+                f: TRUTH["generation_slope"]
+                + TRUTH["size_slope"]
+                * (logn[(f, GENERATIONS[-1])] - logn[(f, GENERATIONS[0])])
+                / (GENERATIONS[-1] - GENERATIONS[0])
+                for f in FAMILIES
+            },
+        },
+        "persona": {"persona_effect": TRUTH["persona"]},
+        "files": files,
+        "seed": seed,
+    }
+    (out / "truth.json").write_text(json.dumps(truth, indent=1))
+    return truth
+
+
+def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
+    """Per response: the type's persona effect plus a small per-participant wobble."""
+    parts = resp["participant_key"].unique()
+    wobble = dict(zip(parts, rng.normal(0, 0.03, len(parts))))
+    return TRUTH["persona"][post_training] + resp["participant_key"].map(wobble).to_numpy()
+
+
+def _flat(truth: dict) -> list[tuple[str, str, str | None, float]]:
+    rows = []
+    for kind in ("effects", "generations", "persona"):
+        for param, v in truth.get(kind, {}).items():
+            if isinstance(v, dict):
+                rows += [(kind, param, str(k), float(x)) for k, x in v.items()]
+            else:
+                rows.append((kind, param, None, float(v)))
+    return rows
+
+
+def compare(con, truth: dict) -> pd.DataFrame:
+    """Every estimate of the newest simulated-study fit of each kind beside its truth.
+
+    Columns: kind, fit_id, parameter, level, truth, mean, q05, q95, inside
+    (truth within the 90% interval).  Kinds without a fit are left out.
+    """
+    out = []
+    for kind, param, level, value in _flat(truth):
+        fit = con.execute(
+            "SELECT max(fit_id) FROM fits WHERE kind = ? AND name = ?", [kind, FIT_NAME]
+        ).fetchall()[0][0]
+        if fit is None:
+            continue
+        rows = con.execute(
+            "SELECT label, coords, mean, q05, q95 FROM fit_params WHERE fit_id = ? AND "
+            "parameter = ?",
+            [fit, param],
+        ).fetchall()
+        for label, coords, mean, q05, q95 in rows:
+            vals = set(json.loads(coords).values()) if coords else set()
+            if level is None or level == label or level in vals:
+                out.append(
+                    dict(
+                        kind=kind,
+                        fit_id=int(fit),
+                        parameter=param,
+                        level=level or "",
+                        truth=value,
+                        mean=mean,
+                        q05=q05,
+                        q95=q95,
+                        inside=bool(q05 <= value <= q95),
+                    )
+                )
+                break
+    return pd.DataFrame(
+        out,
+        columns=["kind", "fit_id", "parameter", "level", "truth", "mean", "q05", "q95", "inside"],
+    )
