@@ -77,6 +77,41 @@ def dense_mask(pos, doc, branch, bstart, device) -> Any:
     return allowed_pairs(*t, idx[:, None], idx[None, :])[None, None]
 
 
+def sliding_window_of(config) -> tuple[int | None, bool]:
+    """``(window, per_layer)`` of a config's sliding-window attention, ``(None, False)`` if none.
+
+    ``per_layer`` is True when the text config lists ``layer_types`` with
+    sliding layers (Gemma 2/3, Qwen3 hybrids): those models take a mask per
+    layer type ``{"full_attention": m, "sliding_attention": m}``.  Without
+    ``layer_types`` a set ``sliding_window`` applies to every layer (Mistral).
+    """
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not window:
+        return None, False
+    if types is not None:
+        return (int(window), True) if "sliding_attention" in types else (None, False)
+    return int(window), False
+
+
+def dense_masks(pos, doc, branch, bstart, device, window: int | None, per_layer: bool) -> Any:
+    """The dense mask, with the sliding-window rule where the model has one.
+
+    A query at position ``p`` sees keys at positions ``> p - window`` (the
+    rule of transformers' ``sliding_window_overlay``, on position ids, so a
+    branch is windowed like the response it replaces).
+    """
+    full = dense_mask(pos, doc, branch, bstart, device)
+    if window is None:
+        return full
+    import torch
+
+    p = torch.as_tensor(np.asarray(pos), dtype=torch.int64, device=device)
+    sliding = full & ((p[:, None] - p[None, :]) < window)[None, None]
+    return {"full_attention": full, "sliding_attention": sliding} if per_layer else sliding
+
+
 def document_block_mask(pos, doc, branch, bstart, device, block: int = BLOCK) -> Any:
     """The same rule as a FlexAttention ``BlockMask`` (length must be a multiple of ``block``).
 

@@ -74,6 +74,12 @@ PACKINGS = ("auto", "packed", "none")
 ATTENTIONS = ("auto", "flex", "dense")
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
     """Scores participants with one model under one condition.  No database access.
 
@@ -105,6 +111,9 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         attention: str = "auto",
         compile: bool = False,
         compile_bucket: int = 4096,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | None = None,
     ) -> None:
         if condition not in CONDITIONS:
             raise ScoringError(
@@ -131,9 +140,10 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         self.token_level = token_level
         self.system_prompt = system_prompt
         self.max_logit_rows = int(max_logit_rows)
-        self.packing = (
-            ("packed" if device.startswith("cuda") else "none") if packing == "auto" else packing
-        )
+        self.device_map = device_map
+        self.max_memory = dict(max_memory) if max_memory else None
+        on_cuda = device.startswith("cuda") or (device_map is not None and _cuda_available())
+        self.packing = ("packed" if on_cuda else "none") if packing == "auto" else packing
         self.counts: dict[str, int] = {}
         self.compile = bool(compile)
         if self.compile and compile_bucket % attn.BLOCK:
@@ -160,9 +170,21 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
             lm
             if lm is not None
             else loader.load_model(
-                model, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+                model,
+                device=device,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                device_map=device_map,
+                # A copy: transformers rewrites sizes in place ("14MB" -> 14000000).
+                max_memory=dict(self.max_memory) if self.max_memory else None,
+                offload_folder=offload_folder,
             )
         )
+        self.input_device = loader.input_device(self.lm)
+        self.placement = loader.device_map_of(self.lm)
+        # Vision-language models are scored on text: their decoder, no image.
+        self.kind = getattr(self.lm, "psystats_kind", None) or loader.model_kind(self.lm.config)
+        self.sliding = attn.sliding_window_of(self.lm.config)
 
         self.attention = self._choose_attention(attention)
         if self.attention == "flex":
@@ -179,7 +201,7 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         self._decoder_fn = None  # torch.compile'd decoder, built on first use
         self.compile_seconds = 0.0  # first-call time of each compiled shape, summed
 
-        cfg = self.lm.config
+        cfg = self.lm.config.get_text_config()
         model_max = getattr(cfg, "max_position_embeddings", None) or (1 << 30)
         self.max_context = int(min(max_context or model_max, model_max))
         self.context_policy = context_policy
@@ -204,7 +226,8 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
     def _choose_attention(self, requested: str) -> str:
         """flex where packing meets a model that supports it (auto: on CUDA only), else dense."""
         packs = self.packing == "packed" or self.compile
-        ok = attn.supports_flex(self.lm)
+        # Sliding-window layers need a second (windowed) mask: dense masks carry it.
+        ok = attn.supports_flex(self.lm) and self.sliding[0] is None
         if requested == "flex":
             if not ok:
                 raise ScoringError(
@@ -212,7 +235,7 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                     "support FlexAttention in transformers; use --attention dense"
                 )
             return "flex" if packs else "dense"
-        if requested == "auto" and packs and ok and self.device.startswith("cuda"):
+        if requested == "auto" and packs and ok and self.input_device.type == "cuda":
             return "flex"
         return "dense"
 
@@ -236,18 +259,39 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                 "options": self.option_sets,
                 "token_level": self.token_level,
                 "head": self.head,
+                "model_class": type(self.lm).__name__,
+                **({"input": "text only (no image)"} if self.kind == "vision-language" else {}),
+                **({"sliding_window": self.sliding[0]} if self.sliding[0] is not None else {}),
+                **({"adapter": self._adapter_settings()} if self._adapter_settings() else {}),
                 "batching": {
-                    "device": self.device,
+                    "device": self.device if self.device_map is None else "device-map",
                     "packing": self.packing,
                     "token_budget": self.token_budget,
                     "max_logit_rows": self.max_logit_rows,
                     "attention": self.attention,
                     "compile": self.compile,
                     **({"compile_bucket": self.compile_bucket} if self.compile else {}),
+                    **(
+                        {
+                            "device_map": self.device_map,
+                            "max_memory": {str(k): v for k, v in self.max_memory.items()}
+                            if self.max_memory
+                            else None,
+                            "placement": self.placement,
+                        }
+                        if self.device_map is not None
+                        else {}
+                    ),
                 },
             }
         )
         return s
+
+    def _adapter_settings(self) -> dict | None:
+        info = getattr(self.lm, "psystats_adapter", None)
+        if not info:
+            return None
+        return {"source": info["source"], "merged": info["merged"]}
 
     @property
     def fingerprints(self) -> dict:
@@ -256,4 +300,7 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                 "tokenizer_sha256": loader.tokenizer_fingerprint(self.tokenizer),
                 "weights_sha256": loader.weights_fingerprint(self.model_row),
             }
+            info = getattr(self.lm, "psystats_adapter", None)
+            if info:
+                self._fingerprints["adapter_sha256"] = info["sha256"]
         return dict(self._fingerprints)

@@ -163,7 +163,7 @@ class ForwardMixin:
         """The packed attention mask: a FlexAttention BlockMask, or dense bool [1, 1, N, N]."""
         if self.attention == "flex":
             return attn.document_block_mask(pos, doc, branch, bstart, device)
-        return attn.dense_mask(pos, doc, branch, bstart, device)
+        return attn.dense_masks(pos, doc, branch, bstart, device, *self.sliding)
 
     def _decoder_forward(self, ids, pos, mask):
         out = self.lm.get_decoder()(
@@ -226,7 +226,7 @@ class ForwardMixin:
     ) -> None:
         import torch
 
-        dev = torch.device(self.device)
+        dev = self.input_device
         pad_multiple = self.pad_multiple if (self.packing == "packed" or self.compile) else 1
         ids, pos, doc, branch, bstart, main_off, branch_off, nb = self._layout(group, pad_multiple)
         need_mask = len(group) > 1 or nb > 0 or len(ids) > sum(len(r.ids) for r in group)
@@ -272,15 +272,17 @@ class ForwardMixin:
             ent_c, arg_c, fin_c, lp_c = [], [], [], []
             for c, u0 in enumerate(range(0, len(uniq), self.max_logit_rows)):
                 u1 = min(u0 + self.max_logit_rows, len(uniq))
-                rows_t = torch.as_tensor(uniq[u0:u1], device=dev)
+                # Under a device map the last layer and the head may sit on other
+                # devices than the embeddings: index each tensor where it lives.
+                rows_t = torch.as_tensor(uniq[u0:u1], device=hidden.device)
                 logits = self._logits(hidden.index_select(0, rows_t)).to(work)
                 fin_c.append(torch.isfinite(logits).all(-1))
                 logsm = torch.log_softmax(logits, -1)
                 ent_c.append(-(logsm.exp() * logsm).sum(-1))
                 arg_c.append(logits.argmax(-1))
                 qs = order[bounds[c] : bounds[c + 1]]
-                local = torch.as_tensor(inverse[qs] - u0, device=dev)
-                tok_t = torch.as_tensor(q_token[qs], device=dev)
+                local = torch.as_tensor(inverse[qs] - u0, device=logits.device)
+                tok_t = torch.as_tensor(q_token[qs], device=logits.device)
                 lp_c.append(logsm[local, tok_t])
                 del logits, logsm
             cat = lambda xs, dt: (

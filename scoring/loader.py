@@ -143,9 +143,97 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
-        return AutoTokenizer.from_pretrained(folder, **kwargs)
+        tok = AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model {name!r}: cannot load tokenizer from {folder}: {e}") from None
+    if not getattr(tok, "chat_template", None) and not gguf:
+        tok.chat_template = processor_chat_template(folder, model.get("revision"))
+    return tok
+
+
+def processor_chat_template(folder: str, revision: str | None = None) -> str | None:
+    """The chat template a vision-language repository keeps beside its processor.
+
+    Many VL repositories hold it in ``chat_template.jinja`` or
+    ``chat_template.json`` rather than in ``tokenizer_config.json``; it is the
+    template their processor applies, used here with text-only turns.
+    """
+    for fname in ("chat_template.jinja", "chat_template.json"):
+        if _looks_like_path(folder):
+            path = Path(folder) / fname
+            path = path if path.is_file() else None
+        else:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(folder, fname, revision=revision)
+            except Exception:  # noqa: BLE001 - no cache, no template
+                cached = None
+            path = Path(cached) if isinstance(cached, str) else None
+        if path is None:
+            continue
+        text = path.read_text(encoding="utf-8")
+        if fname.endswith(".jinja"):
+            return text
+        try:
+            value = json.loads(text).get("chat_template")
+        except (json.JSONDecodeError, AttributeError):
+            raise ModelLoadError(
+                f"{path}: not a JSON object with a 'chat_template' field"
+            ) from None
+        if isinstance(value, str):
+            return value
+    return None
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# config.json model_types that are a text decoder with a vision tower but whose
+# transformers class is registered only for image-text-to-text.
+TEXT_SCORING_NOTE = (
+    "vision-language models are scored on text only: input ids and (for Qwen's "
+    "multimodal rotary embedding) text positions, no image"
+)
+
+
+def model_kind(config: Any) -> str:
+    """``"vision-language"`` for a config with a vision tower, else ``"causal"``."""
+    if getattr(config, "vision_config", None) is not None:
+        return "vision-language"
+    return "causal"
+
+
+def _auto_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if kind == "vision-language" else AutoModelForCausalLM
+
+
+def parse_max_memory(values: Any) -> dict | None:
+    """``{"0": "70GiB", "cpu": "200GiB"}`` from ``["0=70GiB", "cpu=200GiB"]`` (or a dict).
+
+    Keys are GPU indices, ``cpu`` or ``disk``; values are accelerate's sizes
+    (``"70GiB"``, ``"500MB"``) or bytes.
+    """
+    if not values:
+        return None
+    items = values.items() if isinstance(values, dict) else (v.partition("=")[::2] for v in values)
+    out: dict = {}
+    for key, size in items:
+        key = str(key).strip()
+        size = str(size).strip()
+        if not key or not size:
+            raise ModelLoadError(
+                f"--max-memory {key}={size}: expected DEVICE=SIZE, e.g. 0=70GiB or cpu=200GiB"
+            )
+        if key.isdigit():
+            out[int(key)] = int(size) if size.isdigit() else size
+        elif key in ("cpu", "disk", "mps") or key.startswith(("cuda:", "xpu:", "npu:")):
+            out[key] = int(size) if size.isdigit() else size
+        else:
+            raise ModelLoadError(
+                f"--max-memory {key}={size}: unknown device {key!r}; use a GPU index, cpu or disk"
+            )
+    return out
 
 
 def load_model(
@@ -155,12 +243,29 @@ def load_model(
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     trust_remote_code: bool | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
+    adapter: str | None = None,
+    adapter_revision: str | None = None,
 ):
-    """The causal LM of a models row, in eval mode on ``device``."""
+    """The model of a models row, in eval mode, on ``device`` or spread by ``device_map``.
+
+    The class is the architecture's own: a causal LM, or for a config with a
+    vision tower the image-text-to-text class (``Qwen2VLForConditionalGeneration``,
+    ``MllamaForConditionalGeneration``, ...), which is scored on text only.
+    ``device_map`` (``auto``/``balanced``/``sequential`` or an explicit
+    ``{module: device}``) with ``max_memory`` places layers over GPUs, CPU and
+    disk via accelerate.  A PEFT adapter (``adapter``, or the row's
+    ``adapter``) is applied on top (``scoring.adapters``).
+    """
     import torch
-    from transformers import AutoModelForCausalLM
 
     name = model.get("name")
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise ModelLoadError(
+            f"unknown --device-map {device_map!r}; choose from {', '.join(DEVICE_MAPS)}"
+        )
     trust = remote_code_allowed(model, trust_remote_code)
     folder, gguf = locate(model)
     if _looks_like_path(folder):
@@ -176,8 +281,20 @@ def load_model(
         kwargs["gguf_file"] = gguf
     else:
         kwargs["use_safetensors"] = True
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = str(offload_folder)
+    kind = "causal"
     try:
-        lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if not gguf:
+            from transformers import AutoConfig
+
+            cfg_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
+            kind = model_kind(AutoConfig.from_pretrained(folder, **cfg_kwargs))
+        lm = _auto_class(kind).from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         msg = str(e)
         if "trust_remote_code" in msg:
@@ -187,8 +304,45 @@ def load_model(
             )
         raise ModelLoadError(f"model {name!r}: cannot load weights from {folder}: {msg}") from None
     lm.eval()
-    lm.to(torch.device(device))
+    if device_map is None:
+        lm.to(torch.device(device))
+    lm.psystats_kind = kind
+    adapter = adapter or model.get("adapter")
+    if adapter:
+        from . import adapters
+
+        lm = adapters.apply(
+            lm,
+            adapter,
+            revision=adapter_revision or model.get("adapter_revision"),
+            name=name,
+            merge=dtype in ("float32", "float64") and device_map is None,
+            expected_sha256=model.get("adapter_sha256"),
+        )
+        lm.psystats_kind = kind
     return lm
+
+
+def input_device(lm) -> Any:
+    """Where input ids go: the device that runs the input embeddings.
+
+    Under an accelerate device map with CPU/disk offload the embedding's
+    weights may sit on the ``meta`` device; its hook knows where it executes.
+    """
+    import torch
+
+    emb = lm.get_input_embeddings()
+    hook = getattr(emb, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+    return emb.weight.device
+
+
+def device_map_of(lm) -> dict | None:
+    """The module -> device placement accelerate chose (None when on one device)."""
+    dm = getattr(lm, "hf_device_map", None)
+    return {k: str(v) for k, v in dm.items()} if dm else None
 
 
 def weight_files(model: dict) -> list[Path]:

@@ -97,6 +97,47 @@ _BASE = {"base", "pt"}
 # Tokens removed from a post-trained name to get its base's name.
 _STRIP_FOR_BASE = _VISION | _REASONING | _INSTRUCT | {"coder", "code", "math"}
 
+# Adapters and quantised copies keep the model's type; their tokens name neither
+# a type nor the base ("Llama-3.1-Centaur-70B-adapter", "Qwen2.5-72B-Instruct-GPTQ-Int4").
+_ADAPTER = {"adapter", "lora", "qlora", "peft"}
+_QUANT_WORDS = {"awq", "gptq", "gguf", "bnb", "exl2", "mlx", "fp8", "int4", "int8", "4bit", "8bit"}
+# Fine-tunes on psychology experiments (Psych-101): a type of their own is not in
+# POST_TRAINING_TYPES, so they are "other", descending from the model they tuned.
+_PSYCH_FINETUNES = {"centaur": "fine-tuned on Psych-101 (Binz et al. 2025)"}
+# Owners of the families' base checkpoints, for fine-tunes published by someone else.
+FAMILY_OWNERS = {"llama": "meta-llama", "qwen": "Qwen", "olmo": "allenai", "gemma": "google"}
+# Vision models whose language part is another generation's text model:
+# (family, generation, size) -> that text base.  Llama 3.2 Vision 11B/90B add
+# cross-attention image layers to Llama 3.1 8B/70B.  The base is the hub id.
+VISION_TEXT_BASES: dict[tuple[str, str, str], str] = {
+    ("llama", "3.2", "11b"): "meta-llama/Llama-3.1-8B",
+    ("llama", "3.2", "90b"): "meta-llama/Llama-3.1-70B",
+    # Qwen2-VL-2B's language model is Qwen2-1.5B (the other sizes keep their number).
+    ("qwen", "2", "2b"): "Qwen/Qwen2-1.5B",
+}
+# config.json model_types of vision-language extensions of a text family; a
+# model with one of these is "vision" whatever its name says.  Natively
+# multimodal families (Gemma 3, Llama 4, Qwen3.5: the base itself sees images)
+# are not here: their architecture says nothing about post-training.
+VISION_ARCHITECTURES = frozenset(
+    {
+        "qwen2_vl",
+        "qwen2_5_vl",
+        "qwen3_vl",
+        "qwen3_vl_moe",
+        "mllama",
+        "llava",
+        "llava_next",
+        "llava_onevision",
+        "idefics2",
+        "idefics3",
+        "smolvlm",
+        "paligemma",
+        "molmo",
+        "molmo2",
+    }
+)
+
 _NUMBERED_LATER = {"qwen", "llama", "olmo", "smollm", "gemma"}
 _QUANT = re.compile(r"[.-](?:i?q\d[\w]*|f16|f32|bf16|fp16|fp32)$", re.IGNORECASE)
 _SIZE = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])")
@@ -111,6 +152,8 @@ class Inference:
     post_training: tuple[str, str] | None = None
     base_candidate: str | None = None  # models.name the base would have
     size_label: str | None = None  # "7b", "135m": only to pair a base
+    quantization: tuple[str, str] | None = None  # ("gptq-int4", reason)
+    adapter: str | None = None  # the name token that marks an adapter
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,6 +161,34 @@ def strip_quant(stem: str) -> str:
     """'SmolLM2-135M-Instruct.Q4_1' -> 'SmolLM2-135M-Instruct' (GGUF file stems)."""
     stem = re.sub(r"\.gguf$", "", stem, flags=re.IGNORECASE)
     return _QUANT.sub("", stem)
+
+
+def quantization_from_name(name: str) -> tuple[str, str] | None:
+    """The quantisation a name states ("GPTQ-Int4", "AWQ", "bnb-4bit", "FP8", GGUF "Q4_K_M")."""
+    repo = name.rpartition("/")[2]
+    low = re.sub(r"\.gguf$", "", repo.lower())
+    m = _QUANT.search(low)
+    if m and not re.fullmatch(r"[.-](?:f32|fp32)", m.group(0)):
+        return f"gguf-{m.group(0)[1:].upper()}", f"GGUF file type '{m.group(0)[1:]}' in name"
+    rules = (
+        (r"gptq[-_]?int(\d+)", "gptq-int{0}"),
+        (r"gptq", "gptq"),
+        (r"awq", "awq"),
+        (r"bnb[-_]?(\d+)bit", "bitsandbytes-{0}bit"),
+        (r"(?<![a-z0-9])(\d+)bit(?![a-z0-9])", "{0}bit"),
+        (r"(?<![a-z0-9])fp8(?![a-z0-9])", "fp8"),
+        (r"(?<![a-z0-9])exl2(?![a-z0-9])", "exl2"),
+        (r"(?<![a-z0-9])(i?q\d(?:_(?:k|\d|s|m|l|xs|xxs))*)(?![a-z0-9])", "gguf-{0}"),
+        (r"(?<![a-z0-9])gguf(?![a-z0-9])", "gguf"),
+    )
+    for pattern, label in rules:
+        m = re.search(pattern, low)
+        if m:
+            value = label.format(
+                *(g.upper() for g in m.groups()) if "gguf-" in label else m.groups()
+            )
+            return value, f"'{m.group(0)}' in name"
+    return None
 
 
 def tokens(repo_name: str) -> list[str]:
@@ -164,7 +235,7 @@ def infer_from_name(name: str) -> Inference:
     repo = strip_quant(repo)
     low = repo.lower()
     toks = tokens(repo)
-    inf = Inference(size_label=size_label(repo))
+    inf = Inference(size_label=size_label(repo), quantization=quantization_from_name(name))
 
     for family, word in FAMILY_WORDS:
         if word in low:
@@ -177,14 +248,20 @@ def infer_from_name(name: str) -> Inference:
 
     code = next((t for t in toks if "code" in t), None)
     math = next((t for t in toks if "math" in t), None)
-    vision = has(_VISION) or next((t for t in toks if t.startswith("llava")), None)
+    vision = has(_VISION) or next(
+        (t for t in toks if t.startswith(("llava", "molmo", "idefics", "smolvlm", "paligemma"))),
+        None,
+    )
     reasoning = has(_REASONING) or next(
         (t for t in toks if t.startswith("think") or t.startswith("qwq")), None
     )
     instruct = has(_INSTRUCT) or next((t for t in toks if t.startswith("instruct")), None)
     base = has(_BASE)
+    inf.adapter = has(_ADAPTER)
+    psych = has(set(_PSYCH_FINETUNES))
     for value, tok in (
         ("vision", vision),
+        ("other", psych),
         ("code", code),
         ("math", math),
         ("reasoning", reasoning),
@@ -192,7 +269,10 @@ def infer_from_name(name: str) -> Inference:
         ("base", base),
     ):
         if tok:
-            inf.post_training = (value, f"name token '{tok}'")
+            why = f"name token '{tok}'"
+            if tok in _PSYCH_FINETUNES:
+                why += f": {_PSYCH_FINETUNES[tok]}"
+            inf.post_training = (value, why)
             break
     else:
         key = (inf.family[0] if inf.family else None, inf.generation[0] if inf.generation else None)
@@ -212,13 +292,27 @@ def infer_from_name(name: str) -> Inference:
 
 def _base_name(owner: str, repo: str, inf: Inference) -> str | None:
     """The name the base model would have, by the family's naming rule, or None."""
+    fam = inf.family[0] if inf.family else None
+    gen = inf.generation[0] if inf.generation else None
+    if inf.post_training and inf.post_training[0] == "vision":
+        text_base = VISION_TEXT_BASES.get((fam, gen, inf.size_label or ""))
+        if text_base:
+            return text_base
+    # GGUF file types inside a repo name ("gemma-3-27b-it-qat-q4_0-gguf") name no base.
+    repo = re.sub(r"(?i)[-_](?:qat|i?q\d(?:_(?:k|\d|s|m|l|xs|xxs))*)(?=[-_.]|$)", "", repo)
     parts = re.split(r"([-_])", repo)  # keep separators to rebuild the name
     kept: list[str] = []
     removed_any = False
     drop_date = False
+    psych = False
     for i in range(0, len(parts), 2):
         tok = parts[i]
         low = tok.lower()
+        if low in _QUANT_WORDS or low in _ADAPTER:
+            continue  # a quantised copy or an adapter of X: X's base, not X's own
+        if low in _PSYCH_FINETUNES:
+            removed_any = psych = True
+            continue
         if low in _STRIP_FOR_BASE or (drop_date and re.fullmatch(r"\d{4}", low)):
             removed_any = True
             drop_date = low in _INSTRUCT or low in _REASONING  # "Instruct-2507"
@@ -242,6 +336,8 @@ def _base_name(owner: str, repo: str, inf: Inference) -> str | None:
         or not any(word in stem.lower() for _, word in FAMILY_WORDS)
     ):
         return None
+    if psych and fam in FAMILY_OWNERS:
+        owner = FAMILY_OWNERS[fam]  # published by the fine-tune's authors, tuned from the family's
     return f"{owner}/{stem}" if owner else stem
 
 

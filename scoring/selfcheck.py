@@ -58,18 +58,14 @@ class SelfCheckMixin:
             # Eager: the check is about masks, positions and the head; a compiled
             # decoder is the same computation and is tested against the eager one.
             self._forward(g, dummy, compiled=False)
-        dev = torch.device(self.device)
+        dev = self.input_device
         worst = 0.0
         with torch.inference_mode():
             for prep, ids in zip(dummy, (ids_a, ids_b)):
                 ref = torch.log_softmax(
-                    self.lm(torch.as_tensor(ids, device=dev)[None]).logits[0].double(), -1
+                    self.lm(torch.as_tensor(ids, device=dev)[None]).logits[0].double().cpu(), -1
                 )
-                want = (
-                    ref[torch.arange(len(ids) - 1), torch.as_tensor(ids[1:], device=dev)]
-                    .cpu()
-                    .numpy()
-                )
+                want = ref[torch.arange(len(ids) - 1), torch.as_tensor(ids[1:])].numpy()
                 worst = max(worst, float(np.max(np.abs(prep.lp[1:] - want))))
             ref_b = torch.log_softmax(
                 self.lm(torch.as_tensor(ids_a[: mid + 2], device=dev)[None]).logits[0, -1].double(),

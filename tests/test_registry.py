@@ -69,13 +69,53 @@ NAMES = [
     ),
     ("meta-llama/Llama-3.2-1B", "llama", "3.2", "base", None),
     ("meta-llama/Llama-3.2-3B-Instruct", "llama", "3.2", "instruct", "meta-llama/Llama-3.2-3B"),
+    # Llama 3.2 Vision 11B/90B are Llama 3.1 8B/70B with image cross-attention layers.
     (
         "meta-llama/Llama-3.2-11B-Vision-Instruct",
         "llama",
         "3.2",
         "vision",
-        "meta-llama/Llama-3.2-11B",
+        "meta-llama/Llama-3.1-8B",
     ),
+    ("meta-llama/Llama-3.2-11B-Vision", "llama", "3.2", "vision", "meta-llama/Llama-3.1-8B"),
+    (
+        "meta-llama/Llama-3.2-90B-Vision-Instruct",
+        "llama",
+        "3.2",
+        "vision",
+        "meta-llama/Llama-3.1-70B",
+    ),
+    # Vision-language descendants of the Qwen generations, and their quantised copies.
+    ("Qwen/Qwen2-VL-2B-Instruct", "qwen", "2", "vision", "Qwen/Qwen2-1.5B"),
+    ("Qwen/Qwen2-VL-72B-Instruct", "qwen", "2", "vision", "Qwen/Qwen2-72B"),
+    ("Qwen/Qwen2.5-VL-72B-Instruct", "qwen", "2.5", "vision", "Qwen/Qwen2.5-72B"),
+    ("Qwen/Qwen2.5-VL-7B-Instruct-AWQ", "qwen", "2.5", "vision", "Qwen/Qwen2.5-7B"),
+    ("Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen", "3", "vision", "Qwen/Qwen3-30B-A3B-Base"),
+    ("Qwen/Qwen3-VL-8B-Instruct-FP8", "qwen", "3", "vision", "Qwen/Qwen3-8B-Base"),
+    ("Qwen/Qwen3.5-VL-9B", "qwen", "3.5", "vision", "Qwen/Qwen3.5-9B-Base"),
+    ("Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4", "qwen", "2.5", "instruct", "Qwen/Qwen2.5-72B"),
+    ("Qwen/Qwen2.5-7B-Instruct-GGUF", "qwen", "2.5", "instruct", "Qwen/Qwen2.5-7B"),
+    ("unsloth/Meta-Llama-3.1-70B-bnb-4bit", "llama", "3.1", "base", None),
+    (
+        "unsloth/Llama-3.2-11B-Vision-Instruct-bnb-4bit",
+        "llama",
+        "3.2",
+        "vision",
+        "meta-llama/Llama-3.1-8B",
+    ),
+    # Centaur: Llama 3.1 fine-tuned on Psych-101 (QLoRA), published as weights and as an adapter.
+    ("marcelbinz/Llama-3.1-Centaur-70B", "llama", "3.1", "other", "meta-llama/Llama-3.1-70B"),
+    (
+        "marcelbinz/Llama-3.1-Centaur-70B-adapter",
+        "llama",
+        "3.1",
+        "other",
+        "meta-llama/Llama-3.1-70B",
+    ),
+    ("marcelbinz/Llama-3.1-Centaur-8B", "llama", "3.1", "other", "meta-llama/Llama-3.1-8B"),
+    ("allenai/OLMo-2-1124-7B-Instruct-GGUF", "olmo", "2", "instruct", "allenai/OLMo-2-1124-7B"),
+    ("google/gemma-3-27b-it-qat-q4_0-gguf", "gemma", "3", "instruct", "google/gemma-3-27b-pt"),
+    ("google/gemma-3-27b-pt", "gemma", "3", "base", None),
     ("meta-llama/Llama-3.3-70B-Instruct", "llama", "3.3", "instruct", "meta-llama/Llama-3.3-70B"),
     ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "llama", None, "reasoning", None),
     ("allenai/OLMo-7B", "olmo", "1", "base", None),
@@ -141,6 +181,67 @@ def test_inference_from_hub_names(name, family, generation, post_training, base)
     # every inferred field says where it came from
     for key in ("family", "generation", "post_training", "n_params"):
         assert row["inferred"][key]["from"]
+
+
+# (name, quantisation the registry records, adapter token)
+QUANTISED = [
+    ("Qwen/Qwen2.5-72B-Instruct-GPTQ-Int4", "gptq-int4", None),
+    ("Qwen/Qwen2.5-VL-7B-Instruct-AWQ", "awq", None),
+    ("unsloth/Meta-Llama-3.1-70B-bnb-4bit", "bitsandbytes-4bit", None),
+    ("Qwen/Qwen3-VL-8B-Instruct-FP8", "fp8", None),
+    ("google/gemma-3-27b-it-qat-q4_0-gguf", "gguf-Q4_0", None),
+    ("bartowski/Qwen2.5-7B-Instruct-Q4_K_M", "gguf-Q4_K_M", None),
+    ("Qwen/Qwen2.5-7B-Instruct-GGUF", "gguf", None),
+    ("marcelbinz/Llama-3.1-Centaur-70B-adapter", None, "adapter"),
+    ("someone/Qwen2.5-7B-Instruct-lora", None, "lora"),
+    ("Qwen/Qwen2.5-7B-Instruct", None, None),
+]
+
+
+@pytest.mark.parametrize("name,quant,adapter", QUANTISED, ids=[q[0] for q in QUANTISED])
+def test_quantisation_and_adapter_names(name, quant, adapter):
+    row = registry.describe(name)
+    assert row["quantization"] == quant
+    assert row["inferred"]["quantization"]["from"]
+    assert infer_from_name(name).adapter == adapter
+
+
+def test_vision_inferred_from_architecture_and_paired_with_text_base(con, tmp_path):
+    """A VL folder whose name says nothing is 'vision' by its config's model_type, and pairs
+    with the registered base of its family, generation and size."""
+    cfg = {"model_type": "qwen2_5_vl"}
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _tiny_safetensors(folder / "model.safetensors")
+    row = registry.describe(str(folder))
+    assert row["post_training"] == "vision"
+    assert "qwen2_5_vl" in row["inferred"]["post_training"]["from"]
+    # Natively multimodal families (Gemma 3) are not 'vision' by architecture alone.
+    (folder / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    assert registry.describe(str(folder), name="gemma-3-4b-pt")["post_training"] == "base"
+    # Pairing by name: the VL instruct model descends from the text base.
+    registry.add_model(con, None, name="Qwen/Qwen2.5-VL-7B-Instruct", overrides={"family": "qwen"})
+    base = registry.add_model(con, None, name="Qwen/Qwen2.5-7B", post_training="base")
+    assert registry.get_model(con, "Qwen/Qwen2.5-VL-7B-Instruct")["base_model"] == base["name"]
+
+
+def test_quantization_from_config_is_recorded(tmp_path):
+    folder = tmp_path / "Qwen2.5-7B-Instruct-quantised"
+    folder.mkdir()
+    cfg = {"model_type": "qwen2", "quantization_config": {"quant_method": "gptq", "bits": 4}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _tiny_safetensors(folder / "model.safetensors")
+    row = registry.describe(str(folder))
+    assert row["quantization"] == "gptq-int4"
+    assert row["inferred"]["quantization"]["from"] == "config.json quantization_config"
+
+
+def _tiny_safetensors(path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros((2, 3), np.float32)}, str(path))
 
 
 def test_generation_order_sorts_generations():

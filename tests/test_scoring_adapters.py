@@ -1,0 +1,170 @@
+"""PEFT adapters: registered on a base, applied when scoring, refused when they change nothing.
+
+The reference merges the LoRA into a float64 copy of the base by hand
+(``W + lora_alpha / r * B @ A`` from the adapter's safetensors file, no PEFT
+code) and runs a plain forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import check_batch, load64, model_row, reference_pieces, reference_scores
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "offline_hub")
+
+
+def participants():
+    from psystats.scoring.inputs import ParticipantInput
+
+    out = []
+    for k, answers in enumerate((["A", "green hexagon", "B"], ["B", "A"])):
+        text, spans = "You see three objects and pick one.", []
+        for j, a in enumerate(answers):
+            text += f" Trial {j + 1}: you choose <<"
+            spans.append((len(text), len(text) + len(a)))
+            text += a + ">>."
+        out.append(
+            ParticipantInput(
+                participant_key=700 + k,
+                experiment="e",
+                text=text,
+                response_ids=tuple(7000 + 10 * k + j for j in range(len(answers))),
+                spans=tuple(spans),
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_models, tmp_path_factory):
+    from psystats.scoring.tiny import build_tiny_lora
+
+    root = tmp_path_factory.mktemp("lora")
+    base = tiny_models["qwen3"]
+    return {
+        "random": build_tiny_lora(root / "tiny-qwen3-Instruct-lora", base),
+        "zero": build_tiny_lora(root / "tiny-qwen3-zero-lora", base, zero=True),
+    }
+
+
+def merged_reference(base_dir, lora_dir):
+    """The base in float64 with every LoRA pair merged by hand from the safetensors file."""
+    import json
+
+    from safetensors.torch import load_file
+
+    cfg = json.loads((lora_dir / "adapter_config.json").read_text())
+    scale = cfg["lora_alpha"] / cfg["r"]
+    weights = load_file(str(lora_dir / "adapter_model.safetensors"))
+    model = load64(base_dir)
+    modules = dict(model.named_modules())
+    n = 0
+    for key, a in weights.items():
+        if ".lora_A." not in key:
+            continue
+        b = weights[key.replace(".lora_A.", ".lora_B.")]
+        path = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+        with torch.no_grad():
+            modules[path].weight += scale * (b.double() @ a.double())
+        n += 1
+    assert n > 0
+    return model
+
+
+def test_lora_scores_match_a_merged_weight_reference(tiny_models, loras):
+    from psystats.scoring.engine import Scorer
+
+    base_dir, lora_dir = tiny_models["qwen3"], loras["random"]
+    row = dict(model_row(base_dir), name="tiny-lora", adapter=str(lora_dir))
+    sc = Scorer(row, dtype="float64")
+    assert sc.settings["adapter"] == {"source": str(lora_dir), "merged": True}
+    assert len(sc.fingerprints["adapter_sha256"]) == 64
+    ref_model = merged_reference(base_dir, lora_dir)
+    ps = participants()
+    refs = [
+        reference_scores(ref_model, sc.tokenizer, reference_pieces(p), len(p.spans), sc.prefix_ids)
+        for p in ps
+    ]
+    batch = sc.score(ps)
+    assert check_batch(batch, ps, refs, atol=1e-8) < 1e-8
+    # And the adapter matters: the base alone scores differently.
+    base = Scorer(model_row(base_dir), dtype="float64", tokenizer=sc.tokenizer).score(ps)
+    diff = abs(base.scores["nll"].to_numpy() - batch.scores["nll"].to_numpy()).max()
+    assert diff > 1e-2
+
+
+def test_unmerged_peft_model_under_a_device_map_matches_too(tiny_models, loras):
+    """Device maps (and bf16/fp16) keep the adapter unmerged: W x + scale * B (A x)."""
+    from psystats.scoring.engine import Scorer
+
+    base_dir, lora_dir = tiny_models["qwen3"], loras["random"]
+    row = dict(model_row(base_dir), name="tiny-lora", adapter=str(lora_dir))
+    sc = Scorer(row, dtype="float64", device_map={"": "cpu"})
+    assert sc.settings["adapter"]["merged"] is False
+    ref_model = merged_reference(base_dir, lora_dir)
+    ps = participants()
+    refs = [
+        reference_scores(ref_model, sc.tokenizer, reference_pieces(p), len(p.spans), sc.prefix_ids)
+        for p in ps
+    ]
+    assert check_batch(sc.score(ps), ps, refs, atol=1e-8) < 1e-8
+
+
+def test_adapter_that_changes_nothing_is_refused(tiny_models, loras):
+    from psystats.scoring.adapters import AdapterError
+    from psystats.scoring.engine import Scorer
+
+    row = dict(model_row(tiny_models["qwen3"]), name="noop", adapter=str(loras["zero"]))
+    with pytest.raises(AdapterError, match="changes nothing"):
+        Scorer(row, dtype="float32")
+
+
+def test_pickled_adapter_is_refused(tmp_path):
+    from psystats.scoring.adapters import AdapterError, describe
+
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    (tmp_path / "adapter_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(AdapterError, match="never loads pickle"):
+        describe(str(tmp_path))
+
+
+def test_registry_records_adapter_and_scoring_checks_its_hash(db_path, tiny_models, loras):
+    import shutil
+
+    from psystats import warehouse
+    from psystats.scoring import registry
+    from psystats.scoring.adapters import AdapterError
+    from psystats.scoring.engine import Scorer
+
+    con = warehouse.connect(db_path)
+    try:
+        base = registry.add_model(con, str(tiny_models["qwen3"]))
+        row = registry.add_model(con, str(tiny_models["qwen3"]), adapter=str(loras["random"]))
+        assert row["name"] == "tiny-qwen3-Instruct-lora"
+        assert row["adapter"] == str(loras["random"].resolve())
+        assert row["base_model"] == base["name"]
+        assert row["post_training"] == "instruct"
+        assert row["n_params"] == base["n_params"]
+        assert row["family"] == base["family"] and row["source"] == base["source"]
+        assert len(row["adapter_sha256"]) == 64
+        assert row["inferred"]["adapter"]["peft_type"] == "LORA"
+        # Idempotent, and the plain base is still what its source resolves to.
+        again = registry.add_model(con, base["name"], adapter=str(loras["random"]))
+        assert again["model_id"] == row["model_id"]
+        assert registry.resolve_model(con, str(tiny_models["qwen3"]))["name"] == base["name"]
+        # An adapter whose name says nothing is "other", never "base".
+        other = shutil.copytree(loras["random"], db_path.parent / "psych-tune")
+        assert registry.add_model(con, base["name"], adapter=str(other))["post_training"] == "other"
+        # Scoring applies it; weights that changed after registration are refused.
+        sc = Scorer(registry.get_model(con, "psych-tune"), dtype="float32")
+        assert (
+            sc.fingerprints["adapter_sha256"]
+            == registry.get_model(con, "psych-tune")["adapter_sha256"]
+        )
+        shutil.copy(loras["zero"] / "adapter_model.safetensors", other)
+        with pytest.raises(AdapterError, match="changed since it was registered"):
+            Scorer(registry.get_model(con, "psych-tune"), dtype="float32")
+    finally:
+        con.close()
