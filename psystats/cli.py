@@ -39,7 +39,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("psystats.commands.fit_cmds", "fit", "Fit hierarchical Bayesian models."),
     "export": ("psystats.commands.fit_cmds", "export", "Export analysis tables (cells)."),
     "report": ("psystats.commands.report_cmds", "report", "Render the PDF report."),
-    "demo": (
     "plot": (
         "psystats.commands.plot_cmds",
         "plot",
@@ -49,13 +48,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "psystats.commands.manifest_cmds",
         "manifest",
         "Reproducibility manifest of a fit or score run.",
+    ),
     "simulate": (
         "psystats.commands.simulate_cmds",
         "simulate",
         "Write a SIMULATED study with known effects; check its recovery.",
     ),
     "demo": (
-    ),
         "psystats.commands.demo_cmds",
         "demo",
         "Run the whole pipeline on the embedded sample.",
