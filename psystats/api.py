@@ -60,6 +60,18 @@ class Warehouse:
         finally:
             con.close()
 
+    @contextmanager
+    def _writer(self) -> Iterator[Any]:
+        """A connection for a fit: it holds the file only per statement (warehouse.brief), so
+        `psystats` commands in a terminal keep working while a notebook samples."""
+        from psystats.warehouse.brief import BriefConnection
+
+        con = BriefConnection(self.path)
+        try:
+            yield con
+        finally:
+            con.close()
+
     # ------------------------------------------------------------------ reading
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -263,7 +275,7 @@ class Warehouse:
         if kind == "effects" and "allow_diagnostics_failure" in kwargs:
             kwargs["allow_failure"] = kwargs.pop("allow_diagnostics_failure")
         fn = getattr(importlib.import_module(f"psystats.stats.{kind}"), f"fit_{kind}")
-        with self.connection(read_only=False) as con:
+        with self._writer() as con:
             result = fn(con, **kwargs)
         return int(result.fit_id if hasattr(result, "fit_id") else result["fit_id"])
 
@@ -285,7 +297,7 @@ class Warehouse:
         """
         from psystats.stats.formula import fit_formula
 
-        with self.connection(read_only=False) as con:
+        with self._writer() as con:
             return fit_formula(
                 con,
                 formula,
@@ -338,10 +350,9 @@ class Warehouse:
     def compare(self, fit_ids: Sequence[int]) -> pd.DataFrame:
         """PSIS-LOO comparison (``arviz.compare``) of fits of the same cells.
 
-        Uses each fit's stored pointwise log-likelihood when present, else
-        recomputes it from the NetCDF's posterior predictive inputs is not
-        possible: only effects and formula fits are supported (both model
-        cells with the same likelihood).
+        The pointwise log-likelihood is recomputed from each fit's stored
+        posterior and its rebuilt model; effects and formula fits qualify
+        (both model the cells with the same likelihood), matched cell by cell.
         """
         from psystats.stats.loo import compare_fits
 

@@ -3,6 +3,8 @@ with the built-in effects model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -111,3 +113,48 @@ def test_formula_reproduces_builtin_effects_posterior():
         assert np.all(np.abs(bm - fm) < 5 * mcse + 1e-4), (bn, bm, fm, mcse)
         bs, fs = bd.std(("chain", "draw")).values, fd.std(("chain", "draw")).values
         assert np.allclose(bs, fs, rtol=0.15), (bn, bs, fs)
+
+
+@pytest.mark.slow
+def test_cli_fit_formula_predict_plot(tmp_path):
+    """`psystats fit formula` stores a fit like the built-in ones; `fit predict` widens for a
+    new family (new-group uncertainty); `plot forest` and `manifest` work on it."""
+    import json
+
+    from click.testing import CliRunner
+    from reanalysis_helpers import simulated_warehouse
+
+    from psystats import warehouse
+    from psystats.cli import main
+
+    db = simulated_warehouse(tmp_path / "psych.duckdb")
+    run = CliRunner().invoke
+    d = ["--db", str(db)]
+    r = run(
+        main,
+        ["fit", "formula", "mean ~ type + log_params + (1|family)", *d]
+        + ["--draws", "500", "--tune", "500", "--allow-diagnostics-failure"],
+    )
+    assert r.exit_code == 0, r.output
+    con = warehouse.connect(db, read_only=True)
+    kind, spec, path = con.execute("SELECT kind, spec, netcdf_path FROM fits").fetchall()[0]
+    params = {p for (p,) in con.execute("SELECT DISTINCT parameter FROM fit_params").fetchall()}
+    con.close()
+    assert kind == "formula" and json.loads(spec)["formula"].startswith("mean ~ type")
+    assert {"Intercept", "type", "log_params", "sigma", "1|family", "1|family_sigma"} <= params
+    assert Path(path).exists()
+    r = run(
+        main,
+        ["fit", "predict", "1", *d, "--format", "csv"]
+        + ["--new-pair", "type=instruct,family=llama,n_params=70e9"]
+        + ["--new-pair", "type=instruct,family=unseen,n_params=70e9"],
+    )
+    assert r.exit_code == 0, r.output
+    out = pd.read_csv(__import__("io").StringIO(r.output))
+    width = (out["q95"] - out["q05"]).to_numpy()
+    assert width[1] > width[0]
+    r = run(main, ["fit", "predict", "1", *d, "--new-pair", "type=instruct"])
+    assert r.exit_code == 1 and "give them in --new-pair" in r.output
+    r = run(main, ["plot", "forest", "--fit", "1", *d, "-o", str(tmp_path / "f.svg")])
+    assert r.exit_code == 0 and (tmp_path / "f.csv").exists()
+    assert "Examples:" in run(main, ["fit", "formula", "--help"]).output

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .common import db_option, friendly_errors, open_db, print_rows
+from .common import db_option, friendly_errors, print_rows
 
 
 def _sampling_options(f):
@@ -115,8 +115,11 @@ def formula(
     """
     from psystats.stats.formula import fit_formula
 
+    from .brief_db import open_brief
+
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
-    con = open_db(db)
+    # Read the cells, let go of the file while sampling, write the fit in one transaction.
+    con = open_brief(db)
     result = fit_formula(
         con,
         formula,
