@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -112,7 +113,7 @@ def resolve(con: duckdb.DuckDBPyConnection) -> None:
         entry = mapping.setdefault(key.lower(), (key, []))
         if domain is not None and domain not in entry[1]:
             entry[1].append(domain)
-    updates = []
+    updates: list[tuple[str | None, list[str], str | None, Any]] = []
     for experiment, study in con.execute("SELECT experiment, study FROM experiments").fetchall():
         hit = None
         for candidate in (experiment, experiment.split("/", 1)[0], study):

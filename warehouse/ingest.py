@@ -96,6 +96,10 @@ class _Batch:
     """Column buffers for one flush; Arrow tables are built from them."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Empty every column buffer (after a flush)."""
         self.participants: dict[str, list] = {
             k: []
             for k in (
@@ -254,7 +258,7 @@ class _Batch:
                 con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _ingest_batch")
             finally:
                 con.unregister("_ingest_batch")
-        self.__init__()
+        self.clear()
 
 
 def _existing(

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from .db import WarehouseError
 from .hashing import file_sha256
@@ -155,7 +155,7 @@ def _lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | None
         yield lineno, None if too_long else b"".join(parts)
 
 
-def _jsonl_records(f: BinaryIO, max_line_bytes: int) -> Iterator[Record]:
+def _jsonl_records(f: IO[bytes], max_line_bytes: int) -> Iterator[Record]:
     for lineno, raw in _lines(f, max_line_bytes):
         if raw is None:
             yield lineno, LineError("<line>", _too_long(max_line_bytes))
