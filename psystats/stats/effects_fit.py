@@ -149,6 +149,16 @@ def fit_cells(
         "residual_df": data.residual_df,
         "coords": {k: len(v) for k, v in data.coords.items()},
     }
+    # The published study's headline statistic beside the posterior (docs/model.md).
+    from .cohens_d import pair_cohens_d
+
+    cd = pair_cohens_d(data.cells, seed=seed)
+    if not cd.empty:
+        summary["cohens_d"] = {
+            "statistic": "mean over experiments of Cohen's d_av; 90% percentile bootstrap "
+            "over experiments",
+            "pairs": cd.to_dict("records"),
+        }
     if checks:
         loo, loo_full = loo_summary(model, idata)
         summary["loo"] = {"full": loo}
