@@ -23,6 +23,17 @@ participants:
                   decoder and packed lengths padded to ``--compile-bucket``;
                   its first pass (compilation) is timed apart and reported
                   as ``compile s``; the table row is a second, warm pass.
+* ``psystats-devmap``  the model saved as safetensors and loaded back the way
+                  ``psystats score --device-map`` loads it: accelerate spreads
+                  it by ``--device-map`` (auto/balanced/sequential) under
+                  ``--max-memory`` (on CPU: a small ``cpu=`` budget offloads
+                  layers to disk), then the engine without packing.
+
+``--arch`` picks the architecture the shape is built as: ``qwen3`` (causal)
+or a vision-language one (``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``:
+the same text decoder inside the architecture's ``...ForConditionalGeneration``
+with a small vision tower, scored on text only, as ``psystats score``
+scores VL models).
 
 Both psystats methods use ``tokenization="whole"`` here so that every method
 scores the very same token sequences (the default ``segments`` rule changes
@@ -181,23 +192,96 @@ def prepare(dest: Path, args) -> None:
 # --------------------------------------------------------------------------- models and FLOPs
 
 
-def build_model(shape: str, device: str, dtype, tokenizer):
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen3Config
+ARCHS = ("qwen3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def build_config(shape: str, tokenizer, arch: str = "qwen3"):
+    """The shape's config as ``arch``: Qwen3 causal, or a Qwen VL model with that text decoder."""
+    import transformers
 
     cfg = dict(SHAPES[shape])
     cfg["vocab_size"] = max(cfg["vocab_size"], len(tokenizer))
-    config = Qwen3Config(
-        max_position_embeddings=40960,
-        rope_theta=1_000_000.0,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **cfg,
-    )
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if arch == "qwen3":
+        return transformers.Qwen3Config(
+            max_position_embeddings=40960, rope_theta=1_000_000.0, **special, **cfg
+        )
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    # Multimodal rotary sections (t, h, w) summing to head_dim / 2, in Qwen's 1:1.5:1.5 split.
+    t = head_dim // 2 - 2 * (3 * head_dim // 16)
+    mrope = {
+        "rope_type": "default",
+        "mrope_section": [t, 3 * head_dim // 16, 3 * head_dim // 16],
+        "rope_theta": 1_000_000.0,
+    }
+    text = dict(cfg, max_position_embeddings=40960, **special)
+    hidden = cfg["hidden_size"]
+    if arch == "qwen2_vl":
+        text.pop("head_dim", None)
+        return transformers.Qwen2VLConfig(
+            text_config=dict(text, rope_parameters=mrope),
+            vision_config=dict(depth=1, embed_dim=64, hidden_size=hidden, num_heads=2),
+            **special,
+        )
+    if arch == "qwen2_5_vl":
+        text.pop("head_dim", None)
+        return transformers.Qwen2_5_VLConfig(
+            text_config=dict(text, rope_parameters=mrope),
+            vision_config=dict(
+                depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden
+            ),
+            **special,
+        )
+    if arch == "qwen3_vl":
+        return transformers.Qwen3VLConfig(
+            text_config=dict(text, rope_parameters=dict(mrope, mrope_interleaved=True)),
+            vision_config=dict(
+                depth=1,
+                hidden_size=64,
+                intermediate_size=128,
+                num_heads=2,
+                out_hidden_size=hidden,
+                deepstack_visual_indexes=[],
+            ),
+            **special,
+        )
+    raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
+
+
+def build_model(shape: str, device: str, dtype, tokenizer, arch: str = "qwen3"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = build_config(shape, tokenizer, arch)
+    auto = AutoModelForCausalLM if arch == "qwen3" else AutoModelForImageTextToText
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = auto.from_config(config, dtype=dtype, attn_implementation="sdpa")
     return model.eval()
+
+
+def device_mapped_scorer(model, tokenizer, args, folder: Path):
+    """The model saved as safetensors and loaded by psystats with ``--device-map``."""
+    from psystats.scoring.engine import Scorer
+    from psystats.scoring.loader import parse_max_memory
+
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    cuda = args.device.startswith("cuda")
+    # On CPU, by default 3/4 of the weights fit in "cpu" memory: the rest is offloaded to disk.
+    half = sum(p.numel() * p.element_size() for p in model.parameters()) * 3 // 4
+    budget = args.max_memory or ([] if cuda else [f"cpu={args.cpu_offload_bytes or half}"])
+    return Scorer(
+        {"name": "bench-devmap", "source": str(folder)},
+        dtype=args.dtype,
+        packing="none",
+        token_budget=args.token_budget,
+        tokenization="whole",
+        device_map=args.device_map,
+        max_memory=parse_max_memory(budget),
+        offload_folder=str(folder / "offload"),
+        tokenizer=tokenizer,
+    )
 
 
 def useful_flops(cfg, lengths: list[int], n_scored: int) -> float:
@@ -321,7 +405,14 @@ def rel_diff(a: dict[int, float], ref: dict[int, float]) -> float:
     )
 
 
-METHODS = ("seed", "psystats-1", "psystats-packed", "psystats-flex", "psystats-compiled")
+METHODS = (
+    "seed",
+    "psystats-1",
+    "psystats-packed",
+    "psystats-flex",
+    "psystats-compiled",
+    "psystats-devmap",
+)
 
 
 def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None) -> list[dict]:
@@ -343,7 +434,7 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
 
     # float32 reference on the first participants, same weights, built and freed first.
     ref_parts = participants[: args.ref_participants]
-    ref_model = build_model(shape, args.device, torch.float32, tokenizer)
+    ref_model = build_model(shape, args.device, torch.float32, tokenizer, args.arch)
     ref = psystats_method(
         psystats_scorer(
             ref_model, tokenizer, args.device, "float32", packing="none", budget=args.token_budget
@@ -354,10 +445,10 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
     del ref_model
     gc.collect()
     reset_peak(args.device)
-    model = build_model(shape, args.device, dtype_t, tokenizer)
+    model = build_model(shape, args.device, dtype_t, tokenizer, args.arch)
     model.load_state_dict(ref_state)
     del ref_state
-    flops = useful_flops(model.config, lengths, n_scored)
+    flops = useful_flops(model.config.get_text_config(), lengths, n_scored)
 
     def scorer(name: str):
         # Built (and self-checked) before the clock starts.
@@ -382,6 +473,11 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
         try:
             if name == "seed":
                 fn = lambda ps: seed_method(model, tokenizer, ps, args.device)  # noqa: E731
+            elif name == "psystats-devmap":
+                tmp = tempfile.TemporaryDirectory()
+                sc = device_mapped_scorer(model, tokenizer, args, Path(tmp.name) / "model")
+                placement = sc.placement
+                fn = lambda ps, sc=sc: psystats_method(sc, ps)  # noqa: E731
             else:
                 sc = scorer(name)
                 fn = lambda ps, sc=sc: psystats_method(sc, ps)  # noqa: E731
@@ -422,8 +518,18 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
                 participants=len(participants),
                 tokens=tokens,
                 compile_s=compile_s,
+                arch=args.arch,
+                **(
+                    {"placement": sorted(set(placement.values()))}
+                    if name == "psystats-devmap"
+                    else {}
+                ),
             )
         )
+        if name == "psystats-devmap":
+            sc = fn = None
+            gc.collect()
+            tmp.cleanup()
         if emit:
             emit(rows)
     ok = [r for r in rows if "error" not in r]
@@ -439,18 +545,19 @@ def run_shape(shape: str, args, tokenizer, participants, peak: float, emit=None)
 def print_table(rows: list[dict], peak: float, device: str) -> None:
     print(f"\nmatmul peak: {peak:.3g} TFLOP/s on {device}")
     head = (
-        f"{'shape':<6} {'method':<18} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} "
+        f"{'shape':<18} {'method':<18} {'tokens/s':>11} {'TFLOP/s':>9} {'MFU':>7} {'speed-up':>8} "
         f"{'max rel NLL diff':>16} {'peak GiB':>9} {'compile s':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
+        shape = r["shape"] + (f"/{r['arch']}" if r.get("arch", "qwen3") != "qwen3" else "")
         if "error" in r:
-            print(f"{r['shape']:<6} {r['method']:<18} FAILED: {r['error'][:80]}")
+            print(f"{shape:<18} {r['method']:<18} FAILED: {r['error'][:80]}")
             continue
         comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "-"
         print(
-            f"{r['shape']:<6} {r['method']:<18} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
+            f"{shape:<18} {r['method']:<18} {r['tokens_per_s']:>11,.0f} {r['tflops']:>9.3g} "
             f"{r['mfu']:>7.3f} {r.get('speedup', float('nan')):>7.2f}x {r['rel_diff']:>16.2e} "
             f"{r['peak_gib']:>9.2f} {comp:>9}"
         )
@@ -508,6 +615,33 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     ap.add_argument(
+        "--arch",
+        default="qwen3",
+        choices=ARCHS,
+        help="architecture the shapes are built as (VL ones are scored on text)",
+    )
+    ap.add_argument(
+        "--device-map",
+        default="auto",
+        choices=("auto", "balanced", "sequential"),
+        help="psystats-devmap: accelerate placement",
+    )
+    ap.add_argument(
+        "--max-memory",
+        action="append",
+        default=None,
+        metavar="DEVICE=SIZE",
+        help="psystats-devmap: e.g. 0=10GiB 1=10GiB cpu=64GiB (repeatable) "
+        "[default on CPU: --cpu-offload-bytes, so layers go to disk]",
+    )
+    ap.add_argument(
+        "--cpu-offload-bytes",
+        type=int,
+        default=None,
+        help="psystats-devmap on CPU: cpu memory budget, the rest is offloaded to disk "
+        "[default: 3/4 of the weights]",
+    )
+    ap.add_argument(
         "--data",
         type=Path,
         default=DATA,
@@ -537,7 +671,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.shape = args.shape or (["0.6b", "1.7b", "8b"] if cuda else ["tiny"])
-    args.methods = args.methods or [m for m in METHODS if cuda or m != "psystats-compiled"]
+    # psystats-devmap saves and reloads the model: asked for by name only.
+    args.methods = args.methods or [
+        m for m in METHODS if m != "psystats-devmap" and (cuda or m != "psystats-compiled")
+    ]
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.participants = args.participants or (64 if cuda else 6)
     args.max_tokens = args.max_tokens or (32768 if cuda else 1200)

@@ -12,6 +12,10 @@
 # Output: the table on stdout, and $OUT/bench.json + $OUT/bench.log (JSON rewritten after
 # every method, so a run cut short keeps what it measured).  Environment knobs:
 #     SHAPES="1.7b 8b 0.6b"  PARTICIPANTS=48  METHODS=""  (empty: all five methods)
+#     MODEL_CLASSES=1  (issue 14, after the main table: a Qwen2.5-VL-shaped model scored on
+#                       text, $OUT/bench_vl.json, and the 1.7b model loaded through
+#                       --device-map auto with 2 GiB on the GPU and the rest offloaded to
+#                       CPU, $OUT/bench_devmap.json; MODEL_CLASSES=0 skips them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREP=.cache/gpu-bench
@@ -42,3 +46,18 @@ set -o pipefail
 python3 benchmarks/bench_scoring.py --device cuda --dtype bfloat16 \
     --data "$PREP/participants.jsonl" --tokenizer "$PREP/tokenizer" \
     --participants "${PARTICIPANTS:-48}" --json "$OUT/bench.json" "${args[@]}" 2>&1 | tee "$OUT/bench.log"
+
+if [ "${MODEL_CLASSES:-1}" = "1" ]; then
+    # Vision-language architecture (text only; Qwen VL has no FlexAttention support in
+    # transformers, so the packed method is the dense one).
+    python3 benchmarks/bench_scoring.py --device cuda --dtype bfloat16 --arch qwen2_5_vl \
+        --shape 1.7b --method seed --method psystats-1 --method psystats-packed \
+        --data "$PREP/participants.jsonl" --tokenizer "$PREP/tokenizer" \
+        --participants "${PARTICIPANTS:-48}" --json "$OUT/bench_vl.json" 2>&1 | tee -a "$OUT/bench.log"
+    # Device map: the same weights through accelerate with CPU offload (the 70B path).
+    python3 benchmarks/bench_scoring.py --device cuda --dtype bfloat16 --shape 1.7b \
+        --method psystats-1 --method psystats-devmap --device-map auto \
+        --max-memory 0=2GiB --max-memory cpu=64GiB \
+        --data "$PREP/participants.jsonl" --tokenizer "$PREP/tokenizer" \
+        --participants 16 --json "$OUT/bench_devmap.json" 2>&1 | tee -a "$OUT/bench.log"
+fi
