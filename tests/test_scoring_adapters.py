@@ -168,3 +168,44 @@ def test_registry_records_adapter_and_scoring_checks_its_hash(db_path, tiny_mode
             Scorer(registry.get_model(con, "psych-tune"), dtype="float32")
     finally:
         con.close()
+
+
+@pytest.mark.slow
+def test_cli_adapter_is_registered_and_scored_like_any_model(
+    tmp_path, psych201, tiny_models, loras
+):
+    """`models add BASE --adapter PATH`, then `score --model` of the adapter and of the base:
+    two runs, different numbers, the adapter's hash in the run's settings."""
+    import json
+
+    from helpers import cli_base_warehouse, cli_ok
+    from psystats import warehouse
+
+    db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
+    out = cli_ok("--db", db, "models", "add", "tiny-qwen3", "--adapter", loras["random"]).output
+    assert "adapter_sha256" in out and "tiny-qwen3-Instruct-lora" in out
+    cli_ok("--db", db, "score", "--model", "tiny-qwen3-Instruct-lora", "-q")
+    cli_ok("--db", db, "score", "--model", "tiny-qwen3", "-q")
+    con = warehouse.connect(db, read_only=True)
+    try:
+        runs = dict(con.execute("SELECT model, run_id FROM score_runs").fetchall())
+        nll = {
+            m: dict(
+                con.execute("SELECT response_id, nll FROM scores WHERE run_id = ?", [r]).fetchall()
+            )
+            for m, r in runs.items()
+        }
+        settings = con.execute(
+            "SELECT settings FROM score_runs WHERE model = ?", ["tiny-qwen3-Instruct-lora"]
+        ).fetchall()[0][0]
+        base_row = con.execute(
+            "SELECT base_model, post_training FROM models WHERE name = ?",
+            ["tiny-qwen3-Instruct-lora"],
+        ).fetchall()[0]
+    finally:
+        con.close()
+    assert base_row == ("tiny-qwen3", "instruct")
+    a, b = nll["tiny-qwen3-Instruct-lora"], nll["tiny-qwen3"]
+    assert a.keys() == b.keys() and len(a) > 0
+    assert max(abs(a[k] - b[k]) for k in a) > 1e-2
+    assert json.loads(settings)["adapter"]["merged"] is True

@@ -82,6 +82,13 @@ def models() -> None:
     metavar="FIELD=VALUE",
     help="Override any field at registration (repeatable), e.g. --set generation=3.1.",
 )
+@click.option(
+    "--adapter",
+    metavar="PATH_OR_HUB_ID",
+    help="Register a PEFT adapter (LoRA) on SOURCE, the base: applied when scoring; its "
+    "weights hash is recorded [default name: the adapter's folder name or hub id].",
+)
+@click.option("--adapter-revision", help="Hub revision of --adapter.")
 @friendly_errors
 def add(
     source: str,
@@ -93,6 +100,8 @@ def add(
     revision: str | None,
     trust_remote_code: bool,
     sets: tuple[str, ...],
+    adapter: str | None,
+    adapter_revision: str | None,
 ) -> None:
     """Register the model at SOURCE (hub id, safetensors folder or .gguf file).
 
@@ -107,6 +116,10 @@ def add(
       psystats models add Qwen/Qwen3-8B --base Qwen/Qwen3-8B-Base
       psystats models add ./SmolLM2-135M-Instruct.Q4_1.gguf
       psystats models add ./my-finetune --name mine --type instruct --base Qwen/Qwen2.5-7B
+      psystats models add Qwen/Qwen2.5-VL-7B-Instruct      # type vision, base Qwen/Qwen2.5-7B
+      psystats models add meta-llama/Llama-3.1-70B \\
+          --adapter marcelbinz/Llama-3.1-Centaur-70B-adapter
+      psystats models add ./base-model --adapter ./my-lora --name my-lora --type other
     """
     from psystats.scoring.registry import add_model
 
@@ -121,6 +134,8 @@ def add(
         revision=revision,
         trust_remote_code=trust_remote_code,
         overrides=_pairs(sets),
+        adapter=adapter,
+        adapter_revision=adapter_revision,
     )
     _show(row)
     note = _unchecked_hub_id(row)
