@@ -124,6 +124,12 @@ class Report:
 # ------------------------------------------------------------ formatting
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 experiment``, ``2 experiments``, ``1 study``/``3 studies`` (``many`` when irregular)."""
+    n = int(n)
+    return f"{n:,} " + (noun if n == 1 else (many or noun + "s"))
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
         return ""
@@ -194,11 +200,17 @@ def _section_data(con) -> Section:
         )
     s.add(
         Para(
-            f"The warehouse holds <b>{ov['studies']:,}</b> studies with "
-            f"<b>{ov['experiments']:,}</b> experiments in <b>{ov['domains']}</b> task domains: "
-            f"<b>{ov['participants']:,}</b> participants and <b>{ov['responses']:,}</b> responses. "
-            f"<b>{ov['models']}</b> models are registered; <b>{ov['score_runs']}</b> scoring runs "
-            f"wrote <b>{ov['scores']:,}</b> response scores; <b>{ov['fits']}</b> Bayesian fits are stored."
+            f"The warehouse holds <b>{plural(ov['studies'], 'study', 'studies')}</b> with "
+            f"<b>{plural(ov['experiments'], 'experiment')}</b> in "
+            f"<b>{plural(ov['domains'], 'task domain')}</b>: "
+            f"<b>{plural(ov['participants'], 'participant')}</b> and "
+            f"<b>{plural(ov['responses'], 'response')}</b>. "
+            f"<b>{plural(ov['models'], 'model')}</b> "
+            f"{'is' if ov['models'] == 1 else 'are'} registered; "
+            f"<b>{plural(ov['score_runs'], 'scoring run')}</b> "
+            f"wrote <b>{plural(ov['scores'], 'response score')}</b>; "
+            f"<b>{plural(ov['fits'], 'Bayesian fit')}</b> "
+            f"{'is' if ov['fits'] == 1 else 'are'} stored."
         )
     )
     st = q.studies_table(con)
@@ -317,7 +329,7 @@ def _section_size(con) -> Section:
                 f"Mean NLL per response (nats, summed over a response's tokens) against "
                 f"parameter count, condition <b>{esc(cond)}</b>, one panel per family and one "
                 f"line per post-training type; computed over {common} in "
-                f"{info['experiments']} experiments. Bands and bars: 95% t intervals "
+                f"{plural(info['experiments'], 'experiment')}. Bands and bars: 95% t intervals "
                 f"over participants (each participant contributes the mean of their "
                 f"responses' NLL). Lower is better."
             )
@@ -492,7 +504,48 @@ def _section_forest(con) -> Section:
             caption="The forest plot's numbers.",
         )
     )
+    s.add(*_cohens_d_blocks(con, fit))
     return s
+
+
+def _cohens_d_blocks(con, fit: dict) -> list:
+    """The published study's per-pair mean Cohen's d beside the posterior pair mean."""
+    summ = fit.get("summary") if isinstance(fit.get("summary"), dict) else {}
+    pairs = (summ.get("cohens_d") or {}).get("pairs")
+    if not pairs:
+        return []
+    cd = pd.DataFrame(pairs)
+    pm = q.fit_params(con, fit["fit_id"], ["pair_mean"])
+    pm = pm.assign(pair=[c.get("pair", lab) for c, lab in zip(pm["coords"], pm["label"])])
+    table = cd.merge(
+        pm[["pair", "mean", "q05", "q95"]].rename(
+            columns={"mean": "post_mean", "q05": "post_q05", "q95": "post_q95"}
+        ),
+        on="pair",
+        how="left",
+    )
+    scale = fit.get("scale") or "nats"
+    return list(
+        table_from(
+            table,
+            {
+                "pair": "pair",
+                "n_experiments": "experiments",
+                "cohens_d": "mean Cohen's d",
+                "q_low": "5%",
+                "q_high": "95%",
+                "post_mean": "posterior pair mean",
+                "post_q05": "5%",
+                "post_q95": "95%",
+            },
+            caption="The published study's summary beside the hierarchical one. Left: per "
+            "pair, the mean over experiments of Cohen's d_av (cell mean difference / pooled "
+            "participant SD) with a 90% percentile bootstrap interval over experiments "
+            "(blank with a single experiment). Right: the effects model's posterior "
+            f"pair_mean ({esc(scale)}), which also carries participant noise and partial "
+            "pooling across pairs.",
+        )
+    )
 
 
 def _section_persona_accuracy(con) -> Section:
@@ -643,15 +696,20 @@ def _section_diagnostics(con) -> Section:
         summ = f.get("summary") if isinstance(f.get("summary"), dict) else {}
         for key in ("ppc", "loo"):
             if key in summ:
-                checks += [(f["fit_id"], f["kind"], k, v) for k, v in q.flatten(summ[key], key)]
+                checks += [
+                    (f["fit_id"], f["kind"], check_label(k), v)
+                    for k, v in q.flatten(summ[key], key)
+                ]
     if checks:
         s.add(
             *table_from(
                 pd.DataFrame(checks, columns=["fit", "kind", "check", "value"]),
-                caption="Model checks stored with the newest fit of each kind: ppc.coverage_90 is the share of "
-                "observations inside their 90% posterior predictive interval (about "
-                "0.9 when the model fits); ppc.p_values are posterior predictive "
-                "p-values (extreme near 0 or 1 signal misfit); loo: PSIS-LOO.",
+                caption="Model checks stored with the newest fit of each kind: "
+                "'90% predictive coverage' is the share of observations inside their 90% "
+                "posterior predictive interval (about 0.9 when the model fits); "
+                "'PPC p-value of T' is P(T(replicated) ≥ T(observed)) for the statistic T "
+                "of the standardised observations (one p-value per statistic; values near "
+                "0 or 1 signal misfit); loo: PSIS-LOO.",
             )
         )
     # One predictive check plot per kind: the newest fit of each kind that stored one.
@@ -681,6 +739,28 @@ def _section_diagnostics(con) -> Section:
             )
         )
     return s
+
+
+PPC_STATISTICS = {"mean": "mean", "sd": "SD", "min": "minimum", "max": "maximum"}
+
+
+def check_label(key: str) -> str:
+    """A readable name for a flattened ``ppc``/``loo`` key.
+
+    ``ppc.p_values.min`` is the p-value of the statistic "minimum", not the
+    minimum of the p-values: say so.
+    """
+    parts = key.split(".")
+    if len(parts) >= 2 and parts[-2] == "p_values":
+        stat = PPC_STATISTICS.get(parts[-1], parts[-1])
+        where = ".".join(parts[1:-2])
+        return f"PPC p-value of T = {stat}" + (f" ({where})" if where else "")
+    if parts[-1] == "coverage_90":
+        where = ".".join(parts[1:-1])
+        return "90% predictive coverage" + (f" ({where})" if where else "")
+    if parts[-1] == "draws" and parts[0] == "ppc":
+        return "PPC replicated draws" + (f" ({'.'.join(parts[1:-1])})" if len(parts) > 2 else "")
+    return key
 
 
 def _load_idata(path: str | None):
@@ -736,6 +816,36 @@ KIND_WORDS = {
         "calibration fitted on held-out participants."
     ),
 }
+
+
+def _effects_terms_blocks(fit: dict) -> list:
+    """Terms kept and dropped, with the reasons, and the fit's own messages."""
+    summ = fit.get("summary") if isinstance(fit.get("summary"), dict) else {}
+    active = summ.get("active_terms") or []
+    dropped = summ.get("dropped_terms") or {}
+    centred = summ.get("centred") or {}
+    if not active and not dropped:
+        return []
+    rows = [
+        (
+            t,
+            "fitted",
+            ("centred" if centred[t] else "non-centred") if t in centred else "",
+        )
+        for t in active
+    ] + [(t, "dropped", why) for t, why in dropped.items()]
+    if summ.get("sigma_cell_fixed"):
+        rows.append(("sigma_cell", "fixed at 0", "too few cells beyond the location parameters"))
+    out = list(
+        table_from(
+            pd.DataFrame(rows, columns=["term", "status", "parameterisation / reason"]),
+            caption=f"Terms of fit {fit['fit_id']}: {plural(len(active), 'term')} fitted, "
+            f"{plural(len(dropped), 'term')} dropped (with the reason).",
+        )
+    )
+    for m in summ.get("messages") or []:
+        out.append(Note(esc(m), "info"))
+    return out
 
 
 def _versions() -> list[tuple[str, str]]:
@@ -809,6 +919,8 @@ def _section_methods(con) -> Section:
                     r"$\bar{d}_{c} \sim \mathcal{N}\left(\mu_{c},\ \sigma^2_{c}/n_{c}\right)$"
                     r"$\quad$ (cell mean of $n_c$ participant differences)"
                 ]
+                if "sigma_cell" in present:
+                    terms = terms + [r"\varepsilon_{c}"]
                 chunk = []
                 for i, t in enumerate(terms):
                     chunk.append(t)
@@ -816,15 +928,26 @@ def _section_methods(con) -> Section:
                         lead = r"\mu_{c} = " if len(lines) == 1 else r"\qquad + "
                         lines.append("$" + lead + " + ".join(chunk) + "$")
                         chunk = []
+                if "sigma_cell" in present:
+                    lines.append(
+                        r"$\varepsilon_{c} \sim \mathcal{N}(0,\ \sigma^2_{\mathrm{cell}})$"
+                        r"$\quad$ (cell residual, integrated out)"
+                    )
                 s.add(
                     Figure(
                         figs.equation(lines),
                         "The effects model's cell-level equation (terms as fitted). t: "
                         "post-training type, f: family, N: parameters (log, centred), g: "
                         "generation order within family (centred), d: domain, e: experiment, "
-                        "p: pair.",
+                        "p: pair"
+                        + (
+                            "; ε: cell residual with scale σ_cell."
+                            if "sigma_cell" in present
+                            else "; σ_cell fixed at 0 (too few cells to learn it)."
+                        ),
                     )
                 )
+            s.add(*_effects_terms_blocks(f))
         for label, key in (
             ("Specification", "spec"),
             ("Priors", "priors"),
@@ -832,6 +955,17 @@ def _section_methods(con) -> Section:
             ("Sampler", "sampler"),
         ):
             value = f.get(key)
+            if kind == "effects" and key == "spec" and isinstance(value, dict):
+                # Terms are listed with what was fitted (above); the spec's priors are the
+                # requested ones, the priors table below the ones used.
+                value = {k: v for k, v in value.items() if k not in ("terms", "priors")}
+            if kind == "effects" and key == "priors" and value:
+                k = (f.get("summary") or {}).get("prior_scale") or 1.0
+                label = (
+                    f"Priors used (default scales × {k:.3g}, autoscaled to the data)"
+                    if k != 1.0
+                    else "Priors used"
+                )
             if value:
                 s.add(
                     *table_from(

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from report_fixture import fabricate
 from scipy import stats
 
 from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
-from psystats.reports.content import SECTION_TITLES, Figure, Note, build_report
+from psystats.reports.content import SECTION_TITLES, Figure, Note, Table, build_report, esc
+from report_fixture import fabricate
 
 
 def pdf_text(path: Path) -> tuple[int, str]:
@@ -280,8 +280,54 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
         assert got[(c["pair"], c["domain"])] == (pytest.approx(mean), bool(q05 > 0 or q95 < 0))
     forest = next(b for b in report.section(5).blocks if isinstance(b, Figure)).data
     assert {"Post-training type", "Family", "Task domain"} <= set(forest["group"])
+    # Methods say exactly what was fitted, checked against the fit's own record.
+    con = warehouse.connect(db, read_only=True)
+    row = q.latest_fit(con, "effects")
+    con.close()
+    summ = row["summary"]
+    methods = report.section(8).blocks
+    tables = [b for b in methods if isinstance(b, Table)]
+    terms = next(t for t in tables if t.caption and t.caption.startswith("Terms of fit"))
+    status = {r[0]: r[1] for r in terms.rows}
+    assert {t for t, v in status.items() if v == "fitted"} == set(summ["active_terms"])
+    assert {t for t, v in status.items() if v == "dropped"} == set(summ["dropped_terms"])
+    for t, why in summ["dropped_terms"].items():
+        assert any(r[0] == t and r[2] == why for r in terms.rows)
+    spec_table = next(t for t in tables if t.caption.startswith("Specification"))
+    assert not any(r[0].startswith(("terms.", "priors.")) for r in spec_table.rows)
+    priors = next(t for t in tables if t.caption.startswith("Priors used"))
+    assert dict((r[0], r[1]) for r in priors.rows) == dict(q.flatten(row["priors"]))
+    notes = " ".join(b.text for b in methods if isinstance(b, Note))
+    for m in summ["messages"]:
+        assert esc(m) in notes
+    # The published study's summary sits beside the posterior, from the fit's own record.
+    cd = next(
+        b
+        for b in report.section(5).blocks
+        if isinstance(b, Table) and b.caption.startswith("The published study's summary")
+    )
+    stored = {r["pair"]: r for r in summ["cohens_d"]["pairs"]}
+    assert {r[0] for r in cd.rows} == set(stored)
+    for r in cd.rows:
+        assert float(r[2]) == pytest.approx(stored[r[0]]["cohens_d"], abs=1e-3, rel=1e-3)
+    eq = next(b for b in methods if isinstance(b, Figure) and "equation" in b.caption)
+    assert ("σ_cell fixed at 0" in eq.caption) is bool(summ.get("sigma_cell_fixed"))
     report.close()
     out = tmp_path / "r.pdf"
     run_report(db, out)
     pages, text = pdf_text(out)
     assert "pair_domain_effect" in text and pages >= 5
+
+
+def test_check_labels_and_plurals():
+    from psystats.reports.content import check_label, plural
+
+    assert check_label("ppc.p_values.min") == "PPC p-value of T = minimum"
+    assert check_label("ppc.base_obs.p_values.sd") == "PPC p-value of T = SD (base_obs)"
+    assert check_label("ppc.coverage_90") == "90% predictive coverage"
+    assert check_label("loo.full.elpd_loo") == "loo.full.elpd_loo"
+    assert plural(1, "experiment") == "1 experiment" and plural(2, "experiment") == "2 experiments"
+    assert (
+        plural(1, "study", "studies") == "1 study" and plural(0, "study", "studies") == "0 studies"
+    )
+    assert plural(1234, "response") == "1,234 responses"
