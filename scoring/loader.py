@@ -293,8 +293,17 @@ def load_model(
             from transformers import AutoConfig
 
             cfg_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
-            kind = model_kind(AutoConfig.from_pretrained(folder, **cfg_kwargs))
-        lm = _auto_class(kind).from_pretrained(folder, **kwargs)
+            config = AutoConfig.from_pretrained(folder, **cfg_kwargs)
+            kind = model_kind(config)
+            _check_quantization(config, name, device, device_map)
+        try:
+            lm = _auto_class(kind).from_pretrained(folder, **kwargs)
+        except ValueError as e:
+            # A vision config whose class transformers registers only as a causal LM.
+            if kind != "vision-language" or "Unrecognized configuration class" not in str(e):
+                raise
+            kind = "causal"
+            lm = _auto_class(kind).from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         msg = str(e)
         if "trust_remote_code" in msg:
@@ -321,6 +330,27 @@ def load_model(
         )
         lm.psystats_kind = kind
     return lm
+
+
+CUDA_ONLY_QUANTIZATION = {"bitsandbytes", "gptq", "awq", "fp8", "compressed-tensors"}
+
+
+def _check_quantization(config: Any, name: str | None, device: str, device_map: Any) -> None:
+    """Refuse, in one line, a CUDA-only quantised checkpoint on a machine without CUDA."""
+    qc = getattr(config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = str(getattr(method, "value", method) or "").lower()
+    if not method or method not in CUDA_ONLY_QUANTIZATION:
+        return
+    import torch
+
+    on_cuda = device.startswith("cuda") or device_map is not None
+    if not (on_cuda and torch.cuda.is_available()):
+        raise ModelLoadError(
+            f"model {name!r} is a {method}-quantised checkpoint, which needs a CUDA GPU "
+            "(--device cuda or --device-map auto on a machine with one); on CPU score the "
+            "full-precision or a GGUF version of the model (docs/models.md, 'Quantised checkpoints')"
+        )
 
 
 def input_device(lm) -> Any:

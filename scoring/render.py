@@ -162,12 +162,31 @@ def chat_segments(
     """
     msgs = chat_messages(p, system_prompt)
     kwargs = dict(template_kwargs or {})
+    try:
+        return _chat_segments(p, tokenizer, msgs, kwargs)
+    except Exception as first:  # noqa: BLE001 - retried once, then the first error stands
+        # Some vision-language templates read content only as a list of typed parts
+        # ([{"type": "text", "text": ...}]); text-only turns in that form, same text.
+        try:
+            return _chat_segments(p, tokenizer, text_parts(msgs), kwargs)
+        except Exception:  # noqa: BLE001
+            raise first from None
+
+
+def text_parts(msgs: list[dict]) -> list[dict]:
+    """The messages with each content as a one-element list of text parts (no image)."""
+    return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in msgs]
+
+
+def _chat_segments(p: ParticipantInput, tokenizer, msgs: list[dict], kwargs: dict) -> list[Segment]:
     real = tokenizer.apply_chat_template(msgs, tokenize=False, **kwargs)
     marked = []
     j = 0
     for m in msgs:
         if m["role"] == "assistant":
-            marked.append({"role": "assistant", "content": _sentinel(j)})
+            text = _sentinel(j)
+            content = text if isinstance(m["content"], str) else [{"type": "text", "text": text}]
+            marked.append({"role": "assistant", "content": content})
             j += 1
         else:
             marked.append(m)

@@ -564,3 +564,24 @@ def test_remove_refuses_while_scores_exist(warehouse_copy, tmp_path):
     assert scalar(con, "SELECT count(*) FROM scores") == 0
     assert scalar(con, "SELECT count(*) FROM score_runs") == 0
     assert scalar(con, "SELECT count(*) FROM models") == 0
+
+
+def test_cuda_only_quantised_checkpoint_is_recorded_and_refused_on_cpu(con, tiny_models, tmp_path):
+    """A bitsandbytes checkpoint: registered with its quantisation; on a CPU-only machine
+    scoring stops in one line that says what works instead."""
+    import shutil
+
+    import torch
+
+    from psystats.scoring.loader import ModelLoadError, load_model
+
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "tiny-llama-bnb")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    row = registry.add_model(con, str(folder))
+    assert row["quantization"] == "bitsandbytes-4bit"
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for machines without CUDA")
+    with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
+        load_model(row)

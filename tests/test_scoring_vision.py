@@ -191,3 +191,27 @@ def test_processor_chat_template_is_used_when_the_tokenizer_has_none(vl_models, 
     (dest / "chat_template.json").write_text(json.dumps({"chat_template": template}))
     tok = loader.load_tokenizer(model_row(dest))
     assert tok.chat_template == template
+
+
+PARTS_ONLY_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>"
+    "{% for c in m.content %}{% if c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}"
+    "<|end|>\n{% endfor %}"
+)
+
+
+def test_chat_template_reading_only_typed_parts_gets_text_parts(vl_models):
+    """A processor template that iterates content parts renders nothing for string content
+    (no response found); the turns are then given as text parts, and the responses are
+    located exactly in that rendering."""
+    from psystats.scoring import loader
+    from psystats.scoring.render import chat_messages, render, text_parts
+
+    tok = loader.load_tokenizer(model_row(vl_models["qwen2_vl"]))
+    tok.chat_template = PARTS_ONLY_TEMPLATE
+    p = short_participants()[0]
+    r = render(p, "chat", tok)
+    want = tok.apply_chat_template(text_parts(chat_messages(p)), tokenize=False)
+    assert r.text == want
+    assert [s.text for s in r.segments if s.response >= 0] == p.responses
+    assert "<|assistant|>A<|end|>" in want
