@@ -177,6 +177,56 @@ def aggregate_cells(diffs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _pair_runs(
+    con, pr: pd.DataFrame, post_condition: str, base_condition: str, experiments
+) -> pd.DataFrame:
+    """(post_model, base_model, experiment, post_run_id, base_run_id): which runs each cell
+    compares.  Small (pairs x experiments rows); one pass over the scores."""
+    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
+    head = _differences_sql(len(pr), exp_filter)
+    q = (
+        head[: head.index(",\n    diffs AS (")]
+        + """
+    SELECT post_model, base_model, experiment, post_run_id, base_run_id FROM pair_runs
+    ORDER BY post_model, base_model, experiment
+    """
+    )
+    cur = con.execute(q, params)
+    return pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+
+
+def _one_pair_cells_sql(n_runs: int, n_post: int, n_base: int) -> str:
+    """Cells of ONE pair: its (experiment, post run, base run) rows are bound as VALUES and
+    the scores scans are limited to its runs, so the join holds one pair's rows at a time."""
+    values = ", ".join(["(?, ?::BIGINT, ?::BIGINT)"] * n_runs)
+    post_in = ", ".join(["?"] * n_post)
+    base_in = ", ".join(["?"] * n_base)
+    return f"""
+    WITH pair_runs(experiment, post_run_id, base_run_id) AS (VALUES {values}),
+    diffs AS (
+        SELECT pr.experiment, r.study, r.participant_key, pr.post_run_id, pr.base_run_id,
+               count(*)::BIGINT AS n_responses,
+               avg(sp.nll) AS mean_post, avg(sb.nll) AS mean_base,
+               avg(sp.nll - sb.nll) AS d
+        FROM pair_runs pr
+        JOIN scores sp ON sp.run_id = pr.post_run_id
+        JOIN responses r ON r.response_id = sp.response_id AND r.experiment = pr.experiment
+        JOIN scores sb ON sb.run_id = pr.base_run_id AND sb.response_id = sp.response_id
+        WHERE sp.run_id IN ({post_in}) AND sb.run_id IN ({base_in})
+          AND {valid_score("sp")} AND {valid_score("sb")}
+        GROUP BY ALL
+    )
+    SELECT d.experiment, any_value(d.study) AS study,
+           any_value(e.domain) AS domain, count(*)::BIGINT AS n, avg(d.d) AS mean,
+           var_samp(d.d) AS var, stddev_samp(d.mean_post) AS sd_post,
+           stddev_samp(d.mean_base) AS sd_base, sum(d.n_responses)::BIGINT AS n_responses,
+           any_value(d.post_run_id) AS post_run_id, any_value(d.base_run_id) AS base_run_id
+    FROM diffs d LEFT JOIN experiments e ON e.experiment = d.experiment
+    GROUP BY d.experiment
+    ORDER BY d.experiment
+    """
+
+
 def build_cells(
     con,
     *,
@@ -187,29 +237,32 @@ def build_cells(
 ) -> pd.DataFrame:
     """The cell table: one row per (pair, experiment) with n, mean, var and pair metadata.
 
-    Aggregated inside DuckDB (the participant rows never reach Python).
-    Columns: ``CELL_COLUMNS``; ``var``/``sd_*`` are NaN for a one-participant
-    cell.  Raises :class:`WarehouseError` when there is no pair or no
-    experiment that both models of some pair scored.
+    Aggregated inside DuckDB (the participant rows never reach Python), one
+    pair at a time: a query joins only that pair's two runs per experiment,
+    so memory and temp space are bounded by the largest pair, not by the
+    number of models.  Columns: ``CELL_COLUMNS``; ``var``/``sd_*`` are NaN
+    for a one-participant cell.  Raises :class:`WarehouseError` when there is
+    no pair or no experiment that both models of some pair scored.
     """
     base_condition = base_condition or post_condition
     pr = _pairs_or_fail(con, models)
-    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
-    q = (
-        _differences_sql(len(pr), exp_filter)
-        + """
-    SELECT d.post_model, d.base_model, d.experiment, any_value(d.study) AS study,
-           any_value(e.domain) AS domain, count(*)::BIGINT AS n, avg(d.d) AS mean,
-           var_samp(d.d) AS var, stddev_samp(d.mean_post) AS sd_post,
-           stddev_samp(d.mean_base) AS sd_base, sum(d.n_responses)::BIGINT AS n_responses,
-           any_value(d.post_run_id) AS post_run_id, any_value(d.base_run_id) AS base_run_id
-    FROM diffs d LEFT JOIN experiments e ON e.experiment = d.experiment
-    GROUP BY d.post_model, d.base_model, d.experiment
-    ORDER BY d.post_model, d.base_model, d.experiment
-    """
-    )
-    cur = con.execute(q, params)
-    df = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+    runs = _pair_runs(con, pr, post_condition, base_condition, experiments)
+    parts = []
+    for (post, base), g in runs.groupby(["post_model", "base_model"], sort=True):
+        post_ids = sorted({int(x) for x in g.post_run_id})
+        base_ids = sorted({int(x) for x in g.base_run_id})
+        params: list = []
+        for exp, p_run, b_run in zip(g.experiment, g.post_run_id, g.base_run_id):
+            params += [exp, int(p_run), int(b_run)]
+        cur = con.execute(
+            _one_pair_cells_sql(len(g), len(post_ids), len(base_ids)),
+            params + post_ids + base_ids,
+        )
+        part = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+        part.insert(0, "base_model", base)
+        part.insert(0, "post_model", post)
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if df.empty:
         raise WarehouseError(
             f"no cells: no experiment was scored by both models of any pair "
