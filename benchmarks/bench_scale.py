@@ -276,6 +276,7 @@ def main() -> None:
             "seconds": float(prep_s),
             "rss_mib": r["rss_mib"],
             "cells": int(n_cells),
+            "temp_peak_mib": r["temp_peak_mib"],
         }
         r = run_rss([*PSYSTATS, "--db", str(db), "report", "-o", str(a.work / "report.html")], tmp)
         step["report"] = {
@@ -329,11 +330,18 @@ def main() -> None:
 def print_table(results: dict) -> None:
     print(f"\n{results['date']}; {results['machine']}; memory_limit {results['memory_limit']}\n")
     cols = ["import", "export_cells", "fit_prep", "report", "scores_export", "user_query"]
-    print("| score rows | file GiB | " + " | ".join(f"{c} s / MiB" for c in cols) + " |")
-    print("| ---: | ---: | " + " | ".join("---:" for _ in cols) + " |")
+    print(
+        "| score rows | file GiB | "
+        + " | ".join(f"{c} s / MiB" for c in cols)
+        + " | export_cells temp MiB |"
+    )
+    print("| ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: |")
     for s in results["steps"]:
         cells = [f"{s[c]['seconds']:.1f} / {s[c]['rss_mib']:.0f}" if c in s else "-" for c in cols]
-        print(f"| {s['score_rows']:,} | {s['file_gib']:.2f} | " + " | ".join(cells) + " |")
+        temp = s["export_cells"].get("temp_peak_mib", "-")
+        print(
+            f"| {s['score_rows']:,} | {s['file_gib']:.2f} | " + " | ".join(cells) + f" | {temp} |"
+        )
     print("\ngrowth exponents (log-log slope against score rows):")
     for k, v in results["exponents"].items():
         print(f"  {k}: {v}")
