@@ -279,4 +279,4 @@ def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
     for t, eff in ds.TRUTH["persona"].items():
         name = ds.model_name(ds.FAMILIES[0], ds.GENERATIONS[-1], t)
         shift = nll(name, ds.PERSONA_CONDITION)["nll"] - nll(name)["nll"]
-        assert abs(shift.mean() - eff) < 0.03
+        assert abs(shift.mean() - eff) < 0.06  # ~5 SE of wobble and response noise

@@ -193,10 +193,15 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
 
 
 def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
-    """Per response: the type's persona effect plus a small per-participant wobble."""
+    """Per response: the type's persona effect, a per-participant wobble and response noise.
+
+    The noise keeps every cell's variance well estimated even with two
+    participants (near-zero variances make the persona posterior needle-sharp
+    and slow to sample)."""
     parts = resp["participant_key"].unique()
-    wobble = dict(zip(parts, rng.normal(0, 0.03, len(parts))))
-    return TRUTH["persona"][post_training] + resp["participant_key"].map(wobble).to_numpy()
+    wobble = dict(zip(parts, rng.normal(0, 0.05, len(parts))))
+    noise = rng.normal(0, 0.2, len(resp))
+    return TRUTH["persona"][post_training] + resp["participant_key"].map(wobble).to_numpy() + noise
 
 
 def _flat(truth: dict) -> list[tuple[str, str, str | None, float]]:
