@@ -286,18 +286,21 @@ def grid(args) -> dict:
 
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
     from psystats.stats.sampling import diagnose
-    from psystats.stats.simulate import simulate_cells
+    from psystats.stats.simulate import simulate_cells, simulate_design
 
     wanted = args.corners.split(",") if args.corners else list(corners())
     results = {}
     for name in wanted:
         kw = dict(corners()[name])
-        layout = {k: kw.pop(k) for k in ("n_pairs", "n_experiments")}
+        scales = kw.pop("scales", None)
+        # One layout per corner (compiled models bake in sizes, generations and
+        # bases); the datasets differ in their effects and cell statistics.
+        design = simulate_design(kw.pop("n_pairs"), kw.pop("n_experiments"), seed=0, **kw)
         compiled_by_key: dict = {}
         passed, cover, zero_q95, secs, structures = 0, {}, {}, 0.0, set()
-        zero_scales = {k for k, v in (kw.get("scales") or {}).items() if v == 0}
+        zero_scales = {k for k, v in (scales or {}).items() if v == 0}
         for k in range(args.grid):
-            sim = simulate_cells(layout["n_pairs"], layout["n_experiments"], seed=2000 + k, **kw)
+            sim = simulate_cells(design=design, seed=2000 + k, scales=scales)
             spec = EffectsSpec()
             data = prepare(sim.cells, spec)
             key = (

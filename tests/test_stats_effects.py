@@ -77,6 +77,20 @@ def test_single_pair_drops_experiment_term_and_all_zero_variance_fails():
         prepare(one.assign(se=0.0))
 
 
+def test_absent_type_domain_is_noncentred_and_a_large_one_centred():
+    """The issue's failing default, cheaply: the choice a centred funnel would need."""
+    from psystats.stats.effects import prepare
+    from psystats.stats.simulate import simulate_cells, simulate_design
+
+    design = simulate_design(24, 40, n_families=4, n_types=3, n_domains=6, seed=0)
+    absent = prepare(simulate_cells(design=design, scales={"sigma_type_domain": 0.0}).cells)
+    assert absent.centred["type_domain"] is False and absent.scale_estimates["type_domain"] < 0.03
+    large = prepare(simulate_cells(design=design, scales={"sigma_type_domain": 0.5}).cells)
+    assert large.centred["type_domain"] is True
+    assert 0.25 < large.scale_estimates["type_domain"] < 1.0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("term", ["sigma_type_domain", "sigma_experiment", "sigma_pair"])
 def test_absent_effect_is_noncentred_and_a_large_one_centred(term):
     """The funnel corner: a term whose true scale is 0 must not get a centred parameterisation.
@@ -532,3 +546,59 @@ def test_one_cell_posterior_is_the_conjugate_normal():
     assert fit.diagnostics.divergences == 0
     assert abs(x.mean() - post_mean) < 0.15 * np.sqrt(post_var)
     assert abs(x.std() / np.sqrt(post_var) - 1) < 0.1
+
+
+def test_compare_rejects_unknown_terms_before_sampling():
+    from psystats.stats.effects import fit_cells
+    from psystats.stats.simulate import simulate_cells
+
+    cells = simulate_cells(2, 3, n_families=1, n_types=2, n_domains=1, seed=0).cells
+    with pytest.raises(WarehouseError, match="cannot compare without \\['colour'\\]"):
+        fit_cells(cells, compare=["colour"])
+
+
+@pytest.mark.slow
+def test_compare_without_a_named_term_prefers_the_true_model():
+    """A large true experiment effect: LOO must prefer the model that keeps it."""
+    from psystats.stats.effects import fit_cells
+    from psystats.stats.simulate import simulate_cells
+
+    sim = simulate_cells(
+        6, 12, n_families=2, n_types=2, n_domains=2, seed=5, scales={"sigma_experiment": 0.4}
+    )
+    fit = fit_cells(
+        sim.cells, draws=400, tune=400, seed=5, allow_failure=True, compare=["experiment", "size"]
+    )
+    without = fit.summary["loo"]["without"]
+    exp = without["experiment"]
+    # The experiment effect is 8x the cell residual: dozens of ELPD units, many SEs.
+    assert exp["elpd_diff_full_minus_without"] > 4 * exp["se_diff"] > 0
+    assert exp["preferred"] == "with experiment"
+    assert set(without) == {"experiment", "size"}
+
+
+def test_generation_rank_scale_is_invariant_to_renaming_versions():
+    """Pooled slopes per successive generation: the design (hence the posterior) is the
+    same whatever the version numbers, as long as their order within a family is."""
+    from psystats.stats.effects import EffectsSpec, prepare
+    from psystats.stats.simulate import simulate_cells
+
+    cells = simulate_cells(24, 6, n_families=4, n_types=3, n_domains=2, seed=2).cells
+    renamed = cells.copy()
+    # qwen 1, 2, 3, 4 -> 2, 2.5, 3, 3.1; llama -> 3, 3.1, 3.2, 3.3; others x 10.
+    maps = {"qwen": {1: 2, 2: 2.5, 3: 3, 4: 3.1}, "llama": {1: 3, 2: 3.1, 3: 3.2, 4: 3.3}}
+    renamed["generation_order"] = [
+        maps[f][g] if f in maps else 10 * g
+        for f, g in zip(renamed["family"], renamed["generation_order"])
+    ]
+    a, b = prepare(cells), prepare(renamed)
+    assert a.active == b.active and "generation" in a.active
+    np.testing.assert_allclose(a.generation_x, b.generation_x, atol=1e-12)
+    for term in a.bases:
+        np.testing.assert_allclose(a.bases[term], b.bases[term], atol=1e-12)
+    # On the version-number scale the renamed design differs: the slope's unit changed.
+    num = prepare(renamed, EffectsSpec(generation_scale="number"))
+    assert not np.allclose(num.generation_x, a.generation_x)
+    with pytest.raises(WarehouseError, match="generation_scale must be one of rank, number"):
+        EffectsSpec(generation_scale="date")
+    assert EffectsSpec.from_dict(EffectsSpec().to_dict()).generation_scale == "rank"

@@ -86,6 +86,13 @@ def sampling_options(f):
     help="nats per response (default) or standardised by the pooled participant SD.",
 )
 @click.option(
+    "--generation-scale",
+    type=click.Choice(["rank", "number"]),
+    default=None,
+    help="Generation steps: rank within family (default; one step per successive "
+    "generation) or the version number (generation_order).",
+)
+@click.option(
     "--spec",
     "spec_file",
     type=click.Path(exists=True, dir_okay=False),
@@ -101,6 +108,13 @@ def sampling_options(f):
 )
 @click.option(
     "--no-compare", is_flag=True, help="Skip the refit without type x domain (LOO comparison)."
+)
+@click.option(
+    "--compare-without",
+    "compare_without",
+    multiple=True,
+    help="Refit without this term and compare by PSIS-LOO (repeatable; replaces the default "
+    "type_domain comparison).",
 )
 @click.option("--no-checks", is_flag=True, help="Skip the posterior predictive check and PSIS-LOO.")
 @click.option("--name", default=None, help="A name stored with the fit.")
@@ -120,9 +134,11 @@ def effects(
     models,
     experiments,
     scale,
+    generation_scale,
     spec_file,
     no_terms,
     no_compare,
+    compare_without,
     no_checks,
     name,
     netcdf_dir,
@@ -148,6 +164,8 @@ def effects(
       psystats fit effects --post-condition chat --base-condition plain
       psystats fit effects --scale standardised --spec my_priors.toml
       psystats fit effects --model qwen3-8b --no-term generation --draws 2000
+      psystats fit effects --compare-without experiment --compare-without pair
+      psystats fit effects --generation-scale number
     """
     from psystats.stats.effects import EffectsSpec, fit_effects
 
@@ -159,6 +177,8 @@ def effects(
         )
     if scale:
         spec.scale = scale
+    if generation_scale:
+        spec.generation_scale = generation_scale
     from .brief_db import open_brief
 
     # Read the cells, let go of the file while sampling, write the fit in one
@@ -182,7 +202,7 @@ def effects(
             sampler=sampler,
             target_accept=target_accept,
             allow_failure=allow_diagnostics_failure,
-            compare=not no_compare,
+            compare=(False if no_compare else list(compare_without) or True),
             checks=not no_checks,
         )
         for m in result.data.messages:
@@ -205,6 +225,40 @@ def effects(
         print_rows([c[0] for c in cur.description], cur.fetchall())
     finally:
         con.close()
+
+
+@fit.command("compare")
+@db_option
+@click.argument("fit_ids", nargs=-1, type=int, required=True)
+@friendly_errors
+def compare(db, fit_ids):
+    """Compare stored fits of the same data by PSIS-LOO (arviz.compare).
+
+    Each fit must have run its checks (it stores its pointwise LOO in its
+    NetCDF) and the fits must have seen the same observations, e.g. `fit
+    effects` with and without a term, or with other priors.  Prints, best
+    first: ELPD, p_loo, the ELPD difference to the best fit and its SE (from
+    the pointwise differences), the stacking weight and whether some Pareto k
+    is too high.
+
+    \b
+    Examples:
+      psystats fit effects && psystats fit effects --no-term type_domain
+      psystats fit compare 1 2
+    """
+    from psystats.stats.compare import compare_fits
+
+    con = open_db(db, read_only=True)
+    try:
+        table = compare_fits(con, fit_ids)
+    finally:
+        con.close()
+    cols = ["fit", "kind", "rank", "elpd_loo", "p_loo", "elpd_diff", "dse", "weight", "warning"]
+    rows = [
+        [r[c] if not isinstance(r[c], float) else round(r[c], 2) for c in cols]
+        for r in table.to_dict("records")
+    ]
+    print_rows(cols, rows)
 
 
 def _check_names(con, models, experiments, condition, other_condition) -> None:

@@ -35,6 +35,7 @@ from .effects_fit import (
 from .effects_model import LABELS, build_effects_model, reported_vars
 from .effects_spec import (
     DEFAULT_PRIORS,
+    GENERATION_SCALES,
     MIN_POOLED_LEVELS,
     MIN_RESIDUAL_DF,
     NO_DOMAIN,
@@ -48,6 +49,7 @@ from .effects_spec import (
 
 __all__ = [
     "DEFAULT_PRIORS",
+    "GENERATION_SCALES",
     "LABELS",
     "MIN_POOLED_LEVELS",
     "MIN_RESIDUAL_DF",

@@ -339,9 +339,13 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             size_center = float(lx.mean())
             size_x = lx - size_center
 
-    # Generation: generation_order centred within family.
+    # Generation: generation_order (or its rank within family) centred within family.
     gen_x = np.zeros(P)
     gen_o = pd.to_numeric(pair_tab["generation_order"], errors="coerce")
+    if spec.generation_scale == "rank":
+        # One step per successive generation of the family, whatever the version numbers
+        # (3 -> 3.1 -> 3.2 and 2 -> 2.5 -> 3 both become 0 -> 1 -> 2).
+        gen_o = gen_o.groupby(pair_tab["family"]).rank(method="dense") - 1
     if "generation" in active:
         varying = []
         for f in range(F):

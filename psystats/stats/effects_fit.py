@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from psystats.warehouse.db import WarehouseError
+
 from .effects_design import EffectsData, prepare
 from .effects_model import LABELS, build_effects_model, reported_vars
-from .effects_spec import EffectsSpec, resolve_priors
+from .effects_spec import TERMS, EffectsSpec, resolve_priors
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def fit_cells(
     sampler: str = "nutpie",
     target_accept: float = 0.95,
     allow_failure: bool = False,
-    compare: bool = True,
+    compare: bool | Sequence[str] = True,
     checks: bool = True,
     progressbar: bool = False,
 ) -> EffectsFit:
@@ -113,12 +115,24 @@ def fit_cells(
 
     Raises :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate
     fails and ``allow_failure`` is false.  ``checks`` runs the posterior
-    predictive check and PSIS-LOO; ``compare`` also fits the model without
-    type x domain and compares the two by LOO.
+    predictive check and PSIS-LOO; ``compare`` also refits the model without
+    each named term (``True``: type x domain; ``False``: none) and compares
+    each refit with the full model by PSIS-LOO (``summary["loo"]["without"]``).
     """
     from .sampling import diagnose, enforce, sample, sampler_record
 
     spec = spec or EffectsSpec()
+    if compare is True:
+        compare_terms = ["type_domain"]
+    elif compare is False or compare is None:
+        compare_terms = []
+    else:
+        compare_terms = list(compare)
+    unknown = set(compare_terms) - set(TERMS)
+    if unknown:
+        raise WarehouseError(
+            f"cannot compare without {sorted(unknown)}: terms are {', '.join(TERMS)}"
+        )
     t0 = time.perf_counter()
     data = prepare(cells, spec)
     for m in data.messages:
@@ -162,10 +176,19 @@ def fit_cells(
     if checks:
         loo, loo_full = loo_summary(model, idata)
         summary["loo"] = {"full": loo}
+        # Pointwise, in the NetCDF: `psystats fit compare` reads it back.
+        from .compare import attach_pointwise_loo
+
+        attach_pointwise_loo(idata, loo_full)
         # Also adds the replicated draws to idata (posterior_predictive, in the NetCDF).
         summary["ppc"] = posterior_predictive_summary(model, idata, seed=seed)
-        if compare and "type_domain" in data.active:
-            spec2 = replace(spec, terms={**spec.terms, "type_domain": False})
+        for term in compare_terms:
+            if term not in data.active:
+                summary["loo"].setdefault("without", {})[term] = {
+                    "skipped": f"term {term!r} is not in the fitted model"
+                }
+                continue
+            spec2 = replace(spec, terms={**spec.terms, term: False})
             data2 = prepare(cells, spec2)
             model2 = build_effects_model(data2, spec2)
             idata2 = sample(
@@ -183,21 +206,19 @@ def fit_cells(
             # SE of the difference from the pointwise differences (as arviz.compare does).
             pw = np.asarray(loo_full.loo_i) - np.asarray(loo_reduced.loo_i)
             se_diff = float(np.sqrt(pw.size * np.var(pw)))
-            summary["loo"].update(
-                {
-                    "without_type_domain": loo2,
-                    "without_type_domain_passed": diag2.passed,
-                    "elpd_diff_full_minus_without": float(diff),
-                    "se_diff": se_diff,
-                    "preferred": (
-                        "with type x domain"
-                        if diff > 2 * se_diff
-                        else "without type x domain"
-                        if diff < -2 * se_diff
-                        else "no clear difference (|elpd diff| < 2 SE)"
-                    ),
-                }
-            )
+            summary["loo"].setdefault("without", {})[term] = {
+                "loo": loo2,
+                "passed": diag2.passed,
+                "elpd_diff_full_minus_without": float(diff),
+                "se_diff": se_diff,
+                "preferred": (
+                    f"with {term}"
+                    if diff > 2 * se_diff
+                    else f"without {term}"
+                    if diff < -2 * se_diff
+                    else "no clear difference (|elpd diff| < 2 SE)"
+                ),
+            }
     seconds = time.perf_counter() - t0
     summary["sampler"] = sampler_record(idata)
     # The spec as fitted: every prior explicit, default ones widened by data.prior_scale.

@@ -33,6 +33,8 @@ TERMS = (
 )
 NO_DOMAIN = "(no domain)"
 MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of a pooled scale
+# rank: successive generations within a family are one step apart; number: the version.
+GENERATION_SCALES = ("rank", "number")
 MIN_RESIDUAL_DF = 2  # fewer cells beyond the location parameters: sigma_cell fixed at 0
 # The data scale (nats per response, or SDs) the default priors are written for:
 # cells whose root mean square exceeds it get default priors widened in proportion.
@@ -123,6 +125,10 @@ class EffectsSpec:
     :data:`PRIOR_REFERENCE_SCALE` (differences of many nats, e.g. a random
     model against a trained one), every *default* prior scale is multiplied by
     that ratio (:func:`resolve_priors`); priors given in ``priors`` are kept.
+    ``generation_scale``: ``rank`` (default; 0, 1, 2, ... over the distinct
+    generations of a family in the data, so one step is one successive
+    generation in every family) or ``number`` (``generation_order`` itself,
+    e.g. 3 -> 3.1 -> 3.2 steps of 0.1 but 2 -> 2.5 -> 3 steps of 0.5).
     """
 
     terms: dict[str, bool] = field(default_factory=lambda: {t: True for t in TERMS})
@@ -132,6 +138,7 @@ class EffectsSpec:
     scale: str = "nats"
     min_participants: int = 2
     autoscale: bool = True
+    generation_scale: str = "rank"
 
     def __post_init__(self) -> None:
         unknown = set(self.terms) - set(TERMS)
@@ -152,6 +159,11 @@ class EffectsSpec:
             raise WarehouseError("scale must be nats or standardised")
         if self.min_participants < 1:
             raise WarehouseError("min_participants must be at least 1")
+        if self.generation_scale not in GENERATION_SCALES:
+            raise WarehouseError(
+                f"generation_scale must be one of {', '.join(GENERATION_SCALES)}, "
+                f"got {self.generation_scale!r}"
+            )
 
     def prior(self, name: str) -> Prior:
         return self.priors.get(name, DEFAULT_PRIORS[name])
@@ -168,6 +180,7 @@ class EffectsSpec:
             "scale": self.scale,
             "min_participants": self.min_participants,
             "autoscale": self.autoscale,
+            "generation_scale": self.generation_scale,
         }
 
     @classmethod
@@ -181,6 +194,7 @@ class EffectsSpec:
             "scale",
             "min_participants",
             "autoscale",
+            "generation_scale",
         }
         if unknown:
             raise WarehouseError(f"unknown spec field(s) {sorted(unknown)}")
