@@ -306,3 +306,53 @@ def test_report_model_nll_aggregates_in_duckdb_equal_pandas(scored):
                 np.testing.assert_allclose(t[col], ref[col], rtol=1e-10)
     finally:
         c.close()
+
+
+def test_cells_one_pair_at_a_time_mix_runs_per_experiment(scored, tmp_path):
+    """A newer run of ONE experiment replaces only that experiment's cells (known answer:
+    every participant's difference moves by exactly the shift), and the pair-by-pair
+    build equals building each pair alone."""
+    from psystats.stats.cells import build_cells
+
+    path = tmp_path / "w.duckdb"
+    shutil.copy(scored, path)
+    c = warehouse.connect(path)
+    try:
+        before = build_cells(c)
+        post = before.post_model.iloc[0]
+        exp = before[before.post_model == post].experiment.iloc[-1]
+        old = int(
+            before[(before.post_model == post) & (before.experiment == exp)].post_run_id.iloc[0]
+        )
+        new = int(scalar(c, "SELECT nextval('run_id_seq')"))
+        c.execute(
+            "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version,"
+            " started_at, finished_at, status) VALUES (?, ?, 'plain', 'x', 'x',"
+            " current_timestamp, current_timestamp + INTERVAL 1 DAY, 'complete')",
+            [new, post],
+        )
+        c.execute(
+            "INSERT INTO scores (run_id, response_id, nll, n_tokens) SELECT ?, s.response_id,"
+            " s.nll + 0.75, s.n_tokens FROM scores s JOIN responses r USING (response_id)"
+            " WHERE s.run_id = ? AND r.experiment = ?",
+            [new, old, exp],
+        )
+        after = build_cells(c)
+        alone = pd.concat(
+            [build_cells(c, models=[p]) for p in sorted(set(after.post_model))]
+        ).drop_duplicates(["pair", "experiment"])
+    finally:
+        c.close()
+    key = ["pair", "experiment"]
+    m = before.merge(after, on=key, suffixes=("_b", "_a"))
+    assert len(m) == len(before) == len(after)
+    hit = (m.post_model_a == post) & (m.experiment == exp)
+    assert hit.sum() == 1 and (m.post_run_id_a[hit] == new).all()
+    assert (m.post_run_id_a[~hit] == m.post_run_id_b[~hit]).all()
+    np.testing.assert_allclose(m.mean_a[hit], m.mean_b[hit] + 0.75, rtol=1e-12)
+    np.testing.assert_allclose(m.var_a, m.var_b, rtol=1e-9)
+    np.testing.assert_allclose(m.mean_a[~hit], m.mean_b[~hit], rtol=1e-12)
+    same = after.merge(alone, on=key, suffixes=("", "_1"))
+    assert len(same) == len(after)
+    np.testing.assert_allclose(same["mean"], same["mean_1"], rtol=1e-12)
+    assert (same.n == same.n_1).all()
