@@ -273,7 +273,8 @@ def test_eight_schools_through_the_effects_builder():
     data = prepare(cells, spec)
     assert data.active == [] and "experiment" in data.dropped
     idata = sample(build_effects_model(data, spec), draws=2000, tune=1000, seed=5)
-    assert diagnose(idata).passed
+    d = diagnose(idata)
+    assert d.max_rhat < 1.02 and d.min_ess_bulk > 200 and d.divergences <= 5, d.problems
     mu, tau = idata.posterior.intercept.values.ravel(), idata.posterior.sigma_cell.values.ravel()
     assert abs(mu.mean() - 4.4) < 0.4 and abs(mu.std() - 3.3) < 0.3
     assert abs(tau.mean() - 3.6) < 0.4 and abs(tau.std() - 3.2) < 0.5
