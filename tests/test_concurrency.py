@@ -1,4 +1,5 @@
-"""Two real processes: a reader in a loop keeps succeeding while an import or a fit runs.
+"""Two real processes: a reader in a loop keeps succeeding while a scoring run, an import
+or a fit runs.
 
 The reader opens the warehouse read-only (``psystats.warehouse.connect``,
 which waits a bounded time for another process's lock) in a loop and counts
@@ -214,3 +215,42 @@ def test_reader_and_writer_succeed_throughout_a_fit(paired_warehouse, import_fil
         c.close()
     # Only meaningful if the import really ran while the fit was alive.
     assert fit_alive_during_import, "the fit ended before the import: make it longer"
+
+
+@pytest.mark.slow
+def test_reader_succeeds_throughout_a_scoring_run(tiny_models, warehouse_copy, tmp_path):
+    """`psystats score` holds the file only to start the run, commit a batch and close it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PSYSTATS_LOCK_TIMEOUT": "60"}
+    reader = Reader(warehouse_copy, tmp_path)
+    try:
+        t0 = time.time()
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "psystats.cli",
+                "--db",
+                str(warehouse_copy),
+                "score",
+                "--model",
+                str(tiny_models["qwen3"]),
+                "--study",
+                "franke2024bayesian",
+                "--cpu-threads",
+                "1",
+                "--commit-chars",
+                "40000",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+        t1 = time.time()
+    finally:
+        res = reader.finish()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("committed batch") >= 2  # several commits, readers in between
+    assert res["failures"] == []
+    assert during(res, t0, t1) >= 3
+    assert res["reads"][0][2] == 0 and res["reads"][-1][2] == 1
