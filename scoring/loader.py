@@ -424,3 +424,27 @@ def tokenizer_fingerprint(tokenizer) -> str:
         "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def gpus_per_model_options(
+    gpus_per_model: int | None, device_map: str | None, engine: str
+) -> tuple[float | None, str | None]:
+    """``(num_gpus_per_worker, device_map)`` for ``--gpus-per-model N``.
+
+    Ray gives each actor N GPUs (it sets the actor's ``CUDA_VISIBLE_DEVICES``)
+    and the actor spreads its copy of the model over them with a device map
+    (``auto`` unless one is given).  ``None`` leaves the engine's defaults.
+    """
+    if gpus_per_model is None:
+        return None, device_map
+    if gpus_per_model < 1:
+        raise ModelLoadError(f"--gpus-per-model {gpus_per_model}: give 1 or more GPUs")
+    if engine != "ray":
+        raise ModelLoadError(
+            "--gpus-per-model places one Ray actor per group of GPUs: use it with --engine ray "
+            "(in one process, --device-map auto spreads the model over every visible GPU; "
+            "with --shard, request N GPUs per task and use --device-map auto)"
+        )
+    if gpus_per_model > 1 and device_map is None:
+        device_map = "auto"
+    return float(gpus_per_model), device_map

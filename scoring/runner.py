@@ -193,12 +193,20 @@ def score(
     scorer = Scorer(plan.model, **kwargs)
     say(
         f"loaded {plan.model['name']} in {time.perf_counter() - t_load:.1f}s "
-        f"({kwargs.get('dtype', 'float32')}, {kwargs.get('device', 'cpu')}, packing "
+        f"({kwargs.get('dtype', 'float32')}, {_where(kwargs, scorer)}, packing "
         f"{scorer.packing}, attention {scorer.attention}{', compiled' if scorer.compile else ''})"
     )
     if engine == "shard":
         return _score_shard(scorer, plan, condition, shard or "", out_dir, unit_tokens, say)
     return _score_local(db, scorer, plan, condition, force, commit_chars, say, progress_bar)
+
+
+def _where(kwargs: dict[str, Any], scorer: Any) -> str:
+    """Where the model runs, for the 'loaded' line: a device, or a device map's devices."""
+    if kwargs.get("device_map") is None:
+        return str(kwargs.get("device", "cpu"))
+    devices = sorted(set((scorer.placement or {}).values())) or ["one device"]
+    return f"device map {kwargs['device_map']} over {', '.join(devices)}"
 
 
 # ---------------------------------------------------------------------------

@@ -117,3 +117,68 @@ def test_max_memory_and_device_map_values_are_checked():
         parse_max_memory(["gpu0=10GiB"])
     with pytest.raises(ModelLoadError, match="unknown --device-map 'everywhere'"):
         load_model({"name": "x", "source": "/nonexistent"}, device_map="everywhere")
+
+
+def test_gpus_per_model_gives_ray_actors_groups_of_gpus_and_a_device_map():
+    from psystats.scoring.loader import ModelLoadError, gpus_per_model_options
+
+    assert gpus_per_model_options(None, None, "local") == (None, None)
+    assert gpus_per_model_options(4, None, "ray") == (4.0, "auto")
+    assert gpus_per_model_options(4, "balanced", "ray") == (4.0, "balanced")
+    assert gpus_per_model_options(1, None, "ray") == (1.0, None)
+    with pytest.raises(ModelLoadError, match="use it with --engine ray"):
+        gpus_per_model_options(4, None, "local")
+    with pytest.raises(ModelLoadError, match="give 1 or more"):
+        gpus_per_model_options(0, None, "ray")
+
+
+def test_cli_refuses_bad_placement_options_in_one_line(tmp_path, psych201, tiny_models):
+    from click.testing import CliRunner
+
+    from helpers import cli_base_warehouse
+    from psystats.cli import main
+
+    db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
+    for args, msg in [
+        (["--max-memory", "cpu"], "expected DEVICE=SIZE"),
+        (["--gpus-per-model", "4"], "use it with --engine ray"),
+    ]:
+        r = CliRunner().invoke(main, ["--db", str(db), "score", "--model", "tiny-qwen3", *args])
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert msg in r.output
+
+
+@pytest.mark.slow
+def test_cli_device_map_with_disk_offload_stores_the_single_device_scores(
+    tmp_path, psych201, tiny_models
+):
+    """`psystats score --device-map auto --max-memory cpu=... --offload-folder`: the scores
+    stored equal a plain run's exactly, and the run records the placement."""
+    import json
+    import shutil
+
+    from helpers import cli_base_warehouse, cli_ok
+    from psystats import warehouse
+
+    db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
+    plain = tmp_path / "plain.duckdb"
+    shutil.copy(db, plain)
+    cli_ok("--db", plain, "score", "--model", "tiny-qwen3", "-q")
+    cli_ok(
+        "--db", db, "score", "--model", "tiny-qwen3", "-q", "--device-map", "auto",
+        "--max-memory", "cpu=14MB", "--offload-folder", tmp_path / "offload",
+    )  # fmt: skip
+    got, want = (warehouse.connect(p, read_only=True) for p in (db, plain))
+    try:
+        q = "SELECT response_id, nll, first_token_entropy FROM scores ORDER BY response_id"
+        assert got.execute(q).fetchall() == want.execute(q).fetchall()
+        settings = json.loads(
+            got.execute("SELECT settings FROM score_runs ORDER BY run_id DESC LIMIT 1").fetchall()[
+                0
+            ][0]
+        )
+    finally:
+        got.close()
+        want.close()
+    assert settings["batching"]["device_map"] == "auto"
+    assert "disk" in settings["batching"]["placement"].values()

@@ -30,6 +30,32 @@ from .common import db_option, db_path, friendly_errors
     "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps."
 )
 @click.option(
+    "--device-map",
+    type=click.Choice(["auto", "balanced", "sequential"]),
+    default=None,
+    help="Spread a model too large for one GPU over the visible GPUs (then CPU, then disk) "
+    "with accelerate; the scores equal a single-device run's. Overrides --device.",
+)
+@click.option(
+    "--max-memory",
+    multiple=True,
+    metavar="DEVICE=SIZE",
+    help="Memory limit per device for --device-map (repeatable): 0=70GiB, 1=70GiB, cpu=200GiB.",
+)
+@click.option(
+    "--offload-folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for weights --device-map offloads to disk.",
+)
+@click.option(
+    "--gpus-per-model",
+    type=int,
+    default=None,
+    help="--engine ray: GPUs per Ray actor; each actor loads its copy of the model over its "
+    "GPUs with --device-map (auto unless given). E.g. 4 on an 8-GPU node: two copies of a 70B.",
+)
+@click.option(
     "--dtype",
     type=click.Choice(["float32", "float64", "bfloat16", "float16"]),
     default="float32",
@@ -200,6 +226,10 @@ def score(
     studies: tuple[str, ...],
     experiments: tuple[str, ...],
     device: str,
+    device_map: str | None,
+    max_memory: tuple[str, ...],
+    offload_folder: str | None,
+    gpus_per_model: int | None,
     dtype: str,
     token_budget: int,
     packing: str,
@@ -228,7 +258,7 @@ def score(
     unit_tokens: int | None,
     quiet: bool,
 ) -> None:
-    """Score every selected human response with a causal language model.
+    """Score every selected human response with a language model.
 
     For each response: summed NLL (nats) of its tokens given everything
     before it, token count, first-token NLL, whether the model's top token
@@ -239,6 +269,10 @@ def score(
     Runs are resumable: an interrupted run continues where its last committed
     batch ended; running a completed run again does nothing unless --force.
 
+    Causal LMs, vision-language models (scored on text, no image), models
+    larger than one GPU (--device-map) and adapters registered with
+    `models add BASE --adapter PATH` all score this way (docs/scoring.md).
+
     \b
     Examples:
       psystats score --model Qwen/Qwen3-8B-Base --condition plain --device cuda --dtype bfloat16
@@ -248,9 +282,21 @@ def score(
       psystats score --model ./SmolLM2-135M-Instruct.Q4_1.gguf --condition persona
       psystats score --model my-llama --options "exp1=yes|no" --token-level
       psystats score --model my-llama --shard $SLURM_ARRAY_TASK_ID/16 --out shards/
+      psystats score --model Qwen/Qwen2.5-VL-7B-Instruct --condition chat --device cuda
+      psystats score --model meta-llama/Llama-3.1-70B --dtype bfloat16 --device-map auto \\
+          --max-memory 0=70GiB --max-memory 1=70GiB
+      psystats score --model meta-llama/Llama-3.1-70B --dtype bfloat16 --engine ray \\
+          --address auto --gpus-per-model 4 --out /scratch/shards
     """
 
+    from psystats.scoring.loader import gpus_per_model_options, parse_max_memory
     from psystats.scoring.runner import score as run_scoring
+
+    # Checked before anything loads: a typo costs a second, not a model load.
+    memory = parse_max_memory(list(max_memory))
+    per_model, device_map = gpus_per_model_options(gpus_per_model, device_map, engine)
+    if per_model is not None:
+        num_gpus_per_worker = per_model
 
     if cpu_threads:
         import torch
@@ -284,6 +330,11 @@ def score(
             attention=attention,
             compile=compile_model,
             compile_bucket=compile_bucket,
+            **(
+                dict(device_map=device_map, max_memory=memory, offload_folder=offload_folder)
+                if device_map is not None
+                else {}
+            ),
         ),
         option_decls=option_decls,
         options_file=options_file,
