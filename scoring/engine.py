@@ -259,8 +259,12 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                 "options": self.option_sets,
                 "token_level": self.token_level,
                 "head": self.head,
-                "model_class": type(self.lm).__name__,
-                **({"input": "text only (no image)"} if self.kind == "vision-language" else {}),
+                # Only where they matter, so causal LMs keep the run keys they had.
+                **(
+                    {"model_class": type(self.lm).__name__, "input": "text only (no image)"}
+                    if self.kind == "vision-language"
+                    else {}
+                ),
                 **({"sliding_window": self.sliding[0]} if self.sliding[0] is not None else {}),
                 **({"adapter": self._adapter_settings()} if self._adapter_settings() else {}),
                 "batching": {
