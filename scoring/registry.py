@@ -1048,7 +1048,9 @@ def load_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> list[dict]:
 
     TOML: ``[[models]]`` tables.  YAML: a list, or a mapping with a ``models``
     list.  Each entry has ``name`` and/or ``source`` plus any editable field;
-    an entry whose name is registered updates it, any other is added.
+    an entry whose name is registered updates it, any other is added.  An
+    entry with ``adapter`` (and ``adapter_revision``) registers that adapter
+    on ``source``, its base.
     """
     path = Path(path)
     entries = _read_entries(path)
@@ -1062,12 +1064,31 @@ def load_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> list[dict]:
                 )
             entry = dict(entry)
             name, source = entry.pop("name", None), entry.pop("source", None)
+            adapter = entry.pop("adapter", None)
+            adapter_revision = entry.pop("adapter_revision", None)
             if name:
                 where += f" ({name})"
             for key in entry:  # report bad fields before any inference
                 _coerce(key, entry[key], where)
             try:
-                if (
+                if adapter is not None:
+                    # An adapter entry's source is its base (a registered name, folder,
+                    # GGUF or hub id), as for `models add BASE --adapter PATH`.
+                    rows.append(
+                        _add_adapter(
+                            con,
+                            source,
+                            str(adapter),
+                            name=name,
+                            adapter_revision=adapter_revision,
+                            post_training=None,
+                            gguf_file=entry.pop("gguf_file", None),
+                            revision=entry.pop("revision", None),
+                            trust_remote_code=False,
+                            overrides=entry,
+                        )
+                    )
+                elif (
                     name
                     and _row(con, "name = ?", [name]) is not None
                     and (source is None or _same_source(con, name, source, entry.get("gguf_file")))

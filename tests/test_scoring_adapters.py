@@ -209,3 +209,25 @@ def test_cli_adapter_is_registered_and_scored_like_any_model(
     assert a.keys() == b.keys() and len(a) > 0
     assert max(abs(a[k] - b[k]) for k in a) > 1e-2
     assert json.loads(settings)["adapter"]["merged"] is True
+
+
+def test_models_load_file_registers_an_adapter_entry(db_path, tiny_models, loras, tmp_path):
+    from psystats import warehouse
+    from psystats.scoring import registry
+
+    f = tmp_path / "models.toml"
+    f.write_text(
+        f'[[models]]\nsource = "{tiny_models["qwen3"]}"\nname = "base"\n\n'
+        f'[[models]]\nsource = "base"\nadapter = "{loras["random"]}"\nname = "tuned"\n'
+        'type = "other"\n'
+    )
+    con = warehouse.connect(db_path)
+    try:
+        rows = registry.load_file(con, f)
+        assert [r["name"] for r in rows] == ["base", "tuned"]
+        tuned = registry.get_model(con, "tuned")
+        assert (tuned["base_model"], tuned["post_training"]) == ("base", "other")
+        assert tuned["inferred"]["post_training"]["from"] == "user"
+        assert len(tuned["adapter_sha256"]) == 64
+    finally:
+        con.close()
