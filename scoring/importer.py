@@ -155,8 +155,11 @@ def _stage_raw(con, path: Path) -> tuple[list[str], int, str]:
         raise WarehouseError(f"{path}: column(s) {', '.join(dupes)} given more than once")
     if "_row" in lower:
         raise WarehouseError(f"{path}: a column may not be named '_row'")
+    # DuckDB reads no half-precision floats: widen them (exactly) to float32.
+    widen = [pa.types.is_float16(t) for t in schema.types]
+    types = [pa.float32() if w else t for t, w in zip(schema.types, widen)]
     out_schema = pa.schema(
-        [pa.field(n, t) for n, t in zip(lower, schema.types)] + [pa.field("_row", pa.int64())]
+        [pa.field(n, t) for n, t in zip(lower, types)] + [pa.field("_row", pa.int64())]
     )
     first = 2 if where == "line" else 1  # CSV: the header is line 1
     failure: list[WarehouseError] = []
@@ -167,14 +170,15 @@ def _stage_raw(con, path: Path) -> tuple[list[str], int, str]:
             for b in batches:
                 rows = pa.array(range(first, first + b.num_rows), pa.int64())
                 first += b.num_rows
-                yield pa.RecordBatch.from_arrays([*b.columns, rows], schema=out_schema)
+                cols = [c.cast(pa.float32()) if w else c for c, w in zip(b.columns, widen)]
+                yield pa.RecordBatch.from_arrays([*cols, rows], schema=out_schema)
         except WarehouseError as e:
             failure.append(e)  # DuckDB would wrap it in its own message
             raise
 
     local = local_connection(con)
-    local.register("_import_stream", pa.RecordBatchReader.from_batches(out_schema, numbered()))
     try:
+        local.register("_import_stream", pa.RecordBatchReader.from_batches(out_schema, numbered()))
         local.execute("CREATE OR REPLACE TEMP TABLE _import_raw AS SELECT * FROM _import_stream")
     except duckdb.Error as e:
         if failure:
@@ -440,6 +444,15 @@ def _validate_and_write(
         where,
         "field 'n_tokens' is negative",
         "SELECT _row, 'n_tokens=' || CAST(n_tokens AS VARCHAR) FROM _import_rows WHERE n_tokens < 0",
+    )
+    # scores.n_tokens is a 32-bit INTEGER: no response has 2^31 tokens.
+    _check(
+        con,
+        path,
+        where,
+        "field 'n_tokens' is too large (at most 2147483647)",
+        "SELECT _row, 'n_tokens=' || CAST(n_tokens AS VARCHAR) FROM _import_rows "
+        "WHERE n_tokens > 2147483647",
     )
 
     # 4. Keys: every row is exactly one response of the warehouse.

@@ -341,3 +341,28 @@ def test_study_without_experiment_is_ambiguous_when_the_study_has_several(db_pat
         [r.run_id],
     ).fetchall()
     assert got == [("e2", "X", 0.25)]
+
+
+def test_float16_columns_are_widened_exactly(con, tmp_path):
+    """Half-precision scores (which DuckDB cannot read) import as their exact float32 values."""
+    t = external_scores(con, n=20)
+    half = np.asarray(t["nll"].to_numpy(), dtype=np.float16)
+    t = t.set_column(t.column_names.index("nll"), "nll", pa.array(half))
+    src = tmp_path / "half.parquet"
+    pq.write_table(t, src)
+    r = import_scores(con, src, model="half-model")
+    got = stored(con, r.run_id)["nll"].to_pylist()
+    order = np.argsort(t["response_id"].to_numpy())
+    assert got == [float(np.float32(v)) for v in half[order]]
+
+
+def test_n_tokens_beyond_32_bits_is_a_field_error_and_writes_nothing(con, tmp_path):
+    t = external_scores(con, n=5)
+    big = pa.array([2**40] * 5, pa.int64())
+    t = t.set_column(t.column_names.index("n_tokens"), "n_tokens", big)
+    src = tmp_path / "big.parquet"
+    pq.write_table(t, src)
+    before = counts(con)
+    with pytest.raises(WarehouseError, match=r"big\.parquet: field 'n_tokens' is too large.*row 1"):
+        import_scores(con, src, model="big-model")
+    assert counts(con) == before
