@@ -148,6 +148,13 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         self.compile = bool(compile)
         if self.compile and compile_bucket % attn.BLOCK:
             raise ScoringError(f"--compile-bucket must be a multiple of {attn.BLOCK}")
+        if device_map is not None and (self.compile or attention == "flex"):
+            # accelerate's per-layer hooks move tensors between devices; a compiled graph
+            # and a FlexAttention BlockMask (not a tensor) do not travel with them.
+            raise ScoringError(
+                "--device-map combines with the dense attention mask only: drop "
+                + ("--compile" if self.compile else "--attention flex")
+            )
         self.compile_bucket = int(compile_bucket)
 
         self.tokenizer = (
@@ -227,7 +234,7 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         """flex where packing meets a model that supports it (auto: on CUDA only), else dense."""
         packs = self.packing == "packed" or self.compile
         # Sliding-window layers need a second (windowed) mask: dense masks carry it.
-        ok = attn.supports_flex(self.lm) and self.sliding[0] is None
+        ok = attn.supports_flex(self.lm) and self.sliding[0] is None and self.device_map is None
         if requested == "flex":
             if not ok:
                 raise ScoringError(

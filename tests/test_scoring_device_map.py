@@ -182,3 +182,12 @@ def test_cli_device_map_with_disk_offload_stores_the_single_device_scores(
         want.close()
     assert settings["batching"]["device_map"] == "auto"
     assert "disk" in settings["batching"]["placement"].values()
+
+
+def test_device_map_refuses_compile_and_flex(tiny_models):
+    from psystats.scoring.engine import Scorer
+    from psystats.scoring.errors import ScoringError
+
+    for kw, msg in [({"compile": True}, "drop --compile"), ({"attention": "flex"}, "flex")]:
+        with pytest.raises(ScoringError, match=msg):
+            Scorer(model_row(tiny_models["qwen3"]), device_map={"": "cpu"}, **kw)
