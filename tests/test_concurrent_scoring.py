@@ -96,6 +96,6 @@ def test_score_cli_releases_the_file_between_sessions(tiny_models, warehouse_cop
         ],
     )
     assert r.exit_code == 1
-    assert "no participants match the selection" in r.output
+    assert "no such experiment 'nonexistent-experiment'" in r.output
     con = warehouse.connect(warehouse_copy, lock_timeout=0)
     con.close()

@@ -9,6 +9,7 @@ from the test environment's site-packages, so nothing is downloaded).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # setuptools copies into build/ and never deletes there: a module removed
+    # from the source would still ship.  Build from a clean slate.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     r = subprocess.run(
         [
             sys.executable,

@@ -23,7 +23,8 @@ def simulate() -> None:
 @db_option
 @click.option(
     "-o",
-    "--out",
+    "--output",
+    "out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="Folder for models.toml, the score files and truth.json.",
