@@ -215,3 +215,23 @@ def test_chat_template_reading_only_typed_parts_gets_text_parts(vl_models):
     assert r.text == want
     assert [s.text for s in r.segments if s.response >= 0] == p.responses
     assert "<|assistant|>A<|end|>" in want
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "mllama", "gemma3"])
+def test_vl_folder_registers_with_its_parameter_count(vl_models, db_path, family):
+    """Registered like any folder: the count from the safetensors headers equals torch's
+    (vision tower included); the family and, for Qwen VL, the type come out right."""
+    from psystats import warehouse
+    from psystats.scoring import registry
+
+    con = warehouse.connect(db_path)
+    try:
+        row = registry.add_model(con, str(vl_models[family]))
+    finally:
+        con.close()
+    model = load_vl64(vl_models[family])
+    assert row["n_params"] == sum(p.numel() for p in model.parameters())
+    assert row["inferred"]["architecture"] == family
+    assert row["family"] == {"qwen2_5_vl": "qwen", "mllama": "llama", "gemma3": "gemma"}[family]
+    if family != "gemma3":  # Gemma 3 is natively multimodal: its architecture says nothing
+        assert row["post_training"] == "vision"
