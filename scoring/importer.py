@@ -635,6 +635,7 @@ def export_runs(
                 f'no score run {run_id}: see `psystats sql "SELECT * FROM score_runs"`'
             )
         return [run_id]
+    assert model is not None  # exactly one of run_id and model was given
     registry.get_model(con, model)
     params: list = [model]
     extra = ""

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 
@@ -87,6 +87,15 @@ class BriefConnection:
         apply_memory_settings(self.local, self.path)
         self._mode: str | None = None  # None, "ro" or "rw"
         self._in_transaction = False
+
+    def as_connection(self) -> duckdb.DuckDBPyConnection:
+        """This object, typed as the DuckDB connection it stands in for.
+
+        psystats code takes ``duckdb.DuckDBPyConnection`` and uses only what
+        this class implements (execute, executemany, register, unregister,
+        cursor-like results); the cast tells the type checker so, in one place.
+        """
+        return cast(duckdb.DuckDBPyConnection, self)
 
     # ------------------------------------------------------------ the file
     def _attach(self, mode: str) -> None:

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from .db import WarehouseError
 from .hashing import file_sha256
@@ -120,7 +120,7 @@ def _zip_records(path: Path, member: str, max_line_bytes: int) -> Iterator[Recor
         yield from _guarded(_jsonl_records(f, max_line_bytes), "zip member")
 
 
-def _lines(f: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+def _lines(f: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """``(line number, bytes)``; ``None`` for a line longer than ``max_line_bytes``.
 
     Reads fixed-size chunks, so an over-long line is dropped as it streams

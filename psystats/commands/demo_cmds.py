@@ -368,16 +368,16 @@ def demo(
         raise click.UsageError("give --model exactly twice: the base, then the post-trained model")
     workdir = workdir.resolve()
     if fresh and workdir.exists():
-        for p in (
+        for old in (
             workdir / "demo.duckdb",
             workdir / "demo.duckdb.wal",
             workdir / "demo.duckdb.fits",
             workdir / "simulated",
         ):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
 
     offline_pair = False

@@ -81,7 +81,7 @@ def import_(
     # it is held for writing only while the run and its scores are committed.
     con = open_brief(db)
     r = import_scores(
-        con,
+        con.as_connection(),
         file,
         model=model,
         condition=condition,
@@ -116,7 +116,8 @@ def import_(
 @click.option("--condition", help="With --model: only this condition.")
 @click.option(
     "-o",
-    "--out",
+    "--output",
+    "out",
     required=True,
     type=click.Path(dir_okay=False),
     help="Output file (.parquet or .csv).",

@@ -44,7 +44,7 @@ FIT_NAME = "SIMULATED study"
 FAMILIES = ("SIM-qwen", "SIM-llama")
 GENERATIONS = (1, 2)
 TYPES = ("instruct", "reasoning")
-TRUTH = {
+TRUTH: dict[str, Any] = {
     "intercept": 0.15,
     "type": {"instruct": -0.12, "reasoning": 0.12},  # sums to zero
     "family": {"SIM-qwen": 0.06, "SIM-llama": -0.06},
@@ -205,7 +205,7 @@ def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
 
 
 def _flat(truth: dict) -> list[tuple[str, str, str | None, float]]:
-    rows = []
+    rows: list[tuple[str, str, str | None, float]] = []
     for kind in ("effects", "generations", "persona"):
         for param, v in truth.get(kind, {}).items():
             if isinstance(v, dict):
