@@ -209,7 +209,11 @@ class ForwardMixin:
             hidden_rows.dtype in (torch.bfloat16, torch.float16)
             and isinstance(head, torch.nn.Linear)
             and hidden_rows.device.type == "cuda"
+            and w is not None
+            and w.device.type == "cuda"  # not offloaded (meta) under a device map
         ):
+            # Under a device map the head may sit on another GPU than the last layer.
+            hidden_rows = hidden_rows.to(w.device)
             # The matmul in bf16/fp16 on tensor cores, accumulated AND written in float32:
             # rounding logits to bf16 would cost up to ~0.06 nats per token.
             try:
