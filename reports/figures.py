@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib
 
@@ -22,11 +23,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.typing import ColorType, LineStyleType, RcKeyType
 
 TEXT_WIDTH_IN = 6.5  # the PDF's text column (A4 with 2 cm margins is ~6.7 in)
 
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 8,
     "axes.titlesize": 9,
     "axes.labelsize": 8,
@@ -53,7 +58,10 @@ TYPE_COLOURS = {
     "math": "#ff7f0e",
     "other": "#8c564b",
 }
-PALETTE = plt.get_cmap("tab10").colors
+_TAB10 = plt.get_cmap("tab10")
+assert isinstance(_TAB10, ListedColormap)  # a qualitative map: its colours are listed
+# Ten RGB tuples (the stubs type ``ListedColormap.colors`` as ArrayLike | ColorType).
+PALETTE = cast("tuple[ColorType, ...]", _TAB10.colors)
 
 
 @contextmanager
@@ -62,7 +70,7 @@ def style() -> Iterator[None]:
         yield
 
 
-def type_colour(t: str, i: int = 0) -> str:
+def type_colour(t: str, i: int = 0) -> ColorType:
     return TYPE_COLOURS.get(t, PALETTE[i % len(PALETTE)])
 
 
@@ -99,9 +107,9 @@ def nll_by_size(table: pd.DataFrame, *, condition: str, level: float = 0.95) -> 
         fig, axes = plt.subplots(
             rows, cols, figsize=(TEXT_WIDTH_IN, 2.4 * rows + 0.4), squeeze=False, sharey=True
         )
-        types_seen: dict[str, str] = {}
-        gen_styles: dict[str, str] = {}
-        styles = ("-", "--", ":", "-.")
+        types_seen: dict[str, ColorType] = {}
+        gen_styles: dict[str, LineStyleType] = {}
+        styles: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
         for ax, fam in zip(axes.flat, families):
             sub = table[table["family"] == fam]
             # One line per (type, generation): sizes are only comparable within a generation.

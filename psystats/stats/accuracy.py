@@ -137,7 +137,7 @@ def option_matrix(rows: pd.DataFrame) -> tuple[OptionMatrix, int]:
     return m, int((~keep).sum())
 
 
-def log_softmax(lp: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def log_softmax(lp: np.ndarray, temperature: float | np.ndarray = 1.0) -> np.ndarray:
     """Row-wise log softmax of ``lp / temperature`` (-inf padding stays -inf)."""
     z = lp / temperature
     return z - logsumexp(z, axis=1, keepdims=True)
@@ -515,7 +515,7 @@ def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
     }
     for t in post["accuracy_gap"].coords["post_training"].values:
         raw = post["accuracy_gap"].sel(post_training=t).values.ravel()
-        entry = {"raw": _interval(raw)}
+        entry: dict[str, Any] = {"raw": _interval(raw)}
         credible_raw = entry["raw"]["q05"] > 0 or entry["raw"]["q95"] < 0
         survives = None
         if "accuracy_gap_calibrated" in post:
@@ -721,7 +721,7 @@ def simulate_accuracy(
         return float(np.log(p / (1 - p)))
 
     k = int(options.map(len).median())
-    gaps = {"top1": [], "sampled_calibrated": []}
+    gaps: dict[str, list[float]] = {"top1": [], "sampled_calibrated": []}
     for q in np.linspace(0.025, 0.975, 20):  # average over people (normal quantiles of b)
         from scipy.stats import norm
 

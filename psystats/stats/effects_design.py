@@ -444,18 +444,18 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
         else:
             # Pair effects are what the pair-level terms leave unexplained: orthogonal
             # to every pair-level column (intercept, type, family, size, generation).
-            cols = [np.ones((P, 1))]
+            pair_cols: list[np.ndarray] = [np.ones((P, 1))]
             if "type" in active:
-                cols.append(_indicators(pair_type, T))
+                pair_cols.append(_indicators(pair_type, T))
             if "family" in active:
-                cols.append(_indicators(pair_family, F))
+                pair_cols.append(_indicators(pair_family, F))
             if "size" in active:
-                cols.append(size_x[:, None])
+                pair_cols.append(size_x[:, None])
             if "generation" in active:
-                cols.append(gen_x[:, None])
+                pair_cols.append(gen_x[:, None])
             if "generation_family" in active:
-                cols.append(_indicators(pair_family, F) * gen_x[:, None])
-            B = constraint_basis(np.hstack(cols))
+                pair_cols.append(_indicators(pair_family, F) * gen_x[:, None])
+            B = constraint_basis(np.hstack(pair_cols))
             if B.shape[1] == 0:
                 drop(
                     "pair",

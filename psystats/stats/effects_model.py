@@ -44,7 +44,7 @@ def build_effects_model(
     active = set(data.active)
     # PyMC forbids a variable named like its dimension: the dims are "<name>_level"
     # (the store writes them back as "<name>" in fit_params.coords).
-    coords = {f"{k}_level": v for k, v in data.coords.items()}
+    coords: dict[str, list[str] | list[int]] = {f"{k}_level": v for k, v in data.coords.items()}
     coords["cell"] = [f"{p} / {e}" for p, e in zip(c["pair"], c["experiment"])]
     for term, B in data.bases.items():
         coords[f"{term}_basis"] = list(range(B.shape[1]))
@@ -59,6 +59,7 @@ def build_effects_model(
                 f"{term}_coef", 0.0, fixed_prior.params.get("sigma", 1.0), dims=f"{term}_basis"
             )
             return pt.dot(B, coef)
+        assert sigma_name is not None, f"{term}: no sigma and no fixed prior"
         sigma = spec.prior(sigma_name).rv(sigma_name)
         if data.centred.get(term, False):
             return pt.dot(B, pm.Normal(f"{term}_coef", 0.0, sigma, dims=f"{term}_basis"))

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -215,7 +215,12 @@ def ppc_statistics(y: np.ndarray, rep: np.ndarray) -> dict:
     lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
     m, s = rep.mean(axis=0), rep.std(axis=0)
     z_obs, z_rep = (y - m) / s, (rep - m) / s
-    stats = {"mean": np.mean, "sd": np.std, "min": np.min, "max": np.max}
+    stats: dict[str, Callable[..., Any]] = {
+        "mean": np.mean,
+        "sd": np.std,
+        "min": np.min,
+        "max": np.max,
+    }
     pvals = {k: float(np.mean(f(z_rep, axis=1) >= f(z_obs))) for k, f in stats.items()}
     return {
         "draws": int(rep.shape[0]),

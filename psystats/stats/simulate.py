@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class Simulated:
     """A simulated cell table and the parameter values that generated it."""
 
     cells: pd.DataFrame
-    truth: dict[str, object]  # name -> float, or pandas Series/DataFrame indexed by level
+    truth: dict[str, Any]  # name -> float, or pandas Series/DataFrame indexed by level
     design: dict = field(default_factory=dict)
 
 
@@ -351,7 +352,8 @@ def simulate_warehouse(
         )
     resp = pd.DataFrame(resp, columns=["response_id", "participant_key", "experiment", "domain"])
     n_by_exp = resp.groupby("experiment")["participant_key"].nunique()
-    models, pair_rows = [], []
+    models: list[dict[str, Any]] = []
+    pair_rows: list[dict[str, Any]] = []
     for fi, fam in enumerate(families):
         for g in generations:
             # Sizes that are not a sum of a family part and a generation part, so the

@@ -147,6 +147,7 @@ def summarise_posterior(
         dim_names = [d.removesuffix("_level") for d in dims]
         for idx in np.ndindex(*da.shape[2:]):
             coords = {d: coord_vals[k][i] for k, (d, i) in enumerate(zip(dim_names, idx))}
+            label: str | None
             if name in labels:
                 label = labels[name].format(**coords)
             else:
@@ -240,6 +241,7 @@ def save_fit(
     from psystats.warehouse.provenance import __version__
 
     params = summarise_posterior(idata, var_names, labels, element_coords)
+    passed: bool | None
     if isinstance(diagnostics, Diagnostics):
         passed = diagnostics.passed
         diagnostics = diagnostics.to_dict()
