@@ -8,6 +8,7 @@ set per response.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +56,10 @@ class ScoreBatch:
 class AssembleMixin:
     """``Scorer`` methods that turn finished plans into a :class:`ScoreBatch`."""
 
+    # Set by ``Scorer.__init__``.
+    tokenizer: Any
+    token_level: bool
+
     def _assemble(self, prepared: list[_Prepared], counts: dict[str, int]) -> ScoreBatch:
         cols: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_SCHEMA.names}
         valid: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_SCHEMA.names}
@@ -65,6 +70,13 @@ class AssembleMixin:
         for prep in prepared:
             if prep.rows_done != len(prep.rows):
                 continue
+            # A participant's plan, scored by score_prepared: all of these are set.
+            assert (
+                prep.p is not None
+                and prep.lp is not None
+                and prep.top1 is not None
+                and prep.ent is not None
+            )
             tok = prep.tok
             rid = np.asarray(prep.p.response_ids, np.int64)
             s, e = tok.starts, tok.ends
@@ -146,6 +158,7 @@ class AssembleMixin:
         return ScoreBatch(scores, options, tokens, keys, counts)
 
     def _option_rows(self, prep: _Prepared, nll: np.ndarray, out: dict[str, list]) -> None:
+        assert prep.p is not None  # a participant's plan (never the self-check's probe)
         n_groups = len(prep.opt_resp)
         raw = np.bincount(prep.opt_query_group, weights=prep.oq_lp, minlength=n_groups)
         raw = np.where(prep.opt_reuse, -nll[prep.opt_resp], raw)

@@ -72,9 +72,9 @@ def dense_mask(pos, doc, branch, bstart, device) -> Any:
     """Bool ``[1, 1, N, N]``: True where query (row) may attend to key (column)."""
     import torch
 
-    t = _tensors(pos, doc, branch, bstart, device)
-    idx = torch.arange(t[0].shape[0], device=device)
-    return allowed_pairs(*t, idx[:, None], idx[None, :])[None, None]
+    pos_t, doc_t, branch_t, bstart_t = _tensors(pos, doc, branch, bstart, device)
+    idx = torch.arange(pos_t.shape[0], device=device)
+    return allowed_pairs(pos_t, doc_t, branch_t, bstart_t, idx[:, None], idx[None, :])[None, None]
 
 
 def sliding_window_of(config) -> tuple[int | None, bool]:

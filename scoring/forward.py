@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,32 @@ def _is_oom(e: BaseException) -> bool:
 
 class ForwardMixin:
     """``Scorer`` methods that run forward passes and fill the plans' per-token arrays."""
+
+    # Set by ``Scorer.__init__``.
+    lm: Any
+    dtype: str
+    input_device: Any
+    packing: str
+    attention: str
+    sliding: tuple[int | None, bool]
+    token_budget: int
+    max_logit_rows: int
+    compile: bool
+    compile_bucket: int
+    pad_multiple: int
+    _pad_id: int
+    _decoder_fn: Callable[..., Any] | None  # torch.compile'd decoder, built on first use
+    _compiled_shapes: set[int]
+    compile_seconds: float
+
+    if TYPE_CHECKING:
+        # ``PlanMixin.prepare`` and ``AssembleMixin._assemble``
+
+        def prepare(
+            self, participants: Sequence[ParticipantInput]
+        ) -> tuple[list[_Prepared], dict[str, int]]: ...
+
+        def _assemble(self, prepared: list[_Prepared], counts: dict[str, int]) -> ScoreBatch: ...
 
     def score(
         self,
@@ -66,9 +93,11 @@ class ForwardMixin:
                     raise
                 self._free_memory()
                 if len(group) == 1:
+                    p = prepared[group[0].part].p
+                    assert p is not None  # only the start-up probe has none; it calls _forward
                     raise ScoringError(
                         f"out of memory on a single sequence of {group[0].n_tokens} tokens "
-                        f"(participant_key {prepared[group[0].part].p.participant_key}); lower "
+                        f"(participant_key {p.participant_key}); lower "
                         "--max-context with --context-policy window, or use a smaller --dtype"
                     ) from None
                 budget = max(1, budget // 2)
@@ -186,7 +215,7 @@ class ForwardMixin:
                         torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit)
                     )
             self._decoder_fn = torch.compile(self._decoder_forward)
-            self._compiled_shapes: set[int] = set()
+            self._compiled_shapes = set()
         n = int(ids.shape[0])
         first = n not in self._compiled_shapes
         t = time.perf_counter()
@@ -235,14 +264,18 @@ class ForwardMixin:
         ids, pos, doc, branch, bstart, main_off, branch_off, nb = self._layout(group, pad_multiple)
         need_mask = len(group) > 1 or nb > 0 or len(ids) > sum(len(r.ids) for r in group)
         # Where every query sits in the packed sequence.
-        q_packed, q_token, q_kind, q_row, q_index = [], [], [], [], []
+        packed_l: list[np.ndarray] = []
+        token_l: list[np.ndarray] = []
+        kind_l: list[np.ndarray] = []
+        row_l: list[np.ndarray] = []
+        index_l: list[np.ndarray] = []
         for g, row in enumerate(group):
             t = row.targets
-            q_packed.append(main_off[g] + (t - 1 - row.lo))
-            q_token.append(row.ids[t - row.lo])
-            q_kind.append(np.zeros(len(t), np.int8))
-            q_row.append(np.full(len(t), g))
-            q_index.append(t)
+            packed_l.append(main_off[g] + (t - 1 - row.lo))
+            token_l.append(row.ids[t - row.lo])
+            kind_l.append(np.zeros(len(t), np.int8))
+            row_l.append(np.full(len(t), g))
+            index_l.append(t)
             if len(row.oq_pos):
                 at = main_off[g] + row.oq_pos
                 if len(branch_off[g]):
@@ -251,16 +284,16 @@ class ForwardMixin:
                         at,
                         branch_off[g][np.maximum(row.oq_branch, 0)] + row.oq_pos,
                     )
-                q_packed.append(at)
-                q_token.append(row.oq_token)
-                q_kind.append(np.ones(len(at), np.int8))
-                q_row.append(np.full(len(at), g))
-                q_index.append(row.oq_ref)
-        q_packed = np.concatenate(q_packed).astype(np.int64)
-        q_token = np.concatenate(q_token).astype(np.int64)
-        q_kind = np.concatenate(q_kind)
-        q_row = np.concatenate(q_row)
-        q_index = np.concatenate(q_index).astype(np.int64)
+                packed_l.append(at)
+                token_l.append(row.oq_token)
+                kind_l.append(np.ones(len(at), np.int8))
+                row_l.append(np.full(len(at), g))
+                index_l.append(row.oq_ref)
+        q_packed = np.concatenate(packed_l).astype(np.int64)
+        q_token = np.concatenate(token_l).astype(np.int64)
+        q_kind = np.concatenate(kind_l)
+        q_row = np.concatenate(row_l)
+        q_index = np.concatenate(index_l).astype(np.int64)
 
         with torch.inference_mode():
             ids_t = torch.as_tensor(ids, device=dev)
@@ -302,7 +335,7 @@ class ForwardMixin:
             top1 = argmax[inverse] == q_token
         bad_q = bad_u[inverse]
         if bad_q.any():
-            rids = []
+            rids: list[int] = []
             for g in np.unique(q_row[bad_q]):
                 prep = prepared[group[g].part]
                 if prep.p is None:  # the start-up probe
@@ -317,6 +350,13 @@ class ForwardMixin:
         ent_q = ent_u[inverse]
         for g, row in enumerate(group):
             prep = prepared[row.part]
+            # Allocated by score_prepared (or the self-check) before any forward.
+            assert (
+                prep.lp is not None
+                and prep.top1 is not None
+                and prep.ent is not None
+                and prep.oq_lp is not None
+            )
             sel = q_row == g
             m = sel & (q_kind == 0)
             t = q_index[m]

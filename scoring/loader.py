@@ -65,7 +65,7 @@ def locate(model: dict) -> tuple[str, str | None]:
     return source, gguf
 
 
-def _check_local(folder: str, gguf: str | None, name: str) -> None:
+def _check_local(folder: str, gguf: str | None, name: str | None) -> None:
     p = Path(folder)
     if not p.exists():
         raise ModelLoadError(f"model {name!r}: no such file or folder: {folder}")
@@ -159,6 +159,7 @@ def processor_chat_template(folder: str, revision: str | None = None) -> str | N
     template their processor applies, used here with text-only turns.
     """
     for fname in ("chat_template.jinja", "chat_template.json"):
+        path: Path | None
         if _looks_like_path(folder):
             path = Path(folder) / fname
             path = path if path.is_file() else None

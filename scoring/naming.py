@@ -294,7 +294,12 @@ def _base_name(owner: str, repo: str, inf: Inference) -> str | None:
     """The name the base model would have, by the family's naming rule, or None."""
     fam = inf.family[0] if inf.family else None
     gen = inf.generation[0] if inf.generation else None
-    if inf.post_training and inf.post_training[0] == "vision":
+    if (
+        inf.post_training
+        and inf.post_training[0] == "vision"
+        and fam is not None
+        and gen is not None
+    ):
         text_base = VISION_TEXT_BASES.get((fam, gen, inf.size_label or ""))
         if text_base:
             return text_base

@@ -99,10 +99,10 @@ def parse_declarations(values: Sequence[str] = (), path: str | None = None) -> d
                     if not row["experiment"] or row["option"] is None or row["option"] == "":
                         raise WarehouseError(f"{path}:{line}: empty 'experiment' or 'option'")
                     file_sets.setdefault(row["experiment"], []).append(row["option"])
-                for exp, opts in file_sets.items():
-                    if len(opts) < 2:
+                for exp, file_opts in file_sets.items():
+                    if len(file_opts) < 2:
                         raise WarehouseError(f"{path}: experiment '{exp}' has only one option")
-                    out[exp] = opts
+                    out[exp] = file_opts
     return {e: sorted(set(o)) for e, o in out.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class _Row:
 
 @dataclass(eq=False)
 class _Prepared:
-    p: ParticipantInput
+    p: ParticipantInput | None  # None for the start-up self-check's probe
     tok: Tokenized
     rows: list[_Row]
     # option plan: per query-group (response, option) -> either reuse of the
@@ -72,6 +73,20 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 class PlanMixin:
     """``Scorer`` methods that render, tokenise and plan participants (CPU only)."""
+
+    # Set by ``Scorer.__init__``.
+    condition: str
+    tokenizer: Any
+    system_prompt: str | None
+    tokenization: str
+    prefix_ids: list[int]
+    max_context: int
+    context_policy: str
+    stride: int
+    option_sets: dict[str, list[str]]
+    _option_ids: dict[str, list[np.ndarray]]
+    _longest_option: int
+    _token_cache: dict[int, int]
 
     def _tokenize(self, p: ParticipantInput) -> Tokenized:
         rendering = render(p, self.condition, self.tokenizer, system_prompt=self.system_prompt)
@@ -127,6 +142,7 @@ class PlanMixin:
         return out, counts
 
     def _plan(self, prep: _Prepared, index: int) -> None:
+        assert prep.p is not None  # planned participants always have one
         tok = prep.tok
         T = len(tok)
         targets = _ranges(tok.starts, tok.ends)
@@ -156,13 +172,16 @@ class PlanMixin:
         self._plan_options(prep)
 
     def _plan_options(self, prep: _Prepared) -> None:
+        assert prep.p is not None  # planned participants always have one
         exp = prep.p.experiment
         if exp not in self.option_sets:
             return
         tok = prep.tok
         names = self.option_sets[exp]
         opt_ids = self._option_ids[exp]
-        g_resp, g_name, g_reuse = [], [], []
+        g_resp: list[int] = []
+        g_name: list[str] = []
+        g_reuse: list[bool] = []
         q_group: list[int] = []
         # Which row scores target t: rows' target ranges are disjoint and sorted.
         bounds = [

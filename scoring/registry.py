@@ -389,17 +389,20 @@ def describe(
     gguf_meta: dict = {}
     n_params: int | None = None
     n_how = "not counted: external scorer (no weights)"
+    default_name: str | None
     if source is None:
         if not name:
             raise WarehouseError("a model without a source (an external scorer) needs a name")
         kind = "external"
     else:
         kind, source, gguf_file = _classify(source, gguf_file)
-    if kind == "gguf" and Path(source).is_dir():
+    # _classify gives a source for every kind but "external", and a file for "gguf".
+    if kind == "gguf" and source is not None and gguf_file is not None and Path(source).is_dir():
         n_params, gguf_meta = read_gguf(Path(source) / gguf_file)
         n_how = "GGUF tensor shapes"
         default_name = Path(gguf_file).stem
     elif kind == "folder":
+        assert source is not None
         folder = Path(source)
         config = _read_config(folder)
         if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
@@ -425,6 +428,7 @@ def describe(
             )
         default_name = folder.name
     elif kind == "hub":
+        assert source is not None
         config, n_params, n_how = _hub_facts(source, revision, gguf_file)
         default_name = source
     else:
@@ -434,12 +438,12 @@ def describe(
     # The name speaks first (it says "Instruct", "2.5"), then config / GGUF metadata.
     # Read the name the weights came with (hub id, folder, GGUF file), then
     # the user's --name, then config's _name_or_path: the first naming a family.
-    readable = [
-        naming.strip_quant(Path(gguf_file).stem) if kind == "gguf" else default_name,
+    candidates = [
+        naming.strip_quant(Path(gguf_file).stem) if kind == "gguf" and gguf_file else default_name,
         name,
         config.get("_name_or_path"),
     ]
-    readable = [r for r in readable if isinstance(r, str) and r]
+    readable = [r for r in candidates if isinstance(r, str) and r]
     by_name = naming.infer_from_name(readable[0])
     for r in readable[1:]:
         if by_name.family is None:
@@ -453,7 +457,12 @@ def describe(
         by_meta = naming.infer_from_name(str(gguf_meta["basename"]))
         if family is None and by_meta.family:
             family = (by_meta.family[0], f"GGUF general.basename {gguf_meta['basename']!r}")
-        if generation is None and by_meta.generation and by_meta.family[0] == (family or ("",))[0]:
+        if (
+            generation is None
+            and by_meta.generation
+            and by_meta.family  # always set with a generation
+            and by_meta.family[0] == (family or ("",))[0]
+        ):
             generation = (by_meta.generation[0], f"GGUF general.basename {gguf_meta['basename']!r}")
     if arch in naming.ARCHITECTURES:
         fam_a, gen_a = naming.ARCHITECTURES[arch]
@@ -467,6 +476,7 @@ def describe(
             "no known family in name" + (f" or architecture {arch!r}" if arch else ""),
         )
     post = by_name.post_training
+    assert post is not None  # infer_from_name always decides one
     if kind == "external" and family[0] == "other" and post[1].startswith("no post-training"):
         post = ("other", "external scorer of no known model family")
     if post[0] == "base" and post[1].startswith("no post-training") and generation:
@@ -734,7 +744,7 @@ def _add(
     how: str = USER,
 ) -> dict:
     """add_model without its transaction (``models load`` and the importer batch several)."""
-    explicit = dict(overrides or {})
+    explicit: dict[str, Any] = dict(overrides or {})
     if base is not None:
         explicit["base_model"] = base
     if post_training is not None:
@@ -925,7 +935,7 @@ def _add_adapter(
             )
         if existing.get("adapter_sha256") != info["sha256"]:
             _update(con, name, {"adapter_sha256": info["sha256"]}, existing["inferred"])
-        explicit = dict(overrides or {})
+        explicit: dict[str, Any] = dict(overrides or {})
         if post_training is not None:
             explicit["post_training"] = post_training
         if explicit:
@@ -933,6 +943,7 @@ def _add_adapter(
         return get_model(con, name)
     by_name = naming.infer_from_name(default_name)
     post = by_name.post_training
+    assert post is not None  # infer_from_name always decides one
     if post[0] == "base":
         post = ("other", f"an adapter whose name names no post-training type ({post[1]})")
     inferred = {
@@ -1138,6 +1149,7 @@ def _read_entries(path: Path) -> list:
         raise WarehouseError(f"{path}: no such file")
     suffix = path.suffix.lower()
     text = path.read_text(encoding="utf-8")
+    data: Any
     if suffix == ".toml":
         import tomllib
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from .errors import ScoringError
@@ -11,6 +13,22 @@ from .tokenize import Tokenized
 
 class SelfCheckMixin:
     """``Scorer._self_check``: refuse architectures the engine's path does not reproduce."""
+
+    # Set by ``Scorer.__init__``.
+    model_row: dict
+    tokenizer: Any
+    prefix_ids: list[int]
+    lm: Any
+    dtype: str
+    packing: str
+    input_device: Any
+
+    if TYPE_CHECKING:
+        # ``ForwardMixin._forward``
+
+        def _forward(
+            self, group: list[_Row], prepared: list[_Prepared], *, compiled: bool = True
+        ) -> None: ...
 
     def _self_check(self) -> None:
         """Compare the engine's path with a plain forward on a probe; refuse if they differ.
@@ -45,7 +63,7 @@ class SelfCheckMixin:
         rows[0].oq_pos = np.asarray([1], np.int64)
         rows[0].oq_token = np.asarray([int(ids_a[mid + 2])], np.int64)
         rows[0].oq_ref = np.asarray([0], np.int64)
-        dummy = []
+        dummy: list[_Prepared] = []
         for r, ids in zip(rows, (ids_a, ids_b)):
             tk = Tokenized(ids, np.asarray([1]), np.asarray([len(ids)]))
             dummy.append(_Prepared(p=None, tok=tk, rows=[r], opt_query_group=np.zeros(1, np.int64)))
@@ -62,6 +80,7 @@ class SelfCheckMixin:
         worst = 0.0
         with torch.inference_mode():
             for prep, ids in zip(dummy, (ids_a, ids_b)):
+                assert prep.lp is not None  # filled by _forward
                 ref = torch.log_softmax(
                     self.lm(torch.as_tensor(ids, device=dev)[None]).logits[0].double().cpu(), -1
                 )
@@ -71,7 +90,9 @@ class SelfCheckMixin:
                 self.lm(torch.as_tensor(ids_a[: mid + 2], device=dev)[None]).logits[0, -1].double(),
                 -1,
             )
-            worst = max(worst, abs(float(ref_b[int(ids_a[mid + 2])]) - float(dummy[0].oq_lp[0])))
+            oq_lp = dummy[0].oq_lp
+            assert oq_lp is not None  # filled by _forward
+            worst = max(worst, abs(float(ref_b[int(ids_a[mid + 2])]) - float(oq_lp[0])))
         tol = {"float64": 1e-8, "float32": 1e-3}.get(self.dtype, 0.1)
         if not np.isfinite(worst) or worst > tol:
             raise ScoringError(

@@ -278,5 +278,5 @@ def build_tiny_lora(
                 if "lora_" in n:
                     p.normal_(0.0, scale)
     dest = Path(dest)
-    model.save_pretrained(dest, safe_serialization=True)
+    model.save_pretrained(str(dest), safe_serialization=True)
     return dest
