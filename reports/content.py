@@ -17,7 +17,6 @@ import datetime as _dt
 import importlib.metadata
 import platform
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -54,6 +53,12 @@ SOFTWARE = (
     "reportlab",
     "pypdf",
 )
+
+
+def _summary(fit: dict) -> dict:
+    """A fit's ``summary`` JSON as a dict (empty when missing or not an object)."""
+    summ = fit.get("summary")
+    return summ if isinstance(summ, dict) else {}
 
 
 def esc(v: Any) -> str:
@@ -440,7 +445,7 @@ def _section_generations(con) -> Section:
         )
     )
     slopes = q.generation_slopes(con, fit["fit_id"])
-    summary = fit.get("summary") if isinstance(fit.get("summary"), dict) else {}
+    summary = _summary(fit)
     if not slopes.empty:
         s.add(
             *table_from(
@@ -510,7 +515,7 @@ def _section_forest(con) -> Section:
 
 def _cohens_d_blocks(con, fit: dict) -> list:
     """The published study's per-pair mean Cohen's d beside the posterior pair mean."""
-    summ = fit.get("summary") if isinstance(fit.get("summary"), dict) else {}
+    summ = _summary(fit)
     pairs = (summ.get("cohens_d") or {}).get("pairs")
     if not pairs:
         return []
@@ -693,7 +698,7 @@ def _section_diagnostics(con) -> Section:
     checks = []
     newest = {f["kind"]: f for f in q.all_fits(con)}  # ordered by fit_id: the last one wins
     for f in newest.values():
-        summ = f.get("summary") if isinstance(f.get("summary"), dict) else {}
+        summ = _summary(f)
         for key in ("ppc", "loo"):
             if key in summ:
                 checks += [
@@ -716,7 +721,7 @@ def _section_diagnostics(con) -> Section:
     drawn = 0
     for kind in diag["kind"].unique():
         for r in diag[diag["kind"] == kind].sort_values("fit_id", ascending=False).itertuples():
-            idata = _load_idata(r.netcdf_path)
+            idata = _load_idata(con, r.fit_id)
             fig = figs.ppc(idata, title=f"fit {r.fit_id} ({kind})") if idata is not None else None
             if fig is not None:
                 s.add(
@@ -763,19 +768,18 @@ def check_label(key: str) -> str:
     return key
 
 
-def _load_idata(path: str | None):
-    if not path or not Path(path).exists():
+def _load_idata(con, fit_id: int):
+    """A stored fit's posterior through the stats layer (``store.load_fit``), or None.
+
+    A missing or unreadable NetCDF file is reported as "no check", not a crash.
+    """
+    from psystats.stats.store import load_fit
+    from psystats.warehouse.db import WarehouseError
+
+    try:
+        return load_fit(con, int(fit_id))[1]
+    except (WarehouseError, OSError, ValueError):
         return None
-    import warnings
-
-    import arviz as az
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return az.from_netcdf(path)
-        except Exception:  # an unreadable file is reported as "no check", not a crash
-            return None
 
 
 # ----------------------------------------------------------------- methods
@@ -820,7 +824,7 @@ KIND_WORDS = {
 
 def _effects_terms_blocks(fit: dict) -> list:
     """Terms kept and dropped, with the reasons, and the fit's own messages."""
-    summ = fit.get("summary") if isinstance(fit.get("summary"), dict) else {}
+    summ = _summary(fit)
     active = summ.get("active_terms") or []
     dropped = summ.get("dropped_terms") or {}
     centred = summ.get("centred") or {}
@@ -960,10 +964,10 @@ def _section_methods(con) -> Section:
                 # requested ones, the priors table below the ones used.
                 value = {k: v for k, v in value.items() if k not in ("terms", "priors")}
             if kind == "effects" and key == "priors" and value:
-                k = (f.get("summary") or {}).get("prior_scale") or 1.0
+                factor = float(_summary(f).get("prior_scale") or 1.0)
                 label = (
-                    f"Priors used (default scales × {k:.3g}, autoscaled to the data)"
-                    if k != 1.0
+                    f"Priors used (default scales × {factor:.3g}, autoscaled to the data)"
+                    if factor != 1.0
                     else "Priors used"
                 )
             if value:
