@@ -135,8 +135,11 @@ def fit_cells(
         )
     t0 = time.perf_counter()
     data = prepare(cells, spec)
+    # The messages travel with the result (data.messages) and the stored fit;
+    # callers show them (the CLI prints each once as "note: ..."), so the log
+    # keeps them at INFO rather than printing them a second time.
     for m in data.messages:
-        log.warning(m)
+        log.info(m)
     model = build_effects_model(data, spec)
     idata = sample(
         model,
