@@ -30,8 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
+
 from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.session import Target, is_connection, session
+from psystats.warehouse.session import Target, session
 
 from .inputs import ParticipantInput
 
@@ -333,7 +335,7 @@ def _score_batches(
     tokens = 0
     # With an open connection, the writer thread needs its own cursor (DuckDB:
     # one connection object per thread); with a path, each commit opens the file.
-    shared = db.cursor() if is_connection(db) else None  # type: ignore[union-attr]
+    shared = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else None
 
     def commit(batch: Any) -> int:
         with session(shared if shared is not None else db) as con:

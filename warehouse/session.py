@@ -25,10 +25,6 @@ import duckdb
 Target = str | os.PathLike | duckdb.DuckDBPyConnection
 
 
-def is_connection(db: Target) -> bool:
-    return isinstance(db, duckdb.DuckDBPyConnection)
-
-
 @contextmanager
 def session(db: Target, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection for one short piece of work.
@@ -37,13 +33,13 @@ def session(db: Target, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyC
     the file for other processes) or a connection (yielded unchanged and left
     open; ``read_only`` then has no effect).
     """
-    if is_connection(db):
-        yield db  # type: ignore[misc]
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        yield db
         return
     from .db import connect
 
     # create=False: a typo in --db is an error, not a fresh empty warehouse.
-    con = connect(Path(db), read_only=read_only, create=False)  # type: ignore[arg-type]
+    con = connect(Path(db), read_only=read_only, create=False)
     try:
         yield con
     finally:
