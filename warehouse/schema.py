@@ -282,5 +282,17 @@ ALTER TABLE models ADD COLUMN adapter_sha256 VARCHAR;
 ALTER TABLE models ADD COLUMN quantization VARCHAR;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_MODEL_CLASSES]
+# Issue 13: a model's public release date (NULL: unknown), for
+# `fit effects --generation-scale date`; the registry fills it for models it knows.
+MIGRATION_RELEASE_DATE = """
+ALTER TABLE models ADD COLUMN release_date DATE;
+"""
+
+MIGRATIONS: list[str] = [
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_MODEL_CLASSES,
+    MIGRATION_RELEASE_DATE,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
