@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from psystats.warehouse.db import WarehouseError, scalar, transaction
 
 from . import naming
 from .naming import POST_TRAINING_TYPES
+from .release_dates import known_release_date, parse_date
 
 # Fields a user may set (``psystats models set`` / ``models load``) and their types.
 EDITABLE: dict[str, type] = {
@@ -49,6 +51,7 @@ EDITABLE: dict[str, type] = {
     "base_model": str,
     "trust_remote_code": bool,
     "quantization": str,
+    "release_date": date,  # YYYY-MM-DD, or YYYY-MM (month precision)
 }
 # Friendlier names accepted in files and on the command line.
 ALIASES = {"type": "post_training", "base": "base_model", "params": "n_params"}
@@ -73,6 +76,7 @@ _COLUMNS = (
     "adapter_revision",
     "adapter_sha256",
     "quantization",
+    "release_date",
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 USER = "user"
@@ -518,7 +522,13 @@ def describe(
         inferred["needs_remote_code"] = True
     inferred["source_kind"] = kind
     inferred["quantization"] = {"value": quant[0], "from": quant[1]}
+    released = _release_date(readable[0] if readable else name, family[0], generation)
+    inferred["release_date"] = {
+        "value": released[0].isoformat() if released[0] else None,
+        "from": released[1],
+    }
     return {
+        "release_date": released[0],
         "quantization": quant[0],
         "name": name,
         "source": source if kind != "external" else None,
@@ -533,6 +543,26 @@ def describe(
         "base_model": None,
         "inferred": inferred,
     }
+
+
+NO_RELEASE_DATE = (
+    "not in the registry's table of release dates (scoring/release_dates.py); "
+    "set it with `psystats models set NAME release_date=YYYY-MM-DD`"
+)
+
+
+def _release_date(
+    name: str | None, family: str | None, generation: tuple[str, str] | str | None
+) -> tuple[date | None, str]:
+    """(release date or None, why) from the registry's table of public release dates."""
+    gen = generation[0] if isinstance(generation, tuple) else generation
+    known = known_release_date(name, family, gen)
+    return known if known else (None, NO_RELEASE_DATE)
+
+
+def _weights_name(row: dict) -> str:
+    """The name the weights came with (GGUF file, hub id or folder), else the model's name."""
+    return str(row.get("gguf_file") or row.get("source") or row["name"])
 
 
 def _quantization(
@@ -594,7 +624,13 @@ def _coerce(field: str, value: Any, where: str = "") -> Any:
             return n
         if kind is float:
             return float(value)
+        if kind is date:
+            return parse_date(value)
     except (TypeError, ValueError):
+        if kind is date:
+            raise WarehouseError(
+                f"{prefix}{field}: {str(given)!r} is not a date (YYYY-MM-DD, or YYYY-MM)"
+            ) from None
         raise WarehouseError(f"{prefix}{field}: {given!r} is not a valid {kind.__name__}") from None
     value = str(value).strip()
     if field == "post_training" and value not in POST_TRAINING_TYPES:
@@ -611,8 +647,8 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) 
     con.execute(
         "INSERT INTO models (model_id, name, source, revision, gguf_file, tokenizer_source, family, "
         "generation, generation_order, n_params, post_training, base_model, trust_remote_code, "
-        "inferred, adapter, adapter_revision, adapter_sha256, quantization) "
-        "VALUES (nextval('model_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "inferred, adapter, adapter_revision, adapter_sha256, quantization, release_date) "
+        "VALUES (nextval('model_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             row["name"],
             row["source"],
@@ -626,11 +662,12 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) 
             row["post_training"],
             row["base_model"],
             trust_remote_code,
-            json.dumps(row["inferred"]),
+            json.dumps(row["inferred"], default=str),
             row.get("adapter"),
             row.get("adapter_revision"),
             row.get("adapter_sha256"),
             row.get("quantization"),
+            row.get("release_date"),
         ],
     )
 
@@ -639,7 +676,7 @@ def _update(con: duckdb.DuckDBPyConnection, name: str, values: dict, inferred: d
     cols = list(values)
     con.execute(
         f"UPDATE models SET {', '.join(f'{c} = ?' for c in cols)}, inferred = ? WHERE name = ?",
-        [values[c] for c in cols] + [json.dumps(inferred), name],
+        [values[c] for c in cols] + [json.dumps(inferred, default=str), name],
     )
 
 
@@ -658,6 +695,18 @@ def _apply(
             raise WarehouseError(f"{where + ': ' if where else ''}a model cannot be its own base")
     if "generation" in values and "generation_order" not in values:
         values["generation_order"] = naming.generation_order(values["generation"])
+    table_why = None
+    if (
+        ("generation" in values or "family" in values)
+        and "release_date" not in values
+        and row["inferred"].get("release_date", {}).get("from") != USER
+    ):
+        # The table's date followed the old family/generation; a user's date stays.
+        values["release_date"], table_why = _release_date(
+            _weights_name(row),
+            values.get("family", row["family"]),
+            values.get("generation", row["generation"]),
+        )
     inferred = row["inferred"]
     for field, value in values.items():
         inferred[field] = {"value": value, "from": how}
@@ -665,6 +714,8 @@ def _apply(
             inferred[field]["candidate"] = row["inferred"].get("base_model", {}).get("candidate")
     if "generation" in values and "generation_order" not in fields:
         inferred["generation_order"]["from"] = "generation"
+    if table_why is not None:
+        inferred["release_date"]["from"] = table_why
     _update(con, name, values, inferred)
     return get_model(con, name)
 
@@ -683,6 +734,35 @@ def _resolve_base(con: duckdb.DuckDBPyConnection, base: str) -> str:
         [source, gguf_file or ""],
     ).fetchall()
     return rows[0][0] if rows else base
+
+
+def fill_release_dates(con: duckdb.DuckDBPyConnection) -> int:
+    """Fill ``release_date`` from the registry's table where it is NULL; returns how many.
+
+    Models registered before the column existed (or before the table knew
+    their generation) get their date on the next registry write.  A date the
+    user cleared (``release_date=null``) stays NULL.
+    """
+    rows = con.execute(
+        "SELECT name, source, gguf_file, family, generation, inferred FROM models "
+        "WHERE release_date IS NULL AND family IS NOT NULL"
+    ).fetchall()
+    changed = 0
+    for name, source, gguf_file, family, generation, inferred_json in rows:
+        inferred = json.loads(inferred_json) if inferred_json else {}
+        if inferred.get("release_date", {}).get("from") == USER:
+            continue
+        day, why = _release_date(
+            _weights_name({"name": name, "source": source, "gguf_file": gguf_file}),
+            family,
+            generation,
+        )
+        if day is None:
+            continue
+        inferred["release_date"] = {"value": day, "from": why}
+        _update(con, name, {"release_date": day}, inferred)
+        changed += 1
+    return changed
 
 
 def link_bases(con: duckdb.DuckDBPyConnection) -> int:
@@ -811,6 +891,12 @@ def _add(
                 "value": row["generation_order"],
                 "from": "generation",
             }
+    given = {ALIASES.get(k, k) for k in explicit}
+    if given & {"family", "generation"} and "release_date" not in given:
+        # The user's family/generation, not the name's, decides the table's date.
+        day, why = _release_date(_weights_name(row), row["family"], row["generation"])
+        row["release_date"] = day
+        row["inferred"]["release_date"] = {"value": day, "from": why}
     if row["base_model"] is not None and row["base_model"] == row["name"]:
         raise WarehouseError("a model cannot be its own base")
     _insert(con, row, bool(explicit.get("trust_remote_code", trust_remote_code)))
@@ -847,6 +933,7 @@ def add_model(
     id; registered first when new): see :func:`_add_adapter`.
     """
     with transaction(con):
+        fill_release_dates(con)  # rows registered before the table knew their date
         if adapter is not None:
             return _add_adapter(
                 con,
@@ -963,6 +1050,7 @@ def _add_adapter(
     }
     inferred["adapter"] = {k: v for k, v in info.items() if k != "folder"}
     inferred["quantization"] = {"value": base.get("quantization"), "from": "the base's"}
+    inferred["release_date"] = {"value": base.get("release_date"), "from": "the base's"}
     inferred["source_kind"] = "adapter"
     row = {
         "name": name,
@@ -981,6 +1069,8 @@ def _add_adapter(
         "adapter_revision": adapter_revision,
         "adapter_sha256": info["sha256"],
         "quantization": base.get("quantization"),
+        # An adapter belongs to its base's generation: it carries the base's date.
+        "release_date": base.get("release_date"),
     }
     explicit = dict(overrides or {})
     if post_training is not None:
@@ -1000,6 +1090,7 @@ def set_fields(con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any]
     if not fields:
         raise WarehouseError("nothing to set: give field=value pairs")
     with transaction(con):
+        fill_release_dates(con)
         row = _apply(con, name, fields, USER)
         link_bases(con)
     return get_model(con, row["name"])
@@ -1029,12 +1120,10 @@ def remove_model(
             f"`psystats models remove {name} --force` deletes them too"
         )
     with transaction(con):
-        for table in ("scores", "option_scores", "token_scores"):
-            con.execute(
-                f"DELETE FROM {table} WHERE run_id IN "
-                f"(SELECT run_id FROM score_runs WHERE model = ?)",
-                [name],
-            )
+        # Both scores layouts (under Parquet: the runs' partition folders go at commit).
+        from psystats.warehouse.parquet_layout import delete_runs
+
+        delete_runs(con, runs)
         con.execute("DELETE FROM score_runs WHERE model = ?", [name])
         con.execute("DELETE FROM models WHERE name = ?", [name])
         # Inferred links to the removed base are undone (re-adding it relinks);
@@ -1067,6 +1156,7 @@ def load_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> list[dict]:
     entries = _read_entries(path)
     rows = []
     with transaction(con):
+        fill_release_dates(con)
         for i, entry in enumerate(entries, 1):
             where = f"{path}: models[{i}]"
             if not isinstance(entry, dict):

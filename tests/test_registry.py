@@ -585,3 +585,101 @@ def test_cuda_only_quantised_checkpoint_is_recorded_and_refused_on_cpu(con, tiny
         pytest.skip("the refusal is for machines without CUDA")
     with pytest.raises(ModelLoadError, match="needs a CUDA GPU"):
         load_model(row)
+
+
+# ------------------------------------------------------------------ release dates
+
+RELEASES = [
+    ("Qwen/Qwen2.5-7B", "2024-09-19"),
+    ("Qwen/Qwen2.5-7B-Instruct", "2024-09-19"),
+    ("Qwen/Qwen2.5-VL-7B-Instruct", "2025-01-28"),  # later than the rest of 2.5: a name rule
+    ("Qwen/QwQ-32B", "2025-03-06"),
+    ("Qwen/Qwen3-8B", "2025-04-29"),
+    ("Qwen/Qwen3-4B-Instruct-2507", "2025-07-21"),
+    ("meta-llama/Meta-Llama-3-8B", "2024-04-18"),
+    ("meta-llama/Llama-3.1-8B", "2024-07-23"),
+    ("meta-llama/Llama-3.2-11B-Vision-Instruct", "2024-09-25"),
+    ("meta-llama/Llama-3.3-70B-Instruct", "2024-12-06"),
+    ("meta-llama/CodeLlama-7b-hf", "2023-08-24"),
+    ("allenai/OLMo-7B", "2024-02-01"),
+    ("allenai/OLMo-2-1124-7B", "2024-11-26"),
+    ("allenai/OLMo-2-0325-32B", "2025-03-13"),
+    ("someone/mystery-7b", None),
+]
+
+
+@pytest.mark.parametrize("name,released", RELEASES)
+def test_release_dates_of_known_generations(name, released):
+    row = registry.describe(name)
+    got = row["release_date"]
+    assert (got.isoformat() if got else None) == released
+    why = row["inferred"]["release_date"]["from"]
+    assert ("registry table" in why) == (released is not None)
+    if released is None:
+        assert "psystats models set NAME release_date=" in why
+
+
+def test_release_date_set_by_user_and_refilled_from_the_table(con, tmp_path):
+    from datetime import date
+
+    row = registry.add_model(con, "Qwen/Qwen2.5-7B")
+    assert row["release_date"] == date(2024, 9, 19)
+    # YYYY-MM is month precision: the first of the month.
+    row = registry.set_fields(con, "Qwen/Qwen2.5-7B", {"release_date": "2024-10"})
+    assert row["release_date"] == date(2024, 10, 1)
+    assert row["inferred"]["release_date"] == {"value": "2024-10-01", "from": "user"}
+    # A new generation keeps the user's date ...
+    row = registry.set_fields(con, "Qwen/Qwen2.5-7B", {"generation": "3"})
+    assert row["release_date"] == date(2024, 10, 1)
+    # ... while a table date follows the generation.
+    registry.add_model(con, "Qwen/Qwen2-7B")
+    row = registry.set_fields(con, "Qwen/Qwen2-7B", {"generation": "3"})
+    assert row["release_date"] == date(2025, 4, 29)
+    assert "qwen 3 first released 2025-04" in row["inferred"]["release_date"]["from"]
+    for bad in ("2024-13", "September 2024", "2024"):
+        with pytest.raises(WarehouseError, match=r"release_date: '.*' is not a date"):
+            registry.set_fields(con, "Qwen/Qwen2-7B", {"release_date": bad})
+    # Cleared by the user: stays NULL even though the table knows the generation.
+    registry.set_fields(con, "Qwen/Qwen2-7B", {"release_date": "null"})
+    row = registry.set_fields(con, "Qwen/Qwen2-7B", {"n_params": "7615616512"})
+    assert row["release_date"] is None
+    # A model registered before the column existed gets its date at the next write.
+    con.execute(
+        "UPDATE models SET release_date = NULL, "
+        "inferred = json_object('family', json_object('value', 'qwen')) "
+        "WHERE name = 'Qwen/Qwen2.5-7B'"
+    )
+    registry.set_fields(con, "Qwen/Qwen2-7B", {"n_params": "7615616513"})
+    row = registry.get_model(con, "Qwen/Qwen2.5-7B")
+    assert row["release_date"] == date(2025, 4, 29)  # its generation is now 3
+
+
+def test_release_date_in_a_models_file_and_on_the_command_line(db_path, tmp_path):
+    from datetime import date
+
+    toml = tmp_path / "models.toml"
+    toml.write_text(
+        '[[models]]\nname = "mine"\ntype = "instruct"\nrelease_date = 2025-02-14\n\n'
+        '[[models]]\nname = "theirs"\ntype = "base"\nrelease_date = "2023-06"\n'
+    )
+    runner = CliRunner()
+    db = ["--db", str(db_path)]
+    r = runner.invoke(main, ["models", "load", str(toml), *db])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        main, ["models", "add", "meta-llama/Llama-3.1-8B", "--release-date", "2024-07", *db]
+    )
+    assert r.exit_code == 0, r.output
+    assert "release_date: '2024-07-01' <- user" in r.output
+    r = runner.invoke(main, ["models", "list", "--format", "json", *db])
+    rows = {m["name"]: m["release_date"] for m in json.loads(r.output)}
+    assert rows == {
+        "mine": "2025-02-14",
+        "theirs": "2023-06-01",
+        "meta-llama/Llama-3.1-8B": "2024-07-01",
+    }
+    r = runner.invoke(main, ["models", "set", "mine", "release_date=soon", *db])
+    assert r.exit_code == 1 and "Error: release_date: 'soon' is not a date" in r.output
+    con = warehouse.connect(db_path, read_only=True)
+    assert registry.get_model(con, "mine")["release_date"] == date(2025, 2, 14)
+    con.close()

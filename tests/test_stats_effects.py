@@ -600,6 +600,6 @@ def test_generation_rank_scale_is_invariant_to_renaming_versions():
     # On the version-number scale the renamed design differs: the slope's unit changed.
     num = prepare(renamed, EffectsSpec(generation_scale="number"))
     assert not np.allclose(num.generation_x, a.generation_x)
-    with pytest.raises(WarehouseError, match="generation_scale must be one of rank, number"):
-        EffectsSpec(generation_scale="date")
+    with pytest.raises(WarehouseError, match="generation_scale must be one of rank, number, date"):
+        EffectsSpec(generation_scale="decade")
     assert EffectsSpec.from_dict(EffectsSpec().to_dict()).generation_scale == "rank"

@@ -87,10 +87,11 @@ def sampling_options(f):
 )
 @click.option(
     "--generation-scale",
-    type=click.Choice(["rank", "number"]),
+    type=click.Choice(["rank", "number", "date"]),
     default=None,
     help="Generation steps: rank within family (default; one step per successive "
-    "generation) or the version number (generation_order).",
+    "generation), the version number (generation_order) or the release date (years; "
+    "models.release_date, refused while a pair's model has none).",
 )
 @click.option(
     "--spec",
@@ -166,6 +167,7 @@ def effects(
       psystats fit effects --model qwen3-8b --no-term generation --draws 2000
       psystats fit effects --compare-without experiment --compare-without pair
       psystats fit effects --generation-scale number
+      psystats fit effects --generation-scale date
     """
     from psystats.stats.effects import EffectsSpec, fit_effects
 

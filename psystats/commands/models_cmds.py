@@ -12,7 +12,16 @@ from psystats.scoring.naming import POST_TRAINING_TYPES
 from .common import db_option, friendly_errors, open_db, print_rows
 
 FORMATS = click.Choice(["table", "csv", "json"])
-LIST_COLUMNS = ("name", "family", "generation", "n_params", "post_training", "base_model", "source")
+LIST_COLUMNS = (
+    "name",
+    "family",
+    "generation",
+    "release_date",
+    "n_params",
+    "post_training",
+    "base_model",
+    "source",
+)
 
 
 def human_count(n: int | None) -> str:
@@ -89,6 +98,12 @@ def models() -> None:
     "weights hash is recorded [default name: the adapter's folder name or hub id].",
 )
 @click.option("--adapter-revision", help="Hub revision of --adapter.")
+@click.option(
+    "--release-date",
+    metavar="YYYY-MM-DD",
+    help="Public release date (YYYY-MM or YYYY-MM-DD), read by `fit effects "
+    "--generation-scale date` [default: from the registry's table for the models it knows].",
+)
 @friendly_errors
 def add(
     source: str,
@@ -102,6 +117,7 @@ def add(
     sets: tuple[str, ...],
     adapter: str | None,
     adapter_revision: str | None,
+    release_date: str | None,
 ) -> None:
     """Register the model at SOURCE (hub id, safetensors folder or .gguf file).
 
@@ -120,6 +136,8 @@ def add(
       psystats models add meta-llama/Llama-3.1-70B \\
           --adapter marcelbinz/Llama-3.1-Centaur-70B-adapter
       psystats models add ./base-model --adapter ./my-lora --name my-lora --type other
+      psystats models add ./my-finetune --name mine --base Qwen/Qwen2.5-7B \\
+          --release-date 2025-02-14
     """
     from psystats.scoring.registry import add_model
 
@@ -133,7 +151,7 @@ def add(
         gguf_file=gguf_file,
         revision=revision,
         trust_remote_code=trust_remote_code,
-        overrides=_pairs(sets),
+        overrides={**_pairs(sets), **({"release_date": release_date} if release_date else {})},
         adapter=adapter,
         adapter_revision=adapter_revision,
     )
@@ -223,13 +241,16 @@ def set_(name: str, assignments: tuple[str, ...], db: str | None) -> None:
 
     Fields: source, revision, gguf_file, tokenizer_source, family, generation,
     generation_order, n_params, post_training (alias type), base_model (alias
-    base), trust_remote_code.  'null' clears a field.  Setting generation also
-    sets generation_order when the generation is a number.
+    base), trust_remote_code, quantization, release_date (YYYY-MM-DD or
+    YYYY-MM).  'null' clears a field.  Setting generation also sets generation_order when the generation
+    is a number, and release_date from the registry's table unless you set the
+    date yourself.
 
     \b
     Examples:
       psystats models set allenai/Olmo-3-7B-Think base=allenai/Olmo-3-1025-7B
       psystats models set my-model family=qwen generation=2.5 type=instruct
+      psystats models set my-model release_date=2024-09-19
     """
     from psystats.scoring.registry import set_fields
 

@@ -50,6 +50,7 @@ CELL_COLUMNS = [
     "generation",
     "generation_order",
     "n_params",
+    "release_date",
     "experiment",
     "study",
     "domain",

@@ -115,6 +115,7 @@ PAIR_COLUMNS = [
     "generation",
     "generation_order",
     "n_params",
+    "release_date",
     "base_family",
     "base_generation",
     "base_generation_order",
@@ -132,8 +133,9 @@ def pairs(con, models: Sequence[str] | None = None) -> pd.DataFrame:
 
     Columns (see ``PAIR_COLUMNS``): ``pair`` ("post vs base"), ``post_model``,
     ``base_model``, ``post_training`` and the post model's ``family``,
-    ``generation``, ``generation_order``, ``n_params`` (each falling back to
-    the base's value when the post model's is unknown), then the base's own.
+    ``generation``, ``generation_order``, ``n_params``, ``release_date`` (each
+    falling back to the base's value when the post model's is unknown), then
+    the base's own.
     ``models`` keeps the pairs whose post or base model is listed.
     Pairs whose base is not registered are left out.
     """
@@ -143,6 +145,7 @@ def pairs(con, models: Sequence[str] | None = None) -> pd.DataFrame:
            coalesce(p.generation, b.generation) AS generation,
            coalesce(p.generation_order, b.generation_order) AS generation_order,
            coalesce(p.n_params, b.n_params) AS n_params,
+           coalesce(p.release_date, b.release_date) AS release_date,
            b.family AS base_family, b.generation AS base_generation,
            b.generation_order AS base_generation_order, b.n_params AS base_n_params
     FROM models p JOIN models b ON b.name = p.base_model

@@ -15,6 +15,7 @@ import pandas as pd
 from psystats.warehouse.db import WarehouseError
 
 from .effects_spec import (
+    DAYS_PER_YEAR,
     MIN_POOLED_LEVELS,
     MIN_RESIDUAL_DF,
     NO_DOMAIN,
@@ -144,6 +145,33 @@ def _cell_designs(
     return out
 
 
+def _years_since_first_release(cells: pd.DataFrame, pair_tab: pd.DataFrame) -> pd.Series:
+    """Per pair (``pair_tab`` order): years from its family's first release date in the data.
+
+    The pair's date is its post-trained model's ``release_date`` (the base's when
+    the post model has none).  The origin drops out when the design centres the
+    scale within each family; it only makes the values readable.  Refuses, naming
+    the models, when a pair has no date: treating it as its family's average, as
+    the other scales do for an unknown generation, would put an invented date
+    into a slope whose unit is a year.
+    """
+    day = pd.to_datetime(pair_tab["release_date"], errors="coerce")
+    if day.isna().any():
+        missing = pair_tab.loc[day.isna(), "pair"].tolist()
+        names = missing
+        if "post_model" in cells:
+            post = cells.groupby("pair", sort=True)["post_model"].first()
+            names = [str(post.get(p, p)) for p in missing]
+        raise WarehouseError(
+            f"--generation-scale date needs the release date of every pair's model; "
+            f"{_n(len(names), 'model')} without one: {_few(names, 10)}. Set each with "
+            f"`psystats models set {names[0]} release_date=YYYY-MM-DD` (YYYY-MM will do), "
+            "or fit with --generation-scale rank"
+        )
+    first = day.groupby(pair_tab["family"]).transform("min")
+    return (day - first).dt.days / DAYS_PER_YEAR
+
+
 def _moment_scales(
     c: pd.DataFrame, designs: dict[str, np.ndarray]
 ) -> dict[str, tuple[float, float]]:
@@ -213,6 +241,7 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
         ("n", np.nan),
         ("n_params", np.nan),
         ("generation_order", np.nan),
+        ("release_date", None),
     ):
         if col not in c:
             c[col] = default
@@ -267,6 +296,7 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             family=("family", "first"),
             n_params=("n_params", "first"),
             generation_order=("generation_order", "first"),
+            release_date=("release_date", "first"),
             n_cells=("experiment", "size"),
         )
         .reset_index()
@@ -339,13 +369,16 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             size_center = float(lx.mean())
             size_x = lx - size_center
 
-    # Generation: generation_order (or its rank within family) centred within family.
+    # Generation: generation_order (or its rank within family, or the release date)
+    # centred within family.
     gen_x = np.zeros(P)
     gen_o = pd.to_numeric(pair_tab["generation_order"], errors="coerce")
     if spec.generation_scale == "rank":
         # One step per successive generation of the family, whatever the version numbers
         # (3 -> 3.1 -> 3.2 and 2 -> 2.5 -> 3 both become 0 -> 1 -> 2).
         gen_o = gen_o.groupby(pair_tab["family"]).rank(method="dense") - 1
+    elif spec.generation_scale == "date" and "generation" in active:
+        gen_o = _years_since_first_release(c, pair_tab)
     if "generation" in active:
         varying = []
         for f in range(F):

@@ -33,8 +33,10 @@ TERMS = (
 )
 NO_DOMAIN = "(no domain)"
 MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of a pooled scale
-# rank: successive generations within a family are one step apart; number: the version.
-GENERATION_SCALES = ("rank", "number")
+# rank: successive generations within a family are one step apart; number: the version;
+# date: years between release dates (models.release_date).
+GENERATION_SCALES = ("rank", "number", "date")
+DAYS_PER_YEAR = 365.25
 MIN_RESIDUAL_DF = 2  # fewer cells beyond the location parameters: sigma_cell fixed at 0
 # The data scale (nats per response, or SDs) the default priors are written for:
 # cells whose root mean square exceeds it get default priors widened in proportion.
@@ -127,8 +129,11 @@ class EffectsSpec:
     that ratio (:func:`resolve_priors`); priors given in ``priors`` are kept.
     ``generation_scale``: ``rank`` (default; 0, 1, 2, ... over the distinct
     generations of a family in the data, so one step is one successive
-    generation in every family) or ``number`` (``generation_order`` itself,
-    e.g. 3 -> 3.1 -> 3.2 steps of 0.1 but 2 -> 2.5 -> 3 steps of 0.5).
+    generation in every family), ``number`` (``generation_order`` itself,
+    e.g. 3 -> 3.1 -> 3.2 steps of 0.1 but 2 -> 2.5 -> 3 steps of 0.5) or
+    ``date`` (years since the family's first release in the data, from
+    ``models.release_date``; every pair needs a date).  All three are centred
+    within each family, so only the spacing of a family's generations matters.
     """
 
     terms: dict[str, bool] = field(default_factory=lambda: {t: True for t in TERMS})
