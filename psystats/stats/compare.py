@@ -32,29 +32,51 @@ _ELPD_INDEX = [
 ]
 
 
-def attach_pointwise_loo(idata, elpd, observed: str = "y") -> None:
-    """Add ``elpd`` (an ArviZ ``ELPDData`` with ``pointwise=True``) to ``idata`` as a group."""
+def attach_pointwise_loo(
+    idata,
+    elpd,
+    observed: str = "y",
+    *,
+    labels: Sequence[str] | None = None,
+    values: Sequence[float] | np.ndarray | None = None,
+    observed_variable: str | None = None,
+) -> None:
+    """Add ``elpd`` (an ArviZ ``ELPDData`` with ``pointwise=True``) to ``idata`` as a group.
+
+    The observations are named by ``labels`` and their observed ``values``
+    are kept beside them (``fit compare`` checks both); by default both come
+    from ``idata.observed_data[observed]``.
+    """
     import warnings
 
     import xarray as xr
 
-    obs = idata.observed_data[observed]
-    dim = obs.dims[0] if obs.dims else "observation"
-    coords = {dim: obs.coords[dim].values} if dim in obs.coords else {}
+    if labels is None or values is None:
+        obs = idata.observed_data[observed]
+        dim = obs.dims[0] if obs.dims else "observation"
+        if labels is None:
+            labels = (
+                [str(v) for v in obs.coords[dim].values]
+                if dim in obs.coords
+                else [str(i) for i in range(obs.size)]
+            )
+        if values is None:
+            values = np.asarray(obs.values, dtype=float).ravel()
+    dim = "observation"
     ds = xr.Dataset(
         {
             "loo_i": (dim, np.asarray(elpd.loo_i, dtype=float).ravel()),
             "pareto_k": (dim, np.asarray(elpd.pareto_k, dtype=float).ravel()),
-            "observed": (dim, np.asarray(obs.values, dtype=float).ravel()),
+            "observed": (dim, np.asarray(values, dtype=float).ravel()),
         },
-        coords=coords,
+        coords={dim: np.asarray([str(v) for v in labels], dtype=str)},
         attrs={
             "elpd_loo": float(elpd.elpd_loo),
             "se": float(elpd.se),
             "p_loo": float(elpd.p_loo),
             "n_samples": int(elpd.n_samples),
             "good_k": float(getattr(elpd, "good_k", 0.7)),
-            "observed_variable": observed,
+            "observed_variable": observed_variable or observed,
         },
     )
     with warnings.catch_warnings():
@@ -88,6 +110,63 @@ def _elpd(ds, name: str):
     )
 
 
+def _data_key(fid: int, row: dict, ds) -> dict:
+    dim = ds["loo_i"].dims[0]
+    return {
+        "fit": fid,
+        "kind": row["kind"],
+        "scale": row.get("scale"),
+        "condition": row.get("condition"),
+        "variable": ds.attrs.get("observed_variable"),
+        "labels": list(map(str, ds[dim].values)) if dim in ds.coords else None,
+        "values": np.asarray(ds["observed"].values, dtype=float),
+    }
+
+
+def _aligned(ds, key: dict, ref: dict):
+    """``ds``/``key`` in ``ref``'s order of observations when both name the same ones.
+
+    Fits of the same cells may list them in another order (an effects fit
+    and a formula fit): their labels match them up.
+    """
+    a, b = ref["labels"], key["labels"]
+    if a is None or b is None or a == b or len(a) != len(b) or len(set(a)) != len(a):
+        return ds, key
+    if set(a) != set(b):
+        return ds, key
+    dim = ds["loo_i"].dims[0]
+    pos = {lab: i for i, lab in enumerate(b)}
+    ds = ds.isel({dim: [pos[lab] for lab in a]})
+    return ds, {**key, "labels": list(a), "values": np.asarray(ds["observed"].values, float)}
+
+
+def _data_difference(a: dict, b: dict) -> str | None:
+    """What differs between the observations of two fits, in words (None: the same data)."""
+    extra = []
+    for k, what in (("scale", "scale"), ("condition", "condition")):
+        if a[k] != b[k]:
+            extra.append(f"{what} {a[k]!r} vs {b[k]!r}")
+    extra_text = "; " + ", ".join(extra) if extra else ""
+    n_a, n_b = a["values"].size, b["values"].size
+    if n_a != n_b:
+        return f"{n_a} vs {n_b} observations{extra_text}"
+    if a["labels"] is not None and b["labels"] is not None and a["labels"] != b["labels"]:
+        i = next(i for i, (x, y) in enumerate(zip(a["labels"], b["labels"])) if x != y)
+        return (
+            f"observation {i + 1} is {a['labels'][i]!r} in one and {b['labels'][i]!r} in the "
+            f"other{extra_text}"
+        )
+    close = np.isclose(a["values"], b["values"], rtol=1e-9, atol=1e-12, equal_nan=True)
+    if not close.all():
+        i = int(np.argmin(close))
+        name = a["labels"][i] if a["labels"] is not None else str(i + 1)
+        return (
+            f"different observed values, first at {name!r}: {a['values'][i]:.6g} vs "
+            f"{b['values'][i]:.6g}{extra_text}"
+        )
+    return None
+
+
 def compare_fits(con, fit_ids: Sequence[int]) -> pd.DataFrame:
     """``arviz.compare`` over stored fits of the same data; one row per fit, best first.
 
@@ -104,7 +183,8 @@ def compare_fits(con, fit_ids: Sequence[int]) -> pd.DataFrame:
     ids = [int(f) for f in fit_ids]
     if len(set(ids)) < 2:
         raise WarehouseError("fit compare needs at least two different fit ids")
-    loos, ref, ref_id = {}, None, None
+    loos: dict = {}
+    ref: dict | None = None
     kinds = {}
     for fid in ids:
         row, idata = load_fit(con, fid)
@@ -115,22 +195,17 @@ def compare_fits(con, fit_ids: Sequence[int]) -> pd.DataFrame:
                 "checks (without --no-checks); fits stored before this feature lack it"
             )
         ds = idata[GROUP]
-        dim = ds["loo_i"].dims[0]
-        key = (
-            list(map(str, ds[dim].values)) if dim in ds.coords else None,
-            np.asarray(ds["observed"].values, dtype=float),
-        )
+        key = _data_key(fid, row, ds)
         if ref is None:
-            ref, ref_id = key, fid
-        elif (
-            key[0] != ref[0]
-            or key[1].shape != ref[1].shape
-            or not np.allclose(key[1], ref[1], rtol=1e-9, atol=1e-12)
-        ):
-            raise WarehouseError(
-                f"fits {ref_id} and {fid} are not of the same data (different "
-                "observations): LOO can only compare models of the same observations"
-            )
+            ref = key
+        else:
+            ds, key = _aligned(ds, key, ref)
+            why = _data_difference(ref, key)
+            if why:
+                raise WarehouseError(
+                    f"fits {ref['fit']} and {fid} are not of the same data ({why}): "
+                    "PSIS-LOO can only compare models of the same observations"
+                )
         loos[f"fit {fid}"] = _elpd(ds, f"fit {fid}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

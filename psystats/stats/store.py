@@ -183,18 +183,45 @@ def summarise_posterior(
     return df
 
 
-def netcdf_record(*, summary: Any = None, **fields: Any) -> dict:
+VERSION_PACKAGES = ("pymc", "nutpie", "arviz", "numpy", "duckdb", "pytensor", "bambi")
+
+
+def package_versions() -> dict[str, str | None]:
+    """psystats, the statistical packages and Python: the versions a reanalysis needs."""
+    import platform
+    from importlib import metadata
+
+    from psystats.warehouse.provenance import __version__
+
+    out: dict[str, str | None] = {"psystats": __version__}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def netcdf_record(
+    *, summary: Any = None, dropped: Any = None, notes: Any = None, **fields: Any
+) -> dict:
     """The ``psystats_fit`` attribute of a fit's NetCDF (JSON; :func:`netcdf_attrs` reads it).
 
     Spec, priors actually used, data selection, terms kept and dropped (with
-    the reasons), the fit's messages, sampler settings and package versions.
+    the reasons), the fit's messages and notes, the gate rule and the
+    diagnostics, sampler settings and package versions (``versions``).
     """
     summary = dict(summary or {}) if isinstance(summary, Mapping) else {}
     return {
         **fields,
         "active_terms": summary.get("active_terms"),
-        "dropped_terms": summary.get("dropped_terms"),
+        "dropped_terms": dropped if dropped is not None else summary.get("dropped_terms"),
         "messages": summary.get("messages"),
+        "notes": list(notes) if notes else summary.get("notes"),
+        "gates": summary.get("gates"),
+        "versions": package_versions(),
+        "summary": summary or None,
     }
 
 
@@ -226,6 +253,8 @@ def save_fit(
     labels: Mapping[str, str] | None = None,
     name: str | None = None,
     element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    dropped: Any = None,
+    notes: Sequence[str] | None = None,
 ) -> int:
     """Write one fit: its ``fits`` row, its ``fit_params`` rows and its NetCDF; returns fit_id.
 
@@ -236,7 +265,9 @@ def save_fit(
     get ``fit_params`` rows (default: every posterior variable); the NetCDF
     always holds the whole ``InferenceData``.  ``labels`` and
     ``element_coords`` shape the ``fit_params`` labels and coords
-    (:func:`summarise_posterior`).
+    (:func:`summarise_posterior`).  ``dropped`` (terms left out, with the
+    reason) and ``notes`` go into the NetCDF's record (:func:`netcdf_record`;
+    by default the summary's ``dropped_terms`` and ``notes``).
     """
     from psystats.warehouse.provenance import __version__
 
@@ -279,6 +310,9 @@ def save_fit(
                     selection=selection,
                     sampler=sampler,
                     summary=summary,
+                    dropped=dropped,
+                    notes=notes,
+                    diagnostics=diagnostics,
                     passed=passed,
                     version=__version__,
                 )
