@@ -348,13 +348,14 @@ class Warehouse:
         return model, idata
 
     def compare(self, fit_ids: Sequence[int]) -> pd.DataFrame:
-        """PSIS-LOO comparison (``arviz.compare``) of fits of the same cells.
+        """PSIS-LOO comparison (``arviz.compare``) of stored fits of the same data.
 
-        The pointwise log-likelihood is recomputed from each fit's stored
-        posterior and its rebuilt model; effects and formula fits qualify
-        (both model the cells with the same likelihood), matched cell by cell.
+        Each fit's pointwise leave-one-out values are read from its NetCDF;
+        any kinds qualify when they saw the same observations (an effects and
+        a formula fit of the same cells are matched cell by cell).  One row
+        per fit (``fit``, ``kind``, rank, elpd_loo, ...), best first.
         """
-        from psystats.stats.loo import compare_fits
+        from psystats.stats.compare import compare_fits
 
         with self.connection() as con:
             return compare_fits(con, [int(f) for f in fit_ids])

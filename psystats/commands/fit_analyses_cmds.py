@@ -15,75 +15,18 @@ import click
 
 from .brief_db import open_brief
 from .common import db_option, friendly_errors, print_rows
+from .sampling_options import sampling_options as shared_sampling_options
 
 
 def sampling_options(f: Callable) -> Callable:
-    """--draws/--tune/--chains/--seed/--sampler/--target-accept/... shared by the analyses."""
-    opts = [
-        click.option(
-            "--draws",
-            type=click.IntRange(1),
-            default=1000,
-            show_default=True,
-            help="Posterior draws per chain.",
-        ),
-        click.option(
-            "--tune",
-            type=click.IntRange(0),
-            default=1000,
-            show_default=True,
-            help="Warm-up iterations per chain.",
-        ),
-        click.option(
-            "--chains",
-            type=click.IntRange(1),
-            default=4,
-            show_default=True,
-            help="Chains (R-hat needs at least 2; use 4 or more).",
-        ),
-        click.option(
-            "--seed",
-            type=int,
-            default=0,
-            show_default=True,
-            help="Random seed (sampling, and the accuracy folds).",
-        ),
-        click.option(
-            "--sampler",
-            type=click.Choice(["nutpie", "pymc"]),
-            default="nutpie",
-            show_default=True,
-            help="nutpie, or PyMC's own NUTS.",
-        ),
-        click.option(
-            "--target-accept",
-            type=click.FloatRange(0.5, 0.999),
-            default=0.95,
-            show_default=True,
-            help="NUTS target acceptance rate.",
-        ),
-        click.option(
-            "--allow-diagnostics-failure",
-            is_flag=True,
-            help="Store the fit (passed = false) even if R-hat/ESS/divergences fail.",
-        ),
-        click.option(
-            "--netcdf-dir",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Folder for the NetCDF posterior [default: <db file>.fits/].",
-        ),
-        click.option("--name", default=None, help="A name for the fit (fits.name)."),
-        click.option(
-            "--experiment",
-            "experiments",
-            multiple=True,
-            help="Only these experiments (repeatable).",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f
+    """The options every ``fit`` subcommand shares (``sampling_options``) and --experiment."""
+    f = click.option(
+        "--experiment",
+        "experiments",
+        multiple=True,
+        help="Only these experiments (repeatable).",
+    )(f)
+    return shared_sampling_options(f)
 
 
 def _sampling_kwargs(kw: dict) -> dict:
@@ -110,13 +53,14 @@ def _check_names(con, models, experiments) -> None:
     check_names(con, "experiment", experiments)
 
 
-def _report(result: dict) -> None:
-    diag = result["diagnostics"]
-    for note in result.get("notes") or []:
+def _report(result) -> None:
+    """Notes and the gate line of a ``stats.pipeline.FitResult``."""
+    diag = result.diagnostics
+    for note in result.notes or []:
         click.echo(f"note: {note}", err=True)
     status = "passed" if diag.passed else "FAILED (" + "; ".join(diag.problems) + ")"
     click.echo(
-        f"fit {result['fit_id']}: diagnostics {status}; max R-hat {diag.max_rhat:.3f}, "
+        f"fit {result.fit_id}: diagnostics {status}; max R-hat {diag.max_rhat:.3f}, "
         f"min ESS bulk {diag.min_ess_bulk:.0f} / tail {diag.min_ess_tail:.0f}, "
         f"{diag.divergences} divergences"
     )
@@ -189,7 +133,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
     finally:
         con.close()
     _report(result)
-    sm = result["summary"]
+    sm = result.summary
     rows = [
         (
             f,
@@ -286,7 +230,7 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
     finally:
         con.close()
     _report(result)
-    sm = result["summary"]
+    sm = result.summary
     click.echo(f"ROPE: ±{sm['rope'][1]:g} ({sm['scale']})")
     rows = [
         (t, _interval(v), v["p_in_rope"], v["p_benefit"], v["p_harm"], v["verdict"])
@@ -359,7 +303,7 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
     finally:
         con.close()
     _report(result)
-    sm = result["summary"]
+    sm = result.summary
     rows = [
         (
             t,

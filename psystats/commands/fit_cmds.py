@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .common import db_option, friendly_errors, open_db, print_rows
+from .sampling_options import sampling_options
 
 
 @click.group()
@@ -17,39 +18,6 @@ def fit() -> None:
     Each fit is stored in the `fits` and `fit_params` tables and as a NetCDF
     file (`<db>.fits/fit-<id>.nc`) holding the whole posterior.
     """
-
-
-def sampling_options(f):
-    """--draws/--tune/--chains/--seed/--sampler/--target-accept/--allow-diagnostics-failure."""
-    opts = [
-        click.option("--draws", default=1000, show_default=True, help="Posterior draws per chain."),
-        click.option("--tune", default=1000, show_default=True, help="Warm-up draws per chain."),
-        click.option(
-            "--chains", default=4, show_default=True, help="Chains (at least 4 for the gates)."
-        ),
-        click.option("--seed", default=0, show_default=True, help="Random seed (recorded)."),
-        click.option(
-            "--sampler",
-            type=click.Choice(["nutpie", "pymc"]),
-            default="nutpie",
-            show_default=True,
-            help="NUTS implementation; pymc is the fallback.",
-        ),
-        click.option(
-            "--target-accept",
-            default=0.95,
-            show_default=True,
-            help="NUTS target acceptance; raise it (0.99) against divergences.",
-        ),
-        click.option(
-            "--allow-diagnostics-failure",
-            is_flag=True,
-            help="Store the fit (passed = false) even if R-hat/ESS/divergence gates fail.",
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
 
 
 @fit.command("effects")
@@ -118,13 +86,6 @@ def sampling_options(f):
     "type_domain comparison).",
 )
 @click.option("--no-checks", is_flag=True, help="Skip the posterior predictive check and PSIS-LOO.")
-@click.option("--name", default=None, help="A name stored with the fit.")
-@click.option(
-    "--netcdf-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for the NetCDF [default: <db>.fits/].",
-)
 @sampling_options
 @friendly_errors
 def effects(
@@ -141,8 +102,6 @@ def effects(
     no_compare,
     compare_without,
     no_checks,
-    name,
-    netcdf_dir,
     draws,
     tune,
     chains,
@@ -150,6 +109,8 @@ def effects(
     sampler,
     target_accept,
     allow_diagnostics_failure,
+    name,
+    netcdf_dir,
 ):
     """Post-training effects by type, family, size, generation and domain.
 

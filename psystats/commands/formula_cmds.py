@@ -13,12 +13,7 @@ from pathlib import Path
 import click
 
 from .common import db_option, friendly_errors, print_rows
-
-
-def _sampling_options(f):
-    from .fit_cmds import sampling_options
-
-    return sampling_options(f)
+from .sampling_options import sampling_options
 
 
 def _load_priors(text: str | None) -> dict | None:
@@ -71,11 +66,7 @@ def _load_priors(text: str | None) -> dict | None:
     "sigma defaults to HalfNormal(0.5).",
 )
 @click.option("--no-checks", is_flag=True, help="Skip the posterior predictive check and LOO.")
-@click.option("--name", default=None, help="A name stored with the fit.")
-@click.option(
-    "--netcdf-dir", type=click.Path(file_okay=False), default=None, help="Folder for the NetCDF."
-)
-@_sampling_options
+@sampling_options
 @friendly_errors
 def formula(
     formula,
@@ -88,8 +79,6 @@ def formula(
     scale,
     priors,
     no_checks,
-    name,
-    netcdf_dir,
     draws,
     tune,
     chains,
@@ -97,6 +86,8 @@ def formula(
     sampler,
     target_accept,
     allow_diagnostics_failure,
+    name,
+    netcdf_dir,
 ):
     """Fit any Bambi formula to the (pair, experiment) cells.
 

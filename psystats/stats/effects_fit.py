@@ -30,7 +30,7 @@ def posterior_predictive_summary(
     var_name: str = "y",
     add_to_idata: bool = True,
 ) -> dict:
-    """Posterior predictive check on the cell means.
+    """Posterior predictive check on the cell means (:func:`.sampling.ppc_statistics`).
 
     Replicates ``var_name`` from (at most ``max_draws``) posterior draws and
     reports the share of cells inside their 90% predictive interval and
@@ -38,7 +38,8 @@ def posterior_predictive_summary(
     maximum of the standardised cell values (y - E y_rep) / sd(y_rep).  With
     ``add_to_idata`` the replicated draws become ``idata``'s
     ``posterior_predictive`` group (stored in the fit's NetCDF, where the
-    report draws its predictive check from them).
+    report draws its predictive check from them).  The fit pipeline
+    (:mod:`.pipeline`) runs the same check on every analysis.
     """
     from .sampling import posterior_predictive_draws, ppc_statistics
 
@@ -49,42 +50,24 @@ def posterior_predictive_summary(
 
 
 def loo_summary(model, idata, *, max_draws: int = 1000) -> tuple[dict, Any]:
-    """PSIS-LOO (leave one cell out) with ArviZ on at most ``max_draws`` draws; (summary, ELPDData)."""
-    import warnings
+    """PSIS-LOO (leave one cell out) with ArviZ on at most ``max_draws`` draws; (summary, ELPDData).
 
-    import arviz as az
-    import pymc as pm
+    The pipeline's :func:`.pipeline.loo_check` on the observed cells ``y``,
+    without attaching the pointwise values to ``idata``.
+    """
+    from .pipeline import loo_check
 
-    from .sampling import thin_draws
-
-    thin = thin_draws(idata, max_draws)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ll = pm.compute_log_likelihood(
-            thin, model=model, var_names=["y"], extend_inferencedata=False, progressbar=False
-        )
-        thin = thin.copy()
-        thin.add_groups(
-            {"log_likelihood": ll.log_likelihood if hasattr(ll, "log_likelihood") else ll}
-        )
-        res = az.loo(thin, pointwise=True)
-    k = np.asarray(res.pareto_k)
-    return (
-        {
-            "elpd_loo": float(res.elpd_loo),
-            "se": float(res.se),
-            "p_loo": float(res.p_loo),
-            "n_cells": int(k.size),
-            "pareto_k_over_0.7": int(np.sum(k > 0.7)),
-            "draws": int(thin.posterior.sizes["chain"] * thin.posterior.sizes["draw"]),
-        },
-        res,
-    )
+    summary, res = loo_check(model, idata, ["y"], max_draws=max_draws, attach=False)
+    return dict(summary or {}), res
 
 
 @dataclass
 class EffectsFit:
-    """What :func:`fit_cells` returns (and :func:`fit_effects` after storing it)."""
+    """What :func:`fit_cells` returns (and :func:`fit_effects` after storing it).
+
+    ``result`` is the fit pipeline's :class:`~.pipeline.FitResult` (the same
+    idata, diagnostics and summary); :func:`fit_effects` stores it.
+    """
 
     idata: Any
     model: Any
@@ -94,6 +77,7 @@ class EffectsFit:
     summary: dict
     seconds: float
     fit_id: int | None = None
+    result: Any = None
 
 
 def fit_cells(
@@ -113,13 +97,15 @@ def fit_cells(
 ) -> EffectsFit:
     """Fit the effects model to a cell table (with ``y``/``se``), check it, summarise it.
 
-    Raises :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate
-    fails and ``allow_failure`` is false.  ``checks`` runs the posterior
+    Runs the fit pipeline (:func:`.pipeline.run_fit`: sample, gates on the
+    reported variables, posterior predictive check, PSIS-LOO).  Raises
+    :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate fails
+    and ``allow_failure`` is false.  ``checks`` runs the posterior
     predictive check and PSIS-LOO; ``compare`` also refits the model without
     each named term (``True``: type x domain; ``False``: none) and compares
     each refit with the full model by PSIS-LOO (``summary["loo"]["without"]``).
     """
-    from .sampling import diagnose, enforce, sample, sampler_record
+    from .pipeline import SamplingOptions, run_fit
 
     spec = spec or EffectsSpec()
     if compare is True:
@@ -133,16 +119,7 @@ def fit_cells(
         raise WarehouseError(
             f"cannot compare without {sorted(unknown)}: terms are {', '.join(TERMS)}"
         )
-    t0 = time.perf_counter()
-    data = prepare(cells, spec)
-    # The messages travel with the result (data.messages) and the stored fit;
-    # callers show them (the CLI prints each once as "note: ..."), so the log
-    # keeps them at INFO rather than printing them a second time.
-    for m in data.messages:
-        log.info(m)
-    model = build_effects_model(data, spec)
-    idata = sample(
-        model,
+    sampling = SamplingOptions(
         draws=draws,
         tune=tune,
         chains=chains,
@@ -151,8 +128,14 @@ def fit_cells(
         target_accept=target_accept,
         progressbar=progressbar,
     )
-    diag = diagnose(idata, var_names=reported_vars(model))
-    enforce(diag, allow_failure)
+    t0 = time.perf_counter()
+    data = prepare(cells, spec)
+    # The messages travel with the result (data.messages) and the stored fit;
+    # callers show them (the CLI prints each once as "note: ..."), so the log
+    # keeps them at INFO rather than printing them a second time.
+    for m in data.messages:
+        log.info(m)
+    model = build_effects_model(data, spec)
     summary: dict[str, Any] = {
         "messages": data.messages,
         "dropped_terms": data.dropped,
@@ -176,64 +159,80 @@ def fit_cells(
             "over experiments",
             "pairs": cd.to_dict("records"),
         }
-    if checks:
-        loo, loo_full = loo_summary(model, idata)
-        summary["loo"] = {"full": loo}
-        # Pointwise, in the NetCDF: `psystats fit compare` reads it back.
-        from .compare import attach_pointwise_loo
-
-        attach_pointwise_loo(idata, loo_full)
-        # Also adds the replicated draws to idata (posterior_predictive, in the NetCDF).
-        summary["ppc"] = posterior_predictive_summary(model, idata, seed=seed)
-        for term in compare_terms:
-            if term not in data.active:
-                summary["loo"].setdefault("without", {})[term] = {
-                    "skipped": f"term {term!r} is not in the fitted model"
-                }
-                continue
-            spec2 = replace(spec, terms={**spec.terms, term: False})
-            data2 = prepare(cells, spec2)
-            model2 = build_effects_model(data2, spec2)
-            idata2 = sample(
-                model2,
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                seed=seed,
-                sampler=sampler,
-                target_accept=target_accept,
-            )
-            diag2 = diagnose(idata2, var_names=reported_vars(model2))
-            loo2, loo_reduced = loo_summary(model2, idata2)
-            diff = loo_full.elpd_loo - loo_reduced.elpd_loo
-            # SE of the difference from the pointwise differences (as arviz.compare does).
-            pw = np.asarray(loo_full.loo_i) - np.asarray(loo_reduced.loo_i)
-            se_diff = float(np.sqrt(pw.size * np.var(pw)))
-            summary["loo"].setdefault("without", {})[term] = {
-                "loo": loo2,
-                "passed": diag2.passed,
-                "elpd_diff_full_minus_without": float(diff),
-                "se_diff": se_diff,
-                "preferred": (
-                    f"with {term}"
-                    if diff > 2 * se_diff
-                    else f"without {term}"
-                    if diff < -2 * se_diff
-                    else "no clear difference (|elpd diff| < 2 SE)"
-                ),
-            }
-    seconds = time.perf_counter() - t0
-    summary["sampler"] = sampler_record(idata)
     # The spec as fitted: every prior explicit, default ones widened by data.prior_scale.
+    fitted_spec = resolve_priors(spec, data.prior_scale)
+    result = run_fit(
+        model,
+        kind="effects",
+        observed="y",
+        reported=reported_vars(model),
+        sampling=sampling,
+        allow_failure=allow_failure,
+        checks=checks,
+        spec=spec.to_dict(),
+        priors=fitted_spec.all_priors(),
+        dropped=data.dropped,
+        summary=summary,
+        started=t0,
+    )
+    summary = result.summary
+    if checks and compare_terms:
+        summary["loo"]["without"] = {
+            term: _compare_without(cells, spec, term, data, result.loo, sampling)
+            for term in compare_terms
+        }
+    result.seconds = time.perf_counter() - t0
     return EffectsFit(
-        idata=idata,
+        idata=result.idata,
         model=model,
         data=data,
-        spec=resolve_priors(spec, data.prior_scale),
-        diagnostics=diag,
+        spec=fitted_spec,
+        diagnostics=result.diagnostics,
         summary=summary,
-        seconds=seconds,
+        seconds=result.seconds,
+        result=result,
     )
+
+
+def _compare_without(
+    cells: pd.DataFrame, spec: EffectsSpec, term: str, data: EffectsData, loo_full, sampling
+) -> dict:
+    """Refit without ``term`` through the same pipeline; PSIS-LOO difference to the full fit."""
+    from .pipeline import run_fit
+
+    if term not in data.active:
+        return {"skipped": f"term {term!r} is not in the fitted model"}
+    spec2 = replace(spec, terms={**spec.terms, term: False})
+    data2 = prepare(cells, spec2)
+    model2 = build_effects_model(data2, spec2)
+    # The reduced fit is only scored, not stored: its gates are reported, not enforced.
+    reduced = run_fit(
+        model2,
+        kind="effects",
+        observed="y",
+        reported=reported_vars(model2),
+        sampling=replace(sampling, progressbar=False),
+        allow_failure=True,
+        ppc=False,
+    )
+    loo_reduced = reduced.loo
+    diff = loo_full.elpd_loo - loo_reduced.elpd_loo
+    # SE of the difference from the pointwise differences (as arviz.compare does).
+    pw = np.asarray(loo_full.loo_i) - np.asarray(loo_reduced.loo_i)
+    se_diff = float(np.sqrt(pw.size * np.var(pw)))
+    return {
+        "loo": reduced.summary["loo"]["full"],
+        "passed": reduced.diagnostics.passed,
+        "elpd_diff_full_minus_without": float(diff),
+        "se_diff": se_diff,
+        "preferred": (
+            f"with {term}"
+            if diff > 2 * se_diff
+            else f"without {term}"
+            if diff < -2 * se_diff
+            else "no clear difference (|elpd diff| < 2 SE)"
+        ),
+    }
 
 
 def fit_effects(
@@ -254,7 +253,7 @@ def fit_effects(
     ``allow_failure=True``, then it is stored with ``passed = false``).
     """
     from .cells import build_cells, with_scale
-    from .store import save_fit
+    from .pipeline import StoreOptions, save_result
 
     spec = spec or EffectsSpec()
     base_condition = base_condition or post_condition
@@ -286,22 +285,17 @@ def fit_effects(
         if post_condition == base_condition
         else f"{post_condition} vs {base_condition}"
     )
-    fit.fit_id = save_fit(
+    fit.result.selection = selection
+    fit.fit_id = save_result(
         con,
-        kind="effects",
-        idata=fit.idata,
-        spec=spec.to_dict(),
-        priors=fit.spec.all_priors(),
-        selection=selection,
-        condition=condition,
-        scale=spec.scale,
-        sampler=fit.summary["sampler"],
-        diagnostics=fit.diagnostics,
-        summary=fit.summary,
-        seconds=fit.seconds,
-        netcdf_dir=netcdf_dir,
-        var_names=reported_vars(fit.model),
-        labels=LABELS,
-        name=name,
+        fit.result,
+        StoreOptions(
+            condition=condition,
+            scale=spec.scale,
+            name=name,
+            labels=LABELS,
+            var_names=reported_vars(fit.model),
+            netcdf_dir=netcdf_dir,
+        ),
     )
     return fit

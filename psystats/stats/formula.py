@@ -226,36 +226,7 @@ class FormulaFit:
     seconds: float
     priors: dict = field(default_factory=dict)
     fit_id: int | None = None
-
-
-def _loo(pm_model, idata, var: str, max_draws: int = 1000) -> tuple[dict, Any]:
-    import arviz as az
-    import pymc as pm
-
-    from .sampling import thin_draws
-
-    thin = thin_draws(idata, max_draws)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ll = pm.compute_log_likelihood(
-            thin, model=pm_model, var_names=[var], extend_inferencedata=False, progressbar=False
-        )
-        thin = thin.copy()
-        thin.add_groups(
-            {"log_likelihood": ll.log_likelihood if hasattr(ll, "log_likelihood") else ll}
-        )
-        res = az.loo(thin, pointwise=True)
-    k = np.asarray(res.pareto_k)
-    return (
-        {
-            "elpd_loo": float(res.elpd_loo),
-            "se": float(res.se),
-            "p_loo": float(res.p_loo),
-            "n_cells": int(k.size),
-            "pareto_k_over_0.7": int(np.sum(k > 0.7)),
-        },
-        res,
-    )
+    result: Any = None  # the fit pipeline's FitResult (stats.pipeline)
 
 
 def fit_formula_cells(
@@ -278,23 +249,9 @@ def fit_formula_cells(
     fails and ``allow_failure`` is false.  ``checks`` adds the posterior
     predictive check (draws kept in the NetCDF) and PSIS-LOO over cells.
     """
-    from .sampling import (
-        diagnose,
-        enforce,
-        posterior_predictive_draws,
-        ppc_statistics,
-        sample,
-        sampler_record,
-    )
+    from .pipeline import SamplingOptions, run_fit
 
-    t0 = time.perf_counter()
-    frame, messages = formula_frame(cells)
-    for m in messages:
-        log.warning(m)
-    model = build_formula_model(frame, formula, priors=priors)
-    pm_model = model.backend.model
-    idata = sample(
-        pm_model,
+    sampling = SamplingOptions(
         draws=draws,
         tune=tune,
         chains=chains,
@@ -302,9 +259,11 @@ def fit_formula_cells(
         sampler=sampler,
         target_accept=target_accept,
     )
-    names = reported_vars(model)
-    diag = diagnose(idata, var_names=names)
-    enforce(diag, allow_failure)
+    t0 = time.perf_counter()
+    frame, messages = formula_frame(cells)
+    for m in messages:
+        log.warning(m)
+    model = build_formula_model(frame, formula, priors=priors)
     response = model.response_component.response.name
     summary: dict[str, Any] = {
         "formula": formula,
@@ -318,21 +277,33 @@ def fit_formula_cells(
         if frame["log_params_raw"].notna().any()
         else None,
     }
-    if checks:
-        summary["loo"] = {"full": _loo(pm_model, idata, response)[0]}
-        rep, y = posterior_predictive_draws(pm_model, idata, response, seed=seed)
-        summary["ppc"] = ppc_statistics(y, rep)
-    summary["sampler"] = sampler_record(idata)
-    _attach_frame(idata, frame)
+    used_priors = {k: str(v) for k, v in _bambi_priors(priors).items()}
+    result = run_fit(
+        model.backend.model,
+        kind="formula",
+        observed=response,
+        reported=reported_vars(model),
+        sampling=sampling,
+        allow_failure=allow_failure,
+        checks=checks,
+        # Cells named as in the effects fit, so `fit compare` matches them up.
+        observation_labels=[f"{p} / {e}" for p, e in zip(frame["pair"], frame["experiment"])],
+        spec={"formula": formula, "priors": dict(priors or {})},
+        priors=used_priors,
+        summary=summary,
+        started=t0,
+    )
+    _attach_frame(result.idata, frame)
     return FormulaFit(
         formula=formula,
-        idata=idata,
+        idata=result.idata,
         model=model,
         frame=frame,
-        diagnostics=diag,
-        summary=summary,
-        seconds=time.perf_counter() - t0,
-        priors={k: str(v) for k, v in _bambi_priors(priors).items()},
+        diagnostics=result.diagnostics,
+        summary=result.summary,
+        seconds=result.seconds,
+        priors=used_priors,
+        result=result,
     )
 
 
@@ -383,7 +354,7 @@ def fit_formula(
     Nothing is written when a gate fails (unless ``allow_failure=True``).
     """
     from .cells import build_cells, with_scale
-    from .store import save_fit
+    from .pipeline import StoreOptions, save_result
 
     base_condition = base_condition or post_condition
     cells = with_scale(
@@ -413,22 +384,18 @@ def fit_formula(
         if post_condition == base_condition
         else f"{post_condition} vs {base_condition}"
     )
-    fit.fit_id = save_fit(
+    fit.result.spec = {"formula": formula, "priors": dict(priors or {}), "scale": scale}
+    fit.result.selection = selection
+    fit.fit_id = save_result(
         con,
-        kind="formula",
-        idata=fit.idata,
-        spec={"formula": formula, "priors": dict(priors or {}), "scale": scale},
-        priors=fit.priors,
-        selection=selection,
-        condition=condition,
-        scale=scale,
-        sampler=fit.summary["sampler"],
-        diagnostics=fit.diagnostics,
-        summary=fit.summary,
-        seconds=fit.seconds,
-        netcdf_dir=netcdf_dir,
-        var_names=reported_vars(fit.model),
-        name=name,
+        fit.result,
+        StoreOptions(
+            condition=condition,
+            scale=scale,
+            name=name,
+            var_names=reported_vars(fit.model),
+            netcdf_dir=netcdf_dir,
+        ),
     )
     return fit
 
