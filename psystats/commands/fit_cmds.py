@@ -197,17 +197,20 @@ def effects(
 def compare(db, fit_ids):
     """Compare stored fits of the same data by PSIS-LOO (arviz.compare).
 
-    Each fit must have run its checks (it stores its pointwise LOO in its
-    NetCDF) and the fits must have seen the same observations, e.g. `fit
-    effects` with and without a term, or with other priors.  Prints, best
-    first: ELPD, p_loo, the ELPD difference to the best fit and its SE (from
-    the pointwise differences), the stacking weight and whether some Pareto k
-    is too high.
+    Any kind of fit qualifies if it ran its checks (it stores its pointwise
+    LOO in its NetCDF); the fits must have seen the same observations, e.g.
+    `fit effects` with and without a term or with other priors, or an
+    effects fit and a `fit formula` fit of the same cells (matched cell by
+    cell).  Otherwise the error says what differs.  Prints, best first:
+    ELPD, p_loo, the ELPD difference to the best fit and its SE (from the
+    pointwise differences), the stacking weight and whether some Pareto k is
+    too high.
 
     \b
     Examples:
       psystats fit effects && psystats fit effects --no-term type_domain
       psystats fit compare 1 2
+      psystats fit formula "mean ~ type + (1|experiment)" && psystats fit compare 1 3
     """
     from psystats.stats.compare import compare_fits
 
