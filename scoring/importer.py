@@ -32,6 +32,7 @@ import pyarrow as pa
 from psystats.warehouse.brief import local_connection
 from psystats.warehouse.db import WarehouseError, scalar, transaction
 from psystats.warehouse.hashing import file_sha256
+from psystats.warehouse.parquet_layout import write_rows
 
 from . import registry
 
@@ -589,11 +590,22 @@ def _validate_and_write(
                 json.dumps({"imported_rows": n_rows}),
             ],
         )
-        con.execute(
-            "INSERT INTO scores (run_id, response_id, nll, n_tokens, first_token_nll, top1_all, "
-            "top1_first, first_token_entropy) SELECT ?, response_id, nll, n_tokens, first_token_nll, "
-            "top1_all, top1_first, first_token_entropy FROM _import_rows ORDER BY response_id",
-            [run_id],
+        # The one writer of score rows (an INSERT, or a Parquet file of the run's partition).
+        write_rows(
+            con,
+            "scores",
+            run_id,
+            "_import_rows",
+            [
+                "response_id",
+                "nll",
+                "n_tokens",
+                "first_token_nll",
+                "top1_all",
+                "top1_first",
+                "first_token_entropy",
+            ],
+            order_by="response_id",
         )
     return ImportResult(
         run_id=run_id,

@@ -176,14 +176,18 @@ def _insert_new(
     rows = rows.filter(pc.is_in(rows["response_id"], value_set=new_ids))
     if rows.num_rows == 0:
         return 0
-    rows = rows.add_column(0, "run_id", pa.array([run_id] * rows.num_rows, pa.int32()))
-    names = ", ".join(rows.column_names)
+    # One writer for both layouts: an INSERT, or a new Parquet file of the run's
+    # partition (warehouse/parquet_layout.py) visible when the batch commits.
+    from psystats.warehouse.parquet_layout import write_rows
+
     con.register("_score_rows", rows)
     try:
-        con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _score_rows")
+        write_rows(con, table, run_id, "_score_rows", rows.column_names)
     finally:
         con.unregister("_score_rows")
     return rows.num_rows
+
+
 
 
 def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: ScoreBatch) -> int:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import parquet_layout
+from psystats.warehouse.db import WarehouseError, scalar, transaction
 
 from .shard_files import finished_units, read_shard
 from .shard_keys import ShardError, _read_json
@@ -80,13 +81,76 @@ def _check_against_warehouse(
 
 
 def merge_unit(con: duckdb.DuckDBPyConnection, run_id: int, mpath: Path) -> tuple[dict, int, int]:
-    """Merge one verified shard into run ``run_id``: (manifest, rows added, rows already present)."""
+    """Merge one verified shard into run ``run_id``: (manifest, rows added, rows already present).
+
+    Under the Parquet scores layout a shard none of whose rows the run holds
+    yet is *registered*: its files are hard-linked (copied across
+    filesystems) into the run's partitions, never rewritten row by row.
+    """
     from psystats.scoring.runs import write_batch
 
     m, batch = read_shard(mpath)
     _check_against_warehouse(con, mpath, m, batch)
-    added = int(write_batch(con, run_id, batch))
+    added = None
+    if parquet_layout.is_parquet(con):
+        added = register_unit(con, run_id, mpath, m, batch)
+    if added is None:  # the DuckDB layout, or a shard that overlaps rows already stored
+        added = int(write_batch(con, run_id, batch))
     return m, added, batch.scores.num_rows - added
+
+
+# Shard table name -> warehouse table.
+SHARD_TABLES = {"scores": "scores", "options": "option_scores", "tokens": "token_scores"}
+
+
+def register_unit(
+    con: duckdb.DuckDBPyConnection, run_id: int, mpath: Path, m: dict, batch: ScoreBatch
+) -> int | None:
+    """Add a shard's files to run ``run_id``'s Parquet partitions in one transaction.
+
+    Returns the rows added (0 when the run holds all of them already), or
+    None when the files cannot be used as they are (the run holds some of
+    the rows, or a file's columns are not the table's): the caller then
+    writes the new rows through ``write_batch``.
+    """
+    from psystats.scoring.runs import SKIP_PREFIX, _merge_counts
+
+    ids = batch.scores.select(["response_id"])
+    with transaction(con):
+        if scalar(con, "SELECT status FROM score_runs WHERE run_id = ?", [run_id]) is None:
+            raise WarehouseError(f"score run {run_id} does not exist")
+        con.register("_shard_ids", ids)
+        try:
+            present = int(
+                scalar(
+                    con,
+                    "SELECT count(*) FROM _shard_ids b WHERE EXISTS (SELECT 1 FROM scores s "
+                    "WHERE s.run_id = ? AND s.response_id = b.response_id)",
+                    [run_id],
+                )
+            )
+        finally:
+            con.unregister("_shard_ids")
+        if present == ids.num_rows:
+            return 0
+        files = []
+        if any(name not in SHARD_TABLES for name in m["files"]):
+            return None  # e.g. word scores, kept in the DuckDB file: write_batch does all
+        for name, info in m["files"].items():
+            table = SHARD_TABLES[name]
+            part = getattr(batch, name)
+            if part is None or part.column_names != parquet_layout.table_columns(con, table):
+                return None
+            files.append((table, mpath.parent / info["file"], int(info["rows"])))
+        if present:
+            return None
+        for table, path, rows in files:
+            if rows:
+                parquet_layout.register_file(con, table, run_id, path, rows)
+        add = {k: v for k, v in batch.counts.items() if not k.startswith(SKIP_PREFIX)}
+        if ids.num_rows:
+            _merge_counts(con, run_id, add, replace_skips=False)
+    return ids.num_rows
 
 
 def _start_run_for_key(

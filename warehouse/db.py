@@ -130,6 +130,13 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             f"warehouse schema version {current} is newer than this psystats "
             f"understands ({SCHEMA_VERSION}); upgrade psystats"
         )
+    # Under the Parquet scores layout the score tables are views; migrations
+    # ALTER the empty tables that keep their columns (warehouse/parquet_layout.py).
+    from . import parquet_layout
+
+    layout_cols = None
+    if 0 < current < SCHEMA_VERSION and parquet_layout.before_migrations(con):
+        layout_cols = parquet_layout.columns_now(con)
     for version in range(current + 1, SCHEMA_VERSION + 1):
         con.execute("BEGIN TRANSACTION")
         try:
@@ -139,6 +146,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         except Exception:
             con.execute("ROLLBACK")
             raise
+    if layout_cols is not None:
+        parquet_layout.after_migrations(con, layout_cols)
     return SCHEMA_VERSION
 
 
@@ -188,12 +197,20 @@ def connect(
                     f"{path}: folder {parent} does not exist; create it first (mkdir -p {parent})"
                 )
     locked = bool(config and config.get("lock_configuration"))
+    no_external = False
     if locked:  # no SET after a locked configuration: pass the memory settings with it
         # DuckDB applies settings in order, and refuses temp_directory when it
         # comes before enable_external_access=false: the sandbox goes first.
         # The progress bar is a per-connection setting: set below, then lock.
+        # External access goes off after the open, once the Parquet scores
+        # folder (if any) is allowed: DuckDB refuses allowed_directories later.
+        no_external = (config or {}).get("enable_external_access") is False
         config = {
-            **{k: v for k, v in (config or {}).items() if k != "lock_configuration"},
+            **{
+                k: v
+                for k, v in (config or {}).items()
+                if k != "lock_configuration" and not (no_external and k == "enable_external_access")
+            },
             **memory_settings(path),
         }
     con = open_file(
@@ -203,10 +220,20 @@ def connect(
         if not locked:
             apply_memory_settings(con, path)
         else:
+            if no_external:
+                from .parquet_layout import allowed_directories
+
+                folders = allowed_directories(con)
+                if folders:
+                    con.execute("SET allowed_directories = ?", [folders])
+                con.execute("SET enable_external_access = false")
             con.execute("SET enable_progress_bar = false")
             con.execute("SET lock_configuration = true")
         if not read_only:
             migrate(con)
+            from .parquet_layout import on_open
+
+            on_open(con)
         else:
             check_schema(con, path)
     except duckdb.Error as e:
@@ -374,17 +401,46 @@ def environment_error(e: BaseException, path: str, *, read_only: bool = False) -
     return WarehouseError(f"{path}: {first}")
 
 
+# Work to finish when the transaction open on a connection ends (by id(con)):
+# a Parquet score file is renamed into sight on commit, deleted on rollback.
+_TX_HOOKS: dict[int, list[Callable[[bool], None]]] = {}
+
+
+def on_transaction_end(con: duckdb.DuckDBPyConnection, hook: Callable[[bool], None]) -> bool:
+    """Call ``hook(committed)`` when the :func:`transaction` open on ``con`` ends.
+
+    Returns False (and registers nothing) when no such transaction is open.
+    """
+    hooks = _TX_HOOKS.get(id(con))
+    if hooks is None:
+        return False
+    hooks.append(hook)
+    return True
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """``with transaction(con):`` commits on success and rolls back on any exception."""
     con.execute("BEGIN TRANSACTION")
+    hooks: list[Callable[[bool], None]] = []
+    _TX_HOOKS[id(con)] = hooks
     try:
         yield con
     except BaseException:
+        _TX_HOOKS.pop(id(con), None)
         con.execute("ROLLBACK")
+        for hook in hooks:
+            hook(False)
         raise
-    else:
+    _TX_HOOKS.pop(id(con), None)
+    try:
         con.execute("COMMIT")
+    except BaseException:
+        for hook in hooks:
+            hook(False)
+        raise
+    for hook in hooks:
+        hook(True)
 
 
 def next_id(con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:

@@ -39,7 +39,7 @@ import duckdb
 import pyarrow as pa
 
 from . import domains as domain_map
-from . import staleness
+from . import parquet_layout, staleness
 from .db import WarehouseError, next_id, scalar, transaction
 from .normalise import as_number
 from .sources import DEFAULT_MAX_LINE_BYTES, LineError, SourceFile, discover_all
@@ -278,12 +278,11 @@ def _delete_participant(con: duckdb.DuckDBPyConnection, pkey: int) -> set[int]:
     Returns the score runs that lost scores, to be marked incomplete.
     """
     runs = staleness.runs_scoring(con, pkey)
-    for table in ("scores", "option_scores", "token_scores"):
-        con.execute(
-            f"DELETE FROM {table} WHERE response_id IN "
-            "(SELECT response_id FROM responses WHERE participant_key = ?)",
-            [pkey],
-        )
+    # Both scores layouts: DELETE, or (Parquet files are never rewritten) rows
+    # listed in score_rows_deleted, which the views leave out.
+    parquet_layout.delete_responses(
+        con, "SELECT response_id FROM responses WHERE participant_key = ?", [pkey]
+    )
     for table in ("responses", "transcripts", "participant_metadata", "participants"):
         con.execute(f"DELETE FROM {table} WHERE participant_key = ?", [pkey])
     return runs

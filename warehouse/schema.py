@@ -288,11 +288,58 @@ MIGRATION_RELEASE_DATE = """
 ALTER TABLE models ADD COLUMN release_date DATE;
 """
 
+# Issue 12: warehouse-wide settings (the scores layout, 'duckdb' or 'parquet',
+# and where the Parquet files are: warehouse/parquet_layout.py), the Parquet
+# files each run's rows are in, and rows deleted from runs whose files stay.
+MIGRATION_SCORES_LAYOUT = """
+CREATE TABLE warehouse_settings (
+    key    VARCHAR PRIMARY KEY,
+    value  VARCHAR NOT NULL
+);
+INSERT INTO warehouse_settings VALUES ('scores_layout', 'duckdb');
+CREATE TABLE score_files (
+    table_name  VARCHAR NOT NULL,       -- scores | option_scores | token_scores
+    run_id      INTEGER NOT NULL,
+    file        VARCHAR NOT NULL,       -- relative to <scores dir>/<table>/
+    n_rows      BIGINT NOT NULL,
+    source      VARCHAR,                -- 'write', or 'link:<shard file>' / 'copy:<shard file>'
+    added_at    TIMESTAMP NOT NULL
+);
+CREATE TABLE score_rows_deleted (
+    run_id       INTEGER NOT NULL,
+    response_id  BIGINT NOT NULL
+);
+"""
+
+# Issue 15: finer scores.  Per token (score --entropy / --rank): the entropy
+# (nats) of the next-token distribution and the rank of the human's token
+# (1: the model's top token); NULL unless asked.  Per word (score
+# --word-level): scoring/words.py defines words and the beginning-of-word
+# correction; `nll` is corrected when the run's settings say so,
+# `token_nll` is the plain sum of the word's token NLLs.
+MIGRATION_FINER_SCORES = """
+ALTER TABLE token_scores ADD COLUMN entropy DOUBLE;
+ALTER TABLE token_scores ADD COLUMN rank INTEGER;
+CREATE TABLE word_scores (
+    run_id       INTEGER NOT NULL,
+    response_id  BIGINT NOT NULL,
+    word_index   INTEGER NOT NULL,      -- 0-based, within the response
+    word         VARCHAR NOT NULL,
+    char_start   INTEGER NOT NULL,      -- in the response text (markers excluded)
+    char_end     INTEGER NOT NULL,
+    token_start  INTEGER NOT NULL,      -- token_scores.token_index of its first token
+    n_tokens     INTEGER NOT NULL,
+    nll          DOUBLE,                -- nats; NULL when no token starts in the word
+    token_nll    DOUBLE
+);
+"""
+
 MIGRATIONS: list[str] = [
     MIGRATION_1,
     MIGRATION_2,
     MIGRATION_3,
     MIGRATION_MODEL_CLASSES,
     MIGRATION_RELEASE_DATE,
+    MIGRATION_SCORES_LAYOUT,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,23 +17,56 @@ FORMATS = click.Choice(["table", "csv", "json"])
 
 @click.command()
 @db_option
+@click.option(
+    "--scores-layout",
+    type=click.Choice(["duckdb", "parquet"]),
+    help="Where score rows live: inside the DuckDB file (the default), or as Parquet "
+    "files, one folder per scoring run, read through views (for billions of rows on "
+    "shared storage).  Chosen when the warehouse is created (it must hold no scores).",
+)
+@click.option(
+    "--scores-dir",
+    type=click.Path(file_okay=False),
+    help="Folder of the Parquet scores (default: <warehouse>.scores next to the file).  "
+    "On a Parquet warehouse whose scores folder was moved: its new place.",
+)
 @friendly_errors
-def init(db: str | None) -> None:
+def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> None:
     """Create the warehouse file (or migrate an old one) and load the default domain map.
 
     Other commands create the file on first use too; `init` is for making it
     explicitly, or for upgrading a warehouse written by an older psystats
-    (read-only commands never upgrade a file themselves).
+    (read-only commands never upgrade a file themselves).  After moving a
+    warehouse with its scores folder, `init` re-points the views to it.
 
     \b
     Examples:
       psystats init
       psystats --db /data/psych201.duckdb init
       PSYSTATS_DB=psych.duckdb psystats init
+      psystats --db big.duckdb init --scores-layout parquet
+      psystats --db big.duckdb init --scores-layout parquet --scores-dir /shared/psych/scores
+      psystats --db big.duckdb init --scores-dir /new/place/scores   # after moving it
     """
+    from psystats.warehouse import parquet_layout
+    from psystats.warehouse.db import WarehouseError
+
     con = open_db(db, create=True)
     with transaction(con):
         domain_map.ensure_builtin(con)
+    current = parquet_layout.layout(con)
+    if scores_layout == "duckdb" and current == "parquet":
+        raise WarehouseError(
+            f"{db_path(db)} keeps its scores as Parquet files "
+            f"({parquet_layout.scores_root(con)}); a warehouse's scores layout cannot be "
+            "changed back: create a new warehouse for the DuckDB-file layout"
+        )
+    if scores_dir is not None and scores_layout is None and current != "parquet":
+        raise WarehouseError("--scores-dir is for the Parquet layout: add --scores-layout parquet")
+    if scores_layout == "parquet" or (scores_dir is not None and current == "parquet"):
+        root = parquet_layout.enable(con, scores_dir)
+        click.echo(f"warehouse ready: {db_path(db)} (scores: Parquet files under {root})")
+        return
     click.echo(f"warehouse ready: {db_path(db)}")
 
 

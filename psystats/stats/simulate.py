@@ -498,10 +498,12 @@ def write_run(
                 options[["response_id", "option", "logprob"]].assign(run_id=run_id),
             )
         )
+    from psystats.warehouse.parquet_layout import write_rows
+
     for table, cols, df in tables:
         con.register("_sim_rows", df)
-        try:
-            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _sim_rows")
+        try:  # the one writer of score rows: either scores layout
+            write_rows(con, table, run_id, "_sim_rows", cols.split(", ")[1:])
         finally:
             con.unregister("_sim_rows")
     return run_id
