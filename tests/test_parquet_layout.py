@@ -569,3 +569,40 @@ def test_migration_adding_a_column_under_parquet(parquet_run, monkeypatch):
         assert kinds["scores"] == "VIEW" and kinds["_scores_schema"] == "BASE TABLE"
     finally:
         con.close()
+
+
+# --------------------------------------------------------------------------- real scoring
+
+
+@pytest.mark.slow
+def test_score_and_shard_merge_under_parquet_equal_duckdb(tmp_path, psych201, tiny_models):
+    """A real (tiny) model: `psystats score` into both layouts, and `--shard I/2` jobs
+    merged into a Parquet warehouse, store the same rows (tokens included); the merged
+    shard files are registered by hard link."""
+    from helpers import cli_base_warehouse, snapshot
+
+    base = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
+    local, pq_local, pq_merged = (tmp_path / f"{n}.duckdb" for n in ("l", "pl", "pm"))
+    for p in (local, pq_local, pq_merged):
+        shutil.copy(base, p)
+    for p in (pq_local, pq_merged):
+        cli_ok("--db", p, "init", "--scores-layout", "parquet")
+    score = ("score", "--model", "tiny-qwen3", "--token-level", "-q")
+    cli_ok("--db", local, *score)
+    cli_ok("--db", pq_local, *score)
+    out = tmp_path / "shards"
+    for i in range(2):
+        cli_ok(
+            "--db", pq_merged, *score, "--shard", f"{i}/2", "--out", out, "--unit-tokens", "2000"
+        )
+    cli_ok("--db", pq_merged, "merge", out)
+    tokens = "SELECT response_id, token_index, token_id, logprob FROM token_scores ORDER BY 1, 2"
+    want = snapshot(local)
+    assert want["scores"] and want["run"][0][2] == "complete"
+    for db in (pq_local, pq_merged):
+        assert snapshot(db) == want
+        assert _rows(db, tokens) == _rows(local, tokens)
+        assert _rows(db, "SELECT count(*) FROM _scores_schema") == [(0,)]
+    sources = {s.split(":")[0] for (s,) in _rows(pq_merged, "SELECT source FROM score_files")}
+    assert sources == {"link"}
+    assert {s for (s,) in _rows(pq_local, "SELECT source FROM score_files")} == {"write"}
