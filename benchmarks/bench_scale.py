@@ -40,7 +40,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "psych201"
-PSYSTATS = [sys.executable, "-m", "psystats.cli"]
+# Each command runs in a child that reports its own peak RSS (VmHWM) on its last stderr
+# line.  Not the child's ru_maxrss: Linux carries the pre-exec image's peak into it, so
+# every figure would have this (bigger) benchmark process's RSS as a floor.
+HWM_TAG = "BENCH_VMHWM_KIB"
+REPORT_HWM = f"""
+def _report_hwm():
+    import sys
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("{HWM_TAG}", kib, file=sys.stderr, flush=True)
+"""
+WRAP_CLI = (
+    REPORT_HWM
+    + """
+import sys
+from psystats.cli import main
+try:
+    main(sys.argv[1:], prog_name="psystats")
+finally:
+    _report_hwm()
+"""
+)
+PSYSTATS = [sys.executable, "-c", WRAP_CLI]
 
 
 def folder_mib(folder: Path) -> float:
@@ -88,9 +114,11 @@ def run_rss(cmd: list[str], temp: Path | None = None) -> dict:
     out, err = bufs["o"].decode(errors="replace"), bufs["e"].decode(errors="replace")
     if p.returncode != 0:
         raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
+    hwm = [ln.split()[1] for ln in err.splitlines() if ln.startswith(HWM_TAG)]
     return {
         "seconds": round(wall, 3),
-        "rss_mib": round(ru.ru_maxrss / 1024, 1),  # ru_maxrss is KiB on Linux
+        # The child's own VmHWM; ru_maxrss (KiB on Linux) only where it could not say.
+        "rss_mib": round((int(hwm[-1]) if hwm else ru.ru_maxrss) / 1024, 1),
         "temp_peak_mib": round(peak[0], 1),
         "stdout": out,
         "stderr": err,
@@ -165,7 +193,9 @@ def score_rows(db: Path) -> int:
         con.close()
 
 
-PREP = """
+PREP = (
+    REPORT_HWM
+    + """
 import sys, time
 from psystats.warehouse.brief import BriefConnection
 from psystats.stats.cells import build_cells, with_scale
@@ -174,7 +204,9 @@ con = BriefConnection(sys.argv[1])
 cells = with_scale(build_cells(con), "nats")
 con.close()
 print("PREP", len(cells), round(time.perf_counter() - t, 3))
+_report_hwm()
 """
+)
 
 USER_QUERY = (
     "SELECT sr.model, count(*) AS n, avg(s.nll) AS mean_nll FROM scores s "
@@ -261,6 +293,7 @@ def main() -> None:
             f.unlink()
             imported += 1
         step["score_rows"] = score_rows(db)
+        step["load_avg"] = round(os.getloadavg()[0], 1)  # other jobs on a shared machine
         step["file_gib"] = round(db.stat().st_size / 2**30, 3)
         out = a.work / "cells.parquet"
         tmp = Path(f"{db}.tmp")
@@ -333,14 +366,16 @@ def print_table(results: dict) -> None:
     print(
         "| score rows | file GiB | "
         + " | ".join(f"{c} s / MiB" for c in cols)
-        + " | export_cells temp MiB |"
+        + " | export_cells temp MiB | load |"
     )
-    print("| ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: |")
+    print("| ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |")
     for s in results["steps"]:
         cells = [f"{s[c]['seconds']:.1f} / {s[c]['rss_mib']:.0f}" if c in s else "-" for c in cols]
         temp = s["export_cells"].get("temp_peak_mib", "-")
         print(
-            f"| {s['score_rows']:,} | {s['file_gib']:.2f} | " + " | ".join(cells) + f" | {temp} |"
+            f"| {s['score_rows']:,} | {s['file_gib']:.2f} | "
+            + " | ".join(cells)
+            + f" | {temp} | {s.get('load_avg', '-')} |"
         )
     print("\ngrowth exponents (log-log slope against score rows):")
     for k, v in results["exponents"].items():

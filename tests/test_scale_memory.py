@@ -356,3 +356,181 @@ def test_cells_one_pair_at_a_time_mix_runs_per_experiment(scored, tmp_path):
     assert len(same) == len(after)
     np.testing.assert_allclose(same["mean"], same["mean_1"], rtol=1e-12)
     assert (same.n == same.n_1).all()
+
+
+# ------------------------------------------------ one run / one model at a time
+
+
+def _with_newer_run(src, dest) -> tuple[str, str, int]:
+    """A copy of ``src`` where one model has a newer complete run of ONE experiment (its
+    NLLs shifted by 0.5), and an older failed run that must never count."""
+    shutil.copy(src, dest)
+    c = warehouse.connect(dest)
+    try:
+        model, old = c.execute(
+            "SELECT model, run_id FROM score_runs WHERE condition = 'plain' ORDER BY run_id LIMIT 1"
+        ).fetchall()[0]
+        exp = scalar(
+            c,
+            "SELECT max(r.experiment) FROM scores s JOIN responses r USING (response_id) "
+            "WHERE s.run_id = ?",
+            [old],
+        )
+        for status, days in (("complete", 1), ("failed", 2)):
+            new = int(scalar(c, "SELECT nextval('run_id_seq')"))
+            c.execute(
+                "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version,"
+                " started_at, finished_at, status) VALUES (?, ?, 'plain', 'x', 'x',"
+                " current_timestamp, current_timestamp + to_days(?), ?)",
+                [new, model, days, status],
+            )
+            c.execute(
+                "INSERT INTO scores (run_id, response_id, nll, n_tokens) SELECT ?, s.response_id,"
+                " s.nll + 0.5, s.n_tokens FROM scores s JOIN responses r USING (response_id)"
+                " WHERE s.run_id = ? AND r.experiment = ?",
+                [new, old, exp],
+            )
+            if status == "complete":
+                newest = new
+    finally:
+        c.close()
+    return model, exp, newest
+
+
+def _latest_runs_one_query(c, conditions, models=None, experiments=None) -> pd.DataFrame:
+    """The reference: latest_runs_sql over all runs in one statement, filtered after."""
+    from psystats.stats.data import latest_runs_sql
+
+    ph = ", ".join("?" * len(conditions))
+    cur = c.execute(
+        f"WITH {latest_runs_sql(ph)} SELECT model, condition, experiment, run_id "
+        "FROM latest_runs ORDER BY ALL",
+        list(conditions),
+    )
+    df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+    if models:
+        df = df[df.model.isin(models)]
+    if experiments:
+        df = df[df.experiment.isin(experiments)]
+    return df.reset_index(drop=True)
+
+
+def test_latest_runs_one_run_at_a_time_equal_one_query(scored, tmp_path):
+    from psystats.stats.data import latest_runs
+
+    model, exp, newest = _with_newer_run(scored, tmp_path / "w.duckdb")
+    c = warehouse.connect(tmp_path / "w.duckdb", read_only=True)
+    try:
+        conds = [r[0] for r in c.execute("SELECT DISTINCT condition FROM score_runs").fetchall()]
+        for args in (
+            dict(conditions=["plain"]),
+            dict(conditions=sorted(conds)),
+            dict(conditions=["plain"], models=[model]),
+            dict(conditions=["plain"], experiments=[exp]),
+        ):
+            got = latest_runs(
+                c,
+                args["conditions"],
+                models=args.get("models"),
+                experiments=args.get("experiments"),
+            )
+            ref = _latest_runs_one_query(c, **args)
+            assert len(ref) > 0
+            pd.testing.assert_frame_equal(
+                got.reset_index(drop=True), ref, check_dtype=False, check_like=False
+            )
+        # The known answer: the newer complete run counts for that experiment only.
+        got = latest_runs(c, ["plain"], models=[model])
+        assert got.set_index("experiment").loc[exp, "run_id"] == newest
+        assert (got[got.experiment != exp].run_id != newest).all()
+    finally:
+        c.close()
+
+
+def test_participant_means_table_equals_participant_means(scored):
+    from psystats.stats.data import participant_means, participant_means_table
+
+    c = warehouse.connect(scored, read_only=True)
+    try:
+        ref = participant_means(c, condition="plain")
+        key = ["model", "experiment", "participant_key"]
+        with participant_means_table(c, condition="plain") as name:
+            cur = c.execute(f"SELECT * FROM temp.{name} ORDER BY ALL")
+            got = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
+        # Dropped afterwards: nothing of it is left in the connection.
+        assert not c.execute(
+            "SELECT * FROM duckdb_tables() WHERE table_name = ?", [name]
+        ).fetchall()
+    finally:
+        c.close()
+    got = got.sort_values(key).reset_index(drop=True)
+    ref = ref.sort_values(key).reset_index(drop=True)
+    assert list(got.columns) == list(ref.columns) and len(got) == len(ref) > 0
+    for col in ("model", "run_id", "experiment", "domain", "study", "participant_key"):
+        assert (got[col].astype(str) == ref[col].astype(str)).all(), col
+    assert (got.n_responses.to_numpy() == ref.n_responses.to_numpy()).all()
+    np.testing.assert_allclose(got.mean_nll, ref.mean_nll, rtol=1e-12)
+
+
+def test_runs_table_counts_per_run_equal_one_query(scored, tmp_path):
+    from psystats.reports.queries import runs_table
+
+    _with_newer_run(scored, tmp_path / "w.duckdb")
+    c = warehouse.connect(tmp_path / "w.duckdb", read_only=True)
+    try:
+        got = runs_table(c)
+        ref = c.execute(
+            "SELECT sr.run_id, count(s.response_id), "
+            "count(s.response_id) FILTER (WHERE s.n_tokens > 0) "
+            "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    finally:
+        c.close()
+    assert [tuple(r) for r in got[["run_id", "scored", "with_tokens"]].itertuples(index=False)] == [
+        tuple(r) for r in ref
+    ]
+    assert list(got.columns[:7]) == [
+        "run_id",
+        "model",
+        "condition",
+        "scorer",
+        "status",
+        "scored",
+        "with_tokens",
+    ]
+
+
+def _cached_mib(c) -> float:
+    return scalar(
+        c,
+        "SELECT coalesce(sum(memory_usage_bytes), 0) / 2^20 FROM duckdb_memory() "
+        "WHERE tag = 'BASE_TABLE'",
+    )
+
+
+def test_release_buffers_evicts_the_file_cache_and_keeps_the_limit(scored, monkeypatch):
+    from psystats.warehouse import buffers
+    from psystats.warehouse.buffers import release_buffers
+
+    # The small warehouse's cache fits in the production headroom (32 MB): evict all of it.
+    monkeypatch.setattr(buffers, "HEADROOM", 0)
+    c = warehouse.connect(scored, read_only=True)
+    try:
+        limit = scalar(c, "SELECT current_setting('memory_limit')")
+        c.execute("CREATE TEMP TABLE keep AS SELECT range AS x FROM range(100000)")
+        c.execute("SELECT sum(nll), sum(response_id) FROM scores").fetchall()
+        before = _cached_mib(c)
+        assert before > 0
+        for _ in range(5):  # repeated releases never creep the limit down
+            assert release_buffers(c)
+            assert scalar(c, "SELECT current_setting('memory_limit')") == limit
+        assert _cached_mib(c) < before
+        # What is not the file's cache is kept, and results do not change.
+        assert scalar(c, "SELECT sum(x) FROM keep") == 100000 * 99999 // 2
+    finally:
+        c.close()
+    bc = BriefConnection(scored)
+    try:
+        assert release_buffers(bc) is False  # it detaches after each statement anyway
+    finally:
+        bc.close()

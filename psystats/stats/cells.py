@@ -34,10 +34,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from psystats.warehouse.buffers import release_buffers
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import where_clause
 
-from .data import PAIR_COLUMNS, latest_runs_sql, pairs, valid_score
+from .data import PAIR_COLUMNS, latest_runs, latest_runs_sql, pairs, valid_score
 
 SCALES = ("nats", "standardised")
 
@@ -182,18 +183,24 @@ def _pair_runs(
     con, pr: pd.DataFrame, post_condition: str, base_condition: str, experiments
 ) -> pd.DataFrame:
     """(post_model, base_model, experiment, post_run_id, base_run_id): which runs each cell
-    compares.  Small (pairs x experiments rows); one pass over the scores."""
-    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
-    head = _differences_sql(len(pr), exp_filter)
-    q = (
-        head[: head.index(",\n    diffs AS (")]
-        + """
-    SELECT post_model, base_model, experiment, post_run_id, base_run_id FROM pair_runs
-    ORDER BY post_model, base_model, experiment
-    """
+    compares.  Small (pairs x experiments rows); read one run at a time
+    (:func:`~psystats.stats.data.latest_runs`), so it never holds more than one run."""
+    cols = ["post_model", "base_model", "experiment", "post_run_id", "base_run_id"]
+    models = sorted(set(pr.post_model) | set(pr.base_model))
+    lr = latest_runs(
+        con, sorted({post_condition, base_condition}), models=models, experiments=experiments
     )
-    cur = con.execute(q, params)
-    return pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+    lp = lr[lr.condition == post_condition][["model", "experiment", "run_id"]]
+    lb = lr[lr.condition == base_condition][["model", "experiment", "run_id"]]
+    out = (
+        pr[["post_model", "base_model"]]
+        .merge(lp.rename(columns={"model": "post_model", "run_id": "post_run_id"}))
+        .merge(
+            lb.rename(columns={"model": "base_model", "run_id": "base_run_id"}),
+            on=["base_model", "experiment"],
+        )
+    )
+    return out[cols].sort_values(cols[:3]).reset_index(drop=True)
 
 
 def _one_pair_cells_sql(n_runs: int, n_post: int, n_base: int) -> str:
@@ -260,6 +267,7 @@ def build_cells(
             params + post_ids + base_ids,
         )
         part = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+        release_buffers(con)  # the next pair reads other runs: drop this pair's blocks
         part.insert(0, "base_model", base)
         part.insert(0, "post_model", post)
         parts.append(part)

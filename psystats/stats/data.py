@@ -15,7 +15,8 @@ runs over different studies combine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pandas as pd
 
@@ -55,6 +56,69 @@ def latest_runs_sql(condition_param: str = "?") -> str:
     )"""
 
 
+def run_experiments(
+    con,
+    conditions: Sequence[str],
+    *,
+    models: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Which experiments each complete run under ``conditions`` scored, one run at a time.
+
+    Columns: ``run_id, model, condition, t`` (finish time, else start time),
+    ``experiment``.  Each query reads only one run's scores (and the cache is
+    released after it), so memory is that of the largest run, not of the
+    warehouse; the result has one row per (run, experiment).
+    """
+    from psystats.warehouse.buffers import release_buffers
+
+    filt, params = where_clause({"condition": list(conditions), "model": models})
+    cur = con.execute(
+        f"""SELECT run_id, model, condition, coalesce(finished_at, started_at) AS t
+        FROM score_runs {filt} {"AND" if filt else "WHERE"} status = 'complete'
+        ORDER BY run_id""",
+        params,
+    )
+    runs = cur.fetchall()
+    rows = []
+    for run_id, model, condition, t in runs:
+        exps = con.execute(
+            """SELECT DISTINCT r.experiment FROM scores s
+            JOIN responses r ON r.response_id = s.response_id
+            WHERE s.run_id = ? ORDER BY 1""",
+            [run_id],
+        ).fetchall()
+        release_buffers(con)
+        rows += [(run_id, model, condition, t, e) for (e,) in exps]
+    return pd.DataFrame(rows, columns=["run_id", "model", "condition", "t", "experiment"])
+
+
+def latest_runs(
+    con,
+    conditions: Sequence[str],
+    *,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """``latest_runs_sql``'s table, read one run at a time: the run that counts for each
+    (model, condition, experiment).
+
+    Columns ``model, condition, experiment, run_id``, sorted by them.  Small
+    (models x conditions x experiments rows) whatever the number of score rows.
+    """
+    ran = run_experiments(con, conditions, models=models)
+    if experiments:
+        ran = ran[ran["experiment"].isin(list(experiments))]
+    cols = ["model", "condition", "experiment", "run_id"]
+    if ran.empty:
+        return pd.DataFrame(columns=cols)
+    # The latest by (time, run_id), as latest_runs_sql's arg_max(run_id, (t, run_id)).
+    ran = ran.sort_values(["model", "condition", "experiment", "t", "run_id"])
+    last = ran.groupby(["model", "condition", "experiment"], sort=True).tail(1)
+    out = last[cols].reset_index(drop=True)
+    out["run_id"] = out["run_id"].astype(int)
+    return out
+
+
 def participant_means_sql(
     *,
     models: Sequence[str] | None = None,
@@ -82,6 +146,60 @@ def participant_means_sql(
         GROUP BY ALL
     )"""
     return q, params
+
+
+PARTICIPANT_MEANS_TABLE = "_psystats_participant_means"
+
+
+@contextmanager
+def participant_means_table(
+    con,
+    *,
+    condition: str,
+    models: Sequence[str] | None = None,
+    experiments: Sequence[str] | None = None,
+) -> Iterator[str]:
+    """:func:`participant_means`' rows as a temporary table, built one model at a time.
+
+    Yields the table's name (dropped afterwards).  Each model's query joins
+    only its own latest runs, and the cache is released after it, so DuckDB
+    holds one model's scores at a time; the table itself has one row per
+    (model, participant), which DuckDB spills past ``memory_limit``.  Callers
+    aggregate it in SQL, so the participant rows never reach Python.
+    """
+    from psystats.warehouse.buffers import release_buffers
+
+    lr = latest_runs(con, [condition], models=models, experiments=experiments)
+    name = PARTICIPANT_MEANS_TABLE
+    con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    con.execute(
+        f"""CREATE TEMP TABLE {name} (model VARCHAR, run_id INTEGER, experiment VARCHAR,
+        domain VARCHAR, study VARCHAR, participant_key BIGINT, n_responses BIGINT,
+        mean_nll DOUBLE)"""
+    )
+    try:
+        for model, g in lr.groupby("model", sort=True):
+            runs = sorted({int(r) for r in g.run_id})
+            values = ", ".join(["(?, ?::INTEGER)"] * len(g))
+            params: list = [model]
+            for exp, run in zip(g.experiment, g.run_id):
+                params += [exp, int(run)]
+            con.execute(
+                f"""INSERT INTO temp.{name}
+                SELECT ?, lr.run_id, r.experiment, e.domain, r.study, r.participant_key,
+                       count(*)::BIGINT, avg(s.nll)
+                FROM (VALUES {values}) lr(experiment, run_id)
+                JOIN scores s ON s.run_id = lr.run_id
+                JOIN responses r ON r.response_id = s.response_id AND r.experiment = lr.experiment
+                LEFT JOIN experiments e ON e.experiment = r.experiment
+                WHERE s.run_id IN ({", ".join("?" * len(runs))}) AND {VALID_SCORE}
+                GROUP BY lr.run_id, r.experiment, e.domain, r.study, r.participant_key""",
+                params + runs,
+            )
+            release_buffers(con)
+        yield name
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
 def participant_means(
