@@ -106,19 +106,35 @@ def models_table(con) -> pd.DataFrame:
 
 
 def runs_table(con) -> pd.DataFrame:
-    """Every scoring run with how many responses it scored (its provenance)."""
-    return frame(
+    """Every scoring run with how many responses it scored (its provenance).
+
+    The counts are read one run at a time (and the cache released after each),
+    so memory does not grow with the number of score rows.
+    """
+    from psystats.warehouse.buffers import release_buffers
+
+    runs = frame(
         con,
         """
         SELECT sr.run_id, sr.model, sr.condition, sr.scorer, sr.status,
-               count(s.response_id) AS scored,
-               count(s.response_id) FILTER (WHERE s.n_tokens > 0) AS with_tokens,
                sr.n_skipped, sr.dtype, sr.device, sr.started_at, sr.finished_at,
                sr.psystats_version, sr.weights_sha256, sr.tokenizer_sha256, sr.settings,
                sr.counts, sr.error
-        FROM score_runs sr LEFT JOIN scores s USING (run_id)
-        GROUP BY ALL ORDER BY sr.run_id""",
+        FROM score_runs sr ORDER BY sr.run_id""",
     )
+    scored, with_tokens = [], []
+    for run_id in runs["run_id"]:
+        n, k = con.execute(
+            "SELECT count(response_id), count(response_id) FILTER (WHERE n_tokens > 0) "
+            "FROM scores WHERE run_id = ?",
+            [int(run_id)],
+        ).fetchall()[0]
+        release_buffers(con)
+        scored.append(int(n))
+        with_tokens.append(int(k))
+    runs.insert(5, "scored", pd.Series(scored, index=runs.index, dtype="int64"))
+    runs.insert(6, "with_tokens", pd.Series(with_tokens, index=runs.index, dtype="int64"))
+    return runs
 
 
 # ------------------------------------------------------- 2 NLL against size
@@ -160,7 +176,7 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     generation_order, n_params, post_training, base_model, n_participants,
     mean, sd, lo, hi``.
     """
-    from psystats.stats.data import participant_means_sql
+    from psystats.stats.data import participant_means_table
 
     info = {
         "condition": condition,
@@ -169,9 +185,9 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
         "n_participants": 0,
         "experiments": 0,
     }
-    # Aggregated inside DuckDB: only one row per model (and one total) reaches Python.
-    q, params = participant_means_sql()
-    q += """,
+    # Aggregated inside DuckDB: only one row per model (and one total) reaches Python;
+    # the participant means are built one model at a time (bounded by one model's scores).
+    q = """WITH participant_means AS (SELECT * FROM temp.{pm}),
     n_models AS (SELECT count(DISTINCT model) AS n FROM participant_means),
     common AS (
         SELECT participant_key FROM participant_means GROUP BY participant_key
@@ -191,7 +207,8 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
            any_value((SELECT yes FROM use_common)) AS common
     FROM kept GROUP BY GROUPING SETS ((model), ())
     """
-    agg = frame(con, q, [condition] + params)
+    with participant_means_table(con, condition=condition) as pm:
+        agg = frame(con, q.format(pm=pm))
     per_model = agg[agg["is_total"] == 0]
     if per_model.empty:
         return pd.DataFrame(), info
