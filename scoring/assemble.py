@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .plan import _Prepared, _ranges
+from .words import word_nlls
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -36,6 +37,21 @@ TOKEN_SCHEMA = pa.schema(
         ("token_id", pa.int32()),
         ("token", pa.string()),
         ("logprob", pa.float64()),
+        ("entropy", pa.float64()),  # --entropy, else NULL
+        ("rank", pa.int32()),  # --rank, else NULL
+    ]
+)
+WORD_SCHEMA = pa.schema(
+    [
+        ("response_id", pa.int64()),
+        ("word_index", pa.int32()),
+        ("word", pa.string()),
+        ("char_start", pa.int32()),
+        ("char_end", pa.int32()),
+        ("token_start", pa.int32()),
+        ("n_tokens", pa.int32()),
+        ("nll", pa.float64()),  # bow-corrected when the run's settings say so; NULL: no token
+        ("token_nll", pa.float64()),  # plain sum of the word's token NLLs
     ]
 )
 
@@ -47,6 +63,7 @@ class ScoreBatch:
     tokens: pa.Table | None  # TOKEN_SCHEMA when token_level
     participant_keys: list[int]  # participants completely covered
     counts: dict[str, int] = field(default_factory=dict)
+    words: pa.Table | None = None  # WORD_SCHEMA when word_level
 
     @property
     def n_tokens(self) -> int:
@@ -59,12 +76,17 @@ class AssembleMixin:
     # Set by ``Scorer.__init__``.
     tokenizer: Any
     token_level: bool
+    entropy: bool
+    rank: bool
+    word_level: bool
+    bow_correction: bool
 
     def _assemble(self, prepared: list[_Prepared], counts: dict[str, int]) -> ScoreBatch:
         cols: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_SCHEMA.names}
         valid: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_SCHEMA.names}
         opt_rows: dict[str, list] = {"response_id": [], "option": [], "logprob": []}
         tok_rows: dict[str, list] = {k: [] for k in TOKEN_SCHEMA.names}
+        word_rows: dict[str, list] = {k: [] for k in WORD_SCHEMA.names}
         keys = []
         n_resp = 0
         for prep in prepared:
@@ -113,6 +135,12 @@ class AssembleMixin:
                     )
                 )
                 tok_rows["logprob"].append(prep.lp[t])
+                tok_rows["entropy"].append(prep.ent[t] if self.entropy else np.full(len(t), None))
+                tok_rows["rank"].append(
+                    prep.rank[t] if self.rank and prep.rank is not None else np.full(len(t), None)
+                )
+            if self.word_level and prep.words is not None:
+                self._word_rows(prep, rid, word_rows)
         counts["participants"] = counts.get("participants", 0) + len(keys)
         counts["responses"] = counts.get("responses", 0) + n_resp
 
@@ -155,7 +183,39 @@ class AssembleMixin:
                 },
                 schema=TOKEN_SCHEMA,
             )
-        return ScoreBatch(scores, options, tokens, keys, counts)
+        words = None
+        if self.word_level:
+            words = pa.table(
+                {
+                    f.name: pa.array(
+                        np.concatenate(word_rows[f.name]) if word_rows[f.name] else [], f.type
+                    )
+                    for f in WORD_SCHEMA
+                },
+                schema=WORD_SCHEMA,
+            )
+        return ScoreBatch(scores, options, tokens, keys, counts, words)
+
+    def _word_rows(self, prep: _Prepared, rid: np.ndarray, out: dict[str, list]) -> None:
+        w = prep.words
+        assert w is not None and prep.lp is not None
+        starts, ends = prep.tok.starts[w.resp], prep.tok.ends[w.resp]
+        bow = prep.bow if self.bow_correction else None
+        nll, token_nll = word_nlls(prep.lp, bow, w.first, w.end, starts, ends)
+        n = (w.end - w.first).astype(np.int32)
+        # A word none of whose characters starts a token (a tokenizer merging
+        # across a space) has no score of its own: NULL, its characters counted
+        # with the word holding that token.
+        none = np.where(n == 0, np.asarray(None, dtype=object), 0.0)
+        out["response_id"].append(rid[w.resp])
+        out["word_index"].append(w.index)
+        out["word"].append(np.asarray(w.text, dtype=object))
+        out["char_start"].append(w.char_start)
+        out["char_end"].append(w.char_end)
+        out["token_start"].append((w.first - starts).astype(np.int32))
+        out["n_tokens"].append(n)
+        out["nll"].append(np.where(n == 0, none, nll))
+        out["token_nll"].append(np.where(n == 0, none, token_nll))
 
     def _option_rows(self, prep: _Prepared, nll: np.ndarray, out: dict[str, list]) -> None:
         assert prep.p is not None  # a participant's plan (never the self-check's probe)

@@ -27,10 +27,12 @@ The path of one participant
    logits exist only where a score needs them, in chunks of
    ``max_logit_rows``.  In bfloat16/float16 the head's matmul runs in that
    dtype but writes float32 logits (no rounding of logits to 8 mantissa
-   bits); log-softmax, target log-probability, argmax and first-token entropy
-   are computed on those rows in float32 (float64 for float64 models), on the
-   device, with one copy to the host per forward; per-response sums use
-   cumulative sums, no per-token Python loops.
+   bits); log-softmax, target log-probability, argmax and entropy (and, when
+   asked, the rank of the human token and the beginning-of-word mass that
+   word scores need: ``scoring.words``) are computed on those rows in float32
+   (float64 for float64 models), on the device, with one copy to the host per
+   forward; per-response and per-word sums use cumulative sums, no per-token
+   Python loops.
 
 Exactness guards: a self-check at start-up compares the engine's path (packing,
 masks, branches, hidden-state gather + head) against a plain ``model(ids)``
@@ -50,18 +52,27 @@ import numpy as np
 
 from . import attention as attn
 from . import loader
-from .assemble import OPTION_SCHEMA, SCORE_SCHEMA, TOKEN_SCHEMA, AssembleMixin, ScoreBatch
+from .assemble import (
+    OPTION_SCHEMA,
+    SCORE_SCHEMA,
+    TOKEN_SCHEMA,
+    WORD_SCHEMA,
+    AssembleMixin,
+    ScoreBatch,
+)
 from .errors import NonFiniteLogits, ScoringError
 from .forward import ForwardMixin
 from .plan import PlanMixin
 from .render import CONDITIONS, render_settings
 from .selfcheck import SelfCheckMixin
 from .tokenize import TOKENIZATIONS, check_segment_tokenizer, leading_special_ids
+from .words import bow_vocabulary, check_bow_tokenizer, check_offsets
 
 __all__ = [
     "OPTION_SCHEMA",
     "SCORE_SCHEMA",
     "TOKEN_SCHEMA",
+    "WORD_SCHEMA",
     "NonFiniteLogits",
     "ScoreBatch",
     "Scorer",
@@ -100,6 +111,10 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         stride: int | None = None,
         tokenization: str = "segments",
         token_level: bool = False,
+        entropy: bool = False,
+        rank: bool = False,
+        word_level: bool = False,
+        bow_correction: bool = True,
         option_sets: dict[str, list[str]] | None = None,
         packing: str = "auto",
         system_prompt: str | None = None,
@@ -137,7 +152,13 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
         self.dtype = dtype
         self.token_budget = int(token_budget)
         self.tokenization = tokenization
-        self.token_level = token_level
+        # Per-token entropy and rank are columns of token_scores: asking for them
+        # stores the token level too.
+        self.entropy = bool(entropy)
+        self.rank = bool(rank)
+        self.token_level = bool(token_level or entropy or rank)
+        self.word_level = bool(word_level)
+        self.bow_correction = bool(bow_correction) and self.word_level
         self.system_prompt = system_prompt
         self.max_logit_rows = int(max_logit_rows)
         self.device_map = device_map
@@ -172,6 +193,8 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                 check_segment_tokenizer(self.tokenizer)
             except ValueError as e:
                 raise ScoringError(f"model {model.get('name')!r}: {e}") from None
+        if self.word_level:
+            check_offsets(self.tokenizer, str(model.get("name")))
         self.prefix_ids = leading_special_ids(self.tokenizer)
         self.lm = (
             lm
@@ -225,6 +248,13 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
             self._option_ids[exp] = [np.asarray(e, np.int64) for e in enc]
             self._longest_option = max([self._longest_option] + [len(e) for e in enc])
         self._token_cache: dict[int, int] = {}
+        self._bow: np.ndarray | None = None
+        self._bow_tensors: dict = {}
+        if self.bow_correction:
+            head = self.lm.get_output_embeddings()
+            vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
+            self._bow = bow_vocabulary(self.tokenizer, vocab)
+            check_bow_tokenizer(self.tokenizer, self._bow, str(model.get("name")))
         self._fingerprints: dict | None = None
         self.head = "hidden-gather"
         if self_check:
@@ -265,6 +295,14 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                 },
                 "options": self.option_sets,
                 "token_level": self.token_level,
+                # Only when asked, so runs without them keep the run keys they had.
+                **({"token_entropy": True} if self.entropy else {}),
+                **({"token_rank": True} if self.rank else {}),
+                **(
+                    {"word_level": {"words": "\\S+", "bow_correction": self.bow_correction}}
+                    if self.word_level
+                    else {}
+                ),
                 "head": self.head,
                 # Only where they matter, so causal LMs keep the run keys they had.
                 **(

@@ -47,6 +47,9 @@ class ForwardMixin:
     _decoder_fn: Callable[..., Any] | None  # torch.compile'd decoder, built on first use
     _compiled_shapes: set[int]
     compile_seconds: float
+    rank: bool
+    _bow: np.ndarray | None  # beginning-of-word vocabulary (word level with the correction)
+    _bow_tensors: dict
 
     if TYPE_CHECKING:
         # ``PlanMixin.prepare`` and ``AssembleMixin._assemble``
@@ -78,6 +81,8 @@ class ForwardMixin:
             prep.lp = np.zeros(T, np.float64)
             prep.top1 = np.zeros(T, bool)
             prep.ent = np.full(T, np.nan)
+            prep.rank = np.zeros(T, np.int64) if self.rank else None
+            prep.bow = np.full(T, np.nan) if self._bow is not None else None
             prep.oq_lp = np.zeros(len(prep.opt_query_group), np.float64)
             prep.rows_done = 0
         # Longest rows first; ties keep the input order, so plans are deterministic.
@@ -228,6 +233,38 @@ class ForwardMixin:
             self._compiled_shapes.add(n)
         return h
 
+    def _bow_mask_on(self, device, dtype):
+        """The beginning-of-word vocabulary as a 0/1 vector, cached per device and dtype."""
+        import torch
+
+        key = (str(device), dtype)
+        cached = self._bow_tensors.get(key)
+        if cached is None:
+            assert self._bow is not None
+            cached = torch.as_tensor(self._bow, device=device).to(dtype)
+            self._bow_tensors[key] = cached
+        return cached
+
+    @staticmethod
+    def _ranks(logits, local: np.ndarray, token: np.ndarray, kind: np.ndarray):
+        """Rank of each main query's token in its row (1: the model's top token; ties share).
+
+        One threshold per logit row (every row predicts at most one response
+        token), so the comparison is a (rows x vocab) bool, not a float copy.
+        Option queries (kind 1) get 0: ranks are a response-token score.
+        """
+        import torch
+
+        dev = logits.device
+        main = kind == 0
+        li = torch.as_tensor(local[main], device=dev)
+        thr = torch.full((logits.shape[0],), torch.inf, dtype=logits.dtype, device=dev)
+        thr[li] = logits[li, torch.as_tensor(token[main], device=dev)]
+        per_row = (logits > thr[:, None]).sum(-1) + 1
+        out = torch.zeros(len(local), dtype=torch.int64, device=dev)
+        out[torch.as_tensor(np.flatnonzero(main), device=dev)] = per_row[li]
+        return out
+
     def _logits(self, hidden_rows):
         """Full-vocabulary logits of the gathered rows, float32 or better."""
         import torch
@@ -306,7 +343,7 @@ class ForwardMixin:
             chunk_starts = list(range(0, len(uniq), self.max_logit_rows)) + [len(uniq)]
             bounds = np.searchsorted(inverse[order], chunk_starts)
             # Results stay on the device until the end: one copy to the host per forward.
-            ent_c, arg_c, fin_c, lp_c = [], [], [], []
+            ent_c, arg_c, fin_c, lp_c, rank_c, bow_c = [], [], [], [], [], []
             for c, u0 in enumerate(range(0, len(uniq), self.max_logit_rows)):
                 u1 = min(u0 + self.max_logit_rows, len(uniq))
                 # Under a device map the last layer and the head may sit on other
@@ -315,12 +352,28 @@ class ForwardMixin:
                 logits = self._logits(hidden.index_select(0, rows_t)).to(work)
                 fin_c.append(torch.isfinite(logits).all(-1))
                 logsm = torch.log_softmax(logits, -1)
-                ent_c.append(-(logsm.exp() * logsm).sum(-1))
+                probs = logsm.exp()
+                ent_c.append(-(probs * logsm).sum(-1))
+                if self._bow is not None:
+                    # Beginning-of-word mass: a matrix-vector product, no further
+                    # (rows x vocab) copy; log of 0 (all of it underflowed) recomputed exactly.
+                    bow_mask = self._bow_mask_on(logits.device, logits.dtype)
+                    mass = probs @ bow_mask
+                    log_mass = mass.log()
+                    low = mass <= 0
+                    if bool(low.any()):
+                        log_mass[low] = torch.logsumexp(
+                            logsm[low].masked_fill(bow_mask == 0, -torch.inf), -1
+                        )
+                    bow_c.append(log_mass)
+                del probs
                 arg_c.append(logits.argmax(-1))
                 qs = order[bounds[c] : bounds[c + 1]]
                 local = torch.as_tensor(inverse[qs] - u0, device=logits.device)
                 tok_t = torch.as_tensor(q_token[qs], device=logits.device)
                 lp_c.append(logsm[local, tok_t])
+                if self.rank:
+                    rank_c.append(self._ranks(logits, inverse[qs] - u0, q_token[qs], q_kind[qs]))
                 del logits, logsm
             cat = lambda xs, dt: (
                 torch.cat(xs).to(dt).cpu().numpy()
@@ -333,6 +386,10 @@ class ForwardMixin:
             lp = np.empty(len(q_packed), np.float64)
             lp[order] = cat(lp_c, torch.float64)
             top1 = argmax[inverse] == q_token
+            rank = np.zeros(len(q_packed), np.int64)
+            if self.rank:
+                rank[order] = cat(rank_c, torch.int64)
+            bow_u = cat(bow_c, torch.float64) if self._bow is not None else None
         bad_q = bad_u[inverse]
         if bad_q.any():
             rids: list[int] = []
@@ -348,6 +405,7 @@ class ForwardMixin:
                 rids.extend(prep.p.response_ids[int(i)] for i in np.unique(resp))
             raise NonFiniteLogits(rids)
         ent_q = ent_u[inverse]
+        bow_q = bow_u[inverse] if bow_u is not None else None
         for g, row in enumerate(group):
             prep = prepared[row.part]
             # Allocated by score_prepared (or the self-check) before any forward.
@@ -363,6 +421,10 @@ class ForwardMixin:
             prep.lp[t] = lp[m]
             prep.top1[t] = top1[m]
             prep.ent[t] = ent_q[m]
+            if prep.rank is not None:
+                prep.rank[t] = rank[m]
+            if prep.bow is not None and bow_q is not None:
+                prep.bow[t] = bow_q[m]
             o = sel & (q_kind == 1)
             prep.oq_lp[q_index[o]] = lp[o]
             prep.rows_done += 1

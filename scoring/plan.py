@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from .inputs import ParticipantInput
-from .render import Skip, render
+from .render import Rendering, Skip, render
 from .tokenize import Tokenized, tokenize
+from .words import WordPlan, plan_words
 
 
 @dataclass(eq=False)
@@ -53,10 +54,14 @@ class _Prepared:
     opt_name: list[str] = field(default_factory=list)
     opt_reuse: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     opt_query_group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # words of the responses (word level only)
+    words: WordPlan | None = None
     # filled while scoring
     lp: np.ndarray | None = None
     top1: np.ndarray | None = None
     ent: np.ndarray | None = None
+    rank: np.ndarray | None = None  # with rank only
+    bow: np.ndarray | None = None  # log beginning-of-word mass (word level with the correction)
     oq_lp: np.ndarray | None = None
     rows_done: int = 0
 
@@ -87,12 +92,16 @@ class PlanMixin:
     _option_ids: dict[str, list[np.ndarray]]
     _longest_option: int
     _token_cache: dict[int, int]
+    word_level: bool
 
-    def _tokenize(self, p: ParticipantInput) -> Tokenized:
+    def _render_tokenize(self, p: ParticipantInput) -> tuple[Rendering, Tokenized]:
         rendering = render(p, self.condition, self.tokenizer, system_prompt=self.system_prompt)
-        return tokenize(
+        return rendering, tokenize(
             self.tokenizer, rendering, len(p.response_ids), self.tokenization, self.prefix_ids
         )
+
+    def _tokenize(self, p: ParticipantInput) -> Tokenized:
+        return self._render_tokenize(p)[1]
 
     def count_tokens(self, p: ParticipantInput) -> int:
         """Tokens of ``p``'s rendering (0 when it is skipped under this condition)."""
@@ -119,7 +128,7 @@ class PlanMixin:
 
         for p in participants:
             try:
-                tok = self._tokenize(p)
+                rendering, tok = self._render_tokenize(p)
             except Skip as s:
                 skip(s.reason)
                 continue
@@ -136,6 +145,8 @@ class PlanMixin:
             except Skip as s:
                 skip(s.reason)
                 continue
+            if self.word_level:
+                prep.words = plan_words(self.tokenizer, rendering, tok, self.tokenization)
             if len(prep.rows) > 1:
                 counts["windowed_participants"] = counts.get("windowed_participants", 0) + 1
             out.append(prep)

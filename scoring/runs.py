@@ -188,13 +188,11 @@ def _insert_new(
     return rows.num_rows
 
 
-
-
 def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: ScoreBatch) -> int:
     """Write a batch in one transaction; returns the number of new ``scores`` rows.
 
     Idempotent: responses already scored in the run are skipped in every
-    table (scores, option_scores, token_scores), never duplicated.  Adds the
+    table (scores, option_scores, token_scores, word_scores), never duplicated.  Adds the
     batch's non-skip counts to the run's counts.
     """
     scores = batch.scores
@@ -218,6 +216,8 @@ def write_batch(con: duckdb.DuckDBPyConnection, run_id: int, batch: ScoreBatch) 
         _insert_new(con, "option_scores", run_id, batch.options, new_ids)
         if batch.tokens is not None:
             _insert_new(con, "token_scores", run_id, batch.tokens, new_ids)
+        if getattr(batch, "words", None) is not None:
+            _insert_new(con, "word_scores", run_id, batch.words, new_ids)
         if n:
             add = {k: v for k, v in batch.counts.items() if not k.startswith(SKIP_PREFIX)}
             _merge_counts(con, run_id, add, replace_skips=False)

@@ -159,6 +159,7 @@ def read_shard(mpath: Path) -> tuple[dict, ScoreBatch]:
         scores=tables["scores"],
         options=tables["options"],
         tokens=tables["tokens"],
+        words=tables["words"],
         participant_keys=[int(k) for k in m.get("covered_keys", [])],
         counts=dict(m.get("counts") or {}),
     )

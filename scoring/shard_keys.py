@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # heavy imports (torch) stay out of `psystats merge`
 
 
 FORMAT_VERSION = 1
-TABLES = ("scores", "options", "tokens")
+TABLES = ("scores", "options", "tokens", "words")
 # Columns of each shard table: the warehouse table minus run_id (the run id is
 # only known to the warehouse that merges the shard).
 COLUMNS = {
@@ -34,7 +34,18 @@ COLUMNS = {
         "first_token_entropy",
     ),
     "options": ("response_id", "option", "logprob"),
-    "tokens": ("response_id", "token_index", "token_id", "token", "logprob"),
+    "tokens": ("response_id", "token_index", "token_id", "token", "logprob", "entropy", "rank"),
+    "words": (
+        "response_id",
+        "word_index",
+        "word",
+        "char_start",
+        "char_end",
+        "token_start",
+        "n_tokens",
+        "nll",
+        "token_nll",
+    ),
 }
 
 

@@ -132,6 +132,33 @@ from .common import db_option, db_path, friendly_errors
     "--token-level", is_flag=True, help="Also store every response token's log-probability."
 )
 @click.option(
+    "--entropy",
+    "token_entropy",
+    is_flag=True,
+    help="Store each response token's next-token entropy (nats) in token_scores "
+    "(implies --token-level).",
+)
+@click.option(
+    "--rank",
+    "token_rank",
+    is_flag=True,
+    help="Store the rank of each human token in the model's distribution (1: its top "
+    "token) in token_scores (implies --token-level).",
+)
+@click.option(
+    "--word-level",
+    is_flag=True,
+    help="Also store per-word scores in word_scores (words: runs of non-space characters; "
+    "needs a fast tokenizer).",
+)
+@click.option(
+    "--bow-correction/--no-bow-correction",
+    default=True,
+    show_default=True,
+    help="With --word-level: the beginning-of-word correction (Pimentel & Meister 2024) "
+    "for tokenizers whose tokens carry their leading space.",
+)
+@click.option(
     "--options",
     "option_decls",
     multiple=True,
@@ -241,6 +268,10 @@ def score(
     stride: int | None,
     tokenization: str,
     token_level: bool,
+    token_entropy: bool,
+    token_rank: bool,
+    word_level: bool,
+    bow_correction: bool,
     option_decls: tuple[str, ...],
     options_file: str | None,
     no_detect_options: bool,
@@ -264,7 +295,10 @@ def score(
     before it, token count, first-token NLL, whether the model's top token
     matched, first-token entropy; for experiments with a finite option set
     also every option's renormalised log-probability.  Results go to the
-    `scores` / `option_scores` (/ `token_scores`) tables under one run.
+    `scores` / `option_scores` (/ `token_scores`, `word_scores`) tables under
+    one run.  --entropy and --rank add per-token columns; --word-level adds
+    per-word NLLs with the beginning-of-word correction (docs/scoring.md,
+    "Token and word scores").
 
     Runs are resumable: an interrupted run continues where its last committed
     batch ended; running a completed run again does nothing unless --force.
@@ -281,6 +315,7 @@ def score(
       psystats score --model Qwen/Qwen3-8B --condition chat --study zhu2024games
       psystats score --model ./SmolLM2-135M-Instruct.Q4_1.gguf --condition persona
       psystats score --model my-llama --options "exp1=yes|no" --token-level
+      psystats score --model my-llama --word-level --entropy --rank
       psystats score --model my-llama --shard $SLURM_ARRAY_TASK_ID/16 --out shards/
       psystats score --model Qwen/Qwen2.5-VL-7B-Instruct --condition chat --device cuda
       psystats score --model meta-llama/Llama-3.1-70B --dtype bfloat16 --device-map auto \\
@@ -325,6 +360,10 @@ def score(
             stride=stride,
             tokenization=tokenization,
             token_level=token_level,
+            # Only when asked: runs started before these options keep their keys.
+            **({"entropy": True} if token_entropy else {}),
+            **({"rank": True} if token_rank else {}),
+            **(dict(word_level=True, bow_correction=bow_correction) if word_level else {}),
             packing=packing,
             system_prompt=system_prompt,
             attention=attention,

@@ -122,13 +122,28 @@ def import_(
     type=click.Path(dir_okay=False),
     help="Output file (.parquet or .csv).",
 )
+@click.option(
+    "--level",
+    type=click.Choice(["response", "token", "word"]),
+    default="response",
+    show_default=True,
+    help="One row per response (scores), per token (token_scores) or per word (word_scores).",
+)
 @friendly_errors
 def export(
-    db: str | None, run_id: int | None, model: str | None, condition: str | None, out: str
+    db: str | None,
+    run_id: int | None,
+    model: str | None,
+    condition: str | None,
+    out: str,
+    level: str,
 ) -> None:
     """Write scores joined with study, experiment, participant and response_index.
 
-    The file imports back unchanged with `psystats scores import`.
+    The response level imports back unchanged with `psystats scores import`.
+    --level token writes token_scores (log-probability, and entropy and rank
+    when the run was scored with --entropy / --rank); --level word writes
+    word_scores (runs scored with --word-level; columns in docs/scoring.md).
     The output must be a regular file (or new); it is written under a
     temporary name and renamed, so it is never half-written.
 
@@ -136,8 +151,10 @@ def export(
     Examples:
       psystats scores export --run 3 -o run3.parquet
       psystats scores export --model Qwen/Qwen3-8B --condition chat -o qwen3-chat.csv
+      psystats scores export --run 3 --level word -o run3-words.csv
+      psystats scores export --run 3 --level token -o run3-tokens.parquet
     """
-    from psystats.scoring.importer import export_scores
+    from psystats.scoring.importer import export_runs, export_scores
 
     if condition and not model:
         raise click.UsageError("--condition needs --model")
@@ -149,9 +166,17 @@ def export(
         from psystats.warehouse.queries import check_names
 
         check_names(con, "condition", [condition])
-    with atomic_output(out) as tmp:
-        runs, n = export_scores(con, tmp, run_id=run_id, model=model, condition=condition)
+    if level == "response":
+        with atomic_output(out) as tmp:
+            runs, n = export_scores(con, tmp, run_id=run_id, model=model, condition=condition)
+    else:
+        from psystats.scoring.export_levels import export_level
+
+        runs = export_runs(con, run_id=run_id, model=model, condition=condition)
+        with atomic_output(out) as tmp:
+            n = export_level(con, tmp, runs, level)
+    what = "scores" if level == "response" else f"{level} scores"
     click.echo(
-        f"wrote {n} scores from run{'s' if len(runs) > 1 else ''} "
+        f"wrote {n} {what} from run{'s' if len(runs) > 1 else ''} "
         f"{', '.join(map(str, runs))} to {out}"
     )
