@@ -534,3 +534,103 @@ def test_release_buffers_evicts_the_file_cache_and_keeps_the_limit(scored, monke
         assert release_buffers(bc) is False  # it detaches after each statement anyway
     finally:
         bc.close()
+
+
+# ------------------------------------------------ fit generations: base cells in SQL
+
+
+@pytest.fixture(scope="module")
+def generations_db(tmp_path_factory):
+    """Two families of base models in 3 and 2 generations; one base model misses a third
+    of the participants of every experiment (the 'complete participants' rule matters)."""
+    from psystats.stats.generations import simulate_generations
+    from psystats.stats.simulate import add_synthetic_experiments
+
+    path = tmp_path_factory.mktemp("gen") / "gen.duckdb"
+    c = warehouse.connect(path)
+    try:
+        add_synthetic_experiments(c, n_experiments=4, participants=9, responses=3, seed=3)
+        simulate_generations(c, families={"qwen": (1, 2, 3), "llama": (1, 2)}, seed=4)
+        model = scalar(
+            c, "SELECT min(name) FROM models WHERE family = 'qwen' AND post_training = 'base'"
+        )
+        c.execute(
+            "DELETE FROM scores WHERE run_id IN (SELECT run_id FROM score_runs WHERE model = ?)"
+            " AND response_id IN (SELECT response_id FROM responses"
+            " WHERE participant_key % 3 = 0)",
+            [model],
+        )
+    finally:
+        c.close()
+    return path
+
+
+def test_base_cells_in_duckdb_equal_the_pandas_two_way_table(generations_db):
+    from psystats.stats.analysis_common import load_models
+    from psystats.stats.base_cells import base_cells
+    from psystats.stats.data import participant_means
+    from psystats.stats.generations import _base_cells_one
+
+    c = warehouse.connect(generations_db, read_only=True)
+    try:
+        models = load_models(c)
+        bases = models[models.post_training == "base"].set_index("name")
+        # One family as it is, and one where a single base model is alone (own SD).
+        solo = bases.family.copy()
+        solo[solo.index[solo == "llama"][0]] = "alone"
+        got = {
+            k: base_cells(c, fam, condition="plain")
+            for k, fam in (("as is", bases.family), ("solo", solo))
+        }
+        pm = participant_means(c, condition="plain")
+    finally:
+        c.close()
+    for key, fam in (("as is", bases.family), ("solo", solo)):
+        g = got[key]
+        bm = pm[pm.model.isin(fam.index)]
+        bm = bm.assign(family=bm.model.map(fam))
+        n_ref = 0
+        for (f, exp), frame in bm.groupby(["family", "experiment"]):
+            ref, dropped = _base_cells_one(frame)
+            mine = g[(g.family == f) & (g.experiment == exp)]
+            assert (mine.dropped == dropped).all()
+            if f == "qwen":
+                assert dropped > 0  # the rule is exercised
+            if ref.empty:
+                assert mine["mean"].isna().all()
+                continue
+            mine = mine.set_index("model").loc[list(ref.model)]
+            assert (mine.n.to_numpy() == ref.n.to_numpy()).all()
+            np.testing.assert_allclose(mine["mean"], ref["mean"], rtol=1e-12)
+            np.testing.assert_allclose(mine["se"], ref["se"], rtol=1e-10)
+            n_ref += len(ref)
+        assert n_ref == g["mean"].notna().sum() > 0
+    assert (got["solo"].family == "alone").any()
+
+
+def test_load_generations_data_equals_the_pandas_route(generations_db):
+    """`fit generations` reads base cells aggregated in DuckDB: the same data, notes and
+    cells as preparing them from every participant row in pandas."""
+    from psystats.stats.analysis_common import load_models
+    from psystats.stats.cells import build_cells
+    from psystats.stats.data import participant_means
+    from psystats.stats.generations import load_generations_data, prepare_generations
+
+    c = warehouse.connect(generations_db, read_only=True)
+    try:
+        got = load_generations_data(c)
+        ref = prepare_generations(
+            participant_means(c, condition="plain"), build_cells(c), load_models(c)
+        )
+    finally:
+        c.close()
+    assert got.notes == ref.notes and any("not scored by every base model" in n for n in got.notes)
+    assert got.families == ref.families and got.reference_type == ref.reference_type
+    pd.testing.assert_frame_equal(got.generations, ref.generations)
+    pd.testing.assert_frame_equal(got.gap_cells, ref.gap_cells)
+    key = ["family", "experiment", "model"]
+    a = got.base_cells.sort_values(key).reset_index(drop=True)
+    b = ref.base_cells.sort_values(key).reset_index(drop=True)
+    assert len(a) == len(b) > 0
+    pd.testing.assert_frame_equal(a, b[a.columns], check_dtype=False, rtol=1e-10)
+    assert set(got.selection["runs"]) >= set(a.model)

@@ -33,7 +33,7 @@ their least-squares trend on ``models.generation_order`` within the family
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,6 @@ from .analysis_common import (
     cell_label,
     generation_coords,
     grouped_normal_logp,
-    latest_participant_means,
     load_models,
     log_size_term,
     prob,
@@ -161,7 +160,7 @@ def _base_cells_one(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 def prepare_generations(
-    base_means: pd.DataFrame,
+    base_means: pd.DataFrame | Callable[[pd.Series], pd.DataFrame],
     pair_cells: pd.DataFrame,
     models: pd.DataFrame,
     *,
@@ -171,7 +170,10 @@ def prepare_generations(
     """Build the generations data from per-participant mean NLL tables.
 
     ``base_means``: one row per (model, experiment, participant_key) with
-    ``mean_nll`` under the base condition (``stats.data.participant_means``).
+    ``mean_nll`` under the base condition (``stats.data.participant_means``),
+    or a function of the selected base models' families (a Series, model ->
+    family) returning their cells already aggregated
+    (``stats.base_cells.base_cells``, as :func:`load_generations_data` does).
     ``pair_cells``: the (pair, experiment) cells of paired post-minus-base
     differences (``stats.cells.build_cells``: pair, post_model, base_model,
     post_training, experiment, n, mean, var).  ``models``: the
@@ -194,20 +196,32 @@ def prepare_generations(
         bases = bases.drop(no_gen.index)
 
     # ---- base cells, paired within (family, experiment)
-    bm = base_means[base_means["model"].isin(bases.index)]
     cells = []
-    for (fam, exp), frame in bm.assign(family=bm["model"].map(bases["family"])).groupby(
-        ["family", "experiment"], sort=True
-    ):
-        c, dropped = _base_cells_one(frame)
-        if dropped:
-            notes.append(
-                f"{fam} / {exp}: {dropped} participant(s) not scored by every "
-                f"base model of the family left out of the base cells"
-            )
-        if len(c):
-            c["family"], c["experiment"] = fam, exp
-            cells.append(c)
+    if callable(base_means):  # stats.base_cells: aggregated in DuckDB, no participant rows
+        sql_cells = base_means(bases["family"])
+        for (fam, exp), d in sql_cells.groupby(["family", "experiment"], sort=True):
+            if int(d["dropped"].iloc[0]):
+                notes.append(
+                    f"{fam} / {exp}: {int(d['dropped'].iloc[0])} participant(s) not scored by "
+                    f"every base model of the family left out of the base cells"
+                )
+        ok = sql_cells[sql_cells["mean"].notna() & sql_cells["model"].notna()]
+        if len(ok):
+            cells.append(ok[["model", "n", "mean", "se", "family", "experiment"]])
+    else:
+        bm = base_means[base_means["model"].isin(bases.index)]
+        for (fam, exp), frame in bm.assign(family=bm["model"].map(bases["family"])).groupby(
+            ["family", "experiment"], sort=True
+        ):
+            c, dropped = _base_cells_one(frame)
+            if dropped:
+                notes.append(
+                    f"{fam} / {exp}: {dropped} participant(s) not scored by every "
+                    f"base model of the family left out of the base cells"
+                )
+            if len(c):
+                c["family"], c["experiment"] = fam, exp
+                cells.append(c)
     base_cells = (
         pd.concat(cells, ignore_index=True)
         if cells
@@ -335,11 +349,24 @@ def load_generations_data(
     in the given condition (``stats.data``); the gap cells pair the post and
     base scores response by response (``stats.cells.build_cells``).
     """
+    from psystats.warehouse.db import scalar
+
+    from .base_cells import BASE_CELL_COLUMNS, base_cells
     from .cells import build_cells
 
     models = load_models(con)
-    base_means = latest_participant_means(con, condition=base_condition, experiments=experiments)
-    if base_means.empty:
+    # Base cells are aggregated in DuckDB (stats.base_cells), one model at a time.
+    seen = {"cells": pd.DataFrame(columns=BASE_CELL_COLUMNS)}
+
+    def base_means(fams: pd.Series) -> pd.DataFrame:
+        seen["cells"] = base_cells(con, fams, condition=base_condition, experiments=experiments)
+        return seen["cells"]
+
+    if not scalar(
+        con,
+        "SELECT count(*) FROM score_runs WHERE status = 'complete' AND condition = ?",
+        [base_condition],
+    ):
         raise WarehouseError(
             f"no complete score runs with condition {base_condition!r}: "
             "score the base models first (`psystats score`)"
@@ -357,9 +384,10 @@ def load_generations_data(
         base_means, pair_cells, models, families=families, post_training=post_training
     )
     used = set(data.base_cells["model"]) | set(data.gap_cells["post_model"])
+    bc = seen["cells"].dropna(subset=["model", "run_id"])
     runs = {
         m: sorted(int(r) for r in set(g))
-        for m, g in base_means.groupby("model")["run_id"]
+        for m, g in bc.groupby("model")["run_id"]
         if m in set(data.base_cells["model"])
     }
     for col_m, col_r in (("post_model", "post_run_id"), ("base_model", "base_run_id")):
