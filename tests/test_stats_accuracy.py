@@ -179,8 +179,8 @@ def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     assert res.exit_code == 0, res.output
     assert "gap survives calibration" in res.output
     con = warehouse.connect(path, read_only=True)
-    ((fit_id, summary, diag),) = con.execute(
-        "SELECT fit_id, summary, diagnostics FROM fits WHERE kind = 'accuracy'"
+    ((fit_id, summary, diag, nc),) = con.execute(
+        "SELECT fit_id, summary, diagnostics, netcdf_path FROM fits WHERE kind = 'accuracy'"
     ).fetchall()
     params = {
         (p, l): (m, lo, hi)
@@ -198,3 +198,18 @@ def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     temps = pd.DataFrame(s["calibration"]).groupby("model")["temperature"].mean()
     for model, t in truth["models"].items():
         assert temps[model] == pytest.approx(t["temperature"], rel=0.2)
+    # Observed binomial likelihoods: predictive check, pointwise log-likelihood, PSIS-LOO.
+    import arviz as az
+
+    idata = az.from_netcdf(nc)
+    n_rows = idata.observed_data["hits"].size
+    assert n_rows == 2 * 4 * 30  # two models x 4 experiments x 30 participants
+    for var in ("hits", "hits_calibrated"):
+        assert idata.posterior_predictive[var].shape[-1] == n_rows
+        assert idata.log_likelihood[var].shape[-1] == n_rows
+        assert s["ppc"][var]["coverage_90"] > 0.5
+        assert s["loo"]["by_variable"][var]["n_observations"] == n_rows
+    assert s["loo"]["full"]["n_observations"] == 2 * n_rows
+    assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(
+        s["loo"]["full"]["elpd_loo"]
+    )

@@ -213,7 +213,21 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     assert ppc["draws"] == 400 and ppc["coverage_90"] > 0.5, ppc
     import arviz as az
 
-    assert "base_obs" in az.from_netcdf(fit[0][4]).posterior_predictive
+    idata = az.from_netcdf(fit[0][4])
+    assert "base_obs" in idata.posterior_predictive
+    # Both observed likelihoods (the gap cells' marginal normal included) are checked and
+    # scored: replicated draws, pointwise log-likelihood, PSIS-LOO over all cells.
+    n_base, n_gap = idata.observed_data["base_obs"].size, idata.observed_data["gap_obs"].size
+    assert n_gap == 5 * 8  # 5 (family, generation) pairs x 8 experiments
+    assert idata.posterior_predictive["gap_obs"].shape[-1] == n_gap
+    assert summary["ppc"]["gap_obs"]["coverage_90"] > 0.5
+    for var, n in (("base_obs", n_base), ("gap_obs", n_gap)):
+        assert idata.log_likelihood[var].shape[-1] == n
+        assert np.isfinite(idata.log_likelihood[var].values).all()
+        assert summary["loo"]["by_variable"][var]["n_observations"] == n
+    loo = summary["loo"]["full"]
+    assert loo["n_observations"] == n_base + n_gap
+    assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(loo["elpd_loo"])
 
 
 def test_cli_one_generation_only_exits_1_and_stores_nothing(tmp_path):
@@ -308,3 +322,37 @@ def test_optional_terms_enter_when_the_data_identify_them():
     assert list(model.coords["type_level"]) == ["reasoning"]
     assert "type" in spec["terms"] and "size_slope_base" in spec["terms"]
     assert np.isfinite(model.compile_logp()(model.initial_point()))
+
+
+def test_gap_likelihood_is_the_dense_multivariate_normal(generations_warehouse):
+    """The observed gap cells (experiment effect integrated out) at a point, against scipy's
+    multivariate normal with the covariance written out."""
+    from scipy.stats import multivariate_normal
+
+    from psystats.stats.generations import build_generations_model, load_generations_data
+
+    path, _ = generations_warehouse
+    con = warehouse.connect(path, read_only=True)
+    data = load_generations_data(con)
+    con.close()
+    model, spec = build_generations_model(data)
+    # This layout leaves the gap mean at gap[family, generation] (no type, pair, size terms).
+    assert {"type", "pair residual", "size_slope_gap"} <= set(spec["dropped"])
+    gc = data.gap_cells
+    gens = list(model.coords["gap_generation"])
+    gap = np.linspace(0.1, 0.5, len(gens))
+    point = {v.name: None for v in model.value_vars}
+    point.update(
+        gap=gap,
+        sigma_gap_cell_log__=np.log(0.03),
+        sigma_gap_experiment_log__=np.log(0.2),
+    )
+    fn = model.compile_fn(model.logp(vars=[model["gap_obs"]]), mode="FAST_COMPILE")
+    got = fn({k: v for k, v in point.items() if v is not None})
+
+    g_idx = pd.Index(gens).get_indexer([f"{f} {g}" for f, g in zip(gc["family"], gc["generation"])])
+    exps = sorted(set(gc["experiment"]))
+    Z = np.eye(len(exps))[pd.Index(exps).get_indexer(gc["experiment"])]
+    S = np.diag(0.03**2 + gc["se"] ** 2) + 0.2**2 * Z @ Z.T
+    ref = multivariate_normal(gap[g_idx], S).logpdf(gc["mean"])
+    assert float(got) == pytest.approx(ref, rel=1e-10)

@@ -145,8 +145,8 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
     assert res.exit_code == 0, res.output
     assert "ROPE: ±0.05" in res.output
     con = warehouse.connect(path, read_only=True)
-    ((fit_id, summary, diag),) = con.execute(
-        "SELECT fit_id, summary, diagnostics FROM fits WHERE kind = 'persona'"
+    ((fit_id, summary, diag, nc),) = con.execute(
+        "SELECT fit_id, summary, diagnostics, netcdf_path FROM fits WHERE kind = 'persona'"
     ).fetchall()
     params = dict(
         con.execute(
@@ -165,6 +165,24 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
     for t, true in truth["persona_effect"].items():
         assert params[t] == pytest.approx(true, abs=0.03)
     assert {json.loads(c[0])["post_training"] for c in coords} == {"base", "instruct"}
+    _assert_checked_and_stored(json.loads(summary), nc, "obs", 32)
+
+
+def _assert_checked_and_stored(summary: dict, nc: str, var: str, n_obs: int) -> None:
+    """The observed likelihood's predictive check, pointwise log-likelihood and LOO, stored."""
+    import arviz as az
+
+    ppc = summary["ppc"]
+    assert ppc["draws"] == 400 and 0.5 < ppc["coverage_90"] <= 1.0, ppc
+    loo = summary["loo"]["full"]
+    assert loo["n_observations"] == n_obs and np.isfinite(loo["elpd_loo"]), loo
+    idata = az.from_netcdf(nc)
+    assert idata.posterior_predictive[var].shape[-1] == n_obs
+    ll = idata.log_likelihood[var]
+    assert ll.dims[:2] == ("chain", "draw") and ll.shape[-1] == n_obs
+    assert np.isfinite(ll.values).all()
+    # The stored pointwise ELPD adds up to the summary's.
+    assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(loo["elpd_loo"])
 
 
 @pytest.mark.slow
@@ -198,3 +216,42 @@ def test_integrated_random_intercepts_equal_the_dense_normal():
     num = [(f(mu0 + eps * e, s) - f(mu0 - eps * e, s)) / (2 * eps) for e in np.eye(9)]
     assert np.allclose(gm, num, atol=1e-6)
     assert gs == pytest.approx((f(mu0, s + eps) - f(mu0, s - eps)) / (2 * eps), abs=1e-6)
+
+
+def test_persona_likelihood_is_the_dense_multivariate_normal():
+    """The observed ``obs`` (model and experiment intercepts integrated out) at a point,
+    against scipy's multivariate normal with the covariance written out."""
+    from scipy.stats import multivariate_normal
+
+    from psystats.stats.persona import build_persona_model, prepare_persona
+
+    rng = np.random.default_rng(7)
+    names = ["m0", "m1", "m2", "m3"]
+    models = pd.DataFrame(
+        {"name": names, "post_training": ["base", "base", "instruct", "instruct"]}
+    )
+    exps = ["a", "b", "c"]
+    cells = pd.DataFrame(
+        [(m, e) for m in names for e in exps], columns=["model", "experiment"]
+    ).assign(
+        n=10,
+        mean=lambda d: rng.normal(0.0, 0.1, len(d)),
+        var=lambda d: rng.uniform(0.01, 0.05, len(d)),
+        sd_persona=1.0,
+        sd_plain=1.0,
+    )
+    data = prepare_persona(cells, models)
+    model, spec = build_persona_model(data, model_effects="random")
+    assert spec["model_effects"] == "random" and "obs" in [v.name for v in model.observed_RVs]
+    point = model.initial_point()
+    point["persona_effect"] = np.array([0.03, -0.08])  # base, instruct
+    for name, value in (("sigma_model", 0.05), ("sigma_experiment", 0.12), ("sigma_cell", 0.02)):
+        point[f"{name}_log__"] = np.log(value)
+    got = model.compile_fn(model.logp(vars=[model["obs"]]), mode="FAST_COMPILE")(point)
+
+    c = data.cells
+    mu = np.where(c["post_training"] == "base", 0.03, -0.08)
+    Zm = np.eye(4)[pd.Index(names).get_indexer(c["model"])]
+    Ze = np.eye(3)[pd.Index(exps).get_indexer(c["experiment"])]
+    S = np.diag(0.02**2 + c["var"] / c["n"]) + 0.05**2 * Zm @ Zm.T + 0.12**2 * Ze @ Ze.T
+    assert float(got) == pytest.approx(multivariate_normal(mu, S).logpdf(c["y"]), rel=1e-10)

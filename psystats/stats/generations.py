@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,12 +45,15 @@ from psystats.warehouse.db import WarehouseError
 from .analysis_common import (
     cell_label,
     generation_coords,
-    grouped_normal_logp,
     load_models,
     log_size_term,
     prob,
     resolve_prior_scales,
 )
+from .likelihoods import marginal_normal
+
+if TYPE_CHECKING:
+    from .pipeline import FitResult
 
 KIND = "generations"
 
@@ -600,16 +603,14 @@ def build_generations_model(data: GenerationsData, priors: GenerationsPriors | N
             # Experiment effect on the gap: x_e ~ Normal(0, sigma_gap_experiment), integrated
             # out exactly (no funnel when few experiments make sigma small).
             s_e = pm.HalfNormal("sigma_gap_experiment", p["gap_experiment_sd"])
-            pm.Potential(
+            marginal_normal(
                 "gap_obs",
-                grouped_normal_logp(
-                    gc["mean"].to_numpy(float),
-                    mu_g,
-                    var_g,
-                    pd.Index(exps).get_indexer(gc["experiment"]),
-                    len(exps),
-                    s_e,
-                ),
+                mu_g,
+                var_g,
+                [(pd.Index(exps).get_indexer(gc["experiment"]), len(exps), s_e)],
+                gc["mean"].to_numpy(float),
+                dims="gap_cell",
+                closed_form_one_factor=True,
             )
         else:
             pm.Normal(
@@ -705,24 +706,30 @@ def fit_generations(
     allow_diagnostics_failure: bool = False,
     netcdf_dir=None,
     name: str | None = None,
-) -> dict:
-    """Load, build, sample, check and store a generations fit; returns a result dict.
+) -> FitResult:
+    """Load, build, sample, check and store a generations fit (``stats.pipeline``).
 
     A fit that misses its diagnostic gates raises :class:`DiagnosticsFailure`
     (nothing stored) unless ``allow_diagnostics_failure``, which stores it
-    with ``fits.passed = false``.
+    with ``fits.passed = false``.  Returns the pipeline's
+    :class:`~psystats.stats.pipeline.FitResult`; its summary holds the
+    slopes and probabilities, the posterior predictive check of the base and
+    gap cells (``ppc``) and PSIS-LOO over all cells (``loo``, also per
+    observed variable; the gap cells' densities are the exact
+    leave-one-cell-out densities of their marginal normal).
     """
-    from .sampling import (
-        diagnose,
-        enforce,
-        gated_vars,
-        posterior_predictive_draws,
-        ppc_statistics,
-        sample,
-    )
-    from .store import save_fit
+    from .analysis_fit import fit_analysis
+    from .pipeline import SamplingOptions, StoreOptions
 
     t0 = time.perf_counter()
+    sampling = SamplingOptions(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+    )
     data = load_generations_data(
         con,
         base_condition=base_condition,
@@ -732,48 +739,40 @@ def fit_generations(
         post_training=post_training,
     )
     model, spec = build_generations_model(data, priors)
-    idata = sample(
-        model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
-    names = [n for n in PARAMS if n in idata.posterior]
-    diag = diagnose(idata, var_names=gated_vars(model))
-    enforce(diag, allow_diagnostics_failure)
-    summary = summarise_generations(idata, data)
-    # Predictive check of the observed cells (the base cells; the gap cells too unless
-    # their experiment effect is integrated out, which makes them a Potential).
-    summary["ppc"] = {}
-    for rv in model.observed_RVs:
-        rep, y = posterior_predictive_draws(model, idata, rv.name, seed=seed)
-        summary["ppc"][rv.name] = ppc_statistics(y, rep)
     condition = (
         base_condition
         if base_condition == post_condition
         else f"{post_condition} vs {base_condition}"
     )
-    fit_id = save_fit(
-        con,
+    bc, gc = data.base_cells, data.gap_cells
+    return fit_analysis(
+        model,
         kind=KIND,
-        idata=idata,
+        con=con,
+        sampling=sampling,
+        allow_failure=allow_diagnostics_failure,
+        summarise=lambda idata: summarise_generations(idata, data),
+        observation_labels={
+            "base_obs": [f"{m} / {e}" for m, e in zip(bc["model"], bc["experiment"])],
+            "gap_obs": [f"{p} / {e}" for p, e in zip(gc["pair"], gc["experiment"])],
+        },
         spec=spec,
         priors=spec["priors"],
         selection=data.selection,
-        condition=condition,
-        scale="nats",
-        diagnostics=diag,
-        summary=summary,
-        seconds=time.perf_counter() - t0,
-        netcdf_dir=netcdf_dir,
-        var_names=names,
-        name=name,
-        element_coords=generation_coords(data.generations, ["base_generation", "gap_generation"]),
+        dropped=spec.get("dropped"),
+        notes=data.notes,
+        store=StoreOptions(
+            condition=condition,
+            scale="nats",
+            name=name,
+            netcdf_dir=netcdf_dir,
+            var_names=[n for n in PARAMS if n in model.named_vars],
+            element_coords=generation_coords(
+                data.generations, ["base_generation", "gap_generation"]
+            ),
+        ),
+        started=t0,
     )
-    return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
 # --------------------------------------------------------------------------- simulation

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,11 @@ import pandas as pd
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import where_clause
 
-from .analysis_common import crossed_normal_logp, load_models, prob, resolve_prior_scales
+from .analysis_common import load_models, prob, resolve_prior_scales
+from .likelihoods import marginal_normal
+
+if TYPE_CHECKING:
+    from .pipeline import FitResult
 
 KIND = "persona"
 SCALES = ("nats", "standardised")
@@ -273,7 +277,9 @@ def build_persona_model(
                 )
             )
         if factors:
-            pm.Potential("obs", crossed_normal_logp(c["y"].to_numpy(float), mu, var, factors))
+            # Observed multivariate normal with the intercepts integrated out exactly: same
+            # density as before, but with predictive draws and exact LOO densities.
+            marginal_normal("obs", mu, var, factors, c["y"].to_numpy(float), dims="cell")
         else:
             pm.Normal(
                 "obs", mu=mu, sigma=pt.sqrt(var), observed=c["y"].to_numpy(float), dims="cell"
@@ -340,12 +346,26 @@ def fit_persona(
     allow_diagnostics_failure: bool = False,
     netcdf_dir=None,
     name: str | None = None,
-) -> dict:
-    """Load, build, sample, check and store a persona fit; returns a result dict."""
-    from .sampling import diagnose, enforce, gated_vars, sample
-    from .store import save_fit
+) -> FitResult:
+    """Load, build, sample, check and store a persona fit (``stats.pipeline``).
+
+    Returns the pipeline's :class:`~psystats.stats.pipeline.FitResult`: its
+    summary holds the ROPE statements, the posterior predictive check of the
+    cells (``ppc``) and PSIS-LOO over cells (``loo``; exact leave-one-cell-out
+    densities of the marginal normal).
+    """
+    from .analysis_fit import fit_analysis
+    from .pipeline import SamplingOptions, StoreOptions
 
     t0 = time.perf_counter()
+    sampling = SamplingOptions(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+    )
     cells = persona_cells(
         con,
         persona_condition=persona_condition,
@@ -370,35 +390,29 @@ def fit_persona(
         notes=data.notes,
     )
     model, spec = build_persona_model(data, priors, model_effects=model_effects)
-    idata = sample(
+    c = data.cells
+    return fit_analysis(
         model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
-    diag = diagnose(idata, var_names=gated_vars(model))
-    enforce(diag, allow_diagnostics_failure)
-    summary = summarise_persona(idata, data)
-    fit_id = save_fit(
-        con,
         kind=KIND,
-        idata=idata,
+        con=con,
+        sampling=sampling,
+        allow_failure=allow_diagnostics_failure,
+        summarise=lambda idata: summarise_persona(idata, data),
+        observation_labels={"obs": [f"{m} / {e}" for m, e in zip(c["model"], c["experiment"])]},
         spec=spec,
         priors=spec["priors"],
         selection=data.selection,
-        condition=f"{persona_condition} vs {plain_condition}",
-        scale=scale,
-        diagnostics=diag,
-        summary=summary,
-        seconds=time.perf_counter() - t0,
-        netcdf_dir=netcdf_dir,
-        var_names=[n for n in PARAMS if n in idata.posterior],
-        name=name,
+        dropped=spec.get("dropped"),
+        notes=data.notes,
+        store=StoreOptions(
+            condition=f"{persona_condition} vs {plain_condition}",
+            scale=scale,
+            name=name,
+            netcdf_dir=netcdf_dir,
+            var_names=[n for n in PARAMS if n in model.named_vars],
+        ),
+        started=t0,
     )
-    return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
 def simulate_persona(
