@@ -634,3 +634,43 @@ def test_load_generations_data_equals_the_pandas_route(generations_db):
     assert len(a) == len(b) > 0
     pd.testing.assert_frame_equal(a, b[a.columns], check_dtype=False, rtol=1e-10)
     assert set(got.selection["runs"]) >= set(a.model)
+
+
+# ------------------------------------------- fit accuracy: one (model, experiment) at a time
+
+
+def test_option_groups_equal_option_rows_and_prepare_the_same_data(tmp_path):
+    from psystats.stats.accuracy import option_rows, prepare_accuracy, simulate_accuracy
+    from psystats.stats.analysis_common import load_models
+    from psystats.stats.option_groups import OptionGroups
+    from psystats.stats.simulate import add_synthetic_experiments
+
+    path = tmp_path / "acc.duckdb"
+    c = warehouse.connect(path)
+    try:
+        add_synthetic_experiments(c, n_experiments=3, participants=8, responses=4, seed=1)
+        simulate_accuracy(c, seed=2)
+        ref = option_rows(c)
+        groups = OptionGroups(c)
+        got = groups.to_frame()
+        one_exp = sorted(set(ref.experiment))[0]
+        ref_one = option_rows(c, experiments=[one_exp])
+        got_one = OptionGroups(c, experiments=[one_exp]).to_frame()
+        models = load_models(c)
+        a = prepare_accuracy(ref, models, folds=3, seed=0)
+        b = prepare_accuracy(groups, models, folds=3, seed=0)
+    finally:
+        c.close()
+    key = ["model", "response_id", "option"]
+    assert len(ref) > 0 and len(groups.groups) == ref.groupby(["model", "experiment"]).ngroups
+    pd.testing.assert_frame_equal(
+        got.sort_values(key).reset_index(drop=True), ref.sort_values(key).reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(
+        got_one.sort_values(key).reset_index(drop=True),
+        ref_one.sort_values(key).reset_index(drop=True),
+    )
+    pd.testing.assert_frame_equal(a.participants, b.participants)
+    pd.testing.assert_frame_equal(a.calibration, b.calibration)
+    pd.testing.assert_frame_equal(a.pairs, b.pairs)
+    assert a.notes == b.notes
