@@ -5,10 +5,10 @@ DuckDB tables inside the file (layout ``duckdb``, the default) or as Parquet
 files in a folder, one partition per scoring run, read by views of the same
 names (layout ``parquet``)::
 
-    <scores dir>/scores/run_id=0/part-schema.parquet      empty: the columns
     <scores dir>/scores/run_id=7/part-<uuid>.parquet      one per committed batch
     <scores dir>/option_scores/run_id=7/part-<uuid>.parquet
     <scores dir>/token_scores/run_id=7/part-<uuid>.parquet
+    <scores dir>/scores/run_id=999999999/part-schema.parquet   no rows: the columns
 
 The layout is recorded in ``warehouse_settings`` and chosen by ``psystats
 init --scores-layout``.  Every writer goes through :func:`write_rows` (or
@@ -55,7 +55,13 @@ DIR_KEY = "scores_dir"  # as given: relative to the warehouse file's folder, or 
 RESOLVED_KEY = "scores_dir_resolved"  # the absolute folder the views read now
 UNION_KEY = "union_by_name"  # 'true' once a migration changed a table's columns
 SCHEMA_FILE = "part-schema.parquet"
-SCHEMA_PARTITION = "run_id=0"  # run ids start at 1: partition 0 holds only the column list
+# The empty file that lists the columns (so the views' glob always matches a file)
+# lies in a partition whose name sorts after every real run's: DuckDB estimates a
+# Parquet scan's rows from the FIRST file of the glob, and a first file with no
+# rows makes it plan joins as if the scores were empty (a 14 GB spill building
+# cells at 6.8 M rows, measured).  Run ids come from a sequence starting at 1.
+SCHEMA_RUN_ID = 999_999_999
+SCHEMA_PARTITION = f"run_id={SCHEMA_RUN_ID}"
 TOMBSTONES = "score_rows_deleted"
 # Per-run score tables that stay in the DuckDB file under either layout.
 OTHER_TABLES = ("word_scores",)
@@ -441,6 +447,10 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
 
 
 def _new_file(root: Path, table: str, run_id: int) -> tuple[Path, str, Path]:
+    if not 0 < int(run_id) < SCHEMA_RUN_ID:
+        raise WarehouseError(
+            f"run id {run_id}: the Parquet layout needs 0 < run_id < {SCHEMA_RUN_ID}"
+        )
     part = root / table / f"run_id={int(run_id)}"
     try:
         part.mkdir(parents=True, exist_ok=True)
@@ -622,5 +632,10 @@ def on_open(con: duckdb.DuckDBPyConnection) -> None:
     s = settings(con)
     if s.get(LAYOUT_KEY) != "parquet":
         return
-    refresh(con)
+    try:
+        refresh(con)
+    except WarehouseError:
+        # The folder is not where the settings say (moved on its own): leave the views
+        # alone so that `init --scores-dir NEW` can open the file and re-point them.
+        return
     recover(con)
