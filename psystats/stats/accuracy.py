@@ -26,8 +26,11 @@ for participant i of experiment e scored by base model b and its post-trained
 model p, logit P(hit) = alpha[b, e] + zeta_i for b and
 alpha[b, e] + gap[p, e] + zeta_i for p, with
 gap[p, e] = accuracy_gap[type(p)] + pair and experiment deviations.  Fractional
-counts (ties, expected hits) enter through the binomial log-likelihood
-k log(q) + (n - k) log(1 - q) as a ``pm.Potential``.
+counts (ties, expected hits) enter through the binomial log density
+k log(q) + (n - k) log(1 - q) + log C(n, k) (``gammaln`` form) of an observed
+variable (``hits``, ``hits_calibrated``; ``stats.likelihoods.binomial_logit``),
+so each fit has a posterior predictive check and PSIS-LOO over
+(model, participant) rows.
 
 ``fits.summary["survives_calibration"]`` says, per post-training type, whether
 the raw gap is credible (90% interval excludes 0) and whether the calibrated
@@ -39,7 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -50,7 +53,11 @@ from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import where_clause
 
 from .analysis_common import load_models, prob
+from .likelihoods import binomial_logit
 from .option_groups import OptionGroups
+
+if TYPE_CHECKING:
+    from .pipeline import FitResult
 
 KIND = "accuracy"
 LOG_T_BOUNDS = (np.log(0.02), np.log(50.0))  # temperatures searched (ample for real models)
@@ -376,7 +383,6 @@ class AccuracyPriors:
 def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec: dict):
     """One binomial-logit model of ``hits_col`` inside the current PyMC model."""
     import pymc as pm
-    import pytensor.tensor as pt
 
     d = data.participants
     pairs = data.pairs
@@ -408,6 +414,13 @@ def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec:
             "pair x experiment cell": use_cell,
             "participant": use_part,
         }
+        why = {
+            "pair": "one pair per post-training type: a pair deviation is the type's gap",
+            "experiment (sum to zero)": "one experiment",
+            "pair x experiment cell": "no more pair x experiment cells than gap parameters",
+            "participant": "one response per participant",
+        }
+        spec["dropped"] = {t: why[t] for t, used in spec["terms"].items() if not used}
 
     model = pm.modelcontext(None)
     for dim, vals in (
@@ -417,6 +430,7 @@ def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec:
         ("experiment", exps),
         ("gap_cell", cells),
         ("participant", part_levels),
+        ("row", np.arange(len(d))),
     ):
         if dim not in model.coords:
             model.add_coord(dim, vals)
@@ -451,12 +465,15 @@ def _add_submodel(data: AccuracyData, hits_col: str, suffix: str, p: dict, spec:
         s = pm.HalfNormal(f"sigma_participant{suffix}", p["participant_sd"])
         z = pm.Normal(f"z_participant{suffix}", 0.0, 1.0, dims="participant")
         eta = eta + s * z[pd.Index(part_levels).get_indexer(part)]
-    k = d[hits_col].to_numpy(float)
-    n = d["n"].to_numpy(float)
-    # Binomial log-likelihood without the (constant) binomial coefficient, so
-    # fractional counts (ties, expected hits under sampling) are allowed.
-    # log sigmoid(x) = -softplus(-x), stable for large |x|.
-    pm.Potential(f"loglik{suffix}", pt.sum(-k * pt.softplus(-eta) - (n - k) * pt.softplus(eta)))
+    # Observed binomial-logit hits (fractional counts allowed: ties, expected hits under
+    # sampling), so the fit has predictive draws and pointwise log-likelihoods.
+    binomial_logit(
+        hits_col,
+        eta,
+        d["n"].to_numpy(float),
+        d[hits_col].to_numpy(float),
+        dims="row",
+    )
 
 
 def build_accuracy_model(
@@ -568,14 +585,28 @@ def fit_accuracy(
     allow_diagnostics_failure: bool = False,
     netcdf_dir=None,
     name: str | None = None,
-) -> dict:
-    """Load, calibrate, build, sample, check and store an accuracy fit; returns a result dict."""
-    from .sampling import diagnose, enforce, gated_vars, sample
-    from .store import save_fit
+) -> FitResult:
+    """Load, calibrate, build, sample, check and store an accuracy fit (``stats.pipeline``).
+
+    Returns the pipeline's :class:`~psystats.stats.pipeline.FitResult`; its
+    summary holds the raw and calibrated gaps, the posterior predictive check
+    of the hits (``ppc``) and PSIS-LOO over (model, participant) rows
+    (``loo``, also per outcome).
+    """
+    from .analysis_fit import fit_analysis
+    from .pipeline import SamplingOptions, StoreOptions
 
     if folds < 2:
         raise WarehouseError(f"--folds must be at least 2 (got {folds})")
     t0 = time.perf_counter()
+    sampling = SamplingOptions(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+    )
     base_condition = base_condition or post_condition
     # One (model, experiment) at a time: the option rows never all sit in memory.
     rows = OptionGroups(
@@ -598,40 +629,38 @@ def fit_accuracy(
         notes=data.notes,
     )
     model, spec = build_accuracy_model(data, priors, calibrated=calibrated)
-    idata = sample(
-        model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
-    diag = diagnose(idata, var_names=gated_vars(model))
-    enforce(diag, allow_diagnostics_failure)
-    summary = summarise_accuracy(idata, data, folds)
     condition = (
         post_condition
         if post_condition == base_condition
         else f"{post_condition} vs {base_condition}"
     )
-    fit_id = save_fit(
-        con,
+    d = data.participants
+    rows_lab = [
+        f"{m} / {e} / {p}" for m, e, p in zip(d["model"], d["experiment"], d["participant_key"])
+    ]
+    observed = {"hits": rows_lab, **({"hits_calibrated": rows_lab} if calibrated else {})}
+    return fit_analysis(
+        model,
         kind=KIND,
-        idata=idata,
+        con=con,
+        sampling=sampling,
+        allow_failure=allow_diagnostics_failure,
+        summarise=lambda idata: summarise_accuracy(idata, data, folds),
+        observation_labels=observed,
         spec=spec,
         priors=spec["priors"],
         selection=data.selection,
-        condition=condition,
-        scale="logit",
-        diagnostics=diag,
-        summary=summary,
-        seconds=time.perf_counter() - t0,
-        netcdf_dir=netcdf_dir,
-        var_names=[n for n in PARAMS if n in idata.posterior],
-        name=name,
+        dropped=spec.get("dropped"),
+        notes=data.notes,
+        store=StoreOptions(
+            condition=condition,
+            scale="logit",
+            name=name,
+            netcdf_dir=netcdf_dir,
+            var_names=[n for n in PARAMS if n in model.named_vars],
+        ),
+        started=t0,
     )
-    return dict(fit_id=fit_id, diagnostics=diag, summary=summary, notes=data.notes)
 
 
 # --------------------------------------------------------------------------- simulation
