@@ -52,6 +52,7 @@ EDITABLE: dict[str, type] = {
     "trust_remote_code": bool,
     "quantization": str,
     "release_date": date,  # YYYY-MM-DD, or YYYY-MM (month precision)
+    "pipeline_check": str,  # why the model only checks the pipeline (NULL: a real model)
 }
 # Friendlier names accepted in files and on the command line.
 ALIASES = {"type": "post_training", "base": "base_model", "params": "n_params"}
@@ -76,6 +77,7 @@ _COLUMNS = (
     "adapter_revision",
     "adapter_sha256",
     "quantization",
+    "pipeline_check",
     "release_date",
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -647,8 +649,9 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) 
     con.execute(
         "INSERT INTO models (model_id, name, source, revision, gguf_file, tokenizer_source, family, "
         "generation, generation_order, n_params, post_training, base_model, trust_remote_code, "
-        "inferred, adapter, adapter_revision, adapter_sha256, quantization, release_date) "
-        "VALUES (nextval('model_id_seq'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "inferred, adapter, adapter_revision, adapter_sha256, quantization, pipeline_check, "
+        "release_date) VALUES (nextval('model_id_seq'), "
+        "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             row["name"],
             row["source"],
@@ -667,6 +670,7 @@ def _insert(con: duckdb.DuckDBPyConnection, row: dict, trust_remote_code: bool) 
             row.get("adapter_revision"),
             row.get("adapter_sha256"),
             row.get("quantization"),
+            row.get("pipeline_check"),
             row.get("release_date"),
         ],
     )

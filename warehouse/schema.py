@@ -288,6 +288,13 @@ MIGRATION_RELEASE_DATE = """
 ALTER TABLE models ADD COLUMN release_date DATE;
 """
 
+# Issue 13: a model that only checks the pipeline (a random-initialised
+# network, a stand-in pair) says why; the report puts a caveat on every page
+# that shows it (NULL: a real model).
+MIGRATION_PIPELINE_CHECK = """
+ALTER TABLE models ADD COLUMN pipeline_check VARCHAR;
+"""
+
 # Issue 12: warehouse-wide settings (the scores layout, 'duckdb' or 'parquet',
 # and where the Parquet files are: warehouse/parquet_layout.py), the Parquet
 # files each run's rows are in, and rows deleted from runs whose files stay.
@@ -342,5 +349,6 @@ MIGRATIONS: list[str] = [
     MIGRATION_RELEASE_DATE,
     MIGRATION_SCORES_LAYOUT,
     MIGRATION_FINER_SCORES,
+    MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

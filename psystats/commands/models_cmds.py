@@ -241,8 +241,10 @@ def set_(name: str, assignments: tuple[str, ...], db: str | None) -> None:
 
     Fields: source, revision, gguf_file, tokenizer_source, family, generation,
     generation_order, n_params, post_training (alias type), base_model (alias
-    base), trust_remote_code, quantization, release_date (YYYY-MM-DD or
-    YYYY-MM).  'null' clears a field.  Setting generation also sets generation_order when the generation
+    base), trust_remote_code, quantization, pipeline_check (why the model only
+    checks the pipeline, e.g. random weights: the report puts a caveat on every
+    page that shows it), release_date (YYYY-MM-DD or YYYY-MM).  'null' clears a
+    field.  Setting generation also sets generation_order when the generation
     is a number, and release_date from the registry's table unless you set the
     date yourself.
 
