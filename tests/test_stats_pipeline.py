@@ -387,3 +387,33 @@ def test_run_fit_samples_and_recovers_a_conjugate_posterior(db_path, tmp_path):
     assert abs(mu.mean() - y.sum() / prec) < 0.05 and abs(mu.std() - prec**-0.5) < 0.03
     assert res.summary["sampler"]["sampler"] == "nutpie" and res.fit_id is not None
     assert res.summary["loo"]["full"]["n_observations"] == N_OBS
+
+
+@pytest.mark.slow
+def test_effects_netcdf_record_matches_the_fit(db_path, tmp_path):
+    """A real effects fit through the pipeline: its .nc alone gives back the priors after
+    autoscaling, the terms it dropped (with the reasons) and the data it saw."""
+    import arviz as az
+
+    from psystats.stats.effects import fit_cells
+    from psystats.stats.pipeline import StoreOptions, save_result
+    from psystats.stats.simulate import simulate_cells
+
+    cells = simulate_cells(4, 6, n_families=2, n_types=2, n_domains=1, seed=3).cells
+    cells["y"], cells["se"] = cells["y"] * 60, cells["se"] * 60  # forces autoscaled priors
+    fit = fit_cells(cells, draws=300, tune=300, seed=1, allow_failure=True, compare=False)
+    assert fit.data.prior_scale > 1 and fit.data.dropped
+    fit.result.selection = {"experiments": sorted(cells["experiment"].unique().tolist())}
+    con = warehouse.connect(db_path)
+    fid = save_result(con, fit.result, StoreOptions(scale="nats", netcdf_dir=tmp_path))
+    path = warehouse.db.scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
+    con.close()
+    rec = json.loads(az.from_netcdf(path).attrs["psystats_fit"])
+    assert rec["kind"] == "effects" and rec["fit_id"] == fid
+    assert rec["priors"] == json.loads(json.dumps(fit.spec.all_priors()))
+    assert rec["dropped_terms"] == json.loads(json.dumps(fit.data.dropped))
+    assert rec["spec"]["terms"] == json.loads(json.dumps(fit.result.spec["terms"]))
+    assert rec["selection"]["experiments"] == sorted(cells["experiment"].unique().tolist())
+    assert rec["summary"]["prior_scale"] == pytest.approx(fit.data.prior_scale)
+    assert rec["gates"]["variables"] == fit.result.reported
+    assert rec["versions"]["pymc"] and rec["versions"]["python"]
