@@ -169,11 +169,25 @@ def recovery(args) -> dict:
     }
 
 
+def _read_log(path: str | None) -> list[dict]:
+    """Records of an earlier (perhaps interrupted) run of the same command, to resume from."""
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _append_log(path: str | None, record: dict) -> None:
+    """One finished replication or dataset, flushed at once: a killed run loses at most one."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def sbc(args) -> dict:
     """Simulation-based calibration (Talts et al. 2018) on a small configuration."""
     import nutpie
     import pymc as pm
-    from scipy import stats
 
     from psystats.stats.simulate import simulate_cells
 
@@ -203,7 +217,13 @@ def sbc(args) -> dict:
         prior = pm.sample_prior_predictive(draws=args.sbc, random_seed=args.seed)
     ranks: dict[str, list[int]] = {}
     thin = 99  # ranks in 0..99 from 99 thinned posterior draws
+    done = {r["i"]: r for r in _read_log(args.log) if r.get("kind") == "sbc"}
+    for r in done.values():
+        for k, v in r["ranks"].items():
+            ranks.setdefault(k, []).extend(v)
     for i in range(args.sbc):
+        if i in done:
+            continue
         y = prior.prior_predictive["y"].values[0, i]
         idata = nutpie.sample(
             compiled.with_data(y_obs=y),
@@ -214,22 +234,33 @@ def sbc(args) -> dict:
             progress_bar=False,
             target_accept=0.95,
         )
+        rec: dict[str, list[int]] = {}
         for v in scalars + vectors:
             draws = idata.posterior[v].values.reshape(-1, *idata.posterior[v].shape[2:])
             draws = draws[np.linspace(0, len(draws) - 1, thin).astype(int)]
             true = prior.prior[v].values[0, i]
             r = (draws < true).sum(axis=0)
             for j, rr in enumerate(np.atleast_1d(r)):
-                ranks.setdefault(f"{v}[{j}]" if np.ndim(r) else v, []).append(int(rr))
+                rec.setdefault(f"{v}[{j}]" if np.ndim(r) else v, []).append(int(rr))
+        for k, v in rec.items():
+            ranks.setdefault(k, []).extend(v)
+        _append_log(args.log, {"kind": "sbc", "i": i, "ranks": rec})
+    return _sbc_summary(ranks, args, len(small), compile_s, thin)
+
+
+def _sbc_summary(ranks: dict, args, cells: int, compile_s: float | None, thin: int = 99) -> dict:
+    """Rank histograms and chi-square uniformity p-values of the replications done so far."""
+    from scipy import stats
+
     out = {}
     for k, r in ranks.items():
         hist = np.histogram(r, bins=10, range=(0, thin + 1))[0]
         out[k] = {"chi2_p": float(stats.chisquare(hist).pvalue), "hist": hist.tolist()}
     return {
-        "replications": args.sbc,
+        "replications": len(next(iter(ranks.values()), [])),
         "layout": args.sbc_layout,
-        "cells": int(len(small)),
-        "compile_s": round(compile_s, 1),
+        "cells": int(cells),
+        "compile_s": None if compile_s is None else round(compile_s, 1),
         "min_p": min(v["chi2_p"] for v in out.values()),
         "parameters": out,
     }
@@ -299,7 +330,22 @@ def grid(args) -> dict:
         compiled_by_key: dict = {}
         passed, cover, zero_q95, secs, structures = 0, {}, {}, 0.0, set()
         zero_scales = {k for k, v in (scales or {}).items() if v == 0}
+        logged = {
+            r["k"]: r
+            for r in _read_log(args.log)
+            if r.get("kind") == "grid" and r["corner"] == name
+        }
         for k in range(args.grid):
+            if k in logged:
+                r = logged[k]
+                passed += r["passed"]
+                secs += r["seconds"]
+                structures.add(r["structure"])
+                for n, hits in r["cover"].items():
+                    cover.setdefault(n, []).extend(hits)
+                for n, q in r["zero_q95"].items():
+                    zero_q95.setdefault(n, []).append(q)
+                continue
             sim = simulate_cells(design=design, seed=2000 + k, scales=scales)
             spec = EffectsSpec()
             data = prepare(sim.cells, spec)
@@ -310,7 +356,7 @@ def grid(args) -> dict:
                 data.sigma_cell_fixed,
                 round(data.prior_scale, 6),
             )
-            structures.add(key)
+            structures.add(repr(key))
             if key not in compiled_by_key:
                 model = build_effects_model(data, spec)
                 compiled_by_key[key] = (model, nutpie.compile_pymc_model(model))
@@ -326,14 +372,28 @@ def grid(args) -> dict:
                 progress_bar=False,
                 target_accept=0.95,
             )
-            secs += time.perf_counter() - t
-            passed += diagnose(idata, var_names=reported_vars(model)).passed
+            dt = time.perf_counter() - t
+            secs += dt
+            ok = bool(diagnose(idata, var_names=reported_vars(model)).passed)
+            passed += ok
             truth = {n: v for n, v in sim.truth.items() if n not in zero_scales}
-            for n, hits in _covered(idata.posterior, truth).items():
+            covered = {
+                n: [bool(h) for h in hits] for n, hits in _covered(idata.posterior, truth).items()
+            }
+            for n, hits in covered.items():
                 cover.setdefault(n, []).extend(hits)
-            for n in zero_scales:
-                if n in idata.posterior:
-                    zero_q95.setdefault(n, []).append(float(idata.posterior[n].quantile(0.95)))
+            q95 = {
+                n: float(idata.posterior[n].quantile(0.95))
+                for n in zero_scales
+                if n in idata.posterior
+            }
+            for n, q in q95.items():
+                zero_q95.setdefault(n, []).append(q)
+            _append_log(
+                args.log,
+                {"kind": "grid", "corner": name, "k": k, "passed": ok, "seconds": dt,
+                 "structure": repr(key), "cover": covered, "zero_q95": q95},
+            )  # fmt: skip
         results[name] = {
             "datasets": args.grid,
             "cells": int(len(data.cells)),
@@ -377,6 +437,12 @@ def main() -> None:
     )
     ap.add_argument("--grid", type=int, default=0, help="datasets per corner of the grid")
     ap.add_argument("--corners", default="", help="comma-separated corners (default: all)")
+    ap.add_argument(
+        "--log",
+        default=None,
+        help="JSON-lines file: each SBC replication / grid dataset is appended when done, and "
+        "a rerun with the same file resumes after the last one (the summary covers all)",
+    )
     args = ap.parse_args()
     if args.grid:
         res = grid(args)
