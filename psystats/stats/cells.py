@@ -211,15 +211,23 @@ def _one_pair_cells_sql(n_runs: int, n_post: int, n_base: int) -> str:
     base_in = ", ".join(["?"] * n_base)
     return f"""
     WITH pair_runs(experiment, post_run_id, base_run_id) AS (VALUES {values}),
+    -- Responses with their cell's two runs first (MATERIALIZED: a plan barrier), so the
+    -- scores joins are on (run_id, response_id) and can never multiply rows.  Joining the
+    -- many pair_runs rows on run_id alone let a plan without column statistics (the
+    -- Parquet scores layout's views) build runs x experiments rows and spill GBs.
+    resp AS MATERIALIZED (
+        SELECT pr.experiment, pr.post_run_id, pr.base_run_id, r.response_id, r.study,
+               r.participant_key
+        FROM pair_runs pr JOIN responses r ON r.experiment = pr.experiment
+    ),
     diffs AS (
-        SELECT pr.experiment, r.study, r.participant_key, pr.post_run_id, pr.base_run_id,
+        SELECT pr.experiment, pr.study, pr.participant_key, pr.post_run_id, pr.base_run_id,
                count(*)::BIGINT AS n_responses,
                avg(sp.nll) AS mean_post, avg(sb.nll) AS mean_base,
                avg(sp.nll - sb.nll) AS d
-        FROM pair_runs pr
-        JOIN scores sp ON sp.run_id = pr.post_run_id
-        JOIN responses r ON r.response_id = sp.response_id AND r.experiment = pr.experiment
-        JOIN scores sb ON sb.run_id = pr.base_run_id AND sb.response_id = sp.response_id
+        FROM resp pr
+        JOIN scores sp ON sp.run_id = pr.post_run_id AND sp.response_id = pr.response_id
+        JOIN scores sb ON sb.run_id = pr.base_run_id AND sb.response_id = pr.response_id
         WHERE sp.run_id IN ({post_in}) AND sb.run_id IN ({base_in})
           AND {valid_score("sp")} AND {valid_score("sb")}
         GROUP BY ALL
