@@ -277,12 +277,21 @@ def test_netcdf_alone_carries_spec_priors_selection_dropped_and_versions(db_path
 
 
 def _stored(con, tmp_path, y, *, seed=1, labels=None, scale="nats"):
+    """A stored fit whose draws carry their log-likelihood (computed with scipy): the
+    pipeline scores a ``log_likelihood`` group already on the posterior as it is."""
+    import xarray as xr
+    from scipy import stats
+
     from psystats.stats.pipeline import run_fit
 
+    idata = _exact_draws(y, seed=seed, labels=labels)
+    mu = idata.posterior["mu"].values
+    ll = stats.norm.logpdf(y[None, None, :], mu[..., None], 1.0)
+    idata.add_groups({"log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), ll)})})
     return run_fit(
         _model(y, labels=labels),
         kind="test",
-        idata=_exact_draws(y, seed=seed, labels=labels),
+        idata=idata,
         ppc=False,  # LOO is what compare needs
         con=con,
         store={"scale": scale, "netcdf_dir": tmp_path},
