@@ -452,3 +452,38 @@ def test_shard_files_carry_token_and_word_columns(setup, tmp_path):
     _, back = read_shard(rdir / "unit-u0.manifest.json")
     assert back.words is not None and back.tokens is not None
     assert back.words.equals(batch.words) and back.tokens.equals(batch.tokens)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [{"condition": "chat"}, {"context_policy": "window", "max_context": 24, "stride": 8}],
+    ids=["chat", "window"],
+)
+def test_words_under_chat_and_windows_add_up(setup, opts):
+    """Chat turns and windowed transcripts: the same words, word token NLLs equal the sums
+    of the stored token log-probabilities, and corrected word NLLs sum to the response NLL."""
+    from psystats.scoring.engine import Scorer
+
+    path, sc64, p, _ = setup
+    sc = Scorer(
+        model_row(path),
+        dtype="float64",
+        word_level=True,
+        token_level=True,
+        tokenizer=sc64.tokenizer,
+        lm=sc64.lm,
+        **opts,
+    )
+    batch = sc.score([p])
+    if "max_context" in opts:
+        assert batch.counts.get("windowed_participants") == 1
+    nll = {r["response_id"]: r["nll"] for r in batch.scores.to_pylist()}
+    tokens = _by_response(batch.tokens)
+    for rid, ws in _by_response(batch.words).items():
+        text = p.responses[p.response_ids.index(rid)]
+        assert [w["word"] for w in ws] == text.split()
+        lps = [t["logprob"] for t in tokens[rid]]
+        for w in ws:
+            a, n = w["token_start"], w["n_tokens"]
+            assert w["token_nll"] == pytest.approx(-sum(lps[a : a + n]), abs=1e-9)
+        assert sum(w["nll"] for w in ws) == pytest.approx(nll[rid], abs=1e-9)
