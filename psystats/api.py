@@ -181,6 +181,23 @@ class Warehouse:
             return self.sql(q, [*conds, *params])
         return self.sql(f"SELECT {cols} {joins} {filt} ORDER BY s.run_id, s.response_id", params)
 
+    def token_scores(self, run_id: int) -> pd.DataFrame:
+        """Per-token scores of a run scored with ``--token-level`` (``--entropy``/``--rank``
+        fill those columns), joined with the response's keys; docs/scoring.md."""
+        return self._level(run_id, "token")
+
+    def word_scores(self, run_id: int) -> pd.DataFrame:
+        """Per-word scores of a run scored with ``--word-level`` (word, char span, tokens,
+        ``nll`` with the beginning-of-word correction, ``token_nll``); docs/scoring.md."""
+        return self._level(run_id, "word")
+
+    def _level(self, run_id: int, level: str) -> pd.DataFrame:
+        from psystats.scoring.export_levels import level_query
+
+        with self.connection() as con:
+            query, params = level_query(con, [int(run_id)], level)
+            return _frame(con.execute(query, params))
+
     def participant_means(
         self,
         condition: str = "plain",

@@ -40,30 +40,39 @@ QUERIES = {
 }
 
 
-def export_level(
-    con: duckdb.DuckDBPyConnection, out: str | Path, runs: list[int], level: str
-) -> int:
-    """Write the ``level`` ('token' or 'word') rows of ``runs`` to ``out`` (.parquet or .csv).
+def level_query(
+    con: duckdb.DuckDBPyConnection, runs: list[int], level: str
+) -> tuple[str, list[int]]:
+    """SQL and parameters for the ``level`` ('token' or 'word') rows of ``runs``.
 
-    Returns the row count.  A run without rows at that level is an error
-    naming the run and the option that stores them.
+    A run without rows at that level is an error naming the run and the
+    option that stores them (the API and the CLI share this).
     """
     if level not in QUERIES:
         raise WarehouseError(f"unknown level {level!r}; choose from {', '.join(LEVELS)}")
     table, query, option = QUERIES[level]
-    out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
     for run in runs:
         if not scalar(con, f"SELECT count(*) > 0 FROM {table} WHERE run_id = ?", [run]):
             raise WarehouseError(
                 f"score run {run} has no {level} scores: they are stored by `psystats score "
                 f"{option}` (a new run)"
             )
-    reader = con.sql(query.format(runs=", ".join("?" * len(runs))), params=runs).to_arrow_reader(
-        BATCH_ROWS
-    )
+    return query.format(runs=", ".join("?" * len(runs))), list(runs)
+
+
+def export_level(
+    con: duckdb.DuckDBPyConnection, out: str | Path, runs: list[int], level: str
+) -> int:
+    """Write the ``level`` ('token' or 'word') rows of ``runs`` to ``out`` (.parquet or .csv).
+
+    Returns the row count.
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
+    sql, params = level_query(con, runs, level)
+    reader = con.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
     n = 0
     if suffix == ".parquet":
         import pyarrow.parquet as pq

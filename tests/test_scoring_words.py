@@ -359,6 +359,16 @@ def test_real_transcripts_stored_and_exported_by_word(setup, inputs, warehouse_c
     t = pq.read_table(out)
     assert f"wrote {t.num_rows} word scores from run {run}" in res.output
     assert t.num_rows == batch.words.num_rows
+    # The notebook API reads the same rows.
+    import psystats as ps
+
+    wh = ps.open(warehouse_copy)
+    api_words = wh.word_scores(run)
+    assert api_words.columns.tolist() == t.column_names
+    for col in ("response_id", "word", "nll", "token_nll"):
+        assert api_words[col].tolist() == t[col].to_pylist()
+    tokens = wh.token_scores(run)
+    assert len(tokens) == n_tok and (tokens["rank"] >= 1).all()
     assert t.column_names[:9] == [
         "run_id",
         "model",
