@@ -255,3 +255,24 @@ def test_persona_likelihood_is_the_dense_multivariate_normal():
     Ze = np.eye(3)[pd.Index(exps).get_indexer(c["experiment"])]
     S = np.diag(0.02**2 + c["var"] / c["n"]) + 0.05**2 * Zm @ Zm.T + 0.12**2 * Ze @ Ze.T
     assert float(got) == pytest.approx(multivariate_normal(mu, S).logpdf(c["y"]), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_persona_fits_of_the_same_cells_compare_by_loo(persona_warehouse):
+    """Fixed vs random model effects (both marginal normals): `fit compare` ranks them on the
+    stored exact-LOO densities of the same cells."""
+    from psystats.stats.compare import compare_fits
+    from psystats.stats.persona import fit_persona
+
+    path, _ = persona_warehouse
+    con = warehouse.connect(path)
+    kw = dict(draws=300, tune=400, chains=2, seed=2, allow_diagnostics_failure=True)
+    fixed = fit_persona(con, **kw)
+    random = fit_persona(con, model_effects="random", **kw)
+    table = compare_fits(con, [fixed.fit_id, random.fit_id]).set_index("fit")
+    for fit in (fixed, random):
+        assert table.loc[f"fit {fit.fit_id}", "elpd_loo"] == pytest.approx(
+            fit.summary["loo"]["full"]["elpd_loo"]
+        )
+        assert fit.summary["loo"]["full"]["n_observations"] == 32
+    con.close()

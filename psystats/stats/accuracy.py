@@ -491,7 +491,8 @@ def build_accuracy_model(
     spec: dict[str, Any] = dict(
         kind=KIND,
         scale="logit",
-        raw="top-1 hits (ties count 1/k) ~ binomial-logit",
+        raw="top-1 hits (ties count 1/k) ~ binomial-logit (observed; fractional counts through "
+        "the gammaln binomial coefficient)",
         calibrated="expected hits sum_r softmax(logprob_r / T)[response_r], T cross-validated "
         "per (model, experiment)",
         reference="accuracy_gap = post minus base on the logit scale, mean over experiments",

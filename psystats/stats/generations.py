@@ -487,8 +487,9 @@ def build_generations_model(data: GenerationsData, priors: GenerationsPriors | N
         reference_type=data.reference_type,
         base_likelihood="cell mean ~ Normal(mu, sqrt(sigma_base_cell^2 + se^2)), se from the "
         "within-participant residual SD (paired within family x experiment)",
-        gap_likelihood="cell mean of paired differences ~ Normal(mu, sqrt(sigma_gap_cell^2 + "
-        "sd^2/n))",
+        gap_likelihood="cell mean of paired differences ~ Normal(mu + x_experiment, "
+        "sqrt(sigma_gap_cell^2 + sd^2/n)), x_experiment integrated out: one observed "
+        "multivariate normal over cells (stats.likelihoods.marginal_normal)",
         slopes="least-squares slope of base_nll / gap on generation_order within family",
         terms={},
         dropped={},
@@ -515,6 +516,10 @@ def build_generations_model(data: GenerationsData, priors: GenerationsPriors | N
         else "one pair per generation and type: a pair residual would be confounded with gap"
     )
     exp_g = len(exps) >= 2
+    if not exp_g:
+        spec["gap_likelihood"] = (
+            "cell mean of paired differences ~ Normal(mu, sqrt(sigma_gap_cell^2 + sd^2/n))"
+        )
     spec["terms" if exp_g else "dropped"]["gap experiment effect"] = (
         f"random intercept over {len(exps)} experiments, integrated out analytically"
         if exp_g

@@ -202,15 +202,22 @@ def marginal_normal_loo(
         w = 1.0 / var[sl]
         r = y - mu[sl]
         ell = np.repeat(sigmas[sl], sizes, axis=1)  # (S, k)
-        M = np.asarray((P.T @ w.T).T).reshape(-1, k, k)  # Z^T W Z per draw
-        K = np.eye(k) + ell[:, :, None] * M * ell[:, None, :]
-        Kinv = np.linalg.inv(K)
         b = ell * np.asarray((Z.T @ (w * r).T).T)
-        h = np.einsum("sab,sb->sa", Kinv, b)
-        Uh = np.asarray((Z @ (ell * h).T).T)
+        if len(factors) == 1:
+            # One factor: Z^T W Z is diagonal, so K is too (no k x k inverse).
+            kd = 1.0 + ell**2 * np.asarray((Z.T @ w.T).T)
+            Uh = np.asarray((Z @ (ell * b / kd).T).T)
+            diag = np.asarray((Z @ (ell**2 / kd).T).T)
+        else:
+            M = np.asarray((P.T @ w.T).T).reshape(-1, k, k)  # Z^T W Z per draw
+            K = np.eye(k) + ell[:, :, None] * M * ell[:, None, :]
+            Kinv = np.linalg.inv(K)
+            h = np.einsum("sab,sb->sa", Kinv, b)
+            Uh = np.asarray((Z @ (ell * h).T).T)
+            LKL = (ell[:, :, None] * Kinv * ell[:, None, :]).reshape(-1, k * k)
+            diag = np.asarray((P @ LKL.T).T)  # diag(U K^-1 U^T)
         g = w * r - w * Uh
-        LKL = (ell[:, :, None] * Kinv * ell[:, None, :]).reshape(-1, k * k)
-        cbar = w - w**2 * np.asarray((P @ LKL.T).T)
+        cbar = w - w**2 * diag
         out[sl] = -0.5 * np.log(2 * np.pi) + 0.5 * np.log(cbar) - 0.5 * g**2 / cbar
     return out
 

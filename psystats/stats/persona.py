@@ -215,7 +215,9 @@ def build_persona_model(
         kind=KIND,
         scale=data.scale,
         rope=data.rope,
-        likelihood="cell mean ~ Normal(mu, sqrt(sigma_cell^2 + var/n))",
+        likelihood="cell mean ~ Normal(mu + intercepts, sqrt(sigma_cell^2 + var/n)); the "
+        "experiment (and random model) intercepts integrated out: one observed multivariate "
+        "normal over cells (stats.likelihoods.marginal_normal)",
         terms={},
         dropped={},
     )
@@ -281,6 +283,7 @@ def build_persona_model(
             # density as before, but with predictive draws and exact LOO densities.
             marginal_normal("obs", mu, var, factors, c["y"].to_numpy(float), dims="cell")
         else:
+            spec["likelihood"] = "cell mean ~ Normal(mu, sqrt(sigma_cell^2 + var/n))"
             pm.Normal(
                 "obs", mu=mu, sigma=pt.sqrt(var), observed=c["y"].to_numpy(float), dims="cell"
             )
