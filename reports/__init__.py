@@ -2,8 +2,7 @@
 
 ``content.build_report`` decides what the report says (sections 1-8, from the
 warehouse alone); ``pdf.write_pdf`` and ``html.write_html`` lay it out;
-``queries`` holds every SQL query, ``figures`` every matplotlib figure, and
-``example`` fabricates known results for previews and tests.
+``queries`` holds every SQL query and ``figures`` every matplotlib figure.
 """
 
 from __future__ import annotations
@@ -19,11 +18,16 @@ def render_report(
     title: str = "psystats report",
     note: str | None = None,
     source: str | None = None,
+    truth: dict | None = None,
 ) -> Path:
-    """Build the report from the warehouse behind ``con`` and write it to ``out``."""
+    """Build the report from the warehouse behind ``con`` and write it to ``out``.
+
+    ``truth``: a simulated study's truth.json (parsed): its fits' pages show
+    every estimate beside the truth.
+    """
     from .content import build_report
 
-    report = build_report(con, title=title, note=note, source=source)
+    report = build_report(con, title=title, note=note, source=source, truth=truth)
     try:
         if fmt == "pdf":
             from .pdf import write_pdf

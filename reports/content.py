@@ -326,6 +326,19 @@ def _section_size(con) -> Section:
             continue
         missing = table[table["n_params"].isna()]
         plotted = table[table["n_params"].notna()]
+        flagged = q.pipeline_checks(con, [str(m) for m in table["model"]])
+        if flagged:
+            s.add(
+                Note(
+                    f"<b>{CAVEAT}: {plural(len(flagged), 'model')} under condition "
+                    f"{esc(cond)} {'is' if len(flagged) == 1 else 'are'} flagged as a "
+                    "pipeline check</b>: "
+                    + _flag_list(flagged)
+                    + ". Their scores check the pipeline; they are not evidence about "
+                    "real models.",
+                    "warning",
+                )
+            )
         if not plotted.empty:
             common = (
                 "the same " if info["common"] else ""
@@ -374,24 +387,97 @@ def _section_size(con) -> Section:
 
 
 def _fit_caption(fit: dict) -> str:
+    name = fit.get("name")
     return (
         f"fit {fit['fit_id']} ({esc(fit['kind'])}"
+        + (f" '{esc(name)}'" if isinstance(name, str) and name else "")
         + (f", condition {esc(fit['condition'])}" if fit.get("condition") else "")
         + (f", scale {esc(fit['scale'])}" if fit.get("scale") else "")
         + ")"
     )
 
 
-def _failed_note(fit: dict) -> list:
-    if fit.get("passed") is False:
+CAVEAT = "Caveat"  # every caveat box starts with this word (tests and readers look for it)
+
+
+def _flag_list(flagged: list[tuple[str, str]]) -> str:
+    """Flagged models grouped by their reason: 'a, b (why); c (why 2)'."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in flagged:
+        by_reason.setdefault(why, []).append(name)
+    return "; ".join(
+        ", ".join(f"<b>{esc(n)}</b>" for n in names) + f" ({esc(why)})"
+        for why, names in by_reason.items()
+    )
+
+
+def _caveats(con, fit: dict, *, short: bool = False) -> list:
+    """Warning boxes for a results page, from the fit's own record.
+
+    One box when the fit missed its diagnostic gates (``fits.passed`` false;
+    the failed gates from ``fits.diagnostics.problems``), one when it is
+    stale (``fits.stale_reason``), and one naming the models it read that
+    are flagged as pipeline checks (``models.pipeline_check``).  ``short``:
+    one line for a page that repeats a fit shown in full elsewhere.
+    """
+    failed = fit.get("passed") is False
+    stale = fit.get("stale_reason")
+    stale = stale if isinstance(stale, str) and stale else None
+    flagged = q.pipeline_checks(con, q.fit_models(con, fit))
+    if short:
+        what = [
+            *(["failed its diagnostic gates"] if failed else []),
+            *(["is stale"] if stale else []),
+            *(
+                [f"includes {plural(len(flagged), 'model')} flagged as a pipeline check"]
+                if flagged
+                else []
+            ),
+        ]
+        if not what:
+            return []
         return [
             Note(
-                f"{_fit_caption(fit)} did not meet its diagnostic gates (see section 7); "
-                "read its estimates with caution.",
+                f"<b>{CAVEAT}: {_fit_caption(fit)} " + " and ".join(what) + "</b> "
+                "(its results page says more).",
                 "warning",
             )
         ]
-    return []
+    out = []
+    if failed:
+        diag = q.as_dict(fit.get("diagnostics"))
+        problems = [str(p) for p in (diag.get("problems") or [])]
+        gates = "; ".join(esc(p) for p in problems) if problems else "passed = false"
+        out.append(
+            Note(
+                f"<b>{CAVEAT}: {_fit_caption(fit)} failed its diagnostic gates</b> ({gates}). "
+                "It was stored only because --allow-diagnostics-failure was given: its "
+                "estimates may be wrong. Refit with more draws or tuning, or a simpler model, "
+                "before reading them (section 7 lists every gate).",
+                "warning",
+            )
+        )
+    if stale:
+        out.append(
+            Note(
+                f"<b>{CAVEAT}: {_fit_caption(fit)} is stale</b>: {esc(stale)}. Refit it to "
+                "use the warehouse's current data.",
+                "warning",
+            )
+        )
+    if flagged:
+        out.append(
+            Note(
+                f"<b>{CAVEAT}: {_fit_caption(fit)} includes "
+                f"{plural(len(flagged), 'model')} flagged as a pipeline check</b>: "
+                + _flag_list(flagged)
+                + ". A pipeline check shows that scoring and fitting run end to end (and, "
+                "for simulated scores, recover what was put in); its estimates say nothing "
+                "about real models or about post-training.",
+                "warning",
+            )
+        )
+    return out
 
 
 def _section_heatmap(con) -> Section:
@@ -404,7 +490,7 @@ def _section_heatmap(con) -> Section:
     cells = q.pair_domain_effects(con, fit["fit_id"])
     if cells.empty:
         return s.add(no_data(f"{_fit_caption(fit)} stores no pair_domain_effect"))
-    s.add(*_failed_note(fit))
+    s.add(*_caveats(con, fit))
     n_cred = int(cells["credible"].sum())
     s.add(
         Figure(
@@ -420,7 +506,41 @@ def _section_heatmap(con) -> Section:
     return s
 
 
-def _section_generations(con) -> Section:
+# Keys of fits.summary shown elsewhere (section 7: checks; section 8: terms,
+# messages, sampler), or too long for a headline table.
+NOT_HEADLINE = (
+    "ppc",
+    "loo",
+    "sampler",
+    "messages",
+    "notes",
+    "cohens_d",
+    "active_terms",
+    "dropped_terms",
+    "centred",
+    "prior_scale",
+    "sigma_cell_fixed",
+    "calibration",
+    "terms",
+    "formula",
+    "gates",
+    "slopes",
+    "coords",
+    "scale_estimates",
+    "residual_df",
+    "size_center_log_params",
+    "response",
+    "n_cells",
+)
+
+
+def _headline(fit: dict) -> pd.DataFrame:
+    """The fit's headline summary quantities as (quantity, value) rows."""
+    summ = {k: v for k, v in _summary(fit).items() if k not in NOT_HEADLINE}
+    return pd.DataFrame(q.flatten(summ) if summ else [], columns=["quantity", "value"])
+
+
+def _section_generations(con, truth: dict | None = None) -> Section:
     s = Section(SECTION_TITLES[3])
     fit = q.latest_fit(con, "generations")
     if fit is None:
@@ -434,7 +554,7 @@ def _section_generations(con) -> Section:
     curves = q.generation_curves(con, fit["fit_id"])
     if curves.empty:
         return s.add(no_data(f"{_fit_caption(fit)} stores no base_nll/gap parameters"))
-    s.add(*_failed_note(fit))
+    s.add(*_caveats(con, fit))
     s.add(
         Figure(
             figs.generations(curves),
@@ -444,8 +564,8 @@ def _section_generations(con) -> Section:
             curves,
         )
     )
+    s.add(*_others_note(con, fit))
     slopes = q.generation_slopes(con, fit["fit_id"])
-    summary = _summary(fit)
     if not slopes.empty:
         s.add(
             *table_from(
@@ -460,30 +580,63 @@ def _section_generations(con) -> Section:
                 caption="Per-family slopes across generations (per generation step).",
             )
         )
-    if summary:
+    if not _headline(fit).empty:
         s.add(
             *table_from(
-                pd.DataFrame(q.flatten(summary), columns=["quantity", "value"]),
+                _headline(fit),
                 caption="Headline posterior quantities stored with the fit "
                 "(e.g. P(gap grows while base NLL falls) per family).",
             )
         )
+    s.add(*_truth_blocks(con, fit, truth))
     return s
 
 
-def _section_forest(con) -> Section:
+def _section_forest(con, truth: dict | None = None) -> Section:
     s = Section(SECTION_TITLES[4])
     fit = q.latest_fit(con, "effects")
+    formula = q.latest_fit(con, "formula")
     if fit is None:
-        return s.add(
-            no_data("no effects fit", 'Run <font face="Courier">psystats fit effects</font>.')
+        if formula is None:
+            return s.add(
+                no_data(
+                    "no effects or formula fit",
+                    'Run <font face="Courier">psystats fit effects</font> or '
+                    '<font face="Courier">psystats fit formula "mean ~ type + (1|family)"</font>.',
+                )
+            )
+        return s.add(*_formula_blocks(con, formula, None))
+    s.add(*_effects_blocks(con, fit, truth))
+    if formula is not None:
+        s.add(*_formula_blocks(con, formula, fit))
+    return s
+
+
+def _others_note(con, fit: dict) -> list:
+    """A line naming the other stored fits of the same kind (the page shows the newest)."""
+    others = [
+        f for f in q.all_fits(con) if f["kind"] == fit["kind"] and f["fit_id"] != fit["fit_id"]
+    ]
+    if not others:
+        return []
+    return [
+        Para(
+            f"This page shows the newest {esc(fit['kind'])} fit; also stored: "
+            + "; ".join(_fit_caption(f) for f in others)
+            + ' (draw one with <font face="Courier">psystats plot forest --fit ID</font>).',
+            "small",
         )
+    ]
+
+
+def _effects_blocks(con, fit: dict, truth: dict | None = None) -> list:
+    out: list = []
     rows = q.forest_rows(con, fit["fit_id"])
     if rows.empty:
-        return s.add(no_data(f"{_fit_caption(fit)} stores none of the effects model's parameters"))
-    s.add(*_failed_note(fit))
+        return [no_data(f"{_fit_caption(fit)} stores none of the effects model's parameters")]
+    out += _caveats(con, fit)
     scale = fit.get("scale") or "nats"
-    s.add(
+    out.append(
         Figure(
             figs.forest(rows, xlabel=f"post − base NLL difference ({scale} per response)"),
             f"Effects model ({_fit_caption(fit)}): posterior means (dots), 90% credible "
@@ -493,24 +646,183 @@ def _section_forest(con) -> Section:
             rows,
         )
     )
-    s.add(
-        *table_from(
+    out += _others_note(con, fit)
+    out += table_from(
+        rows,
+        {
+            "group": "term",
+            "label": "level",
+            "mean": "mean",
+            "sd": "sd",
+            "q05": "5%",
+            "q95": "95%",
+            "r_hat": "R-hat",
+            "ess_bulk": "ESS bulk",
+        },
+        caption="The forest plot's numbers.",
+    )
+    out += _truth_blocks(con, fit, truth)
+    out += _cohens_d_blocks(con, fit)
+    return out
+
+
+def _diagnostics_line(fit: dict) -> str:
+    d = q.as_dict(fit.get("diagnostics"))
+    parts = [
+        f"max R-hat {fmt(d.get('max_rhat'))}" if d.get("max_rhat") is not None else "",
+        f"min bulk ESS {fmt(d.get('min_ess_bulk'))}" if d.get("min_ess_bulk") is not None else "",
+        f"min tail ESS {fmt(d.get('min_ess_tail'))}" if d.get("min_ess_tail") is not None else "",
+        f"{plural(d['divergences'], 'divergence')}" if d.get("divergences") is not None else "",
+    ]
+    passed = fit.get("passed")
+    verdict = "gates met" if passed is True else "gates FAILED" if passed is False else "gates ?"
+    return "; ".join(p for p in parts if p) + f" ({verdict})"
+
+
+def _formula_blocks(con, fit: dict, effects: dict | None) -> list:
+    """A formula fit's page: formula, terms, posterior table, diagnostics, comparison."""
+    summ = _summary(fit)
+    spec = q.as_dict(fit.get("spec"))
+    formula = spec.get("formula") or summ.get("formula") or "?"
+    out: list = [
+        Para(
+            f"<b>Formula model</b> ({_fit_caption(fit)}): "
+            f'<font face="Courier">{esc(formula)}</font>, fitted with Bambi to the cell table '
+            f"({plural(summ.get('n_cells') or 0, 'cell')}), each cell's standard error a known "
+            "measurement error (as brms <i>se()</i>). Terms: "
+            + (esc(", ".join(map(str, summ.get("terms") or []))) or "as in the formula")
+            + f". Diagnostics: {_diagnostics_line(fit)}."
+        )
+    ]
+    out += _caveats(con, fit)
+    for m in summ.get("messages") or []:
+        out.append(Note(esc(m), "info"))
+    rows = q.all_params_rows(con, fit["fit_id"])
+    if rows.empty:
+        return out + [no_data(f"{_fit_caption(fit)} stores no parameters")]
+    scale = fit.get("scale") or "nats"
+    out.append(
+        Figure(
+            figs.forest(rows, xlabel=f"cell value ({scale} per response)"),
+            f"Posterior of every reported parameter of {_fit_caption(fit)}: means (dots), 90% "
+            "credible intervals (thick), 94% HDIs (thin). Bambi names: 'a|g' is the "
+            "group-level effect of a by g, '..._sigma' its standard deviation, 'sigma' the "
+            "cell residual beyond the known standard errors. The predictive check is in "
+            "section 7.",
             rows,
-            {
-                "group": "term",
-                "label": "level",
-                "mean": "mean",
-                "sd": "sd",
-                "q05": "5%",
-                "q95": "95%",
-                "r_hat": "R-hat",
-                "ess_bulk": "ESS bulk",
-            },
-            caption="The forest plot's numbers.",
         )
     )
-    s.add(*_cohens_d_blocks(con, fit))
-    return s
+    out += _others_note(con, fit)
+    out += table_from(
+        rows,
+        {
+            "parameter": "parameter",
+            "label": "level",
+            "mean": "mean",
+            "sd": "sd",
+            "q05": "5%",
+            "q95": "95%",
+            "r_hat": "R-hat",
+            "ess_bulk": "ESS bulk",
+        },
+        caption=f"Posterior table of {_fit_caption(fit)}.",
+    )
+    if effects is not None:
+        out += _comparison_blocks(con, effects, fit)
+    return out
+
+
+def _same_cells(a: dict, b: dict) -> bool:
+    sa = q.as_dict(a.get("selection"))
+    sb = q.as_dict(b.get("selection"))
+    return (
+        bool(sa.get("runs"))
+        and sorted(q._ints(sa.get("runs"))) == sorted(q._ints(sb.get("runs")))
+        and a.get("scale") == b.get("scale")
+    )
+
+
+def _comparison_blocks(con, effects: dict, formula: dict) -> list:
+    """The built-in effects fit beside the formula fit, where they estimate the same thing."""
+    if not _same_cells(effects, formula):
+        return [
+            Para(
+                f"{_fit_caption(formula)} and {_fit_caption(effects)} read different score runs "
+                "or scales, so their estimates are not compared here.",
+                "small",
+            )
+        ]
+    out: list = []
+    comp = q.comparable_params(con, int(effects["fit_id"]), int(formula["fit_id"]))
+    if not comp.empty:
+        out += table_from(
+            comp,
+            {
+                "effects": f"effects fit {effects['fit_id']}",
+                "e_mean": "mean",
+                "e_q05": "5%",
+                "e_q95": "95%",
+                "formula": f"formula fit {formula['fit_id']}",
+                "f_mean": "mean",
+                "f_q05": "5%",
+                "f_q95": "95%",
+            },
+            caption="The same quantities in the built-in effects model and the formula model, "
+            "fitted to the same score runs (the size slope, and the standard deviations of the "
+            "group terms both have).",
+        )
+    loo = []
+    for f in (effects, formula):
+        elpd = ((_summary(f).get("loo") or {}).get("full") or {}).get("elpd_loo")
+        if elpd is not None:
+            se = ((_summary(f).get("loo") or {}).get("full") or {}).get("se")
+            loo.append((_fit_caption(f), float(elpd), se))
+    if len(loo) == 2:
+        out.append(
+            Para(
+                "PSIS-LOO over cells: "
+                + "; ".join(
+                    f"{c}: elpd {v:.2f}" + (f" (SE {float(se):.2f})" if se is not None else "")
+                    for c, v, se in loo
+                )
+                + ' (higher is better; <font face="Courier">psystats fit compare</font> '
+                "gives the difference with its standard error).",
+                "small",
+            )
+        )
+    return out
+
+
+def _truth_blocks(con, fit: dict, truth: dict | None) -> list:
+    """A simulated study's estimates of this fit beside the truth it should recover."""
+    if not truth:
+        return []
+    from psystats.stats.demo_study import compare, truth_fit_name
+
+    if fit.get("name") != truth_fit_name(truth):
+        return []
+    table = compare(con, truth)
+    table = table[(table["kind"] == fit["kind"]) & (table["fit_id"] == int(fit["fit_id"]))]
+    if table.empty:
+        return []
+    inside = int(table["inside"].sum())
+    return list(
+        table_from(
+            table,
+            {
+                "parameter": "parameter",
+                "level": "level",
+                "truth": "truth",
+                "mean": "estimate",
+                "q05": "5%",
+                "q95": "95%",
+                "inside": "truth inside",
+            },
+            caption=f"SIMULATED study ({_fit_caption(fit)}): each estimate beside the truth "
+            f"the simulation put in; {inside} of {len(table)} truths lie inside their 90% "
+            "interval (about 9 in 10 expected when the fit is calibrated).",
+        )
+    )
 
 
 def _cohens_d_blocks(con, fit: dict) -> list:
@@ -553,7 +865,7 @@ def _cohens_d_blocks(con, fit: dict) -> list:
     )
 
 
-def _section_persona_accuracy(con) -> Section:
+def _section_persona_accuracy(con, truth: dict | None = None) -> Section:
     s = Section(SECTION_TITLES[5])
     persona = q.latest_fit(con, "persona")
     accuracy = q.latest_fit(con, "accuracy")
@@ -584,7 +896,7 @@ def _section_persona_accuracy(con) -> Section:
                 "persona − NLL plain, per response; negative helps."
             )
         )
-        s.add(*_failed_note(persona))
+        s.add(*_caveats(con, persona))
         if rows.empty:
             s.add(no_data(f"{_fit_caption(persona)} stores no persona_effect"))
         else:
@@ -605,13 +917,15 @@ def _section_persona_accuracy(con) -> Section:
                     rows,
                 )
             )
-        if isinstance(persona.get("summary"), dict) and persona["summary"]:
+        if not _headline(persona).empty:
             s.add(
                 *table_from(
-                    pd.DataFrame(q.flatten(persona["summary"]), columns=["quantity", "value"]),
+                    _headline(persona),
                     caption="ROPE bounds and posterior probabilities stored with the persona fit.",
                 )
             )
+        s.add(*_others_note(con, persona))
+        s.add(*_truth_blocks(con, persona, truth))
     if accuracy is None:
         s.add(
             no_data(
@@ -633,7 +947,7 @@ def _section_persona_accuracy(con) -> Section:
                 "knowledge of people."
             )
         )
-        s.add(*_failed_note(accuracy))
+        s.add(*_caveats(con, accuracy))
         if rows.empty:
             s.add(no_data(f"{_fit_caption(accuracy)} stores no accuracy_gap"))
         else:
@@ -648,13 +962,15 @@ def _section_persona_accuracy(con) -> Section:
                     rows,
                 )
             )
-        if isinstance(accuracy.get("summary"), dict) and accuracy["summary"]:
+        if not _headline(accuracy).empty:
             s.add(
                 *table_from(
-                    pd.DataFrame(q.flatten(accuracy["summary"]), columns=["quantity", "value"]),
+                    _headline(accuracy),
                     caption="Whether the gap survives calibration, as stored with the fit.",
                 )
             )
+        s.add(*_others_note(con, accuracy))
+        s.add(*_truth_blocks(con, accuracy, truth))
     return s
 
 
@@ -695,26 +1011,28 @@ def _section_diagnostics(con) -> Section:
         if r.problems:
             s.add(Note(f"fit {r.fit_id} ({esc(r.kind)}): {esc(r.problems)}", "warning"))
     # Checks the fits summarised in fits.summary (posterior predictive coverage, PSIS-LOO).
-    checks = []
-    newest = {f["kind"]: f for f in q.all_fits(con)}  # ordered by fit_id: the last one wins
-    for f in newest.values():
-        summ = _summary(f)
-        for key in ("ppc", "loo"):
-            if key in summ:
-                checks += [
-                    (f["fit_id"], f["kind"], check_label(k), v)
-                    for k, v in q.flatten(summ[key], key)
-                ]
-    if checks:
+    fits = q.all_fits(con)
+    by_id = {int(f["fit_id"]): f for f in fits}
+    newest = {f["kind"]: f for f in fits}  # ordered by fit_id: the last one wins
+    ppc_rows, loo_rows = _check_rows(list(newest.values()))
+    if ppc_rows:
         s.add(
             *table_from(
-                pd.DataFrame(checks, columns=["fit", "kind", "check", "value"]),
-                caption="Model checks stored with the newest fit of each kind: "
+                pd.DataFrame(ppc_rows, columns=list(PPC_COLUMNS.values())),
+                caption="Posterior predictive checks stored with the newest fit of each kind: "
                 "'90% predictive coverage' is the share of observations inside their 90% "
-                "posterior predictive interval (about 0.9 when the model fits); "
-                "'PPC p-value of T' is P(T(replicated) ≥ T(observed)) for the statistic T "
-                "of the standardised observations (one p-value per statistic; values near "
-                "0 or 1 signal misfit); loo: PSIS-LOO.",
+                "posterior predictive interval (about 0.9 when the model fits); 'PPC p-value, "
+                "T = minimum' is P(T(replicated) ≥ T(observed)) for the statistic T = minimum "
+                "of the standardised observations (one p-value per statistic, not the smallest "
+                "p-value; values near 0 or 1 signal misfit).",
+            )
+        )
+    if loo_rows:
+        s.add(
+            *table_from(
+                pd.DataFrame(loo_rows, columns=list(LOO_COLUMNS.values())),
+                caption="PSIS-LOO of the newest fit of each kind (expected log predictive "
+                "density; Pareto k above 0.7 marks observations whose estimate is unreliable).",
             )
         )
     # One predictive check plot per kind: the newest fit of each kind that stored one.
@@ -724,6 +1042,7 @@ def _section_diagnostics(con) -> Section:
             idata = _load_idata(con, r.fit_id)
             fig = figs.ppc(idata, title=f"fit {r.fit_id} ({kind})") if idata is not None else None
             if fig is not None:
+                s.add(*_caveats(con, by_id[int(r.fit_id)], short=True))
                 s.add(
                     Figure(
                         fig,
@@ -740,13 +1059,72 @@ def _section_diagnostics(con) -> Section:
             Note(
                 "No posterior predictive plot: no stored fit's NetCDF has posterior_predictive "
                 "and observed_data groups"
-                + (" (the summaries above come from the fits)." if checks else ".")
+                + (" (the summaries above come from the fits)." if ppc_rows or loo_rows else ".")
             )
         )
     return s
 
 
 PPC_STATISTICS = {"mean": "mean", "sd": "SD", "min": "minimum", "max": "maximum"}
+PPC_COLUMNS = {
+    "fit": "fit",
+    "kind": "kind",
+    "observed": "observed",
+    "coverage_90": "90% predictive coverage",
+    **{f"p_{k}": f"PPC p-value, T = {v}" for k, v in PPC_STATISTICS.items()},
+}
+LOO_COLUMNS = {
+    "fit": "fit",
+    "kind": "kind",
+    "part": "part",
+    "elpd_loo": "elpd (LOO)",
+    "se": "SE",
+    "p_loo": "p_loo",
+    "n": "observations",
+    "k": "Pareto k > 0.7",
+}
+
+
+def _check_rows(fits: list[dict]) -> tuple[list[list], list[list]]:
+    """One row per observed variable for the predictive checks, one per LOO part."""
+    ppc_rows, loo_rows = [], []
+    for f in fits:
+        summ = _summary(f)
+        ppc = q.as_dict(summ.get("ppc"))
+        per_var = (
+            {"": ppc}
+            if "p_values" in ppc or "coverage_90" in ppc
+            else {k: v for k, v in ppc.items() if isinstance(v, dict)}
+        )
+        for var, d in per_var.items():
+            pv = q.as_dict(d.get("p_values"))
+            ppc_rows.append(
+                [f["fit_id"], f["kind"], var or "(all)", fmt(d.get("coverage_90"))]
+                + [fmt(pv.get(k)) for k in PPC_STATISTICS]
+            )
+        loo = q.as_dict(summ.get("loo"))
+        parts: dict[str, Any] = {"full": loo.get("full")}
+        for group in ("by_variable", "without"):
+            for name, sub in q.as_dict(loo.get(group)).items():
+                sub = q.as_dict(sub)
+                parts[f"{'without ' if group == 'without' else ''}{name}"] = sub.get("loo", sub)
+        for part, entry in parts.items():
+            d = q.as_dict(entry)
+            if d.get("elpd_loo") is None:
+                continue
+            loo_rows.append(
+                [
+                    f["fit_id"],
+                    f["kind"],
+                    part,
+                    fmt(d.get("elpd_loo")),
+                    fmt(d.get("se")),
+                    fmt(d.get("p_loo")),
+                    fmt(d.get("n_observations", d.get("n_cells"))),
+                    fmt(d.get("pareto_k_over_0.7")),
+                ]
+            )
+    return ppc_rows, loo_rows
 
 
 def check_label(key: str) -> str:
@@ -849,6 +1227,20 @@ def _effects_terms_blocks(fit: dict) -> list:
     )
     for m in summ.get("messages") or []:
         out.append(Note(esc(m), "info"))
+    return out
+
+
+def _compact_selection(sel: dict) -> dict:
+    """``fits.selection`` with its per-model run lists as one line (ids still all shown)."""
+    out = dict(sel)
+    runs = sel.get("runs")
+    if isinstance(runs, (dict, list)) and runs:
+        ids = sorted(q._ints(runs))
+        models = f" of {plural(len(runs), 'model')}" if isinstance(runs, dict) else ""
+        out["runs"] = f"{plural(len(ids), 'score run')}{models}: " + ", ".join(map(str, ids))
+    pairs = sel.get("pairs")
+    if isinstance(pairs, list) and len(pairs) > 3:
+        out["pairs"] = f"{len(pairs)}: " + "; ".join(map(str, pairs))
     return out
 
 
@@ -963,6 +1355,11 @@ def _section_methods(con) -> Section:
                 # Terms are listed with what was fitted (above); the spec's priors are the
                 # requested ones, the priors table below the ones used.
                 value = {k: v for k, v in value.items() if k not in ("terms", "priors")}
+            if key == "sampler" and isinstance(value, dict):
+                # Software versions are in the table at the end of this section.
+                value = {k: v for k, v in value.items() if k != "environment"}
+            if key == "selection" and isinstance(value, dict):
+                value = _compact_selection(value)
             if kind == "effects" and key == "priors" and value:
                 factor = float(_summary(f).get("prior_scale") or 1.0)
                 label = (
@@ -998,9 +1395,18 @@ def _section_methods(con) -> Section:
 
 
 def build_report(
-    con, *, title: str = "psystats report", note: str | None = None, source: str | None = None
+    con,
+    *,
+    title: str = "psystats report",
+    note: str | None = None,
+    source: str | None = None,
+    truth: dict | None = None,
 ) -> Report:
-    """Read the warehouse and assemble every section (sections without data say so)."""
+    """Read the warehouse and assemble every section (sections without data say so).
+
+    ``truth``: a simulated study's truth (``psystats simulate study``'s
+    truth.json); each page of its fits then shows every estimate beside it.
+    """
     from psystats.warehouse.provenance import __version__
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -1022,9 +1428,9 @@ def build_report(
         _section_data(con),
         _section_size(con),
         _section_heatmap(con),
-        _section_generations(con),
-        _section_forest(con),
-        _section_persona_accuracy(con),
+        _section_generations(con, truth),
+        _section_forest(con, truth),
+        _section_persona_accuracy(con, truth),
         _section_diagnostics(con),
         _section_methods(con),
     ]

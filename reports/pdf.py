@@ -25,7 +25,6 @@ from reportlab.platypus import (
     CondPageBreak,
     Flowable,
     KeepTogether,
-    PageBreak,
     Paragraph,
     SimpleDocTemplate,
     Spacer,
@@ -101,21 +100,44 @@ class _Placed:
 
 
 class FigureBox(Flowable):
-    """Reserves space for a figure and remembers where it landed."""
+    """A figure with its caption: reserves the figure's space, draws the caption under it,
+    and remembers where the figure landed (pypdf stamps it there afterwards).
 
-    def __init__(self, index: int, width: float, height: float, placements: dict):
+    One unsplittable flowable, so a figure never leaves its caption.  When the
+    rest of a page is a little too short, the figure is drawn smaller (down to
+    ``MIN_SCALE`` of its size) instead of leaving that space empty.
+    """
+
+    MIN_SCALE = 0.7
+    GAP = 2.0  # points between figure and caption
+
+    def __init__(
+        self, index: int, width: float, height: float, placements: dict, caption: Paragraph
+    ):
         super().__init__()
-        self.index, self.width, self.height = index, width, height
+        self.index, self.w0, self.h0 = index, width, height
+        self.width, self.height, self.scale = width, height, 1.0
+        self.caption = caption
         self._placements = placements
+        self._caption_h = 0.0
 
     def wrap(self, availWidth, availHeight):
-        return self.width, self.height
+        _, ch = self.caption.wrap(FRAME_W, availHeight)
+        self._caption_h = ch + self.GAP + self.caption.style.spaceAfter
+        room = availHeight - self._caption_h
+        fit = room / self.h0
+        self.scale = 1.0 if fit >= 1.0 or fit < self.MIN_SCALE else fit
+        self.width, self.height = self.w0 * self.scale, self.h0 * self.scale
+        return FRAME_W, self.height + self._caption_h
 
     def drawOn(self, canvas, x, y, _sW=0):
-        # Centre in the frame; x, y are absolute page coordinates here.
-        x += max(0.0, (FRAME_W - self.width) / 2)
+        # x, y: the bottom left of this flowable in page coordinates.
+        cap_y = y + self.caption.style.spaceAfter
+        self.caption.drawOn(canvas, x, cap_y)
+        fig_x = x + max(0.0, (FRAME_W - self.width) / 2)
+        fig_y = cap_y + self._caption_h - self.caption.style.spaceAfter
         self._placements[self.index] = _Placed(
-            canvas.getPageNumber() - 1, x, y, self.width, self.height
+            canvas.getPageNumber() - 1, fig_x, fig_y, self.width, self.height
         )
 
     def draw(self):  # pragma: no cover - drawOn does the work
@@ -240,20 +262,14 @@ def _flowables(report: Report, placements: dict, figures: list) -> list:
             w, h = _figure_size(block.figure)
             idx = len(figures)
             figures.append(block.figure)
-            return [
-                KeepTogether(
-                    [FigureBox(idx, w, h, placements), Paragraph(block.caption, STYLES["caption"])]
-                )
-            ]
+            return [FigureBox(idx, w, h, placements, Paragraph(block.caption, STYLES["caption"]))]
         raise TypeError(f"unknown report block {type(block).__name__}")  # pragma: no cover
 
     for block in report.front:
         story.extend(render(block))
-    for i, section in enumerate(report.sections):
-        if i in (1, 6):  # the figures start, and the diagnostics/methods, on a fresh page
-            story.append(PageBreak())
-        else:
-            story.append(CondPageBreak(FRAME_H * 0.3))
+    for section in report.sections:
+        # Sections follow each other; a new page only when little of this one is left.
+        story.append(CondPageBreak(FRAME_H * 0.2))
         heading = Paragraph(section.title, STYLES["h1"])
         if not section.blocks:
             story.append(heading)

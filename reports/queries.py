@@ -30,6 +30,11 @@ def frame(con, query: str, params: list | None = None) -> pd.DataFrame:
     return pd.DataFrame(cur.fetchall(), columns=cols)
 
 
+def as_dict(v: Any) -> dict:
+    """``v`` when it is a dict (a parsed JSON object), else an empty dict."""
+    return v if isinstance(v, dict) else {}
+
+
 def parse_json(v: Any) -> Any:
     """A JSON column's value parsed (DuckDB returns JSON as text); None stays None."""
     if v is None or (isinstance(v, float) and np.isnan(v)):
@@ -555,4 +560,139 @@ def diagnostics_table(con) -> pd.DataFrame:
                 netcdf_path=f.get("netcdf_path"),
             )
         )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ caveats
+
+
+def _ints(value: Any) -> set[int]:
+    """Every integer inside a nested JSON value (run ids in ``selection.runs``)."""
+    if isinstance(value, bool):
+        return set()
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(_ints(v) for v in value.values())) if value else set()
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_ints(v) for v in value)) if value else set()
+    return set()
+
+
+def fit_models(con, fit: dict) -> list[str]:
+    """The models a stored fit read, from its own record (``fits.selection``).
+
+    Every analysis records the score runs it used in ``selection.runs`` (a
+    list of run ids, or a mapping model -> run ids); their models, the
+    mapping's keys and the names in ``selection.pairs`` ("post vs base") are
+    the fit's models.
+    """
+    sel = as_dict(fit.get("selection"))
+    names: set[str] = set()
+    runs = sel.get("runs")
+    if isinstance(runs, dict):
+        names |= {str(k) for k in runs}
+    ids = sorted(_ints(runs))
+    if ids:
+        ph = ", ".join("?" * len(ids))
+        names |= {
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT model FROM score_runs WHERE run_id IN ({ph})", ids
+            ).fetchall()
+        }
+    pairs = sel.get("pairs")
+    for pair in pairs if isinstance(pairs, list) else []:
+        if isinstance(pair, str):
+            names |= {p.strip() for p in pair.split(" vs ")}
+    return sorted(names)
+
+
+def pipeline_checks(con, models: list[str]) -> list[tuple[str, str]]:
+    """(model, reason) for the given models flagged ``models.pipeline_check``."""
+    if not models:
+        return []
+    ph = ", ".join("?" * len(models))
+    return [
+        (str(n), str(why))
+        for n, why in con.execute(
+            f"SELECT name, pipeline_check FROM models WHERE name IN ({ph}) "
+            "AND pipeline_check IS NOT NULL ORDER BY name",
+            list(models),
+        ).fetchall()
+    ]
+
+
+# ------------------------------------------------------------ formula fits
+
+
+def all_params_rows(con, fit_id: int) -> pd.DataFrame:
+    """Every stored parameter of a fit as forest rows (group = parameter), for fits of
+    kinds without a fixed layout (formula fits, custom kinds).
+
+    Order: intercepts, other population-level terms, group-level terms
+    (``1|...``), then scales (``sigma``, ``..._sigma``), each in stored order.
+    """
+    p = fit_params(con, fit_id)
+    if p.empty:
+        return pd.DataFrame()
+    p["group"] = p["parameter"]
+    p["label"] = [
+        lab if isinstance(lab, str) and lab else par for lab, par in zip(p["label"], p["parameter"])
+    ]
+
+    def rank(name: str) -> int:
+        if name.lower() in ("intercept", "alpha"):
+            return 0
+        if name == "sigma" or name.endswith("_sigma") or name.startswith("sigma"):
+            return 3
+        return 2 if "|" in name else 1
+
+    p["_rank"] = [rank(str(n)) for n in p["parameter"]]
+    p["_order"] = range(len(p))
+    p = p.sort_values(["_rank", "_order"], kind="stable")
+    return p[
+        ["group", "parameter", "label", "mean", "sd", "q05", "q95", "hdi_low", "hdi_high"]
+        + ["r_hat", "ess_bulk"]
+    ].reset_index(drop=True)
+
+
+# The built-in effects model's parameter beside the Bambi term that estimates the
+# same quantity when a formula uses that column (docs/model.md, docs/api.md).
+COMPARABLE = (
+    ("size_slope", "log_params"),
+    ("sigma_cell", "sigma"),
+    ("sigma_type", "1|type_sigma"),
+    ("sigma_family", "1|family_sigma"),
+    ("sigma_domain", "1|domain_sigma"),
+    ("sigma_experiment", "1|experiment_sigma"),
+    ("sigma_pair", "1|pair_sigma"),
+)
+
+
+def comparable_params(con, effects_id: int, formula_id: int) -> pd.DataFrame:
+    """Rows (effects parameter, formula term, their means and 90% intervals) for the
+    quantities both fits estimate (:data:`COMPARABLE`); empty when none."""
+    names = [a for a, _ in COMPARABLE] + [b for _, b in COMPARABLE]
+    e = fit_params(con, effects_id, names)
+    f = fit_params(con, formula_id, names)
+    # Only scalars compare one to one.
+    e = e[e["label"].isna() | (e["label"] == "")].set_index("parameter")
+    f = f[f["label"].isna() | (f["label"] == "")].set_index("parameter")
+    rows = []
+    for a, b in COMPARABLE:
+        if a in e.index and b in f.index:
+            ea, fb = e.loc[a], f.loc[b]
+            rows.append(
+                dict(
+                    effects=a,
+                    e_mean=float(ea["mean"]),
+                    e_q05=float(ea["q05"]),
+                    e_q95=float(ea["q95"]),
+                    formula=b,
+                    f_mean=float(fb["mean"]),
+                    f_q05=float(fb["q05"]),
+                    f_q95=float(fb["q95"]),
+                )
+            )
     return pd.DataFrame(rows)

@@ -15,6 +15,12 @@ Columns of an import file (Parquet or CSV; names are case-insensitive)
   ``unit``), ``top1_all``, ``top1_first`` (booleans);
 * the columns ``scores export`` adds (``run_id``, ``model``, ``condition``,
   ``scorer``, ``text``) and any others are ignored and reported.
+
+Option scores (``--options FILE``, same run): one row per response and
+option of a discrete-choice response: the same key columns, ``option`` (the
+option's text, compared with the response's text after trimming) and
+``logprob`` (<= 0, in ``unit``); stored in ``option_scores`` renormalised
+over the response's options, for ``psystats fit accuracy``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class ImportResult:
     model_registered: bool = False
     ignored_columns: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
+    n_options: int = 0  # option_scores rows written (``options`` file)
 
 
 def _now() -> datetime:
@@ -78,12 +85,14 @@ def _csv_reader(path: Path):
     import pyarrow.csv as pcsv
 
     suffix = path.suffix.lower()
-    # Key text columns stay text: participant "007" must not become 7.
+    # Key and option text columns stay text: participant "007" must not become 7.
     with open(path, encoding="utf-8", errors="replace") as f:
         header = f.readline().rstrip("\r\n").split("\t" if suffix == ".tsv" else ",")
     header = [h.strip().strip('"') for h in header]
     text_cols = {
-        h: pa.string() for h in header if h.lower() in ("study", "experiment", "participant")
+        h: pa.string()
+        for h in header
+        if h.lower() in ("study", "experiment", "participant", "option")
     }
     return pcsv.open_csv(
         path,
@@ -141,8 +150,8 @@ def read_table(path: Path) -> tuple[pa.Table, str]:
     return pa.Table.from_batches(list(batches), schema=schema), where
 
 
-def _stage_raw(con, path: Path) -> tuple[list[str], int, str]:
-    """Stream the file into the temporary table ``_import_raw`` with a ``_row`` column
+def _stage_raw(con, path: Path, table: str = "_import_raw") -> tuple[list[str], int, str]:
+    """Stream the file into the temporary table ``table`` with a ``_row`` column
     (CSV line or Parquet row number as the user sees it) and lower-case column names.
 
     Returns (column names, row count, 'line'/'row').  DuckDB holds the rows,
@@ -180,14 +189,14 @@ def _stage_raw(con, path: Path) -> tuple[list[str], int, str]:
     local = local_connection(con)
     try:
         local.register("_import_stream", pa.RecordBatchReader.from_batches(out_schema, numbered()))
-        local.execute("CREATE OR REPLACE TEMP TABLE _import_raw AS SELECT * FROM _import_stream")
+        local.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _import_stream")
     except duckdb.Error as e:
         if failure:
             raise failure[0] from None
         raise WarehouseError(f"{path}: cannot read the file ({str(e).splitlines()[0]})") from None
     finally:
         local.unregister("_import_stream")
-    n = int(scalar(local, "SELECT count(*) FROM _import_raw"))
+    n = int(scalar(local, f"SELECT count(*) FROM {table}"))
     return lower, n, where
 
 
@@ -223,6 +232,7 @@ def import_scores(
     unit: str = "nats",
     post_training: str | None = None,
     force: bool = False,
+    options: str | Path | None = None,
 ) -> ImportResult:
     """Import an external scorer's per-response NLLs as one complete score run.
 
@@ -231,6 +241,11 @@ def import_scores(
     condition, scorer and unit is a no-op returning the earlier run, unless
     ``force``.  Any bad row raises a WarehouseError naming the file, the
     line/row and the field, and nothing is written.
+
+    ``options``: a second file of option scores for the same run (one row
+    per response and option: key, ``option``, ``logprob``; see
+    :func:`_check_options`), written to ``option_scores`` in the same
+    transaction.
     """
     path = Path(path)
     if unit not in UNITS:
@@ -242,6 +257,12 @@ def import_scores(
     scorer = scorer or model
     sha = file_sha256(path)
     settings = {"source_file": str(path.resolve()), "content_sha256": sha, "unit": unit}
+    opt_path = Path(options) if options is not None else None
+    if opt_path is not None:
+        if not opt_path.is_file():
+            raise WarehouseError(f"{opt_path}: no such file")
+        settings["options_file"] = str(opt_path.resolve())
+        settings["options_sha256"] = file_sha256(opt_path)
 
     if not force:
         for run_id, s in con.execute(
@@ -250,7 +271,11 @@ def import_scores(
             [model, condition, scorer],
         ).fetchall():
             s = json.loads(s or "{}")
-            if s.get("content_sha256") == sha and s.get("unit") == unit:
+            if (
+                s.get("content_sha256") == sha
+                and s.get("unit") == unit
+                and s.get("options_sha256") == settings.get("options_sha256")
+            ):
                 n = int(scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id]))
                 return ImportResult(run_id=int(run_id), n_rows=n, already_imported=True)
 
@@ -300,10 +325,11 @@ def import_scores(
             post_training=post_training,
             ignored=ignored,
             missing_optional=missing_optional,
+            options=opt_path,
         )
     finally:
-        local.execute("DROP TABLE IF EXISTS _import_raw")
-        local.execute("DROP TABLE IF EXISTS _import_rows")
+        for t in ("_import_raw", "_import_rows", *OPTION_TABLES):
+            local.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def _validate_and_write(
@@ -321,6 +347,7 @@ def _validate_and_write(
     post_training: str | None,
     ignored: list[str],
     missing_optional: list[str],
+    options: Path | None = None,
 ) -> ImportResult:
     factor = UNITS[unit]
     # 1. Types: every given value must convert; report the first bad ones by row and field.
@@ -511,6 +538,8 @@ def _validate_and_write(
         "HAVING count(*) > 1) GROUP BY response_id",
     )
 
+    n_options = _check_options(con, options, unit) if options is not None else 0
+
     # 5. Write: model (if new), run, scores -- one transaction.
     n_rows = int(scalar(con, "SELECT count(*) FROM _import_rows"))
     selection = dict(
@@ -607,13 +636,191 @@ def _validate_and_write(
             ],
             order_by="response_id",
         )
+        if options is not None:
+            write_rows(
+                con,
+                "option_scores",
+                run_id,
+                "_import_opts",
+                ["response_id", "option", "logprob"],
+                order_by="response_id, option",
+            )
     return ImportResult(
         run_id=run_id,
         n_rows=n_rows,
         model_registered=registered,
         ignored_columns=ignored,
         missing_optional=missing_optional,
+        n_options=n_options,
     )
+
+
+# --------------------------------------------------------------------------- option scores
+
+OPTION_TABLES = ("_import_opt_raw", "_import_opts_typed", "_import_opts")
+# exp(sum) of a response's option probabilities may exceed 1 by rounding only.
+OPTION_SUM_TOLERANCE = 1e-6
+
+
+def _check_options(con, path: Path, unit: str) -> int:
+    """Stream, check and normalise an option-scores file into the temp table ``_import_opts``
+    (``response_id, option, logprob``); returns its row count.
+
+    One row per (response, option): a key (``response_id``, or the natural
+    key, as in the scores file), ``option`` (the option's text) and
+    ``logprob`` (its log-probability, <= 0, in ``unit``).  Every response
+    must also be in the scores file, each option at most once per response,
+    and a response's option probabilities may not sum to more than 1.  They
+    are stored renormalised over the response's options (as ``psystats
+    score`` stores them).  Any bad row raises naming the file, line and
+    field.  Called after the scores file is in ``_import_rows``.
+    """
+    factor = UNITS[unit]
+    lower, n, where = _stage_raw(con, path, "_import_opt_raw")
+    cols = set(lower)
+    if n == 0:
+        raise WarehouseError(f"{path}: no rows")
+    if not {"option", "logprob"} <= cols:
+        raise WarehouseError(
+            f"{path}: an option-scores file needs the columns 'option' (the option's text) and "
+            f"'logprob' (its log-probability, <= 0) and a key; columns: {', '.join(lower)}"
+        )
+    natural = [c for c in NATURAL_KEY if c in cols]
+    has_natural = {"participant", "response_index"} <= cols and ({"study", "experiment"} & cols)
+    if "response_id" not in cols and not has_natural:
+        raise WarehouseError(
+            f"{path}: no key columns: give 'response_id', or 'participant' + "
+            f"'response_index' + 'study' and/or 'experiment'; columns: {', '.join(lower)}"
+        )
+    raw = "_import_opt_raw"
+    for c in [c for c in ("response_id", "response_index", "logprob") if c in cols]:
+        target = "DOUBLE" if c == "logprob" else "BIGINT"
+        _check(
+            con,
+            path,
+            where,
+            f"field {c!r} is not a {'number' if target == 'DOUBLE' else 'whole number'}",
+            f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM {raw} "
+            f'WHERE "{c}" IS NOT NULL AND (TRY_CAST("{c}" AS {target}) IS NULL'
+            + (
+                f' OR TRY_CAST("{c}" AS DOUBLE) <> TRY_CAST("{c}" AS BIGINT))'
+                if target == "BIGINT"
+                else ")"
+            ),
+        )
+    keys = ["response_id"] if "response_id" in cols else natural
+    for col in ["option", "logprob", *keys]:
+        _check(
+            con,
+            path,
+            where,
+            f"field {col!r} is empty",
+            f"SELECT _row, '{col} missing' FROM {raw} "
+            f'WHERE "{col}" IS NULL OR trim(CAST("{col}" AS VARCHAR)) = \'\'',
+        )
+    select = [
+        "_row",
+        "CAST(response_id AS BIGINT) AS response_id"
+        if "response_id" in cols
+        else "NULL::BIGINT AS response_id",
+        *[
+            "CAST(response_index AS BIGINT) AS response_index"
+            if c == "response_index"
+            else f'CAST("{c}" AS VARCHAR) AS {c}'
+            for c in natural
+        ],
+        "CAST(option AS VARCHAR) AS option",
+        f"CAST(logprob AS DOUBLE) * {factor!r} AS logprob",
+        "CAST(logprob AS DOUBLE) AS logprob_given",
+    ]
+    local = local_connection(con)
+    local.execute(
+        f"CREATE OR REPLACE TEMP TABLE _import_opts_typed AS SELECT {', '.join(select)} FROM {raw}"
+    )
+    typed = "_import_opts_typed"
+    _check(
+        con,
+        path,
+        where,
+        "field 'logprob' is not finite",
+        f"SELECT _row, 'logprob=' || CAST(logprob_given AS VARCHAR) FROM {typed} "
+        "WHERE NOT isfinite(logprob)",
+    )
+    _check(
+        con,
+        path,
+        where,
+        "field 'logprob' is positive: a log-probability is <= 0",
+        f"SELECT _row, 'logprob=' || CAST(logprob_given AS VARCHAR) FROM {typed} "
+        f"WHERE logprob > {NEGATIVE_TOLERANCE}",
+    )
+    if "response_id" in cols:
+        _check(
+            con,
+            path,
+            where,
+            "response_id not in the warehouse",
+            f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM {typed} i "
+            "ANTI JOIN responses r ON r.response_id = i.response_id",
+        )
+    else:
+        on = " AND ".join(f"r.{c} = i.{c}" for c in natural)
+        described = " || ', ' || ".join(f"'{c}=' || CAST(i.{c} AS VARCHAR)" for c in natural)
+        _check(
+            con,
+            path,
+            where,
+            "no such response in the warehouse",
+            f"SELECT i._row, {described} FROM {typed} i ANTI JOIN responses r ON {on}",
+        )
+        _check(
+            con,
+            path,
+            where,
+            "key matches several responses (add the 'experiment' column)",
+            f"SELECT i._row, {described} || ' matches ' || CAST(count(*) AS VARCHAR) FROM "
+            f"{typed} i JOIN responses r ON {on} GROUP BY i._row, "
+            f"{', '.join(f'i.{c}' for c in natural)} HAVING count(*) > 1",
+        )
+        con.execute(f"UPDATE {typed} i SET response_id = r.response_id FROM responses r WHERE {on}")
+    _check(
+        con,
+        path,
+        where,
+        "response not in the scores file (option scores belong to its responses)",
+        f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM {typed} i "
+        "ANTI JOIN _import_rows s USING (response_id)",
+    )
+    _check(
+        con,
+        path,
+        where,
+        "the same option of a response appears more than once",
+        f"SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ', option=' || "
+        f"option || ' at {where}s ' || string_agg(CAST(_row AS VARCHAR), ', ' ORDER BY _row) "
+        f"FROM {typed} GROUP BY response_id, option HAVING count(*) > 1",
+    )
+    # log-sum-exp per response, stable: max + log(sum(exp(lp - max))).
+    local.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _import_opts AS
+        WITH m AS (SELECT response_id, max(logprob) AS mx FROM {typed} GROUP BY response_id),
+        z AS (
+            SELECT t.response_id, m.mx + ln(sum(exp(t.logprob - m.mx))) AS lse, min(t._row) AS _row
+            FROM {typed} t JOIN m USING (response_id) GROUP BY t.response_id, m.mx
+        )
+        SELECT t._row, t.response_id, t.option, t.logprob - z.lse AS logprob, z.lse
+        FROM {typed} t JOIN z USING (response_id)"""
+    )
+    _check(
+        con,
+        path,
+        where,
+        "field 'logprob': a response's option probabilities sum to more than 1",
+        "SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ' sums to ' || "
+        "CAST(round(exp(any_value(lse)), 6) AS VARCHAR) FROM _import_opts "
+        f"GROUP BY response_id HAVING any_value(lse) > {OPTION_SUM_TOLERANCE}",
+    )
+    return int(scalar(con, "SELECT count(*) FROM _import_opts"))
 
 
 # --------------------------------------------------------------------------- export

@@ -43,6 +43,7 @@ class Truth:
     runs: dict[str, int] = field(default_factory=dict)  # model -> complete plain run
     fits: dict[str, int] = field(default_factory=dict)  # kind -> fit_id
     effects: dict[str, dict] = field(default_factory=dict)  # parameter -> {label: value}
+    failed: tuple[str, ...] = ()  # kinds stored as failing their gates (passed = false)
 
 
 def model_name(family: str, gen: str, size: float, ptype: str) -> str:
@@ -204,9 +205,24 @@ def _diagnostics(idata, passed: bool = True) -> dict:
     return d
 
 
+# Which fits read which models (fits.selection.runs, as the real analyses record
+# it): the persona fit only the Qwen 3 models scored with a persona, the
+# accuracy fit only the Llama models, the others every model.
+def _reads(kind: str, name: str) -> bool:
+    if kind == "persona":
+        return name.startswith("Qwen3")
+    if kind == "accuracy":
+        return name.startswith("Llama")
+    return True
+
+
 def _save(con, kind, idata, truth: Truth, netcdf_dir, **kw) -> int:
     from psystats.stats.store import save_fit
 
+    runs = {m: [r] for m, r in truth.runs.items() if _reads(kind, m)}
+    kw.setdefault("selection", {})
+    kw["selection"] = {**kw["selection"], "runs": runs}
+    failed = kind in truth.failed
     fit_id = save_fit(
         con,
         kind=kind,
@@ -215,7 +231,7 @@ def _save(con, kind, idata, truth: Truth, netcdf_dir, **kw) -> int:
         condition="plain",
         scale="nats",
         seconds=1.0,
-        diagnostics=_diagnostics(idata),
+        diagnostics=_diagnostics(idata, passed=not failed),
         sampler=dict(sampler="example", chains=4, draws=250, tune=0, seed=0),
         **kw,
     )
@@ -365,14 +381,21 @@ def _accuracy(con, truth, rng, netcdf_dir) -> None:
 
 
 def fabricate(
-    con, *, kinds=ALL_KINDS, seed: int = 0, netcdf_dir: str | Path | None = None
+    con,
+    *,
+    kinds=ALL_KINDS,
+    seed: int = 0,
+    netcdf_dir: str | Path | None = None,
+    failed: tuple[str, ...] = (),
 ) -> Truth:
     """Write example models, scores and fits of ``kinds`` into ``con``; returns the truth.
 
-    The warehouse must already hold responses (ingest a study first).
+    The warehouse must already hold responses (ingest a study first).  Fits
+    of the kinds in ``failed`` are stored with ``passed = false`` and a
+    failed gate in their diagnostics.
     """
     rng = np.random.default_rng(seed)
-    truth = Truth()
+    truth = Truth(failed=tuple(failed))
     with transaction(con):
         models = _models(con, truth)
         _scores(con, models, truth, rng)

@@ -65,7 +65,7 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         chains=4,
         post_type="instruct",
     )
-    from psystats.stats.demo_study import study_files
+    from psystats.stats.demo_study import option_files, study_files
 
     n_files = len(study_files(tmp_path / "simulated"))
     assert [s.argv[0] for s in p.steps] == [
@@ -82,9 +82,21 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         "fit",
         "fit",
         "fit",
+        "fit",
         "simulate",
         "report",
     ]
+    # option scores travel with the generation-2 'sim' runs; the report shows the truth
+    with_options = [s for s in p.steps if "--options" in s.argv]
+    assert len(with_options) == len(option_files(tmp_path / "simulated"))
+    assert [s.argv[:2] for s in p.steps if s.argv[:2] == ["fit", "accuracy"]]
+    report = p.steps[-1].argv
+    assert report[report.index("--truth") + 1] == str(tmp_path / "simulated" / "truth.json")
+    # the offline pair's random base is flagged as a pipeline check, by an ordinary command
+    off = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", offline_pair=True)
+    flag = next(s for s in off.steps if s.argv[:2] == ["models", "set"])
+    assert flag.argv[2] == demo_cmds.OFFLINE_BASE_NAME
+    assert flag.argv[3].startswith("pipeline_check=")
     assert "SIMULATED STUDY" in p.steps[-1].argv[p.steps[-1].argv.index("--note") + 1]
     plain = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", simulated=False)
     assert [s.argv[0] for s in plain.steps][-2:] == ["fit", "report"]
@@ -136,19 +148,28 @@ def _check_demo_output(workdir: Path, models: int = 2, simulated: bool = False) 
     assert pdf.exists()
     text = "\n".join(p.extract_text() or "" for p in PdfReader(str(pdf)).pages)
     assert "1 Data" in text and "8 Methods" in text
+    flat = " ".join(text.split())
+    if simulated:
+        # every section filled; the simulated fits' pages carry the pipeline-check caveat
+        # and each estimate beside its truth
+        assert "No data for this section" not in flat
+        assert "flagged as a pipeline check" in flat
+        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 4
     con = warehouse.connect(workdir / "demo.duckdb", read_only=True)
     n_resp = warehouse.db.scalar(con, "SELECT count(*) FROM responses")
     runs = con.execute("SELECT run_id, status FROM score_runs").fetchall()
     n_scores = warehouse.db.scalar(con, "SELECT count(*) FROM scores")
     fits = con.execute("SELECT kind FROM fits").fetchall()
+    n_options = warehouse.db.scalar(con, "SELECT count(*) FROM option_scores")
     con.close()
+    assert (n_options > 0) is simulated
     if simulated:
         from psystats.stats.demo_study import study_files
 
         models += len(study_files(workdir / "simulated"))
     assert len(runs) == models and all(s == "complete" for _, s in runs)
     assert n_scores == models * n_resp
-    kinds = ["effects"] + (["effects", "generations", "persona"] if simulated else [])
+    kinds = ["effects"] + (["effects", "generations", "persona", "accuracy"] if simulated else [])
     assert [k for (k,) in fits] == kinds
 
 
@@ -280,3 +301,56 @@ def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
         name = ds.model_name(ds.FAMILIES[0], ds.GENERATIONS[-1], t)
         shift = nll(name, ds.PERSONA_CONDITION)["nll"] - nll(name)["nll"]
         assert abs(shift.mean() - eff) < 0.06  # ~5 SE of wobble and response noise
+
+
+def test_simulated_option_scores_carry_the_known_accuracy(tmp_path: Path):
+    """Option files: renormalised log-probs of each discrete-choice response's options whose
+    top-1 accuracy matches the model's known value; the accuracy truth equals an
+    independent numerical integral; every SIM model is flagged as a pipeline check."""
+    import numpy as np
+    import pandas as pd
+    from scipy.integrate import quad
+    from scipy.special import logit
+    from scipy.stats import norm
+
+    from psystats.stats import demo_study as ds
+    from psystats.warehouse.ingest import ingest_paths
+
+    def top1(beta: float, k: int) -> float:
+        """P(z_0 + beta > max of k - 1 other standard normals), by quadrature."""
+        return quad(lambda x: norm.pdf(x - beta) * norm.cdf(x) ** (k - 1), -10, 12)[0]
+
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    ingest_paths(con, [sample_path()])
+    truth = ds.write_study(con, tmp_path / "sim", seed=2)
+    resp = pd.DataFrame(
+        con.execute("SELECT response_id, experiment, trim(text) AS text FROM responses").fetchall(),
+        columns=["response_id", "experiment", "text"],
+    )
+    con.close()
+    toml = (tmp_path / "sim" / "models.toml").read_text()
+    assert toml.count("pipeline_check = ") == toml.count("[[models]]") == 12
+    sets = ds.option_sets(resp)
+    assert sets and all(2 <= len(o) <= ds.MAX_OPTIONS for o in sets.values())
+    ks = {e: len(o) for e, o in sets.items()}
+    files = ds.option_files(tmp_path / "sim")
+    assert len(files) == 6 and all(p.exists() for p in files.values())
+    for model, path in files.items():
+        kind = model.rsplit("-", 1)[1]
+        df = pd.read_parquet(path).merge(resp, on="response_id")
+        assert set(df["experiment"]) == set(sets)
+        # renormalised over each response's options
+        total = df.groupby("response_id")["logprob"].apply(lambda x: np.exp(x).sum())
+        assert np.allclose(total, 1.0, atol=1e-9)
+        # top-1 accuracy over responses against the integral: within 5 standard errors
+        top = df.loc[df.groupby("response_id")["logprob"].idxmax()]
+        hit = (top["option"] == top["text"]).to_numpy()
+        beta = ds.TRUTH["option_beta"][kind]
+        p = np.array([top1(beta, ks[e]) for e in top["experiment"]])
+        se = np.sqrt(np.sum(p * (1 - p))) / len(p)
+        assert abs(hit.mean() - p.mean()) < 5 * se, (model, hit.mean(), p.mean())
+    # truth: the mean over experiments of the logit top-1 gap (post minus base)
+    b = ds.TRUTH["option_beta"]
+    for t in ds.TYPES:
+        gaps = [logit(top1(b[t], k)) - logit(top1(b["base"], k)) for k in ks.values()]
+        assert truth["accuracy"]["accuracy_gap"][t] == pytest.approx(np.mean(gaps), abs=0.02)

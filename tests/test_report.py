@@ -107,6 +107,8 @@ def test_full_report_pdf(full_warehouse, tmp_path: Path):
         assert title in text
     assert "No data for this section" not in text
     assert "Fabricated example data" in text
+    # every fit passed its gates and no model is a pipeline check: no caveat anywhere
+    assert "Caveat" not in text
     # figure text is real (vector, searchable) text, stamped into the pages
     assert "post − base gap" in text or "post - base gap" in text
     assert "cumulative distribution" in text

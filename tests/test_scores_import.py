@@ -366,3 +366,132 @@ def test_n_tokens_beyond_32_bits_is_a_field_error_and_writes_nothing(con, tmp_pa
     with pytest.raises(WarehouseError, match=r"big\.parquet: field 'n_tokens' is too large.*row 1"):
         import_scores(con, src, model="big-model")
     assert counts(con) == before
+
+
+# ------------------------------------------------------------------ option scores
+
+
+def _option_rows(con, n: int, seed: int = 0) -> tuple[list, list, list, np.ndarray]:
+    """Three options per response for the first ``n`` responses (the response's own text
+    among them), with log-probs that do not sum to one (they get renormalised)."""
+    rows = con.execute(
+        "SELECT response_id, trim(text) FROM responses ORDER BY response_id LIMIT ?", [n]
+    ).fetchall()
+    rng = np.random.default_rng(seed)
+    rid, opt, lp = [], [], []
+    for r, text in rows:
+        for o in (text, "other A", "other B"):
+            rid.append(r)
+            opt.append(o)
+            lp.append(float(np.log(rng.uniform(0.05, 0.3))))
+    return rid, opt, lp, np.array(lp)
+
+
+def test_option_scores_import_with_their_run_renormalised(con, tmp_path):
+    scores = _write_parquet(tmp_path / "s.parquet", external_scores(con, 10))
+    rid, opt, lp, _ = _option_rows(con, 10)
+    opts = tmp_path / "o.parquet"
+    pq.write_table(pa.table({"response_id": rid, "option": opt, "logprob": lp}), opts)
+    r = import_scores(con, scores, model="opt-model", options=opts)
+    assert r.n_rows == 10 and r.n_options == 30
+    got = con.execute(
+        "SELECT response_id, option, logprob FROM option_scores WHERE run_id = ? "
+        "ORDER BY response_id, option",
+        [r.run_id],
+    ).fetchall()
+    # independent reference: log p - log sum_o p over each response's options
+    ref = {}
+    for k in set(rid):
+        idx = [i for i, x in enumerate(rid) if x == k]
+        norm = math.log(sum(math.exp(lp[i]) for i in idx))
+        ref.update({(k, opt[i]): lp[i] - norm for i in idx})
+    assert len(got) == len(ref)
+    for k, o, v in got:
+        assert v == pytest.approx(ref[(k, o)], abs=1e-12)
+    # the same files again: nothing to do; another options file: a new run
+    assert import_scores(con, scores, model="opt-model", options=opts).already_imported
+    pq.write_table(pa.table({"response_id": rid, "option": opt, "logprob": lp[::-1]}), opts)
+    again = import_scores(con, scores, model="opt-model", options=opts)
+    assert not again.already_imported and again.run_id != r.run_id
+
+
+def _write_parquet(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+OPTION_CASES = {
+    "no option column": ("response_id,logprob\n{a},-1\n", "needs the columns 'option'"),
+    "positive logprob": (
+        "response_id,option,logprob\n{a},x,-1\n{a},y,0.5\n",
+        "field 'logprob' is positive: a log-probability is <= 0: line 3: logprob=0.5",
+    ),
+    "not in scores file": (
+        "response_id,option,logprob\n{a},x,-1\n{c},x,-1\n",
+        "response not in the scores file (option scores belong to its responses): line 3",
+    ),
+    "duplicate option": (
+        "response_id,option,logprob\n{a},x,-1\n{a},x,-2\n",
+        "the same option of a response appears more than once: line 2",
+    ),
+    "sums above one": (
+        "response_id,option,logprob\n{a},x,-0.1\n{a},y,-0.2\n",
+        "a response's option probabilities sum to more than 1: line 2",
+    ),
+    "empty option": ("response_id,option,logprob\n{a},,-1\n", "field 'option' is empty: line 2"),
+    "not a number": (
+        "response_id,option,logprob\n{a},x,abc\n",
+        "field 'logprob' is not a number: line 2",
+    ),
+    "unknown response": (
+        "response_id,option,logprob\n99999999,x,-1\n",
+        "response_id not in the warehouse: line 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_bad_option_files_name_line_and_field_and_write_nothing(con, tmp_path, case):
+    keys = _first_keys(con)
+    scores = _write(tmp_path, "s.csv", f"response_id,nll\n{keys[0][0]},1\n{keys[1][0]},1\n")
+    body, fragment = OPTION_CASES[case]
+    opts = _write(tmp_path, "o.csv", body.format(a=keys[0][0], b=keys[1][0], c=keys[2][0]))
+    before = counts(con), scalar(con, "SELECT count(*) FROM option_scores")
+    with pytest.raises(WarehouseError) as e:
+        import_scores(con, scores, model="new-model", options=opts)
+    assert str(opts) in str(e.value) and fragment in str(e.value), str(e.value)
+    assert (counts(con), scalar(con, "SELECT count(*) FROM option_scores")) == before
+
+
+def test_cli_import_with_options_natural_key_and_bits(warehouse_copy, tmp_path):
+    con = warehouse.connect(warehouse_copy)
+    # a response whose text needs no CSV quoting
+    k = con.execute(
+        "SELECT response_id, study, experiment, participant, response_index FROM responses "
+        "WHERE regexp_full_match(trim(text), '[A-Za-z0-9]+') ORDER BY response_id LIMIT 1"
+    ).fetchall()[0]
+    text = con.execute("SELECT trim(text) FROM responses WHERE response_id = ?", [k[0]]).fetchall()
+    con.close()
+    scores = _write(tmp_path, "s.csv", f"response_id,nll\n{k[0]},2\n")
+    # natural key, log2 probabilities 0.5 / 0.25 (renormalised to 2/3, 1/3)
+    opts = _write(
+        tmp_path,
+        "o.csv",
+        "study,experiment,participant,response_index,option,logprob\n"
+        f"{k[1]},{k[2]},{k[3]},{k[4]},{text[0][0]},-1\n"
+        f"{k[1]},{k[2]},{k[3]},{k[4]},zzz,-2\n",
+    )
+    res = CliRunner().invoke(
+        main,
+        ["scores", "import", str(scores), "--options", str(opts), "--model", "m-bits"]
+        + ["--unit", "bits", "--db", str(warehouse_copy)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "with 2 option scores" in res.output
+    con = warehouse.connect(warehouse_copy, read_only=True)
+    got = dict(con.execute("SELECT option, logprob FROM option_scores").fetchall())
+    con.close()
+    assert got[text[0][0]] == pytest.approx(math.log(2 / 3), abs=1e-12)
+    assert got["zzz"] == pytest.approx(math.log(1 / 3), abs=1e-12)
+    res = CliRunner().invoke(main, ["scores", "import", "--help"])
+    assert "--options" in res.output and "option" in res.output

@@ -26,6 +26,10 @@ OFFLINE_WARNING = (
     "real base/post-trained pair, so every effect in this report is a PIPELINE CHECK ONLY "
     "and says nothing about post-training."
 )
+OFFLINE_PIPELINE_CHECK = (
+    "random-initialised network standing in for a base model in the offline demo: "
+    "its pair with SmolLM2-135M-Instruct is not a real base/post-trained pair"
+)
 
 
 @dataclass
@@ -128,6 +132,7 @@ def plan(
     add_base = ["models", "add", base, *d, "--name", p.base_name]
     if offline_pair:
         add_base += ["--type", "base"]
+    flag_base = ["models", "set", p.base_name, f"pipeline_check={OFFLINE_PIPELINE_CHECK}", *d]
     add_post = ["models", "add", post, *d, "--name", p.post_name, "--base", p.base_name]
     if post_type:
         add_post += ["--type", post_type]
@@ -145,6 +150,11 @@ def plan(
         Step("Ingest the embedded Psych-201 sample", ["ingest", str(sample_path()), *d]),
         Step("Register the base model", add_base),
         Step("Register the post-trained model", add_post),
+        *(
+            [Step("Flag the random base as a pipeline check (the report says so)", flag_base)]
+            if offline_pair
+            else []
+        ),
         Step(
             "Score every response with the base model",
             ["score", "--model", p.base_name, "--condition", "plain", "--device", device, *d],
@@ -170,32 +180,20 @@ def plan(
             may_fail=True,
         ),
     ]
+    report = ["report", *d, "-o", str(workdir / "demo.pdf"), "--title", "psystats demo"]
     if simulated:
         p.steps += simulated_steps(workdir, d, draws=draws, tune=tune, chains=chains)
         note += " " + SIMULATED_NOTE
-    p.steps.append(
-        Step(
-            "Write the report",
-            [
-                "report",
-                *d,
-                "-o",
-                str(workdir / "demo.pdf"),
-                "--title",
-                "psystats demo",
-                "--note",
-                note,
-            ],
-        )
-    )
+        report += ["--truth", str(workdir / "simulated" / "truth.json")]
+    p.steps.append(Step("Write the report", [*report, "--note", note]))
     return p
 
 
 SIMULATED_NOTE = (
     "SIMULATED STUDY: the SIM-* models (two families, two generations, instruct and "
-    "reasoning) have made-up scores with known effects, written on the sample's real "
-    "responses under the conditions 'sim' and 'sim-persona'; every fit named 'SIMULATED "
-    "study' is about them, and `psystats simulate check` prints each estimate beside its truth."
+    "reasoning) have made-up scores and option scores with known effects, written on the "
+    "sample's real responses under the conditions 'sim' and 'sim-persona'; every fit named "
+    "'SIMULATED study' is about them, and its page shows each estimate beside its truth."
 )
 
 
@@ -203,7 +201,13 @@ def simulated_steps(
     workdir: Path, d: list[str], *, draws: int, tune: int, chains: int
 ) -> list[Step]:
     """The simulated study: write its files, import them, fit, compare with the truth."""
-    from psystats.stats.demo_study import CONDITION, FIT_NAME, PERSONA_CONDITION, study_files
+    from psystats.stats.demo_study import (
+        CONDITION,
+        FIT_NAME,
+        PERSONA_CONDITION,
+        option_files,
+        study_files,
+    )
 
     out = workdir / "simulated"
     sampling = ["--draws", str(draws), "--tune", str(tune), "--chains", str(chains)]
@@ -217,13 +221,12 @@ def simulated_steps(
             "SIMULATED study: register its models", ["models", "load", str(out / "models.toml"), *d]
         ),
     ]
+    options = option_files(out)
     for model, condition, path in study_files(out):
-        steps.append(
-            Step(
-                f"SIMULATED study: import {model} ({condition})",
-                ["scores", "import", str(path), "--model", model, "--condition", condition, *d],
-            )
-        )
+        argv = ["scores", "import", str(path), "--model", model, "--condition", condition, *d]
+        if condition == CONDITION and model in options:
+            argv += ["--options", str(options[model])]
+        steps.append(Step(f"SIMULATED study: import {model} ({condition})", argv))
     steps += [
         Step(
             "SIMULATED study: effects model",
@@ -246,6 +249,11 @@ def simulated_steps(
                 CONDITION,
                 *fit_opts,
             ],
+            may_fail=True,
+        ),
+        Step(
+            "SIMULATED study: accuracy from the option scores",
+            ["fit", "accuracy", "--condition", CONDITION, *fit_opts],
             may_fail=True,
         ),
         Step(
@@ -353,9 +361,11 @@ def demo(
 
     Then (unless --no-simulated) a clearly labelled SIMULATED study on the
     same real responses: SIM-* models with known effects of type, family,
-    size, generation, domain and persona prompts, imported with `models load`
-    and `scores import`, fitted, and each estimate printed beside its truth
-    (`psystats simulate check`), so every section of the report is filled.
+    size, generation, domain and persona prompts, and option scores with a
+    known accuracy gap, imported with `models load` and `scores import`,
+    fitted (effects, generations, persona, accuracy), and each estimate
+    printed and shown in the report beside its truth (`psystats simulate
+    check`, `report --truth`), so every section of the report is filled.
 
     \b
     Examples:

@@ -43,6 +43,13 @@ def scores() -> None:
     help="Post-training type when the model is new [default: inferred from the name].",
 )
 @click.option("--force", is_flag=True, help="Import again even if this file was imported before.")
+@click.option(
+    "--options",
+    "options",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Option scores of the same run (.parquet/.csv/.tsv): key, option, logprob; "
+    "one row per response and option (for `psystats fit accuracy`).",
+)
 @friendly_errors
 def import_(
     file: str,
@@ -53,6 +60,7 @@ def import_(
     unit: str,
     post_training: str | None,
     force: bool,
+    options: str | None,
 ) -> None:
     """Import per-response scores from FILE (.parquet, .csv or .tsv).
 
@@ -63,6 +71,11 @@ def import_(
     response of the warehouse with finite values; otherwise the error names
     the line and field and nothing is written.
 
+    With --options, a second file gives the run's option scores for
+    discrete-choice responses: the same key, option (the option's text) and
+    logprob (<= 0), one row per response and option; each response must be
+    in FILE, and its options are stored renormalised (option_scores).
+
     The file is streamed in record batches (memory does not grow with it;
     see --memory-limit/--temp-dir of `psystats`), and the warehouse is held
     only per checking query and for the final commit: other commands can
@@ -72,6 +85,7 @@ def import_(
     Examples:
       psystats scores import results.parquet --model my-cognitive-model --type other
       psystats scores import lm.csv --model Qwen/Qwen2.5-7B --condition plain --unit bits
+      psystats scores import lm.parquet --options lm-options.parquet --model my-lm
     """
     from psystats.scoring.importer import import_scores
 
@@ -89,6 +103,7 @@ def import_(
         unit=unit,
         post_training=post_training,
         force=force,
+        options=options,
     )
     if r.already_imported:
         click.echo(
@@ -106,6 +121,7 @@ def import_(
         click.echo("note: no n_tokens column; n_tokens is stored empty (NULL)", err=True)
     click.echo(
         f"imported {r.n_rows} scores as run {r.run_id} (model {model}, condition {condition})"
+        + (f" with {r.n_options} option scores" if options else "")
     )
 
 

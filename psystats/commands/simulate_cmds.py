@@ -37,16 +37,20 @@ def study(db, out, seed):
     Two families (SIM-qwen, SIM-llama) x two generations, each a base with an
     instruct and a reasoning model, with known effects of type, family, size,
     generation and domain on the post-minus-base NLL, known base-NLL trends
-    over generations and known persona effects.  Writes OUT/models.toml
-    (`psystats models load`), one Parquet per model and condition (`psystats
-    scores import --condition sim` / `sim-persona`) and OUT/truth.json
-    (`psystats simulate check`).  Nothing is written to the warehouse.
+    over generations, known persona effects, and (second generation) option
+    scores of the discrete-choice responses with a known accuracy gap.
+    Writes OUT/models.toml (`psystats models load`; every model is flagged
+    as a pipeline check), one Parquet per model and condition (`psystats
+    scores import --condition sim` / `sim-persona`), the option files
+    (`scores import ... --options`) and OUT/truth.json (`psystats simulate
+    check`, `psystats report --truth`).  Nothing is written to the warehouse.
 
     \b
     Examples:
       psystats simulate study -o simulated/
       psystats models load simulated/models.toml
       psystats scores import simulated/SIM-qwen1-base.sim.parquet --model SIM-qwen1-base --condition sim
+      psystats scores import simulated/SIM-qwen2-base.sim.parquet --options simulated/SIM-qwen2-base.sim.options.parquet --model SIM-qwen2-base --condition sim
     """
     from psystats.stats.demo_study import write_study
 
@@ -67,7 +71,7 @@ def check(truth_file, db, fmt):
     """Print each estimate of the simulated study's fits beside the truth it should recover.
 
     Reads the newest fit of each kind named 'SIMULATED study' (effects,
-    generations, persona).  `inside`: the truth lies in the 90% interval
+    generations, persona, accuracy).  `inside`: the truth lies in the 90% interval
     (expect about 9 in 10 when the fits are calibrated).
 
     \b

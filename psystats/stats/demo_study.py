@@ -11,7 +11,13 @@ sample), the files of a clearly labelled simulated study:
 * one Parquet of per-response NLLs per model in condition ``sim`` and, for
   the second generation, in condition ``sim-persona``
   (``psystats scores import``);
+* for the second generation, a Parquet of option scores (the log-probability
+  of each option of the discrete-choice responses) beside the ``sim`` scores
+  (``psystats scores import ... --options``), with a known accuracy gap;
 * ``truth.json`` — the values the fits should recover.
+
+Every SIM-* model is registered with ``pipeline_check`` set, so each report
+page that shows it carries a caveat: its scores are made up.
 
 Post-minus-base differences follow the effects model (docs/model.md):
 
@@ -23,8 +29,14 @@ the family, so ``type_mean``, ``family``, ``size_slope``,
 ``generation_slope`` and ``domain`` of ``psystats fit effects --condition
 sim`` estimate exactly the truth.  Base NLLs fall by ``base_slope[family]``
 per generation (``fit generations``), and a persona prompt shifts each
-response's NLL by ``persona[type]`` (``fit persona``).  :func:`compare`
-prints every estimate beside its truth.
+response's NLL by ``persona[type]`` (``fit persona``).
+
+Option scores follow ``psystats.stats.accuracy.simulate_accuracy``'s model:
+for each response with options O (the distinct responses of its
+experiment, when there are at most ``MAX_OPTIONS``), z_o = beta_m 1[o =
+response] + N(0, 1) and logprob = log softmax(sharpness_m z), so beta sets
+the top-1 accuracy and sharpness the over-confidence (``fit accuracy``).
+:func:`compare` prints every estimate beside its truth.
 """
 
 from __future__ import annotations
@@ -54,7 +66,15 @@ TRUTH: dict[str, Any] = {
     "persona": {"base": 0.0, "instruct": -0.10, "reasoning": 0.05},
     "domain_range": 0.2,  # domain effects spread evenly over [-range, range]
     "participant_sd": 0.1,
+    # Option scores: accuracy (beta) and over-confidence (sharpness) per type.
+    "option_beta": {"base": 1.0, "instruct": 1.8, "reasoning": 0.6},
+    "option_sharpness": {"base": 1.0, "instruct": 3.0, "reasoning": 0.6},
 }
+MAX_OPTIONS = 20  # an experiment with more distinct responses is not discrete choice
+PIPELINE_CHECK = (
+    "SIMULATED scores with known effects (psystats simulate study): a check that the "
+    "fits recover what was put in"
+)
 # Parameter counts per (family, generation): not a sum of a family and a generation
 # part, so size stays separable from family and generation.
 N_PARAMS = {
@@ -67,6 +87,21 @@ N_PARAMS = {
 
 def model_name(family: str, generation: int, kind: str) -> str:
     return f"{family}{generation}-{kind}"
+
+
+def truth_fit_name(truth: dict) -> str:
+    """The name of the fits a truth file describes (``fits.name``)."""
+    return str(truth.get("fit_name") or FIT_NAME)
+
+
+def option_files(out: Path) -> dict[str, Path]:
+    """model -> its option-scores file (imported with its ``sim`` scores via ``--options``)."""
+    return {
+        model_name(f, GENERATIONS[-1], kind): out / f"{model_name(f, GENERATIONS[-1], kind)}"
+        f".{CONDITION}.options.parquet"
+        for f in FAMILIES
+        for kind in ("base", *TYPES)
+    }
 
 
 def study_files(out: Path) -> list[tuple[str, str, Path]]:
@@ -84,12 +119,14 @@ def study_files(out: Path) -> list[tuple[str, str, Path]]:
 def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
     """Write models.toml, the score files and truth.json into ``out``; returns the truth."""
     rows = con.execute(
-        "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
+        "SELECT r.response_id, r.participant_key, r.experiment, e.domain, trim(r.text) "
         "FROM responses r LEFT JOIN experiments e USING (experiment) ORDER BY r.response_id"
     ).fetchall()
     if not rows:
         raise WarehouseError("the warehouse has no responses: ingest studies first")
-    resp = pd.DataFrame(rows, columns=["response_id", "participant_key", "experiment", "domain"])
+    resp = pd.DataFrame(
+        rows, columns=["response_id", "participant_key", "experiment", "domain", "text"]
+    )
     resp["domain"] = resp["domain"].fillna("(no domain)")
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +159,7 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
             models_toml.append(
                 f'[[models]]\nname = "{base}"\ntype = "base"\nfamily = "{f}"\n'
                 f'generation = "{g}"\nn_params = {int(N_PARAMS[(f, g)])}\n'
+                f'pipeline_check = "{PIPELINE_CHECK}"\n'
             )
             base_nll = (
                 2.0
@@ -134,12 +172,15 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
             save(base, CONDITION, base_nll)
             with_persona = g == GENERATIONS[-1]
             if with_persona:
+                _save_options(out / f"{base}.{CONDITION}.options.parquet", resp, "base", rng)
+            if with_persona:
                 save(base, PERSONA_CONDITION, base_nll + _persona_shift(resp, "base", rng))
             for t in TYPES:
                 post = model_name(f, g, t)
                 models_toml.append(
                     f'[[models]]\nname = "{post}"\ntype = "{t}"\nbase = "{base}"\n'
                     f'family = "{f}"\ngeneration = "{g}"\nn_params = {int(N_PARAMS[(f, g)])}\n'
+                    f'pipeline_check = "{PIPELINE_CHECK}"\n'
                 )
                 pair_mu = (
                     TRUTH["intercept"]
@@ -157,10 +198,12 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
                 save(post, CONDITION, post_nll)
                 if with_persona:
                     save(post, PERSONA_CONDITION, post_nll + _persona_shift(resp, t, rng))
+                    _save_options(out / f"{post}.{CONDITION}.options.parquet", resp, t, rng)
                 cell_truth.append({"pair": f"{post} vs {base}", "mean": pair_mu})
     (out / "models.toml").write_text("\n".join(models_toml))
     truth = {
         "about": "SIMULATED study on the sample's real responses: known effects",
+        "fit_name": FIT_NAME,
         "condition": CONDITION,
         "persona_condition": PERSONA_CONDITION,
         "effects": {
@@ -185,11 +228,72 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
             },
         },
         "persona": {"persona_effect": TRUTH["persona"]},
+        "accuracy": accuracy_truth(option_sets(resp)),
         "files": files,
         "seed": seed,
     }
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
     return truth
+
+
+def option_sets(resp: pd.DataFrame) -> dict[str, list[str]]:
+    """Experiment -> its options: the distinct (trimmed) responses, when 2..MAX_OPTIONS."""
+    sets = resp.groupby("experiment")["text"].agg(lambda t: sorted(set(t)))
+    return {str(e): list(o) for e, o in sets.items() if 2 <= len(o) <= MAX_OPTIONS}
+
+
+def _save_options(path: Path, resp: pd.DataFrame, kind: str, rng) -> None:
+    """Option log-probs of every discrete-choice response for a model of type ``kind``."""
+    from scipy.special import log_softmax
+
+    beta, sharp = TRUTH["option_beta"][kind], TRUTH["option_sharpness"][kind]
+    parts = []
+    for exp, opts in option_sets(resp).items():
+        g = resp[resp["experiment"] == exp]
+        z = rng.normal(size=(len(g), len(opts)))
+        z[np.arange(len(g)), pd.Index(opts).get_indexer(g["text"])] += beta
+        parts.append(
+            pd.DataFrame(
+                {
+                    "response_id": np.repeat(g["response_id"].to_numpy(), len(opts)),
+                    "option": np.tile(opts, len(g)),
+                    "logprob": log_softmax(sharp * z, axis=1).ravel(),
+                }
+            )
+        )
+    pd.concat(parts, ignore_index=True).to_parquet(path, index=False)
+
+
+def expected_accuracy(beta: float, k: int, *, draws: int = 400_000, seed: int = 0) -> dict:
+    """Monte-Carlo truth of the option model: top-1 accuracy and the calibrated
+    probability of the response, E[softmax(beta z)_response] (Bayes' rule)."""
+    from scipy.special import log_softmax
+
+    z = np.random.default_rng(seed).normal(size=(draws, k))
+    z[:, 0] += beta
+    return {
+        "top1": float(np.mean(z.argmax(axis=1) == 0)),
+        "calibrated": float(np.exp(log_softmax(beta * z, axis=1)[:, 0]).mean()),
+    }
+
+
+def accuracy_truth(sets: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Per post-training type: the logit accuracy gap (post minus base), raw top-1 and
+    calibrated, averaged over the discrete-choice experiments (``fit accuracy``'s
+    ``accuracy_gap`` / ``accuracy_gap_calibrated``)."""
+
+    def logit(p: float) -> float:
+        return float(np.log(p / (1 - p)))
+
+    ks = [len(o) for o in sets.values()]
+    b = TRUTH["option_beta"]
+    acc = {(t, k): expected_accuracy(b[t], k) for t in b for k in set(ks)}
+    out: dict[str, dict[str, float]] = {"accuracy_gap": {}, "accuracy_gap_calibrated": {}}
+    for t in TYPES:
+        for key, name in (("top1", "accuracy_gap"), ("calibrated", "accuracy_gap_calibrated")):
+            gaps = [logit(acc[(t, k)][key]) - logit(acc[("base", k)][key]) for k in ks]
+            out[name][t] = float(np.mean(gaps)) if gaps else float("nan")
+    return out
 
 
 def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
@@ -206,7 +310,7 @@ def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
 
 def _flat(truth: dict) -> list[tuple[str, str, str | None, float]]:
     rows: list[tuple[str, str, str | None, float]] = []
-    for kind in ("effects", "generations", "persona"):
+    for kind in ("effects", "generations", "persona", "accuracy"):
         for param, v in truth.get(kind, {}).items():
             if isinstance(v, dict):
                 rows += [(kind, param, str(k), float(x)) for k, x in v.items()]
@@ -222,9 +326,10 @@ def compare(con, truth: dict) -> pd.DataFrame:
     (truth within the 90% interval).  Kinds without a fit are left out.
     """
     out = []
+    name = truth_fit_name(truth)
     for kind, param, level, value in _flat(truth):
         fit = con.execute(
-            "SELECT max(fit_id) FROM fits WHERE kind = ? AND name = ?", [kind, FIT_NAME]
+            "SELECT max(fit_id) FROM fits WHERE kind = ? AND name = ?", [kind, name]
         ).fetchall()[0][0]
         if fit is None:
             continue
