@@ -497,3 +497,55 @@ def test_words_under_chat_and_windows_add_up(setup, opts):
             a, n = w["token_start"], w["n_tokens"]
             assert w["token_nll"] == pytest.approx(-sum(lps[a : a + n]), abs=1e-9)
         assert sum(w["nll"] for w in ws) == pytest.approx(nll[rid], abs=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["duckdb", "parquet"])
+def test_migration_keeps_old_token_rows_and_adds_word_table(tmp_path, monkeypatch, layout):
+    """A warehouse from before MIGRATION_FINER_SCORES (either scores layout) upgrades:
+    its token rows get NULL entropy/rank, new rows carry them, word_scores exists."""
+    import pyarrow as pa
+
+    from psystats.warehouse import db, parquet_layout, schema
+
+    full = list(schema.MIGRATIONS)
+    before = full.index(schema.MIGRATION_FINER_SCORES)
+    path = tmp_path / "old.duckdb"
+    with monkeypatch.context() as m:
+        m.setattr(db, "MIGRATIONS", full[:before])
+        m.setattr(db, "SCHEMA_VERSION", before)
+        con = db.connect(path)
+        if layout == "parquet":
+            parquet_layout.enable(con)
+        con.execute(
+            "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version, "
+            "started_at, status) VALUES (1, 'm', 'plain', 'psystats', 'x', now(), 'complete')"
+        )
+        old = pa.table(
+            {
+                "response_id": pa.array([5], pa.int64()),
+                "token_index": pa.array([0], pa.int32()),
+                "token_id": pa.array([3], pa.int32()),
+                "token": ["a"],
+                "logprob": [-1.0],
+            }
+        )
+        con.register("_old", old)
+        with db.transaction(con):
+            parquet_layout.write_rows(con, "token_scores", 1, "_old", old.column_names)
+        con.close()
+    con = db.connect(path)
+    assert db.schema_version(con) == len(full)
+    new = (
+        old.set_column(0, "response_id", pa.array([6], pa.int64()))
+        .append_column("entropy", pa.array([1.5]))
+        .append_column("rank", pa.array([2], pa.int32()))
+    )
+    con.register("_new", new)
+    with db.transaction(con):
+        parquet_layout.write_rows(con, "token_scores", 1, "_new", new.column_names)
+    rows = con.execute(
+        "SELECT response_id, logprob, entropy, rank FROM token_scores ORDER BY 1"
+    ).fetchall()
+    assert rows == [(5, -1.0, None, None), (6, -1.0, 1.5, 2)]
+    assert con.execute("SELECT count(*) FROM word_scores").fetchall() == [(0,)]
+    con.close()
