@@ -627,8 +627,9 @@ def pipeline_checks(con, models: list[str]) -> list[tuple[str, str]]:
 
 
 def all_params_rows(con, fit_id: int) -> pd.DataFrame:
-    """Every stored parameter of a fit as forest rows (group = parameter), for fits of
-    kinds without a fixed layout (formula fits, custom kinds).
+    """Every stored parameter of a fit as forest rows, for fits of kinds without a fixed
+    layout (formula fits, custom kinds): a group per parameter with levels, scalars
+    under "Terms" or "Scales".
 
     Order: intercepts, other population-level terms, group-level terms
     (``1|...``), then scales (``sigma``, ``..._sigma``), each in stored order.
@@ -636,6 +637,7 @@ def all_params_rows(con, fit_id: int) -> pd.DataFrame:
     p = fit_params(con, fit_id)
     if p.empty:
         return pd.DataFrame()
+    scalar = [not isinstance(lab, str) or not lab for lab in p["label"]]
     p["group"] = p["parameter"]
     p["label"] = [
         lab if isinstance(lab, str) and lab else par for lab, par in zip(p["label"], p["parameter"])
@@ -649,6 +651,11 @@ def all_params_rows(con, fit_id: int) -> pd.DataFrame:
         return 2 if "|" in name else 1
 
     p["_rank"] = [rank(str(n)) for n in p["parameter"]]
+    # Parameters with levels get a heading each; scalars share one (terms or scales).
+    p["group"] = [
+        ("Scales" if r == 3 else "Terms") if sc else g
+        for sc, r, g in zip(scalar, p["_rank"], p["group"])
+    ]
     p["_order"] = range(len(p))
     p = p.sort_values(["_rank", "_order"], kind="stable")
     return p[
