@@ -192,7 +192,7 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     }
     # Aggregated inside DuckDB: only one row per model (and one total) reaches Python;
     # the participant means are built one model at a time (bounded by one model's scores).
-    q = """WITH participant_means AS (SELECT * FROM temp.{pm}),
+    q = """WITH participant_means AS (SELECT * FROM {pm} pm),
     n_models AS (SELECT count(DISTINCT model) AS n FROM participant_means),
     common AS (
         SELECT participant_key FROM participant_means GROUP BY participant_key

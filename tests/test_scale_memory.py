@@ -454,12 +454,12 @@ def test_participant_means_table_equals_participant_means(scored):
     try:
         ref = participant_means(c, condition="plain")
         key = ["model", "experiment", "participant_key"]
-        with participant_means_table(c, condition="plain") as name:
-            cur = c.execute(f"SELECT * FROM temp.{name} ORDER BY ALL")
+        with participant_means_table(c, condition="plain") as rel:
+            cur = c.execute(f"SELECT * FROM {rel} p ORDER BY ALL")
             got = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
         # Dropped afterwards: nothing of it is left in the connection.
         assert not c.execute(
-            "SELECT * FROM duckdb_tables() WHERE table_name = ?", [name]
+            "SELECT * FROM duckdb_tables() WHERE table_name LIKE '_psystats_participant_means%'"
         ).fetchall()
     finally:
         c.close()
@@ -648,7 +648,7 @@ def test_option_groups_equal_option_rows_and_prepare_the_same_data(tmp_path):
     path = tmp_path / "acc.duckdb"
     c = warehouse.connect(path)
     try:
-        add_synthetic_experiments(c, n_experiments=3, participants=8, responses=4, seed=1)
+        add_synthetic_experiments(c, n_experiments=2, participants=6, responses=3, seed=1)
         simulate_accuracy(c, seed=2)
         ref = option_rows(c)
         groups = OptionGroups(c)

@@ -58,7 +58,7 @@ def base_cells(
         WITH fm(model, family) AS (VALUES {values}),
         x AS (
             SELECT fm.family, p.experiment, p.participant_key, p.model, p.run_id, p.mean_nll
-            FROM temp.{pm} p JOIN fm ON fm.model = p.model
+            FROM {pm} p JOIN fm ON fm.model = p.model
         ),
         width AS (SELECT family, experiment, count(DISTINCT model) AS m FROM x GROUP BY ALL),
         people AS (

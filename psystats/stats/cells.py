@@ -203,43 +203,39 @@ def _pair_runs(
     return out[cols].sort_values(cols[:3]).reset_index(drop=True)
 
 
-def _one_pair_cells_sql(n_runs: int, n_post: int, n_base: int) -> str:
-    """Cells of ONE pair: its (experiment, post run, base run) rows are bound as VALUES and
-    the scores scans are limited to its runs, so the join holds one pair's rows at a time."""
-    values = ", ".join(["(?, ?::BIGINT, ?::BIGINT)"] * n_runs)
-    post_in = ", ".join(["?"] * n_post)
-    base_in = ", ".join(["?"] * n_base)
+def _run_pair_cells_sql(n_experiments: int) -> str:
+    """Cells of one (post run, base run) of a pair, for the experiments it is used for.
+
+    Both scores scans are limited to one run by a constant (a run holds each
+    response once), so every join is on ``response_id`` alone and can never
+    multiply rows, whatever plan DuckDB picks (the Parquet scores layout has
+    no column statistics).  Responses contribute only their participant; the
+    experiment, study and domain come from the participant after the
+    per-participant aggregation, so the joins hold two numbers per response.
+    """
+    exps = ", ".join(["?"] * n_experiments)
     return f"""
-    WITH pair_runs(experiment, post_run_id, base_run_id) AS (VALUES {values}),
-    -- Responses with their cell's two runs first (MATERIALIZED: a plan barrier), so the
-    -- scores joins are on (run_id, response_id) and can never multiply rows.  Joining the
-    -- many pair_runs rows on run_id alone let a plan without column statistics (the
-    -- Parquet scores layout's views) build runs x experiments rows and spill GBs.
-    resp AS MATERIALIZED (
-        SELECT pr.experiment, pr.post_run_id, pr.base_run_id, r.response_id, r.study,
-               r.participant_key
-        FROM pair_runs pr JOIN responses r ON r.experiment = pr.experiment
-    ),
-    diffs AS (
-        SELECT pr.experiment, pr.study, pr.participant_key, pr.post_run_id, pr.base_run_id,
-               count(*)::BIGINT AS n_responses,
+    WITH diffs AS (
+        SELECT r.participant_key, count(*)::BIGINT AS n_responses,
                avg(sp.nll) AS mean_post, avg(sb.nll) AS mean_base,
                avg(sp.nll - sb.nll) AS d
-        FROM resp pr
-        JOIN scores sp ON sp.run_id = pr.post_run_id AND sp.response_id = pr.response_id
-        JOIN scores sb ON sb.run_id = pr.base_run_id AND sb.response_id = pr.response_id
-        WHERE sp.run_id IN ({post_in}) AND sb.run_id IN ({base_in})
+        FROM scores sp
+        JOIN scores sb ON sb.response_id = sp.response_id
+        JOIN responses r ON r.response_id = sp.response_id
+        WHERE sp.run_id = ? AND sb.run_id = ?
           AND {valid_score("sp")} AND {valid_score("sb")}
-        GROUP BY ALL
+        GROUP BY r.participant_key
     )
-    SELECT d.experiment, any_value(d.study) AS study,
+    SELECT pa.experiment, any_value(pa.study) AS study,
            any_value(e.domain) AS domain, count(*)::BIGINT AS n, avg(d.d) AS mean,
            var_samp(d.d) AS var, stddev_samp(d.mean_post) AS sd_post,
-           stddev_samp(d.mean_base) AS sd_base, sum(d.n_responses)::BIGINT AS n_responses,
-           any_value(d.post_run_id) AS post_run_id, any_value(d.base_run_id) AS base_run_id
-    FROM diffs d LEFT JOIN experiments e ON e.experiment = d.experiment
-    GROUP BY d.experiment
-    ORDER BY d.experiment
+           stddev_samp(d.mean_base) AS sd_base, sum(d.n_responses)::BIGINT AS n_responses
+    FROM diffs d
+    JOIN participants pa ON pa.participant_key = d.participant_key
+    LEFT JOIN experiments e ON e.experiment = pa.experiment
+    WHERE pa.experiment IN ({exps})
+    GROUP BY pa.experiment
+    ORDER BY pa.experiment
     """
 
 
@@ -264,22 +260,21 @@ def build_cells(
     pr = _pairs_or_fail(con, models)
     runs = _pair_runs(con, pr, post_condition, base_condition, experiments)
     parts = []
-    for (post, base), g in runs.groupby(["post_model", "base_model"], sort=True):
-        post_ids = sorted({int(x) for x in g.post_run_id})
-        base_ids = sorted({int(x) for x in g.base_run_id})
-        params: list = []
-        for exp, p_run, b_run in zip(g.experiment, g.post_run_id, g.base_run_id):
-            params += [exp, int(p_run), int(b_run)]
-        cur = con.execute(
-            _one_pair_cells_sql(len(g), len(post_ids), len(base_ids)),
-            params + post_ids + base_ids,
-        )
+    # One query per (pair, post run, base run): usually one per pair, more when some
+    # experiments were scored again in a newer run.
+    combos = runs.groupby(["post_model", "base_model", "post_run_id", "base_run_id"], sort=True)
+    for (post, base, p_run, b_run), g in combos:
+        exps = sorted(g.experiment)
+        cur = con.execute(_run_pair_cells_sql(len(exps)), [int(p_run), int(b_run), *exps])
         part = pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
-        release_buffers(con)  # the next pair reads other runs: drop this pair's blocks
+        release_buffers(con)  # the next query reads other runs: drop these runs' blocks
         part.insert(0, "base_model", base)
         part.insert(0, "post_model", post)
+        part["post_run_id"], part["base_run_id"] = int(p_run), int(b_run)
         parts.append(part)
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if not df.empty:
+        df = df.sort_values(["post_model", "base_model", "experiment"], ignore_index=True)
     if df.empty:
         raise WarehouseError(
             f"no cells: no experiment was scored by both models of any pair "

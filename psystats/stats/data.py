@@ -81,10 +81,14 @@ def run_experiments(
     runs = cur.fetchall()
     rows = []
     for run_id, model, condition, t in runs:
+        # Responses contribute only their participant (two numbers a row in the join).
         exps = con.execute(
-            """SELECT DISTINCT r.experiment FROM scores s
-            JOIN responses r ON r.response_id = s.response_id
-            WHERE s.run_id = ? ORDER BY 1""",
+            """SELECT DISTINCT pa.experiment FROM participants pa
+            WHERE pa.participant_key IN (
+                SELECT r.participant_key FROM scores s
+                JOIN responses r ON r.response_id = s.response_id
+                WHERE s.run_id = ?)
+            ORDER BY 1""",
             [run_id],
         ).fetchall()
         release_buffers(con)
@@ -159,47 +163,65 @@ def participant_means_table(
     models: Sequence[str] | None = None,
     experiments: Sequence[str] | None = None,
 ) -> Iterator[str]:
-    """:func:`participant_means`' rows as a temporary table, built one model at a time.
+    """:func:`participant_means`' rows, built one (model, run) at a time inside DuckDB.
 
-    Yields the table's name (dropped afterwards).  Each model's query joins
-    only its own latest runs, and the cache is released after it, so DuckDB
-    holds one model's scores at a time; the table itself has one row per
-    (model, participant), which DuckDB spills past ``memory_limit``.  Callers
-    aggregate it in SQL, so the participant rows never reach Python.
+    Yields SQL for a relation (a parenthesised query, use it as
+    ``FROM {rel} p``) with :func:`participant_means`' columns.  Each build
+    query reads one run's scores (the cache released after it), so DuckDB
+    holds one run at a time; the rows are kept narrow in a temporary table
+    (model index, run, participant, n, mean: ~40 bytes a row, spilled past
+    ``memory_limit``) and the names come from small tables when the relation
+    is read.  Callers aggregate it in SQL, so the participant rows never
+    reach Python.  The temporary tables are dropped afterwards.
     """
     from psystats.warehouse.buffers import release_buffers
 
     lr = latest_runs(con, [condition], models=models, experiments=experiments)
-    name = PARTICIPANT_MEANS_TABLE
-    con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    rows, names = f"{PARTICIPANT_MEANS_TABLE}_rows", f"{PARTICIPANT_MEANS_TABLE}_models"
+    for t in (rows, names):
+        con.execute(f"DROP TABLE IF EXISTS temp.{t}")
     con.execute(
-        f"""CREATE TEMP TABLE {name} (model VARCHAR, run_id INTEGER, experiment VARCHAR,
-        domain VARCHAR, study VARCHAR, participant_key BIGINT, n_responses BIGINT,
-        mean_nll DOUBLE)"""
+        f"""CREATE TEMP TABLE {rows} (model_idx INTEGER, run_id INTEGER,
+        participant_key BIGINT, n_responses BIGINT, mean_nll DOUBLE)"""
     )
+    con.execute(f"CREATE TEMP TABLE {names} (model_idx INTEGER, model VARCHAR)")
     try:
-        for model, g in lr.groupby("model", sort=True):
-            runs = sorted({int(r) for r in g.run_id})
-            values = ", ".join(["(?, ?::INTEGER)"] * len(g))
-            params: list = [model]
-            for exp, run in zip(g.experiment, g.run_id):
-                params += [exp, int(run)]
+        index = {m: i for i, m in enumerate(sorted(set(lr.model)))}
+        if index:
             con.execute(
-                f"""INSERT INTO temp.{name}
-                SELECT ?, lr.run_id, r.experiment, e.domain, r.study, r.participant_key,
-                       count(*)::BIGINT, avg(s.nll)
-                FROM (VALUES {values}) lr(experiment, run_id)
-                JOIN scores s ON s.run_id = lr.run_id
-                JOIN responses r ON r.response_id = s.response_id AND r.experiment = lr.experiment
-                LEFT JOIN experiments e ON e.experiment = r.experiment
-                WHERE s.run_id IN ({", ".join("?" * len(runs))}) AND {VALID_SCORE}
-                GROUP BY lr.run_id, r.experiment, e.domain, r.study, r.participant_key""",
-                params + runs,
+                f"INSERT INTO temp.{names} VALUES " + ", ".join(["(?, ?)"] * len(index)),
+                [v for m, i in index.items() for v in (i, m)],
+            )
+        # One query per (model, run): the scores scan is limited to one run by a constant,
+        # responses contribute only their participant, and the participant's experiment
+        # (kept when this run is the latest for it) comes after the aggregation.
+        for (model, run), g in lr.groupby(["model", "run_id"], sort=True):
+            exps = sorted(g.experiment)
+            con.execute(
+                f"""INSERT INTO temp.{rows}
+                WITH a AS (
+                    SELECT r.participant_key, count(*)::BIGINT AS n, avg(s.nll) AS mean_nll
+                    FROM scores s JOIN responses r ON r.response_id = s.response_id
+                    WHERE s.run_id = ? AND {VALID_SCORE}
+                    GROUP BY r.participant_key
+                )
+                SELECT ?, ?, a.participant_key, a.n, a.mean_nll
+                FROM a JOIN participants pa ON pa.participant_key = a.participant_key
+                WHERE pa.experiment IN ({", ".join("?" * len(exps))})""",
+                [int(run), index[model], int(run), *exps],
             )
             release_buffers(con)
-        yield name
+        yield f"""(
+            SELECT m.model, p.run_id, pa.experiment, e.domain, pa.study, p.participant_key,
+                   p.n_responses, p.mean_nll
+            FROM temp.{rows} p
+            JOIN temp.{names} m ON m.model_idx = p.model_idx
+            JOIN participants pa ON pa.participant_key = p.participant_key
+            LEFT JOIN experiments e ON e.experiment = pa.experiment
+        )"""
     finally:
-        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        for t in (rows, names):
+            con.execute(f"DROP TABLE IF EXISTS temp.{t}")
 
 
 def participant_means(
