@@ -111,7 +111,10 @@ def fit_analysis(
     if kept:
         import xarray as xr
 
-        # The (thinned) draws' pointwise log-likelihood, the input of PSIS-LOO, in the NetCDF.
+        # The (thinned) draws' pointwise log-likelihood, the input of PSIS-LOO, in the NetCDF
+        # (replacing any the sampler computed: a marginal normal's would be the joint density).
+        if "log_likelihood" in result.idata.groups():
+            del result.idata["log_likelihood"]
         result.idata.add_groups({"log_likelihood": xr.Dataset(dict(kept))})
         if len(kept) > 1:
             loo = dict(result.summary.get("loo") or {})
