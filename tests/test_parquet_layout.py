@@ -615,3 +615,30 @@ def test_score_and_shard_merge_under_parquet_equal_duckdb(tmp_path, psych201, ti
     sources = {s.split(":")[0] for (s,) in _rows(pq_merged, "SELECT source FROM score_files")}
     assert sources == {"link"}
     assert {s for (s,) in _rows(pq_local, "SELECT source FROM score_files")} == {"write"}
+
+
+@pytest.mark.parametrize("layout", ["duckdb", "parquet"])
+def test_out_of_memory_is_one_line(both, tmp_path, layout):
+    """DuckDB out of memory (here a 1 MB limit) is an environment error: one line with
+    the settings that help, exit code 1, no traceback."""
+    from click.testing import CliRunner
+
+    from psystats.cli import main
+
+    res = CliRunner().invoke(
+        main,
+        [
+            "--memory-limit",
+            "1MB",
+            "--db",
+            str(both[layout]),
+            "export",
+            "cells",
+            "-o",
+            str(tmp_path / "c.csv"),
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: ") and "ran out of memory" in res.output
+    assert "--memory-limit" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not isinstance(res.exception, duckdb.Error)

@@ -349,6 +349,8 @@ def is_environment_error(e: BaseException) -> bool:
     """True for a DuckDB error caused by the file or disk, not by the query or the code."""
     if isinstance(e, (duckdb.IOException, duckdb.PermissionException)):
         return True
+    if isinstance(e, duckdb.OutOfMemoryException):  # the memory limit, or a loaded machine
+        return True
     low = str(e).lower()
     return isinstance(e, duckdb.Error) and any(w in low for w in _ENVIRONMENT_WORDS)
 
@@ -397,6 +399,12 @@ def environment_error(e: BaseException, path: str, *, read_only: bool = False) -
         return WarehouseError(
             f"{path} is already open in this process with other settings; close that "
             "connection first"
+        )
+    if isinstance(e, duckdb.OutOfMemoryException):
+        return WarehouseError(
+            f"{path}: DuckDB ran out of memory ({first}): raise --memory-limit (or "
+            f"${MEMORY_ENV}), give --temp-dir a folder with free space to spill to, or "
+            "run the command again when the machine is less loaded"
         )
     return WarehouseError(f"{path}: {first}")
 
