@@ -194,32 +194,52 @@ def marginal_normal_loo(
     mu = np.atleast_2d(np.asarray(mu, float))
     var = np.broadcast_to(np.atleast_2d(np.asarray(var, float)), mu.shape)
     sigmas = np.asarray(sigmas, float).reshape(mu.shape[0], len(factors))
+    from threadpoolctl import threadpool_limits
+
     Z, P, k = _indicators(factors)
     sizes = [n for _, n in factors]
     out = np.empty_like(mu)
-    for a in range(0, mu.shape[0], chunk):
-        sl = slice(a, a + chunk)
-        w = 1.0 / var[sl]
-        r = y - mu[sl]
-        ell = np.repeat(sigmas[sl], sizes, axis=1)  # (S, k)
-        b = ell * np.asarray((Z.T @ (w * r).T).T)
-        if len(factors) == 1:
-            # One factor: Z^T W Z is diagonal, so K is too (no k x k inverse).
-            kd = 1.0 + ell**2 * np.asarray((Z.T @ w.T).T)
-            Uh = np.asarray((Z @ (ell * b / kd).T).T)
-            diag = np.asarray((Z @ (ell**2 / kd).T).T)
-        else:
-            M = np.asarray((P.T @ w.T).T).reshape(-1, k, k)  # Z^T W Z per draw
-            K = np.eye(k) + ell[:, :, None] * M * ell[:, None, :]
-            Kinv = np.linalg.inv(K)
-            h = np.einsum("sab,sb->sa", Kinv, b)
-            Uh = np.asarray((Z @ (ell * h).T).T)
-            LKL = (ell[:, :, None] * Kinv * ell[:, None, :]).reshape(-1, k * k)
-            diag = np.asarray((P @ LKL.T).T)  # diag(U K^-1 U^T)
-        g = w * r - w * Uh
-        cbar = w - w**2 * diag
-        out[sl] = -0.5 * np.log(2 * np.pi) + 0.5 * np.log(cbar) - 0.5 * g**2 / cbar
+    # Many small k x k inverses: a multi-threaded BLAS only adds contention (measured 50x
+    # slower with 2 threads on a busy 2-core machine; benchmarks/bench_exact_loo.py).
+    with threadpool_limits(1, user_api="blas"):
+        for a in range(0, mu.shape[0], chunk):
+            _loo_chunk(y, mu, var, sigmas, slice(a, a + chunk), Z, P, k, sizes, out)
     return out
+
+
+def _loo_chunk(
+    y: np.ndarray,
+    mu: np.ndarray,
+    var: np.ndarray,
+    sigmas: np.ndarray,
+    sl: slice,
+    Z: Any,
+    P: Any,
+    k: int,
+    sizes: list[int],
+    out: np.ndarray,
+) -> None:
+    """:func:`marginal_normal_loo` for the draws ``sl`` (written into ``out[sl]``)."""
+    w = 1.0 / var[sl]
+    r = y - mu[sl]
+    ell = np.repeat(sigmas[sl], sizes, axis=1)  # (S, k)
+    b = ell * np.asarray((Z.T @ (w * r).T).T)
+    if len(sizes) == 1:
+        # One factor: Z^T W Z is diagonal, so K is too (no k x k inverse).
+        kd = 1.0 + ell**2 * np.asarray((Z.T @ w.T).T)
+        Uh = np.asarray((Z @ (ell * b / kd).T).T)
+        diag = np.asarray((Z @ (ell**2 / kd).T).T)
+    else:
+        M = np.asarray((P.T @ w.T).T).reshape(-1, k, k)  # Z^T W Z per draw
+        K = np.eye(k) + ell[:, :, None] * M * ell[:, None, :]
+        Kinv = np.linalg.inv(K)
+        h = np.einsum("sab,sb->sa", Kinv, b)
+        Uh = np.asarray((Z @ (ell * h).T).T)
+        LKL = (ell[:, :, None] * Kinv * ell[:, None, :]).reshape(-1, k * k)
+        diag = np.asarray((P @ LKL.T).T)  # diag(U K^-1 U^T)
+    g = w * r - w * Uh
+    cbar = w - w**2 * diag
+    out[sl] = -0.5 * np.log(2 * np.pi) + 0.5 * np.log(cbar) - 0.5 * g**2 / cbar
 
 
 def _draw_function(model, outputs: list):
