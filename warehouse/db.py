@@ -437,18 +437,29 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     except BaseException:
         _TX_HOOKS.pop(id(con), None)
         con.execute("ROLLBACK")
-        for hook in hooks:
-            hook(False)
+        _end_hooks(hooks, committed=False)
         raise
     _TX_HOOKS.pop(id(con), None)
     try:
         con.execute("COMMIT")
     except BaseException:
-        for hook in hooks:
-            hook(False)
+        _end_hooks(hooks, committed=False)
         raise
+    _end_hooks(hooks, committed=True)
+
+
+def _end_hooks(hooks: list[Callable[[bool], None]], *, committed: bool) -> None:
+    """Run every hook; after a commit re-raise the first failure, after a rollback keep
+    the error that caused it (what a hook leaves undone, the next writable open does:
+    warehouse.parquet_layout.recover)."""
+    first: BaseException | None = None
     for hook in hooks:
-        hook(True)
+        try:
+            hook(committed)
+        except Exception as e:
+            first = first or e
+    if first is not None and committed:
+        raise first
 
 
 def next_id(con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
