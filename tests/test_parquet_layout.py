@@ -642,3 +642,46 @@ def test_out_of_memory_is_one_line(both, tmp_path, layout):
     assert res.output.startswith("Error: ") and "ran out of memory" in res.output
     assert "--memory-limit" in res.output and len(res.output.strip().splitlines()) == 1
     assert not isinstance(res.exception, duckdb.Error)
+
+
+READER = """
+import sys, time
+from psystats import warehouse
+db, final, seen = sys.argv[1], int(sys.argv[2]), set()
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    con = warehouse.connect(db, read_only=True, lock_timeout=60, on_wait=None)
+    n = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
+    con.close()
+    seen.add(n)
+    if n == final:
+        break
+    time.sleep(0.01)
+print(sorted(seen))
+"""
+
+
+@pytest.mark.slow
+def test_reader_in_another_process_sees_whole_batches_only(parquet_run, tmp_path):
+    """Two processes: a reader in a loop during three `scores import`s into a Parquet
+    warehouse only ever counts whole imports (101, 202, 404 rows: every prefix sum is
+    distinguishable), and ends at the total."""
+    con, _run, ids, db = parquet_run
+    con.close()
+    sizes = [101, 202, 404]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(db), str(sum(sizes))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lo = 0
+    for i, n in enumerate(sizes):
+        src = tmp_path / f"m{i}.parquet"
+        pq.write_table(pa.table({"response_id": ids[lo : lo + n], "nll": [1.0] * n}), src)
+        cli_ok("--db", db, "scores", "import", src, "--model", f"ext-{i}")
+        lo += n
+    out, err = reader.communicate(timeout=180)
+    assert reader.returncode == 0, err
+    seen = set(json.loads(out))
+    assert seen <= {0, 101, 303, 707} and 707 in seen
