@@ -458,6 +458,12 @@ def test_layout_is_chosen_when_created(both, db_path):
     assert res.exit_code == 1 and "cannot be changed back" in res.output
     res = CliRunner().invoke(main, ["--db", str(db_path), "init", "--scores-dir", "x"])
     assert res.exit_code == 1 and "--scores-layout parquet" in res.output
+    # One scores folder, one warehouse: a second would reuse run ids.
+    taken = str(both["parquet"]) + ".scores"
+    res = CliRunner().invoke(
+        main, ["--db", str(db_path), "init", "--scores-layout", "parquet", "--scores-dir", taken]
+    )
+    assert res.exit_code == 1 and "another warehouse" in res.output
     con = warehouse.connect(db_path)
     with pytest.raises(WarehouseError, match="must not contain"):
         parquet_layout.enable(con, str(db_path.parent / "bad*name"))

@@ -54,6 +54,8 @@ LAYOUT_KEY = "scores_layout"
 DIR_KEY = "scores_dir"  # as given: relative to the warehouse file's folder, or absolute
 RESOLVED_KEY = "scores_dir_resolved"  # the absolute folder the views read now
 UNION_KEY = "union_by_name"  # 'true' once a migration changed a table's columns
+ID_KEY = "scores_dir_id"  # also in <scores dir>/OWNER.json: one folder, one warehouse
+OWNER_FILE = "OWNER.json"
 SCHEMA_FILE = "part-schema.parquet"
 # The empty file that lists the columns (so the views' glob always matches a file)
 # lies in a partition whose name sorts after every real run's: DuckDB estimates a
@@ -271,6 +273,12 @@ def enable(con: duckdb.DuckDBPyConnection, scores_dir: str | os.PathLike | None 
         )
     stored, root = _stored_form(db_file, scores_dir)
     _check_folder_name(root)
+    owner = _owner(root)
+    if owner is not None:
+        raise WarehouseError(
+            f"{root} already holds the scores of another warehouse ({owner.get('warehouse')}); "
+            "run ids would collide: give each warehouse its own --scores-dir"
+        )
     for table in TABLES:
         existing = [p for p in (root / table).glob("run_id=*") if p.name != SCHEMA_PARTITION]
         if existing:
@@ -282,10 +290,13 @@ def enable(con: duckdb.DuckDBPyConnection, scores_dir: str | os.PathLike | None 
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WarehouseError(f"{root}: cannot create the scores folder ({e.strerror})") from None
+    folder_id = uuid.uuid4().hex
     with transaction(con):
         for table in TABLES:
             con.execute(f"ALTER TABLE {table} RENAME TO {template(table)}")
         _write_schema_files(con, root)
+        _write_note(root / OWNER_FILE, {"id": folder_id, "warehouse": str(db_file)})
+        _set(con, ID_KEY, folder_id)
         _set(con, LAYOUT_KEY, "parquet")
         _set(con, DIR_KEY, stored)
         _set(con, RESOLVED_KEY, str(root))
@@ -300,6 +311,7 @@ def refresh(con: duckdb.DuckDBPyConnection) -> Path:
     root = scores_root(con, s)
     if s.get(RESOLVED_KEY) != str(root):
         _require_partitions(root)
+        _require_owner(con, root)
         with transaction(con):
             _set(con, RESOLVED_KEY, str(root))
             _create_views(con, root, settings(con))
@@ -311,11 +323,31 @@ def repoint(con: duckdb.DuckDBPyConnection, scores_dir: str | os.PathLike) -> Pa
     stored, root = _stored_form(warehouse_file(con), scores_dir)
     _check_folder_name(root)
     _require_partitions(root)
+    _require_owner(con, root)
     with transaction(con):
         _set(con, DIR_KEY, stored)
         _set(con, RESOLVED_KEY, str(root))
         _create_views(con, root, settings(con))
     return root
+
+
+def _owner(root: Path) -> dict | None:
+    try:
+        return dict(json.loads((root / OWNER_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        return {"warehouse": "unreadable " + OWNER_FILE}
+
+
+def _require_owner(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Refuse a scores folder that belongs to another warehouse (its run ids are others)."""
+    owner, mine = _owner(root), settings(con).get(ID_KEY)
+    if owner is not None and mine and owner.get("id") != mine:
+        raise WarehouseError(
+            f"{root} holds the scores of another warehouse ({owner.get('warehouse')}), "
+            "not of this one: give this warehouse's own scores folder"
+        )
 
 
 def _require_partitions(root: Path) -> None:
