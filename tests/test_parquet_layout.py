@@ -625,8 +625,8 @@ def test_score_and_shard_merge_under_parquet_equal_duckdb(tmp_path, psych201, ti
 
 @pytest.mark.parametrize("layout", ["duckdb", "parquet"])
 def test_out_of_memory_is_one_line(both, tmp_path, layout):
-    """DuckDB out of memory (here a 1 MB limit) is an environment error: one line with
-    the settings that help, exit code 1, no traceback."""
+    """DuckDB out of memory (a 10 KB limit: below one DuckDB block on any machine) is an
+    environment error: one line with the settings that help, exit code 1, no traceback."""
     from click.testing import CliRunner
 
     from psystats.cli import main
@@ -635,7 +635,7 @@ def test_out_of_memory_is_one_line(both, tmp_path, layout):
         main,
         [
             "--memory-limit",
-            "1MB",
+            "10KB",
             "--db",
             str(both[layout]),
             "export",
