@@ -691,3 +691,26 @@ def test_reader_in_another_process_sees_whole_batches_only(parquet_run, tmp_path
     assert reader.returncode == 0, err
     seen = set(json.loads(out))
     assert seen <= {0, 101, 303, 707} and 707 in seen
+
+
+def test_merge_copies_shard_files_across_filesystems(parquet_run, tmp_path):
+    """Shards on another filesystem than the scores folder cannot be hard-linked: they are
+    copied (flushed, renamed into place) and recorded as copies; the rows are the same."""
+    import tempfile
+
+    con, _run, _ids, db = parquet_run
+    con.close()
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem (/dev/shm) on this machine")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        ids, rdir = _write_shards(db, Path(other) / "shards", "m-test")
+        cli_ok("--db", db, "merge", Path(other) / "shards")
+        registered = _rows(db, "SELECT source FROM score_files")
+        assert len(registered) == 4 and all(s.startswith("copy:") for (s,) in registered)
+        shard_ino = {p.stat().st_ino for p in rdir.glob("unit-*.parquet")}
+    assert not shard_ino & {p.stat().st_ino for p in _visible_files(db)}
+    # The shards are gone with their filesystem's folder; the copies hold the rows.
+    got = _rows(db, "SELECT response_id, nll FROM scores ORDER BY 1")
+    want = _batch(sorted(ids)).scores
+    assert got == list(zip(want["response_id"].to_pylist(), want["nll"].to_pylist()))
