@@ -37,6 +37,9 @@ from .content import Figure, Note, Para, Report, Table
 PAGE = A4
 MARGIN = 2 * cm
 FRAME_W = PAGE[0] - 2 * MARGIN
+# What a flowable may use inside the frame (its 6 pt padding each side): a table
+# any wider cannot be split across pages and would jump whole to the next page.
+CONTENT_W = FRAME_W - 12
 FRAME_H = PAGE[1] - 2 * MARGIN - 0.6 * cm  # room for the footer
 
 _base = getSampleStyleSheet()
@@ -122,19 +125,19 @@ class FigureBox(Flowable):
         self._caption_h = 0.0
 
     def wrap(self, availWidth, availHeight):
-        _, ch = self.caption.wrap(FRAME_W, availHeight)
+        _, ch = self.caption.wrap(CONTENT_W, availHeight)
         self._caption_h = ch + self.GAP + self.caption.style.spaceAfter
         room = availHeight - self._caption_h
         fit = room / self.h0
         self.scale = 1.0 if fit >= 1.0 or fit < self.MIN_SCALE else fit
         self.width, self.height = self.w0 * self.scale, self.h0 * self.scale
-        return FRAME_W, self.height + self._caption_h
+        return CONTENT_W, self.height + self._caption_h
 
     def drawOn(self, canvas, x, y, _sW=0):
         # x, y: the bottom left of this flowable in page coordinates.
         cap_y = y + self.caption.style.spaceAfter
         self.caption.drawOn(canvas, x, cap_y)
-        fig_x = x + max(0.0, (FRAME_W - self.width) / 2)
+        fig_x = x + max(0.0, (CONTENT_W - self.width) / 2)
         fig_y = cap_y + self._caption_h - self.caption.style.spaceAfter
         self._placements[self.index] = _Placed(
             canvas.getPageNumber() - 1, fig_x, fig_y, self.width, self.height
@@ -211,19 +214,19 @@ def _column_widths(block: Table, n: int) -> list[float]:
         head = max(stringWidth(w, "Helvetica-Bold", 7) for w in (block.columns[i].split() or [""]))
         body = max([stringWidth(r[i], "Helvetica", 7) for r in block.rows] or [0.0])
         natural.append(max(head, body, 12.0) + pad)
-    if sum(natural) <= FRAME_W:
+    if sum(natural) <= CONTENT_W:
         return natural
     lo, hi = 0.0, max(natural)
-    for _ in range(40):  # bisect the cap c with sum(min(w, c)) == FRAME_W
+    for _ in range(40):  # bisect the cap c with sum(min(w, c)) == CONTENT_W
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sum(min(w, mid) for w in natural) < FRAME_W else (lo, mid)
+        lo, hi = (mid, hi) if sum(min(w, mid) for w in natural) < CONTENT_W else (lo, mid)
     return [min(w, lo) for w in natural]
 
 
 def _note(block: Note) -> RLTable:
     colour = "#fdf1dc" if block.kind == "warning" else "#eef2f8"
     edge = "#d99a27" if block.kind == "warning" else "#7d93b8"
-    t = RLTable([[Paragraph(block.text, STYLES["note"])]], colWidths=[FRAME_W])
+    t = RLTable([[Paragraph(block.text, STYLES["note"])]], colWidths=[CONTENT_W])
     t.setStyle(
         TableStyle(
             [
@@ -241,7 +244,7 @@ def _note(block: Note) -> RLTable:
 def _figure_size(fig) -> tuple[float, float]:
     w_in, h_in = fig.get_size_inches()
     w, h = w_in * 72, h_in * 72
-    scale = min(1.0, FRAME_W / w, (FRAME_H - 60) / h)
+    scale = min(1.0, CONTENT_W / w, (FRAME_H - 60) / h)
     return w * scale, h * scale
 
 
