@@ -624,13 +624,15 @@ def test_score_and_shard_merge_under_parquet_equal_duckdb(tmp_path, psych201, ti
 
 
 @pytest.mark.parametrize("layout", ["duckdb", "parquet"])
-def test_out_of_memory_is_one_line(both, tmp_path, layout):
+def test_out_of_memory_is_one_line(both, tmp_path, layout, monkeypatch):
     """DuckDB out of memory (a 10 KB limit: below one DuckDB block on any machine) is an
     environment error: one line with the settings that help, exit code 1, no traceback."""
     from click.testing import CliRunner
 
     from psystats.cli import main
 
+    # --memory-limit sets $PSYSTATS_MEMORY_LIMIT for the process: monkeypatch restores it.
+    monkeypatch.setenv("PSYSTATS_MEMORY_LIMIT", "1GB")
     res = CliRunner().invoke(
         main,
         [
