@@ -16,7 +16,9 @@ through ``prepare`` with the default spec, as ``psystats fit effects`` would
 reused across datasets whose model structure is the same.  Reported per
 corner: the share of fits meeting the gates (target >= 95%) and the 90%
 coverage per parameter family (target 85-95%; a scale whose truth is 0 is left
-out, as a central interval never contains its boundary: its q95 is shown).
+out, as a central interval never contains its boundary: its q95 is shown).  A fit that misses R-hat/ESS
+narrowly, without divergences, draws again once with twice the draws, as
+``psystats fit`` does by default (``pipeline.redraw_may_help``).
 
 Timings are wall-clock on whatever machine runs this; report the machine and
 its load with the figures (the numbers printed include ``os.getloadavg()``).
@@ -316,6 +318,7 @@ def grid(args) -> dict:
     import nutpie
 
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
+    from psystats.stats.pipeline import redraw_may_help
     from psystats.stats.sampling import diagnose
     from psystats.stats.simulate import simulate_cells, simulate_design
 
@@ -372,9 +375,21 @@ def grid(args) -> dict:
                 progress_bar=False,
                 target_accept=0.95,
             )
+            diag = diagnose(idata, var_names=reported_vars(model))
+            if redraw_may_help(diag):  # what run_fit does by default: once, twice the draws
+                idata = nutpie.sample(
+                    compiled.with_data(y_obs=c.y.to_numpy(float), se=c.se.to_numpy(float)),
+                    draws=2 * args.draws,
+                    tune=args.tune,
+                    chains=4,
+                    seed=k,
+                    progress_bar=False,
+                    target_accept=0.95,
+                )
+                diag = diagnose(idata, var_names=reported_vars(model))
             dt = time.perf_counter() - t
             secs += dt
-            ok = bool(diagnose(idata, var_names=reported_vars(model)).passed)
+            ok = bool(diag.passed)
             passed += ok
             truth = {n: v for n, v in sim.truth.items() if n not in zero_scales}
             covered = {

@@ -426,3 +426,41 @@ def test_effects_netcdf_record_matches_the_fit(db_path, tmp_path):
     assert rec["summary"]["prior_scale"] == pytest.approx(fit.data.prior_scale)
     assert rec["gates"]["variables"] == fit.result.reported
     assert rec["versions"]["pymc"] and rec["versions"]["python"]
+
+
+def _diag(**kw):
+    from psystats.stats.sampling import Diagnostics
+
+    base = dict(
+        max_rhat=1.003, min_ess_bulk=900.0, min_ess_tail=800.0, divergences=0, min_bfmi=0.9,
+        n_chains=4, n_draws=1000, passed=True,
+    )  # fmt: skip
+    base.update(kw)
+    return Diagnostics(**base)
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({}, False),  # passed: nothing to redo
+        ({"min_ess_tail": 370.0, "passed": False}, True),  # the two_pairs grid miss
+        ({"max_rhat": 1.013, "passed": False}, True),
+        ({"max_rhat": 1.2, "passed": False}, False),  # far off: look, do not outlast
+        ({"min_ess_bulk": 40.0, "passed": False}, False),
+        ({"divergences": 3, "min_ess_tail": 370.0, "passed": False}, False),  # geometry
+        ({"max_rhat": float("nan"), "passed": False}, False),
+        ({"n_chains": 1, "min_ess_tail": 370.0, "passed": False}, False),
+    ],
+)
+def test_redraw_only_for_narrow_misses_of_rhat_or_ess(kw, expected):
+    from psystats.stats.pipeline import redraw_may_help
+
+    assert redraw_may_help(_diag(**kw)) is expected
+
+
+def test_redraws_option_is_validated_and_not_passed_to_the_sampler():
+    from psystats.stats.pipeline import SamplingOptions
+
+    assert "redraws" not in SamplingOptions().kwargs() and SamplingOptions().redraws == 1
+    with pytest.raises(WarehouseError, match="redraws"):
+        SamplingOptions(redraws=-1)
