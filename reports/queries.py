@@ -192,25 +192,39 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     }
     # Aggregated inside DuckDB: only one row per model (and one total) reaches Python;
     # the participant means are built one model at a time (bounded by one model's scores).
-    q = """WITH participant_means AS (SELECT * FROM {pm} pm),
+    # Narrow rows (one model may score a participant once: one run per experiment), no
+    # DISTINCT aggregates over them; the experiments are counted over the kept keys.
+    q = """WITH participant_means AS (
+        SELECT pm.model, pm.participant_key, pm.mean_nll FROM {pm} pm
+    ),
     n_models AS (SELECT count(DISTINCT model) AS n FROM participant_means),
     common AS (
         SELECT participant_key FROM participant_means GROUP BY participant_key
-        HAVING count(DISTINCT model) = (SELECT n FROM n_models)
+        HAVING count(*) = (SELECT n FROM n_models)
     ),
     use_common AS (SELECT count(*) > 0 AS yes FROM common),
     kept AS (
-        SELECT pm.model, pm.experiment, pm.participant_key, pm.mean_nll
+        SELECT pm.model, pm.participant_key, pm.mean_nll
         FROM participant_means pm
         WHERE NOT (SELECT yes FROM use_common)
            OR pm.participant_key IN (SELECT participant_key FROM common)
+    ),
+    per_model AS (
+        SELECT model, count(*)::BIGINT AS n_participants, avg(mean_nll) AS mean,
+               stddev_samp(mean_nll) AS sd
+        FROM kept GROUP BY model
+    ),
+    total AS (
+        SELECT count(*)::BIGINT AS n_keys, count(DISTINCT pa.experiment)::BIGINT AS n_experiments
+        FROM (SELECT DISTINCT participant_key FROM kept) k
+        JOIN participants pa ON pa.participant_key = k.participant_key
     )
-    SELECT model, grouping(model) AS is_total, count(*)::BIGINT AS n_participants,
-           avg(mean_nll) AS mean, stddev_samp(mean_nll) AS sd,
-           count(DISTINCT participant_key)::BIGINT AS n_keys,
-           count(DISTINCT experiment)::BIGINT AS n_experiments,
-           any_value((SELECT yes FROM use_common)) AS common
-    FROM kept GROUP BY GROUPING SETS ((model), ())
+    SELECT model, 0 AS is_total, n_participants, mean, sd, NULL::BIGINT AS n_keys,
+           NULL::BIGINT AS n_experiments, (SELECT yes FROM use_common) AS common
+    FROM per_model
+    UNION ALL
+    SELECT NULL, 1, NULL, NULL, NULL, n_keys, n_experiments, (SELECT yes FROM use_common)
+    FROM total
     """
     with participant_means_table(con, condition=condition) as pm:
         agg = frame(con, q.format(pm=pm))
