@@ -333,6 +333,7 @@ def grid(args) -> dict:
         compiled_by_key: dict = {}
         passed, cover, zero_q95, secs, structures = 0, {}, {}, 0.0, set()
         zero_scales = {k for k, v in (scales or {}).items() if v == 0}
+        data = None
         logged = {
             r["k"]: r
             for r in _read_log(args.log)
@@ -409,6 +410,10 @@ def grid(args) -> dict:
                 {"kind": "grid", "corner": name, "k": k, "passed": ok, "seconds": dt,
                  "structure": repr(key), "cover": covered, "zero_q95": q95},
             )  # fmt: skip
+        if data is None:  # every dataset came from the log: describe the layout all the same
+            data = prepare(
+                simulate_cells(design=design, seed=2000, scales=scales).cells, EffectsSpec()
+            )
         results[name] = {
             "datasets": args.grid,
             "cells": int(len(data.cells)),
