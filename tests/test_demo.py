@@ -307,6 +307,8 @@ def test_simulated_option_scores_carry_the_known_accuracy(tmp_path: Path):
     """Option files: renormalised log-probs of each discrete-choice response's options whose
     top-1 accuracy matches the model's known value; the accuracy truth equals an
     independent numerical integral; every SIM model is flagged as a pipeline check."""
+    import functools
+
     import numpy as np
     import pandas as pd
     from scipy.integrate import quad
@@ -316,6 +318,7 @@ def test_simulated_option_scores_carry_the_known_accuracy(tmp_path: Path):
     from psystats.stats import demo_study as ds
     from psystats.warehouse.ingest import ingest_paths
 
+    @functools.cache
     def top1(beta: float, k: int) -> float:
         """P(z_0 + beta > max of k - 1 other standard normals), by quadrature."""
         return quad(lambda x: norm.pdf(x - beta) * norm.cdf(x) ** (k - 1), -10, 12)[0]

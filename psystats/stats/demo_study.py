@@ -264,7 +264,7 @@ def _save_options(path: Path, resp: pd.DataFrame, kind: str, rng) -> None:
     pd.concat(parts, ignore_index=True).to_parquet(path, index=False)
 
 
-def expected_accuracy(beta: float, k: int, *, draws: int = 400_000, seed: int = 0) -> dict:
+def expected_accuracy(beta: float, k: int, *, draws: int = 100_000, seed: int = 0) -> dict:
     """Monte-Carlo truth of the option model: top-1 accuracy and the calibrated
     probability of the response, E[softmax(beta z)_response] (Bayes' rule)."""
     from scipy.special import log_softmax
