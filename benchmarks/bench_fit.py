@@ -16,9 +16,10 @@ through ``prepare`` with the default spec, as ``psystats fit effects`` would
 reused across datasets whose model structure is the same.  Reported per
 corner: the share of fits meeting the gates (target >= 95%) and the 90%
 coverage per parameter family (target 85-95%; a scale whose truth is 0 is left
-out, as a central interval never contains its boundary: its q95 is shown).  A fit that misses R-hat/ESS
-narrowly, without divergences, draws again once with twice the draws, as
-``psystats fit`` does by default (``pipeline.redraw_may_help``).
+out, as a central interval never contains its boundary: its q95 is shown).  A fit that misses its gates
+in a way sampling can mend samples again, as
+``psystats fit`` does by default (``pipeline.next_attempt``: a few divergences
+-> target_accept 0.99; a narrow R-hat/ESS miss -> twice the draws).
 
 Timings are wall-clock on whatever machine runs this; report the machine and
 its load with the figures (the numbers printed include ``os.getloadavg()``).
@@ -318,7 +319,7 @@ def grid(args) -> dict:
     import nutpie
 
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
-    from psystats.stats.pipeline import redraw_may_help
+    from psystats.stats.pipeline import SamplingOptions, next_attempt
     from psystats.stats.sampling import diagnose
     from psystats.stats.simulate import simulate_cells, simulate_design
 
@@ -377,15 +378,19 @@ def grid(args) -> dict:
                 target_accept=0.95,
             )
             diag = diagnose(idata, var_names=reported_vars(model))
-            if redraw_may_help(diag):  # what run_fit does by default: once, twice the draws
+            current = {"draws": args.draws, "target_accept": 0.95}
+            for _ in range(SamplingOptions().redraws):  # what run_fit does by default
+                nxt = next_attempt(diag, **current)
+                if nxt is None:
+                    break
+                current = nxt
                 idata = nutpie.sample(
                     compiled.with_data(y_obs=c.y.to_numpy(float), se=c.se.to_numpy(float)),
-                    draws=2 * args.draws,
                     tune=args.tune,
                     chains=4,
                     seed=k,
                     progress_bar=False,
-                    target_accept=0.95,
+                    **current,
                 )
                 diag = diagnose(idata, var_names=reported_vars(model))
             dt = time.perf_counter() - t

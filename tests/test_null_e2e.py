@@ -76,15 +76,9 @@ def test_plain_fit_meets_gates_and_covers_type_effects_without_type_domain(psych
     inside, total = res["coverage"]["type_domain"]
     assert total == 3 * 3 and inside == total
     assert res["zero_scale_q95"]["sigma_type_domain"] < 0.1
-    # The gates (R-hat <= 1.01, bulk/tail ESS >= 400, no divergence).  Not yet met
-    # reliably at this layout (BENCHMARKS.md, "Effects model through scores import over
-    # real experiments"): the same seed passed in one run and missed in another (3-5
-    # divergences, R-hat 1.011, always at sigma_type_domain) as float summation order
-    # changed.  Reported as an expected failure, with the diagnostics, until issue 13
-    # item 1 makes the default robust here; then this becomes a plain assert.
-    if not res["passed"]:
-        pytest.xfail(
-            f"issue 13: default fit missed its gates in the type x domain null: "
-            f"{res['problems']} (worst: {res['worst']})"
-        )
+    # The gates (R-hat <= 1.01, bulk/tail ESS >= 400, no divergence), met by the
+    # default fit.  The first sampling of this layout may show a few divergences at
+    # sigma_type_domain (3-5, the neck of a scale near zero), which the pipeline
+    # mends by sampling again at target_accept 0.99 (pipeline.next_attempt).
+    assert res["passed"], (res["problems"], res["worst"])
     assert res["divergences"] == 0

@@ -461,6 +461,30 @@ def test_redraw_only_for_narrow_misses_of_rhat_or_ess(kw, expected):
 def test_redraws_option_is_validated_and_not_passed_to_the_sampler():
     from psystats.stats.pipeline import SamplingOptions
 
-    assert "redraws" not in SamplingOptions().kwargs() and SamplingOptions().redraws == 1
+    assert "redraws" not in SamplingOptions().kwargs() and SamplingOptions().redraws == 2
     with pytest.raises(WarehouseError, match="redraws"):
         SamplingOptions(redraws=-1)
+
+
+@pytest.mark.parametrize(
+    ("kw", "draws", "ta", "expected"),
+    [
+        ({}, 1000, 0.95, None),
+        # a few divergences: a smaller step, the same draws
+        ({"divergences": 3, "passed": False}, 1000, 0.95, {"draws": 1000, "target_accept": 0.99}),
+        ({"divergences": 3, "passed": False}, 1000, 0.99, None),  # already careful: look
+        ({"divergences": 200, "passed": False}, 1000, 0.95, None),  # 5%: a wall, not a neck
+        # a narrow ESS miss without divergences: longer chains
+        (
+            {"min_ess_tail": 370.0, "passed": False},
+            1000,
+            0.99,
+            {"draws": 2000, "target_accept": 0.99},
+        ),
+        ({"max_rhat": 1.3, "passed": False}, 1000, 0.95, None),
+    ],
+)
+def test_next_attempt_mends_only_what_sampling_can(kw, draws, ta, expected):
+    from psystats.stats.pipeline import next_attempt
+
+    assert next_attempt(_diag(**kw), draws=draws, target_accept=ta) == expected

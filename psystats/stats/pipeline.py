@@ -9,10 +9,11 @@ PyMC model and hands it to :func:`run_fit`, which
    variable except the sampler's helpers ``*_raw``, ``*_coef``, ``*_z``,
    ``z_*``), with the same thresholds for every analysis (R-hat <= 1.01,
    bulk and tail ESS >= 400, no divergence);
-3. gates it (:func:`.sampling.enforce`); when only R-hat/ESS missed, narrowly
-   and without divergences (:func:`redraw_may_help`), it first draws again
-   with twice the draws per chain (``SamplingOptions.redraws`` times, default
-   once; noted in the fit); a missed gate then raises
+3. gates it (:func:`.sampling.enforce`); a miss that sampling can mend
+   (:func:`next_attempt`: a few divergences -> target_accept 0.99; a narrow
+   R-hat/ESS miss without divergences -> twice the draws) first samples
+   again (``SamplingOptions.redraws`` times, default twice; noted in the
+   fit); a missed gate then raises
    :class:`.sampling.DiagnosticsFailure` and nothing is stored, unless
    ``allow_failure`` (then stored with ``passed = false``);
 4. runs the posterior predictive check of every observed variable
@@ -96,9 +97,9 @@ class SamplingOptions:
     target_accept: float = 0.95
     progressbar: bool = False
     cores: int | None = None
-    # How many times a fit that misses only R-hat/ESS may draw again with twice
-    # the draws (see redraw_may_help); 0 turns it off.
-    redraws: int = 1
+    # How many times a fit that misses its gates in a way sampling longer or
+    # more carefully can mend may sample again (see next_attempt); 0: never.
+    redraws: int = 2
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -143,6 +144,32 @@ def redraw_may_help(diag: Diagnostics) -> bool:
     if not all(np.isfinite(v) for v in vals):
         return False
     return diag.max_rhat <= 1.05 and min(diag.min_ess_bulk, diag.min_ess_tail) >= 100
+
+
+RETRY_TARGET_ACCEPT = 0.99
+FEW_DIVERGENCES = 0.01  # at most this share of the draws diverged: a narrow region, not a wall
+
+
+def next_attempt(diag: Diagnostics, draws: int, target_accept: float) -> dict[str, Any] | None:
+    """The settings to sample again with after the gates ``diag`` missed, or None.
+
+    * A few divergences (at most 1% of the draws) with ``target_accept``
+      below 0.99: sample again at 0.99, the remedy Stan and PyMC prescribe (a
+      smaller step size follows the curvature of a narrow region, such as
+      the neck of a scale near zero).  Many divergences are left to the user.
+    * No divergence and a narrow miss of R-hat/ESS (:func:`redraw_may_help`):
+      twice the draws per chain.
+    """
+    if diag.passed or diag.n_chains < 2:
+        return None
+    if diag.divergences:
+        few = diag.divergences <= FEW_DIVERGENCES * diag.n_chains * diag.n_draws
+        if few and target_accept < RETRY_TARGET_ACCEPT:
+            return {"draws": draws, "target_accept": RETRY_TARGET_ACCEPT}
+        return None
+    if redraw_may_help(diag):
+        return {"draws": 2 * draws, "target_accept": target_accept}
+    return None
 
 
 @dataclass(frozen=True)
@@ -251,16 +278,19 @@ def run_fit(
     if idata is None:
         idata = sample(model, **opts.kwargs())
     diag = diagnose(idata, var_names=gated)
-    draws = opts.draws
-    while sampled_here and len(redrawn) < opts.redraws and redraw_may_help(diag):
-        # A narrow miss of R-hat/ESS only: the same chains, twice as long.
-        redrawn.append({"draws": draws, "problems": list(diag.problems)})
+    current = {"draws": opts.draws, "target_accept": opts.target_accept}
+    while sampled_here and len(redrawn) < opts.redraws:
+        nxt = next_attempt(diag, **current)
+        if nxt is None:
+            break
+        redrawn.append({**current, "problems": list(diag.problems)})
         out_notes.append(
-            f"{draws} draws per chain missed the gates narrowly ({'; '.join(diag.problems)}); "
-            f"drew again with {2 * draws}"
+            f"{current['draws']} draws per chain at target_accept {current['target_accept']} "
+            f"missed the gates ({'; '.join(diag.problems)}); sampled again with "
+            f"{nxt['draws']} draws at target_accept {nxt['target_accept']}"
         )
-        draws *= 2
-        idata = sample(model, **{**opts.kwargs(), "draws": draws})
+        current = nxt
+        idata = sample(model, **{**opts.kwargs(), **current})
         diag = diagnose(idata, var_names=gated)
     enforce(diag, allow_failure)
     summ: dict[str, Any] = dict(summary or {})
