@@ -278,7 +278,7 @@ def run_fit(
     if idata is None:
         idata = sample(model, **opts.kwargs())
     diag = diagnose(idata, var_names=gated)
-    current = {"draws": opts.draws, "target_accept": opts.target_accept}
+    current: dict[str, Any] = {"draws": opts.draws, "target_accept": opts.target_accept}
     while sampled_here and len(redrawn) < opts.redraws:
         nxt = next_attempt(diag, **current)
         if nxt is None:
