@@ -55,6 +55,18 @@ SOFTWARE = (
 )
 
 
+# A stored fit's posterior table (fit_params columns -> headings), after its name column.
+POSTERIOR_COLUMNS = {
+    "label": "level",
+    "mean": "mean",
+    "sd": "sd",
+    "q05": "5%",
+    "q95": "95%",
+    "r_hat": "R-hat",
+    "ess_bulk": "ESS bulk",
+}
+
+
 def _summary(fit: dict) -> dict:
     """A fit's ``summary`` JSON as a dict (empty when missing or not an object)."""
     summ = fit.get("summary")
@@ -649,16 +661,7 @@ def _effects_blocks(con, fit: dict, truth: dict | None = None) -> list:
     out += _others_note(con, fit)
     out += table_from(
         rows,
-        {
-            "group": "term",
-            "label": "level",
-            "mean": "mean",
-            "sd": "sd",
-            "q05": "5%",
-            "q95": "95%",
-            "r_hat": "R-hat",
-            "ess_bulk": "ESS bulk",
-        },
+        {"group": "term", **POSTERIOR_COLUMNS},
         caption="The forest plot's numbers.",
     )
     out += _truth_blocks(con, fit, truth)
@@ -715,16 +718,7 @@ def _formula_blocks(con, fit: dict, effects: dict | None) -> list:
     out += _others_note(con, fit)
     out += table_from(
         rows,
-        {
-            "parameter": "parameter",
-            "label": "level",
-            "mean": "mean",
-            "sd": "sd",
-            "q05": "5%",
-            "q95": "95%",
-            "r_hat": "R-hat",
-            "ess_bulk": "ESS bulk",
-        },
+        {"parameter": "parameter", **POSTERIOR_COLUMNS},
         caption=f"Posterior table of {_fit_caption(fit)}.",
     )
     if effects is not None:
