@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from .content import Figure, Note, Para, Report, Table
+from .blocks import Figure, Note, Para, Report, Table
 
 CSS = """
 body { font-family: Helvetica, Arial, sans-serif; max-width: 52em; margin: 2em auto; color: #222;

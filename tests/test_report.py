@@ -13,7 +13,8 @@ from scipy import stats
 from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
-from psystats.reports.content import SECTION_TITLES, Figure, Note, Table, build_report, esc
+from psystats.reports.blocks import SECTION_TITLES, Figure, Note, Table, esc
+from psystats.reports.content import build_report
 from report_fixture import fabricate
 
 
@@ -322,7 +323,8 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
 
 
 def test_check_labels_and_plurals():
-    from psystats.reports.content import check_label, plural
+    from psystats.reports.blocks import plural
+    from psystats.reports.section_diagnostics import check_label
 
     assert check_label("ppc.p_values.min") == "PPC p-value of T = minimum"
     assert check_label("ppc.base_obs.p_values.sd") == "PPC p-value of T = SD (base_obs)"
