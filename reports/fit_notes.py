@@ -11,6 +11,7 @@ wherever intervals are counted.
 from __future__ import annotations
 
 import pandas as pd
+from scipy import stats
 
 from . import queries as q
 from .blocks import Note, Para, esc, fmt, plural, summary_of, table_from
@@ -150,12 +151,14 @@ NOT_HEADLINE = (
     "size_center_log_params",
     "response",
     "n_cells",
+    "units",
 )
 
 
-def headline(fit: dict) -> pd.DataFrame:
-    """The fit's headline summary quantities as (quantity, value) rows."""
-    summ = {k: v for k, v in summary_of(fit).items() if k not in NOT_HEADLINE}
+def headline(fit: dict, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The fit's headline summary quantities as (quantity, value) rows (without the keys
+    in ``exclude``, which the page shows in a table of its own)."""
+    summ = {k: v for k, v in summary_of(fit).items() if k not in NOT_HEADLINE and k not in exclude}
     return pd.DataFrame(q.flatten(summ) if summ else [], columns=["quantity", "value"])
 
 
@@ -199,6 +202,82 @@ def truth_blocks(con, fit: dict, truth: dict | None) -> list:
             },
             caption=f"SIMULATED study ({fit_caption(fit)}): each estimate beside the truth "
             f"the simulation put in; {inside} of {len(table)} truths lie inside their 90% "
-            "interval (about 9 in 10 expected when the fit is calibrated).",
+            f"interval. {coverage_range(len(table))}",
         )
     )
+
+
+# ------------------------------------------------------------ counted intervals
+
+
+def binomial_range(n: int, p: float) -> tuple[int, int]:
+    """The central 90% range of a Binomial(n, p) count."""
+    return int(stats.binom.ppf(0.05, n, p)), int(stats.binom.ppf(0.95, n, p))
+
+
+def coverage_range(n: int, level: float = 0.9) -> str:
+    """What a count of truths inside ``n`` calibrated ``level`` intervals should look like."""
+    lo, hi = binomial_range(n, level)
+    return (
+        f"With {plural(n, 'calibrated interval')}, {lo} to {hi} inside is typical (central "
+        f"90% of a Binomial({n}, {level:g})); intervals of one fit are correlated, so the "
+        "count varies more than that."
+    )
+
+
+def multiplicity_note(n_excluding: int, n: int, level: float = 0.9) -> str:
+    """The multiplicity caution for a count of intervals that exclude zero."""
+    p = 1 - level
+    _, hi = binomial_range(n, p)
+    return (
+        f"{n_excluding} of {n} {int(level * 100)}% intervals exclude zero. These are {n} "
+        "marginal intervals read together, not adjusted for multiplicity: if every true "
+        f"effect were zero, about {n * p:.1f} of {n} calibrated intervals would exclude zero "
+        f"by chance (up to {hi} in 19 of 20 such studies). Partial pooling shrinks the "
+        "estimates toward each other, which tempers this but does not remove it; read a "
+        "single marked cell as a lead, not a finding."
+    )
+
+
+# ------------------------------------------------------------------ units
+
+# How a generation slope is measured when the fit does not store its unit (warehouses
+# from before fit_params.unit): from the fit's own generation scale.
+GENERATION_SCALE_UNITS = {
+    "rank": "per generation step (rank within family)",
+    "date": "per year since the family's first release",
+    "order": "per unit of models.generation_order",
+}
+
+
+def unit_of(fit: dict, parameter: str, stored: object = None) -> str:
+    """The unit of one reported parameter: ``fit_params.unit`` when stored, else the
+    summary's ``units`` (a mapping, or one string for the slopes), else what the fit's
+    recorded generation scale implies for a generation slope; '' when unknown."""
+    if isinstance(stored, str) and stored:
+        return stored
+    units = summary_of(fit).get("units")
+    if isinstance(units, dict) and isinstance(units.get(parameter), str):
+        return units[parameter]
+    if "slope" not in parameter:
+        return ""
+    if isinstance(units, str) and units:
+        return units
+    measure = str(fit.get("scale") or "nats")
+    spec = q.as_dict(fit.get("spec"))
+    if parameter.startswith("generation_slope"):
+        scale = str(spec.get("generation_scale") or "rank")
+        return f"{measure} {GENERATION_SCALE_UNITS.get(scale, f'per unit of {scale}')}"
+    if parameter in ("base_slope", "gap_slope"):
+        return f"{measure} {GENERATION_SCALE_UNITS['order']}"
+    if parameter == "size_slope":
+        return f"{measure} per unit of log parameter count"
+    return ""
+
+
+def with_units(fit: dict, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (with a ``parameter`` column) with a ``unit`` column for every row."""
+    stored = (
+        rows["unit"] if "unit" in rows.columns else pd.Series([None] * len(rows), index=rows.index)
+    )
+    return rows.assign(unit=[unit_of(fit, str(p), s) for p, s in zip(rows["parameter"], stored)])

@@ -315,6 +315,12 @@ def fit_params(con, fit_id: int, parameters: list[str] | None = None) -> pd.Data
     return df
 
 
+def unit_column(df: pd.DataFrame) -> list[str]:
+    """``["unit"]`` when the fit_params rows carry a unit (warehouses from before the
+    ``fit_params.unit`` column have none), else ``[]``."""
+    return ["unit"] if "unit" in df.columns else []
+
+
 def _coord(df: pd.DataFrame, dim: str) -> pd.Series:
     """One dimension's label from the coords dicts (falls back to ``label``)."""
     return pd.Series(
@@ -400,7 +406,7 @@ def generation_slopes(con, fit_id: int) -> pd.DataFrame:
     if df.empty:
         return df
     df["family"] = _coord(df, "family")
-    return df[["parameter", "family", "mean", "q05", "q95"]]
+    return df[["parameter", "family", "mean", "q05", "q95", *unit_column(df)]]
 
 
 # ---------------------------------------------------------- 5 forest plot
@@ -460,6 +466,7 @@ def forest_rows(
             "hdi_high",
             "r_hat",
             "ess_bulk",
+            *unit_column(out),
         ]
     ]
 
@@ -526,6 +533,19 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 # ---------------------------------------------------------- 7 diagnostics
 
 
+def redrawn(fit: dict) -> list[dict]:
+    """The sampling attempts a fit discarded before the one it kept (the pipeline's retry
+    rule records them in ``summary.sampler.redrawn``, also stored as ``fits.sampler``)."""
+    for record in (
+        as_dict(as_dict(fit.get("summary")).get("sampler")),
+        as_dict(fit.get("sampler")),
+    ):
+        attempts = record.get("redrawn")
+        if isinstance(attempts, list) and attempts:
+            return [a for a in attempts if isinstance(a, dict)]
+    return []
+
+
 def diagnostics_table(con) -> pd.DataFrame:
     """Per fit: gates and headline diagnostics.
 
@@ -553,6 +573,7 @@ def diagnostics_table(con) -> pd.DataFrame:
                 v = a[fallback]
             return v
 
+        attempts = redrawn(f)
         rows.append(
             dict(
                 fit_id=f["fit_id"],
@@ -570,6 +591,8 @@ def diagnostics_table(con) -> pd.DataFrame:
                 passed=f.get("passed"),
                 seconds=f.get("seconds"),
                 problems="; ".join(map(str, d.get("problems") or [])),
+                retries=len(attempts),
+                attempts=attempts,
                 n_params=None if a is None else int(a["n_params"]),
                 netcdf_path=f.get("netcdf_path"),
             )
@@ -674,7 +697,7 @@ def all_params_rows(con, fit_id: int) -> pd.DataFrame:
     p = p.sort_values(["_rank", "_order"], kind="stable")
     return p[
         ["group", "parameter", "label", "mean", "sd", "q05", "q95", "hdi_low", "hdi_high"]
-        + ["r_hat", "ess_bulk"]
+        + ["r_hat", "ess_bulk", *unit_column(p)]
     ].reset_index(drop=True)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import figures as figs
 from . import queries as q
 from .blocks import Figure, Note, Para, esc, no_data, plural, summary_of, table_from
-from .fit_notes import caveats, diagnostics_line, fit_caption, others_note
+from .fit_notes import caveats, diagnostics_line, fit_caption, others_note, with_units
 
 # A stored fit's posterior table (fit_params columns -> headings), after its name column.
 POSTERIOR_COLUMNS = {
@@ -42,21 +42,25 @@ def formula_blocks(con, fit: dict, effects: dict | None) -> list:
     if rows.empty:
         return out + [no_data(f"{fit_caption(fit)} stores no parameters")]
     scale = fit.get("scale") or "nats"
+    rows = with_units(fit, rows)
+    xlabel = f"cell value ({scale} per response)"
     out.append(
         Figure(
-            figs.forest(rows, xlabel=f"cell value ({scale} per response)"),
+            figs.forest(rows, xlabel=xlabel),
             f"Posterior of every reported parameter of {fit_caption(fit)}: means (dots), 90% "
             "credible intervals (thick), 94% HDIs (thin). Bambi names: 'a|g' is the "
             "group-level effect of a by g, '..._sigma' its standard deviation, 'sigma' the "
             "cell residual beyond the known standard errors. The predictive check is in "
             "section 7.",
             rows,
+            chart="forest",
+            options={"xlabel": xlabel},
         )
     )
     out += others_note(con, fit)
     out += table_from(
         rows,
-        {"parameter": "parameter", **POSTERIOR_COLUMNS},
+        {"parameter": "parameter", **POSTERIOR_COLUMNS, "unit": "unit"},
         caption=f"Posterior table of {fit_caption(fit)}.",
     )
     if effects is not None:

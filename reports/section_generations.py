@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import figures as figs
 from . import queries as q
 from .blocks import SECTION_TITLES, Figure, Section, no_data, table_from
-from .fit_notes import caveats, fit_caption, headline, others_note, truth_blocks
+from .fit_notes import caveats, fit_caption, headline, others_note, truth_blocks, with_units
 
 
 def build(con, truth: dict | None = None) -> Section:
@@ -30,6 +30,7 @@ def build(con, truth: dict | None = None) -> Section:
             f"post-minus-base gap. Lines: posterior means; bands: 90% credible intervals "
             f"({fit_caption(fit)}).",
             curves,
+            chart="generations",
         )
     )
     s.add(*others_note(con, fit))
@@ -37,15 +38,16 @@ def build(con, truth: dict | None = None) -> Section:
     if not slopes.empty:
         s.add(
             *table_from(
-                slopes,
+                with_units(fit, slopes),
                 {
                     "parameter": "parameter",
                     "family": "family",
                     "mean": "mean",
                     "q05": "5%",
                     "q95": "95%",
+                    "unit": "unit",
                 },
-                caption="Per-family slopes across generations (per generation step).",
+                caption="Per-family slopes across generations, each in its unit.",
             )
         )
     if not headline(fit).empty:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Figure, Section, no_data
-from .fit_notes import caveats, fit_caption
+from .blocks import SECTION_TITLES, Figure, Para, Section, no_data
+from .fit_notes import caveats, fit_caption, multiplicity_note
 
 
 def build(con) -> Section:
@@ -29,6 +29,9 @@ def build(con) -> Section:
             f"A dot marks the {n_cred} of {len(cells)} cells whose 90% credible interval "
             f"excludes zero.",
             cells,
+            chart="heatmap",
+            options={"scale": fit.get("scale") or "nats"},
         )
     )
+    s.add(Para(multiplicity_note(n_cred, len(cells)), "small"))
     return s

@@ -69,11 +69,6 @@ KIND_WORDS = {
         "Base-model NLL and the post-minus-base gap per family and generation, "
         "hierarchical over experiments, with per-family slopes over generations."
     ),
-    "persona": (
-        "NLL with a persona prompt minus NLL with the plain prompt per participant, "
-        "for the same model and responses, hierarchical over experiments and models; "
-        "a region of practical equivalence turns 'no benefit' into a posterior probability."
-    ),
     "accuracy": (
         "Option-restricted top-1 hits per participant, binomial-logit hierarchical "
         "model of post-trained versus base models, repeated after temperature "
@@ -136,47 +131,143 @@ def versions() -> list[tuple[str, str]]:
     return out
 
 
+def scoring_blocks(runs: pd.DataFrame) -> list:
+    """What scoring did, and every run's settings (shared ones once, the rest per run)."""
+    if runs.empty:
+        return []
+    complete = runs[runs["status"] == "complete"]
+    out: list = [
+        Para(
+            f"<b>Scoring.</b> {len(complete)} complete run(s) over "
+            f"{complete['model'].nunique()} model(s) in condition(s) "
+            f"{esc(', '.join(sorted(complete['condition'].unique())))}. A response's score "
+            f"is the summed negative log-likelihood (nats) of its tokens given everything "
+            f"before it in the participant's transcript. The settings of each run, exactly "
+            f"as recorded:"
+        )
+    ]
+    settings = []
+    for r in runs.itertuples():
+        for k, v in q.flatten(q.parse_json(r.settings) or {}):
+            settings.append((r.run_id, k, v))
+    if not settings:
+        return out
+    st = pd.DataFrame(settings, columns=["run", "setting", "value"])
+    # Settings shared by every run are listed once.
+    n_runs = st["run"].nunique()
+    shared = st.groupby(["setting", "value"]).filter(lambda g: len(g) == n_runs)
+    shared = shared.drop_duplicates(["setting", "value"])
+    keys = st.set_index(["setting", "value"]).index
+    varying = st.drop(st.index[keys.isin(shared.set_index(["setting", "value"]).index)])
+    if len(shared):
+        out += table_from(
+            shared[["setting", "value"]], caption="Scoring settings shared by all runs."
+        )
+    if len(varying):
+        out += table_from(varying, caption="Scoring settings that differ between runs.")
+    return out
+
+
+def kind_words(kind: str, fit: dict) -> str:
+    """The model in words, true to what this fit did (e.g. persona's model effects)."""
+    if kind != "persona":
+        return KIND_WORDS.get(kind, "A model fitted by psystats.")
+    spec = q.as_dict(fit.get("spec"))
+    if spec.get("model_effects") == "random":
+        scope = (
+            "hierarchical over experiments and over models (model effects drawn from a "
+            "population of models per post-training type), so the type-level effect speaks "
+            "for models like those scored"
+        )
+    else:
+        # The default, --model-effects fixed: no population of models is modelled.
+        scope = (
+            "hierarchical over experiments, with one fixed effect per model (no population "
+            "of models; fitted with --model-effects fixed), so its verdicts hold for the "
+            "models scored only, not for other models of the same type"
+        )
+    return (
+        "NLL with a persona prompt minus NLL with the plain prompt per participant, "
+        f"for the same model and responses, {scope}; a region of practical equivalence "
+        "turns 'no benefit' into a posterior probability."
+    )
+
+
+def equation_figure(present: set[str]) -> Figure | None:
+    """The effects model's cell-level equation with exactly the terms the fit stored."""
+    terms = [tex for name, tex in EFFECT_TERMS if name in present]
+    if not terms:
+        return None
+    lines = [
+        r"$\bar{d}_{c} \sim \mathcal{N}\left(\mu_{c},\ \sigma^2_{c}/n_{c}\right)$"
+        r"$\quad$ (cell mean of $n_c$ participant differences)"
+    ]
+    if "sigma_cell" in present:
+        terms = terms + [r"\varepsilon_{c}"]
+    for i in range(0, len(terms), 5):
+        lead = r"\mu_{c} = " if i == 0 else r"\qquad + "
+        lines.append("$" + lead + " + ".join(terms[i : i + 5]) + "$")
+    if "sigma_cell" in present:
+        lines.append(
+            r"$\varepsilon_{c} \sim \mathcal{N}(0,\ \sigma^2_{\mathrm{cell}})$"
+            r"$\quad$ (cell residual, integrated out)"
+        )
+    return Figure(
+        figs.equation(lines),
+        "The effects model's cell-level equation (terms as fitted). t: "
+        "post-training type, f: family, N: parameters (log, centred), g: "
+        "generation order within family (centred), d: domain, e: experiment, "
+        "p: pair"
+        + (
+            "; ε: cell residual with scale σ_cell."
+            if "sigma_cell" in present
+            else "; σ_cell fixed at 0 (too few cells to learn it)."
+        ),
+    )
+
+
+RECORDS = (
+    ("Specification", "spec"),
+    ("Priors", "priors"),
+    ("Data selection", "selection"),
+    ("Sampler", "sampler"),
+)
+
+
+def record_tables(kind: str, f: dict) -> list:
+    """The fit's recorded specification, priors used, data selection and sampler."""
+    out: list = []
+    for label, key in RECORDS:
+        value = f.get(key)
+        if kind == "effects" and key == "spec" and isinstance(value, dict):
+            # Terms are listed with what was fitted (above); the spec's priors are the
+            # requested ones, the priors table below the ones used.
+            value = {k: v for k, v in value.items() if k not in ("terms", "priors")}
+        if key == "sampler" and isinstance(value, dict):
+            # Software versions are in the table at the end of this section, the
+            # discarded attempts in the diagnostics (section 7, "retries").
+            value = {k: v for k, v in value.items() if k not in ("environment", "redrawn")}
+        if key == "selection" and isinstance(value, dict):
+            value = compact_selection(value)
+        if kind == "effects" and key == "priors" and value:
+            factor = float(summary_of(f).get("prior_scale") or 1.0)
+            label = (
+                f"Priors used (default scales × {factor:.3g}, autoscaled to the data)"
+                if factor != 1.0
+                else "Priors used"
+            )
+        if value:
+            out += table_from(
+                pd.DataFrame(q.flatten(value), columns=[label.lower(), "value"]),
+                caption=f"{label} of fit {f['fit_id']}, as recorded.",
+            )
+    return out
+
+
 def build(con) -> Section:
     s = Section(SECTION_TITLES[7])
     fits = q.all_fits(con)
-    runs = q.runs_table(con)
-    if not runs.empty:
-        complete = runs[runs["status"] == "complete"]
-        s.add(
-            Para(
-                f"<b>Scoring.</b> {len(complete)} complete run(s) over "
-                f"{complete['model'].nunique()} model(s) in condition(s) "
-                f"{esc(', '.join(sorted(complete['condition'].unique())))}. A response's score "
-                f"is the summed negative log-likelihood (nats) of its tokens given everything "
-                f"before it in the participant's transcript. The settings of each run, exactly "
-                f"as recorded:"
-            )
-        )
-        settings = []
-        for r in runs.itertuples():
-            for k, v in q.flatten(q.parse_json(r.settings) or {}):
-                settings.append((r.run_id, k, v))
-        if settings:
-            st = pd.DataFrame(settings, columns=["run", "setting", "value"])
-            # Settings shared by every run are listed once.
-            n_runs = st["run"].nunique()
-            shared = st.groupby(["setting", "value"]).filter(lambda g: len(g) == n_runs)
-            shared = shared.drop_duplicates(["setting", "value"])
-            varying = st.drop(
-                st.index[
-                    st.set_index(["setting", "value"]).index.isin(
-                        shared.set_index(["setting", "value"]).index
-                    )
-                ]
-            )
-            if len(shared):
-                s.add(
-                    *table_from(
-                        shared[["setting", "value"]], caption="Scoring settings shared by all runs."
-                    )
-                )
-            if len(varying):
-                s.add(*table_from(varying, caption="Scoring settings that differ between runs."))
+    s.add(*scoring_blocks(q.runs_table(con)))
     if not fits:
         s.add(no_data("no fits, so no statistical methods to describe"))
     latest: dict[str, dict] = {}
@@ -186,76 +277,13 @@ def build(con) -> Section:
         s.add(
             Para(
                 f"<b>{esc(kind.capitalize())} model</b> ({fit_caption(f)}). "
-                + esc(KIND_WORDS.get(kind, "A model fitted by psystats."))
+                + esc(kind_words(kind, f))
             )
         )
         if kind == "effects":
-            present = set(q.fit_params(con, f["fit_id"])["parameter"])
-            terms = [tex for name, tex in EFFECT_TERMS if name in present]
-            if terms:
-                lines = [
-                    r"$\bar{d}_{c} \sim \mathcal{N}\left(\mu_{c},\ \sigma^2_{c}/n_{c}\right)$"
-                    r"$\quad$ (cell mean of $n_c$ participant differences)"
-                ]
-                if "sigma_cell" in present:
-                    terms = terms + [r"\varepsilon_{c}"]
-                chunk = []
-                for i, t in enumerate(terms):
-                    chunk.append(t)
-                    if len(chunk) == 5 or i == len(terms) - 1:
-                        lead = r"\mu_{c} = " if len(lines) == 1 else r"\qquad + "
-                        lines.append("$" + lead + " + ".join(chunk) + "$")
-                        chunk = []
-                if "sigma_cell" in present:
-                    lines.append(
-                        r"$\varepsilon_{c} \sim \mathcal{N}(0,\ \sigma^2_{\mathrm{cell}})$"
-                        r"$\quad$ (cell residual, integrated out)"
-                    )
-                s.add(
-                    Figure(
-                        figs.equation(lines),
-                        "The effects model's cell-level equation (terms as fitted). t: "
-                        "post-training type, f: family, N: parameters (log, centred), g: "
-                        "generation order within family (centred), d: domain, e: experiment, "
-                        "p: pair"
-                        + (
-                            "; ε: cell residual with scale σ_cell."
-                            if "sigma_cell" in present
-                            else "; σ_cell fixed at 0 (too few cells to learn it)."
-                        ),
-                    )
-                )
-            s.add(*effects_terms_blocks(f))
-        for label, key in (
-            ("Specification", "spec"),
-            ("Priors", "priors"),
-            ("Data selection", "selection"),
-            ("Sampler", "sampler"),
-        ):
-            value = f.get(key)
-            if kind == "effects" and key == "spec" and isinstance(value, dict):
-                # Terms are listed with what was fitted (above); the spec's priors are the
-                # requested ones, the priors table below the ones used.
-                value = {k: v for k, v in value.items() if k not in ("terms", "priors")}
-            if key == "sampler" and isinstance(value, dict):
-                # Software versions are in the table at the end of this section.
-                value = {k: v for k, v in value.items() if k != "environment"}
-            if key == "selection" and isinstance(value, dict):
-                value = compact_selection(value)
-            if kind == "effects" and key == "priors" and value:
-                factor = float(summary_of(f).get("prior_scale") or 1.0)
-                label = (
-                    f"Priors used (default scales × {factor:.3g}, autoscaled to the data)"
-                    if factor != 1.0
-                    else "Priors used"
-                )
-            if value:
-                s.add(
-                    *table_from(
-                        pd.DataFrame(q.flatten(value), columns=[label.lower(), "value"]),
-                        caption=f"{label} of fit {f['fit_id']}, as recorded.",
-                    )
-                )
+            eq = equation_figure(set(q.fit_params(con, f["fit_id"])["parameter"]))
+            s.add(*([eq] if eq is not None else []), *effects_terms_blocks(f))
+        s.add(*record_tables(kind, f))
     s.add(
         Para(
             f"<b>Software.</b> Fits were made with psystats "

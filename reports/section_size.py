@@ -49,7 +49,11 @@ def build(con) -> Section:
                 caption += " No participant was scored by every model, so each model uses its own participants."
             s.add(
                 Figure(
-                    figs.nll_by_size(plotted, condition=cond, level=info["level"]), caption, plotted
+                    figs.nll_by_size(plotted, condition=cond, level=info["level"]),
+                    caption,
+                    plotted,
+                    chart="nll_by_size",
+                    options={"condition": cond, "level": info["level"]},
                 )
             )
         if len(missing):

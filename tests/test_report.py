@@ -322,14 +322,9 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
     assert "pair_domain_effect" in text and pages >= 5
 
 
-def test_check_labels_and_plurals():
+def test_plurals():
     from psystats.reports.blocks import plural
-    from psystats.reports.section_diagnostics import check_label
 
-    assert check_label("ppc.p_values.min") == "PPC p-value of T = minimum"
-    assert check_label("ppc.base_obs.p_values.sd") == "PPC p-value of T = SD (base_obs)"
-    assert check_label("ppc.coverage_90") == "90% predictive coverage"
-    assert check_label("loo.full.elpd_loo") == "loo.full.elpd_loo"
     assert plural(1, "experiment") == "1 experiment" and plural(2, "experiment") == "2 experiments"
     assert (
         plural(1, "study", "studies") == "1 study" and plural(0, "study", "studies") == "0 studies"
