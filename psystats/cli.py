@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "plot",
         "Write one report figure (svg/png/pdf) and its data as CSV.",
     ),
+    "card": ("psystats.commands.card_cmds", "card", "A model's human-fidelity card (HTML/JSON)."),
     "manifest": (
         "psystats.commands.manifest_cmds",
         "manifest",

@@ -145,7 +145,7 @@ def runs_table(con) -> pd.DataFrame:
 # ------------------------------------------------------- 2 NLL against size
 
 
-def participant_nll(con, condition: str) -> pd.DataFrame:
+def participant_nll(con, condition: str, models: list[str] | None = None) -> pd.DataFrame:
     """Per (model, participant): mean summed NLL per response under ``condition``.
 
     Uses the statistics layer's definition (latest complete run per model,
@@ -154,7 +154,7 @@ def participant_nll(con, condition: str) -> pd.DataFrame:
     """
     from psystats.stats.data import participant_means
 
-    return participant_means(con, condition=condition)
+    return participant_means(con, condition=condition, models=models)
 
 
 def conditions_scored(con) -> list[str]:
