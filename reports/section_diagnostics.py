@@ -206,8 +206,21 @@ def loo_pit(idata, name: str) -> np.ndarray | None:
         return None  # the predictive draws are not among the log-likelihood's draws
     y_hat = pp.values.reshape(-1, obs.size).astype(float).T  # (observations, draws)
     lw = ll.values.reshape(-1, obs.size).astype(float).T
-    log_weights, _ = az.psislw(-lw)
+    log_weights, _ = az.psislw(-lw, reff=_relative_efficiency(idata, lw.shape[1]))
     return np.asarray(az.loo_pit(y=obs, y_hat=y_hat, log_weights=log_weights), dtype=float)
+
+
+def _relative_efficiency(idata, n_samples: int) -> float:
+    """Mean bulk ESS of the posterior over the number of draws, as ``arviz.loo_pit`` uses
+    for its PSIS weights (1 with a single chain)."""
+    import arviz as az
+
+    post = idata.posterior
+    if post.sizes.get("chain", 1) < 2:
+        return 1.0
+    ess = az.ess(post, method="mean")
+    values = np.hstack([np.asarray(ess[v].values).ravel() for v in ess.data_vars])
+    return float(values.mean() / n_samples)
 
 
 def pit_columns(pit: np.ndarray | None) -> list[str]:

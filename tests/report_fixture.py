@@ -440,3 +440,53 @@ def fabricate(
     if "accuracy" in kinds:
         _accuracy(con, truth, rng, netcdf_dir)
     return truth
+
+
+def full_copy(small_warehouse: Path, root: Path, **kw) -> tuple[Path, Truth]:
+    """A copy of ``small_warehouse`` in ``root`` with everything :func:`fabricate` writes."""
+    import shutil
+
+    from psystats import warehouse
+
+    db = root / "full.duckdb"
+    shutil.copy(small_warehouse, db)
+    con = warehouse.connect(db)
+    truth = fabricate(con, netcdf_dir=root / "fits", **kw)
+    con.close()
+    return db, truth
+
+
+def add_floor(con, name: str = "baseline:uniform", nll: float = 4.0, seed: int = 1) -> int:
+    """Register a floor (``post_training = 'baseline'``) with a complete plain run whose
+    response NLLs scatter around ``nll``; returns the run id."""
+    rng = np.random.default_rng(seed)
+    resp = [r for (r,) in con.execute("SELECT response_id FROM responses").fetchall()]
+    run_id = next_id(con, "score_runs", "run_id")
+    with transaction(con):
+        con.execute(
+            "INSERT INTO models (model_id, name, source, post_training) VALUES (?, ?, ?, 'baseline')",
+            [next_id(con, "models", "model_id"), name, name],
+        )
+        con.execute(
+            "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, dtype,"
+            " device, psystats_version, started_at, finished_at, status, n_participants,"
+            " n_responses, n_skipped, counts) VALUES (?, ?, 'plain', 'baseline', '{}', '{}',"
+            " NULL, NULL, 'example', now(), now(), 'complete', 0, ?, 0, '{}')",
+            [run_id, name, len(resp)],
+        )
+        scores = pd.DataFrame(
+            {
+                "run_id": run_id,
+                "response_id": resp,
+                "nll": nll + rng.normal(0, 0.2, len(resp)),
+                "n_tokens": 1,
+                "first_token_nll": nll,
+                "top1_all": False,
+                "top1_first": False,
+                "first_token_entropy": 1.0,
+            }
+        )
+        con.register("_ex_floor", scores)
+        con.execute("INSERT INTO scores SELECT * FROM _ex_floor")
+        con.unregister("_ex_floor")
+    return run_id
