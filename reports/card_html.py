@@ -9,6 +9,7 @@ fetched.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -44,7 +45,7 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def _table(columns: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
+def _table(columns: list[str], rows: list[list[Any]], numeric: Collection[int] = ()) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join(
         "<tr>"
@@ -205,7 +206,7 @@ def _provenance(card: dict) -> str:
         ]
         for f in card["fits"]
     ]
-    settings = {}
+    settings: dict[str, set[str]] = {}
     for r in card["scored_on"]["runs"]:
         for k, v in r["settings"].items():
             settings.setdefault(k, set()).add(json.dumps(v, sort_keys=True))

@@ -36,7 +36,7 @@ def _values(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out.replace({np.nan: None})
 
 
-def _legend_filter(field: str) -> tuple[alt.Parameter, alt.OpacityValue]:
+def _legend_filter(field: str) -> tuple[alt.Parameter, Any]:
     """A legend-bound selection on ``field`` and the opacity rule that applies it."""
     sel = alt.selection_point(fields=[field], bind="legend")
     return sel, alt.condition(sel, alt.value(1.0), alt.value(HIDDEN_OPACITY))
@@ -196,17 +196,14 @@ def forest(data: pd.DataFrame, options: dict) -> dict:
         tooltip.append(alt.Tooltip("unit:N"))
     rows = list(dict.fromkeys(df["row"]))
     y = alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelLimit=260))
-    if series:
-        y_offset = {"yOffset": alt.YOffset(f"{series}:N")}
-    else:
-        y_offset = {}
     base = alt.Chart(df).encode(
         y=y,
         color=alt.Color(f"{colour_field}:N", title=colour_field or None),
         opacity=opacity,
         tooltip=tooltip,
-        **y_offset,
     )
+    if series:  # side by side within a row (raw vs calibrated)
+        base = base.encode(yOffset=alt.YOffset(f"{series}:N"))
     x_title = options.get("xlabel", "effect")
     layers: list = []
     rope = options.get("rope")

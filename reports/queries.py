@@ -118,13 +118,22 @@ def runs_table(con) -> pd.DataFrame:
     """
     from psystats.warehouse.buffers import release_buffers
 
+    # score_runs.sample_spec (NULL: a full run) is newer than some warehouses: NULL there.
+    has_spec = bool(
+        scalar(
+            con,
+            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'score_runs' "
+            "AND column_name = 'sample_spec' AND database_name = current_database()",
+        )
+    )
+    spec = "sr.sample_spec" if has_spec else "NULL::VARCHAR AS sample_spec"
     runs = frame(
         con,
-        """
+        f"""
         SELECT sr.run_id, sr.model, sr.condition, sr.scorer, sr.status,
                sr.n_skipped, sr.dtype, sr.device, sr.started_at, sr.finished_at,
                sr.psystats_version, sr.weights_sha256, sr.tokenizer_sha256, sr.settings,
-               sr.counts, sr.error
+               sr.counts, sr.error, {spec}
         FROM score_runs sr ORDER BY sr.run_id""",
     )
     scored, with_tokens = [], []

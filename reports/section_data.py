@@ -85,44 +85,64 @@ def build(con) -> Section:
         )
     runs = q.runs_table(con)
     if runs.empty:
-        s.add(
+        return s.add(
             no_data(
                 "no scoring runs",
                 'Score with <font face="Courier">psystats score --model NAME</font>.',
             )
         )
-    else:
-        # Imported runs have no weights hash: NULL arrives as None or NaN.
-        sha = lambda v: v[:12] if isinstance(v, str) else ""  # noqa: E731
-        s.add(
-            *table_from(
-                runs,
-                {
-                    "run_id": "run",
-                    "model": "model",
-                    "condition": "condition",
-                    "scorer": "scorer",
-                    "status": "status",
-                    "scored": "responses",
-                    "n_skipped": "skipped",
-                    "device": "device",
-                    "dtype": "dtype",
-                    "finished_at": "finished",
-                    "psystats_version": "version",
-                    "weights_sha256": "weights sha256",
-                },
-                caption="Scoring runs and their provenance (weights hash: first 12 hex digits).",
-                formats={"weights_sha256": sha},
+    return s.add(*runs_blocks(runs))
+
+
+RUN_COLUMNS = {
+    "run_id": "run",
+    "model": "model",
+    "condition": "condition",
+    "scorer": "scorer",
+    "status": "status",
+    "sample": "sample",
+    "scored": "responses",
+    "n_skipped": "skipped",
+    "device": "device",
+    "dtype": "dtype",
+    "finished_at": "finished",
+    "psystats_version": "version",
+    "weights_sha256": "weights sha256",
+}
+
+
+def runs_blocks(runs) -> list:
+    """Every scoring run with its provenance; notes for runs not complete or sampled."""
+    # Imported runs have no weights hash: NULL arrives as None or NaN.
+    sha = lambda v: v[:12] if isinstance(v, str) else ""  # noqa: E731
+    sampled = [isinstance(v, str) and bool(v) for v in runs["sample_spec"]]
+    runs = runs.assign(sample=[v if s else "full" for v, s in zip(runs["sample_spec"], sampled)])
+    out = table_from(
+        runs,
+        RUN_COLUMNS,
+        caption="Scoring runs and their provenance (sample: 'full', or how the run sampled "
+        "participants; weights hash: first 12 hex digits).",
+        formats={"weights_sha256": sha},
+    )
+    failed = runs[runs["status"] != "complete"]
+    if len(failed):
+        out.append(
+            Note(
+                f"{len(failed)} run(s) are not complete ("
+                + ", ".join(f"run {r.run_id}: {esc(r.status)}" for r in failed.itertuples())
+                + "); only complete runs enter the figures and fits.",
+                "warning",
             )
         )
-        failed = runs[runs["status"] != "complete"]
-        if len(failed):
-            s.add(
-                Note(
-                    f"{len(failed)} run(s) are not complete ("
-                    + ", ".join(f"run {r.run_id}: {esc(r.status)}" for r in failed.itertuples())
-                    + "); only complete runs enter the figures and fits.",
-                    "warning",
-                )
+    samples = runs[sampled]
+    if len(samples):
+        out.append(
+            Note(
+                f"<b>{plural(len(samples), 'run')} scored a sample</b> of the participants, not "
+                "the full studies ("
+                + "; ".join(f"run {r.run_id}: {esc(r.sample)}" for r in samples.itertuples())
+                + "): every number read from them describes that sample.",
+                "warning",
             )
-    return s
+        )
+    return out

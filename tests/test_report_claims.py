@@ -218,3 +218,28 @@ def test_truth_tables_carry_the_binomial_range():
     text = coverage_range(18)
     lo, hi = int(stats.binom.ppf(0.05, 18, 0.9)), int(stats.binom.ppf(0.95, 18, 0.9))
     assert f"{lo} to {hi} inside is typical" in text and math.isclose(lo, 14) and hi == 18
+
+
+def test_sampled_runs_are_said_to_be_samples(full, tmp_path: Path):
+    import shutil
+
+    db = tmp_path / "w.duckdb"
+    shutil.copy(full[0], db)
+    con = warehouse.connect(db)
+    r = build_report(con)
+    runs = table(r.section(1).blocks, "Scoring runs")
+    r.close()
+    i = runs.columns.index("sample")
+    assert {row[i] for row in runs.rows} == {"full"}  # no sample_spec column: every run full
+    cols = {c for (c, *_) in con.execute("DESCRIBE score_runs").fetchall()}
+    if "sample_spec" not in cols:  # the scoring engineer's column, where this schema lacks it
+        con.execute("ALTER TABLE score_runs ADD COLUMN sample_spec VARCHAR")
+    spec = "participants=5 per experiment, seed=0"
+    con.execute("UPDATE score_runs SET sample_spec = ? WHERE run_id = 1", [spec])
+    r = build_report(con)
+    con.close()
+    blocks = r.section(1).blocks
+    r.close()
+    runs = table(blocks, "Scoring runs")
+    assert [row[i] for row in runs.rows if row[0] == "1"] == [spec]
+    assert any("1 run scored a sample" in t and spec in t for t in [texts([b]) for b in blocks])
