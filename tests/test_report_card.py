@@ -214,3 +214,9 @@ def test_cli(wh, tmp_path: Path):
     res = run(main, ["card", POST, "--db", str(wh), "-o", str(out), "--condition", "chat"])
     assert res.exit_code == 1 and "no complete run under condition 'chat'" in res.output
     assert "Traceback" not in res.output
+
+
+def test_docs_publish_the_schema_exactly():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "card.md").read_text()
+    block = doc.split("```json\n", 1)[1].split("\n```", 1)[0]
+    assert json.loads(block) == schema()
