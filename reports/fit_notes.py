@@ -13,8 +13,9 @@ from __future__ import annotations
 import pandas as pd
 from scipy import stats
 
+from . import figures as figs
 from . import queries as q
-from .blocks import Note, Para, esc, fmt, plural, summary_of, table_from
+from .blocks import Figure, Note, Para, esc, fmt, plural, summary_of, table_from
 
 
 def fit_caption(fit: dict) -> str:
@@ -281,3 +282,34 @@ def with_units(fit: dict, rows: pd.DataFrame) -> pd.DataFrame:
         rows["unit"] if "unit" in rows.columns else pd.Series([None] * len(rows), index=rows.index)
     )
     return rows.assign(unit=[unit_of(fit, str(p), s) for p, s in zip(rows["parameter"], stored)])
+
+
+# A stored fit's posterior table (fit_params columns -> headings), after its name column.
+POSTERIOR_COLUMNS = {
+    "label": "level",
+    "mean": "mean",
+    "sd": "sd",
+    "q05": "5%",
+    "q95": "95%",
+    "r_hat": "R-hat",
+    "ess_bulk": "ESS bulk",
+}
+
+
+def forest_blocks(
+    con, fit: dict, rows: pd.DataFrame, *, xlabel: str, caption: str, first: dict, table: str
+) -> list:
+    """A fit's forest plot (interactive in the HTML), the other stored fits of its kind, and
+    the plot's numbers with each row's unit.  ``first``: the table's leading column."""
+    rows = with_units(fit, rows)
+    return [
+        Figure(
+            figs.forest(rows, xlabel=xlabel),
+            caption,
+            rows,
+            chart="forest",
+            options={"xlabel": xlabel},
+        ),
+        *others_note(con, fit),
+        *table_from(rows, {**first, **POSTERIOR_COLUMNS, "unit": "unit"}, caption=table),
+    ]

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Figure, Section, esc, no_data, summary_of, table_from
-from .fit_notes import caveats, fit_caption, others_note, truth_blocks, unit_of, with_units
-from .section_formula import POSTERIOR_COLUMNS, formula_blocks
+from .blocks import SECTION_TITLES, Section, esc, no_data, summary_of, table_from
+from .fit_notes import (
+    caveats,
+    fit_caption,
+    forest_blocks,
+    truth_blocks,
+    unit_of,
+)
+from .section_formula import formula_blocks
 
 
 def build(con, truth: dict | None = None) -> Section:
@@ -39,27 +44,18 @@ def effects_blocks(con, fit: dict, truth: dict | None = None) -> list:
         return [no_data(f"{fit_caption(fit)} stores none of the effects model's parameters")]
     out += caveats(con, fit)
     scale = fit.get("scale") or "nats"
-    rows = with_units(fit, rows)
-    xlabel = f"post − base NLL difference ({scale} per response)"
-    out.append(
-        Figure(
-            figs.forest(rows, xlabel=xlabel),
-            f"Effects model ({fit_caption(fit)}): posterior means (dots), 90% credible "
-            f"intervals (thick) and 94% HDIs (thin). Negative: post-training helps prediction. "
-            f"Units: the size slope is {esc(unit_of(fit, 'size_slope'))}; the generation "
-            f"slopes are {esc(unit_of(fit, 'generation_slope'))}; scale parameters are "
-            f"standard deviations of the partially pooled terms (the table gives each "
-            f"row's unit).",
-            rows,
-            chart="forest",
-            options={"xlabel": xlabel},
-        )
-    )
-    out += others_note(con, fit)
-    out += table_from(
+    out += forest_blocks(
+        con,
+        fit,
         rows,
-        {"group": "term", **POSTERIOR_COLUMNS, "unit": "unit"},
-        caption="The forest plot's numbers.",
+        xlabel=f"post − base NLL difference ({scale} per response)",
+        caption=f"Effects model ({fit_caption(fit)}): posterior means (dots), 90% credible "
+        f"intervals (thick) and 94% HDIs (thin). Negative: post-training helps prediction. "
+        f"Units: the size slope is {esc(unit_of(fit, 'size_slope'))}; the generation "
+        f"slopes are {esc(unit_of(fit, 'generation_slope'))}; scale parameters are "
+        f"standard deviations of the partially pooled terms (the table gives each row's unit).",
+        first={"group": "term"},
+        table="The forest plot's numbers.",
     )
     out += truth_blocks(con, fit, truth)
     out += cohens_d_blocks(con, fit)

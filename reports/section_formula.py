@@ -3,21 +3,14 @@ with the effects fit where both estimate the same quantity."""
 
 from __future__ import annotations
 
-from . import figures as figs
 from . import queries as q
-from .blocks import Figure, Note, Para, esc, no_data, plural, summary_of, table_from
-from .fit_notes import caveats, diagnostics_line, fit_caption, others_note, with_units
-
-# A stored fit's posterior table (fit_params columns -> headings), after its name column.
-POSTERIOR_COLUMNS = {
-    "label": "level",
-    "mean": "mean",
-    "sd": "sd",
-    "q05": "5%",
-    "q95": "95%",
-    "r_hat": "R-hat",
-    "ess_bulk": "ESS bulk",
-}
+from .blocks import Note, Para, esc, no_data, plural, summary_of, table_from
+from .fit_notes import (
+    caveats,
+    diagnostics_line,
+    fit_caption,
+    forest_blocks,
+)
 
 
 def formula_blocks(con, fit: dict, effects: dict | None) -> list:
@@ -42,26 +35,18 @@ def formula_blocks(con, fit: dict, effects: dict | None) -> list:
     if rows.empty:
         return out + [no_data(f"{fit_caption(fit)} stores no parameters")]
     scale = fit.get("scale") or "nats"
-    rows = with_units(fit, rows)
-    xlabel = f"cell value ({scale} per response)"
-    out.append(
-        Figure(
-            figs.forest(rows, xlabel=xlabel),
-            f"Posterior of every reported parameter of {fit_caption(fit)}: means (dots), 90% "
-            "credible intervals (thick), 94% HDIs (thin). Bambi names: 'a|g' is the "
-            "group-level effect of a by g, '..._sigma' its standard deviation, 'sigma' the "
-            "cell residual beyond the known standard errors. The predictive check is in "
-            "section 7.",
-            rows,
-            chart="forest",
-            options={"xlabel": xlabel},
-        )
-    )
-    out += others_note(con, fit)
-    out += table_from(
+    out += forest_blocks(
+        con,
+        fit,
         rows,
-        {"parameter": "parameter", **POSTERIOR_COLUMNS, "unit": "unit"},
-        caption=f"Posterior table of {fit_caption(fit)}.",
+        xlabel=f"cell value ({scale} per response)",
+        caption=f"Posterior of every reported parameter of {fit_caption(fit)}: means (dots), "
+        "90% credible intervals (thick), 94% HDIs (thin). Bambi names: 'a|g' is the "
+        "group-level effect of a by g, '..._sigma' its standard deviation, 'sigma' the "
+        "cell residual beyond the known standard errors. The predictive check is in "
+        "section 7.",
+        first={"parameter": "parameter"},
+        table=f"Posterior table of {fit_caption(fit)}.",
     )
     if effects is not None:
         out += comparison_blocks(con, effects, fit)
