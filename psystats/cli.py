@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "fit": ("psystats.commands.fit_cmds", "fit", "Fit hierarchical Bayesian models."),
     "export": ("psystats.commands.fit_cmds", "export", "Export analysis tables (cells)."),
-    "report": ("psystats.commands.report_cmds", "report", "Render the report (PDF, or interactive HTML)."),
+    "report": ("psystats.commands.report_cmds", "report", "The report (PDF, or interactive HTML)."),
     "plot": (
         "psystats.commands.plot_cmds",
         "plot",
