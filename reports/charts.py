@@ -175,6 +175,8 @@ def forest(data: pd.DataFrame, options: dict) -> dict:
     colour_field = series or "group"
     df[colour_field] = df[colour_field].fillna("")
     sel, opacity = _legend_filter(colour_field)
+    # One group and no series (persona, a single-term forest): one colour, no legend.
+    legend = bool(series) or df[colour_field].nunique() > 1
     tooltip = [
         alt.Tooltip(f"{c}:N") for c in ("group", "label", *([series] if series else [])) if c in df
     ] + [
@@ -198,8 +200,10 @@ def forest(data: pd.DataFrame, options: dict) -> dict:
     y = alt.Y("row:N", sort=rows, title=None, axis=alt.Axis(labelLimit=260))
     base = alt.Chart(df).encode(
         y=y,
-        color=alt.Color(f"{colour_field}:N", title=colour_field or None),
-        opacity=opacity,
+        color=alt.Color(f"{colour_field}:N", title=colour_field or None)
+        if legend
+        else alt.value("#1f3b73"),
+        opacity=opacity if legend else alt.value(1.0),
         tooltip=tooltip,
     )
     if series:  # side by side within a row (raw vs calibrated)
@@ -237,7 +241,7 @@ def forest(data: pd.DataFrame, options: dict) -> dict:
         )
     )
     zoom = alt.selection_interval(bind="scales", encodings=["x"])
-    chart = alt.layer(*layers).add_params(sel, zoom)
+    chart = alt.layer(*layers).add_params(*([sel] if legend else []), zoom)
     return chart.properties(width=WIDTH - 300, height=max(80, 16 * len(rows))).to_dict()
 
 
