@@ -125,6 +125,11 @@ def scored_on(con, model: str, runs: pd.DataFrame) -> dict:
     }
 
 
+def _count(v: Any) -> int | None:
+    """A per-run count (NaN where the run wrote no valid score) as an int or None."""
+    return None if v is None or pd.isna(v) else int(v)
+
+
 def _run_entry(r: dict) -> dict:
     settings = q.parse_json(r.get("settings"))
     spec = r.get("sample_spec")
@@ -135,11 +140,10 @@ def _run_entry(r: dict) -> dict:
         "scorer": r.get("scorer"),
         "sampled": isinstance(spec, str) and bool(spec),
         "sample_spec": spec if isinstance(spec, str) and spec else None,
-        "studies": r.get("studies"),
-        "experiments": r.get("experiments"),
-        "participants": r.get("participants"),
-        "responses": r.get("responses"),
-        "tokens": r.get("tokens"),
+        **{
+            k: _count(r.get(k))
+            for k in ("studies", "experiments", "participants", "responses", "tokens")
+        },
         "device": r.get("device"),
         "dtype": r.get("dtype"),
         "psystats_version": r.get("psystats_version"),

@@ -100,7 +100,8 @@ def heatmap(data: pd.DataFrame, options: dict) -> dict:
     """Section 3: pair x domain posterior means, a dot where the 90% interval excludes zero."""
     df = _values(data, ["pair", "domain", "mean", "q05", "q95", "credible"])
     df["excludes zero"] = ["yes" if c else "no" for c in df["credible"]]
-    lim = float(np.nanmax(np.abs(data["mean"]))) if len(data) else 1.0
+    means = np.abs(pd.to_numeric(data["mean"], errors="coerce").to_numpy(float))
+    lim = float(np.max(means[np.isfinite(means)])) if np.isfinite(means).any() else 1.0
     tooltip = [
         alt.Tooltip("pair:N"),
         alt.Tooltip("domain:N"),

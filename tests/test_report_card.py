@@ -220,3 +220,24 @@ def test_docs_publish_the_schema_exactly():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "card.md").read_text()
     block = doc.split("```json\n", 1)[1].split("\n```", 1)[0]
     assert json.loads(block) == schema()
+
+
+def test_edge_cases_a_failed_run_and_a_model_never_scored(wh, tmp_path: Path):
+    card = card_of(wh, "Qwen2.5-0.5B-Base")  # the fixture's interrupted run is this model's
+    jsonschema.validate(card, schema())
+    statuses = {r["status"] for r in card["scored_on"]["runs"]}
+    assert statuses == {"complete", "failed"}
+    assert card["nll"]["overall"]["mean"] < 10  # the failed run's NLL 99 rows never enter
+    db = tmp_path / "w.duckdb"
+    shutil.copy(wh, db)
+    con = warehouse.connect(db)
+    con.execute(
+        "INSERT INTO models (model_id, name, source, post_training, base_model) "
+        "SELECT max(model_id) + 1, 'never-scored', 'x', 'instruct', 'Qwen3-0.6B-Base' FROM models"
+    )
+    con.close()
+    card = card_of(db, "never-scored")
+    jsonschema.validate(card, schema())
+    assert card["nll"]["overall"] is None and card["scored_on"]["responses"] == 0
+    assert "No complete scoring run: nothing to report." in card["caveats"]
+    assert "No valid scores" in render_card_html(card)
