@@ -335,14 +335,19 @@ def persona(con, model: dict, fits: list[dict]) -> dict | None:
     if own.empty and typ.empty:
         return None
     verdict = q.as_dict(q.as_dict(q.as_dict(fit.get("summary")).get("by_post_training")).get(ptype))
+    scale = fit.get("scale") or "nats"
     return {
         "fit_id": int(fit["fit_id"]),
         "measure": "persona − plain NLL per response; negative: the persona helps",
         "model_effects": q.as_dict(fit.get("spec")).get("model_effects") or "fixed",
         "rope": list(q.rope_bounds(fit.get("summary")) or []) or None,
-        "model": _interval(own.iloc[0].to_dict()) if not own.empty else None,
+        "model": {**_interval(own.iloc[0].to_dict()), "unit": own.iloc[0].get("unit") or scale}
+        if not own.empty
+        else None,
         "post_training_type": ptype,
-        "type": _interval(typ.iloc[0].to_dict()) if not typ.empty else None,
+        "type": {**_interval(typ.iloc[0].to_dict()), "unit": typ.iloc[0].get("unit") or scale}
+        if not typ.empty
+        else None,
         "verdict": verdict.get("verdict") if isinstance(verdict.get("verdict"), str) else None,
     }
 
@@ -388,6 +393,30 @@ def card_caveats(model: dict, scored: dict, nll_part: dict, fits: list[dict], us
             + ", ".join(nll_part["floors_missing"])
             + " (register and score the baseline scorers to compare with them)."
         )
+    return out
+
+
+def flagged_caveats(con, model: dict, used_fits: list[dict]) -> list[str]:
+    """The base, or another model a used fit read, flagged as a pipeline check: the
+    comparisons through it say nothing about post-training."""
+    out = []
+    base = model.get("base_model")
+    for name, why in q.pipeline_checks(con, [base] if isinstance(base, str) and base else []):
+        out.append(
+            f"Its base model {name} is flagged as a pipeline check ({why}): the comparison "
+            "with the base and the post-training effect say nothing about post-training."
+        )
+    for f in used_fits:
+        others = [
+            n
+            for n, _ in q.pipeline_checks(con, q.fit_models(con, f))
+            if n not in (model["name"], base)
+        ]
+        if others:
+            out.append(
+                f"Fit {f['fit_id']} ({f['kind']}) also read {len(others)} model(s) flagged as "
+                "pipeline checks (" + ", ".join(others) + "); its estimates pool over them."
+            )
     return out
 
 
@@ -447,7 +476,8 @@ def build_card(con, model: str, *, condition: str | None = None) -> dict:
         "fits": entries,
         "caveats": card_caveats(
             m, scored, nll_part, fits, {e["kind"] for e in entries if e["used"]}
-        ),
+        )
+        + flagged_caveats(con, m, [f for f in fits if int(f["fit_id"]) in used]),
     }
     return _clean(card)
 

@@ -241,3 +241,21 @@ def test_edge_cases_a_failed_run_and_a_model_never_scored(wh, tmp_path: Path):
     assert card["nll"]["overall"] is None and card["scored_on"]["responses"] == 0
     assert "No complete scoring run: nothing to report." in card["caveats"]
     assert "No valid scores" in render_card_html(card)
+
+
+def test_a_flagged_base_is_stated(wh, tmp_path: Path):
+    from psystats.scoring.registry import set_fields
+
+    db = tmp_path / "w.duckdb"
+    shutil.copy(wh, db)
+    con = warehouse.connect(db)
+    set_fields(con, BASE, {"pipeline_check": "random weights (test)"})
+    con.close()
+    card = card_of(db, POST)
+    assert any(
+        c.startswith(f"Its base model {BASE} is flagged as a pipeline check (random weights")
+        for c in card["caveats"]
+    )
+    # the fits read the base too: it is named once, not again for each fit
+    assert any(c.startswith("Fit ") and "pipeline checks" in c for c in card["caveats"]) is False
+    assert card_of(db, BASE)["caveats"][0].startswith(f"{BASE} is flagged as a pipeline check")
