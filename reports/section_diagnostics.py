@@ -74,7 +74,9 @@ PPC_CAPTION = (
     "a calibrated model these values are uniform: about 5% below 0.05 and 5% above 0.95 (more "
     "in both tails: intervals too narrow; fewer: too wide), and the Kolmogorov-Smirnov p "
     "against the uniform is not small (approximate: LOO-PIT values are not independent). "
-    "Blank: the fit's NetCDF holds no log_likelihood group. 'PPC p-value, T = minimum' is "
+    "Counts (hits) get the randomised PIT. Blank: the fit's NetCDF holds no log_likelihood "
+    "group (or too few draws shared with the replications), or the observations are not of "
+    "the replications' kind (fractional expected hits against counts). 'PPC p-value, T = minimum' is "
     "P(T(replicated) ≥ T(observed)) for the statistic T = minimum of the standardised "
     "observations (one p-value per statistic, not the smallest p-value; values near 0 or 1 "
     "signal misfit)."
@@ -177,14 +179,17 @@ def ppc_blocks(con, diag: pd.DataFrame, by_id: dict[int, dict], idatas: dict) ->
 # ------------------------------------------------------------------ LOO-PIT
 
 
+MIN_PIT_DRAWS = 100
+
+
 def loo_pit(idata, name: str) -> np.ndarray | None:
     """LOO-PIT values of one observed variable, or None when the NetCDF cannot give them.
 
     The pointwise log-likelihood (``log_likelihood`` group; the variable of the same name,
-    else the only one when it has as many observations) is restricted to the draws the
-    posterior predictive was made from (matched by chain and draw), turned into PSIS
-    weights (``arviz.psislw``), and handed with the replicated draws to
-    ``arviz.loo_pit``.
+    else the only one when it has as many observations) and the replicated draws are
+    restricted to the posterior draws both hold (matched by chain and draw: the pipeline
+    thins them differently), at least :data:`MIN_PIT_DRAWS`; the log-likelihood becomes
+    PSIS weights (``arviz.psislw``), handed with the replications to ``arviz.loo_pit``.
     """
     import arviz as az
 
@@ -200,27 +205,50 @@ def loo_pit(idata, name: str) -> np.ndarray | None:
     if ll is None or ll.size // (ll.sizes["chain"] * ll.sizes["draw"]) != obs.size:
         return None
     pp = idata.posterior_predictive[name]
-    try:
-        ll = ll.sel(chain=pp["chain"].values, draw=pp["draw"].values)
-    except KeyError:
-        return None  # the predictive draws are not among the log-likelihood's draws
+    chains = np.intersect1d(pp["chain"].values, ll["chain"].values)
+    draws = np.intersect1d(pp["draw"].values, ll["draw"].values)
+    if len(chains) * len(draws) < MIN_PIT_DRAWS:
+        return None  # too few posterior draws with both a replication and a log-likelihood
+    pp = pp.sel(chain=chains, draw=draws).transpose("chain", "draw", ...)
+    ll = ll.sel(chain=chains, draw=draws).transpose("chain", "draw", ...)
     y_hat = pp.values.reshape(-1, obs.size).astype(float).T  # (observations, draws)
     lw = ll.values.reshape(-1, obs.size).astype(float).T
     log_weights, _ = az.psislw(-lw, reff=_relative_efficiency(idata, lw.shape[1]))
+    if np.all(y_hat == np.round(y_hat)):  # counts
+        if not np.all(obs == np.round(obs)):
+            return None  # fractional observations (expected hits) against counts: no PIT
+        return randomized_pit(obs, y_hat, log_weights)
     return np.asarray(az.loo_pit(y=obs, y_hat=y_hat, log_weights=log_weights), dtype=float)
+
+
+def randomized_pit(obs: np.ndarray, y_hat: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
+    """LOO-PIT of counts (hits): P(y_rep < y) + U * P(y_rep = y), U uniform (seed 0).
+
+    Without the uniform draw a discrete variable's PIT values pile up on a few
+    values and no calibrated model looks uniform; with it they are uniform when
+    the model is calibrated (the randomised PIT of Czado, Gneiting and Held 2009).
+    """
+    w = np.exp(log_weights - log_weights.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    below = (w * (y_hat < obs[:, None])).sum(axis=1)
+    equal = (w * (y_hat == obs[:, None])).sum(axis=1)
+    return below + np.random.default_rng(0).uniform(size=obs.size) * equal
 
 
 def _relative_efficiency(idata, n_samples: int) -> float:
     """Mean bulk ESS of the posterior over the number of draws, as ``arviz.loo_pit`` uses
-    for its PSIS weights (1 with a single chain)."""
+    for its PSIS weights (1 with a single chain); for a thinned subset of the posterior's
+    draws at most 1 (thinned draws are at best independent)."""
     import arviz as az
 
     post = idata.posterior
     if post.sizes.get("chain", 1) < 2:
         return 1.0
+    n_posterior = post.sizes["chain"] * post.sizes["draw"]
     ess = az.ess(post, method="mean")
     values = np.hstack([np.asarray(ess[v].values).ravel() for v in ess.data_vars])
-    return float(values.mean() / n_samples)
+    reff = float(values.mean() / n_samples)
+    return reff if n_samples >= n_posterior else min(reff, 1.0)
 
 
 def pit_columns(pit: np.ndarray | None) -> list[str]:
