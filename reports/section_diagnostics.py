@@ -162,9 +162,10 @@ def ppc_blocks(con, diag: pd.DataFrame, by_id: dict[int, dict], idatas: dict) ->
             out.append(
                 Figure(
                     fig,
-                    f"Posterior predictive check of fit {fid} ({esc(kind)}). Left: "
-                    f"observed cumulative distribution against 50 replicated data sets. "
-                    f"Right: each observation (dot; cross when outside) against its 90% "
+                    f"Posterior predictive check of fit {fid} ({esc(kind)}). Left (static "
+                    f"figure): observed cumulative distribution against 50 replicated data "
+                    f"sets. Right (and the interactive chart): each observation (dot; cross "
+                    f"when outside) against its 90% "
                     f"predictive interval, in sample (so usually more than 90% inside; the "
                     f"LOO-PIT columns above are the out-of-sample check).",
                     figs.ppc_frame(idata),
