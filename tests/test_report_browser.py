@@ -187,6 +187,14 @@ def test_report_in_chromium(browser_factory, files):
     chart = d.find_element(By.CSS_SELECTOR, "figure.live div.chart")
     d.execute_script("arguments[0].scrollIntoView()", chart)
     assert nonblank(chart.screenshot_as_png) > 0.02
+    # clicking a legend entry keeps that series and dims the others
+    size = d.find_element(By.CSS_SELECTOR, "section#section-2 div.chart")
+    d.execute_script("arguments[0].scrollIntoView()", size)
+    dimmed = "return arguments[0].querySelectorAll('[opacity=\"0.12\"]').length"
+    assert d.execute_script(dimmed, size) == 0
+    entry = size.find_elements(By.CSS_SELECTOR, ".role-legend-symbol path")[0]
+    ActionChains(d).move_to_element(entry).click().perform()
+    wait_for(d, dimmed.replace("return ", "return 0 < "), True, timeout=10)
     # hovering a heatmap cell shows its values and interval
     heat = d.find_elements(By.CSS_SELECTOR, "section#section-3 .mark-rect path")
     ActionChains(d).move_to_element(heat[0]).perform()
