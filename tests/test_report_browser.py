@@ -129,11 +129,11 @@ def nonblank(png: bytes) -> float:
     return float(np.mean(img < 235))
 
 
-def wait_for(d, script: str, want, timeout: float = 60.0):
+def wait_for(d, script: str, want, timeout: float = 60.0, *args):
     t0 = time.time()
     got = None
     while time.time() - t0 < timeout:
-        got = d.execute_script(script)
+        got = d.execute_script(script, *args)
         if got == want:
             return got
         time.sleep(0.25)
@@ -194,7 +194,7 @@ def test_report_in_chromium(browser_factory, files):
     assert d.execute_script(dimmed, size) == 0
     entry = size.find_elements(By.CSS_SELECTOR, ".role-legend-symbol path")[0]
     ActionChains(d).move_to_element(entry).click().perform()
-    wait_for(d, dimmed.replace("return ", "return 0 < "), True, timeout=10)
+    wait_for(d, dimmed.replace("return ", "return 0 < "), True, 10, size)
     # hovering a heatmap cell shows its values and interval
     heat = d.find_elements(By.CSS_SELECTOR, "section#section-3 .mark-rect path")
     ActionChains(d).move_to_element(heat[0]).perform()
