@@ -208,6 +208,7 @@ def test_html_report(full_warehouse, tmp_path: Path):
     out = tmp_path / "r.html"
     run_report(db, out)  # format from the suffix
     html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "data-spec='spec-" in html
     assert html.count("<svg") >= 6
     for title in SECTION_TITLES:
         assert title in html

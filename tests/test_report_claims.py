@@ -3,7 +3,6 @@ LOO-PIT calibration, multiplicity notes, ROPE outlook, units, retries (issue 19)
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from scipy import stats
 
 from psystats import warehouse
 from psystats.reports import queries as q
+from psystats.reports import section_data
 from psystats.reports.blocks import Figure, Para, Table, esc
 from psystats.reports.content import build_report
 from psystats.reports.section_diagnostics import loo_pit
@@ -42,27 +42,19 @@ def table(blocks, start: str) -> Table:
     return next(b for b in blocks if isinstance(b, Table) and (b.caption or "").startswith(start))
 
 
-def test_persona_scope_follows_the_fits_model_effects(full, tmp_path: Path):
-    import shutil
+def test_persona_scope_follows_the_fits_model_effects(report):
+    from psystats.reports.section_methods import kind_words
+    from psystats.reports.section_persona import persona_scope
 
-    db = tmp_path / "w.duckdb"
-    shutil.copy(full[0], db)
-    con = warehouse.connect(db)
-    fixed = build_report(con)
-    s6, s8 = texts(fixed.section(6).blocks), texts(fixed.section(8).blocks)
-    fixed.close()
     # The stored fit has no model_effects: the default (fixed) is what it did.
+    s6, s8 = texts(report.section(6).blocks), texts(report.section(8).blocks)
     assert "hold for those models only" in s6
     assert "models scored only" in s8 and "hierarchical over experiments and models" not in s8
-    con.execute(
-        "UPDATE fits SET spec = ? WHERE kind = 'persona'", [json.dumps({"model_effects": "random"})]
-    )
-    rnd = build_report(con)
-    s6, s8 = texts(rnd.section(6).blocks), texts(rnd.section(8).blocks)
-    rnd.close()
-    con.close()
-    assert "hold for those models only" not in s6 and "--model-effects random" in s6
-    assert "population of models" in s8
+    for spec, own in (({"model_effects": "fixed"}, True), ({"model_effects": "random"}, False)):
+        fit = {"spec": spec}
+        assert ("hold for those models only" in persona_scope(fit)) is own
+        assert ("models scored only" in kind_words("persona", fit)) is own
+        assert ("drawn from a population of models" in kind_words("persona", fit)) is not own
 
 
 def test_heatmap_count_carries_a_multiplicity_note(report):
@@ -226,9 +218,7 @@ def test_sampled_runs_are_said_to_be_samples(full, tmp_path: Path):
     db = tmp_path / "w.duckdb"
     shutil.copy(full[0], db)
     con = warehouse.connect(db)
-    r = build_report(con)
-    runs = table(r.section(1).blocks, "Scoring runs")
-    r.close()
+    runs = table(section_data.build(con).blocks, "Scoring runs")
     i = runs.columns.index("sample")
     assert {row[i] for row in runs.rows} == {"full"}  # no sample_spec column: every run full
     cols = {c for (c, *_) in con.execute("DESCRIBE score_runs").fetchall()}
@@ -236,10 +226,8 @@ def test_sampled_runs_are_said_to_be_samples(full, tmp_path: Path):
         con.execute("ALTER TABLE score_runs ADD COLUMN sample_spec VARCHAR")
     spec = "participants=5 per experiment, seed=0"
     con.execute("UPDATE score_runs SET sample_spec = ? WHERE run_id = 1", [spec])
-    r = build_report(con)
+    blocks = section_data.build(con).blocks
     con.close()
-    blocks = r.section(1).blocks
-    r.close()
     runs = table(blocks, "Scoring runs")
     assert [row[i] for row in runs.rows if row[0] == "1"] == [spec]
     assert any("1 run scored a sample" in t and spec in t for t in [texts([b]) for b in blocks])

@@ -13,10 +13,8 @@ from urllib.parse import unquote
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
 from psystats import warehouse
-from psystats.cli import main
 from psystats.reports.blocks import SECTION_TITLES, Figure, Table
 from psystats.reports.content import build_report
 from psystats.reports.html import render_html
@@ -163,15 +161,6 @@ def test_one_self_contained_file(rendered):
     assert page.count("<div class='static'><svg") == len(report.figures())
     static = render_html(report, interactive=False)
     assert "<script" not in static and static.count("<svg") >= len(report.figures())
-
-
-def test_cli_writes_html_by_suffix(rendered, tmp_path: Path):
-    _, _, _, db = rendered
-    out = tmp_path / "r.html"
-    res = CliRunner().invoke(main, ["report", "--db", str(db), "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    text = out.read_text()
-    assert text.startswith("<!DOCTYPE html>") and "data-spec='spec-" in text
 
 
 def test_markup_is_escaped_in_html(warehouse_copy: Path, tmp_path: Path):
