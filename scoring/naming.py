@@ -22,6 +22,17 @@ POST_TRAINING_TYPES: tuple[str, ...] = (
     "other",
 )
 
+# psystats' own floors (scoring/baselines.py): registered under these names only,
+# with this post-training type, which no model can be given.
+BASELINE_TYPE = "baseline"
+BASELINES: dict[str, str] = {
+    "baseline:uniform": "uniform over the response's option set",
+    "baseline:frequency": (
+        "smoothed frequency of the response among the other participants of the "
+        "experiment at the same trial position (leave-one-participant-out)"
+    ),
+}
+
 # Families and the lowercase word that names them.  Order matters only when a
 # name contains two family words (e.g. "DeepSeek-R1-Distill-Qwen-7B" is a Qwen
 # network, so qwen/llama come before deepseek).
@@ -231,6 +242,11 @@ def infer_from_name(name: str) -> Inference:
     file stem; only the part after the last '/' is read, the owner is kept for
     the base's name.
     """
+    if name in BASELINES:
+        return Inference(
+            family=("baseline", "a psystats baseline scorer"),
+            post_training=(BASELINE_TYPE, f"baseline scorer: {BASELINES[name]}"),
+        )
     owner, _, repo = name.rpartition("/")
     repo = strip_quant(repo)
     low = repo.lower()

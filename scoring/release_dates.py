@@ -124,3 +124,17 @@ def known_release_date(
         f"{family} {generation} first released {first[:7]} (registry table, "
         "scoring/release_dates.py)",
     )
+
+
+NO_RELEASE_DATE = (
+    "not in the registry's table of release dates (scoring/release_dates.py); "
+    "set it with `psystats models set NAME release_date=YYYY-MM-DD`"
+)
+
+
+def release_date_for(
+    name: str | None, family: str | None, generation: str | None
+) -> tuple[date | None, str]:
+    """(release date or None, why): :func:`known_release_date`, or None with how to set one."""
+    known = known_release_date(name, family, generation)
+    return known if known else (None, NO_RELEASE_DATE)

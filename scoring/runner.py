@@ -113,7 +113,7 @@ def plan_run(
                 "no participants match the selection "
                 f"(studies={list(studies) or 'all'}, experiments={list(experiments) or 'all'})"
             )
-        from .registry import require_model_files
+        from .hub import require_model_files
 
         require_model_files(model)  # an unreachable hub id: one line now, before torch loads
         declared = option_sets.parse_declarations(tuple(option_decls), options_file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -139,22 +140,23 @@ def add(
       psystats models add ./my-finetune --name mine --base Qwen/Qwen2.5-7B \\
           --release-date 2025-02-14
     """
+    from psystats.scoring.adapter_models import add_adapter
     from psystats.scoring.registry import add_model
 
     con = open_db(db, create=True)
-    row = add_model(
-        con,
-        source,
+    overrides = {**_pairs(sets), **({"release_date": release_date} if release_date else {})}
+    common: dict[str, Any] = dict(
         name=name,
-        base=base,
         post_training=post_training,
         gguf_file=gguf_file,
         revision=revision,
         trust_remote_code=trust_remote_code,
-        overrides={**_pairs(sets), **({"release_date": release_date} if release_date else {})},
-        adapter=adapter,
-        adapter_revision=adapter_revision,
+        overrides=overrides,
     )
+    if adapter is not None:
+        row = add_adapter(con, source, adapter, adapter_revision=adapter_revision, **common)
+    else:
+        row = add_model(con, source, base=base, **common)
     _show(row)
     note = _unchecked_hub_id(row)
     if note:
@@ -284,7 +286,7 @@ def load(file: str, db: str | None) -> None:
       psystats models load models.toml
       psystats --db psych.duckdb models load study-models.yaml
     """
-    from psystats.scoring.registry import load_file
+    from psystats.scoring.registry_file import load_file
 
     rows = load_file(open_db(db, create=True), file)
     print_rows(
