@@ -29,6 +29,7 @@ from .registry import (
     row_by_name,
     update_row,
 )
+from .release_dates import known_release_date, variant_release
 
 # What an adapter model takes over from its base's inferred facts.
 _FROM_BASE = ("family", "generation", "generation_order", "n_params", "size_label")
@@ -42,8 +43,6 @@ _ROW_FROM_BASE = (
     "generation_order",
     "n_params",
     "quantization",
-    # An adapter belongs to its base's generation: it carries the base's date.
-    "release_date",
 )
 
 
@@ -140,6 +139,16 @@ def _update_registered(
     return get_model(con, name)
 
 
+def _release(base: dict, adapter_name: str) -> tuple[Any, str]:
+    """(date, why): an adapter belongs to its base's generation and carries the base's
+    date, unless the table has a later release of its own (Centaur, on Llama 3.1)."""
+    if variant_release(adapter_name, base["family"]) is None:
+        return base.get("release_date"), "the base's"
+    known = known_release_date(adapter_name, base["family"], base["generation"])
+    assert known is not None  # a variant always has a date
+    return known
+
+
 def _inferred(base: dict, info: dict, by_name: naming.Inference) -> dict[str, Any]:
     """``models.inferred`` of an adapter model: the base's facts, the adapter's type."""
     post = by_name.post_training
@@ -163,7 +172,6 @@ def _inferred(base: dict, info: dict, by_name: naming.Inference) -> dict[str, An
     }
     inferred["adapter"] = {k: v for k, v in info.items() if k != "folder"}
     inferred["quantization"] = {"value": base.get("quantization"), "from": "the base's"}
-    inferred["release_date"] = {"value": base.get("release_date"), "from": "the base's"}
     inferred["source_kind"] = "adapter"
     return inferred
 
@@ -194,6 +202,8 @@ def register_adapter(
         return _update_registered(con, existing, base, adapter_loc, info["sha256"], explicit)
     by_name = naming.infer_from_name(default_name)
     inferred = _inferred(base, info, by_name)
+    released = _release(base, default_name)
+    inferred["release_date"] = {"value": released[0], "from": released[1]}
     row: dict[str, Any] = {k: base.get(k) for k in _ROW_FROM_BASE}
     row.update(
         name=name,
@@ -203,6 +213,7 @@ def register_adapter(
         adapter=adapter_loc,
         adapter_revision=adapter_revision,
         adapter_sha256=info["sha256"],
+        release_date=released[0],
     )
     for key, raw in explicit.items():
         field = field_name(key)

@@ -217,6 +217,8 @@ def _generation(family: str, word: str, low: str) -> tuple[str, str] | None:
     """The version number written after the family word, and why."""
     if family == "qwen" and word == "qwq":
         return "2.5", "QwQ is built on Qwen2.5"
+    if family == "gpt2":
+        return "2", "GPT-2"
     if family == "llama" and "codellama" in low:
         return "2", "Code Llama is built on Llama 2"
     if family == "mistral":

@@ -598,7 +598,7 @@ RELEASES = [
     ("Qwen/Qwen2.5-VL-7B-Instruct", "2025-01-28"),  # later than the rest of 2.5: a name rule
     ("Qwen/QwQ-32B", "2025-03-06"),
     ("Qwen/Qwen3-8B", "2025-04-29"),
-    ("Qwen/Qwen3-4B-Instruct-2507", "2025-07-21"),
+    ("Qwen/Qwen3-4B-Instruct-2507", "2025-08-01"),  # the 4B "2507" came in August
     ("meta-llama/Meta-Llama-3-8B", "2024-04-18"),
     ("meta-llama/Llama-3.1-8B", "2024-07-23"),
     ("meta-llama/Llama-3.2-11B-Vision-Instruct", "2024-09-25"),
