@@ -26,7 +26,7 @@ from typing import Any
 
 from huggingface_hub import snapshot_download, try_to_load_from_cache
 
-from . import adapters
+from . import adapters, model_cache
 from .devices import check_device_map
 from .hub import require_hub_files
 from .model_files import (
@@ -113,14 +113,35 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
         _check_local(folder, gguf, name)
     if not looks_like_path(folder):
         require_hub_files(model, folder, gguf)  # offline: one line now, not a minute of retries
-    if gguf:
-        kwargs["gguf_file"] = gguf
     try:
-        tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+        if gguf:
+            tok = _gguf_tokenizer(model, folder, gguf, kwargs)
+        else:
+            tok = AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model {name!r}: cannot load tokenizer from {folder}: {e}") from None
     if not getattr(tok, "chat_template", None) and not gguf:
         tok.chat_template = processor_chat_template(folder, model.get("revision"))
+    return tok
+
+
+def _gguf_tokenizer(model: dict, folder: str, gguf: str, kwargs: dict[str, Any]):
+    """A GGUF's tokenizer: from the converted-model cache when its fingerprint is the one
+    converted, else converted from the file and stored there."""
+    from transformers import AutoTokenizer
+
+    path = _local_gguf(model)
+    entry = model_cache.entry_dir(path, "tokenizer") if path is not None else None
+    manifest = model_cache.verified(entry) if entry is not None else None
+    if entry is not None and manifest is not None:
+        tok = AutoTokenizer.from_pretrained(entry)
+        if tokenizer_fingerprint(tok) == manifest.get("tokenizer_sha256"):
+            return tok
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, **kwargs)
+    if entry is not None:
+        model_cache.store(
+            entry, tok.save_pretrained, {"tokenizer_sha256": tokenizer_fingerprint(tok)}
+        )
     return tok
 
 
@@ -171,6 +192,72 @@ def _auto_class(kind: str):
     return AutoModelForImageTextToText if kind == "vision-language" else AutoModelForCausalLM
 
 
+def _load_kwargs(
+    model: dict,
+    dtype: str,
+    attn_implementation: str,
+    trust: bool,
+    device_map: str | dict | None,
+    max_memory: dict | None,
+    offload_folder: str | None,
+) -> dict[str, Any]:
+    """``from_pretrained`` keywords of a models row (the GGUF file name excepted)."""
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(dtype),
+        "trust_remote_code": trust,
+        "attn_implementation": attn_implementation,
+    }
+    if model.get("revision"):
+        kwargs["revision"] = model["revision"]
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = str(offload_folder)
+    return kwargs
+
+
+def _local_gguf(model: dict) -> Path | None:
+    """The GGUF file of a models row on this machine (a local file or in the hub cache)."""
+    files = weight_files(model)
+    return files[0] if files and files[0].is_file() else None
+
+
+def _load_gguf(model: dict, folder: str, gguf: str, kwargs: dict[str, Any], dtype: str):
+    """A GGUF model: from the converted-model cache when it holds it, else dequantised
+    from the file and stored there (``scoring.model_cache``)."""
+    from transformers import AutoModelForCausalLM
+
+    path = _local_gguf(model)
+    entry = model_cache.entry_dir(path, dtype) if path is not None else None
+    if entry is not None and model_cache.verified(entry) is not None:
+        cached = {k: v for k, v in kwargs.items() if k not in ("revision", "trust_remote_code")}
+        return AutoModelForCausalLM.from_pretrained(entry, use_safetensors=True, **cached)
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, **kwargs)
+    if entry is not None and "device_map" not in kwargs:  # all weights in memory: storable
+        model_cache.store(entry, lambda tmp: model_cache.save_model(lm, tmp))
+    return lm
+
+
+def _load_weights(folder: str, kwargs: dict[str, Any], name: Any, device: str, device_map: Any):
+    """(model, kind) of a safetensors folder or hub id: the architecture's own class."""
+    from transformers import AutoConfig
+
+    cfg_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
+    config = AutoConfig.from_pretrained(folder, **cfg_kwargs)
+    kind = model_kind(config)
+    _check_quantization(config, name, device, device_map)
+    try:
+        return _auto_class(kind).from_pretrained(folder, use_safetensors=True, **kwargs), kind
+    except ValueError as e:
+        # A vision config whose class transformers registers only as a causal LM.
+        if kind != "vision-language" or "Unrecognized configuration class" not in str(e):
+            raise
+    kind = "causal"
+    return _auto_class(kind).from_pretrained(folder, use_safetensors=True, **kwargs), kind
+
+
 def load_model(
     model: dict,
     *,
@@ -191,8 +278,9 @@ def load_model(
     ``MllamaForConditionalGeneration``, ...), which is scored on text only.
     ``device_map`` (``auto``/``balanced``/``sequential`` or an explicit
     ``{module: device}``) with ``max_memory`` places layers over GPUs, CPU and
-    disk via accelerate.  A PEFT adapter (``adapter``, or the row's
-    ``adapter``) is applied on top (``scoring.adapters``).
+    disk via accelerate.  A GGUF is dequantised once and kept in the
+    converted-model cache (``scoring.model_cache``).  A PEFT adapter
+    (``adapter``, or the row's ``adapter``) is applied on top (``scoring.adapters``).
     """
     import torch
 
@@ -202,40 +290,14 @@ def load_model(
     folder, gguf = locate(model)
     if looks_like_path(folder):
         _check_local(folder, gguf, name)
-    kwargs: dict[str, Any] = {
-        "dtype": _torch_dtype(dtype),
-        "trust_remote_code": trust,
-        "attn_implementation": attn_implementation,
-    }
-    if model.get("revision"):
-        kwargs["revision"] = model["revision"]
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    else:
-        kwargs["use_safetensors"] = True
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-        if max_memory:
-            kwargs["max_memory"] = max_memory
-        if offload_folder:
-            kwargs["offload_folder"] = str(offload_folder)
-    kind = "causal"
+    kwargs = _load_kwargs(
+        model, dtype, attn_implementation, trust, device_map, max_memory, offload_folder
+    )
     try:
-        if not gguf:
-            from transformers import AutoConfig
-
-            cfg_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
-            config = AutoConfig.from_pretrained(folder, **cfg_kwargs)
-            kind = model_kind(config)
-            _check_quantization(config, name, device, device_map)
-        try:
-            lm = _auto_class(kind).from_pretrained(folder, **kwargs)
-        except ValueError as e:
-            # A vision config whose class transformers registers only as a causal LM.
-            if kind != "vision-language" or "Unrecognized configuration class" not in str(e):
-                raise
-            kind = "causal"
-            lm = _auto_class(kind).from_pretrained(folder, **kwargs)
+        if gguf:
+            lm, kind = _load_gguf(model, folder, gguf, kwargs, dtype), "causal"
+        else:
+            lm, kind = _load_weights(folder, kwargs, name, device, device_map)
     except (OSError, ValueError) as e:
         msg = str(e)
         if "trust_remote_code" in msg:
