@@ -407,6 +407,8 @@ def register(
     how: str = USER,
 ) -> dict:
     """:func:`add_model` without its transaction (``models load`` and the importer batch several)."""
+    if source is not None and source.startswith("baseline:") and source not in naming.BASELINES:
+        raise WarehouseError(f"no baseline {source!r}; psystats has {', '.join(naming.BASELINES)}")
     if source in naming.BASELINES:
         if name not in (None, source):
             raise WarehouseError(f"{source}: a baseline is registered under its own name only")
