@@ -22,6 +22,7 @@ from .model_fields import USER, coerce, field_name
 from .model_files import looks_like_path
 from .registry import (
     apply_fields,
+    explicit_fields,
     fill_release_dates,
     get_model,
     insert_row,
@@ -103,13 +104,6 @@ def _base_row(
             f"{base['name']!r} is itself an adapter model; give its base ({base['base_model']!r})"
         )
     return base
-
-
-def _explicit(overrides: dict | None, post_training: str | None) -> dict[str, Any]:
-    explicit: dict[str, Any] = dict(overrides or {})
-    if post_training is not None:
-        explicit["post_training"] = post_training
-    return explicit
 
 
 def _update_registered(
@@ -196,7 +190,7 @@ def register_adapter(
     base = _base_row(con, base_source, gguf_file, revision, trust_remote_code)
     default_name = Path(adapter_loc).name if is_path else adapter
     name = name or default_name
-    explicit = _explicit(overrides, post_training)
+    explicit = explicit_fields(overrides, None, post_training)
     existing = row_by_name(con, name)
     if existing is not None:
         return _update_registered(con, existing, base, adapter_loc, info["sha256"], explicit)

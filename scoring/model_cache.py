@@ -34,11 +34,11 @@ import os
 import shutil
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from psystats.warehouse import hashing
+from psystats.warehouse.manifest import package_versions
 
 from .model_files import file_sha256
 
@@ -61,16 +61,6 @@ def cache_root() -> Path | None:
     return base / "psystats" / "models"
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for lib in _LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = None
-    return out
-
-
 def entry_dir(source: Path, variant: str) -> Path | None:
     """The folder of the cache entry for ``source`` (a GGUF file) and ``variant``
     (a dtype, or ``tokenizer``); None when the cache is off."""
@@ -90,7 +80,7 @@ def verified(entry: Path) -> dict[str, Any] | None:
         manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if manifest.get("format") != FORMAT or manifest.get("versions") != _versions():
+    if manifest.get("format") != FORMAT or manifest.get("versions") != package_versions(_LIBRARIES):
         return None
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
@@ -111,7 +101,7 @@ def _write_manifest(tmp: Path, extra: dict[str, Any]) -> None:
         for p in sorted(tmp.iterdir())
         if p.is_file()
     }
-    manifest = {"format": FORMAT, "versions": _versions(), "files": files, **extra}
+    manifest = {"format": FORMAT, "versions": package_versions(_LIBRARIES), "files": files, **extra}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
 
 

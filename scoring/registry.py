@@ -331,7 +331,7 @@ def link_bases(con: duckdb.DuckDBPyConnection) -> int:
 # --------------------------------------------------------------------------- registering
 
 
-def _explicit(overrides: dict | None, base: str | None, post_training: str | None) -> dict:
+def explicit_fields(overrides: dict | None, base: str | None, post_training: str | None) -> dict:
     """The fields a user gave (overrides, --base, --type), unvalidated."""
     explicit: dict[str, Any] = dict(overrides or {})
     if base is not None:
@@ -413,7 +413,7 @@ def register(
         if name not in (None, source):
             raise WarehouseError(f"{source}: a baseline is registered under its own name only")
         source, name = None, source
-    explicit = _explicit(overrides, base, post_training)
+    explicit = explicit_fields(overrides, base, post_training)
     if name is None and source is not None:
         # Registered before under its default name: don't read the weights again.
         _, src, gg = classify_source(source, gguf_file)
