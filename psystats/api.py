@@ -333,28 +333,17 @@ class Warehouse:
         per_experiment: bool = False,
         seed: int = 0,
     ) -> pd.DataFrame:
-        """Expected post-minus-base difference of a new pair under a stored formula fit.
+        """Expected post-minus-base difference of a new pair under a stored formula or effects fit.
 
         ``new_pair``: e.g. ``{"type": "instruct", "family": "llama", "n_params": 70e9}``
         (or the CLI's text form).  New group levels (the pair itself, a new
         family) are drawn from their fitted distributions, so the interval
-        includes new-group uncertainty.
+        includes new-group uncertainty (docs/model.md, "Predictions").
         """
-        from psystats.stats.formula import load_formula_fit, parse_new_pair, predict_new_pair
+        from psystats.stats.predict import predict_fit
 
-        if isinstance(new_pair, str):
-            new_pair = parse_new_pair(new_pair)
         with self.connection() as con:
-            row, idata, model, frame = load_formula_fit(con, int(fit_id))
-        return predict_new_pair(
-            model,
-            idata,
-            frame,
-            new_pair,
-            size_center=(row.get("summary") or {}).get("size_center_log_params"),
-            per_experiment=per_experiment,
-            seed=seed,
-        )
+            return predict_fit(con, int(fit_id), new_pair, per_experiment=per_experiment, seed=seed)
 
     def formula_model(self, fit_id: int):
         """The Bambi model of a stored formula fit and its InferenceData (for ``bambi.interpret``)."""
