@@ -190,11 +190,12 @@ def predict(fit_id, db, new_pairs, per_experiment, seed, fmt):
     from psystats.api import Warehouse
     from psystats.commands.common import db_path
 
-    logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
     wh = Warehouse(db_path(db))
     parts = []
     for text in new_pairs:
         df = wh.predict(fit_id, text, per_experiment=per_experiment, seed=seed)
+        for note in dict.fromkeys(df.attrs.get("notes") or []):
+            click.echo(f"note: {note}", err=True)
         df.insert(0, "new_pair", text)
         parts.append(df)
     out = pd.concat(parts, ignore_index=True)

@@ -690,8 +690,12 @@ def _needed_columns(model) -> list[str]:
     return [c for c in FORMULA_COLUMNS if c in words and c not in ("mean", "se")]
 
 
-def load_formula_fit(con, fit_id: int):
-    """(fits row, InferenceData, rebuilt bambi model, frame) of a stored formula fit."""
+def load_formula_fit(con, fit_id: int, *, notes: list[str] | None = None):
+    """(fits row, InferenceData, rebuilt bambi model, frame) of a stored formula fit.
+
+    What the user should know (a fit stored before the intercept conversion)
+    is appended to ``notes`` (logged when None).
+    """
     from .store import load_fit
 
     row, idata = load_fit(con, fit_id)
@@ -707,10 +711,13 @@ def load_formula_fit(con, fit_id: int):
         # Stored before psystats applied Bambi's post-processing: the draws are as
         # sampled (intercept of centred predictors), so convert them the same way now.
         as_bambi_fit(model, idata)
-        log.warning(
-            "fit %s was stored with the intercept of centred predictors (psystats before "
-            "issue 19); its draws are converted here, but its fit_params 'Intercept' row is "
-            "that centred intercept: refit it to correct the table",
-            fit_id,
+        note = (
+            f"fit {fit_id} was stored by an earlier psystats with the intercept of centred "
+            "predictors: its draws are converted here, but its fit_params 'Intercept' row is "
+            "that centred intercept (refit it to correct the table)"
         )
+        if notes is None:
+            log.warning(note)
+        else:
+            notes.append(note)
     return row, idata, model, frame

@@ -11,7 +11,6 @@ draws into the table ``fit predict`` prints, one definition for both kinds.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +18,6 @@ import numpy as np
 import pandas as pd
 
 from psystats.warehouse.db import WarehouseError
-
-log = logging.getLogger(__name__)
 
 NUMERIC_KEYS = ("n_params", "log_params", "generation_order")
 PREDICTABLE_KINDS = ("formula", "effects")
@@ -76,23 +73,30 @@ def predict_fit(
     per_experiment: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Prediction for a new pair from stored fit ``fit_id`` (a formula or an effects fit)."""
+    """Prediction for a new pair from stored fit ``fit_id`` (a formula or an effects fit).
+
+    What the user should know about how it was made (a group scale that was
+    fixed, a fit converted on reading) is in ``result.attrs["notes"]``.
+    """
     from .store import load_fit
 
     if isinstance(new_pair, str):
         new_pair = parse_new_pair(new_pair)
     kind = _fit_kind(con, fit_id)
+    notes: list[str] = []
     if kind == "formula":
         from .formula import load_formula_fit, new_pair_rows, prediction_draws
 
-        row, idata, model, frame = load_formula_fit(con, fit_id)
+        row, idata, model, frame = load_formula_fit(con, fit_id, notes=notes)
         size_center = (row.get("summary") or {}).get("size_center_log_params")
         rows = new_pair_rows(model, frame, new_pair, size_center)
         draws = prediction_draws(model, idata, rows, seed=seed)
     else:
         row, idata = load_fit(con, fit_id)
-        rows, draws = effects_prediction_draws(con, row, idata, new_pair, seed=seed)
-    return summarise(draws, rows, per_experiment=per_experiment)
+        rows, draws = effects_prediction_draws(con, row, idata, new_pair, seed=seed, notes=notes)
+    out = summarise(draws, rows, per_experiment=per_experiment)
+    out.attrs["notes"] = notes
+    return out
 
 
 def _fit_kind(con, fit_id: int) -> str:
@@ -119,7 +123,13 @@ EFFECTS_KEYS = ("type", "family", "n_params", "generation_order", "release_date"
 
 
 def effects_prediction_draws(
-    con, row: dict, idata, new_pair: Mapping[str, Any], *, seed: int = 0
+    con,
+    row: dict,
+    idata,
+    new_pair: Mapping[str, Any],
+    *,
+    seed: int = 0,
+    notes: list[str] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """(experiments, draws as samples x experiments) of a new pair under an effects fit.
 
@@ -134,7 +144,8 @@ def effects_prediction_draws(
     learn one) draws from its fixed prior instead, and a note says so.  The
     fitted pairs' own values are rebuilt from the warehouse's model table and
     checked against the stored ``pair_mean`` draws, so a model edited since
-    the fit is refused rather than mispredicted.
+    the fit is refused rather than mispredicted.  ``notes`` collects what
+    the user should read.
     """
     unknown = [k for k in new_pair if k not in EFFECTS_KEYS]
     if unknown:
@@ -151,14 +162,15 @@ def effects_prediction_draws(
     active = set(summary.get("active_terms") or [])
     pairs = _fitted_pairs(con, row, post)
     rng = np.random.default_rng(seed)
+    notes = notes if notes is not None else []
     t = _new_type(new_pair, post, pairs, active)
     part = flat["intercept"].copy()
     if "type" in active:
         part += _level(flat, post, "type", t)
-    part += _family_effect(new_pair, flat, post, row, active, rng)
+    part += _family_effect(new_pair, flat, post, row, active, rng, notes)
     part += _size_effect(new_pair, flat, summary, active)
     part += _generation_effect(new_pair, flat, post, pairs, spec, active)
-    part += _scale_draw("pair", flat, row, active, rng, "the new pair")
+    part += _scale_draw("pair", flat, row, active, rng, "the new pair", notes)
     _check_rebuilt_pairs(flat, post, pairs, summary, spec, active)
 
     exps = [str(e) for e in post["experiment_level"].values]
@@ -224,7 +236,7 @@ def _new_type(new_pair, post, pairs: pd.DataFrame, active: set) -> str:
     return t
 
 
-def _family_effect(new_pair, flat, post, row, active: set, rng) -> np.ndarray:
+def _family_effect(new_pair, flat, post, row, active: set, rng, notes: list) -> np.ndarray:
     fam = new_pair.get("family")
     if "family" not in active:
         return np.zeros_like(flat["intercept"])
@@ -232,10 +244,10 @@ def _family_effect(new_pair, flat, post, row, active: set, rng) -> np.ndarray:
         raise WarehouseError("--new-pair needs family=... (a fitted family or a new one)")
     if str(fam) in map(str, post["family_level"].values):
         return _level(flat, post, "family", str(fam))
-    return _scale_draw("family", flat, row, active, rng, f"the new family {fam!r}")
+    return _scale_draw("family", flat, row, active, rng, f"the new family {fam!r}", notes)
 
 
-def _scale_draw(term: str, flat, row: dict, active: set, rng, what: str) -> np.ndarray:
+def _scale_draw(term: str, flat, row: dict, active: set, rng, what: str, notes: list) -> np.ndarray:
     """A new level of a grouped term: Normal(0, sigma_<term>) per draw (its fixed prior's
     scale when the fit could not learn one)."""
     n = flat["intercept"].shape[0]
@@ -246,12 +258,9 @@ def _scale_draw(term: str, flat, row: dict, active: set, rng, what: str) -> np.n
         return flat[f"sigma_{term}"] * z
     prior = (row.get("priors") or {}).get(f"sigma_{term}") or {}
     scale = float(prior.get("sigma", prior.get("beta", 0.5)))
-    log.warning(
-        "%s: the %s effects had a fixed Normal(0, %g) prior (too few levels to learn their "
-        "spread), so its effect is drawn from that prior",
-        what,
-        term,
-        scale,
+    notes.append(
+        f"{what}: the {term} effects had a fixed Normal(0, {scale:g}) prior (too few levels "
+        "to learn their spread), so its effect is drawn from that prior"
     )
     return scale * z
 
