@@ -353,18 +353,35 @@ class Warehouse:
             _, idata, model, _ = load_formula_fit(con, int(fit_id))
         return model, idata
 
-    def compare(self, fit_ids: Sequence[int]) -> pd.DataFrame:
-        """PSIS-LOO comparison (``arviz.compare``) of stored fits of the same data.
+    def compare(
+        self,
+        fit_ids: Sequence[int],
+        *,
+        kfold: int | None = None,
+        seed: int = 0,
+        include_failed: bool = False,
+    ) -> pd.DataFrame:
+        """PSIS-LOO (``arviz.compare``) or K-fold comparison of stored fits of the same data.
 
         Each fit's pointwise leave-one-out values are read from its NetCDF;
         any kinds qualify when they saw the same observations (an effects and
         a formula fit of the same cells are matched cell by cell).  One row
-        per fit (``fit``, ``kind``, rank, elpd_loo, ...), best first.
+        per fit (``fit``, ``kind``, ``gates``, ``method``, rank, elpd, ...,
+        ``k>0.7``, ``k>1``), best first; ``.attrs["notes"]`` has the caveats.
+        ``kfold=K`` refits effects and formula fits K times instead
+        (docs/model.md, "Comparing fits").
         """
         from psystats.stats.compare import compare_fits
 
-        with self.connection() as con:
-            return compare_fits(con, [int(f) for f in fit_ids])
+        # K-fold refits take minutes: hold the file per statement only, as a fit does.
+        with self._writer() if kfold else self.connection() as con:
+            return compare_fits(
+                con,
+                [int(f) for f in fit_ids],
+                kfold=kfold,
+                seed=seed,
+                include_failed=include_failed,
+            )
 
     # ------------------------------------------------------- figures, manifest
 

@@ -325,7 +325,9 @@ def as_bambi_fit(model, idata) -> None:
     ]
     drop = [n for n in likelihood_params if n in idata.posterior]
     if drop:
-        idata.posterior = idata.posterior.drop_vars(drop)
+        post = idata.posterior.drop_vars(drop)
+        used = {d for v in post.data_vars.values() for d in v.dims}
+        idata.posterior = post.drop_dims([d for d in post.dims if d not in used])
     # Bambi's Model.fit -> PyMCModel.run -> _run_mcmc -> _clean_results(idata, omit_offsets=True,
     # include_response_params=False); the oracle tests compare with Model.fit itself.
     model.backend._clean_results(idata, omit_offsets=True, include_response_params=False)
@@ -688,6 +690,35 @@ def _needed_columns(model) -> list[str]:
     rhs = model.formula.main.split("~", 1)[1]
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rhs))
     return [c for c in FORMULA_COLUMNS if c in words and c not in ("mean", "se")]
+
+
+def kfold_refittable(row: dict, idata):
+    """The K-fold adapter of a stored formula fit (:mod:`.kfold`): its cells from the NetCDF,
+    the same formula and priors, a held-out fold's SEs set to :data:`.kfold.LEFT_OUT_SE`."""
+    from .kfold import LEFT_OUT_SE, Refittable, pointwise_loglik, sampling_of
+
+    spec = row["spec"] if isinstance(row["spec"], dict) else json.loads(row["spec"])
+    formula, priors = spec["formula"], spec.get("priors") or None
+    frame = stored_frame(idata)
+    full = build_formula_model(frame, formula, priors=priors)
+    response = full.response_component.response.name
+    se = frame["se"].to_numpy(float)
+
+    def model_without(held: np.ndarray):
+        model = build_formula_model(
+            frame.assign(se=np.where(held, LEFT_OUT_SE, se)), formula, priors=priors
+        )
+        # Bambi's default priors read the predictors, not the SEs: the refit's are the fit's.
+        assert used_priors(model) == used_priors(full)
+        return model.backend.model
+
+    def pointwise(refit) -> np.ndarray:
+        return pointwise_loglik(full.backend.model, refit, response)
+
+    labels = [f"{p} / {e}" for p, e in zip(frame["pair"], frame["experiment"])]
+    return Refittable(
+        labels, frame["mean"].to_numpy(float), model_without, pointwise, sampling_of(row)
+    )
 
 
 def load_formula_fit(con, fit_id: int, *, notes: list[str] | None = None):
