@@ -169,3 +169,53 @@ def test_kfold_equals_brute_force_on_a_tiny_case(tiny):
     finally:
         con.close()
     assert "K-fold cross-validation, K = 4" in res.stderr
+
+
+@pytest.mark.slow
+def test_effects_kfold_leaves_a_fold_out_and_scores_it_by_the_definition(tiny):
+    """The effects refits: a held-out cell's value cannot move the refit's log density, and the
+    held-out densities are log N(y | mu, sqrt(sigma_cell^2 + se^2)) with mu the model's
+    pair_mean (one experiment: no experiment-level terms), from the stored draws."""
+    import pymc as pm
+
+    from psystats import warehouse
+    from psystats.stats import kfold as kf
+    from psystats.stats.store import load_fit
+
+    con = warehouse.connect(tiny, read_only=True)
+    exp = con.execute("SELECT min(experiment) FROM experiments").fetchall()[0][0]
+    con.close()
+    res = _cli(
+        tiny,
+        *["fit", "effects", "--experiment", exp, "--no-term", "pair", "--no-compare"],
+        *["--draws", "200", "--tune", "300", "--allow-diagnostics-failure"],
+    )
+    assert res.exit_code == 0, res.output
+    con = warehouse.connect(tiny, read_only=True)
+    try:
+        fid = con.execute("SELECT max(fit_id) FROM fits").fetchall()[0][0]
+        row, idata = load_fit(con, fid)
+        ref = kf.refittable(con, row, idata)
+    finally:
+        con.close()
+    post = idata.posterior
+    assert "sigma_cell" in post and "experiment" not in post and "domain" not in post
+    y = idata.observed_data["y"].values
+    se = idata.constant_data["se"].values
+    pairs = [lab.split(" / ")[0] for lab in ref.labels]
+    mu = post["pair_mean"].sel(pair_level=pairs).values  # (chain, draw, cell)
+    sd = np.sqrt(post["sigma_cell"].values[..., None] ** 2 + se**2)
+    assert np.allclose(ref.pointwise(idata), stats.norm.logpdf(y, mu, sd), rtol=1e-9)
+
+    held = kf.folds(ref.labels, 4, seed=0) == 0
+    model = ref.model_without(held)
+    logp = model.compile_logp()
+    point = model.initial_point()
+    before = logp(point)
+    pm.set_data({"y_obs": np.where(held, y + 5.0, y)}, model=model)
+    moved = logp(point)
+    pm.set_data({"y_obs": np.where(~held, y + 5.0, y)}, model=model)
+    kept = logp(point)
+    assert abs(moved - before) < 1e-8  # a held-out value does not reach the refit
+    assert abs(kept - before) > 1.0  # a kept one does
+    pm.set_data({"y_obs": y}, model=model)
