@@ -162,6 +162,61 @@ def test_the_intercept_conversion_is_bambis_definition():
     assert idata.posterior.attrs["modeling_interface"] == "bambi"
 
 
+def test_new_group_levels_are_drawn_from_the_fitted_distribution():
+    """Fast, no sampling: on given draws, a fitted family's prediction is Bambi's predict
+    exactly, and an unseen family adds u_s = sigma_s * z_s with z_s standard normal, the same
+    u_s in every experiment of the pair (numpy from the definition).  This is also the test
+    that fails with formulae 0.6 under bambi 0.16 (why pyproject pins formulae < 0.6)."""
+    import arviz as az
+    from scipy import stats as st
+
+    from psystats.stats.formula import (
+        build_formula_model,
+        formula_frame,
+        new_pair_rows,
+        prediction_draws,
+    )
+    from psystats.stats.simulate import simulate_cells
+
+    cells = simulate_cells(8, 6, seed=3, n_families=2, n_types=2, n_domains=3).cells
+    frame, _ = formula_frame(cells)
+    model = build_formula_model(frame, "mean ~ type + log_params + (1|family)")
+    families = sorted(frame["family"].unique())
+    types = sorted(frame["type"].unique())
+    rng = np.random.default_rng(1)
+    c, d = 4, 500
+    post = {
+        "Intercept": rng.normal(0.1, 0.05, (c, d)),
+        "type": rng.normal(0.05, 0.05, (c, d, len(types) - 1)),
+        "log_params": rng.normal(-0.04, 0.01, (c, d)),
+        "sigma": np.abs(rng.normal(0.1, 0.02, (c, d))),
+        "1|family_sigma": np.abs(rng.normal(0.3, 0.1, (c, d))),
+        "1|family": rng.normal(0, 0.3, (c, d, len(families))),
+    }
+    idata = az.from_dict(
+        posterior=post,
+        coords={"type_dim": types[1:], "family__factor_dim": families},
+        dims={"type": ["type_dim"], "1|family": ["family__factor_dim"]},
+    )
+    pair = {"type": types[0], "n_params": 7e9}
+    centre = frame.groupby("pair")["log_params_raw"].first().mean()
+    fixed = (post["Intercept"] + post["log_params"] * (np.log(7e9) - centre)).reshape(-1)
+
+    known = new_pair_rows(model, frame, {**pair, "family": families[0]}, centre)
+    got = prediction_draws(model, idata, known, seed=0)
+    want = fixed + post["1|family"][..., 0].reshape(-1)
+    assert np.allclose(got, want[:, None], rtol=1e-12, atol=1e-12)
+
+    new = new_pair_rows(model, frame, {**pair, "family": "unseen"}, centre)
+    got = prediction_draws(model, idata, new, seed=0)
+    u = got - fixed[:, None]
+    assert np.allclose(u, u[:, :1])  # one draw per new level, shared by its experiments
+    z = u[:, 0] / post["1|family_sigma"].reshape(-1)
+    assert st.kstest(z, "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.05
+    assert np.array_equal(prediction_draws(model, idata, new, seed=0), got)  # seeded
+
+
 @pytest.mark.slow
 def test_stored_posterior_equals_bambis_own_fit(fitted):
     """(a) Every stored variable against bambi.Model.fit on the same cells and priors:
