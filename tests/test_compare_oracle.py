@@ -144,6 +144,7 @@ def test_kfold_equals_brute_force_on_a_tiny_case(tiny):
     (per cell within 0.08, the MCMC error of 1000 draws), and the CLI's elpd is their sum."""
     from psystats import warehouse
     from psystats.stats import kfold as kf
+    from psystats.stats.compare import stored_observations
     from psystats.stats.store import load_fit
 
     res = _cli(tiny, "fit", "compare", "1", "2", "--kfold", "4", "--format", "json")
@@ -160,7 +161,7 @@ def test_kfold_equals_brute_force_on_a_tiny_case(tiny):
                 want[held] = _grid_elpd(y, se, held, priors["Intercept"]["sigma"])
             if fid == 1:  # cell by cell (the refits again, outside the CLI) for one fit
                 row, idata = load_fit(con, fid)
-                ref = kf.refittable(con, row, idata)
+                ref = kf.refittable(con, row, idata, stored_observations(idata))
                 got = kf.kfold(ref, fold_of, fit_id=fid, full_lpd=0.0)
                 assert ref.labels == labels
                 assert np.allclose(got.elpd_i, want, atol=0.08), (got.elpd_i, want)
@@ -180,6 +181,7 @@ def test_effects_kfold_leaves_a_fold_out_and_scores_it_by_the_definition(tiny):
 
     from psystats import warehouse
     from psystats.stats import kfold as kf
+    from psystats.stats.compare import stored_observations
     from psystats.stats.store import load_fit
 
     con = warehouse.connect(tiny, read_only=True)
@@ -195,7 +197,7 @@ def test_effects_kfold_leaves_a_fold_out_and_scores_it_by_the_definition(tiny):
     try:
         fid = con.execute("SELECT max(fit_id) FROM fits").fetchall()[0][0]
         row, idata = load_fit(con, fid)
-        ref = kf.refittable(con, row, idata)
+        ref = kf.refittable(con, row, idata, stored_observations(idata))
     finally:
         con.close()
     post = idata.posterior

@@ -393,7 +393,7 @@ def _kfold_elpds(con, fits: list[_Stored], k: int, seed: int) -> tuple[dict, lis
     labels = stored_observations(fits[0].idata)["labels"]
     # The folds follow the reference order; each fit's own order maps onto it by label.
     fold_ref = dict(zip(labels, kf.folds(labels, k, seed)))
-    refits = [kf.refittable(con, f.row, f.idata) for f in fits]
+    refits = [kf.refittable(con, f.row, f.idata, stored_observations(f.idata)) for f in fits]
     out, notes = (
         {},
         [

@@ -692,35 +692,6 @@ def _needed_columns(model) -> list[str]:
     return [c for c in FORMULA_COLUMNS if c in words and c not in ("mean", "se")]
 
 
-def kfold_refittable(row: dict, idata):
-    """The K-fold adapter of a stored formula fit (:mod:`.kfold`): its cells from the NetCDF,
-    the same formula and priors, a held-out fold's SEs set to :data:`.kfold.LEFT_OUT_SE`."""
-    from .kfold import LEFT_OUT_SE, Refittable, pointwise_loglik, sampling_of
-
-    spec = row["spec"] if isinstance(row["spec"], dict) else json.loads(row["spec"])
-    formula, priors = spec["formula"], spec.get("priors") or None
-    frame = stored_frame(idata)
-    full = build_formula_model(frame, formula, priors=priors)
-    response = full.response_component.response.name
-    se = frame["se"].to_numpy(float)
-
-    def model_without(held: np.ndarray):
-        model = build_formula_model(
-            frame.assign(se=np.where(held, LEFT_OUT_SE, se)), formula, priors=priors
-        )
-        # Bambi's default priors read the predictors, not the SEs: the refit's are the fit's.
-        assert used_priors(model) == used_priors(full)
-        return model.backend.model
-
-    def pointwise(refit) -> np.ndarray:
-        return pointwise_loglik(full.backend.model, refit, response)
-
-    labels = [f"{p} / {e}" for p, e in zip(frame["pair"], frame["experiment"])]
-    return Refittable(
-        labels, frame["mean"].to_numpy(float), model_without, pointwise, sampling_of(row)
-    )
-
-
 def load_formula_fit(con, fit_id: int, *, notes: list[str] | None = None):
     """(fits row, InferenceData, rebuilt bambi model, frame) of a stored formula fit.
 

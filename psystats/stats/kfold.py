@@ -83,19 +83,21 @@ def folds(labels: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def refittable(con, row: dict, idata) -> Refittable:
-    """The K-fold adapter of a stored fit (effects or formula)."""
+def refittable(con, row: dict, idata, stored: dict) -> Refittable:
+    """The K-fold adapter of a stored fit (effects or formula); ``stored``: the labels and
+    values of the observations its pointwise LOO names (the refits must see the same)."""
     kind = row["kind"]
     if kind == "formula":
-        from .formula import kfold_refittable
-
-        return kfold_refittable(row, idata)
-    if kind == "effects":
-        return _effects_refittable(con, row, idata)
-    raise WarehouseError(
-        f"fit {row['fit_id']} is a {kind!r} fit: K-fold refits are available for "
-        f"{' and '.join(KFOLD_KINDS)} fits only"
-    )
+        ref = _formula_refittable(row, idata)
+    elif kind == "effects":
+        ref = _effects_refittable(con, row, idata)
+    else:
+        raise WarehouseError(
+            f"fit {row['fit_id']} is a {kind!r} fit: K-fold refits are available for "
+            f"{' and '.join(KFOLD_KINDS)} fits only"
+        )
+    check_same_data(row, ref.labels, ref.observed, stored)
+    return ref
 
 
 def kfold(ref: Refittable, fold_of: np.ndarray, *, fit_id: int, full_lpd: float) -> KFoldResult:
@@ -190,7 +192,6 @@ def _effects_refittable(con, row: dict, idata) -> Refittable:
     import pymc as pm
 
     from .cells import build_cells, with_scale
-    from .compare import stored_observations
     from .effects_design import prepare
     from .effects_model import build_effects_model
     from .effects_spec import EffectsSpec
@@ -212,7 +213,6 @@ def _effects_refittable(con, row: dict, idata) -> Refittable:
     model = build_effects_model(data, spec)
     labels = [str(c) for c in model.coords["cell"]]
     y = data.cells["y"].to_numpy(float)
-    check_same_data(row, labels, y, stored_observations(idata))
     se = data.cells["se"].to_numpy(float)
 
     def model_without(held: np.ndarray):
@@ -224,3 +224,36 @@ def _effects_refittable(con, row: dict, idata) -> Refittable:
         return pointwise_loglik(model, refit, "y")
 
     return Refittable(labels, y, model_without, pointwise, sampling_of(row))
+
+
+def _formula_refittable(row: dict, idata) -> Refittable:
+    """A formula fit's cells from its NetCDF, the same formula and priors; a held-out fold's
+    SEs set to :data:`LEFT_OUT_SE` (the known-SE family reads them as constants)."""
+    from .formula import build_formula_model, stored_frame, used_priors
+
+    spec = row["spec"]
+    formula, priors = spec["formula"], spec.get("priors") or None
+    frame = stored_frame(idata)
+    full = build_formula_model(frame, formula, priors=priors)
+    response = full.response_component.response.name
+    se = frame["se"].to_numpy(float)
+
+    def model_without(held: np.ndarray):
+        model = build_formula_model(
+            frame.assign(se=np.where(held, LEFT_OUT_SE, se)), formula, priors=priors
+        )
+        # Bambi's default priors read the predictors, not the SEs: the refit's are the fit's.
+        if used_priors(model) != used_priors(full):
+            raise WarehouseError(
+                f"fit {row['fit_id']}: the refits' priors differ from the fit's; K-fold would "
+                "compare another model"
+            )
+        return model.backend.model
+
+    def pointwise(refit) -> np.ndarray:
+        return pointwise_loglik(full.backend.model, refit, response)
+
+    labels = [f"{p} / {e}" for p, e in zip(frame["pair"], frame["experiment"])]
+    return Refittable(
+        labels, frame["mean"].to_numpy(float), model_without, pointwise, sampling_of(row)
+    )
