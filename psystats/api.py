@@ -366,10 +366,10 @@ class Warehouse:
         Each fit's pointwise leave-one-out values are read from its NetCDF;
         any kinds qualify when they saw the same observations (an effects and
         a formula fit of the same cells are matched cell by cell).  One row
-        per fit (``fit``, ``kind``, ``gates``, ``method``, rank, elpd, ...,
-        ``k>0.7``, ``k>1``), best first; ``.attrs["notes"]`` has the caveats.
-        ``kfold=K`` refits effects and formula fits K times instead
-        (docs/model.md, "Comparing fits").
+        per fit (``fit``, ``kind``, ``gates``, ``method``, then arviz.compare's
+        columns, ``k>0.7``, ``k>1``), best first; ``.attrs["notes"]`` has the
+        caveats.  ``kfold=K`` refits effects and formula fits K times instead
+        (``elpd_kfold``, ``p_kfold``; docs/model.md, ``psystats fit compare``).
         """
         from psystats.stats.compare import compare_fits
 

@@ -245,6 +245,10 @@ def compare(db, fit_ids, kfold, seed, include_failed, fmt):
         table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
     finally:
         con.close()
+    # One header for PSIS-LOO and K-fold values; the method column says which.
+    table = table.rename(
+        columns={"elpd_loo": "elpd", "p_loo": "p", "elpd_kfold": "elpd", "p_kfold": "p"}
+    )
     cols = ["fit", "kind", "gates", "method", "rank", "elpd", "se", "p", "elpd_diff", "dse"]
     cols += ["weight", "k>0.7", "k>1"]
     rows = [

@@ -206,8 +206,10 @@ def compare_fits(
     differences, stacking weights), or with ``kfold=K`` by K-fold
     cross-validation (:mod:`.kfold`: every fit refitted K times on the same
     folds; effects and formula fits).  Columns: fit, kind, gates (passed /
-    FAILED), method, rank, elpd, se, p, elpd_diff, dse, weight, and the
-    counts of observations with Pareto k > 0.7 and > 1 in the PSIS-LOO.
+    FAILED), method, then ``arviz.compare``'s rank, elpd_loo, p_loo,
+    elpd_diff, weight, se, dse (``elpd_kfold`` and ``p_kfold`` with K-fold),
+    and the counts of observations with Pareto k > 0.7 and > 1 in the
+    PSIS-LOO (``k>0.7``, ``k>1``).
     ``table.attrs["notes"]`` says what a statistician should know: failed
     gates, high Pareto k and the remedy, what the weights mean.
 
@@ -232,7 +234,9 @@ def compare_fits(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = az.compare(elpds, ic="loo")
-    table = table.reset_index(names="fit").rename(columns={"elpd_loo": "elpd", "p_loo": "p"})
+    table = table.reset_index(names="fit")
+    if kfold:  # ArviZ names the columns after PSIS-LOO; these values are K-fold's
+        table = table.rename(columns={"elpd_loo": "elpd_kfold", "p_loo": "p_kfold"})
     by_name = {f"fit {f.fid}": f for f in fits}
     table.insert(1, "kind", [by_name[n].row["kind"] for n in table["fit"]])
     table.insert(

@@ -74,7 +74,9 @@ def folds(labels: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
     labels = [str(x) for x in labels]
     n = len(labels)
     if not 2 <= k <= n:
-        raise WarehouseError(f"--kfold {k}: K must be between 2 and the {n} observations")
+        raise WarehouseError(
+            f"--kfold {k}: K must be between 2 and {n}, the number of observations"
+        )
     order = sorted(range(n), key=lambda i: labels[i])
     perm = np.random.default_rng(seed).permutation(n)
     out = np.empty(n, dtype=int)
