@@ -23,7 +23,6 @@ The CLI only parses options and prints; notebooks and scripts call
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -307,32 +306,19 @@ def _score_batches(
     while batch i+1 is scored; at most one commit is in flight, so an
     interruption loses at most the batch being committed and the one being
     scored (both are redone on resume).
+
+    Progress counts forwarded tokens, advancing after every forward pass (not
+    only when a batch commits).  The total is exact for the batches already
+    tokenised and estimated for the rest from their characters at the
+    tokens-per-character ratio seen so far.
     """
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from psystats.warehouse.progress import progress
 
     from .runs import write_batch
 
     batches = list(chunks(pending, commit_chars))
-    interactive = progress_bar and sys.stderr.isatty()
-    bar = Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not interactive,
-        transient=False,
-    )
-    t0 = time.perf_counter()
-    tokens = 0
+    total_chars = sum(len(p.text) for p in pending)
+    seen = {"chars": 0, "tokens": 0}
     # With an open connection, the writer thread needs its own cursor (DuckDB:
     # one connection object per thread); with a path, each commit opens the file.
     shared = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else None
@@ -341,29 +327,32 @@ def _score_batches(
         with session(shared if shared is not None else db) as con:
             return write_batch(con, run_id, batch)
 
-    def report(i: int, chunk: list, batch: Any, added: int) -> None:
-        nonlocal tokens
-        tokens += batch.n_tokens
-        rate = tokens / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, advance=sum(len(p.text) for p in chunk), tps=f"{rate:,.0f}")
-        if not interactive:
-            say(
+    def planned(chunk: list, prepared: list) -> None:
+        seen["chars"] += sum(len(p.text) for p in chunk)
+        seen["tokens"] += sum(r.n_tokens for prep in prepared for r in prep.rows)
+        rest = total_chars - seen["chars"]
+        ratio = seen["tokens"] / max(seen["chars"], 1)
+        bar.set_total(seen["tokens"] + round(rest * ratio))
+
+    def report(i: int, batch: Any, added: int) -> None:
+        if not bar.terminal:
+            bar.say(
                 f"committed batch {i + 1}/{len(batches)}: {added} responses, "
-                f"{batch.n_tokens} tokens, {rate:,.0f} tok/s"
+                f"{batch.n_tokens:,} tokens"
             )
 
     try:
         with (
-            bar,
+            progress("scoring", None, "tokens", quiet=not progress_bar) as bar,
             ThreadPoolExecutor(max_workers=1) as tokenizer_pool,
             ThreadPoolExecutor(max_workers=1) as writer,
         ):
-            task = bar.add_task("score", total=sum(len(p.text) for p in pending) or 1, tps="-")
             in_flight = None
             future = tokenizer_pool.submit(scorer.prepare, batches[0]) if batches else None
             for i, chunk in enumerate(batches):
                 assert future is not None
                 prepared, counts = future.result()
+                planned(chunk, prepared)
                 future = (
                     tokenizer_pool.submit(scorer.prepare, batches[i + 1])
                     if i + 1 < len(batches)
@@ -372,12 +361,12 @@ def _score_batches(
                 for k, v in counts.items():
                     if k.startswith("skipped:"):
                         skips[k] = skips.get(k, 0) + v
-                batch = scorer.score_prepared(prepared, counts)
+                batch = scorer.score_prepared(prepared, counts, bar.advance)
                 if in_flight is not None:
-                    report(*in_flight[1:], in_flight[0].result())
-                in_flight = (writer.submit(commit, batch), i, chunk, batch)
+                    report(in_flight[1], in_flight[2], in_flight[0].result())
+                in_flight = (writer.submit(commit, batch), i, batch)
             if in_flight is not None:
-                report(*in_flight[1:], in_flight[0].result())
+                report(in_flight[1], in_flight[2], in_flight[0].result())
     finally:
         if shared is not None:
             shared.close()  # the writer thread has finished: the executor waited for it
