@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.session import Target, session
 
-from . import shards
+from . import shard_files, shard_keys, shard_merge, shard_units
 
 if TYPE_CHECKING:
     from psystats.scoring.engine import ScoreBatch, Scorer
@@ -196,10 +196,10 @@ def _merge_leftovers(con, run_id: int, rdir: Path) -> tuple[int, int]:
     participants are still pending and get scored again.
     """
     units = added = 0
-    for mpath in shards.finished_units(rdir).values():
+    for mpath in shard_files.finished_units(rdir).values():
         try:
-            _, n_added, _ = shards.merge_unit(con, run_id, mpath)
-        except shards.ShardError as e:
+            _, n_added, _ = shard_merge.merge_unit(con, run_id, mpath)
+        except shard_keys.ShardError as e:
             print(f"[psystats ray] discarding damaged shard {mpath.name}: {e}", file=sys.stderr)
             mpath.unlink(missing_ok=True)
             continue
@@ -240,7 +240,7 @@ def run_ray(
     machine belongs to, ``"ray://host:10001"`` connects a remote client.
     ``num_workers`` defaults to every GPU (or CPU when
     ``num_gpus_per_worker=0``) the cluster has.  Shards are kept under
-    ``out_dir/run-<hash>/`` (see ``scoring.shards``); ``force=True`` starts a
+    ``out_dir/run-<hash>/`` (see ``scoring.shard_files``); ``force=True`` starts a
     new run and discards shards of the old one.
     """
     import ray
@@ -278,8 +278,8 @@ def run_ray(
                 )
         settings, fingerprints = first["settings"], first["fingerprints"]
 
-        key = shards.run_key(model, condition, selection, settings, fingerprints)
-        rdir = shards.run_dir(out_dir, key, settings)
+        key = shard_keys.run_key(model, condition, selection, settings, fingerprints)
+        rdir = shard_keys.run_dir(out_dir, key, settings)
         with session(db) as con:
             run_id, complete = start_run(
                 con,
@@ -302,8 +302,8 @@ def run_ray(
         by_key = {p.participant_key: p for p in pending}
         token_counts = _count_tokens(actors, pending)
         total_tokens = sum(token_counts.values())
-        target = unit_tokens or shards.auto_unit_tokens(total_tokens, n_workers)
-        units = shards.make_units(token_counts, target, prefix="ray-")
+        target = unit_tokens or shard_units.auto_unit_tokens(total_tokens, n_workers)
+        units = shard_units.make_units(token_counts, target, prefix="ray-")
         # Largest first: the long units start early and the small ones fill the gaps.
         queue = sorted(units, key=lambda u: (-u.n_tokens, u.unit_id))
         keep = max(1, len(queue))  # fewer units than workers: free the GPUs
@@ -317,7 +317,7 @@ def run_ray(
         # again on every pass (see scoring.runs).  write_batch adds the others.
         unit_counts: list[dict] = []
         attempts: dict[str, int] = {}
-        in_flight: dict[Any, tuple[Any, shards.WorkUnit]] = {}
+        in_flight: dict[Any, tuple[Any, shard_units.WorkUnit]] = {}
         idle = list(actors)
 
         def submit() -> None:
@@ -352,10 +352,10 @@ def run_ray(
                     continue
                 batch: ScoreBatch = out["batch"]
                 participants = [by_key[k] for k in unit.participant_keys]
-                mpath = shards.manifest_path(rdir, unit.unit_id)
-                shards.write_shard(rdir, key, unit, batch, participants, seconds=out["seconds"])
+                mpath = shard_files.manifest_path(rdir, unit.unit_id)
+                shard_files.write_shard(rdir, key, unit, batch, participants, seconds=out["seconds"])
                 with session(db) as con:  # the file is open only while a unit is merged
-                    _, added, _ = shards.merge_unit(con, run_id, mpath)
+                    _, added, _ = shard_merge.merge_unit(con, run_id, mpath)
                 unit_counts.append(batch.counts or {})
                 state.units_done += 1
                 state.tokens_done += unit.n_tokens
@@ -368,10 +368,10 @@ def run_ray(
             # Units still in flight die with their actors (killed below).
             if not isinstance(e, KeyboardInterrupt):
                 with session(db) as con:
-                    _fail_run(con, run_id, shards.sum_counts(unit_counts), e)
+                    _fail_run(con, run_id, shard_merge.sum_counts(unit_counts), e)
             raise
 
-        result.counts = shards.sum_counts(unit_counts)
+        result.counts = shard_merge.sum_counts(unit_counts)
         with session(db) as con:
             finish_run(con, run_id, result.counts, status="complete")
         result.units = len(units)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
+from psystats.scoring.config import ScorerConfig
+from psystats.scoring.render import CONDITION_HELP
+from psystats.scoring.runner import RunOptions
+
 from .common import db_option, db_path, friendly_errors
+
+# The only defaults are the configuration classes': the options show them.
+_C = ScorerConfig
+_R = RunOptions
 
 
 @click.command()
@@ -16,10 +24,11 @@ from .common import db_option, db_path, friendly_errors
 )
 @click.option(
     "--condition",
-    type=click.Choice(["plain", "chat", "persona"]),
-    default="plain",
+    default=_C.condition,
     show_default=True,
-    help="How transcripts are rendered (see docs/scoring.md).",
+    metavar="CONDITION",
+    help=f"How transcripts are rendered: {CONDITION_HELP}. history:K scores each response "
+    "with every earlier response but the K most recent removed (docs/scoring.md).",
 )
 @db_option
 @click.option("--study", "studies", multiple=True, help="Only these studies (repeatable).")
@@ -27,7 +36,31 @@ from .common import db_option, db_path, friendly_errors
     "--experiment", "experiments", multiple=True, help="Only these experiments (repeatable)."
 )
 @click.option(
-    "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps."
+    "--participants",
+    "sample_participants",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Score a seeded sample: N participants per experiment (a first look; the run "
+    "records it as a sample, see docs/scoring.md).",
+)
+@click.option(
+    "--sample",
+    "sample_fraction",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Score a seeded sample: this fraction of each experiment's participants "
+    "(with --participants: the fewer of the two).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of --participants / --sample [default: 0]; the same seed picks the same people.",
+)
+@click.option(
+    "--device", default=_C.device, show_default=True, help="torch device: cpu, cuda, cuda:1, mps."
 )
 @click.option(
     "--device-map",
@@ -58,21 +91,21 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float64", "bfloat16", "float16"]),
-    default="float32",
+    default=_C.dtype,
     show_default=True,
     help="Weights and activations dtype.",
 )
 @click.option(
     "--token-budget",
     type=int,
-    default=16384,
+    default=_C.token_budget,
     show_default=True,
     help="Most tokens per forward pass when packing (halved automatically on out-of-memory).",
 )
 @click.option(
     "--packing",
     type=click.Choice(["auto", "packed", "none"]),
-    default="auto",
+    default=_C.packing,
     show_default=True,
     help="Several transcripts per forward with a document mask (packed), or one each "
     "(none). auto: packed on CUDA, none on CPU.",
@@ -80,7 +113,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--attention",
     type=click.Choice(["auto", "flex", "dense"]),
-    default="auto",
+    default=_C.attention,
     show_default=True,
     help="Mask for packed forwards: flex (FlexAttention block mask, no N x N mask) or "
     "dense (boolean mask + SDPA). auto: flex on CUDA where the model supports it.",
@@ -95,7 +128,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--compile-bucket",
     type=int,
-    default=4096,
+    default=_C.compile_bucket,
     show_default=True,
     help="With --compile: pad packed forwards to a multiple of this many tokens.",
 )
@@ -108,7 +141,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--context-policy",
     type=click.Choice(["skip", "window"]),
-    default="skip",
+    default=_C.context_policy,
     show_default=True,
     help="Transcripts longer than the context: skip them (counted), or score them in "
     "overlapping windows.",
@@ -123,7 +156,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--tokenization",
     type=click.Choice(["segments", "whole"]),
-    default="segments",
+    default=_C.tokenization,
     show_default=True,
     help="segments: context and responses tokenised separately (no boundary leaks); "
     "whole: the seed study's whole-text tokenisation with offset mapping.",
@@ -153,7 +186,7 @@ from .common import db_option, db_path, friendly_errors
 )
 @click.option(
     "--bow-correction/--no-bow-correction",
-    default=True,
+    default=_C.bow_correction,
     show_default=True,
     help="With --word-level: the beginning-of-word correction (Pimentel & Meister 2024) "
     "for tokenizers whose tokens carry their leading space.",
@@ -189,7 +222,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--commit-chars",
     type=int,
-    default=200_000,
+    default=_R.commit_chars,
     show_default=True,
     help="Transcript characters per committed batch (what an interruption can lose).",
 )
@@ -221,7 +254,7 @@ from .common import db_option, db_path, friendly_errors
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default="psystats-shards",
+    default=_R.out_dir,
     show_default=True,
     help="Shard folder for --shard and --engine ray.",
 )
@@ -229,7 +262,8 @@ from .common import db_option, db_path, friendly_errors
     "--cpu-threads",
     type=int,
     default=None,
-    help="torch CPU threads [default: torch's choice]; 1 is often fastest on a busy machine.",
+    help="torch CPU threads [default: the physical cores]; on a machine busy with other "
+    "work, 1 is often fastest (BENCHMARKS.md).",
 )
 @click.option(
     "--num-workers",
@@ -244,7 +278,12 @@ from .common import db_option, db_path, friendly_errors
     help="Tokens per work unit (one shard each) for --engine ray / --shard "
     "[default: ray: about 8 units per worker; shard: 200000].",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--recheck",
+    is_flag=True,
+    help="Run the start-up self-check even if this model and configuration passed it before.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no messages.")
 @friendly_errors
 def score(
     model_name: str,
@@ -252,6 +291,9 @@ def score(
     db: str | None,
     studies: tuple[str, ...],
     experiments: tuple[str, ...],
+    sample_participants: int | None,
+    sample_fraction: float | None,
+    seed: int | None,
     device: str,
     device_map: str | None,
     max_memory: tuple[str, ...],
@@ -287,6 +329,7 @@ def score(
     cpu_threads: int | None,
     num_workers: int | None,
     unit_tokens: int | None,
+    recheck: bool,
     quiet: bool,
 ) -> None:
     """Score every selected human response with a language model.
@@ -324,34 +367,20 @@ def score(
           --address auto --gpus-per-model 4 --out /scratch/shards
     """
 
+    from psystats.scoring.errors import ScoringError
     from psystats.scoring.loader import gpus_per_model_options, parse_max_memory
+    from psystats.scoring.runner import RunOptionsError
     from psystats.scoring.runner import score as run_scoring
+    from psystats.scoring.sample import SampleSpec
 
-    # Checked before anything loads: a typo costs a second, not a model load.
+    # Everything is checked before anything loads: a typo costs a second, not a model load.
     memory = parse_max_memory(list(max_memory))
     per_model, device_map = gpus_per_model_options(gpus_per_model, device_map, engine)
     if per_model is not None:
         num_gpus_per_worker = per_model
-
-    if cpu_threads:
-        import torch
-
-        torch.set_num_threads(cpu_threads)
-    if shard:
-        engine = "shard"
-
-    def say(message: str) -> None:
-        if not quiet:
-            click.echo(message, err=True)
-
-    outcome = run_scoring(
-        db_path(db),
-        model_name,
-        condition=condition,
-        studies=studies,
-        experiments=experiments,
-        engine=engine,
-        scorer_options=dict(
+    try:
+        config = ScorerConfig(
+            condition=condition,
             device=device,
             dtype=dtype,
             token_budget=token_budget,
@@ -360,38 +389,53 @@ def score(
             stride=stride,
             tokenization=tokenization,
             token_level=token_level,
-            # Only when asked: runs started before these options keep their keys.
-            **({"entropy": True} if token_entropy else {}),
-            **({"rank": True} if token_rank else {}),
-            **(dict(word_level=True, bow_correction=bow_correction) if word_level else {}),
+            entropy=token_entropy,
+            rank=token_rank,
+            word_level=word_level,
+            bow_correction=bow_correction,
             packing=packing,
             system_prompt=system_prompt,
             attention=attention,
             compile=compile_model,
             compile_bucket=compile_bucket,
-            **(
-                dict(device_map=device_map, max_memory=memory, offload_folder=offload_folder)
-                if device_map is not None
-                else {}
+            device_map=device_map,
+            max_memory=memory if device_map is not None else None,
+            offload_folder=offload_folder if device_map is not None else None,
+            cpu_threads=cpu_threads,
+            trust_remote_code=trust_remote_code or None,
+            recheck=recheck,
+        )
+        sample = None
+        if sample_participants is not None or sample_fraction is not None:
+            sample = SampleSpec(sample_participants, sample_fraction, 0 if seed is None else seed)
+        elif seed is not None:
+            raise RunOptionsError("--seed chooses a sample: give --participants N or --sample F")
+        run = RunOptions(
+            studies=studies,
+            experiments=experiments,
+            sample=sample,
+            engine=engine,
+            shard=shard,
+            out_dir=out_dir,
+            unit_tokens=unit_tokens,
+            commit_chars=commit_chars,
+            force=force,
+            option_decls=option_decls,
+            options_file=options_file,
+            detect_options=not no_detect_options,
+            ray=dict(
+                address=address,
+                num_workers=num_workers,
+                num_gpus_per_worker=num_gpus_per_worker,
+                num_cpus_per_worker=cpu_threads or 1,
             ),
-        ),
-        option_decls=option_decls,
-        options_file=options_file,
-        detect_options=not no_detect_options,
-        trust_remote_code=trust_remote_code,
-        force=force,
-        commit_chars=commit_chars,
-        shard=shard,
-        out_dir=out_dir,
-        unit_tokens=unit_tokens,
-        ray_options=dict(
-            address=address,
-            num_workers=num_workers,
-            num_gpus_per_worker=num_gpus_per_worker,
-            num_cpus_per_worker=cpu_threads or 1,
-            quiet=quiet,
-        ),
-        say=say,
-        progress_bar=not quiet,
-    )
+        )
+    except ScoringError as e:
+        raise click.UsageError(str(e)) from None
+
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+
+    outcome = run_scoring(db_path(db), model_name, config, run, say=say, quiet=quiet)
     click.echo(outcome.message)
