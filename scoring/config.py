@@ -64,7 +64,10 @@ def physical_cores() -> int:
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ScorerConfigError(f"--{name} {value!r}: choose from {', '.join(choices)}")
+        label = name.replace("-", " ")
+        raise ScorerConfigError(
+            f"unknown {label} {value!r} (--{name}); choose from {', '.join(choices)}"
+        )
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:

@@ -44,7 +44,7 @@ from psystats.warehouse.session import Target, session
 from . import shard_files, shard_keys, shard_merge, shard_units
 
 if TYPE_CHECKING:
-    from psystats.scoring.engine import ScoreBatch, Scorer
+    from psystats.scoring.engine import ModelScorer, ScoreBatch
     from psystats.scoring.inputs import ParticipantInput
 
 # How often a unit is handed to a new actor after the actor running it died
@@ -61,7 +61,7 @@ class ScoringWorker:
     Ray restarts the actor.
     """
 
-    def __init__(self, factory: Callable[[], Scorer], cpu_threads: int | None = None):
+    def __init__(self, factory: Callable[[], ModelScorer], cpu_threads: int | None = None):
         if cpu_threads:
             import torch
 
@@ -211,7 +211,7 @@ def _merge_leftovers(con, run_id: int, rdir: Path) -> tuple[int, int]:
 def run_ray(
     db: Target,
     model: Mapping[str, Any],
-    scorer_factory: Callable[[], Scorer],
+    scorer_factory: Callable[[], ModelScorer],
     *,
     condition: str,
     selection: Mapping[str, Any] | None,
@@ -353,7 +353,9 @@ def run_ray(
                 batch: ScoreBatch = out["batch"]
                 participants = [by_key[k] for k in unit.participant_keys]
                 mpath = shard_files.manifest_path(rdir, unit.unit_id)
-                shard_files.write_shard(rdir, key, unit, batch, participants, seconds=out["seconds"])
+                shard_files.write_shard(
+                    rdir, key, unit, batch, participants, seconds=out["seconds"]
+                )
                 with session(db) as con:  # the file is open only while a unit is merged
                     _, added, _ = shard_merge.merge_unit(con, run_id, mpath)
                 unit_counts.append(batch.counts or {})

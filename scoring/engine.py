@@ -108,8 +108,11 @@ class ModelScorer(Protocol):
     "loaded ..." line.
     """
 
-    settings: dict
-    fingerprints: dict
+    @property
+    def settings(self) -> dict: ...
+
+    @property
+    def fingerprints(self) -> dict: ...
 
     def count_tokens(self, p: ParticipantInput) -> int: ...
 
