@@ -350,8 +350,15 @@ def score(
     larger than one GPU (--device-map) and adapters registered with
     `models add BASE --adapter PATH` all score this way (docs/scoring.md).
 
+    --participants N / --sample F score a seeded sample per experiment for a
+    first look (recorded as a sample: score_runs.sample_spec); --condition
+    history:K removes every earlier response but the K most recent.
+
     \b
     Examples:
+      psystats score --model ./SmolLM2-135M-Instruct.Q4_1.gguf --study franke2024bayesian \\
+          --participants 5
+      psystats score --model Qwen/Qwen3-8B-Base --condition history:0 --device cuda
       psystats score --model Qwen/Qwen3-8B-Base --condition plain --device cuda --dtype bfloat16
       psystats score --model Qwen/Qwen3-8B-Base --device cuda --dtype bfloat16 --compile \
           --token-budget 65536 --commit-chars 2000000
