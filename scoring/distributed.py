@@ -261,22 +261,7 @@ def run_ray(
             max_task_retries=max_restarts,
         )
         actors = [Worker.remote(scorer_factory, cpu_threads) for _ in range(n_workers)]
-
-        # Every actor must see the same model: a node with other weights or
-        # another tokenizer would silently mix two models' scores in one run.
-        try:
-            described = ray.get([a.describe.remote() for a in actors])
-        except ray.exceptions.RayActorError as e:
-            raise WarehouseError(f"a Ray worker could not load the model: {e}") from None
-        first = described[0]
-        for d in described[1:]:
-            if d["settings"] != first["settings"] or d["fingerprints"] != first["fingerprints"]:
-                raise WarehouseError(
-                    f"Ray worker on {d['host']} loaded a different model or settings than "
-                    f"{first['host']} ({d['fingerprints']} vs {first['fingerprints']}): "
-                    f"make every node see the same model files"
-                )
-        settings, fingerprints = first["settings"], first["fingerprints"]
+        settings, fingerprints = _same_model_everywhere(actors)
 
         key = shard_keys.run_key(model, condition, selection, settings, fingerprints)
         rdir = shard_keys.run_dir(out_dir, key, settings)
@@ -299,81 +284,27 @@ def run_ray(
         with session(db) as con:
             result.resumed_units, result.rows_added = _merge_leftovers(con, run_id, rdir)
             pending = pending_participants(con, run_id, list(inputs))
-        by_key = {p.participant_key: p for p in pending}
         token_counts = _count_tokens(actors, pending)
         total_tokens = sum(token_counts.values())
         target = unit_tokens or shard_units.auto_unit_tokens(total_tokens, n_workers)
         units = shard_units.make_units(token_counts, target, prefix="ray-")
-        # Largest first: the long units start early and the small ones fill the gaps.
-        queue = sorted(units, key=lambda u: (-u.n_tokens, u.unit_id))
-        keep = max(1, len(queue))  # fewer units than workers: free the GPUs
+        keep = max(1, len(units))  # fewer units than workers: free the GPUs
         for extra in actors[keep:]:
             ray.kill(extra)
         actors = actors[:keep]
 
+        dispatch = _Dispatch(db, run_id, rdir, key, pending, actors, unit_attempts)
         state = Progress(units_total=len(units), tokens_total=total_tokens)
-        # Skip counts (persona without metadata, ...) come from this pass
-        # only: skipped participants have no scores, so they are pending
-        # again on every pass (see scoring.runs).  write_batch adds the others.
-        unit_counts: list[dict] = []
-        attempts: dict[str, int] = {}
-        in_flight: dict[Any, tuple[Any, shard_units.WorkUnit]] = {}
-        idle = list(actors)
-
-        def submit() -> None:
-            while idle and queue:
-                actor, unit = idle.pop(0), queue.pop(0)
-                attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
-                ref = actor.score.remote(unit.unit_id, [by_key[k] for k in unit.participant_keys])
-                in_flight[ref] = (actor, unit)
-
         try:
-            submit()
-            while in_flight:
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                ref = done[0]
-                actor, unit = in_flight.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
-                    # The actor used up its restarts: retire it, give the unit to another.
-                    state.retries += 1
-                    if attempts[unit.unit_id] >= unit_attempts:
-                        raise WarehouseError(
-                            f"work unit {unit.unit_id} ({len(unit.participant_keys)} "
-                            f"participants, {unit.n_tokens:,} tokens): its worker died for good "
-                            f"{attempts[unit.unit_id]} times (after Ray's restarts); last error: "
-                            f"{e}"
-                        ) from None
-                    queue.insert(0, unit)
-                    if not idle and not in_flight:
-                        raise WarehouseError("every Ray worker died; see the Ray logs") from None
-                    submit()
-                    continue
-                batch: ScoreBatch = out["batch"]
-                participants = [by_key[k] for k in unit.participant_keys]
-                mpath = shard_files.manifest_path(rdir, unit.unit_id)
-                shard_files.write_shard(
-                    rdir, key, unit, batch, participants, seconds=out["seconds"]
-                )
-                with session(db) as con:  # the file is open only while a unit is merged
-                    _, added, _ = shard_merge.merge_unit(con, run_id, mpath)
-                unit_counts.append(batch.counts or {})
-                state.units_done += 1
-                state.tokens_done += unit.n_tokens
-                state.rows_added += added
-                idle.append(actor)
-                submit()
-                if progress:
-                    progress(state)
+            dispatch.run(units, state, progress)
         except BaseException as e:
             # Units still in flight die with their actors (killed below).
             if not isinstance(e, KeyboardInterrupt):
                 with session(db) as con:
-                    _fail_run(con, run_id, shard_merge.sum_counts(unit_counts), e)
+                    _fail_run(con, run_id, shard_merge.sum_counts(dispatch.unit_counts), e)
             raise
 
-        result.counts = shard_merge.sum_counts(unit_counts)
+        result.counts = shard_merge.sum_counts(dispatch.unit_counts)
         with session(db) as con:
             finish_run(con, run_id, result.counts, status="complete")
         result.units = len(units)
@@ -390,6 +321,103 @@ def run_ray(
                 pass
         if started_ray:
             ray.shutdown()
+
+
+def _same_model_everywhere(actors: list) -> tuple[dict, dict]:
+    """The settings and fingerprints every actor loaded; an error if they differ.
+
+    Every actor must see the same model: a node with other weights or another
+    tokenizer would silently mix two models' scores in one run.
+    """
+    import ray
+
+    try:
+        described = ray.get([a.describe.remote() for a in actors])
+    except ray.exceptions.RayActorError as e:
+        raise WarehouseError(f"a Ray worker could not load the model: {e}") from None
+    first = described[0]
+    for d in described[1:]:
+        if d["settings"] != first["settings"] or d["fingerprints"] != first["fingerprints"]:
+            raise WarehouseError(
+                f"Ray worker on {d['host']} loaded a different model or settings than "
+                f"{first['host']} ({d['fingerprints']} vs {first['fingerprints']}): "
+                f"make every node see the same model files"
+            )
+    return first["settings"], first["fingerprints"]
+
+
+class _Dispatch:
+    """Units to actors, largest first; each finished unit written as a shard and merged.
+
+    Skip counts (persona without metadata, ...) come from this pass only:
+    skipped participants have no scores, so they are pending again on every
+    pass (see scoring.runs).  write_batch adds the others.
+    """
+
+    def __init__(self, db: Target, run_id: int, rdir: Path, key: dict, pending, actors, attempts):
+        self.db, self.run_id, self.rdir, self.key = db, run_id, rdir, key
+        self.by_key = {p.participant_key: p for p in pending}
+        self.idle = list(actors)
+        self.max_attempts = attempts
+        self.attempts: dict[str, int] = {}
+        self.in_flight: dict[Any, tuple[Any, shard_units.WorkUnit]] = {}
+        self.queue: list[shard_units.WorkUnit] = []
+        self.unit_counts: list[dict] = []
+
+    def submit(self) -> None:
+        while self.idle and self.queue:
+            actor, unit = self.idle.pop(0), self.queue.pop(0)
+            self.attempts[unit.unit_id] = self.attempts.get(unit.unit_id, 0) + 1
+            participants = [self.by_key[k] for k in unit.participant_keys]
+            self.in_flight[actor.score.remote(unit.unit_id, participants)] = (actor, unit)
+
+    def run(self, units, state: Progress, progress: Callable[[Progress], None] | None) -> None:
+        import ray
+
+        # Largest first: the long units start early and the small ones fill the gaps.
+        self.queue = sorted(units, key=lambda u: (-u.n_tokens, u.unit_id))
+        self.submit()
+        while self.in_flight:
+            done, _ = ray.wait(list(self.in_flight), num_returns=1)
+            actor, unit = self.in_flight.pop(done[0])
+            try:
+                out = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                self._retry(unit, state, e)
+                continue
+            self._merge(unit, out, state)
+            self.idle.append(actor)
+            self.submit()
+            if progress:
+                progress(state)
+
+    def _retry(self, unit: shard_units.WorkUnit, state: Progress, e: BaseException) -> None:
+        """The actor used up its restarts: retire it, give the unit to another."""
+        state.retries += 1
+        if self.attempts[unit.unit_id] >= self.max_attempts:
+            raise WarehouseError(
+                f"work unit {unit.unit_id} ({len(unit.participant_keys)} "
+                f"participants, {unit.n_tokens:,} tokens): its worker died for good "
+                f"{self.attempts[unit.unit_id]} times (after Ray's restarts); last error: {e}"
+            ) from None
+        self.queue.insert(0, unit)
+        if not self.idle and not self.in_flight:
+            raise WarehouseError("every Ray worker died; see the Ray logs") from None
+        self.submit()
+
+    def _merge(self, unit: shard_units.WorkUnit, out: dict, state: Progress) -> None:
+        batch: ScoreBatch = out["batch"]
+        participants = [self.by_key[k] for k in unit.participant_keys]
+        mpath = shard_files.manifest_path(self.rdir, unit.unit_id)
+        shard_files.write_shard(
+            self.rdir, self.key, unit, batch, participants, seconds=out["seconds"]
+        )
+        with session(self.db) as con:  # the file is open only while a unit is merged
+            _, added, _ = shard_merge.merge_unit(con, self.run_id, mpath)
+        self.unit_counts.append(batch.counts or {})
+        state.units_done += 1
+        state.tokens_done += unit.n_tokens
+        state.rows_added += added
 
 
 def _fail_run(con, run_id: int, counts: dict, error: BaseException) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from psystats.scoring.config import ScorerConfig
@@ -285,53 +287,7 @@ _R = RunOptions
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display and no messages.")
 @friendly_errors
-def score(
-    model_name: str,
-    condition: str,
-    db: str | None,
-    studies: tuple[str, ...],
-    experiments: tuple[str, ...],
-    sample_participants: int | None,
-    sample_fraction: float | None,
-    seed: int | None,
-    device: str,
-    device_map: str | None,
-    max_memory: tuple[str, ...],
-    offload_folder: str | None,
-    gpus_per_model: int | None,
-    dtype: str,
-    token_budget: int,
-    packing: str,
-    attention: str,
-    compile_model: bool,
-    compile_bucket: int,
-    max_context: int | None,
-    context_policy: str,
-    stride: int | None,
-    tokenization: str,
-    token_level: bool,
-    token_entropy: bool,
-    token_rank: bool,
-    word_level: bool,
-    bow_correction: bool,
-    option_decls: tuple[str, ...],
-    options_file: str | None,
-    no_detect_options: bool,
-    system_prompt: str | None,
-    trust_remote_code: bool,
-    force: bool,
-    commit_chars: int,
-    engine: str,
-    address: str | None,
-    num_gpus_per_worker: float,
-    shard: str | None,
-    out_dir: str,
-    cpu_threads: int | None,
-    num_workers: int | None,
-    unit_tokens: int | None,
-    recheck: bool,
-    quiet: bool,
-) -> None:
+def score(**opts: Any) -> None:
     """Score every selected human response with a language model.
 
     For each response: summed NLL (nats) of its tokens given everything
@@ -375,74 +331,86 @@ def score(
     """
 
     from psystats.scoring.errors import ScoringError
-    from psystats.scoring.loader import gpus_per_model_options, parse_max_memory
-    from psystats.scoring.runner import RunOptionsError
     from psystats.scoring.runner import score as run_scoring
-    from psystats.scoring.sample import SampleSpec
 
     # Everything is checked before anything loads: a typo costs a second, not a model load.
-    memory = parse_max_memory(list(max_memory))
-    per_model, device_map = gpus_per_model_options(gpus_per_model, device_map, engine)
-    if per_model is not None:
-        num_gpus_per_worker = per_model
     try:
-        config = ScorerConfig(
-            condition=condition,
-            device=device,
-            dtype=dtype,
-            token_budget=token_budget,
-            max_context=max_context,
-            context_policy=context_policy,
-            stride=stride,
-            tokenization=tokenization,
-            token_level=token_level,
-            entropy=token_entropy,
-            rank=token_rank,
-            word_level=word_level,
-            bow_correction=bow_correction,
-            packing=packing,
-            system_prompt=system_prompt,
-            attention=attention,
-            compile=compile_model,
-            compile_bucket=compile_bucket,
-            device_map=device_map,
-            max_memory=memory if device_map is not None else None,
-            offload_folder=offload_folder if device_map is not None else None,
-            cpu_threads=cpu_threads,
-            trust_remote_code=trust_remote_code or None,
-            recheck=recheck,
-        )
-        sample = None
-        if sample_participants is not None or sample_fraction is not None:
-            sample = SampleSpec(sample_participants, sample_fraction, 0 if seed is None else seed)
-        elif seed is not None:
-            raise RunOptionsError("--seed chooses a sample: give --participants N or --sample F")
-        run = RunOptions(
-            studies=studies,
-            experiments=experiments,
-            sample=sample,
-            engine=engine,
-            shard=shard,
-            out_dir=out_dir,
-            unit_tokens=unit_tokens,
-            commit_chars=commit_chars,
-            force=force,
-            option_decls=option_decls,
-            options_file=options_file,
-            detect_options=not no_detect_options,
-            ray=dict(
-                address=address,
-                num_workers=num_workers,
-                num_gpus_per_worker=num_gpus_per_worker,
-                num_cpus_per_worker=cpu_threads or 1,
-            ),
-        )
+        config, run = _configs(opts)
     except ScoringError as e:
         raise click.UsageError(str(e)) from None
+    quiet = opts["quiet"]
 
     def say(message: str) -> None:
         if not quiet:
             click.echo(message, err=True)
 
-    outcome = run_scoring(db_path(db), model_name, config, run, say=say, quiet=quiet)
+    outcome = run_scoring(
+        db_path(opts["db"]), opts["model_name"], config, run, say=say, quiet=quiet
+    )
     click.echo(outcome.message)
+
+
+def _configs(o: dict[str, Any]) -> tuple[ScorerConfig, RunOptions]:
+    """The scorer's configuration and the run's options, from the command's options."""
+    from psystats.scoring.loader import gpus_per_model_options, parse_max_memory
+    from psystats.scoring.runner import RunOptionsError
+    from psystats.scoring.sample import SampleSpec
+
+    memory = parse_max_memory(list(o["max_memory"]))
+    per_model, device_map = gpus_per_model_options(
+        o["gpus_per_model"], o["device_map"], o["engine"]
+    )
+    gpus_per_worker = per_model if per_model is not None else o["num_gpus_per_worker"]
+    config = ScorerConfig(
+        condition=o["condition"],
+        device=o["device"],
+        dtype=o["dtype"],
+        token_budget=o["token_budget"],
+        max_context=o["max_context"],
+        context_policy=o["context_policy"],
+        stride=o["stride"],
+        tokenization=o["tokenization"],
+        token_level=o["token_level"],
+        entropy=o["token_entropy"],
+        rank=o["token_rank"],
+        word_level=o["word_level"],
+        bow_correction=o["bow_correction"],
+        packing=o["packing"],
+        system_prompt=o["system_prompt"],
+        attention=o["attention"],
+        compile=o["compile_model"],
+        compile_bucket=o["compile_bucket"],
+        device_map=device_map,
+        max_memory=memory if device_map is not None else None,
+        offload_folder=o["offload_folder"] if device_map is not None else None,
+        cpu_threads=o["cpu_threads"],
+        trust_remote_code=o["trust_remote_code"] or None,
+        recheck=o["recheck"],
+    )
+    n, fraction, seed = o["sample_participants"], o["sample_fraction"], o["seed"]
+    sample = None
+    if n is not None or fraction is not None:
+        sample = SampleSpec(n, fraction, 0 if seed is None else seed)
+    elif seed is not None:
+        raise RunOptionsError("--seed chooses a sample: give --participants N or --sample F")
+    run = RunOptions(
+        studies=o["studies"],
+        experiments=o["experiments"],
+        sample=sample,
+        engine=o["engine"],
+        shard=o["shard"],
+        out_dir=o["out_dir"],
+        unit_tokens=o["unit_tokens"],
+        commit_chars=o["commit_chars"],
+        force=o["force"],
+        option_decls=o["option_decls"],
+        options_file=o["options_file"],
+        detect_options=not o["no_detect_options"],
+        ray=dict(
+            address=o["address"],
+            num_workers=o["num_workers"],
+            num_gpus_per_worker=gpus_per_worker,
+            num_cpus_per_worker=o["cpu_threads"] or 1,
+        ),
+    )
+    return config, run
