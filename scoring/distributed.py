@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.progress import Reporter
 from psystats.warehouse.session import Target, session
 
 from . import shard_files, shard_keys, shard_merge, shard_units
@@ -117,19 +118,21 @@ class Progress:
         rate = self.tokens_per_second
         return (self.tokens_total - self.tokens_done) / rate if rate > 0 else None
 
-    def line(self) -> str:
-        eta = self.eta_seconds
-        eta_text = f"{eta / 60:.1f} min" if eta is not None else "?"
-        return (
-            f"units {self.units_done}/{self.units_total} · tokens {self.tokens_done:,}/"
-            f"{self.tokens_total:,} · {self.tokens_per_second:,.0f} tok/s · ETA {eta_text}"
-            + (f" · {self.retries} retried" if self.retries else "")
-        )
 
+def report_to(reporter: Reporter) -> Callable[[Progress], None]:
+    """A ``progress`` callback that shows the run on the one reporter (``warehouse.progress``).
 
-def print_progress(p: Progress) -> None:
-    """Default progress callback: one line per finished unit on stderr."""
-    print(f"[psystats ray] {p.line()}", file=sys.stderr, flush=True)
+    The reporter's clock starts when the units start (not while Ray starts
+    and the actors load the model), and it advances by tokens per finished unit.
+    """
+
+    def update(p: Progress) -> None:
+        if not reporter.running:
+            reporter.start(since=p.started)
+        reporter.set_total(p.tokens_total)
+        reporter.advance(p.tokens_done - reporter.done)
+
+    return update
 
 
 @dataclass
@@ -225,7 +228,7 @@ def run_ray(
     force: bool = False,
     max_restarts: int = 3,
     unit_attempts: int = DEFAULT_UNIT_ATTEMPTS,
-    progress: Callable[[Progress], None] | None = print_progress,
+    progress: Callable[[Progress], None] | None = None,
     ray_init_kwargs: Mapping[str, Any] | None = None,
 ) -> RayRunResult:
     """Score ``inputs`` with ``model`` on a Ray cluster and merge the results into the warehouse.

@@ -467,23 +467,27 @@ def _score_shard(
 def _score_ray(
     db: Target, plan: RunPlan, config: ScorerConfig, run: RunOptions, quiet: bool
 ) -> ScoreOutcome:
-    from .distributed import print_progress, run_ray
+    from .distributed import report_to, run_ray
 
     factory = functools.partial(build_scorer, plan.model, config, None)
-    # run_ray opens the warehouse only to start the run, merge each unit and close it.
-    r = run_ray(
-        db,
-        plan.model,
-        factory,
-        condition=config.condition,
-        selection=plan.selection,
-        inputs=plan.inputs,
-        out_dir=run.out_dir,
-        unit_tokens=run.unit_tokens,
-        force=run.force,
-        progress=None if quiet else print_progress,
-        **run.ray,
-    )
+    bar = progress("scoring", None, "tokens", quiet=quiet)
+    try:
+        # run_ray opens the warehouse only to start the run, merge each unit and close it.
+        r = run_ray(
+            db,
+            plan.model,
+            factory,
+            condition=config.condition,
+            selection=plan.selection,
+            inputs=plan.inputs,
+            out_dir=run.out_dir,
+            unit_tokens=run.unit_tokens,
+            force=run.force,
+            progress=report_to(bar),
+            **run.ray,
+        )
+    finally:
+        bar.close()
     out = ScoreOutcome(
         engine="ray",
         model=plan.model["name"],

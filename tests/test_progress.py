@@ -116,3 +116,17 @@ def test_formats():
     assert format_duration(3723) == "1:02:03"
     assert format_count(12345) == "12,345"
     assert format_count(2.5) == "2.5"
+
+
+def test_a_reporter_started_late_counts_from_its_start_and_one_never_started_says_nothing():
+    out, clock = io.StringIO(), Clock()
+    r = reporter(out, clock, terminal=False, interval=0)
+    r.close()  # never started (a run already complete): no "done" line
+    assert out.getvalue() == ""
+    out, clock = io.StringIO(), Clock()
+    r = reporter(out, clock, terminal=False, interval=0)
+    clock.t += 50  # workers starting, models loading: not scoring time
+    r.start(since=clock.t - 2)
+    r.advance(200)
+    r.close()
+    assert out.getvalue().splitlines()[-1] == "scoring: done, 200 tokens in 0:02 (100 tokens/s)"

@@ -82,6 +82,7 @@ class Reporter:
         self._started = clock()
         self._last_line: float | None = None
         self._closed = False
+        self.running = False  # started (and not yet closed)
         isatty = getattr(self.stream, "isatty", None)
         self.terminal = bool(isatty and isatty()) if terminal is None else terminal
         self._bar: Any = None
@@ -163,9 +164,10 @@ class Reporter:
     ) -> None:
         self.close(success=exc_type is None)
 
-    def start(self) -> None:
-        """Start the clock (and the bar, on a terminal)."""
-        self._started = self._clock()
+    def start(self, since: float | None = None) -> None:
+        """Start the clock (and the bar, on a terminal); ``since``: a start time on its clock."""
+        self._started = self._clock() if since is None else since
+        self.running = True
         if self.quiet or not self.terminal:
             return
         from rich.console import Console
@@ -237,11 +239,12 @@ class Reporter:
             if self._closed:
                 return
             self._closed = True
+            started, self.running = self.running, False
             if self._bar is not None:
                 self._bar.update(self._task, completed=self.done, **self._fields())
                 self._bar.stop()
                 self._bar = None
-            elif success and not self.quiet:
+            elif success and started and not self.quiet:
                 self._write(self.final_line())
 
 
