@@ -60,7 +60,8 @@ def check_condition(condition: str) -> None:
     if condition in CONDITIONS or condition == HISTORY + "all":
         return
     k = condition[len(HISTORY) :] if condition.startswith(HISTORY) else None
-    if k is not None and k.isascii() and k.isdigit():
+    # One spelling per window: "history:7", never "history:07".
+    if k is not None and k.isascii() and k.isdigit() and str(int(k)) == k:
         return
     raise ValueError(f"unknown condition; choose from {CONDITION_HELP}")
 
