@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .config import ScorerConfig
 from .forward import Results
-from .plan import Prepared, ranges
+from .rows import Prepared, ranges
 from .words import word_nlls
 
 SCORE_SCHEMA = pa.schema(

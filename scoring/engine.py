@@ -74,8 +74,9 @@ from .config import ScorerConfig
 from .errors import NonFiniteLogits, ScoringError
 from .forward import Forward
 from .inputs import ParticipantInput
-from .plan import Planner, Prepared
+from .plan import Planner
 from .render import render_settings
+from .rows import Prepared
 from .selfcheck import check_key, passed_before, remember_pass, self_check
 from .tokenize import Tokenized, check_segment_tokenizer, leading_special_ids
 from .words import bow_vocabulary, check_bow_tokenizer, check_offsets

@@ -21,7 +21,7 @@ import numpy as np
 from . import attention as attn
 from .config import ScorerConfig
 from .errors import NonFiniteLogits, ScoringError
-from .plan import KIND_OPTION, KIND_RESPONSE, MAIN, Prepared, Row
+from .rows import KIND_OPTION, KIND_RESPONSE, MAIN, Prepared, Row
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -35,15 +35,13 @@ their own (the window and the option's tokens).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .plan import KIND_OPTION, KIND_RESPONSE, OptionGroups, Prepared, Row
 from .render import Skip
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .plan import Planner
+from .rows import KIND_OPTION, KIND_RESPONSE, OptionGroups, Prepared, Row
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -73,29 +71,41 @@ def _reduced_contexts(text: str, spans, keep: int) -> tuple[str, list[str]]:
     return stripped, contexts
 
 
-def plan_history(planner: Planner, prep: Prepared, index: int) -> None:
-    """Rows of branches off the shared prefix for every response of ``prep`` (see above)."""
+def plan_history(
+    prep: Prepared,
+    index: int,
+    *,
+    keep: int,
+    tokenizer: Any,
+    prefix_ids: Sequence[int],
+    option_sets: Mapping[str, Sequence[str]],
+    option_ids: Mapping[str, list[np.ndarray]],
+    max_context: int,
+    token_budget: int,
+) -> None:
+    """Rows of branches off the shared prefix for every response of ``prep`` (see above).
+
+    ``prep`` holds the participant and its ``plain`` tokenisation (segments);
+    its rows (and option groups) are filled here.  Raises :class:`Skip` when
+    a reduced sequence does not fit ``max_context``.
+    """
     p = prep.p
-    assert p is not None and planner.history is not None
-    k = planner.history
+    assert p is not None
     tok = prep.tok
-    tokenizer = planner.tokenizer
-    prefix = np.asarray(planner.prefix_ids, np.int64)
-    stripped, contexts = _reduced_contexts(p.text, p.spans, k)
+    prefix = np.asarray(list(prefix_ids), np.int64)
+    stripped, contexts = _reduced_contexts(p.text, p.spans, keep)
     main = np.concatenate(
         [prefix, np.asarray(tokenizer(stripped, add_special_tokens=False)["input_ids"], np.int64)]
     )
     targets = [i for i in range(len(p.spans)) if tok.ends[i] > tok.starts[i]]
     enc = tokenizer([contexts[i] for i in targets], add_special_tokens=False)["input_ids"]
-    exp_options = planner.option_ids.get(p.experiment)
+    exp_options = option_ids.get(p.experiment)
     groups = (
-        OptionGroups(planner.config.option_sets[p.experiment], exp_options)
-        if exp_options is not None
-        else None
+        OptionGroups(option_sets[p.experiment], exp_options) if exp_options is not None else None
     )
     plans = []
     for i, ctx_ids in zip(targets, enc):
-        m = max(0, i - k)
+        m = max(0, i - keep)
         head = np.concatenate([prefix, np.asarray(ctx_ids, np.int64)])
         seq = np.concatenate([head, tok.input_ids[tok.starts[m] : tok.ends[i]]])
         s = len(head) + int(tok.starts[i] - tok.starts[m])  # response i in the reduced sequence
@@ -105,16 +115,15 @@ def plan_history(planner: Planner, prep: Prepared, index: int) -> None:
             raise Skip("response-at-start-without-bos")
         plans.append((i, seq, s, e, c))
     longest = max([0] + [len(ids) for ids in (exp_options or [])])
-    if any(len(seq) + longest > planner.max_context for _, seq, *_ in plans):
+    if any(len(seq) + longest > max_context for _, seq, *_ in plans):
         raise Skip("too-long")
-    _rows(planner, prep, index, main, plans, groups)
+    _rows(prep, index, main, plans, groups, token_budget)
     if groups is not None:
         groups.store(prep)
 
 
-def _rows(planner: Planner, prep: Prepared, index: int, main, plans, groups) -> None:
-    """Branches grouped into rows of at most ``token_budget`` tokens (one target at least)."""
-    budget = planner.config.token_budget
+def _rows(prep: Prepared, index: int, main, plans, groups, budget: int) -> None:
+    """Branches grouped into rows of at most ``budget`` tokens (one target at least)."""
     row: Row | None = None
     for i, seq, s, e, c in plans:
         size = e - 1 - c

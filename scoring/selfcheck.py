@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ScoringError
 from .forward import Forward, Results
-from .plan import KIND_OPTION, MAIN, Prepared, Row, ranges
+from .rows import KIND_OPTION, MAIN, Prepared, Row, ranges
 from .tokenize import Tokenized
 
 ENV_CACHE = "PSYSTATS_CACHE_DIR"
