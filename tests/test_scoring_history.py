@@ -155,7 +155,15 @@ def test_history_tokens_forwarded_stay_near_the_transcript(tiny_models, inputs):
 def test_history_options_are_checked_before_loading():
     from psystats.scoring.config import ScorerConfig, ScorerConfigError
 
-    for bad in ("history:", "history:-1", "history:x", "history:1.5", "history:07", "History:1", "hist"):
+    for bad in (
+        "history:",
+        "history:-1",
+        "history:x",
+        "history:1.5",
+        "history:07",
+        "History:1",
+        "hist",
+    ):
         with pytest.raises(ScorerConfigError, match="unknown condition"):
             ScorerConfig(condition=bad)
     with pytest.raises(ScorerConfigError, match="tokenization whole"):
