@@ -297,7 +297,9 @@ class Scorer:
     def _run_self_check(self, name: str) -> None:
         """The start-up self-check, unless this model and configuration passed it before."""
         facts = self._self_check_facts()
-        key = check_key(self.fingerprints, facts)
+        # A model passed in memory without files to fingerprint (benchmarks,
+        # notebooks) is checked every time: nothing identifies it across processes.
+        key = check_key(self.fingerprints, facts) if self.model_row.get("source") else None
         if not self.config.recheck and passed_before(key):
             self.self_checked = "cached"
             return
