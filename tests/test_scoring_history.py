@@ -55,7 +55,8 @@ def history_reference(model64, tokenizer, p, k: int, bos, options=None) -> list[
     return refs
 
 
-@pytest.mark.parametrize("k", [0, 1])
+# history:1 (40 s on the busy 2-core machine) runs with the slow tests; history:0 always.
+@pytest.mark.parametrize("k", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_history_equals_scoring_the_reduced_transcript(tiny_models, inputs, k):
     from psystats.scoring.engine import Scorer
 
@@ -99,6 +100,7 @@ def test_history_equals_scoring_the_reduced_transcript(tiny_models, inputs, k):
     )
 
 
+@pytest.mark.slow
 def test_history_option_scores_match_the_reference(tiny_models, inputs):
     from psystats.scoring.engine import Scorer
 
