@@ -341,6 +341,12 @@ CREATE TABLE word_scores (
 );
 """
 
+# Issue 22: a run that scored a seeded sample of its selection says so
+# (scoring/sample.py; e.g. 'participants=5 per experiment, seed=0'); NULL: a full run.
+MIGRATION_SAMPLE_SPEC = """
+ALTER TABLE score_runs ADD COLUMN sample_spec VARCHAR;
+"""
+
 MIGRATIONS: list[str] = [
     MIGRATION_1,
     MIGRATION_2,
@@ -350,5 +356,6 @@ MIGRATIONS: list[str] = [
     MIGRATION_SCORES_LAYOUT,
     MIGRATION_FINER_SCORES,
     MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
+    MIGRATION_SAMPLE_SPEC,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
