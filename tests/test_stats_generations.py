@@ -123,7 +123,7 @@ def test_slope_weights_are_least_squares():
     gen = pd.DataFrame(
         {"family": ["a", "a", "a", "b", "b"], "generation_order": [1.0, 2.0, 4.0, 2.0, 3.0]}
     )
-    w = _slope_weights(gen, ["a", "b"])
+    w = _slope_weights(gen, ["a", "b"], "generation_order")
     levels = np.array([0.3, 0.1, 0.5, 2.0, 1.0])
     ref_a = np.polyfit([1, 2, 4], levels[:3], 1)[0]
     ref_b = np.polyfit([2, 3], levels[3:], 1)[0]

@@ -341,6 +341,13 @@ CREATE TABLE word_scores (
 );
 """
 
+# Issue 19: the unit of every reported parameter (e.g. 'nats', 'nats per generation
+# step', 'nats per year', 'SD', 'logit'; psystats/stats/units.py); NULL where the
+# analysis did not record one (fits stored before this column, formula fits).
+MIGRATION_PARAM_UNITS = """
+ALTER TABLE fit_params ADD COLUMN unit VARCHAR;
+"""
+
 MIGRATIONS: list[str] = [
     MIGRATION_1,
     MIGRATION_2,
@@ -350,5 +357,6 @@ MIGRATIONS: list[str] = [
     MIGRATION_SCORES_LAYOUT,
     MIGRATION_FINER_SCORES,
     MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
+    MIGRATION_PARAM_UNITS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

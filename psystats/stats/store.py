@@ -234,6 +234,13 @@ def netcdf_attrs(path: str | os.PathLike) -> dict:
     return json.loads(raw) if raw else {}
 
 
+def param_units(units: Mapping[str, str] | None, summary: Any = None) -> dict[str, str]:
+    """``{parameter: unit}`` for ``fit_params.unit``: ``units``, else the summary's ``units``."""
+    if units is None and isinstance(summary, Mapping):
+        units = summary.get("units")
+    return {str(k): str(v) for k, v in units.items()} if isinstance(units, Mapping) else {}
+
+
 def save_fit(
     con,
     *,
@@ -255,6 +262,7 @@ def save_fit(
     element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     dropped: Any = None,
     notes: Sequence[str] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> int:
     """Write one fit: its ``fits`` row, its ``fit_params`` rows and its NetCDF; returns fit_id.
 
@@ -267,11 +275,14 @@ def save_fit(
     ``element_coords`` shape the ``fit_params`` labels and coords
     (:func:`summarise_posterior`).  ``dropped`` (terms left out, with the
     reason) and ``notes`` go into the NetCDF's record (:func:`netcdf_record`;
-    by default the summary's ``dropped_terms`` and ``notes``).
+    by default the summary's ``dropped_terms`` and ``notes``).  ``units``
+    maps a parameter to its unit (``fit_params.unit``; by default the
+    summary's ``units``, :mod:`.units`).
     """
     from psystats.warehouse.provenance import __version__
 
     params = summarise_posterior(idata, var_names, labels, element_coords)
+    params["unit"] = params["parameter"].map(param_units(units, summary))
     passed: bool | None
     if isinstance(diagnostics, Diagnostics):
         passed = diagnostics.passed
@@ -343,9 +354,9 @@ def save_fit(
             params.insert(0, "fit_id", fit_id)
             con.register("_psystats_fit_params", params)
             try:
+                cols = ", ".join([*PARAM_COLUMNS, "unit"])
                 con.execute(
-                    f"INSERT INTO fit_params ({', '.join(PARAM_COLUMNS)}) "
-                    f"SELECT {', '.join(PARAM_COLUMNS)} FROM _psystats_fit_params"
+                    f"INSERT INTO fit_params ({cols}) SELECT {cols} FROM _psystats_fit_params"
                 )
             finally:
                 con.unregister("_psystats_fit_params")
