@@ -291,3 +291,28 @@ def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
     with pytest.raises(Exception):
         save_fit(con, kind=None, idata=eight_idata, element_coords=override)
     assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 1
+
+
+def test_save_fit_writes_each_parameters_unit(eight_idata, db_path):
+    """fit_params.unit from the summary's units (or the keyword); NULL where none is given."""
+    from psystats.stats.store import save_fit
+
+    con = warehouse.connect(db_path)
+    units = {"mu": "nats", "theta": "nats per year"}
+    fid = save_fit(con, kind="test", idata=eight_idata, summary={"units": units})
+    rows = con.execute(
+        "SELECT DISTINCT parameter, unit FROM fit_params WHERE fit_id = ? ORDER BY parameter",
+        [fid],
+    ).fetchall()
+    assert rows == [("mu", "nats"), ("tau", None), ("theta", "nats per year"), ("z", None)]
+    # The keyword wins over the summary.
+    fid2 = save_fit(
+        con, kind="test", idata=eight_idata, summary={"units": units}, units={"tau": "SD"}
+    )
+    got = dict(
+        con.execute(
+            "SELECT DISTINCT parameter, unit FROM fit_params WHERE fit_id = ?", [fid2]
+        ).fetchall()
+    )
+    assert got == {"mu": None, "tau": "SD", "theta": None, "z": None}
+    con.close()

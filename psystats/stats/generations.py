@@ -989,15 +989,20 @@ def simulate_generations(
     response_sd: float = 0.3,
     condition: str = "plain",
     seed: int = 0,
+    generation_scale: str = DEFAULT_GENERATION_SCALE,
+    release_dates: dict[str, Sequence[str]] | None = None,
 ) -> dict:
     """Write base and instruct models with known generational trends into ``con``.
 
     For every (family, generation order o): a base model and an instruct model
-    on top of it.  Per response of participant i in experiment e:
-    base NLL = 2 + a_e + base_slope_f (o - mean o_f) + u_i + noise and
-    post NLL = base NLL + gap_mean + gap_slope_f (o - mean o_f) + d_i with
+    on top of it.  With x the generation on ``generation_scale``
+    (:mod:`.generation_scale`; ``release_dates[family]``, aligned with its
+    orders, are the base models' dates), per response of participant i in
+    experiment e: base NLL = 2 + a_e + base_slope_f (x - mean x_f) + u_i + noise
+    and post NLL = base NLL + gap_mean + gap_slope_f (x - mean x_f) + d_i with
     d_i ~ N(0, difference_sd).  Every response in the warehouse is scored.
-    Returns the truth: ``base_slope``, ``gap_slope`` and ``gap`` by (family, generation).
+    Returns the truth: ``base_slope``, ``gap_slope`` (per unit of the scale)
+    and ``gap`` by (family, generation).
     """
     from psystats.warehouse.db import transaction
 
@@ -1021,10 +1026,16 @@ def simulate_generations(
         "gap_slope": dict(gap_slope),
         "gap": {},
     }
+    truth["generation_scale"] = generation_scale
     rows, runs = [], []
     for f, orders in families.items():
-        centre = float(np.mean(orders))
-        for o in orders:
+        dates = list((release_dates or {}).get(f, [None] * len(orders)))
+        on_scale = generation_values(
+            pd.DataFrame({"family": f, "generation_order": orders, "release_date": dates}),
+            generation_scale,
+        ).to_numpy(float)
+        centre = float(np.mean(on_scale))
+        for o, x, day in zip(orders, on_scale, dates):
             g = f"{o:g}"
             base, post = f"sim-{f}{g}-base", f"sim-{f}{g}-instruct"
             rows += [
@@ -1035,6 +1046,7 @@ def simulate_generations(
                     generation_order=float(o),
                     n_params=int(1e9),
                     post_training="base",
+                    release_date=day,
                 ),
                 dict(
                     name=post,
@@ -1046,8 +1058,8 @@ def simulate_generations(
                     base_model=base,
                 ),
             ]
-            b = base_level + base_slope[f] * (o - centre) + rng.normal(0.0, response_sd, len(resp))
-            gap = gap_mean + gap_slope[f] * (o - centre)
+            b = base_level + base_slope[f] * (x - centre) + rng.normal(0.0, response_sd, len(resp))
+            gap = gap_mean + gap_slope[f] * (x - centre)
             truth["gap"][cell_label(f, g)] = gap
             d = dict(zip(parts, rng.normal(gap, difference_sd, len(parts))))
             runs += [(base, b), (post, b + resp["participant_key"].map(d).to_numpy())]

@@ -446,12 +446,13 @@ def simulate_warehouse(
 
 def register_models(con, rows: Sequence[dict]) -> None:
     """Insert simulated models (name, family, generation, generation_order, n_params,
-    post_training, base_model; missing keys are NULL).  The caller holds the transaction."""
+    post_training, base_model, release_date; missing keys are NULL).  The caller holds
+    the transaction."""
     for m in rows:
         con.execute(
             "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
-            " n_params, post_training, base_model, inferred) VALUES (nextval('model_id_seq'),"
-            " ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            " n_params, post_training, base_model, inferred, release_date) VALUES"
+            " (nextval('model_id_seq'), ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 m["name"],
                 m.get("family"),
@@ -461,6 +462,7 @@ def register_models(con, rows: Sequence[dict]) -> None:
                 m["post_training"],
                 m.get("base_model"),
                 json.dumps({"simulated": True}),
+                m.get("release_date"),
             ],
         )
 
