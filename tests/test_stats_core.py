@@ -316,3 +316,26 @@ def test_save_fit_writes_each_parameters_unit(eight_idata, db_path):
     )
     assert got == {"mu": None, "tau": "SD", "theta": None, "z": None}
     con.close()
+
+
+def test_stats_internals_have_no_function_over_120_lines():
+    """Issue 20: small functions with one job; the statistics internals are measured here."""
+    import ast
+    from pathlib import Path
+
+    import psystats.stats as stats
+
+    folder = Path(stats.__file__).parent
+    modules = (
+        "effects_design effects_model effects_spec generations persona accuracy likelihoods "
+        "cells data base_cells option_groups simulate demo_study cohens_d generation_scale units"
+    ).split()
+    long = []
+    for name in modules:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 120:
+                    long.append(f"{name}.{node.name}: {n} lines")
+    assert not long, long

@@ -671,3 +671,33 @@ def test_design_is_its_definition():
         B = d.bases[term]
         np.testing.assert_allclose(B.T @ B, np.eye(B.shape[1]), atol=1e-10, err_msg=term)
         np.testing.assert_allclose(B @ B.T, P, atol=1e-10, err_msg=term)
+
+
+def test_simulated_warehouse_cells_scatter_as_their_standard_errors_say(db_path):
+    """The warehouse simulate_warehouse writes: each cell's mean, read back through
+    build_cells, sits around the truth (pair, domain, experiment effects) with variance
+    sigma_cell^2 + participant_sd^2 / n (benchmarks/bench_sim_check.py does this over
+    many seeds on the real layout)."""
+    from psystats.stats.cells import build_cells
+    from psystats.stats.simulate import add_synthetic_experiments, simulate_warehouse
+
+    con = warehouse.connect(db_path)
+    add_synthetic_experiments(con, n_experiments=8, participants=25, responses=2, seed=2)
+    sim = simulate_warehouse(
+        con, families=("a", "b"), generations=(1, 2, 3), types=("instruct", "reasoning"), seed=5
+    )
+    cells = build_cells(con)
+    con.close()
+    tr = sim.truth
+    dom = cells["domain"].fillna("(no domain)")
+    expected = (
+        cells["pair"].map(tr["pair_mean"])
+        + dom.map(tr["domain"])
+        + cells["experiment"].map(tr["experiment"])
+        + [tr["type_domain"].loc[t, d] for t, d in zip(cells["post_training"], dom)]
+    )
+    z = (cells["mean"] - expected) / np.sqrt(tr["sigma_cell"] ** 2 + 0.3**2 / cells["n"])
+    assert len(z) == 12 * 8 and z.notna().all()
+    assert abs(z.mean()) < 3 / np.sqrt(len(z)) and 0.75 < z.std() < 1.25, (z.mean(), z.std())
+    # The participants' own spread is what was simulated.
+    assert np.sqrt(cells["var"].mean()) == pytest.approx(0.3, rel=0.05)

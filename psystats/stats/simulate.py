@@ -316,7 +316,7 @@ def add_synthetic_experiments(
     return names
 
 
-def _simulated_models(
+def simulated_models(
     families: Sequence[str], generations: Sequence[int], types: Sequence[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(models, pairs): one base per (family, generation), one post-trained model per type."""
@@ -345,7 +345,7 @@ def _simulated_models(
     return models, pair_rows
 
 
-def _cell_means(design: pd.DataFrame, truth: dict, rng) -> dict[tuple[str, str], float]:
+def draw_cell_means(design: pd.DataFrame, truth: dict, rng) -> dict[tuple[str, str], float]:
     """Each cell's mean mu_cell under the truth, with its cell residual (sigma_cell) drawn."""
     mu = {}
     for row in design.itertuples():
@@ -361,7 +361,35 @@ def _cell_means(design: pd.DataFrame, truth: dict, rng) -> dict[tuple[str, str],
     return mu
 
 
-def _warehouse_responses(con) -> pd.DataFrame:
+def draw_scores(
+    resp: pd.DataFrame,
+    models: Sequence[dict],
+    pair_rows: Sequence[dict],
+    mu: dict[tuple[str, str], float],
+    rng,
+    participant_sd: float,
+) -> dict[str, np.ndarray]:
+    """Per-response NLL of every simulated model (aligned with ``resp``), as written.
+
+    Base models: 1 + Exponential(1) per response.  Post-trained models: their
+    base's NLL + d_i, with d_i ~ N(mu_cell, participant_sd) drawn per
+    participant, so a participant's mean difference is exactly d_i.
+    """
+    nll = {}
+    for m in models:
+        if m["base_model"] is None:
+            nll[m["name"]] = 1.0 + rng.exponential(1.0, len(resp))
+    participants = resp[["participant_key", "experiment"]].drop_duplicates()
+    for pr in pair_rows:
+        d = {
+            row.participant_key: rng.normal(mu[(pr["pair"], row.experiment)], participant_sd)
+            for row in participants.itertuples()
+        }
+        nll[pr["post_model"]] = nll[pr["base_model"]] + resp.participant_key.map(d).to_numpy()
+    return nll
+
+
+def warehouse_responses(con) -> pd.DataFrame:
     resp = con.execute(
         "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
         "FROM responses r LEFT JOIN experiments e USING (experiment) "
@@ -373,6 +401,18 @@ def _warehouse_responses(con) -> pd.DataFrame:
             "add_synthetic_experiments() first"
         )
     return pd.DataFrame(resp, columns=["response_id", "participant_key", "experiment", "domain"])
+
+
+def warehouse_design(
+    resp: pd.DataFrame, pair_rows: Sequence[dict], participant_sd: float
+) -> pd.DataFrame:
+    """The cell layout (pairs x the warehouse's experiments, n participants, domain)."""
+    n_by_exp = resp.groupby("experiment")["participant_key"].nunique()
+    exps = pd.DataFrame(
+        {"experiment": n_by_exp.index, "n": n_by_exp.to_numpy(), "s": participant_sd}
+    )
+    exps["domain"] = exps["experiment"].map(resp.groupby("experiment")["domain"].first())
+    return pd.DataFrame(list(pair_rows)).merge(exps, how="cross")
 
 
 def simulate_warehouse(
@@ -399,33 +439,21 @@ def simulate_warehouse(
     """
     base_condition = base_condition or post_condition
     rng = np.random.default_rng(seed)
-    resp = _warehouse_responses(con)
-    n_by_exp = resp.groupby("experiment")["participant_key"].nunique()
-    models, pair_rows = _simulated_models(families, generations, types)
-    exps = pd.DataFrame(
-        {"experiment": n_by_exp.index, "n": n_by_exp.to_numpy(), "s": participant_sd}
-    )
-    exps["domain"] = exps["experiment"].map(resp.groupby("experiment")["domain"].first())
-    design = pd.DataFrame(pair_rows).merge(exps, how="cross")
+    resp = warehouse_responses(con)
+    models, pair_rows = simulated_models(families, generations, types)
+    design = warehouse_design(resp, pair_rows, participant_sd)
     sim = simulate_cells(design=design, seed=seed, scales=scales)
     # Cell means mu (without sampling noise) are rebuilt from the truth and drawn per participant.
-    mu = _cell_means(design, sim.truth, rng)
-    participants = resp[["participant_key", "experiment"]].drop_duplicates()
+    mu = draw_cell_means(design, sim.truth, rng)
+    nll = draw_scores(resp, models, pair_rows, mu, rng, participant_sd)
     with transaction(con):
         register_models(con, models)
-        base_nll = {}
-        for m in models:
+        for m in models:  # bases first, then the post-trained models (run ids in that order)
             if m["base_model"] is None:
-                base_nll[m["name"]] = 1.0 + rng.exponential(1.0, len(resp))
-                write_run(con, m["name"], base_condition, resp.response_id, base_nll[m["name"]])
+                write_run(con, m["name"], base_condition, resp.response_id, nll[m["name"]])
         for pr in pair_rows:
-            d = {
-                row.participant_key: rng.normal(mu[(pr["pair"], row.experiment)], participant_sd)
-                for row in participants.itertuples()
-            }
-            shift = resp.participant_key.map(d).to_numpy()
-            nll = base_nll[pr["base_model"]] + shift
-            write_run(con, pr["post_model"], post_condition, resp.response_id, nll)
+            post = pr["post_model"]
+            write_run(con, post, post_condition, resp.response_id, nll[post])
     return sim
 
 
