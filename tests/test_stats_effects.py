@@ -609,22 +609,12 @@ def test_design_is_its_definition():
     """prepare()'s covariates and constraint bases against docs/model.md, computed here
     from the cell table alone: each basis is orthonormal and spans exactly its
     constraint subspace (projectors compared, so the choice of basis does not matter)."""
-    from psystats.stats.effects import EffectsSpec, prepare
+    from psystats.stats.effects import TERMS, EffectsSpec, prepare
     from psystats.stats.simulate import simulate_cells
 
     c = simulate_cells(24, 9, n_families=4, n_types=3, n_domains=3, seed=4).cells
     d = prepare(c, EffectsSpec())
-    assert set(d.active) == {
-        "type",
-        "family",
-        "size",
-        "generation",
-        "generation_family",
-        "domain",
-        "type_domain",
-        "experiment",
-        "pair",
-    }
+    assert d.active == list(TERMS)  # every term identified in this layout
     pairs = c.groupby("pair", sort=True).first()
     assert list(pairs.index) == d.coords["pair"]
     # Covariates: log size centred over pairs; rank within family, centred within family.

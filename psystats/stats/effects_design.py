@@ -459,33 +459,40 @@ def _type_domain_basis(coded: _Coded) -> np.ndarray:
     return constraint_basis(np.hstack([rows, cols]))
 
 
+def _single_cells(terms: _Terms, term: str, n_cells: pd.Series, one: str) -> bool:
+    """Drop ``term`` (and say so) when each of its levels has a single cell."""
+    if n_cells.max() >= 2:
+        return False
+    terms.drop(
+        term,
+        f"every {term} has a single cell ({one}), so {term} effects and cell residuals "
+        "are the same thing",
+    )
+    return True
+
+
+def _kept_basis(terms: _Terms, term: str, constraints: np.ndarray, why_empty: str):
+    """The basis of ``constraints``' null space, or None (``term`` dropped) when it is empty."""
+    B = constraint_basis(constraints)
+    if B.shape[1] == 0:
+        terms.drop(term, why_empty)
+        return None
+    return B
+
+
 def _experiment_basis(coded: _Coded, terms: _Terms) -> np.ndarray | None:
     """Experiment effects sum to zero within each domain; None (dropped) when unidentified."""
-    if coded.exp_tab["n_cells"].max() < 2:
-        terms.drop(
-            "experiment",
-            "every experiment has a single cell (one pair), so experiment "
-            "effects and cell residuals are the same thing",
-        )
+    if _single_cells(terms, "experiment", coded.exp_tab["n_cells"], "one pair"):
         return None
     E, D = coded.n("experiment"), coded.n("domain")
     group = _indicators(coded.exp_domain, D) if "domain" in terms else np.ones((E, 1))
-    B = constraint_basis(group)
-    if B.shape[1] == 0:
-        terms.drop("experiment", "every domain has a single experiment")
-        return None
-    return B
+    return _kept_basis(terms, "experiment", group, "every domain has a single experiment")
 
 
 def _pair_basis(coded: _Coded, terms: _Terms) -> np.ndarray | None:
     """Pair effects: what the pair-level terms leave unexplained (orthogonal to every
     pair-level column: intercept, type, family, size, generation); None when dropped."""
-    if coded.pair_tab["n_cells"].max() < 2:
-        terms.drop(
-            "pair",
-            "every pair has a single cell (one experiment), so pair effects and "
-            "cell residuals are the same thing",
-        )
+    if _single_cells(terms, "pair", coded.pair_tab["n_cells"], "one experiment"):
         return None
     P, F = len(coded.pair_type), coded.n("family")
     pair_cols: list[np.ndarray] = [np.ones((P, 1))]
@@ -499,15 +506,12 @@ def _pair_basis(coded: _Coded, terms: _Terms) -> np.ndarray | None:
         pair_cols.append(coded.gen_x[:, None])
     if "generation_family" in terms:
         pair_cols.append(_indicators(coded.pair_family, F) * coded.gen_x[:, None])
-    B = constraint_basis(np.hstack(pair_cols))
-    if B.shape[1] == 0:
-        terms.drop(
-            "pair",
-            "the pair-level terms (type, family, size, generation) already "
-            "describe every pair exactly",
-        )
-        return None
-    return B
+    return _kept_basis(
+        terms,
+        "pair",
+        np.hstack(pair_cols),
+        "the pair-level terms (type, family, size, generation) already describe every pair exactly",
+    )
 
 
 def _constraint_bases(coded: _Coded, terms: _Terms) -> dict[str, np.ndarray]:

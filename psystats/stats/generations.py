@@ -50,6 +50,7 @@ from .analysis_common import (
     prob,
     resolve_prior_scales,
 )
+from .cells import CELL_COLUMNS
 from .generation_scale import (
     DEFAULT_GENERATION_SCALE,
     GENERATION_STEP,
@@ -232,21 +233,10 @@ def _paired_base_cells(
     return base_cells
 
 
-GAP_COLUMNS = [
-    "pair",
-    "post_model",
-    "base_model",
-    "post_training",
-    "family",
-    "generation",
-    "generation_order",
-    "n_params",
-    "experiment",
-    "n",
-    "mean",
-    "sd",
-    "se",
-]
+# A gap cell: the pair's metadata as in stats.cells (the base's family and generation),
+# then its sufficient statistics.
+GAP_COLUMNS = [*CELL_COLUMNS[: CELL_COLUMNS.index("release_date")], "experiment", "n", "mean"]
+GAP_COLUMNS += ["sd", "se"]
 
 
 def _gap_cells(
