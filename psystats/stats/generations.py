@@ -26,8 +26,10 @@ Data (see ``docs/model.md`` for the model in math):
   summarised by (n, mean, SD) as in the effects model.
 
 ``base_nll`` and ``gap`` are free per (family, generation); the slopes are
-their least-squares trend on ``models.generation_order`` within the family
-(derived quantities, so no straight-line assumption is forced on the levels).
+their least-squares trend within the family on the generation scale shared
+with ``fit effects`` (:mod:`.generation_scale`: rank by default, so a slope is
+in nats per generation step; or the version number, or years), derived
+quantities, so no straight-line assumption is forced on the levels.
 """
 
 from __future__ import annotations
