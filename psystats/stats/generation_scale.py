@@ -50,7 +50,12 @@ def _count(k: int, noun: str) -> str:
 
 
 def years_since_first_release(
-    release_date: pd.Series, family: pd.Series, names: Sequence[str], *, what: str
+    release_date: pd.Series,
+    family: pd.Series,
+    names: Sequence[str],
+    *,
+    what: str,
+    strict: bool = True,
 ) -> pd.Series:
     """Per row: years from the family's first release date among the rows.
 
@@ -58,10 +63,11 @@ def years_since_first_release(
     is missing); ``what`` says whose date it is (e.g. "every pair's model").
     Refuses, naming the models, when a row has no date: treating it as its
     family's average, as the other scales do for an unknown generation, would
-    put an invented date into a slope whose unit is a year.
+    put an invented date into a slope whose unit is a year.  ``strict=False``
+    leaves such a row NaN instead (for a caller with its own message).
     """
     day = pd.to_datetime(release_date, errors="coerce")
-    if day.isna().any():
+    if strict and day.isna().any():
         missing = [str(n) for n, bad in zip(names, day.isna()) if bad]
         shown = ", ".join(missing[:10]) + (
             f" and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -77,14 +83,20 @@ def years_since_first_release(
 
 
 def generation_values(
-    frame: pd.DataFrame, scale: str, *, names: Sequence[str] | None = None, what: str = ""
+    frame: pd.DataFrame,
+    scale: str,
+    *,
+    names: Sequence[str] | None = None,
+    what: str = "",
+    strict: bool = True,
 ) -> pd.Series:
     """Each row's generation on ``scale`` (not centred), aligned with ``frame``'s index.
 
     ``frame`` has ``family`` and ``generation_order`` (and ``release_date``
     for ``date``).  An unknown ``generation_order`` stays NaN on the rank and
     number scales; the date scale refuses a missing date
-    (:func:`years_since_first_release`, ``names``/``what`` name the models).
+    (:func:`years_since_first_release`, ``names``/``what`` name the models),
+    or with ``strict=False`` leaves it NaN.
     """
     check_generation_scale(scale)
     order = pd.to_numeric(frame["generation_order"], errors="coerce")
@@ -98,4 +110,5 @@ def generation_values(
         frame["family"],
         list(names) if names is not None else [str(i) for i in frame.index],
         what=what or "every model",
+        strict=strict,
     )
