@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from psystats import warehouse
 from psystats.cli import COMMANDS, main
 from psystats.commands import demo_cmds
+from psystats.reports.blocks import title
 from psystats.sample import sample_path, sample_studies
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         chains=4,
         post_type="instruct",
     )
-    from psystats.stats.demo_study import option_files, study_files
+    from psystats.stats.demo_study import HISTORY_CONDITION, option_files, study_files
 
     n_files = len(study_files(tmp_path / "simulated"))
     assert [s.argv[0] for s in p.steps] == [
@@ -73,43 +74,88 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         "ingest",
         "models",
         "models",
-        "score",
-        "score",
+        *["score"] * 6,  # plain and history:0 for the pair, then the two floors
+        "fit",
         "fit",
         "simulate",
         "models",
         *["scores"] * n_files,
-        "fit",
-        "fit",
-        "fit",
-        "fit",
+        "score",
+        "score",
+        *["fit"] * 5,
         "simulate",
         "report",
+        "report",
+        *["card"] * 4,
+    ]
+    # history:0 scores a seeded sample of the pair; its contrast with plain is the persona
+    # model's, fitted for the real pair and for the simulated study
+    history = [s.argv for s in p.steps if "history:0" in s.argv and s.argv[0] == "score"]
+    assert [a[a.index("--model") + 1] for a in history] == ["base-folder", "post"]
+    assert all(
+        a[a.index("--participants") + 1] == str(demo_cmds.HISTORY_PARTICIPANTS) for a in history
+    )
+    contrasts = [
+        (
+            s.argv[s.argv.index("--persona-condition") + 1],
+            s.argv[s.argv.index("--plain-condition") + 1],
+        )
+        for s in p.steps
+        if s.argv[:2] == ["fit", "persona"]
+    ]
+    assert contrasts == [
+        ("history:0", "plain"),
+        ("sim-persona", "sim"),
+        (HISTORY_CONDITION, "sim"),
+    ]
+    floors = [(s.argv[2], s.argv[4]) for s in p.steps if s.argv[2].startswith("baseline:")]
+    assert floors == [
+        ("baseline:frequency", "plain"),
+        ("baseline:uniform", "plain"),
+        ("baseline:frequency", "sim"),
+        ("baseline:uniform", "sim"),
     ]
     # option scores travel with the generation-2 'sim' runs; the report shows the truth
     with_options = [s for s in p.steps if "--options" in s.argv]
     assert len(with_options) == len(option_files(tmp_path / "simulated"))
     assert [s.argv[:2] for s in p.steps if s.argv[:2] == ["fit", "accuracy"]]
-    report = p.steps[-1].argv
-    assert report[report.index("--truth") + 1] == str(tmp_path / "simulated" / "truth.json")
+    pdf, html = (s.argv for s in p.steps if s.argv[0] == "report")
+    assert pdf[pdf.index("--truth") + 1] == str(tmp_path / "simulated" / "truth.json")
+    assert pdf[pdf.index("-o") + 1] == str(tmp_path / "demo.pdf")
+    assert html[html.index("-o") + 1] == str(tmp_path / "demo.html")
+    assert [a for a in pdf if a != str(tmp_path / "demo.pdf")] == [
+        a for a in html if a != str(tmp_path / "demo.html")
+    ]
+    cards = [s.argv[s.argv.index("-o") + 1] for s in p.steps if s.argv[0] == "card"]
+    assert cards == [
+        str(tmp_path / f"card-{m}.{x}") for m in ("base-folder", "post") for x in ("html", "json")
+    ]
     # the offline pair's random base is flagged as a pipeline check, by an ordinary command
     off = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", offline_pair=True)
     flag = next(s for s in off.steps if s.argv[:2] == ["models", "set"])
     assert flag.argv[2] == demo_cmds.OFFLINE_BASE_NAME
     assert flag.argv[3].startswith("pipeline_check=")
-    assert "SIMULATED STUDY" in p.steps[-1].argv[p.steps[-1].argv.index("--note") + 1]
+    assert "SIMULATED STUDY" in pdf[pdf.index("--note") + 1]
     plain = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", simulated=False)
-    assert [s.argv[0] for s in plain.steps][-2:] == ["fit", "report"]
+    assert [s.argv[0] for s in plain.steps][-8:] == [
+        "fit",
+        "fit",
+        "report",
+        "report",
+        *["card"] * 4,
+    ]
+    whole = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", history_participants=None)
+    assert not any("--participants" in s.argv for s in whole.steps)
     for step in p.steps:
         assert step.argv[0] in COMMANDS
         assert step.argv[step.argv.index("--db") + 1] == str(tmp_path / "demo.duckdb")
         assert step.command.startswith("psystats ")
+        assert step.cost > 0
     add_post = p.steps[3].argv
     assert add_post[add_post.index("--base") + 1] == "base-folder"
     assert add_post[add_post.index("--type") + 1] == "instruct"
     assert p.steps[4].argv[2] == "base-folder" and p.steps[5].argv[2] == "post"
-    assert p.steps[6].argv[:2] == ["fit", "effects"] and p.steps[6].may_fail
-    assert p.steps[-1].argv[p.steps[-1].argv.index("-o") + 1] == str(tmp_path / "demo.pdf")
+    assert p.steps[10].argv[:2] == ["fit", "effects"] and p.steps[10].may_fail
     # every planned command parses with the real CLI (only --help, nothing runs)
     for step in p.steps:
         grouped = ("models", "fit", "scores", "simulate")
@@ -120,9 +166,50 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
             assert opt in res.output, (opt, step.command)
 
 
+def test_card_paths_are_safe_file_names(tmp_path: Path):
+    assert demo_cmds.card_path(tmp_path, "HuggingFaceTB/SmolLM2-135M", "json") == (
+        tmp_path / "card-HuggingFaceTB--SmolLM2-135M.json"
+    )
+    assert demo_cmds.card_path(tmp_path, "SmolLM2-135M-Instruct.Q4_1", "html").name == (
+        "card-SmolLM2-135M-Instruct.Q4_1.html"
+    )
+
+
+def test_step_clock_estimates_from_typical_costs_refined_by_measured_ones():
+    """Before any step: the typical costs; after: scaled by measured / typical, shrunk
+    toward 1 by the prior's seconds; the header counts steps and formats like progress."""
+    now = [100.0]
+    steps = [demo_cmds.Step(str(i), ["init"], cost=c) for i, c in enumerate((10.0, 30.0, 60.0))]
+    clock = demo_cmds.StepClock(steps, clock=lambda: now[0])
+    assert clock.left(0) == pytest.approx(100.0)
+    assert clock.header(1) == "[1/3] (0:00 elapsed, about 1:40 left)"
+    now[0] += 40.0
+    clock.finished(steps[0], 40.0)  # four times slower than typical
+    w = demo_cmds.StepClock.PRIOR_SECONDS
+    speed = (40.0 + w) / (10.0 + w)
+    assert clock.speed() == pytest.approx(speed)
+    assert clock.left(1) == pytest.approx(speed * 90.0)
+    assert clock.header(2).startswith("[2/3] (0:40 elapsed, about ")
+    now[0] += 15.0
+    clock.finished(steps[1], 15.0)  # then twice as fast
+    assert clock.left(2) == pytest.approx((55.0 + w) / (40.0 + w) * 60.0)
+
+
+def test_demo_does_not_import_the_cli():
+    """The demo runs each step through the root command of its click context: importing
+    psystats.cli from psystats.commands would be an upward import (scripts/check_imports.py)."""
+    import ast
+
+    tree = ast.parse((ROOT / "psystats" / "commands" / "demo_cmds.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert "psystats.cli" not in imported
+
+
 def test_offline_pair_note_reaches_the_report(tmp_path: Path):
     p = demo_cmds.plan(tmp_path, "/x/tiny", "/x/SmolLM2-135M-Instruct.Q4_1.gguf", offline_pair=True)
-    report = p.steps[-1].argv
+    report = next(s.argv for s in p.steps if s.argv[0] == "report")
     assert "PIPELINE CHECK ONLY" in report[report.index("--note") + 1]
     assert p.base_name == demo_cmds.OFFLINE_BASE_NAME
     assert p.steps[2].argv[-2:] == ["--type", "base"]
@@ -147,7 +234,7 @@ def _check_demo_output(workdir: Path, models: int = 2, simulated: bool = False) 
     pdf = workdir / "demo.pdf"
     assert pdf.exists()
     text = "\n".join(p.extract_text() or "" for p in PdfReader(str(pdf)).pages)
-    assert "1 Data" in text and "8 Methods" in text
+    assert "1 Data" in text and title("Methods") in text
     flat = " ".join(text.split())
     if simulated:
         # every section filled; the simulated fits' pages carry the pipeline-check caveat
