@@ -903,22 +903,23 @@ def floor_participants(con, condition: str) -> pd.DataFrame:
         pairs = mruns.merge(fruns, on=["condition", "experiment"], suffixes=("", "_floor"))
         if pairs.empty:
             continue
-        values = ", ".join("(?, ?, ?)" for _ in range(len(pairs)))
+        values = ", ".join("(?, ?, ?, ?)" for _ in range(len(pairs)))
         params = [
             v
             for r in pairs.itertuples()
-            for v in (int(r.run_id), int(r.run_id_floor), str(r.model_floor))
+            for v in (int(r.run_id), int(r.run_id_floor), str(r.model_floor), str(r.experiment))
         ]
         parts.append(
             frame(
                 con,
-                f"""WITH p(run_id, floor_run, floor) AS (VALUES {values})
+                f"""WITH p(run_id, floor_run, floor, experiment) AS (VALUES {values})
                 SELECT ? AS model, p.floor, r.experiment, r.participant_key,
                        count(*)::BIGINT AS n_responses, avg(sm.nll) AS model_nll,
                        avg(sf.nll) AS floor_nll, avg(sm.nll - sf.nll) AS difference
                 FROM p JOIN scores sm ON sm.run_id = p.run_id
                 JOIN scores sf ON sf.run_id = p.floor_run AND sf.response_id = sm.response_id
                 JOIN responses r ON r.response_id = sm.response_id
+                                AND r.experiment = p.experiment
                 WHERE {valid_score("sm")} AND {valid_score("sf")}
                 GROUP BY ALL ORDER BY p.floor, r.experiment, r.participant_key""",
                 [*params, str(model)],

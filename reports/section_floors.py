@@ -168,7 +168,7 @@ def truth_rows(table: pd.DataFrame, truth: dict | None) -> pd.DataFrame:
         for m, e in zip(table["model"], table["experiment"])
     ]
     rows = table.assign(expected=pd.to_numeric(pd.Series(known, index=table.index)))
-    rows = rows[rows["expected"].notna() & rows["lo"].notna()].copy()
+    rows = rows[rows["expected"].notna() & rows["lo"].notna() & rows["hi"].notna()].copy()
     rows["truth"] = rows["expected"] - rows["floor_nll"]
     rows["inside"] = (rows["lo"] <= rows["truth"]) & (rows["truth"] <= rows["hi"])
     return rows

@@ -228,36 +228,72 @@ def test_demo_needs_two_models(tmp_path: Path):
     assert res.exit_code == 2 and "exactly twice" in res.output
 
 
-def _check_demo_output(workdir: Path, models: int = 2, simulated: bool = False) -> None:
+def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = False) -> None:
+    import json
+
+    import jsonschema
     from pypdf import PdfReader
 
-    pdf = workdir / "demo.pdf"
-    assert pdf.exists()
+    from psystats.reports.card import schema
+
+    pdf, html = workdir / "demo.pdf", workdir / "demo.html"
+    assert pdf.exists() and html.exists()
     text = "\n".join(p.extract_text() or "" for p in PdfReader(str(pdf)).pages)
     assert "1 Data" in text and title("Methods") in text
     flat = " ".join(text.split())
+    page = html.read_text(encoding="utf-8")
+    for name in ("Task-information gain", "Floors"):
+        assert title(name) in flat and title(name) in page
+    assert "from the task, or from the person's own history?" in flat
+    assert "Is a model better than a trivial predictor?" in flat
     if simulated:
         # every section filled; the simulated fits' pages carry the pipeline-check caveat
-        # and each estimate beside its truth
+        # and each estimate beside its truth (effects, generations, persona, task
+        # information, accuracy, and the floors page's known distances)
         assert "No data for this section" not in flat
         assert "flagged as a pipeline check" in flat
-        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 4
+        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 6
+    for model in pair:
+        card = json.loads(demo_cmds.card_path(workdir, model, "json").read_text())
+        jsonschema.validate(card, schema())
+        assert card["model"]["name"] == model
+        assert demo_cmds.card_path(workdir, model, "html").exists()
     con = warehouse.connect(workdir / "demo.duckdb", read_only=True)
     n_resp = warehouse.db.scalar(con, "SELECT count(*) FROM responses")
-    runs = con.execute("SELECT run_id, status FROM score_runs").fetchall()
-    n_scores = warehouse.db.scalar(con, "SELECT count(*) FROM scores")
-    fits = con.execute("SELECT kind FROM fits").fetchall()
-    n_options = warehouse.db.scalar(con, "SELECT count(*) FROM option_scores")
+    runs = con.execute(
+        "SELECT sr.model, sr.condition, sr.status, sr.sample_spec, count(s.response_id) "
+        "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY sr.run_id"
+    ).fetchall()
+    fits = con.execute("SELECT kind, condition FROM fits ORDER BY fit_id").fetchall()
     con.close()
-    assert (n_options > 0) is simulated
+    assert all(status == "complete" for _, _, status, _, _ in runs)
+    by = {(m, c): (spec, n) for m, c, _, spec, n in runs}
+    for model in pair:
+        assert by[(model, "plain")] == (None, n_resp)
+        spec, n = by[(model, "history:0")]
+        assert spec.startswith(f"participants={demo_cmds.HISTORY_PARTICIPANTS} per experiment")
+        assert 0 < n < n_resp
+    conditions = ["plain", *(["sim"] if simulated else [])]
+    for c in conditions:
+        assert by[("baseline:frequency", c)][1] == n_resp
+        assert 0 < by[("baseline:uniform", c)][1] < n_resp  # experiments with option sets
+    n_sim = 0
     if simulated:
         from psystats.stats.demo_study import study_files
 
-        models += len(study_files(workdir / "simulated"))
-    assert len(runs) == models and all(s == "complete" for _, s in runs)
-    assert n_scores == models * n_resp
-    kinds = ["effects"] + (["effects", "generations", "persona", "accuracy"] if simulated else [])
-    assert [k for (k,) in fits] == kinds
+        n_sim = len(study_files(workdir / "simulated"))
+        assert all(n == n_resp for (m, _), (_, n) in by.items() if m.startswith("SIM-"))
+    assert len(runs) == 2 * len(pair) + 2 * len(conditions) + n_sim
+    kinds = [("effects", "plain"), ("persona", "history:0 vs plain")]
+    if simulated:
+        kinds += [
+            ("effects", "sim"),
+            ("generations", "sim"),
+            ("persona", "sim-persona vs sim"),
+            ("persona", "sim-history:0 vs sim"),
+            ("accuracy", "sim"),
+        ]
+    assert fits == kinds
 
 
 def _demo_on_tiny_models(tiny_models, workdir: Path, *extra: str):
@@ -294,7 +330,7 @@ def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
     res = _demo_on_tiny_models(tiny_models, tmp_path)
     assert res.exit_code == 0, res.output
     assert "The same, one command at a time" in res.output
-    _check_demo_output(tmp_path, simulated=True)
+    _check_demo_output(tmp_path, (tiny_models["llama"].name, tiny_models["qwen3"].name), True)
     # the simulated study's estimates are printed beside their truth
     assert re.search(r"\d+ of \d+ truths inside their 90% interval", res.output)
     print(f"demo on tiny models: {time.perf_counter() - t0:.0f} s")
@@ -303,15 +339,22 @@ def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
 @pytest.mark.slow
 def test_demo_rerun_resumes(tiny_models, tmp_path: Path):
     """Running the demo again scores nothing twice (finished runs are not redone)."""
+    counts = []
     for _ in range(2):
         res = _demo_on_tiny_models(tiny_models, tmp_path, "--no-simulated")
         assert res.exit_code == 0, res.output
-    con = warehouse.connect(tmp_path / "demo.duckdb", read_only=True)
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM score_runs") == 2
-    n_resp = warehouse.db.scalar(con, "SELECT count(*) FROM responses")
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM scores") == 2 * n_resp
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 2
-    con.close()
+        con = warehouse.connect(tmp_path / "demo.duckdb", read_only=True)
+        counts.append(
+            con.execute(
+                "SELECT (SELECT count(*) FROM score_runs), (SELECT count(*) FROM scores), "
+                "(SELECT count(*) FROM fits)"
+            ).fetchall()[0]
+        )
+        con.close()
+    # plain and history:0 for the pair, two floors; each demo fits effects and the contrast
+    assert counts[0][0] == counts[1][0] == 6
+    assert counts[0][1] == counts[1][1]
+    assert (counts[0][2], counts[1][2]) == (2, 4)
 
 
 @pytest.mark.slow
@@ -321,7 +364,8 @@ def test_demo_offline_default_pair(smollm2_gguf, tmp_path: Path, monkeypatch):
     res = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "PIPELINE CHECK ONLY" in res.output
-    _check_demo_output(tmp_path, simulated=True)
+    assert re.search(r"\[7/\d+\] \(\d+:\d\d elapsed, about \d+:\d\d left\)", res.output)
+    _check_demo_output(tmp_path, (demo_cmds.OFFLINE_BASE_NAME, "SmolLM2-135M-Instruct.Q4_1"), True)
 
 
 def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
