@@ -185,6 +185,12 @@ def conditions_scored(con) -> list[str]:
     )
 
 
+def t_half_width(sd: pd.Series, n: pd.Series, level: float) -> pd.Series:
+    """Half the width of the Student t interval of a mean over ``n`` participants:
+    t_{n-1} · sd / sqrt(n) (the report's intervals over participants)."""
+    return stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+
+
 def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, dict]:
     """Per model: mean NLL per response over participants, with a t interval.
 
@@ -264,11 +270,7 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     out = per_model.set_index("model")[["n_participants", "mean", "sd"]].astype(
         {"n_participants": int, "mean": float, "sd": float}
     )
-    half = (
-        stats.t.ppf(0.5 + level / 2, np.maximum(out["n_participants"] - 1, 1))
-        * out["sd"]
-        / np.sqrt(out["n_participants"])
-    )
+    half = t_half_width(out["sd"], out["n_participants"], level)
     out["lo"] = out["mean"] - half
     out["hi"] = out["mean"] + half
     out = out.reset_index()
@@ -880,11 +882,28 @@ def floor_models(con) -> list[str]:
     ]
 
 
+def floor_runs(con, condition: str) -> pd.DataFrame:
+    """The floor run each model under ``condition`` is compared with, per (floor,
+    experiment): the floor's latest complete run under ``condition``, else its latest
+    under any condition (a floor reads responses only: its numbers are the same under
+    every condition, docs/scoring.md "Baselines").  Columns: model, experiment, run_id."""
+    from psystats.stats.data import run_experiments
+
+    floors = floor_models(con)
+    if not floors:
+        return pd.DataFrame(columns=["model", "experiment", "run_id"])
+    ran = run_experiments(con, conditions_scored(con), models=floors)
+    ran["same"] = ran["condition"] == condition
+    ran = ran.sort_values(["model", "experiment", "same", "t", "run_id"])
+    last = ran.groupby(["model", "experiment"], sort=True).tail(1)
+    return last[["model", "experiment", "run_id"]].reset_index(drop=True)
+
+
 def floor_participants(con, condition: str) -> pd.DataFrame:
-    """Per (model, floor, experiment, participant) under ``condition``: the participant's
-    mean NLL of the model and of the floor, and the mean paired difference model − floor,
-    over the responses both scored validly (latest complete run per model, condition and
-    experiment, as every analysis reads).
+    """Per (model, floor, experiment, participant): the participant's mean NLL of the
+    model (under ``condition``) and of the floor (:func:`floor_runs`), and the mean
+    paired difference model − floor, over the responses both scored validly (latest
+    complete run per model, condition and experiment, as every analysis reads).
 
     Columns: model, floor, experiment, participant_key, n_responses, model_nll,
     floor_nll, difference.  Read one model at a time (memory: one model's scores).
@@ -895,12 +914,12 @@ def floor_participants(con, condition: str) -> pd.DataFrame:
     cols += ["model_nll", "floor_nll", "difference"]
     floors = floor_models(con)
     runs = latest_runs(con, [condition])
-    fruns = runs[runs["model"].isin(floors)]
+    fruns = floor_runs(con, condition)
     if fruns.empty:
         return pd.DataFrame(columns=cols)
     parts = []
     for model, mruns in runs[~runs["model"].isin(floors)].groupby("model", sort=True):
-        pairs = mruns.merge(fruns, on=["condition", "experiment"], suffixes=("", "_floor"))
+        pairs = mruns.merge(fruns, on="experiment", suffixes=("", "_floor"))
         if pairs.empty:
             continue
         values = ", ".join("(?, ?, ?, ?)" for _ in range(len(pairs)))
@@ -931,8 +950,9 @@ def floor_participants(con, condition: str) -> pd.DataFrame:
 
 
 def floor_comparisons(con, condition: str, level: float = FLOOR_LEVEL) -> pd.DataFrame:
-    """Per (experiment, floor, model) under ``condition``: how far the model's NLL per
-    response lies below the floor's, on the same participants and responses.
+    """Per (experiment, floor, model) for the models scored under ``condition``: how far
+    the model's NLL per response lies below the floor's (:func:`floor_runs`), on the same
+    participants and responses.
 
     ``mean`` is the mean over participants of their paired differences model − floor
     (negative: the model beats the floor), ``lo``/``hi`` its ``level`` Student t interval
@@ -954,9 +974,7 @@ def floor_comparisons(con, condition: str, level: float = FLOOR_LEVEL) -> pd.Dat
         mean=("difference", "mean"),
         sd=("difference", "std"),
     ).reset_index()
-    n = out["participants"].to_numpy()
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * out["sd"] / np.sqrt(n)
-    half = half.where(n >= 2)
+    half = t_half_width(out["sd"], out["participants"], level).where(out["participants"] >= 2)
     out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
     out["verdict"] = np.select(
         [out["hi"] < 0, out["lo"] > 0], ["beats", "worse"], default="unclear"

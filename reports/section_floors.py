@@ -1,9 +1,10 @@
 """The floors page: is each model better than a trivial predictor?
 
-Every model against the floors scored in the same condition (``baseline:uniform``,
+Every model against the floors (``baseline:uniform``,
 ``baseline:frequency``: models with ``post_training = 'baseline'``, scored by
-``psystats score`` like a model; docs/scoring.md, "Baselines"), per experiment, on the
-same participants and responses: which models beat each floor and by how much
+``psystats score`` like a model; docs/scoring.md, "Baselines"; one run serves every
+condition, ``reports.queries.floor_runs``), per experiment, on the same participants
+and responses: which models beat each floor and by how much
 (``reports.queries.floor_comparisons``: paired per-participant differences, their mean
 and a 90% Student t interval over participants).  No fitted model: the numbers are the
 scores' own.
@@ -34,10 +35,10 @@ METHOD = (
     "participants and its 90% Student t interval, mean ± t(n−1)·sd/√n (none with "
     "one participant). Negative: the model beats the floor. <b>beats</b>: the whole "
     "interval lies below 0; <b>worse</b>: above 0; <b>unclear</b>: it contains 0. The "
-    "intervals are marginal, one per row, not adjusted for multiplicity. Floors are "
-    "compared within a condition; they read responses only, so their numbers are the "
-    "same under every condition: score them with "
-    '<font face="Courier">--condition C</font> to place the models scored under C.'
+    "intervals are marginal, one per row, not adjusted for multiplicity. A floor reads "
+    "the responses only, so its numbers are the same under every condition: the models "
+    "of each condition are compared with the floor's run in that condition, else its "
+    "newest run in any."
 )
 HOW = (
     'Score the floors with <font face="Courier">psystats score --model baseline:frequency'
@@ -63,8 +64,8 @@ def build(con, truth: dict | None = None) -> Section:
     if not shown:
         s.add(
             no_data(
-                "no model shares scored responses with a floor in the same condition",
-                HOW.replace("(seconds;", "with each model's --condition (seconds;"),
+                "no model shares scored responses with a floor",
+                HOW,
             )
         )
     return s

@@ -250,7 +250,7 @@ def real_steps(
             [*score[:1], "--model", p.post_name, "--condition", "history:0", *sample, *score[1:]],
             cost=TYPICAL_SECONDS["score-post-history"],
         ),
-        *floor_steps(d, "plain"),
+        *floor_steps(d),
         Step(
             "Fit the hierarchical effects model",
             ["fit", "effects", *d, *sampling, *lenient],
@@ -278,12 +278,13 @@ def real_steps(
     ]
 
 
-def floor_steps(d: list[str], condition: str, prefix: str = "") -> list[Step]:
-    """The two floors scored under ``condition`` (no model is loaded: seconds)."""
+def floor_steps(d: list[str]) -> list[Step]:
+    """The two floors (no model is loaded: seconds).  Scored once, under plain: a floor
+    reads the responses only, and the report compares every condition's models with it."""
     return [
         Step(
-            f"{prefix}Score the {what} floor ({model})",
-            ["score", "--model", model, "--condition", condition, *d],
+            f"Score the {what} floor ({model})",
+            ["score", "--model", model, "--condition", "plain", *d],
             cost=TYPICAL_SECONDS["score-floor"],
         )
         for what, model in (("frequency", "baseline:frequency"), ("uniform", "baseline:uniform"))
@@ -361,7 +362,6 @@ def simulated_steps(
         if condition == CONDITION and model in options:
             argv += ["--options", str(options[model])]
         steps.append(Step(f"SIMULATED study: import {model} ({condition})", argv, cost=quick))
-    steps += floor_steps(d, CONDITION, "SIMULATED study: ")
 
     def fit(title: str, argv: list[str], cost: str) -> Step:
         return Step(

@@ -37,9 +37,9 @@ response's NLL by ``persona[type]`` (``fit persona``), and removing the
 history by ``task_information[type]``.  ``truth.json`` also holds every SIM
 model's expected NLL per response in each experiment (``floors``): the
 report's floors page compares the SIM models with the real floors
-(``psystats score --model baseline:frequency --condition sim``), which are
-fixed functions of the responses, so each model's distance to a floor is
-known up to the simulation's noise.
+(``psystats score --model baseline:frequency``: one run serves every
+condition), which are fixed functions of the responses, so each model's
+distance to a floor is known up to the simulation's noise.
 
 Option scores follow ``psystats.stats.accuracy.simulate_accuracy``'s model:
 for each response with options O (the distinct responses of its
