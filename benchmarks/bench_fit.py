@@ -319,7 +319,8 @@ def grid(args) -> dict:
     import nutpie
 
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
-    from psystats.stats.pipeline import SamplingOptions, next_attempt
+    from psystats.stats.options import SamplingOptions
+    from psystats.stats.pipeline import next_attempt
     from psystats.stats.sampling import diagnose
     from psystats.stats.simulate import simulate_cells, simulate_design
 

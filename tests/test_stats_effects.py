@@ -235,18 +235,14 @@ def test_suffstat_model_logp_equals_row_level_model_logp():
 @pytest.mark.slow
 def test_suffstat_posterior_agrees_with_row_level_posterior():
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import sample
 
     df, cells = _participant_data()
     spec = EffectsSpec()  # marginal: cell residual integrated out
-    a = sample(
-        build_effects_model(prepare(cells, spec), spec),
-        draws=1500,
-        tune=1000,
-        seed=3,
-        sampler="pymc",
-    )
-    b = sample(_row_model(df, cells, spec), draws=1500, tune=1000, seed=4, sampler="pymc")
+    opts = SamplingOptions(draws=1500, tune=1000, seed=3, sampler="pymc", target_accept=0.9)
+    a = sample(build_effects_model(prepare(cells, spec), spec), opts)
+    b = sample(_row_model(df, cells, spec), opts.replace(seed=4))
     for v in ("intercept", "sigma_cell"):
         x, y = a.posterior[v].values.ravel(), b.posterior[v].values.ravel()
         assert abs(x.mean() - y.mean()) < 0.1 * max(x.std(), 0.01) + 4 * x.std() / np.sqrt(1500)
@@ -256,6 +252,7 @@ def test_suffstat_posterior_agrees_with_row_level_posterior():
 @pytest.mark.slow
 def test_eight_schools_through_the_effects_builder():
     from psystats.stats.effects import EffectsSpec, Prior, build_effects_model, prepare
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import diagnose, sample
 
     cells = _cells(
@@ -272,7 +269,8 @@ def test_eight_schools_through_the_effects_builder():
     )
     data = prepare(cells, spec)
     assert data.active == [] and "experiment" in data.dropped
-    idata = sample(build_effects_model(data, spec), draws=2000, tune=1000, seed=5)
+    opts = SamplingOptions(draws=2000, tune=1000, seed=5, target_accept=0.9)
+    idata = sample(build_effects_model(data, spec), opts)
     d = diagnose(idata)
     assert d.max_rhat < 1.02 and d.min_ess_bulk > 200 and d.divergences <= 5, d.problems
     mu, tau = idata.posterior.intercept.values.ravel(), idata.posterior.sigma_cell.values.ravel()

@@ -114,13 +114,15 @@ def test_gate_rule_checks_reported_quantities_not_helpers():
 
 
 def test_sampling_options_validate_like_the_cli():
-    from psystats.stats.pipeline import SamplingOptions
+    from psystats.stats.options import SamplingOptions
 
-    assert SamplingOptions.of({"draws": 10, "unrelated": 1}).draws == 10
+    assert SamplingOptions.of({"draws": 10}).draws == 10
+    with pytest.raises(WarehouseError, match="unknown sampling option 'drwas' .*'draws'"):
+        SamplingOptions.of({"drwas": 10})
     for bad in ({"draws": 0}, {"chains": 0}, {"tune": -1}, {"target_accept": 1.0}):
         with pytest.raises(WarehouseError):
             SamplingOptions.of(bad)
-    with pytest.raises(WarehouseError, match="unknown sampler"):
+    with pytest.raises(WarehouseError, match="sampler must be one of nutpie, pymc"):
         SamplingOptions(sampler="stan")
 
 
@@ -378,7 +380,8 @@ def test_every_fit_command_validates_sampling_options_alike(command, tmp_path):
 @pytest.mark.slow
 def test_run_fit_samples_and_recovers_a_conjugate_posterior(db_path, tmp_path):
     """Sampled for real (nutpie): the posterior matches the exact one within MC error."""
-    from psystats.stats.pipeline import SamplingOptions, run_fit
+    from psystats.stats.options import SamplingOptions
+    from psystats.stats.pipeline import run_fit
 
     y = _data()
     con = warehouse.connect(db_path)
@@ -459,9 +462,9 @@ def test_redraw_only_for_narrow_misses_of_rhat_or_ess(kw, expected):
 
 
 def test_redraws_option_is_validated_and_not_passed_to_the_sampler():
-    from psystats.stats.pipeline import SamplingOptions
+    from psystats.stats.options import SamplingOptions
 
-    assert "redraws" not in SamplingOptions().kwargs() and SamplingOptions().redraws == 2
+    assert "redraws" not in SamplingOptions().sampler_kwargs() and SamplingOptions().redraws == 2
     with pytest.raises(WarehouseError, match="redraws"):
         SamplingOptions(redraws=-1)
 

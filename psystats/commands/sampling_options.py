@@ -17,7 +17,7 @@ SAMPLING_KEYS = ("draws", "tune", "chains", "seed", "sampler", "target_accept")
 def sampling_options(f: Callable) -> Callable:
     """--draws/--tune/--chains/--seed/--sampler/--target-accept/--allow-diagnostics-failure,
     --name and --netcdf-dir."""
-    from psystats.stats.pipeline import SAMPLERS, TARGET_ACCEPT_RANGE
+    from psystats.stats.options import SAMPLERS, TARGET_ACCEPT_RANGE
 
     lo, hi = TARGET_ACCEPT_RANGE
     opts = [

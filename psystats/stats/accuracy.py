@@ -595,7 +595,8 @@ def fit_accuracy(
     (``loo``, also per outcome).
     """
     from .analysis_fit import fit_analysis
-    from .pipeline import SamplingOptions, StoreOptions
+    from .options import SamplingOptions
+    from .pipeline import StoreOptions
 
     if folds < 2:
         raise WarehouseError(f"--folds must be at least 2 (got {folds})")

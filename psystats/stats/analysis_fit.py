@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import FitResult, SamplingOptions, StoreOptions
+from .options import SamplingOptions
+from .pipeline import FitResult, StoreOptions
 
 
 def _per_variable_loo(arrays: Mapping[str, Any], posterior) -> dict[str, dict]:

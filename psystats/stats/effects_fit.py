@@ -105,7 +105,8 @@ def fit_cells(
     each named term (``True``: type x domain; ``False``: none) and compares
     each refit with the full model by PSIS-LOO (``summary["loo"]["without"]``).
     """
-    from .pipeline import SamplingOptions, run_fit
+    from .options import SamplingOptions
+    from .pipeline import run_fit
 
     spec = spec or EffectsSpec()
     if compare is True:

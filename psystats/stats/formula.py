@@ -249,7 +249,8 @@ def fit_formula_cells(
     fails and ``allow_failure`` is false.  ``checks`` adds the posterior
     predictive check (draws kept in the NetCDF) and PSIS-LOO over cells.
     """
-    from .pipeline import SamplingOptions, run_fit
+    from .options import SamplingOptions
+    from .pipeline import run_fit
 
     sampling = SamplingOptions(
         draws=draws,

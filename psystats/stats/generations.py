@@ -724,7 +724,8 @@ def fit_generations(
     leave-one-cell-out densities of their marginal normal).
     """
     from .analysis_fit import fit_analysis
-    from .pipeline import SamplingOptions, StoreOptions
+    from .options import SamplingOptions
+    from .pipeline import StoreOptions
 
     t0 = time.perf_counter()
     sampling = SamplingOptions(

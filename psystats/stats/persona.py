@@ -358,7 +358,8 @@ def fit_persona(
     densities of the marginal normal).
     """
     from .analysis_fit import fit_analysis
-    from .pipeline import SamplingOptions, StoreOptions
+    from .options import SamplingOptions
+    from .pipeline import StoreOptions
 
     t0 = time.perf_counter()
     sampling = SamplingOptions(

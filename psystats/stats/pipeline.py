@@ -66,67 +66,20 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
-
+from .options import SamplingOptions
 from .sampling import Diagnostics
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("nutpie", "pymc")
-TARGET_ACCEPT_RANGE = (0.5, 0.999)
 LOO_MAX_DRAWS = 1000  # PSIS-LOO on at most this many (thinned) draws
 PPC_MAX_DRAWS = 400  # replicated data sets for the predictive check
 PARETO_K_BAD = 0.7
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How to sample: the same settings and the same validation for every analysis."""
-
-    draws: int = 1000
-    tune: int = 1000
-    chains: int = 4
-    seed: int = 0
-    sampler: str = "nutpie"
-    target_accept: float = 0.95
-    progressbar: bool = False
-    cores: int | None = None
-    # How many times a fit that misses its gates in a way sampling longer or
-    # more carefully can mend may sample again (see next_attempt); 0: never.
-    redraws: int = 2
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise WarehouseError(f"unknown sampler {self.sampler!r}: use 'nutpie' or 'pymc'")
-        if int(self.draws) < 1 or int(self.chains) < 1 or int(self.tune) < 0:
-            raise WarehouseError("draws and chains must be at least 1 and tune at least 0")
-        if int(self.redraws) < 0:
-            raise WarehouseError("redraws must be at least 0")
-        lo, hi = TARGET_ACCEPT_RANGE
-        if not lo <= float(self.target_accept) <= hi:
-            raise WarehouseError(f"target_accept must be between {lo} and {hi}")
-
-    @classmethod
-    def of(cls, value: SamplingOptions | Mapping[str, Any] | None) -> SamplingOptions:
-        """``value`` as options (a mapping of field names, or None for the defaults)."""
-        if value is None:
-            return cls()
-        if isinstance(value, SamplingOptions):
-            return value
-        fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in value.items() if k in fields})
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`.sampling.sample`."""
-        out = asdict(self)
-        out.pop("redraws")
-        return out
 
 
 def redraw_may_help(diag: Diagnostics) -> bool:
@@ -276,7 +229,7 @@ def run_fit(
     redrawn: list[dict[str, Any]] = []
     sampled_here = idata is None
     if idata is None:
-        idata = sample(model, **opts.kwargs())
+        idata = sample(model, opts)
     diag = diagnose(idata, var_names=gated)
     current: dict[str, Any] = {"draws": opts.draws, "target_accept": opts.target_accept}
     while sampled_here and len(redrawn) < opts.redraws:
@@ -290,7 +243,7 @@ def run_fit(
             f"{nxt['draws']} draws at target_accept {nxt['target_accept']}"
         )
         current = nxt
-        idata = sample(model, **{**opts.kwargs(), **current})
+        idata = sample(model, opts.replace(**current))
         diag = diagnose(idata, var_names=gated)
     enforce(diag, allow_failure)
     summ: dict[str, Any] = dict(summary or {})

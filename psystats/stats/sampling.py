@@ -28,6 +28,8 @@ import numpy as np
 
 from psystats.warehouse.db import WarehouseError
 
+from .options import SamplingOptions
+
 log = logging.getLogger(__name__)
 
 RHAT_MAX = 1.01
@@ -43,34 +45,23 @@ def _quiet_arviz() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 
-def sample(
-    model,
-    *,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.9,
-    progressbar: bool = False,
-    cores: int | None = None,
-):
+def sample(model, sampling: SamplingOptions | None = None):
     """Draw posterior samples from a PyMC model; returns ``arviz.InferenceData``.
 
-    ``sampler`` is ``"nutpie"`` (default) or ``"pymc"``.  If nutpie is not
-    installed or fails to compile the model, PyMC's NUTS runs instead and the
-    reason is recorded.  The result carries ``observed_data`` and
-    ``constant_data`` groups and ``attrs["psystats_sampler"]`` (JSON: sampler,
-    draws, tune, chains, seed, target_accept, compile_seconds,
-    sampling_seconds, fallback_reason).
+    ``sampling`` (:class:`~psystats.stats.options.SamplingOptions`, validated
+    there; default: its defaults) picks the sampler: ``"nutpie"`` (default)
+    or ``"pymc"``.  If nutpie is not installed or fails to compile the model,
+    PyMC's NUTS runs instead and the reason is recorded.  The result carries
+    ``observed_data`` and ``constant_data`` groups and
+    ``attrs["psystats_sampler"]`` (JSON: sampler, draws, tune, chains, seed,
+    target_accept, compile_seconds, sampling_seconds, fallback_reason).
     """
     import pymc as pm
 
     _quiet_arviz()
-    if sampler not in ("nutpie", "pymc"):
-        raise WarehouseError(f"unknown sampler {sampler!r}: use 'nutpie' or 'pymc'")
-    if chains < 1 or draws < 1 or tune < 0:
-        raise WarehouseError("chains and draws must be positive and tune non-negative")
+    opts = sampling or SamplingOptions()
+    draws, tune, chains, seed = opts.draws, opts.tune, opts.chains, opts.seed
+    sampler, target_accept, progressbar = opts.sampler, opts.target_accept, opts.progressbar
     record: dict[str, Any] = dict(
         sampler=sampler,
         draws=draws,
@@ -95,9 +86,6 @@ def sample(
                 log.warning("nutpie could not compile the model (%s); using PyMC NUTS", e)
             else:
                 record["compile_seconds"] = time.perf_counter() - t0
-                kwargs: dict[str, Any] = {}
-                if cores is not None:
-                    kwargs["cores"] = cores
                 t1 = time.perf_counter()
                 idata = nutpie.sample(
                     compiled,
@@ -108,7 +96,6 @@ def sample(
                     target_accept=target_accept,
                     progress_bar=progressbar,
                     save_warmup=False,
-                    **kwargs,
                 )
                 record["sampling_seconds"] = time.perf_counter() - t1
                 idata = _add_data_groups(model, _drop_transformed(model, idata))
@@ -123,7 +110,7 @@ def sample(
                 random_seed=seed,
                 target_accept=target_accept,
                 progressbar=progressbar,
-                cores=cores or min(chains, 2),
+                cores=min(chains, 2),
                 compute_convergence_checks=False,
             )
         record["compile_seconds"] = None  # included in sampling_seconds for PyMC
