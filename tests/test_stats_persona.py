@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from reanalysis_helpers import assert_loo_stands_alone
 
 from psystats import warehouse
 from psystats.warehouse.db import WarehouseError
@@ -88,7 +89,7 @@ def test_no_persona_runs_is_a_clear_error(tmp_path):
     with pytest.raises(WarehouseError, match="no model scored in both the persona and the plain"):
         fit_persona(con)
     with pytest.raises(WarehouseError, match="must differ"):
-        fit_persona(con, persona_condition="plain")
+        fit_persona(con, {"post_condition": "plain"})
     assert con.execute("SELECT count(*) FROM fits").fetchall()[0][0] == 0
 
 
@@ -166,6 +167,7 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
         assert params[t] == pytest.approx(true, abs=0.03)
     assert {json.loads(c[0])["post_training"] for c in coords} == {"base", "instruct"}
     _assert_checked_and_stored(json.loads(summary), nc, "obs", 32)
+    assert_loo_stands_alone(nc, json.loads(summary))
 
 
 def _assert_checked_and_stored(summary: dict, nc: str, var: str, n_obs: int) -> None:
@@ -266,9 +268,9 @@ def test_persona_fits_of_the_same_cells_compare_by_loo(persona_warehouse):
 
     path, _ = persona_warehouse
     con = warehouse.connect(path)
-    kw = dict(draws=300, tune=400, chains=2, seed=2, allow_diagnostics_failure=True)
-    fixed = fit_persona(con, **kw)
-    random = fit_persona(con, model_effects="random", **kw)
+    sampling = {"draws": 300, "tune": 400, "chains": 2, "seed": 2}
+    fixed = fit_persona(con, None, None, sampling, allow_failure=True)
+    random = fit_persona(con, None, {"model_effects": "random"}, sampling, allow_failure=True)
     table = compare_fits(con, [fixed.fit_id, random.fit_id]).set_index("fit")
     for fit in (fixed, random):
         assert table.loc[f"fit {fit.fit_id}", "elpd_loo"] == pytest.approx(

@@ -33,9 +33,9 @@ their least-squares trend on ``models.generation_order`` within the family
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,9 +51,8 @@ from .analysis_common import (
     resolve_prior_scales,
 )
 from .likelihoods import marginal_normal
-
-if TYPE_CHECKING:
-    from .pipeline import FitResult
+from .options import SamplingOptions, Selection, StoreOptions, build_spec, options_of
+from .pipeline import FitResult, ParamRows, run_fit
 
 KIND = "generations"
 
@@ -693,90 +692,91 @@ def summarise_generations(idata, data: GenerationsData) -> dict:
 # --------------------------------------------------------------------------- the fit
 
 
+@dataclass(frozen=True)
+class GenerationsSpec:
+    """What ``fit generations`` fits beyond its selection: the prior scales
+    (:class:`GenerationsPriors`, or a dict of its fields; default: from the data)."""
+
+    priors: GenerationsPriors | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "priors", options_of(GenerationsPriors, self.priors, "priors"))
+
+    @classmethod
+    def of(cls, value: Any) -> GenerationsSpec:
+        return options_of(cls, value, "generations")
+
+    @classmethod
+    def from_options(cls, spec: Any = None, **options: Any) -> GenerationsSpec:
+        return build_spec(cls, spec, options, "generations")
+
+
 def fit_generations(
     con,
+    selection: Selection | Mapping[str, Any] | None = None,
+    spec: GenerationsSpec | Mapping[str, Any] | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    base_condition: str = "plain",
-    post_condition: str = "plain",
-    families: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    post_training: Sequence[str] | None = None,
-    priors: GenerationsPriors | None = None,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.95,
-    allow_diagnostics_failure: bool = False,
-    netcdf_dir=None,
-    name: str | None = None,
+    allow_failure: bool = False,
+    store: StoreOptions | Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Load, build, sample, check and store a generations fit (``stats.pipeline``).
+    """Load, build, sample, check and store a generations fit (the fit contract, docs/api.md).
 
-    A fit that misses its diagnostic gates raises :class:`DiagnosticsFailure`
-    (nothing stored) unless ``allow_diagnostics_failure``, which stores it
-    with ``fits.passed = false``.  Returns the pipeline's
-    :class:`~psystats.stats.pipeline.FitResult`; its summary holds the
-    slopes and probabilities, the posterior predictive check of the base and
-    gap cells (``ppc``) and PSIS-LOO over all cells (``loo``, also per
-    observed variable; the gap cells' densities are the exact
-    leave-one-cell-out densities of their marginal normal).
+    ``selection``: conditions (base models' scores: ``selection.base``;
+    post-trained: ``selection.post``), families, post-training types and
+    experiments.  A fit that misses its diagnostic gates raises
+    :class:`DiagnosticsFailure` (nothing stored) unless ``allow_failure``,
+    which stores it with ``fits.passed = false``.  Returns the pipeline's
+    :class:`~psystats.stats.pipeline.FitResult` (``data``: the
+    :class:`GenerationsData`); its summary holds the slopes and
+    probabilities, the posterior predictive check of the base and gap cells
+    (``ppc``) and PSIS-LOO over all cells (``loo``, also per observed
+    variable; the gap cells' densities are the exact leave-one-cell-out
+    densities of their marginal normal).
     """
-    from .analysis_fit import fit_analysis
-    from .options import SamplingOptions
-    from .pipeline import StoreOptions
-
     t0 = time.perf_counter()
-    sampling = SamplingOptions(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
+    sel, gs = Selection.of(selection), GenerationsSpec.of(spec)
+    sel.require(KIND, ["families", "post_training", "experiments"])
+    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel.check_names(con)
     data = load_generations_data(
         con,
-        base_condition=base_condition,
-        post_condition=post_condition,
-        families=families,
-        experiments=experiments,
-        post_training=post_training,
+        base_condition=sel.base,
+        post_condition=sel.post,
+        families=sel.only("families"),
+        experiments=sel.only("experiments"),
+        post_training=sel.only("post_training"),
     )
-    model, spec = build_generations_model(data, priors)
-    condition = (
-        base_condition
-        if base_condition == post_condition
-        else f"{post_condition} vs {base_condition}"
-    )
+    model, model_spec = build_generations_model(data, gs.priors)
     bc, gc = data.base_cells, data.gap_cells
-    return fit_analysis(
+    return run_fit(
         model,
         kind=KIND,
-        con=con,
+        observed=["base_obs", "gap_obs"],
         sampling=sampling,
-        allow_failure=allow_diagnostics_failure,
-        summarise=lambda idata: summarise_generations(idata, data),
+        allow_failure=allow_failure,
         observation_labels={
             "base_obs": [f"{m} / {e}" for m, e in zip(bc["model"], bc["experiment"])],
             "gap_obs": [f"{p} / {e}" for p, e in zip(gc["pair"], gc["experiment"])],
         },
-        spec=spec,
-        priors=spec["priors"],
+        summarise=lambda idata: summarise_generations(idata, data),
+        spec=model_spec,
+        priors=model_spec["priors"],
         selection=data.selection,
-        dropped=spec.get("dropped"),
+        dropped=model_spec.get("dropped"),
         notes=data.notes,
-        store=StoreOptions(
-            condition=condition,
-            scale="nats",
-            name=name,
-            netcdf_dir=netcdf_dir,
+        condition=sel.label,
+        scale="nats",
+        what=f"{len(bc)} base cells, {len(gc)} gap cells, {len(data.families)} families",
+        params=ParamRows(
             var_names=[n for n in PARAMS if n in model.named_vars],
             element_coords=generation_coords(
                 data.generations, ["base_generation", "gap_generation"]
             ),
         ),
+        data=data,
+        con=con,
+        store=store,
         started=t0,
     )
 

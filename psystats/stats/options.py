@@ -39,10 +39,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import check_names, did_you_mean
@@ -60,6 +60,14 @@ MAX_SEED = 2**32 - 1  # what every random generator psystats seeds accepts
 MAX_REDRAWS = 5  # each retry may double the draws: 2**5 = 32 times the first run
 SAMPLERS = ("nutpie", "pymc")
 TARGET_ACCEPT_RANGE = (0.5, 0.999)
+
+
+class Check(Protocol):
+    """A validator: the value as stored, or ValueError saying why not; ``describe`` for help."""
+
+    def __call__(self, value: Any) -> Any: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -81,19 +89,35 @@ class IntIn:
 
 @dataclass(frozen=True)
 class FloatIn:
-    """A finite number from ``lo`` to ``hi``."""
+    """A finite number from ``lo`` to ``hi`` (above ``lo`` when ``open_lo``)."""
 
     lo: float
     hi: float
+    open_lo: bool = False
 
     def __call__(self, value: Any) -> float:
         x = _number(value)
-        if x is None or not self.lo <= x <= self.hi:
-            raise ValueError(f"must be a number from {self.lo} to {self.hi}, got {value!r}")
+        low_ok = x is not None and (x > self.lo if self.open_lo else x >= self.lo)
+        if x is None or not low_ok or x > self.hi:
+            raise ValueError(f"must be a number {self.describe()}, got {value!r}")
         return x
 
     def describe(self) -> str:
-        return f"{self.lo}<=x<={self.hi}"
+        lo = f"{self.lo}<x" if self.open_lo else f"{self.lo}<=x"
+        return lo if math.isinf(self.hi) else f"{lo}<={self.hi}"
+
+
+@dataclass(frozen=True)
+class Maybe:
+    """None (the analysis chooses), or what ``check`` accepts."""
+
+    check: Check
+
+    def __call__(self, value: Any) -> Any:
+        return None if value is None else self.check(value)
+
+    def describe(self) -> str:
+        return self.check.describe()
 
 
 @dataclass(frozen=True)
@@ -157,7 +181,7 @@ class Setting:
 
     name: str
     default: Any
-    check: Callable[[Any], Any]  # value -> the value as stored; ValueError says why not
+    check: Check
     help: str
 
     def validate(self, value: Any) -> Any:
@@ -202,6 +226,25 @@ SAMPLING: dict[str, Setting] = _registry(
 )
 
 
+# Options of one analysis each, registered here too so the CLI reads them without
+# importing the analysis (and its libraries) to build its --help.
+ANALYSIS: dict[str, Setting] = _registry(
+    Setting(
+        "folds",
+        5,
+        IntIn(2, 1000),
+        "Cross-validation folds (over participants) for the temperatures.",
+    ),
+    Setting(
+        "rope",
+        None,
+        Maybe(FloatIn(0.0, math.inf, open_lo=True)),
+        "Half-width of the region of practical equivalence "
+        "[default: 0.01 nats, or 0.1 SD on the standardised scale].",
+    ),
+)
+
+
 def _default(name: str) -> Any:
     return SAMPLING[name].default
 
@@ -221,8 +264,9 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _coerce(cls: Any, value: Any, what: str) -> Any:
-    """``value`` as an instance of the options dataclass ``cls`` (None: the defaults)."""
+def options_of(cls: Any, value: Any, what: str) -> Any:
+    """``value`` as an instance of the options dataclass ``cls``: itself, a mapping of its
+    field names (unknown names refused with a "did you mean"), or None (the defaults)."""
     if value is None:
         return cls()
     if isinstance(value, cls):
@@ -232,7 +276,23 @@ def _coerce(cls: Any, value: Any, what: str) -> Any:
     known = field_names(cls)
     if set(value) - set(known):
         raise unknown_names(what, value, known)
-    return cls(**value)
+    try:
+        return cls(**value)
+    except TypeError as e:  # a required field left out
+        raise OptionError(f"{what} options: {e}") from None
+
+
+def build_spec(cls: Any, spec: Any, options: Mapping[str, Any], what: str) -> Any:
+    """An analysis spec (dataclass ``cls``) from ``spec`` (what ``cls.of`` takes, or None)
+    with the named ``options`` overriding its fields: the one way the CLI and ``wh.fit``
+    build a spec from option names."""
+    known = field_names(cls)
+    if set(options) - set(known):
+        raise unknown_names(what, options, known)
+    if spec is None:
+        return options_of(cls, dict(options), what)
+    base = cls.of(spec)
+    return dataclasses.replace(base, **options) if options else base
 
 
 # --------------------------------------------------------------------------- sampling
@@ -263,7 +323,7 @@ class SamplingOptions:
     @classmethod
     def of(cls, value: SamplingOptions | Mapping[str, Any] | None) -> SamplingOptions:
         """``value`` as options: a mapping of field names (unknown names refused), or None."""
-        return _coerce(cls, value, "sampling")
+        return options_of(cls, value, "sampling")
 
     def replace(self, **changes: Any) -> SamplingOptions:
         """A copy with ``changes`` (validated like any other value)."""
@@ -328,7 +388,7 @@ class Selection:
     @classmethod
     def of(cls, value: Selection | Mapping[str, Any] | None) -> Selection:
         """``value`` as a selection: a mapping of field names (unknown names refused), or None."""
-        return _coerce(cls, value, "selection")
+        return options_of(cls, value, "selection")
 
     @property
     def post(self) -> str:
@@ -393,4 +453,4 @@ class StoreOptions:
     @classmethod
     def of(cls, value: StoreOptions | Mapping[str, Any] | None) -> StoreOptions:
         """``value`` as store options: a mapping of field names (unknown names refused), or None."""
-        return _coerce(cls, value, "store")
+        return options_of(cls, value, "store")

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,73 +154,6 @@ def _add_data_groups(model, idata):
     if groups:
         idata.add_groups(groups, coords=coords, dims=dims)
     return idata
-
-
-# ---------------------------------------------------------------------------
-# Posterior predictive checks (shared by every analysis with an observed variable)
-
-
-def posterior_predictive_draws(
-    model, idata, var_name: str, *, max_draws: int = 400, seed: int = 0, add_to_idata: bool = True
-):
-    """(replicated draws as (draws, observations), observed values) of an observed variable.
-
-    At most ``max_draws`` thinned posterior draws; with ``add_to_idata`` they
-    are added to ``idata`` as its ``posterior_predictive`` group.
-    """
-    import pymc as pm
-
-    thin = thin_draws(idata, max_draws)
-    with model, warnings.catch_warnings():
-        # PyMC warns that Potentials are ignored: they are not, here, because the
-        # parameters are posterior draws (the Potentials shaped them already).
-        warnings.filterwarnings("ignore", message=".*Potentials.*")
-        pp = pm.sample_posterior_predictive(
-            thin,
-            var_names=[var_name],
-            random_seed=seed,
-            progressbar=False,
-            extend_inferencedata=False,
-        )
-    if add_to_idata:
-        if "posterior_predictive" in idata.groups():
-            idata.posterior_predictive = idata.posterior_predictive.merge(pp.posterior_predictive)
-        else:
-            idata.add_groups({"posterior_predictive": pp.posterior_predictive})
-    values = pp.posterior_predictive[var_name].values
-    y = np.asarray(idata.observed_data[var_name].values, dtype=float).ravel()
-    return values.reshape(-1, y.size), y
-
-
-def ppc_statistics(y: np.ndarray, rep: np.ndarray) -> dict:
-    """Coverage of the 90% predictive intervals and p-values of summary statistics.
-
-    ``rep`` is (draws, observations).  Each observation is standardised by its
-    predictive mean and SD; p-values P(T(y_rep) >= T(y)) for T = mean, SD,
-    min and max over observations.  Values near 0 or 1 signal misfit.
-    """
-    lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
-    m, s = rep.mean(axis=0), rep.std(axis=0)
-    z_obs, z_rep = (y - m) / s, (rep - m) / s
-    stats: dict[str, Callable[..., Any]] = {
-        "mean": np.mean,
-        "sd": np.std,
-        "min": np.min,
-        "max": np.max,
-    }
-    pvals = {k: float(np.mean(f(z_rep, axis=1) >= f(z_obs))) for k, f in stats.items()}
-    return {
-        "draws": int(rep.shape[0]),
-        "coverage_90": float(np.mean((y >= lo) & (y <= hi))),
-        "p_values": pvals,
-    }
-
-
-def thin_draws(idata, max_draws: int):
-    """``idata`` with every k-th draw, k chosen so at most about ``max_draws`` draws remain."""
-    n = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
-    step = max(1, int(np.ceil(n / max_draws)))
-    return idata.sel(draw=slice(None, None, step)) if step > 1 else idata
 
 
 def sampler_record(idata) -> dict:
@@ -366,21 +299,55 @@ def gated_vars(model) -> list[str]:
     ]
 
 
-def enforce(diag: Diagnostics, allow_failure: bool = False) -> None:
+RETRY_TARGET_ACCEPT = 0.99  # the target_accept a retry against divergences uses
+
+
+def enforce(
+    diag: Diagnostics, allow_failure: bool = False, attempts: Sequence[Mapping] = ()
+) -> None:
     """Raise :class:`DiagnosticsFailure` naming every failed gate, unless ``allow_failure``.
 
-    With ``allow_failure`` the problems are only logged; the fit is still
-    stored with ``fits.passed = false``.
+    ``attempts``: every sampling of the fit (``draws``, ``target_accept``,
+    ``problems``), the last one ``diag``'s; the message names each, and
+    advises only what was not tried.  With ``allow_failure`` the problems
+    are only logged; the fit is still stored with ``fits.passed = false``.
     """
     if diag.passed:
         return
-    msg = (
-        "the fit missed its diagnostic gates: "
-        + "; ".join(diag.problems)
-        + ". Try more --draws/--tune, a higher --target-accept, or check the data; "
-        "--allow-diagnostics-failure keeps the fit anyway (marked passed = false)."
-    )
     if allow_failure:
-        log.warning(msg)
+        log.warning(
+            "the fit missed its diagnostic gates (%s); kept with passed = false as asked",
+            "; ".join(diag.problems),
+        )
         return
-    raise DiagnosticsFailure(msg)
+    raise DiagnosticsFailure(failure_message(diag, attempts))
+
+
+def failure_message(diag: Diagnostics, attempts: Sequence[Mapping] = ()) -> str:
+    """What missed, what was tried, and what is left to try."""
+    msg = "the fit missed its diagnostic gates: " + "; ".join(diag.problems) + "."
+    if len(attempts) > 1:
+        tried = [
+            f"{a['draws']} draws per chain at target_accept {a['target_accept']} "
+            f"({'; '.join(a.get('problems') or []) or 'met the gates'})"
+            for a in attempts
+        ]
+        msg += f" Sampled {len(attempts)} times: " + ", then ".join(tried) + "."
+    last = attempts[-1] if attempts else {}
+    advice = []
+    if diag.n_chains < 2:
+        advice.append("sample with --chains 4")
+    if diag.divergences:
+        if float(last.get("target_accept", 0.0)) < RETRY_TARGET_ACCEPT:
+            advice.append(f"raise --target-accept to {RETRY_TARGET_ACCEPT}")
+        else:
+            advice.append(
+                f"the divergences survived target_accept {last['target_accept']}: simplify or "
+                "reparameterise the model, or check the data"
+            )
+    elif diag.n_chains >= 2:
+        advice.append("sample longer (more --draws/--tune) or check the data")
+    return (
+        f"{msg} Next: {'; '.join(advice)}. --allow-diagnostics-failure keeps the fit anyway "
+        "(marked passed = false)."
+    )
