@@ -23,7 +23,9 @@ from typing import Any
 
 import click
 
+from psystats.stats.fit_kinds import fit_request
 from psystats.stats.options import OptionError
+from psystats.warehouse.queries import where_clause
 
 from .brief_db import open_brief
 from .common import print_rows
@@ -37,8 +39,6 @@ def run_fit_command(kind: str, db: str | None, **options: Any) -> tuple[Any, Any
     name.  The connection stays open for the command's own table and is
     closed when the command ends.
     """
-    from psystats.stats.fit_kinds import fit_request
-
     # Library warnings as plain lines; set before PyMC loads, so its INFO chatter
     # ("Sampling: [y]") stays out of the output.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -82,8 +82,6 @@ def print_params(
     con, fit_id: int, parameters: Sequence[str] | None = None, limit: int | None = None
 ) -> None:
     """The fit's ``fit_params`` rows (mean, 90% interval, R-hat, and the unit when stored)."""
-    from psystats.warehouse.queries import where_clause
-
     filt, params = where_clause({"fit_id": [int(fit_id)], "parameter": parameters})
     cur = con.execute(f"SELECT * FROM fit_params {filt} ORDER BY parameter, label", params)
     names = [c[0] for c in cur.description]

@@ -57,12 +57,13 @@ from .likelihoods import binomial_logit
 from .option_groups import OptionGroups
 from .options import (
     ANALYSIS,
-    OptionError,
+    AnalysisSpec,
+    Flag,
     SamplingOptions,
     Selection,
     StoreOptions,
-    build_spec,
     options_of,
+    validated,
 )
 from .pipeline import FitResult, ParamRows, run_fit
 
@@ -575,28 +576,20 @@ def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
 
 
 @dataclass(frozen=True)
-class AccuracySpec:
+class AccuracySpec(AnalysisSpec):
     """What ``fit accuracy`` fits beyond its selection: the folds of the temperature
     calibration, whether to refit on the calibrated accuracy, the prior scales
     (:class:`AccuracyPriors` or a dict of its fields)."""
 
+    KIND = "accuracy"
     folds: int = ANALYSIS["folds"].default
     calibration: bool = True
     priors: AccuracyPriors | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folds", ANALYSIS["folds"].validate(self.folds))
-        if not isinstance(self.calibration, bool):
-            raise OptionError(f"calibration must be True or False, got {self.calibration!r}")
+        validated("calibration", Flag(), self.calibration)
         object.__setattr__(self, "priors", options_of(AccuracyPriors, self.priors, "priors"))
-
-    @classmethod
-    def of(cls, value: Any) -> AccuracySpec:
-        return options_of(cls, value, "accuracy")
-
-    @classmethod
-    def from_options(cls, spec: Any = None, **options: Any) -> AccuracySpec:
-        return build_spec(cls, spec, options, "accuracy")
 
 
 def fit_accuracy(

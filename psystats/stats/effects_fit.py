@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from .cells import build_cells, with_scale
+from .cohens_d import pair_cohens_d
 from .effects_design import EffectsData, prepare
 from .effects_model import LABELS, build_effects_model, reported_vars
 from .effects_spec import TERMS, EffectsSpec, resolve_priors
@@ -146,8 +148,6 @@ def fit_cells(
         "coords": {k: len(v) for k, v in data.coords.items()},
     }
     # The published study's headline statistic beside the posterior (docs/model.md).
-    from .cohens_d import pair_cohens_d
-
     cd = pair_cohens_d(data.cells, seed=sampling.seed)
     if not cd.empty:
         summary["cohens_d"] = {
@@ -245,8 +245,6 @@ def fit_effects(
     written when the fit misses its gates (unless ``allow_failure``, then it
     is stored with ``passed = false``).
     """
-    from .cells import build_cells, with_scale
-
     sel, fs = Selection.of(selection), EffectsFitSpec.of(spec)
     sel.require("effects", ["models", "experiments"])
     store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)

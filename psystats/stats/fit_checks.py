@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from .compare import attach_pointwise_loo
+from .likelihoods import pointwise_log_likelihood
+
 LOO_MAX_DRAWS = 1000  # PSIS-LOO on at most this many (thinned) draws
 PPC_MAX_DRAWS = 400  # replicated data sets for the predictive check
 PARETO_K_BAD = 0.7
@@ -187,8 +190,6 @@ def loo_check(
     one's own LOO (``by_variable``).  With ``attach`` the ``log_likelihood``
     and ``psystats_loo`` groups are added to ``idata`` (module docstring).
     """
-    from .compare import attach_pointwise_loo
-
     thin = thin_draws(idata, max_draws)
     arrays, labels, values = _pointwise(model, thin, observed, pointwise_loglik, pointwise_observed)
     if not arrays:
@@ -263,8 +264,6 @@ def _pointwise(model, thin, observed, hook, hook_observed):
     if have:
         arrays = {n: thin.log_likelihood[n] for n in observed}
     else:
-        from .likelihoods import pointwise_log_likelihood
-
         arrays = {n: pointwise_log_likelihood(model, thin, n) for n in observed}
     labels: list[str] = []
     for name in observed:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from psystats.warehouse.queries import did_you_mean
+
 from .options import (
     OptionError,
     SamplingOptions,
@@ -69,8 +71,6 @@ def spec_option_names(kind: str) -> list[str]:
 
 def _row(kind: str) -> tuple[str, str, str]:
     if kind not in KINDS:
-        from psystats.warehouse.queries import did_you_mean
-
         raise OptionError(
             f"unknown fit kind {kind!r}{did_you_mean(str(kind), list(KINDS))}: "
             f"use one of {', '.join(KINDS)}"

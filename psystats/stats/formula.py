@@ -46,14 +46,15 @@ import pandas as pd
 
 from psystats.warehouse.db import WarehouseError
 
-from .cells import SCALES
+from .cells import SCALES, build_cells, with_scale
 from .options import (
+    AnalysisSpec,
+    OneOf,
     OptionError,
     SamplingOptions,
     Selection,
     StoreOptions,
-    build_spec,
-    options_of,
+    validated,
 )
 from .pipeline import FitResult, ParamRows, run_fit, save_result
 
@@ -226,13 +227,14 @@ def reported_vars(bambi_model) -> list[str]:
 
 
 @dataclass(frozen=True)
-class FormulaSpec:
+class FormulaSpec(AnalysisSpec):
     """What ``fit formula`` fits: the formula, its priors, the cell scale, whether to check.
 
     ``priors``: ``{term: {"dist": ..., params}}``, or that as JSON text or a
     .json/.toml/.yaml file (what ``--priors`` takes).
     """
 
+    KIND = "formula"
     formula: str
     priors: Mapping[str, Any] | None = None
     scale: str = "nats"
@@ -243,8 +245,7 @@ class FormulaSpec:
             raise OptionError(
                 f"a formula looks like 'mean ~ type + (1|experiment)', got {self.formula!r}"
             )
-        if self.scale not in SCALES:
-            raise OptionError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        validated("scale", OneOf(SCALES), self.scale)
         if isinstance(self.priors, str):
             object.__setattr__(self, "priors", read_priors(self.priors))
         elif self.priors is not None and not isinstance(self.priors, Mapping):
@@ -258,14 +259,14 @@ class FormulaSpec:
             return cls(formula=value)
         if value is None:
             raise OptionError(NEEDS_FORMULA)
-        return options_of(cls, value, "formula")
+        return super().of(value)
 
     @classmethod
     def from_options(cls, spec: Any = None, **options: Any) -> FormulaSpec:
         """The spec from the ``fit formula`` options (field names; unknown names refused)."""
         if spec is None and "formula" not in options:
             raise OptionError(NEEDS_FORMULA)
-        return build_spec(cls, spec, options, "formula")
+        return super().from_options(spec, **options)
 
 
 NEEDS_FORMULA = "fit formula needs a formula, e.g. 'mean ~ type + (1|experiment)'"
@@ -400,8 +401,6 @@ def fit_formula(
     ``formula`` and the ``bambi_model``.  Nothing is written when a gate
     fails (unless ``allow_failure``).
     """
-    from .cells import build_cells, with_scale
-
     sel, fs = Selection.of(selection), FormulaSpec.of(spec)
     sel.require("formula", ["models", "experiments"])
     store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)

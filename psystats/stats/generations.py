@@ -51,7 +51,7 @@ from .analysis_common import (
     resolve_prior_scales,
 )
 from .likelihoods import marginal_normal
-from .options import SamplingOptions, Selection, StoreOptions, build_spec, options_of
+from .options import AnalysisSpec, SamplingOptions, Selection, StoreOptions, options_of
 from .pipeline import FitResult, ParamRows, run_fit
 
 KIND = "generations"
@@ -693,22 +693,15 @@ def summarise_generations(idata, data: GenerationsData) -> dict:
 
 
 @dataclass(frozen=True)
-class GenerationsSpec:
+class GenerationsSpec(AnalysisSpec):
     """What ``fit generations`` fits beyond its selection: the prior scales
     (:class:`GenerationsPriors`, or a dict of its fields; default: from the data)."""
 
+    KIND = "generations"
     priors: GenerationsPriors | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "priors", options_of(GenerationsPriors, self.priors, "priors"))
-
-    @classmethod
-    def of(cls, value: Any) -> GenerationsSpec:
-        return options_of(cls, value, "generations")
-
-    @classmethod
-    def from_options(cls, spec: Any = None, **options: Any) -> GenerationsSpec:
-        return build_spec(cls, spec, options, "generations")
 
 
 def fit_generations(

@@ -42,7 +42,7 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import check_names, did_you_mean
@@ -186,10 +186,15 @@ class Setting:
 
     def validate(self, value: Any) -> Any:
         """``value`` as stored, or :class:`OptionError` naming the setting and what it allows."""
-        try:
-            return self.check(value)
-        except ValueError as e:
-            raise OptionError(f"{self.name} {e}") from None
+        return validated(self.name, self.check, value)
+
+
+def validated(name: str, check: Check, value: Any) -> Any:
+    """``check(value)``, or :class:`OptionError` naming ``name`` and what it allows."""
+    try:
+        return check(value)
+    except ValueError as e:
+        raise OptionError(f"{name} {e}") from None
 
 
 def _registry(*settings: Setting) -> dict[str, Setting]:
@@ -429,6 +434,25 @@ class Selection:
         out: dict[str, Any] = {"post_condition": self.post, "base_condition": self.base}
         out.update({n: self.only(n) for n in SELECTION_LISTS})
         return out
+
+
+# --------------------------------------------------------------------------- analysis specs
+
+
+class AnalysisSpec:
+    """The base of the analyses' spec dataclasses (``PersonaSpec``, ...): built from
+    itself, a mapping of its field names, or None (``of``), and from option names
+    overriding a given spec (``from_options``, what the CLI and ``wh.fit`` call)."""
+
+    KIND: ClassVar[str] = "analysis"
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        return options_of(cls, value, cls.KIND)
+
+    @classmethod
+    def from_options(cls, spec: Any = None, **options: Any) -> Any:
+        return build_spec(cls, spec, options, cls.KIND)
 
 
 # --------------------------------------------------------------------------- storing

@@ -35,12 +35,13 @@ from .likelihoods import marginal_normal
 from .options import (
     ANALYSIS,
     PERSONA_CONDITION,
-    OptionError,
+    AnalysisSpec,
+    OneOf,
     SamplingOptions,
     Selection,
     StoreOptions,
-    build_spec,
     options_of,
+    validated,
 )
 from .pipeline import FitResult, ParamRows, run_fit
 
@@ -341,32 +342,22 @@ MODEL_EFFECTS = ("fixed", "random")
 
 
 @dataclass(frozen=True)
-class PersonaSpec:
+class PersonaSpec(AnalysisSpec):
     """What ``fit persona`` fits beyond its selection: the scale, the ROPE half-width
     (None: :data:`DEFAULT_ROPE` of the scale), fixed or random model effects, the prior
     scales (:class:`PersonaPriors` or a dict of its fields; default: from the data)."""
 
+    KIND = "persona"
     scale: str = "nats"
     rope: float | None = None
     model_effects: str = "fixed"
     priors: PersonaPriors | None = None
 
     def __post_init__(self) -> None:
-        for name, choices in (("scale", SCALES), ("model_effects", MODEL_EFFECTS)):
-            if getattr(self, name) not in choices:
-                raise OptionError(
-                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
-                )
+        validated("scale", OneOf(SCALES), self.scale)
+        validated("model_effects", OneOf(MODEL_EFFECTS), self.model_effects)
         object.__setattr__(self, "rope", ANALYSIS["rope"].validate(self.rope))
         object.__setattr__(self, "priors", options_of(PersonaPriors, self.priors, "priors"))
-
-    @classmethod
-    def of(cls, value: Any) -> PersonaSpec:
-        return options_of(cls, value, "persona")
-
-    @classmethod
-    def from_options(cls, spec: Any = None, **options: Any) -> PersonaSpec:
-        return build_spec(cls, spec, options, "persona")
 
 
 def fit_persona(

@@ -70,9 +70,22 @@ from typing import Any
 
 import numpy as np
 
+from psystats.warehouse.db import scalar
+
 from .fit_checks import loo_check, predictive_check
 from .options import MAX_DRAWS, SamplingOptions, StoreOptions
-from .sampling import RETRY_TARGET_ACCEPT, Diagnostics
+from .sampling import (
+    ESS_MIN,
+    RETRY_TARGET_ACCEPT,
+    RHAT_MAX,
+    Diagnostics,
+    diagnose,
+    enforce,
+    gated_vars,
+    sample,
+    sampler_record,
+)
+from .store import save_fit
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +247,6 @@ def run_fit(
     (a stored fit's, say): the pipeline checks, scores and stores them
     instead of sampling.
     """
-    from .sampling import diagnose, enforce, gated_vars, sampler_record
-
     t0 = time.perf_counter() if started is None else started
     opts = SamplingOptions.of(sampling)
     obs = _observed_list(model, observed)
@@ -250,22 +261,17 @@ def run_fit(
     summ: dict[str, Any] = dict(summary or {})
     loo = None
     if checks:
-        if ppc:
-            summ["ppc"] = predictive_check(model, idata, obs, seed=opts.seed, notes=out_notes)
-        loo_dict, loo = loo_check(
+        loo = _check(
             model,
             idata,
             obs,
+            summ,
+            out_notes,
+            seed=opts.seed if ppc else None,
             pointwise_loglik=pointwise_loglik,
             pointwise_observed=pointwise_observed,
             observation_labels=observation_labels,
-            notes=out_notes,
         )
-        if loo_dict is not None:
-            by_variable = loo_dict.pop("by_variable", None)
-            summ["loo"] = {**dict(summ.get("loo") or {}), "full": loo_dict}
-            if by_variable:
-                summ["loo"]["by_variable"] = by_variable
     if summarise is not None:
         summ = {**summarise(idata), **summ}
     summ["sampler"] = {**sampler_record(idata), "retries": len(attempts) - 1}
@@ -301,6 +307,19 @@ def run_fit(
     return result
 
 
+def _check(model, idata, obs, summ: dict, notes: list[str], *, seed: int | None, **loo_kw):
+    """The predictive check (unless ``seed`` is None) and PSIS-LOO, into ``summ``; the ELPD."""
+    if seed is not None:
+        summ["ppc"] = predictive_check(model, idata, obs, seed=seed, notes=notes)
+    loo_dict, loo = loo_check(model, idata, obs, notes=notes, **loo_kw)
+    if loo_dict is not None:
+        by_variable = loo_dict.pop("by_variable", None)
+        summ["loo"] = {**dict(summ.get("loo") or {}), "full": loo_dict}
+        if by_variable:
+            summ["loo"]["by_variable"] = by_variable
+    return loo
+
+
 def _attempt(opts: SamplingOptions, diag: Diagnostics) -> dict[str, Any]:
     """One sampling of a fit as recorded: its settings and the gates it missed."""
     return {
@@ -317,8 +336,6 @@ def _sample_until_gates_or_mended(model, opts: SamplingOptions, gated, notes: li
     At most ``opts.redraws`` times.  Returns (idata, diagnostics of the last
     attempt, every attempt as recorded); each retry adds a note.
     """
-    from .sampling import diagnose, sample
-
     current = opts
     idata = sample(model, current)
     diag = diagnose(idata, var_names=gated)
@@ -344,10 +361,6 @@ def save_result(
 ) -> int:
     """Store ``result`` (``fits``, ``fit_params``, NetCDF); sets its ``fit_id`` and
     ``netcdf_path`` and returns the fit id."""
-    from psystats.warehouse.db import scalar
-
-    from .store import save_fit
-
     so = StoreOptions.of(store)
     rows = result.params
     result.fit_id = save_fit(
@@ -379,8 +392,6 @@ def save_result(
 
 def gate_record(gated: Sequence[str]) -> dict[str, Any]:
     """The gate rule a fit was held to (stored in its summary and NetCDF)."""
-    from .sampling import ESS_MIN, RHAT_MAX
-
     return {
         "rhat_max": RHAT_MAX,
         "ess_bulk_min": ESS_MIN,
