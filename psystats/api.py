@@ -215,28 +215,34 @@ class Warehouse:
 
     def cells(
         self,
+        selection: Any = None,
         *,
-        post_condition: str = "plain",
-        base_condition: str | None = None,
-        models: Sequence[str] | None = None,
-        experiments: Sequence[str] | None = None,
         scale: str = "nats",
         formula_columns: bool = False,
+        **names: Any,
     ) -> pd.DataFrame:
         """The (pair, experiment) cell table the effects model fits, with ``y``/``se`` on ``scale``.
 
-        ``formula_columns=True`` returns the columns a formula may use
-        (``mean, se, type, family, log_params, domain, experiment, pair, ...``).
+        Which scores: a ``Selection`` (``psystats.stats.options``) and/or its
+        fields by name, as ``psystats export cells`` takes them
+        (``condition``, ``post_condition``, ``base_condition``, ``models``,
+        ``experiments``).  ``formula_columns=True`` returns the columns a
+        formula may use (``mean, se, type, family, log_params, domain,
+        experiment, pair, ...``).
         """
         from psystats.stats.cells import build_cells, with_scale
+        from psystats.stats.options import Selection, build_spec
 
+        sel = build_spec(Selection, selection, names, "selection")
+        sel.require("cells", ["models", "experiments"])
         with self.connection() as con:
+            sel.check_names(con, conditions=[sel.post, sel.base])
             cells = build_cells(
                 con,
-                post_condition=post_condition,
-                base_condition=base_condition or post_condition,
-                models=models,
-                experiments=experiments,
+                post_condition=sel.post,
+                base_condition=sel.base,
+                models=sel.only("models"),
+                experiments=sel.only("experiments"),
             )
         cells = with_scale(cells, scale)
         if formula_columns:

@@ -113,6 +113,12 @@ def test_cells_match_an_independent_computation(sim_db: Path):
                 se = g["d"].std(ddof=1) / np.sqrt(len(g))
                 assert np.isclose(row["se"].iloc[0], se, atol=1e-10)
     fc = wh.cells(formula_columns=True)
+    # the selection by the names `export cells` takes: one model's pairs only
+    one = pairs["name"].iloc[0]
+    mine = wh.cells(models=one)
+    assert len(mine) == (cells.post_model == one).sum() > 0 and mine["pair"].nunique() == 1
+    with pytest.raises(WarehouseError, match="did you mean"):
+        wh.cells(experiments=["zhu2024game"])
     assert {"mean", "se", "type", "family", "log_params", "experiment"} <= set(fc.columns)
 
 
