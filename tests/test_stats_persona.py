@@ -194,7 +194,7 @@ def test_integrated_random_intercepts_equal_the_dense_normal():
     import pytensor.tensor as pt
     from scipy.stats import multivariate_normal
 
-    from psystats.stats.analysis_common import crossed_normal_logp, grouped_normal_logp
+    from psystats.stats.likelihoods import crossed_normal_logp, grouped_normal_logp
 
     rng = np.random.default_rng(0)
     g = np.array([0, 0, 1, 2, 2, 2, 1, 0, 1])

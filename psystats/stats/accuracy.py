@@ -52,7 +52,8 @@ from scipy.special import logsumexp
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import where_clause
 
-from .analysis_common import load_models, prob
+from .analysis_common import prob
+from .data import load_models
 from .likelihoods import binomial_logit
 from .option_groups import OptionGroups
 from .options import (
@@ -715,8 +716,7 @@ def simulate_accuracy(
     """
     from psystats.warehouse.db import transaction
 
-    from .analysis_common import responses_frame
-    from .simulate import register_models, write_run
+    from .simulate import register_models, responses_frame, write_run
 
     beta = beta or {"sim-acc-base": 1.0, "sim-acc-instruct": 1.6}
     sharpness = sharpness or {"sim-acc-base": 1.0, "sim-acc-instruct": 4.0}

@@ -45,11 +45,11 @@ from psystats.warehouse.db import WarehouseError
 from .analysis_common import (
     cell_label,
     generation_coords,
-    load_models,
     log_size_term,
     prob,
     resolve_prior_scales,
 )
+from .data import load_models
 from .likelihoods import marginal_normal
 from .options import AnalysisSpec, SamplingOptions, Selection, StoreOptions, options_of
 from .pipeline import FitResult, ParamRows, run_fit
@@ -801,8 +801,7 @@ def simulate_generations(
     """
     from psystats.warehouse.db import transaction
 
-    from .analysis_common import responses_frame
-    from .simulate import register_models, write_run
+    from .simulate import register_models, responses_frame, write_run
 
     families = families or {"qwen": (1, 2, 3), "llama": (1, 2)}
     base_slope = base_slope or {f: -0.2 for f in families}

@@ -30,7 +30,8 @@ import pandas as pd
 from psystats.warehouse.db import WarehouseError
 from psystats.warehouse.queries import where_clause
 
-from .analysis_common import load_models, prob, resolve_prior_scales
+from .analysis_common import prob, resolve_prior_scales
+from .data import load_models
 from .likelihoods import marginal_normal
 from .options import (
     ANALYSIS,
@@ -456,8 +457,7 @@ def simulate_persona(
     """
     from psystats.warehouse.db import transaction
 
-    from .analysis_common import responses_frame
-    from .simulate import register_models, write_run
+    from .simulate import register_models, responses_frame, write_run
 
     effects = effects or {"base": 0.0, "instruct": -0.1}
     rng = np.random.default_rng(seed)
