@@ -586,7 +586,7 @@ def _validate_and_write(
                 "checked (a concurrent ingest?); nothing was imported: run the import again"
             )
         if not scalar(con, "SELECT count(*) FROM models WHERE name = ?", [model]):
-            registry._add(
+            registry.register(
                 con,
                 None,
                 name=model,

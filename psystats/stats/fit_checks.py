@@ -31,12 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from .compare import attach_pointwise_loo
+from .compare import GROUP, PARETO_K_BAD, attach_pointwise_loo
 from .likelihoods import pointwise_log_likelihood
 
 LOO_MAX_DRAWS = 1000  # PSIS-LOO on at most this many (thinned) draws
 PPC_MAX_DRAWS = 400  # replicated data sets for the predictive check
-PARETO_K_BAD = 0.7
 HOOK_VARIABLE = "observations"  # the log_likelihood variable of a caller's pointwise function
 
 
@@ -217,6 +216,28 @@ def loo_check(
     return summary, res
 
 
+def refresh_loo(idata) -> tuple[dict, Any]:
+    """PSIS-LOO again from the stored ``log_likelihood`` group, after the posterior changed.
+
+    The relative efficiency comes from the posterior, so a fit whose stored
+    posterior is not the one sampled (a formula fit, turned into what
+    ``bambi.Model.fit`` returns) scores its stored pointwise values against
+    the stored posterior: what ``arviz.loo`` computes on the file.  Replaces
+    the ``psystats_loo`` group; returns (summary of the full LOO, ELPDData).
+    """
+    arrays = {str(n): da for n, da in idata.log_likelihood.data_vars.items()}
+    old = idata[GROUP]
+    summary, res = psis_loo(idata.posterior, _joined(arrays, idata.log_likelihood))
+    summary["observed"] = str(old.attrs.get("observed_variable", ""))
+    labels = [str(v) for v in old["observation"].values]
+    values = np.asarray(old["observed"].values, dtype=float)
+    del idata[GROUP]
+    attach_pointwise_loo(
+        idata, res, labels=labels, values=values, observed_variable=summary["observed"]
+    )
+    return summary, res
+
+
 def _labels(given, default: list[str], arrays: Mapping[str, Any]) -> list[str]:
     if given is None:
         return default
@@ -229,10 +250,11 @@ def _labels(given, default: list[str], arrays: Mapping[str, Any]) -> list[str]:
 
 
 def _joined(arrays: Mapping[str, Any], thin):
-    """The per-variable arrays as one DataArray (chain, draw, observation)."""
+    """The per-variable arrays as one DataArray (chain, draw, observation) on the draws of
+    ``thin`` (an InferenceData, or a Dataset with chain and draw)."""
     import xarray as xr
 
-    post = thin.posterior
+    post = thin.posterior if hasattr(thin, "posterior") else thin
     c, d = post.sizes["chain"], post.sizes["draw"]
     arr = np.concatenate(
         [np.asarray(a.values, float).reshape(c, d, -1) for a in arrays.values()], -1
