@@ -34,7 +34,7 @@ def _normal_fit(y: np.ndarray, sd_prior: float, seed: int):
 
 
 def _store(con, idata, loo, tmp_path, passed=True):
-    from psystats.stats.compare import attach_pointwise_loo
+    from psystats.stats.fit_checks import attach_pointwise_loo
     from psystats.stats.store import save_fit
 
     attach_pointwise_loo(idata, loo)

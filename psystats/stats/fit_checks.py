@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from .compare import GROUP, PARETO_K_BAD, attach_pointwise_loo
 from .likelihoods import pointwise_log_likelihood
 
 LOO_MAX_DRAWS = 1000  # PSIS-LOO on at most this many (thinned) draws
 PPC_MAX_DRAWS = 400  # replicated data sets for the predictive check
+PARETO_K_BAD = 0.7  # above it, PSIS-LOO is unreliable for that observation (Vehtari et al. 2024)
+GROUP = "psystats_loo"  # the pointwise LOO a fit keeps for `fit compare`
 HOOK_VARIABLE = "observations"  # the log_likelihood variable of a caller's pointwise function
 
 
@@ -231,7 +232,6 @@ def refresh_loo(idata) -> tuple[dict, Any]:
     summary["observed"] = str(old.attrs.get("observed_variable", ""))
     labels = [str(v) for v in old["observation"].values]
     values = np.asarray(old["observed"].values, dtype=float)
-    del idata[GROUP]
     attach_pointwise_loo(
         idata, res, labels=labels, values=values, observed_variable=summary["observed"]
     )
@@ -341,3 +341,55 @@ def _element_labels(da, prefix: str | None) -> list[str]:
         text = " / ".join(parts) if parts else "0"
         out.append(f"{prefix}[{text}]" if prefix else text)
     return out
+
+
+def attach_pointwise_loo(
+    idata,
+    elpd,
+    observed: str = "y",
+    *,
+    labels: Sequence[str] | None = None,
+    values: Sequence[float] | np.ndarray | None = None,
+    observed_variable: str | None = None,
+) -> None:
+    """Add ``elpd`` (an ArviZ ``ELPDData`` with ``pointwise=True``) to ``idata`` as a group.
+
+    The observations are named by ``labels`` and their observed ``values``
+    are kept beside them (``fit compare`` checks both); by default both come
+    from ``idata.observed_data[observed]``.
+    """
+    import xarray as xr
+
+    if labels is None or values is None:
+        obs = idata.observed_data[observed]
+        dim = obs.dims[0] if obs.dims else "observation"
+        if labels is None:
+            labels = (
+                [str(v) for v in obs.coords[dim].values]
+                if dim in obs.coords
+                else [str(i) for i in range(obs.size)]
+            )
+        if values is None:
+            values = np.asarray(obs.values, dtype=float).ravel()
+    dim = "observation"
+    ds = xr.Dataset(
+        {
+            "loo_i": (dim, np.asarray(elpd.loo_i, dtype=float).ravel()),
+            "pareto_k": (dim, np.asarray(elpd.pareto_k, dtype=float).ravel()),
+            "observed": (dim, np.asarray(values, dtype=float).ravel()),
+        },
+        coords={dim: np.asarray([str(v) for v in labels], dtype=str)},
+        attrs={
+            "elpd_loo": float(elpd.elpd_loo),
+            "se": float(elpd.se),
+            "p_loo": float(elpd.p_loo),
+            "n_samples": int(elpd.n_samples),
+            "good_k": float(getattr(elpd, "good_k", 0.7)),
+            "observed_variable": observed_variable or observed,
+        },
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ warns about a group it does not know
+        if GROUP in idata.groups():
+            del idata[GROUP]
+        idata.add_groups({GROUP: ds})
