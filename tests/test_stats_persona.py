@@ -271,10 +271,13 @@ def test_persona_fits_of_the_same_cells_compare_by_loo(persona_warehouse):
     sampling = {"draws": 300, "tune": 400, "chains": 2, "seed": 2}
     fixed = fit_persona(con, None, None, sampling, allow_failure=True)
     random = fit_persona(con, None, {"model_effects": "random"}, sampling, allow_failure=True)
-    table = compare_fits(con, [fixed.fit_id, random.fit_id]).set_index("fit")
+    # Short fits (2 x 300 draws) may miss their gates; what is tested is the stored LOO.
+    ids = [fixed.fit_id, random.fit_id]
+    table = compare_fits(con, ids, include_failed=True).set_index("fit")
     for fit in (fixed, random):
         assert table.loc[f"fit {fit.fit_id}", "elpd_loo"] == pytest.approx(
             fit.summary["loo"]["full"]["elpd_loo"]
         )
         assert fit.summary["loo"]["full"]["n_observations"] == 32
+        assert_loo_stands_alone(fit.netcdf_path, fit.summary)
     con.close()
