@@ -17,9 +17,10 @@ import pytest
 from helpers import FRANKE, cli_ok
 from psystats import warehouse
 from psystats.scoring.baselines import ALPHA, baseline_scorer
+from psystats.scoring.config import ScorerConfig
 from psystats.scoring.inputs import load_inputs
 from psystats.scoring.registry import add_model
-from psystats.scoring.runner import score
+from psystats.scoring.runner import RunOptions, score
 from psystats.warehouse.db import WarehouseError, scalar
 
 LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
@@ -223,7 +224,7 @@ def test_uniform_is_minus_log_one_over_the_option_count(warehouse_copy):
 def test_frequency_runs_through_the_runner_and_is_registered_on_first_use(warehouse_copy):
     con = warehouse.connect(warehouse_copy)
     try:
-        out = score(con, "baseline:frequency", studies=[FRANKE.split("/")[0]])
+        out = score(con, "baseline:frequency", run=RunOptions(studies=(FRANKE.split("/")[0],)))
         assert out.run_id is not None and "complete" in out.message
         row = con.execute(
             "SELECT post_training, base_model FROM models WHERE name = 'baseline:frequency'"
@@ -236,9 +237,9 @@ def test_frequency_runs_through_the_runner_and_is_registered_on_first_use(wareho
         n = scalar(con, "SELECT count(*) FROM responses WHERE experiment = ?", [FRANKE])
         assert scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [out.run_id]) == n
         with pytest.raises(WarehouseError, match="has no tokens or words: drop --token-level"):
-            score(con, "baseline:frequency", scorer_options={"token_level": True})
+            score(con, "baseline:frequency", ScorerConfig(token_level=True))
         with pytest.raises(WarehouseError, match="without --engine ray"):
-            score(con, "baseline:frequency", engine="ray")
+            score(con, "baseline:frequency", run=RunOptions(engine="ray"))
     finally:
         con.close()
 

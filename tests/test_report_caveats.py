@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
-from psystats.reports.content import Figure, Note, build_report, esc
+from psystats.reports.blocks import Figure, Note, esc
+from psystats.reports.content import build_report
 from report_fixture import fabricate
 
 FLAG = "random weights standing in for a model (test)"

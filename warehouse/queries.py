@@ -26,8 +26,11 @@ def summary_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]
 def model_run_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
     """Per model and condition: scored runs by status and the responses they scored.
 
-    Read from ``score_runs`` alone (one row per run), so it costs the same
-    with a thousand score rows or billions.
+    Runs of a seeded sample (``score --participants/--sample``) are counted on
+    rows of their own, whose ``sample`` says what they sampled (empty: full
+    runs), so a sample is never read as a full run.  Read from ``score_runs``
+    alone (one row per run), so it costs the same with a thousand score rows
+    or billions.
     """
     q = """
     SELECT model, condition,
@@ -35,8 +38,10 @@ def model_run_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tupl
            count(*) FILTER (WHERE status <> 'complete')           AS unfinished,
            coalesce(sum(n_responses) FILTER (WHERE status = 'complete'), 0)::BIGINT
                                                                   AS responses_scored,
-           max(run_id)                                            AS newest_run
-    FROM score_runs GROUP BY model, condition ORDER BY model, condition
+           max(run_id)                                            AS newest_run,
+           coalesce(sample_spec, '')                              AS sample
+    FROM score_runs GROUP BY model, condition, sample_spec
+    ORDER BY model, condition, sample_spec NULLS FIRST
     """
     cur = con.execute(q)
     return [d[0] for d in cur.description], cur.fetchall()

@@ -341,6 +341,19 @@ CREATE TABLE word_scores (
 );
 """
 
+# Issue 22: a run that scored a seeded sample of its selection says so
+# (scoring/sample.py; e.g. 'participants=5 per experiment, seed=0'); NULL: a full run.
+MIGRATION_SAMPLE_SPEC = """
+ALTER TABLE score_runs ADD COLUMN sample_spec VARCHAR;
+"""
+
+# Issue 19: the unit of every reported parameter (e.g. 'nats', 'nats per generation
+# step', 'nats per year', 'SD', 'logit'; psystats/stats/units.py); NULL where the
+# analysis did not record one (fits stored before this column, formula fits).
+MIGRATION_PARAM_UNITS = """
+ALTER TABLE fit_params ADD COLUMN unit VARCHAR;
+"""
+
 MIGRATIONS: list[str] = [
     MIGRATION_1,
     MIGRATION_2,
@@ -350,5 +363,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_SCORES_LAYOUT,
     MIGRATION_FINER_SCORES,
     MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
+    MIGRATION_SAMPLE_SPEC,
+    MIGRATION_PARAM_UNITS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

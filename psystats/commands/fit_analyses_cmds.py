@@ -31,6 +31,15 @@ def _interval(d: dict) -> str:
 @click.command()
 @db_option
 @selection_options("families", "post_training", "experiments")
+@click.option(
+    "--generation-scale",
+    type=click.Choice(["rank", "number", "date"]),
+    default="rank",
+    show_default=True,
+    help="Generation steps of the slopes: rank within family (one step per successive "
+    "generation, as fit effects), the version number (generation_order) or the release "
+    "date (years; models.release_date).",
+)
 @sampling_options
 @friendly_errors
 def generations(db, **options):

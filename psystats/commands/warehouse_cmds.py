@@ -241,8 +241,9 @@ def summary(db: str | None, fmt: str, by: str) -> None:
 
     Per study: experiments, domains, participants, responses and how many
     participants report an age.  Per model and condition: complete and
-    unfinished scoring runs, the responses the complete runs scored and the
-    newest run id.  Runs and fits made stale by `ingest --replace-changed`
+    unfinished scoring runs, the responses the complete runs scored, the
+    newest run id, and for runs of a seeded sample (score --participants /
+    --sample) the sample, on rows of their own.  Runs and fits made stale by `ingest --replace-changed`
     are listed as warnings on stderr.
 
     \b

@@ -146,6 +146,7 @@ def fit_cells(
         "sigma_cell_fixed": data.sigma_cell_fixed,
         "residual_df": data.residual_df,
         "coords": {k: len(v) for k, v in data.coords.items()},
+        "units": model_spec.units(),
     }
     # The published study's headline statistic beside the posterior (docs/model.md).
     cd = pair_cohens_d(data.cells, seed=sampling.seed)
