@@ -47,12 +47,12 @@ def peak_rss_mib() -> float:
 def one_pass(db: str, data: str) -> dict:
     """Run in a child process: ingest, report time/RSS/counts as JSON."""
     sys.path.insert(0, str(ROOT))
-    from psystats import warehouse
-    from psystats.warehouse.db import scalar
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
+    from psystats.warehouse.sql import scalar
 
     t0 = time.perf_counter()
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     results = ingest_paths(con, [data])
     con.execute("CHECKPOINT")
     seconds = time.perf_counter() - t0
@@ -68,12 +68,12 @@ def one_pass(db: str, data: str) -> dict:
 def bomb_pass(db: str, path: str) -> dict:
     """Run in a child process: ingest the bomb, report the outcome, time and peak RSS."""
     sys.path.insert(0, str(ROOT))
-    from psystats import warehouse
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.errors import WarehouseError
     from psystats.warehouse.ingest import ingest_paths
 
     t0 = time.perf_counter()
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         ingest_paths(con, [path])
         outcome = "accepted"

@@ -154,11 +154,11 @@ def write_scores_file(db: Path, path: Path, seed: int, shift: float) -> int:
 
 def register_pairs(db: Path, n_pairs: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from psystats import warehouse
     from psystats.stats.simulate import register_models
-    from psystats.warehouse.db import scalar, transaction
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.sql import scalar, transaction
 
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         rows = []
         for k in range(n_pairs):

@@ -1146,7 +1146,7 @@ def _load_idata(con, fit_id: int):
     A missing or unreadable NetCDF file is reported as "no check", not a crash.
     """
     from psystats.stats.store import load_fit
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.errors import WarehouseError
 
     try:
         return load_fit(con, int(fit_id))[1]

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.session import Target, session
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.db import Target
+from psystats.warehouse.errors import WarehouseError
 
 from . import shards
 
@@ -280,7 +281,7 @@ def run_ray(
 
         key = shards.run_key(model, condition, selection, settings, fingerprints)
         rdir = shards.run_dir(out_dir, key, settings)
-        with session(db) as con:
+        with warehouse_db.open(db, "write") as con:
             run_id, complete = start_run(
                 con,
                 dict(model),
@@ -296,7 +297,7 @@ def run_ray(
         if force:
             _discard_units(rdir)
 
-        with session(db) as con:
+        with warehouse_db.open(db, "write") as con:
             result.resumed_units, result.rows_added = _merge_leftovers(con, run_id, rdir)
             pending = pending_participants(con, run_id, list(inputs))
         by_key = {p.participant_key: p for p in pending}
@@ -354,7 +355,9 @@ def run_ray(
                 participants = [by_key[k] for k in unit.participant_keys]
                 mpath = shards.manifest_path(rdir, unit.unit_id)
                 shards.write_shard(rdir, key, unit, batch, participants, seconds=out["seconds"])
-                with session(db) as con:  # the file is open only while a unit is merged
+                with warehouse_db.open(
+                    db, "write"
+                ) as con:  # the file is open only while a unit is merged
                     _, added, _ = shards.merge_unit(con, run_id, mpath)
                 unit_counts.append(batch.counts or {})
                 state.units_done += 1
@@ -367,12 +370,12 @@ def run_ray(
         except BaseException as e:
             # Units still in flight die with their actors (killed below).
             if not isinstance(e, KeyboardInterrupt):
-                with session(db) as con:
+                with warehouse_db.open(db, "write") as con:
                     _fail_run(con, run_id, shards.sum_counts(unit_counts), e)
             raise
 
         result.counts = shards.sum_counts(unit_counts)
-        with session(db) as con:
+        with warehouse_db.open(db, "write") as con:
             finish_run(con, run_id, result.counts, status="complete")
         result.units = len(units)
         result.participants = len(pending)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from psystats.warehouse import hashing
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")

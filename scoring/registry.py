@@ -31,7 +31,8 @@ from typing import Any
 
 import duckdb
 
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar, transaction
 
 from . import naming
 from .naming import POST_TRAINING_TYPES
@@ -109,7 +110,7 @@ def get_model(con: duckdb.DuckDBPyConnection, name: str) -> dict:
     """The ``models`` row called ``name`` (``inferred`` parsed), or a WarehouseError saying how to add it."""
     row = _row(con, "name = ?", [name])
     if row is None:
-        from psystats.warehouse.queries import did_you_mean
+        from psystats.warehouse.names import did_you_mean
 
         known = [n for (n,) in con.execute("SELECT name FROM models").fetchall()]
         hint = did_you_mean(name, known)

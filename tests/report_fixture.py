@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import next_id, transaction
+from psystats.warehouse.sql import next_id, transaction
 
 # family, generation, generation_order, sizes, post-training types
 FAMILIES = (

@@ -52,9 +52,9 @@ def test_cli_reference_is_current():
 
 
 def test_summary_shows_scored_runs_per_model(warehouse_copy: Path):
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     try:
         con.execute(
             "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version, "

@@ -23,22 +23,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psystats import warehouse
-from psystats.warehouse.db import scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 READER_WAIT = 3.0  # seconds a read may wait for a writer's commit
 
 READER = r"""
 import json, sys, time
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.settings import Settings
+from psystats.warehouse.sql import scalar
 db, stop, out = sys.argv[1:4]
 wait = float(sys.argv[4])
 reads, failures = [], []
 while True:
     t = time.time()
     try:
-        c = warehouse.connect(db, read_only=True, lock_timeout=wait, on_wait=None)
+        c = warehouse_db.open(db, settings=Settings(lock_timeout=wait), on_wait=None)
         try:
             n = scalar(c, "SELECT count(*) FROM score_runs")
         finally:
@@ -100,7 +102,7 @@ def during(result: dict, t0: float, t1: float) -> int:
 
 @pytest.fixture
 def import_file(warehouse_copy, tmp_path) -> Path:
-    c = warehouse.connect(warehouse_copy, read_only=True)
+    c = warehouse_db.open(warehouse_copy)
     rows = c.execute("SELECT response_id FROM responses ORDER BY response_id").fetchall()
     c.close()
     ids = [r[0] for r in rows]
@@ -130,7 +132,7 @@ def test_reader_succeeds_throughout_an_import(warehouse_copy, import_file, tmp_p
     assert during(res, t0, t1) >= 1
     # The reader saw the import land: 0 runs before, 1 after.
     assert res["reads"][0][2] == 0 and res["reads"][-1][2] == 1
-    c = warehouse.connect(warehouse_copy, read_only=True)
+    c = warehouse_db.open(warehouse_copy)
     try:
         assert scalar(c, "SELECT count(*) FROM scores") == pq.read_metadata(import_file).num_rows
     finally:
@@ -143,7 +145,7 @@ def paired_warehouse(small_warehouse, tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("conc") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
-    c = warehouse.connect(path)
+    c = warehouse_db.open(path, "write", create=True)
     simulate_warehouse(c, families=("qwen",), generations=(1, 2), types=("instruct",), seed=1)
     c.close()
     return path
@@ -154,7 +156,7 @@ def test_reader_and_writer_succeed_throughout_a_fit(paired_warehouse, import_fil
     """While `fit effects` samples, readers read and another command (an import) writes."""
     db = tmp_path / "w.duckdb"
     shutil.copy(paired_warehouse, db)
-    runs_before = warehouse.connect(db, read_only=True)
+    runs_before = warehouse_db.open(db)
     n_runs = scalar(runs_before, "SELECT count(*) FROM score_runs")
     runs_before.close()
     reader = Reader(db, tmp_path)
@@ -207,7 +209,7 @@ def test_reader_and_writer_succeed_throughout_a_fit(paired_warehouse, import_fil
     assert imp.returncode == 0, imp.stderr
     assert res["failures"] == []
     assert during(res, t0, t1) >= 3
-    c = warehouse.connect(db, read_only=True)
+    c = warehouse_db.open(db)
     try:
         assert scalar(c, "SELECT count(*) FROM fits") == 1
         assert scalar(c, "SELECT count(*) FROM score_runs") == n_runs + 1

@@ -16,7 +16,7 @@ from psystats.stats.formula import (
     parse_new_pair,
 )
 from psystats.stats.simulate import simulate_cells
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,8 @@ def test_cli_fit_formula_predict_plot(tmp_path):
     from click.testing import CliRunner
     from reanalysis_helpers import simulated_warehouse
 
-    from psystats import warehouse
     from psystats.cli import main
+    from psystats.warehouse import db as warehouse_db
 
     db = simulated_warehouse(tmp_path / "psych.duckdb")
     run = CliRunner().invoke
@@ -136,7 +136,7 @@ def test_cli_fit_formula_predict_plot(tmp_path):
         + ["--draws", "500", "--tune", "500", "--allow-diagnostics-failure"],
     )
     assert r.exit_code == 0, r.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     kind, spec, path = con.execute("SELECT kind, spec, netcdf_path FROM fits").fetchall()[0]
     params = {p for (p,) in con.execute("SELECT DISTINCT parameter FROM fit_params").fetchall()}
     con.close()

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import SMALL_STUDIES
 
-from psystats import warehouse
 from psystats.cli import main
+from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.ingest import ingest_paths
 
 
@@ -284,7 +284,7 @@ def test_zip_parquet_and_folder_sources_agree(tmp_path, psych201):
 
     def content(path) -> list:
         db = tmp_path / f"{hashlib.md5(str(path).encode()).hexdigest()}.duckdb"
-        con = warehouse.connect(db)
+        con = warehouse_db.open(db, "write", create=True)
         ingest_paths(con, [path])
         return con.execute(
             "SELECT study, experiment, participant, response_index, text, rt "
@@ -350,7 +350,7 @@ def test_missing_db_is_an_error_for_queries(tmp_path):
 
 
 def test_schema_version_and_migrate_idempotent(db_path):
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     from psystats.warehouse.db import migrate
     from psystats.warehouse.schema import SCHEMA_VERSION
 

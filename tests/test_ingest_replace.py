@@ -55,14 +55,14 @@ def scores_by_natural_key(db: Path) -> dict[tuple, tuple]:
 
 def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_path):
     """The bookkeeping alone, without a model: scores written as a run would write them."""
-    from psystats import warehouse
     from psystats.scoring.inputs import load_inputs
     from psystats.scoring.runs import pending_participants, start_run
+    from psystats.warehouse import db as warehouse_db
 
     src = write_study(tmp_path / "toy" / "prompts.jsonl", TEXTS)
     db = tmp_path / "w.duckdb"
     assert cli(db, "ingest", str(src)).exit_code == 0
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     run_id, _ = start_run(con, {"name": "m"}, "plain", {"studies": ["toy"]}, {}, {})
     other, _ = start_run(con, {"name": "m2"}, "plain", {"studies": ["toy"]}, {}, {})
     con.execute(
@@ -90,7 +90,7 @@ def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_pa
     r = cli(db, "ingest", "--replace-changed", str(src))
     assert r.exit_code == 0, r.output
     assert "1 score runs now incomplete, 1 fits stale" in r.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     assert con.execute("SELECT run_id, status FROM score_runs ORDER BY 1").fetchall() == [
         (run_id, "incomplete"),
         (other, "complete"),
@@ -105,7 +105,7 @@ def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_pa
     ]
     # What `psystats score` would do next: resume the run, score participant 2 only.
     con.close()
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     assert start_run(con, {"name": "m"}, "plain", {"studies": ["toy"]}, {}, {}) == (run_id, False)
     pending = pending_participants(con, run_id, load_inputs(con, studies=["toy"]))
     assert [p.text for p in pending] == ["Choose a door. You press <<C>>. Again <<C>>."]

@@ -142,11 +142,9 @@ def effects(
         spec.scale = scale
     if generation_scale:
         spec.generation_scale = generation_scale
-    from .brief_db import open_brief
-
     # Read the cells, let go of the file while sampling, write the fit in one
     # short transaction: other commands can read and write meanwhile.
-    con = open_brief(db)
+    con = open_db(db, "statement")
     try:
         _check_names(con, models, experiments, post_condition or condition, base_condition)
         result = fit_effects(
@@ -214,7 +212,7 @@ def compare(db, fit_ids):
     """
     from psystats.stats.compare import compare_fits
 
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
         table = compare_fits(con, fit_ids)
     finally:
@@ -229,7 +227,7 @@ def compare(db, fit_ids):
 
 def _check_names(con, models, experiments, condition, other_condition) -> None:
     """'no such experiment/model/condition' (with "did you mean") before any work."""
-    from psystats.warehouse.queries import check_names
+    from psystats.warehouse.names import check_names
 
     check_names(con, "model", models)
     check_names(con, "experiment", experiments)
@@ -284,7 +282,7 @@ def cells(db, output, condition, post_condition, base_condition, models, experim
     from psystats.warehouse.outputs import check_target
 
     check_target(out)  # before the work: a bad -o fails at once
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
         _check_names(con, models, experiments, post_condition or condition, base_condition)
         df = build_cells(

@@ -30,7 +30,7 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
     """
     from psystats.scoring.shards import ShardError, merge_dir
 
-    con = open_db(db)
+    con = open_db(db, "write")
 
     def on_unit(unit_id: str, added: int) -> None:
         if not quiet:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .analysis_common import (
     cell_label,
@@ -352,7 +352,7 @@ def load_generations_data(
     in the given condition (``stats.data``); the gap cells pair the post and
     base scores response by response (``stats.cells.build_cells``).
     """
-    from psystats.warehouse.db import scalar
+    from psystats.warehouse.sql import scalar
 
     from .base_cells import BASE_CELL_COLUMNS, base_cells
     from .cells import build_cells
@@ -805,7 +805,7 @@ def simulate_generations(
     d_i ~ N(0, difference_sd).  Every response in the warehouse is scored.
     Returns the truth: ``base_slope``, ``gap_slope`` and ``gap`` by (family, generation).
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
     from .analysis_common import responses_frame
     from .simulate import register_models, write_run
