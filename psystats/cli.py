@@ -97,9 +97,9 @@ def _setting(validate):
         if value is None:
             return None
         try:
-            return validate(value, f"--{param.name.replace('_', '-')}")
+            return validate(value)
         except SettingsError as e:
-            raise click.BadParameter(str(e).split(": ", 1)[-1]) from None
+            raise click.BadParameter(f"{value!r}: {e}") from None
 
     return callback
 
@@ -158,8 +158,8 @@ def main(
     # (checked alike); current for this command and exported to its workers.
     try:
         base = settings.from_env()
-    except SettingsError as e:
-        raise click.UsageError(str(e)) from None
+    except SettingsError as e:  # a bad environment: exit 1 like a bad file, not a usage error
+        raise click.ClickException(str(e)) from None
     given = {
         k: v
         for k, v in (

@@ -36,6 +36,9 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MEMORY_ENV = "PSYSTATS_MEMORY_LIMIT"
 TEMP_DIR_ENV = "PSYSTATS_TEMP_DIR"
@@ -57,39 +60,35 @@ _FACTORS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-# DuckDB needs some memory to run at all; below this every query fails.
-MIN_MEMORY_BYTES = 16 * 2**20
 
 
 class SettingsError(ValueError):
     """A bad option value; the message names the option (or variable) and what is expected."""
 
 
-def memory_limit(value: str, source: str = "memory limit") -> str:
+def memory_limit(value: str) -> str:
     """A DuckDB memory limit as given (``4GB``, ``512MiB``, ``50%``) once checked.
 
-    Refuses a negative, zero, tiny or unit-less size, ``nan`` and anything
-    DuckDB would read as "no limit".
+    Refuses a negative, zero or unit-less size, ``nan`` and anything DuckDB
+    would read as "no limit" (a tiny one is allowed: queries then fail with
+    DuckDB's out-of-memory error, one line).  The message says what is expected; the
+    caller says where the value came from.
     """
     text = str(value).strip()
     m = _SIZE.match(text)
     if not m:
-        raise SettingsError(
-            f"{source} {value!r}: expected a size such as 4GB, 512MiB or 50% (of RAM)"
-        )
+        raise SettingsError("expected a size such as 4GB, 512MiB or 50% (of RAM)")
     number, unit = float(m.group(1)), m.group(2).lower()
     if unit == "%":
         if not 0 < number <= 100:
-            raise SettingsError(f"{source} {value!r}: a percentage of RAM is in (0, 100]")
+            raise SettingsError("a percentage of RAM is more than 0 and at most 100")
         return text
-    if number * _FACTORS[unit] < MIN_MEMORY_BYTES:
-        raise SettingsError(
-            f"{source} {value!r}: too small; DuckDB needs at least 16MiB (1GB is the default)"
-        )
+    if number * _FACTORS[unit] < 1:
+        raise SettingsError("expected a size above 0, such as 4GB (1GB is the default)")
     return text
 
 
-def lock_timeout(value: object, source: str = "lock timeout") -> float:
+def lock_timeout(value: object) -> float:
     """Seconds to wait for another process's lock: finite, >= 0 (0: do not wait)."""
     try:
         seconds = float(str(value).strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
@@ -97,20 +96,26 @@ def lock_timeout(value: object, source: str = "lock timeout") -> float:
         seconds = math.nan
     if not math.isfinite(seconds) or not 0 <= seconds <= MAX_LOCK_TIMEOUT:
         raise SettingsError(
-            f"{source} {value!r}: expected a number of seconds from 0 (do not wait) "
-            f"to {MAX_LOCK_TIMEOUT:g}"
+            f"expected a number of seconds from 0 (do not wait) to {MAX_LOCK_TIMEOUT:g}"
         )
     return seconds
 
 
-def temp_dir(value: str, source: str = "temp dir") -> str:
+def temp_dir(value: str) -> str:
     """A folder DuckDB may spill to: not empty, not an existing file."""
     text = str(value).strip()
     if not text or "\x00" in text:
-        raise SettingsError(f"{source} {value!r}: expected a folder path")
+        raise SettingsError("expected a folder path")
     if os.path.exists(text) and not os.path.isdir(text):
-        raise SettingsError(f"{source} {value!r}: exists and is not a folder")
+        raise SettingsError("exists and is not a folder")
     return text
+
+
+def _checked(validate: Callable[[Any], T], value: Any, source: str) -> T:
+    try:
+        return validate(value)
+    except SettingsError as e:
+        raise SettingsError(f"{source}{value!r}: {e}") from None
 
 
 def _command_line() -> str:
@@ -134,10 +139,14 @@ class Settings:
     command: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "memory_limit", memory_limit(self.memory_limit))
+        checked = {
+            "memory_limit": _checked(memory_limit, self.memory_limit, "memory_limit "),
+            "lock_timeout": _checked(lock_timeout, self.lock_timeout, "lock_timeout "),
+        }
         if self.temp_dir is not None:
-            object.__setattr__(self, "temp_dir", temp_dir(self.temp_dir))
-        object.__setattr__(self, "lock_timeout", lock_timeout(self.lock_timeout))
+            checked["temp_dir"] = _checked(temp_dir, self.temp_dir, "temp_dir ")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes``, validated like the original."""
@@ -168,9 +177,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     tmp = env.get(TEMP_DIR_ENV, "").strip()
     wait = env.get(LOCK_TIMEOUT_ENV, "").strip()
     return Settings(
-        memory_limit=memory_limit(mem, f"${MEMORY_ENV}") if mem else DEFAULT_MEMORY_LIMIT,
-        temp_dir=temp_dir(tmp, f"${TEMP_DIR_ENV}") if tmp else None,
-        lock_timeout=lock_timeout(wait, f"${LOCK_TIMEOUT_ENV}") if wait else DEFAULT_LOCK_TIMEOUT,
+        memory_limit=_checked(memory_limit, mem, f"{MEMORY_ENV}=") if mem else DEFAULT_MEMORY_LIMIT,
+        temp_dir=_checked(temp_dir, tmp, f"{TEMP_DIR_ENV}=") if tmp else None,
+        lock_timeout=(
+            _checked(lock_timeout, wait, f"{LOCK_TIMEOUT_ENV}=") if wait else DEFAULT_LOCK_TIMEOUT
+        ),
     )
 
 
