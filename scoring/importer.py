@@ -800,6 +800,9 @@ def _fill_run(
             "UPDATE score_runs SET settings = ? WHERE run_id = ?",
             [json.dumps({**old, "filled_from": filled}, sort_keys=True), run_id],
         )
+    # After the commit: new Parquet files are visible only then.  Should this step be
+    # interrupted, the rows are in and the next `--run` import completes the run.
+    with transaction(con):
         still = staleness.close_gaps(con, run_id)
     for t in ("_import_fill", "_import_fill_opts"):
         local.execute(f"DROP TABLE IF EXISTS {t}")

@@ -67,7 +67,9 @@ def open_db(
     held by another process is waited for with one line on stderr.
     """
     try:
-        con = warehouse_db.open(db_path(db), mode, create=create, sandbox=sandbox, on_wait=_waiting)
+        con = warehouse_db.open(
+            db_path(db), mode, create=create, sandbox=sandbox, on_wait=_waiting, verify=verify
+        )
     except WarehouseError as e:
         raise click.ClickException(str(e)) from None
     click.get_current_context().call_on_close(con.close)
