@@ -273,6 +273,8 @@ def import_scores(
         raise WarehouseError("give the model the scores belong to (--model NAME)")
     scorer = scorer or model
     settings = _source_settings(path, unit, Path(options) if options is not None else None)
+    if run is not None:
+        _refuse_stale_source(con, path, run, settings)
     if not force and run is None:
         earlier = _imported_before(con, model, condition, scorer, settings)
         if earlier is not None:
@@ -387,6 +389,28 @@ def _fillable_run(
             "(see `psystats summary`); import a new file without --run"
         )
     return str(run_model), str(condition), str(scorer)
+
+
+def _refuse_stale_source(
+    con: duckdb.DuckDBPyConnection, path: Path, run_id: int, settings: dict
+) -> None:
+    """The file a run was imported from predates the replacement that left it incomplete:
+    its rows for the replaced participants score their old responses (a natural key may
+    still match a new response), so it cannot fill the run."""
+    old = json.loads(
+        scalar(con, "SELECT settings FROM score_runs WHERE run_id = ?", [run_id]) or "{}"
+    )
+    replaced = scalar(
+        con,
+        "SELECT count(*) FROM score_run_gaps WHERE run_id = ? AND kind = 'replaced'",
+        [run_id],
+    )
+    if replaced and old.get("content_sha256") == settings["content_sha256"]:
+        raise WarehouseError(
+            f"{path} is the file score run {run_id} was imported from: it scores the "
+            "replaced participants' old responses; give a file with the scorer's scores "
+            f"of their new responses (`psystats summary` lists them)"
+        )
 
 
 def _read_scores_file(

@@ -98,8 +98,8 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
     type=click.Path(dir_okay=False),
     default="psystats-rejects.jsonl",
     show_default=True,
-    help="Where --skip-bad writes one JSON object per rejected line: its file, line "
-    "number, field and the reason (not the line's content; find it by file and line).",
+    help="Where --skip-bad writes one JSON object per rejected line with the keys file, "
+    "line, field and message (the line's content is not copied: find it by file and line).",
 )
 @click.option(
     "--replace-changed",
