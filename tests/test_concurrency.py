@@ -36,13 +36,14 @@ from psystats.warehouse.settings import Settings
 from psystats.warehouse.sql import scalar
 db, stop, out = sys.argv[1:4]
 wait = float(sys.argv[4])
+query = sys.argv[5]
 reads, failures = [], []
 while True:
     t = time.time()
     try:
         c = warehouse_db.open(db, settings=Settings(lock_timeout=wait), on_wait=None)
         try:
-            n = scalar(c, "SELECT count(*) FROM score_runs")
+            n = scalar(c, query)
         finally:
             c.close()
         reads.append([t, time.time(), n])
@@ -59,12 +60,17 @@ while True:
 class Reader:
     """A reader process looping over read-only opens until stopped."""
 
-    def __init__(self, db: Path, tmp: Path) -> None:
+    def __init__(
+        self,
+        db: Path,
+        tmp: Path,
+        wait: float = READER_WAIT,
+        query: str = "SELECT count(*) FROM score_runs",
+    ) -> None:
         self.stop, self.out = tmp / "stop", tmp / "reads.json"
         self.stop.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", READER, str(db), str(self.stop), str(self.out), str(READER_WAIT)]
-        )
+        args = [str(db), str(self.stop), str(self.out), str(wait), query]
+        self.proc = subprocess.Popen([sys.executable, "-c", READER, *args])
         deadline = time.time() + 120
         while not self.result()["reads"]:  # started and read once
             assert self.proc.poll() is None, "reader died"
@@ -256,3 +262,34 @@ def test_reader_succeeds_throughout_a_scoring_run(tiny_models, warehouse_copy, t
     assert res["failures"] == []
     assert during(res, t0, t1) >= 3
     assert res["reads"][0][2] == 0 and res["reads"][-1][2] == 1
+
+
+@pytest.mark.slow
+def test_reader_succeeds_throughout_a_full_ingest(psych201, tmp_path):
+    """Issue 21, item 4: ingest reads and stages each file without the warehouse and holds
+    it only for the file's short write transaction, so a reader with the default wait
+    (30 s) never fails during an ingest of the 18 shared studies, and sees it progress."""
+    from psystats.warehouse.settings import DEFAULT_LOCK_TIMEOUT
+
+    db = tmp_path / "w.duckdb"
+    r, _, _ = psystats(db, "init")
+    assert r.returncode == 0, r.stderr
+    reader = Reader(
+        db, tmp_path, wait=DEFAULT_LOCK_TIMEOUT, query="SELECT count(*) FROM participants"
+    )
+    try:
+        r, t0, t1 = psystats(db, "ingest", str(psych201))
+    finally:
+        res = reader.finish()
+    assert r.returncode == 0, r.stderr
+    assert "ingested 18 files" in r.stdout
+    assert res["failures"] == []
+    inside = [(a, b, n) for a, b, n in res["reads"] if a >= t0 and b <= t1]
+    assert len(inside) >= 5
+    # Files land one transaction at a time: the reader saw several partial counts.
+    assert len({n for _, _, n in inside}) >= 3
+    waits = sorted(b - a for a, b, _ in inside)
+    print(
+        f"reads during ingest: {len(inside)}, median {waits[len(waits) // 2]:.3f} s, "
+        f"max {waits[-1]:.3f} s, ingest {t1 - t0:.1f} s"
+    )

@@ -512,21 +512,22 @@ def _stage(
     source: str,
 ) -> None:
     rel = f"{part.name}/{name}"
+    values: dict[str, object] = {
+        "table_name": table,
+        "run_id": int(run_id),
+        "file": rel,
+        "n_rows": int(n_rows),
+        "source": source,
+        "added_at": datetime.now(UTC).replace(tzinfo=None),
+    }
     # Size and checksum as written: every open checks the size, `psystats check
-    # --checksums` the checksum (warehouse/integrity.py).
+    # --checksums` the checksum (warehouse/integrity.py).  A warehouse written by an
+    # older psystats (before that migration) records neither.
+    if "size_bytes" in {c for c, _ in _columns(con, FILES)}:
+        values.update(size_bytes=tmp.stat().st_size, sha256=file_sha256(tmp))
     con.execute(
-        f"INSERT INTO {FILES} (table_name, run_id, file, n_rows, source, added_at, size_bytes, "
-        "sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            table,
-            int(run_id),
-            rel,
-            int(n_rows),
-            source,
-            datetime.now(UTC).replace(tzinfo=None),
-            tmp.stat().st_size,
-            file_sha256(tmp),
-        ],
+        f"INSERT INTO {FILES} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+        list(values.values()),
     )
     note = root / f".pending-{uuid.uuid4().hex}.json"
     _write_note(note, {"table": table, "file": rel, "pid": os.getpid(), "host": _host()})
