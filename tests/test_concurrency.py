@@ -1,7 +1,7 @@
 """Two real processes: a reader in a loop keeps succeeding while a scoring run, an import
 or a fit runs.
 
-The reader opens the warehouse read-only (``psystats.warehouse.connect``,
+The reader opens the warehouse read-only (``psystats.warehouse.db.open``,
 which waits a bounded time for another process's lock) in a loop and counts
 its reads; a read that meets the lock for longer than ``READER_WAIT`` s is a
 failure.  A command that held the file for its whole run (the old ``scores
