@@ -43,6 +43,7 @@ from psystats.warehouse.parquet_layout import write_rows
 from psystats.warehouse.sql import scalar, transaction
 
 from . import registry
+from .shard_keys import COLUMNS
 
 UNITS: dict[str, float] = {"nats": 1.0, "bits": math.log(2.0), "log10": math.log(10.0)}
 NATURAL_KEY = ("study", "experiment", "participant", "response_index")
@@ -698,17 +699,6 @@ def _selection(con: duckdb.DuckDBPyConnection) -> tuple[dict, int]:
     return selection, n_participants
 
 
-SCORE_COLUMNS = [
-    "response_id",
-    "nll",
-    "n_tokens",
-    "first_token_nll",
-    "top1_all",
-    "top1_first",
-    "first_token_entropy",
-]
-
-
 def _recheck_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Inside the writing transaction: the checks ran without holding the file (a
     per-statement connection), so a concurrent ingest may have replaced responses since."""
@@ -782,14 +772,15 @@ def _write_rows(
     con: duckdb.DuckDBPyConnection, run_id: int, rows: str, options: str | None
 ) -> None:
     # The one writer of score rows (an INSERT, or a Parquet file of the run's partition).
-    write_rows(con, "scores", run_id, rows, SCORE_COLUMNS, order_by="response_id")
+    # Columns as a shard holds them: the table's, minus run_id.
+    write_rows(con, "scores", run_id, rows, list(COLUMNS["scores"]), order_by="response_id")
     if options is not None:
         write_rows(
             con,
             "option_scores",
             run_id,
             options,
-            ["response_id", "option", "logprob"],
+            list(COLUMNS["options"]),
             order_by="response_id, option",
         )
 

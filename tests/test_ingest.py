@@ -368,9 +368,7 @@ def _rows_by_key(path: Path) -> list[tuple]:
     return rows
 
 
-def test_ingest_commits_in_batches_and_an_interrupted_file_resumes(
-    tmp_path, psych201, monkeypatch
-):
+def test_ingest_commits_in_batches_and_an_interrupted_file_resumes(tmp_path, psych201, monkeypatch):
     """Issue 21, item 4: a file is committed in batches (readers get the file between
     them).  Interrupted after some batches, it leaves whole participants and no
     `complete` ingests row; the next ingest adds the rest, equal to a fresh ingest."""

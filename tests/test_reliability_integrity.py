@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -106,6 +107,9 @@ def assert_every_scores_read_names(db: Path, tmp_path: Path, run_id: int) -> Non
     one_line(run("--db", db, "export", "cells", "-o", tmp_path / "c.csv"), needle)
     with pytest.raises(WarehouseError, match=needle):
         ps.open(db).scores()
+    for mode in ("read", "write", "statement"):  # every way a command holds the file
+        with warehouse_db.open(db, mode) as con, pytest.raises(duckdb.Error, match=needle):
+            con.execute("SELECT count(*) FROM option_scores").fetchall()
     # Tables other than the scores stay readable.
     assert run("--db", db, "sql", "SELECT count(*) FROM responses").exit_code == 0
     r = run("--db", db, "check")
