@@ -148,7 +148,7 @@ def test_replace_marks_runs_incomplete_fits_stale_and_rescore_equals_fresh(tiny_
     write_study(src, changed)
     r = cli(db, "ingest", "--replace-changed", str(src))
     assert r.exit_code == 0, r.output
-    assert "1 CHANGED (replaced)" in r.output
+    assert "1 participant replaced (2 responses)" in r.output
     assert "1 score runs now incomplete, 2 fits stale" in r.output
 
     con = duckdb.connect(str(db), read_only=True)

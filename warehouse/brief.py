@@ -121,9 +121,11 @@ class BriefConnection:
     def _detach(self) -> None:
         if self._mode is None:
             return
+        # Forgotten first: a DETACH whose checkpoint fails (disk full) has detached
+        # the file all the same, and must not be tried again when the command closes.
+        self._mode = None
         self.local.execute("USE memory")
         self.local.execute(f"DETACH {ALIAS}")
-        self._mode = None
 
     @property
     def holds_file(self) -> bool:
@@ -179,11 +181,15 @@ class BriefConnection:
         return self.local.unregister(name)
 
     def close(self) -> None:
+        """Roll back what is open and let the file go; never raises a second error
+        while an earlier one (disk full, say) is being reported."""
         try:
             if self._in_transaction:
-                self.local.execute("ROLLBACK")
                 self._in_transaction = False
+                self.local.execute("ROLLBACK")
             self._detach()
+        except duckdb.Error:
+            pass  # the in-memory database goes below; the file is let go with it
         finally:
             self.local.close()
 

@@ -126,6 +126,9 @@ def quick_scan(con: duckdb.DuckDBPyConnection) -> list[Problem]:
                 continue  # committed, its rename is under way (or finished by the next open)
             problems.append(_problem("missing", table, run_id, rel, runs))
             continue
+        except OSError as e:  # a folder this user may not read
+            problems.append(_problem("unreadable", table, run_id, rel, runs, why=e.strerror))
+            continue
         if size is not None and actual != size:
             problems.append(_problem("size", table, run_id, rel, runs, size=size, actual=actual))
     for table, run_id, rel in _files_on_disk(root):
@@ -138,13 +141,19 @@ def _files_on_disk(root: Path) -> Iterable[tuple[str, int, str]]:
     """(table, run_id, 'run_id=N/part-....parquet') of every file the views would read."""
     for table in layout.TABLES:
         folder = root / table
-        if not folder.is_dir():
+        try:
+            parts = sorted(folder.iterdir())
+        except OSError:  # missing, or not readable: the recorded files say what is lost
             continue
-        for part in sorted(folder.iterdir()):
+        for part in parts:
             run_id = _partition_run(part.name)
             if run_id is None or part.name == layout.SCHEMA_PARTITION or not part.is_dir():
                 continue
-            for f in sorted(part.glob("part-*.parquet")):
+            try:
+                files = sorted(part.glob("part-*.parquet"))
+            except OSError:
+                continue
+            for f in files:
                 yield table, run_id, f"{part.name}/{f.name}"
 
 
