@@ -148,6 +148,8 @@ class BriefConnection:
                 if head in ("COMMIT", "ROLLBACK", "ABORT", "END"):
                     self._in_transaction = False
                     self._detach()
+                    # Back-to-back writes (ingest batches) would starve a waiting reader.
+                    locks.yield_to_waiters(self.path)
             return result
         self._attach("ro")
         try:

@@ -12,8 +12,9 @@ Guarantees
   written (files already committed by the same command stay).  A rejected
   line leaves no trace in the warehouse.  The staged participants are then
   committed in batches of at most ``COMMIT_RESPONSES`` responses (a replaced
-  participant's removal and its new version in the same batch), and the
-  file's ``ingests`` row (status ``complete``) in a last transaction.  With a
+  participant's removal and its new version in the same batch), the file's
+  ``ingests`` row (status ``complete``) with the last one; a small file is
+  one transaction.  With a
   per-statement connection (``db.open(path, "statement")``, as the CLI
   opens it) the warehouse is held only during those transactions, so a
   reader waits about a second at most.
@@ -310,13 +311,16 @@ def ingest_file(
     try:
         snapshot = _existing(con, src.study)
         _stage_file(local, src, result, skip_bad, max_line_bytes, snapshot)
-        with transaction(con):  # a sequence moves only on a writable connection
-            ingest_id = int(scalar(con, "SELECT nextval('ingest_id_seq')"))
-        for lo, hi in _commit_ranges(local):
+        batches: list[tuple[int, int] | None] = [*_commit_ranges(local)] or [None]
+        ingest_id = 0
+        for i, keys in enumerate(batches):
             with transaction(con):
-                _commit_batch(con, src, ingest_id, (lo, hi), result, replace_changed, started)
-        with transaction(con):
-            _record_ingest(con, src, sha, started, ingest_id, result, t0)
+                if i == 0:  # a sequence moves only on a writable connection
+                    ingest_id = int(scalar(con, "SELECT nextval('ingest_id_seq')"))
+                if keys is not None:
+                    _commit_batch(con, src, ingest_id, keys, result, replace_changed, started)
+                if i == len(batches) - 1:  # complete: with the last batch, not before
+                    _record_ingest(con, src, sha, started, ingest_id, result, t0)
     except _FileRejected as e:
         line, fld, msg = e.args
         return _refuse_file(src, line, fld, msg, skip_bad, t0, lines=result.lines)

@@ -12,6 +12,13 @@ folder that cannot be written just has none), and are trusted only while
 they describe the live process DuckDB names: same PID and, on Linux, the
 same process start time.  Notes of processes that ended are pruned by the
 next process that writes one.
+
+Taking turns.  A process that waits for the file says so in the same
+folder (``waiting-<pid>``) until it gets it.  A writer that holds the file
+in short pieces (mode ``"statement"``: ingest batches, an import's commit)
+lets such waiters in after each piece (:func:`yield_to_waiters`), so a
+reader is not starved by back-to-back commits; nobody waiting costs one
+folder listing.
 """
 
 from __future__ import annotations
@@ -132,6 +139,45 @@ def holder(path: str, message: str) -> str | None:
     return f"`{note.get('command')}` (PID {pid}{where}, started {note.get('started')})"
 
 
+WAITING = "waiting-"
+# How long a writer lets waiters in after a write: more than a waiter's longest
+# pause between two tries (1 s, below), so it does not miss the gap.
+YIELD_SECONDS = 2.0
+
+
+def _waiting_file(path: str | os.PathLike) -> Path:
+    return notes_folder(path) / f"{WAITING}{os.getpid()}"
+
+
+def _waiters(path: str | os.PathLike) -> list[int]:
+    """PIDs of live processes on this host waiting for the file (stale marks removed)."""
+    pids = []
+    try:
+        marks = list(notes_folder(path).glob(f"{WAITING}*"))
+    except OSError:
+        return []
+    for mark in marks:
+        try:
+            pid = int(mark.name[len(WAITING) :])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            pids.append(pid)
+        else:
+            mark.unlink(missing_ok=True)
+    return pids
+
+
+def yield_to_waiters(path: str | os.PathLike, limit: float = YIELD_SECONDS) -> None:
+    """After letting the file go: give processes waiting for it up to ``limit`` seconds
+    to take it, before this process takes it again."""
+    deadline = time.monotonic() + limit
+    while _waiters(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def wait_while_locked(
     attempt: Callable[[], T],
     path: str,
@@ -143,20 +189,37 @@ def wait_while_locked(
     error once the time is up, is raised as DuckDB raised it."""
     deadline = time.monotonic() + timeout
     delay, told = 0.05, False
-    while True:
-        try:
-            return attempt()
-        except duckdb.Error as e:
-            who = holder(path, str(e))
-            left = deadline - time.monotonic()
-            if who is None or left <= 0:
-                raise
-            if not told and on_wait is not None:
-                on_wait(
-                    f"{path} is in use by {who}; waiting up to {timeout:g} s for it "
-                    "(--lock-timeout to change)"
-                )
-                told = True
-            # Short first tries catch a writer's brief commit; back off to 1 s after.
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 1.0)
+    mark: Path | None = None
+    try:
+        while True:
+            try:
+                return attempt()
+            except duckdb.Error as e:
+                who = holder(path, str(e))
+                left = deadline - time.monotonic()
+                if who is None or left <= 0:
+                    raise
+                if mark is None:
+                    mark = _mark_waiting(path)
+                if not told and on_wait is not None:
+                    on_wait(
+                        f"{path} is in use by {who}; waiting up to {timeout:g} s for it "
+                        "(--lock-timeout to change)"
+                    )
+                    told = True
+                # Short first tries catch a writer's brief commit; back off to 1 s after.
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
+    finally:
+        if mark is not None:
+            mark.unlink(missing_ok=True)
+
+
+def _mark_waiting(path: str) -> Path:
+    mark = _waiting_file(path)
+    try:
+        mark.parent.mkdir(exist_ok=True)
+        mark.touch()
+    except OSError:
+        pass  # a folder this process cannot write: it just gets no turn
+    return mark
