@@ -64,7 +64,8 @@ class Fetched:
 
 
 class BriefConnection:
-    """See the module docstring.  ``path`` must be an existing warehouse (it is migrated)."""
+    """See the module docstring.  ``path`` must be a current warehouse: make one with
+    ``psystats.warehouse.db.open(path, "statement")``, which creates and migrates it first."""
 
     def __init__(
         self,
