@@ -262,8 +262,8 @@ def build_model(shape: str, device: str, dtype, tokenizer, arch: str = "qwen3"):
 
 def device_mapped_scorer(model, tokenizer, args, folder: Path):
     """The model saved as safetensors and loaded by psystats with ``--device-map``."""
+    from psystats.scoring.devices import parse_max_memory
     from psystats.scoring.engine import Scorer
-    from psystats.scoring.loader import parse_max_memory
 
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

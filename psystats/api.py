@@ -356,28 +356,17 @@ class Warehouse:
         per_experiment: bool = False,
         seed: int = 0,
     ) -> pd.DataFrame:
-        """Expected post-minus-base difference of a new pair under a stored formula fit.
+        """Expected post-minus-base difference of a new pair under a stored formula or effects fit.
 
         ``new_pair``: e.g. ``{"type": "instruct", "family": "llama", "n_params": 70e9}``
         (or the CLI's text form).  New group levels (the pair itself, a new
         family) are drawn from their fitted distributions, so the interval
-        includes new-group uncertainty.
+        includes new-group uncertainty (docs/model.md, "Predictions").
         """
-        from psystats.stats.formula import load_formula_fit, parse_new_pair, predict_new_pair
+        from psystats.stats.predict import predict_fit
 
-        if isinstance(new_pair, str):
-            new_pair = parse_new_pair(new_pair)
         with self.connection() as con:
-            row, idata, model, frame = load_formula_fit(con, int(fit_id))
-        return predict_new_pair(
-            model,
-            idata,
-            frame,
-            new_pair,
-            size_center=(row.get("summary") or {}).get("size_center_log_params"),
-            per_experiment=per_experiment,
-            seed=seed,
-        )
+            return predict_fit(con, int(fit_id), new_pair, per_experiment=per_experiment, seed=seed)
 
     def formula_model(self, fit_id: int):
         """The Bambi model of a stored formula fit and its InferenceData (for ``bambi.interpret``)."""
@@ -387,18 +376,35 @@ class Warehouse:
             _, idata, model, _ = load_formula_fit(con, int(fit_id))
         return model, idata
 
-    def compare(self, fit_ids: Sequence[int]) -> pd.DataFrame:
-        """PSIS-LOO comparison (``arviz.compare``) of stored fits of the same data.
+    def compare(
+        self,
+        fit_ids: Sequence[int],
+        *,
+        kfold: int | None = None,
+        seed: int = 0,
+        include_failed: bool = False,
+    ) -> pd.DataFrame:
+        """PSIS-LOO (``arviz.compare``) or K-fold comparison of stored fits of the same data.
 
         Each fit's pointwise leave-one-out values are read from its NetCDF;
         any kinds qualify when they saw the same observations (an effects and
         a formula fit of the same cells are matched cell by cell).  One row
-        per fit (``fit``, ``kind``, rank, elpd_loo, ...), best first.
+        per fit (``fit``, ``kind``, ``gates``, ``method``, then arviz.compare's
+        columns, ``k>0.7``, ``k>1``), best first; ``.attrs["notes"]`` has the
+        caveats.  ``kfold=K`` refits effects and formula fits K times instead
+        (``elpd_kfold``, ``p_kfold``; docs/model.md, ``psystats fit compare``).
         """
         from psystats.stats.compare import compare_fits
 
-        with self.connection() as con:
-            return compare_fits(con, [int(f) for f in fit_ids])
+        # K-fold refits take minutes: hold the file per statement only, as a fit does.
+        with self._writer() if kfold else self.connection() as con:
+            return compare_fits(
+                con,
+                [int(f) for f in fit_ids],
+                kfold=kfold,
+                seed=seed,
+                include_failed=include_failed,
+            )
 
     # ------------------------------------------------------- figures, manifest
 

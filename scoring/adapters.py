@@ -29,30 +29,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import loader
+from huggingface_hub import snapshot_download
+
+from .devices import input_device
+from .model_files import PICKLE_SUFFIXES, ModelLoadError, file_sha256, looks_like_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class AdapterError(loader.ModelLoadError):
+class AdapterError(ModelLoadError):
     """The adapter cannot be used; the message says why."""
-
-
-def _is_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
 def adapter_folder(source: str, revision: str | None = None, *, local_only: bool = True) -> Path:
     """The local folder of an adapter (a path, or a hub id in the Hugging Face cache)."""
-    if _is_path(source):
+    if looks_like_path(source):
         p = Path(source).expanduser().resolve()
         if not p.is_dir():
             raise AdapterError(f"adapter {source}: no such folder")
         return p
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(
             snapshot_download(
                 source,
@@ -79,7 +76,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "peft_type" not in data:
         raise AdapterError(f"{cfg}: field 'peft_type' missing: not a PEFT adapter config")
     if not (folder / ADAPTER_WEIGHTS).is_file():
-        pickles = [p.name for p in folder.iterdir() if p.suffix in loader.PICKLE_SUFFIXES]
+        pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
         raise AdapterError(
             f"{folder}: no {ADAPTER_WEIGHTS}"
             + (
@@ -96,7 +93,7 @@ def fingerprint(folder: Path) -> str:
     """SHA-256 over the adapter's weights and config (what decides its numbers)."""
     h = hashlib.sha256()
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        h.update(f"{name}:{loader.file_sha256(folder / name)}\n".encode())
+        h.update(f"{name}:{file_sha256(folder / name)}\n".encode())
     return h.hexdigest()
 
 
@@ -123,7 +120,7 @@ def _probe_logits(lm):
     n = int(emb.weight.shape[0]) if emb.weight.device.type != "meta" else 1000
     ids = (torch.arange(1, 17) * 7919) % max(n, 2)
     with torch.inference_mode():
-        return lm(ids[None].to(loader.input_device(lm))).logits.float().cpu()
+        return lm(ids[None].to(input_device(lm))).logits.float().cpu()
 
 
 def apply(

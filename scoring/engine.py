@@ -60,6 +60,7 @@ from .assemble import (
     AssembleMixin,
     ScoreBatch,
 )
+from .devices import device_map_of, input_device
 from .errors import NonFiniteLogits, ScoringError
 from .forward import ForwardMixin
 from .plan import PlanMixin
@@ -210,8 +211,8 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                 offload_folder=offload_folder,
             )
         )
-        self.input_device = loader.input_device(self.lm)
-        self.placement = loader.device_map_of(self.lm)
+        self.input_device = input_device(self.lm)
+        self.placement = device_map_of(self.lm)
         # Vision-language models are scored on text: their decoder, no image.
         self.kind = getattr(self.lm, "psystats_kind", None) or loader.model_kind(self.lm.config)
         self.sliding = attn.sliding_window_of(self.lm.config)

@@ -731,7 +731,7 @@ def _write_new_run(
     with transaction(con):
         _recheck_keys(con, path)
         if not scalar(con, "SELECT count(*) FROM models WHERE name = ?", [model]):
-            registry._add(
+            registry.register(
                 con,
                 None,
                 name=model,

@@ -21,48 +21,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from psystats.warehouse import hashing
-from psystats.warehouse.errors import WarehouseError
+from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+from . import adapters, model_cache
+from .devices import check_device_map
+from .hub import require_hub_files
+from .model_files import (
+    PICKLE_SUFFIXES,
+    ModelLoadError,
+    file_sha256,
+    locate,
+    looks_like_path,
+)
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class ModelLoadError(WarehouseError):
-    """The model or tokenizer could not be loaded; the message says why and what to do."""
-
-
-def _looks_like_path(source: str) -> bool:
-    return (
-        source.startswith(("/", "./", "../", "~"))
-        or source.endswith(".gguf")
-        or Path(source).expanduser().exists()
-    )
-
-
-def locate(model: dict) -> tuple[str, str | None]:
-    """``(folder or hub id, gguf file name or None)`` for a models row."""
-    source = model.get("source")
-    if not source:
-        raise ModelLoadError(
-            f"model {model.get('name')!r} has no source (an external scorer): "
-            "its scores come from `psystats scores import`, it cannot be run"
-        )
-    gguf = model.get("gguf_file")
-    if source.endswith(".gguf"):
-        p = Path(source).expanduser()
-        return str(p.parent), p.name
-    if gguf and "/" in gguf and Path(gguf).expanduser().is_file():
-        p = Path(gguf).expanduser()
-        return str(p.parent), p.name
-    if _looks_like_path(source):
-        return str(Path(source).expanduser()), gguf
-    return source, gguf
 
 
 def _check_local(folder: str, gguf: str | None, name: str | None) -> None:
@@ -131,23 +106,42 @@ def load_tokenizer(model: dict, *, trust_remote_code: bool | None = None):
         kwargs["revision"] = model["revision"]
     if tok_source:
         folder, gguf = (
-            (str(Path(tok_source).expanduser()) if _looks_like_path(tok_source) else tok_source),
+            (str(Path(tok_source).expanduser()) if looks_like_path(tok_source) else tok_source),
             None,
         )
-    elif _looks_like_path(folder):
+    elif looks_like_path(folder):
         _check_local(folder, gguf, name)
-    if not _looks_like_path(folder):
-        from .registry import require_hub_files
-
+    if not looks_like_path(folder):
         require_hub_files(model, folder, gguf)  # offline: one line now, not a minute of retries
-    if gguf:
-        kwargs["gguf_file"] = gguf
     try:
-        tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+        if gguf:
+            tok = _gguf_tokenizer(model, folder, gguf, kwargs)
+        else:
+            tok = AutoTokenizer.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model {name!r}: cannot load tokenizer from {folder}: {e}") from None
     if not getattr(tok, "chat_template", None) and not gguf:
         tok.chat_template = processor_chat_template(folder, model.get("revision"))
+    return tok
+
+
+def _gguf_tokenizer(model: dict, folder: str, gguf: str, kwargs: dict[str, Any]):
+    """A GGUF's tokenizer: from the converted-model cache when its fingerprint is the one
+    converted, else converted from the file and stored there."""
+    from transformers import AutoTokenizer
+
+    path = _local_gguf(model)
+    entry = model_cache.entry_dir(path, "tokenizer") if path is not None else None
+    manifest = model_cache.verified(entry) if entry is not None else None
+    if entry is not None and manifest is not None:
+        tok = AutoTokenizer.from_pretrained(entry)
+        if tokenizer_fingerprint(tok) == manifest.get("tokenizer_sha256"):
+            return tok
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf, **kwargs)
+    if entry is not None:
+        model_cache.store(
+            entry, tok.save_pretrained, {"tokenizer_sha256": tokenizer_fingerprint(tok)}
+        )
     return tok
 
 
@@ -160,13 +154,11 @@ def processor_chat_template(folder: str, revision: str | None = None) -> str | N
     """
     for fname in ("chat_template.jinja", "chat_template.json"):
         path: Path | None
-        if _looks_like_path(folder):
+        if looks_like_path(folder):
             path = Path(folder) / fname
             path = path if path.is_file() else None
         else:
             try:
-                from huggingface_hub import try_to_load_from_cache
-
                 cached = try_to_load_from_cache(folder, fname, revision=revision)
             except Exception:  # noqa: BLE001 - no cache, no template
                 cached = None
@@ -187,15 +179,6 @@ def processor_chat_template(folder: str, revision: str | None = None) -> str | N
     return None
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-# config.json model_types that are a text decoder with a vision tower but whose
-# transformers class is registered only for image-text-to-text.
-TEXT_SCORING_NOTE = (
-    "vision-language models are scored on text only: input ids and (for Qwen's "
-    "multimodal rotary embedding) text positions, no image"
-)
-
-
 def model_kind(config: Any) -> str:
     """``"vision-language"`` for a config with a vision tower, else ``"causal"``."""
     if getattr(config, "vision_config", None) is not None:
@@ -209,32 +192,70 @@ def _auto_class(kind: str):
     return AutoModelForImageTextToText if kind == "vision-language" else AutoModelForCausalLM
 
 
-def parse_max_memory(values: Any) -> dict | None:
-    """``{"0": "70GiB", "cpu": "200GiB"}`` from ``["0=70GiB", "cpu=200GiB"]`` (or a dict).
+def _load_kwargs(
+    model: dict,
+    dtype: str,
+    attn_implementation: str,
+    trust: bool,
+    device_map: str | dict | None,
+    max_memory: dict | None,
+    offload_folder: str | None,
+) -> dict[str, Any]:
+    """``from_pretrained`` keywords of a models row (the GGUF file name excepted)."""
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(dtype),
+        "trust_remote_code": trust,
+        "attn_implementation": attn_implementation,
+    }
+    if model.get("revision"):
+        kwargs["revision"] = model["revision"]
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder:
+            kwargs["offload_folder"] = str(offload_folder)
+    return kwargs
 
-    Keys are GPU indices, ``cpu`` or ``disk``; values are accelerate's sizes
-    (``"70GiB"``, ``"500MB"``) or bytes.
-    """
-    if not values:
-        return None
-    items = values.items() if isinstance(values, dict) else (v.partition("=")[::2] for v in values)
-    out: dict = {}
-    for key, size in items:
-        key = str(key).strip()
-        size = str(size).strip()
-        if not key or not size:
-            raise ModelLoadError(
-                f"--max-memory {key}={size}: expected DEVICE=SIZE, e.g. 0=70GiB or cpu=200GiB"
-            )
-        if key.isdigit():
-            out[int(key)] = int(size) if size.isdigit() else size
-        elif key in ("cpu", "disk", "mps") or key.startswith(("cuda:", "xpu:", "npu:")):
-            out[key] = int(size) if size.isdigit() else size
-        else:
-            raise ModelLoadError(
-                f"--max-memory {key}={size}: unknown device {key!r}; use a GPU index, cpu or disk"
-            )
-    return out
+
+def _local_gguf(model: dict) -> Path | None:
+    """The GGUF file of a models row on this machine (a local file or in the hub cache)."""
+    files = weight_files(model)
+    return files[0] if files and files[0].is_file() else None
+
+
+def _load_gguf(model: dict, folder: str, gguf: str, kwargs: dict[str, Any], dtype: str):
+    """A GGUF model: from the converted-model cache when it holds it, else dequantised
+    from the file and stored there (``scoring.model_cache``)."""
+    from transformers import AutoModelForCausalLM
+
+    path = _local_gguf(model)
+    entry = model_cache.entry_dir(path, dtype) if path is not None else None
+    if entry is not None and model_cache.verified(entry) is not None:
+        cached = {k: v for k, v in kwargs.items() if k not in ("revision", "trust_remote_code")}
+        return AutoModelForCausalLM.from_pretrained(entry, use_safetensors=True, **cached)
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, **kwargs)
+    if entry is not None and "device_map" not in kwargs:  # all weights in memory: storable
+        model_cache.store(entry, lambda tmp: model_cache.save_model(lm, tmp))
+    return lm
+
+
+def _load_weights(folder: str, kwargs: dict[str, Any], name: Any, device: str, device_map: Any):
+    """(model, kind) of a safetensors folder or hub id: the architecture's own class."""
+    from transformers import AutoConfig
+
+    cfg_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
+    config = AutoConfig.from_pretrained(folder, **cfg_kwargs)
+    kind = model_kind(config)
+    _check_quantization(config, name, device, device_map)
+    try:
+        return _auto_class(kind).from_pretrained(folder, use_safetensors=True, **kwargs), kind
+    except ValueError as e:
+        # A vision config whose class transformers registers only as a causal LM.
+        if kind != "vision-language" or "Unrecognized configuration class" not in str(e):
+            raise
+    kind = "causal"
+    return _auto_class(kind).from_pretrained(folder, use_safetensors=True, **kwargs), kind
 
 
 def load_model(
@@ -257,54 +278,26 @@ def load_model(
     ``MllamaForConditionalGeneration``, ...), which is scored on text only.
     ``device_map`` (``auto``/``balanced``/``sequential`` or an explicit
     ``{module: device}``) with ``max_memory`` places layers over GPUs, CPU and
-    disk via accelerate.  A PEFT adapter (``adapter``, or the row's
-    ``adapter``) is applied on top (``scoring.adapters``).
+    disk via accelerate.  A GGUF is dequantised once and kept in the
+    converted-model cache (``scoring.model_cache``).  A PEFT adapter
+    (``adapter``, or the row's ``adapter``) is applied on top (``scoring.adapters``).
     """
     import torch
 
     name = model.get("name")
-    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
-        raise ModelLoadError(
-            f"unknown --device-map {device_map!r}; choose from {', '.join(DEVICE_MAPS)}"
-        )
+    check_device_map(device_map)
     trust = remote_code_allowed(model, trust_remote_code)
     folder, gguf = locate(model)
-    if _looks_like_path(folder):
+    if looks_like_path(folder):
         _check_local(folder, gguf, name)
-    kwargs: dict[str, Any] = {
-        "dtype": _torch_dtype(dtype),
-        "trust_remote_code": trust,
-        "attn_implementation": attn_implementation,
-    }
-    if model.get("revision"):
-        kwargs["revision"] = model["revision"]
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    else:
-        kwargs["use_safetensors"] = True
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-        if max_memory:
-            kwargs["max_memory"] = max_memory
-        if offload_folder:
-            kwargs["offload_folder"] = str(offload_folder)
-    kind = "causal"
+    kwargs = _load_kwargs(
+        model, dtype, attn_implementation, trust, device_map, max_memory, offload_folder
+    )
     try:
-        if not gguf:
-            from transformers import AutoConfig
-
-            cfg_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
-            config = AutoConfig.from_pretrained(folder, **cfg_kwargs)
-            kind = model_kind(config)
-            _check_quantization(config, name, device, device_map)
-        try:
-            lm = _auto_class(kind).from_pretrained(folder, **kwargs)
-        except ValueError as e:
-            # A vision config whose class transformers registers only as a causal LM.
-            if kind != "vision-language" or "Unrecognized configuration class" not in str(e):
-                raise
-            kind = "causal"
-            lm = _auto_class(kind).from_pretrained(folder, **kwargs)
+        if gguf:
+            lm, kind = _load_gguf(model, folder, gguf, kwargs, dtype), "causal"
+        else:
+            lm, kind = _load_weights(folder, kwargs, name, device, device_map)
     except (OSError, ValueError) as e:
         msg = str(e)
         if "trust_remote_code" in msg:
@@ -319,8 +312,6 @@ def load_model(
     lm.psystats_kind = kind
     adapter = adapter or model.get("adapter")
     if adapter:
-        from . import adapters
-
         lm = adapters.apply(
             lm,
             adapter,
@@ -354,35 +345,11 @@ def _check_quantization(config: Any, name: str | None, device: str, device_map: 
         )
 
 
-def input_device(lm) -> Any:
-    """Where input ids go: the device that runs the input embeddings.
-
-    Under an accelerate device map with CPU/disk offload the embedding's
-    weights may sit on the ``meta`` device; its hook knows where it executes.
-    """
-    import torch
-
-    emb = lm.get_input_embeddings()
-    hook = getattr(emb, "_hf_hook", None)
-    dev = getattr(hook, "execution_device", None)
-    if dev is not None:
-        return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
-    return emb.weight.device
-
-
-def device_map_of(lm) -> dict | None:
-    """The module -> device placement accelerate chose (None when on one device)."""
-    dm = getattr(lm, "hf_device_map", None)
-    return {k: str(v) for k, v in dm.items()} if dm else None
-
-
 def weight_files(model: dict) -> list[Path]:
     """The weight files the model loads from (local or in the Hugging Face cache)."""
     folder, gguf = locate(model)
-    if not _looks_like_path(folder):
+    if not looks_like_path(folder):
         try:
-            from huggingface_hub import snapshot_download
-
             folder = snapshot_download(
                 folder,
                 revision=model.get("revision"),
@@ -395,14 +362,6 @@ def weight_files(model: dict) -> list[Path]:
     if gguf:
         return [p / gguf]
     return sorted(p.glob("*.safetensors"))
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file; free for Hugging Face cache files, whose blob name is that hash."""
-    real = path.resolve()
-    if _HEX64.match(real.name):
-        return real.name
-    return hashing.file_sha256(real)
 
 
 def weights_fingerprint(model: dict) -> str | None:
@@ -425,27 +384,3 @@ def tokenizer_fingerprint(tokenizer) -> str:
         "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def gpus_per_model_options(
-    gpus_per_model: int | None, device_map: str | None, engine: str
-) -> tuple[float | None, str | None]:
-    """``(num_gpus_per_worker, device_map)`` for ``--gpus-per-model N``.
-
-    Ray gives each actor N GPUs (it sets the actor's ``CUDA_VISIBLE_DEVICES``)
-    and the actor spreads its copy of the model over them with a device map
-    (``auto`` unless one is given).  ``None`` leaves the engine's defaults.
-    """
-    if gpus_per_model is None:
-        return None, device_map
-    if gpus_per_model < 1:
-        raise ModelLoadError(f"--gpus-per-model {gpus_per_model}: give 1 or more GPUs")
-    if engine != "ray":
-        raise ModelLoadError(
-            "--gpus-per-model places one Ray actor per group of GPUs: use it with --engine ray "
-            "(in one process, --device-map auto spreads the model over every visible GPU; "
-            "with --shard, request N GPUs per task and use --device-map auto)"
-        )
-    if gpus_per_model > 1 and device_map is None:
-        device_map = "auto"
-    return float(gpus_per_model), device_map

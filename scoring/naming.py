@@ -22,6 +22,17 @@ POST_TRAINING_TYPES: tuple[str, ...] = (
     "other",
 )
 
+# psystats' own floors (scoring/baselines.py): registered under these names only,
+# with this post-training type, which no model can be given.
+BASELINE_TYPE = "baseline"
+BASELINES: dict[str, str] = {
+    "baseline:uniform": "uniform over the response's option set",
+    "baseline:frequency": (
+        "smoothed frequency of the response among the other participants of the "
+        "experiment at the same trial position (leave-one-participant-out)"
+    ),
+}
+
 # Families and the lowercase word that names them.  Order matters only when a
 # name contains two family words (e.g. "DeepSeek-R1-Distill-Qwen-7B" is a Qwen
 # network, so qwen/llama come before deepseek).
@@ -206,6 +217,8 @@ def _generation(family: str, word: str, low: str) -> tuple[str, str] | None:
     """The version number written after the family word, and why."""
     if family == "qwen" and word == "qwq":
         return "2.5", "QwQ is built on Qwen2.5"
+    if family == "gpt2":
+        return "2", "GPT-2"
     if family == "llama" and "codellama" in low:
         return "2", "Code Llama is built on Llama 2"
     if family == "mistral":
@@ -231,6 +244,11 @@ def infer_from_name(name: str) -> Inference:
     file stem; only the part after the last '/' is read, the owner is kept for
     the base's name.
     """
+    if name in BASELINES:
+        return Inference(
+            family=("baseline", "a psystats baseline scorer"),
+            post_training=(BASELINE_TYPE, f"baseline scorer: {BASELINES[name]}"),
+        )
     owner, _, repo = name.rpartition("/")
     repo = strip_quant(repo)
     low = repo.lower()

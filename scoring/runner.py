@@ -37,6 +37,7 @@ from psystats.warehouse.db import Target
 from psystats.warehouse.errors import WarehouseError
 
 from .inputs import ParticipantInput
+from .naming import BASELINE_TYPE
 
 ENGINES = ("local", "shard", "ray")
 
@@ -114,7 +115,7 @@ def plan_run(
                 "no participants match the selection "
                 f"(studies={list(studies) or 'all'}, experiments={list(experiments) or 'all'})"
             )
-        from .registry import require_model_files
+        from .hub import require_model_files
 
         require_model_files(model)  # an unreachable hub id: one line now, before torch loads
         declared = option_sets.parse_declarations(tuple(option_decls), options_file)
@@ -187,6 +188,21 @@ def score(
         option_sets=plan.option_sets,
         trust_remote_code=trust_remote_code or None,
     )
+    if plan.model.get("post_training") == BASELINE_TYPE:  # a floor, not a network
+        return _score_baseline(
+            db,
+            plan,
+            condition,
+            engine,
+            kwargs,
+            shard,
+            out_dir,
+            unit_tokens,
+            force,
+            commit_chars,
+            say,
+            progress_bar,
+        )
     if engine == "ray":
         return _score_ray(db, plan, condition, kwargs, out_dir, unit_tokens, force, ray_options)
 
@@ -199,6 +215,33 @@ def score(
         f"({kwargs.get('dtype', 'float32')}, {_where(kwargs, scorer)}, packing "
         f"{scorer.packing}, attention {scorer.attention}{', compiled' if scorer.compile else ''})"
     )
+    if engine == "shard":
+        return _score_shard(scorer, plan, condition, shard or "", out_dir, unit_tokens, say)
+    return _score_local(db, scorer, plan, condition, force, commit_chars, say, progress_bar)
+
+
+def _score_baseline(
+    db: Target,
+    plan: RunPlan,
+    condition: str,
+    engine: str,
+    kwargs: dict[str, Any],
+    shard: str | None,
+    out_dir: str,
+    unit_tokens: int | None,
+    force: bool,
+    commit_chars: int,
+    say: Say,
+    progress_bar: bool,
+) -> ScoreOutcome:
+    """A baseline (``scoring/baselines.py``): counted in seconds instead of loaded, then
+    scored, resumed and stored like a model."""
+    from .baselines import baseline_scorer
+
+    scorer = baseline_scorer(
+        db, plan.model, plan.inputs, plan.option_sets, engine=engine, scorer_options=kwargs
+    )
+    say(scorer.describe())
     if engine == "shard":
         return _score_shard(scorer, plan, condition, shard or "", out_dir, unit_tokens, say)
     return _score_local(db, scorer, plan, condition, force, commit_chars, say, progress_bar)

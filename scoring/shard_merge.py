@@ -281,7 +281,8 @@ def resolve_model_read_only(con: duckdb.DuckDBPyConnection, name_or_source: str)
     A task of a job array must not register models: N tasks would race to
     write the warehouse.  Register it once before submitting the array.
     """
-    from psystats.scoring.registry import _classify, get_model
+    from psystats.scoring.model_files import classify_source
+    from psystats.scoring.registry import get_model
 
     rows = con.execute(
         "SELECT name FROM models WHERE name = ? ORDER BY model_id", [name_or_source]
@@ -289,7 +290,7 @@ def resolve_model_read_only(con: duckdb.DuckDBPyConnection, name_or_source: str)
     if not rows:
         # A path or hub id: look it up the way `resolve_model` does, by source.
         try:
-            _, source, gguf_file = _classify(name_or_source, None)
+            _, source, gguf_file = classify_source(name_or_source, None)
         except WarehouseError:
             source, gguf_file = name_or_source, None
         rows = con.execute(

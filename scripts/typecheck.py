@@ -1,10 +1,8 @@
 """Type-check the library packages with mypy, as they are installed.
 
-The source tree maps warehouse/, scoring/ and reports/ into the package as
-psystats.warehouse, psystats.scoring and psystats.reports (pyproject's
-package-dir).  mypy follows folders, not import hooks, so this script lays the
-package out under .cache/typecheck/ with symbolic links to the real files and
-runs mypy there (its settings come from pyproject.toml).  Error paths read
+mypy follows folders, not import hooks, so this script lays the package out
+under .cache/typecheck/ (:func:`package_tree.build_tree`) and runs mypy there
+(its settings come from pyproject.toml).  Error paths read
 .cache/typecheck/psystats/warehouse/db.py for warehouse/db.py, and so on.
 
     python scripts/typecheck.py
@@ -12,33 +10,14 @@ runs mypy there (its settings come from pyproject.toml).  Error paths read
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TREE = ROOT / ".cache" / "typecheck"
-MAPPED = {"warehouse": "warehouse", "scoring": "scoring", "reports": "reports"}
-
-
-def build_tree() -> Path:
-    if TREE.exists():
-        shutil.rmtree(TREE)
-    pkg = TREE / "psystats"
-    pkg.mkdir(parents=True)
-    for entry in (ROOT / "psystats").iterdir():
-        if entry.name in ("__pycache__", "sample"):
-            continue
-        os.symlink(entry, pkg / entry.name)
-    for sub, folder in MAPPED.items():
-        os.symlink(ROOT / folder, pkg / sub)
-    return TREE
+from package_tree import ROOT, build_tree
 
 
 def main() -> int:
-    tree = build_tree()
+    tree = build_tree("typecheck")
     cmd = [
         sys.executable,
         "-m",

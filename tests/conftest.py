@@ -53,6 +53,20 @@ def warehouse_copy(small_warehouse: Path, tmp_path: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory):
+    """Converted GGUFs (scoring.model_cache) go to a cache of the test session, never
+    to the user's ~/.cache; later loads in the session read it."""
+    old = os.environ.get("PSYSTATS_MODEL_CACHE")
+    root = tmp_path_factory.mktemp("model-cache")
+    os.environ["PSYSTATS_MODEL_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("PSYSTATS_MODEL_CACHE", None)
+    else:
+        os.environ["PSYSTATS_MODEL_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     from psystats.scoring.tiny import find_smollm2_gguf

@@ -10,11 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from psystats.stats.formula import (
-    build_formula_model,
-    formula_frame,
-    parse_new_pair,
-)
+from psystats.stats.formula import build_formula_model, formula_frame
+from psystats.stats.predict import parse_new_pair
 from psystats.stats.simulate import simulate_cells
 from psystats.warehouse.errors import WarehouseError
 
@@ -66,8 +63,14 @@ def test_bad_formulas_are_user_errors(cells):
     frame, _ = formula_frame(cells)
     with pytest.raises(WarehouseError, match="must model the cell value"):
         build_formula_model(frame, "se ~ type")
+    for formula in ("mean ~ typ + log_params", "mean ~ type + (1|typ)", "mean ~ log(typ)"):
+        with pytest.raises(WarehouseError) as e:
+            build_formula_model(frame, formula)
+        msg = str(e.value)
+        assert "unknown column 'typ'" in msg and "did you mean 'type'" in msg, msg
+        assert "the columns are mean, se, type, family" in msg and "log_params_raw" in msg
     with pytest.raises(WarehouseError, match="cannot build the formula model"):
-        build_formula_model(frame, "mean ~ no_such_column")
+        build_formula_model(frame, "mean ~ type +")
     with pytest.raises(WarehouseError, match="key=value"):
         parse_new_pair("instruct")
     assert parse_new_pair("type=instruct, family=llama,n_params=7e10") == {
@@ -75,6 +78,51 @@ def test_bad_formulas_are_user_errors(cells):
         "family": "llama",
         "n_params": 7e10,
     }
+
+
+def test_every_prior_is_settable_and_recorded(cells):
+    """Group-level priors through --priors (a nested hyperprior), unknown terms refused by
+    name, and every prior the model uses (Bambi's defaults too) recorded as a --priors table
+    that rebuilds the same model."""
+    from psystats.stats.formula import used_priors
+
+    frame, _ = formula_frame(cells)
+    formula = "mean ~ type + log_params + (1|family)"
+    default = used_priors(build_formula_model(frame, formula))
+    assert set(default) == {"Intercept", "type", "log_params", "1|family", "sigma"}
+    assert default["sigma"] == {"dist": "HalfNormal", "sigma": 0.5}
+    group = default["1|family"]
+    assert group["dist"] == "Normal" and group["sigma"]["dist"] == "HalfNormal"
+    mine = {"1|family": {"dist": "Normal", "mu": 0, "sigma": {"dist": "HalfNormal", "sigma": 0.2}}}
+    model = build_formula_model(frame, formula, priors=mine)
+    got = used_priors(model)
+    assert got["1|family"] == {
+        "dist": "Normal",
+        "mu": 0.0,
+        "sigma": {"dist": "HalfNormal", "sigma": 0.2},
+    }
+    assert got["Intercept"] == default["Intercept"]  # the others keep Bambi's defaults
+    # The PyMC model really has the prior: logp of the group SD is HalfNormal(0.2)'s.
+    import pymc as pm
+    from scipy import stats
+
+    rv = model.backend.model["1|family_sigma"]
+    assert float(pm.logp(rv, 0.3).eval()) == pytest.approx(stats.halfnorm.logpdf(0.3, scale=0.2))
+    # The record is a --priors table: fed back, it gives the same priors.
+    assert used_priors(build_formula_model(frame, formula, priors=got)) == got
+    every = {
+        "group_specific": {"dist": "Normal", "mu": 0, "sigma": {"dist": "HalfNormal", "sigma": 0.3}}
+    }
+    assert used_priors(build_formula_model(frame, formula, priors=every))["1|family"]["sigma"] == {
+        "dist": "HalfNormal",
+        "sigma": 0.3,
+    }
+    with pytest.raises(WarehouseError, match="'typ' is not a term of this model.*'type'"):
+        build_formula_model(frame, formula, priors={"typ": {"dist": "Normal", "mu": 0, "sigma": 1}})
+    with pytest.raises(WarehouseError, match="takes a prior on its SD"):
+        build_formula_model(
+            frame, formula, priors={"1|family": {"dist": "Normal", "mu": 0, "sigma": 1}}
+        )
 
 
 @pytest.mark.slow

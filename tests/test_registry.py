@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from psystats.cli import main
-from psystats.scoring import registry
+from psystats.scoring import registry, registry_file
+from psystats.scoring.model_facts import describe
+from psystats.scoring.model_files import count_safetensors_params
 from psystats.scoring.naming import infer_from_name
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
@@ -170,7 +172,7 @@ NAMES = [
     "name,family,generation,post_training,base", NAMES, ids=[n[0] for n in NAMES]
 )
 def test_inference_from_hub_names(name, family, generation, post_training, base):
-    row = registry.describe(name)  # the whole path a hub id takes, offline
+    row = describe(name)  # the whole path a hub id takes, offline
     assert (row["family"], row["generation"], row["post_training"]) == (
         family,
         generation,
@@ -201,7 +203,7 @@ QUANTISED = [
 
 @pytest.mark.parametrize("name,quant,adapter", QUANTISED, ids=[q[0] for q in QUANTISED])
 def test_quantisation_and_adapter_names(name, quant, adapter):
-    row = registry.describe(name)
+    row = describe(name)
     assert row["quantization"] == quant
     assert row["inferred"]["quantization"]["from"]
     assert infer_from_name(name).adapter == adapter
@@ -215,12 +217,12 @@ def test_vision_inferred_from_architecture_and_paired_with_text_base(con, tmp_pa
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(cfg))
     _tiny_safetensors(folder / "model.safetensors")
-    row = registry.describe(str(folder))
+    row = describe(str(folder))
     assert row["post_training"] == "vision"
     assert "qwen2_5_vl" in row["inferred"]["post_training"]["from"]
     # Natively multimodal families (Gemma 3) are not 'vision' by architecture alone.
     (folder / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
-    assert registry.describe(str(folder), name="gemma-3-4b-pt")["post_training"] == "base"
+    assert describe(str(folder), name="gemma-3-4b-pt")["post_training"] == "base"
     # Pairing by name: the VL instruct model descends from the text base.
     registry.add_model(con, None, name="Qwen/Qwen2.5-VL-7B-Instruct", overrides={"family": "qwen"})
     base = registry.add_model(con, None, name="Qwen/Qwen2.5-7B", post_training="base")
@@ -233,7 +235,7 @@ def test_quantization_from_config_is_recorded(tmp_path):
     cfg = {"model_type": "qwen2", "quantization_config": {"quant_method": "gptq", "bits": 4}}
     (folder / "config.json").write_text(json.dumps(cfg))
     _tiny_safetensors(folder / "model.safetensors")
-    row = registry.describe(str(folder))
+    row = describe(str(folder))
     assert row["quantization"] == "gptq-int4"
     assert row["inferred"]["quantization"]["from"] == "config.json quantization_config"
 
@@ -253,7 +255,7 @@ def test_generation_order_sorts_generations():
         "Qwen/Qwen3-8B-Base",
         "Qwen/Qwen3.5-9B-Base",
     ]
-    orders = [registry.describe(g)["generation_order"] for g in gens]
+    orders = [describe(g)["generation_order"] for g in gens]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
     llamas = [
         "meta-llama/Llama-2-7b-hf",
@@ -262,7 +264,7 @@ def test_generation_order_sorts_generations():
         "meta-llama/Llama-3.2-1B",
         "meta-llama/Llama-3.3-70B-Instruct",
     ]
-    orders = [registry.describe(g)["generation_order"] for g in llamas]
+    orders = [describe(g)["generation_order"] for g in llamas]
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
 
 
@@ -332,7 +334,7 @@ def test_sharded_and_tied_checkpoints(tmp_path, con):
     assert "lm_head.weight" not in weights
     weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
     save_file(weights, tied / "model.safetensors", metadata={"format": "pt"})
-    n, _ = registry.count_safetensors_params(tied, json.loads((tied / "config.json").read_text()))
+    n, _ = count_safetensors_params(tied, json.loads((tied / "config.json").read_text()))
     assert n == _torch_count(tied)
     assert n == sum(w.numel() for w in weights.values()) - weights["lm_head.weight"].numel()
 
@@ -470,7 +472,7 @@ def test_load_toml_and_yaml(con, tmp_path):
         "n_params = 7298011136\n\n"
         '[[models]]\nname = "my-cognitive-model"\ntype = "other"\nfamily = "other"\n'
     )
-    rows = registry.load_file(con, toml)
+    rows = registry_file.load_file(con, toml)
     assert [r["name"] for r in rows] == [
         "allenai/Olmo-3-1025-7B",
         "allenai/Olmo-3-7B-Think",
@@ -486,7 +488,7 @@ def test_load_toml_and_yaml(con, tmp_path):
         "models:\n  - name: my-cognitive-model\n    generation: '2'\n"
         "  - source: Qwen/Qwen2.5-7B\n    type: base\n"
     )
-    registry.load_file(con, yml)
+    registry_file.load_file(con, yml)
     assert registry.get_model(con, "my-cognitive-model")["generation_order"] == 2.0
     assert registry.get_model(con, "Qwen/Qwen2.5-7B")["post_training"] == "base"
 
@@ -498,12 +500,12 @@ def test_load_with_a_bad_entry_changes_nothing(con, tmp_path):
     with pytest.raises(
         WarehouseError, match=r"bad.yaml: models\[2\] \(x\): post_training: 'chatty'"
     ):
-        registry.load_file(con, bad)
+        registry_file.load_file(con, bad)
     assert scalar(con, "SELECT count(*) FROM models") == before
     notlist = tmp_path / "bad.toml"
     notlist.write_text('name = "x"\n')
     with pytest.raises(WarehouseError, match="expected a list of models"):
-        registry.load_file(con, notlist)
+        registry_file.load_file(con, notlist)
 
 
 # ------------------------------------------------------------------ CLI
@@ -574,7 +576,8 @@ def test_cuda_only_quantised_checkpoint_is_recorded_and_refused_on_cpu(con, tiny
 
     import torch
 
-    from psystats.scoring.loader import ModelLoadError, load_model
+    from psystats.scoring.loader import load_model
+    from psystats.scoring.model_files import ModelLoadError
 
     folder = shutil.copytree(tiny_models["llama"], tmp_path / "tiny-llama-bnb")
     cfg = json.loads((folder / "config.json").read_text())
@@ -596,7 +599,7 @@ RELEASES = [
     ("Qwen/Qwen2.5-VL-7B-Instruct", "2025-01-28"),  # later than the rest of 2.5: a name rule
     ("Qwen/QwQ-32B", "2025-03-06"),
     ("Qwen/Qwen3-8B", "2025-04-29"),
-    ("Qwen/Qwen3-4B-Instruct-2507", "2025-07-21"),
+    ("Qwen/Qwen3-4B-Instruct-2507", "2025-08-01"),  # the 4B "2507" came in August
     ("meta-llama/Meta-Llama-3-8B", "2024-04-18"),
     ("meta-llama/Llama-3.1-8B", "2024-07-23"),
     ("meta-llama/Llama-3.2-11B-Vision-Instruct", "2024-09-25"),
@@ -611,7 +614,7 @@ RELEASES = [
 
 @pytest.mark.parametrize("name,released", RELEASES)
 def test_release_dates_of_known_generations(name, released):
-    row = registry.describe(name)
+    row = describe(name)
     got = row["release_date"]
     assert (got.isoformat() if got else None) == released
     why = row["inferred"]["release_date"]["from"]

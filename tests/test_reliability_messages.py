@@ -237,21 +237,21 @@ def test_score_of_an_uncached_hub_id_fails_at_once(wh: Path, tmp_path: Path):
 
 
 def test_unreachable_hub_is_one_line(monkeypatch):
-    from psystats.scoring import registry
+    from psystats.scoring import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(registry, "_hub_offline", lambda: False)  # as if online
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)  # as if online
     # Port 9 (discard) on localhost: nothing listens, the connection is refused at once.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(WarehouseError, match="the hub cannot be reached"):
-        registry.require_hub_files({"name": "x"}, "nobody/no-such-model")
+        hub.require_hub_files({"name": "x"}, "nobody/no-such-model")
 
 
 def test_offline_hub_is_one_line():
-    from psystats.scoring import registry
+    from psystats.scoring import hub
 
     with pytest.raises(WarehouseError, match=r"switched off \(HF_HUB_OFFLINE\)") as e:
-        registry.require_hub_files({"name": "x"}, "nobody/no-such-model")
+        hub.require_hub_files({"name": "x"}, "nobody/no-such-model")
     assert "`huggingface-cli download nobody/no-such-model`" in str(e.value)
 
 

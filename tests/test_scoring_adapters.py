@@ -134,6 +134,7 @@ def test_registry_records_adapter_and_scoring_checks_its_hash(db_path, tiny_mode
     import shutil
 
     from psystats.scoring import registry
+    from psystats.scoring.adapter_models import add_adapter
     from psystats.scoring.adapters import AdapterError
     from psystats.scoring.engine import Scorer
     from psystats.warehouse import db as warehouse_db
@@ -141,7 +142,7 @@ def test_registry_records_adapter_and_scoring_checks_its_hash(db_path, tiny_mode
     con = warehouse_db.open(db_path, "write", create=True)
     try:
         base = registry.add_model(con, str(tiny_models["qwen3"]))
-        row = registry.add_model(con, str(tiny_models["qwen3"]), adapter=str(loras["random"]))
+        row = add_adapter(con, str(tiny_models["qwen3"]), str(loras["random"]))
         assert row["name"] == "tiny-qwen3-Instruct-lora"
         assert row["adapter"] == str(loras["random"].resolve())
         assert row["base_model"] == base["name"]
@@ -151,12 +152,12 @@ def test_registry_records_adapter_and_scoring_checks_its_hash(db_path, tiny_mode
         assert len(row["adapter_sha256"]) == 64
         assert row["inferred"]["adapter"]["peft_type"] == "LORA"
         # Idempotent, and the plain base is still what its source resolves to.
-        again = registry.add_model(con, base["name"], adapter=str(loras["random"]))
+        again = add_adapter(con, base["name"], str(loras["random"]))
         assert again["model_id"] == row["model_id"]
         assert registry.resolve_model(con, str(tiny_models["qwen3"]))["name"] == base["name"]
         # An adapter whose name says nothing is "other", never "base".
         other = shutil.copytree(loras["random"], db_path.parent / "psych-tune")
-        assert registry.add_model(con, base["name"], adapter=str(other))["post_training"] == "other"
+        assert add_adapter(con, base["name"], str(other))["post_training"] == "other"
         # Scoring applies it; weights that changed after registration are refused.
         sc = Scorer(registry.get_model(con, "psych-tune"), dtype="float32")
         assert (
@@ -212,7 +213,7 @@ def test_cli_adapter_is_registered_and_scored_like_any_model(
 
 
 def test_models_load_file_registers_an_adapter_entry(db_path, tiny_models, loras, tmp_path):
-    from psystats.scoring import registry
+    from psystats.scoring import registry, registry_file
     from psystats.warehouse import db as warehouse_db
 
     f = tmp_path / "models.toml"
@@ -223,7 +224,7 @@ def test_models_load_file_registers_an_adapter_entry(db_path, tiny_models, loras
     )
     con = warehouse_db.open(db_path, "write", create=True)
     try:
-        rows = registry.load_file(con, f)
+        rows = registry_file.load_file(con, f)
         assert [r["name"] for r in rows] == ["base", "tuned"]
         tuned = registry.get_model(con, "tuned")
         assert (tuned["base_model"], tuned["post_training"]) == ("base", "other")

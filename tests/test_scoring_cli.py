@@ -168,7 +168,8 @@ def test_chat_needs_a_chat_template(tiny_models, warehouse_copy, tmp_path):
 
 
 def test_pickle_checkpoints_are_refused(tiny_models, tmp_path):
-    from psystats.scoring.loader import ModelLoadError, load_model
+    from psystats.scoring.loader import load_model
+    from psystats.scoring.model_files import ModelLoadError
 
     folder = tmp_path / "pickled"
     folder.mkdir()

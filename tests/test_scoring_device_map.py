@@ -85,8 +85,8 @@ def test_auto_device_map_under_max_memory_offloads_and_equals_single_device(
     """--device-map auto with --max-memory cpu=... too small for the model (plus the buffer
     accelerate keeps for its largest layer): every layer is streamed from the disk offload,
     and the numbers do not move."""
+    from psystats.scoring.devices import parse_max_memory
     from psystats.scoring.engine import Scorer
-    from psystats.scoring.loader import parse_max_memory
 
     sc = Scorer(
         model_row(tiny_models["qwen3"]),
@@ -103,7 +103,9 @@ def test_auto_device_map_under_max_memory_offloads_and_equals_single_device(
 
 
 def test_max_memory_and_device_map_values_are_checked():
-    from psystats.scoring.loader import ModelLoadError, load_model, parse_max_memory
+    from psystats.scoring.devices import parse_max_memory
+    from psystats.scoring.loader import load_model
+    from psystats.scoring.model_files import ModelLoadError
 
     assert parse_max_memory(["0=70GiB", "1=70GiB", "cpu=200GiB"]) == {
         0: "70GiB",
@@ -120,7 +122,8 @@ def test_max_memory_and_device_map_values_are_checked():
 
 
 def test_gpus_per_model_gives_ray_actors_groups_of_gpus_and_a_device_map():
-    from psystats.scoring.loader import ModelLoadError, gpus_per_model_options
+    from psystats.scoring.devices import gpus_per_model_options
+    from psystats.scoring.model_files import ModelLoadError
 
     assert gpus_per_model_options(None, None, "local") == (None, None)
     assert gpus_per_model_options(4, None, "ray") == (4.0, "auto")

@@ -33,12 +33,18 @@ def _normal_fit(y: np.ndarray, sd_prior: float, seed: int):
     return idata, az.loo(idata, pointwise=True)
 
 
-def _store(con, idata, loo, tmp_path):
+def _store(con, idata, loo, tmp_path, passed=True):
     from psystats.stats.compare import attach_pointwise_loo
     from psystats.stats.store import save_fit
 
     attach_pointwise_loo(idata, loo)
-    return save_fit(con, kind="effects", idata=idata, netcdf_dir=tmp_path / "nc")
+    return save_fit(
+        con,
+        kind="effects",
+        idata=idata,
+        netcdf_dir=tmp_path / "nc",
+        diagnostics={"passed": passed},
+    )
 
 
 def test_compare_fits_equals_arviz_compare_on_the_same_loo(db_path, tmp_path):
@@ -59,11 +65,48 @@ def test_compare_fits_equals_arviz_compare_on_the_same_loo(db_path, tmp_path):
     for name in ref.index:
         for col in ("rank", "elpd_loo", "p_loo", "elpd_diff", "se", "dse", "weight"):
             assert got.loc[name, col] == pytest.approx(ref.loc[name, col], rel=1e-9, abs=1e-9)
+        assert got.loc[name, "method"] == "PSIS-LOO" and got.loc[name, "gates"] == "passed"
     assert got.index[0] == f"fit {ids[0]}"  # the vague prior predicts better
     con.close()
     res = CliRunner().invoke(main, ["--db", str(db_path), "fit", "compare", *map(str, ids)])
     assert res.exit_code == 0, res.output
     assert f"fit {ids[0]}" in res.output and "elpd_diff" in res.output
+    assert "note: weight: stacking weights" in res.output
+
+
+def test_compare_refuses_failed_fits_and_counts_pareto_k(db_path, tmp_path):
+    """A fit that missed its gates is refused, or with --include-failed marked FAILED; the
+    Pareto k counts per fit are arviz.loo's on the same log-likelihood, and high k names the
+    remedy (a command that runs)."""
+    from psystats.cli import main
+    from psystats.stats.compare import compare_fits
+
+    rng = np.random.default_rng(0)
+    y = np.r_[rng.normal(0, 1, 18), 9.0, 6.5]  # two outliers: high Pareto k
+    con = warehouse_db.open(db_path, "write", create=True)
+    loos, ids = [], []
+    for k, (sd, passed) in enumerate(((10.0, True), (1.0, False))):
+        idata, loo = _normal_fit(y, sd, seed=k)
+        loos.append(loo)
+        ids.append(_store(con, idata, loo, tmp_path, passed=passed))
+    with pytest.raises(WarehouseError, match=f"fit {ids[1]} \\(effects\\) missed its diagnostic"):
+        compare_fits(con, ids)
+    table = compare_fits(con, ids, include_failed=True).set_index("fit")
+    con.close()
+    for fid, loo in zip(ids, loos):
+        k = np.asarray(loo.pareto_k)  # arviz.loo of the fit's own log-likelihood
+        row = table.loc[f"fit {fid}"]
+        assert row["k>0.7"] == int(np.sum(k > 0.7)) and row["k>1"] == int(np.sum(k > 1))
+    assert table["k>0.7"].max() >= 1
+    assert table.loc[f"fit {ids[1]}", "gates"] == "FAILED"
+    notes = " ".join(table.attrs["notes"])
+    assert "FAILED its diagnostic gates" in notes and "Pareto k > 0.7" in notes
+    assert f"psystats fit compare {ids[0]} {ids[1]} --kfold 10" in notes
+    run = CliRunner().invoke
+    res = run(main, ["--db", str(db_path), "fit", "compare", *map(str, ids)])
+    assert res.exit_code == 1 and "--include-failed" in res.output
+    res = run(main, ["--db", str(db_path), "fit", "compare", *map(str, ids), "--include-failed"])
+    assert res.exit_code == 0 and "FAILED" in res.output and "k>0.7" in res.output
 
 
 def test_compare_refuses_different_data_missing_loo_and_one_fit(db_path, tmp_path):

@@ -41,10 +41,11 @@ PACKAGES = (
 )
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed version of each of :data:`PACKAGES` (None when not installed)."""
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each of ``names`` (default :data:`PACKAGES`; None when not
+    installed)."""
     out: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -191,38 +191,67 @@ def effects(
 @fit.command("compare")
 @db_option
 @click.argument("fit_ids", nargs=-1, type=int, required=True)
+@click.option(
+    "--kfold",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Compare by K-fold cross-validation instead of PSIS-LOO: refit every fit K times, "
+    "each without one fold of observations (effects and formula fits).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the K-fold folds.")
+@click.option(
+    "--include-failed",
+    is_flag=True,
+    help="Compare fits that missed their diagnostic gates too (marked FAILED).",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @friendly_errors
-def compare(db, fit_ids):
-    """Compare stored fits of the same data by PSIS-LOO (arviz.compare).
+def compare(db, fit_ids, kfold, seed, include_failed, fmt):
+    """Compare stored fits of the same data by PSIS-LOO (arviz.compare) or K-fold.
 
     Any kind of fit qualifies if it ran its checks (it stores its pointwise
     LOO in its NetCDF); the fits must have seen the same observations, e.g.
     `fit effects` with and without a term or with other priors, or an
     effects fit and a `fit formula` fit of the same cells (matched cell by
-    cell).  Otherwise the error says what differs.  Prints, best first:
-    ELPD, p_loo, the ELPD difference to the best fit and its SE (from the
-    pointwise differences), the stacking weight and whether some Pareto k is
-    too high.
+    cell).  Otherwise the error says what differs.  A fit that missed its
+    diagnostic gates is refused (or, with --include-failed, marked FAILED).
+    Prints, best first: gates, method, ELPD with its SE, the effective
+    number of parameters p, the ELPD difference to the best fit and its SE
+    (from the pointwise differences), the stacking weight and how many
+    observations have Pareto k > 0.7 and > 1.  Notes below the table say
+    what the weights mean, which differences are not decisive, and, when
+    Pareto k is high, the remedy: --kfold K refits each fit K times (effects
+    and formula fits) and computes the held-out log predictive densities
+    exactly.
 
     \b
     Examples:
       psystats fit effects && psystats fit effects --no-term type_domain
       psystats fit compare 1 2
+      psystats fit compare 1 2 --kfold 10
       psystats fit formula "mean ~ type + (1|experiment)" && psystats fit compare 1 3
     """
     from psystats.stats.compare import compare_fits
 
-    con = open_db(db, "read")
+    # The refits take minutes: hold the file per statement only.
+    con = open_db(db, "statement" if kfold else "read")
     try:
-        table = compare_fits(con, fit_ids)
+        table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
     finally:
         con.close()
-    cols = ["fit", "kind", "rank", "elpd_loo", "p_loo", "elpd_diff", "dse", "weight", "warning"]
+    # One header for PSIS-LOO and K-fold values; the method column says which.
+    table = table.rename(
+        columns={"elpd_loo": "elpd", "p_loo": "p", "elpd_kfold": "elpd", "p_kfold": "p"}
+    )
+    cols = ["fit", "kind", "gates", "method", "rank", "elpd", "se", "p", "elpd_diff", "dse"]
+    cols += ["weight", "k>0.7", "k>1"]
     rows = [
-        [r[c] if not isinstance(r[c], float) else round(r[c], 2) for c in cols]
+        [r[c] if not isinstance(r[c], float) or fmt != "table" else round(r[c], 2) for c in cols]
         for r in table.to_dict("records")
     ]
-    print_rows(cols, rows)
+    print_rows(cols, rows, fmt)
+    for note in table.attrs.get("notes") or []:
+        click.echo(f"note: {note}", err=fmt != "table")
 
 
 def _check_names(con, models, experiments, condition, other_condition) -> None:

@@ -165,18 +165,23 @@ def formula(
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @friendly_errors
 def predict(fit_id, db, new_pairs, per_experiment, seed, fmt):
-    """Predict the post-minus-base difference of a new pair from a stored formula fit.
+    """Predict the post-minus-base difference of a new pair from a stored formula or effects fit.
 
     The new pair is placed in every experiment the fit saw; levels it brings
-    that the fit has not seen (the pair itself, a new family) are drawn from
-    their fitted group distributions, so the interval includes that
-    uncertainty.  Output: posterior mean, SD, 5/50/95% quantiles and
-    P(worse) = P(difference > 0), averaged over experiments.
+    that the fit has not seen (the pair itself, a new family) get effects
+    drawn from their fitted group distributions, Normal(0, sigma) at each
+    posterior draw, so the interval includes that uncertainty.  Output:
+    posterior mean, SD, 5/50/95% quantiles and P(worse) = P(difference > 0),
+    averaged over experiments.  A formula fit reads the columns its formula
+    uses (n_params becomes the centred log_params); an effects fit reads
+    type, family, n_params and, with a generation term, generation_order (or
+    release_date on the date scale).
 
     \b
     Examples:
       psystats fit predict 3 --new-pair type=instruct,family=llama,n_params=70e9
       psystats fit predict 3 --new-pair type=reasoning,family=newfam,n_params=8e9 --per-experiment
+      psystats fit predict 1 --new-pair type=instruct,family=qwen,n_params=8e9,generation_order=3
     """
     import pandas as pd
 
@@ -187,6 +192,8 @@ def predict(fit_id, db, new_pairs, per_experiment, seed, fmt):
     parts = []
     for text in new_pairs:
         df = wh.predict(fit_id, text, per_experiment=per_experiment, seed=seed)
+        for note in dict.fromkeys(df.attrs.get("notes") or []):
+            click.echo(f"note: {note}", err=True)
         df.insert(0, "new_pair", text)
         parts.append(df)
     out = pd.concat(parts, ignore_index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -56,9 +57,10 @@ def _show(row: dict) -> None:
 def models() -> None:
     """Register models and edit what psystats knows about them.
 
-    A model is a Hugging Face id, a local safetensors folder or a local .gguf
-    file.  Family, generation, post-training type, parameter count and base
-    model are inferred (see docs/models.md); `models set` and `models load`
+    A model is a Hugging Face id, a local safetensors folder, a local .gguf
+    file, or one of psystats' baselines (baseline:uniform, baseline:frequency).
+    Family, generation, post-training type, parameter count and base model are
+    inferred (see docs/models.md); `models set` and `models load`
     override anything.
     """
 
@@ -119,12 +121,15 @@ def add(
     adapter_revision: str | None,
     release_date: str | None,
 ) -> None:
-    """Register the model at SOURCE (hub id, safetensors folder or .gguf file).
+    """Register the model at SOURCE (hub id, safetensors folder, .gguf file or baseline).
 
     Adding an already registered name and source again only applies the
     options given.  The parameter count is read from the weight files'
     headers (never loading the weights); for a hub id without local files it
-    comes from the hub when online, else it stays empty.
+    comes from the hub when online, else it stays empty.  SOURCE
+    baseline:uniform or baseline:frequency registers a floor every model must
+    beat, scored by `psystats score` like a model (docs/scoring.md,
+    "Baselines").
 
     \b
     Examples:
@@ -138,23 +143,25 @@ def add(
       psystats models add ./base-model --adapter ./my-lora --name my-lora --type other
       psystats models add ./my-finetune --name mine --base Qwen/Qwen2.5-7B \\
           --release-date 2025-02-14
+      psystats models add baseline:frequency
     """
+    from psystats.scoring.adapter_models import add_adapter
     from psystats.scoring.registry import add_model
 
     con = open_db(db, "write", create=True)
-    row = add_model(
-        con,
-        source,
+    overrides = {**_pairs(sets), **({"release_date": release_date} if release_date else {})}
+    common: dict[str, Any] = dict(
         name=name,
-        base=base,
         post_training=post_training,
         gguf_file=gguf_file,
         revision=revision,
         trust_remote_code=trust_remote_code,
-        overrides={**_pairs(sets), **({"release_date": release_date} if release_date else {})},
-        adapter=adapter,
-        adapter_revision=adapter_revision,
+        overrides=overrides,
     )
+    if adapter is not None:
+        row = add_adapter(con, source, adapter, adapter_revision=adapter_revision, **common)
+    else:
+        row = add_model(con, source, base=base, **common)
     _show(row)
     note = _unchecked_hub_id(row)
     if note:
@@ -284,7 +291,7 @@ def load(file: str, db: str | None) -> None:
       psystats models load models.toml
       psystats --db psych.duckdb models load study-models.yaml
     """
-    from psystats.scoring.registry import load_file
+    from psystats.scoring.registry_file import load_file
 
     rows = load_file(open_db(db, "write", create=True), file)
     print_rows(

@@ -324,7 +324,7 @@ def score(
           --address auto --gpus-per-model 4 --out /scratch/shards
     """
 
-    from psystats.scoring.loader import gpus_per_model_options, parse_max_memory
+    from psystats.scoring.devices import gpus_per_model_options, parse_max_memory
     from psystats.scoring.runner import score as run_scoring
 
     # Checked before anything loads: a typo costs a second, not a model load.

@@ -139,24 +139,107 @@ def _me_gaussian(se: np.ndarray):
     return bmb.Family("gaussian_known_se", lik, link={"mu": "identity", "sigma": "log"})
 
 
+PRIOR_GROUPS = ("common", "group_specific")  # Bambi's keys for every term of a kind
+
+
+def _bambi_prior(term: str, p: Any):
+    """``{"dist": "Normal", "mu": 0, "sigma": {"dist": "HalfNormal", "sigma": 0.5}}`` -> a
+    ``bambi.Prior`` (nested tables are hyperpriors, as a group-level term needs)."""
+    import bambi as bmb
+
+    if isinstance(p, bmb.Prior):
+        return p
+    if not isinstance(p, Mapping) or "dist" not in p:
+        raise WarehouseError(
+            f"prior for {term!r} must be like {{'dist': 'Normal', 'mu': 0, 'sigma': 1}}"
+            + (
+                "; a group-level term takes a prior on its SD: {'dist': 'Normal', 'mu': 0, "
+                "'sigma': {'dist': 'HalfNormal', 'sigma': 0.5}}"
+                if "|" in term
+                else ""
+            )
+        )
+    args = {
+        k: _bambi_prior(f"{term}: {k}", v) if isinstance(v, Mapping) else v
+        for k, v in p.items()
+        if k != "dist"
+    }
+    return bmb.Prior(str(p["dist"]), **args)
+
+
 def _bambi_priors(priors: Mapping[str, Any] | None) -> dict:
     """``{"term": {"dist": "Normal", "mu": 0, "sigma": 1}}`` -> Bambi priors; sigma by default
     HalfNormal(0.5) (the built-in model's ``sigma_cell``)."""
-    import bambi as bmb
-
     spec = {"sigma": dict(DEFAULT_SIGMA_PRIOR), **dict(priors or {})}
-    out = {}
-    for term, p in spec.items():
-        if isinstance(p, bmb.Prior):
-            out[term] = p
-            continue
-        if not isinstance(p, Mapping) or "dist" not in p:
+    return {term: _bambi_prior(term, p) for term, p in spec.items()}
+
+
+def _set_priors(model, priors: Mapping[str, Any] | None) -> None:
+    """The user's priors (and psystats' sigma default) on ``model``; every name must be a term."""
+    given = _bambi_priors(priors)
+    parent = model.components[model.family.likelihood.parent]
+    group_terms = set(parent.group_specific_terms)
+    known = [*parent.terms, *model.constant_components]
+    unknown = [t for t in given if t not in known and t not in PRIOR_GROUPS]
+    if unknown:
+        from psystats.warehouse.names import did_you_mean
+
+        raise WarehouseError(
+            f"--priors: {unknown[0]!r} is not a term of this model"
+            f"{did_you_mean(unknown[0], known)}; its terms: {', '.join(known)} (or "
+            f"'common' / 'group_specific' for every term of that kind)"
+        )
+    for term, prior in given.items():
+        is_group = term in group_terms or term == "group_specific"
+        if is_group and not any(isinstance(v, type(prior)) for v in prior.args.values()):
             raise WarehouseError(
-                f"prior for {term!r} must be like {{'dist': 'Normal', 'mu': 0, 'sigma': 1}}"
+                f"--priors: the group-level term {term!r} takes a prior on its SD, e.g. "
+                "{'dist': 'Normal', 'mu': 0, 'sigma': {'dist': 'HalfNormal', 'sigma': 0.5}}"
             )
-        p = dict(p)
-        out[term] = bmb.Prior(p.pop("dist"), **p)
+    model.set_priors(
+        priors={t: p for t, p in given.items() if t not in PRIOR_GROUPS},
+        common=given.get("common"),
+        group_specific=given.get("group_specific"),
+    )
+
+
+def _prior_record(prior: Any) -> Any:
+    """A ``bambi.Prior`` as the table ``--priors`` reads (hyperpriors nested), or the value."""
+    if hasattr(prior, "name") and hasattr(prior, "args"):
+        return {"dist": prior.name, **{k: _prior_record(v) for k, v in prior.args.items()}}
+    arr = np.asarray(prior)
+    if arr.dtype.kind in "biuf":
+        return float(arr) if arr.ndim == 0 else arr.astype(float).tolist()
+    return str(prior)
+
+
+def used_priors(model) -> dict[str, Any]:
+    """Every prior the built model uses, Bambi's defaults included, as ``--priors`` tables.
+
+    Common and group-level terms of the mean and the auxiliary parameters
+    (``sigma``); fed back through ``--priors`` they give the same model.
+    """
+    out: dict[str, Any] = {}
+    for comp in model.distributional_components.values():
+        for name, term in comp.terms.items():
+            if getattr(term, "prior", None) is not None:
+                out[name] = _prior_record(term.prior)
+    for name, comp in model.constant_components.items():
+        out[name] = _prior_record(comp.prior)
     return out
+
+
+def _column_error(formula: str, e: Exception) -> WarehouseError | None:
+    """'unknown column ...' with the columns a formula may use, when ``e`` is a missing name."""
+    from psystats.warehouse.names import did_you_mean
+
+    name = e.args[0] if isinstance(e, KeyError) and e.args else None
+    if not isinstance(name, str) or name in FORMULA_COLUMNS:
+        return None
+    return WarehouseError(
+        f"unknown column {name!r} in the formula {formula!r}{did_you_mean(name, FORMULA_COLUMNS)}"
+        f"; the columns are {', '.join(FORMULA_COLUMNS)}"
+    )
 
 
 def build_formula_model(
@@ -180,16 +263,21 @@ def build_formula_model(
                 formula,
                 data,
                 family=_me_gaussian(data["se"].to_numpy(float)),
-                priors=_bambi_priors(priors),
+                priors=_bambi_priors(None),
                 dropna=False,
             )
-        except WarehouseError:
-            raise
         except Exception as e:  # formulae/bambi explain a bad formula or column
-            raise WarehouseError(
+            raise _column_error(formula, e) or WarehouseError(
                 f"cannot build the formula model {formula!r}: {e} "
                 f"(columns: {', '.join(FORMULA_COLUMNS)})"
             ) from None
+        if priors:
+            try:
+                _set_priors(model, priors)
+            except WarehouseError:
+                raise
+            except Exception as e:  # Bambi refuses a prior it cannot use
+                raise WarehouseError(f"--priors: {e}") from None
         model.build()
     return model
 
@@ -211,6 +299,58 @@ def reported_vars(bambi_model) -> list[str]:
             continue
         out.append(v)
     return out
+
+
+def as_bambi_fit(model, idata) -> None:
+    """Turn the sampler's draws into what ``bambi.Model.fit`` returns, in place.
+
+    psystats samples ``model.backend.model`` through its own pipeline (nutpie,
+    gates, retries, PPC, LOO), so Bambi's steps after sampling are applied
+    here, by Bambi's own code: the PyMC model samples the intercept of
+    *centred* predictors, and ``fit`` turns it back into the model's intercept
+    (``Intercept - mean(X) @ beta``); it also leaves out the per-cell ``mu``
+    (a likelihood parameter Bambi does not keep), drops the ``*_offset``
+    helpers of group-level terms, orders the dimensions and marks the groups
+    ``modeling_interface = "bambi"`` (how :func:`load_formula_fit` tells a
+    converted posterior from one stored before this step existed).  After it,
+    ``model.predict`` and every Bambi tool read the posterior correctly; the
+    PyMC model's own log-likelihood no longer does (the pipeline's PPC and
+    LOO ran before, on the draws as sampled).
+    """
+    pm_model = model.backend.model
+    likelihood_params = [
+        n
+        for n in model.family.likelihood.params
+        if n in pm_model.named_vars and pm_model[n] in pm_model.deterministics
+    ]
+    drop = [n for n in likelihood_params if n in idata.posterior]
+    if drop:
+        post = idata.posterior.drop_vars(drop)
+        used = {d for v in post.data_vars.values() for d in v.dims}
+        idata.posterior = post.drop_dims([d for d in post.dims if d not in used])
+    # Bambi's Model.fit -> PyMCModel.run -> _run_mcmc -> _clean_results(idata, omit_offsets=True,
+    # include_response_params=False); the oracle tests compare with Model.fit itself.
+    model.backend._clean_results(idata, omit_offsets=True, include_response_params=False)
+
+
+def is_bambi_fit(idata) -> bool:
+    """Whether ``idata``'s posterior went through :func:`as_bambi_fit`."""
+    return idata.posterior.attrs.get("modeling_interface") == "bambi"
+
+
+def _gate_converted(result, allow_failure: bool) -> None:
+    """Diagnose the reported variables again after :func:`as_bambi_fit`.
+
+    The model's intercept is a combination of the sampled one and the slopes,
+    so its R-hat and ESS are its own; the stored diagnostics and the gate are
+    those of what ``fit_params`` reports.
+    """
+    from .sampling import diagnose, enforce
+
+    before = result.diagnostics.passed
+    result.diagnostics = diagnose(result.idata, var_names=result.reported)
+    if before:  # a fit that missed its gates already raised or was allowed by the pipeline
+        enforce(result.diagnostics, allow_failure)
 
 
 @dataclass
@@ -277,7 +417,7 @@ def fit_formula_cells(
         if frame["log_params_raw"].notna().any()
         else None,
     }
-    used_priors = {k: str(v) for k, v in _bambi_priors(priors).items()}
+    priors_used = used_priors(model)
     result = run_fit(
         model.backend.model,
         kind="formula",
@@ -289,10 +429,12 @@ def fit_formula_cells(
         # Cells named as in the effects fit, so `fit compare` matches them up.
         observation_labels=[f"{p} / {e}" for p, e in zip(frame["pair"], frame["experiment"])],
         spec={"formula": formula, "priors": dict(priors or {})},
-        priors=used_priors,
+        priors=priors_used,
         summary=summary,
         started=t0,
     )
+    as_bambi_fit(model, result.idata)
+    _gate_converted(result, allow_failure)
     _attach_frame(result.idata, frame)
     return FormulaFit(
         formula=formula,
@@ -302,7 +444,7 @@ def fit_formula_cells(
         diagnostics=result.diagnostics,
         summary=result.summary,
         seconds=result.seconds,
-        priors=used_priors,
+        priors=priors_used,
         result=result,
     )
 
@@ -401,55 +543,30 @@ def fit_formula(
 
 
 # ---------------------------------------------------------------------------
-# Predictions from a stored fit
+# Predictions from a stored fit (psystats.stats.predict summarises them)
 
 
-def parse_new_pair(text: str) -> dict[str, Any]:
-    """``"type=instruct,family=llama,n_params=70e9"`` -> a dict of pair-level columns.
-
-    ``n_params`` becomes ``log_params`` (centred like the fitted data) later;
-    numbers are parsed, everything else stays text.
-    """
-    out: dict[str, Any] = {}
-    for part in [p for p in text.split(",") if p.strip()]:
-        if "=" not in part:
-            raise WarehouseError(
-                f"--new-pair {text!r}: write key=value pairs separated by commas, e.g. "
-                "type=instruct,family=llama,n_params=70e9"
-            )
-        k, v = (s.strip() for s in part.split("=", 1))
-        try:
-            out[k] = float(v) if k in ("n_params", "log_params", "generation_order") else v
-        except ValueError:
-            raise WarehouseError(f"--new-pair: {k}={v!r} is not a number") from None
-    return out
-
-
-def predict_new_pair(
-    model,
-    idata,
-    frame: pd.DataFrame,
-    new_pair: Mapping[str, Any],
-    *,
-    size_center: float | None = None,
-    per_experiment: bool = False,
-    seed: int = 0,
+def new_pair_rows(
+    model, frame: pd.DataFrame, new_pair: Mapping[str, Any], size_center: float | None
 ) -> pd.DataFrame:
-    """Posterior of the expected cell value for a new pair, over the fitted experiments.
+    """The new pair in every fitted experiment (with its domain and study), as formula rows.
 
-    The new pair gets every experiment the fit saw (with its domain and
-    study); its own group levels (a new ``pair``, perhaps a new ``family``)
-    are drawn from their fitted group distributions (Bambi's
-    ``sample_new_groups``), so the interval includes the new-group
-    uncertainty.  Returns one row, the average over experiments (or one row
-    per experiment with ``per_experiment``): mean, sd, q05, q50, q95, and
-    ``p_worse`` = P(expected difference > 0).
+    ``n_params`` becomes ``log_params`` centred like the fitted data.
     """
     new = dict(new_pair)
     if "n_params" in new:
         raw = float(np.log(float(new.pop("n_params"))))
         new["log_params_raw"] = raw
         new["log_params"] = raw - (size_center or 0.0)
+    unknown = [k for k in new if k not in FORMULA_COLUMNS or k in ("mean", "se")]
+    if unknown:
+        from psystats.warehouse.names import did_you_mean
+
+        keys = [c for c in FORMULA_COLUMNS if c not in ("mean", "se")] + ["n_params"]
+        raise WarehouseError(
+            f"--new-pair: unknown column {unknown[0]!r}{did_you_mean(unknown[0], keys)}; "
+            f"give any of {', '.join(keys)}"
+        )
     new.setdefault("pair", "(new pair)")
     new.setdefault("post_model", new["pair"])
     new.setdefault("base_model", new["pair"])
@@ -458,38 +575,112 @@ def predict_new_pair(
     for col in FORMULA_COLUMNS:
         if col not in rows:
             rows[col] = frame[col].iloc[0] if col in ("mean", "se") else np.nan
-    needed = _needed_columns(model)
-    missing = [c for c in needed if rows[c].isna().any()]
+    missing = [c for c in _needed_columns(model) if rows[c].isna().any()]
     if missing:
         raise WarehouseError(
             f"the formula uses {', '.join(missing)}: give them in --new-pair "
             "(e.g. type=instruct,family=llama,n_params=70e9)"
         )
     rows["y"] = rows["mean"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pred = model.predict(
-            idata,
-            data=rows,
-            kind="response_params",
-            inplace=False,
-            sample_new_groups=True,
-            random_seed=seed,
-        )
-    mu = pred.posterior["mu"].values  # (chain, draw, rows)
-    draws = mu.reshape(-1, mu.shape[-1])
-    if per_experiment:
-        out = pd.DataFrame({"experiment": rows["experiment"], "domain": rows["domain"]})
-        vals = draws
-    else:
-        out = pd.DataFrame({"experiment": ["(average over experiments)"], "domain": [None]})
-        vals = draws.mean(axis=1, keepdims=True)
-    out["mean"] = vals.mean(axis=0)
-    out["sd"] = vals.std(axis=0, ddof=1)
-    q = np.quantile(vals, [0.05, 0.5, 0.95], axis=0)
-    out["q05"], out["q50"], out["q95"] = q
-    out["p_worse"] = (vals > 0).mean(axis=0)
+    return rows
+
+
+def prediction_draws(model, idata, rows: pd.DataFrame, *, seed: int = 0) -> np.ndarray:
+    """Posterior draws (samples x rows) of the linear predictor ``mu`` at ``rows``.
+
+    Bambi's ``Model.predict`` on the converted posterior.  A group level the
+    fit has not seen (the new pair; a new family) gets its effect drawn from
+    the term's fitted distribution, Normal(mu, sigma) at each posterior draw
+    (brms' ``sample_new_levels = "gaussian"``); one draw per new level, shared
+    by every row that has it.  Bambi's own ``sample_new_groups`` instead
+    reuses the effect of a randomly chosen *fitted* level, which with two
+    families would predict a new family to be one of those two.  The draws
+    are placed on every fitted level of the term before Bambi's predict runs,
+    so whichever level Bambi picks carries them.
+    """
+    parent = model.components[model.family.likelihood.parent]
+    signatures = _new_levels_by_row(parent, rows)
+    rng = np.random.default_rng(seed)
+    shared: dict = {}
+    out: np.ndarray | None = None
+    for sig in dict.fromkeys(signatures):
+        idx = [i for i, s in enumerate(signatures) if s == sig]
+        post = idata.posterior.copy()
+        for factor, level in sig:
+            for term_name in parent.group_specific_groups[factor]:
+                term = parent.group_specific_terms[term_name]
+                name = term.alias or term.name
+                if (name, level) not in shared:
+                    shared[(name, level)] = _new_level_effect(term, name, post, rng)
+                post[name] = (
+                    shared[(name, level)].broadcast_like(post[name]).transpose(*post[name].dims)
+                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = model.predict(
+                _with_posterior(idata, post),
+                data=rows.iloc[idx].reset_index(drop=True),
+                kind="response_params",
+                inplace=False,
+                sample_new_groups=bool(sig),
+            )
+        mu = pred.posterior["mu"].values
+        mu = mu.reshape(-1, mu.shape[-1])
+        if out is None:
+            out = np.empty((mu.shape[0], len(rows)))
+        out[:, idx] = mu
+    assert out is not None
     return out
+
+
+def _with_posterior(idata, posterior):
+    import arviz as az
+
+    return az.InferenceData(posterior=posterior)
+
+
+def _new_levels_by_row(parent, rows: pd.DataFrame) -> list[tuple]:
+    """Per row: ((factor, level key), ...) for each grouping factor whose level is new there."""
+    import formulae as fm
+
+    if not parent.design.group:
+        return [()] * len(rows)
+    old = fm.config["EVAL_UNSEEN_CATEGORIES"]
+    fm.config["EVAL_UNSEEN_CATEGORIES"] = "silent"
+    try:
+        out = []
+        for i in range(len(rows)):
+            row = rows.iloc[[i]].reset_index(drop=True)
+            new = parent.design.group.evaluate_new_data(row).factors_with_new_levels
+            out.append(
+                tuple((f, tuple(str(row[c].iloc[0]) for c in f.split(":"))) for f in sorted(new))
+            )
+        return out
+    finally:
+        fm.config["EVAL_UNSEEN_CATEGORIES"] = old
+
+
+def _new_level_effect(term, name: str, posterior, rng):
+    """One new level's effect per draw: Normal(mu, sigma) with the term's fitted hyperparameters."""
+    import xarray as xr
+
+    prior = term.prior
+    if prior.name != "Normal":
+        raise WarehouseError(
+            f"the group-level term {name!r} has a {prior.name} prior: a new level can be "
+            "predicted only for Normal group effects"
+        )
+    params = {}
+    for key in ("mu", "sigma"):
+        value = prior.args.get(key, 0.0)
+        if hasattr(value, "args"):  # a hyperprior: its posterior draws
+            alias = term.hyperprior_alias.get(key, key)
+            params[key] = posterior[f"{name}_{alias}"]
+        else:
+            params[key] = xr.DataArray(float(np.asarray(value)))
+    sigma = params["sigma"]
+    z = xr.DataArray(rng.standard_normal(sigma.shape), dims=sigma.dims, coords=sigma.coords)
+    return params["mu"] + sigma * z
 
 
 def _needed_columns(model) -> list[str]:
@@ -501,8 +692,12 @@ def _needed_columns(model) -> list[str]:
     return [c for c in FORMULA_COLUMNS if c in words and c not in ("mean", "se")]
 
 
-def load_formula_fit(con, fit_id: int):
-    """(fits row, InferenceData, rebuilt bambi model, frame) of a stored formula fit."""
+def load_formula_fit(con, fit_id: int, *, notes: list[str] | None = None):
+    """(fits row, InferenceData, rebuilt bambi model, frame) of a stored formula fit.
+
+    What the user should know (a fit stored before the intercept conversion)
+    is appended to ``notes`` (logged when None).
+    """
     from .store import load_fit
 
     row, idata = load_fit(con, fit_id)
@@ -514,4 +709,17 @@ def load_formula_fit(con, fit_id: int):
     spec = row["spec"] if isinstance(row["spec"], dict) else json.loads(row["spec"])
     frame = stored_frame(idata)
     model = build_formula_model(frame, spec["formula"], priors=spec.get("priors") or None)
+    if not is_bambi_fit(idata):
+        # Stored before psystats applied Bambi's post-processing: the draws are as
+        # sampled (intercept of centred predictors), so convert them the same way now.
+        as_bambi_fit(model, idata)
+        note = (
+            f"fit {fit_id} was stored by an earlier psystats with the intercept of centred "
+            "predictors: its draws are converted here, but its fit_params 'Intercept' row is "
+            "that centred intercept (refit it to correct the table)"
+        )
+        if notes is None:
+            log.warning(note)
+        else:
+            notes.append(note)
     return row, idata, model, frame
