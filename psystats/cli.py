@@ -47,12 +47,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "fit": ("psystats.commands.fit_cmds", "fit", "Fit hierarchical Bayesian models."),
     "export": ("psystats.commands.fit_cmds", "export", "Export analysis tables (cells)."),
-    "report": ("psystats.commands.report_cmds", "report", "Render the PDF report."),
+    "report": ("psystats.commands.report_cmds", "report", "The report (PDF, or interactive HTML)."),
     "plot": (
         "psystats.commands.plot_cmds",
         "plot",
         "Write one report figure (svg/png/pdf) and its data as CSV.",
     ),
+    "card": ("psystats.commands.card_cmds", "card", "A model's human-fidelity card (HTML/JSON)."),
     "manifest": (
         "psystats.commands.manifest_cmds",
         "manifest",

@@ -1,8 +1,11 @@
 """`psystats report`: the warehouse as a PDF (or HTML) a researcher can show colleagues.
 
 ``content.build_report`` decides what the report says (sections 1-8, from the
-warehouse alone); ``pdf.write_pdf`` and ``html.write_html`` lay it out;
-``queries`` holds every SQL query and ``figures`` every matplotlib figure.
+warehouse alone, one ``section_*`` module each) as the content model of
+``blocks``; ``pdf.write_pdf`` and ``html.write_html`` lay it out (the HTML
+with ``charts``' interactive Vega-Lite versions of the figures); ``queries``
+holds every SQL query and ``figures`` every matplotlib figure.  ``card``
+builds one model's human-fidelity card, ``card_html`` renders it.
 """
 
 from __future__ import annotations

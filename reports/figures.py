@@ -362,8 +362,10 @@ def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure |
     Per observed variable: left, the empirical CDF of the observations over
     50 replicated data sets' CDFs (ArviZ's cumulative PPC); right, each
     observation against its predictive mean and ``level`` interval, with the
-    share of observations inside the interval (about ``level`` when the model
-    fits).  Returns None when the groups are missing.
+    share of observations inside the interval.  That share is in sample (each
+    observation helped fit the posterior), so it is usually above ``level``
+    even for a model that overfits; the report's LOO-PIT columns are the
+    out-of-sample check.  Returns None when the groups are missing.
     """
     import arviz as az
 
@@ -402,7 +404,8 @@ def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure |
                 x[~inside[order]], obs[order][~inside[order]], "x", color="#d62728", markersize=3.5
             )
             ax_r.set_title(
-                f"{inside.mean():.0%} of {obs.size} inside their {int(level * 100)}% interval",
+                f"in sample: {inside.mean():.0%} of {obs.size} inside their "
+                f"{int(level * 100)}% interval",
                 fontsize=8,
             )
             ax_r.set_xlabel("observations, sorted by predictive mean")
@@ -410,6 +413,32 @@ def ppc(idata, *, title: str, max_vars: int = 2, level: float = 0.9) -> Figure |
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
     return fig
+
+
+def ppc_frame(idata) -> pd.DataFrame:
+    """Per observation of each observed variable: observed value, predictive mean and 90%
+    interval (in sample), whether it lies inside; the data of :func:`ppc`."""
+    parts = []
+    for name in idata.observed_data.data_vars:
+        if name not in idata.posterior_predictive:
+            continue
+        obs = np.asarray(idata.observed_data[name].values, dtype=float).ravel()
+        pp = idata.posterior_predictive[name].values.reshape(-1, obs.size).astype(float)
+        lo, hi = np.quantile(pp, [0.05, 0.95], axis=0)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "variable": name,
+                    "observation": np.arange(obs.size),
+                    "observed": obs,
+                    "predictive_mean": pp.mean(axis=0),
+                    "q05": lo,
+                    "q95": hi,
+                    "inside_90": (obs >= lo) & (obs <= hi),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 # ----------------------------------------------------------- 8 equations

@@ -32,7 +32,7 @@ from reportlab.platypus import (
 )
 from reportlab.platypus import Table as RLTable
 
-from .content import Figure, Note, Para, Report, Table
+from .blocks import Figure, Note, Para, Report, Table
 
 PAGE = A4
 MARGIN = 2 * cm

@@ -118,13 +118,22 @@ def runs_table(con) -> pd.DataFrame:
     """
     from psystats.warehouse.buffers import release_buffers
 
+    # score_runs.sample_spec (NULL: a full run) is newer than some warehouses: NULL there.
+    has_spec = bool(
+        scalar(
+            con,
+            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'score_runs' "
+            "AND column_name = 'sample_spec' AND database_name = current_database()",
+        )
+    )
+    spec = "sr.sample_spec" if has_spec else "NULL::VARCHAR AS sample_spec"
     runs = frame(
         con,
-        """
+        f"""
         SELECT sr.run_id, sr.model, sr.condition, sr.scorer, sr.status,
                sr.n_skipped, sr.dtype, sr.device, sr.started_at, sr.finished_at,
                sr.psystats_version, sr.weights_sha256, sr.tokenizer_sha256, sr.settings,
-               sr.counts, sr.error
+               sr.counts, sr.error, {spec}
         FROM score_runs sr ORDER BY sr.run_id""",
     )
     scored, with_tokens = [], []
@@ -145,7 +154,7 @@ def runs_table(con) -> pd.DataFrame:
 # ------------------------------------------------------- 2 NLL against size
 
 
-def participant_nll(con, condition: str) -> pd.DataFrame:
+def participant_nll(con, condition: str, models: list[str] | None = None) -> pd.DataFrame:
     """Per (model, participant): mean summed NLL per response under ``condition``.
 
     Uses the statistics layer's definition (latest complete run per model,
@@ -154,7 +163,7 @@ def participant_nll(con, condition: str) -> pd.DataFrame:
     """
     from psystats.stats.data import participant_means
 
-    return participant_means(con, condition=condition)
+    return participant_means(con, condition=condition, models=models)
 
 
 def conditions_scored(con) -> list[str]:
@@ -315,6 +324,12 @@ def fit_params(con, fit_id: int, parameters: list[str] | None = None) -> pd.Data
     return df
 
 
+def unit_column(df: pd.DataFrame) -> list[str]:
+    """``["unit"]`` when the fit_params rows carry a unit (warehouses from before the
+    ``fit_params.unit`` column have none), else ``[]``."""
+    return ["unit"] if "unit" in df.columns else []
+
+
 def _coord(df: pd.DataFrame, dim: str) -> pd.Series:
     """One dimension's label from the coords dicts (falls back to ``label``)."""
     return pd.Series(
@@ -400,7 +415,7 @@ def generation_slopes(con, fit_id: int) -> pd.DataFrame:
     if df.empty:
         return df
     df["family"] = _coord(df, "family")
-    return df[["parameter", "family", "mean", "q05", "q95"]]
+    return df[["parameter", "family", "mean", "q05", "q95", *unit_column(df)]]
 
 
 # ---------------------------------------------------------- 5 forest plot
@@ -460,6 +475,7 @@ def forest_rows(
             "hdi_high",
             "r_hat",
             "ess_bulk",
+            *unit_column(out),
         ]
     ]
 
@@ -526,6 +542,19 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 # ---------------------------------------------------------- 7 diagnostics
 
 
+def redrawn(fit: dict) -> list[dict]:
+    """The sampling attempts a fit discarded before the one it kept (the pipeline's retry
+    rule records them in ``summary.sampler.redrawn``, also stored as ``fits.sampler``)."""
+    for record in (
+        as_dict(as_dict(fit.get("summary")).get("sampler")),
+        as_dict(fit.get("sampler")),
+    ):
+        attempts = record.get("redrawn")
+        if isinstance(attempts, list) and attempts:
+            return [a for a in attempts if isinstance(a, dict)]
+    return []
+
+
 def diagnostics_table(con) -> pd.DataFrame:
     """Per fit: gates and headline diagnostics.
 
@@ -553,6 +582,7 @@ def diagnostics_table(con) -> pd.DataFrame:
                 v = a[fallback]
             return v
 
+        attempts = redrawn(f)
         rows.append(
             dict(
                 fit_id=f["fit_id"],
@@ -570,6 +600,8 @@ def diagnostics_table(con) -> pd.DataFrame:
                 passed=f.get("passed"),
                 seconds=f.get("seconds"),
                 problems="; ".join(map(str, d.get("problems") or [])),
+                retries=len(attempts),
+                attempts=attempts,
                 n_params=None if a is None else int(a["n_params"]),
                 netcdf_path=f.get("netcdf_path"),
             )
@@ -674,7 +706,7 @@ def all_params_rows(con, fit_id: int) -> pd.DataFrame:
     p = p.sort_values(["_rank", "_order"], kind="stable")
     return p[
         ["group", "parameter", "label", "mean", "sd", "q05", "q95", "hdi_low", "hdi_high"]
-        + ["r_hat", "ess_bulk"]
+        + ["r_hat", "ess_bulk", *unit_column(p)]
     ].reset_index(drop=True)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
@@ -34,30 +33,6 @@ def _fit(con, fit_id: int | None, kind: str | None) -> dict:
     if not rows:
         raise WarehouseError(f'no fit {fit_id}: see `psystats sql "SELECT fit_id, kind FROM fits"`')
     return rows[0]
-
-
-def _ppc_data(idata) -> pd.DataFrame:
-    parts = []
-    for name in idata.observed_data.data_vars:
-        if name not in idata.posterior_predictive:
-            continue
-        obs = np.asarray(idata.observed_data[name].values, dtype=float).ravel()
-        pp = idata.posterior_predictive[name].values.reshape(-1, obs.size).astype(float)
-        lo, hi = np.quantile(pp, [0.05, 0.95], axis=0)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "variable": name,
-                    "observation": np.arange(obs.size),
-                    "observed": obs,
-                    "predictive_mean": pp.mean(axis=0),
-                    "q05": lo,
-                    "q95": hi,
-                    "inside_90": (obs >= lo) & (obs <= hi),
-                }
-            )
-        )
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def figure_and_data(
@@ -87,7 +62,7 @@ def figure_and_data(
             raise WarehouseError(
                 f"fit {fit['fit_id']} stored no posterior predictive draws (fitted with --no-checks?)"
             )
-        return fig, _ppc_data(idata)
+        return fig, figs.ppc_frame(idata)
     fit = _fit(con, fit_id, KIND_OF[name])
     fid = int(fit["fit_id"])
     if name == "domain-heatmap":

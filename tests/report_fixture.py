@@ -184,15 +184,31 @@ def _idata(posterior: dict, coords: dict, dims: dict, rng, *, ppc_cells: int = 0
         post[name] = value + sd * rng.standard_normal((chains, draws, *value.shape))
     groups = dict(posterior=post, coords=coords, dims=dims)
     if ppc_cells:
+        # A calibrated model: each draw's cell means scatter around the truth, observations
+        # and replications are those means plus noise of sd se; the pointwise
+        # log-likelihood is the same normal density (what LOO-PIT needs).
         truth = rng.normal(0.3, 0.3, ppc_cells)
         se = 0.1
-        groups["observed_data"] = {"d_bar": truth + rng.normal(0, se, ppc_cells)}
+        means = truth + rng.normal(0, 0.05, (chains, draws, ppc_cells))
+        obs = truth + rng.normal(0, se, ppc_cells)
+        groups["observed_data"] = {"d_bar": obs}
         groups["posterior_predictive"] = {
-            "d_bar": truth + rng.normal(0, se, (chains, draws, ppc_cells))
+            "d_bar": means + rng.normal(0, se, (chains, draws, ppc_cells))
+        }
+        groups["log_likelihood"] = {
+            "d_bar": -0.5 * ((obs - means) / se) ** 2 - np.log(se * np.sqrt(2 * np.pi))
         }
         groups["coords"] = {**coords, "cell": np.arange(ppc_cells)}
         groups["dims"] = {**dims, "d_bar": ["cell"]}
     return az.from_dict(**groups)
+
+
+def ppc_summary(idata) -> dict:
+    """The stored summary of a predictive check, as the pipeline writes it (in sample)."""
+    obs = idata.observed_data["d_bar"].values
+    rep = idata.posterior_predictive["d_bar"].values.reshape(-1, obs.size)
+    lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
+    return {"coverage_90": float(np.mean((obs >= lo) & (obs <= hi))), "draws": len(rep)}
 
 
 def _diagnostics(idata, passed: bool = True) -> dict:
@@ -216,6 +232,14 @@ def _reads(kind: str, name: str) -> bool:
     return True
 
 
+# The sampling attempts the retry rule discarded (summary.sampler.redrawn), for one kind.
+REDRAWN = {
+    "generations": [
+        {"draws": 125, "target_accept": 0.95, "problems": ["example: 3 divergences"]},
+    ]
+}
+
+
 def _save(con, kind, idata, truth: Truth, netcdf_dir, **kw) -> int:
     from psystats.stats.store import save_fit
 
@@ -232,7 +256,14 @@ def _save(con, kind, idata, truth: Truth, netcdf_dir, **kw) -> int:
         scale="nats",
         seconds=1.0,
         diagnostics=_diagnostics(idata, passed=not failed),
-        sampler=dict(sampler="example", chains=4, draws=250, tune=0, seed=0),
+        sampler=dict(
+            sampler="example",
+            chains=4,
+            draws=250,
+            tune=0,
+            seed=0,
+            **({"redrawn": REDRAWN[kind]} if kind in REDRAWN else {}),
+        ),
         **kw,
     )
     truth.fits[kind] = fit_id
@@ -295,6 +326,7 @@ def _effects(con, models, truth, rng, netcdf_dir) -> None:
         },
         priors={"intercept": "Normal(0, 1)", "sigma_*": "HalfNormal(0.5)"},
         selection={"condition": "plain", "pairs": len(pairs)},
+        summary={"ppc": ppc_summary(idata)},
     )
 
 
@@ -408,3 +440,53 @@ def fabricate(
     if "accuracy" in kinds:
         _accuracy(con, truth, rng, netcdf_dir)
     return truth
+
+
+def full_copy(small_warehouse: Path, root: Path, **kw) -> tuple[Path, Truth]:
+    """A copy of ``small_warehouse`` in ``root`` with everything :func:`fabricate` writes."""
+    import shutil
+
+    from psystats.warehouse import db as warehouse_db
+
+    db = root / "full.duckdb"
+    shutil.copy(small_warehouse, db)
+    con = warehouse_db.open(db, "write", create=True)
+    truth = fabricate(con, netcdf_dir=root / "fits", **kw)
+    con.close()
+    return db, truth
+
+
+def add_floor(con, name: str = "baseline:uniform", nll: float = 4.0, seed: int = 1) -> int:
+    """Register a floor (``post_training = 'baseline'``) with a complete plain run whose
+    response NLLs scatter around ``nll``; returns the run id."""
+    rng = np.random.default_rng(seed)
+    resp = [r for (r,) in con.execute("SELECT response_id FROM responses").fetchall()]
+    run_id = next_id(con, "score_runs", "run_id")
+    with transaction(con):
+        con.execute(
+            "INSERT INTO models (model_id, name, source, post_training) VALUES (?, ?, ?, 'baseline')",
+            [next_id(con, "models", "model_id"), name, name],
+        )
+        con.execute(
+            "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, dtype,"
+            " device, psystats_version, started_at, finished_at, status, n_participants,"
+            " n_responses, n_skipped, counts) VALUES (?, ?, 'plain', 'baseline', '{}', '{}',"
+            " NULL, NULL, 'example', now(), now(), 'complete', 0, ?, 0, '{}')",
+            [run_id, name, len(resp)],
+        )
+        scores = pd.DataFrame(
+            {
+                "run_id": run_id,
+                "response_id": resp,
+                "nll": nll + rng.normal(0, 0.2, len(resp)),
+                "n_tokens": 1,
+                "first_token_nll": nll,
+                "top1_all": False,
+                "top1_first": False,
+                "first_token_entropy": 1.0,
+            }
+        )
+        con.register("_ex_floor", scores)
+        con.execute("INSERT INTO scores SELECT * FROM _ex_floor")
+        con.unregister("_ex_floor")
+    return run_id

@@ -12,7 +12,8 @@ from scipy import stats
 
 from psystats.cli import main
 from psystats.reports import queries as q
-from psystats.reports.content import SECTION_TITLES, Figure, Note, Table, build_report, esc
+from psystats.reports.blocks import SECTION_TITLES, Figure, Note, Table, esc
+from psystats.reports.content import build_report
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.sql import scalar
 from report_fixture import fabricate
@@ -208,6 +209,7 @@ def test_html_report(full_warehouse, tmp_path: Path):
     out = tmp_path / "r.html"
     run_report(db, out)  # format from the suffix
     html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "data-spec='spec-" in html
     assert html.count("<svg") >= 6
     for title in SECTION_TITLES:
         assert title in html
@@ -322,13 +324,9 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
     assert "pair_domain_effect" in text and pages >= 5
 
 
-def test_check_labels_and_plurals():
-    from psystats.reports.content import check_label, plural
+def test_plurals():
+    from psystats.reports.blocks import plural
 
-    assert check_label("ppc.p_values.min") == "PPC p-value of T = minimum"
-    assert check_label("ppc.base_obs.p_values.sd") == "PPC p-value of T = SD (base_obs)"
-    assert check_label("ppc.coverage_90") == "90% predictive coverage"
-    assert check_label("loo.full.elpd_loo") == "loo.full.elpd_loo"
     assert plural(1, "experiment") == "1 experiment" and plural(2, "experiment") == "2 experiments"
     assert (
         plural(1, "study", "studies") == "1 study" and plural(0, "study", "studies") == "0 studies"

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from psystats.cli import main
 from psystats.reports import queries as q
-from psystats.reports.content import Figure, Note, build_report, esc
+from psystats.reports.blocks import Figure, Note, esc
+from psystats.reports.content import build_report
 from psystats.warehouse import db as warehouse_db
 from report_fixture import fabricate
 

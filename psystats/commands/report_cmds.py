@@ -23,8 +23,8 @@ from .common import db_option, db_path, friendly_errors, open_db
     "fmt",
     type=click.Choice(["pdf", "html"]),
     default=None,
-    help="pdf (vector figures) or html (one self-contained file with SVG figures); "
-    "default: from the output's suffix, else pdf.",
+    help="pdf (vector figures) or html (one self-contained, offline file: interactive charts, "
+    "sortable tables, each figure's data as CSV); default: from the output's suffix, else pdf.",
 )
 @click.option(
     "--title", default="psystats report", show_default=True, help="Title on the first page."
@@ -52,7 +52,10 @@ def report(
     effect by model and task domain (heatmap); 4 generations; 5 effects-model
     forest plot; 6 persona and accuracy; 7 diagnostics and posterior predictive
     checks; 8 methods generated from what was fitted.  A section without data
-    says so.  The newest fit of each kind is shown; every fit is listed in the
+    says so.  The HTML says the same with the same numbers, and is explorable:
+    hover a point for its values and interval, zoom, click a legend entry to
+    filter, sort and filter tables, download each figure's data as CSV; it
+    loads nothing from any host and shows static figures with scripts off.  The newest fit of each kind is shown; every fit is listed in the
     diagnostics table.  Every results page carries a caveat box when its fit
     failed its diagnostic gates, is stale, or includes a model flagged as a
     pipeline check (`psystats models set NAME pipeline_check=WHY`).  The

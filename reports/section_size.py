@@ -1,0 +1,84 @@
+"""Section 2 of the report: mean NLL per response against parameter count."""
+
+from __future__ import annotations
+
+from . import figures as figs
+from . import queries as q
+from .blocks import SECTION_TITLES, Figure, Note, Section, esc, no_data, plural, table_from
+from .fit_notes import CAVEAT, flag_list
+
+
+def build(con) -> Section:
+    s = Section(SECTION_TITLES[1])
+    conditions = q.conditions_scored(con)
+    if not conditions:
+        return s.add(no_data("no complete scoring runs"))
+    for cond in conditions:
+        table, info = q.model_nll(con, cond)
+        if table.empty:
+            s.add(no_data(f"no valid scores under condition '{esc(cond)}'"))
+            continue
+        missing = table[table["n_params"].isna()]
+        plotted = table[table["n_params"].notna()]
+        flagged = q.pipeline_checks(con, [str(m) for m in table["model"]])
+        if flagged:
+            s.add(
+                Note(
+                    f"<b>{CAVEAT}: {plural(len(flagged), 'model')} under condition "
+                    f"{esc(cond)} {'is' if len(flagged) == 1 else 'are'} flagged as a "
+                    "pipeline check</b>: "
+                    + flag_list(flagged)
+                    + ". Their scores check the pipeline; they are not evidence about "
+                    "real models.",
+                    "warning",
+                )
+            )
+        if not plotted.empty:
+            common = (
+                "the same " if info["common"] else ""
+            ) + f"{info['n_participants']:,} participants"
+            caption = (
+                f"Mean NLL per response (nats, summed over a response's tokens) against "
+                f"parameter count, condition <b>{esc(cond)}</b>, one panel per family and one "
+                f"line per post-training type; computed over {common} in "
+                f"{plural(info['experiments'], 'experiment')}. Bands and bars: 95% t intervals "
+                f"over participants (each participant contributes the mean of their "
+                f"responses' NLL). Lower is better."
+            )
+            if not info["common"]:
+                caption += " No participant was scored by every model, so each model uses its own participants."
+            s.add(
+                Figure(
+                    figs.nll_by_size(plotted, condition=cond, level=info["level"]),
+                    caption,
+                    plotted,
+                    chart="nll_by_size",
+                    options={"condition": cond, "level": info["level"]},
+                )
+            )
+        if len(missing):
+            s.add(
+                Note(
+                    "Not plotted (parameter count unknown): "
+                    + ", ".join(esc(m) for m in missing["model"])
+                    + ".",
+                    "warning",
+                )
+            )
+        s.add(
+            *table_from(
+                table,
+                {
+                    "model": "model",
+                    "post_training": "post-training",
+                    "n_params": "parameters",
+                    "n_participants": "participants",
+                    "mean": "mean NLL",
+                    "lo": "95% low",
+                    "hi": "95% high",
+                },
+                caption=f"Per-model values behind the figure (condition {esc(cond)}).",
+                formats={"n_params": figs.human_params},
+            )
+        )
+    return s
