@@ -91,7 +91,8 @@ def main() -> None:
     from psystats.scoring.inputs import load_inputs
     from psystats.scoring.registry import add_model
     from psystats.scoring.runs import finish_run, start_run, write_batch
-    from psystats.scoring.shards import merge_dir, run_shard
+    from psystats.scoring.shard_job import run_shard
+    from psystats.scoring.shard_merge import merge_dir
     from psystats.warehouse.ingest import ingest_paths
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))

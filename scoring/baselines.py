@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -139,6 +140,18 @@ def frequency_scores(rows: pa.Table) -> dict[str, np.ndarray]:
     return {"nll": nll, "entropy": entropy, "top1": top1, "inside": inside, "z": z}
 
 
+@dataclass(frozen=True)
+class _Work:
+    """One participant a baseline will score; ``n_tokens`` is the runner's measure of work
+    (a baseline's work is its responses), as a transformer plan's token count is."""
+
+    participant: ParticipantInput
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.participant.response_ids)
+
+
 class BaselineScorer:
     """Scores participants with a baseline: the runner's scorer interface, no model.
 
@@ -202,7 +215,7 @@ class BaselineScorer:
 
     def prepare(
         self, participants: Sequence[ParticipantInput]
-    ) -> tuple[list[ParticipantInput], dict[str, int]]:
+    ) -> tuple[list[_Work], dict[str, int]]:
         """The participants a baseline can score, and skip counts for the others."""
         counts: dict[str, int] = {}
         out = []
@@ -210,16 +223,19 @@ class BaselineScorer:
             if self.kind == "uniform" and p.experiment not in self.option_sets:
                 counts["skipped:no-option-set"] = counts.get("skipped:no-option-set", 0) + 1
             else:
-                out.append(p)
+                out.append(_Work(p))
         return out, counts
 
     def score_prepared(
-        self, prepared: list[ParticipantInput], counts: dict[str, int] | None = None, progress=None
+        self, prepared: list[_Work], counts: dict[str, int] | None = None, progress=None
     ) -> ScoreBatch:
         counts = dict(counts or {})
         rows: dict[str, list] = {k: [] for k in SCORE_SCHEMA.names}
         opts: dict[str, list] = {k: [] for k in OPTION_SCHEMA.names}
-        for p in prepared:
+        for work in prepared:
+            p = work.participant
+            if progress is not None:
+                progress(work.n_tokens)
             for rid in p.response_ids:
                 if rid not in self._scores:
                     counts[OUTSIDE] = counts.get(OUTSIDE, 0) + 1
@@ -237,13 +253,13 @@ class BaselineScorer:
             scores=pa.table(rows, schema=SCORE_SCHEMA),
             options=pa.table(opts, schema=OPTION_SCHEMA),
             tokens=None,
-            participant_keys=[p.participant_key for p in prepared],
+            participant_keys=[w.participant.participant_key for w in prepared],
             counts=counts,
         )
 
     def score(self, participants: Sequence[ParticipantInput], progress=None) -> ScoreBatch:
         prepared, counts = self.prepare(participants)
-        return self.score_prepared(prepared, counts)
+        return self.score_prepared(prepared, counts, progress)
 
 
 def _uniform(

@@ -41,11 +41,12 @@ from typing import TYPE_CHECKING, Any
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.db import Target
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.progress import Reporter
 
-from . import shards
+from . import shard_files, shard_keys, shard_merge, shard_units
 
 if TYPE_CHECKING:
-    from psystats.scoring.engine import ScoreBatch, Scorer
+    from psystats.scoring.engine import ModelScorer, ScoreBatch
     from psystats.scoring.inputs import ParticipantInput
 
 # How often a unit is handed to a new actor after the actor running it died
@@ -62,7 +63,7 @@ class ScoringWorker:
     Ray restarts the actor.
     """
 
-    def __init__(self, factory: Callable[[], Scorer], cpu_threads: int | None = None):
+    def __init__(self, factory: Callable[[], ModelScorer], cpu_threads: int | None = None):
         if cpu_threads:
             import torch
 
@@ -118,19 +119,21 @@ class Progress:
         rate = self.tokens_per_second
         return (self.tokens_total - self.tokens_done) / rate if rate > 0 else None
 
-    def line(self) -> str:
-        eta = self.eta_seconds
-        eta_text = f"{eta / 60:.1f} min" if eta is not None else "?"
-        return (
-            f"units {self.units_done}/{self.units_total} · tokens {self.tokens_done:,}/"
-            f"{self.tokens_total:,} · {self.tokens_per_second:,.0f} tok/s · ETA {eta_text}"
-            + (f" · {self.retries} retried" if self.retries else "")
-        )
 
+def report_to(reporter: Reporter) -> Callable[[Progress], None]:
+    """A ``progress`` callback that shows the run on the one reporter (``warehouse.progress``).
 
-def print_progress(p: Progress) -> None:
-    """Default progress callback: one line per finished unit on stderr."""
-    print(f"[psystats ray] {p.line()}", file=sys.stderr, flush=True)
+    The reporter's clock starts when the units start (not while Ray starts
+    and the actors load the model), and it advances by tokens per finished unit.
+    """
+
+    def update(p: Progress) -> None:
+        if not reporter.running:
+            reporter.start(since=p.started)
+        reporter.set_total(p.tokens_total)
+        reporter.advance(p.tokens_done - reporter.done)
+
+    return update
 
 
 @dataclass
@@ -197,10 +200,10 @@ def _merge_leftovers(con, run_id: int, rdir: Path) -> tuple[int, int]:
     participants are still pending and get scored again.
     """
     units = added = 0
-    for mpath in shards.finished_units(rdir).values():
+    for mpath in shard_files.finished_units(rdir).values():
         try:
-            _, n_added, _ = shards.merge_unit(con, run_id, mpath)
-        except shards.ShardError as e:
+            _, n_added, _ = shard_merge.merge_unit(con, run_id, mpath)
+        except shard_keys.ShardError as e:
             print(f"[psystats ray] discarding damaged shard {mpath.name}: {e}", file=sys.stderr)
             mpath.unlink(missing_ok=True)
             continue
@@ -212,7 +215,7 @@ def _merge_leftovers(con, run_id: int, rdir: Path) -> tuple[int, int]:
 def run_ray(
     db: Target,
     model: Mapping[str, Any],
-    scorer_factory: Callable[[], Scorer],
+    scorer_factory: Callable[[], ModelScorer],
     *,
     condition: str,
     selection: Mapping[str, Any] | None,
@@ -226,7 +229,7 @@ def run_ray(
     force: bool = False,
     max_restarts: int = 3,
     unit_attempts: int = DEFAULT_UNIT_ATTEMPTS,
-    progress: Callable[[Progress], None] | None = print_progress,
+    progress: Callable[[Progress], None] | None = None,
     ray_init_kwargs: Mapping[str, Any] | None = None,
 ) -> RayRunResult:
     """Score ``inputs`` with ``model`` on a Ray cluster and merge the results into the warehouse.
@@ -241,7 +244,7 @@ def run_ray(
     machine belongs to, ``"ray://host:10001"`` connects a remote client.
     ``num_workers`` defaults to every GPU (or CPU when
     ``num_gpus_per_worker=0``) the cluster has.  Shards are kept under
-    ``out_dir/run-<hash>/`` (see ``scoring.shards``); ``force=True`` starts a
+    ``out_dir/run-<hash>/`` (see ``scoring.shard_files``); ``force=True`` starts a
     new run and discards shards of the old one.
     """
     import ray
@@ -262,25 +265,10 @@ def run_ray(
             max_task_retries=max_restarts,
         )
         actors = [Worker.remote(scorer_factory, cpu_threads) for _ in range(n_workers)]
+        settings, fingerprints = _same_model_everywhere(actors)
 
-        # Every actor must see the same model: a node with other weights or
-        # another tokenizer would silently mix two models' scores in one run.
-        try:
-            described = ray.get([a.describe.remote() for a in actors])
-        except ray.exceptions.RayActorError as e:
-            raise WarehouseError(f"a Ray worker could not load the model: {e}") from None
-        first = described[0]
-        for d in described[1:]:
-            if d["settings"] != first["settings"] or d["fingerprints"] != first["fingerprints"]:
-                raise WarehouseError(
-                    f"Ray worker on {d['host']} loaded a different model or settings than "
-                    f"{first['host']} ({d['fingerprints']} vs {first['fingerprints']}): "
-                    f"make every node see the same model files"
-                )
-        settings, fingerprints = first["settings"], first["fingerprints"]
-
-        key = shards.run_key(model, condition, selection, settings, fingerprints)
-        rdir = shards.run_dir(out_dir, key, settings)
+        key = shard_keys.run_key(model, condition, selection, settings, fingerprints)
+        rdir = shard_keys.run_dir(out_dir, key, settings)
         with warehouse_db.open(db, "write") as con:
             run_id, complete = start_run(
                 con,
@@ -300,81 +288,27 @@ def run_ray(
         with warehouse_db.open(db, "write") as con:
             result.resumed_units, result.rows_added = _merge_leftovers(con, run_id, rdir)
             pending = pending_participants(con, run_id, list(inputs))
-        by_key = {p.participant_key: p for p in pending}
         token_counts = _count_tokens(actors, pending)
         total_tokens = sum(token_counts.values())
-        target = unit_tokens or shards.auto_unit_tokens(total_tokens, n_workers)
-        units = shards.make_units(token_counts, target, prefix="ray-")
-        # Largest first: the long units start early and the small ones fill the gaps.
-        queue = sorted(units, key=lambda u: (-u.n_tokens, u.unit_id))
-        keep = max(1, len(queue))  # fewer units than workers: free the GPUs
+        target = unit_tokens or shard_units.auto_unit_tokens(total_tokens, n_workers)
+        units = shard_units.make_units(token_counts, target, prefix="ray-")
+        keep = max(1, len(units))  # fewer units than workers: free the GPUs
         for extra in actors[keep:]:
             ray.kill(extra)
         actors = actors[:keep]
 
+        dispatch = _Dispatch(db, run_id, rdir, key, pending, actors, unit_attempts)
         state = Progress(units_total=len(units), tokens_total=total_tokens)
-        # Skip counts (persona without metadata, ...) come from this pass
-        # only: skipped participants have no scores, so they are pending
-        # again on every pass (see scoring.runs).  write_batch adds the others.
-        unit_counts: list[dict] = []
-        attempts: dict[str, int] = {}
-        in_flight: dict[Any, tuple[Any, shards.WorkUnit]] = {}
-        idle = list(actors)
-
-        def submit() -> None:
-            while idle and queue:
-                actor, unit = idle.pop(0), queue.pop(0)
-                attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
-                ref = actor.score.remote(unit.unit_id, [by_key[k] for k in unit.participant_keys])
-                in_flight[ref] = (actor, unit)
-
         try:
-            submit()
-            while in_flight:
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                ref = done[0]
-                actor, unit = in_flight.pop(ref)
-                try:
-                    out = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
-                    # The actor used up its restarts: retire it, give the unit to another.
-                    state.retries += 1
-                    if attempts[unit.unit_id] >= unit_attempts:
-                        raise WarehouseError(
-                            f"work unit {unit.unit_id} ({len(unit.participant_keys)} "
-                            f"participants, {unit.n_tokens:,} tokens): its worker died for good "
-                            f"{attempts[unit.unit_id]} times (after Ray's restarts); last error: "
-                            f"{e}"
-                        ) from None
-                    queue.insert(0, unit)
-                    if not idle and not in_flight:
-                        raise WarehouseError("every Ray worker died; see the Ray logs") from None
-                    submit()
-                    continue
-                batch: ScoreBatch = out["batch"]
-                participants = [by_key[k] for k in unit.participant_keys]
-                mpath = shards.manifest_path(rdir, unit.unit_id)
-                shards.write_shard(rdir, key, unit, batch, participants, seconds=out["seconds"])
-                with warehouse_db.open(
-                    db, "write"
-                ) as con:  # the file is open only while a unit is merged
-                    _, added, _ = shards.merge_unit(con, run_id, mpath)
-                unit_counts.append(batch.counts or {})
-                state.units_done += 1
-                state.tokens_done += unit.n_tokens
-                state.rows_added += added
-                idle.append(actor)
-                submit()
-                if progress:
-                    progress(state)
+            dispatch.run(units, state, progress)
         except BaseException as e:
             # Units still in flight die with their actors (killed below).
             if not isinstance(e, KeyboardInterrupt):
                 with warehouse_db.open(db, "write") as con:
-                    _fail_run(con, run_id, shards.sum_counts(unit_counts), e)
+                    _fail_run(con, run_id, shard_merge.sum_counts(dispatch.unit_counts), e)
             raise
 
-        result.counts = shards.sum_counts(unit_counts)
+        result.counts = shard_merge.sum_counts(dispatch.unit_counts)
         with warehouse_db.open(db, "write") as con:
             finish_run(con, run_id, result.counts, status="complete")
         result.units = len(units)
@@ -391,6 +325,105 @@ def run_ray(
                 pass
         if started_ray:
             ray.shutdown()
+
+
+def _same_model_everywhere(actors: list) -> tuple[dict, dict]:
+    """The settings and fingerprints every actor loaded; an error if they differ.
+
+    Every actor must see the same model: a node with other weights or another
+    tokenizer would silently mix two models' scores in one run.
+    """
+    import ray
+
+    try:
+        described = ray.get([a.describe.remote() for a in actors])
+    except ray.exceptions.RayActorError as e:
+        raise WarehouseError(f"a Ray worker could not load the model: {e}") from None
+    first = described[0]
+    for d in described[1:]:
+        if d["settings"] != first["settings"] or d["fingerprints"] != first["fingerprints"]:
+            raise WarehouseError(
+                f"Ray worker on {d['host']} loaded a different model or settings than "
+                f"{first['host']} ({d['fingerprints']} vs {first['fingerprints']}): "
+                f"make every node see the same model files"
+            )
+    return first["settings"], first["fingerprints"]
+
+
+class _Dispatch:
+    """Units to actors, largest first; each finished unit written as a shard and merged.
+
+    Skip counts (persona without metadata, ...) come from this pass only:
+    skipped participants have no scores, so they are pending again on every
+    pass (see scoring.runs).  write_batch adds the others.
+    """
+
+    def __init__(self, db: Target, run_id: int, rdir: Path, key: dict, pending, actors, attempts):
+        self.db, self.run_id, self.rdir, self.key = db, run_id, rdir, key
+        self.by_key = {p.participant_key: p for p in pending}
+        self.idle = list(actors)
+        self.max_attempts = attempts
+        self.attempts: dict[str, int] = {}
+        self.in_flight: dict[Any, tuple[Any, shard_units.WorkUnit]] = {}
+        self.queue: list[shard_units.WorkUnit] = []
+        self.unit_counts: list[dict] = []
+
+    def submit(self) -> None:
+        while self.idle and self.queue:
+            actor, unit = self.idle.pop(0), self.queue.pop(0)
+            self.attempts[unit.unit_id] = self.attempts.get(unit.unit_id, 0) + 1
+            participants = [self.by_key[k] for k in unit.participant_keys]
+            self.in_flight[actor.score.remote(unit.unit_id, participants)] = (actor, unit)
+
+    def run(self, units, state: Progress, progress: Callable[[Progress], None] | None) -> None:
+        import ray
+
+        # Largest first: the long units start early and the small ones fill the gaps.
+        self.queue = sorted(units, key=lambda u: (-u.n_tokens, u.unit_id))
+        self.submit()
+        while self.in_flight:
+            done, _ = ray.wait(list(self.in_flight), num_returns=1)
+            actor, unit = self.in_flight.pop(done[0])
+            try:
+                out = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                self._retry(unit, state, e)
+                continue
+            self._merge(unit, out, state)
+            self.idle.append(actor)
+            self.submit()
+            if progress:
+                progress(state)
+
+    def _retry(self, unit: shard_units.WorkUnit, state: Progress, e: BaseException) -> None:
+        """The actor used up its restarts: retire it, give the unit to another."""
+        state.retries += 1
+        if self.attempts[unit.unit_id] >= self.max_attempts:
+            raise WarehouseError(
+                f"work unit {unit.unit_id} ({len(unit.participant_keys)} "
+                f"participants, {unit.n_tokens:,} tokens): its worker died for good "
+                f"{self.attempts[unit.unit_id]} times (after Ray's restarts); last error: {e}"
+            ) from None
+        self.queue.insert(0, unit)
+        if not self.idle and not self.in_flight:
+            raise WarehouseError("every Ray worker died; see the Ray logs") from None
+        self.submit()
+
+    def _merge(self, unit: shard_units.WorkUnit, out: dict, state: Progress) -> None:
+        batch: ScoreBatch = out["batch"]
+        participants = [self.by_key[k] for k in unit.participant_keys]
+        mpath = shard_files.manifest_path(self.rdir, unit.unit_id)
+        shard_files.write_shard(
+            self.rdir, self.key, unit, batch, participants, seconds=out["seconds"]
+        )
+        with warehouse_db.open(
+            self.db, "write"
+        ) as con:  # the file is open only while a unit is merged
+            _, added, _ = shard_merge.merge_unit(con, self.run_id, mpath)
+        self.unit_counts.append(batch.counts or {})
+        state.units_done += 1
+        state.tokens_done += unit.n_tokens
+        state.rows_added += added
 
 
 def _fail_run(con, run_id: int, counts: dict, error: BaseException) -> None:

@@ -40,13 +40,23 @@ forward on a probe and refuses architectures where they differ; non-finite
 logits fail the batch with the affected response ids; out-of-memory halves
 the token budget and retries (counted as ``oom_backoffs``).
 
-Modules: ``Scorer`` (here) is a facade over one module per job:
-``scoring.plan`` (steps 1-2), ``scoring.forward`` (steps 3-4),
-``scoring.assemble`` (per-response sums, option and token tables),
+Parts: ``Scorer`` (here) composes one object per job, each with explicit
+inputs and outputs: ``scoring.config.ScorerConfig`` (every option, its
+default and its validation), ``scoring.plan.Planner`` (participants ->
+plans: steps 1-2; ``scoring.history`` for ``history:K``),
+``scoring.forward.Forward`` (plans -> per-token results: steps 3-4),
+``scoring.assemble.Assembler`` (plans + results -> a ``ScoreBatch``),
 ``scoring.selfcheck`` (the start-up check) and ``scoring.errors``.
+
+Anything that returns a ``ScoreBatch`` for a list of participants can stand
+in for a ``Scorer`` in ``scoring.runner`` (see :class:`ModelScorer`):
+baselines that are not transformers plug in there.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,16 +67,19 @@ from .assemble import (
     SCORE_SCHEMA,
     TOKEN_SCHEMA,
     WORD_SCHEMA,
-    AssembleMixin,
+    Assembler,
     ScoreBatch,
 )
+from .config import ScorerConfig
 from .devices import device_map_of, input_device
 from .errors import NonFiniteLogits, ScoringError
-from .forward import ForwardMixin
-from .plan import PlanMixin
-from .render import CONDITIONS, render_settings
-from .selfcheck import SelfCheckMixin
-from .tokenize import TOKENIZATIONS, check_segment_tokenizer, leading_special_ids
+from .forward import Forward
+from .inputs import ParticipantInput
+from .plan import Planner
+from .render import render_settings
+from .rows import Prepared
+from .selfcheck import check_key, passed_before, remember_pass, self_check
+from .tokenize import Tokenized, check_segment_tokenizer, leading_special_ids
 from .words import bow_vocabulary, check_bow_tokenizer, check_offsets
 
 __all__ = [
@@ -74,6 +87,7 @@ __all__ = [
     "SCORE_SCHEMA",
     "TOKEN_SCHEMA",
     "WORD_SCHEMA",
+    "ModelScorer",
     "NonFiniteLogits",
     "ScoreBatch",
     "Scorer",
@@ -81,9 +95,45 @@ __all__ = [
 ]
 
 ENGINE_VERSION = 1
-CONTEXT_POLICIES = ("skip", "window")
-PACKINGS = ("auto", "packed", "none")
-ATTENTIONS = ("auto", "flex", "dense")
+
+
+@runtime_checkable
+class ModelScorer(Protocol):
+    """What ``scoring.runner`` needs from a scorer (a ``Scorer``, or a baseline).
+
+    ``settings`` and ``fingerprints`` key the run (``score_runs.settings``,
+    shard folders); ``count_tokens`` sizes work units and progress (any
+    positive measure of work); ``prepare``/``score_prepared`` split
+    ``score`` so the runner can plan the next batch while this one is
+    scored (a scorer without a separate plan returns its participants from
+    ``prepare`` and scores them in ``score_prepared``).  ``describe`` is the
+    "loaded ..." line.
+    """
+
+    @property
+    def settings(self) -> dict: ...
+
+    @property
+    def fingerprints(self) -> dict: ...
+
+    def count_tokens(self, p: ParticipantInput) -> int: ...
+
+    def prepare(self, participants: Sequence[ParticipantInput]) -> tuple[list, dict[str, int]]: ...
+
+    def score_prepared(
+        self,
+        prepared: list,
+        counts: dict[str, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch: ...
+
+    def score(
+        self,
+        participants: Sequence[ParticipantInput],
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch: ...
+
+    def describe(self) -> str: ...
 
 
 def _cuda_available() -> bool:
@@ -92,216 +142,289 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
-    """Scores participants with one model under one condition.  No database access.
+class Scorer:
+    """Scores participants with one model under one configuration.  No database access.
 
-    Build it from a ``models`` row (``scoring.registry.get_model``) and settings;
-    ``lm``/``tokenizer`` may be passed when already loaded (tests, notebooks).
+    Build it from a ``models`` row (``scoring.registry.get_model``) and a
+    :class:`~psystats.scoring.config.ScorerConfig` (or its fields as
+    keywords); ``lm``/``tokenizer`` may be passed when already loaded (tests,
+    notebooks).  The configuration is validated before anything loads.
     """
 
     def __init__(
         self,
         model: dict,
+        config: ScorerConfig | None = None,
         *,
-        condition: str = "plain",
-        device: str = "cpu",
-        dtype: str = "float32",
-        token_budget: int = 16384,
-        max_context: int | None = None,
-        context_policy: str = "skip",
-        stride: int | None = None,
-        tokenization: str = "segments",
-        token_level: bool = False,
-        entropy: bool = False,
-        rank: bool = False,
-        word_level: bool = False,
-        bow_correction: bool = True,
-        option_sets: dict[str, list[str]] | None = None,
-        packing: str = "auto",
-        system_prompt: str | None = None,
-        max_logit_rows: int = 2048,
-        trust_remote_code: bool | None = None,
-        self_check: bool = True,
-        lm=None,
-        tokenizer=None,
-        attention: str = "auto",
-        compile: bool = False,
-        compile_bucket: int = 4096,
-        device_map: str | dict | None = None,
-        max_memory: dict | None = None,
-        offload_folder: str | None = None,
+        lm: Any = None,
+        tokenizer: Any = None,
+        **options: Any,
     ) -> None:
-        if condition not in CONDITIONS:
-            raise ScoringError(
-                f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}"
-            )
-        if tokenization not in TOKENIZATIONS:
-            raise ScoringError(f"unknown tokenization {tokenization!r}")
-        if context_policy not in CONTEXT_POLICIES:
-            raise ScoringError(f"unknown context policy {context_policy!r}")
-        if packing not in PACKINGS:
-            raise ScoringError(f"unknown packing {packing!r}; choose from {', '.join(PACKINGS)}")
-        if attention not in ATTENTIONS:
-            raise ScoringError(
-                f"unknown attention {attention!r}; choose from {', '.join(ATTENTIONS)}"
-            )
-        if dtype not in loader.DTYPES:
-            raise ScoringError(f"unknown dtype {dtype!r}; choose from {', '.join(loader.DTYPES)}")
+        if config is None:
+            config = ScorerConfig.from_options(options)
+        elif options:
+            config = config.replace(**options)
+        self.config = c = config
         self.model_row = dict(model)
-        self.condition = condition
-        self.device = device
-        self.dtype = dtype
-        self.token_budget = int(token_budget)
-        self.tokenization = tokenization
-        # Per-token entropy and rank are columns of token_scores: asking for them
-        # stores the token level too.
-        self.entropy = bool(entropy)
-        self.rank = bool(rank)
-        self.token_level = bool(token_level or entropy or rank)
-        self.word_level = bool(word_level)
-        self.bow_correction = bool(bow_correction) and self.word_level
-        self.system_prompt = system_prompt
-        self.max_logit_rows = int(max_logit_rows)
-        self.device_map = device_map
-        self.max_memory = dict(max_memory) if max_memory else None
-        on_cuda = device.startswith("cuda") or (device_map is not None and _cuda_available())
-        self.packing = ("packed" if on_cuda else "none") if packing == "auto" else packing
-        self.counts: dict[str, int] = {}
-        self.compile = bool(compile)
-        if self.compile and compile_bucket % attn.BLOCK:
-            raise ScoringError(f"--compile-bucket must be a multiple of {attn.BLOCK}")
-        if device_map is not None and (self.compile or attention == "flex"):
-            # accelerate's per-layer hooks move tensors between devices; a compiled graph
-            # and a FlexAttention BlockMask (not a tensor) do not travel with them.
-            raise ScoringError(
-                "--device-map combines with the dense attention mask only: drop "
-                + ("--compile" if self.compile else "--attention flex")
-            )
-        self.compile_bucket = int(compile_bucket)
-
+        name = str(model.get("name"))
         self.tokenizer = (
             tokenizer
             if tokenizer is not None
-            else loader.load_tokenizer(model, trust_remote_code=trust_remote_code)
+            else loader.load_tokenizer(model, trust_remote_code=c.trust_remote_code)
         )
-        if condition == "chat" and not getattr(self.tokenizer, "chat_template", None):
-            raise ScoringError(
-                f"model {model.get('name')!r}: its tokenizer has no chat template, so the "
-                "'chat' condition is undefined for it; use --condition plain or persona"
-            )
-        if tokenization == "segments":
-            try:
-                check_segment_tokenizer(self.tokenizer)
-            except ValueError as e:
-                raise ScoringError(f"model {model.get('name')!r}: {e}") from None
-        if self.word_level:
-            check_offsets(self.tokenizer, str(model.get("name")))
+        self._check_tokenizer(name)
         self.prefix_ids = leading_special_ids(self.tokenizer)
-        self.lm = (
-            lm
-            if lm is not None
-            else loader.load_model(
-                model,
-                device=device,
-                dtype=dtype,
-                trust_remote_code=trust_remote_code,
-                device_map=device_map,
-                # A copy: transformers rewrites sizes in place ("14MB" -> 14000000).
-                max_memory=dict(self.max_memory) if self.max_memory else None,
-                offload_folder=offload_folder,
-            )
-        )
+        self.lm = lm if lm is not None else self._load_model(model)
         self.input_device = input_device(self.lm)
         self.placement = device_map_of(self.lm)
         # Vision-language models are scored on text: their decoder, no image.
         self.kind = getattr(self.lm, "psystats_kind", None) or loader.model_kind(self.lm.config)
-        self.sliding = attn.sliding_window_of(self.lm.config)
-
-        self.attention = self._choose_attention(attention)
-        if self.attention == "flex":
+        packing = self._choose_packing()
+        attention = self._choose_attention(packing)
+        if attention == "flex":
             attn.use_packed_attention(self.lm)
-        # Packed lengths are padded to a multiple of this (1: no padding).
-        self.pad_multiple = (
-            self.compile_bucket if self.compile else attn.BLOCK if self.attention == "flex" else 1
-        )
-        self._pad_id = int(
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else (self.tokenizer.eos_token_id or 0)
-        )
-        self._decoder_fn = None  # torch.compile'd decoder, built on first use
-        self.compile_seconds = 0.0  # first-call time of each compiled shape, summed
-
-        cfg = self.lm.config.get_text_config()
-        model_max = getattr(cfg, "max_position_embeddings", None) or (1 << 30)
-        self.max_context = int(min(max_context or model_max, model_max))
-        self.context_policy = context_policy
-        self.stride = int(stride or max(1, self.max_context // 2))
-        if self.stride >= self.max_context:
+        text_cfg = self.lm.config.get_text_config()
+        model_max = getattr(text_cfg, "max_position_embeddings", None) or (1 << 30)
+        self.max_context = int(min(c.max_context or model_max, model_max))
+        stride = int(c.stride or max(1, self.max_context // 2))
+        if stride >= self.max_context:
             raise ScoringError(
-                f"--stride ({self.stride}) must be smaller than the context ({self.max_context})"
+                f"--stride ({stride}) must be smaller than the context ({self.max_context})"
             )
-        self.option_sets = {e: list(o) for e, o in sorted((option_sets or {}).items())}
-        self._option_ids: dict[str, list[np.ndarray]] = {}
-        self._longest_option = 0
-        for exp, opts in self.option_sets.items():
-            enc = self.tokenizer(list(opts), add_special_tokens=False)["input_ids"]
-            self._option_ids[exp] = [np.asarray(e, np.int64) for e in enc]
-            self._longest_option = max([self._longest_option] + [len(e) for e in enc])
-        self._token_cache: dict[int, int] = {}
-        self._bow: np.ndarray | None = None
-        self._bow_tensors: dict = {}
-        if self.bow_correction:
-            head = self.lm.get_output_embeddings()
-            vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
-            self._bow = bow_vocabulary(self.tokenizer, vocab)
-            check_bow_tokenizer(self.tokenizer, self._bow, str(model.get("name")))
+        self.planner = Planner(c, self.tokenizer, self.prefix_ids, self.max_context)
+        self.forwarder = Forward(
+            self.lm,
+            c,
+            packing=packing,
+            attention=attention,
+            # Packed lengths are padded to a multiple of this (1: no padding).
+            pad_multiple=c.compile_bucket
+            if c.compile
+            else attn.BLOCK
+            if attention == "flex"
+            else 1,
+            sliding=attn.sliding_window_of(self.lm.config),
+            pad_id=self._pad_id(),
+            input_device=self.input_device,
+            bow=self._bow_vocabulary(name),
+        )
+        self.assembler = Assembler(c, self.tokenizer)
         self._fingerprints: dict | None = None
         self.head = "hidden-gather"
-        if self_check:
-            self._self_check()
+        self.self_checked = "off"
+        if c.self_check:
+            self._run_self_check(name)
 
-    def _choose_attention(self, requested: str) -> str:
+    # -- construction -------------------------------------------------------
+
+    def _check_tokenizer(self, name: str) -> None:
+        c = self.config
+        if c.condition == "chat" and not getattr(self.tokenizer, "chat_template", None):
+            raise ScoringError(
+                f"model {name!r}: its tokenizer has no chat template, so the "
+                "'chat' condition is undefined for it; use --condition plain or persona"
+            )
+        if c.tokenization == "segments":
+            try:
+                check_segment_tokenizer(self.tokenizer)
+            except ValueError as e:
+                raise ScoringError(f"model {name!r}: {e}") from None
+        if c.word_level:
+            check_offsets(self.tokenizer, name)
+
+    def _load_model(self, model: dict) -> Any:
+        c = self.config
+        return loader.load_model(
+            model,
+            device=c.device,
+            dtype=c.dtype,
+            trust_remote_code=c.trust_remote_code,
+            device_map=c.device_map,
+            # A copy: transformers rewrites sizes in place ("14MB" -> 14000000).
+            max_memory=dict(c.max_memory) if c.max_memory else None,
+            offload_folder=c.offload_folder,
+        )
+
+    def _choose_packing(self) -> str:
+        c = self.config
+        if c.packing != "auto":
+            return c.packing
+        on_cuda = c.device.startswith("cuda") or (c.device_map is not None and _cuda_available())
+        return "packed" if on_cuda else "none"
+
+    def _choose_attention(self, packing: str) -> str:
         """flex where packing meets a model that supports it (auto: on CUDA only), else dense."""
-        packs = self.packing == "packed" or self.compile
+        c = self.config
+        packs = packing == "packed" or c.compile
         # Sliding-window layers need a second (windowed) mask: dense masks carry it.
-        ok = attn.supports_flex(self.lm) and self.sliding[0] is None and self.device_map is None
-        if requested == "flex":
+        sliding = attn.sliding_window_of(self.lm.config)
+        ok = attn.supports_flex(self.lm) and sliding[0] is None and c.device_map is None
+        if c.attention == "flex":
             if not ok:
                 raise ScoringError(
                     f"model {self.model_row.get('name')!r} ({type(self.lm).__name__}) does not "
                     "support FlexAttention in transformers; use --attention dense"
                 )
             return "flex" if packs else "dense"
-        if requested == "auto" and packs and ok and self.input_device.type == "cuda":
+        if c.attention == "auto" and packs and ok and self.input_device.type == "cuda":
             return "flex"
         return "dense"
 
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+
+    def _bow_vocabulary(self, name: str) -> np.ndarray | None:
+        if not self.config.corrects_words:
+            return None
+        head = self.lm.get_output_embeddings()
+        vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])
+        bow = bow_vocabulary(self.tokenizer, vocab)
+        check_bow_tokenizer(self.tokenizer, bow, name)
+        return bow
+
+    def _self_check_facts(self) -> dict:
+        return {
+            "engine_version": ENGINE_VERSION,
+            "model_class": type(self.lm).__name__,
+            "dtype": self.config.dtype,
+            "device": self.input_device.type,
+            "packing": self.packing,
+            "attention": self.attention,
+            "sliding": list(self.sliding),
+            "placement": self.placement,
+        }
+
+    def _run_self_check(self, name: str) -> None:
+        """The start-up self-check, unless this model and configuration passed it before."""
+        facts = self._self_check_facts()
+        # A model passed in memory without files to fingerprint (benchmarks,
+        # notebooks) is checked every time: nothing identifies it across processes.
+        key = check_key(self.fingerprints, facts) if self.model_row.get("source") else None
+        if not self.config.recheck and passed_before(key):
+            self.self_checked = "cached"
+            return
+        worst = self_check(self.forwarder, self.tokenizer, self.prefix_ids, name)
+        remember_pass(key, facts, worst)
+        self.self_checked = "run"
+
+    # -- the forward's runtime choices (tests change some of them) ----------
+
+    @property
+    def packing(self) -> str:
+        return self.forwarder.packing
+
+    @packing.setter
+    def packing(self, value: str) -> None:
+        self.forwarder.packing = value
+
+    @property
+    def attention(self) -> str:
+        return self.forwarder.attention
+
+    @property
+    def pad_multiple(self) -> int:
+        return self.forwarder.pad_multiple
+
+    @pad_multiple.setter
+    def pad_multiple(self, value: int) -> None:
+        self.forwarder.pad_multiple = value
+
+    @property
+    def sliding(self) -> tuple[int | None, bool]:
+        return self.forwarder.sliding
+
+    @sliding.setter
+    def sliding(self, value: tuple[int | None, bool]) -> None:
+        self.forwarder.sliding = value
+
+    @property
+    def compile(self) -> bool:
+        return self.config.compile
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.forwarder.compile_seconds
+
+    @property
+    def token_level(self) -> bool:
+        return self.config.stores_tokens
+
+    # -- scoring ------------------------------------------------------------
+
+    def count_tokens(self, p: ParticipantInput) -> int:
+        """Tokens ``p`` costs to score (0 when it is skipped under this condition)."""
+        return self.planner.count_tokens(p)
+
+    def _tokenize(self, p: ParticipantInput) -> Tokenized:
+        return self.planner.render_tokenize(p)[1]
+
+    def prepare(
+        self, participants: Sequence[ParticipantInput]
+    ) -> tuple[list[Prepared], dict[str, int]]:
+        """Render, tokenise and plan rows; returns the plans and skip counts."""
+        return self.planner.prepare(participants)
+
+    def score_prepared(
+        self,
+        prepared: list[Prepared],
+        counts: dict[str, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch:
+        """Forward and assemble plans from :meth:`prepare`; ``progress(tokens)`` per forward."""
+        counts = dict(counts or {})
+        results = self.forwarder.run(prepared, counts, progress)
+        return self.assembler.assemble(prepared, results, counts)
+
+    def score(
+        self,
+        participants: Sequence[ParticipantInput],
+        progress: Callable[[int], None] | None = None,
+    ) -> ScoreBatch:
+        """Score ``participants``; raises :class:`NonFiniteLogits` (nothing returned) on NaN/inf."""
+        prepared, counts = self.prepare(participants)
+        return self.score_prepared(prepared, counts, progress)
+
     # -- description --------------------------------------------------------
+
+    def describe(self) -> str:
+        """Where and how the model runs, for the 'loaded ...' line."""
+        c = self.config
+        if c.device_map is None:
+            where = c.device
+        else:
+            devices = sorted(set((self.placement or {}).values())) or ["one device"]
+            where = f"device map {c.device_map} over {', '.join(devices)}"
+        return (
+            f"{c.dtype}, {where}, packing {self.packing}, attention {self.attention}"
+            f"{', compiled' if c.compile else ''}, self-check {self.self_checked}"
+        )
 
     @property
     def settings(self) -> dict:
         """Everything that decides the numbers, exactly (recorded in ``score_runs.settings``)."""
-        s = render_settings(self.condition, self.tokenizer, self.system_prompt)
+        c = self.config
+        s = render_settings(c.condition, self.tokenizer, c.system_prompt)
+        adapter = self._adapter_settings()
         s.update(
             {
                 "engine_version": ENGINE_VERSION,
-                "tokenization": self.tokenization,
+                "tokenization": c.tokenization,
                 "leading_special_ids": list(map(int, self.prefix_ids)),
-                "dtype": self.dtype,
+                "dtype": c.dtype,
                 "context": {
                     "max_context": self.max_context,
-                    "policy": self.context_policy,
-                    **({"stride": self.stride} if self.context_policy == "window" else {}),
+                    "policy": c.context_policy,
+                    **({"stride": self.planner.stride} if c.context_policy == "window" else {}),
                 },
-                "options": self.option_sets,
-                "token_level": self.token_level,
+                "options": {e: list(o) for e, o in c.option_sets.items()},
+                "token_level": c.stores_tokens,
                 # Only when asked, so runs without them keep the run keys they had.
-                **({"token_entropy": True} if self.entropy else {}),
-                **({"token_rank": True} if self.rank else {}),
+                **({"token_entropy": True} if c.entropy else {}),
+                **({"token_rank": True} if c.rank else {}),
                 **(
-                    {"word_level": {"words": "\\S+", "bow_correction": self.bow_correction}}
-                    if self.word_level
+                    {"word_level": {"words": "\\S+", "bow_correction": c.corrects_words}}
+                    if c.word_level
                     else {}
                 ),
                 "head": self.head,
@@ -312,30 +435,32 @@ class Scorer(PlanMixin, ForwardMixin, AssembleMixin, SelfCheckMixin):
                     else {}
                 ),
                 **({"sliding_window": self.sliding[0]} if self.sliding[0] is not None else {}),
-                **({"adapter": self._adapter_settings()} if self._adapter_settings() else {}),
-                "batching": {
-                    "device": self.device if self.device_map is None else "device-map",
-                    "packing": self.packing,
-                    "token_budget": self.token_budget,
-                    "max_logit_rows": self.max_logit_rows,
-                    "attention": self.attention,
-                    "compile": self.compile,
-                    **({"compile_bucket": self.compile_bucket} if self.compile else {}),
-                    **(
-                        {
-                            "device_map": self.device_map,
-                            "max_memory": {str(k): v for k, v in self.max_memory.items()}
-                            if self.max_memory
-                            else None,
-                            "placement": self.placement,
-                        }
-                        if self.device_map is not None
-                        else {}
-                    ),
-                },
+                **({"adapter": adapter} if adapter else {}),
+                "batching": self._batching_settings(),
             }
         )
         return s
+
+    def _batching_settings(self) -> dict:
+        """How work was batched: recorded, not part of the run key (results do not depend on it)."""
+        c = self.config
+        out: dict[str, Any] = {
+            "device": c.device if c.device_map is None else "device-map",
+            "packing": self.packing,
+            "token_budget": c.token_budget,
+            "max_logit_rows": c.max_logit_rows,
+            "attention": self.attention,
+            "compile": c.compile,
+        }
+        if c.compile:
+            out["compile_bucket"] = c.compile_bucket
+        if c.device_map is not None:
+            out["device_map"] = c.device_map
+            out["max_memory"] = (
+                {str(k): v for k, v in c.max_memory.items()} if c.max_memory else None
+            )
+            out["placement"] = self.placement
+        return out
 
     def _adapter_settings(self) -> dict | None:
         info = getattr(self.lm, "psystats_adapter", None)

@@ -1,23 +1,27 @@
 """Forward passes: rows grouped by a token budget, packed, through the decoder.
 
-Hidden states are gathered at the positions that predict a scored token
-*before* the LM head, so full-vocabulary logits exist only where a score
-needs them (see ``scoring.engine`` for the whole path).
+Input: plans (``scoring.plan.Prepared``).  Output: one :class:`Results` per
+plan, the per-token log-probabilities (and top-1, entropy, rank,
+beginning-of-word mass) of its response tokens and its option queries.
+
+Hidden states are gathered at the positions of the plans' queries *before*
+the LM head, so full-vocabulary logits exist only where a score needs them
+(see ``scoring.engine`` for the whole path).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import attention as attn
-from .assemble import ScoreBatch
+from .config import ScorerConfig
 from .errors import NonFiniteLogits, ScoringError
-from .inputs import ParticipantInput
-from .plan import _Prepared, _Row
+from .rows import KIND_OPTION, KIND_RESPONSE, MAIN, Prepared, Row
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -28,63 +32,94 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
 
 
-class ForwardMixin:
-    """``Scorer`` methods that run forward passes and fill the plans' per-token arrays."""
+@dataclass(eq=False)
+class Results:
+    """What the forward passes computed for one plan, indexed like its tokens / option queries."""
 
-    # Set by ``Scorer.__init__``.
-    lm: Any
-    dtype: str
-    input_device: Any
-    packing: str
-    attention: str
-    sliding: tuple[int | None, bool]
-    token_budget: int
-    max_logit_rows: int
-    compile: bool
-    compile_bucket: int
-    pad_multiple: int
-    _pad_id: int
-    _decoder_fn: Callable[..., Any] | None  # torch.compile'd decoder, built on first use
-    _compiled_shapes: set[int]
-    compile_seconds: float
-    rank: bool
-    _bow: np.ndarray | None  # beginning-of-word vocabulary (word level with the correction)
-    _bow_tensors: dict
+    lp: np.ndarray  # log-probability of each token (response tokens filled)
+    top1: np.ndarray  # whether it was the model's top token
+    ent: np.ndarray  # entropy of the distribution that predicted it
+    rank: np.ndarray | None  # rank of the token (with rank only)
+    bow: np.ndarray | None  # log beginning-of-word mass (word level with the correction)
+    oq_lp: np.ndarray  # log-probability of each option query
+    rows_done: int = 0
 
-    if TYPE_CHECKING:
-        # ``PlanMixin.prepare`` and ``AssembleMixin._assemble``
+    @classmethod
+    def empty(cls, prep: Prepared, rank: bool, bow: bool) -> Results:
+        T = len(prep.tok)
+        return cls(
+            lp=np.zeros(T, np.float64),
+            top1=np.zeros(T, bool),
+            ent=np.full(T, np.nan),
+            rank=np.zeros(T, np.int64) if rank else None,
+            bow=np.full(T, np.nan) if bow else None,
+            oq_lp=np.zeros(len(prep.opt_query_group), np.float64),
+        )
 
-        def prepare(
-            self, participants: Sequence[ParticipantInput]
-        ) -> tuple[list[_Prepared], dict[str, int]]: ...
 
-        def _assemble(self, prepared: list[_Prepared], counts: dict[str, int]) -> ScoreBatch: ...
+@dataclass
+class Queries:
+    """The queries of one forward, flat: packed position, token, kind, row, result index."""
 
-    def score(
+    packed: np.ndarray
+    token: np.ndarray
+    kind: np.ndarray
+    row: np.ndarray
+    index: np.ndarray
+
+
+class Forward:
+    """Runs plans through a loaded model (``lm``) under a configuration.
+
+    ``packing``, ``attention``, ``pad_multiple`` and ``sliding`` are decided
+    by the scorer (they depend on the model and the device) and may be
+    changed afterwards (tests do).
+    """
+
+    def __init__(
         self,
-        participants: Sequence[ParticipantInput],
-        progress: Callable[[int], None] | None = None,
-    ) -> ScoreBatch:
-        """Score ``participants``; raises :class:`NonFiniteLogits` (nothing returned) on NaN/inf."""
-        prepared, counts = self.prepare(participants)
-        return self.score_prepared(prepared, counts, progress)
+        lm: Any,
+        config: ScorerConfig,
+        *,
+        packing: str,
+        attention: str,
+        pad_multiple: int,
+        sliding: tuple[int | None, bool],
+        pad_id: int,
+        input_device: Any,
+        bow: np.ndarray | None = None,
+    ) -> None:
+        self.lm = lm
+        self.config = config
+        self.dtype = config.dtype
+        self.rank = config.rank
+        self.token_budget = config.token_budget
+        self.max_logit_rows = config.max_logit_rows
+        self.compile = config.compile
+        self.compile_bucket = config.compile_bucket
+        self.packing = packing
+        self.attention = attention
+        self.pad_multiple = pad_multiple
+        self.sliding = sliding
+        self.pad_id = pad_id
+        self.input_device = input_device
+        self.bow = bow  # beginning-of-word vocabulary (word level with the correction)
+        self._bow_tensors: dict = {}
+        self._decoder_fn: Callable[..., Any] | None = None  # torch.compile'd, built on first use
+        self._compiled_shapes: set[int] = set()
+        self.compile_seconds = 0.0  # first-call time of each compiled shape, summed
 
-    def score_prepared(
+    def run(
         self,
-        prepared: list[_Prepared],
-        counts: dict[str, int] | None = None,
+        prepared: list[Prepared],
+        counts: dict[str, int],
         progress: Callable[[int], None] | None = None,
-    ) -> ScoreBatch:
-        counts = dict(counts or {})
-        for prep in prepared:
-            T = len(prep.tok)
-            prep.lp = np.zeros(T, np.float64)
-            prep.top1 = np.zeros(T, bool)
-            prep.ent = np.full(T, np.nan)
-            prep.rank = np.zeros(T, np.int64) if self.rank else None
-            prep.bow = np.full(T, np.nan) if self._bow is not None else None
-            prep.oq_lp = np.zeros(len(prep.opt_query_group), np.float64)
-            prep.rows_done = 0
+    ) -> list[Results]:
+        """Every row of every plan through the model; ``counts`` gains the work done.
+
+        Raises :class:`NonFiniteLogits` (nothing returned) on NaN/inf logits.
+        """
+        results = [Results.empty(p, self.rank, self.bow is not None) for p in prepared]
         # Longest rows first; ties keep the input order, so plans are deterministic.
         rows = sorted((r for prep in prepared for r in prep.rows), key=lambda r: -r.n_tokens)
         budget = self.token_budget
@@ -92,14 +127,14 @@ class ForwardMixin:
         while rows:
             group = self._take(rows, budget)
             try:
-                self._forward(group, prepared)
+                self.forward(group, prepared, results)
             except Exception as e:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not _is_oom(e):
                     raise
                 self._free_memory()
                 if len(group) == 1:
                     p = prepared[group[0].part].p
-                    assert p is not None  # only the start-up probe has none; it calls _forward
+                    assert p is not None  # only the start-up probe has none; it calls forward
                     raise ScoringError(
                         f"out of memory on a single sequence of {group[0].n_tokens} tokens "
                         f"(participant_key {p.participant_key}); lower "
@@ -117,9 +152,9 @@ class ForwardMixin:
         if budget != self.token_budget:
             counts["final_token_budget"] = budget
         counts["tokens_forwarded"] = counts.get("tokens_forwarded", 0) + tokens
-        return self._assemble(prepared, counts)
+        return results
 
-    def _take(self, rows: list[_Row], budget: int) -> list[_Row]:
+    def _take(self, rows: list[Row], budget: int) -> list[Row]:
         """The next forward's rows: one row, or as many as fit the budget when packing."""
         group = [rows[0]]
         if self.packing == "packed":
@@ -140,9 +175,11 @@ class ForwardMixin:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    # Packed layout of a group of rows: token ids, positions, the per-token
-    # document/branch structure the mask is built from, and where every query sits.
-    def _layout(self, group: list[_Row], pad_multiple: int = 1):
+    # -- one forward ----------------------------------------------------------
+
+    def layout(self, group: list[Row], pad_multiple: int = 1):
+        """Packed layout of a group of rows: token ids, positions, the per-token
+        document/branch structure the mask is built from, and where rows and branches start."""
         ids, pos, doc, branch, bstart = [], [], [], [], []
         main_off, branch_off = [], []
         off = 0
@@ -174,7 +211,7 @@ class ForwardMixin:
         d = len(group)
         while pad > 0:
             m = min(pad, attn.BLOCK)
-            ids.append(np.full(m, self._pad_id))
+            ids.append(np.full(m, self.pad_id))
             pos.append(np.arange(m))
             doc.append(np.full(m, d))
             branch.append(np.full(m, -1))
@@ -240,14 +277,14 @@ class ForwardMixin:
         key = (str(device), dtype)
         cached = self._bow_tensors.get(key)
         if cached is None:
-            assert self._bow is not None
-            cached = torch.as_tensor(self._bow, device=device).to(dtype)
+            assert self.bow is not None
+            cached = torch.as_tensor(self.bow, device=device).to(dtype)
             self._bow_tensors[key] = cached
         return cached
 
     @staticmethod
     def _ranks(logits, local: np.ndarray, token: np.ndarray, kind: np.ndarray):
-        """Rank of each main query's token in its row (1: the model's top token; ties share).
+        """Rank of each response query's token in its row (1: the model's top token; ties share).
 
         One threshold per logit row (every row predicts at most one response
         token), so the comparison is a (rows x vocab) bool, not a float copy.
@@ -256,7 +293,7 @@ class ForwardMixin:
         import torch
 
         dev = logits.device
-        main = kind == 0
+        main = kind == KIND_RESPONSE
         li = torch.as_tensor(local[main], device=dev)
         thr = torch.full((logits.shape[0],), torch.inf, dtype=logits.dtype, device=dev)
         thr[li] = logits[li, torch.as_tensor(token[main], device=dev)]
@@ -291,140 +328,151 @@ class ForwardMixin:
         out = head(hidden_rows)
         return out if out.dtype in (torch.float32, torch.float64) else out.float()
 
-    def _forward(
-        self, group: list[_Row], prepared: list[_Prepared], *, compiled: bool = True
+    @staticmethod
+    def _queries(group: list[Row], main_off: np.ndarray, branch_off: list[np.ndarray]) -> Queries:
+        """Where every query of the group sits in the packed sequence."""
+        packed_l, token_l, kind_l, row_l, index_l = [], [], [], [], []
+        for g, row in enumerate(group):
+            at = main_off[g] + row.q_pos
+            in_branch = row.q_branch != MAIN
+            if in_branch.any():
+                at = np.where(in_branch, branch_off[g][np.maximum(row.q_branch, 0)] + row.q_pos, at)
+            packed_l.append(at)
+            token_l.append(row.q_token)
+            kind_l.append(row.q_kind)
+            row_l.append(np.full(len(at), g))
+            index_l.append(row.q_index)
+        return Queries(
+            packed=np.concatenate(packed_l).astype(np.int64),
+            token=np.concatenate(token_l).astype(np.int64),
+            kind=np.concatenate(kind_l),
+            row=np.concatenate(row_l),
+            index=np.concatenate(index_l).astype(np.int64),
+        )
+
+    def forward(
+        self,
+        group: list[Row],
+        prepared: list[Prepared],
+        results: list[Results],
+        *,
+        compiled: bool = True,
     ) -> None:
+        """One forward pass of ``group``; fills ``results`` (aligned with ``prepared``)."""
         import torch
 
         dev = self.input_device
         pad_multiple = self.pad_multiple if (self.packing == "packed" or self.compile) else 1
-        ids, pos, doc, branch, bstart, main_off, branch_off, nb = self._layout(group, pad_multiple)
+        ids, pos, doc, branch, bstart, main_off, branch_off, nb = self.layout(group, pad_multiple)
         need_mask = len(group) > 1 or nb > 0 or len(ids) > sum(len(r.ids) for r in group)
-        # Where every query sits in the packed sequence.
-        packed_l: list[np.ndarray] = []
-        token_l: list[np.ndarray] = []
-        kind_l: list[np.ndarray] = []
-        row_l: list[np.ndarray] = []
-        index_l: list[np.ndarray] = []
-        for g, row in enumerate(group):
-            t = row.targets
-            packed_l.append(main_off[g] + (t - 1 - row.lo))
-            token_l.append(row.ids[t - row.lo])
-            kind_l.append(np.zeros(len(t), np.int8))
-            row_l.append(np.full(len(t), g))
-            index_l.append(t)
-            if len(row.oq_pos):
-                at = main_off[g] + row.oq_pos
-                if len(branch_off[g]):
-                    at = np.where(
-                        row.oq_branch < 0,
-                        at,
-                        branch_off[g][np.maximum(row.oq_branch, 0)] + row.oq_pos,
-                    )
-                packed_l.append(at)
-                token_l.append(row.oq_token)
-                kind_l.append(np.ones(len(at), np.int8))
-                row_l.append(np.full(len(at), g))
-                index_l.append(row.oq_ref)
-        q_packed = np.concatenate(packed_l).astype(np.int64)
-        q_token = np.concatenate(token_l).astype(np.int64)
-        q_kind = np.concatenate(kind_l)
-        q_row = np.concatenate(row_l)
-        q_index = np.concatenate(index_l).astype(np.int64)
-
+        q = self._queries(group, main_off, branch_off)
         with torch.inference_mode():
             ids_t = torch.as_tensor(ids, device=dev)
             pos_t = torch.as_tensor(pos, device=dev)
             mask = self._mask(pos, doc, branch, bstart, dev) if need_mask else None
             hidden = self._hidden(ids_t, pos_t, mask, compiled=compiled)
-            uniq, inverse = np.unique(q_packed, return_inverse=True)
-            work = torch.float64 if self.dtype == "float64" else torch.float32
-            order = np.argsort(inverse, kind="stable")
-            chunk_starts = list(range(0, len(uniq), self.max_logit_rows)) + [len(uniq)]
-            bounds = np.searchsorted(inverse[order], chunk_starts)
-            # Results stay on the device until the end: one copy to the host per forward.
-            ent_c, arg_c, fin_c, lp_c, rank_c, bow_c = [], [], [], [], [], []
-            for c, u0 in enumerate(range(0, len(uniq), self.max_logit_rows)):
-                u1 = min(u0 + self.max_logit_rows, len(uniq))
-                # Under a device map the last layer and the head may sit on other
-                # devices than the embeddings: index each tensor where it lives.
-                rows_t = torch.as_tensor(uniq[u0:u1], device=hidden.device)
-                logits = self._logits(hidden.index_select(0, rows_t)).to(work)
-                fin_c.append(torch.isfinite(logits).all(-1))
-                logsm = torch.log_softmax(logits, -1)
-                probs = logsm.exp()
-                ent_c.append(-(probs * logsm).sum(-1))
-                if self._bow is not None:
-                    # Beginning-of-word mass: a matrix-vector product, no further
-                    # (rows x vocab) copy; log of 0 (all of it underflowed) recomputed exactly.
-                    bow_mask = self._bow_mask_on(logits.device, logits.dtype)
-                    mass = probs @ bow_mask
-                    log_mass = mass.log()
-                    low = mass <= 0
-                    if bool(low.any()):
-                        log_mass[low] = torch.logsumexp(
-                            logsm[low].masked_fill(bow_mask == 0, -torch.inf), -1
-                        )
-                    bow_c.append(log_mass)
-                del probs
-                arg_c.append(logits.argmax(-1))
-                qs = order[bounds[c] : bounds[c + 1]]
-                local = torch.as_tensor(inverse[qs] - u0, device=logits.device)
-                tok_t = torch.as_tensor(q_token[qs], device=logits.device)
-                lp_c.append(logsm[local, tok_t])
-                if self.rank:
-                    rank_c.append(self._ranks(logits, inverse[qs] - u0, q_token[qs], q_kind[qs]))
-                del logits, logsm
-            cat = lambda xs, dt: (
-                torch.cat(xs).to(dt).cpu().numpy()
-                if xs  # noqa: E731
-                else np.zeros(0)
-            )
-            ent_u = cat(ent_c, torch.float64)
-            argmax = cat(arg_c, torch.int64)
-            bad_u = ~cat(fin_c, torch.bool).astype(bool)
-            lp = np.empty(len(q_packed), np.float64)
-            lp[order] = cat(lp_c, torch.float64)
-            top1 = argmax[inverse] == q_token
-            rank = np.zeros(len(q_packed), np.int64)
+            out = self._evaluate(hidden, q)
+        self._check_finite(out["bad_q"], q, group, prepared)
+        self._store(out, q, group, results)
+
+    def _evaluate(self, hidden, q: Queries) -> dict[str, Any]:
+        """Log-probabilities (and top-1, entropy, rank, bow mass) of every query."""
+        import torch
+
+        uniq, inverse = np.unique(q.packed, return_inverse=True)
+        work = torch.float64 if self.dtype == "float64" else torch.float32
+        order = np.argsort(inverse, kind="stable")
+        chunk_starts = list(range(0, len(uniq), self.max_logit_rows)) + [len(uniq)]
+        bounds = np.searchsorted(inverse[order], chunk_starts)
+        # Results stay on the device until the end: one copy to the host per forward.
+        ent_c, arg_c, fin_c, lp_c, rank_c, bow_c = [], [], [], [], [], []
+        for c, u0 in enumerate(range(0, len(uniq), self.max_logit_rows)):
+            u1 = min(u0 + self.max_logit_rows, len(uniq))
+            # Under a device map the last layer and the head may sit on other
+            # devices than the embeddings: index each tensor where it lives.
+            rows_t = torch.as_tensor(uniq[u0:u1], device=hidden.device)
+            logits = self._logits(hidden.index_select(0, rows_t)).to(work)
+            fin_c.append(torch.isfinite(logits).all(-1))
+            logsm = torch.log_softmax(logits, -1)
+            probs = logsm.exp()
+            ent_c.append(-(probs * logsm).sum(-1))
+            if self.bow is not None:
+                bow_c.append(self._log_bow_mass(logits, logsm, probs))
+            del probs
+            arg_c.append(logits.argmax(-1))
+            qs = order[bounds[c] : bounds[c + 1]]
+            local = torch.as_tensor(inverse[qs] - u0, device=logits.device)
+            tok_t = torch.as_tensor(q.token[qs], device=logits.device)
+            lp_c.append(logsm[local, tok_t])
             if self.rank:
-                rank[order] = cat(rank_c, torch.int64)
-            bow_u = cat(bow_c, torch.float64) if self._bow is not None else None
-        bad_q = bad_u[inverse]
-        if bad_q.any():
-            rids: list[int] = []
-            for g in np.unique(q_row[bad_q]):
-                prep = prepared[group[g].part]
-                if prep.p is None:  # the start-up probe
-                    continue
-                sel = bad_q & (q_row == g)
-                main_t = q_index[sel & (q_kind == 0)]
-                resp = np.searchsorted(prep.tok.ends, main_t, side="right")
-                opt_groups = prep.opt_query_group[q_index[sel & (q_kind == 1)]]
-                resp = np.concatenate([resp, prep.opt_resp[opt_groups]])
-                rids.extend(prep.p.response_ids[int(i)] for i in np.unique(resp))
-            raise NonFiniteLogits(rids)
-        ent_q = ent_u[inverse]
-        bow_q = bow_u[inverse] if bow_u is not None else None
+                rank_c.append(self._ranks(logits, inverse[qs] - u0, q.token[qs], q.kind[qs]))
+            del logits, logsm
+
+        def cat(xs, dt):
+            return torch.cat(xs).to(dt).cpu().numpy() if xs else np.zeros(0)
+
+        ent_u = cat(ent_c, torch.float64)
+        argmax = cat(arg_c, torch.int64)
+        bad_u = ~cat(fin_c, torch.bool).astype(bool)
+        lp = np.empty(len(q.packed), np.float64)
+        lp[order] = cat(lp_c, torch.float64)
+        rank = np.zeros(len(q.packed), np.int64)
+        if self.rank:
+            rank[order] = cat(rank_c, torch.int64)
+        bow_u = cat(bow_c, torch.float64) if self.bow is not None else None
+        return {
+            "lp": lp,
+            "top1": argmax[inverse] == q.token,
+            "ent": ent_u[inverse],
+            "rank": rank,
+            "bow": bow_u[inverse] if bow_u is not None else None,
+            "bad_q": bad_u[inverse],
+        }
+
+    def _log_bow_mass(self, logits, logsm, probs):
+        """Beginning-of-word mass: a matrix-vector product, no further (rows x vocab)
+        copy; log of 0 (all of it underflowed) recomputed exactly."""
+        import torch
+
+        bow_mask = self._bow_mask_on(logits.device, logits.dtype)
+        mass = probs @ bow_mask
+        log_mass = mass.log()
+        low = mass <= 0
+        if bool(low.any()):
+            log_mass[low] = torch.logsumexp(logsm[low].masked_fill(bow_mask == 0, -torch.inf), -1)
+        return log_mass
+
+    @staticmethod
+    def _check_finite(bad_q: np.ndarray, q: Queries, group: list[Row], prepared: list[Prepared]):
+        if not bad_q.any():
+            return
+        rids: list[int] = []
+        for g in np.unique(q.row[bad_q]):
+            prep = prepared[group[g].part]
+            if prep.p is None:  # the start-up probe
+                continue
+            sel = bad_q & (q.row == g)
+            main_t = q.index[sel & (q.kind == KIND_RESPONSE)]
+            resp = np.searchsorted(prep.tok.ends, main_t, side="right")
+            opt_groups = prep.opt_query_group[q.index[sel & (q.kind == KIND_OPTION)]]
+            resp = np.concatenate([resp, prep.opt_resp[opt_groups]])
+            rids.extend(prep.p.response_ids[int(i)] for i in np.unique(resp))
+        raise NonFiniteLogits(rids)
+
+    @staticmethod
+    def _store(out: dict[str, Any], q: Queries, group: list[Row], results: list[Results]) -> None:
         for g, row in enumerate(group):
-            prep = prepared[row.part]
-            # Allocated by score_prepared (or the self-check) before any forward.
-            assert (
-                prep.lp is not None
-                and prep.top1 is not None
-                and prep.ent is not None
-                and prep.oq_lp is not None
-            )
-            sel = q_row == g
-            m = sel & (q_kind == 0)
-            t = q_index[m]
-            prep.lp[t] = lp[m]
-            prep.top1[t] = top1[m]
-            prep.ent[t] = ent_q[m]
-            if prep.rank is not None:
-                prep.rank[t] = rank[m]
-            if prep.bow is not None and bow_q is not None:
-                prep.bow[t] = bow_q[m]
-            o = sel & (q_kind == 1)
-            prep.oq_lp[q_index[o]] = lp[o]
-            prep.rows_done += 1
+            res = results[row.part]
+            sel = q.row == g
+            m = sel & (q.kind == KIND_RESPONSE)
+            t = q.index[m]
+            res.lp[t] = out["lp"][m]
+            res.top1[t] = out["top1"][m]
+            res.ent[t] = out["ent"][m]
+            if res.rank is not None:
+                res.rank[t] = out["rank"][m]
+            if res.bow is not None and out["bow"] is not None:
+                res.bow[t] = out["bow"][m]
+            o = sel & (q.kind == KIND_OPTION)
+            res.oq_lp[q.index[o]] = out["lp"][o]
+            res.rows_done += 1

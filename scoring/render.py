@@ -24,6 +24,13 @@ Conditions
     A short interview with one question and answer per available metadata
     field, then a blank line, then the ``plain`` transcript.  Participants
     with no metadata are skipped (reason ``persona-no-metadata``).
+``history:K`` (K = 0, 1, 2, ...)
+    Each response is scored as if every earlier response except the K most
+    recent had been removed from the ``plain`` transcript, the whole
+    ``<<...>>`` with its markers; every other character stays.  One
+    rendering per response: ``scoring.history`` builds them; :func:`render`
+    gives the ``plain`` rendering they are cut from.  ``history:all``
+    removes nothing: it is ``plain`` (same numbers), stored under its own name.
 """
 
 from __future__ import annotations
@@ -37,6 +44,27 @@ from typing import Any
 from .inputs import ParticipantInput
 
 CONDITIONS = ("plain", "chat", "persona")
+HISTORY = "history:"  # history:K, history:all
+CONDITION_HELP = "plain, chat, persona, history:K (K = 0, 1, 2, ...) or history:all"
+
+
+def history_window(condition: str) -> int | None:
+    """K of ``history:K``; None for every other condition (``history:all`` is ``plain``)."""
+    if not condition.startswith(HISTORY) or condition == HISTORY + "all":
+        return None
+    return int(condition[len(HISTORY) :])
+
+
+def check_condition(condition: str) -> None:
+    """Raise ValueError unless ``condition`` is one psystats renders."""
+    if condition in CONDITIONS or condition == HISTORY + "all":
+        return
+    k = condition[len(HISTORY) :] if condition.startswith(HISTORY) else None
+    # One spelling per window: "history:7", never "history:07".
+    if k is not None and k.isascii() and k.isdigit() and str(int(k)) == k:
+        return
+    raise ValueError(f"unknown condition; choose from {CONDITION_HELP}")
+
 
 # Questions of the persona interview, in order.  Other metadata keys (e.g.
 # questionnaire scores) follow, sorted by key, asked with OTHER_QUESTION.
@@ -213,8 +241,12 @@ def _chat_segments(p: ParticipantInput, tokenizer, msgs: list[dict], kwargs: dic
 def render(
     p: ParticipantInput, condition: str, tokenizer=None, *, system_prompt: str | None = None
 ) -> Rendering:
-    """The rendering of ``p`` under ``condition``; raises :class:`Skip` when it has none."""
-    if condition == "plain":
+    """The rendering of ``p`` under ``condition``; raises :class:`Skip` when it has none.
+
+    ``history:K`` gives the ``plain`` rendering (its per-response reductions
+    are ``scoring.history``'s).
+    """
+    if condition == "plain" or condition.startswith(HISTORY):
         return Rendering(tuple(plain_segments(p)))
     if condition == "persona":
         interview = persona_interview(p.metadata)
@@ -245,6 +277,13 @@ def render_settings(condition: str, tokenizer=None, system_prompt: str | None = 
         s["template_kwargs"] = chat_template_kwargs()
         s["system_prompt"] = system_prompt  # None: the template's default
         s["turns"] = "user=text between responses (markers removed), assistant=response"
+    k = history_window(condition)
+    if condition.startswith(HISTORY):
+        s["history"] = {
+            "keep": "all" if k is None else k,
+            "removed": "every earlier response but the K most recent, <<markers>> included",
+            "tokenization": "segments of the reduced transcript, as plain",
+        }
     if condition == "persona":
         s["persona"] = {
             "intro": PERSONA_INTRO,

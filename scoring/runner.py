@@ -23,7 +23,7 @@ The CLI only parses options and prints; notebooks and scripts call
 
 from __future__ import annotations
 
-import sys
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,14 +35,67 @@ import duckdb
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.db import Target
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.progress import progress
 
-from .inputs import ParticipantInput
+from .baselines import baseline_scorer
+from .config import ScorerConfig
+from .engine import ModelScorer
+from .errors import ScoringError
+from .inputs import ParticipantInput, load_inputs
 from .naming import BASELINE_TYPE
+from .sample import SampleSpec, sample_keys
+from .shard_units import DEFAULT_UNIT_TOKENS, parse_shard_spec
 
 ENGINES = ("local", "shard", "ray")
 
 # A message for the user (progress, resumption); the CLI prints it on stderr.
 Say = Callable[[str], None]
+
+
+class RunOptionsError(ScoringError):
+    """A run option no run accepts (the CLI shows it as a usage error)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run scores and how it is driven: the only defaults and checks of these options.
+
+    Everything here is checked when it is built, before any model loads
+    (``ScorerConfig`` holds the scorer's own options).
+    """
+
+    studies: tuple[str, ...] = ()
+    experiments: tuple[str, ...] = ()
+    sample: SampleSpec | None = None  # a seeded sample of the selection (scoring.sample)
+    engine: str = "local"  # local | shard | ray; a shard spec implies shard
+    shard: str | None = None  # "I/N" (0-based)
+    out_dir: str = "psystats-shards"  # shard folder for --shard and ray
+    unit_tokens: int | None = None  # tokens per work unit (ray, shard)
+    commit_chars: int = 200_000  # transcript characters per committed batch (local)
+    force: bool = False  # score again a complete run
+    option_decls: tuple[str, ...] = ()  # EXPERIMENT=A|B|...
+    options_file: str | None = None
+    detect_options: bool = True
+    # ray: address, num_workers, num_gpus_per_worker, num_cpus_per_worker
+    ray: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        engine = "shard" if self.shard else self.engine
+        if engine not in ENGINES:
+            raise RunOptionsError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+        object.__setattr__(self, "engine", engine)
+        if engine == "shard" and not self.shard:
+            raise RunOptionsError("the shard engine needs --shard I/N")
+        if self.shard:
+            try:
+                parse_shard_spec(self.shard)
+            except WarehouseError as e:
+                raise RunOptionsError(str(e)) from None
+        for name, value in (("commit-chars", self.commit_chars), ("unit-tokens", self.unit_tokens)):
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise RunOptionsError(f"--{name} {value}: give a whole number of at least 1")
+        object.__setattr__(self, "studies", tuple(sorted(self.studies)))
+        object.__setattr__(self, "experiments", tuple(sorted(self.experiments)))
 
 
 @dataclass
@@ -68,15 +121,43 @@ class RunPlan:
     option_sets: dict[str, list[str]] = field(default_factory=dict)
 
 
+def _selection(run: RunOptions) -> dict:
+    """The run's selection as recorded (part of the run key)."""
+    out: dict[str, Any] = {
+        "studies": list(run.studies) or None,
+        "experiments": list(run.experiments) or None,
+    }
+    if run.sample is not None:
+        # Only for samples, so full runs keep the run keys they had.
+        out["sample"] = run.sample.text
+    return out
+
+
+def _load_selection(con: duckdb.DuckDBPyConnection, run: RunOptions) -> list[ParticipantInput]:
+    studies, experiments = list(run.studies) or None, list(run.experiments) or None
+    if run.sample is None:
+        inputs = load_inputs(con, studies=studies, experiments=experiments)
+    else:
+        keys = sample_keys(con, run.sample, studies=studies, experiments=experiments)
+        inputs = load_inputs(con, participant_keys=keys) if keys else []
+    if not inputs:
+        from psystats.warehouse.names import check_names
+
+        # A misspelt study or experiment: say which, with "did you mean".
+        check_names(con, "study", list(run.studies))
+        check_names(con, "experiment", list(run.experiments))
+        raise WarehouseError(
+            "no participants match the selection "
+            f"(studies={list(run.studies) or 'all'}, experiments={list(run.experiments) or 'all'})"
+        )
+    return inputs
+
+
 def plan_run(
     db: Target,
     model_name: str,
+    run: RunOptions | None = None,
     *,
-    studies: Sequence[str] = (),
-    experiments: Sequence[str] = (),
-    option_decls: Sequence[str] = (),
-    options_file: str | None = None,
-    detect_options: bool = True,
     read_only: bool = False,
     trust_remote_code: bool = False,
 ) -> RunPlan:
@@ -87,8 +168,8 @@ def plan_run(
     once.
     """
     from . import options as option_sets
-    from .inputs import load_inputs
 
+    run = run or RunOptions()
     with warehouse_db.open(db, "read" if read_only else "write") as con:
         if read_only:
             from .shard_merge import resolve_model_read_only
@@ -98,161 +179,111 @@ def plan_run(
             from .registry import resolve_model
 
             model = resolve_model(con, model_name, trust_remote_code=trust_remote_code)
-        selection = {
-            "studies": sorted(studies) or None,
-            "experiments": sorted(experiments) or None,
-        }
-        inputs = load_inputs(
-            con, studies=list(studies) or None, experiments=list(experiments) or None
-        )
-        if not inputs:
-            from psystats.warehouse.names import check_names
-
-            # A misspelt study or experiment: say which, with "did you mean".
-            check_names(con, "study", sorted(studies))
-            check_names(con, "experiment", sorted(experiments))
-            raise WarehouseError(
-                "no participants match the selection "
-                f"(studies={list(studies) or 'all'}, experiments={list(experiments) or 'all'})"
-            )
+        inputs = _load_selection(con, run)
         from .hub import require_model_files
 
         require_model_files(model)  # an unreachable hub id: one line now, before torch loads
-        declared = option_sets.parse_declarations(tuple(option_decls), options_file)
+        declared = option_sets.parse_declarations(tuple(run.option_decls), run.options_file)
         exps = sorted({p.experiment for p in inputs})
         if read_only:
             # Stored + declared (+ detected) sets, without writing them.
             sets = option_sets.stored(con, exps)
-            if detect_options:
+            if run.detect_options:
                 for e, o in option_sets.detect(con, [e for e in exps if e not in sets]).items():
                     sets[e] = o
             sets.update({e: o for e, o in declared.items() if e in exps})
         else:
-            sets = option_sets.ensure(con, exps, declared, detect_sets=detect_options)
-    return RunPlan(model=dict(model), selection=selection, inputs=inputs, option_sets=sets)
+            sets = option_sets.ensure(con, exps, declared, detect_sets=run.detect_options)
+    return RunPlan(model=dict(model), selection=_selection(run), inputs=inputs, option_sets=sets)
+
+
+def build_scorer(
+    model: dict,
+    config: ScorerConfig,
+    db: Target | None = None,
+    *,
+    inputs: Sequence[ParticipantInput] = (),
+    engine: str = "local",
+) -> ModelScorer:
+    """The scorer of a registered model: a transformer ``Scorer``, or a baseline.
+
+    The hook for scorers that are not transformers: a model whose registry
+    row has ``post_training = 'baseline'`` is scored by
+    :func:`psystats.scoring.baselines.baseline_scorer`, which returns a
+    :class:`~psystats.scoring.engine.ModelScorer` (a ``ScoreBatch`` for a
+    list of participants); it reads what it needs (other participants'
+    responses) from ``db`` for the selected ``inputs`` before scoring starts.
+    """
+    if model.get("post_training") == BASELINE_TYPE:
+        token_options = {
+            "token_level": config.token_level,
+            "entropy": config.entropy,
+            "rank": config.rank,
+            "word_level": config.word_level,
+        }
+        if db is None:
+            raise ScoringError(f"{model.get('name')} needs the warehouse to count responses")
+        return baseline_scorer(
+            db,
+            model,
+            inputs,
+            {e: list(o) for e, o in (config.option_sets or {}).items()},
+            engine=engine,
+            scorer_options=token_options,
+        )
+    from .engine import Scorer
+
+    return Scorer(model, config)
+
+
+def set_cpu_threads(config: ScorerConfig) -> None:
+    """torch's CPU threads: ``--cpu-threads``, else the physical cores (never oversubscribed)."""
+    import torch
+
+    torch.set_num_threads(config.threads)
 
 
 def score(
     db: Target,
     model_name: str,
+    config: ScorerConfig | None = None,
+    run: RunOptions | None = None,
     *,
-    condition: str = "plain",
-    studies: Sequence[str] = (),
-    experiments: Sequence[str] = (),
-    engine: str = "local",
-    scorer_options: dict[str, Any] | None = None,
-    option_decls: Sequence[str] = (),
-    options_file: str | None = None,
-    detect_options: bool = True,
-    trust_remote_code: bool = False,
-    force: bool = False,
-    commit_chars: int = 200_000,
-    shard: str | None = None,
-    out_dir: str = "psystats-shards",
-    unit_tokens: int | None = None,
-    ray_options: dict[str, Any] | None = None,
     say: Say | None = None,
-    progress_bar: bool = False,
+    quiet: bool = False,
 ) -> ScoreOutcome:
-    """Score the selected responses of ``model_name`` under ``condition``.
+    """Score the selected responses of ``model_name`` under ``config.condition``.
 
     ``db`` is the warehouse path (opened only for short sessions) or an open
-    connection (used throughout).  ``scorer_options`` are
-    :class:`~psystats.scoring.engine.Scorer` keyword arguments (device, dtype,
-    token_budget, packing, ...).  ``engine`` is ``local``, ``shard`` (needs
-    ``shard="I/N"``) or ``ray`` (``ray_options``: address, num_workers,
-    num_gpus_per_worker, num_cpus_per_worker).  ``say`` receives progress and
-    resumption messages; ``progress_bar`` draws a live bar on a terminal.
+    connection (used throughout).  ``config`` holds the scorer's options
+    (device, dtype, token budget, condition, ...), ``run`` what to score and
+    how (selection, sample, engine ``local``/``shard``/``ray``, batches);
+    both were checked when they were built, before anything loads.  ``say``
+    receives messages (model loaded, resumption); ``quiet`` silences the
+    progress display.
     """
-    if engine not in ENGINES:
-        raise WarehouseError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
-    if shard and engine != "shard":
-        engine = "shard"
-    if engine == "shard" and not shard:
-        raise WarehouseError("the shard engine needs --shard I/N")
+    config = config or ScorerConfig()
+    run = run or RunOptions()
     say = say or (lambda _msg: None)
     plan = plan_run(
         db,
         model_name,
-        studies=studies,
-        experiments=experiments,
-        option_decls=option_decls,
-        options_file=options_file,
-        detect_options=detect_options,
-        read_only=engine == "shard",
-        trust_remote_code=trust_remote_code,
+        run,
+        read_only=run.engine == "shard",
+        trust_remote_code=bool(config.trust_remote_code),
     )
-    kwargs = dict(scorer_options or {})
-    kwargs.update(
-        condition=condition,
-        option_sets=plan.option_sets,
-        trust_remote_code=trust_remote_code or None,
-    )
-    if plan.model.get("post_training") == BASELINE_TYPE:  # a floor, not a network
-        return _score_baseline(
-            db,
-            plan,
-            condition,
-            engine,
-            kwargs,
-            shard,
-            out_dir,
-            unit_tokens,
-            force,
-            commit_chars,
-            say,
-            progress_bar,
-        )
-    if engine == "ray":
-        return _score_ray(db, plan, condition, kwargs, out_dir, unit_tokens, force, ray_options)
-
-    from .engine import Scorer
-
+    config = config.replace(option_sets=plan.option_sets)
+    baseline = plan.model.get("post_training") == BASELINE_TYPE
+    if run.engine == "ray" and not baseline:  # a baseline refuses Ray itself, in one line
+        return _score_ray(db, plan, config, run, quiet)
+    if not baseline:
+        set_cpu_threads(config)
     t_load = time.perf_counter()
-    scorer = Scorer(plan.model, **kwargs)
-    say(
-        f"loaded {plan.model['name']} in {time.perf_counter() - t_load:.1f}s "
-        f"({kwargs.get('dtype', 'float32')}, {_where(kwargs, scorer)}, packing "
-        f"{scorer.packing}, attention {scorer.attention}{', compiled' if scorer.compile else ''})"
-    )
-    if engine == "shard":
-        return _score_shard(scorer, plan, condition, shard or "", out_dir, unit_tokens, say)
-    return _score_local(db, scorer, plan, condition, force, commit_chars, say, progress_bar)
-
-
-def _score_baseline(
-    db: Target,
-    plan: RunPlan,
-    condition: str,
-    engine: str,
-    kwargs: dict[str, Any],
-    shard: str | None,
-    out_dir: str,
-    unit_tokens: int | None,
-    force: bool,
-    commit_chars: int,
-    say: Say,
-    progress_bar: bool,
-) -> ScoreOutcome:
-    """A baseline (``scoring/baselines.py``): counted in seconds instead of loaded, then
-    scored, resumed and stored like a model."""
-    from .baselines import baseline_scorer
-
-    scorer = baseline_scorer(
-        db, plan.model, plan.inputs, plan.option_sets, engine=engine, scorer_options=kwargs
-    )
-    say(scorer.describe())
-    if engine == "shard":
-        return _score_shard(scorer, plan, condition, shard or "", out_dir, unit_tokens, say)
-    return _score_local(db, scorer, plan, condition, force, commit_chars, say, progress_bar)
-
-
-def _where(kwargs: dict[str, Any], scorer: Any) -> str:
-    """Where the model runs, for the 'loaded' line: a device, or a device map's devices."""
-    if kwargs.get("device_map") is None:
-        return str(kwargs.get("device", "cpu"))
-    devices = sorted(set((scorer.placement or {}).values())) or ["one device"]
-    return f"device map {kwargs['device_map']} over {', '.join(devices)}"
+    scorer = build_scorer(plan.model, config, db, inputs=plan.inputs, engine=run.engine)
+    say(f"loaded {plan.model['name']} in {time.perf_counter() - t_load:.1f}s ({scorer.describe()})")
+    if run.engine == "shard":
+        return _score_shard(scorer, plan, config.condition, run, say)
+    return _score_local(db, scorer, plan, config.condition, run, say, quiet)
 
 
 # ---------------------------------------------------------------------------
@@ -275,13 +306,12 @@ def chunks(participants: Sequence[ParticipantInput], chars: int) -> Iterator[lis
 
 def _score_local(
     db: Target,
-    scorer: Any,
+    scorer: ModelScorer,
     plan: RunPlan,
     condition: str,
-    force: bool,
-    commit_chars: int,
+    run: RunOptions,
     say: Say,
-    progress_bar: bool,
+    quiet: bool,
 ) -> ScoreOutcome:
     from .runs import finish_run, pending_participants, start_run
 
@@ -294,7 +324,7 @@ def _score_local(
             plan.selection,
             scorer.settings,
             scorer.fingerprints,
-            force=force,
+            force=run.force,
         )
         pending = [] if complete else pending_participants(con, run_id, plan.inputs)
     out = ScoreOutcome(engine="local", model=name, condition=condition, run_id=run_id)
@@ -312,7 +342,7 @@ def _score_local(
         )
     skips: dict[str, int] = {}
     try:
-        _score_batches(db, scorer, run_id, pending, commit_chars, skips, say, progress_bar)
+        _score_batches(db, scorer, run_id, pending, run.commit_chars, skips, quiet)
     except BaseException as e:
         if not isinstance(e, KeyboardInterrupt):
             error = str(e) if isinstance(e, WarehouseError) else f"{type(e).__name__}: {e}"
@@ -336,13 +366,12 @@ def _score_local(
 
 def _score_batches(
     db: Target,
-    scorer: Any,
+    scorer: ModelScorer,
     run_id: int,
     pending: Sequence[ParticipantInput],
     commit_chars: int,
     skips: dict[str, int],
-    say: Say,
-    progress_bar: bool,
+    quiet: bool,
 ) -> None:
     """Score ``pending`` batch by batch, committing each in its own short session.
 
@@ -351,32 +380,17 @@ def _score_batches(
     while batch i+1 is scored; at most one commit is in flight, so an
     interruption loses at most the batch being committed and the one being
     scored (both are redone on resume).
-    """
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
+    Progress counts forwarded tokens, advancing after every forward pass (not
+    only when a batch commits).  The total is exact for the batches already
+    tokenised and estimated for the rest from their characters at the
+    tokens-per-character ratio seen so far.
+    """
     from .runs import write_batch
 
     batches = list(chunks(pending, commit_chars))
-    interactive = progress_bar and sys.stderr.isatty()
-    bar = Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[tps]} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not interactive,
-        transient=False,
-    )
-    t0 = time.perf_counter()
-    tokens = 0
+    total_chars = sum(len(p.text) for p in pending)
+    seen = {"chars": 0, "tokens": 0}
     # With an open connection, the writer thread needs its own cursor (DuckDB:
     # one connection object per thread); with a path, each commit opens the file.
     shared = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else None
@@ -385,29 +399,32 @@ def _score_batches(
         with warehouse_db.open(shared if shared is not None else db, "write") as con:
             return write_batch(con, run_id, batch)
 
-    def report(i: int, chunk: list, batch: Any, added: int) -> None:
-        nonlocal tokens
-        tokens += batch.n_tokens
-        rate = tokens / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, advance=sum(len(p.text) for p in chunk), tps=f"{rate:,.0f}")
-        if not interactive:
-            say(
+    def planned(chunk: list, prepared: list) -> None:
+        seen["chars"] += sum(len(p.text) for p in chunk)
+        seen["tokens"] += sum(prep.n_tokens for prep in prepared)
+        rest = total_chars - seen["chars"]
+        ratio = seen["tokens"] / max(seen["chars"], 1)
+        bar.set_total(seen["tokens"] + round(rest * ratio))
+
+    def report(i: int, batch: Any, added: int) -> None:
+        if not bar.terminal:
+            bar.say(
                 f"committed batch {i + 1}/{len(batches)}: {added} responses, "
-                f"{batch.n_tokens} tokens, {rate:,.0f} tok/s"
+                f"{batch.n_tokens:,} tokens"
             )
 
     try:
         with (
-            bar,
+            progress("scoring", None, "tokens", quiet=quiet) as bar,
             ThreadPoolExecutor(max_workers=1) as tokenizer_pool,
             ThreadPoolExecutor(max_workers=1) as writer,
         ):
-            task = bar.add_task("score", total=sum(len(p.text) for p in pending) or 1, tps="-")
             in_flight = None
             future = tokenizer_pool.submit(scorer.prepare, batches[0]) if batches else None
             for i, chunk in enumerate(batches):
                 assert future is not None
                 prepared, counts = future.result()
+                planned(chunk, prepared)
                 future = (
                     tokenizer_pool.submit(scorer.prepare, batches[i + 1])
                     if i + 1 < len(batches)
@@ -416,12 +433,12 @@ def _score_batches(
                 for k, v in counts.items():
                     if k.startswith("skipped:"):
                         skips[k] = skips.get(k, 0) + v
-                batch = scorer.score_prepared(prepared, counts)
+                batch = scorer.score_prepared(prepared, counts, bar.advance)
                 if in_flight is not None:
-                    report(*in_flight[1:], in_flight[0].result())
-                in_flight = (writer.submit(commit, batch), i, chunk, batch)
+                    report(in_flight[1], in_flight[2], in_flight[0].result())
+                in_flight = (writer.submit(commit, batch), i, batch)
             if in_flight is not None:
-                report(*in_flight[1:], in_flight[0].result())
+                report(in_flight[1], in_flight[2], in_flight[0].result())
     finally:
         if shared is not None:
             shared.close()  # the writer thread has finished: the executor waited for it
@@ -432,17 +449,11 @@ def _score_batches(
 
 
 def _score_shard(
-    scorer: Any,
-    plan: RunPlan,
-    condition: str,
-    shard: str,
-    out_dir: str,
-    unit_tokens: int | None,
-    say: Say,
+    scorer: ModelScorer, plan: RunPlan, condition: str, run: RunOptions, say: Say
 ) -> ScoreOutcome:
     from .shard_job import run_shard
-    from .shard_units import DEFAULT_UNIT_TOKENS, parse_shard_spec
 
+    shard = run.shard or ""
     res = run_shard(
         scorer,
         plan.model,
@@ -450,8 +461,8 @@ def _score_shard(
         selection=plan.selection,
         inputs=plan.inputs,
         shard=parse_shard_spec(shard),
-        out_dir=out_dir,
-        unit_tokens=unit_tokens or DEFAULT_UNIT_TOKENS,
+        out_dir=run.out_dir,
+        unit_tokens=run.unit_tokens or DEFAULT_UNIT_TOKENS,
         progress=lambda done, total, tokens: say(
             f"shard {shard}: unit {done}/{total}, {tokens:,} tokens"
         ),
@@ -473,41 +484,33 @@ def _score_shard(
 
 
 def _score_ray(
-    db: Target,
-    plan: RunPlan,
-    condition: str,
-    scorer_kwargs: dict[str, Any],
-    out_dir: str,
-    unit_tokens: int | None,
-    force: bool,
-    ray_options: dict[str, Any] | None,
+    db: Target, plan: RunPlan, config: ScorerConfig, run: RunOptions, quiet: bool
 ) -> ScoreOutcome:
-    import functools
+    from .distributed import report_to, run_ray
 
-    from .distributed import print_progress, run_ray
-    from .engine import Scorer
-
-    opts = dict(ray_options or {})
-    quiet = opts.pop("quiet", False)
-    factory = functools.partial(Scorer, plan.model, **scorer_kwargs)
-    # run_ray opens the warehouse only to start the run, merge each unit and close it.
-    r = run_ray(
-        db,
-        plan.model,
-        factory,
-        condition=condition,
-        selection=plan.selection,
-        inputs=plan.inputs,
-        out_dir=out_dir,
-        unit_tokens=unit_tokens,
-        force=force,
-        progress=None if quiet else print_progress,
-        **opts,
-    )
+    factory = functools.partial(build_scorer, plan.model, config, None)
+    bar = progress("scoring", None, "tokens", quiet=quiet)
+    try:
+        # run_ray opens the warehouse only to start the run, merge each unit and close it.
+        r = run_ray(
+            db,
+            plan.model,
+            factory,
+            condition=config.condition,
+            selection=plan.selection,
+            inputs=plan.inputs,
+            out_dir=run.out_dir,
+            unit_tokens=run.unit_tokens,
+            force=run.force,
+            progress=report_to(bar),
+            **run.ray,
+        )
+    finally:
+        bar.close()
     out = ScoreOutcome(
         engine="ray",
         model=plan.model["name"],
-        condition=condition,
+        condition=config.condition,
         run_id=r.run_id,
         already_complete=r.already_complete,
         detail=r,

@@ -129,8 +129,9 @@ def start_run(
         rid = scalar(con, "SELECT nextval('run_id_seq')")
         con.execute(
             "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, dtype, "
-            "device, tokenizer_sha256, weights_sha256, psystats_version, started_at, status, counts) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', '{}')",
+            "device, tokenizer_sha256, weights_sha256, psystats_version, started_at, status, "
+            "counts, sample_spec) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', '{}', ?)",
             [
                 rid,
                 name,
@@ -144,6 +145,8 @@ def start_run(
                 (fingerprints or {}).get("weights_sha256"),
                 _version(),
                 _now(),
+                # A sampled selection (scoring/sample.py) says so; NULL: a full run.
+                (selection or {}).get("sample"),
             ],
         )
     return int(rid), False

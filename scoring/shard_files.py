@@ -1,5 +1,20 @@
 """Shard files: one work unit's scores as Parquet files plus a manifest, written crash-safely.
 
+Distributed scoring (Ray, or SLURM job arrays with ``--shard I/N``) never lets
+a worker write the DuckDB file.  Each *work unit* (``scoring.shard_units``)
+is scored by the ordinary ``scoring.engine.Scorer`` and written as a shard::
+
+    DIR/run-<hash>/run.json                       the run key, readable
+    DIR/run-<hash>/unit-<id>.scores.parquet       ScoreBatch.scores
+    DIR/run-<hash>/unit-<id>.options.parquet      ScoreBatch.options (when non-empty)
+    DIR/run-<hash>/unit-<id>.tokens.parquet       ScoreBatch.tokens  (with --token-level)
+    DIR/run-<hash>/unit-<id>.manifest.json        what the unit holds, hashes, row counts
+    DIR/run-<hash>/shard-<i>-of-<n>.done.json     a --shard job finished all its units
+
+``<hash>`` hashes the run key (``scoring.shard_keys``), so shards of the same
+run land in one folder wherever they were computed.  Merging
+(``scoring.shard_merge``) is idempotent.
+
 Every file is written to a temporary name and renamed into place, and the
 manifest is written last: a unit counts as finished only when its manifest
 exists and the hashes it records match the files.

@@ -22,7 +22,7 @@ from .shard_merge import sum_counts
 from .shard_units import DEFAULT_UNIT_TOKENS, make_units, partition, partition_digest
 
 if TYPE_CHECKING:  # heavy imports (torch) stay out of `psystats merge`
-    from psystats.scoring.engine import Scorer
+    from psystats.scoring.engine import ModelScorer
     from psystats.scoring.inputs import ParticipantInput
 
 
@@ -43,7 +43,9 @@ class ShardJobResult:
     seconds: float = 0.0
 
 
-def _token_counts(rdir: Path, scorer: Scorer, inputs: Sequence[ParticipantInput]) -> dict[int, int]:
+def _token_counts(
+    rdir: Path, scorer: ModelScorer, inputs: Sequence[ParticipantInput]
+) -> dict[int, int]:
     """Token counts of every input, cached in ``rdir/token_counts.parquet`` for sibling tasks."""
     cache = rdir / "token_counts.parquet"
     keys = sorted(p.participant_key for p in inputs)
@@ -71,7 +73,7 @@ def _token_counts(rdir: Path, scorer: Scorer, inputs: Sequence[ParticipantInput]
 
 
 def run_shard(
-    scorer: Scorer,
+    scorer: ModelScorer,
     model: Mapping[str, Any] | str,
     *,
     condition: str,

@@ -16,9 +16,10 @@ import pytest
 
 from helpers import FRANKE, cli_ok
 from psystats.scoring.baselines import ALPHA, baseline_scorer
+from psystats.scoring.config import ScorerConfig
 from psystats.scoring.inputs import load_inputs
 from psystats.scoring.registry import add_model
-from psystats.scoring.runner import score
+from psystats.scoring.runner import RunOptions, score
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import scalar
@@ -224,7 +225,7 @@ def test_uniform_is_minus_log_one_over_the_option_count(warehouse_copy):
 def test_frequency_runs_through_the_runner_and_is_registered_on_first_use(warehouse_copy):
     con = warehouse_db.open(warehouse_copy, "write", create=True)
     try:
-        out = score(con, "baseline:frequency", studies=[FRANKE.split("/")[0]])
+        out = score(con, "baseline:frequency", run=RunOptions(studies=(FRANKE.split("/")[0],)))
         assert out.run_id is not None and "complete" in out.message
         row = con.execute(
             "SELECT post_training, base_model FROM models WHERE name = 'baseline:frequency'"
@@ -237,9 +238,9 @@ def test_frequency_runs_through_the_runner_and_is_registered_on_first_use(wareho
         n = scalar(con, "SELECT count(*) FROM responses WHERE experiment = ?", [FRANKE])
         assert scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [out.run_id]) == n
         with pytest.raises(WarehouseError, match="has no tokens or words: drop --token-level"):
-            score(con, "baseline:frequency", scorer_options={"token_level": True})
+            score(con, "baseline:frequency", ScorerConfig(token_level=True))
         with pytest.raises(WarehouseError, match="without --engine ray"):
-            score(con, "baseline:frequency", engine="ray")
+            score(con, "baseline:frequency", run=RunOptions(engine="ray"))
     finally:
         con.close()
 

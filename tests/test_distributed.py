@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import cli_base_warehouse, cli_ok, reference_run, snapshot
-from psystats.scoring import shards
+from psystats.scoring import shard_files
 from psystats.warehouse import db as warehouse_db
 
 ray = pytest.importorskip("ray")
@@ -92,7 +92,7 @@ def test_ray_scores_equal_the_single_process_run(scored, ray_run):
     assert events[-1][1] == result.units and events[-1][3] > 0
     # Every unit left its shard with a manifest.
     rdir = Path(result.run_dir)
-    assert len(shards.finished_units(rdir)) == result.units
+    assert len(shard_files.finished_units(rdir)) == result.units
 
 
 @pytest.mark.slow

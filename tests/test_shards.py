@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import N_PARTICIPANTS, STUDY, cli_base_warehouse, cli_ok, reference_run, snapshot
-from psystats.scoring import shards
+from psystats.scoring import shard_files, shard_job, shard_keys, shard_merge, shard_units
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import scalar
@@ -29,7 +29,7 @@ def _random_counts(n: int, seed: int = 0) -> dict[int, int]:
 @pytest.mark.parametrize("n_shards", [1, 3, 7])
 def test_partition_covers_every_participant_once_and_balances_tokens(n_shards):
     counts = _random_counts(200)
-    parts = shards.partition(counts, n_shards)
+    parts = shard_units.partition(counts, n_shards)
     assert len(parts) == n_shards
     flat = [k for p in parts for k in p]
     assert sorted(flat) == sorted(counts) and len(flat) == len(set(flat))
@@ -43,12 +43,12 @@ def test_partition_is_deterministic_whatever_the_input_order():
     counts = _random_counts(100, seed=3)
     shuffled = list(counts.items())
     random.Random(1).shuffle(shuffled)
-    assert shards.partition(counts, 4) == shards.partition(dict(shuffled), 4)
+    assert shard_units.partition(counts, 4) == shard_units.partition(dict(shuffled), 4)
 
 
 def test_partition_balances_better_than_contiguous_split():
     counts = _random_counts(300, seed=5)
-    loads = [sum(counts[k] for k in p) for p in shards.partition(counts, 5)]
+    loads = [sum(counts[k] for k in p) for p in shard_units.partition(counts, 5)]
     keys = sorted(counts)
     contiguous = [sum(counts[k] for k in keys[i::5]) for i in range(5)]
     assert max(loads) <= max(contiguous)
@@ -57,7 +57,7 @@ def test_partition_balances_better_than_contiguous_split():
 def test_make_units_respects_target_and_order():
     counts = _random_counts(120, seed=7)
     target = 3000
-    units = shards.make_units(counts, target, prefix="x-")
+    units = shard_units.make_units(counts, target, prefix="x-")
     flat = [k for u in units for k in u.participant_keys]
     assert flat == sorted(counts)  # consecutive, in key order
     for u in units:
@@ -66,36 +66,36 @@ def test_make_units_respects_target_and_order():
         assert u.unit_id.startswith("x-")
     assert len({u.unit_id for u in units}) == len(units)
     # The same counts give the same units (ids included); other keys other ids.
-    assert shards.make_units(counts, target, prefix="x-") == units
+    assert shard_units.make_units(counts, target, prefix="x-") == units
     other = dict(counts)
     other.pop(min(other))
-    assert shards.make_units(other, target, prefix="x-")[0].unit_id != units[0].unit_id
+    assert shard_units.make_units(other, target, prefix="x-")[0].unit_id != units[0].unit_id
 
 
 def test_parse_shard_spec():
-    assert shards.parse_shard_spec("0/3") == (0, 3)
-    assert shards.parse_shard_spec("2/3") == (2, 3)
+    assert shard_units.parse_shard_spec("0/3") == (0, 3)
+    assert shard_units.parse_shard_spec("2/3") == (2, 3)
     for bad in ("3/3", "-1/3", "1", "a/b", "1/0"):
         with pytest.raises(WarehouseError, match="--shard"):
-            shards.parse_shard_spec(bad)
+            shard_units.parse_shard_spec(bad)
 
 
 def test_run_key_hash_ignores_key_order_and_tuples():
-    a = shards.run_key(
+    a = shard_keys.run_key(
         "m", "plain", {"studies": ("s1", "s2")}, {"b": 1, "a": [1, 2]}, {"weights_sha256": "x"}
     )
-    b = shards.run_key(
+    b = shard_keys.run_key(
         {"name": "m", "family": "qwen"},
         "plain",
         {"studies": ["s1", "s2"]},
         {"a": (1, 2), "b": 1},
         {"weights_sha256": "x"},
     )
-    assert shards.run_hash(a) == shards.run_hash(b)
-    c = shards.run_key(
+    assert shard_keys.run_hash(a) == shard_keys.run_hash(b)
+    c = shard_keys.run_key(
         "m", "chat", {"studies": ["s1", "s2"]}, {"a": [1, 2], "b": 1}, {"weights_sha256": "x"}
     )
-    assert shards.run_hash(c) != shards.run_hash(a)
+    assert shard_keys.run_hash(c) != shard_keys.run_hash(a)
 
 
 # ---------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def scored(tmp_path_factory, small_warehouse, tiny_models):
 def run_jobs(scored, out: Path, n: int, only: Sequence[int] | None = None):
     """The ``--shard I/N`` jobs of an array (all of them, or ``only`` these I)."""
     return [
-        shards.run_shard(
+        shard_job.run_shard(
             scored["scorer"],
             scored["model"],
             condition="plain",
@@ -154,7 +154,7 @@ def db(scored, tmp_path) -> Path:
 def merge(db: Path, out: Path):
     con = warehouse_db.open(db, "write", create=True)
     try:
-        return shards.merge_dir(con, out)
+        return shard_merge.merge_dir(con, out)
     finally:
         con.close()
 
@@ -189,7 +189,7 @@ def test_an_unfinished_array_leaves_the_run_open(scored, out, db, tmp_path):
     rdir = next(out.glob("run-*"))
     held = tmp_path / "held"
     held.mkdir()
-    for p in [*rdir.glob("unit-s0001of0003-*"), shards.done_marker_path(rdir, 1, 3)]:
+    for p in [*rdir.glob("unit-s0001of0003-*"), shard_files.done_marker_path(rdir, 1, 3)]:
         shutil.move(p, held / p.name)  # task 1 has not run yet
     (r,) = merge(db, out)
     assert not r.complete and r.shards_done == "2/3"
@@ -208,7 +208,7 @@ def test_a_merge_stopped_by_a_corrupt_shard_is_rerun_after_the_fix(scored, out, 
     victim = sorted(rdir.glob("unit-s0001of0003-*.scores.parquet"))[0]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # a half-copied file
-    with pytest.raises(shards.ShardError, match=victim.name) as err:
+    with pytest.raises(shard_keys.ShardError, match=victim.name) as err:
         merge(db, out)
     (r,) = err.value.results
     assert not r.complete
@@ -232,7 +232,7 @@ def test_a_task_killed_before_its_manifest_redoes_only_that_unit(scored, out, db
     # marker: that unit does not count as written.
     manifests = sorted(rdir.glob("unit-s0000of0003-*.manifest.json"))
     manifests[-1].unlink()
-    shards.done_marker_path(rdir, 0, 3).unlink()
+    shard_files.done_marker_path(rdir, 0, 3).unlink()
     (r,) = merge(db, out)
     assert not r.complete
     (again,) = run_jobs(scored, out, 3, only=[0])
@@ -252,7 +252,7 @@ def test_shards_from_another_warehouse_are_refused(scored, out, tmp_path, psych2
     ingest_paths(con, [psych201 / "guenther2023associations_individual", psych201 / STUDY])
     add_model(con, scored["model"]["source"], name="tiny-qwen3")
     con.close()
-    with pytest.raises(shards.ShardError, match="another warehouse"):
+    with pytest.raises(shard_keys.ShardError, match="another warehouse"):
         merge(other, out)
     con = warehouse_db.open(other)
     assert scalar(con, "SELECT count(*) FROM scores") == 0

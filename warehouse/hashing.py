@@ -2,7 +2,7 @@
 
 One function for every place that fingerprints a file: source files at ingest
 (``ingests.content_sha256``), imported score files (``scoring.importer``),
-shard files (``scoring.shards``) and model weights (``scoring.loader``).
+shard files (``scoring.shard_files``) and model weights (``scoring.loader``).
 """
 
 from __future__ import annotations

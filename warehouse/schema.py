@@ -341,6 +341,12 @@ CREATE TABLE word_scores (
 );
 """
 
+# Issue 22: a run that scored a seeded sample of its selection says so
+# (scoring/sample.py; e.g. 'participants=5 per experiment, seed=0'); NULL: a full run.
+MIGRATION_SAMPLE_SPEC = """
+ALTER TABLE score_runs ADD COLUMN sample_spec VARCHAR;
+"""
+
 # Issue 21: integrity of the Parquet layout.  Each partition file's size and
 # SHA-256, recorded when it is written (NULL for files written before this
 # migration until `psystats check --repair` verifies and records them).
@@ -377,6 +383,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_SCORES_LAYOUT,
     MIGRATION_FINER_SCORES,
     MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
+    MIGRATION_SAMPLE_SPEC,
     MIGRATION_FILE_INTEGRITY,
     MIGRATION_RUN_GAPS,
 ]

@@ -31,7 +31,10 @@ def model_run_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tupl
     ``incomplete`` runs lost rows (a replaced participant, a repaired file)
     and are resumed or filled in place; ``unfinished`` ones are running or
     failed.  ``responses_scored`` counts the rows complete and incomplete
-    runs hold (``score_runs.n_responses``, kept true when rows go).
+    runs hold (``score_runs.n_responses``, kept true when rows go).  Runs of
+    a seeded sample (``score --participants/--sample``) are counted on rows
+    of their own, whose ``sample`` says what they sampled (empty: full
+    runs), so a sample is never read as a full run.
     """
     q = """
     SELECT model, condition,
@@ -40,8 +43,10 @@ def model_run_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tupl
            count(*) FILTER (WHERE status NOT IN ('complete', 'incomplete'))  AS unfinished,
            coalesce(sum(n_responses) FILTER (WHERE status IN ('complete', 'incomplete')), 0)
                ::BIGINT                                                     AS responses_scored,
-           max(run_id)                                                      AS newest_run
-    FROM score_runs GROUP BY model, condition ORDER BY model, condition
+           max(run_id)                                                      AS newest_run,
+           coalesce(sample_spec, '')                                        AS sample
+    FROM score_runs GROUP BY model, condition, sample_spec
+    ORDER BY model, condition, sample_spec NULLS FIRST
     """
     cur = con.execute(q)
     return [d[0] for d in cur.description], cur.fetchall()

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from psystats.scoring.config import ScorerConfig
+from psystats.scoring.render import CONDITION_HELP
+from psystats.scoring.runner import RunOptions
+
 from .common import db_option, db_path, friendly_errors
+
+# The only defaults are the configuration classes': the options show them.
+_C = ScorerConfig
+_R = RunOptions
 
 
 @click.command()
@@ -16,10 +26,11 @@ from .common import db_option, db_path, friendly_errors
 )
 @click.option(
     "--condition",
-    type=click.Choice(["plain", "chat", "persona"]),
-    default="plain",
+    default=_C.condition,
     show_default=True,
-    help="How transcripts are rendered (see docs/scoring.md).",
+    metavar="CONDITION",
+    help=f"How transcripts are rendered: {CONDITION_HELP}. history:K scores each response "
+    "with every earlier response but the K most recent removed (docs/scoring.md).",
 )
 @db_option
 @click.option("--study", "studies", multiple=True, help="Only these studies (repeatable).")
@@ -27,7 +38,31 @@ from .common import db_option, db_path, friendly_errors
     "--experiment", "experiments", multiple=True, help="Only these experiments (repeatable)."
 )
 @click.option(
-    "--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps."
+    "--participants",
+    "sample_participants",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Score a seeded sample: N participants per experiment (a first look; the run "
+    "records it as a sample, see docs/scoring.md).",
+)
+@click.option(
+    "--sample",
+    "sample_fraction",
+    type=float,
+    default=None,
+    metavar="FRACTION",
+    help="Score a seeded sample: this fraction of each experiment's participants "
+    "(with --participants: the fewer of the two).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of --participants / --sample [default: 0]; the same seed picks the same people.",
+)
+@click.option(
+    "--device", default=_C.device, show_default=True, help="torch device: cpu, cuda, cuda:1, mps."
 )
 @click.option(
     "--device-map",
@@ -58,21 +93,21 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float64", "bfloat16", "float16"]),
-    default="float32",
+    default=_C.dtype,
     show_default=True,
     help="Weights and activations dtype.",
 )
 @click.option(
     "--token-budget",
     type=int,
-    default=16384,
+    default=_C.token_budget,
     show_default=True,
     help="Most tokens per forward pass when packing (halved automatically on out-of-memory).",
 )
 @click.option(
     "--packing",
     type=click.Choice(["auto", "packed", "none"]),
-    default="auto",
+    default=_C.packing,
     show_default=True,
     help="Several transcripts per forward with a document mask (packed), or one each "
     "(none). auto: packed on CUDA, none on CPU.",
@@ -80,7 +115,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--attention",
     type=click.Choice(["auto", "flex", "dense"]),
-    default="auto",
+    default=_C.attention,
     show_default=True,
     help="Mask for packed forwards: flex (FlexAttention block mask, no N x N mask) or "
     "dense (boolean mask + SDPA). auto: flex on CUDA where the model supports it.",
@@ -95,7 +130,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--compile-bucket",
     type=int,
-    default=4096,
+    default=_C.compile_bucket,
     show_default=True,
     help="With --compile: pad packed forwards to a multiple of this many tokens.",
 )
@@ -108,7 +143,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--context-policy",
     type=click.Choice(["skip", "window"]),
-    default="skip",
+    default=_C.context_policy,
     show_default=True,
     help="Transcripts longer than the context: skip them (counted), or score them in "
     "overlapping windows.",
@@ -123,7 +158,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--tokenization",
     type=click.Choice(["segments", "whole"]),
-    default="segments",
+    default=_C.tokenization,
     show_default=True,
     help="segments: context and responses tokenised separately (no boundary leaks); "
     "whole: the seed study's whole-text tokenisation with offset mapping.",
@@ -153,7 +188,7 @@ from .common import db_option, db_path, friendly_errors
 )
 @click.option(
     "--bow-correction/--no-bow-correction",
-    default=True,
+    default=_C.bow_correction,
     show_default=True,
     help="With --word-level: the beginning-of-word correction (Pimentel & Meister 2024) "
     "for tokenizers whose tokens carry their leading space.",
@@ -189,7 +224,7 @@ from .common import db_option, db_path, friendly_errors
 @click.option(
     "--commit-chars",
     type=int,
-    default=200_000,
+    default=_R.commit_chars,
     show_default=True,
     help="Transcript characters per committed batch (what an interruption can lose).",
 )
@@ -221,7 +256,7 @@ from .common import db_option, db_path, friendly_errors
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default="psystats-shards",
+    default=_R.out_dir,
     show_default=True,
     help="Shard folder for --shard and --engine ray.",
 )
@@ -229,7 +264,8 @@ from .common import db_option, db_path, friendly_errors
     "--cpu-threads",
     type=int,
     default=None,
-    help="torch CPU threads [default: torch's choice]; 1 is often fastest on a busy machine.",
+    help="torch CPU threads [default: the physical cores]; on a machine busy with other "
+    "work, 1 is often fastest (BENCHMARKS.md).",
 )
 @click.option(
     "--num-workers",
@@ -244,51 +280,14 @@ from .common import db_option, db_path, friendly_errors
     help="Tokens per work unit (one shard each) for --engine ray / --shard "
     "[default: ray: about 8 units per worker; shard: 200000].",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--recheck",
+    is_flag=True,
+    help="Run the start-up self-check even if this model and configuration passed it before.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display and no messages.")
 @friendly_errors
-def score(
-    model_name: str,
-    condition: str,
-    db: str | None,
-    studies: tuple[str, ...],
-    experiments: tuple[str, ...],
-    device: str,
-    device_map: str | None,
-    max_memory: tuple[str, ...],
-    offload_folder: str | None,
-    gpus_per_model: int | None,
-    dtype: str,
-    token_budget: int,
-    packing: str,
-    attention: str,
-    compile_model: bool,
-    compile_bucket: int,
-    max_context: int | None,
-    context_policy: str,
-    stride: int | None,
-    tokenization: str,
-    token_level: bool,
-    token_entropy: bool,
-    token_rank: bool,
-    word_level: bool,
-    bow_correction: bool,
-    option_decls: tuple[str, ...],
-    options_file: str | None,
-    no_detect_options: bool,
-    system_prompt: str | None,
-    trust_remote_code: bool,
-    force: bool,
-    commit_chars: int,
-    engine: str,
-    address: str | None,
-    num_gpus_per_worker: float,
-    shard: str | None,
-    out_dir: str,
-    cpu_threads: int | None,
-    num_workers: int | None,
-    unit_tokens: int | None,
-    quiet: bool,
-) -> None:
+def score(**opts: Any) -> None:
     """Score every selected human response with a language model.
 
     For each response: summed NLL (nats) of its tokens given everything
@@ -307,8 +306,15 @@ def score(
     larger than one GPU (--device-map) and adapters registered with
     `models add BASE --adapter PATH` all score this way (docs/scoring.md).
 
+    --participants N / --sample F score a seeded sample per experiment for a
+    first look (recorded as a sample: score_runs.sample_spec); --condition
+    history:K removes every earlier response but the K most recent.
+
     \b
     Examples:
+      psystats score --model ./SmolLM2-135M-Instruct.Q4_1.gguf --study franke2024bayesian \\
+          --participants 5
+      psystats score --model Qwen/Qwen3-8B-Base --condition history:0 --device cuda
       psystats score --model Qwen/Qwen3-8B-Base --condition plain --device cuda --dtype bfloat16
       psystats score --model Qwen/Qwen3-8B-Base --device cuda --dtype bfloat16 --compile \
           --token-budget 65536 --commit-chars 2000000
@@ -324,74 +330,87 @@ def score(
           --address auto --gpus-per-model 4 --out /scratch/shards
     """
 
-    from psystats.scoring.devices import gpus_per_model_options, parse_max_memory
+    from psystats.scoring.errors import ScoringError
     from psystats.scoring.runner import score as run_scoring
 
-    # Checked before anything loads: a typo costs a second, not a model load.
-    memory = parse_max_memory(list(max_memory))
-    per_model, device_map = gpus_per_model_options(gpus_per_model, device_map, engine)
-    if per_model is not None:
-        num_gpus_per_worker = per_model
-
-    if cpu_threads:
-        import torch
-
-        torch.set_num_threads(cpu_threads)
-    if shard:
-        engine = "shard"
+    # Everything is checked before anything loads: a typo costs a second, not a model load.
+    try:
+        config, run = _configs(opts)
+    except ScoringError as e:
+        raise click.UsageError(str(e)) from None
+    quiet = opts["quiet"]
 
     def say(message: str) -> None:
         if not quiet:
             click.echo(message, err=True)
 
     outcome = run_scoring(
-        db_path(db),
-        model_name,
-        condition=condition,
-        studies=studies,
-        experiments=experiments,
-        engine=engine,
-        scorer_options=dict(
-            device=device,
-            dtype=dtype,
-            token_budget=token_budget,
-            max_context=max_context,
-            context_policy=context_policy,
-            stride=stride,
-            tokenization=tokenization,
-            token_level=token_level,
-            # Only when asked: runs started before these options keep their keys.
-            **({"entropy": True} if token_entropy else {}),
-            **({"rank": True} if token_rank else {}),
-            **(dict(word_level=True, bow_correction=bow_correction) if word_level else {}),
-            packing=packing,
-            system_prompt=system_prompt,
-            attention=attention,
-            compile=compile_model,
-            compile_bucket=compile_bucket,
-            **(
-                dict(device_map=device_map, max_memory=memory, offload_folder=offload_folder)
-                if device_map is not None
-                else {}
-            ),
-        ),
-        option_decls=option_decls,
-        options_file=options_file,
-        detect_options=not no_detect_options,
-        trust_remote_code=trust_remote_code,
-        force=force,
-        commit_chars=commit_chars,
-        shard=shard,
-        out_dir=out_dir,
-        unit_tokens=unit_tokens,
-        ray_options=dict(
-            address=address,
-            num_workers=num_workers,
-            num_gpus_per_worker=num_gpus_per_worker,
-            num_cpus_per_worker=cpu_threads or 1,
-            quiet=quiet,
-        ),
-        say=say,
-        progress_bar=not quiet,
+        db_path(opts["db"]), opts["model_name"], config, run, say=say, quiet=quiet
     )
     click.echo(outcome.message)
+
+
+def _configs(o: dict[str, Any]) -> tuple[ScorerConfig, RunOptions]:
+    """The scorer's configuration and the run's options, from the command's options."""
+    from psystats.scoring.devices import gpus_per_model_options, parse_max_memory
+    from psystats.scoring.runner import RunOptionsError
+    from psystats.scoring.sample import SampleSpec
+
+    memory = parse_max_memory(list(o["max_memory"]))
+    per_model, device_map = gpus_per_model_options(
+        o["gpus_per_model"], o["device_map"], o["engine"]
+    )
+    gpus_per_worker = per_model if per_model is not None else o["num_gpus_per_worker"]
+    config = ScorerConfig(
+        condition=o["condition"],
+        device=o["device"],
+        dtype=o["dtype"],
+        token_budget=o["token_budget"],
+        max_context=o["max_context"],
+        context_policy=o["context_policy"],
+        stride=o["stride"],
+        tokenization=o["tokenization"],
+        token_level=o["token_level"],
+        entropy=o["token_entropy"],
+        rank=o["token_rank"],
+        word_level=o["word_level"],
+        bow_correction=o["bow_correction"],
+        packing=o["packing"],
+        system_prompt=o["system_prompt"],
+        attention=o["attention"],
+        compile=o["compile_model"],
+        compile_bucket=o["compile_bucket"],
+        device_map=device_map,
+        max_memory=memory if device_map is not None else None,
+        offload_folder=o["offload_folder"] if device_map is not None else None,
+        cpu_threads=o["cpu_threads"],
+        trust_remote_code=o["trust_remote_code"] or None,
+        recheck=o["recheck"],
+    )
+    n, fraction, seed = o["sample_participants"], o["sample_fraction"], o["seed"]
+    sample = None
+    if n is not None or fraction is not None:
+        sample = SampleSpec(n, fraction, 0 if seed is None else seed)
+    elif seed is not None:
+        raise RunOptionsError("--seed chooses a sample: give --participants N or --sample F")
+    run = RunOptions(
+        studies=o["studies"],
+        experiments=o["experiments"],
+        sample=sample,
+        engine=o["engine"],
+        shard=o["shard"],
+        out_dir=o["out_dir"],
+        unit_tokens=o["unit_tokens"],
+        commit_chars=o["commit_chars"],
+        force=o["force"],
+        option_decls=o["option_decls"],
+        options_file=o["options_file"],
+        detect_options=not o["no_detect_options"],
+        ray=dict(
+            address=o["address"],
+            num_workers=o["num_workers"],
+            num_gpus_per_worker=gpus_per_worker,
+            num_cpus_per_worker=o["cpu_threads"] or 1,
+        ),
+    )
+    return config, run

@@ -28,7 +28,8 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
       psystats merge shards/
       psystats --db big.duckdb merge /scratch/me/shards/run-3f2a9c0d1e4b5a6f
     """
-    from psystats.scoring.shards import ShardError, merge_dir
+    from psystats.scoring.shard_keys import ShardError
+    from psystats.scoring.shard_merge import merge_dir
 
     con = open_db(db, "write")
 

@@ -278,9 +278,11 @@ def summary(db: str | None, fmt: str, by: str) -> None:
     participants report an age.  Per model and condition: complete,
     incomplete (they lost rows: a replaced participant, a repaired file) and
     unfinished (running or failed) scoring runs, the responses the complete
-    and incomplete runs hold, and the newest run id.  Incomplete runs, stale
-    fits and damaged score files (`psystats check`) are listed as warnings
-    on stderr, each with the command that restores it.
+    and incomplete runs hold, the newest run id, and for runs of a seeded
+    sample (score --participants / --sample) the sample, on rows of their
+    own.  Incomplete runs, stale fits and damaged score files (`psystats
+    check`) are listed as warnings on stderr, each with the command that
+    restores it.
 
     \b
     Examples:
