@@ -239,8 +239,8 @@ def test_imported_run_is_completed_in_place_by_the_hinted_command(tmp_path):
     assert "ingested 1 file: +0 participants, +0 responses, 1 participant replaced" in r.output
     # summary counts the incomplete run truly: it holds 4 of its 6 rows.
     assert _summary_models(db) == [
-        "model,condition,complete,incomplete,unfinished,responses_scored,newest_run",
-        "ext,imported,0,1,0,4,1",
+        "model,condition,complete,incomplete,unfinished,responses_scored,newest_run,sample",
+        "ext,imported,0,1,0,4,1,",
     ]
     warning = [x for x in cli(db, "summary").output.splitlines() if "score run 1" in x]
     assert len(warning) == 1 and "2 responses of participant '2' (toy/toy)" in warning[0]
@@ -255,7 +255,7 @@ def test_imported_run_is_completed_in_place_by_the_hinted_command(tmp_path):
     assert "added 2 scores to run 1 (0 it already held skipped); run 1 is complete again" in (
         r.output
     )
-    assert _summary_models(db)[1] == "ext,imported,1,0,0,6,1"
+    assert _summary_models(db)[1] == "ext,imported,1,0,0,6,1,"
     con = duckdb.connect(str(db), read_only=True)
     got = con.execute(
         "SELECT r.participant, r.response_index, s.nll FROM scores s JOIN responses r "
