@@ -140,6 +140,94 @@ def test_survives_calibration_logic():
     s = summarise_accuracy(idata, data, folds=5)
     assert s["survives_calibration"] == {"instruct": True, "reasoning": False, "code": None}
     assert s["by_post_training"]["reasoning"]["verdict"] == "gap does not survive calibration"
+    _assert_accuracy_summary_is_its_draws(s, idata.posterior)
+    assert set(s["units"].values()) == {"logit"}
+
+
+def _gap_oracle(draws) -> dict:
+    """mean, 90% interval and P(gap < 0) of one type's gap, from a (chain, draw) DataArray."""
+    x = np.asarray(draws.values, dtype=np.float64).reshape(-1)
+    q = draws.quantile([0.05, 0.95], dim=("chain", "draw")).values
+    return dict(
+        mean=float(x.sum() / x.size),
+        q05=float(q[0]),
+        q95=float(q[1]),
+        p_negative=np.count_nonzero(x < 0) / x.size,
+    )
+
+
+def _survival_oracle(raw: dict, cal: dict | None) -> tuple[bool | None, str]:
+    """docs/model.md, "Survival": credible = the 90% interval excludes 0; survives = the
+    calibrated interval excludes 0 on the same side."""
+    credible = raw["q05"] > 0 or raw["q95"] < 0
+    if not credible:
+        return None, "no credible raw gap (90% interval includes 0)"
+    if cal is None:
+        return None, "not calibrated"
+    above = raw["q05"] > 0
+    same_side = cal["q05"] > 0 if above else cal["q95"] < 0
+    return (
+        same_side,
+        "gap survives calibration" if same_side else "gap does not survive calibration",
+    )
+
+
+def _assert_accuracy_summary_is_its_draws(summary: dict, posterior) -> None:
+    raw_gap = posterior["accuracy_gap"]
+    types = {str(t) for t in raw_gap.coords["post_training"].values}
+    assert set(summary["by_post_training"]) == types == set(summary["survives_calibration"])
+    for t, got in summary["by_post_training"].items():
+        raw = _gap_oracle(raw_gap.sel(post_training=t))
+        cal = (
+            _gap_oracle(posterior["accuracy_gap_calibrated"].sel(post_training=t))
+            if "accuracy_gap_calibrated" in posterior
+            else None
+        )
+        for part, want in (("raw", raw), ("calibrated", cal)):
+            if want is None:
+                assert part not in got
+                continue
+            for k, v in want.items():
+                assert got[part][k] == pytest.approx(v, abs=1e-12), (t, part, k)
+        survives, verdict = _survival_oracle(raw, cal)
+        assert got["verdict"] == verdict, t
+        assert summary["survives_calibration"][t] is survives and got["survives"] is survives
+        assert got["raw_gap_credible"] == (raw["q05"] > 0 or raw["q95"] < 0)
+
+
+def test_survival_verdicts_against_the_oracle_on_every_side():
+    """Positive and negative raw gaps, calibrated on the same side, the other side, across
+    zero; and a fit without the calibrated outcome."""
+    import arviz as az
+
+    from psystats.stats.accuracy import AccuracyData, summarise_accuracy
+
+    rng = np.random.default_rng(3)
+    raw = [0.8, 0.8, -0.8, -0.8, 0.05, 0.8]
+    cal = [0.7, -0.7, -0.7, 0.0, 0.6, 0.0]
+    types = ["a", "b", "c", "d", "e", "f"]
+    idata = az.from_dict(
+        posterior={
+            "accuracy_gap": rng.normal(raw, 0.1, size=(2, 300, 6)),
+            "accuracy_gap_calibrated": rng.normal(cal, 0.1, size=(2, 300, 6)),
+        },
+        coords={"post_training": types},
+        dims={"accuracy_gap": ["post_training"], "accuracy_gap_calibrated": ["post_training"]},
+    )
+    data = AccuracyData(
+        participants=pd.DataFrame(), calibration=pd.DataFrame(), pairs=pd.DataFrame()
+    )
+    s = summarise_accuracy(idata, data, folds=5)
+    _assert_accuracy_summary_is_its_draws(s, idata.posterior)
+    assert s["survives_calibration"] == dict(zip(types, [True, False, True, False, None, False]))
+    uncal = az.from_dict(
+        posterior={"accuracy_gap": rng.normal(raw, 0.1, size=(2, 300, 6))},
+        coords={"post_training": types},
+        dims={"accuracy_gap": ["post_training"]},
+    )
+    s = summarise_accuracy(uncal, data, folds=5)
+    _assert_accuracy_summary_is_its_draws(s, uncal.posterior)
+    assert s["by_post_training"]["a"]["verdict"] == "not calibrated"
 
 
 @pytest.fixture
@@ -213,3 +301,18 @@ def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(
         s["loo"]["full"]["elpd_loo"]
     )
+    # Every gap, interval and verdict, stored and printed, from the NetCDF's draws alone.
+    _assert_accuracy_summary_is_its_draws(s, idata.posterior)
+    import re
+
+    for t, v in s["by_post_training"].items():
+        (row,) = [line for line in res.output.splitlines() if line.split()[:1] == [t]]
+        assert v["verdict"] in row
+        printed = [float(x) for x in re.findall(r"[-+]?\d+\.\d+", row)]
+        want = [
+            _gap_oracle(idata.posterior[n].sel(post_training=t))
+            for n in ("accuracy_gap", "accuracy_gap_calibrated")
+        ]
+        for w in want:
+            for k in ("mean", "q05", "q95"):
+                assert any(abs(p - w[k]) <= 5e-4 for p in printed), (t, k, row)

@@ -290,3 +290,41 @@ def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
     with pytest.raises(Exception):
         save_fit(con, kind=None, idata=eight_idata, element_coords=override)
     assert scalar(con, "SELECT count(*) FROM fits") == 1
+
+
+def test_save_fit_writes_each_parameters_unit(eight_idata, db_path):
+    """fit_params.unit from the summary's units; NULL where none is given."""
+    from psystats.stats.store import save_fit
+
+    con = warehouse_db.open(db_path, "write", create=True)
+    units = {"mu": "nats", "theta": "nats per year"}
+    fid = save_fit(con, kind="test", idata=eight_idata, summary={"units": units})
+    rows = con.execute(
+        "SELECT DISTINCT parameter, unit FROM fit_params WHERE fit_id = ? ORDER BY parameter",
+        [fid],
+    ).fetchall()
+    assert rows == [("mu", "nats"), ("tau", None), ("theta", "nats per year"), ("z", None)]
+    fid2 = save_fit(con, kind="test", idata=eight_idata, summary={"x": 1})
+    got = con.execute("SELECT count(*) FROM fit_params WHERE fit_id = ? AND unit IS NULL", [fid2])
+    assert got.fetchall()[0][0] == 18
+    con.close()
+
+
+def test_stats_internals_have_no_function_over_120_lines():
+    """Issue 20: small functions with one job; the statistics internals, measured by
+    scripts/check_function_length.py."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "check_function_length.py"
+    spec = importlib.util.spec_from_file_location("check_function_length", path)
+    assert spec is not None and spec.loader is not None
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    modules = (
+        "effects_design effects_model effects_spec generations persona accuracy likelihoods "
+        "cells data base_cells option_groups simulate demo_study cohens_d generation_scale units"
+    ).split()
+    internals = [f"psystats/stats/{m}.py:" for m in modules]
+    long = [where for _, where in check.long_functions(120) if where.startswith(tuple(internals))]
+    assert not long, long

@@ -602,3 +602,91 @@ def test_generation_rank_scale_is_invariant_to_renaming_versions():
     with pytest.raises(WarehouseError, match="generation_scale must be one of rank, number, date"):
         EffectsSpec(generation_scale="decade")
     assert EffectsSpec.from_dict(EffectsSpec().to_dict()).generation_scale == "rank"
+
+
+def test_design_is_its_definition():
+    """prepare()'s covariates and constraint bases against docs/model.md, computed here
+    from the cell table alone: each basis is orthonormal and spans exactly its
+    constraint subspace (projectors compared, so the choice of basis does not matter)."""
+    from psystats.stats.effects import TERMS, EffectsSpec, prepare
+    from psystats.stats.simulate import simulate_cells
+
+    c = simulate_cells(24, 9, n_families=4, n_types=3, n_domains=3, seed=4).cells
+    d = prepare(c, EffectsSpec())
+    assert d.active == list(TERMS)  # every term identified in this layout
+    pairs = c.groupby("pair", sort=True).first()
+    assert list(pairs.index) == d.coords["pair"]
+    # Covariates: log size centred over pairs; rank within family, centred within family.
+    logp = np.log(pairs["n_params"].to_numpy(float))
+    np.testing.assert_allclose(d.size_x, logp - logp.mean(), atol=1e-12)
+    rank = pairs.groupby("family")["generation_order"].rank(method="dense")
+    gen = (rank - rank.groupby(pairs["family"]).transform("mean")).to_numpy()
+    np.testing.assert_allclose(d.generation_x, gen, atol=1e-12)
+
+    def centring(k):  # projector onto {v : sum v = 0}
+        return np.eye(k) - np.ones((k, k)) / k
+
+    def complement(X):  # projector onto the orthogonal complement of X's columns
+        return np.eye(len(X)) - X @ np.linalg.pinv(X)
+
+    def onehot(values, levels):
+        return (np.asarray(values)[:, None] == np.asarray(levels)[None, :]).astype(float)
+
+    T, D = len(d.coords["type"]), len(d.coords["domain"])
+    exps = c.groupby("experiment", sort=True)["domain"].first()
+    fam = onehot(pairs["family"], d.coords["family"])
+    want = {
+        "type": centring(T),
+        "family": centring(len(d.coords["family"])),
+        "domain": centring(D),
+        "generation_family": centring(len(d.coords["generation_family"])),
+        "type_domain": np.kron(centring(T), centring(D)),
+        "experiment": complement(onehot(exps, d.coords["domain"])),
+        "pair": complement(
+            np.column_stack(
+                [
+                    np.ones(len(pairs)),
+                    onehot(pairs["post_training"], d.coords["type"]),
+                    fam,
+                    d.size_x,
+                    gen,
+                    fam * gen[:, None],
+                ]
+            )
+        ),
+    }
+    assert set(d.bases) == set(want)
+    for term, P in want.items():
+        B = d.bases[term]
+        np.testing.assert_allclose(B.T @ B, np.eye(B.shape[1]), atol=1e-10, err_msg=term)
+        np.testing.assert_allclose(B @ B.T, P, atol=1e-10, err_msg=term)
+
+
+def test_simulated_warehouse_cells_scatter_as_their_standard_errors_say(db_path):
+    """The warehouse simulate_warehouse writes: each cell's mean, read back through
+    build_cells, sits around the truth (pair, domain, experiment effects) with variance
+    sigma_cell^2 + participant_sd^2 / n (benchmarks/bench_sim_check.py does this over
+    many seeds on the real layout)."""
+    from psystats.stats.cells import build_cells
+    from psystats.stats.simulate import add_synthetic_experiments, simulate_warehouse
+
+    con = warehouse_db.open(db_path, "write", create=True)
+    add_synthetic_experiments(con, n_experiments=8, participants=25, responses=2, seed=2)
+    sim = simulate_warehouse(
+        con, families=("a", "b"), generations=(1, 2, 3), types=("instruct", "reasoning"), seed=5
+    )
+    cells = build_cells(con)
+    con.close()
+    tr = sim.truth
+    dom = cells["domain"].fillna("(no domain)")
+    expected = (
+        cells["pair"].map(tr["pair_mean"])
+        + dom.map(tr["domain"])
+        + cells["experiment"].map(tr["experiment"])
+        + [tr["type_domain"].loc[t, d] for t, d in zip(cells["post_training"], dom)]
+    )
+    z = (cells["mean"] - expected) / np.sqrt(tr["sigma_cell"] ** 2 + 0.3**2 / cells["n"])
+    assert len(z) == 12 * 8 and z.notna().all()
+    assert abs(z.mean()) < 3 / np.sqrt(len(z)) and 0.75 < z.std() < 1.25, (z.mean(), z.std())
+    # The participants' own spread is what was simulated.
+    assert np.sqrt(cells["var"].mean()) == pytest.approx(0.3, rel=0.05)

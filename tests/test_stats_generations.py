@@ -123,7 +123,7 @@ def test_slope_weights_are_least_squares():
     gen = pd.DataFrame(
         {"family": ["a", "a", "a", "b", "b"], "generation_order": [1.0, 2.0, 4.0, 2.0, 3.0]}
     )
-    w = _slope_weights(gen, ["a", "b"])
+    w = _slope_weights(gen, ["a", "b"], "generation_order")
     levels = np.array([0.3, 0.1, 0.5, 2.0, 1.0])
     ref_a = np.polyfit([1, 2, 4], levels[:3], 1)[0]
     ref_b = np.polyfit([2, 3], levels[3:], 1)[0]
@@ -228,6 +228,26 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     loo = summary["loo"]["full"]
     assert loo["n_observations"] == n_base + n_gap
     assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(loo["elpd_loo"])
+    # The probabilities printed and stored, from the NetCDF's slope draws alone.
+    for f in ("qwen", "llama"):
+        b = idata.posterior["base_slope"].sel(family=f).values.reshape(-1)
+        g = idata.posterior["gap_slope"].sel(family=f).values.reshape(-1)
+        assert summary["p_base_falls"][f] == np.count_nonzero(b < 0) / b.size
+        assert summary["p_gap_grows"][f] == np.count_nonzero(g > 0) / g.size
+        assert summary["p_gap_grows_while_base_falls"][f] == (
+            np.count_nonzero((g > 0) & (b < 0)) / g.size
+        )
+    # One unit for every slope: the default scale, rank, says "per generation step".
+    assert summary["generation_scale"] == "rank"
+    con = warehouse_db.open(path)
+    units = dict(
+        con.execute(
+            "SELECT DISTINCT parameter, unit FROM fit_params WHERE fit_id = ?", [fit[0][0]]
+        ).fetchall()
+    )
+    con.close()
+    assert units["base_slope"] == units["gap_slope"] == "nats per generation step"
+    assert units["gap"] == units["base_nll"] == "nats" and None not in units.values()
 
 
 def test_cli_one_generation_only_exits_1_and_stores_nothing(tmp_path):

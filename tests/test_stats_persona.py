@@ -166,6 +166,36 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
         assert params[t] == pytest.approx(true, abs=0.03)
     assert {json.loads(c[0])["post_training"] for c in coords} == {"base", "instruct"}
     _assert_checked_and_stored(json.loads(summary), nc, "obs", 32)
+    # Every probability and verdict, stored and printed, from the NetCDF's draws alone.
+    import arviz as az
+
+    posterior = az.from_netcdf(nc).posterior
+    stored = json.loads(summary)
+    _assert_persona_summary_is_its_draws(stored, posterior, 0.05)
+    _assert_printed(res.output, stored, posterior, 0.05)
+    for t, v in stored["by_post_training"].items():
+        assert v["data_size"]["rope_width"] == pytest.approx(0.1), t
+        assert v["data_size"]["interval_width_90"] == pytest.approx(v["q95"] - v["q05"])
+    con = warehouse_db.open(path)
+    units = con.execute(
+        "SELECT DISTINCT unit FROM fit_params WHERE fit_id = ?", [fit_id]
+    ).fetchall()
+    con.close()
+    assert units == [("nats",)]
+
+
+def _assert_printed(output: str, summary: dict, posterior, rope: float) -> None:
+    """The CLI's row of each type shows the oracle's numbers (to the digits printed) and
+    verdict."""
+    import re
+
+    for t in summary["by_post_training"]:
+        want = _rope_oracle(posterior["persona_effect"].sel(post_training=t), rope)
+        (row,) = [line for line in output.splitlines() if line.split()[:1] == [t]]
+        assert want["verdict"] in row, row
+        printed = [float(v) for v in re.findall(r"[-+]?\d+\.?\d*(?:e[-+]?\d+)?", row)]
+        for k in ("mean", "q05", "q95", "p_in_rope", "p_benefit", "p_harm"):
+            assert any(abs(p - want[k]) <= 5e-4 for p in printed), (t, k, row)
 
 
 def _assert_checked_and_stored(summary: dict, nc: str, var: str, n_obs: int) -> None:
@@ -276,3 +306,127 @@ def test_persona_fits_of_the_same_cells_compare_by_loo(persona_warehouse):
         )
         assert fit.summary["loo"]["full"]["n_observations"] == 32
     con.close()
+
+
+# ---------------------------------------------------------------------------
+# Every number and verdict `fit persona` prints, from the draws alone (docs/model.md, "ROPE")
+
+
+def _rope_oracle(draws, rope: float) -> dict:
+    """The ROPE statements of one type, written from docs/model.md with xarray/numpy only.
+
+    ``draws``: the type's persona_effect as a (chain, draw) DataArray.
+    """
+    x = np.asarray(draws.values, dtype=np.float64).reshape(-1)
+    q = draws.quantile([0.05, 0.95], dim=("chain", "draw")).values
+    p_in = np.count_nonzero(np.abs(x) < rope) / x.size
+    p_help = np.count_nonzero(x < -rope) / x.size
+    p_hurt = np.count_nonzero(x > rope) / x.size
+    statements = [
+        (p_in, "practically equivalent to no effect"),
+        (p_help, "persona helps"),
+        (p_hurt, "persona hurts"),
+    ]
+    reached = [v for p, v in statements if p >= 0.95]
+    return dict(
+        mean=float(x.sum() / x.size),
+        q05=float(q[0]),
+        q95=float(q[1]),
+        p_in_rope=p_in,
+        p_benefit=p_help,
+        p_harm=p_hurt,
+        verdict=reached[0] if reached else "undecided",
+    )
+
+
+def _assert_persona_summary_is_its_draws(summary: dict, posterior, rope: float) -> None:
+    pe = posterior["persona_effect"]
+    assert set(summary["by_post_training"]) == {str(t) for t in pe.coords["post_training"].values}
+    for t, got in summary["by_post_training"].items():
+        want = _rope_oracle(pe.sel(post_training=t), rope)
+        for k in ("mean", "q05", "q95", "p_in_rope", "p_benefit", "p_harm"):
+            assert got[k] == pytest.approx(want[k], abs=1e-12), (t, k)
+        assert got["verdict"] == want["verdict"], t
+
+
+def test_persona_summary_is_its_definition_on_the_draws():
+    """summarise_persona against the oracle on draws built to sit on every side of every
+    threshold, including exactly 95% of the draws inside the ROPE (>= decides)."""
+    import arviz as az
+
+    from psystats.stats.persona import PersonaData, summarise_persona
+
+    rope, n = 0.01, 1000
+    rng = np.random.default_rng(7)
+    cases = {
+        "inside": rng.normal(0.0, 0.002, n),
+        "helps": rng.normal(-0.05, 0.01, n),
+        "hurts": rng.normal(0.05, 0.01, n),
+        "wide": rng.normal(-0.01, 0.03, n),
+        # exactly 950 draws inside: P(in ROPE) = 0.95 reaches the decision mass
+        "edge_in": np.r_[np.full(950, 0.0), np.full(50, 0.5)],
+        # 949 inside, the rest beyond on both sides: nothing reaches 0.95
+        "just_short": np.r_[np.full(949, 0.0), np.full(26, 0.5), np.full(25, -0.5)],
+        # a draw exactly on -rope is neither inside nor a benefit
+        "on_edge": np.r_[np.full(950, -rope), np.full(50, -0.5)],
+    }
+    types = list(cases)
+    values = np.stack([cases[t] for t in types], axis=-1).reshape(2, n // 2, len(types))
+    idata = az.from_dict(
+        posterior={"persona_effect": values},
+        coords={"post_training": types},
+        dims={"persona_effect": ["post_training"]},
+    )
+    cells = pd.DataFrame(
+        {"model": types, "post_training": types, "experiment": "e", "n": 10, "y": 0.0}
+    )
+    s = summarise_persona(idata, PersonaData(cells=cells, scale="nats", rope=rope))
+    _assert_persona_summary_is_its_draws(s, idata.posterior, rope)
+    verdicts = {t: v["verdict"] for t, v in s["by_post_training"].items()}
+    assert verdicts == {
+        "inside": "practically equivalent to no effect",
+        "helps": "persona helps",
+        "hurts": "persona hurts",
+        "wide": "undecided",
+        "edge_in": "practically equivalent to no effect",
+        "just_short": "undecided",
+        "on_edge": "undecided",
+    }
+    assert s["units"]["persona_effect"] == "nats"
+
+
+def test_data_size_factor_is_where_the_verdict_rule_decides():
+    """The data-size line's factor k against the verdict rule itself: draws of the same
+    mean with the SD shrunk by sqrt(k) a little beyond k decide (as it says), a little
+    short of k do not."""
+    from scipy.stats import norm
+
+    from psystats.stats.persona import data_size, verdict
+
+    rope = 0.01
+    z = norm.ppf((np.arange(20000) + 0.5) / 20000)  # standard normal quantiles: exact mean 0
+    for mean, sd, will_be in (
+        (-0.03, 0.02, "persona helps"),
+        (0.025, 0.03, "persona hurts"),
+        (0.002, 0.01, "practically equivalent to no effect"),
+        (-0.006, 0.02, "practically equivalent to no effect"),
+    ):
+        draws = mean + sd * z
+        ds = data_size(draws, rope, participants=160)
+        assert ds["decidable_as"] == will_be, (mean, sd, ds)
+        k = ds["data_factor"]
+        assert k > 1 and ds["participants_needed"] == int(np.ceil(k * 160))
+        assert ds["width_over_rope"] == pytest.approx(2 * 1.6449 * sd / (2 * rope), rel=1e-3)
+
+        def decided(factor, mean=mean, sd=sd):
+            x = mean + sd / np.sqrt(factor) * z
+            return verdict(np.mean(np.abs(x) < rope), np.mean(x < -rope), np.mean(x > rope))
+
+        assert decided(k * 1.02) == will_be
+        assert decided(k * 0.98) == "undecided"
+        assert f"{ds['participants_needed']} participants instead of 160" in ds["statement"]
+    # Already decided: no factor.  A mean next to the ROPE's edge: a huge factor.
+    done = data_size(-0.05 + 0.005 * z, rope, participants=40)
+    assert done["data_factor"] is None and "decided" in done["statement"]
+    edge = data_size(rope * 1.001 + 0.02 * z, rope, participants=40)
+    assert edge["data_factor"] > 1e4

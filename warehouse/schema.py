@@ -347,6 +347,13 @@ MIGRATION_SAMPLE_SPEC = """
 ALTER TABLE score_runs ADD COLUMN sample_spec VARCHAR;
 """
 
+# Issue 19: the unit of every reported parameter (e.g. 'nats', 'nats per generation
+# step', 'nats per year', 'SD', 'logit'; psystats/stats/units.py); NULL where the
+# analysis did not record one (fits stored before this column, formula fits).
+MIGRATION_PARAM_UNITS = """
+ALTER TABLE fit_params ADD COLUMN unit VARCHAR;
+"""
+
 # Issue 21: integrity of the Parquet layout.  Each partition file's size and
 # SHA-256, recorded when it is written (NULL for files written before this
 # migration until `psystats check --repair` verifies and records them).
@@ -384,6 +391,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_FINER_SCORES,
     MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
     MIGRATION_SAMPLE_SPEC,
+    MIGRATION_PARAM_UNITS,
     MIGRATION_FILE_INTEGRITY,
     MIGRATION_RUN_GAPS,
 ]

@@ -55,6 +55,7 @@ from psystats.warehouse.sql import where_clause
 from .analysis_common import load_models, prob
 from .likelihoods import binomial_logit
 from .option_groups import OptionGroups
+from .units import LOGIT, same_unit
 
 if TYPE_CHECKING:
     from .pipeline import FitResult
@@ -231,6 +232,111 @@ class AccuracyData:
     selection: dict = field(default_factory=dict)
 
 
+def _pairs(models: pd.DataFrame, have: set[str]) -> pd.DataFrame:
+    """(post-trained, base) pairs whose two models both have option scores."""
+    pr = models[(models["post_training"] != "base") & models["base_model"].notna()]
+    pr = pr[pr["name"].isin(have) & pr["base_model"].isin(have)]
+    if pr.empty:
+        raise WarehouseError(
+            "fit accuracy needs a post-trained model and its base (models.base_model) both "
+            f"with option scores; models with option scores: {', '.join(sorted(have))}"
+        )
+    return pd.DataFrame(
+        {
+            "pair": pr["name"] + " vs " + pr["base_model"],
+            "post_model": pr["name"],
+            "base_model": pr["base_model"],
+            "post_training": pr["post_training"],
+        }
+    ).reset_index(drop=True)
+
+
+def _calibration_notes(model: str, exp: str, per_fold: list[float], notes: list[str]) -> None:
+    """Say when a (model, experiment) is not calibrated or its temperature hit a bound."""
+    if len(per_fold) == 1 and per_fold[0] == 1.0:
+        notes.append(f"{model} / {exp}: fewer than 2 participants, not calibrated (T = 1)")
+    at_bound = [t for t in per_fold if min(abs(np.log(t) - b) for b in LOG_T_BOUNDS) < 1e-3]
+    if at_bound:
+        why = (
+            "the options become nearly uniform: the model's ranking carries almost no "
+            "information about the responses"
+            if at_bound[0] > 1
+            else "the model is far too flat: its ranking is right but its confidence tiny"
+        )
+        notes.append(
+            f"{model} / {exp}: temperature at the search bound "
+            f"({at_bound[0]:.3g}) in some fold; {why}"
+        )
+
+
+def _outcomes(
+    model: str, exp: str, m: OptionMatrix, unmatched: int, folds: int, seed: int, notes: list[str]
+) -> tuple[pd.DataFrame, dict]:
+    """One (model, experiment): per-participant outcomes and its row of the calibration table."""
+    temps, per_fold = calibrate(m, folds=folds, seed=seed)
+    _calibration_notes(model, exp, per_fold, notes)
+    hit = top1_hits(m)
+    nll_raw = option_nll(m, 1.0)
+    ls_cal = log_softmax(m.logprob, temps[:, None])
+    nll_cal = -ls_cal[np.arange(len(m.target)), m.target]
+    df = pd.DataFrame(
+        {
+            "participant_key": m.participant,
+            "hit": hit,
+            "p_raw": np.exp(-nll_raw),
+            "p_cal": np.exp(-nll_cal),
+            "nll_raw": nll_raw,
+            "nll_cal": nll_cal,
+        }
+    )
+    agg = (
+        df.groupby("participant_key")
+        .agg(
+            n=("hit", "size"),
+            hits=("hit", "sum"),
+            hits_sampled=("p_raw", "sum"),
+            hits_calibrated=("p_cal", "sum"),
+            nll_raw=("nll_raw", "sum"),
+            nll_calibrated=("nll_cal", "sum"),
+        )
+        .reset_index()
+    )
+    agg.insert(0, "experiment", exp)
+    agg.insert(0, "model", model)
+    calib = dict(
+        model=model,
+        experiment=exp,
+        n_responses=len(m.target),
+        n_unmatched=unmatched,
+        temperature=float(np.mean(per_fold)),
+        temperatures=per_fold,
+        accuracy_top1=float(hit.mean()),
+        accuracy_sampled=float(np.exp(-nll_raw).mean()),
+        accuracy_calibrated=float(np.exp(-nll_cal).mean()),
+        option_nll_raw=float(nll_raw.mean()),
+        option_nll_calibrated=float(nll_cal.mean()),
+    )
+    return agg, calib
+
+
+def _paired_participants(participants: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Participants scored by both models of some pair (the comparison is paired)."""
+    keep = []
+    for _, p in pairs.iterrows():
+        a = participants[participants["model"] == p["post_model"]]
+        b = participants[participants["model"] == p["base_model"]]
+        both = a.merge(b[["experiment", "participant_key"]], on=["experiment", "participant_key"])
+        keep.append(both[["experiment", "participant_key"]].assign(model=p["post_model"]))
+        keep.append(both[["experiment", "participant_key"]].assign(model=p["base_model"]))
+    kept = pd.concat(keep).drop_duplicates()
+    participants = participants.merge(kept, on=["model", "experiment", "participant_key"])
+    if participants.empty:
+        raise WarehouseError(
+            "fit accuracy: no participant was scored with options by both models of any pair"
+        )
+    return participants
+
+
 def prepare_accuracy(
     rows: pd.DataFrame | OptionGroups, models: pd.DataFrame, *, folds: int = 5, seed: int = 0
 ) -> AccuracyData:
@@ -244,22 +350,8 @@ def prepare_accuracy(
             "(table option_sets) scored by a base model and its post-trained model, which "
             "writes option_scores (`psystats score ...`)"
         )
-    pr = models[(models["post_training"] != "base") & models["base_model"].notna()]
     have = rows.models if isinstance(rows, OptionGroups) else set(rows["model"])
-    pr = pr[pr["name"].isin(have) & pr["base_model"].isin(have)]
-    if pr.empty:
-        raise WarehouseError(
-            "fit accuracy needs a post-trained model and its base (models.base_model) both "
-            f"with option scores; models with option scores: {', '.join(sorted(have))}"
-        )
-    pairs = pd.DataFrame(
-        {
-            "pair": pr["name"] + " vs " + pr["base_model"],
-            "post_model": pr["name"],
-            "base_model": pr["base_model"],
-            "post_training": pr["post_training"],
-        }
-    ).reset_index(drop=True)
+    pairs = _pairs(models, have)
     used = set(pairs["post_model"]) | set(pairs["base_model"])
     per_part, calib = [], []
     groups = (
@@ -272,65 +364,9 @@ def prepare_accuracy(
         if len(m.target) == 0:
             notes.append(f"{model} / {exp}: no response is one of its options; left out")
             continue
-        temps, per_fold = calibrate(m, folds=folds, seed=seed)
-        if len(per_fold) == 1 and per_fold[0] == 1.0:
-            notes.append(f"{model} / {exp}: fewer than 2 participants, not calibrated (T = 1)")
-        at_bound = [t for t in per_fold if min(abs(np.log(t) - b) for b in LOG_T_BOUNDS) < 1e-3]
-        if at_bound:
-            why = (
-                "the options become nearly uniform: the model's ranking carries almost no "
-                "information about the responses"
-                if at_bound[0] > 1
-                else "the model is far too flat: its ranking is right but its confidence tiny"
-            )
-            notes.append(
-                f"{model} / {exp}: temperature at the search bound "
-                f"({at_bound[0]:.3g}) in some fold; {why}"
-            )
-        hit = top1_hits(m)
-        nll_raw = option_nll(m, 1.0)
-        ls_cal = log_softmax(m.logprob, temps[:, None])
-        nll_cal = -ls_cal[np.arange(len(m.target)), m.target]
-        df = pd.DataFrame(
-            {
-                "participant_key": m.participant,
-                "hit": hit,
-                "p_raw": np.exp(-nll_raw),
-                "p_cal": np.exp(-nll_cal),
-                "nll_raw": nll_raw,
-                "nll_cal": nll_cal,
-            }
-        )
-        agg = (
-            df.groupby("participant_key")
-            .agg(
-                n=("hit", "size"),
-                hits=("hit", "sum"),
-                hits_sampled=("p_raw", "sum"),
-                hits_calibrated=("p_cal", "sum"),
-                nll_raw=("nll_raw", "sum"),
-                nll_calibrated=("nll_cal", "sum"),
-            )
-            .reset_index()
-        )
-        agg.insert(0, "experiment", exp)
-        agg.insert(0, "model", model)
+        agg, row = _outcomes(model, exp, m, unmatched, folds, seed, notes)
         per_part.append(agg)
-        calib.append(
-            dict(
-                model=model,
-                experiment=exp,
-                n_responses=len(m.target),
-                n_unmatched=unmatched,
-                temperature=float(np.mean(per_fold)),
-                temperatures=per_fold,
-                accuracy_top1=float(hit.mean()),
-                accuracy_sampled=float(np.exp(-nll_raw).mean()),
-                accuracy_calibrated=float(np.exp(-nll_cal).mean()),
-                option_nll_raw=float(nll_raw.mean()),
-                option_nll_calibrated=float(nll_cal.mean()),
-            )
-        )
+        calib.append(row)
         if unmatched:
             notes.append(f"{model} / {exp}: {unmatched} response(s) not among the options left out")
     if not per_part:
@@ -338,21 +374,7 @@ def prepare_accuracy(
             "fit accuracy: no response matched one of its options; "
             "check option_sets against the responses' text"
         )
-    participants = pd.concat(per_part, ignore_index=True)
-    # Keep participants scored by both models of some pair (the comparison is paired).
-    keep = []
-    for _, p in pairs.iterrows():
-        a = participants[participants["model"] == p["post_model"]]
-        b = participants[participants["model"] == p["base_model"]]
-        both = a.merge(b[["experiment", "participant_key"]], on=["experiment", "participant_key"])
-        keep.append(both[["experiment", "participant_key"]].assign(model=p["post_model"]))
-        keep.append(both[["experiment", "participant_key"]].assign(model=p["base_model"]))
-    keep = pd.concat(keep).drop_duplicates()
-    participants = participants.merge(keep, on=["model", "experiment", "participant_key"])
-    if participants.empty:
-        raise WarehouseError(
-            "fit accuracy: no participant was scored with options by both models of any pair"
-        )
+    participants = _paired_participants(pd.concat(per_part, ignore_index=True), pairs)
     pairs = pairs[pairs["post_model"].isin(set(participants["model"]))].reset_index(drop=True)
     return AccuracyData(
         participants=participants, calibration=pd.DataFrame(calib), pairs=pairs, notes=notes
@@ -533,6 +555,7 @@ def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
     post = idata.posterior
     out: dict[str, Any] = {
         "scale": "logit (post minus base)",
+        "units": same_unit(PARAMS, LOGIT),
         "folds": folds,
         "by_post_training": {},
         "survives_calibration": {},

@@ -35,7 +35,6 @@ from .effects_fit import (
 from .effects_model import LABELS, build_effects_model, reported_vars
 from .effects_spec import (
     DEFAULT_PRIORS,
-    GENERATION_SCALES,
     MIN_POOLED_LEVELS,
     MIN_RESIDUAL_DF,
     NO_DOMAIN,
@@ -46,6 +45,7 @@ from .effects_spec import (
     prior_scale_for,
     resolve_priors,
 )
+from .generation_scale import GENERATION_SCALES
 
 __all__ = [
     "DEFAULT_PRIORS",

@@ -15,7 +15,6 @@ import pandas as pd
 from psystats.warehouse.errors import WarehouseError
 
 from .effects_spec import (
-    DAYS_PER_YEAR,
     MIN_POOLED_LEVELS,
     MIN_RESIDUAL_DF,
     NO_DOMAIN,
@@ -25,6 +24,7 @@ from .effects_spec import (
     prior_scale_for,
     resolve_priors,
 )
+from .generation_scale import generation_values
 
 
 def constraint_basis(constraints: np.ndarray) -> np.ndarray:
@@ -107,71 +107,6 @@ def _few(names: Sequence[str], k: int = 5) -> str:
     )
 
 
-def _cell_designs(
-    c: pd.DataFrame,
-    active: Sequence[str],
-    bases: dict[str, np.ndarray],
-    coords: dict[str, list[str]],
-    size_x: np.ndarray,
-    gen_x: np.ndarray,
-    pair_family: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """Cell-level design matrix (cells x columns) of every active term, in basis coordinates."""
-    pi = c["pair_idx"].to_numpy()
-    T, D = len(coords["type"]), len(coords["domain"])
-    codes = {
-        "type": (c["type_idx"].to_numpy(), T),
-        "family": (c["family_idx"].to_numpy(), len(coords["family"])),
-        "domain": (c["domain_idx"].to_numpy(), D),
-        "type_domain": ((c["type_idx"] * D + c["domain_idx"]).to_numpy(), T * D),
-        "experiment": (c["experiment_idx"].to_numpy(), len(coords["experiment"])),
-        "pair": (pi, len(coords["pair"])),
-    }
-    out = {}
-    for term in active:
-        if term in codes and term in bases:
-            out[term] = _indicators(*codes[term]) @ bases[term]
-        elif term == "size":
-            out[term] = size_x[pi][:, None]
-        elif term == "generation":
-            out[term] = gen_x[pi][:, None]
-        elif term == "generation_family" and term in bases:
-            names = coords["generation_family"]
-            gf = np.zeros((len(pair_family), len(names)))
-            for j, name in enumerate(names):
-                m = pair_family == coords["family"].index(name)
-                gf[m, j] = gen_x[m]
-            out[term] = gf[pi] @ bases[term]
-    return out
-
-
-def _years_since_first_release(cells: pd.DataFrame, pair_tab: pd.DataFrame) -> pd.Series:
-    """Per pair (``pair_tab`` order): years from its family's first release date in the data.
-
-    The pair's date is its post-trained model's ``release_date`` (the base's when
-    the post model has none).  The origin drops out when the design centres the
-    scale within each family; it only makes the values readable.  Refuses, naming
-    the models, when a pair has no date: treating it as its family's average, as
-    the other scales do for an unknown generation, would put an invented date
-    into a slope whose unit is a year.
-    """
-    day = pd.to_datetime(pair_tab["release_date"], errors="coerce")
-    if day.isna().any():
-        missing = pair_tab.loc[day.isna(), "pair"].tolist()
-        names = missing
-        if "post_model" in cells:
-            post = cells.groupby("pair", sort=True)["post_model"].first()
-            names = [str(post.get(p, p)) for p in missing]
-        raise WarehouseError(
-            f"--generation-scale date needs the release date of every pair's model; "
-            f"{_n(len(names), 'model')} without one: {_few(names, 10)}. Set each with "
-            f"`psystats models set {names[0]} release_date=YYYY-MM-DD` (YYYY-MM will do), "
-            "or fit with --generation-scale rank"
-        )
-    first = day.groupby(pair_tab["family"]).transform("min")
-    return (day - first).dt.days / DAYS_PER_YEAR
-
-
 def _moment_scales(
     c: pd.DataFrame, designs: dict[str, np.ndarray]
 ) -> dict[str, tuple[float, float]]:
@@ -218,17 +153,52 @@ def _moment_scales(
     return out
 
 
-def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData:
-    """Code the cells, decide which terms the data identify, build constraint bases.
+# --------------------------------------------------------------------------- the coded cells
 
-    ``cells`` needs ``pair, experiment, y, se`` and for the optional terms
-    ``post_training, family, n_params, generation_order, domain, n``
-    (:func:`psystats.stats.cells.with_scale` gives all of them).  Raises
-    :class:`WarehouseError` when nothing can be fitted.
+
+@dataclass
+class _Coded:
+    """The kept cells coded: one table per pair and per experiment, level names, codes.
+
+    ``size_x`` and ``gen_x`` are the pair-level covariates, filled by their
+    term builders (:func:`_size_term`, :func:`_generation_term`).
     """
-    spec = spec or EffectsSpec()
-    messages: list[str] = []
-    dropped: dict[str, str] = {}
+
+    cells: pd.DataFrame
+    pair_tab: pd.DataFrame
+    exp_tab: pd.DataFrame
+    coords: dict[str, list[str]]
+    pair_type: np.ndarray
+    pair_family: np.ndarray
+    exp_domain: np.ndarray
+    size_x: np.ndarray
+    gen_x: np.ndarray
+    size_center: float | None = None
+
+    def n(self, level: str) -> int:
+        return len(self.coords[level])
+
+
+@dataclass
+class _Terms:
+    """Which terms are in the model, which were dropped and why, and the user's messages."""
+
+    active: list[str]
+    dropped: dict[str, str]
+    messages: list[str]
+
+    def __contains__(self, term: str) -> bool:
+        return term in self.active
+
+    def drop(self, term: str, why: str) -> None:
+        if term in self.active:
+            self.active.remove(term)
+            self.dropped[term] = why
+            self.messages.append(f"term {term!r} dropped: {why}")
+
+
+def _with_defaults(cells: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``cells`` with every optional column present (missing: its default)."""
     need = {"pair", "experiment", "y", "se"}
     missing = need - set(cells.columns)
     if missing:
@@ -245,22 +215,27 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     ):
         if col not in c:
             c[col] = default
+    return c
 
-    # Cells the likelihood cannot use.
+
+def _usable_cells(c: pd.DataFrame, spec: EffectsSpec, messages: list[str]) -> pd.DataFrame:
+    """The cells the likelihood can use; every left-out group is named in ``messages``."""
+
+    def where(mask) -> str:
+        return _few(c.loc[mask, "pair"] + " / " + c.loc[mask, "experiment"])
+
     n_before = len(c)
     bad_n = c["n"].notna() & (c["n"] < spec.min_participants)
     if bad_n.any():
         messages.append(
             f"{int(bad_n.sum())} cell(s) with fewer than {spec.min_participants} "
-            f"participant(s) left out (their participant SD is unknown): "
-            f"{_few(c.loc[bad_n, 'pair'] + ' / ' + c.loc[bad_n, 'experiment'])}"
+            f"participant(s) left out (their participant SD is unknown): {where(bad_n)}"
         )
     zero = ~bad_n & (c["se"] == 0)
     if zero.any():
         messages.append(
             f"{int(zero.sum())} cell(s) where every participant's difference is the "
-            f"same (zero variance: post and base scored identically?) left out: "
-            f"{_few(c.loc[zero, 'pair'] + ' / ' + c.loc[zero, 'experiment'])}"
+            f"same (zero variance: post and base scored identically?) left out: {where(zero)}"
         )
     nonfinite = (
         ~bad_n & ~zero & ~(np.isfinite(c["y"].astype(float)) & np.isfinite(c["se"].astype(float)))
@@ -268,8 +243,7 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     if nonfinite.any():
         messages.append(
             f"{int(nonfinite.sum())} cell(s) without a finite mean or standard error "
-            f"(e.g. zero pooled SD on the standardised scale) left out: "
-            f"{_few(c.loc[nonfinite, 'pair'] + ' / ' + c.loc[nonfinite, 'experiment'])}"
+            f"(e.g. zero pooled SD on the standardised scale) left out: {where(nonfinite)}"
         )
     c = c[~(bad_n | zero | nonfinite)].reset_index(drop=True)
     if c.empty:
@@ -278,7 +252,11 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
         )
     if c.duplicated(["pair", "experiment"]).any():
         raise WarehouseError("the cell table has duplicate (pair, experiment) rows")
+    return c
 
+
+def _code(c: pd.DataFrame, messages: list[str]) -> _Coded:
+    """Pair and experiment tables, level names and integer codes of the usable cells."""
     no_dom = c["domain"].isna()
     if no_dom.any():
         exps = sorted(c.loc[no_dom, "experiment"].unique())
@@ -287,8 +265,6 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             f"the level {NO_DOMAIN!r}: {_few(exps)}"
         )
         c.loc[no_dom, "domain"] = NO_DOMAIN
-
-    # Pair-level table (one row per pair) and codes.
     pair_tab = (
         c.groupby("pair", sort=True)
         .agg(
@@ -324,181 +300,275 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
     c["type_idx"] = pair_type[c["pair_idx"]]
     c["family_idx"] = pair_family[c["pair_idx"]]
     c["domain_idx"] = exp_domain[c["experiment_idx"]]
-    P, E = len(coords["pair"]), len(coords["experiment"])
-    T, F, D = (len(coords[k]) for k in ("type", "family", "domain"))
+    P = len(coords["pair"])
+    return _Coded(
+        cells=c,
+        pair_tab=pair_tab,
+        exp_tab=exp_tab,
+        coords=coords,
+        pair_type=pair_type,
+        pair_family=pair_family,
+        exp_domain=exp_domain,
+        size_x=np.zeros(P),
+        gen_x=np.zeros(P),
+    )
 
-    active = [t for t in TERMS if spec.terms[t]]
-    for t in TERMS:
-        if not spec.terms[t]:
-            dropped[t] = "left out by the specification"
 
-    def drop(term: str, why: str) -> None:
-        if term in active:
-            active.remove(term)
-            dropped[term] = why
-            messages.append(f"term {term!r} dropped: {why}")
+# --------------------------------------------------------------------------- term builders
+# One builder per term decides whether the data identify it (dropping it with the
+# reason otherwise) and builds its covariate or its constraint basis; the cell
+# design columns of every term come from _CELL_COLUMNS.
 
-    if T < 2:
-        drop(
+
+def _levels_terms(coded: _Coded, terms: _Terms) -> None:
+    """type, family, domain, type x domain: each needs two levels (two of each)."""
+    co = coded.coords
+    if coded.n("type") < 2:
+        terms.drop(
             "type",
-            f"every pair has the same post-training type ({coords['type'][0]}); "
+            f"every pair has the same post-training type ({co['type'][0]}); "
             "the intercept is that type's effect",
         )
-    if F < 2:
-        drop("family", f"every pair is in the same family ({coords['family'][0]})")
-    if D < 2:
-        drop("domain", f"every experiment is in the same domain ({coords['domain'][0]})")
-    if "type" not in active or "domain" not in active:
-        drop("type_domain", "it needs at least two types and two domains")
+    if coded.n("family") < 2:
+        terms.drop("family", f"every pair is in the same family ({co['family'][0]})")
+    if coded.n("domain") < 2:
+        terms.drop("domain", f"every experiment is in the same domain ({co['domain'][0]})")
+    if "type" not in terms or "domain" not in terms:
+        terms.drop("type_domain", "it needs at least two types and two domains")
 
-    # Size: log(parameters), centred over pairs.
-    size_x = np.zeros(P)
-    size_center = None
-    if "size" in active:
-        npar = pd.to_numeric(pair_tab["n_params"], errors="coerce")
-        if npar.isna().any() or (npar <= 0).any():
-            drop(
-                "size",
-                f"parameter count unknown for {_few(pair_tab.loc[npar.isna() | (npar <= 0), 'pair'])} "
-                "(set it with `psystats models` or the registry)",
-            )
-        elif npar.nunique() < 2:
-            drop("size", "every pair has the same parameter count")
-        else:
-            lx = np.log(npar.to_numpy(dtype=float))
-            size_center = float(lx.mean())
-            size_x = lx - size_center
 
-    # Generation: generation_order (or its rank within family, or the release date)
-    # centred within family.
-    gen_x = np.zeros(P)
-    gen_o = pd.to_numeric(pair_tab["generation_order"], errors="coerce")
-    if spec.generation_scale == "rank":
-        # One step per successive generation of the family, whatever the version numbers
-        # (3 -> 3.1 -> 3.2 and 2 -> 2.5 -> 3 both become 0 -> 1 -> 2).
-        gen_o = gen_o.groupby(pair_tab["family"]).rank(method="dense") - 1
-    elif spec.generation_scale == "date" and "generation" in active:
-        gen_o = _years_since_first_release(c, pair_tab)
-    if "generation" in active:
+def _size_term(coded: _Coded, terms: _Terms) -> None:
+    """Size: log(parameters), centred over pairs; every pair needs its parameter count."""
+    if "size" not in terms:
+        return
+    pair_tab = coded.pair_tab
+    npar = pd.to_numeric(pair_tab["n_params"], errors="coerce")
+    if npar.isna().any() or (npar <= 0).any():
+        terms.drop(
+            "size",
+            f"parameter count unknown for {_few(pair_tab.loc[npar.isna() | (npar <= 0), 'pair'])} "
+            "(set it with `psystats models` or the registry)",
+        )
+    elif npar.nunique() < 2:
+        terms.drop("size", "every pair has the same parameter count")
+    else:
+        lx = np.log(npar.to_numpy(dtype=float))
+        coded.size_center = float(lx.mean())
+        coded.size_x = lx - coded.size_center
+
+
+def _generation_term(coded: _Coded, terms: _Terms, scale: str) -> None:
+    """Generation on ``scale`` (:mod:`.generation_scale`), centred within family;
+    the per-family slopes (generation_family) need two such families."""
+    if "generation" in terms:
+        pair_tab = coded.pair_tab
+        gen_o = generation_values(
+            pair_tab,
+            scale,
+            names=_pair_models(coded.cells, pair_tab["pair"].tolist()),
+            what="every pair's model",
+        )
         varying = []
-        for f in range(F):
-            m = (pair_family == f) & gen_o.notna().to_numpy()
+        for f in range(coded.n("family")):
+            m = (coded.pair_family == f) & gen_o.notna().to_numpy()
             if m.sum() >= 2 and gen_o[m].nunique() >= 2:
                 varying.append(f)
-                gen_x[m] = gen_o[m] - gen_o[m].mean()
+                coded.gen_x[m] = gen_o[m] - gen_o[m].mean()
         if not varying:
-            drop("generation", "no family has pairs from two or more generations")
+            terms.drop("generation", "no family has pairs from two or more generations")
         else:
-            unknown = pair_tab.loc[gen_o.isna() & np.isin(pair_family, varying), "pair"]
+            unknown = pair_tab.loc[gen_o.isna() & np.isin(coded.pair_family, varying), "pair"]
             if len(unknown):
-                messages.append(
+                terms.messages.append(
                     f"generation unknown for {_few(unknown)}: treated as their "
                     f"family's average generation"
                 )
             if len(varying) < 2:
-                drop("generation_family", "only one family has pairs from several generations")
+                terms.drop(
+                    "generation_family", "only one family has pairs from several generations"
+                )
             else:
-                coords["generation_family"] = [coords["family"][f] for f in varying]
-    if "generation" not in active:
-        drop("generation_family", "there is no generation term")
+                coded.coords["generation_family"] = [coded.coords["family"][f] for f in varying]
+    if "generation" not in terms:
+        terms.drop("generation_family", "there is no generation term")
 
-    # Every pair-level term must be estimable from the pairs: while the
-    # pair-level design is rank deficient, drop the least central term.
-    def pair_design() -> np.ndarray:
-        cols = [np.ones((P, 1))]
-        if "type" in active:
-            cols.append(_indicators(pair_type, T) @ constraint_basis(np.ones((T, 1))))
-        if "family" in active:
-            cols.append(_indicators(pair_family, F) @ constraint_basis(np.ones((F, 1))))
-        if "size" in active:
-            cols.append(size_x[:, None])
-        if "generation" in active:
-            cols.append(gen_x[:, None])
-        if "generation_family" in active:
-            G = len(coords["generation_family"])
-            gf = np.zeros((P, G))
-            for j, name in enumerate(coords["generation_family"]):
-                m = pair_family == coords["family"].index(name)
-                gf[m, j] = gen_x[m]
-            cols.append(gf @ constraint_basis(np.ones((G, 1))))
-        return np.hstack(cols)
 
+def _pair_models(cells: pd.DataFrame, pairs: Sequence[str]) -> list[str]:
+    """The post-trained model of each pair (the pair's name where the cells lack it)."""
+    if "post_model" not in cells:
+        return list(pairs)
+    post = cells.groupby("pair", sort=True)["post_model"].first()
+    return [str(post.get(p, p)) for p in pairs]
+
+
+def _generation_family_columns(coded: _Coded) -> np.ndarray:
+    """Pairs x (families with several generations): the pair's centred generation in its family's column."""
+    names = coded.coords["generation_family"]
+    gf = np.zeros((len(coded.pair_family), len(names)))
+    for j, name in enumerate(names):
+        m = coded.pair_family == coded.coords["family"].index(name)
+        gf[m, j] = coded.gen_x[m]
+    return gf
+
+
+def _sum_to_zero(k: int) -> np.ndarray:
+    return constraint_basis(np.ones((k, 1)))
+
+
+def _pair_level_design(coded: _Coded, terms: _Terms) -> np.ndarray:
+    """Pairs x columns of the intercept and every pair-level term, in basis coordinates."""
+    cols = [np.ones((len(coded.pair_type), 1))]
+    if "type" in terms:
+        cols.append(_indicators(coded.pair_type, coded.n("type")) @ _sum_to_zero(coded.n("type")))
+    if "family" in terms:
+        F = coded.n("family")
+        cols.append(_indicators(coded.pair_family, F) @ _sum_to_zero(F))
+    if "size" in terms:
+        cols.append(coded.size_x[:, None])
+    if "generation" in terms:
+        cols.append(coded.gen_x[:, None])
+    if "generation_family" in terms:
+        gf = _generation_family_columns(coded)
+        cols.append(gf @ _sum_to_zero(gf.shape[1]))
+    return np.hstack(cols)
+
+
+def _separable_pair_terms(coded: _Coded, terms: _Terms) -> None:
+    """While the pair-level design is rank deficient, drop the least central term."""
+    P = len(coded.pair_type)
     for term in ("generation_family", "size", "generation", "family", "type"):
-        X = pair_design()
+        X = _pair_level_design(coded, terms)
         if np.linalg.matrix_rank(X) == X.shape[1]:
             break
-        drop(
+        terms.drop(
             term,
             f"with these {P} pair(s) it cannot be separated from the other pair-level "
             "terms (type, family, size, generation)",
         )
         if term == "generation":
-            drop("generation_family", "there is no generation term")
+            terms.drop("generation_family", "there is no generation term")
         if term == "type":
-            drop("type_domain", "there is no type term")
+            terms.drop("type_domain", "there is no type term")
 
-    # Constraint bases.
+
+def _type_domain_basis(coded: _Coded) -> np.ndarray:
+    """Sums to zero over domains for each type and over types for each domain."""
+    T, D = coded.n("type"), coded.n("domain")
+    rows = np.kron(np.eye(T), np.ones((D, 1)))  # sum over domains, per type
+    cols = np.kron(np.ones((T, 1)), np.eye(D))  # sum over types, per domain
+    return constraint_basis(np.hstack([rows, cols]))
+
+
+def _single_cells(terms: _Terms, term: str, n_cells: pd.Series, one: str) -> bool:
+    """Drop ``term`` (and say so) when each of its levels has a single cell."""
+    if n_cells.max() >= 2:
+        return False
+    terms.drop(
+        term,
+        f"every {term} has a single cell ({one}), so {term} effects and cell residuals "
+        "are the same thing",
+    )
+    return True
+
+
+def _kept_basis(terms: _Terms, term: str, constraints: np.ndarray, why_empty: str):
+    """The basis of ``constraints``' null space, or None (``term`` dropped) when it is empty."""
+    B = constraint_basis(constraints)
+    if B.shape[1] == 0:
+        terms.drop(term, why_empty)
+        return None
+    return B
+
+
+def _experiment_basis(coded: _Coded, terms: _Terms) -> np.ndarray | None:
+    """Experiment effects sum to zero within each domain; None (dropped) when unidentified."""
+    if _single_cells(terms, "experiment", coded.exp_tab["n_cells"], "one pair"):
+        return None
+    E, D = coded.n("experiment"), coded.n("domain")
+    group = _indicators(coded.exp_domain, D) if "domain" in terms else np.ones((E, 1))
+    return _kept_basis(terms, "experiment", group, "every domain has a single experiment")
+
+
+def _pair_basis(coded: _Coded, terms: _Terms) -> np.ndarray | None:
+    """Pair effects: what the pair-level terms leave unexplained (orthogonal to every
+    pair-level column: intercept, type, family, size, generation); None when dropped."""
+    if _single_cells(terms, "pair", coded.pair_tab["n_cells"], "one experiment"):
+        return None
+    P, F = len(coded.pair_type), coded.n("family")
+    pair_cols: list[np.ndarray] = [np.ones((P, 1))]
+    if "type" in terms:
+        pair_cols.append(_indicators(coded.pair_type, coded.n("type")))
+    if "family" in terms:
+        pair_cols.append(_indicators(coded.pair_family, F))
+    if "size" in terms:
+        pair_cols.append(coded.size_x[:, None])
+    if "generation" in terms:
+        pair_cols.append(coded.gen_x[:, None])
+    if "generation_family" in terms:
+        pair_cols.append(_indicators(coded.pair_family, F) * coded.gen_x[:, None])
+    return _kept_basis(
+        terms,
+        "pair",
+        np.hstack(pair_cols),
+        "the pair-level terms (type, family, size, generation) already describe every pair exactly",
+    )
+
+
+def _constraint_bases(coded: _Coded, terms: _Terms) -> dict[str, np.ndarray]:
+    """The constraint basis of every grouped term left in (experiment and pair may drop)."""
+    builders = {
+        "type": lambda: _sum_to_zero(coded.n("type")),
+        "family": lambda: _sum_to_zero(coded.n("family")),
+        "domain": lambda: _sum_to_zero(coded.n("domain")),
+        "generation_family": lambda: _sum_to_zero(len(coded.coords["generation_family"])),
+        "type_domain": lambda: _type_domain_basis(coded),
+        "experiment": lambda: _experiment_basis(coded, terms),
+        "pair": lambda: _pair_basis(coded, terms),
+    }
     bases: dict[str, np.ndarray] = {}
-    if "type" in active:
-        bases["type"] = constraint_basis(np.ones((T, 1)))
-    if "family" in active:
-        bases["family"] = constraint_basis(np.ones((F, 1)))
-    if "domain" in active:
-        bases["domain"] = constraint_basis(np.ones((D, 1)))
-    if "generation_family" in active:
-        bases["generation_family"] = constraint_basis(
-            np.ones((len(coords["generation_family"]), 1))
-        )
-    if "type_domain" in active:
-        rows = np.kron(np.eye(T), np.ones((D, 1)))  # sum over domains, per type
-        cols = np.kron(np.ones((T, 1)), np.eye(D))  # sum over types, per domain
-        bases["type_domain"] = constraint_basis(np.hstack([rows, cols]))
-    if "experiment" in active:
-        if exp_tab["n_cells"].max() < 2:
-            drop(
-                "experiment",
-                "every experiment has a single cell (one pair), so experiment "
-                "effects and cell residuals are the same thing",
-            )
-        else:
-            group = _indicators(exp_domain, D) if "domain" in active else np.ones((E, 1))
-            B = constraint_basis(group)
-            if B.shape[1] == 0:
-                drop("experiment", "every domain has a single experiment")
-            else:
-                bases["experiment"] = B
-    if "pair" in active:
-        if pair_tab["n_cells"].max() < 2:
-            drop(
-                "pair",
-                "every pair has a single cell (one experiment), so pair effects and "
-                "cell residuals are the same thing",
-            )
-        else:
-            # Pair effects are what the pair-level terms leave unexplained: orthogonal
-            # to every pair-level column (intercept, type, family, size, generation).
-            pair_cols: list[np.ndarray] = [np.ones((P, 1))]
-            if "type" in active:
-                pair_cols.append(_indicators(pair_type, T))
-            if "family" in active:
-                pair_cols.append(_indicators(pair_family, F))
-            if "size" in active:
-                pair_cols.append(size_x[:, None])
-            if "generation" in active:
-                pair_cols.append(gen_x[:, None])
-            if "generation_family" in active:
-                pair_cols.append(_indicators(pair_family, F) * gen_x[:, None])
-            B = constraint_basis(np.hstack(pair_cols))
-            if B.shape[1] == 0:
-                drop(
-                    "pair",
-                    "the pair-level terms (type, family, size, generation) already "
-                    "describe every pair exactly",
-                )
-            else:
-                bases["pair"] = B
+    for term, build in builders.items():
+        if term in terms:
+            B = build()
+            if B is not None:
+                bases[term] = B
+    return bases
 
-    # Default priors far narrower than the data: widen them (and say so).
+
+# Each term's cell columns before its basis: (cells x levels) indicators, or the
+# covariate of a slope (cells x 1).
+_CELL_COLUMNS = {
+    "type": lambda k, c: _indicators(c["type_idx"].to_numpy(), k.n("type")),
+    "family": lambda k, c: _indicators(c["family_idx"].to_numpy(), k.n("family")),
+    "domain": lambda k, c: _indicators(c["domain_idx"].to_numpy(), k.n("domain")),
+    "type_domain": lambda k, c: _indicators(
+        (c["type_idx"] * k.n("domain") + c["domain_idx"]).to_numpy(), k.n("type") * k.n("domain")
+    ),
+    "experiment": lambda k, c: _indicators(c["experiment_idx"].to_numpy(), k.n("experiment")),
+    "pair": lambda k, c: _indicators(c["pair_idx"].to_numpy(), k.n("pair")),
+    "size": lambda k, c: k.size_x[c["pair_idx"].to_numpy()][:, None],
+    "generation": lambda k, c: k.gen_x[c["pair_idx"].to_numpy()][:, None],
+    "generation_family": lambda k, c: _generation_family_columns(k)[c["pair_idx"].to_numpy()],
+}
+
+
+def _cell_designs(
+    coded: _Coded, active: Sequence[str], bases: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Cell-level design matrix (cells x columns) of every active term, in basis coordinates."""
+    out = {}
+    for term in active:
+        cols = _CELL_COLUMNS[term](coded, coded.cells)
+        out[term] = cols @ bases[term] if term in bases else cols
+    return out
+
+
+# --------------------------------------------------------------------------- priors and scales
+
+
+def _autoscale(
+    c: pd.DataFrame, spec: EffectsSpec, messages: list[str]
+) -> tuple[EffectsSpec, float]:
+    """Default priors far narrower than the data: widen them (and say so)."""
     prior_scale = prior_scale_for(c["y"]) if spec.autoscale else 1.0
     if prior_scale > 1.0:
         messages.append(
@@ -507,10 +577,14 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
             f"default prior scales multiplied by {prior_scale:.3g} (fits.priors has "
             f"the priors used; set autoscale = false or your own priors to change it)"
         )
-    spec = resolve_priors(spec, prior_scale)
+    return resolve_priors(spec, prior_scale), prior_scale
 
-    # A scale cannot be learned from a handful of levels (and its funnel then
-    # defeats the sampler): such terms get a fixed-scale prior instead.
+
+def _fixed_scale_terms(
+    spec: EffectsSpec, active: Sequence[str], bases: dict[str, np.ndarray], messages: list[str]
+) -> set[str]:
+    """Terms with too few levels to learn a scale (whose funnel defeats the sampler):
+    a fixed-scale prior instead."""
     fixed_scale = set()
     for term in ("family", "generation_family", "domain", "type_domain", "experiment", "pair"):
         if term in active and bases[term].shape[1] < MIN_POOLED_LEVELS - 1:
@@ -524,27 +598,34 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
                 f"term {term!r} has only {bases[term].shape[1] + 1} free levels: "
                 f"{what} instead of a pooled scale"
             )
+    return fixed_scale
 
-    # Centred or non-centred, per grouped term, from what the data say about its scale.
-    designs = _cell_designs(c, active, bases, coords, size_x, gen_x, pair_family)
 
-    # sigma_cell is the spread of the cells around everything else: it needs cells
-    # beyond the mean's own parameters.  With fewer than MIN_RESIDUAL_DF left (one
-    # cell; two pairs on one experiment) it is prior only, and its funnel with the
-    # intercept makes NUTS diverge whatever the settings: fix it at 0 and say so.
+def _residual_df(n_cells: int, designs: dict[str, np.ndarray], messages: list[str]) -> int:
+    """Cells beyond the mean's own parameters; says so when sigma_cell cannot be learned.
+
+    With fewer than MIN_RESIDUAL_DF left (one cell; two pairs on one experiment)
+    sigma_cell is prior only, and its funnel with the intercept makes NUTS
+    diverge whatever the settings: it is fixed at 0.
+    """
     n_location = 1 + sum(Z.shape[1] for Z in designs.values())
-    residual_df = len(c) - n_location
-    sigma_cell_fixed = residual_df < MIN_RESIDUAL_DF
-    if sigma_cell_fixed:
+    residual_df = n_cells - n_location
+    if residual_df < MIN_RESIDUAL_DF:
         messages.append(
-            f"sigma_cell cannot be learned: {_n(len(c), 'cell')} and "
+            f"sigma_cell cannot be learned: {_n(n_cells, 'cell')} and "
             f"{_n(n_location, 'location parameter')} leave "
             f"{_n(max(residual_df, 0), 'residual degree')} of freedom "
             f"(at least {MIN_RESIDUAL_DF} needed); sigma_cell is fixed "
             "at 0, so each cell's mean is taken as known up to its standard error and the "
             "intervals describe these cells only"
         )
-    scale_estimates = _moment_scales(c, designs)
+    return residual_df
+
+
+def _parameterisation(
+    spec: EffectsSpec, active: Sequence[str], scale_estimates: dict[str, tuple[float, float]]
+) -> dict[str, bool]:
+    """Centred (True) or non-centred, per grouped term, from what the data say about its scale."""
     centred = {}
     for term in ("family", "domain", "type_domain", "experiment", "pair", "generation_family"):
         if term in active:
@@ -556,23 +637,57 @@ def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData
                 centred[term] = bool(np.isfinite(level_se) and level_se < 0.5 * sigma_hat)
             else:
                 centred[term] = spec.parameterization == "centred"
+    return centred
+
+
+def prepare(cells: pd.DataFrame, spec: EffectsSpec | None = None) -> EffectsData:
+    """Code the cells, decide which terms the data identify, build constraint bases.
+
+    ``cells`` needs ``pair, experiment, y, se`` and for the optional terms
+    ``post_training, family, n_params, generation_order, domain, n``
+    (:func:`psystats.stats.cells.with_scale` gives all of them).  Raises
+    :class:`WarehouseError` when nothing can be fitted.  Each term's builder
+    (:func:`_levels_terms`, :func:`_size_term`, :func:`_generation_term`,
+    :func:`_separable_pair_terms`, :func:`_constraint_bases`) drops it, with
+    the reason, when the data cannot inform it.
+    """
+    spec = spec or EffectsSpec()
+    messages: list[str] = []
+    c = _usable_cells(_with_defaults(cells), spec, messages)
+    coded = _code(c, messages)
+    terms = _Terms(
+        active=[t for t in TERMS if spec.terms[t]],
+        dropped={t: "left out by the specification" for t in TERMS if not spec.terms[t]},
+        messages=messages,
+    )
+    _levels_terms(coded, terms)
+    _size_term(coded, terms)
+    _generation_term(coded, terms, spec.generation_scale)
+    _separable_pair_terms(coded, terms)
+    bases = _constraint_bases(coded, terms)
+    spec, prior_scale = _autoscale(c, spec, messages)
+    active = terms.active
+    fixed_scale = _fixed_scale_terms(spec, active, bases, messages)
+    designs = _cell_designs(coded, active, bases)
+    residual_df = _residual_df(len(c), designs, messages)
+    scale_estimates = _moment_scales(c, designs)
     return EffectsData(
         cells=c,
-        coords=coords,
+        coords=coded.coords,
         active=active,
-        dropped=dropped,
+        dropped=terms.dropped,
         messages=messages,
-        pair_type=pair_type,
-        pair_family=pair_family,
-        size_x=size_x,
-        generation_x=gen_x,
-        experiment_domain=exp_domain,
+        pair_type=coded.pair_type,
+        pair_family=coded.pair_family,
+        size_x=coded.size_x,
+        generation_x=coded.gen_x,
+        experiment_domain=coded.exp_domain,
         bases=bases,
-        centred=centred,
-        size_center=size_center,
+        centred=_parameterisation(spec, active, scale_estimates),
+        size_center=coded.size_center,
         fixed_scale=fixed_scale,
         prior_scale=prior_scale,
         scale_estimates={k: v[0] for k, v in scale_estimates.items()},
-        sigma_cell_fixed=sigma_cell_fixed,
+        sigma_cell_fixed=residual_df < MIN_RESIDUAL_DF,
         residual_df=int(residual_df),
     )

@@ -148,6 +148,7 @@ def fit_cells(
         "sigma_cell_fixed": data.sigma_cell_fixed,
         "residual_df": data.residual_df,
         "coords": {k: len(v) for k, v in data.coords.items()},
+        "units": spec.units(),
     }
     # The published study's headline statistic beside the posterior (docs/model.md).
     from .cohens_d import pair_cohens_d

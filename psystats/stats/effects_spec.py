@@ -18,6 +18,9 @@ import numpy as np
 
 from psystats.warehouse.errors import WarehouseError
 
+from .generation_scale import DEFAULT_GENERATION_SCALE, check_generation_scale
+from .units import generation_slope_unit, outcome_unit, same_unit, size_slope_unit
+
 log = logging.getLogger(__name__)
 
 TERMS = (
@@ -32,11 +35,26 @@ TERMS = (
     "pair",
 )
 NO_DOMAIN = "(no domain)"
+# Reported parameters in the outcome's unit (the slopes have their own: EffectsSpec.units).
+OUTCOME_PARAMETERS = (
+    "intercept",
+    "type",
+    "type_mean",
+    "family",
+    "sigma_family",
+    "domain",
+    "sigma_domain",
+    "type_domain",
+    "sigma_type_domain",
+    "experiment",
+    "sigma_experiment",
+    "pair",
+    "sigma_pair",
+    "pair_mean",
+    "pair_domain_effect",
+    "sigma_cell",
+)
 MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of a pooled scale
-# rank: successive generations within a family are one step apart; number: the version;
-# date: years between release dates (models.release_date).
-GENERATION_SCALES = ("rank", "number", "date")
-DAYS_PER_YEAR = 365.25
 MIN_RESIDUAL_DF = 2  # fewer cells beyond the location parameters: sigma_cell fixed at 0
 # The data scale (nats per response, or SDs) the default priors are written for:
 # cells whose root mean square exceeds it get default priors widened in proportion.
@@ -143,7 +161,7 @@ class EffectsSpec:
     scale: str = "nats"
     min_participants: int = 2
     autoscale: bool = True
-    generation_scale: str = "rank"
+    generation_scale: str = DEFAULT_GENERATION_SCALE
 
     def __post_init__(self) -> None:
         unknown = set(self.terms) - set(TERMS)
@@ -164,11 +182,25 @@ class EffectsSpec:
             raise WarehouseError("scale must be nats or standardised")
         if self.min_participants < 1:
             raise WarehouseError("min_participants must be at least 1")
-        if self.generation_scale not in GENERATION_SCALES:
-            raise WarehouseError(
-                f"generation_scale must be one of {', '.join(GENERATION_SCALES)}, "
-                f"got {self.generation_scale!r}"
-            )
+        check_generation_scale(self.generation_scale)
+
+    def units(self) -> dict[str, str]:
+        """The unit of every parameter the effects model reports (``fits.summary["units"]``).
+
+        Effects, levels and scales are in the outcome's unit (``nats`` per
+        response, or ``SD`` on the standardised scale); the generation slopes
+        per step of ``generation_scale`` (:mod:`.generation_scale`), the size
+        slope per unit of log(parameters).
+        """
+        unit = outcome_unit(self.scale)
+        gen = generation_slope_unit(unit, self.generation_scale)
+        return {
+            **same_unit(OUTCOME_PARAMETERS, unit),
+            "size_slope": size_slope_unit(unit),
+            "generation_slope": gen,
+            "generation_slope_family": gen,
+            "sigma_generation_family": gen,
+        }
 
     def prior(self, name: str) -> Prior:
         return self.priors.get(name, DEFAULT_PRIORS[name])

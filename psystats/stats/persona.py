@@ -10,11 +10,16 @@ over the responses both runs scored validly (same model, same responses;
 participants without metadata are skipped by the persona scorer and so drop
 out here).  Negative d = the persona helps.  Cells (model, experiment) keep
 (n, mean, var); the model (``docs/model.md``) is hierarchical over
-experiments and models with one ``persona_effect`` per post-training type.
+experiments (and over models with ``model_effects="random"``; by default each
+model has its own effect and ``persona_effect`` per post-training type is their
+average, a statement about the models scored) with one ``persona_effect`` per
+post-training type.
 
 "No benefit" is a posterior statement through a region of practical
 equivalence (ROPE) around zero: ``P(|effect| < rope)``, ``P(effect < -rope)``
-(benefit) and ``P(effect > rope)`` (harm), in ``fits.summary``.
+(benefit) and ``P(effect > rope)`` (harm), in ``fits.summary``, with how wide
+the interval is against the ROPE and roughly how much more data would decide
+(:func:`data_size`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from psystats.warehouse.sql import where_clause
 
 from .analysis_common import load_models, prob, resolve_prior_scales
 from .likelihoods import marginal_normal
+from .units import outcome_unit, same_unit
 
 if TYPE_CHECKING:
     from .pipeline import FitResult
@@ -294,28 +300,120 @@ def build_persona_model(
 PARAMS = ["persona_effect", "persona_model_effect", "sigma_model", "sigma_experiment", "sigma_cell"]
 
 
+def persona_units(scale: str) -> dict[str, str]:
+    """The unit of every reported parameter: the cell values' (``nats`` per response or ``SD``)."""
+    return same_unit(PARAMS, outcome_unit(scale))
+
+
+def verdict(p_in: float, p_benefit: float, p_harm: float) -> str:
+    """The ROPE decision rule (docs/model.md): the statement whose posterior mass reaches DECISION."""
+    if p_in >= DECISION:
+        return "practically equivalent to no effect"
+    if p_benefit >= DECISION:
+        return "persona helps"
+    if p_harm >= DECISION:
+        return "persona hurts"
+    return "undecided"
+
+
+def _sd_deciding(mean: float, rope: float) -> tuple[float, str | None]:
+    """The posterior SD at which a Normal(mean, sd) posterior reaches a verdict, and which.
+
+    Inside the ROPE (|mean| < rope): the sd with P(|x| < rope) = DECISION;
+    outside: the sd with P(x beyond the ROPE on mean's side) = DECISION.
+    On the ROPE's edge no sd decides: (0, None).
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    z = float(norm.ppf(DECISION))
+    gap = abs(mean) - rope
+    if gap > 0:
+        return gap / z, "persona helps" if mean < 0 else "persona hurts"
+    if gap == 0:
+        return 0.0, None
+
+    def mass_in(sd: float) -> float:
+        return float(norm.cdf((rope - mean) / sd) - norm.cdf((-rope - mean) / sd)) - DECISION
+
+    # mass_in falls from 1 - DECISION (sd -> 0) to -DECISION (sd -> infinity).
+    hi = rope
+    while mass_in(hi) > 0:
+        hi *= 2
+    return float(brentq(mass_in, hi * 1e-9, hi, xtol=1e-14 * rope)), (
+        "practically equivalent to no effect"
+    )
+
+
+def data_size(draws: np.ndarray, rope: float, participants: int) -> dict[str, Any]:
+    """How wide the 90% interval is against the ROPE, and roughly how much more data would decide.
+
+    A rough guide, not a power analysis: the posterior is taken as
+    Normal(mean, sd) of the draws, its mean as staying where it is, and its SD
+    as shrinking as 1/sqrt(n) with the data (true while the participants'
+    noise dominates; spread between experiments and models shrinks only with
+    more experiments and models).  ``data_factor`` is then (sd / sd*)^2, sd*
+    the SD at which the verdict rule decides (:func:`_sd_deciding`), at least
+    1; ``participants_needed`` = that factor x ``participants``.  None when
+    already decided or when no amount of data would move a mean that sits on
+    the ROPE's edge.
+    """
+    x = np.asarray(draws, dtype=float).ravel()
+    q05, q95 = (float(v) for v in np.quantile(x, [0.05, 0.95]))
+    width, rope_width = q95 - q05, 2 * rope
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    decided = verdict(prob(np.abs(x) < rope), prob(x < -rope), prob(x > rope)) != "undecided"
+    out: dict[str, Any] = dict(
+        interval_width_90=width,
+        rope_width=rope_width,
+        width_over_rope=width / rope_width,
+        participants=int(participants),
+        decidable_as=None,
+        data_factor=None,
+        participants_needed=None,
+    )
+    head = f"the 90% interval is {width:.3g} wide against a ROPE {rope_width:.3g} wide"
+    if decided:
+        out["statement"] = f"{head}; decided with the data at hand"
+        return out
+    sd_star, what = _sd_deciding(mean, rope)
+    if what is None or sd_star <= 0:
+        out["statement"] = (
+            f"{head}; the mean sits on the ROPE's edge, so more data of the same kind "
+            "would not decide it"
+        )
+        return out
+    factor = max(1.0, (sd / sd_star) ** 2)
+    needed = int(np.ceil(factor * participants))
+    out.update(decidable_as=what, data_factor=factor, participants_needed=needed)
+    out["statement"] = (
+        f"{head}; if the mean stayed at {mean:+.3g} and the interval narrowed as 1/sqrt(n), "
+        f"about {factor:.3g} times the data (about {needed} participants instead of "
+        f"{participants}) would decide it ({what})"
+    )
+    return out
+
+
+def type_participants(cells: pd.DataFrame, post_training: str) -> int:
+    """Participants behind a type's effect: per experiment, the most any of its models had."""
+    c = cells[cells["post_training"] == post_training]
+    return int(c.groupby("experiment")["n"].max().sum()) if len(c) else 0
+
+
 def summarise_persona(idata, data: PersonaData) -> dict:
-    """ROPE probabilities and a verdict per post-training type."""
+    """ROPE probabilities, a verdict and the data-size line per post-training type."""
     rope = data.rope
     out: dict[str, Any] = {
         "rope": [-rope, rope],
         "scale": data.scale,
         "decision_mass": DECISION,
+        "units": persona_units(data.scale),
         "by_post_training": {},
     }
     post = idata.posterior["persona_effect"]
     for t in post.coords["post_training"].values:
         x = post.sel(post_training=t).values.ravel()
         p_in, p_ben, p_harm = prob(np.abs(x) < rope), prob(x < -rope), prob(x > rope)
-        verdict = (
-            "practically equivalent to no effect"
-            if p_in >= DECISION
-            else "persona helps"
-            if p_ben >= DECISION
-            else "persona hurts"
-            if p_harm >= DECISION
-            else "undecided"
-        )
         out["by_post_training"][str(t)] = dict(
             mean=float(x.mean()),
             q05=float(np.quantile(x, 0.05)),
@@ -323,8 +421,9 @@ def summarise_persona(idata, data: PersonaData) -> dict:
             p_in_rope=p_in,
             p_benefit=p_ben,
             p_harm=p_harm,
-            verdict=verdict,
+            verdict=verdict(p_in, p_ben, p_harm),
             n_models=int(data.cells.loc[data.cells["post_training"] == t, "model"].nunique()),
+            data_size=data_size(x, rope, type_participants(data.cells, str(t))),
         )
     return out
 

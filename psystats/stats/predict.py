@@ -19,6 +19,8 @@ import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
 
+from .generation_scale import generation_values
+
 NUMERIC_KEYS = ("n_params", "log_params", "generation_order")
 PREDICTABLE_KINDS = ("formula", "effects")
 
@@ -275,15 +277,9 @@ def _size_effect(new_pair, flat, summary: dict, active: set) -> np.ndarray:
 
 
 def generation_positions(pairs: pd.DataFrame, scale: str) -> pd.Series:
-    """Each pair's generation on the fit's scale before centring (the effects model's rule):
-    rank within family, the version number, or years since the family's first release."""
-    order = pd.to_numeric(pairs["generation_order"], errors="coerce")
-    if scale == "rank":
-        return order.groupby(pairs["family"]).rank(method="dense") - 1
-    if scale == "date":
-        day = pd.to_datetime(pairs["release_date"], errors="coerce")
-        return (day - day.groupby(pairs["family"]).transform("min")).dt.days / 365.25
-    return order
+    """Each pair's generation on the fit's scale before centring (the effects model's rule,
+    :mod:`.generation_scale`); a date that is missing or unreadable is NaN."""
+    return generation_values(pairs, scale, strict=False)
 
 
 def _generation_x(pairs: pd.DataFrame, scale: str) -> np.ndarray:

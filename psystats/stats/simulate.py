@@ -317,6 +317,105 @@ def add_synthetic_experiments(
     return names
 
 
+def simulated_models(
+    families: Sequence[str], generations: Sequence[int], types: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(models, pairs): one base per (family, generation), one post-trained model per type."""
+    models: list[dict[str, Any]] = []
+    pair_rows: list[dict[str, Any]] = []
+    for fi, fam in enumerate(families):
+        for gi, g in enumerate(generations):
+            # Sizes that are not a sum of a family part and a generation part, so the
+            # size slope stays separable from family and generation effects.
+            npar = int(1e8 * 3 ** ((fi * 7 + gi * 3 + fi * gi * 5) % 11))
+            meta = dict(family=fam, generation=str(g), generation_order=float(g), n_params=npar)
+            base = f"sim-{fam}{g}-base"
+            models.append(dict(name=base, post_training="base", base_model=None, **meta))
+            for t in types:
+                post = f"sim-{fam}{g}-{t}"
+                models.append(dict(name=post, post_training=t, base_model=base, **meta))
+                pair_rows.append(
+                    dict(
+                        pair=f"{post} vs {base}",
+                        post_model=post,
+                        base_model=base,
+                        post_training=t,
+                        **meta,
+                    )
+                )
+    return models, pair_rows
+
+
+def draw_cell_means(design: pd.DataFrame, truth: dict, rng) -> dict[tuple[str, str], float]:
+    """Each cell's mean mu_cell under the truth, with its cell residual (sigma_cell) drawn."""
+    mu = {}
+    for row in design.itertuples():
+        m = truth["pair_mean"][row.pair]
+        dom = row.domain if isinstance(row.domain, str) else "(no domain)"
+        if "domain" in truth:
+            m += truth["domain"].get(dom, 0.0)
+        if "type_domain" in truth and dom in truth["type_domain"].columns:
+            m += truth["type_domain"].loc[row.post_training, dom]
+        if "experiment" in truth:
+            m += truth["experiment"][row.experiment]
+        mu[(row.pair, row.experiment)] = m + rng.normal(0, truth["sigma_cell"])
+    return mu
+
+
+def draw_scores(
+    resp: pd.DataFrame,
+    models: Sequence[dict],
+    pair_rows: Sequence[dict],
+    mu: dict[tuple[str, str], float],
+    rng,
+    participant_sd: float,
+) -> dict[str, np.ndarray]:
+    """Per-response NLL of every simulated model (aligned with ``resp``), as written.
+
+    Base models: 1 + Exponential(1) per response.  Post-trained models: their
+    base's NLL + d_i, with d_i ~ N(mu_cell, participant_sd) drawn per
+    participant, so a participant's mean difference is exactly d_i.
+    """
+    nll = {}
+    for m in models:
+        if m["base_model"] is None:
+            nll[m["name"]] = 1.0 + rng.exponential(1.0, len(resp))
+    participants = resp[["participant_key", "experiment"]].drop_duplicates()
+    for pr in pair_rows:
+        d = {
+            row.participant_key: rng.normal(mu[(pr["pair"], row.experiment)], participant_sd)
+            for row in participants.itertuples()
+        }
+        nll[pr["post_model"]] = nll[pr["base_model"]] + resp.participant_key.map(d).to_numpy()
+    return nll
+
+
+def warehouse_responses(con) -> pd.DataFrame:
+    resp = con.execute(
+        "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
+        "FROM responses r LEFT JOIN experiments e USING (experiment) "
+        "ORDER BY r.response_id"
+    ).fetchall()
+    if not resp:
+        raise WarehouseError(
+            "the warehouse has no responses to score: ingest studies or call "
+            "add_synthetic_experiments() first"
+        )
+    return pd.DataFrame(resp, columns=["response_id", "participant_key", "experiment", "domain"])
+
+
+def warehouse_design(
+    resp: pd.DataFrame, pair_rows: Sequence[dict], participant_sd: float
+) -> pd.DataFrame:
+    """The cell layout (pairs x the warehouse's experiments, n participants, domain)."""
+    n_by_exp = resp.groupby("experiment")["participant_key"].nunique()
+    exps = pd.DataFrame(
+        {"experiment": n_by_exp.index, "n": n_by_exp.to_numpy(), "s": participant_sd}
+    )
+    exps["domain"] = exps["experiment"].map(resp.groupby("experiment")["domain"].first())
+    return pd.DataFrame(list(pair_rows)).merge(exps, how="cross")
+
+
 def simulate_warehouse(
     con,
     *,
@@ -341,118 +440,33 @@ def simulate_warehouse(
     """
     base_condition = base_condition or post_condition
     rng = np.random.default_rng(seed)
-    resp = con.execute(
-        "SELECT r.response_id, r.participant_key, r.experiment, e.domain "
-        "FROM responses r LEFT JOIN experiments e USING (experiment) "
-        "ORDER BY r.response_id"
-    ).fetchall()
-    if not resp:
-        raise WarehouseError(
-            "the warehouse has no responses to score: ingest studies or call "
-            "add_synthetic_experiments() first"
-        )
-    resp = pd.DataFrame(resp, columns=["response_id", "participant_key", "experiment", "domain"])
-    n_by_exp = resp.groupby("experiment")["participant_key"].nunique()
-    models: list[dict[str, Any]] = []
-    pair_rows: list[dict[str, Any]] = []
-    for fi, fam in enumerate(families):
-        for g in generations:
-            # Sizes that are not a sum of a family part and a generation part, so the
-            # size slope stays separable from family and generation effects.
-            gi = list(generations).index(g)
-            npar = int(1e8 * 3 ** ((fi * 7 + gi * 3 + fi * gi * 5) % 11))
-            base = f"sim-{fam}{g}-base"
-            models.append(
-                dict(
-                    name=base,
-                    family=fam,
-                    generation=str(g),
-                    generation_order=float(g),
-                    n_params=npar,
-                    post_training="base",
-                    base_model=None,
-                )
-            )
-            for t in types:
-                post = f"sim-{fam}{g}-{t}"
-                models.append(
-                    dict(
-                        name=post,
-                        family=fam,
-                        generation=str(g),
-                        generation_order=float(g),
-                        n_params=npar,
-                        post_training=t,
-                        base_model=base,
-                    )
-                )
-                pair_rows.append(
-                    dict(
-                        pair=f"{post} vs {base}",
-                        post_model=post,
-                        base_model=base,
-                        post_training=t,
-                        family=fam,
-                        generation=str(g),
-                        generation_order=float(g),
-                        n_params=npar,
-                    )
-                )
-    exps = pd.DataFrame(
-        {"experiment": n_by_exp.index, "n": n_by_exp.to_numpy(), "s": participant_sd}
-    )
-    doms = resp.groupby("experiment")["domain"].first()
-    exps["domain"] = exps["experiment"].map(doms)
-    design = pd.DataFrame(pair_rows).merge(exps, how="cross")
+    resp = warehouse_responses(con)
+    models, pair_rows = simulated_models(families, generations, types)
+    design = warehouse_design(resp, pair_rows, participant_sd)
     sim = simulate_cells(design=design, seed=seed, scales=scales)
-
     # Cell means mu (without sampling noise) are rebuilt from the truth and drawn per participant.
-    tr = sim.truth
-    mu = {}
-    for row in design.itertuples():
-        m = tr["pair_mean"][row.pair]
-        dom = row.domain if isinstance(row.domain, str) else "(no domain)"
-        if "domain" in tr:
-            m += tr["domain"].get(dom, 0.0)
-        if "type_domain" in tr and dom in tr["type_domain"].columns:
-            m += tr["type_domain"].loc[row.post_training, dom]
-        if "experiment" in tr:
-            m += tr["experiment"][row.experiment]
-        mu[(row.pair, row.experiment)] = m + rng.normal(0, tr["sigma_cell"])
-
-    base_models = [m for m in models if m["base_model"] is None]
-    participants = resp[["participant_key", "experiment"]].drop_duplicates()
+    mu = draw_cell_means(design, sim.truth, rng)
+    nll = draw_scores(resp, models, pair_rows, mu, rng, participant_sd)
     with transaction(con):
         register_models(con, models)
-        base_nll = {}
-        for m in base_models:
-            base_nll[m["name"]] = 1.0 + rng.exponential(1.0, len(resp))
-            write_run(con, m["name"], base_condition, resp.response_id, base_nll[m["name"]])
+        for m in models:  # bases first, then the post-trained models (run ids in that order)
+            if m["base_model"] is None:
+                write_run(con, m["name"], base_condition, resp.response_id, nll[m["name"]])
         for pr in pair_rows:
-            d = {}
-            for row in participants.itertuples():
-                d[row.participant_key] = rng.normal(
-                    mu[(pr["pair"], row.experiment)], participant_sd
-                )
-            shift = resp.participant_key.map(d).to_numpy()
-            write_run(
-                con,
-                pr["post_model"],
-                post_condition,
-                resp.response_id,
-                base_nll[pr["base_model"]] + shift,
-            )
+            post = pr["post_model"]
+            write_run(con, post, post_condition, resp.response_id, nll[post])
     return sim
 
 
 def register_models(con, rows: Sequence[dict]) -> None:
     """Insert simulated models (name, family, generation, generation_order, n_params,
-    post_training, base_model; missing keys are NULL).  The caller holds the transaction."""
+    post_training, base_model, release_date; missing keys are NULL).  The caller holds
+    the transaction."""
     for m in rows:
         con.execute(
             "INSERT INTO models (model_id, name, source, family, generation, generation_order,"
-            " n_params, post_training, base_model, inferred) VALUES (nextval('model_id_seq'),"
-            " ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            " n_params, post_training, base_model, inferred, release_date) VALUES"
+            " (nextval('model_id_seq'), ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 m["name"],
                 m.get("family"),
@@ -462,6 +476,7 @@ def register_models(con, rows: Sequence[dict]) -> None:
                 m["post_training"],
                 m.get("base_model"),
                 json.dumps({"simulated": True}),
+                m.get("release_date"),
             ],
         )
 

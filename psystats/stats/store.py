@@ -43,6 +43,7 @@ PARAM_COLUMNS = [
     "r_hat",
     "ess_bulk",
     "ess_tail",
+    "unit",  # last: not a number (summarise_posterior)
 ]
 
 
@@ -101,8 +102,11 @@ def summarise_posterior(
     var_names: Sequence[str] | None = None,
     labels: Mapping[str, str] | None = None,
     element_coords: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per scalar element of each posterior variable: the ``fit_params`` columns.
+
+    ``units`` maps a variable to its unit (``unit``; NULL for a variable not in it).
 
     ``labels`` maps a variable to a format string over its dimension names,
     e.g. ``{"type_domain": "{type} × {domain}"}``; by default the label is the
@@ -178,9 +182,10 @@ def summarise_posterior(
                     ess_tail=et[idx],
                 )
             )
-    df = pd.DataFrame(rows, columns=PARAM_COLUMNS[1:])
-    num = PARAM_COLUMNS[4:]
+    df = pd.DataFrame(rows, columns=PARAM_COLUMNS[1:-1])
+    num = PARAM_COLUMNS[4:-1]
     df[num] = df[num].astype(float)
+    df["unit"] = df["parameter"].map(dict(units or {}))
     return df
 
 
@@ -235,6 +240,12 @@ def netcdf_attrs(path: str | os.PathLike) -> dict:
     return json.loads(raw) if raw else {}
 
 
+def summary_units(summary: Any) -> dict[str, str]:
+    """``{parameter: unit}`` for ``fit_params.unit``: the summary's ``units`` (:mod:`.units`)."""
+    units = summary.get("units") if isinstance(summary, Mapping) else None
+    return {str(k): str(v) for k, v in units.items()} if isinstance(units, Mapping) else {}
+
+
 def save_fit(
     con,
     *,
@@ -268,11 +279,11 @@ def save_fit(
     ``element_coords`` shape the ``fit_params`` labels and coords
     (:func:`summarise_posterior`).  ``dropped`` (terms left out, with the
     reason) and ``notes`` go into the NetCDF's record (:func:`netcdf_record`;
-    by default the summary's ``dropped_terms`` and ``notes``).
+    by default the summary's ``dropped_terms`` and ``notes``).  Units: :func:`summary_units`.
     """
     from psystats.warehouse.provenance import __version__
 
-    params = summarise_posterior(idata, var_names, labels, element_coords)
+    params = summarise_posterior(idata, var_names, labels, element_coords, summary_units(summary))
     passed: bool | None
     if isinstance(diagnostics, Diagnostics):
         passed = diagnostics.passed
