@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 warnings.filterwarnings("ignore")
 
@@ -223,7 +224,7 @@ def test_netcdf_alone_carries_spec_priors_selection_dropped_and_versions(db_path
     from psystats.stats.pipeline import StoreOptions, run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y),
         kind="test",
@@ -303,7 +304,7 @@ def test_compare_refuses_other_data_and_names_what_differs(db_path, tmp_path):
     from psystats.stats.compare import compare_fits
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _stored(con, tmp_path, y)
     fewer = _stored(con, tmp_path, y[:20], scale="standardised")
     other = _stored(con, tmp_path, np.where(np.arange(N_OBS) == 3, y + 1, y))
@@ -330,7 +331,7 @@ def test_compare_matches_observations_listed_in_another_order(db_path, tmp_path)
     y = _data()
     labels = [f"o{i}" for i in range(N_OBS)]
     perm = np.random.default_rng(7).permutation(N_OBS)
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _stored(con, tmp_path, y, seed=1)
     b = _stored(con, tmp_path, y[perm], seed=2, labels=[labels[i] for i in perm])
     got = compare_fits(con, [a, b]).set_index("fit")
@@ -381,7 +382,7 @@ def test_run_fit_samples_and_recovers_a_conjugate_posterior(db_path, tmp_path):
     from psystats.stats.pipeline import SamplingOptions, run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y),
         kind="test",
@@ -413,9 +414,9 @@ def test_effects_netcdf_record_matches_the_fit(db_path, tmp_path):
     fit = fit_cells(cells, draws=300, tune=300, seed=1, allow_failure=True, compare=False)
     assert fit.data.prior_scale > 1 and fit.data.dropped
     fit.result.selection = {"experiments": sorted(cells["experiment"].unique().tolist())}
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     fid = save_result(con, fit.result, StoreOptions(scale="nats", netcdf_dir=tmp_path))
-    path = warehouse.db.scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
+    path = scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
     con.close()
     rec = json.loads(az.from_netcdf(path).attrs["psystats_fit"])
     assert rec["kind"] == "effects" and rec["fit_id"] == fid

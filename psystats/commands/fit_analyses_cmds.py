@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 import click
 
-from .brief_db import open_brief
-from .common import db_option, friendly_errors, print_rows
+from .common import db_option, friendly_errors, open_db, print_rows
 from .sampling_options import sampling_options as shared_sampling_options
 
 
@@ -47,7 +46,7 @@ def _sampling_kwargs(kw: dict) -> dict:
 
 def _check_names(con, models, experiments) -> None:
     """'no such model/experiment' (with "did you mean") before any work."""
-    from psystats.warehouse.queries import check_names
+    from psystats.warehouse.names import check_names
 
     check_names(con, "model", models)
     check_names(con, "experiment", experiments)
@@ -119,7 +118,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
     from psystats.stats.generations import fit_generations
 
     s = _sampling_kwargs(kw)
-    con = open_brief(db)  # not held while sampling (see brief_db)
+    con = open_db(db, "statement")  # not held while sampling (mode docs: warehouse.db.open)
     try:
         _check_names(con, None, s.get("experiments"))
         result = fit_generations(
@@ -214,7 +213,7 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
     from psystats.stats.persona import fit_persona
 
     s = _sampling_kwargs(kw)
-    con = open_brief(db)  # not held while sampling (see brief_db)
+    con = open_db(db, "statement")  # not held while sampling (mode docs: warehouse.db.open)
     try:
         _check_names(con, models, s.get("experiments"))
         result = fit_persona(
@@ -288,7 +287,7 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
     from psystats.stats.accuracy import fit_accuracy
 
     s = _sampling_kwargs(kw)
-    con = open_brief(db)  # not held while sampling (see brief_db)
+    con = open_db(db, "statement")  # not held while sampling (mode docs: warehouse.db.open)
     try:
         _check_names(con, models, s.get("experiments"))
         result = fit_accuracy(

@@ -142,11 +142,9 @@ def effects(
         spec.scale = scale
     if generation_scale:
         spec.generation_scale = generation_scale
-    from .brief_db import open_brief
-
     # Read the cells, let go of the file while sampling, write the fit in one
     # short transaction: other commands can read and write meanwhile.
-    con = open_brief(db)
+    con = open_db(db, "statement")
     try:
         _check_names(con, models, experiments, post_condition or condition, base_condition)
         result = fit_effects(
@@ -235,12 +233,8 @@ def compare(db, fit_ids, kfold, seed, include_failed, fmt):
     """
     from psystats.stats.compare import compare_fits
 
-    if kfold:
-        from .brief_db import open_brief
-
-        con = open_brief(db)  # the refits take minutes: hold the file per statement only
-    else:
-        con = open_db(db, read_only=True)
+    # The refits take minutes: hold the file per statement only.
+    con = open_db(db, "statement" if kfold else "read")
     try:
         table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
     finally:
@@ -262,7 +256,7 @@ def compare(db, fit_ids, kfold, seed, include_failed, fmt):
 
 def _check_names(con, models, experiments, condition, other_condition) -> None:
     """'no such experiment/model/condition' (with "did you mean") before any work."""
-    from psystats.warehouse.queries import check_names
+    from psystats.warehouse.names import check_names
 
     check_names(con, "model", models)
     check_names(con, "experiment", experiments)
@@ -317,7 +311,7 @@ def cells(db, output, condition, post_condition, base_condition, models, experim
     from psystats.warehouse.outputs import check_target
 
     check_target(out)  # before the work: a bad -o fails at once
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
         _check_names(con, models, experiments, post_condition or condition, base_condition)
         df = build_cells(

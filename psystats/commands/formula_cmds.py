@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .common import db_option, friendly_errors, print_rows
+from .common import db_option, friendly_errors, open_db, print_rows
 from .sampling_options import sampling_options
 
 
@@ -106,11 +106,9 @@ def formula(
     """
     from psystats.stats.formula import fit_formula
 
-    from .brief_db import open_brief
-
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
     # Read the cells, let go of the file while sampling, write the fit in one transaction.
-    con = open_brief(db)
+    con = open_db(db, "statement")
     result = fit_formula(
         con,
         formula,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.sql import where_clause
 
 MODEL_COLUMNS = [
     "name",
@@ -80,7 +80,7 @@ def resolve_prior_scales(given: Any, auto: dict[str, float], what: str) -> dict[
     """
     from dataclasses import asdict
 
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.errors import WarehouseError
 
     out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(given).items()}
     bad = [k for k, v in out.items() if not (v > 0)]
@@ -117,7 +117,7 @@ def generation_coords(
 
 def responses_frame(con, experiments: Sequence[str] | None = None) -> pd.DataFrame:
     """response_id, participant_key, experiment, text of the warehouse's responses."""
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.errors import WarehouseError
 
     where, params = where_clause({"experiment": experiments})
     cur = con.execute(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .effects_design import EffectsData, prepare
 from .effects_model import LABELS, build_effects_model, reported_vars

@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .sampling import Diagnostics
 
