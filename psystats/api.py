@@ -19,10 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError, connect
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.integrity import damage_error, is_damage_error
+from psystats.warehouse.names import check_names
+from psystats.warehouse.sql import where_clause
 
 PLOTS = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
 
@@ -46,31 +50,40 @@ class Warehouse:
                     f"no warehouse at {self.path}: run `psystats ingest --db {self.path} ...` "
                     "first, or ps.open(path, create=True)"
                 )
-            connect(self.path).close()
+            warehouse_db.open(self.path, "write", create=True).close()
 
     def __repr__(self) -> str:
         return f"psystats.Warehouse({str(self.path)!r})"
 
     @contextmanager
     def connection(self, *, read_only: bool = True) -> Iterator[Any]:
-        """A DuckDB connection to the file, closed on exit (``with wh.connection() as con:``)."""
-        con = connect(self.path, read_only=read_only, create=False)
-        try:
-            yield con
-        finally:
-            con.close()
+        """A DuckDB connection to the file, closed on exit (``with wh.connection() as con:``).
+
+        Read-only by default (``warehouse.db.open`` mode ``"read"``); ``read_only=False``
+        holds the file for writing until the block ends (mode ``"write"``).  A query of
+        damaged Parquet score files raises one WarehouseError naming the run.
+        """
+        with warehouse_db.open(self.path, "read" if read_only else "write") as con:
+            try:
+                yield con
+            except duckdb.Error as e:
+                if is_damage_error(e):
+                    raise damage_error(e) from None
+                raise
 
     @contextmanager
     def _writer(self) -> Iterator[Any]:
-        """A connection for a fit: it holds the file only per statement (warehouse.brief), so
-        `psystats` commands in a terminal keep working while a notebook samples."""
-        from psystats.warehouse.brief import BriefConnection
-
-        con = BriefConnection(self.path)
-        try:
+        """A connection for a fit: it holds the file only per statement (mode
+        ``"statement"``), so `psystats` commands in a terminal keep working while a
+        notebook samples."""
+        with warehouse_db.open(self.path, "statement") as con:
             yield con
-        finally:
-            con.close()
+
+    def _check(self, kind: str, names: str | Sequence[str] | None) -> None:
+        """Unknown names raise with "did you mean", as on the command line."""
+        if names is not None:
+            with self.connection() as con:
+                check_names(con, kind, _list(names))
 
     # ------------------------------------------------------------------ reading
 
@@ -95,7 +108,12 @@ class Warehouse:
         participant: str | Sequence[str] | None = None,
         limit: int | None = None,
     ) -> pd.DataFrame:
-        """Human responses with their experiment's domain (one row per response)."""
+        """Human responses with their experiment's domain (one row per response).
+
+        An unknown study or experiment raises a WarehouseError with "did you mean".
+        """
+        self._check("study", study)
+        self._check("experiment", experiment)
         filt, params = where_clause(
             {
                 "r.study": _list(study),
@@ -144,9 +162,14 @@ class Warehouse:
         complete run (the rule every fit uses); ``latest=False`` returns every
         run, ``run_id`` one run.  Columns: run_id, model, condition, response_id,
         study, experiment, domain, participant, response_index, nll, n_tokens,
-        first_token_nll, top1_all, top1_first, first_token_entropy.
+        first_token_nll, top1_all, top1_first, first_token_entropy.  An unknown model,
+        condition or experiment raises a WarehouseError with "did you mean".
         """
         from psystats.stats.data import latest_runs_sql
+
+        self._check("model", model)
+        self._check("condition", condition)
+        self._check("experiment", experiment)
 
         filt, params = where_clause(
             {

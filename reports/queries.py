@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from psystats.warehouse.db import scalar
+from psystats.warehouse.sql import scalar
 
 # Conditions in the order the report shows them.
 CONDITION_ORDER = ("plain", "chat", "persona", "imported")

@@ -10,12 +10,12 @@ import numpy as np
 
 def simulated_warehouse(path: Path, *, seed: int = 0) -> Path:
     """The embedded sample, two families x two generations x two types, scored (simulated)."""
-    from psystats import warehouse
     from psystats.sample import sample_path
     from psystats.stats.simulate import simulate_warehouse
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
 
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     try:
         ingest_paths(con, [sample_path()])
         simulate_warehouse(
@@ -40,8 +40,8 @@ def store_prior_fit(path: Path, *, seed: int = 0, kind: str = "test") -> int:
     """
     import arviz as az
 
-    from psystats import warehouse
     from psystats.stats.store import save_fit
+    from psystats.warehouse import db as warehouse_db
 
     rng = np.random.default_rng(seed)
     chains, draws = 2, 200
@@ -58,7 +58,7 @@ def store_prior_fit(path: Path, *, seed: int = 0, kind: str = "test") -> int:
         coords={"level": ["a", "b"], "obs": np.arange(5)},
         dims={"effect": ["level"], "y": ["obs"]},
     )
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     try:
         return save_fit(
             con,

@@ -15,7 +15,7 @@ import pytest
 from reanalysis_helpers import simulated_warehouse, store_prior_fit
 
 import psystats as ps
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,9 +65,9 @@ def test_responses_and_filters(sim_db: Path):
 
 def test_scores_latest_run_rule(sim_db: Path, tmp_path: Path):
     """A newer complete run of the same model replaces the old one in wh.scores()."""
-    from psystats import warehouse
     from psystats.stats.simulate import write_run
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.sql import transaction
 
     db = tmp_path / "w.duckdb"
     shutil.copy(sim_db, db)
@@ -76,7 +76,7 @@ def test_scores_latest_run_rule(sim_db: Path, tmp_path: Path):
     wh = ps.open(db)
     model = "sim-qwen1-base"
     before = wh.scores(model=model, condition="plain")
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     rids = before["response_id"].to_numpy()
     with transaction(con):
         new_run = write_run(con, model, "plain", rids, np.full(len(rids), 7.5))

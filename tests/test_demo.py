@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import COMMANDS, main
 from psystats.commands import demo_cmds
 from psystats.sample import sample_path, sample_studies
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ def test_sample_is_real_psych201_with_attribution(psych201: Path, tmp_path: Path
 def test_sample_ingests_into_several_domains(db_path: Path):
     from psystats.warehouse.ingest import ingest_paths
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     ingest_paths(con, [sample_path()])
     rows = con.execute(
         "SELECT p.study, e.domain, count(*) FROM participants p "
@@ -155,12 +156,12 @@ def _check_demo_output(workdir: Path, models: int = 2, simulated: bool = False) 
         assert "No data for this section" not in flat
         assert "flagged as a pipeline check" in flat
         assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 4
-    con = warehouse.connect(workdir / "demo.duckdb", read_only=True)
-    n_resp = warehouse.db.scalar(con, "SELECT count(*) FROM responses")
+    con = warehouse_db.open(workdir / "demo.duckdb")
+    n_resp = scalar(con, "SELECT count(*) FROM responses")
     runs = con.execute("SELECT run_id, status FROM score_runs").fetchall()
-    n_scores = warehouse.db.scalar(con, "SELECT count(*) FROM scores")
+    n_scores = scalar(con, "SELECT count(*) FROM scores")
     fits = con.execute("SELECT kind FROM fits").fetchall()
-    n_options = warehouse.db.scalar(con, "SELECT count(*) FROM option_scores")
+    n_options = scalar(con, "SELECT count(*) FROM option_scores")
     con.close()
     assert (n_options > 0) is simulated
     if simulated:
@@ -219,11 +220,11 @@ def test_demo_rerun_resumes(tiny_models, tmp_path: Path):
     for _ in range(2):
         res = _demo_on_tiny_models(tiny_models, tmp_path, "--no-simulated")
         assert res.exit_code == 0, res.output
-    con = warehouse.connect(tmp_path / "demo.duckdb", read_only=True)
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM score_runs") == 2
-    n_resp = warehouse.db.scalar(con, "SELECT count(*) FROM responses")
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM scores") == 2 * n_resp
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 2
+    con = warehouse_db.open(tmp_path / "demo.duckdb")
+    assert scalar(con, "SELECT count(*) FROM score_runs") == 2
+    n_resp = scalar(con, "SELECT count(*) FROM responses")
+    assert scalar(con, "SELECT count(*) FROM scores") == 2 * n_resp
+    assert scalar(con, "SELECT count(*) FROM fits") == 2
     con.close()
 
 
@@ -248,7 +249,7 @@ def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
     from psystats.stats import demo_study as ds
     from psystats.warehouse.ingest import ingest_paths
 
-    con = warehouse.connect(tmp_path / "w.duckdb")
+    con = warehouse_db.open(tmp_path / "w.duckdb", "write", create=True)
     ingest_paths(con, [sample_path()])
     truth = ds.write_study(con, tmp_path / "sim", seed=1)
     resp = pd.DataFrame(
@@ -323,7 +324,7 @@ def test_simulated_option_scores_carry_the_known_accuracy(tmp_path: Path):
         """P(z_0 + beta > max of k - 1 other standard normals), by quadrature."""
         return quad(lambda x: norm.pdf(x - beta) * norm.cdf(x) ** (k - 1), -10, 12)[0]
 
-    con = warehouse.connect(tmp_path / "w.duckdb")
+    con = warehouse_db.open(tmp_path / "w.duckdb", "write", create=True)
     ingest_paths(con, [sample_path()])
     truth = ds.write_study(con, tmp_path / "sim", seed=2)
     resp = pd.DataFrame(

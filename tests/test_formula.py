@@ -13,7 +13,7 @@ from scipy import stats
 from psystats.stats.formula import build_formula_model, formula_frame
 from psystats.stats.predict import parse_new_pair
 from psystats.stats.simulate import simulate_cells
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,8 @@ def test_cli_fit_formula_predict_plot(tmp_path):
     from click.testing import CliRunner
     from reanalysis_helpers import assert_loo_stands_alone, simulated_warehouse
 
-    from psystats import warehouse
     from psystats.cli import main
+    from psystats.warehouse import db as warehouse_db
 
     db = simulated_warehouse(tmp_path / "psych.duckdb")
     run = CliRunner().invoke
@@ -186,7 +186,7 @@ def test_cli_fit_formula_predict_plot(tmp_path):
         + ["--draws", "500", "--tune", "500", "--allow-diagnostics-failure"],
     )
     assert r.exit_code == 0, r.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     kind, spec, path, summary = con.execute(
         "SELECT kind, spec, netcdf_path, summary FROM fits"
     ).fetchall()[0]

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from reanalysis_helpers import assert_loo_stands_alone
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -327,7 +328,7 @@ def sim_wh(small_warehouse, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("e2e") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=6, participants=30, responses=4)
     simulate_warehouse(con, seed=3, scales={"sigma_experiment": 0.2, "sigma_type_domain": 0.1})
     con.close()
@@ -345,9 +346,9 @@ def test_cli_fit_effects_gate_failure_leaves_warehouse_unchanged(sim_wh, tmp_pat
         main, ["--db", str(db), "fit", "effects", "--draws", "30", "--tune", "30", "--no-checks"]
     )
     assert r.exit_code == 1 and "diagnostic gates" in r.output and "ESS" in r.output
-    con = warehouse.connect(db, read_only=True)
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 0
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fit_params") == 0
+    con = warehouse_db.open(db)
+    assert scalar(con, "SELECT count(*) FROM fits") == 0
+    assert scalar(con, "SELECT count(*) FROM fit_params") == 0
     assert not (tmp_path / "w.duckdb.fits").exists() or not any(
         (tmp_path / "w.duckdb.fits").iterdir()
     )
@@ -377,7 +378,7 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     fit = con.execute(
         "SELECT kind, passed, scale, condition, diagnostics, summary, netcdf_path FROM fits"
     ).fetchall()
@@ -402,9 +403,7 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
         "ORDER BY label LIMIT 1"
     ).fetchall()[0]
     assert set(json.loads(td[1])) == {"type", "domain"} and " × " in td[0]
-    n_pde = warehouse.db.scalar(
-        con, "SELECT count(*) FROM fit_params WHERE parameter = 'pair_domain_effect'"
-    )
+    n_pde = scalar(con, "SELECT count(*) FROM fit_params WHERE parameter = 'pair_domain_effect'")
     assert n_pde == 8 * 4  # 8 pairs x (Psycholinguistics + 3 synthetic domains)
     from pathlib import Path
 
@@ -664,7 +663,7 @@ def test_simulated_warehouse_cells_scatter_as_their_standard_errors_say(db_path)
     from psystats.stats.cells import build_cells
     from psystats.stats.simulate import add_synthetic_experiments, simulate_warehouse
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=8, participants=25, responses=2, seed=2)
     sim = simulate_warehouse(
         con, families=("a", "b"), generations=(1, 2, 3), types=("instruct", "reasoning"), seed=5

@@ -17,7 +17,7 @@ from psystats.stats.options import (
     Selection,
     StoreOptions,
 )
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = [

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from reanalysis_helpers import assert_loo_stands_alone
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 
 
 def _converged(diag: dict) -> bool:
@@ -24,7 +24,7 @@ def persona_warehouse(tmp_path):
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path / "persona.duckdb"
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=8, participants=20, responses=4, seed=4)
     truth = simulate_persona(con, effects={"base": 0.0, "instruct": -0.15}, seed=5)
     con.close()
@@ -35,7 +35,7 @@ def test_persona_cells_match_a_pandas_reference(persona_warehouse):
     from psystats.stats.persona import persona_cells
 
     path, _ = persona_warehouse
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     # One response's persona score is invalid (no tokens): it must drop out of both sides.
     rid = con.execute("SELECT min(response_id) FROM responses").fetchall()[0][0]
     con.execute(
@@ -84,7 +84,7 @@ def test_no_persona_runs_is_a_clear_error(tmp_path):
     from psystats.stats.persona import fit_persona
     from psystats.stats.simulate import add_synthetic_experiments
 
-    con = warehouse.connect(tmp_path / "p.duckdb")
+    con = warehouse_db.open(tmp_path / "p.duckdb", "write", create=True)
     add_synthetic_experiments(con, n_experiments=2, participants=5, responses=2)
     with pytest.raises(WarehouseError, match="no model scored in both the persona and the plain"):
         fit_persona(con)
@@ -145,7 +145,7 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
     )
     assert res.exit_code == 0, res.output
     assert "ROPE: ±0.05" in res.output
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     ((fit_id, summary, diag, nc),) = con.execute(
         "SELECT fit_id, summary, diagnostics, netcdf_path FROM fits WHERE kind = 'persona'"
     ).fetchall()
@@ -178,7 +178,7 @@ def test_fit_persona_cli_rope_statements(persona_warehouse):
     for t, v in stored["by_post_training"].items():
         assert v["data_size"]["rope_width"] == pytest.approx(0.1), t
         assert v["data_size"]["interval_width_90"] == pytest.approx(v["q95"] - v["q05"])
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     units = con.execute(
         "SELECT DISTINCT unit FROM fit_params WHERE fit_id = ?", [fit_id]
     ).fetchall()
@@ -297,7 +297,7 @@ def test_persona_fits_of_the_same_cells_compare_by_loo(persona_warehouse):
     from psystats.stats.persona import fit_persona
 
     path, _ = persona_warehouse
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     sampling = {"draws": 300, "tune": 400, "chains": 2, "seed": 2}
     fixed = fit_persona(con, None, None, sampling, allow_failure=True)
     random = fit_persona(con, None, {"model_effects": "random"}, sampling, allow_failure=True)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 warnings.filterwarnings("ignore")
 
@@ -228,7 +229,7 @@ def test_netcdf_alone_carries_spec_priors_selection_dropped_and_versions(db_path
     from psystats.stats.pipeline import run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y),
         kind="test",
@@ -311,7 +312,7 @@ def test_compare_refuses_other_data_and_names_what_differs(db_path, tmp_path):
     from psystats.stats.compare import compare_fits
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _stored(con, tmp_path, y)
     fewer = _stored(con, tmp_path, y[:20], scale="standardised")
     other = _stored(con, tmp_path, np.where(np.arange(N_OBS) == 3, y + 1, y))
@@ -338,7 +339,7 @@ def test_compare_matches_observations_listed_in_another_order(db_path, tmp_path)
     y = _data()
     labels = [f"o{i}" for i in range(N_OBS)]
     perm = np.random.default_rng(7).permutation(N_OBS)
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _stored(con, tmp_path, y, seed=1)
     b = _stored(con, tmp_path, y[perm], seed=2, labels=[labels[i] for i in perm])
     got = compare_fits(con, [a, b]).set_index("fit")
@@ -403,7 +404,7 @@ def test_run_fit_samples_and_recovers_a_conjugate_posterior(db_path, tmp_path):
     from psystats.stats.pipeline import run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y),
         kind="test",
@@ -437,9 +438,9 @@ def test_effects_netcdf_record_matches_the_fit(db_path, tmp_path):
     fit = fit_cells(cells, EffectsFitSpec(compare=()), sampling, allow_failure=True)
     assert fit.data.prior_scale > 1 and fit.data.dropped
     fit.selection = {"experiments": sorted(cells["experiment"].unique().tolist())}
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     fid = save_result(con, fit, StoreOptions(netcdf_dir=tmp_path))
-    path = warehouse.db.scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
+    path = scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
     con.close()
     rec = json.loads(az.from_netcdf(path).attrs["psystats_fit"])
     assert rec["kind"] == "effects" and rec["fit_id"] == fid
@@ -553,7 +554,7 @@ def test_retries_are_recorded_and_printed_the_same_way_for_every_kind(db_path, t
     from psystats.stats.pipeline import run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y), kind="t", idata=_exact_draws(y), con=con, store={"netcdf_dir": tmp_path}
     )
@@ -592,7 +593,7 @@ def test_the_stored_netcdf_alone_gives_the_fits_loo(db_path, tmp_path):
 
     y = _data()
     idata = _exact_draws(y, draws=500)
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(_model(y), kind="t", idata=idata, con=con, store={"netcdf_dir": tmp_path})
     con.close()
     stored = az.from_netcdf(res.netcdf_path)

@@ -144,16 +144,9 @@ def compare(db, fit_ids, kfold, seed, include_failed, fmt):
     """
     from psystats.stats.compare import compare_fits
 
-    if kfold:
-        from .brief_db import open_brief
-
-        con = open_brief(db)  # the refits take minutes: hold the file per statement only
-    else:
-        con = open_db(db, read_only=True)
-    try:
-        table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
-    finally:
-        con.close()
+    # The refits take minutes: hold the file per statement only.
+    con = open_db(db, "statement" if kfold else "read")
+    table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
     # One header for PSIS-LOO and K-fold values; the method column says which.
     table = table.rename(
         columns={"elpd_loo": "elpd", "p_loo": "p", "elpd_kfold": "elpd", "p_kfold": "p"}
@@ -207,7 +200,7 @@ def cells(db, output, selection):
     from psystats.warehouse.outputs import check_target
 
     check_target(out)  # before the work: a bad -o fails at once
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
         selection.check_names(con, conditions=[selection.post, selection.base])
         df = build_cells(

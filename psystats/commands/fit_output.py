@@ -25,10 +25,9 @@ import click
 
 from psystats.stats.fit_kinds import fit_request
 from psystats.stats.options import OptionError
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.sql import where_clause
 
-from .brief_db import open_brief
-from .common import print_rows
+from .common import open_db, print_rows
 
 
 def run_fit_command(kind: str, db: str | None, **options: Any) -> tuple[Any, Any]:
@@ -47,8 +46,8 @@ def run_fit_command(kind: str, db: str | None, **options: Any) -> tuple[Any, Any
     except OptionError as e:
         raise click.UsageError(str(e)) from None
     # Read the data, let go of the file while sampling, write the fit in one short
-    # transaction: other commands can read and write meanwhile (brief_db).
-    con = open_brief(db)
+    # transaction: other commands can read and write meanwhile (warehouse.db.open's modes).
+    con = open_db(db, "statement")
     result = request.run(con)
     print_fit(result)
     return result, con

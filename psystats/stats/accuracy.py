@@ -49,8 +49,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import where_clause
 
 from .analysis_common import prob
 from .data import load_models
@@ -737,7 +737,7 @@ def simulate_accuracy(
     ``accuracy_gap``/``accuracy_gap_calibrated``: the logit gap post minus base
     averaged over b, the model's participant-conditional estimand).
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
     from .simulate import register_models, responses_frame, write_run
 

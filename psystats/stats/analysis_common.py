@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 
 def cell_label(family: Any, generation: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .fit_checks import GROUP, PARETO_K_BAD
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.sql import where_clause
 
 # Scores that count: the response produced tokens and the NLL is known
 # (responses skipped or truncated away by the scorer have n_tokens = 0 or NULL nll).

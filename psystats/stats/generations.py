@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .analysis_common import (
     cell_label,
@@ -449,7 +449,7 @@ def load_generations_data(
     the unit of the slopes, the same choice as ``fit effects``'
     (:mod:`.generation_scale`).
     """
-    from psystats.warehouse.db import scalar
+    from psystats.warehouse.sql import scalar
 
     from .base_cells import BASE_CELL_COLUMNS, base_cells
     from .cells import build_cells
@@ -1003,7 +1003,7 @@ def simulate_generations(
     Returns the truth: ``base_slope``, ``gap_slope`` (per unit of the scale)
     and ``gap`` by (family, generation).
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
     from .simulate import register_models, responses_frame, write_run
 

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import check_names, did_you_mean
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.names import check_names, did_you_mean
 
 
 class OptionError(WarehouseError):

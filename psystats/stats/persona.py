@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import where_clause
 
 from .analysis_common import prob, resolve_prior_scales
 from .data import load_models
@@ -554,7 +554,7 @@ def simulate_persona(
     persona NLL = plain NLL + effect[type] + model deviation (N(0, model_sd))
     + d_i, d_i ~ N(0, difference_sd) per participant.  Returns the truth.
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
     from .simulate import register_models, responses_frame, write_run
 

@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import scalar
+from psystats.warehouse.sql import scalar
 
 from .fit_checks import loo_check, predictive_check
 from .options import MAX_DRAWS, SamplingOptions, StoreOptions

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .options import SamplingOptions
 

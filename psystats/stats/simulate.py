@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError, next_id, scalar, transaction
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import next_id, scalar, transaction, where_clause
 
 from .effects_design import prepare
 from .effects_spec import EffectsSpec
