@@ -1,9 +1,10 @@
 """The notebook API: ``import psystats as ps; wh = ps.open("psych.duckdb")``.
 
 Every method returns a pandas ``DataFrame`` or an ArviZ ``InferenceData``
-(or, for fits, the fit's id), so a statistician can go from the warehouse to
-a custom model without SQL or the command line.  The CLI commands are thin
-layers over the same functions (docs/api.md walks through an example).
+(or, for fits, the fit's ``FitResult``), so a statistician can go from the
+warehouse to a custom model without SQL or the command line.  The CLI
+commands are thin layers over the same functions, with the same names
+(docs/api.md walks through an example).
 
 The warehouse file is opened for each call and closed after it, so a
 notebook never holds DuckDB's file lock while a ``psystats`` command runs
@@ -27,7 +28,6 @@ from psystats.warehouse.integrity import damage_error, is_damage_error
 from psystats.warehouse.names import check_names
 from psystats.warehouse.sql import where_clause
 
-FIT_KINDS = ("effects", "generations", "persona", "accuracy", "formula")
 PLOTS = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
 
 
@@ -238,28 +238,34 @@ class Warehouse:
 
     def cells(
         self,
+        selection: Any = None,
         *,
-        post_condition: str = "plain",
-        base_condition: str | None = None,
-        models: Sequence[str] | None = None,
-        experiments: Sequence[str] | None = None,
         scale: str = "nats",
         formula_columns: bool = False,
+        **names: Any,
     ) -> pd.DataFrame:
         """The (pair, experiment) cell table the effects model fits, with ``y``/``se`` on ``scale``.
 
-        ``formula_columns=True`` returns the columns a formula may use
-        (``mean, se, type, family, log_params, domain, experiment, pair, ...``).
+        Which scores: a ``Selection`` (``psystats.stats.options``) and/or its
+        fields by name, as ``psystats export cells`` takes them
+        (``condition``, ``post_condition``, ``base_condition``, ``models``,
+        ``experiments``).  ``formula_columns=True`` returns the columns a
+        formula may use (``mean, se, type, family, log_params, domain,
+        experiment, pair, ...``).
         """
         from psystats.stats.cells import build_cells, with_scale
+        from psystats.stats.options import Selection, build_spec
 
+        sel = build_spec(Selection, selection, names, "selection")
+        sel.require("cells", ["models", "experiments"])
         with self.connection() as con:
+            sel.check_names(con, conditions=[sel.post, sel.base])
             cells = build_cells(
                 con,
-                post_condition=post_condition,
-                base_condition=base_condition or post_condition,
-                models=models,
-                experiments=experiments,
+                post_condition=sel.post,
+                base_condition=sel.base,
+                models=sel.only("models"),
+                experiments=sel.only("experiments"),
             )
         cells = with_scale(cells, scale)
         if formula_columns:
@@ -299,54 +305,53 @@ class Warehouse:
         with self.connection() as con:
             return load_fit(con, int(fit_id))
 
-    def fit(self, kind: str = "effects", **kwargs: Any) -> int:
-        """Run a built-in fit and store it; returns its ``fit_id``.
-
-        ``kind``: effects, generations, persona or accuracy; ``kwargs`` go to
-        ``psystats.stats.<kind>.fit_<kind>`` (e.g. ``post_condition``,
-        ``draws``, ``chains``, ``seed``, ``spec`` for effects).
-        """
-        if kind == "formula":
-            return self.fit_formula(**kwargs).fit_id
-        if kind not in FIT_KINDS:
-            raise WarehouseError(f"unknown fit kind {kind!r}: use one of {', '.join(FIT_KINDS)}")
-        import importlib
-
-        if kind == "effects" and "allow_diagnostics_failure" in kwargs:
-            kwargs["allow_failure"] = kwargs.pop("allow_diagnostics_failure")
-        fn = getattr(importlib.import_module(f"psystats.stats.{kind}"), f"fit_{kind}")
-        with self._writer() as con:
-            result = fn(con, **kwargs)
-        return int(result.fit_id if hasattr(result, "fit_id") else result["fit_id"])
-
-    def fit_formula(
+    def fit(
         self,
-        formula: str,
+        kind: str = "effects",
+        selection: Any = None,
+        spec: Any = None,
+        sampling: Any = None,
         *,
-        post_condition: str = "plain",
-        base_condition: str | None = None,
-        scale: str = "nats",
-        priors: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        allow_failure: bool = False,
+        store: Any = None,
+        **options: Any,
     ):
-        """Fit a Bambi formula to the cells and store it (``kind = 'formula'``).
+        """Run a fit and store it; returns its :class:`~psystats.stats.pipeline.FitResult`.
 
-        Returns the :class:`~psystats.stats.formula.FormulaFit` (``.fit_id``,
-        ``.idata``, ``.model`` the Bambi model, ``.frame`` the data).  See
-        docs/api.md for the columns and the known-measurement-error likelihood.
+        The fit contract (docs/api.md): ``kind`` is effects, formula,
+        generations, persona or accuracy; ``selection``, ``spec``,
+        ``sampling``, ``store`` are the option objects of
+        ``psystats.stats.options`` (or dicts of their fields), and any of their
+        fields may be given by name instead, named as the CLI options are
+        (``post_condition``, ``models``, ``draws``, ``target_accept``,
+        ``no_terms``, ``name``, ...; ``psystats.stats.fit_kinds``).  An unknown
+        name is refused with a "did you mean".  The result carries ``fit_id``,
+        ``idata``, ``summary``, ``diagnostics``, ``notes`` and the analysis'
+        ``data`` and ``extras``.
         """
-        from psystats.stats.formula import fit_formula
+        from psystats.stats.fit_kinds import fit_request
 
+        request = fit_request(
+            kind,
+            selection,
+            spec,
+            sampling,
+            allow_failure=allow_failure,
+            store=store,
+            **options,
+        )  # every value checked before the file is opened
         with self._writer() as con:
-            return fit_formula(
-                con,
-                formula,
-                post_condition=post_condition,
-                base_condition=base_condition,
-                scale=scale,
-                priors=priors,
-                **kwargs,
-            )
+            return request.run(con)
+
+    def fit_formula(self, formula: str, **options: Any):
+        """``wh.fit("formula", formula=formula, ...)``: a Bambi formula over the cells.
+
+        Returns the :class:`~psystats.stats.pipeline.FitResult`
+        (``extras["bambi_model"]`` the Bambi model, ``data`` the cell frame).
+        See docs/api.md for the columns and the known-measurement-error
+        likelihood.
+        """
+        return self.fit("formula", formula=formula, **options)
 
     def predict(
         self,

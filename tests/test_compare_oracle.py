@@ -82,7 +82,7 @@ def _loglik(idata, y, se):
         return idata  # the file stands alone
     import arviz as az
 
-    from psystats.stats.pipeline import LOO_MAX_DRAWS
+    from psystats.stats.fit_checks import LOO_MAX_DRAWS
 
     n = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
     post = idata.posterior.isel(draw=slice(None, None, int(np.ceil(n / LOO_MAX_DRAWS))))

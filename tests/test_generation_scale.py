@@ -372,7 +372,8 @@ def _uneven_design() -> pd.DataFrame:
 def test_effects_recover_the_generation_slope_on_each_scale(scale):
     """Cells simulated with a generation slope per unit of `scale`: the fit on that scale
     recovers it and says its unit."""
-    from psystats.stats.effects_fit import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     spec = EffectsSpec(generation_scale=scale)
@@ -383,9 +384,8 @@ def test_effects_recover_the_generation_slope_on_each_scale(scale):
         seed=5,
         scales={"generation_slope": true_slope, "sigma_generation_family": 0.0},
     )
-    fit = fit_cells(
-        sim.cells, spec, seed=2, allow_failure=True, checks=False, compare=False, **SAMPLE
-    )
+    fs = EffectsFitSpec(spec, compare=(), checks=False)
+    fit = fit_cells(sim.cells, fs, SamplingOptions(seed=2, **SAMPLE), allow_failure=True)
     assert "generation" in fit.data.active
     x = fit.idata.posterior["generation_slope"].values.ravel()
     lo, hi = np.quantile(x, [0.05, 0.95])

@@ -567,9 +567,8 @@ def generations_db(tmp_path_factory):
 
 
 def test_base_cells_in_duckdb_equal_the_pandas_two_way_table(generations_db):
-    from psystats.stats.analysis_common import load_models
     from psystats.stats.base_cells import base_cells
-    from psystats.stats.data import participant_means
+    from psystats.stats.data import load_models, participant_means
     from psystats.stats.generations import _base_cells_one
 
     c = warehouse_db.open(generations_db)
@@ -612,9 +611,8 @@ def test_base_cells_in_duckdb_equal_the_pandas_two_way_table(generations_db):
 def test_load_generations_data_equals_the_pandas_route(generations_db):
     """`fit generations` reads base cells aggregated in DuckDB: the same data, notes and
     cells as preparing them from every participant row in pandas."""
-    from psystats.stats.analysis_common import load_models
     from psystats.stats.cells import build_cells
-    from psystats.stats.data import participant_means
+    from psystats.stats.data import load_models, participant_means
     from psystats.stats.generations import load_generations_data, prepare_generations
 
     c = warehouse_db.open(generations_db)
@@ -642,7 +640,7 @@ def test_load_generations_data_equals_the_pandas_route(generations_db):
 
 def test_option_groups_equal_option_rows_and_prepare_the_same_data(tmp_path):
     from psystats.stats.accuracy import option_rows, prepare_accuracy, simulate_accuracy
-    from psystats.stats.analysis_common import load_models
+    from psystats.stats.data import load_models
     from psystats.stats.option_groups import OptionGroups
     from psystats.stats.simulate import add_synthetic_experiments
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from reanalysis_helpers import assert_loo_stands_alone
 
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
@@ -94,8 +95,8 @@ def test_no_option_scores_is_a_clear_error(tmp_path):
     add_synthetic_experiments(con, n_experiments=2, participants=4, responses=2)
     with pytest.raises(WarehouseError, match="no option scores"):
         fit_accuracy(con)
-    with pytest.raises(WarehouseError, match="--folds must be at least 2"):
-        fit_accuracy(con, folds=1)
+    with pytest.raises(WarehouseError, match="folds must be an integer from 2"):
+        fit_accuracy(con, spec={"folds": 1})
     assert con.execute("SELECT count(*) FROM fits").fetchall()[0][0] == 0
 
 
@@ -301,6 +302,7 @@ def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(
         s["loo"]["full"]["elpd_loo"]
     )
+    assert_loo_stands_alone(nc, s)
     # Every gap, interval and verdict, stored and printed, from the NetCDF's draws alone.
     _assert_accuracy_summary_is_its_draws(s, idata.posterior)
     import re

@@ -34,7 +34,7 @@ def _normal_fit(y: np.ndarray, sd_prior: float, seed: int):
 
 
 def _store(con, idata, loo, tmp_path, passed=True):
-    from psystats.stats.compare import attach_pointwise_loo
+    from psystats.stats.fit_checks import attach_pointwise_loo
     from psystats.stats.store import save_fit
 
     attach_pointwise_loo(idata, loo)
@@ -142,7 +142,9 @@ def test_fit_compare_on_two_real_effects_fits(db_path, tmp_path):
     """Two effects fits of the same cells (with and without experiment effects), stored,
     then compared: the model with the true experiment effect wins clearly."""
     from psystats.stats.compare import compare_fits
-    from psystats.stats.effects import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.effects_spec import EffectsSpec
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
     from psystats.stats.store import save_fit
 
@@ -151,11 +153,10 @@ def test_fit_compare_on_two_real_effects_fits(db_path, tmp_path):
     ).cells
     con = warehouse_db.open(db_path, "write", create=True)
     ids = []
+    sampling = SamplingOptions(draws=300, tune=300, seed=2)
     for terms in ({}, {"experiment": False}):
-        from psystats.stats.effects import EffectsSpec
-
-        spec = EffectsSpec(terms=terms)
-        fit = fit_cells(cells, spec, draws=300, tune=300, seed=2, allow_failure=True, compare=False)
+        spec = EffectsFitSpec(EffectsSpec(terms=terms), compare=())
+        fit = fit_cells(cells, spec, sampling, allow_failure=True)
         ids.append(
             save_fit(con, kind="effects", idata=fit.idata, summary=fit.summary, netcdf_dir=tmp_path)
         )

@@ -35,9 +35,11 @@ def eight_schools_model():
 
 @pytest.fixture(scope="module")
 def eight_idata():
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import sample
 
-    return sample(eight_schools_model(), draws=2000, tune=1000, chains=4, seed=1)
+    opts = SamplingOptions(draws=2000, tune=1000, chains=4, seed=1, target_accept=0.9)
+    return sample(eight_schools_model(), opts)
 
 
 def test_eight_schools_reproduces_published_posterior(eight_idata):
@@ -62,9 +64,11 @@ def test_eight_schools_reproduces_published_posterior(eight_idata):
 
 @pytest.mark.slow
 def test_diagnostics_gate_fails_on_short_single_chain():
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import DiagnosticsFailure, diagnose, enforce, sample
 
-    idata = sample(eight_schools_model(), draws=30, tune=30, chains=1, seed=0, sampler="pymc")
+    opts = SamplingOptions(draws=30, tune=30, chains=1, seed=0, sampler="pymc", target_accept=0.9)
+    idata = sample(eight_schools_model(), opts)
     d = diagnose(idata)
     assert not d.passed
     assert any("chain" in p for p in d.problems) and any("ESS" in p for p in d.problems)

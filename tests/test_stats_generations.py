@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from reanalysis_helpers import assert_loo_stands_alone
 
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
@@ -193,6 +194,7 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
         true = truth[row.parameter][row.label]
         assert row.q05 - 0.02 < true < row.q95 + 0.02, row
         assert abs(row.mean - true) < 0.05, row
+    assert_loo_stands_alone(fit[0][4], summary)
     gaps = params[params.parameter == "gap"]
     assert len(gaps) == 5
     for row in gaps.itertuples():
