@@ -31,14 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from psystats import warehouse  # noqa: E402
-from psystats.warehouse.db import scalar  # noqa: E402
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar  # noqa: E402
 
 COLS = "response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, first_token_entropy"
 
 
 def rows(db: Path) -> list:
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         return con.execute(f"SELECT {COLS} FROM scores ORDER BY response_id").fetchall()
     finally:
@@ -98,7 +98,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     try:
         base = tmp / "base.duckdb"
-        con = warehouse.connect(base)
+        con = warehouse_db.open(base, "write", create=True)
         ingest_paths(con, [Path(args.data) / s for s in args.studies])
         model = add_model(con, model_source(args.model, tmp), name="bench-model")
         keys = [
@@ -128,7 +128,7 @@ def main() -> None:
         t0 = time.perf_counter()
         scorer = Scorer(model, **kwargs)
         t_load = time.perf_counter() - t0
-        con = warehouse.connect(local)
+        con = warehouse_db.open(local, "write", create=True)
         t0 = time.perf_counter()
         run_id, _ = start_run(con, model, "plain", selection, scorer.settings, scorer.fingerprints)
         batch = scorer.score(inputs)
@@ -156,7 +156,7 @@ def main() -> None:
         try:
             db = tmp / "ray.duckdb"
             shutil.copy(base, db)
-            con = warehouse.connect(db)
+            con = warehouse_db.open(db, "write", create=True)
             last = {}
             t0 = time.perf_counter()
             r = run_ray(
@@ -200,7 +200,7 @@ def main() -> None:
         t_shards = time.perf_counter() - t0
         db = tmp / "merged.duckdb"
         shutil.copy(base, db)
-        con = warehouse.connect(db)
+        con = warehouse_db.open(db, "write", create=True)
         t0 = time.perf_counter()
         (m,) = merge_dir(con, out)
         t_merge = time.perf_counter() - t0

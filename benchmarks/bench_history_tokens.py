@@ -33,19 +33,19 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from psystats import warehouse
     from psystats.scoring.config import ScorerConfig
     from psystats.scoring.inputs import load_inputs
     from psystats.scoring.plan import Planner
     from psystats.scoring.tiny import save_smollm2_tokenizer
     from psystats.scoring.tokenize import leading_special_ids
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
 
     studies = args.study or ["franke2024bayesian", "guenther2023associations_individual"]
     with tempfile.TemporaryDirectory() as tmp:
         tok = AutoTokenizer.from_pretrained(str(save_smollm2_tokenizer(Path(tmp) / "tok")))
         prefix = leading_special_ids(tok)
-        con = warehouse.connect(Path(tmp) / "b.duckdb")
+        con = warehouse_db.open(Path(tmp) / "b.duckdb", "write", create=True)
         ingest_paths(con, [Path(args.data) / s for s in studies])
         by_study = {s: load_inputs(con, studies=[s])[: args.participants] for s in studies}
         con.close()

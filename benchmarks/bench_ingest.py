@@ -14,6 +14,13 @@ Issue 11: a zip of a few MB holding one line of 1 GiB of spaces; prints the
 time and peak RSS until the line is refused (target < 1 GiB RSS), in a fresh
 subprocess.  The long property-based fuzz runs as the slow tests of
 tests/test_ingest_fuzz.py (``PSYSTATS_FUZZ_EXAMPLES=N`` sets the budget).
+
+    python benchmarks/bench_ingest.py --reader
+
+Issue 21, item 4: `psystats ingest` of all the studies while another process
+opens the warehouse read-only in a loop (default 30 s wait): the ingest's
+wall time, and how long each read took from its open to its close (the time
+it waited for a batch commit included); no read may fail.
 """
 
 from __future__ import annotations
@@ -47,12 +54,12 @@ def peak_rss_mib() -> float:
 def one_pass(db: str, data: str) -> dict:
     """Run in a child process: ingest, report time/RSS/counts as JSON."""
     sys.path.insert(0, str(ROOT))
-    from psystats import warehouse
-    from psystats.warehouse.db import scalar
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
+    from psystats.warehouse.sql import scalar
 
     t0 = time.perf_counter()
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     results = ingest_paths(con, [data])
     con.execute("CHECKPOINT")
     seconds = time.perf_counter() - t0
@@ -68,12 +75,12 @@ def one_pass(db: str, data: str) -> dict:
 def bomb_pass(db: str, path: str) -> dict:
     """Run in a child process: ingest the bomb, report the outcome, time and peak RSS."""
     sys.path.insert(0, str(ROOT))
-    from psystats import warehouse
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.errors import WarehouseError
     from psystats.warehouse.ingest import ingest_paths
 
     t0 = time.perf_counter()
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         ingest_paths(con, [path])
         outcome = "accepted"
@@ -111,6 +118,49 @@ def run_bomb(gib: float) -> None:
         print(f"  {r['seconds']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB: {r['outcome']}")
 
 
+READER = r"""
+import json, sys, time
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
+db, stop, out = sys.argv[1:4]
+reads, failures = [], []
+while not __import__("os").path.exists(stop):
+    t = time.perf_counter()
+    try:
+        c = warehouse_db.open(db, on_wait=None)
+        scalar(c, "SELECT count(*) FROM participants")
+        c.close()
+        reads.append(time.perf_counter() - t)
+    except Exception as e:
+        failures.append(str(e))
+    time.sleep(0.05)
+json.dump({"reads": reads, "failures": failures}, open(out, "w"))
+"""
+
+
+def run_reader(data: str) -> None:
+    """`psystats ingest` with a reader looping beside it (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db, stop, out = Path(tmp) / "w.duckdb", Path(tmp) / "stop", Path(tmp) / "reads.json"
+        cli = [sys.executable, "-m", "psystats.cli", "--db", str(db)]
+        subprocess.run([*cli, "init"], check=True, capture_output=True)
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(db), str(stop), str(out)])
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        subprocess.run([*cli, "ingest", "-q", data], check=True, capture_output=True)
+        seconds = time.perf_counter() - t0
+        stop.touch()
+        reader.wait(timeout=120)
+        r = json.loads(out.read_text())
+        waits = sorted(r["reads"])
+        print(f"ingest (per-statement connection, batch commits): {seconds:.1f} s")
+        print(
+            f"reads: {len(waits)}, median {statistics.median(waits):.3f} s, "
+            f"95th percentile {waits[int(0.95 * (len(waits) - 1))]:.3f} s, "
+            f"max {waits[-1]:.3f} s, failures {len(r['failures'])}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +172,7 @@ def main() -> None:
     ap.add_argument(
         "--bomb-gib", type=float, default=None, help="only the decompression-bomb case (GiB line)"
     )
+    ap.add_argument("--reader", action="store_true", help="only the reader-during-ingest case")
     ap.add_argument("--child", nargs=2, metavar=("DB", "DATA"), help=argparse.SUPPRESS)
     ap.add_argument("--bomb-child", nargs=2, metavar=("DB", "ZIP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -133,6 +184,9 @@ def main() -> None:
         return
     if args.bomb_gib:
         run_bomb(args.bomb_gib)
+        return
+    if args.reader:
+        run_reader(args.data)
         return
 
     def run(db: str) -> dict:

@@ -152,13 +152,13 @@ def simulate_files(
     """
     import pyarrow.parquet as pq
 
-    from psystats import warehouse
     from psystats.stats.simulate import simulate_warehouse
+    from psystats.warehouse import db as warehouse_db
 
     out.mkdir(parents=True, exist_ok=True)
     scratch = out / "scratch.duckdb"
     shutil.copy(ingested, scratch)
-    con = warehouse.connect(scratch)
+    con = warehouse_db.open(scratch, "write", create=True)
     try:
         sim = simulate_warehouse(
             con,
@@ -289,7 +289,7 @@ def run_one(
     types: tuple[str, ...],
     fit_args: list[str],
 ) -> dict:
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
     run_dir = workdir / f"{corner}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -323,7 +323,7 @@ def run_one(
         ]
     )
     t_fit = time.perf_counter() - t0
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         fit = con.execute(
             "SELECT fit_id, passed, diagnostics, summary, selection FROM fits "

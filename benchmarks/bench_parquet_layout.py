@@ -54,16 +54,16 @@ def write_shards(db: Path, out: Path) -> int:
     (synthetic NLLs; not timed).  Returns the rows."""
     import pyarrow as pa
 
-    from psystats import warehouse
     from psystats.scoring.assemble import OPTION_SCHEMA, SCORE_SCHEMA, ScoreBatch
     from psystats.scoring.inputs import load_inputs
     from psystats.scoring.shard_files import done_marker_path, write_shard
     from psystats.scoring.shard_keys import _write_json_atomic, run_dir, run_key
     from psystats.scoring.shard_units import WorkUnit
     from psystats.stats.simulate import register_models
-    from psystats.warehouse.db import scalar, transaction
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.sql import scalar, transaction
 
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     if not scalar(con, "SELECT count(*) FROM models WHERE name = ?", [SHARD_MODEL]):
         with transaction(con):
             register_models(con, [{"name": SHARD_MODEL, "post_training": "base"}])

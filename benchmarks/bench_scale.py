@@ -38,6 +38,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from psystats.warehouse import settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "psych201"
 # Each command runs in a child that reports its own peak RSS (VmHWM) on its last stderr
@@ -154,11 +156,11 @@ def write_scores_file(db: Path, path: Path, seed: int, shift: float) -> int:
 
 def register_pairs(db: Path, n_pairs: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from psystats import warehouse
     from psystats.stats.simulate import register_models
-    from psystats.warehouse.db import scalar, transaction
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.sql import scalar, transaction
 
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         rows = []
         for k in range(n_pairs):
@@ -197,10 +199,10 @@ PREP = (
     REPORT_HWM
     + """
 import sys, time
-from psystats.warehouse.brief import BriefConnection
+from psystats.warehouse import db as warehouse_db
 from psystats.stats.cells import build_cells, with_scale
 t = time.perf_counter()
-con = BriefConnection(sys.argv[1])
+con = warehouse_db.open(sys.argv[1], "statement")
 cells = with_scale(build_cells(con), "nats")
 con.close()
 print("PREP", len(cells), round(time.perf_counter() - t, 3))
@@ -241,7 +243,7 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load "
         f"{os.getloadavg()[0]:.1f} at start",
-        "memory_limit": os.environ.get("PSYSTATS_MEMORY_LIMIT", "1GB (default)"),
+        "memory_limit": settings.current().memory_limit,
         "steps": [],
     }
     if not (a.keep and db.exists()):

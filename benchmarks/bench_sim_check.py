@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from psystats import warehouse
 from psystats.stats import simulate as S
+from psystats.warehouse import db as warehouse_db
 
 FAMILIES = ("qwen", "llama", "olmo", "gemma")
 TYPES = ("instruct", "reasoning", "code")
@@ -70,10 +70,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.synthetic:
         path = Path(tempfile.mkdtemp()) / "synthetic.duckdb"
-        con = warehouse.connect(path)
+        con = warehouse_db.open(path, "write", create=True)
         S.add_synthetic_experiments(con, n_experiments=9, participants=40, responses=3, seed=1)
     else:
-        con = warehouse.connect(args.db, read_only=True)
+        con = warehouse_db.open(args.db)
     resp = S.warehouse_responses(con)
     con.close()
     rows = []

@@ -1,9 +1,10 @@
 """The notebook API: ``import psystats as ps; wh = ps.open("psych.duckdb")``.
 
 Every method returns a pandas ``DataFrame`` or an ArviZ ``InferenceData``
-(or, for fits, the fit's id), so a statistician can go from the warehouse to
-a custom model without SQL or the command line.  The CLI commands are thin
-layers over the same functions (docs/api.md walks through an example).
+(or, for fits, the fit's ``FitResult``), so a statistician can go from the
+warehouse to a custom model without SQL or the command line.  The CLI
+commands are thin layers over the same functions, with the same names
+(docs/api.md walks through an example).
 
 The warehouse file is opened for each call and closed after it, so a
 notebook never holds DuckDB's file lock while a ``psystats`` command runs
@@ -18,12 +19,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError, connect
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.integrity import damage_error, is_damage_error
+from psystats.warehouse.names import check_names
+from psystats.warehouse.sql import where_clause
 
-FIT_KINDS = ("effects", "generations", "persona", "accuracy", "formula")
 PLOTS = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
 
 
@@ -46,31 +50,40 @@ class Warehouse:
                     f"no warehouse at {self.path}: run `psystats ingest --db {self.path} ...` "
                     "first, or ps.open(path, create=True)"
                 )
-            connect(self.path).close()
+            warehouse_db.open(self.path, "write", create=True).close()
 
     def __repr__(self) -> str:
         return f"psystats.Warehouse({str(self.path)!r})"
 
     @contextmanager
     def connection(self, *, read_only: bool = True) -> Iterator[Any]:
-        """A DuckDB connection to the file, closed on exit (``with wh.connection() as con:``)."""
-        con = connect(self.path, read_only=read_only, create=False)
-        try:
-            yield con
-        finally:
-            con.close()
+        """A DuckDB connection to the file, closed on exit (``with wh.connection() as con:``).
+
+        Read-only by default (``warehouse.db.open`` mode ``"read"``); ``read_only=False``
+        holds the file for writing until the block ends (mode ``"write"``).  A query of
+        damaged Parquet score files raises one WarehouseError naming the run.
+        """
+        with warehouse_db.open(self.path, "read" if read_only else "write") as con:
+            try:
+                yield con
+            except duckdb.Error as e:
+                if is_damage_error(e):
+                    raise damage_error(e) from None
+                raise
 
     @contextmanager
     def _writer(self) -> Iterator[Any]:
-        """A connection for a fit: it holds the file only per statement (warehouse.brief), so
-        `psystats` commands in a terminal keep working while a notebook samples."""
-        from psystats.warehouse.brief import BriefConnection
-
-        con = BriefConnection(self.path)
-        try:
+        """A connection for a fit: it holds the file only per statement (mode
+        ``"statement"``), so `psystats` commands in a terminal keep working while a
+        notebook samples."""
+        with warehouse_db.open(self.path, "statement") as con:
             yield con
-        finally:
-            con.close()
+
+    def _check(self, kind: str, names: str | Sequence[str] | None) -> None:
+        """Unknown names raise with "did you mean", as on the command line."""
+        if names is not None:
+            with self.connection() as con:
+                check_names(con, kind, _list(names))
 
     # ------------------------------------------------------------------ reading
 
@@ -95,7 +108,12 @@ class Warehouse:
         participant: str | Sequence[str] | None = None,
         limit: int | None = None,
     ) -> pd.DataFrame:
-        """Human responses with their experiment's domain (one row per response)."""
+        """Human responses with their experiment's domain (one row per response).
+
+        An unknown study or experiment raises a WarehouseError with "did you mean".
+        """
+        self._check("study", study)
+        self._check("experiment", experiment)
         filt, params = where_clause(
             {
                 "r.study": _list(study),
@@ -144,9 +162,14 @@ class Warehouse:
         complete run (the rule every fit uses); ``latest=False`` returns every
         run, ``run_id`` one run.  Columns: run_id, model, condition, response_id,
         study, experiment, domain, participant, response_index, nll, n_tokens,
-        first_token_nll, top1_all, top1_first, first_token_entropy.
+        first_token_nll, top1_all, top1_first, first_token_entropy.  An unknown model,
+        condition or experiment raises a WarehouseError with "did you mean".
         """
         from psystats.stats.data import latest_runs_sql
+
+        self._check("model", model)
+        self._check("condition", condition)
+        self._check("experiment", experiment)
 
         filt, params = where_clause(
             {
@@ -215,28 +238,34 @@ class Warehouse:
 
     def cells(
         self,
+        selection: Any = None,
         *,
-        post_condition: str = "plain",
-        base_condition: str | None = None,
-        models: Sequence[str] | None = None,
-        experiments: Sequence[str] | None = None,
         scale: str = "nats",
         formula_columns: bool = False,
+        **names: Any,
     ) -> pd.DataFrame:
         """The (pair, experiment) cell table the effects model fits, with ``y``/``se`` on ``scale``.
 
-        ``formula_columns=True`` returns the columns a formula may use
-        (``mean, se, type, family, log_params, domain, experiment, pair, ...``).
+        Which scores: a ``Selection`` (``psystats.stats.options``) and/or its
+        fields by name, as ``psystats export cells`` takes them
+        (``condition``, ``post_condition``, ``base_condition``, ``models``,
+        ``experiments``).  ``formula_columns=True`` returns the columns a
+        formula may use (``mean, se, type, family, log_params, domain,
+        experiment, pair, ...``).
         """
         from psystats.stats.cells import build_cells, with_scale
+        from psystats.stats.options import Selection, build_spec
 
+        sel = build_spec(Selection, selection, names, "selection")
+        sel.require("cells", ["models", "experiments"])
         with self.connection() as con:
+            sel.check_names(con, conditions=[sel.post, sel.base])
             cells = build_cells(
                 con,
-                post_condition=post_condition,
-                base_condition=base_condition or post_condition,
-                models=models,
-                experiments=experiments,
+                post_condition=sel.post,
+                base_condition=sel.base,
+                models=sel.only("models"),
+                experiments=sel.only("experiments"),
             )
         cells = with_scale(cells, scale)
         if formula_columns:
@@ -276,54 +305,53 @@ class Warehouse:
         with self.connection() as con:
             return load_fit(con, int(fit_id))
 
-    def fit(self, kind: str = "effects", **kwargs: Any) -> int:
-        """Run a built-in fit and store it; returns its ``fit_id``.
-
-        ``kind``: effects, generations, persona or accuracy; ``kwargs`` go to
-        ``psystats.stats.<kind>.fit_<kind>`` (e.g. ``post_condition``,
-        ``draws``, ``chains``, ``seed``, ``spec`` for effects).
-        """
-        if kind == "formula":
-            return self.fit_formula(**kwargs).fit_id
-        if kind not in FIT_KINDS:
-            raise WarehouseError(f"unknown fit kind {kind!r}: use one of {', '.join(FIT_KINDS)}")
-        import importlib
-
-        if kind == "effects" and "allow_diagnostics_failure" in kwargs:
-            kwargs["allow_failure"] = kwargs.pop("allow_diagnostics_failure")
-        fn = getattr(importlib.import_module(f"psystats.stats.{kind}"), f"fit_{kind}")
-        with self._writer() as con:
-            result = fn(con, **kwargs)
-        return int(result.fit_id if hasattr(result, "fit_id") else result["fit_id"])
-
-    def fit_formula(
+    def fit(
         self,
-        formula: str,
+        kind: str = "effects",
+        selection: Any = None,
+        spec: Any = None,
+        sampling: Any = None,
         *,
-        post_condition: str = "plain",
-        base_condition: str | None = None,
-        scale: str = "nats",
-        priors: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        allow_failure: bool = False,
+        store: Any = None,
+        **options: Any,
     ):
-        """Fit a Bambi formula to the cells and store it (``kind = 'formula'``).
+        """Run a fit and store it; returns its :class:`~psystats.stats.pipeline.FitResult`.
 
-        Returns the :class:`~psystats.stats.formula.FormulaFit` (``.fit_id``,
-        ``.idata``, ``.model`` the Bambi model, ``.frame`` the data).  See
-        docs/api.md for the columns and the known-measurement-error likelihood.
+        The fit contract (docs/api.md): ``kind`` is effects, formula,
+        generations, persona or accuracy; ``selection``, ``spec``,
+        ``sampling``, ``store`` are the option objects of
+        ``psystats.stats.options`` (or dicts of their fields), and any of their
+        fields may be given by name instead, named as the CLI options are
+        (``post_condition``, ``models``, ``draws``, ``target_accept``,
+        ``no_terms``, ``name``, ...; ``psystats.stats.fit_kinds``).  An unknown
+        name is refused with a "did you mean".  The result carries ``fit_id``,
+        ``idata``, ``summary``, ``diagnostics``, ``notes`` and the analysis'
+        ``data`` and ``extras``.
         """
-        from psystats.stats.formula import fit_formula
+        from psystats.stats.fit_kinds import fit_request
 
+        request = fit_request(
+            kind,
+            selection,
+            spec,
+            sampling,
+            allow_failure=allow_failure,
+            store=store,
+            **options,
+        )  # every value checked before the file is opened
         with self._writer() as con:
-            return fit_formula(
-                con,
-                formula,
-                post_condition=post_condition,
-                base_condition=base_condition,
-                scale=scale,
-                priors=priors,
-                **kwargs,
-            )
+            return request.run(con)
+
+    def fit_formula(self, formula: str, **options: Any):
+        """``wh.fit("formula", formula=formula, ...)``: a Bambi formula over the cells.
+
+        Returns the :class:`~psystats.stats.pipeline.FitResult`
+        (``extras["bambi_model"]`` the Bambi model, ``data`` the cell frame).
+        See docs/api.md for the columns and the known-measurement-error
+        likelihood.
+        """
+        return self.fit("formula", formula=formula, **options)
 
     def predict(
         self,

@@ -8,11 +8,15 @@ fast (torch and PyMC take seconds to import).
 from __future__ import annotations
 
 import importlib
-import os
+import shlex
+import sys
+from pathlib import Path
 
 import click
 
+from psystats.warehouse import settings
 from psystats.warehouse.db import ENV_VAR, default_path
+from psystats.warehouse.settings import SettingsError
 
 # name -> (module, attribute, one-line help shown by `psystats --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -28,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Counts per study: experiments, participants, responses, scores.",
     ),
     "sql": ("psystats.commands.warehouse_cmds", "sql", "Run SQL against the warehouse."),
+    "check": (
+        "psystats.commands.check_cmds",
+        "check",
+        "Check the warehouse against its records (like fsck); --repair what it can.",
+    ),
     "models": ("psystats.commands.models_cmds", "models", "Register and edit models."),
     "score": ("psystats.commands.score_cmds", "score", "Score responses with a language model."),
     "scores": ("psystats.commands.scores_cmds", "scores", "Import or export scores."),
@@ -81,6 +90,21 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, short) for name, (_, _, short) in COMMANDS.items()])
 
 
+def _setting(validate):
+    """A click callback checking an option with the validator the environment variable
+    goes through too (psystats.warehouse.settings): one rule, one message."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is None:
+            return None
+        try:
+            return validate(value)
+        except SettingsError as e:
+            raise click.BadParameter(f"{value!r}: {e}") from None
+
+    return callback
+
+
 @click.group(cls=LazyGroup)
 @click.option(
     "--db",
@@ -93,23 +117,26 @@ class LazyGroup(click.Group):
     "--memory-limit",
     default=None,
     metavar="SIZE",
-    help="DuckDB memory limit, e.g. 4GB; larger is faster on big joins "
-    "[env PSYSTATS_MEMORY_LIMIT; default 1GB].",
+    callback=_setting(settings.memory_limit),
+    help="DuckDB memory limit, e.g. 4GB, 512MiB or 50% (of RAM); larger is faster on big "
+    f"joins [env {settings.MEMORY_ENV}; default {settings.DEFAULT_MEMORY_LIMIT}].",
 )
 @click.option(
     "--temp-dir",
-    type=click.Path(file_okay=False),
     default=None,
+    metavar="DIR",
+    callback=_setting(settings.temp_dir),
     help="Where DuckDB spills what exceeds the memory limit "
-    "[env PSYSTATS_TEMP_DIR; default <db>.tmp].",
+    f"[env {settings.TEMP_DIR_ENV}; default <db>.tmp].",
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0),
     default=None,
     metavar="SECONDS",
+    callback=_setting(settings.lock_timeout),
     help="How long to wait for a warehouse another process holds "
-    "[env PSYSTATS_LOCK_TIMEOUT; default 30; 0 = do not wait].",
+    f"[env {settings.LOCK_TIMEOUT_ENV}; default {settings.DEFAULT_LOCK_TIMEOUT:g}; "
+    "0 = do not wait].",
 )
 @click.version_option(package_name="psystats")
 @click.pass_context
@@ -128,12 +155,25 @@ def main(
     """
     ctx.ensure_object(dict)
     ctx.obj["db"] = db or default_path()
-    ctx.obj["lock_timeout"] = lock_timeout
-    # Through the environment, so every connection (and any worker process) sees them.
-    if memory_limit:
-        os.environ["PSYSTATS_MEMORY_LIMIT"] = memory_limit
-    if temp_dir:
-        os.environ["PSYSTATS_TEMP_DIR"] = temp_dir
+    # One validated settings object: the options over the environment variables
+    # (checked alike); current for this command and exported to its workers.
+    try:
+        base = settings.from_env()
+    except SettingsError as e:  # a bad environment: exit 1 like a bad file, not a usage error
+        raise click.ClickException(str(e)) from None
+    given = {
+        k: v
+        for k, v in (
+            ("memory_limit", memory_limit),
+            ("temp_dir", temp_dir),
+            ("lock_timeout", lock_timeout),
+        )
+        if v is not None
+    }
+    command = f"psystats {ctx.invoked_subcommand or ''}".strip()
+    if Path(sys.argv[0]).name == "psystats":  # the real command line, not a test runner's
+        command = shlex.join(["psystats", *sys.argv[1:]])[:300]
+    ctx.call_on_close(settings.activate(base.replace(**given, command=command)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,8 +38,8 @@ import pandas as pd
 from scipy import stats
 
 from psystats.stats.data import VALID_SCORE
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import check_names
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.names import check_names
 
 from . import queries as q
 

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from psystats.stats.data import VALID_SCORE
-from psystats.warehouse.db import scalar
+from psystats.warehouse.sql import scalar
 
 # Conditions in the order the report shows them.
 CONDITION_ORDER = ("plain", "chat", "persona", "imported")

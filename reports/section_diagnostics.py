@@ -326,7 +326,7 @@ def load_idata(con, fit_id: int):
     A missing or unreadable NetCDF file is reported as "no check", not a crash.
     """
     from psystats.stats.store import load_fit
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.errors import WarehouseError
 
     try:
         return load_fit(con, int(fit_id))[1]

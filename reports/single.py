@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from . import figures as figs
 from . import queries as q

@@ -15,7 +15,8 @@ from typing import Any
 
 import duckdb
 
-from psystats.warehouse.db import WarehouseError, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import transaction
 
 from . import adapters, naming
 from .model_fields import USER, coerce, field_name

@@ -44,8 +44,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.session import Target, session
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.db import Target
+from psystats.warehouse.errors import WarehouseError
 
 from .assemble import OPTION_SCHEMA, SCORE_SCHEMA, ScoreBatch
 from .inputs import ParticipantInput
@@ -363,7 +364,7 @@ def baseline_scorer(
     if kind == "uniform":
         scores, options = _uniform(inputs, sets)
         return BaselineScorer(model, kind, sets, scores, options, None)
-    with session(db, read_only=True) as con:
+    with warehouse_db.open(db, "read") as con:
         _load_tables(con, inputs, sets)
         try:
             digest = _data_sha256(con)

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.db import Target
+from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.progress import Reporter
-from psystats.warehouse.session import Target, session
 
 from . import shard_files, shard_keys, shard_merge, shard_units
 
@@ -268,7 +269,7 @@ def run_ray(
 
         key = shard_keys.run_key(model, condition, selection, settings, fingerprints)
         rdir = shard_keys.run_dir(out_dir, key, settings)
-        with session(db) as con:
+        with warehouse_db.open(db, "write") as con:
             run_id, complete = start_run(
                 con,
                 dict(model),
@@ -284,7 +285,7 @@ def run_ray(
         if force:
             _discard_units(rdir)
 
-        with session(db) as con:
+        with warehouse_db.open(db, "write") as con:
             result.resumed_units, result.rows_added = _merge_leftovers(con, run_id, rdir)
             pending = pending_participants(con, run_id, list(inputs))
         token_counts = _count_tokens(actors, pending)
@@ -303,12 +304,12 @@ def run_ray(
         except BaseException as e:
             # Units still in flight die with their actors (killed below).
             if not isinstance(e, KeyboardInterrupt):
-                with session(db) as con:
+                with warehouse_db.open(db, "write") as con:
                     _fail_run(con, run_id, shard_merge.sum_counts(dispatch.unit_counts), e)
             raise
 
         result.counts = shard_merge.sum_counts(dispatch.unit_counts)
-        with session(db) as con:
+        with warehouse_db.open(db, "write") as con:
             finish_run(con, run_id, result.counts, status="complete")
         result.units = len(units)
         result.participants = len(pending)
@@ -415,7 +416,9 @@ class _Dispatch:
         shard_files.write_shard(
             self.rdir, self.key, unit, batch, participants, seconds=out["seconds"]
         )
-        with session(self.db) as con:  # the file is open only while a unit is merged
+        with warehouse_db.open(
+            self.db, "write"
+        ) as con:  # the file is open only while a unit is merged
             _, added, _ = shard_merge.merge_unit(con, self.run_id, mpath)
         self.unit_counts.append(batch.counts or {})
         state.units_done += 1

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import duckdb
 
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 LEVELS = ("response", "token", "word")
 BATCH_ROWS = 65_536

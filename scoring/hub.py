@@ -21,7 +21,7 @@ from huggingface_hub import (
     try_to_load_from_cache,
 )
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .model_files import count_safetensors_params, locate, looks_like_path, read_config, read_gguf
 

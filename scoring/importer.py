@@ -35,12 +35,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from psystats.warehouse import staleness
 from psystats.warehouse.brief import local_connection
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.hashing import file_sha256
 from psystats.warehouse.parquet_layout import write_rows
+from psystats.warehouse.sql import scalar, transaction
 
 from . import registry
+from .shard_keys import COLUMNS
 
 UNITS: dict[str, float] = {"nats": 1.0, "bits": math.log(2.0), "log10": math.log(10.0)}
 NATURAL_KEY = ("study", "experiment", "participant", "response_index")
@@ -62,6 +65,8 @@ class ImportResult:
     ignored_columns: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     n_options: int = 0  # option_scores rows written (``options`` file)
+    rows_present: int = 0  # filling a run (``run``): rows it already held, skipped
+    still_missing: list[str] | None = None  # filling a run: what it still lacks ([]: complete)
 
 
 def _now() -> datetime:
@@ -226,13 +231,14 @@ def import_scores(
     con: duckdb.DuckDBPyConnection,
     path: str | Path,
     *,
-    model: str,
+    model: str | None = None,
     condition: str = "imported",
     scorer: str | None = None,
     unit: str = "nats",
     post_training: str | None = None,
     force: bool = False,
     options: str | Path | None = None,
+    run: int | None = None,
 ) -> ImportResult:
     """Import an external scorer's per-response NLLs as one complete score run.
 
@@ -246,6 +252,14 @@ def import_scores(
     per response and option: key, ``option``, ``logprob``; see
     :func:`_check_options`), written to ``option_scores`` in the same
     transaction.
+
+    ``run``: fill the incomplete imported run ``run`` in place instead of
+    making a new one (after ``ingest --replace-changed`` replaced responses it
+    had scored, or ``check --repair`` set rows aside): the file's rows for
+    responses the run lacks are added (rows it already holds are skipped),
+    and the run is complete again once nothing is missing
+    (``warehouse.staleness.close_gaps``).  Model, condition and scorer are
+    the run's.
     """
     path = Path(path)
     if unit not in UNITS:
@@ -254,142 +268,214 @@ def import_scores(
         raise WarehouseError("condition must not be empty")
     if not path.is_file():
         raise WarehouseError(f"{path}: no such file")
+    if run is not None:
+        model, condition, scorer = _fillable_run(con, run, model)
+    if not model:
+        raise WarehouseError("give the model the scores belong to (--model NAME)")
     scorer = scorer or model
-    sha = file_sha256(path)
-    settings = {"source_file": str(path.resolve()), "content_sha256": sha, "unit": unit}
-    opt_path = Path(options) if options is not None else None
-    if opt_path is not None:
-        if not opt_path.is_file():
-            raise WarehouseError(f"{opt_path}: no such file")
-        settings["options_file"] = str(opt_path.resolve())
-        settings["options_sha256"] = file_sha256(opt_path)
-
-    if not force:
-        for run_id, s in con.execute(
-            "SELECT run_id, settings FROM score_runs WHERE model = ? AND condition = ? "
-            "AND scorer = ? AND status = 'complete' ORDER BY run_id DESC",
-            [model, condition, scorer],
-        ).fetchall():
-            s = json.loads(s or "{}")
-            if (
-                s.get("content_sha256") == sha
-                and s.get("unit") == unit
-                and s.get("options_sha256") == settings.get("options_sha256")
-            ):
-                n = int(scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id]))
-                return ImportResult(run_id=int(run_id), n_rows=n, already_imported=True)
+    settings = _source_settings(path, unit, Path(options) if options is not None else None)
+    if run is not None:
+        _refuse_stale_source(con, path, run, settings)
+    if not force and run is None:
+        earlier = _imported_before(con, model, condition, scorer, settings)
+        if earlier is not None:
+            return earlier
 
     local = local_connection(con)
     try:
-        lower, n_rows, where = _stage_raw(con, path)
-        cols = set(lower)
-        if n_rows == 0:
-            raise WarehouseError(f"{path}: no rows")
-        if "nll" not in cols and "logprob" not in cols:
-            raise WarehouseError(
-                f"{path}: no 'nll' column (negative log-likelihood of each response; "
-                f"or 'logprob'); columns: {', '.join(lower)}"
-            )
-        if "nll" in cols and "logprob" in cols:
-            raise WarehouseError(f"{path}: give 'nll' or 'logprob', not both")
-        natural = [c for c in NATURAL_KEY if c in cols]
-        has_natural = {"participant", "response_index"} <= cols and ({"study", "experiment"} & cols)
-        if "response_id" not in cols and not has_natural:
-            raise WarehouseError(
-                f"{path}: no key columns: give 'response_id', or 'participant' + "
-                f"'response_index' + 'study' and/or 'experiment'; columns: {', '.join(lower)}"
-            )
+        cols, natural, where, lower = _read_scores_file(con, path)
         ignored = sorted(cols - KNOWN)
-        missing_optional = [
-            c
-            for c in (
-                "n_tokens",
-                "first_token_nll",
-                "first_token_entropy",
-                "top1_all",
-                "top1_first",
+        missing_optional = [c for c in OPTIONAL if c not in cols]
+        _validate(con, path, where, cols, natural, UNITS[unit])
+        opt_path = Path(options) if options is not None else None
+        n_options = _check_options(con, opt_path, unit) if opt_path is not None else 0
+        if run is not None:
+            added, skipped, still = _fill_run(con, path, run, settings, opt_path is not None)
+            return ImportResult(
+                run_id=run,
+                n_rows=added,
+                ignored_columns=ignored,
+                missing_optional=missing_optional,
+                n_options=n_options,
+                rows_present=skipped,
+                still_missing=still,
             )
-            if c not in cols
-        ]
-        return _validate_and_write(
+        run_id, n_rows, registered = _write_new_run(
             con,
             path,
-            where,
-            cols,
-            natural,
-            settings,
+            {**settings, "key": "response_id" if "response_id" in cols else "natural"},
+            sorted(lower),
             model=model,
             condition=condition,
             scorer=scorer,
-            unit=unit,
             post_training=post_training,
-            ignored=ignored,
+            with_options=opt_path is not None,
+        )
+        return ImportResult(
+            run_id=run_id,
+            n_rows=n_rows,
+            model_registered=registered,
+            ignored_columns=ignored,
             missing_optional=missing_optional,
-            options=opt_path,
+            n_options=n_options,
         )
     finally:
         for t in ("_import_raw", "_import_rows", *OPTION_TABLES):
             local.execute(f"DROP TABLE IF EXISTS {t}")
 
 
-def _validate_and_write(
-    con,
-    path: Path,
-    where: str,
-    cols: set[str],
-    natural: list[str],
-    settings: dict,
-    *,
-    model: str,
-    condition: str,
-    scorer: str,
-    unit: str,
-    post_training: str | None,
-    ignored: list[str],
-    missing_optional: list[str],
-    options: Path | None = None,
-) -> ImportResult:
-    factor = UNITS[unit]
-    # 1. Types: every given value must convert; report the first bad ones by row and field.
-    nll_src = "nll" if "nll" in cols else "logprob"
-    numeric = [
-        c for c in ("response_id", "response_index", "n_tokens", nll_src, *FLOATS[1:]) if c in cols
-    ]
-    for c in numeric:
-        target = "DOUBLE" if c in FLOATS or c == "logprob" else "BIGINT"
+OPTIONAL = ("n_tokens", "first_token_nll", "first_token_entropy", "top1_all", "top1_first")
+
+
+def _source_settings(path: Path, unit: str, options: Path | None) -> dict:
+    """What a run records about the files it was imported from (hashes decide re-imports)."""
+    settings = {
+        "source_file": str(path.resolve()),
+        "content_sha256": file_sha256(path),
+        "unit": unit,
+    }
+    if options is not None:
+        if not options.is_file():
+            raise WarehouseError(f"{options}: no such file")
+        settings["options_file"] = str(options.resolve())
+        settings["options_sha256"] = file_sha256(options)
+    return settings
+
+
+def _imported_before(
+    con: duckdb.DuckDBPyConnection, model: str, condition: str, scorer: str, settings: dict
+) -> ImportResult | None:
+    """The complete run this very file (and options file, unit) was imported as, if any."""
+    for run_id, s in con.execute(
+        "SELECT run_id, settings FROM score_runs WHERE model = ? AND condition = ? "
+        "AND scorer = ? AND status = 'complete' ORDER BY run_id DESC",
+        [model, condition, scorer],
+    ).fetchall():
+        s = json.loads(s or "{}")
+        if (
+            s.get("content_sha256") == settings["content_sha256"]
+            and s.get("unit") == settings["unit"]
+            and s.get("options_sha256") == settings.get("options_sha256")
+        ):
+            n = int(scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id]))
+            return ImportResult(run_id=int(run_id), n_rows=n, already_imported=True)
+    return None
+
+
+def _fillable_run(
+    con: duckdb.DuckDBPyConnection, run_id: int, model: str | None
+) -> tuple[str, str, str]:
+    """(model, condition, scorer) of the imported run ``run_id``, which must be incomplete."""
+    rows = con.execute(
+        "SELECT model, condition, scorer, status FROM score_runs WHERE run_id = ?", [run_id]
+    ).fetchall()
+    if not rows:
+        raise WarehouseError(
+            f'no score run {run_id}: see `psystats sql "SELECT * FROM score_runs"`'
+        )
+    run_model, condition, scorer, status = rows[0]
+    if scorer == "psystats":
+        raise WarehouseError(
+            f"score run {run_id} was scored by psystats, not imported: resume it with "
+            f"`psystats score --model {run_model} --condition {condition}`"
+        )
+    if model and model != run_model:
+        raise WarehouseError(
+            f"score run {run_id} holds scores of model {run_model!r}, not {model!r}: "
+            "leave out --model, or give the run of that model"
+        )
+    if status != "incomplete":
+        raise WarehouseError(
+            f"score run {run_id} is {status}: --run fills an incomplete imported run "
+            "(see `psystats summary`); import a new file without --run"
+        )
+    return str(run_model), str(condition), str(scorer)
+
+
+def _refuse_stale_source(
+    con: duckdb.DuckDBPyConnection, path: Path, run_id: int, settings: dict
+) -> None:
+    """The file a run was imported from predates the replacement that left it incomplete:
+    its rows for the replaced participants score their old responses (a natural key may
+    still match a new response), so it cannot fill the run."""
+    old = json.loads(
+        scalar(con, "SELECT settings FROM score_runs WHERE run_id = ?", [run_id]) or "{}"
+    )
+    replaced = scalar(
+        con,
+        "SELECT count(*) FROM score_run_gaps WHERE run_id = ? AND kind = 'replaced'",
+        [run_id],
+    )
+    if replaced and old.get("content_sha256") == settings["content_sha256"]:
+        raise WarehouseError(
+            f"{path} is the file score run {run_id} was imported from: it scores the "
+            "replaced participants' old responses; give a file with the scorer's scores "
+            f"of their new responses (`psystats summary` lists them)"
+        )
+
+
+def _read_scores_file(
+    con: duckdb.DuckDBPyConnection, path: Path
+) -> tuple[set[str], list[str], str, list[str]]:
+    """Stage the file as ``_import_raw``; (columns, natural-key columns, 'line'/'row',
+    column names as given), after checking it has rows, an nll and a key."""
+    lower, n_rows, where = _stage_raw(con, path)
+    cols = set(lower)
+    if n_rows == 0:
+        raise WarehouseError(f"{path}: no rows")
+    if "nll" not in cols and "logprob" not in cols:
+        raise WarehouseError(
+            f"{path}: no 'nll' column (negative log-likelihood of each response; "
+            f"or 'logprob'); columns: {', '.join(lower)}"
+        )
+    if "nll" in cols and "logprob" in cols:
+        raise WarehouseError(f"{path}: give 'nll' or 'logprob', not both")
+    return cols, _key_columns(path, cols, lower), where, lower
+
+
+def _key_columns(path: Path, cols: set[str], lower: list[str]) -> list[str]:
+    """The natural-key columns given; refuses a file with neither key."""
+    natural = [c for c in NATURAL_KEY if c in cols]
+    has_natural = {"participant", "response_index"} <= cols and ({"study", "experiment"} & cols)
+    if "response_id" not in cols and not has_natural:
+        raise WarehouseError(
+            f"{path}: no key columns: give 'response_id', or 'participant' + "
+            f"'response_index' + 'study' and/or 'experiment'; columns: {', '.join(lower)}"
+        )
+    return natural
+
+
+def _check_types(
+    con: duckdb.DuckDBPyConnection, path: Path, where: str, raw: str, types: dict[str, str]
+) -> None:
+    """Every given value of each column converts to its type (``DOUBLE``, ``BIGINT``:
+    a whole number, 3.5 is refused rather than rounded, or ``BOOLEAN``)."""
+    for c, target in types.items():
+        what = {"DOUBLE": "a number", "BIGINT": "a whole number"}.get(
+            target, "a boolean (true/false/1/0)"
+        )
+        bad = f'"{c}" IS NOT NULL AND (TRY_CAST("{c}" AS {target}) IS NULL'
+        if target == "BIGINT":  # 3.5 casts to BIGINT by rounding: refuse it
+            bad += f' OR TRY_CAST("{c}" AS DOUBLE) <> TRY_CAST("{c}" AS BIGINT)'
         _check(
             con,
             path,
             where,
-            f"field {c!r} is not a {'number' if target == 'DOUBLE' else 'whole number'}",
-            f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
-            f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS {target}) IS NULL',
+            f"field {c!r} is not {what}",
+            f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM {raw} WHERE {bad})",
         )
-        if target == "BIGINT":  # 3.5 casts to BIGINT by rounding: refuse it
-            _check(
-                con,
-                path,
-                where,
-                f"field {c!r} is not a whole number",
-                f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
-                f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS DOUBLE) <> TRY_CAST("{c}" AS BIGINT)',
-            )
-    for c in BOOLS:
-        if c in cols:
-            _check(
-                con,
-                path,
-                where,
-                f"field {c!r} is not a boolean (true/false/1/0)",
-                f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM _import_raw "
-                f'WHERE "{c}" IS NOT NULL AND TRY_CAST("{c}" AS BOOLEAN) IS NULL',
-            )
-    required = [nll_src] + (["response_id"] if "response_id" in cols else [c for c in natural])
+
+
+def _check_present(
+    con: duckdb.DuckDBPyConnection, path: Path, where: str, raw: str, required: list[str]
+) -> None:
+    """No required field is missing or blank."""
     text_cols = {
         name
         for name, dtype in con.execute(
             "SELECT column_name, data_type FROM duckdb_columns() "
-            "WHERE table_name = '_import_raw' AND database_name = 'temp'"
+            "WHERE table_name = ? AND database_name = 'temp'",
+            [raw],
         ).fetchall()
         if dtype == "VARCHAR"
     }
@@ -401,10 +487,52 @@ def _validate_and_write(
             path,
             where,
             f"field {c!r} is empty",
-            f"SELECT _row, '{c} missing' FROM _import_raw WHERE \"{c}\" IS NULL{blank}",
+            f"SELECT _row, '{c} missing' FROM {raw} WHERE \"{c}\" IS NULL{blank}",
         )
 
-    # 2. A typed copy in nats.
+
+def _validate(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    where: str,
+    cols: set[str],
+    natural: list[str],
+    factor: float,
+) -> None:
+    """Check ``_import_raw`` row by row and build ``_import_rows`` (typed, in nats, keyed by
+    response_id); the first bad rows raise naming line and field."""
+    nll_src = "nll" if "nll" in cols else "logprob"
+    types = {
+        c: "DOUBLE" if c in FLOATS or c == "logprob" else "BIGINT"
+        for c in ("response_id", "response_index", "n_tokens", nll_src, *FLOATS[1:])
+        if c in cols
+    }
+    _check_types(
+        con, path, where, "_import_raw", {**types, **{c: "BOOLEAN" for c in BOOLS if c in cols}}
+    )
+    keys = ["response_id"] if "response_id" in cols else natural
+    _check_present(con, path, where, "_import_raw", [nll_src, *keys])
+    _typed_rows(con, cols, natural, nll_src, factor)
+    _check_values(con, path, where, nll_src)
+    _resolve_keys(con, path, where, "_import_rows", cols, natural)
+    _check(
+        con,
+        path,
+        where,
+        "the same response appears more than once",
+        # The repeated ids first: listing rows for every id would cost seconds per million.
+        f"SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ' at {where}s ' || "
+        "string_agg(CAST(_row AS VARCHAR), ', ' ORDER BY _row) FROM _import_rows "
+        "WHERE response_id IN (SELECT response_id FROM _import_rows GROUP BY response_id "
+        "HAVING count(*) > 1) GROUP BY response_id",
+    )
+
+
+def _typed_rows(
+    con: duckdb.DuckDBPyConnection, cols: set[str], natural: list[str], nll_src: str, factor: float
+) -> None:
+    """``_import_rows``: the raw rows typed, every NLL in nats."""
+
     def num(c: str, scale: bool) -> str:
         if c not in cols:
             return f"NULL::DOUBLE AS {c}"
@@ -417,15 +545,7 @@ def _validate_and_write(
     )
     select = [
         "_row",
-        "CAST(response_id AS BIGINT) AS response_id"
-        if "response_id" in cols
-        else "NULL::BIGINT AS response_id",
-        *[
-            f'CAST("{c}" AS VARCHAR) AS {c}'
-            if c != "response_index"
-            else "CAST(response_index AS BIGINT) AS response_index"
-            for c in natural
-        ],
+        *_key_select(cols, natural),
         f"{nll_expr} AS nll",
         f'CAST("{nll_src}" AS DOUBLE) AS nll_given',
         "CAST(n_tokens AS BIGINT) AS n_tokens"
@@ -438,16 +558,36 @@ def _validate_and_write(
             for c in BOOLS
         ],
     ]
-    con.execute(f"CREATE TEMP TABLE _import_rows AS SELECT {', '.join(select)} FROM _import_raw")
+    local_connection(con).execute(
+        f"CREATE OR REPLACE TEMP TABLE _import_rows AS SELECT {', '.join(select)} FROM _import_raw"
+    )
 
-    # 3. Values: finite, the right sign.
+
+def _key_select(cols: set[str], natural: list[str]) -> list[str]:
+    """The key columns of a typed staging table (response_id NULL until resolved)."""
+    return [
+        "CAST(response_id AS BIGINT) AS response_id"
+        if "response_id" in cols
+        else "NULL::BIGINT AS response_id",
+        *[
+            "CAST(response_index AS BIGINT) AS response_index"
+            if c == "response_index"
+            else f'CAST("{c}" AS VARCHAR) AS {c}'
+            for c in natural
+        ],
+    ]
+
+
+def _check_values(con: duckdb.DuckDBPyConnection, path: Path, where: str, nll_src: str) -> None:
+    """Finite values with the right sign; n_tokens fits scores.n_tokens."""
     for c in ("nll", "first_token_nll", "first_token_entropy"):
         given = "nll_given" if c == "nll" else c
+        name = nll_src if c == "nll" else c
         _check(
             con,
             path,
             where,
-            f"field {c if c != 'nll' else nll_src!r} is not finite",
+            f"field {name!r} is not finite",
             f"SELECT _row, '{c}=' || CAST({given} AS VARCHAR) FROM _import_rows "
             f"WHERE {c} IS NOT NULL AND NOT isfinite({c})",
         )
@@ -462,8 +602,8 @@ def _validate_and_write(
             con,
             path,
             where,
-            f"field {c if c != 'nll' else nll_src!r} {sign}",
-            f"SELECT _row, '{c if c != 'nll' else nll_src}=' || CAST({given} AS VARCHAR) "
+            f"field {name!r} {sign}",
+            f"SELECT _row, '{name}=' || CAST({given} AS VARCHAR) "
             f"FROM _import_rows WHERE {c} < -{NEGATIVE_TOLERANCE}",
         )
     _check(
@@ -483,84 +623,71 @@ def _validate_and_write(
         "WHERE n_tokens > 2147483647",
     )
 
-    # 4. Keys: every row is exactly one response of the warehouse.
+
+def _resolve_keys(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    where: str,
+    table: str,
+    cols: set[str],
+    natural: list[str],
+) -> None:
+    """Every row of the staged ``table`` is exactly one response of the warehouse: by
+    ``response_id`` (a natural key also given must describe the same response), or by the
+    natural key, which then fills ``response_id``.  For scores and option scores alike."""
     if "response_id" in cols:
         _check(
             con,
             path,
             where,
             "response_id not in the warehouse",
-            "SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM _import_rows i "
+            f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM {table} i "
             "ANTI JOIN responses r ON r.response_id = i.response_id",
         )
-        for c in natural:  # the natural key, when also given, must describe the same response
+        for c in natural:
             _check(
                 con,
                 path,
                 where,
                 f"field {c!r} disagrees with the warehouse for that response_id",
                 f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) || ' has {c}=' "
-                f"|| CAST(r.{c} AS VARCHAR) || ' in the warehouse, file says ' || CAST(i.{c} AS VARCHAR) "
-                f"FROM _import_rows i JOIN responses r ON r.response_id = i.response_id "
-                f"WHERE r.{c} IS DISTINCT FROM i.{c}",
+                f"|| CAST(r.{c} AS VARCHAR) || ' in the warehouse, file says ' || "
+                f"CAST(i.{c} AS VARCHAR) FROM {table} i JOIN responses r "
+                f"ON r.response_id = i.response_id WHERE r.{c} IS DISTINCT FROM i.{c}",
             )
-    else:
-        on = " AND ".join(f"r.{c} = i.{c}" for c in natural)
-        described = " || ', ' || ".join(f"'{c}=' || CAST(i.{c} AS VARCHAR)" for c in natural)
-        _check(
-            con,
-            path,
-            where,
-            "no such response in the warehouse",
-            f"SELECT i._row, {described} FROM _import_rows i ANTI JOIN responses r ON {on}",
-        )
-        _check(
-            con,
-            path,
-            where,
-            "key matches several responses (add the 'experiment' column)",
-            f"SELECT i._row, {described} || ' matches ' || CAST(count(*) AS VARCHAR) FROM "
-            f"_import_rows i JOIN responses r ON {on} GROUP BY i._row, {', '.join(f'i.{c}' for c in natural)} "
-            f"HAVING count(*) > 1",
-        )
-        con.execute(
-            f"UPDATE _import_rows i SET response_id = r.response_id FROM responses r WHERE {on}"
-        )
+        return
+    on = " AND ".join(f"r.{c} = i.{c}" for c in natural)
+    described = " || ', ' || ".join(f"'{c}=' || CAST(i.{c} AS VARCHAR)" for c in natural)
     _check(
         con,
         path,
         where,
-        "the same response appears more than once",
-        # The repeated ids first: listing rows for every id would cost seconds per million.
-        f"SELECT min(_row), 'response_id=' || CAST(response_id AS VARCHAR) || ' at {where}s ' || "
-        "string_agg(CAST(_row AS VARCHAR), ', ' ORDER BY _row) FROM _import_rows "
-        "WHERE response_id IN (SELECT response_id FROM _import_rows GROUP BY response_id "
-        "HAVING count(*) > 1) GROUP BY response_id",
+        "no such response in the warehouse",
+        f"SELECT i._row, {described} FROM {table} i ANTI JOIN responses r ON {on}",
     )
-
-    n_options = _check_options(con, options, unit) if options is not None else 0
-
-    # 5. Write: model (if new), run, scores -- one transaction.
-    n_rows = int(scalar(con, "SELECT count(*) FROM _import_rows"))
-    selection = dict(
-        zip(
-            ("studies", "experiments"),
-            [
-                [
-                    v
-                    for (v,) in con.execute(
-                        f"SELECT DISTINCT r.{c} FROM _import_rows i JOIN responses r USING (response_id) "
-                        f"ORDER BY 1"
-                    ).fetchall()
-                ]
-                for c in ("study", "experiment")
-            ],
-        )
+    _check(
+        con,
+        path,
+        where,
+        "key matches several responses (add the 'experiment' column)",
+        f"SELECT i._row, {described} || ' matches ' || CAST(count(*) AS VARCHAR) FROM "
+        f"{table} i JOIN responses r ON {on} GROUP BY i._row, "
+        f"{', '.join(f'i.{c}' for c in natural)} HAVING count(*) > 1",
     )
-    settings = {
-        **settings,
-        "key": "response_id" if "response_id" in cols else "natural",
-        "columns": sorted(cols),
+    con.execute(f"UPDATE {table} i SET response_id = r.response_id FROM responses r WHERE {on}")
+
+
+def _selection(con: duckdb.DuckDBPyConnection) -> tuple[dict, int]:
+    """The studies and experiments ``_import_rows`` covers, and its participant count."""
+    selection = {
+        key: [
+            v
+            for (v,) in con.execute(
+                f"SELECT DISTINCT r.{c} FROM _import_rows i JOIN responses r USING (response_id) "
+                "ORDER BY 1"
+            ).fetchall()
+        ]
+        for key, c in (("studies", "study"), ("experiments", "experiment"))
     }
     n_participants = int(
         scalar(
@@ -569,22 +696,40 @@ def _validate_and_write(
             "JOIN responses r USING (response_id)",
         )
     )
+    return selection, n_participants
+
+
+def _recheck_keys(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Inside the writing transaction: the checks ran without holding the file (a
+    per-statement connection), so a concurrent ingest may have replaced responses since."""
+    gone = int(
+        scalar(con, "SELECT count(*) FROM _import_rows i ANTI JOIN responses r USING (response_id)")
+    )
+    if gone:
+        raise WarehouseError(
+            f"{path}: {gone} of its responses left the warehouse while it was being "
+            "checked (a concurrent ingest?); nothing was imported: run the import again"
+        )
+
+
+def _write_new_run(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    settings: dict,
+    columns: list[str],
+    *,
+    model: str,
+    condition: str,
+    scorer: str,
+    post_training: str | None,
+    with_options: bool,
+) -> tuple[int, int, bool]:
+    """Model (if new), run and its rows in one transaction: (run id, rows, model registered)."""
+    n_rows = int(scalar(con, "SELECT count(*) FROM _import_rows"))
+    selection, n_participants = _selection(con)
     registered = False
     with transaction(con):
-        # The checks above ran without holding the file (brief connection): a
-        # concurrent ingest may have replaced responses since.  Re-check the keys
-        # inside the writing transaction, so the commit is still all-or-nothing.
-        gone = int(
-            scalar(
-                con,
-                "SELECT count(*) FROM _import_rows i ANTI JOIN responses r USING (response_id)",
-            )
-        )
-        if gone:
-            raise WarehouseError(
-                f"{path}: {gone} of its responses left the warehouse while it was being "
-                "checked (a concurrent ingest?); nothing was imported: run the import again"
-            )
+        _recheck_keys(con, path)
         if not scalar(con, "SELECT count(*) FROM models WHERE name = ?", [model]):
             registry.register(
                 con,
@@ -610,7 +755,7 @@ def _validate_and_write(
                 condition,
                 scorer,
                 json.dumps(selection, sort_keys=True),
-                json.dumps(settings, sort_keys=True),
+                json.dumps({**settings, "columns": columns}, sort_keys=True),
                 _version(),
                 now,
                 now,
@@ -619,40 +764,64 @@ def _validate_and_write(
                 json.dumps({"imported_rows": n_rows}),
             ],
         )
-        # The one writer of score rows (an INSERT, or a Parquet file of the run's partition).
+        _write_rows(con, run_id, "_import_rows", "_import_opts" if with_options else None)
+    return run_id, n_rows, registered
+
+
+def _write_rows(
+    con: duckdb.DuckDBPyConnection, run_id: int, rows: str, options: str | None
+) -> None:
+    # The one writer of score rows (an INSERT, or a Parquet file of the run's partition).
+    # Columns as a shard holds them: the table's, minus run_id.
+    write_rows(con, "scores", run_id, rows, list(COLUMNS["scores"]), order_by="response_id")
+    if options is not None:
         write_rows(
             con,
-            "scores",
+            "option_scores",
             run_id,
-            "_import_rows",
-            [
-                "response_id",
-                "nll",
-                "n_tokens",
-                "first_token_nll",
-                "top1_all",
-                "top1_first",
-                "first_token_entropy",
-            ],
-            order_by="response_id",
+            options,
+            list(COLUMNS["options"]),
+            order_by="response_id, option",
         )
-        if options is not None:
-            write_rows(
-                con,
-                "option_scores",
-                run_id,
-                "_import_opts",
-                ["response_id", "option", "logprob"],
-                order_by="response_id, option",
+
+
+def _fill_run(
+    con: duckdb.DuckDBPyConnection, path: Path, run_id: int, settings: dict, with_options: bool
+) -> tuple[int, int, list[str]]:
+    """Add the rows of ``_import_rows`` the run lacks, in one transaction; (rows added,
+    rows it already held, what it still lacks)."""
+    local = local_connection(con)
+    with transaction(con):
+        _recheck_keys(con, path)
+        local.execute(
+            "CREATE OR REPLACE TEMP TABLE _import_fill AS SELECT * FROM _import_rows "
+            "WHERE response_id NOT IN (SELECT response_id FROM scores WHERE run_id = ?)",
+            [run_id],
+        )
+        added = int(scalar(con, "SELECT count(*) FROM _import_fill"))
+        present = int(scalar(con, "SELECT count(*) FROM _import_rows")) - added
+        if with_options:
+            local.execute(
+                "CREATE OR REPLACE TEMP TABLE _import_fill_opts AS SELECT * FROM _import_opts "
+                "WHERE response_id IN (SELECT response_id FROM _import_fill)"
             )
-    return ImportResult(
-        run_id=run_id,
-        n_rows=n_rows,
-        model_registered=registered,
-        ignored_columns=ignored,
-        missing_optional=missing_optional,
-        n_options=n_options,
-    )
+        if added:
+            _write_rows(con, run_id, "_import_fill", "_import_fill_opts" if with_options else None)
+        old = json.loads(
+            scalar(con, "SELECT settings FROM score_runs WHERE run_id = ?", [run_id]) or "{}"
+        )
+        filled = [*old.get("filled_from", []), {**settings, "rows_added": added}]
+        con.execute(
+            "UPDATE score_runs SET settings = ? WHERE run_id = ?",
+            [json.dumps({**old, "filled_from": filled}, sort_keys=True), run_id],
+        )
+    # After the commit: new Parquet files are visible only then.  Should this step be
+    # interrupted, the rows are in and the next `--run` import completes the run.
+    with transaction(con):
+        still = staleness.close_gaps(con, run_id)
+    for t in ("_import_fill", "_import_fill_opts"):
+        local.execute(f"DROP TABLE IF EXISTS {t}")
+    return added, present, still
 
 
 # --------------------------------------------------------------------------- option scores
@@ -685,50 +854,19 @@ def _check_options(con, path: Path, unit: str) -> int:
             f"{path}: an option-scores file needs the columns 'option' (the option's text) and "
             f"'logprob' (its log-probability, <= 0) and a key; columns: {', '.join(lower)}"
         )
-    natural = [c for c in NATURAL_KEY if c in cols]
-    has_natural = {"participant", "response_index"} <= cols and ({"study", "experiment"} & cols)
-    if "response_id" not in cols and not has_natural:
-        raise WarehouseError(
-            f"{path}: no key columns: give 'response_id', or 'participant' + "
-            f"'response_index' + 'study' and/or 'experiment'; columns: {', '.join(lower)}"
-        )
+    natural = _key_columns(path, cols, lower)
     raw = "_import_opt_raw"
-    for c in [c for c in ("response_id", "response_index", "logprob") if c in cols]:
-        target = "DOUBLE" if c == "logprob" else "BIGINT"
-        _check(
-            con,
-            path,
-            where,
-            f"field {c!r} is not a {'number' if target == 'DOUBLE' else 'whole number'}",
-            f"SELECT _row, '{c}=' || CAST(\"{c}\" AS VARCHAR) FROM {raw} "
-            f'WHERE "{c}" IS NOT NULL AND (TRY_CAST("{c}" AS {target}) IS NULL'
-            + (
-                f' OR TRY_CAST("{c}" AS DOUBLE) <> TRY_CAST("{c}" AS BIGINT))'
-                if target == "BIGINT"
-                else ")"
-            ),
-        )
+    types: dict[str, str] = {
+        c: "DOUBLE" if c == "logprob" else "BIGINT"
+        for c in ("response_id", "response_index", "logprob")
+        if c in cols
+    }
+    _check_types(con, path, where, raw, types)
     keys = ["response_id"] if "response_id" in cols else natural
-    for col in ["option", "logprob", *keys]:
-        _check(
-            con,
-            path,
-            where,
-            f"field {col!r} is empty",
-            f"SELECT _row, '{col} missing' FROM {raw} "
-            f'WHERE "{col}" IS NULL OR trim(CAST("{col}" AS VARCHAR)) = \'\'',
-        )
+    _check_present(con, path, where, raw, ["option", "logprob", *keys])
     select = [
         "_row",
-        "CAST(response_id AS BIGINT) AS response_id"
-        if "response_id" in cols
-        else "NULL::BIGINT AS response_id",
-        *[
-            "CAST(response_index AS BIGINT) AS response_index"
-            if c == "response_index"
-            else f'CAST("{c}" AS VARCHAR) AS {c}'
-            for c in natural
-        ],
+        *_key_select(cols, natural),
         "CAST(option AS VARCHAR) AS option",
         f"CAST(logprob AS DOUBLE) * {factor!r} AS logprob",
         "CAST(logprob AS DOUBLE) AS logprob_given",
@@ -754,35 +892,14 @@ def _check_options(con, path: Path, unit: str) -> int:
         f"SELECT _row, 'logprob=' || CAST(logprob_given AS VARCHAR) FROM {typed} "
         f"WHERE logprob > {NEGATIVE_TOLERANCE}",
     )
-    if "response_id" in cols:
-        _check(
-            con,
-            path,
-            where,
-            "response_id not in the warehouse",
-            f"SELECT i._row, 'response_id=' || CAST(i.response_id AS VARCHAR) FROM {typed} i "
-            "ANTI JOIN responses r ON r.response_id = i.response_id",
-        )
-    else:
-        on = " AND ".join(f"r.{c} = i.{c}" for c in natural)
-        described = " || ', ' || ".join(f"'{c}=' || CAST(i.{c} AS VARCHAR)" for c in natural)
-        _check(
-            con,
-            path,
-            where,
-            "no such response in the warehouse",
-            f"SELECT i._row, {described} FROM {typed} i ANTI JOIN responses r ON {on}",
-        )
-        _check(
-            con,
-            path,
-            where,
-            "key matches several responses (add the 'experiment' column)",
-            f"SELECT i._row, {described} || ' matches ' || CAST(count(*) AS VARCHAR) FROM "
-            f"{typed} i JOIN responses r ON {on} GROUP BY i._row, "
-            f"{', '.join(f'i.{c}' for c in natural)} HAVING count(*) > 1",
-        )
-        con.execute(f"UPDATE {typed} i SET response_id = r.response_id FROM responses r WHERE {on}")
+    _resolve_keys(con, path, where, typed, cols, natural)
+    _check_option_sets(con, path, where, typed)
+    return int(scalar(con, "SELECT count(*) FROM _import_opts"))
+
+
+def _check_option_sets(con, path: Path, where: str, typed: str) -> None:
+    """Each response's options: in the scores file, each once, renormalised into
+    ``_import_opts`` when their probabilities do not sum to more than 1."""
     _check(
         con,
         path,
@@ -801,7 +918,7 @@ def _check_options(con, path: Path, unit: str) -> int:
         f"FROM {typed} GROUP BY response_id, option HAVING count(*) > 1",
     )
     # log-sum-exp per response, stable: max + log(sum(exp(lp - max))).
-    local.execute(
+    local_connection(con).execute(
         f"""CREATE OR REPLACE TEMP TABLE _import_opts AS
         WITH m AS (SELECT response_id, max(logprob) AS mx FROM {typed} GROUP BY response_id),
         z AS (
@@ -820,7 +937,6 @@ def _check_options(con, path: Path, unit: str) -> int:
         "CAST(round(exp(any_value(lse)), 6) AS VARCHAR) FROM _import_opts "
         f"GROUP BY response_id HAVING any_value(lse) > {OPTION_SUM_TOLERANCE}",
     )
-    return int(scalar(con, "SELECT count(*) FROM _import_opts"))
 
 
 # --------------------------------------------------------------------------- export

@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.sql import where_clause
 from psystats.warehouse.transcript import NORMALISED_FIELDS
 
 

@@ -18,7 +18,7 @@ import gguf
 from safetensors import safe_open
 
 from psystats.warehouse import hashing
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

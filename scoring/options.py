@@ -25,8 +25,8 @@ from pathlib import Path
 
 import duckdb
 
-from psystats.warehouse.db import WarehouseError, transaction
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import transaction, where_clause
 
 MAX_OPTIONS = 10
 MIN_COUNT = 5

@@ -37,9 +37,10 @@ from typing import Any
 
 import duckdb
 
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.names import did_you_mean
 from psystats.warehouse.parquet_layout import delete_runs
-from psystats.warehouse.queries import did_you_mean
+from psystats.warehouse.sql import scalar, transaction
 
 from . import naming
 from .model_facts import describe

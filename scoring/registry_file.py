@@ -16,7 +16,8 @@ from typing import Any
 import duckdb
 import yaml
 
-from psystats.warehouse.db import WarehouseError, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import transaction
 
 from .adapter_models import register_adapter
 from .model_fields import USER, coerce

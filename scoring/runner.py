@@ -32,9 +32,10 @@ from typing import Any
 
 import duckdb
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.db import Target
+from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.progress import progress
-from psystats.warehouse.session import Target, session
 
 from .baselines import baseline_scorer
 from .config import ScorerConfig
@@ -140,7 +141,7 @@ def _load_selection(con: duckdb.DuckDBPyConnection, run: RunOptions) -> list[Par
         keys = sample_keys(con, run.sample, studies=studies, experiments=experiments)
         inputs = load_inputs(con, participant_keys=keys) if keys else []
     if not inputs:
-        from psystats.warehouse.queries import check_names
+        from psystats.warehouse.names import check_names
 
         # A misspelt study or experiment: say which, with "did you mean".
         check_names(con, "study", list(run.studies))
@@ -169,7 +170,7 @@ def plan_run(
     from . import options as option_sets
 
     run = run or RunOptions()
-    with session(db, read_only=read_only) as con:
+    with warehouse_db.open(db, "read" if read_only else "write") as con:
         if read_only:
             from .shard_merge import resolve_model_read_only
 
@@ -315,7 +316,7 @@ def _score_local(
     from .runs import finish_run, pending_participants, start_run
 
     name = plan.model["name"]
-    with session(db) as con:
+    with warehouse_db.open(db, "write") as con:
         run_id, complete = start_run(
             con,
             plan.model,
@@ -345,10 +346,10 @@ def _score_local(
     except BaseException as e:
         if not isinstance(e, KeyboardInterrupt):
             error = str(e) if isinstance(e, WarehouseError) else f"{type(e).__name__}: {e}"
-            with session(db) as con:
+            with warehouse_db.open(db, "write") as con:
                 finish_run(con, run_id, skips, status="failed", error=error[:2000])
         raise
-    with session(db) as con:
+    with warehouse_db.open(db, "write") as con:
         finish_run(con, run_id, skips, status="complete")
         row = con.execute(
             "SELECT n_participants, n_responses, n_skipped, counts FROM score_runs "
@@ -395,7 +396,7 @@ def _score_batches(
     shared = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else None
 
     def commit(batch: Any) -> int:
-        with session(shared if shared is not None else db) as con:
+        with warehouse_db.open(shared if shared is not None else db, "write") as con:
             return write_batch(con, run_id, batch)
 
     def planned(chunk: list, prepared: list) -> None:

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar, transaction
 
 from .inputs import ParticipantInput
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.sql import where_clause
 
 from .errors import ScoringError
 

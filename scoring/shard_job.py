@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .shard_files import done_marker_path, manifest_path, unit_is_done, write_shard
 from .shard_keys import _fsync_replace, _read_json, _write_json_atomic, run_dir, run_key

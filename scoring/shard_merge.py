@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from psystats.warehouse import parquet_layout
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar, transaction
 
 from .shard_files import finished_units, read_shard
 from .shard_keys import ShardError, _read_json

@@ -34,11 +34,11 @@ def small_warehouse(tmp_path_factory, psych201) -> Path:
 
     Tests that write to it must copy it first (see ``warehouse_copy``).
     """
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
 
     path = tmp_path_factory.mktemp("wh") / "small.duckdb"
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     ingest_paths(con, [psych201 / s for s in SMALL_STUDIES])
     con.close()
     return path
@@ -119,10 +119,10 @@ def inputs(small_warehouse):
     """Scoring inputs from ``small_warehouse``: a few from each study, franke (4
     single-letter answers) and guenther (long free-text association lists)."""
     from helpers import FRANKE
-    from psystats import warehouse
     from psystats.scoring.inputs import load_inputs
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     try:
         ps = load_inputs(con)
     finally:

@@ -21,9 +21,9 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from psystats import warehouse
 from psystats.scoring.inputs import ParticipantInput
-from psystats.warehouse.db import scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 FRANKE = "franke2024bayesian/data-raw-human.csv"
 
@@ -183,7 +183,7 @@ def check_options(
 
 def snapshot(db: Path, run_id: int | None = None) -> dict:
     """Everything a run put in the warehouse, without run ids (to compare two warehouses)."""
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         if run_id is None:
             run_id = scalar(con, "SELECT max(run_id) FROM score_runs")
@@ -216,7 +216,7 @@ def reference_run(tmp_root: Path, small_warehouse: Path, model_dir: Path) -> dic
 
     base = tmp_root / "base.duckdb"
     shutil.copy(small_warehouse, base)
-    con = warehouse.connect(base)
+    con = warehouse_db.open(base, "write", create=True)
     model = add_model(con, str(model_dir), name="tiny-qwen3")
     keys = [
         k
@@ -242,7 +242,7 @@ def reference_run(tmp_root: Path, small_warehouse: Path, model_dir: Path) -> dic
 
     ref = tmp_root / "reference.duckdb"
     shutil.copy(base, ref)
-    con = warehouse.connect(ref)
+    con = warehouse_db.open(ref, "write", create=True)
     run_id, _ = start_run(con, model, "plain", selection, scorer.settings, scorer.fingerprints)
     batch = scorer.score(inputs)
     write_batch(con, run_id, batch)

@@ -10,12 +10,12 @@ import numpy as np
 
 def simulated_warehouse(path: Path, *, seed: int = 0) -> Path:
     """The embedded sample, two families x two generations x two types, scored (simulated)."""
-    from psystats import warehouse
     from psystats.sample import sample_path
     from psystats.stats.simulate import simulate_warehouse
+    from psystats.warehouse import db as warehouse_db
     from psystats.warehouse.ingest import ingest_paths
 
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     try:
         ingest_paths(con, [sample_path()])
         simulate_warehouse(
@@ -40,8 +40,8 @@ def store_prior_fit(path: Path, *, seed: int = 0, kind: str = "test") -> int:
     """
     import arviz as az
 
-    from psystats import warehouse
     from psystats.stats.store import save_fit
+    from psystats.warehouse import db as warehouse_db
 
     rng = np.random.default_rng(seed)
     chains, draws = 2, 200
@@ -58,7 +58,7 @@ def store_prior_fit(path: Path, *, seed: int = 0, kind: str = "test") -> int:
         coords={"level": ["a", "b"], "obs": np.arange(5)},
         dims={"effect": ["level"], "y": ["obs"]},
     )
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     try:
         return save_fit(
             con,
@@ -72,3 +72,32 @@ def store_prior_fit(path: Path, *, seed: int = 0, kind: str = "test") -> int:
         )
     finally:
         con.close()
+
+
+def assert_loo_stands_alone(nc_path, summary: dict) -> None:
+    """``arviz.loo`` on the stored NetCDF alone (read with arviz only) gives the fit's stored
+    PSIS-LOO: ``arviz.loo(idata)`` as a user types it for one observed variable; with several,
+    ``arviz.loo(idata, var_name=v)`` each one's, and together the full LOO."""
+    import warnings
+
+    import arviz as az
+    import pytest
+
+    idata = az.from_netcdf(str(nc_path))
+    names = list(idata.log_likelihood.data_vars)
+    full = summary["loo"]["full"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if len(names) == 1:
+            res = az.loo(idata)
+            assert float(res.elpd_loo) == pytest.approx(full["elpd_loo"], rel=1e-9, abs=1e-9)
+            assert float(res.p_loo) == pytest.approx(full["p_loo"], rel=1e-9, abs=1e-9)
+            assert int(res.n_data_points) == full["n_observations"]
+            return
+        total = 0.0
+        for name in names:
+            res = az.loo(idata, var_name=name)
+            own = summary["loo"]["by_variable"][name]
+            assert float(res.elpd_loo) == pytest.approx(own["elpd_loo"], rel=1e-9, abs=1e-9)
+            total += float(res.elpd_loo)
+        assert total == pytest.approx(full["elpd_loo"], rel=1e-9)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import next_id, transaction
+from psystats.warehouse.sql import next_id, transaction
 
 # family, generation, generation_order, sizes, post-training types
 FAMILIES = (
@@ -446,11 +446,11 @@ def full_copy(small_warehouse: Path, root: Path, **kw) -> tuple[Path, Truth]:
     """A copy of ``small_warehouse`` in ``root`` with everything :func:`fabricate` writes."""
     import shutil
 
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
     db = root / "full.duckdb"
     shutil.copy(small_warehouse, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     truth = fabricate(con, netcdf_dir=root / "fits", **kw)
     con.close()
     return db, truth

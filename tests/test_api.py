@@ -15,7 +15,7 @@ import pytest
 from reanalysis_helpers import simulated_warehouse, store_prior_fit
 
 import psystats as ps
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,9 +65,9 @@ def test_responses_and_filters(sim_db: Path):
 
 def test_scores_latest_run_rule(sim_db: Path, tmp_path: Path):
     """A newer complete run of the same model replaces the old one in wh.scores()."""
-    from psystats import warehouse
     from psystats.stats.simulate import write_run
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse import db as warehouse_db
+    from psystats.warehouse.sql import transaction
 
     db = tmp_path / "w.duckdb"
     shutil.copy(sim_db, db)
@@ -76,7 +76,7 @@ def test_scores_latest_run_rule(sim_db: Path, tmp_path: Path):
     wh = ps.open(db)
     model = "sim-qwen1-base"
     before = wh.scores(model=model, condition="plain")
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     rids = before["response_id"].to_numpy()
     with transaction(con):
         new_run = write_run(con, model, "plain", rids, np.full(len(rids), 7.5))
@@ -113,6 +113,12 @@ def test_cells_match_an_independent_computation(sim_db: Path):
                 se = g["d"].std(ddof=1) / np.sqrt(len(g))
                 assert np.isclose(row["se"].iloc[0], se, atol=1e-10)
     fc = wh.cells(formula_columns=True)
+    # the selection by the names `export cells` takes: one model's pairs only
+    one = pairs["name"].iloc[0]
+    mine = wh.cells(models=one)
+    assert len(mine) == (cells.post_model == one).sum() > 0 and mine["pair"].nunique() == 1
+    with pytest.raises(WarehouseError, match="did you mean"):
+        wh.cells(experiments=["zhu2024game"])
     assert {"mean", "se", "type", "family", "log_params", "experiment"} <= set(fc.columns)
 
 
@@ -133,6 +139,53 @@ def test_fits_params_posterior(sim_db: Path):
         wh.posterior(999)
     with pytest.raises(WarehouseError, match="unknown fit kind"):
         wh.fit("nonsense")
+
+
+def test_fit_takes_the_cli_option_names_and_refuses_others_with_did_you_mean(sim_db: Path):
+    """wh.fit and the CLI share one adapter (stats.fit_kinds): the same names, checked before
+    the warehouse is touched."""
+    from psystats.stats.effects_fit import EffectsFitSpec
+    from psystats.stats.fit_kinds import fit_request
+    from psystats.stats.options import OptionError, Selection
+
+    wh = ps.open(sim_db)
+    before = sim_db.read_bytes()
+    with pytest.raises(
+        OptionError, match=r"unknown fit effects option 'drwas' \(did you mean 'draws'"
+    ):
+        wh.fit("effects", drwas=10)
+    with pytest.raises(OptionError, match=r"did you mean 'allow_failure'"):
+        wh.fit("effects", allow_diagnostics_failure=True)
+    with pytest.raises(OptionError, match="draws must be an integer from 1"):
+        wh.fit("effects", draws=99999999999999999999)
+    with pytest.raises(OptionError, match="fit generations cannot select by models"):
+        wh.fit("generations", models=["x"])
+    with pytest.raises(OptionError, match=r"unknown fit kind 'efects' \(did you mean 'effects'"):
+        wh.fit("efects")
+    assert sim_db.read_bytes() == before
+    req = fit_request(
+        "effects",
+        post_condition="chat",
+        models="m",
+        draws=50,
+        no_terms=["type"],
+        compare=False,
+        name="n",
+    )
+    assert req.selection == Selection(post_condition="chat", models=("m",))
+    assert (req.selection.post, req.selection.base) == ("chat", "plain")
+    assert req.sampling.draws == 50 and req.store.name == "n"
+    assert isinstance(req.spec, EffectsFitSpec) and req.spec.compare == ()
+    assert req.spec.model.terms["type"] is False and req.spec.checks
+    persona = fit_request("persona", plain_condition="chat", rope=0.02)
+    assert persona.selection.post_condition is None and persona.selection.base == "chat"
+    assert persona.spec.rope == 0.02
+    formula = fit_request("formula", formula="mean ~ type", priors='{"type": {"dist": "Normal"}}')
+    assert formula.spec.priors == {"type": {"dist": "Normal"}}
+    # options given as objects and by name: the names win, field by field
+    both = fit_request("accuracy", {"models": ["a"]}, {"folds": 3}, {"draws": 5}, chains=2)
+    assert both.selection.models == ("a",) and both.spec.folds == 3
+    assert (both.sampling.draws, both.sampling.chains) == (5, 2)
 
 
 def _doc_blocks() -> list[str]:

@@ -15,13 +15,14 @@ from collections import Counter, defaultdict
 import pytest
 
 from helpers import FRANKE, cli_ok
-from psystats import warehouse
 from psystats.scoring.baselines import ALPHA, baseline_scorer
 from psystats.scoring.config import ScorerConfig
 from psystats.scoring.inputs import load_inputs
 from psystats.scoring.registry import add_model
 from psystats.scoring.runner import RunOptions, score
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
 UNSEEN = ("an answer no other participant gave",)  # a class, never a response text
@@ -100,7 +101,7 @@ MODEL = {"name": "baseline:frequency"}
 def test_frequency_equals_the_definition_on_open_ended_answers(small_warehouse):
     """guenther: every answer is unique, so each is the 'unseen' class of K = the other
     participants' answers + 1; franke without an option set: letters as open answers."""
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     try:
         guenther = next(
             e
@@ -117,7 +118,7 @@ def test_frequency_equals_the_definition_on_open_ended_answers(small_warehouse):
 
 
 def test_frequency_equals_the_definition_over_a_declared_option_set(small_warehouse):
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     try:
         ps = _inputs(con, FRANKE)
         # A set without four letters: their answers are outside it, not scored.
@@ -138,7 +139,7 @@ def test_frequency_never_sees_the_participant_it_predicts(warehouse_copy):
     Counting them would give (1 + a) / (n + a K) with their answer in the support; left
     out, every one of their answers is the unseen class: a / (n_others + a K_others).
     Their other answers cannot move their own scores either."""
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     try:
         ps = _inputs(con, FRANKE)
         p = ps[0]
@@ -183,7 +184,7 @@ def test_uniform_is_minus_log_one_over_the_option_count(warehouse_copy):
         "--options", f"{FRANKE}={'|'.join(LETTERS)}",
     ).output  # fmt: skip
     assert "complete" in out
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         model = con.execute(
             "SELECT post_training, family, source FROM models WHERE name = 'baseline:uniform'"
@@ -222,7 +223,7 @@ def test_uniform_is_minus_log_one_over_the_option_count(warehouse_copy):
 
 
 def test_frequency_runs_through_the_runner_and_is_registered_on_first_use(warehouse_copy):
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     try:
         out = score(con, "baseline:frequency", run=RunOptions(studies=(FRANKE.split("/")[0],)))
         assert out.run_id is not None and "complete" in out.message
@@ -245,7 +246,7 @@ def test_frequency_runs_through_the_runner_and_is_registered_on_first_use(wareho
 
 
 def test_baselines_are_registered_under_their_own_names_only(db_path):
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     try:
         row = add_model(con, "baseline:frequency")
         assert (row["source"], row["post_training"], row["n_params"]) == (None, "baseline", None)

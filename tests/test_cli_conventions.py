@@ -52,9 +52,9 @@ def test_cli_reference_is_current():
 
 
 def test_summary_shows_scored_runs_per_model(warehouse_copy: Path):
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     try:
         con.execute(
             "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version, "
@@ -70,8 +70,10 @@ def test_summary_shows_scored_runs_per_model(warehouse_copy: Path):
     )
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
-    assert lines[0] == "model,condition,complete,unfinished,responses_scored,newest_run,sample"
-    assert lines[1:] == ["m-a,plain,1,1,10,2,", "m-b,chat,1,0,7,3,"]
+    assert lines[0] == (
+        "model,condition,complete,incomplete,unfinished,responses_scored,newest_run,sample"
+    )
+    assert lines[1:] == ["m-a,plain,1,0,1,10,2,", "m-b,chat,1,0,0,7,3,"]
     # The default table view shows both tables.
     r = CliRunner().invoke(main, ["--db", str(warehouse_copy), "summary"])
     assert r.exit_code == 0 and "Scored runs per model" in r.output and "m-b" in r.output

@@ -41,10 +41,10 @@ def tiny(tmp_path_factory):
     """Eight cells (8 pairs in one experiment), two `mean ~ 1` fits with different priors."""
     from reanalysis_helpers import simulated_warehouse
 
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
     db = simulated_warehouse(tmp_path_factory.mktemp("kfold") / "psych.duckdb")
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     exp = con.execute("SELECT min(experiment) FROM experiments").fetchall()[0][0]
     con.close()
     for priors in PRIORS:
@@ -60,9 +60,9 @@ def tiny(tmp_path_factory):
 def _stored(db, fit_id):
     import arviz as az
 
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     path = con.execute("SELECT netcdf_path FROM fits WHERE fit_id = ?", [fit_id]).fetchall()[0][0]
     con.close()
     idata = az.from_netcdf(path)
@@ -82,7 +82,7 @@ def _loglik(idata, y, se):
         return idata  # the file stands alone
     import arviz as az
 
-    from psystats.stats.pipeline import LOO_MAX_DRAWS
+    from psystats.stats.fit_checks import LOO_MAX_DRAWS
 
     n = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
     post = idata.posterior.isel(draw=slice(None, None, int(np.ceil(n / LOO_MAX_DRAWS))))
@@ -142,15 +142,15 @@ def _grid_elpd(y, se, held, prior_sd):
 def test_kfold_equals_brute_force_on_a_tiny_case(tiny):
     """--kfold 4: each fold refitted by MCMC; the held-out log densities agree with the grid
     (per cell within 0.08, the MCMC error of 1000 draws), and the CLI's elpd is their sum."""
-    from psystats import warehouse
     from psystats.stats import kfold as kf
     from psystats.stats.compare import stored_observations
     from psystats.stats.store import load_fit
+    from psystats.warehouse import db as warehouse_db
 
     res = _cli(tiny, "fit", "compare", "1", "2", "--kfold", "4", "--format", "json")
     assert res.exit_code == 0, res.output
     table = pd.DataFrame(json.loads(res.stdout)).set_index("fit")
-    con = warehouse.connect(tiny, read_only=True)
+    con = warehouse_db.open(tiny)
     try:
         for fid, priors in zip((1, 2), PRIORS):
             _, y, se, labels = _stored(tiny, fid)
@@ -179,12 +179,12 @@ def test_effects_kfold_leaves_a_fold_out_and_scores_it_by_the_definition(tiny):
     pair_mean (one experiment: no experiment-level terms), from the stored draws."""
     import pymc as pm
 
-    from psystats import warehouse
     from psystats.stats import kfold as kf
     from psystats.stats.compare import stored_observations
     from psystats.stats.store import load_fit
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(tiny, read_only=True)
+    con = warehouse_db.open(tiny)
     exp = con.execute("SELECT min(experiment) FROM experiments").fetchall()[0][0]
     con.close()
     res = _cli(
@@ -193,7 +193,7 @@ def test_effects_kfold_leaves_a_fold_out_and_scores_it_by_the_definition(tiny):
         *["--draws", "200", "--tune", "300", "--allow-diagnostics-failure"],
     )
     assert res.exit_code == 0, res.output
-    con = warehouse.connect(tiny, read_only=True)
+    con = warehouse_db.open(tiny)
     try:
         fid = con.execute("SELECT max(fit_id) FROM fits").fetchall()[0][0]
         row, idata = load_fit(con, fid)

@@ -1,7 +1,7 @@
 """Two real processes: a reader in a loop keeps succeeding while a scoring run, an import
 or a fit runs.
 
-The reader opens the warehouse read-only (``psystats.warehouse.connect``,
+The reader opens the warehouse read-only (``psystats.warehouse.db.open``,
 which waits a bounded time for another process's lock) in a loop and counts
 its reads; a read that meets the lock for longer than ``READER_WAIT`` s is a
 failure.  A command that held the file for its whole run (the old ``scores
@@ -23,24 +23,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from psystats import warehouse
-from psystats.warehouse.db import scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 READER_WAIT = 3.0  # seconds a read may wait for a writer's commit
 
 READER = r"""
 import json, sys, time
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.settings import Settings
+from psystats.warehouse.sql import scalar
 db, stop, out = sys.argv[1:4]
 wait = float(sys.argv[4])
+query = sys.argv[5]
 reads, failures = [], []
 while True:
     t = time.time()
     try:
-        c = warehouse.connect(db, read_only=True, lock_timeout=wait, on_wait=None)
+        c = warehouse_db.open(db, settings=Settings(lock_timeout=wait), on_wait=None)
         try:
-            n = scalar(c, "SELECT count(*) FROM score_runs")
+            n = scalar(c, query)
         finally:
             c.close()
         reads.append([t, time.time(), n])
@@ -57,12 +60,17 @@ while True:
 class Reader:
     """A reader process looping over read-only opens until stopped."""
 
-    def __init__(self, db: Path, tmp: Path) -> None:
+    def __init__(
+        self,
+        db: Path,
+        tmp: Path,
+        wait: float = READER_WAIT,
+        query: str = "SELECT count(*) FROM score_runs",
+    ) -> None:
         self.stop, self.out = tmp / "stop", tmp / "reads.json"
         self.stop.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", READER, str(db), str(self.stop), str(self.out), str(READER_WAIT)]
-        )
+        args = [str(db), str(self.stop), str(self.out), str(wait), query]
+        self.proc = subprocess.Popen([sys.executable, "-c", READER, *args])
         deadline = time.time() + 120
         while not self.result()["reads"]:  # started and read once
             assert self.proc.poll() is None, "reader died"
@@ -100,7 +108,7 @@ def during(result: dict, t0: float, t1: float) -> int:
 
 @pytest.fixture
 def import_file(warehouse_copy, tmp_path) -> Path:
-    c = warehouse.connect(warehouse_copy, read_only=True)
+    c = warehouse_db.open(warehouse_copy)
     rows = c.execute("SELECT response_id FROM responses ORDER BY response_id").fetchall()
     c.close()
     ids = [r[0] for r in rows]
@@ -130,7 +138,7 @@ def test_reader_succeeds_throughout_an_import(warehouse_copy, import_file, tmp_p
     assert during(res, t0, t1) >= 1
     # The reader saw the import land: 0 runs before, 1 after.
     assert res["reads"][0][2] == 0 and res["reads"][-1][2] == 1
-    c = warehouse.connect(warehouse_copy, read_only=True)
+    c = warehouse_db.open(warehouse_copy)
     try:
         assert scalar(c, "SELECT count(*) FROM scores") == pq.read_metadata(import_file).num_rows
     finally:
@@ -143,7 +151,7 @@ def paired_warehouse(small_warehouse, tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("conc") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
-    c = warehouse.connect(path)
+    c = warehouse_db.open(path, "write", create=True)
     simulate_warehouse(c, families=("qwen",), generations=(1, 2), types=("instruct",), seed=1)
     c.close()
     return path
@@ -154,7 +162,7 @@ def test_reader_and_writer_succeed_throughout_a_fit(paired_warehouse, import_fil
     """While `fit effects` samples, readers read and another command (an import) writes."""
     db = tmp_path / "w.duckdb"
     shutil.copy(paired_warehouse, db)
-    runs_before = warehouse.connect(db, read_only=True)
+    runs_before = warehouse_db.open(db)
     n_runs = scalar(runs_before, "SELECT count(*) FROM score_runs")
     runs_before.close()
     reader = Reader(db, tmp_path)
@@ -207,7 +215,7 @@ def test_reader_and_writer_succeed_throughout_a_fit(paired_warehouse, import_fil
     assert imp.returncode == 0, imp.stderr
     assert res["failures"] == []
     assert during(res, t0, t1) >= 3
-    c = warehouse.connect(db, read_only=True)
+    c = warehouse_db.open(db)
     try:
         assert scalar(c, "SELECT count(*) FROM fits") == 1
         assert scalar(c, "SELECT count(*) FROM score_runs") == n_runs + 1
@@ -254,3 +262,34 @@ def test_reader_succeeds_throughout_a_scoring_run(tiny_models, warehouse_copy, t
     assert res["failures"] == []
     assert during(res, t0, t1) >= 3
     assert res["reads"][0][2] == 0 and res["reads"][-1][2] == 1
+
+
+@pytest.mark.slow
+def test_reader_succeeds_throughout_a_full_ingest(psych201, tmp_path):
+    """Issue 21, item 4: ingest reads and stages each file without the warehouse and holds
+    it only for the file's short write transaction, so a reader with the default wait
+    (30 s) never fails during an ingest of the 18 shared studies, and sees it progress."""
+    from psystats.warehouse.settings import DEFAULT_LOCK_TIMEOUT
+
+    db = tmp_path / "w.duckdb"
+    r, _, _ = psystats(db, "init")
+    assert r.returncode == 0, r.stderr
+    reader = Reader(
+        db, tmp_path, wait=DEFAULT_LOCK_TIMEOUT, query="SELECT count(*) FROM participants"
+    )
+    try:
+        r, t0, t1 = psystats(db, "ingest", str(psych201))
+    finally:
+        res = reader.finish()
+    assert r.returncode == 0, r.stderr
+    assert "ingested 18 files" in r.stdout
+    assert res["failures"] == []
+    inside = [(a, b, n) for a, b, n in res["reads"] if a >= t0 and b <= t1]
+    assert len(inside) >= 5
+    # Files land one transaction at a time: the reader saw several partial counts.
+    assert len({n for _, _, n in inside}) >= 3
+    waits = sorted(b - a for a, b, _ in inside)
+    print(
+        f"reads during ingest: {len(inside)}, median {waits[len(waits) // 2]:.3f} s, "
+        f"max {waits[-1]:.3f} s, ingest {t1 - t0:.1f} s"
+    )

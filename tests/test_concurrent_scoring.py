@@ -3,7 +3,7 @@
 The scoring run opens the warehouse only to start the run, to commit each
 batch and to close the run (psystats.scoring.runner); in between, any reader
 gets the file.  Two real processes: `psystats score` on a tiny model, and this
-test reading the scores table in a loop through `warehouse.connect`, which
+test reading the scores table in a loop through `warehouse.db.open`, which
 waits a bounded time for a writer's lock.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from psystats import warehouse
-from psystats.warehouse.db import scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.settings import Settings
+from psystats.warehouse.sql import scalar
 
 STUDY = "franke2024bayesian"
 
@@ -52,7 +53,7 @@ def test_reader_loop_succeeds_throughout_a_scoring_run(tiny_models, small_wareho
     try:
         while proc.poll() is None:
             try:
-                con = warehouse.connect(db, read_only=True, create=False)
+                con = warehouse_db.open(db)
                 try:
                     reads.append(int(scalar(con, "SELECT count(*) FROM scores")))
                 finally:
@@ -69,7 +70,7 @@ def test_reader_loop_succeeds_throughout_a_scoring_run(tiny_models, small_wareho
     # The reader saw the run grow: several distinct partial counts, never a decrease.
     assert len(set(reads)) >= 3, reads
     assert reads == sorted(reads)
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         n_resp = scalar(con, "SELECT count(*) FROM responses WHERE study = ?", [STUDY])
         assert scalar(con, "SELECT count(*) FROM scores") == n_resp
@@ -97,5 +98,5 @@ def test_score_cli_releases_the_file_between_sessions(tiny_models, warehouse_cop
     )
     assert r.exit_code == 1
     assert "no such experiment 'nonexistent-experiment'" in r.output
-    con = warehouse.connect(warehouse_copy, lock_timeout=0)
+    con = warehouse_db.open(warehouse_copy, "write", create=True, settings=Settings(lock_timeout=0))
     con.close()

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import COMMANDS, main
 from psystats.commands import demo_cmds
 from psystats.reports.blocks import title
 from psystats.sample import sample_path, sample_studies
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def test_sample_is_real_psych201_with_attribution(psych201: Path, tmp_path: Path
 def test_sample_ingests_into_several_domains(db_path: Path):
     from psystats.warehouse.ingest import ingest_paths
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     ingest_paths(con, [sample_path()])
     rows = con.execute(
         "SELECT p.study, e.domain, count(*) FROM participants p "
@@ -253,8 +254,8 @@ def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = F
         jsonschema.validate(card, schema())
         assert card["model"]["name"] == model
         assert demo_cmds.card_path(workdir, model, "html").exists()
-    con = warehouse.connect(workdir / "demo.duckdb", read_only=True)
-    n_resp = warehouse.db.scalar(con, "SELECT count(*) FROM responses")
+    con = warehouse_db.open(workdir / "demo.duckdb")
+    n_resp = scalar(con, "SELECT count(*) FROM responses")
     runs = con.execute(
         "SELECT sr.model, sr.condition, sr.status, sr.sample_spec, count(s.response_id) "
         "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY sr.run_id"
@@ -336,7 +337,7 @@ def test_demo_rerun_resumes(tiny_models, tmp_path: Path):
     for _ in range(2):
         res = _demo_on_tiny_models(tiny_models, tmp_path, "--no-simulated")
         assert res.exit_code == 0, res.output
-        con = warehouse.connect(tmp_path / "demo.duckdb", read_only=True)
+        con = warehouse_db.open(tmp_path / "demo.duckdb")
         counts.append(
             con.execute(
                 "SELECT (SELECT count(*) FROM score_runs), (SELECT count(*) FROM scores), "
@@ -372,7 +373,7 @@ def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
     from psystats.stats import demo_study as ds
     from psystats.warehouse.ingest import ingest_paths
 
-    con = warehouse.connect(tmp_path / "w.duckdb")
+    con = warehouse_db.open(tmp_path / "w.duckdb", "write", create=True)
     ingest_paths(con, [sample_path()])
     truth = ds.write_study(con, tmp_path / "sim", seed=1)
     resp = pd.DataFrame(
@@ -447,7 +448,7 @@ def test_simulated_option_scores_carry_the_known_accuracy(tmp_path: Path):
         """P(z_0 + beta > max of k - 1 other standard normals), by quadrature."""
         return quad(lambda x: norm.pdf(x - beta) * norm.cdf(x) ** (k - 1), -10, 12)[0]
 
-    con = warehouse.connect(tmp_path / "w.duckdb")
+    con = warehouse_db.open(tmp_path / "w.duckdb", "write", create=True)
     ingest_paths(con, [sample_path()])
     truth = ds.write_study(con, tmp_path / "sim", seed=2)
     resp = pd.DataFrame(

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from helpers import cli_base_warehouse, cli_ok, reference_run, snapshot
-from psystats import warehouse
 from psystats.scoring import shard_files
+from psystats.warehouse import db as warehouse_db
 
 ray = pytest.importorskip("ray")
 
@@ -48,7 +48,7 @@ def _run(scored, db: Path, out: Path, factory=None, num_workers: int = 2, **kw):
 
     factory = factory or functools.partial(Scorer, scored["model"], **scored["scorer_kwargs"])
     events = []
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         result = run_ray(
             con,

@@ -13,7 +13,7 @@ from scipy import stats
 from psystats.stats.formula import build_formula_model, formula_frame
 from psystats.stats.predict import parse_new_pair
 from psystats.stats.simulate import simulate_cells
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +131,15 @@ def test_formula_reproduces_builtin_effects_posterior():
     the same posterior within Monte Carlo error on simulated cells."""
     import arviz as az
 
-    from psystats.stats.effects import TERMS, EffectsSpec, fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.effects_spec import TERMS, EffectsSpec
     from psystats.stats.formula import fit_formula_cells
+    from psystats.stats.options import SamplingOptions
 
     sim = simulate_cells(12, 10, seed=3, n_families=3, n_types=2, n_domains=3)
     spec = EffectsSpec(terms={t: t in ("type", "size") for t in TERMS})
-    kw = dict(draws=1000, tune=500, chains=4, seed=1)
-    b = fit_cells(sim.cells, spec, compare=False, checks=False, **kw)
+    sampling = SamplingOptions(draws=1000, tune=500, chains=4, seed=1)
+    b = fit_cells(sim.cells, EffectsFitSpec(spec, compare=(), checks=False), sampling)
     f = fit_formula_cells(
         sim.cells,
         "mean ~ 0 + type + log_params",
@@ -147,7 +149,7 @@ def test_formula_reproduces_builtin_effects_posterior():
             "log_params": {"dist": "Normal", "mu": 0, "sigma": 0.5},
         },
         checks=False,
-        **kw,
+        sampling=sampling,
     )
     assert b.diagnostics.passed and f.diagnostics.passed
     pairs = [("type_mean", "type"), ("size_slope", "log_params"), ("sigma_cell", "sigma")]
@@ -170,10 +172,10 @@ def test_cli_fit_formula_predict_plot(tmp_path):
     import json
 
     from click.testing import CliRunner
-    from reanalysis_helpers import simulated_warehouse
+    from reanalysis_helpers import assert_loo_stands_alone, simulated_warehouse
 
-    from psystats import warehouse
     from psystats.cli import main
+    from psystats.warehouse import db as warehouse_db
 
     db = simulated_warehouse(tmp_path / "psych.duckdb")
     run = CliRunner().invoke
@@ -184,13 +186,16 @@ def test_cli_fit_formula_predict_plot(tmp_path):
         + ["--draws", "500", "--tune", "500", "--allow-diagnostics-failure"],
     )
     assert r.exit_code == 0, r.output
-    con = warehouse.connect(db, read_only=True)
-    kind, spec, path = con.execute("SELECT kind, spec, netcdf_path FROM fits").fetchall()[0]
+    con = warehouse_db.open(db)
+    kind, spec, path, summary = con.execute(
+        "SELECT kind, spec, netcdf_path, summary FROM fits"
+    ).fetchall()[0]
     params = {p for (p,) in con.execute("SELECT DISTINCT parameter FROM fit_params").fetchall()}
     con.close()
     assert kind == "formula" and json.loads(spec)["formula"].startswith("mean ~ type")
     assert {"Intercept", "type", "log_params", "sigma", "1|family", "1|family_sigma"} <= params
     assert Path(path).exists()
+    assert_loo_stands_alone(path, json.loads(summary))
     r = run(
         main,
         ["fit", "predict", "1", *d, "--format", "csv"]

@@ -57,9 +57,9 @@ def _stored(db, fit_id: int):
     """(fits row, InferenceData read straight from the NetCDF, the cells it was fitted to)."""
     import arviz as az
 
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         cur = con.execute("SELECT spec, summary, netcdf_path FROM fits WHERE fit_id = ?", [fit_id])
         spec, summary, path = cur.fetchall()[0]

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.scoring import registry
 from psystats.stats.cells import build_cells, with_scale
 from psystats.stats.effects import EffectsSpec, prepare
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 
 # Families the registry's date table does not know: every date here is set by the test.
 FAMILIES = ("alpha", "beta")
@@ -37,7 +37,7 @@ def sim_db(db_path):
     """Two families x three generations, instruct and reasoning on each base."""
     from psystats.stats.simulate import add_synthetic_experiments, simulate_warehouse
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=4, participants=4, responses=2, seed=1)
     simulate_warehouse(con, families=FAMILIES, generations=GENERATIONS, seed=1)
     yield con
@@ -372,7 +372,8 @@ def _uneven_design() -> pd.DataFrame:
 def test_effects_recover_the_generation_slope_on_each_scale(scale):
     """Cells simulated with a generation slope per unit of `scale`: the fit on that scale
     recovers it and says its unit."""
-    from psystats.stats.effects_fit import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     spec = EffectsSpec(generation_scale=scale)
@@ -383,9 +384,8 @@ def test_effects_recover_the_generation_slope_on_each_scale(scale):
         seed=5,
         scales={"generation_slope": true_slope, "sigma_generation_family": 0.0},
     )
-    fit = fit_cells(
-        sim.cells, spec, seed=2, allow_failure=True, checks=False, compare=False, **SAMPLE
-    )
+    fs = EffectsFitSpec(spec, compare=(), checks=False)
+    fit = fit_cells(sim.cells, fs, SamplingOptions(seed=2, **SAMPLE), allow_failure=True)
     assert "generation" in fit.data.active
     x = fit.idata.posterior["generation_slope"].values.ravel()
     lo, hi = np.quantile(x, [0.05, 0.95])
@@ -414,7 +414,7 @@ def test_generations_recover_the_slopes_on_each_scale(db_path, scale):
     from psystats.stats.pipeline import run_fit
     from psystats.stats.simulate import add_synthetic_experiments
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=6, participants=20, responses=4, seed=1)
     fams = {f: UNEVEN[f] for f in ("qwen", "llama")}
     truth = simulate_generations(

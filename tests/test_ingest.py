@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import SMALL_STUDIES
 
-from psystats import warehouse
 from psystats.cli import main
+from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.ingest import ingest_paths
 
 
@@ -284,7 +284,7 @@ def test_zip_parquet_and_folder_sources_agree(tmp_path, psych201):
 
     def content(path) -> list:
         db = tmp_path / f"{hashlib.md5(str(path).encode()).hexdigest()}.duckdb"
-        con = warehouse.connect(db)
+        con = warehouse_db.open(db, "write", create=True)
         ingest_paths(con, [path])
         return con.execute(
             "SELECT study, experiment, participant, response_index, text, rt "
@@ -350,9 +350,65 @@ def test_missing_db_is_an_error_for_queries(tmp_path):
 
 
 def test_schema_version_and_migrate_idempotent(db_path):
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     from psystats.warehouse.db import migrate
     from psystats.warehouse.schema import SCHEMA_VERSION
 
     assert migrate(con) == SCHEMA_VERSION
     assert con.execute("SELECT count(*) FROM schema_version").fetchall()[0][0] == SCHEMA_VERSION
+
+
+def _rows_by_key(path: Path) -> list[tuple]:
+    con = duckdb.connect(str(path), read_only=True)
+    rows = con.execute(
+        "SELECT p.study, p.experiment, p.participant, p.content_sha256, r.response_index, r.text "
+        "FROM participants p JOIN responses r USING (participant_key) ORDER BY ALL"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def test_ingest_commits_in_batches_and_an_interrupted_file_resumes(tmp_path, psych201, monkeypatch):
+    """Issue 21, item 4: a file is committed in batches (readers get the file between
+    them).  Interrupted after some batches, it leaves whole participants and no
+    `complete` ingests row; the next ingest adds the rest, equal to a fresh ingest."""
+    from psystats.warehouse import ingest
+
+    study = psych201 / SMALL_STUDIES[0]
+    fresh = tmp_path / "fresh.duckdb"
+    assert run_cli("--db", str(fresh), "ingest", str(study)).exit_code == 0
+
+    monkeypatch.setattr(ingest, "COMMIT_RESPONSES", 100)  # several batches for this study
+    batches = []
+    real_commit = ingest._commit_batch
+
+    def commit_then_die(con, src, ingest_id, keys, *args):
+        real_commit(con, src, ingest_id, keys, *args)
+        batches.append(keys)
+        if len(batches) == 3:
+            raise KeyboardInterrupt  # as if killed between two batches
+
+    monkeypatch.setattr(ingest, "_commit_batch", commit_then_die)
+    db = tmp_path / "w.duckdb"
+    con = warehouse_db.open(db, "statement", create=True)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_paths(con, [study])
+    con.close()
+    partial = _rows_by_key(db)
+    assert 0 < len(partial) < len(_rows_by_key(fresh))
+    snap = table_snapshot(db)
+    assert snap["ingests"] == 0  # not marked complete: the next ingest reads it again
+    # Whole participants only: each has all its responses.
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute(
+        "SELECT count(*) FROM participants p WHERE n_responses <> "
+        "(SELECT count(*) FROM responses r WHERE r.participant_key = p.participant_key)"
+    ).fetchall() == [(0,)]
+    con.close()
+
+    monkeypatch.setattr(ingest, "_commit_batch", real_commit)
+    r = run_cli("--db", str(db), "ingest", str(study))
+    assert r.exit_code == 0, r.output
+    assert "already present" in r.output
+    assert _rows_by_key(db) == _rows_by_key(fresh)
+    assert table_snapshot(db)["participants"] == table_snapshot(fresh)["participants"]

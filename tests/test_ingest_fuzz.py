@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.ingest import ingest_file
 from psystats.warehouse.sources import SourceFile, decode_line
 from psystats.warehouse.transcript import RecordError, parse_record
@@ -124,7 +124,7 @@ def test_parser_fuzz_long(raw):
 @pytest.fixture(scope="module")
 def fuzz_con(tmp_path_factory):
     """One warehouse for every example; each example is its own study."""
-    con = warehouse.connect(tmp_path_factory.mktemp("fuzz") / "w.duckdb")
+    con = warehouse_db.open(tmp_path_factory.mktemp("fuzz") / "w.duckdb", "write", create=True)
     yield con
     con.close()
 

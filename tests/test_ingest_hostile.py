@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import SMALL_STUDIES
 
-from psystats import warehouse
 from psystats.cli import main
+from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.ingest import ingest_paths
 
 BASE = {
@@ -123,7 +123,7 @@ def test_numbers_as_strings_and_missing_spellings_give_identical_rows(tmp_path):
     b = write_lines(tmp_path / "b" / "toy.jsonl", strings)
     rows = {}
     for name, path in (("a", a), ("b", b), ("pq", parquet_path)):
-        con = warehouse.connect(tmp_path / f"{name}.duckdb")
+        con = warehouse_db.open(tmp_path / f"{name}.duckdb", "write", create=True)
         ingest_paths(con, [path])
         con.close()
         rows[name] = content(tmp_path / f"{name}.duckdb")

@@ -55,14 +55,14 @@ def scores_by_natural_key(db: Path) -> dict[tuple, tuple]:
 
 def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_path):
     """The bookkeeping alone, without a model: scores written as a run would write them."""
-    from psystats import warehouse
     from psystats.scoring.inputs import load_inputs
     from psystats.scoring.runs import pending_participants, start_run
+    from psystats.warehouse import db as warehouse_db
 
     src = write_study(tmp_path / "toy" / "prompts.jsonl", TEXTS)
     db = tmp_path / "w.duckdb"
     assert cli(db, "ingest", str(src)).exit_code == 0
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     run_id, _ = start_run(con, {"name": "m"}, "plain", {"studies": ["toy"]}, {}, {})
     other, _ = start_run(con, {"name": "m2"}, "plain", {"studies": ["toy"]}, {}, {})
     con.execute(
@@ -90,7 +90,7 @@ def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_pa
     r = cli(db, "ingest", "--replace-changed", str(src))
     assert r.exit_code == 0, r.output
     assert "1 score runs now incomplete, 1 fits stale" in r.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     assert con.execute("SELECT run_id, status FROM score_runs ORDER BY 1").fetchall() == [
         (run_id, "incomplete"),
         (other, "complete"),
@@ -105,7 +105,7 @@ def test_replace_marks_runs_and_fits_and_leaves_only_the_replaced_pending(tmp_pa
     ]
     # What `psystats score` would do next: resume the run, score participant 2 only.
     con.close()
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     assert start_run(con, {"name": "m"}, "plain", {"studies": ["toy"]}, {}, {}) == (run_id, False)
     pending = pending_participants(con, run_id, load_inputs(con, studies=["toy"]))
     assert [p.text for p in pending] == ["Choose a door. You press <<C>>. Again <<C>>."]
@@ -148,7 +148,7 @@ def test_replace_marks_runs_incomplete_fits_stale_and_rescore_equals_fresh(tiny_
     write_study(src, changed)
     r = cli(db, "ingest", "--replace-changed", str(src))
     assert r.exit_code == 0, r.output
-    assert "1 CHANGED (replaced)" in r.output
+    assert "1 participant replaced (2 responses)" in r.output
     assert "1 score runs now incomplete, 2 fits stale" in r.output
 
     con = duckdb.connect(str(db), read_only=True)
@@ -201,3 +201,106 @@ def test_replace_marks_runs_incomplete_fits_stale_and_rescore_equals_fresh(tiny_
                 assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), (k, a, b)
             else:
                 assert a == b, (k, a, b)
+
+
+# --------------------------------------------------------------------------- issue 21, item 3
+
+
+def _external_scores(path: Path, rows: list[tuple[str, int, float]]) -> Path:
+    """An external scorer's file keyed by the natural key (study, experiment, participant,
+    response_index), as `scores import` takes it."""
+    lines = ["study,experiment,participant,response_index,nll"]
+    lines += [f"toy,toy,{p},{i},{nll}" for p, i, nll in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _summary_models(db: Path) -> list[str]:
+    r = cli(db, "summary", "--by", "model", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    return [x for x in r.output.splitlines() if not x.startswith("warning:")]
+
+
+def test_imported_run_is_completed_in_place_by_the_hinted_command(tmp_path):
+    src = write_study(tmp_path / "toy" / "prompts.jsonl", TEXTS)
+    db = tmp_path / "w.duckdb"
+    assert cli(db, "ingest", str(src)).exit_code == 0
+    first = _external_scores(
+        tmp_path / "ext.csv", [(p, i, 0.5 + p + i / 10) for p in TEXTS for i in (0, 1)]
+    )
+    r = cli(db, "scores", "import", str(first), "--model", "ext", "--type", "other")
+    assert r.exit_code == 0 and "as run 1" in r.output, r.output
+
+    write_study(src, {**TEXTS, 2: "Choose a door. You press <<C>>. Again <<C>>."})
+    r = cli(db, "ingest", "--replace-changed", "--force", str(src))
+    assert r.exit_code == 0, r.output
+    # A replacement is reported as one, not as a new participant.
+    assert "toy: +0 participants, +0 responses, 1 participant replaced (2 responses)" in r.output
+    assert "ingested 1 file: +0 participants, +0 responses, 1 participant replaced" in r.output
+    # summary counts the incomplete run truly: it holds 4 of its 6 rows.
+    assert _summary_models(db) == [
+        "model,condition,complete,incomplete,unfinished,responses_scored,newest_run,sample",
+        "ext,imported,0,1,0,4,1,",
+    ]
+    warning = [x for x in cli(db, "summary").output.splitlines() if "score run 1" in x]
+    assert len(warning) == 1 and "2 responses of participant '2' (toy/toy)" in warning[0]
+    hint = re.search(r"`(psystats scores import FILE --run 1)`", warning[0]).group(1)
+    # The file the run came from predates the replacement: refused, nothing written.
+    r = cli(db, *[str(first) if w == "FILE" else w for w in shlex.split(hint)[1:]])
+    assert r.exit_code == 1 and "old responses" in r.output, r.output
+    # The hint as written, FILE the scorer's scores of the new responses: the run is whole.
+    new = _external_scores(tmp_path / "new.csv", [("2", 0, 9.0), ("2", 1, 9.5)])
+    r = cli(db, *[str(new) if w == "FILE" else w for w in shlex.split(hint)[1:]])
+    assert r.exit_code == 0, r.output
+    assert "added 2 scores to run 1 (0 it already held skipped); run 1 is complete again" in (
+        r.output
+    )
+    assert _summary_models(db)[1] == "ext,imported,1,0,0,6,1,"
+    con = duckdb.connect(str(db), read_only=True)
+    got = con.execute(
+        "SELECT r.participant, r.response_index, s.nll FROM scores s JOIN responses r "
+        "USING (response_id) WHERE s.run_id = 1 ORDER BY 1, 2"
+    ).fetchall()
+    assert con.execute("SELECT count(*) FROM score_runs").fetchall() == [(1,)]
+    assert con.execute("SELECT count(*) FROM score_run_gaps").fetchall() == [(0,)]
+    con.close()
+    assert got == [
+        ("1", 0, 1.5),
+        ("1", 1, 1.6),
+        ("2", 0, 9.0),
+        ("2", 1, 9.5),
+        ("3", 0, 3.5),
+        ("3", 1, 3.6),
+    ]
+
+
+def test_fill_that_misses_a_replaced_response_keeps_the_run_incomplete(tmp_path):
+    src = write_study(tmp_path / "toy" / "prompts.jsonl", TEXTS)
+    db = tmp_path / "w.duckdb"
+    cli(db, "ingest", str(src))
+    first = _external_scores(tmp_path / "ext.csv", [(p, i, 1.0) for p in TEXTS for i in (0, 1)])
+    cli(db, "scores", "import", str(first), "--model", "ext", "--type", "other")
+    write_study(src, {**TEXTS, 2: "Choose a door. You press <<C>>. Again <<C>>."})
+    cli(db, "ingest", "--replace-changed", "--force", str(src))
+    # A fuller file: rows the run holds are skipped, the one new response is added.
+    part = _external_scores(tmp_path / "p.csv", [("1", 0, 1.0), ("2", 0, 2.0)])
+    r = cli(db, "scores", "import", str(part), "--run", "1")
+    assert r.exit_code == 0, r.output
+    assert "added 1 scores to run 1 (1 it already held skipped)" in r.output
+    assert "still incomplete: it lacks 1 response of participant '2' (toy/toy)" in r.output
+    # A run of another status or scorer is refused with what to do instead.
+    r = cli(db, "scores", "import", str(part), "--run", "7")
+    assert r.exit_code == 1 and "no score run 7" in r.output
+
+
+def test_replace_changed_on_bytes_ingested_before_says_force_is_needed(tmp_path):
+    src = write_study(tmp_path / "toy" / "prompts.jsonl", TEXTS)
+    db = tmp_path / "w.duckdb"
+    cli(db, "ingest", str(src))
+    r = cli(db, "ingest", "--replace-changed", str(src))
+    assert r.exit_code == 0
+    assert "unchanged since last ingest" in r.output
+    assert "add --force to read it again and replace the participants that changed" in r.output
+    # Without --replace-changed the plain message stays short.
+    r = cli(db, "ingest", str(src))
+    assert "--force" not in r.output

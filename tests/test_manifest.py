@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from reanalysis_helpers import store_prior_fit
 
-from psystats import warehouse
 from psystats.cli import main
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.manifest import environment, manifest, parse_ref
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def test_parse_ref():
 def test_run_and_fit_manifests(db_path: Path):
     from psystats.scoring.runs import start_run
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     con.execute(
         "INSERT INTO models (model_id, name, source, post_training) "
         "VALUES (nextval('model_id_seq'), 'm', '/models/m', 'base')"
@@ -59,7 +59,7 @@ def test_run_and_fit_manifests(db_path: Path):
     assert start_run(con, {"name": "m"}, "plain", {}, settings, {})[0] == rid
     con.close()
     fid = store_prior_fit(db_path, seed=5)
-    con = warehouse.connect(db_path, read_only=True)
+    con = warehouse_db.open(db_path)
     try:
         run = manifest(con, f"run:{rid}")
         fit = manifest(con, fid)

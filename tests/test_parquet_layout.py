@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import cli_ok
-from psystats import warehouse
+from psystats.warehouse import db as warehouse_db
 from psystats.warehouse import parquet_layout
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar, transaction
 
 SEED = 3
 
@@ -46,7 +47,7 @@ def both(small_warehouse, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for layout in ("duckdb", "parquet"):
         path = _make(small_warehouse, root / f"{layout}.duckdb", layout)
-        con = warehouse.connect(path)
+        con = warehouse_db.open(path, "write", create=True)
         simulate_warehouse(con, seed=SEED)
         con.close()
         out[layout] = path
@@ -54,7 +55,7 @@ def both(small_warehouse, tmp_path_factory) -> dict[str, Path]:
 
 
 def _rows(path: Path, query: str) -> list[tuple]:
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     try:
         return con.execute(query).fetchall()
     finally:
@@ -137,7 +138,7 @@ def test_report_inputs_agree(both):
 
     out = {}
     for layout, db in both.items():
-        con = warehouse.connect(db, read_only=True)
+        con = warehouse_db.open(db)
         try:
             conds = queries.conditions_scored(con)
             runs = queries.runs_table(con)
@@ -232,7 +233,7 @@ def parquet_run(warehouse_copy):
     from psystats.stats.simulate import register_models
 
     cli_ok("--db", warehouse_copy, "init", "--scores-layout", "parquet")
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     with transaction(con):
         register_models(con, [{"name": "m-test", "post_training": "base"}])
     run_id, _ = start_run(con, {"name": "m-test"}, "plain", {}, {"x": 1}, {})
@@ -299,10 +300,10 @@ def test_failed_batch_leaves_no_file(parquet_run):
 CRASH = """
 import os
 import pyarrow as pa
-from psystats import warehouse
-from psystats.warehouse.db import on_transaction_end, transaction
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import on_transaction_end, transaction
 from psystats.warehouse.parquet_layout import write_rows
-con = warehouse.connect({db!r})
+con = warehouse_db.open({db!r}, "write", create=True)
 rows = pa.table({{"response_id": pa.array(range({lo}, {hi}), pa.int64()), "nll": [0.5] * 25}})
 con.register("_rows", rows)
 with transaction(con):
@@ -336,7 +337,7 @@ def test_killed_writer_leaves_no_partial_file_visible(parquet_run, after_commit)
     ro = duckdb.connect(str(db), read_only=True)  # a plain reader: nothing half-written
     assert ro.execute("SELECT count(*) FROM scores").fetchall() == [(0,)]
     ro.close()
-    con = warehouse.connect(db)  # a writable open recovers
+    con = warehouse_db.open(db, "write", create=True)  # a writable open recovers
     try:
         n = scalar(con, "SELECT count(*) FROM scores WHERE run_id = ?", [run_id])
         assert n == (25 if after_commit else 0)
@@ -464,7 +465,7 @@ def test_layout_is_chosen_when_created(both, db_path):
         main, ["--db", str(db_path), "init", "--scores-layout", "parquet", "--scores-dir", taken]
     )
     assert res.exit_code == 1 and "another warehouse" in res.output
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     with pytest.raises(WarehouseError, match="must not contain"):
         parquet_layout.enable(con, str(db_path.parent / "bad*name"))
     con.close()
@@ -480,7 +481,7 @@ def _write_shards(db: Path, out: Path, model: str, n_units: int = 2) -> tuple[li
     from psystats.scoring.shard_keys import _write_json_atomic, run_dir, run_key
     from psystats.scoring.shard_units import WorkUnit
 
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     keys = [k for (k,) in con.execute(
         "SELECT participant_key FROM participants ORDER BY 1 LIMIT 6").fetchall()]  # fmt: skip
     inputs = load_inputs(con, participant_keys=keys)
@@ -537,7 +538,7 @@ def test_merge_registers_shard_files(parquet_run, tmp_path):
 def test_merge_under_duckdb_layout_copies_rows(warehouse_copy, tmp_path):
     from psystats.stats.simulate import register_models
 
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     with transaction(con):
         register_models(con, [{"name": "m-test", "post_training": "base"}])
     con.close()
@@ -563,7 +564,7 @@ def test_migration_adding_a_column_under_parquet(parquet_run, monkeypatch):
     extra = "ALTER TABLE scores ADD COLUMN later_metric DOUBLE;"
     monkeypatch.setattr(wdb, "MIGRATIONS", [*wdb.MIGRATIONS, extra])
     monkeypatch.setattr(wdb, "SCHEMA_VERSION", wdb.SCHEMA_VERSION + 1)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         con.register("_new", pa.table({"response_id": ids[5:8], "nll": [2.0] * 3,
                                        "later_metric": [0.5] * 3}))  # fmt: skip
@@ -654,11 +655,12 @@ def test_out_of_memory_is_one_line(both, tmp_path, layout, monkeypatch):
 
 READER = """
 import sys, time
-from psystats import warehouse
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.settings import Settings
 db, final, seen = sys.argv[1], int(sys.argv[2]), set()
 deadline = time.monotonic() + 120
 while time.monotonic() < deadline:
-    con = warehouse.connect(db, read_only=True, lock_timeout=60, on_wait=None)
+    con = warehouse_db.open(db, settings=Settings(lock_timeout=60), on_wait=None)
     n = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
     con.close()
     seen.add(n)

@@ -53,9 +53,9 @@ def effects_fit(tmp_path_factory):
 def _stored(db, fit_id: int):
     import arviz as az
 
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         path, summary, priors = con.execute(
             "SELECT netcdf_path, summary, priors FROM fits WHERE fit_id = ?", [fit_id]
@@ -169,9 +169,9 @@ def test_effects_predict_refuses_what_it_cannot_predict(effects_fit, tmp_path):
     db = tmp_path / "edited.duckdb"
     shutil.copy(effects_fit, db)
     shutil.copytree(f"{effects_fit}.fits", f"{db}.fits")
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     con.execute("UPDATE models SET n_params = 1e12 WHERE name = 'sim-qwen1-instruct'")
     con.execute(
         "UPDATE fits SET netcdf_path = replace(netcdf_path, ?, ?)", [str(effects_fit), str(db)]

@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.scoring import registry, registry_file
 from psystats.scoring.model_facts import describe
 from psystats.scoring.model_files import count_safetensors_params
 from psystats.scoring.naming import infer_from_name
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 @pytest.fixture
 def con(db_path):
-    c = warehouse.connect(db_path)
+    c = warehouse_db.open(db_path, "write", create=True)
     yield c
     c.close()
 
@@ -553,7 +554,7 @@ def test_remove_refuses_while_scores_exist(warehouse_copy, tmp_path):
 
     from psystats.scoring.importer import import_scores
 
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     ids = [
         r for (r,) in con.execute("SELECT response_id FROM responses ORDER BY 1 LIMIT 5").fetchall()
     ]
@@ -683,6 +684,6 @@ def test_release_date_in_a_models_file_and_on_the_command_line(db_path, tmp_path
     }
     r = runner.invoke(main, ["models", "set", "mine", "release_date=soon", *db])
     assert r.exit_code == 1 and "Error: release_date: 'soon' is not a date" in r.output
-    con = warehouse.connect(db_path, read_only=True)
+    con = warehouse_db.open(db_path)
     assert registry.get_model(con, "mine")["release_date"] == date(2025, 2, 14)
     con.close()

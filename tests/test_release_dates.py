@@ -169,14 +169,14 @@ def test_an_adapter_carries_its_own_release_when_the_table_has_one(db_path, tiny
     own date wins; any other adapter carries its base's date."""
     import shutil
 
-    from psystats import warehouse
     from psystats.scoring.adapter_models import add_adapter
     from psystats.scoring.registry import add_model, set_fields
     from psystats.scoring.tiny import build_tiny_lora
+    from psystats.warehouse import db as warehouse_db
 
     lora = build_tiny_lora(tmp_path / "lora", tiny_models["llama"])
     centaur = shutil.copytree(lora, tmp_path / "Llama-3.1-Centaur-70B-adapter")
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     try:
         add_model(con, str(tiny_models["llama"]), name="base")
         set_fields(con, "base", {"family": "llama", "generation": "3.1"})

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from psystats.cli import main
 from psystats.warehouse import db as wdb
+from psystats.warehouse.settings import LOCK_TIMEOUT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "psystats" / "sample" / "psych201"
@@ -106,7 +107,7 @@ def test_reader_waits_for_a_lock_and_succeeds_when_it_is_released(sample_db: Pat
     try:
         reader = subprocess.Popen(
             PSYSTATS + ["--db", str(sample_db), "summary", "--format", "csv"],
-            env={**os.environ, wdb.LOCK_TIMEOUT_VAR: "120"},
+            env={**os.environ, LOCK_TIMEOUT_ENV: "120"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -132,13 +133,13 @@ def test_lock_timeout_gives_one_line_with_the_pid(sample_db: Path):
     holder = _hold(sample_db)
     try:
         res = run(["--db", sample_db, "--lock-timeout", "0.3", "summary"])
-        res_write = run(["--db", sample_db, "init"], env={wdb.LOCK_TIMEOUT_VAR: "0"})
+        res_write = run(["--db", sample_db, "init"], env={LOCK_TIMEOUT_ENV: "0"})
     finally:
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait()
     msg = one_line_error(res, f"is in use by PID {holder.pid}", "waited 0.3 s")
-    assert wdb.LOCK_TIMEOUT_VAR in msg
+    assert LOCK_TIMEOUT_ENV in msg
     assert "waiting up to 0.3 s" in res.stderr  # told once while waiting
     one_line_error(res_write, f"is in use by PID {holder.pid}")
     assert sample_db.read_bytes() == before
@@ -146,7 +147,7 @@ def test_lock_timeout_gives_one_line_with_the_pid(sample_db: Path):
 
 def test_bad_lock_timeout_value(sample_db: Path):
     one_line_error(
-        cli("--db", sample_db, "summary", env={wdb.LOCK_TIMEOUT_VAR: "soon"}),
+        cli("--db", sample_db, "summary", env={LOCK_TIMEOUT_ENV: "soon"}),
         "PSYSTATS_LOCK_TIMEOUT='soon'",
     )
 

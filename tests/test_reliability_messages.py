@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from psystats.cli import main
 from psystats.scoring import loader
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "psystats" / "sample" / "psych201"

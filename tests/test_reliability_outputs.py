@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from psystats.cli import main
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.outputs import atomic_output
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import cli_base_warehouse, cli_ok
-from psystats import warehouse
 from psystats.cli import main
 from psystats.reports.content import build_report
+from psystats.warehouse import db as warehouse_db
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "psystats" / "sample" / "psych201"
@@ -57,7 +57,7 @@ def test_report_content_with_a_psystats_like_run_and_an_imported_run(tmp_path: P
     con.execute("INSERT INTO scores SELECT * REPLACE (2 AS run_id) FROM scores WHERE run_id = 1")
     con.execute("UPDATE participants SET age = 'NaN'::DOUBLE WHERE hash(participant) % 2 = 0")
     con.close()
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         report = build_report(con)  # used to raise TypeError: 'float' object is not subscriptable
         try:
@@ -92,7 +92,7 @@ def test_report_with_psystats_and_imported_runs_and_nulls(tmp_path: Path, psych2
     pdf = tmp_path / "mix.pdf"
     cli_ok("--db", db, "report", "-o", pdf)
     assert pdf.read_bytes()[:5] == b"%PDF-"
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         report = build_report(con)
         report.close()

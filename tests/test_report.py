@@ -10,11 +10,12 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
 from psystats.reports.blocks import SECTION_TITLES, Figure, Note, Table, esc
 from psystats.reports.content import build_report
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 from report_fixture import add_floor, add_task_information, fabricate
 
 
@@ -46,7 +47,7 @@ def full_warehouse(small_warehouse: Path, tmp_path_factory) -> tuple[Path, objec
     root = tmp_path_factory.mktemp("full")
     db = root / "full.duckdb"
     shutil.copy(small_warehouse, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     truth = fabricate(con, netcdf_dir=root / "fits")
     add_floor(con, "baseline:frequency", nll=6.0)
     add_task_information(con, truth, root / "fits")
@@ -55,7 +56,7 @@ def full_warehouse(small_warehouse: Path, tmp_path_factory) -> tuple[Path, objec
 
 
 def test_empty_warehouse_says_no_data(db_path: Path, tmp_path: Path):
-    warehouse.connect(db_path).close()
+    warehouse_db.open(db_path, "write", create=True).close()
     out = tmp_path / "empty.pdf"
     run_report(db_path, out)
     pages, text = pdf_text(out)
@@ -67,7 +68,7 @@ def test_empty_warehouse_says_no_data(db_path: Path, tmp_path: Path):
 
 def test_no_fits_report(warehouse_copy: Path, tmp_path: Path):
     """Ingested data and scores but no fits: sections 1-2 have content, the rest say why not."""
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=())
     report = build_report(con)
     assert any(isinstance(b, Figure) for b in report.section(2).blocks)
@@ -84,7 +85,7 @@ def test_no_fits_report(warehouse_copy: Path, tmp_path: Path):
 
 
 def test_fits_without_persona(warehouse_copy: Path, tmp_path: Path):
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=("effects", "generations"), netcdf_dir=tmp_path / "fits")
     report = build_report(con)
     s6 = report.section(6)
@@ -127,7 +128,7 @@ def test_full_report_pdf(full_warehouse, tmp_path: Path):
 def test_nll_by_size_matches_independent_computation(full_warehouse):
     """Section 2's per-model values equal a direct pandas computation from `scores`."""
     db, truth = full_warehouse
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     table, info = q.model_nll(con, "plain")
     scores = q.frame(
         con,
@@ -166,7 +167,7 @@ def test_heatmap_data_and_markers(full_warehouse):
     import arviz as az
 
     db, truth = full_warehouse
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     fit = q.latest_fit(con, "effects")
     report = build_report(con)
     con.close()
@@ -191,7 +192,7 @@ def test_heatmap_data_and_markers(full_warehouse):
 
 def test_forest_and_generations_data(full_warehouse):
     db, truth = full_warehouse
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     report = build_report(con)
     con.close()
     forest = next(b for b in report.section(5).blocks if isinstance(b, Figure)).data
@@ -232,7 +233,7 @@ def test_missing_warehouse_is_a_clean_error(tmp_path: Path):
 
 def test_markup_in_names_is_escaped(warehouse_copy: Path, tmp_path: Path):
     """Model names, titles and notes with <, & or > do not break the layout."""
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=())
     con.execute("UPDATE models SET name = 'A<b>&co' WHERE name = 'Qwen3-0.6B-Base'")
     con.execute("UPDATE score_runs SET model = 'A<b>&co' WHERE model = 'Qwen3-0.6B-Base'")
@@ -251,7 +252,7 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
 
     db = tmp_path / "sim.duckdb"
     shutil.copy(small_warehouse, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     add_synthetic_experiments(con, n_experiments=6, participants=10, responses=4)
     simulate_warehouse(con, seed=3)
     con.close()
@@ -271,8 +272,8 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
         ],
     )
     assert res.exit_code == 0, res.output
-    con = warehouse.connect(db, read_only=True)
-    fit_id = warehouse.db.scalar(con, "SELECT max(fit_id) FROM fits")
+    con = warehouse_db.open(db)
+    fit_id = scalar(con, "SELECT max(fit_id) FROM fits")
     expected = q.frame(
         con,
         "SELECT coords, mean, q05, q95 FROM fit_params "
@@ -292,7 +293,7 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
     forest = next(b for b in report.section(5).blocks if isinstance(b, Figure)).data
     assert {"Post-training type", "Family", "Task domain"} <= set(forest["group"])
     # Methods say exactly what was fitted, checked against the fit's own record.
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     row = q.latest_fit(con, "effects")
     con.close()
     summ = row["summary"]

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from psystats import warehouse
 from psystats.reports.card import build_card
 from psystats.reports.card_html import render_card_html
 from psystats.reports.content import build_report
 from psystats.reports.html import write_html
+from psystats.warehouse import db as warehouse_db
 from report_fixture import add_floor, full_copy
 
 pytestmark = pytest.mark.slow
@@ -88,10 +88,10 @@ def browser_factory():
 def files(small_warehouse: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("browser")
     db, _ = full_copy(small_warehouse, root)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     add_floor(con)
     con.close()
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     report = build_report(con, note="Fabricated example data")
     card = build_card(con, "Qwen3-0.6B-Instruct")
     con.close()

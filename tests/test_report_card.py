@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.reports.card import build_card, schema
 from psystats.reports.card_html import render_card_html
+from psystats.warehouse import db as warehouse_db
 from report_fixture import add_floor, full_copy
 
 POST, BASE = "Qwen3-0.6B-Instruct", "Qwen3-0.6B-Base"
@@ -30,14 +30,14 @@ def wh(small_warehouse: Path, tmp_path_factory) -> Path:
     """Fabricated models, scores and fits; one floor (baseline:uniform) scored; the
     accuracy fit stored as failing its gates."""
     db, _ = full_copy(small_warehouse, tmp_path_factory.mktemp("card"), failed=("accuracy",))
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     add_floor(con, "baseline:uniform", nll=4.0)
     con.close()
     return db
 
 
 def card_of(db: Path, model: str, **kw) -> dict:
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         return build_card(con, model, **kw)
     finally:
@@ -46,7 +46,7 @@ def card_of(db: Path, model: str, **kw) -> dict:
 
 def participant_means(db: Path) -> pd.DataFrame:
     """Per (model, participant) mean NLL of the plain runs, straight from the tables."""
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     cur = con.execute(
         """SELECT sr.model, r.participant_key, e.domain, s.nll FROM scores s
            JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id)
@@ -106,7 +106,7 @@ def test_nll_against_base_and_floor_equals_a_direct_computation(wh):
 
 def test_scored_on_counts(wh):
     card = card_of(wh, POST)
-    con = warehouse.connect(wh, read_only=True)
+    con = warehouse_db.open(wh)
     n, tokens, people = con.execute(
         """SELECT count(DISTINCT s.response_id), sum(s.n_tokens), count(DISTINCT r.participant_key)
            FROM scores s JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id)
@@ -125,7 +125,7 @@ def test_effects_from_the_newest_passing_fit(wh):
 
     card = card_of(wh, POST)
     eff = card["post_training_effect"]
-    con = warehouse.connect(wh, read_only=True)
+    con = warehouse_db.open(wh)
     path = con.execute("SELECT netcdf_path FROM fits WHERE fit_id = ?", [eff["fit_id"]]).fetchall()
     con.close()
     post = az.from_netcdf(path[0][0]).posterior["pair_domain_effect"]
@@ -152,7 +152,7 @@ def test_failed_fit_is_listed_never_used(wh):
         for c in card["caveats"]
     )
     # a failed effects fit: no post-training effect on the card, and it says so
-    con = warehouse.connect(wh)
+    con = warehouse_db.open(wh, "write", create=True)
     con.execute("UPDATE fits SET passed = false WHERE kind = 'effects'")
     con.close()
     try:
@@ -164,7 +164,7 @@ def test_failed_fit_is_listed_never_used(wh):
         page = render_card_html(card)
         assert "failed its diagnostic gates" in page and "FAILED" in page
     finally:
-        con = warehouse.connect(wh)
+        con = warehouse_db.open(wh, "write", create=True)
         con.execute("UPDATE fits SET passed = true WHERE kind = 'effects'")
         con.close()
 
@@ -172,7 +172,7 @@ def test_failed_fit_is_listed_never_used(wh):
 def test_sampled_run_is_stated(wh, tmp_path: Path):
     db = tmp_path / "w.duckdb"
     shutil.copy(wh, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     # score_runs.sample_spec (scoring engineer's column): added here if this warehouse lacks it
     cols = {r[0] for r in con.execute("DESCRIBE score_runs").fetchall()}
     if "sample_spec" not in cols:
@@ -231,7 +231,7 @@ def test_edge_cases_a_failed_run_and_a_model_never_scored(wh, tmp_path: Path):
     assert card["nll"]["overall"]["mean"] < 10  # the failed run's NLL 99 rows never enter
     db = tmp_path / "w.duckdb"
     shutil.copy(wh, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     con.execute(
         "INSERT INTO models (model_id, name, source, post_training, base_model) "
         "SELECT max(model_id) + 1, 'never-scored', 'x', 'instruct', 'Qwen3-0.6B-Base' FROM models"
@@ -249,7 +249,7 @@ def test_a_flagged_base_is_stated(wh, tmp_path: Path):
 
     db = tmp_path / "w.duckdb"
     shutil.copy(wh, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     set_fields(con, BASE, {"pipeline_check": "random weights (test)"})
     con.close()
     card = card_of(db, POST)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
 from psystats.reports.blocks import Figure, Note, esc
 from psystats.reports.content import build_report
+from psystats.warehouse import db as warehouse_db
 from report_fixture import fabricate
 
 FLAG = "random weights standing in for a model (test)"
@@ -43,7 +43,7 @@ def flagged_warehouse(small_warehouse: Path, tmp_path_factory) -> tuple[Path, di
     root = tmp_path_factory.mktemp("caveats")
     db = root / "w.duckdb"
     shutil.copy(small_warehouse, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     truth = fabricate(con, netcdf_dir=root / "fits", failed=("effects", "persona"))
     flagged = sorted(m for m in truth.runs if m.startswith("Llama"))[0]
     set_fields(con, flagged, {"pipeline_check": FLAG})
@@ -56,7 +56,7 @@ def test_caveat_boxes_follow_each_fits_record(flagged_warehouse):
     """Failed gates (with the stored problems), and pipeline-check models, on exactly the
     sections whose fit has them."""
     db, fits, flagged = flagged_warehouse
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     # The fits' own records decide: passed from fits.passed, problems from fits.diagnostics,
     # the models from fits.selection.runs -> score_runs.model.
     stored = {
@@ -161,7 +161,7 @@ def test_report_of_real_failed_effects_and_formula_fits(tmp_path: Path):
     ):
         res = CliRunner().invoke(main, ["--db", str(db), *argv])
         assert res.exit_code == 0, res.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     fits = {f["kind"]: f for f in q.all_fits(con)}
     params = q.fit_params(con, fits["formula"]["fit_id"])
     size = q.fit_params(con, fits["effects"]["fit_id"], ["size_slope"])

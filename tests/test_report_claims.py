@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from psystats import warehouse
 from psystats.reports import queries as q
 from psystats.reports import section_data
 from psystats.reports.blocks import Figure, Para, Table, esc
 from psystats.reports.content import build_report
 from psystats.reports.section_diagnostics import loo_pit
 from psystats.reports.section_persona import rope_outlook
+from psystats.warehouse import db as warehouse_db
 from report_fixture import REDRAWN, full_copy
 
 
@@ -27,7 +27,7 @@ def full(small_warehouse: Path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(full):
-    con = warehouse.connect(full[0], read_only=True)
+    con = warehouse_db.open(full[0])
     r = build_report(con)
     con.close()
     yield r
@@ -85,7 +85,7 @@ def test_rope_outlook_against_its_definition():
 
 def test_persona_page_shows_the_outlook_per_type(report, full):
     rows = table(report.section(6).blocks, "Persona verdicts").rows
-    con = warehouse.connect(full[0], read_only=True)
+    con = warehouse_db.open(full[0])
     fid = q.latest_fit(con, "persona")["fit_id"]
     params = q.labelled_params(con, fid, ["persona_effect"], "post_training").set_index("label")
     con.close()
@@ -220,7 +220,7 @@ def test_sampled_runs_are_said_to_be_samples(full, tmp_path: Path):
 
     db = tmp_path / "w.duckdb"
     shutil.copy(full[0], db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     runs = table(section_data.build(con).blocks, "Scoring runs")
     i = runs.columns.index("sample")
     assert {row[i] for row in runs.rows} == {"full"}  # no sample_spec column: every run full

@@ -14,11 +14,11 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
-from psystats import warehouse
 from psystats.reports.blocks import SECTION_TITLES, Figure, Table
 from psystats.reports.content import build_report
 from psystats.reports.html import render_html
 from psystats.reports.pdf import write_pdf
+from psystats.warehouse import db as warehouse_db
 from report_fixture import full_copy
 
 
@@ -80,7 +80,7 @@ def spec_rows(spec: dict) -> list[dict]:
 def rendered(small_warehouse: Path, tmp_path_factory):
     root = tmp_path_factory.mktemp("html")
     db, _ = full_copy(small_warehouse, root)
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     report = build_report(con)
     con.close()
     page = render_html(report)
@@ -166,7 +166,7 @@ def test_one_self_contained_file(rendered):
 def test_markup_is_escaped_in_html(warehouse_copy: Path, tmp_path: Path):
     from report_fixture import fabricate
 
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=())
     con.execute("UPDATE models SET name = 'A<b>&co' WHERE name = 'Qwen3-0.6B-Base'")
     con.execute("UPDATE score_runs SET model = 'A<b>&co' WHERE model = 'Qwen3-0.6B-Base'")

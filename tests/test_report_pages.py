@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.reports import queries as q
 from psystats.reports import section_floors, section_task_information
 from psystats.reports.blocks import Figure, Note, Table
 from psystats.reports.card import build_card
 from psystats.reports.content import build_report
+from psystats.warehouse import db as warehouse_db
 from report_fixture import GAIN, add_floor, add_task_information, fabricate
 
 VALID = "(s.n_tokens IS NULL OR s.n_tokens > 0) AND s.nll IS NOT NULL AND isfinite(s.nll)"
@@ -35,7 +35,7 @@ def wh(small_warehouse: Path, tmp_path_factory) -> tuple[Path, object, int]:
     root = tmp_path_factory.mktemp("pages")
     db = root / "w.duckdb"
     shutil.copy(small_warehouse, db)
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     truth = fabricate(con, kinds=("persona",), netcdf_dir=root / "fits")
     history_fit = add_task_information(con, truth, root / "fits")
     first = sorted(
@@ -77,7 +77,7 @@ def test_floor_comparisons_equal_a_direct_computation(wh, condition):
     """Under plain, and under history:0 (the floors were scored once, under plain: their
     numbers are the same under every condition, so that run serves)."""
     db, _, _ = wh
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     got = q.floor_comparisons(con, condition)
     sc = scores_frame(con, condition)
     floor_scores = scores_frame(con, "plain")
@@ -147,7 +147,7 @@ def test_floor_comparisons_equal_a_direct_computation(wh, condition):
 
 def test_floors_page_shows_the_comparisons(wh):
     db, _, _ = wh
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     section = section_floors.build(con)
     table = q.floor_comparisons(con, "plain")
     con.close()
@@ -179,7 +179,7 @@ def test_floors_are_rows_that_do_not_narrow_the_compared_participants(wh):
     """Section 2's table: the floors are rows, but the uniform floor (one experiment) does
     not shrink every model's participants to that experiment's."""
     db, _, _ = wh
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     table, info = q.model_nll(con, "plain")
     sc = scores_frame(con, "plain")
     runs = q.runs_table(con)
@@ -230,7 +230,7 @@ def test_floor_truth_rows_follow_their_definition():
 
 
 def test_no_floor_says_how_to_score_one(warehouse_copy: Path):
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=())
     section = section_floors.build(con)
     con.close()
@@ -244,7 +244,7 @@ def test_no_floor_says_how_to_score_one(warehouse_copy: Path):
 
 def test_task_information_page_numbers_equal_the_draws_and_the_scores(wh):
     db, truth, fit_id = wh
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     section = section_task_information.build(con)
     fit = q.latest_fit(con, "persona")
     h0, plain = scores_frame(con, "history:0"), scores_frame(con, "plain")
@@ -268,7 +268,7 @@ def test_task_information_page_numbers_equal_the_draws_and_the_scores(wh):
         assert types[t] == pytest.approx(gain, abs=0.01)  # the draws centre on the gain
     # raw table: per (model, experiment) mean paired difference and its SE over participants
     raw = next(b for b in section.blocks if isinstance(b, Table) and "Raw" in (b.caption or ""))
-    cells = q.contrast_cells(warehouse.connect(db, read_only=True), "history:0", "plain")
+    cells = q.contrast_cells(warehouse_db.open(db), "history:0", "plain")
     assert len(raw.rows) == len(cells)
     for r in cells.itertuples():
         per = paired(h0[h0["model"] == r.model], plain[plain["model"] == r.model])
@@ -285,7 +285,7 @@ def test_persona_page_and_card_keep_to_persona_prompt_fits(wh):
     """The history-window contrast is newer, but the persona page, the methods and the
     card read the persona-prompt fit."""
     db, truth, fit_id = wh
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     report = build_report(con)
     card = build_card(con, "Qwen3-0.6B-Instruct")
     con.close()
@@ -309,7 +309,7 @@ def test_persona_page_and_card_keep_to_persona_prompt_fits(wh):
 
 
 def test_no_history_runs_say_how_to_make_them(warehouse_copy: Path):
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=())
     section = section_task_information.build(con)
     con.close()
@@ -337,7 +337,7 @@ def test_task_information_page_on_a_real_fit(warehouse_copy: Path, tmp_path: Pat
     written into the scores."""
     from psystats.stats.persona import simulate_persona
 
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     known = {"base": 0.2, "instruct": 0.05}
     simulate_persona(con, effects=known, persona_condition="history:0", plain_condition="plain")
     con.close()
@@ -362,7 +362,7 @@ def test_task_information_page_on_a_real_fit(warehouse_copy: Path, tmp_path: Pat
         ],
     )
     assert res.exit_code == 0, res.output
-    con = warehouse.connect(warehouse_copy, read_only=True)
+    con = warehouse_db.open(warehouse_copy)
     section = section_task_information.build(con)
     fit = q.task_information_fits(con)[0]
     con.close()

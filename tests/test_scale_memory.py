@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from psystats import warehouse
 from psystats.scoring import importer
 from psystats.scoring.importer import export_scores, import_scores
-from psystats.warehouse.brief import BriefConnection
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar, transaction
 
 SCORE_COLS = "response_id, nll, n_tokens, first_token_nll, top1_all, top1_first"
 
@@ -58,7 +58,7 @@ def _stored(con, run_id: int) -> list[tuple]:
 
 @pytest.fixture
 def con(warehouse_copy):
-    c = warehouse.connect(warehouse_copy)
+    c = warehouse_db.open(warehouse_copy, "write", create=True)
     yield c
     c.close()
 
@@ -145,7 +145,7 @@ def test_export_in_small_batches_equals_one_batch(con, tmp_path, monkeypatch):
 def test_memory_settings_reach_duckdb(db_path, tmp_path, monkeypatch):
     monkeypatch.setenv("PSYSTATS_MEMORY_LIMIT", "300MB")
     monkeypatch.setenv("PSYSTATS_TEMP_DIR", str(tmp_path / "spill"))
-    c = warehouse.connect(db_path)
+    c = warehouse_db.open(db_path, "write", create=True)
     try:
         # 300 MB = 286.1 MiB as DuckDB shows it
         assert scalar(c, "SELECT current_setting('memory_limit')") == "286.1 MiB"
@@ -153,14 +153,14 @@ def test_memory_settings_reach_duckdb(db_path, tmp_path, monkeypatch):
     finally:
         c.close()
     monkeypatch.setenv("PSYSTATS_MEMORY_LIMIT", "lots")
-    with pytest.raises(WarehouseError, match=r"memory_limit 'lots'.*PSYSTATS_MEMORY_LIMIT"):
-        warehouse.connect(db_path)
+    with pytest.raises(WarehouseError, match=r"PSYSTATS_MEMORY_LIMIT='lots': expected a size"):
+        warehouse_db.open(db_path, "write", create=True)
 
 
 def test_memory_settings_defaults(db_path, monkeypatch):
     monkeypatch.delenv("PSYSTATS_MEMORY_LIMIT", raising=False)
     monkeypatch.delenv("PSYSTATS_TEMP_DIR", raising=False)
-    c = warehouse.connect(db_path)
+    c = warehouse_db.open(db_path, "write", create=True)
     try:
         assert scalar(c, "SELECT current_setting('memory_limit')") == "953.6 MiB"  # 1 GB
         assert scalar(c, "SELECT current_setting('temp_directory')") == f"{db_path}.tmp"
@@ -170,7 +170,7 @@ def test_memory_settings_defaults(db_path, monkeypatch):
 
 def test_cli_memory_options_reach_duckdb(db_path, tmp_path):
     """The global --memory-limit/--temp-dir, through `psystats sql` (a locked configuration)."""
-    warehouse.connect(db_path).close()
+    warehouse_db.open(db_path, "write", create=True).close()
     spill = tmp_path / "spill"
     r = subprocess.run(
         [
@@ -209,7 +209,8 @@ def test_cli_memory_options_reach_duckdb(db_path, tmp_path):
         text=True,
         timeout=120,
     )
-    assert r.returncode == 1 and r.stderr.startswith("Error: memory_limit 'x'")
+    # A bad option value is a usage error (exit 2), refused before the warehouse is opened.
+    assert r.returncode == 2 and "Invalid value for '--memory-limit': 'x'" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -217,7 +218,7 @@ def test_cli_memory_options_reach_duckdb(db_path, tmp_path):
 
 
 def test_brief_connection_holds_the_file_only_per_statement(warehouse_copy, tmp_path):
-    bc = BriefConnection(warehouse_copy)
+    bc = warehouse_db.open(warehouse_copy, "statement")
     try:
         n = scalar(bc, "SELECT count(*) FROM responses")
         assert n > 0 and not bc.holds_file
@@ -235,7 +236,7 @@ def test_brief_connection_holds_the_file_only_per_statement(warehouse_copy, tmp_
         assert r.returncode == 0, r.stderr
         # Temp tables live in memory across statements; writes commit in one transaction.
         bc.execute("CREATE TEMP TABLE t AS SELECT response_id FROM responses LIMIT 3")
-        with warehouse.transaction(bc):
+        with transaction(bc):
             assert bc.holds_file
             bc.execute(
                 "INSERT INTO models (model_id, name, post_training) "
@@ -245,7 +246,7 @@ def test_brief_connection_holds_the_file_only_per_statement(warehouse_copy, tmp_
         assert scalar(bc, "SELECT count(*) FROM t") == 3
     finally:
         bc.close()
-    c = warehouse.connect(warehouse_copy, read_only=True)
+    c = warehouse_db.open(warehouse_copy)
     try:
         assert scalar(c, "SELECT count(*) FROM models WHERE name = 'brief-model'") == 1
     finally:
@@ -262,7 +263,7 @@ def scored(small_warehouse, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("scale") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
-    c = warehouse.connect(path)
+    c = warehouse_db.open(path, "write", create=True)
     simulate_warehouse(c, seed=5)
     model = scalar(c, "SELECT min(model) FROM score_runs")
     c.execute(
@@ -292,7 +293,7 @@ def test_report_model_nll_aggregates_in_duckdb_equal_pandas(scored):
     from psystats.reports.queries import model_nll
     from psystats.stats.data import participant_means
 
-    c = warehouse.connect(scored, read_only=True)
+    c = warehouse_db.open(scored)
     try:
         for cond in [
             r[0] for r in c.execute("SELECT DISTINCT condition FROM score_runs").fetchall()
@@ -316,7 +317,7 @@ def test_cells_one_pair_at_a_time_mix_runs_per_experiment(scored, tmp_path):
 
     path = tmp_path / "w.duckdb"
     shutil.copy(scored, path)
-    c = warehouse.connect(path)
+    c = warehouse_db.open(path, "write", create=True)
     try:
         before = build_cells(c)
         post = before.post_model.iloc[0]
@@ -365,7 +366,7 @@ def _with_newer_run(src, dest) -> tuple[str, str, int]:
     """A copy of ``src`` where one model has a newer complete run of ONE experiment (its
     NLLs shifted by 0.5), and an older failed run that must never count."""
     shutil.copy(src, dest)
-    c = warehouse.connect(dest)
+    c = warehouse_db.open(dest, "write", create=True)
     try:
         model, old = c.execute(
             "SELECT model, run_id FROM score_runs WHERE condition = 'plain' ORDER BY run_id LIMIT 1"
@@ -419,7 +420,7 @@ def test_latest_runs_one_run_at_a_time_equal_one_query(scored, tmp_path):
     from psystats.stats.data import latest_runs
 
     model, exp, newest = _with_newer_run(scored, tmp_path / "w.duckdb")
-    c = warehouse.connect(tmp_path / "w.duckdb", read_only=True)
+    c = warehouse_db.open(tmp_path / "w.duckdb")
     try:
         conds = [r[0] for r in c.execute("SELECT DISTINCT condition FROM score_runs").fetchall()]
         for args in (
@@ -450,7 +451,7 @@ def test_latest_runs_one_run_at_a_time_equal_one_query(scored, tmp_path):
 def test_participant_means_table_equals_participant_means(scored):
     from psystats.stats.data import participant_means, participant_means_table
 
-    c = warehouse.connect(scored, read_only=True)
+    c = warehouse_db.open(scored)
     try:
         ref = participant_means(c, condition="plain")
         key = ["model", "experiment", "participant_key"]
@@ -476,7 +477,7 @@ def test_runs_table_counts_per_run_equal_one_query(scored, tmp_path):
     from psystats.reports.queries import runs_table
 
     _with_newer_run(scored, tmp_path / "w.duckdb")
-    c = warehouse.connect(tmp_path / "w.duckdb", read_only=True)
+    c = warehouse_db.open(tmp_path / "w.duckdb")
     try:
         got = runs_table(c)
         ref = c.execute(
@@ -515,7 +516,7 @@ def test_release_buffers_evicts_the_file_cache_and_keeps_the_limit(scored, monke
 
     # The small warehouse's cache fits in the production headroom (32 MB): evict all of it.
     monkeypatch.setattr(buffers, "HEADROOM", 0)
-    c = warehouse.connect(scored, read_only=True)
+    c = warehouse_db.open(scored)
     try:
         limit = scalar(c, "SELECT current_setting('memory_limit')")
         c.execute("CREATE TEMP TABLE keep AS SELECT range AS x FROM range(100000)")
@@ -530,7 +531,7 @@ def test_release_buffers_evicts_the_file_cache_and_keeps_the_limit(scored, monke
         assert scalar(c, "SELECT sum(x) FROM keep") == 100000 * 99999 // 2
     finally:
         c.close()
-    bc = BriefConnection(scored)
+    bc = warehouse_db.open(scored, "statement")
     try:
         assert release_buffers(bc) is False  # it detaches after each statement anyway
     finally:
@@ -548,7 +549,7 @@ def generations_db(tmp_path_factory):
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path_factory.mktemp("gen") / "gen.duckdb"
-    c = warehouse.connect(path)
+    c = warehouse_db.open(path, "write", create=True)
     try:
         add_synthetic_experiments(c, n_experiments=4, participants=9, responses=3, seed=3)
         simulate_generations(c, families={"qwen": (1, 2, 3), "llama": (1, 2)}, seed=4)
@@ -567,12 +568,11 @@ def generations_db(tmp_path_factory):
 
 
 def test_base_cells_in_duckdb_equal_the_pandas_two_way_table(generations_db):
-    from psystats.stats.analysis_common import load_models
     from psystats.stats.base_cells import base_cells
-    from psystats.stats.data import participant_means
+    from psystats.stats.data import load_models, participant_means
     from psystats.stats.generations import _base_cells_one
 
-    c = warehouse.connect(generations_db, read_only=True)
+    c = warehouse_db.open(generations_db)
     try:
         models = load_models(c)
         bases = models[models.post_training == "base"].set_index("name")
@@ -612,12 +612,11 @@ def test_base_cells_in_duckdb_equal_the_pandas_two_way_table(generations_db):
 def test_load_generations_data_equals_the_pandas_route(generations_db):
     """`fit generations` reads base cells aggregated in DuckDB: the same data, notes and
     cells as preparing them from every participant row in pandas."""
-    from psystats.stats.analysis_common import load_models
     from psystats.stats.cells import build_cells
-    from psystats.stats.data import participant_means
+    from psystats.stats.data import load_models, participant_means
     from psystats.stats.generations import load_generations_data, prepare_generations
 
-    c = warehouse.connect(generations_db, read_only=True)
+    c = warehouse_db.open(generations_db)
     try:
         got = load_generations_data(c)
         ref = prepare_generations(
@@ -642,12 +641,12 @@ def test_load_generations_data_equals_the_pandas_route(generations_db):
 
 def test_option_groups_equal_option_rows_and_prepare_the_same_data(tmp_path):
     from psystats.stats.accuracy import option_rows, prepare_accuracy, simulate_accuracy
-    from psystats.stats.analysis_common import load_models
+    from psystats.stats.data import load_models
     from psystats.stats.option_groups import OptionGroups
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path / "acc.duckdb"
-    c = warehouse.connect(path)
+    c = warehouse_db.open(path, "write", create=True)
     try:
         add_synthetic_experiments(c, n_experiments=2, participants=6, responses=3, seed=1)
         simulate_accuracy(c, seed=2)

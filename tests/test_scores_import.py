@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import main
 from psystats.scoring import registry
 from psystats.scoring.importer import export_scores, import_scores
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 SCORE_COLS = ["nll", "n_tokens", "first_token_nll", "top1_all", "top1_first", "first_token_entropy"]
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("offline_hub")
 
 @pytest.fixture
 def con(warehouse_copy):
-    c = warehouse.connect(warehouse_copy)
+    c = warehouse_db.open(warehouse_copy, "write", create=True)
     yield c
     c.close()
 
@@ -285,7 +286,7 @@ def test_export_by_model_takes_newest_complete_run_per_condition(con, tmp_path):
 
 
 def test_cli_import_export(warehouse_copy, tmp_path):
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     src = tmp_path / "ext.parquet"
     pq.write_table(external_scores(con, n=25), src)
     con.close()
@@ -317,7 +318,7 @@ def test_study_without_experiment_is_ambiguous_when_the_study_has_several(db_pat
         '{"text": "You press <<A>>. Again: <<B>>.", "experiment": "e1", "participant": "1"}\n'
         '{"text": "Pick: <<X>>.", "experiment": "e2", "participant": "1"}\n'
     )
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     ingest_paths(con, [study])
     src = _write(
         tmp_path,
@@ -464,7 +465,7 @@ def test_bad_option_files_name_line_and_field_and_write_nothing(con, tmp_path, c
 
 
 def test_cli_import_with_options_natural_key_and_bits(warehouse_copy, tmp_path):
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     # a response whose text needs no CSV quoting
     k = con.execute(
         "SELECT response_id, study, experiment, participant, response_index FROM responses "
@@ -488,7 +489,7 @@ def test_cli_import_with_options_natural_key_and_bits(warehouse_copy, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "with 2 option scores" in res.output
-    con = warehouse.connect(warehouse_copy, read_only=True)
+    con = warehouse_db.open(warehouse_copy)
     got = dict(con.execute("SELECT option, logprob FROM option_scores").fetchall())
     con.close()
     assert got[text[0][0]] == pytest.approx(math.log(2 / 3), abs=1e-12)

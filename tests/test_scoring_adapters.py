@@ -133,13 +133,13 @@ def test_pickled_adapter_is_refused(tmp_path):
 def test_registry_records_adapter_and_scoring_checks_its_hash(db_path, tiny_models, loras):
     import shutil
 
-    from psystats import warehouse
     from psystats.scoring import registry
     from psystats.scoring.adapter_models import add_adapter
     from psystats.scoring.adapters import AdapterError
     from psystats.scoring.engine import Scorer
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     try:
         base = registry.add_model(con, str(tiny_models["qwen3"]))
         row = add_adapter(con, str(tiny_models["qwen3"]), str(loras["random"]))
@@ -180,14 +180,14 @@ def test_cli_adapter_is_registered_and_scored_like_any_model(
     import json
 
     from helpers import cli_base_warehouse, cli_ok
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
     db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
     out = cli_ok("--db", db, "models", "add", "tiny-qwen3", "--adapter", loras["random"]).output
     assert "adapter_sha256" in out and "tiny-qwen3-Instruct-lora" in out
     cli_ok("--db", db, "score", "--model", "tiny-qwen3-Instruct-lora", "-q")
     cli_ok("--db", db, "score", "--model", "tiny-qwen3", "-q")
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         runs = dict(con.execute("SELECT model, run_id FROM score_runs").fetchall())
         nll = {
@@ -213,8 +213,8 @@ def test_cli_adapter_is_registered_and_scored_like_any_model(
 
 
 def test_models_load_file_registers_an_adapter_entry(db_path, tiny_models, loras, tmp_path):
-    from psystats import warehouse
     from psystats.scoring import registry, registry_file
+    from psystats.warehouse import db as warehouse_db
 
     f = tmp_path / "models.toml"
     f.write_text(
@@ -222,7 +222,7 @@ def test_models_load_file_registers_an_adapter_entry(db_path, tiny_models, loras
         f'[[models]]\nsource = "base"\nadapter = "{loras["random"]}"\nname = "tuned"\n'
         'type = "other"\n'
     )
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     try:
         rows = registry_file.load_file(con, f)
         assert [r["name"] for r in rows] == ["base", "tuned"]

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from psystats import warehouse
 from psystats.cli import main
-from psystats.warehouse.db import scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 STUDY = "franke2024bayesian"
 
@@ -29,7 +29,7 @@ def cli(db: Path, *args: str):
 
 
 def score_rows(db: Path, run_id: int | None = None) -> list[tuple]:
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         return con.execute(
             "SELECT response_id, nll, n_tokens, first_token_nll, top1_all, top1_first, "
@@ -96,7 +96,7 @@ def test_kill_9_then_resume_gives_exactly_the_uninterrupted_rows(
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming run 1" in resumed.stderr
     assert score_rows(killed) == score_rows(full)  # same rows, same values, no duplicates
-    con = warehouse.connect(killed, read_only=True)
+    con = warehouse_db.open(killed)
     try:
         n_resp = scalar(con, "SELECT count(*) FROM responses WHERE study = ?", [STUDY])
         assert scalar(con, "SELECT count(*) FROM scores") == n_resp
@@ -198,7 +198,7 @@ def test_nan_logits_fail_the_run_and_write_nothing(tiny_models, warehouse_copy, 
     )
     assert r.exit_code == 1
     assert "NaN/inf logits" in r.output and "response_id" in r.output
-    con = warehouse.connect(warehouse_copy, read_only=True)
+    con = warehouse_db.open(warehouse_copy)
     try:
         assert scalar(con, "SELECT count(*) FROM scores") == 0
         status, error = con.execute("SELECT status, error FROM score_runs").fetchall()[0]
@@ -220,7 +220,7 @@ def test_out_of_memory_halves_the_budget_and_continues(tiny_models, small_wareho
     from psystats.scoring.engine import Scorer
     from psystats.scoring.inputs import load_inputs
 
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     try:
         ps = load_inputs(con, studies=[STUDY])[:12]
     finally:

@@ -161,7 +161,7 @@ def test_cli_device_map_with_disk_offload_stores_the_single_device_scores(
     import shutil
 
     from helpers import cli_base_warehouse, cli_ok
-    from psystats import warehouse
+    from psystats.warehouse import db as warehouse_db
 
     db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
     plain = tmp_path / "plain.duckdb"
@@ -171,7 +171,7 @@ def test_cli_device_map_with_disk_offload_stores_the_single_device_scores(
         "--db", db, "score", "--model", "tiny-qwen3", "-q", "--device-map", "auto",
         "--max-memory", "cpu=14MB", "--offload-folder", tmp_path / "offload",
     )  # fmt: skip
-    got, want = (warehouse.connect(p, read_only=True) for p in (db, plain))
+    got, want = (warehouse_db.open(p) for p in (db, plain))
     try:
         q = "SELECT response_id, nll, first_token_entropy FROM scores ORDER BY response_id"
         assert got.execute(q).fetchall() == want.execute(q).fetchall()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers import FRANKE, check_batch, reference_pieces, reference_scores
-from psystats import warehouse
 from psystats.scoring.inputs import load_inputs
+from psystats.warehouse import db as warehouse_db
 
 SYSTEM = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
@@ -38,7 +38,7 @@ def smol(smollm2_gguf):
 
 @pytest.fixture(scope="module")
 def few(small_warehouse):
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     try:
         ps = load_inputs(con)
     finally:

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import STUDY, cli_base_warehouse, cli_ok
-from psystats import warehouse
 from psystats.scoring.sample import SampleSpec, SampleSpecError, sample_keys
-from psystats.warehouse.db import scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.sql import scalar
 
 
 def natural(con, keys):
@@ -28,10 +28,10 @@ def test_samples_are_per_experiment_nested_and_independent_of_warehouse_order(
     from psystats.warehouse.ingest import ingest_paths
 
     other = tmp_path / "reversed.duckdb"
-    con2 = warehouse.connect(other)
+    con2 = warehouse_db.open(other, "write", create=True)
     # small_warehouse's studies, ingested in the other order: other participant keys.
     ingest_paths(con2, [psych201 / s for s in ("guenther2023associations_individual", STUDY)])
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     try:
         sizes = dict(
             con.execute(
@@ -84,7 +84,7 @@ def test_sampled_run_is_recorded_and_shown_as_a_sample(tiny_models, psych201, tm
     db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
     cli_ok("--db", db, "score", "--model", "tiny-qwen3", "--participants", "2", "-q")
     cli_ok("--db", db, "score", "--model", "tiny-qwen3", "--study", STUDY, "-q")
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     try:
         runs = con.execute(
             "SELECT run_id, sample_spec, n_participants, status FROM score_runs ORDER BY run_id"
@@ -127,7 +127,7 @@ def test_bad_options_are_refused_before_anything_loads(warehouse_copy, args, say
     )
     assert r.exit_code == 2, r.output
     assert says in r.output and "Traceback" not in r.output
-    con = warehouse.connect(warehouse_copy, read_only=True)
+    con = warehouse_db.open(warehouse_copy)
     try:
         assert scalar(con, "SELECT count(*) FROM score_runs") == 0
         assert scalar(con, "SELECT count(*) FROM models") == 0

@@ -221,10 +221,10 @@ def test_chat_template_reading_only_typed_parts_gets_text_parts(vl_models):
 def test_vl_folder_registers_with_its_parameter_count(vl_models, db_path, family):
     """Registered like any folder: the count from the safetensors headers equals torch's
     (vision tower included); the family and, for Qwen VL, the type come out right."""
-    from psystats import warehouse
     from psystats.scoring import registry
+    from psystats.warehouse import db as warehouse_db
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     try:
         row = registry.add_model(con, str(vl_models[family]))
     finally:

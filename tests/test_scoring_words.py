@@ -321,13 +321,13 @@ def test_real_transcripts_stored_and_exported_by_word(setup, inputs, warehouse_c
     import pyarrow.parquet as pq
 
     from helpers import cli_ok
-    from psystats import warehouse
     from psystats.scoring.runs import finish_run, start_run, write_batch
+    from psystats.warehouse import db as warehouse_db
 
     _, sc64, _, _ = setup
     inputs = [inputs[0], inputs[-1]]  # franke's letters, one free-text participant
     batch = sc64.score(inputs)
-    con = warehouse.connect(warehouse_copy)
+    con = warehouse_db.open(warehouse_copy, "write", create=True)
     run, _ = start_run(con, sc64.model_row, "plain", {}, sc64.settings, {})
     assert write_batch(con, run, batch) == batch.scores.num_rows
     assert write_batch(con, run, batch) == 0  # idempotent: nothing twice
@@ -390,14 +390,14 @@ def test_cli_scores_and_exports_token_and_word_levels(tiny_models, psych201, tmp
 
     from helpers import cli_base_warehouse, cli_ok
     from psystats.cli import main
-    from psystats.warehouse.db import connect
+    from psystats.warehouse import db as warehouse_db
 
     db = cli_base_warehouse(tmp_path, psych201, tiny_models["qwen3"])
     cli_ok("--db", db, "score", "--model", "tiny-qwen3", "--study", "franke2024bayesian", "-q")
     cli_ok(
         "--db", db, "score", "--model", "tiny-qwen3", "--word-level", "--entropy", "--rank", "-q"
     )
-    con = connect(str(db), read_only=True)
+    con = warehouse_db.open(db)
     plain_run, run = (
         r for (r,) in con.execute("SELECT run_id FROM score_runs ORDER BY 1").fetchall()
     )
@@ -506,6 +506,7 @@ def test_migration_keeps_old_token_rows_and_adds_word_table(tmp_path, monkeypatc
     import pyarrow as pa
 
     from psystats.warehouse import db, parquet_layout, schema
+    from psystats.warehouse.sql import transaction
 
     full = list(schema.MIGRATIONS)
     before = full.index(schema.MIGRATION_FINER_SCORES)
@@ -513,7 +514,7 @@ def test_migration_keeps_old_token_rows_and_adds_word_table(tmp_path, monkeypatc
     with monkeypatch.context() as m:
         m.setattr(db, "MIGRATIONS", full[:before])
         m.setattr(db, "SCHEMA_VERSION", before)
-        con = db.connect(path)
+        con = db.open(path, "write", create=True)
         if layout == "parquet":
             parquet_layout.enable(con)
         con.execute(
@@ -530,10 +531,10 @@ def test_migration_keeps_old_token_rows_and_adds_word_table(tmp_path, monkeypatc
             }
         )
         con.register("_old", old)
-        with db.transaction(con):
+        with transaction(con):
             parquet_layout.write_rows(con, "token_scores", 1, "_old", old.column_names)
         con.close()
-    con = db.connect(path)
+    con = db.open(path, "write", create=True)
     assert db.schema_version(con) == len(full)
     new = (
         old.set_column(0, "response_id", pa.array([6], pa.int64()))
@@ -541,7 +542,7 @@ def test_migration_keeps_old_token_rows_and_adds_word_table(tmp_path, monkeypatc
         .append_column("rank", pa.array([2], pa.int32()))
     )
     con.register("_new", new)
-    with db.transaction(con):
+    with transaction(con):
         parquet_layout.write_rows(con, "token_scores", 1, "_new", new.column_names)
     rows = con.execute(
         "SELECT response_id, logprob, entropy, rank FROM token_scores ORDER BY 1"

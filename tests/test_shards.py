@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from helpers import N_PARTICIPANTS, STUDY, cli_base_warehouse, cli_ok, reference_run, snapshot
-from psystats import warehouse
 from psystats.scoring import shard_files, shard_job, shard_keys, shard_merge, shard_units
-from psystats.warehouse.db import WarehouseError, scalar
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 # ---------------------------------------------------------------------------
 # Partitioning (pure)
@@ -151,7 +152,7 @@ def db(scored, tmp_path) -> Path:
 
 
 def merge(db: Path, out: Path):
-    con = warehouse.connect(db)
+    con = warehouse_db.open(db, "write", create=True)
     try:
         return shard_merge.merge_dir(con, out)
     finally:
@@ -172,7 +173,7 @@ def test_merging_twice_adds_nothing(scored, out, db):
     assert again.rows_added == 0 and again.rows_skipped == len(scored["reference"]["scores"])
     assert again.complete
     assert snapshot(db) == scored["reference"]
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     assert scalar(con, "SELECT count(*) FROM score_runs") == 1
     assert (
         scalar(
@@ -247,13 +248,13 @@ def test_shards_from_another_warehouse_are_refused(scored, out, tmp_path, psych2
 
     # The same studies ingested in the other order: the same people get other keys.
     other = tmp_path / "other.duckdb"
-    con = warehouse.connect(other)
+    con = warehouse_db.open(other, "write", create=True)
     ingest_paths(con, [psych201 / "guenther2023associations_individual", psych201 / STUDY])
     add_model(con, scored["model"]["source"], name="tiny-qwen3")
     con.close()
     with pytest.raises(shard_keys.ShardError, match="another warehouse"):
         merge(other, out)
-    con = warehouse.connect(other, read_only=True)
+    con = warehouse_db.open(other)
     assert scalar(con, "SELECT count(*) FROM scores") == 0
     con.close()
 
@@ -300,7 +301,7 @@ def test_cli_job_array_on_a_read_only_warehouse_then_merge_equals_local_score(
     # Holding a read-only connection makes any read-write open of the same
     # file in this process fail (DuckDB refuses a second configuration), so
     # the tasks below must really open it read-only (root ignores 0444).
-    holder = warehouse.connect(readonly, read_only=True)
+    holder = warehouse_db.open(readonly)
     out = tmp_path / "shards"
     try:
         for i in range(2):

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from reanalysis_helpers import assert_loo_stands_alone
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 
 
 def _converged(diag: dict) -> bool:
@@ -90,12 +91,12 @@ def test_no_option_scores_is_a_clear_error(tmp_path):
     from psystats.stats.accuracy import fit_accuracy
     from psystats.stats.simulate import add_synthetic_experiments
 
-    con = warehouse.connect(tmp_path / "a.duckdb")
+    con = warehouse_db.open(tmp_path / "a.duckdb", "write", create=True)
     add_synthetic_experiments(con, n_experiments=2, participants=4, responses=2)
     with pytest.raises(WarehouseError, match="no option scores"):
         fit_accuracy(con)
-    with pytest.raises(WarehouseError, match="--folds must be at least 2"):
-        fit_accuracy(con, folds=1)
+    with pytest.raises(WarehouseError, match="folds must be an integer from 2"):
+        fit_accuracy(con, spec={"folds": 1})
     assert con.execute("SELECT count(*) FROM fits").fetchall()[0][0] == 0
 
 
@@ -236,7 +237,7 @@ def accuracy_warehouse(tmp_path):
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path / "acc.duckdb"
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=4, participants=30, responses=8, seed=1)
     truth = simulate_accuracy(con, seed=2)
     con.close()
@@ -266,7 +267,7 @@ def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     )
     assert res.exit_code == 0, res.output
     assert "gap survives calibration" in res.output
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     ((fit_id, summary, diag, nc),) = con.execute(
         "SELECT fit_id, summary, diagnostics, netcdf_path FROM fits WHERE kind = 'accuracy'"
     ).fetchall()
@@ -301,6 +302,7 @@ def test_fit_accuracy_cli_recovers_gap_and_temperatures(accuracy_warehouse):
     assert float(idata["psystats_loo"]["loo_i"].sum()) == pytest.approx(
         s["loo"]["full"]["elpd_loo"]
     )
+    assert_loo_stands_alone(nc, s)
     # Every gap, interval and verdict, stored and printed, from the NetCDF's draws alone.
     _assert_accuracy_summary_is_its_draws(s, idata.posterior)
     import re

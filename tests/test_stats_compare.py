@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 
 warnings.filterwarnings("ignore")
 
@@ -34,7 +34,7 @@ def _normal_fit(y: np.ndarray, sd_prior: float, seed: int):
 
 
 def _store(con, idata, loo, tmp_path, passed=True):
-    from psystats.stats.compare import attach_pointwise_loo
+    from psystats.stats.fit_checks import attach_pointwise_loo
     from psystats.stats.store import save_fit
 
     attach_pointwise_loo(idata, loo)
@@ -54,7 +54,7 @@ def test_compare_fits_equals_arviz_compare_on_the_same_loo(db_path, tmp_path):
     from psystats.stats.compare import compare_fits
 
     y = np.random.default_rng(0).normal(2.0, 1.0, 40)
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     loos, ids = {}, []
     for k, sd in enumerate((10.0, 0.05)):  # a vague prior and one that fights the data
         idata, loo = _normal_fit(y, sd, seed=k)
@@ -83,7 +83,7 @@ def test_compare_refuses_failed_fits_and_counts_pareto_k(db_path, tmp_path):
 
     rng = np.random.default_rng(0)
     y = np.r_[rng.normal(0, 1, 18), 9.0, 6.5]  # two outliers: high Pareto k
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     loos, ids = [], []
     for k, (sd, passed) in enumerate(((10.0, True), (1.0, False))):
         idata, loo = _normal_fit(y, sd, seed=k)
@@ -117,7 +117,7 @@ def test_compare_refuses_different_data_missing_loo_and_one_fit(db_path, tmp_pat
     from psystats.stats.store import save_fit
 
     rng = np.random.default_rng(1)
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _store(con, *_normal_fit(rng.normal(0, 1, 20), 1.0, 0), tmp_path)
     b = _store(con, *_normal_fit(rng.normal(0, 1, 20), 1.0, 1), tmp_path)
     bare = save_fit(
@@ -142,20 +142,21 @@ def test_fit_compare_on_two_real_effects_fits(db_path, tmp_path):
     """Two effects fits of the same cells (with and without experiment effects), stored,
     then compared: the model with the true experiment effect wins clearly."""
     from psystats.stats.compare import compare_fits
-    from psystats.stats.effects import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.effects_spec import EffectsSpec
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
     from psystats.stats.store import save_fit
 
     cells = simulate_cells(
         6, 12, n_families=2, n_types=2, n_domains=2, seed=5, scales={"sigma_experiment": 0.4}
     ).cells
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     ids = []
+    sampling = SamplingOptions(draws=300, tune=300, seed=2)
     for terms in ({}, {"experiment": False}):
-        from psystats.stats.effects import EffectsSpec
-
-        spec = EffectsSpec(terms=terms)
-        fit = fit_cells(cells, spec, draws=300, tune=300, seed=2, allow_failure=True, compare=False)
+        spec = EffectsFitSpec(EffectsSpec(terms=terms), compare=())
+        fit = fit_cells(cells, spec, sampling, allow_failure=True)
         ids.append(
             save_fit(con, kind="effects", idata=fit.idata, summary=fit.summary, netcdf_dir=tmp_path)
         )

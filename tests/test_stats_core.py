@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -34,9 +35,11 @@ def eight_schools_model():
 
 @pytest.fixture(scope="module")
 def eight_idata():
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import sample
 
-    return sample(eight_schools_model(), draws=2000, tune=1000, chains=4, seed=1)
+    opts = SamplingOptions(draws=2000, tune=1000, chains=4, seed=1, target_accept=0.9)
+    return sample(eight_schools_model(), opts)
 
 
 def test_eight_schools_reproduces_published_posterior(eight_idata):
@@ -61,9 +64,11 @@ def test_eight_schools_reproduces_published_posterior(eight_idata):
 
 @pytest.mark.slow
 def test_diagnostics_gate_fails_on_short_single_chain():
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import DiagnosticsFailure, diagnose, enforce, sample
 
-    idata = sample(eight_schools_model(), draws=30, tune=30, chains=1, seed=0, sampler="pymc")
+    opts = SamplingOptions(draws=30, tune=30, chains=1, seed=0, sampler="pymc", target_accept=0.9)
+    idata = sample(eight_schools_model(), opts)
     d = diagnose(idata)
     assert not d.passed
     assert any("chain" in p for p in d.problems) and any("ESS" in p for p in d.problems)
@@ -77,7 +82,7 @@ def test_save_and_load_fit_roundtrip(eight_idata, db_path):
     from psystats.stats.sampling import diagnose
     from psystats.stats.store import load_fit, save_fit
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     fid = save_fit(
         con,
         kind="test",
@@ -122,11 +127,11 @@ def test_save_and_load_fit_roundtrip(eight_idata, db_path):
 def test_save_fit_failure_leaves_nothing(eight_idata, db_path, tmp_path):
     from psystats.stats.store import save_fit
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     with pytest.raises(Exception):
         save_fit(con, kind=None, idata=eight_idata, netcdf_dir=tmp_path / "nc")  # kind NOT NULL
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 0
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fit_params") == 0
+    assert scalar(con, "SELECT count(*) FROM fits") == 0
+    assert scalar(con, "SELECT count(*) FROM fit_params") == 0
     assert list((tmp_path / "nc").iterdir()) == []
 
 
@@ -141,7 +146,7 @@ def sim_warehouse(small_warehouse, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("simwh") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(
         con, n_experiments=6, participants=10, responses=4, domains=["Risky Choice", "Memory", None]
     )
@@ -190,7 +195,7 @@ def test_cells_match_independent_computation(sim_warehouse):
     from psystats.stats.cells import aggregate_cells, build_cells, participant_differences
 
     path, _ = sim_warehouse
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     cells = build_cells(con)
     ref = _reference_cells(con)
     assert len(cells) == len(ref) == 8 * 8  # 8 pairs x 8 experiments
@@ -211,7 +216,7 @@ def test_participant_means_and_latest_run(sim_warehouse, tmp_path):
 
     path = tmp_path / "w.duckdb"
     shutil.copy(sim_warehouse[0], path)
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     pm_ = participant_means(con, condition="plain", models=["sim-qwen1-base"])
     raw = con.execute(
         "SELECT r.participant_key, avg(s.nll) FROM scores s JOIN score_runs sr "
@@ -223,11 +228,9 @@ def test_participant_means_and_latest_run(sim_warehouse, tmp_path):
     assert pairs(con).shape[0] == 8
     before = build_cells(con, models=["sim-qwen1-instruct"])
     # A newer complete run replaces the old one; a failed run is ignored.
-    old = warehouse.db.scalar(
-        con, "SELECT run_id FROM score_runs WHERE model = 'sim-qwen1-instruct'"
-    )
+    old = scalar(con, "SELECT run_id FROM score_runs WHERE model = 'sim-qwen1-instruct'")
     for status, shift in (("complete", 1.0), ("failed", 50.0)):
-        new = warehouse.db.scalar(con, "SELECT nextval('run_id_seq')")
+        new = scalar(con, "SELECT nextval('run_id_seq')")
         con.execute(
             "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version,"
             " started_at, finished_at, status) VALUES (?, 'sim-qwen1-instruct', 'plain',"
@@ -247,7 +250,7 @@ def test_participant_means_and_latest_run(sim_warehouse, tmp_path):
 def test_no_pairs_is_a_clear_error(small_warehouse):
     from psystats.stats.cells import build_cells
 
-    con = warehouse.connect(small_warehouse, read_only=True)
+    con = warehouse_db.open(small_warehouse)
     with pytest.raises(WarehouseError, match="no \\(post-trained, base\\) pairs"):
         build_cells(con)
 
@@ -269,7 +272,7 @@ def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
     """element_coords replaces a dimension's coords per element, in save_fit's one transaction."""
     from psystats.stats.store import save_fit
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     override = {
         "school": {"A": {"state": "NJ", "school": "A"}, "C": {"state": "NY", "school": "C"}}
     }
@@ -290,14 +293,14 @@ def test_save_fit_element_coords_written_with_the_fit(eight_idata, db_path):
     # A failing save with element_coords leaves nothing (no second, separate write).
     with pytest.raises(Exception):
         save_fit(con, kind=None, idata=eight_idata, element_coords=override)
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 1
+    assert scalar(con, "SELECT count(*) FROM fits") == 1
 
 
 def test_save_fit_writes_each_parameters_unit(eight_idata, db_path):
     """fit_params.unit from the summary's units; NULL where none is given."""
     from psystats.stats.store import save_fit
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     units = {"mu": "nats", "theta": "nats per year"}
     fid = save_fit(con, kind="test", idata=eight_idata, summary={"units": units})
     rows = con.execute(

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from reanalysis_helpers import assert_loo_stands_alone
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -235,18 +237,14 @@ def test_suffstat_model_logp_equals_row_level_model_logp():
 @pytest.mark.slow
 def test_suffstat_posterior_agrees_with_row_level_posterior():
     from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import sample
 
     df, cells = _participant_data()
     spec = EffectsSpec()  # marginal: cell residual integrated out
-    a = sample(
-        build_effects_model(prepare(cells, spec), spec),
-        draws=1500,
-        tune=1000,
-        seed=3,
-        sampler="pymc",
-    )
-    b = sample(_row_model(df, cells, spec), draws=1500, tune=1000, seed=4, sampler="pymc")
+    opts = SamplingOptions(draws=1500, tune=1000, seed=3, sampler="pymc", target_accept=0.9)
+    a = sample(build_effects_model(prepare(cells, spec), spec), opts)
+    b = sample(_row_model(df, cells, spec), opts.replace(seed=4))
     for v in ("intercept", "sigma_cell"):
         x, y = a.posterior[v].values.ravel(), b.posterior[v].values.ravel()
         assert abs(x.mean() - y.mean()) < 0.1 * max(x.std(), 0.01) + 4 * x.std() / np.sqrt(1500)
@@ -256,6 +254,7 @@ def test_suffstat_posterior_agrees_with_row_level_posterior():
 @pytest.mark.slow
 def test_eight_schools_through_the_effects_builder():
     from psystats.stats.effects import EffectsSpec, Prior, build_effects_model, prepare
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import diagnose, sample
 
     cells = _cells(
@@ -272,7 +271,8 @@ def test_eight_schools_through_the_effects_builder():
     )
     data = prepare(cells, spec)
     assert data.active == [] and "experiment" in data.dropped
-    idata = sample(build_effects_model(data, spec), draws=2000, tune=1000, seed=5)
+    opts = SamplingOptions(draws=2000, tune=1000, seed=5, target_accept=0.9)
+    idata = sample(build_effects_model(data, spec), opts)
     d = diagnose(idata)
     assert d.max_rhat < 1.02 and d.min_ess_bulk > 200 and d.divergences <= 5, d.problems
     mu, tau = idata.posterior.intercept.values.ravel(), idata.posterior.sigma_cell.values.ravel()
@@ -286,11 +286,13 @@ def test_eight_schools_through_the_effects_builder():
 
 @pytest.mark.slow
 def test_recovery_point_estimates_one_dataset():
-    from psystats.stats.effects import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(12, 16, n_families=3, n_types=2, n_domains=4, seed=11)
-    fit = fit_cells(sim.cells, draws=1000, tune=1000, seed=1, checks=False, allow_failure=True)
+    no_checks, sampling = EffectsFitSpec(checks=False), SamplingOptions(seed=1)
+    fit = fit_cells(sim.cells, no_checks, sampling, allow_failure=True)
     # Recovery is the claim; convergence is checked with margins, not at the gates' edge.
     d = fit.diagnostics
     assert d.max_rhat < 1.05 and d.min_ess_bulk > 100 and d.divergences <= 10, d.problems
@@ -326,7 +328,7 @@ def sim_wh(small_warehouse, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("e2e") / "sim.duckdb"
     shutil.copy(small_warehouse, path)
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=6, participants=30, responses=4)
     simulate_warehouse(con, seed=3, scales={"sigma_experiment": 0.2, "sigma_type_domain": 0.1})
     con.close()
@@ -344,9 +346,9 @@ def test_cli_fit_effects_gate_failure_leaves_warehouse_unchanged(sim_wh, tmp_pat
         main, ["--db", str(db), "fit", "effects", "--draws", "30", "--tune", "30", "--no-checks"]
     )
     assert r.exit_code == 1 and "diagnostic gates" in r.output and "ESS" in r.output
-    con = warehouse.connect(db, read_only=True)
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fits") == 0
-    assert warehouse.db.scalar(con, "SELECT count(*) FROM fit_params") == 0
+    con = warehouse_db.open(db)
+    assert scalar(con, "SELECT count(*) FROM fits") == 0
+    assert scalar(con, "SELECT count(*) FROM fit_params") == 0
     assert not (tmp_path / "w.duckdb.fits").exists() or not any(
         (tmp_path / "w.duckdb.fits").iterdir()
     )
@@ -376,7 +378,7 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse_db.open(db)
     fit = con.execute(
         "SELECT kind, passed, scale, condition, diagnostics, summary, netcdf_path FROM fits"
     ).fetchall()
@@ -401,9 +403,7 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
         "ORDER BY label LIMIT 1"
     ).fetchall()[0]
     assert set(json.loads(td[1])) == {"type", "domain"} and " × " in td[0]
-    n_pde = warehouse.db.scalar(
-        con, "SELECT count(*) FROM fit_params WHERE parameter = 'pair_domain_effect'"
-    )
+    n_pde = scalar(con, "SELECT count(*) FROM fit_params WHERE parameter = 'pair_domain_effect'")
     assert n_pde == 8 * 4  # 8 pairs x (Psycholinguistics + 3 synthetic domains)
     from pathlib import Path
 
@@ -413,6 +413,7 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
 
     idata = az.from_netcdf(nc)
     assert {"posterior_predictive", "observed_data"} <= set(idata.groups())
+    assert_loo_stands_alone(nc, summary)
     rep = idata.posterior_predictive["y"].values.reshape(-1, idata.observed_data["y"].size)
     assert rep.shape[0] == summary["ppc"]["draws"] and np.all(np.isfinite(rep))
     assert rep.std(axis=0).min() > 0
@@ -457,40 +458,27 @@ def test_ppc_is_sensible_on_large_scale_data_from_the_model():
     Before autoscaling, such data met priors built for tenths of a nat: the fit sat between
     prior and data and every p-value was 0 or 1 (the demo's stored ppc).
     """
-    from psystats.stats.effects import EffectsSpec, fit_cells, prior_scale_for
+    from psystats.stats.effects import EffectsSpec, prior_scale_for
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import TRUE_SCALES, simulate_cells
 
     big = {k: 100 * v for k, v in TRUE_SCALES.items()}  # an intercept of 15 nats
     sim = simulate_cells(2, 8, n_families=1, n_types=1, n_domains=3, seed=5, scales=big)
     assert prior_scale_for(sim.cells["y"]) > 10
-    fit = fit_cells(
-        sim.cells,
-        EffectsSpec(),
-        draws=400,
-        tune=400,
-        chains=2,
-        seed=1,
-        allow_failure=True,
-        compare=False,
-    )
+    sampling = SamplingOptions(draws=400, tune=400, chains=2, seed=1)
+    fit = fit_cells(sim.cells, EffectsFitSpec(compare=()), sampling, allow_failure=True)
     assert fit.data.prior_scale == pytest.approx(prior_scale_for(sim.cells["y"]))
     assert any("default prior scales multiplied" in m for m in fit.data.messages)
-    assert fit.spec.prior("sigma_cell").params["sigma"] == pytest.approx(0.5 * fit.data.prior_scale)
+    fitted = fit.extras["fitted_spec"]
+    assert fitted.prior("sigma_cell").params["sigma"] == pytest.approx(0.5 * fit.data.prior_scale)
     ppc = fit.summary["ppc"]
     assert all(0 < p < 1 for p in ppc["p_values"].values()), ppc
     assert ppc["coverage_90"] >= 0.6, ppc
     assert "posterior_predictive" in fit.idata.groups()
     # The same data with the priors left as they are: the degenerate check of the demo.
-    fixed = fit_cells(
-        sim.cells,
-        EffectsSpec(autoscale=False),
-        draws=400,
-        tune=400,
-        chains=2,
-        seed=1,
-        allow_failure=True,
-        compare=False,
-    )
+    spec = EffectsFitSpec(EffectsSpec(autoscale=False), compare=())
+    fixed = fit_cells(sim.cells, spec, sampling, allow_failure=True)
     assert fixed.data.prior_scale == 1.0
     assert any(p in (0.0, 1.0) for p in fixed.summary["ppc"]["p_values"].values())
 
@@ -516,13 +504,15 @@ def test_default_priors_unchanged_on_the_nats_scale_and_user_priors_kept():
 @pytest.mark.slow
 def test_default_fit_without_true_type_domain_converges_and_covers_the_truth():
     """The issue's failing case: no true type x domain interaction, plain defaults."""
-    from psystats.stats.effects import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(
         24, 40, n_families=4, n_types=3, n_domains=6, seed=3, scales={"sigma_type_domain": 0.0}
     )
-    fit = fit_cells(sim.cells, seed=3, checks=False, allow_failure=True)
+    no_checks = EffectsFitSpec(checks=False)
+    fit = fit_cells(sim.cells, no_checks, SamplingOptions(seed=3), allow_failure=True)
     d = fit.diagnostics
     assert d.max_rhat < 1.02 and d.min_ess_bulk > 250 and d.divergences == 0, d.problems
     post = fit.idata.posterior
@@ -538,11 +528,13 @@ def test_default_fit_without_true_type_domain_converges_and_covers_the_truth():
 @pytest.mark.slow
 def test_one_cell_posterior_is_the_conjugate_normal():
     """One cell: sigma_cell fixed at 0, so intercept | y is Normal-Normal conjugate."""
-    from psystats.stats.effects import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     cells = simulate_cells(1, 1, n_families=1, n_types=1, n_domains=1, seed=4).cells
-    fit = fit_cells(cells, seed=4, checks=False, allow_failure=True)
+    no_checks = EffectsFitSpec(checks=False)
+    fit = fit_cells(cells, no_checks, SamplingOptions(seed=4), allow_failure=True)
     y, se = float(cells.y.iloc[0]), float(cells.se.iloc[0])
     prior_sd = 1.0  # intercept ~ Normal(0, 1)
     post_var = 1 / (1 / prior_sd**2 + 1 / se**2)
@@ -554,25 +546,25 @@ def test_one_cell_posterior_is_the_conjugate_normal():
 
 
 def test_compare_rejects_unknown_terms_before_sampling():
-    from psystats.stats.effects import fit_cells
-    from psystats.stats.simulate import simulate_cells
+    from psystats.stats.effects_fit import EffectsFitSpec
 
-    cells = simulate_cells(2, 3, n_families=1, n_types=2, n_domains=1, seed=0).cells
     with pytest.raises(WarehouseError, match="cannot compare without \\['colour'\\]"):
-        fit_cells(cells, compare=["colour"])
+        EffectsFitSpec(compare=["colour"])
 
 
 @pytest.mark.slow
 def test_compare_without_a_named_term_prefers_the_true_model():
     """A large true experiment effect: LOO must prefer the model that keeps it."""
-    from psystats.stats.effects import fit_cells
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(
         6, 12, n_families=2, n_types=2, n_domains=2, seed=5, scales={"sigma_experiment": 0.4}
     )
+    spec = EffectsFitSpec(compare=("experiment", "size"))
     fit = fit_cells(
-        sim.cells, draws=400, tune=400, seed=5, allow_failure=True, compare=["experiment", "size"]
+        sim.cells, spec, SamplingOptions(draws=400, tune=400, seed=5), allow_failure=True
     )
     without = fit.summary["loo"]["without"]
     exp = without["experiment"]
@@ -675,7 +667,7 @@ def test_simulated_warehouse_cells_scatter_as_their_standard_errors_say(db_path)
     from psystats.stats.cells import build_cells
     from psystats.stats.simulate import add_synthetic_experiments, simulate_warehouse
 
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=8, participants=25, responses=2, seed=2)
     sim = simulate_warehouse(
         con, families=("a", "b"), generations=(1, 2, 3), types=("instruct", "reasoning"), seed=5

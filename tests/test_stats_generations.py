@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from reanalysis_helpers import assert_loo_stands_alone
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
 
 
 def _converged(diag: dict) -> bool:
@@ -136,7 +137,7 @@ def generations_warehouse(tmp_path):
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path / "gen.duckdb"
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=8, participants=20, responses=4, seed=1)
     truth = simulate_generations(
         con,
@@ -173,7 +174,7 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
     )
     assert res.exit_code == 0, res.output
     assert "P(gap grows while base falls)" in res.output
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     fit = con.execute("SELECT fit_id, kind, diagnostics, summary, netcdf_path FROM fits").fetchall()
     assert len(fit) == 1 and fit[0][1] == "generations"
     # Recovery is the claim; convergence is checked with margins, not at the gates' edge
@@ -193,6 +194,7 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
         true = truth[row.parameter][row.label]
         assert row.q05 - 0.02 < true < row.q95 + 0.02, row
         assert abs(row.mean - true) < 0.05, row
+    assert_loo_stands_alone(fit[0][4], summary)
     gaps = params[params.parameter == "gap"]
     assert len(gaps) == 5
     for row in gaps.itertuples():
@@ -239,7 +241,7 @@ def test_fit_generations_cli_recovers_known_trends(generations_warehouse):
         )
     # One unit for every slope: the default scale, rank, says "per generation step".
     assert summary["generation_scale"] == "rank"
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     units = dict(
         con.execute(
             "SELECT DISTINCT parameter, unit FROM fit_params WHERE fit_id = ?", [fit[0][0]]
@@ -259,7 +261,7 @@ def test_cli_one_generation_only_exits_1_and_stores_nothing(tmp_path):
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path / "one.duckdb"
-    con = warehouse.connect(path)
+    con = warehouse_db.open(path, "write", create=True)
     add_synthetic_experiments(con, n_experiments=2, participants=5, responses=2)
     simulate_generations(con, families={"qwen": (2.5,)}, seed=1)
     con.close()
@@ -267,7 +269,7 @@ def test_cli_one_generation_only_exits_1_and_stores_nothing(tmp_path):
     assert res.exit_code == 1
     assert "Error: fit generations needs a family" in res.output
     assert "qwen: generation(s) 2.5" in res.output
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     assert con.execute("SELECT count(*) FROM fits").fetchall()[0][0] == 0
     con.close()
 
@@ -352,7 +354,7 @@ def test_gap_likelihood_is_the_dense_multivariate_normal(generations_warehouse):
     from psystats.stats.generations import build_generations_model, load_generations_data
 
     path, _ = generations_warehouse
-    con = warehouse.connect(path, read_only=True)
+    con = warehouse_db.open(path)
     data = load_generations_data(con)
     con.close()
     model, spec = build_generations_model(data)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from psystats import warehouse
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar
 
 warnings.filterwarnings("ignore")
 
@@ -43,16 +44,18 @@ def _model(y: np.ndarray, *, labels=None, helper: bool = True):
     return m
 
 
-def _exact_draws(y: np.ndarray, *, seed: int = 1, stuck: tuple[str, ...] = (), labels=None):
-    """Independent posterior draws (4 chains x 250) of ``_model``; ``stuck`` variables get
-    chains that sit in different places (R-hat far above any gate)."""
+def _exact_draws(
+    y: np.ndarray, *, seed: int = 1, stuck: tuple[str, ...] = (), labels=None, draws: int = 250
+):
+    """Independent posterior draws (4 chains x ``draws``) of ``_model``; ``stuck`` variables
+    get chains that sit in different places (R-hat far above any gate)."""
     import arviz as az
 
     rng = np.random.default_rng(seed)
     prec = 1 / PRIOR_SD**2 + len(y)
     post = {
-        "mu": rng.normal(y.sum() / prec, 1 / np.sqrt(prec), size=(4, 250)),
-        "theta_raw": rng.normal(0, 1, size=(4, 250)),
+        "mu": rng.normal(y.sum() / prec, 1 / np.sqrt(prec), size=(4, draws)),
+        "theta_raw": rng.normal(0, 1, size=(4, draws)),
     }
     post["theta"] = 2 * post["theta_raw"]
     for name in stuck:  # after theta: a stuck helper need not make its image stuck
@@ -60,7 +63,7 @@ def _exact_draws(y: np.ndarray, *, seed: int = 1, stuck: tuple[str, ...] = (), l
     labels = labels or [f"o{i}" for i in range(len(y))]
     return az.from_dict(
         posterior=post,
-        sample_stats={"diverging": np.zeros((4, 250), dtype=bool)},
+        sample_stats={"diverging": np.zeros((4, draws), dtype=bool)},
         observed_data={"y": y},
         dims={"y": ["obs"]},
         coords={"obs": labels},
@@ -114,13 +117,15 @@ def test_gate_rule_checks_reported_quantities_not_helpers():
 
 
 def test_sampling_options_validate_like_the_cli():
-    from psystats.stats.pipeline import SamplingOptions
+    from psystats.stats.options import SamplingOptions
 
-    assert SamplingOptions.of({"draws": 10, "unrelated": 1}).draws == 10
+    assert SamplingOptions.of({"draws": 10}).draws == 10
+    with pytest.raises(WarehouseError, match="unknown sampling option 'drwas' .*'draws'"):
+        SamplingOptions.of({"drwas": 10})
     for bad in ({"draws": 0}, {"chains": 0}, {"tune": -1}, {"target_accept": 1.0}):
         with pytest.raises(WarehouseError):
             SamplingOptions.of(bad)
-    with pytest.raises(WarehouseError, match="unknown sampler"):
+    with pytest.raises(WarehouseError, match="sampler must be one of nutpie, pymc"):
         SamplingOptions(sampler="stan")
 
 
@@ -220,10 +225,11 @@ def test_several_observed_variables_are_checked_and_scored_together():
 def test_netcdf_alone_carries_spec_priors_selection_dropped_and_versions(db_path, tmp_path):
     import arviz as az
 
-    from psystats.stats.pipeline import StoreOptions, run_fit
+    from psystats.stats.options import StoreOptions
+    from psystats.stats.pipeline import run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y),
         kind="test",
@@ -235,7 +241,9 @@ def test_netcdf_alone_carries_spec_priors_selection_dropped_and_versions(db_path
         notes=["tau was dropped"],
         summary={"own": 1.5},
         con=con,
-        store=StoreOptions(condition="plain", scale="nats", name="n1", netcdf_dir=tmp_path),
+        condition="plain",
+        scale="nats",
+        store=StoreOptions(name="n1", netcdf_dir=tmp_path),
     )
     row = con.execute(
         "SELECT kind, name, condition, scale, passed, netcdf_path FROM fits WHERE fit_id = ?",
@@ -294,7 +302,8 @@ def _stored(con, tmp_path, y, *, seed=1, labels=None, scale="nats"):
         idata=idata,
         ppc=False,  # LOO is what compare needs
         con=con,
-        store={"scale": scale, "netcdf_dir": tmp_path},
+        scale=scale,
+        store={"netcdf_dir": tmp_path},
     ).fit_id
 
 
@@ -303,7 +312,7 @@ def test_compare_refuses_other_data_and_names_what_differs(db_path, tmp_path):
     from psystats.stats.compare import compare_fits
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _stored(con, tmp_path, y)
     fewer = _stored(con, tmp_path, y[:20], scale="standardised")
     other = _stored(con, tmp_path, np.where(np.arange(N_OBS) == 3, y + 1, y))
@@ -330,7 +339,7 @@ def test_compare_matches_observations_listed_in_another_order(db_path, tmp_path)
     y = _data()
     labels = [f"o{i}" for i in range(N_OBS)]
     perm = np.random.default_rng(7).permutation(N_OBS)
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     a = _stored(con, tmp_path, y, seed=1)
     b = _stored(con, tmp_path, y[perm], seed=2, labels=[labels[i] for i in perm])
     got = compare_fits(con, [a, b]).set_index("fit")
@@ -357,9 +366,21 @@ def test_every_fit_command_validates_sampling_options_alike(command, tmp_path):
     if command == "formula":
         args.append("mean ~ type")
     runner = CliRunner()
-    for bad in (["--draws", "0"], ["--chains", "0"], ["--tune", "-1"], ["--target-accept", "1.5"]):
+    for bad in (
+        ["--draws", "0"],
+        ["--draws", "99999999999999999999"],
+        ["--chains", "0"],
+        ["--tune", "-1"],
+        ["--seed", "-1"],
+        ["--target-accept", "1.5"],
+        ["--target-accept", "nan"],
+        ["--redraws", "6"],
+        ["--sampler", "stan"],
+    ):
         res = runner.invoke(main, args + bad)
         assert res.exit_code == 2 and "Invalid value" in res.output, (bad, res.output)
+        assert "Traceback" not in res.output and not isinstance(res.exception, OverflowError)
+    assert not (tmp_path / "none.duckdb").exists()  # refused before the warehouse opened
     help_text = runner.invoke(main, ["fit", command, "--help"]).output
     for opt in (
         "--draws",
@@ -368,6 +389,7 @@ def test_every_fit_command_validates_sampling_options_alike(command, tmp_path):
         "--seed",
         "--sampler",
         "--target-accept",
+        "--redraws",
         "--allow-diagnostics-failure",
         "--name",
         "--netcdf-dir",
@@ -378,10 +400,11 @@ def test_every_fit_command_validates_sampling_options_alike(command, tmp_path):
 @pytest.mark.slow
 def test_run_fit_samples_and_recovers_a_conjugate_posterior(db_path, tmp_path):
     """Sampled for real (nutpie): the posterior matches the exact one within MC error."""
-    from psystats.stats.pipeline import SamplingOptions, run_fit
+    from psystats.stats.options import SamplingOptions
+    from psystats.stats.pipeline import run_fit
 
     y = _data()
-    con = warehouse.connect(db_path)
+    con = warehouse_db.open(db_path, "write", create=True)
     res = run_fit(
         _model(y),
         kind="test",
@@ -404,27 +427,29 @@ def test_effects_netcdf_record_matches_the_fit(db_path, tmp_path):
     autoscaling, the terms it dropped (with the reasons) and the data it saw."""
     import arviz as az
 
-    from psystats.stats.effects import fit_cells
-    from psystats.stats.pipeline import StoreOptions, save_result
+    from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.options import SamplingOptions, StoreOptions
+    from psystats.stats.pipeline import save_result
     from psystats.stats.simulate import simulate_cells
 
     cells = simulate_cells(4, 6, n_families=2, n_types=2, n_domains=1, seed=3).cells
     cells["y"], cells["se"] = cells["y"] * 60, cells["se"] * 60  # forces autoscaled priors
-    fit = fit_cells(cells, draws=300, tune=300, seed=1, allow_failure=True, compare=False)
+    sampling = SamplingOptions(draws=300, tune=300, seed=1)
+    fit = fit_cells(cells, EffectsFitSpec(compare=()), sampling, allow_failure=True)
     assert fit.data.prior_scale > 1 and fit.data.dropped
-    fit.result.selection = {"experiments": sorted(cells["experiment"].unique().tolist())}
-    con = warehouse.connect(db_path)
-    fid = save_result(con, fit.result, StoreOptions(scale="nats", netcdf_dir=tmp_path))
-    path = warehouse.db.scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
+    fit.selection = {"experiments": sorted(cells["experiment"].unique().tolist())}
+    con = warehouse_db.open(db_path, "write", create=True)
+    fid = save_result(con, fit, StoreOptions(netcdf_dir=tmp_path))
+    path = scalar(con, "SELECT netcdf_path FROM fits WHERE fit_id = ?", [fid])
     con.close()
     rec = json.loads(az.from_netcdf(path).attrs["psystats_fit"])
     assert rec["kind"] == "effects" and rec["fit_id"] == fid
-    assert rec["priors"] == json.loads(json.dumps(fit.spec.all_priors()))
+    assert rec["priors"] == json.loads(json.dumps(fit.extras["fitted_spec"].all_priors()))
     assert rec["dropped_terms"] == json.loads(json.dumps(fit.data.dropped))
-    assert rec["spec"]["terms"] == json.loads(json.dumps(fit.result.spec["terms"]))
+    assert rec["spec"]["terms"] == json.loads(json.dumps(fit.spec["terms"]))
     assert rec["selection"]["experiments"] == sorted(cells["experiment"].unique().tolist())
     assert rec["summary"]["prior_scale"] == pytest.approx(fit.data.prior_scale)
-    assert rec["gates"]["variables"] == fit.result.reported
+    assert rec["gates"]["variables"] == fit.reported
     assert rec["versions"]["pymc"] and rec["versions"]["python"]
 
 
@@ -459,9 +484,9 @@ def test_redraw_only_for_narrow_misses_of_rhat_or_ess(kw, expected):
 
 
 def test_redraws_option_is_validated_and_not_passed_to_the_sampler():
-    from psystats.stats.pipeline import SamplingOptions
+    from psystats.stats.options import SamplingOptions
 
-    assert "redraws" not in SamplingOptions().kwargs() and SamplingOptions().redraws == 2
+    assert "redraws" not in SamplingOptions().sampler_kwargs() and SamplingOptions().redraws == 2
     with pytest.raises(WarehouseError, match="redraws"):
         SamplingOptions(redraws=-1)
 
@@ -474,6 +499,15 @@ def test_redraws_option_is_validated_and_not_passed_to_the_sampler():
         ({"divergences": 3, "passed": False}, 1000, 0.95, {"draws": 1000, "target_accept": 0.99}),
         ({"divergences": 3, "passed": False}, 1000, 0.99, None),  # already careful: look
         ({"divergences": 200, "passed": False}, 1000, 0.95, None),  # 5%: a wall, not a neck
+        # the allowance is a count, whatever the draws: 10 retry, 11 do not, at any length
+        ({"divergences": 10, "passed": False}, 1000, 0.95, {"draws": 1000, "target_accept": 0.99}),
+        (
+            {"divergences": 10, "n_draws": 100, "passed": False},
+            100,
+            0.95,
+            {"draws": 100, "target_accept": 0.99},
+        ),
+        ({"divergences": 11, "n_draws": 100_000, "passed": False}, 100_000, 0.95, None),
         # a narrow ESS miss without divergences: longer chains
         (
             {"min_ess_tail": 370.0, "passed": False},
@@ -488,3 +522,85 @@ def test_next_attempt_mends_only_what_sampling_can(kw, draws, ta, expected):
     from psystats.stats.pipeline import next_attempt
 
     assert next_attempt(_diag(**kw), draws=draws, target_accept=ta) == expected
+
+
+def test_a_failed_retry_names_every_attempt_and_advises_only_what_was_not_tried():
+    from psystats.stats.sampling import DiagnosticsFailure, enforce, failure_message
+
+    diag = _diag(divergences=3, passed=False, problems=["3 divergent transitions"])
+    attempts = [
+        {"draws": 1000, "target_accept": 0.95, "problems": ["5 divergent transitions"]},
+        {"draws": 1000, "target_accept": 0.99, "problems": ["3 divergent transitions"]},
+    ]
+    msg = failure_message(diag, attempts)
+    assert "Sampled 2 times: 1000 draws per chain at target_accept 0.95 (5 divergent" in msg
+    assert "then 1000 draws per chain at target_accept 0.99 (3 divergent transitions)" in msg
+    assert "--target-accept" not in msg and "survived target_accept 0.99" in msg
+    assert "--allow-diagnostics-failure" in msg
+    first = failure_message(diag, attempts[:1])
+    assert "raise --target-accept to 0.99" in first and "Sampled" not in first
+    ess = _diag(min_ess_tail=300.0, passed=False, problems=["tail ESS 300 < 400"])
+    assert "more --draws/--tune" in failure_message(ess, attempts[:1])
+    with pytest.raises(DiagnosticsFailure, match="Sampled 2 times"):
+        enforce(diag, False, attempts)
+
+
+def test_retries_are_recorded_and_printed_the_same_way_for_every_kind(db_path, tmp_path):
+    """The one printer: notes (each retry is one), the gates line with the retries, where
+    the fit is stored; summary.sampler keeps 'redrawn' (the report reads it) and 'retries'."""
+    import click
+
+    from psystats.commands.fit_output import print_fit
+    from psystats.stats.pipeline import run_fit
+
+    y = _data()
+    con = warehouse_db.open(db_path, "write", create=True)
+    res = run_fit(
+        _model(y), kind="t", idata=_exact_draws(y), con=con, store={"netcdf_dir": tmp_path}
+    )
+    con.close()
+    assert res.summary["sampler"]["retries"] == 0 and res.redrawn == []
+    res.summary["sampler"]["redrawn"] = [
+        {"draws": 1000, "target_accept": 0.95, "divergences": 2, "problems": ["2 divergent"]}
+    ]
+    res.notes.append("retry 1: 1000 draws per chain at target_accept 0.95 missed the gates")
+
+    @click.command()
+    def show():
+        print_fit(res)
+
+    out = CliRunner().invoke(show).output
+    lines = out.splitlines()
+    assert "note: retry 1: 1000 draws per chain at target_accept 0.95" in out
+    assert any(ln.startswith("gates passed after 1 retry: max R-hat") for ln in lines), out
+    assert (
+        f"stored: fit {res.fit_id} (fits, fit_params) and its posterior in {res.netcdf_path}" in out
+    )
+    assert str(tmp_path) in res.netcdf_path
+
+
+# --------------------------------------------------------------------------- stored log-likelihood
+
+
+def test_the_stored_netcdf_alone_gives_the_fits_loo(db_path, tmp_path):
+    """Thinned draws (2,000 > 1,000): arviz.loo on the file reproduces the stored LOO, whose
+    pointwise values match an independent scipy log-likelihood of the same thinned draws."""
+    import arviz as az
+    from reanalysis_helpers import assert_loo_stands_alone
+    from scipy import stats
+
+    from psystats.stats.pipeline import run_fit
+
+    y = _data()
+    idata = _exact_draws(y, draws=500)
+    con = warehouse_db.open(db_path, "write", create=True)
+    res = run_fit(_model(y), kind="t", idata=idata, con=con, store={"netcdf_dir": tmp_path})
+    con.close()
+    stored = az.from_netcdf(res.netcdf_path)
+    ll = stored.log_likelihood["y"]
+    assert ll.sizes["chain"] * ll.sizes["draw"] == 1000 and list(stored.log_likelihood) == ["y"]
+    mu = stored.posterior["mu"].sel(draw=ll["draw"]).values
+    ref = stats.norm.logpdf(y[None, None, :], mu[..., None], 1.0)
+    np.testing.assert_allclose(ll.values, ref, rtol=1e-9)
+    assert_loo_stands_alone(res.netcdf_path, res.summary)
+    assert res.summary["loo"]["full"]["draws"] == 1000

@@ -1,5 +1,6 @@
-"""The DuckDB warehouse: schema, migrations, ingest and queries."""
+"""The DuckDB warehouse: opening it (``db.open``), its schema, ingest, integrity, queries.
 
-from .db import WarehouseError, connect, default_path, transaction
-
-__all__ = ["WarehouseError", "connect", "default_path", "transaction"]
+Import the module that defines a name (``psystats.warehouse.db.open``,
+``psystats.warehouse.errors.WarehouseError``, ``psystats.warehouse.sql.scalar``);
+this package re-exports nothing.
+"""

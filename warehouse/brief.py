@@ -2,40 +2,37 @@
 
 DuckDB lets one process write a file and no other process read it meanwhile;
 a reader (``read_only``) in turn keeps writers out.  A command that works
-for minutes -- a fit sampling its posterior, an import checking 26 M rows --
-must therefore not keep the file open between its statements.
+for minutes -- a fit sampling its posterior, an import checking 26 M rows,
+an ingest parsing 18 studies -- must therefore not keep the file open
+between its statements.
 
 :class:`BriefConnection` looks like a ``duckdb`` connection to the code that
-uses it (``execute``, ``executemany``, ``register``, ``unregister``, the
-``transaction()`` helper), but the warehouse is ATTACHed to a private
-in-memory database only for the duration of each statement: read-only for a
-read (results are fetched before the file is let go), read-write from
-``BEGIN`` to ``COMMIT``/``ROLLBACK``.  Temporary tables and registered Arrow
-data live in the in-memory database, so they survive between statements, and
-spill to the temp folder beyond the memory limit.  Between statements other
-processes can read and write the file; when one holds it, the attach waits
-like :func:`psystats.warehouse.db.open_file` (``$PSYSTATS_LOCK_TIMEOUT``).
+uses it (``execute``, ``executemany``, ``register``, ``unregister``,
+``cursor``, the ``transaction()`` helper), but the warehouse is ATTACHed to a
+private in-memory database only for the duration of each statement:
+read-only for a read (results are fetched before the file is let go),
+read-write from ``BEGIN`` to ``COMMIT``/``ROLLBACK``.  Temporary tables and
+registered Arrow data live in the in-memory database, so they survive
+between statements, and spill to the temp folder beyond the memory limit.
+Between statements other processes can read and write the file; when one
+holds it, the attach waits like any open (``lock_timeout`` of the settings).
+
+Make one with ``psystats.warehouse.db.open(path, "statement")``, which
+creates and migrates the file first.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import duckdb
 
-from .db import (
-    LOCK_TIMEOUT_VAR,
-    WarehouseLocked,
-    apply_memory_settings,
-    connect,
-    environment_error,
-    lock_holder,
-    lock_wait_seconds,
-)
+from . import locks
+from .errors import environment_error
+from .settings import Settings
 
 ALIAS = "psystats_wh"
 
@@ -67,26 +64,32 @@ class Fetched:
 
 
 class BriefConnection:
-    """See the module docstring.  ``path`` must be an existing warehouse (it is migrated)."""
+    """See the module docstring.  ``path`` must be a current warehouse: make one with
+    ``psystats.warehouse.db.open(path, "statement")``, which creates and migrates it first."""
 
     def __init__(
         self,
         path: str | os.PathLike,
         *,
-        create: bool = True,
-        lock_timeout: float | None = None,
+        settings: Settings,
         on_wait: Callable[[str], None] | None = _say,
     ) -> None:
         self.path = str(path)
-        self.lock_timeout = lock_timeout
+        self.settings = settings
         self.on_wait = on_wait
-        # Create/migrate once, briefly, with the ordinary checks and messages.
-        connect(self.path, create=create, lock_timeout=lock_timeout, on_wait=on_wait).close()
         self.local = duckdb.connect()
         # Spills of the in-memory database go next to the warehouse, like DuckDB's own.
-        apply_memory_settings(self.local, self.path)
+        self.local.execute("SET memory_limit = ?", [settings.memory_limit])
+        self.local.execute("SET temp_directory = ?", [settings.temp_folder(self.path)])
+        self.local.execute("SET enable_progress_bar = false")
         self._mode: str | None = None  # None, "ro" or "rw"
         self._in_transaction = False
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """Another brief connection to the same file (its own temporary tables)."""
+        return BriefConnection(
+            self.path, settings=self.settings, on_wait=self.on_wait
+        ).as_connection()
 
     def as_connection(self) -> duckdb.DuckDBPyConnection:
         """This object, typed as the DuckDB connection it stands in for.
@@ -104,36 +107,26 @@ class BriefConnection:
         self._detach()
         literal = self.path.replace("'", "''")
         sql = f"ATTACH '{literal}' AS {ALIAS}" + (" (READ_ONLY)" if mode == "ro" else "")
-        timeout = lock_wait_seconds() if self.lock_timeout is None else self.lock_timeout
-        deadline, delay, told = time.monotonic() + timeout, 0.05, False
-        while True:
-            try:
-                self.local.execute(sql)
-                break
-            except duckdb.Error as e:
-                holder = lock_holder(str(e))
-                if holder is None:
-                    raise environment_error(e, self.path, read_only=mode == "ro") from None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WarehouseLocked(self.path, holder, timeout) from None
-                if not told and self.on_wait is not None:
-                    self.on_wait(
-                        f"{self.path} is in use by {holder}; waiting up to {timeout:g} s "
-                        f"for it (set {LOCK_TIMEOUT_VAR} to change)"
-                    )
-                    told = True
-                time.sleep(min(delay, left))
-                delay = min(delay * 2, 1.0)
+        try:
+            locks.wait_while_locked(
+                lambda: self.local.execute(sql), self.path, self.settings.lock_timeout, self.on_wait
+            )
+        except duckdb.Error as e:
+            raise environment_error(
+                e, self.path, read_only=mode == "ro", waited=self.settings.lock_timeout
+            ) from None
         self.local.execute(f"USE {ALIAS}")
         self._mode = mode
+        locks.write_note(self.path, self.settings.holder(), "statement")
 
     def _detach(self) -> None:
         if self._mode is None:
             return
+        # Forgotten first: a DETACH whose checkpoint fails (disk full) has detached
+        # the file all the same, and must not be tried again when the command closes.
+        self._mode = None
         self.local.execute("USE memory")
         self.local.execute(f"DETACH {ALIAS}")
-        self._mode = None
 
     @property
     def holds_file(self) -> bool:
@@ -156,6 +149,8 @@ class BriefConnection:
                 if head in ("COMMIT", "ROLLBACK", "ABORT", "END"):
                     self._in_transaction = False
                     self._detach()
+                    # Back-to-back writes (ingest batches) would starve a waiting reader.
+                    locks.yield_to_waiters(self.path)
             return result
         self._attach("ro")
         try:
@@ -189,11 +184,15 @@ class BriefConnection:
         return self.local.unregister(name)
 
     def close(self) -> None:
+        """Roll back what is open and let the file go; never raises a second error
+        while an earlier one (disk full, say) is being reported."""
         try:
             if self._in_transaction:
-                self.local.execute("ROLLBACK")
                 self._in_transaction = False
+                self.local.execute("ROLLBACK")
             self._detach()
+        except duckdb.Error:
+            pass  # the in-memory database goes below; the file is let go with it
         finally:
             self.local.close()
 

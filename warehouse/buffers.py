@@ -16,12 +16,12 @@ it detaches the file after every statement, and the cache goes with it.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import duckdb
 
-from .db import DEFAULT_MEMORY_LIMIT, MEMORY_ENV
+from . import settings
+from .brief import BriefConnection
 
 # Room left for what is not a cached table block (metadata, results being read).
 HEADROOM = 32 * 2**20
@@ -35,7 +35,10 @@ _RESTORED: dict[str, str] = {}
 def _restore(con: Any, shown: str) -> None:
     """Set the limit back to what showed as ``shown``: the configured value when it is
     that one (exact), else the shown text (then remembered, so it never creeps)."""
-    configured = os.environ.get(MEMORY_ENV) or DEFAULT_MEMORY_LIMIT
+    try:
+        configured = settings.current().memory_limit
+    except settings.SettingsError:
+        configured = shown
     for value in dict.fromkeys(v for v in (_RESTORED.get(shown), configured, shown) if v):
         try:
             con.execute("SET memory_limit = ?", [value])
@@ -54,8 +57,6 @@ def release_buffers(con: Any) -> bool:
     result still pinned in memory, a locked configuration) the cache stays
     as it was, which is only a matter of memory, never of results.
     """
-    from .brief import BriefConnection
-
     if isinstance(con, BriefConnection):
         return False  # the file (and its cache) is detached after every statement
     try:

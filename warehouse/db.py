@@ -1,26 +1,26 @@
-"""Opening a warehouse file and migrating its schema forward."""
+"""Opening the warehouse: the one way (:func:`open`), and migrating its schema forward."""
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import stat
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 
+from . import integrity, locks, parquet_layout
+from . import settings as settings_mod
+from .brief import BriefConnection
+from .errors import WarehouseError, environment_error
 from .schema import MIGRATIONS, SCHEMA_VERSION
+from .settings import Settings, SettingsError
+from .sql import scalar, transaction
 
 DEFAULT_DB = "psystats.duckdb"
 ENV_VAR = "PSYSTATS_DB"
-LOCK_TIMEOUT_VAR = "PSYSTATS_LOCK_TIMEOUT"
-DEFAULT_LOCK_TIMEOUT = 30.0
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # `psystats sql` without --allow-external: no file, network or extension access
 # from a query (ATTACH, COPY TO, read_csv, INSTALL/LOAD), and no SET that
@@ -33,21 +33,10 @@ SANDBOX: dict[str, object] = {
     "lock_configuration": True,
 }
 
-
-class WarehouseError(Exception):
-    """A problem the user can fix; the message says what and where."""
-
-
-class WarehouseLocked(WarehouseError):
-    """Another process holds the warehouse file; ``holder`` says which."""
-
-    def __init__(self, path: str, holder: str, waited: float) -> None:
-        self.path, self.holder, self.waited = path, holder, waited
-        waited_s = f" (waited {waited:g} s)" if waited else ""
-        super().__init__(
-            f"{path} is in use by {holder}{waited_s}: wait for that command to finish "
-            f"and run this one again, or set {LOCK_TIMEOUT_VAR}=<seconds> to wait longer"
-        )
+Mode = Literal["read", "write", "statement"]
+MODES: tuple[str, ...] = ("read", "write", "statement")
+# A path to the warehouse file, or an open connection to use as it is.
+Target = str | os.PathLike | duckdb.DuckDBPyConnection
 
 
 def _say(line: str) -> None:
@@ -55,61 +44,204 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-MEMORY_ENV = "PSYSTATS_MEMORY_LIMIT"
-TEMP_DIR_ENV = "PSYSTATS_TEMP_DIR"
-# DuckDB's own default is 80% of RAM, which lets one big join take a shared
-# workstation's memory; 1 GB keeps a command's peak RSS under ~2 GiB and
-# spills the rest of a large join or sort to the temp folder.
-DEFAULT_MEMORY_LIMIT = "1GB"
-
-
-def memory_settings(path: str | os.PathLike | None) -> dict[str, str]:
-    """DuckDB ``memory_limit`` and ``temp_directory`` for a connection to ``path``.
-
-    From $PSYSTATS_MEMORY_LIMIT (default 1GB) and $PSYSTATS_TEMP_DIR (default
-    ``<warehouse>.tmp`` next to the file, DuckDB's own choice; ``.tmp`` in the
-    current folder for an in-memory database).
-    """
-    temp = os.environ.get(TEMP_DIR_ENV) or (
-        f"{path}.tmp" if path and str(path) != ":memory:" else ".tmp"
-    )
-    return {
-        "memory_limit": os.environ.get(MEMORY_ENV) or DEFAULT_MEMORY_LIMIT,
-        "temp_directory": str(temp),
-    }
-
-
-def apply_memory_settings(con: duckdb.DuckDBPyConnection, path: str | os.PathLike | None) -> None:
-    """Set :func:`memory_settings` on ``con`` (instance-wide); a bad value is a WarehouseError."""
-    for name, value in memory_settings(path).items():
-        if name == "temp_directory" and scalar(con, "SELECT current_setting(?)", [name]) == value:
-            continue  # an instance shared in-process: changing a used temp folder is refused
-        try:
-            con.execute(f"SET {name} = ?", [value])
-        except (duckdb.InvalidInputException, duckdb.ParserException) as e:
-            env = MEMORY_ENV if name == "memory_limit" else TEMP_DIR_ENV
-            raise WarehouseError(
-                f"{name} {value!r} (--{'memory-limit' if env == MEMORY_ENV else 'temp-dir'} "
-                f"or ${env}): {str(e).splitlines()[0]}"
-            ) from None
-    # DuckDB draws a progress bar on stdout for queries over 2 s, even into a pipe,
-    # which would corrupt `psystats sql --format csv` output at scale.
-    con.execute("SET enable_progress_bar = false")
-
-
 def default_path() -> str:
     """The warehouse path used when none is given: ``$PSYSTATS_DB`` or ``psystats.duckdb``."""
     return os.environ.get(ENV_VAR) or DEFAULT_DB
 
 
-def scalar(con: duckdb.DuckDBPyConnection, query: str, params: list | None = None):
-    """The single value a query returns.
+def open(  # noqa: A001 - the warehouse's open, called as db.open / warehouse_db.open
+    target: Target | None = None,
+    mode: Mode = "read",
+    *,
+    create: bool = False,
+    sandbox: bool = False,
+    settings: Settings | None = None,
+    on_wait: Callable[[str], None] | None = _say,
+    verify: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse at ``target``: the one way every command, the notebook API,
+    scoring, fits, reports, benchmarks and tests hold the file.
 
-    Uses ``fetchall`` rather than ``fetchone``: DuckDB 2 refuses new work on a
-    connection whose previous result was not read to the end.
+    DuckDB lets one process write a file while no other process reads it, and
+    a reader keeps writers out; so the mode says how long the file is held:
+
+    ``"read"``
+        Read-only, held until ``close()``: other readers may share it, writers
+        wait.  Never changes the file (an older schema is refused with the
+        command that upgrades it).  For a command that reads and ends
+        (``summary``, ``sql``, ``report``, ``scores export``).
+    ``"write"``
+        Read-write for one unit of work, held until ``close()``: creates the
+        file if ``create``, migrates it, finishes interrupted Parquet renames.
+        Keep the unit short (a batch, a run's bookkeeping) and close it, so
+        readers get the file in between; ``with open(db, "write") as con:``.
+    ``"statement"``
+        Read-write, but the file is held only while a statement runs (a read)
+        or from ``BEGIN`` to ``COMMIT`` (a write); temporary tables live in a
+        private in-memory database in between.  For long commands that must
+        not keep the file: ingest, ``scores import``, fits
+        (:class:`~psystats.warehouse.brief.BriefConnection`).
+
+    ``target`` is a path (default ``$PSYSTATS_DB`` or ``psystats.duckdb``) or
+    a connection already open, which is then used as it is: the result is a
+    new cursor on it (closing it leaves the original open; ``mode`` and
+    ``create`` have no effect).  ``create=False`` refuses to make a new file,
+    so a typo in ``--db`` is an error rather than a fresh empty warehouse.
+    ``sandbox`` (``psystats sql``) lets queries reach this warehouse only.
+
+    Process-wide options (memory limit, spill folder, how long to wait for a
+    file another process holds) come from ``settings`` or
+    :func:`psystats.warehouse.settings.current`.  While another process
+    holds the file the open is retried for ``lock_timeout`` seconds, telling
+    ``on_wait`` once; then :class:`~psystats.warehouse.errors.WarehouseLocked`
+    names the holder's command from its lock note.  Every other failure
+    (permission, missing folder, corrupt or truncated file, disk full, a bad
+    setting) is a one-line :class:`WarehouseError`.
+
+    Integrity (``verify``, default on): under the Parquet scores layout the
+    partition files the warehouse recorded are checked cheaply (existence,
+    size; no unrecorded files); if one is damaged, every query of the score
+    tables on this connection fails with one line naming the run and
+    ``psystats check --repair``, while other tables stay readable.
     """
-    rows = con.execute(query, params).fetchall()
-    return rows[0][0] if rows else None
+    if isinstance(target, (duckdb.DuckDBPyConnection, BriefConnection)):
+        return target.cursor()
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    try:
+        s = settings if settings is not None else settings_mod.current()
+    except SettingsError as e:
+        raise WarehouseError(str(e)) from None
+    path = str(target or default_path())
+    _check_path(path, create=create and mode != "read")
+    if mode == "statement":
+        # Create/migrate once, briefly, with the ordinary checks and messages.
+        first = _open_file(path, "write", sandbox=False, settings=s, on_wait=on_wait)
+        try:
+            damage = integrity.quick_scan(first) if verify else []
+        finally:
+            first.close()
+        brief = BriefConnection(path, settings=s, on_wait=on_wait)
+        try:
+            integrity.guard(brief.as_connection(), damage)
+        except BaseException:
+            brief.close()
+            raise
+        return brief.as_connection()
+    con = _open_file(path, mode, sandbox=sandbox, settings=s, on_wait=on_wait)
+    if verify:
+        try:
+            integrity.guard(con, integrity.quick_scan(con))
+        except BaseException:
+            con.close()
+            raise
+    return con
+
+
+def _check_path(path: str, *, create: bool) -> None:
+    """Refuse, before DuckDB sees it, a path that is not (or cannot become) a warehouse file."""
+    if path == ":memory:":
+        return
+    if Path(path).is_dir():
+        raise WarehouseError(f"{path} is a folder, not a warehouse file: give a file path")
+    try:
+        st_mode: int | None = os.stat(path).st_mode
+    except OSError:
+        st_mode = None
+    if st_mode is not None and not stat.S_ISREG(st_mode):
+        # DuckDB would block forever on a pipe, and misreport a device.
+        raise WarehouseError(
+            f"{path} is not a regular file (a device, pipe or socket): give a warehouse file"
+        )
+    if Path(path).exists():
+        return
+    if not create:
+        raise WarehouseError(
+            f"no warehouse at {path}: create it with `psystats init --db {path}`, "
+            f"or ingest studies into it with `psystats ingest --db {path} FOLDER`"
+        )
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise WarehouseError(
+            f"{path}: folder {parent} does not exist; create it first (mkdir -p {parent})"
+        )
+
+
+def _open_file(
+    path: str,
+    mode: str,
+    *,
+    sandbox: bool,
+    settings: Settings,
+    on_wait: Callable[[str], None] | None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``path`` (waiting for another process's lock), with the
+    memory settings, the sandbox, and a current schema (migrated, or checked when read)."""
+    read_only = mode == "read"
+    config: dict = {}
+    if sandbox:
+        # No SET after a locked configuration: the memory settings go with the open.
+        # DuckDB applies settings in order, and refuses temp_directory when it comes
+        # after enable_external_access=false; external access goes off after the open,
+        # once the Parquet scores folder (if any) is allowed (DuckDB refuses
+        # allowed_directories later).  The progress bar is per connection: set below.
+        config = {
+            k: v
+            for k, v in SANDBOX.items()
+            if k not in ("lock_configuration", "enable_external_access")
+        }
+        config.update(memory_limit=settings.memory_limit, temp_directory=settings.temp_folder(path))
+
+    def connect() -> duckdb.DuckDBPyConnection:
+        return duckdb.connect(path, read_only=read_only, config=dict(config))
+
+    try:
+        con = locks.wait_while_locked(connect, path, settings.lock_timeout, on_wait)
+    except duckdb.Error as e:
+        raise environment_error(
+            e, path, read_only=read_only, waited=settings.lock_timeout
+        ) from None
+    try:
+        if sandbox:
+            folders = parquet_layout.allowed_directories(con)
+            if folders:
+                con.execute("SET allowed_directories = ?", [folders])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET enable_progress_bar = false")
+            con.execute("SET lock_configuration = true")
+        else:
+            apply_memory_settings(con, path, settings)
+        if read_only:
+            check_schema(con, path)
+        else:
+            migrate(con)
+            parquet_layout.on_open(con)
+    except duckdb.Error as e:
+        con.close()
+        raise environment_error(e, path, read_only=read_only) from None
+    except BaseException:
+        con.close()
+        raise
+    locks.write_note(path, settings.holder(), mode)
+    return con
+
+
+def apply_memory_settings(
+    con: duckdb.DuckDBPyConnection, path: str | os.PathLike | None, settings: Settings
+) -> None:
+    """Set the memory limit and spill folder of ``settings`` on ``con`` (instance-wide)."""
+    wanted = {"memory_limit": settings.memory_limit, "temp_directory": settings.temp_folder(path)}
+    for name, value in wanted.items():
+        if name == "temp_directory" and scalar(con, "SELECT current_setting(?)", [name]) == value:
+            continue  # an instance shared in-process: changing a used temp folder is refused
+        try:
+            con.execute(f"SET {name} = ?", [value])
+        except (duckdb.InvalidInputException, duckdb.ParserException) as e:
+            flag = "--memory-limit" if name == "memory_limit" else "--temp-dir"
+            raise WarehouseError(f"{name} {value!r} ({flag}): {str(e).splitlines()[0]}") from None
+    # DuckDB draws a progress bar on stdout for queries over 2 s, even into a pipe,
+    # which would corrupt `psystats sql --format csv` output at scale.
+    con.execute("SET enable_progress_bar = false")
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -132,117 +264,16 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         )
     # Under the Parquet scores layout the score tables are views; migrations
     # ALTER the empty tables that keep their columns (warehouse/parquet_layout.py).
-    from . import parquet_layout
-
     layout_cols = None
     if 0 < current < SCHEMA_VERSION and parquet_layout.before_migrations(con):
         layout_cols = parquet_layout.columns_now(con)
     for version in range(current + 1, SCHEMA_VERSION + 1):
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(MIGRATIONS[version - 1])
             con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
     if layout_cols is not None:
         parquet_layout.after_migrations(con, layout_cols)
     return SCHEMA_VERSION
-
-
-def connect(
-    path: str | os.PathLike | None = None,
-    *,
-    read_only: bool = False,
-    create: bool = True,
-    config: dict | None = None,
-    lock_timeout: float | None = None,
-    on_wait: Callable[[str], None] | None = _say,
-) -> duckdb.DuckDBPyConnection:
-    """Open (and if needed create and migrate) the warehouse at ``path``.
-
-    ``create=False`` refuses to make a new file, so a typo in ``--db`` is an
-    error rather than a fresh empty warehouse.  ``read_only=True`` never
-    changes the file: a warehouse of an older schema is refused with the
-    command that upgrades it.  When another process holds the file, the open
-    is retried for ``lock_timeout`` seconds (default ``$PSYSTATS_LOCK_TIMEOUT``
-    or 30 s), telling ``on_wait`` once; then a :class:`WarehouseLocked` names
-    the holder's PID.  Every other failure to open (permission, missing
-    folder, corrupt or truncated file, disk full) is a one-line
-    :class:`WarehouseError`.
-    """
-    path = str(path or default_path())
-    if path != ":memory:":
-        if Path(path).is_dir():
-            raise WarehouseError(f"{path} is a folder, not a warehouse file: give a file path")
-        parent = Path(path).parent
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            mode = None
-        if mode is not None and not stat.S_ISREG(mode):
-            # DuckDB would block forever on a pipe, and misreport a device.
-            raise WarehouseError(
-                f"{path} is not a regular file (a device, pipe or socket): give a warehouse file"
-            )
-        if not Path(path).exists():
-            if not create or read_only:
-                raise WarehouseError(
-                    f"no warehouse at {path}: create it with `psystats init --db {path}`, "
-                    f"or ingest studies into it with `psystats ingest --db {path} FOLDER`"
-                )
-            if not parent.is_dir():
-                raise WarehouseError(
-                    f"{path}: folder {parent} does not exist; create it first (mkdir -p {parent})"
-                )
-    locked = bool(config and config.get("lock_configuration"))
-    no_external = False
-    if locked:  # no SET after a locked configuration: pass the memory settings with it
-        # DuckDB applies settings in order, and refuses temp_directory when it
-        # comes before enable_external_access=false: the sandbox goes first.
-        # The progress bar is a per-connection setting: set below, then lock.
-        # External access goes off after the open, once the Parquet scores
-        # folder (if any) is allowed: DuckDB refuses allowed_directories later.
-        no_external = (config or {}).get("enable_external_access") is False
-        config = {
-            **{
-                k: v
-                for k, v in (config or {}).items()
-                if k != "lock_configuration" and not (no_external and k == "enable_external_access")
-            },
-            **memory_settings(path),
-        }
-    con = open_file(
-        path, read_only=read_only, config=config, lock_timeout=lock_timeout, on_wait=on_wait
-    )
-    try:
-        if not locked:
-            apply_memory_settings(con, path)
-        else:
-            if no_external:
-                from .parquet_layout import allowed_directories
-
-                folders = allowed_directories(con)
-                if folders:
-                    con.execute("SET allowed_directories = ?", [folders])
-                con.execute("SET enable_external_access = false")
-            con.execute("SET enable_progress_bar = false")
-            con.execute("SET lock_configuration = true")
-        if not read_only:
-            migrate(con)
-            from .parquet_layout import on_open
-
-            on_open(con)
-        else:
-            check_schema(con, path)
-    except duckdb.Error as e:
-        con.close()
-        raise environment_error(e, path, read_only=read_only) from None
-    except BaseException:
-        con.close()
-        raise
-    return con
 
 
 def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
@@ -268,206 +299,3 @@ def check_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
         f"run `psystats init --db {path}` to upgrade it (read-only commands never "
         "change a file)"
     )
-
-
-def open_file(
-    path: str,
-    *,
-    read_only: bool = False,
-    config: dict | None = None,
-    lock_timeout: float | None = None,
-    on_wait: Callable[[str], None] | None = _say,
-) -> duckdb.DuckDBPyConnection:
-    """``duckdb.connect`` that waits a bounded time for another process's lock.
-
-    Every failure becomes a one-line WarehouseError (see :func:`environment_error`).
-    """
-    timeout = lock_wait_seconds() if lock_timeout is None else max(0.0, float(lock_timeout))
-    deadline = time.monotonic() + timeout
-    delay, told = 0.05, False
-    while True:
-        try:
-            return duckdb.connect(path, read_only=read_only, config=dict(config or {}))
-        except duckdb.Error as e:
-            holder = lock_holder(str(e))
-            if holder is None:
-                raise environment_error(e, path, read_only=read_only) from None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WarehouseLocked(path, holder, timeout) from None
-            if not told and on_wait is not None:
-                on_wait(
-                    f"{path} is in use by {holder}; waiting up to {timeout:g} s for it "
-                    f"(set {LOCK_TIMEOUT_VAR} to change)"
-                )
-                told = True
-            # Short first tries catch a writer's brief commit; back off to 1 s after.
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 1.0)
-
-
-def lock_wait_seconds() -> float:
-    """How long to wait for another process's lock: ``$PSYSTATS_LOCK_TIMEOUT`` or 30 s."""
-    raw = os.environ.get(LOCK_TIMEOUT_VAR, "").strip()
-    if not raw:
-        return DEFAULT_LOCK_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise WarehouseError(
-            f"{LOCK_TIMEOUT_VAR}={raw!r}: expected a number of seconds (0 = do not wait)"
-        )
-    return value
-
-
-def lock_holder(message: str) -> str | None:
-    """'PID 123 (/usr/bin/python3)' from DuckDB's lock error, None for any other error."""
-    if "Could not set lock" not in message:
-        return None
-    m = re.search(r"held in (.*?) \(PID (\d+)\)", message)
-    if not m:
-        return "another process"
-    return f"PID {m.group(2)} ({m.group(1)})"
-
-
-_ENVIRONMENT_WORDS = (
-    "no space left",
-    "file too large",
-    "quota",
-    "permission denied",
-    "read-only file system",
-    "could not write file",
-    "could not read enough bytes",
-    "could not set lock",
-    "not a valid duckdb database",
-)
-
-
-def is_environment_error(e: BaseException) -> bool:
-    """True for a DuckDB error caused by the file or disk, not by the query or the code."""
-    if isinstance(e, (duckdb.IOException, duckdb.PermissionException)):
-        return True
-    if isinstance(e, duckdb.OutOfMemoryException):  # the memory limit, or a loaded machine
-        return True
-    low = str(e).lower()
-    return isinstance(e, duckdb.Error) and any(w in low for w in _ENVIRONMENT_WORDS)
-
-
-def environment_error(e: BaseException, path: str, *, read_only: bool = False) -> WarehouseError:
-    """A one-line WarehouseError for a DuckDB or OS failure on the warehouse file ``path``."""
-    msg = str(e).strip()
-    first = msg.splitlines()[0] if msg else type(e).__name__
-    low = msg.lower()
-    err = getattr(e, "errno", None)
-    if lock_holder(msg) is not None:
-        return WarehouseLocked(path, lock_holder(msg) or "another process", 0.0)
-    if err in NO_SPACE or any(s in low for s in ("no space left", "file too large", "quota")):
-        return WarehouseError(
-            f"no space left writing {path} ({first}): free disk space or move the "
-            "warehouse, then run the command again (the unfinished transaction was "
-            "rolled back)"
-        )
-    if (
-        err in (errno.EACCES, errno.EPERM, errno.EROFS)
-        or "permission denied" in low
-        or ("read-only file system" in low)
-    ):
-        need = "read" if read_only else "read and write"
-        hint = (
-            ""
-            if read_only
-            else "; read-only commands (summary, sql, report, export) need only read access"
-        )
-        return WarehouseError(f"{path}: permission denied ({need} access needed){hint}")
-    if "no such file or directory" in low or "does not exist" in low:
-        return WarehouseError(f"{path}: no such file or folder ({first})")
-    if (
-        "not a valid duckdb database" in low
-        or "could not read enough bytes" in low
-        or "corrupt" in low
-        or "checksum" in low
-        or "serialization" in low
-        or isinstance(e, duckdb.SerializationException)
-    ):
-        return WarehouseError(
-            f"{path} is not a readable DuckDB warehouse (corrupt or truncated?): {first}. "
-            "Restore it from a copy, or give another --db"
-        )
-    if "different configuration" in low:
-        return WarehouseError(
-            f"{path} is already open in this process with other settings; close that "
-            "connection first"
-        )
-    if isinstance(e, duckdb.OutOfMemoryException):
-        return WarehouseError(
-            f"{path}: DuckDB ran out of memory ({first}): raise --memory-limit (or "
-            f"${MEMORY_ENV}), give --temp-dir a folder with free space to spill to, or "
-            "run the command again when the machine is less loaded"
-        )
-    return WarehouseError(f"{path}: {first}")
-
-
-# Work to finish when the transaction open on a connection ends (by id(con)):
-# a Parquet score file is renamed into sight on commit, deleted on rollback.
-_TX_HOOKS: dict[int, list[Callable[[bool], None]]] = {}
-
-
-def on_transaction_end(con: duckdb.DuckDBPyConnection, hook: Callable[[bool], None]) -> bool:
-    """Call ``hook(committed)`` when the :func:`transaction` open on ``con`` ends.
-
-    Returns False (and registers nothing) when no such transaction is open.
-    """
-    hooks = _TX_HOOKS.get(id(con))
-    if hooks is None:
-        return False
-    hooks.append(hook)
-    return True
-
-
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``with transaction(con):`` commits on success and rolls back on any exception."""
-    con.execute("BEGIN TRANSACTION")
-    hooks: list[Callable[[bool], None]] = []
-    _TX_HOOKS[id(con)] = hooks
-    try:
-        yield con
-    except BaseException:
-        _TX_HOOKS.pop(id(con), None)
-        con.execute("ROLLBACK")
-        _end_hooks(hooks, committed=False)
-        raise
-    _TX_HOOKS.pop(id(con), None)
-    try:
-        con.execute("COMMIT")
-    except BaseException:
-        _end_hooks(hooks, committed=False)
-        raise
-    _end_hooks(hooks, committed=True)
-
-
-def _end_hooks(hooks: list[Callable[[bool], None]], *, committed: bool) -> None:
-    """Run every hook; after a commit re-raise the first failure, after a rollback keep
-    the error that caused it (what a hook leaves undone, the next writable open does:
-    warehouse.parquet_layout.recover)."""
-    first: BaseException | None = None
-    for hook in hooks:
-        try:
-            hook(committed)
-        except Exception as e:
-            first = first or e
-    if first is not None and committed:
-        raise first
-
-
-def next_id(con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
-    """1 + the largest id in ``table.column`` (0-based tables start at 1).
-
-    Only for the ingest's bulk id assignment, which runs inside a transaction
-    on a connection that holds the file's write lock.  ``table``/``column`` are
-    identifiers from this package, never user input.
-    """
-    v = scalar(con, f"SELECT max({column}) FROM {table}")
-    return int(v or 0) + 1

@@ -21,7 +21,8 @@ from typing import Any
 
 import duckdb
 
-from .db import WarehouseError, scalar
+from .errors import WarehouseError
+from .sql import scalar
 
 BUILTIN_SOURCE = "builtin:experiment_domains.csv"
 

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .db import WarehouseError
+from .errors import WarehouseError
 
 PACKAGES = (
     "psystats",

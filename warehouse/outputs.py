@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .db import NO_SPACE, WarehouseError
+from .errors import NO_SPACE, WarehouseError
 
 
 def check_target(path: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ Atomicity.  A file is written under a hidden temporary name in its
 partition folder (``.part-<uuid>.parquet.tmp``, which the views' glob never
 matches), flushed to disk, recorded in ``score_files`` inside the writer's
 transaction, and renamed to its final name when that transaction commits
-(:func:`psystats.warehouse.db.on_transaction_end`).  A rollback deletes it.
+(:func:`psystats.warehouse.sql.on_transaction_end`).  A rollback deletes it.
 A pending-rename note (``.pending-<uuid>.json`` in the scores folder) lets
 the next writable open finish the rename of a transaction that committed
 just before a crash, or delete the file of one that did not
@@ -46,7 +46,9 @@ from pathlib import Path
 
 import duckdb
 
-from .db import WarehouseError, on_transaction_end, scalar, transaction
+from .errors import WarehouseError
+from .hashing import file_sha256
+from .sql import on_transaction_end, scalar, transaction
 
 TABLES = ("scores", "option_scores", "token_scores")
 LAYOUTS = ("duckdb", "parquet")
@@ -203,6 +205,12 @@ def _create_views(con: duckdb.DuckDBPyConnection, root: Path, s: dict[str, str])
                 "WHERE d.run_id = p.run_id AND d.response_id = p.response_id)"
             )
         con.execute(sql)
+
+
+def refresh_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Recreate the views (after the first rows were tombstoned); inside a transaction."""
+    if is_parquet(con):
+        _create_views(con, scores_root(con), settings(con))
 
 
 def _set(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
@@ -504,10 +512,22 @@ def _stage(
     source: str,
 ) -> None:
     rel = f"{part.name}/{name}"
+    values: dict[str, object] = {
+        "table_name": table,
+        "run_id": int(run_id),
+        "file": rel,
+        "n_rows": int(n_rows),
+        "source": source,
+        "added_at": datetime.now(UTC).replace(tzinfo=None),
+    }
+    # Size and checksum as written: every open checks the size, `psystats check
+    # --checksums` the checksum (warehouse/integrity.py).  A warehouse written by an
+    # older psystats (before that migration) records neither.
+    if "size_bytes" in {c for c, _ in _columns(con, FILES)}:
+        values.update(size_bytes=tmp.stat().st_size, sha256=file_sha256(tmp))
     con.execute(
-        f"INSERT INTO {FILES} (table_name, run_id, file, n_rows, source, added_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [table, int(run_id), rel, int(n_rows), source, datetime.now(UTC).replace(tzinfo=None)],
+        f"INSERT INTO {FILES} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+        list(values.values()),
     )
     note = root / f".pending-{uuid.uuid4().hex}.json"
     _write_note(note, {"table": table, "file": rel, "pid": os.getpid(), "host": _host()})

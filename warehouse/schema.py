@@ -354,6 +354,33 @@ MIGRATION_PARAM_UNITS = """
 ALTER TABLE fit_params ADD COLUMN unit VARCHAR;
 """
 
+# Issue 21: integrity of the Parquet layout.  Each partition file's size and
+# SHA-256, recorded when it is written (NULL for files written before this
+# migration until `psystats check --repair` verifies and records them).
+MIGRATION_FILE_INTEGRITY = """
+ALTER TABLE score_files ADD COLUMN size_bytes BIGINT;
+ALTER TABLE score_files ADD COLUMN sha256 VARCHAR;
+"""
+
+# Issue 21: what an imported (external) score run needs to be complete again
+# after it lost rows: the participants `ingest --replace-changed` replaced
+# (kind 'replaced': every response of the participant's current version needs
+# a score), or rows `psystats check --repair` had to set aside (kind 'lost':
+# the run needs expected_rows rows again).  `psystats scores import FILE
+# --run N` fills them in place; psystats-scored runs resume with `psystats score`.
+MIGRATION_RUN_GAPS = """
+CREATE TABLE score_run_gaps (
+    run_id         INTEGER NOT NULL,
+    kind           VARCHAR NOT NULL,     -- replaced | lost
+    study          VARCHAR,              -- kind 'replaced': the participant's natural key
+    experiment     VARCHAR,
+    participant    VARCHAR,
+    expected_rows  BIGINT,               -- kind 'lost': rows the run held before
+    reason         VARCHAR NOT NULL,
+    created_at     TIMESTAMP NOT NULL
+);
+"""
+
 MIGRATIONS: list[str] = [
     MIGRATION_1,
     MIGRATION_2,
@@ -365,5 +392,7 @@ MIGRATIONS: list[str] = [
     MIGRATION_PIPELINE_CHECK,  # appended: a shipped migration's position never changes
     MIGRATION_SAMPLE_SPEC,
     MIGRATION_PARAM_UNITS,
+    MIGRATION_FILE_INTEGRITY,
+    MIGRATION_RUN_GAPS,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .db import WarehouseError
+from .errors import WarehouseError
 from .hashing import file_sha256
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zip", ".zip", ".parquet")

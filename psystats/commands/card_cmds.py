@@ -48,14 +48,14 @@ def card(model: str, db: str | None, output: str, condition: str | None) -> None
 
     from psystats.reports.card import build_card
     from psystats.reports.card_html import render_card_html
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.errors import WarehouseError
     from psystats.warehouse.outputs import atomic_output, check_target
 
     lower = output.lower()
     if not lower.endswith((".json", ".html", ".htm")):
         raise WarehouseError(f"{output}: the card file must end in .json or .html")
     check_target(output)
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
         data = build_card(con, model, condition=condition)
     finally:

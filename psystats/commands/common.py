@@ -14,15 +14,15 @@ from typing import Any
 import click
 import duckdb
 
-from psystats.warehouse.db import (
-    ENV_VAR,
+from psystats.warehouse import db as warehouse_db
+from psystats.warehouse.db import ENV_VAR, Mode, default_path
+from psystats.warehouse.errors import (
     NO_SPACE,
     WarehouseError,
-    connect,
-    default_path,
     environment_error,
     is_environment_error,
 )
+from psystats.warehouse.integrity import damage_error, is_damage_error
 
 # OS errors a user fixes (space, permissions, a missing path): one line, not a traceback.
 USER_OS_ERRORS = NO_SPACE + (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR)
@@ -46,37 +46,29 @@ def db_path(db: str | None) -> str:
     return db or (root.obj or {}).get("db") or default_path()
 
 
-def lock_timeout() -> float | None:
-    """The global ``--lock-timeout`` if given (else $PSYSTATS_LOCK_TIMEOUT / 30 s applies)."""
-    root = click.get_current_context().find_root()
-    return (root.obj or {}).get("lock_timeout")
-
-
 def _waiting(line: str) -> None:
     click.echo(line, err=True)
 
 
 def open_db(
     db: str | None,
+    mode: Mode,
     *,
     create: bool = False,
-    read_only: bool = False,
-    config: dict | None = None,
-):
-    """Open the warehouse for a command, turning problems into clean CLI errors.
+    sandbox: bool = False,
+    verify: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """The command's warehouse through :func:`psystats.warehouse.db.open` (its docstring
+    says which ``mode`` to use), closed when the command ends, even on error, so the file
+    is released (this matters when commands run in-process).
 
-    A file held by another process is waited for (bounded, one line on
-    stderr).  The connection is closed when the command ends, even on error,
-    so the file's lock is released (this matters when commands run in-process).
+    The options of ``psystats`` itself (--memory-limit, --temp-dir,
+    --lock-timeout) are the current settings (``psystats.cli.main``); a file
+    held by another process is waited for with one line on stderr.
     """
     try:
-        con = connect(
-            db_path(db),
-            create=create,
-            read_only=read_only,
-            config=config,
-            lock_timeout=lock_timeout(),
-            on_wait=_waiting,
+        con = warehouse_db.open(
+            db_path(db), mode, create=create, sandbox=sandbox, on_wait=_waiting, verify=verify
         )
     except WarehouseError as e:
         raise click.ClickException(str(e)) from None
@@ -99,6 +91,8 @@ def friendly_errors(f: Callable) -> Callable:
         except WarehouseError as e:
             raise click.ClickException(str(e)) from None
         except duckdb.Error as e:
+            if is_damage_error(e):  # a damaged Parquet score file (warehouse/integrity.py)
+                raise click.ClickException(str(damage_error(e))) from None
             if not is_environment_error(e):
                 raise
             raise click.ClickException(str(environment_error(e, _current_db()))) from None

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import click
 
+from psystats.stats.options import SAMPLING
+
+from .fit_options import setting_option
+
 HUB_PAIR = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct")
 OFFLINE_BASE_NAME = "tiny-random-smollm2-base"
 OFFLINE_WARNING = (
@@ -131,9 +135,9 @@ def plan(
     post: str,
     *,
     offline_pair: bool = False,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
+    draws: int = SAMPLING["draws"].default,
+    tune: int = SAMPLING["tune"].default,
+    chains: int = SAMPLING["chains"].default,
     device: str = "cpu",
     post_type: str | None = None,
     simulated: bool = True,
@@ -519,15 +523,9 @@ def run_plan(root: click.Command, p: Plan) -> list[Step]:
     default=None,
     help="Post-training type of the second --model [default: inferred from its name].",
 )
-@click.option(
-    "--draws",
-    type=click.IntRange(1),
-    default=1000,
-    show_default=True,
-    help="Posterior draws per chain for every fit.",
-)
-@click.option("--tune", type=click.IntRange(0), default=1000, show_default=True)
-@click.option("--chains", type=click.IntRange(1), default=4, show_default=True)
+@setting_option("--draws", SAMPLING["draws"], "INTEGER")
+@setting_option("--tune", SAMPLING["tune"], "INTEGER")
+@setting_option("--chains", SAMPLING["chains"], "INTEGER")
 @click.option("--device", default="cpu", show_default=True, help="torch device for scoring.")
 @click.option(
     "--history-participants",

@@ -9,61 +9,15 @@ gates exits with code 1 and stores nothing, unless
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
-from .brief_db import open_brief
+from psystats.stats.options import ANALYSIS
+
 from .common import db_option, friendly_errors, print_rows
-from .sampling_options import sampling_options as shared_sampling_options
+from .fit_options import sampling_options, selection_options, setting_option
+from .fit_output import run_fit_command
 
-
-def sampling_options(f: Callable) -> Callable:
-    """The options every ``fit`` subcommand shares (``sampling_options``) and --experiment."""
-    f = click.option(
-        "--experiment",
-        "experiments",
-        multiple=True,
-        help="Only these experiments (repeatable).",
-    )(f)
-    return shared_sampling_options(f)
-
-
-def _sampling_kwargs(kw: dict) -> dict:
-    keys = (
-        "draws",
-        "tune",
-        "chains",
-        "seed",
-        "sampler",
-        "target_accept",
-        "allow_diagnostics_failure",
-        "netcdf_dir",
-        "name",
-        "experiments",
-    )
-    return {k: kw.pop(k) for k in keys}
-
-
-def _check_names(con, models, experiments) -> None:
-    """'no such model/experiment' (with "did you mean") before any work."""
-    from psystats.warehouse.queries import check_names
-
-    check_names(con, "model", models)
-    check_names(con, "experiment", experiments)
-
-
-def _report(result) -> None:
-    """Notes and the gate line of a ``stats.pipeline.FitResult``."""
-    diag = result.diagnostics
-    for note in result.notes or []:
-        click.echo(f"note: {note}", err=True)
-    status = "passed" if diag.passed else "FAILED (" + "; ".join(diag.problems) + ")"
-    click.echo(
-        f"fit {result.fit_id}: diagnostics {status}; max R-hat {diag.max_rhat:.3f}, "
-        f"min ESS bulk {diag.min_ess_bulk:.0f} / tail {diag.min_ess_tail:.0f}, "
-        f"{diag.divergences} divergences"
-    )
+MODELS_HELP = "Only these models (repeatable)."
 
 
 def _fmt(x: float) -> str:
@@ -76,32 +30,19 @@ def _interval(d: dict) -> str:
 
 @click.command()
 @db_option
+@selection_options("families", "post_training", "experiments")
 @click.option(
-    "--condition",
-    default="plain",
+    "--generation-scale",
+    type=click.Choice(["rank", "number", "date"]),
+    default="rank",
     show_default=True,
-    help="Condition of both models' scores (plain, chat, persona, imported).",
-)
-@click.option(
-    "--post-condition",
-    default=None,
-    help="Condition of the post-trained models' scores [default: --condition].",
-)
-@click.option(
-    "--base-condition",
-    default=None,
-    help="Condition of the base models' scores [default: --condition].",
-)
-@click.option("--family", "families", multiple=True, help="Only these families (repeatable).")
-@click.option(
-    "--type",
-    "post_training",
-    multiple=True,
-    help="Only post-trained models of this type (instruct, reasoning, ...; repeatable).",
+    help="Generation steps of the slopes: rank within family (one step per successive "
+    "generation, as fit effects), the version number (generation_order) or the release "
+    "date (years; models.release_date).",
 )
 @sampling_options
 @friendly_errors
-def generations(db, condition, post_condition, base_condition, families, post_training, **kw):
+def generations(db, **options):
     """Base NLL and the post-minus-base gap across generations within each family.
 
     Needs, per family, base models scored in at least two generations
@@ -116,23 +57,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
       psystats fit generations --family qwen --type instruct
       psystats fit generations --post-condition chat --base-condition plain
     """
-    from psystats.stats.generations import fit_generations
-
-    s = _sampling_kwargs(kw)
-    con = open_brief(db)  # not held while sampling (see brief_db)
-    try:
-        _check_names(con, None, s.get("experiments"))
-        result = fit_generations(
-            con,
-            base_condition=base_condition or condition,
-            post_condition=post_condition or condition,
-            families=families or None,
-            post_training=post_training or None,
-            **s,
-        )
-    finally:
-        con.close()
-    _report(result)
+    result, _ = run_fit_command("generations", db, **options)
     sm = result.summary
     rows = [
         (
@@ -160,19 +85,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
 
 @click.command()
 @db_option
-@click.option(
-    "--persona-condition",
-    default="persona",
-    show_default=True,
-    help="Condition of the persona scores.",
-)
-@click.option(
-    "--plain-condition",
-    default="plain",
-    show_default=True,
-    help="Condition compared against (use chat for chat-scored models).",
-)
-@click.option("--model", "models", multiple=True, help="Only these models (repeatable).")
+@selection_options("models", "experiments", persona=True, models_help=MODELS_HELP)
 @click.option(
     "--scale",
     type=click.Choice(["nats", "standardised"]),
@@ -180,13 +93,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
     show_default=True,
     help="nats per response, or standardised by the pooled participant SD.",
 )
-@click.option(
-    "--rope",
-    type=float,
-    default=None,
-    help="Half-width of the region of practical equivalence "
-    "[default: 0.01 nats, or 0.1 SD on the standardised scale].",
-)
+@setting_option("--rope", ANALYSIS["rope"], "FLOAT")
 @click.option(
     "--model-effects",
     type=click.Choice(["fixed", "random"]),
@@ -197,7 +104,7 @@ def generations(db, condition, post_condition, base_condition, families, post_tr
 )
 @sampling_options
 @friendly_errors
-def persona(db, persona_condition, plain_condition, models, scale, rope, model_effects, **kw):
+def persona(db, **options):
     """Does a persona (the participant's metadata) help the model predict them?
 
     Fits NLL(persona) - NLL(plain) per participant (same model, same
@@ -211,25 +118,7 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
       psystats fit persona --plain-condition chat --rope 0.02
       psystats fit persona --scale standardised
     """
-    from psystats.stats.persona import fit_persona
-
-    s = _sampling_kwargs(kw)
-    con = open_brief(db)  # not held while sampling (see brief_db)
-    try:
-        _check_names(con, models, s.get("experiments"))
-        result = fit_persona(
-            con,
-            persona_condition=persona_condition,
-            plain_condition=plain_condition,
-            models=models or None,
-            scale=scale,
-            rope=rope,
-            model_effects=model_effects,
-            **s,
-        )
-    finally:
-        con.close()
-    _report(result)
+    result, _ = run_fit_command("persona", db, **options)
     sm = result.summary
     click.echo(f"ROPE: ±{sm['rope'][1]:g} ({sm['scale']})")
     rows = [
@@ -243,34 +132,17 @@ def persona(db, persona_condition, plain_condition, models, scale, rope, model_e
 
 @click.command()
 @db_option
+@selection_options("models", "experiments", models_help=MODELS_HELP)
+@setting_option("--folds", ANALYSIS["folds"], "INTEGER")
 @click.option(
-    "--condition",
-    default="plain",
+    "--calibration/--no-calibration",
+    default=True,
     show_default=True,
-    help="Condition of both models' option scores.",
+    help="Refit on the accuracy under the temperature-calibrated option distribution.",
 )
-@click.option(
-    "--post-condition",
-    default=None,
-    help="Condition of the post-trained models' scores [default: --condition].",
-)
-@click.option(
-    "--base-condition",
-    default=None,
-    help="Condition of the base models' scores [default: --condition].",
-)
-@click.option("--model", "models", multiple=True, help="Only these models (repeatable).")
-@click.option(
-    "--folds",
-    type=click.IntRange(2),
-    default=5,
-    show_default=True,
-    help="Cross-validation folds (over participants) for the temperatures.",
-)
-@click.option("--no-calibration", is_flag=True, help="Skip the temperature-calibrated refit.")
 @sampling_options
 @friendly_errors
-def accuracy(db, condition, post_condition, base_condition, models, folds, no_calibration, **kw):
+def accuracy(db, **options):
     """Option-restricted top-1 accuracy, post-trained vs base, and the determinism check.
 
     For experiments with option sets (option_scores), fits a binomial-logit
@@ -285,24 +157,7 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
       psystats fit accuracy
       psystats fit accuracy --folds 10 --experiment "franke2024bayesian/data-raw-human.csv"
     """
-    from psystats.stats.accuracy import fit_accuracy
-
-    s = _sampling_kwargs(kw)
-    con = open_brief(db)  # not held while sampling (see brief_db)
-    try:
-        _check_names(con, models, s.get("experiments"))
-        result = fit_accuracy(
-            con,
-            post_condition=post_condition or condition,
-            base_condition=base_condition or condition,
-            models=models or None,
-            folds=folds,
-            calibrated=not no_calibration,
-            **s,
-        )
-    finally:
-        con.close()
-    _report(result)
+    result, _ = run_fit_command("accuracy", db, **options)
     sm = result.summary
     rows = [
         (
@@ -327,7 +182,7 @@ def accuracy(db, condition, post_condition, base_condition, models, folds, no_ca
         )
         for c in sm["calibration"]
     ]
-    if cal and not no_calibration:
+    if cal and options.get("calibration", True):
         print_rows(
             [
                 "model",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from .common import db_option, friendly_errors, open_db, print_rows
-from .sampling_options import sampling_options
+from .fit_options import sampling_options, selection_options
+from .fit_output import print_params, run_fit_command
 
 
 @click.group()
@@ -22,31 +22,7 @@ def fit() -> None:
 
 @fit.command("effects")
 @db_option
-@click.option(
-    "--condition",
-    default="plain",
-    show_default=True,
-    help="Condition of both models' scores (plain, chat, persona, imported).",
-)
-@click.option(
-    "--post-condition",
-    default=None,
-    help="Condition of the post-trained models' scores [default: --condition].",
-)
-@click.option(
-    "--base-condition",
-    default=None,
-    help="Condition of the base models' scores [default: --condition].",
-)
-@click.option(
-    "--model",
-    "models",
-    multiple=True,
-    help="Only pairs with this post-trained or base model (repeatable).",
-)
-@click.option(
-    "--experiment", "experiments", multiple=True, help="Only this experiment (repeatable)."
-)
+@selection_options("models", "experiments")
 @click.option(
     "--scale",
     type=click.Choice(["nats", "standardised"]),
@@ -63,7 +39,7 @@ def fit() -> None:
 )
 @click.option(
     "--spec",
-    "spec_file",
+    "spec",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     help="Model specification (TOML, YAML or JSON): terms, priors, parameterization.",
@@ -76,7 +52,10 @@ def fit() -> None:
     "type_domain, experiment, pair (repeatable).",
 )
 @click.option(
-    "--no-compare", is_flag=True, help="Skip the refit without type x domain (LOO comparison)."
+    "--compare/--no-compare",
+    default=True,
+    show_default=True,
+    help="Refit without type x domain (or each --compare-without term) and compare by PSIS-LOO.",
 )
 @click.option(
     "--compare-without",
@@ -85,33 +64,15 @@ def fit() -> None:
     help="Refit without this term and compare by PSIS-LOO (repeatable; replaces the default "
     "type_domain comparison).",
 )
-@click.option("--no-checks", is_flag=True, help="Skip the posterior predictive check and PSIS-LOO.")
+@click.option(
+    "--checks/--no-checks",
+    default=True,
+    show_default=True,
+    help="Run the posterior predictive check and PSIS-LOO.",
+)
 @sampling_options
 @friendly_errors
-def effects(
-    db,
-    condition,
-    post_condition,
-    base_condition,
-    models,
-    experiments,
-    scale,
-    generation_scale,
-    spec_file,
-    no_terms,
-    no_compare,
-    compare_without,
-    no_checks,
-    draws,
-    tune,
-    chains,
-    seed,
-    sampler,
-    target_accept,
-    allow_diagnostics_failure,
-    name,
-    netcdf_dir,
-):
+def effects(db, **options):
     """Post-training effects by type, family, size, generation and domain.
 
     Pairs each post-trained model with its registered base on the same
@@ -130,64 +91,12 @@ def effects(
       psystats fit effects --generation-scale number
       psystats fit effects --generation-scale date
     """
-    from psystats.stats.effects import EffectsSpec, fit_effects
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    spec = EffectsSpec.from_file(spec_file) if spec_file else EffectsSpec()
-    if no_terms:
-        spec = EffectsSpec.from_dict(
-            {**spec.to_dict(), "terms": {**spec.terms, **{t: False for t in no_terms}}}
-        )
-    if scale:
-        spec.scale = scale
-    if generation_scale:
-        spec.generation_scale = generation_scale
-    from .brief_db import open_brief
-
-    # Read the cells, let go of the file while sampling, write the fit in one
-    # short transaction: other commands can read and write meanwhile.
-    con = open_brief(db)
-    try:
-        _check_names(con, models, experiments, post_condition or condition, base_condition)
-        result = fit_effects(
-            con,
-            post_condition=post_condition or condition,
-            base_condition=base_condition or condition,
-            models=models or None,
-            experiments=experiments or None,
-            spec=spec,
-            netcdf_dir=netcdf_dir,
-            name=name,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            seed=seed,
-            sampler=sampler,
-            target_accept=target_accept,
-            allow_failure=allow_diagnostics_failure,
-            compare=(False if no_compare else list(compare_without) or True),
-            checks=not no_checks,
-        )
-        for m in result.data.messages:
-            click.echo(f"note: {m}", err=True)
-        d = result.diagnostics
-        click.echo(
-            f"fit {result.fit_id}: {result.data.n_cells} cells, "
-            f"{len(result.data.coords['pair'])} pairs, "
-            f"{len(result.data.coords['experiment'])} experiments; "
-            f"max R-hat {d.max_rhat:.3f}, min ESS bulk {d.min_ess_bulk:.0f} / tail "
-            f"{d.min_ess_tail:.0f}, {d.divergences} divergences, "
-            f"{'passed' if d.passed else 'FAILED: ' + '; '.join(d.problems)}"
-        )
-        cur = con.execute(
-            "SELECT parameter, label, mean, q05, q95, r_hat FROM fit_params "
-            "WHERE fit_id = ? AND parameter IN ('intercept', 'type_mean', "
-            "'size_slope', 'generation_slope', 'domain') ORDER BY parameter, label",
-            [result.fit_id],
-        )
-        print_rows([c[0] for c in cur.description], cur.fetchall())
-    finally:
-        con.close()
+    result, con = run_fit_command("effects", db, **options)
+    print_params(
+        con,
+        result.fit_id,
+        ["intercept", "type_mean", "size_slope", "generation_slope", "domain"],
+    )
 
 
 @fit.command("compare")
@@ -235,16 +144,9 @@ def compare(db, fit_ids, kfold, seed, include_failed, fmt):
     """
     from psystats.stats.compare import compare_fits
 
-    if kfold:
-        from .brief_db import open_brief
-
-        con = open_brief(db)  # the refits take minutes: hold the file per statement only
-    else:
-        con = open_db(db, read_only=True)
-    try:
-        table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
-    finally:
-        con.close()
+    # The refits take minutes: hold the file per statement only.
+    con = open_db(db, "statement" if kfold else "read")
+    table = compare_fits(con, fit_ids, kfold=kfold, seed=seed, include_failed=include_failed)
     # One header for PSIS-LOO and K-fold values; the method column says which.
     table = table.rename(
         columns={"elpd_loo": "elpd", "p_loo": "p", "elpd_kfold": "elpd", "p_kfold": "p"}
@@ -258,15 +160,6 @@ def compare(db, fit_ids, kfold, seed, include_failed, fmt):
     print_rows(cols, rows, fmt)
     for note in table.attrs.get("notes") or []:
         click.echo(f"note: {note}", err=fmt != "table")
-
-
-def _check_names(con, models, experiments, condition, other_condition) -> None:
-    """'no such experiment/model/condition' (with "did you mean") before any work."""
-    from psystats.warehouse.queries import check_names
-
-    check_names(con, "model", models)
-    check_names(con, "experiment", experiments)
-    check_names(con, "condition", [c for c in (condition, other_condition) if c])
 
 
 @click.group()
@@ -284,19 +177,9 @@ def export() -> None:
     required=True,
     help="Output file: .parquet or .csv.",
 )
-@click.option(
-    "--condition", default="plain", show_default=True, help="Condition of both models' scores."
-)
-@click.option(
-    "--post-condition", default=None, help="Condition of the post-trained models' scores."
-)
-@click.option("--base-condition", default=None, help="Condition of the base models' scores.")
-@click.option("--model", "models", multiple=True, help="Only pairs with this model (repeatable).")
-@click.option(
-    "--experiment", "experiments", multiple=True, help="Only this experiment (repeatable)."
-)
+@selection_options("models", "experiments")
 @friendly_errors
-def cells(db, output, condition, post_condition, base_condition, models, experiments):
+def cells(db, output, selection):
     """Write the (pair, experiment) cell table the effects model fits.
 
     One row per cell: pair and model metadata, n participants, mean and
@@ -317,15 +200,15 @@ def cells(db, output, condition, post_condition, base_condition, models, experim
     from psystats.warehouse.outputs import check_target
 
     check_target(out)  # before the work: a bad -o fails at once
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
-        _check_names(con, models, experiments, post_condition or condition, base_condition)
+        selection.check_names(con, conditions=[selection.post, selection.base])
         df = build_cells(
             con,
-            post_condition=post_condition or condition,
-            base_condition=base_condition or condition,
-            models=models or None,
-            experiments=experiments or None,
+            post_condition=selection.post,
+            base_condition=selection.base,
+            models=selection.only("models"),
+            experiments=selection.only("experiments"),
         )
     finally:
         con.close()

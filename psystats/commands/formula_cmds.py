@@ -6,52 +6,17 @@ are attached to the ``fit`` group in ``fit_cmds``.
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
 import click
 
 from .common import db_option, friendly_errors, print_rows
-from .sampling_options import sampling_options
-
-
-def _load_priors(text: str | None) -> dict | None:
-    """--priors: JSON text, or a .json/.toml/.yaml file of {term: {dist: ..., ...}}."""
-    if not text:
-        return None
-    p = Path(text)
-    if p.suffix.lower() in (".json", ".toml", ".yaml", ".yml") and p.exists():
-        raw = p.read_text()
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            return tomllib.loads(raw)
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(raw)
-        return json.loads(raw)
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise click.BadParameter(
-            'give JSON like \'{"type": {"dist": "Normal", "mu": 0, "sigma": 1}}\' or a '
-            ".json/.toml/.yaml file",
-            param_hint="--priors",
-        ) from None
+from .fit_options import sampling_options, selection_options
+from .fit_output import print_params, run_fit_command
 
 
 @click.command("formula")
 @click.argument("formula")
 @db_option
-@click.option("--condition", default="plain", show_default=True, help="Condition of both models.")
-@click.option("--post-condition", default=None, help="Condition of the post-trained models.")
-@click.option("--base-condition", default=None, help="Condition of the base models.")
-@click.option("--model", "models", multiple=True, help="Only pairs with this model (repeatable).")
-@click.option(
-    "--experiment", "experiments", multiple=True, help="Only this experiment (repeatable)."
-)
+@selection_options("models", "experiments")
 @click.option(
     "--scale",
     type=click.Choice(["nats", "standardised"]),
@@ -65,30 +30,15 @@ def _load_priors(text: str | None) -> dict | None:
     help="Bambi priors as JSON or a .json/.toml/.yaml file: {term: {dist: ..., params}}; "
     "sigma defaults to HalfNormal(0.5).",
 )
-@click.option("--no-checks", is_flag=True, help="Skip the posterior predictive check and LOO.")
+@click.option(
+    "--checks/--no-checks",
+    default=True,
+    show_default=True,
+    help="Run the posterior predictive check and PSIS-LOO.",
+)
 @sampling_options
 @friendly_errors
-def formula(
-    formula,
-    db,
-    condition,
-    post_condition,
-    base_condition,
-    models,
-    experiments,
-    scale,
-    priors,
-    no_checks,
-    draws,
-    tune,
-    chains,
-    seed,
-    sampler,
-    target_accept,
-    allow_diagnostics_failure,
-    name,
-    netcdf_dir,
-):
+def formula(formula, db, **options):
     """Fit any Bambi formula to the (pair, experiment) cells.
 
     The response is `mean`, the cell's mean post-minus-base difference; its
@@ -104,51 +54,8 @@ def formula(
       psystats fit formula "mean ~ 0 + type + (1|domain)" --post-condition chat --base-condition plain
       psystats fit formula "mean ~ type * domain" --priors '{"type": {"dist": "Normal", "mu": 0, "sigma": 0.5}}'
     """
-    from psystats.stats.formula import fit_formula
-
-    from .brief_db import open_brief
-
-    logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
-    # Read the cells, let go of the file while sampling, write the fit in one transaction.
-    con = open_brief(db)
-    result = fit_formula(
-        con,
-        formula,
-        post_condition=post_condition or condition,
-        base_condition=base_condition or post_condition or condition,
-        models=models or None,
-        experiments=experiments or None,
-        scale=scale,
-        priors=_load_priors(priors),
-        netcdf_dir=netcdf_dir,
-        name=name,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-        allow_failure=allow_diagnostics_failure,
-        checks=not no_checks,
-    )
-    d = result.diagnostics
-    click.echo(
-        f"fit {result.fit_id}: {formula} on {len(result.frame)} cells; max R-hat "
-        f"{d.max_rhat:.3f}, min ESS bulk {d.min_ess_bulk:.0f} / tail {d.min_ess_tail:.0f}, "
-        f"{d.divergences} divergences, "
-        f"{'passed' if d.passed else 'FAILED: ' + '; '.join(d.problems)}"
-    )
-    cur = con.execute(
-        "SELECT parameter, label, mean, q05, q95, r_hat FROM fit_params WHERE fit_id = ? "
-        "ORDER BY parameter, label",
-        [result.fit_id],
-    )
-    rows = cur.fetchall()
-    print_rows([c[0] for c in cur.description], rows[:40])
-    if len(rows) > 40:
-        click.echo(
-            f'... {len(rows) - 40} more: psystats sql "SELECT * FROM fit_params WHERE fit_id = {result.fit_id}"'
-        )
+    result, con = run_fit_command("formula", db, formula=formula, **options)
+    print_params(con, result.fit_id, limit=40)
 
 
 @click.command("predict")

@@ -31,5 +31,5 @@ def manifest(ref, db):
     """
     from psystats.warehouse.manifest import manifest as build
 
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     click.echo(json.dumps(build(con, ref), indent=1, default=str, sort_keys=False))

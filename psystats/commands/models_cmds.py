@@ -148,7 +148,7 @@ def add(
     from psystats.scoring.adapter_models import add_adapter
     from psystats.scoring.registry import add_model
 
-    con = open_db(db, create=True)
+    con = open_db(db, "write", create=True)
     overrides = {**_pairs(sets), **({"release_date": release_date} if release_date else {})}
     common: dict[str, Any] = dict(
         name=name,
@@ -204,7 +204,7 @@ def list_(db: str | None, fmt: str) -> None:
     """
     from psystats.scoring.registry import list_models
 
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     rows = list_models(con)
     if fmt == "table":
         print_rows(
@@ -235,7 +235,7 @@ def show(name: str, db: str | None) -> None:
     """
     from psystats.scoring.registry import get_model
 
-    _show(get_model(open_db(db, read_only=True), name))
+    _show(get_model(open_db(db, "read"), name))
 
 
 @models.command("set")
@@ -263,7 +263,7 @@ def set_(name: str, assignments: tuple[str, ...], db: str | None) -> None:
     """
     from psystats.scoring.registry import set_fields
 
-    row = set_fields(open_db(db), name, _pairs(assignments))
+    row = set_fields(open_db(db, "write"), name, _pairs(assignments))
     _show(row)
 
 
@@ -293,7 +293,7 @@ def load(file: str, db: str | None) -> None:
     """
     from psystats.scoring.registry_file import load_file
 
-    rows = load_file(open_db(db, create=True), file)
+    rows = load_file(open_db(db, "write", create=True), file)
     print_rows(
         LIST_COLUMNS,
         [[human_count(r[c]) if c == "n_params" else r[c] for c in LIST_COLUMNS] for r in rows],
@@ -318,7 +318,7 @@ def remove(name: str, db: str | None, force: bool) -> None:
     """
     from psystats.scoring.registry import remove_model
 
-    gone = remove_model(open_db(db), name, force=force)
+    gone = remove_model(open_db(db, "write"), name, force=force)
     click.echo(
         f"removed {name}"
         + (f" with {gone['runs']} run(s) and {gone['scores']} scores" if gone["runs"] else "")

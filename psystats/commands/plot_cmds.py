@@ -49,6 +49,6 @@ def plot(name, db, output, fit_id, condition, no_csv):
     """
     from psystats.reports.single import write_figure
 
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     fig, csv = write_figure(con, name, output, fit_id=fit_id, condition=condition, csv=not no_csv)
     click.echo(f"wrote {fig}" + (f" and {csv}" if csv else ""))

@@ -80,7 +80,7 @@ def report(
     if truth_file:
         import json
 
-        from psystats.warehouse.db import WarehouseError
+        from psystats.warehouse.errors import WarehouseError
 
         try:
             truth = json.loads(open(truth_file, encoding="utf-8").read())
@@ -88,7 +88,7 @@ def report(
             raise WarehouseError(f"{truth_file}: not a truth file ({e})") from None
         if not isinstance(truth, dict):
             raise WarehouseError(f"{truth_file}: not a truth file (expected a JSON object)")
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     try:
         with atomic_output(output) as tmp:
             render_report(

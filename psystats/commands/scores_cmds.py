@@ -18,8 +18,8 @@ def scores() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--model",
-    required=True,
-    help="Model name the scores belong to (registered with no source if new).",
+    help="Model name the scores belong to (registered with no source if new); "
+    "required unless --run.",
 )
 @db_option
 @click.option(
@@ -50,10 +50,18 @@ def scores() -> None:
     help="Option scores of the same run (.parquet/.csv/.tsv): key, option, logprob; "
     "one row per response and option (for `psystats fit accuracy`).",
 )
+@click.option(
+    "--run",
+    "run_id",
+    type=click.IntRange(min=1),
+    help="Fill this incomplete imported run in place (after `ingest --replace-changed` "
+    "replaced responses it had scored): FILE's rows for responses the run lacks are added, "
+    "rows it holds are skipped; model, condition and scorer are the run's.",
+)
 @friendly_errors
 def import_(
     file: str,
-    model: str,
+    model: str | None,
     db: str | None,
     condition: str,
     scorer: str | None,
@@ -61,6 +69,7 @@ def import_(
     post_training: str | None,
     force: bool,
     options: str | None,
+    run_id: int | None,
 ) -> None:
     """Import per-response scores from FILE (.parquet, .csv or .tsv).
 
@@ -70,6 +79,13 @@ def import_(
     top1_all, top1_first, first_token_entropy.  Every row must be a distinct
     response of the warehouse with finite values; otherwise the error names
     the line and field and nothing is written.
+
+    With --run N, FILE fills the incomplete imported run N instead of making a
+    new run: after `psystats ingest --replace-changed` replaced participants
+    the run had scored, FILE holds the scorer's scores of their new
+    responses (it may hold more: rows the run already has are skipped).
+    The run is complete again once no replaced response lacks a score;
+    `psystats summary` says what it still lacks.
 
     With --options, a second file gives the run's option scores for
     discrete-choice responses: the same key, option (the option's text) and
@@ -86,16 +102,17 @@ def import_(
       psystats scores import results.parquet --model my-cognitive-model --type other
       psystats scores import lm.csv --model Qwen/Qwen2.5-7B --condition plain --unit bits
       psystats scores import lm.parquet --options lm-options.parquet --model my-lm
+      psystats scores import rescored.csv --run 7
     """
     from psystats.scoring.importer import import_scores
 
-    from .brief_db import open_brief
-
     # The file is checked while other processes may read and write the warehouse;
     # it is held for writing only while the run and its scores are committed.
-    con = open_brief(db)
+    if model is None and run_id is None:
+        raise click.UsageError("give --model (the model the scores belong to), or --run N")
+    con = open_db(db, "statement")
     r = import_scores(
-        con.as_connection(),
+        con,
         file,
         model=model,
         condition=condition,
@@ -104,7 +121,19 @@ def import_(
         post_training=post_training,
         force=force,
         options=options,
+        run=run_id,
     )
+    if r.still_missing is not None:
+        state = (
+            "complete again"
+            if not r.still_missing
+            else f"still incomplete: it lacks {'; '.join(r.still_missing[:3])}"
+        )
+        click.echo(
+            f"added {r.n_rows} scores to run {r.run_id} ({r.rows_present} it already held "
+            f"skipped); run {r.run_id} is {state}"
+        )
+        return
     if r.already_imported:
         click.echo(
             f"{file} was imported before as run {r.run_id} ({r.n_rows} scores); "
@@ -177,9 +206,9 @@ def export(
     from psystats.warehouse.outputs import atomic_output, check_target
 
     check_target(out)  # before the work: a bad -o fails at once
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     if condition:  # a misspelt condition: "did you mean", not "no complete run"
-        from psystats.warehouse.queries import check_names
+        from psystats.warehouse.names import check_names
 
         check_names(con, "condition", [condition])
     if level == "response":

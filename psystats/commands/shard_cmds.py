@@ -31,7 +31,7 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
     from psystats.scoring.shard_keys import ShardError
     from psystats.scoring.shard_merge import merge_dir
 
-    con = open_db(db)
+    con = open_db(db, "write")
 
     def on_unit(unit_id: str, added: int) -> None:
         if not quiet:

@@ -56,7 +56,7 @@ def study(db, out, seed):
     """
     from psystats.stats.demo_study import write_study
 
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     truth = write_study(con, out, seed=seed)
     click.echo(
         f"wrote {len(truth['files'])} score files, models.toml and truth.json to {out} "
@@ -85,7 +85,7 @@ def check(truth_file, db, fmt):
     """
     from psystats.stats.demo_study import compare
 
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     df = compare(con, json.loads(truth_file.read_text()))
     if df.empty:
         click.echo(

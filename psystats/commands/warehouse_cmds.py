@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from psystats.warehouse import domains as domain_map
-from psystats.warehouse.db import transaction
-from psystats.warehouse.queries import summary_rows
+from psystats.warehouse.sql import transaction
+from psystats.warehouse.summary import summary_rows
 
 from .common import db_option, db_path, friendly_errors, open_db, print_rows
+
+if TYPE_CHECKING:
+    from psystats.warehouse.ingest import FileResult
 
 FORMATS = click.Choice(["table", "csv", "json"])
 
@@ -49,9 +53,9 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
       psystats --db big.duckdb init --scores-dir /new/place/scores   # after moving it
     """
     from psystats.warehouse import parquet_layout
-    from psystats.warehouse.db import WarehouseError
+    from psystats.warehouse.errors import WarehouseError
 
-    con = open_db(db, create=True)
+    con = open_db(db, "write", create=True)
     with transaction(con):
         domain_map.ensure_builtin(con)
     current = parquet_layout.layout(con)
@@ -94,14 +98,17 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
     type=click.Path(dir_okay=False),
     default="psystats-rejects.jsonl",
     show_default=True,
-    help="Where --skip-bad writes the rejected lines (JSONL).",
+    help="Where --skip-bad writes one JSON object per rejected line with the keys file, "
+    "line, field and message (the line's content is not copied: find it by file and line).",
 )
 @click.option(
     "--replace-changed",
     is_flag=True,
     help="Replace participants whose content changed (their old scores are deleted; the "
-    "runs that scored them become incomplete and `psystats score` re-scores just them). "
-    "Default: keep the old content and report the change.",
+    "runs that scored them become incomplete: `psystats score` re-scores just them, "
+    "`psystats scores import FILE --run N` fills an imported run). Default: keep the old "
+    "content and report the change.  A file whose bytes were ingested before is skipped "
+    "unless --force.",
 )
 @click.option(
     "--force", is_flag=True, help="Re-read files even if their bytes were ingested before."
@@ -148,7 +155,7 @@ def ingest(
       psystats ingest --skip-bad --rejects rejects.jsonl messy_study/
       psystats ingest --replace-changed --force my_study/prompts.jsonl
     """
-    from psystats.warehouse.ingest import FileResult, ingest_paths  # noqa: F401 (annotation)
+    from psystats.warehouse.ingest import ingest_paths
 
     if not paths and not domains_file:
         raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
@@ -156,7 +163,9 @@ def ingest(
         from psystats.warehouse.outputs import check_target
 
         check_target(rejects)
-    con = open_db(db, create=True)
+    # Per statement: files are read and staged without holding the warehouse, which is
+    # held only for each file's short write transaction (readers wait at most that long).
+    con = open_db(db, "statement", create=True)
     if domains_file:
         with transaction(con):
             domain_map.ensure_builtin(con)
@@ -165,37 +174,6 @@ def ingest(
         click.echo(f"loaded domain mapping for {n} experiments from {domains_file}")
     if not paths:
         return
-
-    def report(r: FileResult) -> None:
-        if quiet:
-            return
-        if r.status == "skipped-same-content":
-            click.echo(f"{r.study}: unchanged since last ingest ({r.source})", err=True)
-            return
-        if r.status == "rejected":
-            click.echo(f"{r.study}: whole file rejected: {r.rejected[0].message}", err=True)
-            return
-        extra = []
-        if r.participants_unchanged:
-            extra.append(f"{r.participants_unchanged} already present")
-        if r.participants_changed:
-            extra.append(
-                f"{r.participants_changed} CHANGED "
-                f"({'replaced' if replace_changed else 'kept old; see ingest_conflicts'})"
-            )
-        if r.rejected:
-            extra.append(f"{len(r.rejected)} rejected")
-        if r.runs_marked_incomplete or r.fits_marked_stale:
-            extra.append(
-                f"{r.runs_marked_incomplete} score runs now incomplete, "
-                f"{r.fits_marked_stale} fits stale: see `psystats summary`"
-            )
-        click.echo(
-            f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
-            f"responses in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
-            err=True,
-        )
-
     results = ingest_paths(
         con,
         paths,
@@ -204,7 +182,7 @@ def ingest(
         replace_changed=replace_changed,
         force=force,
         max_line_bytes=max_line_mib << 20,
-        on_file=report,
+        on_file=lambda r: _report_file(r, replace_changed, quiet),
         on_warning=lambda w: click.echo(f"warning: {w}", err=True),
     )
     rejected = [rej for r in results for rej in r.rejected]
@@ -214,13 +192,70 @@ def ingest(
         with atomic_output(rejects) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for rej in rejected:
                 f.write(json.dumps(rej.__dict__) + "\n")
-        click.echo(f"{len(rejected)} rejected lines written to {rejects}", err=True)
+        click.echo(f"{_plural(len(rejected), 'rejected line')} written to {rejects}", err=True)
     added_p = sum(r.participants_added for r in results)
     added_r = sum(r.responses_added for r in results)
-    changed = sum(r.participants_changed for r in results)
+    replaced = sum(r.participants_replaced for r in results)
+    kept = sum(r.participants_changed - r.participants_replaced for r in results)
     click.echo(
-        f"ingested {len(results)} files: +{added_p} participants, +{added_r} responses"
-        + (f", {changed} changed participants reported" if changed else "")
+        f"ingested {_plural(len(results), 'file')}: +{added_p} participants, +{added_r} responses"
+        + (f", {_plural(replaced, 'participant')} replaced" if replaced else "")
+        + (f", {_plural(kept, 'changed participant')} reported (kept old)" if kept else "")
+    )
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _report_file(r: FileResult, replace_changed: bool, quiet: bool) -> None:
+    """One line per file on stderr (warnings even with --quiet)."""
+    if r.negative_rt_lines:
+        lines = ", ".join(map(str, r.negative_rt_lines[:5]))
+        more = " ..." if len(r.negative_rt_lines) > 5 else ""
+        click.echo(
+            f"warning: {r.source}: negative RTs stored as given on "
+            f"{_plural(len(r.negative_rt_lines), 'line')} ({lines}{more}); check the RT column",
+            err=True,
+        )
+    if quiet:
+        return
+    if r.status == "skipped-same-content":
+        hint = (
+            f"; its bytes were ingested before (ingest {r.ingested_before}), so "
+            "--replace-changed compares nothing: add --force to read it again and replace "
+            "the participants that changed"
+            if replace_changed
+            else ""
+        )
+        click.echo(f"{r.study}: unchanged since last ingest ({r.source}){hint}", err=True)
+        return
+    if r.status == "rejected":
+        click.echo(f"{r.study}: whole file rejected: {r.rejected[0].message}", err=True)
+        return
+    extra = []
+    if r.participants_unchanged:
+        extra.append(f"{r.participants_unchanged} already present")
+    kept = r.participants_changed - r.participants_replaced
+    if kept:
+        extra.append(f"{kept} CHANGED (kept old; see ingest_conflicts)")
+    if r.rejected:
+        extra.append(f"{len(r.rejected)} rejected")
+    if r.runs_marked_incomplete or r.fits_marked_stale:
+        extra.append(
+            f"{r.runs_marked_incomplete} score runs now incomplete, "
+            f"{r.fits_marked_stale} fits stale: see `psystats summary`"
+        )
+    replaced = (
+        f", {_plural(r.participants_replaced, 'participant')} replaced "
+        f"({r.responses_replaced} responses)"
+        if r.participants_replaced
+        else ""
+    )
+    click.echo(
+        f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
+        f"responses{replaced} in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
+        err=True,
     )
 
 
@@ -240,11 +275,14 @@ def summary(db: str | None, fmt: str, by: str) -> None:
     """What the warehouse holds: per study, then scored runs per model.
 
     Per study: experiments, domains, participants, responses and how many
-    participants report an age.  Per model and condition: complete and
-    unfinished scoring runs, the responses the complete runs scored, the
-    newest run id, and for runs of a seeded sample (score --participants /
-    --sample) the sample, on rows of their own.  Runs and fits made stale by `ingest --replace-changed`
-    are listed as warnings on stderr.
+    participants report an age.  Per model and condition: complete,
+    incomplete (they lost rows: a replaced participant, a repaired file) and
+    unfinished (running or failed) scoring runs, the responses the complete
+    and incomplete runs hold, the newest run id, and for runs of a seeded
+    sample (score --participants / --sample) the sample, on rows of their
+    own.  Incomplete runs, stale fits and damaged score files (`psystats
+    check`) are listed as warnings on stderr, each with the command that
+    restores it.
 
     \b
     Examples:
@@ -252,12 +290,13 @@ def summary(db: str | None, fmt: str, by: str) -> None:
       psystats summary --by model
       psystats --db psych.duckdb summary --by study --format csv > studies.csv
     """
-    from psystats.warehouse.queries import model_run_rows
+    from psystats.warehouse.integrity import damage_message, quick_scan
     from psystats.warehouse.staleness import stale_notes
+    from psystats.warehouse.summary import model_run_rows
 
     if by == "all" and fmt != "table":
         by = "study"  # one machine-readable table per call
-    con = open_db(db, read_only=True)
+    con = open_db(db, "read")
     if by in ("all", "study"):
         cols, rows = summary_rows(con)
         print_rows(cols, rows, fmt)
@@ -272,6 +311,9 @@ def summary(db: str | None, fmt: str, by: str) -> None:
     # table on stdout stays machine-readable).
     for note in stale_notes(con):
         click.echo(f"warning: {note}", err=True)
+    damage = quick_scan(con)
+    if damage:
+        click.echo(f"warning: {damage_message(damage)}", err=True)
 
 
 @click.command()
@@ -328,18 +370,19 @@ def sql(
       psystats sql --write "DELETE FROM ingest_conflicts"
       psystats sql --allow-external "COPY (SELECT * FROM experiments) TO 'experiments.csv'"
     """
-    from psystats.warehouse.db import SANDBOX
-
     if query_file is not None:
         query = query_file.read()
-    if not query:
+    if query is None:
         raise click.UsageError("give a QUERY or --file")
-    con = open_db(db, read_only=not write, config=None if allow_external else SANDBOX)
+    if not query.replace(";", " ").strip():
+        where = "the file given with --file" if query_file is not None else "QUERY"
+        raise click.UsageError(f"{where} holds no SQL statement")
+    con = open_db(db, "write" if write else "read", sandbox=not allow_external)
     try:
         cur = con.execute(query, list(params) if params else None)
     except Exception as e:  # duckdb's errors are precise; show them as they are
         raise click.ClickException(_sql_error(str(e), write, allow_external)) from None
-    if cur.description is None:
+    if cur is None or cur.description is None:
         return
     cols = [d[0] for d in cur.description]
     print_rows(cols, cur.fetchall(), fmt)
@@ -348,6 +391,16 @@ def sql(
 def _sql_error(message: str, write: bool, allow_external: bool) -> str:
     """DuckDB's message, plus which flag would allow what the sandbox refused."""
     low = message.lower()
+    if "out of memory" in low:
+        # DuckDB's own advice (SET threads, SET memory_limit) is refused by the sandbox.
+        first = message.strip().splitlines()[0]
+        return (
+            f"{first}\n(give the query more memory with `psystats --memory-limit 4GB sql ...`, "
+            "or spill to a folder with free space with --temp-dir DIR; a smaller result or "
+            "an aggregate needs less)"
+        )
+    if "`psystats check --repair`" in message:  # a damaged Parquet score file
+        return message.strip().splitlines()[0].removeprefix("Invalid Input Error: ")
     if not allow_external and (
         "disabled by configuration" in low
         or "disabled through configuration" in low

@@ -40,25 +40,34 @@ gap is credible with the same sign.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import where_clause
 
-from .analysis_common import load_models, prob
+from .analysis_common import prob
+from .data import load_models
 from .likelihoods import binomial_logit
 from .option_groups import OptionGroups
+from .options import (
+    ANALYSIS,
+    AnalysisSpec,
+    Flag,
+    SamplingOptions,
+    Selection,
+    StoreOptions,
+    options_of,
+    validated,
+)
+from .pipeline import FitResult, ParamRows, run_fit
 from .units import LOGIT, same_unit
-
-if TYPE_CHECKING:
-    from .pipeline import FitResult
 
 KIND = "accuracy"
 LOG_T_BOUNDS = (np.log(0.02), np.log(50.0))  # temperatures searched (ample for real models)
@@ -590,99 +599,92 @@ def summarise_accuracy(idata, data: AccuracyData, folds: int) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class AccuracySpec(AnalysisSpec):
+    """What ``fit accuracy`` fits beyond its selection: the folds of the temperature
+    calibration, whether to refit on the calibrated accuracy, the prior scales
+    (:class:`AccuracyPriors` or a dict of its fields)."""
+
+    KIND = "accuracy"
+    folds: int = ANALYSIS["folds"].default
+    calibration: bool = True
+    priors: AccuracyPriors | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folds", ANALYSIS["folds"].validate(self.folds))
+        validated("calibration", Flag(), self.calibration)
+        object.__setattr__(self, "priors", options_of(AccuracyPriors, self.priors, "priors"))
+
+
 def fit_accuracy(
     con,
+    selection: Selection | Mapping[str, Any] | None = None,
+    spec: AccuracySpec | Mapping[str, Any] | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    post_condition: str = "plain",
-    base_condition: str | None = None,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    folds: int = 5,
-    calibrated: bool = True,
-    priors: AccuracyPriors | None = None,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.95,
-    allow_diagnostics_failure: bool = False,
-    netcdf_dir=None,
-    name: str | None = None,
+    allow_failure: bool = False,
+    store: StoreOptions | Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Load, calibrate, build, sample, check and store an accuracy fit (``stats.pipeline``).
+    """Load, calibrate, build, sample, check and store an accuracy fit (the fit contract).
 
-    Returns the pipeline's :class:`~psystats.stats.pipeline.FitResult`; its
-    summary holds the raw and calibrated gaps, the posterior predictive check
-    of the hits (``ppc``) and PSIS-LOO over (model, participant) rows
-    (``loo``, also per outcome).
+    ``selection``: conditions (post-trained models' scores: ``selection.post``;
+    base models': ``selection.base``), models, experiments.  Returns the
+    pipeline's :class:`~psystats.stats.pipeline.FitResult` (``data``: the
+    :class:`AccuracyData`); its summary holds the raw and calibrated gaps,
+    the posterior predictive check of the hits (``ppc``) and PSIS-LOO over
+    (model, participant) rows (``loo``, also per outcome).
     """
-    from .analysis_fit import fit_analysis
-    from .pipeline import SamplingOptions, StoreOptions
-
-    if folds < 2:
-        raise WarehouseError(f"--folds must be at least 2 (got {folds})")
     t0 = time.perf_counter()
-    sampling = SamplingOptions(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
-    base_condition = base_condition or post_condition
+    sel, acc = Selection.of(selection), AccuracySpec.of(spec)
+    sel.require(KIND, ["models", "experiments"])
+    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel.check_names(con)  # conditions: "no option scores" below says what to score
     # One (model, experiment) at a time: the option rows never all sit in memory.
     rows = OptionGroups(
         con,
-        post_condition=post_condition,
-        base_condition=base_condition,
-        models=models,
-        experiments=experiments,
+        post_condition=sel.post,
+        base_condition=sel.base,
+        models=sel.only("models"),
+        experiments=sel.only("experiments"),
     )
-    data = prepare_accuracy(rows, load_models(con), folds=folds, seed=seed)
+    data = prepare_accuracy(rows, load_models(con), folds=acc.folds, seed=sampling.seed)
     runs = rows.groups.groupby("model")["run_id"].agg(lambda s: sorted(set(map(int, s))))
     data.selection = dict(
-        post_condition=post_condition,
-        base_condition=base_condition,
-        models=list(models or []) or None,
-        experiments=list(experiments or []) or None,
+        post_condition=sel.post,
+        base_condition=sel.base,
+        models=sel.only("models"),
+        experiments=sel.only("experiments"),
         pairs=list(data.pairs["pair"]),
         runs={m: runs[m] for m in sorted(set(data.participants["model"]))},
         n_participants=int(data.participants.groupby(["experiment", "participant_key"]).ngroups),
         notes=data.notes,
     )
-    model, spec = build_accuracy_model(data, priors, calibrated=calibrated)
-    condition = (
-        post_condition
-        if post_condition == base_condition
-        else f"{post_condition} vs {base_condition}"
-    )
+    model, model_spec = build_accuracy_model(data, acc.priors, calibrated=acc.calibration)
     d = data.participants
     rows_lab = [
         f"{m} / {e} / {p}" for m, e, p in zip(d["model"], d["experiment"], d["participant_key"])
     ]
-    observed = {"hits": rows_lab, **({"hits_calibrated": rows_lab} if calibrated else {})}
-    return fit_analysis(
+    observed = {"hits": rows_lab, **({"hits_calibrated": rows_lab} if acc.calibration else {})}
+    return run_fit(
         model,
         kind=KIND,
-        con=con,
+        observed=list(observed),
         sampling=sampling,
-        allow_failure=allow_diagnostics_failure,
-        summarise=lambda idata: summarise_accuracy(idata, data, folds),
+        allow_failure=allow_failure,
         observation_labels=observed,
-        spec=spec,
-        priors=spec["priors"],
+        summarise=lambda idata: summarise_accuracy(idata, data, acc.folds),
+        spec=model_spec,
+        priors=model_spec["priors"],
         selection=data.selection,
-        dropped=spec.get("dropped"),
+        dropped=model_spec.get("dropped"),
         notes=data.notes,
-        store=StoreOptions(
-            condition=condition,
-            scale="logit",
-            name=name,
-            netcdf_dir=netcdf_dir,
-            var_names=[n for n in PARAMS if n in model.named_vars],
-        ),
+        condition=sel.label,
+        scale="logit",
+        what=f"{len(d)} (model, participant) rows, {len(data.pairs)} pairs",
+        params=ParamRows(var_names=[n for n in PARAMS if n in model.named_vars]),
+        data=data,
+        con=con,
+        store=store,
         started=t0,
     )
 
@@ -735,10 +737,9 @@ def simulate_accuracy(
     ``accuracy_gap``/``accuracy_gap_calibrated``: the logit gap post minus base
     averaged over b, the model's participant-conditional estimand).
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
-    from .analysis_common import responses_frame
-    from .simulate import register_models, write_run
+    from .simulate import register_models, responses_frame, write_run
 
     beta = beta or {"sim-acc-base": 1.0, "sim-acc-instruct": 1.6}
     sharpness = sharpness or {"sim-acc-base": 1.0, "sim-acc-instruct": 4.0}

@@ -1,49 +1,24 @@
-"""Small pieces shared by the generations, persona and accuracy analyses.
+"""What the generations, persona and accuracy models are built and summarised from.
 
-Reading the warehouse for them (models, latest complete runs, per-participant
-means), the optional log-size term, and the ``fit_params.coords`` of
-variables indexed by a flattened (family, generation) dimension
-(:func:`generation_coords`).
+Prior scales given or derived from the data (:func:`resolve_prior_scales`),
+the optional log-size term (:func:`log_size_term`), posterior probabilities
+(:func:`prob`), and the labels and ``fit_params.coords`` of variables indexed
+by a flattened (family, generation) dimension (:func:`cell_label`,
+:func:`generation_coords`).  What they read comes from :mod:`.data`
+(``load_models``), their likelihoods from :mod:`.likelihoods`, their
+simulated scores from :mod:`.simulate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.queries import where_clause
-
-MODEL_COLUMNS = [
-    "name",
-    "family",
-    "generation",
-    "generation_order",
-    "n_params",
-    "post_training",
-    "base_model",
-]
-
-
-def load_models(con) -> pd.DataFrame:
-    """The ``models`` table (the columns the analyses use), one row per model."""
-    cur = con.execute(f"SELECT {', '.join(MODEL_COLUMNS)} FROM models ORDER BY name")
-    return pd.DataFrame(cur.fetchall(), columns=MODEL_COLUMNS)
-
-
-def latest_participant_means(
-    con,
-    *,
-    condition: str,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Per-participant mean NLL per response (``stats.data.participant_means``)."""
-    from .data import participant_means
-
-    return participant_means(con, condition=condition, models=models, experiments=experiments)
+from psystats.warehouse.errors import WarehouseError
 
 
 def cell_label(family: Any, generation: Any) -> str:
@@ -78,10 +53,6 @@ def resolve_prior_scales(given: Any, auto: dict[str, float], what: str) -> dict[
 
     Raises :class:`WarehouseError` naming any scale that is not positive.
     """
-    from dataclasses import asdict
-
-    from psystats.warehouse.db import WarehouseError
-
     out = {k: (auto[k] if v is None else float(v)) for k, v in asdict(given).items()}
     bad = [k for k, v in out.items() if not (v > 0)]
     if bad:
@@ -110,103 +81,3 @@ def generation_coords(
         for f, g in zip(generations["family"], generations["generation"])
     }
     return {dim: per_label for dim in dims}
-
-
-# --------------------------------------------------------------------------- simulation
-
-
-def responses_frame(con, experiments: Sequence[str] | None = None) -> pd.DataFrame:
-    """response_id, participant_key, experiment, text of the warehouse's responses."""
-    from psystats.warehouse.db import WarehouseError
-
-    where, params = where_clause({"experiment": experiments})
-    cur = con.execute(
-        "SELECT response_id, participant_key, experiment, text FROM responses "
-        f"{where} ORDER BY response_id",
-        params,
-    )
-    df = pd.DataFrame(
-        cur.fetchall(), columns=["response_id", "participant_key", "experiment", "text"]
-    )
-    if df.empty:
-        raise WarehouseError(
-            "the warehouse has no responses to simulate scores for: ingest "
-            "studies or call stats.simulate.add_synthetic_experiments() first"
-        )
-    return df
-
-
-def grouped_normal_logp(y, mu, var, group: np.ndarray, n_groups: int, sigma):
-    """Log density of cells y ~ N(mu + x_group, var) with x_g ~ N(0, sigma^2) integrated out.
-
-    The exact marginal (a multivariate normal whose covariance is
-    diag(var) + sigma^2 Z Z^T, Z the cell-to-group indicator), evaluated per
-    group in closed form (Woodbury / matrix determinant lemma), so a random
-    intercept over groups costs one scalar parameter and no funnel:
-
-        sum_g [ -1/2 sum_c (log 2 pi v_c + r_c^2 / v_c)
-                - 1/2 log(1 + sigma^2 A_g) + sigma^2 B_g^2 / (2 (1 + sigma^2 A_g)) ]
-
-    with r = y - mu, A_g = sum_{c in g} 1/v_c, B_g = sum_{c in g} r_c / v_c.
-    Works on numpy arrays and PyTensor tensors alike.
-    """
-    import pytensor.tensor as pt
-
-    r = y - mu
-    w = 1.0 / var
-    A = pt.zeros(n_groups)
-    A = pt.inc_subtensor(A[group], w)
-    B = pt.zeros(n_groups)
-    B = pt.inc_subtensor(B[group], r * w)
-    s2 = sigma**2
-    return (
-        -0.5 * pt.sum(pt.log(2 * np.pi * var) + r**2 * w)
-        - 0.5 * pt.sum(pt.log1p(s2 * A))
-        + 0.5 * pt.sum(s2 * B**2 / (1.0 + s2 * A))
-    )
-
-
-def crossed_normal_logp(y, mu, var, factors: Sequence[tuple[np.ndarray, int, Any]]):
-    """Log density of cells y ~ N(mu + sum_f x_f[level_f(c)], var), x_f ~ N(0, sigma_f^2) iid,
-    with every random intercept integrated out exactly.
-
-    ``factors``: (level index per cell, number of levels, sigma) per crossed
-    factor (e.g. model and experiment).  The covariance is
-    D + Z Lambda Z^T (D = diag(var), Z the stacked indicators, Lambda the
-    sigma_f^2 on the diagonal); with L = Lambda^(1/2) and
-    K = I + L Z^T D^-1 Z L (k x k, k = total levels),
-
-        log|Sigma| = log|D| + log|K|
-        r^T Sigma^-1 r = r^T D^-1 r - b^T K^-1 b,  b = L Z^T D^-1 r
-
-    (matrix determinant lemma and Woodbury, written without Lambda^-1 so a
-    sigma of 0 is fine).  Z^T D^-1 Z is assembled by scatter-adds in O(cells)
-    and K is k x k, so the cost grows with the number of levels, not cells.
-    With one factor this equals :func:`grouped_normal_logp`.
-    """
-    import pytensor.tensor as pt
-    from pytensor.tensor.slinalg import cholesky, solve_triangular
-
-    r = y - mu
-    w = 1.0 / var
-    sizes = [n for _, n, _ in factors]
-    offsets = np.cumsum([0] + sizes)
-    k = int(offsets[-1])
-    cols = [np.asarray(idx) + off for (idx, _, _), off in zip(factors, offsets[:-1])]
-    M = pt.zeros((k, k))
-    for ci in cols:
-        for cj in cols:
-            M = pt.inc_subtensor(M[ci, cj], w)
-    zr = pt.zeros(k)
-    for ci in cols:
-        zr = pt.inc_subtensor(zr[ci], r * w)
-    ell = pt.concatenate([pt.ones(n) * s for _, n, s in factors])
-    K = pt.eye(k) + ell[:, None] * M * ell[None, :]
-    chol = cholesky(K)
-    b = ell * zr
-    v = solve_triangular(chol, b, lower=True)
-    return (
-        -0.5 * pt.sum(pt.log(2 * np.pi * var) + r**2 * w)
-        - pt.sum(pt.log(pt.diag(chol)))
-        + 0.5 * pt.sum(v**2)
-    )

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from psystats.warehouse.buffers import release_buffers
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import where_clause
 
 from .data import PAIR_COLUMNS, latest_runs, latest_runs_sql, pairs, valid_score
 

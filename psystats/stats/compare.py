@@ -2,7 +2,7 @@
 
 A fit that ran its checks keeps its pointwise leave-one-out ELPD (one value
 per observation, with the Pareto k of each) in its NetCDF's ``psystats_loo``
-group (:func:`attach_pointwise_loo`).  :func:`compare_fits` reads those back,
+group (:func:`.fit_checks.attach_pointwise_loo`).  :func:`compare_fits` reads those back,
 checks that the fits saw the same observations and met their gates, and
 hands them to ``arviz.compare``: ELPD differences to the best fit, their
 standard errors from the pointwise differences, and stacking weights.  When
@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
-GROUP = "psystats_loo"
+from .fit_checks import GROUP, PARETO_K_BAD
+
 _ELPD_INDEX = [
     "elpd_loo",
     "se",
@@ -35,58 +36,6 @@ _ELPD_INDEX = [
     "scale",
     "good_k",
 ]
-
-
-def attach_pointwise_loo(
-    idata,
-    elpd,
-    observed: str = "y",
-    *,
-    labels: Sequence[str] | None = None,
-    values: Sequence[float] | np.ndarray | None = None,
-    observed_variable: str | None = None,
-) -> None:
-    """Add ``elpd`` (an ArviZ ``ELPDData`` with ``pointwise=True``) to ``idata`` as a group.
-
-    The observations are named by ``labels`` and their observed ``values``
-    are kept beside them (``fit compare`` checks both); by default both come
-    from ``idata.observed_data[observed]``.
-    """
-    import xarray as xr
-
-    if labels is None or values is None:
-        obs = idata.observed_data[observed]
-        dim = obs.dims[0] if obs.dims else "observation"
-        if labels is None:
-            labels = (
-                [str(v) for v in obs.coords[dim].values]
-                if dim in obs.coords
-                else [str(i) for i in range(obs.size)]
-            )
-        if values is None:
-            values = np.asarray(obs.values, dtype=float).ravel()
-    dim = "observation"
-    ds = xr.Dataset(
-        {
-            "loo_i": (dim, np.asarray(elpd.loo_i, dtype=float).ravel()),
-            "pareto_k": (dim, np.asarray(elpd.pareto_k, dtype=float).ravel()),
-            "observed": (dim, np.asarray(values, dtype=float).ravel()),
-        },
-        coords={dim: np.asarray([str(v) for v in labels], dtype=str)},
-        attrs={
-            "elpd_loo": float(elpd.elpd_loo),
-            "se": float(elpd.se),
-            "p_loo": float(elpd.p_loo),
-            "n_samples": int(elpd.n_samples),
-            "good_k": float(getattr(elpd, "good_k", 0.7)),
-            "observed_variable": observed_variable or observed,
-        },
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ArviZ warns about a group it does not know
-        if GROUP in idata.groups():
-            del idata[GROUP]
-        idata.add_groups({GROUP: ds})
 
 
 def _elpd(ds, name: str):
@@ -252,9 +201,6 @@ def compare_fits(
     notes += _weight_notes(table)
     table.attrs["notes"] = notes
     return table
-
-
-PARETO_K_BAD = 0.7  # above it, PSIS-LOO is unreliable for that observation (Vehtari et al. 2024)
 
 
 def _load_same_data(con, ids: list[int]) -> list[_Stored]:

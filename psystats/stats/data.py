@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.sql import where_clause
 
 # Scores that count: the response produced tokens and the NLL is known
 # (responses skipped or truncated away by the scorer have n_tokens = 0 or NULL nll).
@@ -299,3 +299,20 @@ def pairs(con, models: Sequence[str] | None = None) -> pd.DataFrame:
         df = df[df.post_model.isin(wanted) | df.base_model.isin(wanted)]
     df.insert(0, "pair", [pair_label(p, b) for p, b in zip(df.post_model, df.base_model)])
     return df[PAIR_COLUMNS].reset_index(drop=True)
+
+
+MODEL_COLUMNS = [
+    "name",
+    "family",
+    "generation",
+    "generation_order",
+    "n_params",
+    "post_training",
+    "base_model",
+]
+
+
+def load_models(con) -> pd.DataFrame:
+    """The ``models`` table (the columns the analyses use), one row per model."""
+    cur = con.execute(f"SELECT {', '.join(MODEL_COLUMNS)} FROM models ORDER BY name")
+    return pd.DataFrame(cur.fetchall(), columns=MODEL_COLUMNS)

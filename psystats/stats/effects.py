@@ -25,13 +25,7 @@ from .effects_design import (
     fixed_sigma,
     prepare,
 )
-from .effects_fit import (
-    EffectsFit,
-    fit_cells,
-    fit_effects,
-    loo_summary,
-    posterior_predictive_summary,
-)
+from .effects_fit import fit_cells, fit_effects
 from .effects_model import LABELS, build_effects_model, reported_vars
 from .effects_spec import (
     DEFAULT_PRIORS,
@@ -57,7 +51,6 @@ __all__ = [
     "PRIOR_REFERENCE_SCALE",
     "TERMS",
     "EffectsData",
-    "EffectsFit",
     "EffectsSpec",
     "Prior",
     "build_effects_model",
@@ -65,8 +58,6 @@ __all__ = [
     "fit_cells",
     "fit_effects",
     "fixed_sigma",
-    "loo_summary",
-    "posterior_predictive_summary",
     "prepare",
     "prior_scale_for",
     "reported_vars",

@@ -4,138 +4,136 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
-
+from .cells import build_cells, with_scale
+from .cohens_d import pair_cohens_d
 from .effects_design import EffectsData, prepare
 from .effects_model import LABELS, build_effects_model, reported_vars
 from .effects_spec import TERMS, EffectsSpec, resolve_priors
+from .options import OptionError, SamplingOptions, Selection, StoreOptions
+from .pipeline import FitResult, ParamRows, run_fit, save_result
 
 log = logging.getLogger(__name__)
 
 
-def posterior_predictive_summary(
-    model,
-    idata,
-    *,
-    max_draws: int = 400,
-    seed: int = 0,
-    var_name: str = "y",
-    add_to_idata: bool = True,
-) -> dict:
-    """Posterior predictive check on the cell means (:func:`.sampling.ppc_statistics`).
+@dataclass(frozen=True)
+class EffectsFitSpec:
+    """What ``fit effects`` fits and checks: the model (:class:`EffectsSpec`), the LOO
+    comparison refits (``compare``: the terms to refit without; empty: none) and whether
+    to run the posterior predictive check and PSIS-LOO at all (``checks``)."""
 
-    Replicates ``var_name`` from (at most ``max_draws``) posterior draws and
-    reports the share of cells inside their 90% predictive interval and
-    Bayesian p-values (P(T(y_rep) >= T(y))) for the mean, SD, minimum and
-    maximum of the standardised cell values (y - E y_rep) / sd(y_rep).  With
-    ``add_to_idata`` the replicated draws become ``idata``'s
-    ``posterior_predictive`` group (stored in the fit's NetCDF, where the
-    report draws its predictive check from them).  The fit pipeline
-    (:mod:`.pipeline`) runs the same check on every analysis.
-    """
-    from .sampling import posterior_predictive_draws, ppc_statistics
-
-    rep, y = posterior_predictive_draws(
-        model, idata, var_name, max_draws=max_draws, seed=seed, add_to_idata=add_to_idata
+    model: EffectsSpec = field(default_factory=EffectsSpec)
+    compare: tuple[str, ...] = ("type_domain",)
+    checks: bool = True
+    # The names of from_options: the fit effects options, as wh.fit("effects", ...) takes them.
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "scale",
+        "generation_scale",
+        "no_terms",
+        "compare",
+        "compare_without",
+        "checks",
     )
-    return ppc_statistics(y, rep)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, EffectsSpec):
+            raise OptionError(f"model must be an EffectsSpec, got {self.model!r}")
+        compare = (self.compare,) if isinstance(self.compare, str) else tuple(self.compare)
+        unknown = set(compare) - set(TERMS)
+        if unknown:
+            raise OptionError(
+                f"cannot compare without {sorted(unknown)}: terms are {', '.join(TERMS)}"
+            )
+        object.__setattr__(self, "compare", compare)
+        object.__setattr__(self, "checks", bool(self.checks))
 
-def loo_summary(model, idata, *, max_draws: int = 1000) -> tuple[dict, Any]:
-    """PSIS-LOO (leave one cell out) with ArviZ on at most ``max_draws`` draws; (summary, ELPDData).
+    @classmethod
+    def of(cls, value: Any) -> EffectsFitSpec:
+        """An :class:`EffectsFitSpec` from itself, an :class:`EffectsSpec` (default comparisons
+        and checks), a spec file path, a mapping of :meth:`from_options` names, or None."""
+        if isinstance(value, Mapping) and set(value) & set(cls.OPTIONS):
+            return cls.from_options(**value)
+        return cls.from_options(value)
 
-    The pipeline's :func:`.pipeline.loo_check` on the observed cells ``y``,
-    without attaching the pointwise values to ``idata``.
-    """
-    from .pipeline import loo_check
-
-    summary, res = loo_check(model, idata, ["y"], max_draws=max_draws, attach=False)
-    return dict(summary or {}), res
-
-
-@dataclass
-class EffectsFit:
-    """What :func:`fit_cells` returns (and :func:`fit_effects` after storing it).
-
-    ``result`` is the fit pipeline's :class:`~.pipeline.FitResult` (the same
-    idata, diagnostics and summary); :func:`fit_effects` stores it.
-    """
-
-    idata: Any
-    model: Any
-    data: EffectsData
-    spec: EffectsSpec
-    diagnostics: Any
-    summary: dict
-    seconds: float
-    fit_id: int | None = None
-    result: Any = None
+    @classmethod
+    def from_options(
+        cls,
+        spec: EffectsFitSpec | EffectsSpec | str | Path | Mapping | None = None,
+        *,
+        scale: str | None = None,
+        generation_scale: str | None = None,
+        no_terms: Sequence[str] = (),
+        compare: bool = True,
+        compare_without: Sequence[str] = (),
+        checks: bool = True,
+    ) -> EffectsFitSpec:
+        """The spec from the ``fit effects`` options, named as on the command line
+        (``--spec``, ``--scale``, ``--generation-scale``, ``--no-term``, ``--compare/--no-compare``,
+        ``--compare-without``, ``--checks/--no-checks``) and in ``wh.fit("effects", ...)``;
+        ``spec`` is the model (an :class:`EffectsSpec`, a dict or a spec file)."""
+        if isinstance(spec, EffectsFitSpec):
+            changed = (scale, generation_scale, no_terms, compare_without) != (None, None, (), ())
+            if changed or not compare or not checks:
+                raise OptionError("give an EffectsFitSpec or the spec options, not both")
+            return spec
+        if spec is None:
+            model = EffectsSpec()
+        elif isinstance(spec, EffectsSpec):
+            model = spec
+        elif isinstance(spec, Mapping):
+            model = EffectsSpec.from_dict(spec)
+        elif isinstance(spec, (str, Path)):
+            model = EffectsSpec.from_file(spec)
+        else:
+            raise OptionError(f"spec must be an EffectsSpec, a dict or a spec file, got {spec!r}")
+        no_terms = (no_terms,) if isinstance(no_terms, str) else tuple(no_terms or ())
+        if no_terms:
+            terms = {**model.terms, **{t: False for t in no_terms}}
+            model = EffectsSpec.from_dict({**model.to_dict(), "terms": terms})
+        if scale:
+            model = replace(model, scale=scale)
+        if generation_scale:
+            model = replace(model, generation_scale=generation_scale)
+        without = (compare_without,) if isinstance(compare_without, str) else compare_without
+        chosen = (tuple(without or ()) or ("type_domain",)) if compare else ()
+        return cls(model=model, compare=chosen, checks=checks)
 
 
 def fit_cells(
     cells: pd.DataFrame,
-    spec: EffectsSpec | None = None,
+    spec: EffectsFitSpec | EffectsSpec | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.95,
     allow_failure: bool = False,
-    compare: bool | Sequence[str] = True,
-    checks: bool = True,
-    progressbar: bool = False,
-) -> EffectsFit:
+) -> FitResult:
     """Fit the effects model to a cell table (with ``y``/``se``), check it, summarise it.
 
     Runs the fit pipeline (:func:`.pipeline.run_fit`: sample, gates on the
-    reported variables, posterior predictive check, PSIS-LOO).  Raises
+    reported variables, posterior predictive check, PSIS-LOO) and returns its
+    :class:`~.pipeline.FitResult` (not stored; :func:`fit_effects` stores it)
+    with ``data`` the :class:`EffectsData` and ``extras["fitted_spec"]`` the
+    spec as fitted (every prior explicit, after autoscaling).  Raises
     :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate fails
-    and ``allow_failure`` is false.  ``checks`` runs the posterior
-    predictive check and PSIS-LOO; ``compare`` also refits the model without
-    each named term (``True``: type x domain; ``False``: none) and compares
-    each refit with the full model by PSIS-LOO (``summary["loo"]["without"]``).
+    and ``allow_failure`` is false.  ``spec.compare`` also refits the model
+    without each named term and compares each refit with the full model by
+    PSIS-LOO (``summary["loo"]["without"]``).
     """
-    from .pipeline import SamplingOptions, run_fit
-
-    spec = spec or EffectsSpec()
-    if compare is True:
-        compare_terms = ["type_domain"]
-    elif compare is False or compare is None:
-        compare_terms = []
-    else:
-        compare_terms = list(compare)
-    unknown = set(compare_terms) - set(TERMS)
-    if unknown:
-        raise WarehouseError(
-            f"cannot compare without {sorted(unknown)}: terms are {', '.join(TERMS)}"
-        )
-    sampling = SamplingOptions(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-        progressbar=progressbar,
-    )
+    fs = EffectsFitSpec.of(spec)
+    model_spec, sampling = fs.model, SamplingOptions.of(sampling)
     t0 = time.perf_counter()
-    data = prepare(cells, spec)
-    # The messages travel with the result (data.messages) and the stored fit;
-    # callers show them (the CLI prints each once as "note: ..."), so the log
-    # keeps them at INFO rather than printing them a second time.
+    data = prepare(cells, model_spec)
+    # The messages travel with the result (notes) and the stored fit; the CLI prints
+    # each once as "note: ...", so the log keeps them at INFO.
     for m in data.messages:
         log.info(m)
-    model = build_effects_model(data, spec)
+    model = build_effects_model(data, model_spec)
     summary: dict[str, Any] = {
         "messages": data.messages,
         "dropped_terms": data.dropped,
@@ -148,12 +146,10 @@ def fit_cells(
         "sigma_cell_fixed": data.sigma_cell_fixed,
         "residual_df": data.residual_df,
         "coords": {k: len(v) for k, v in data.coords.items()},
-        "units": spec.units(),
+        "units": model_spec.units(),
     }
     # The published study's headline statistic beside the posterior (docs/model.md).
-    from .cohens_d import pair_cohens_d
-
-    cd = pair_cohens_d(data.cells, seed=seed)
+    cd = pair_cohens_d(data.cells, seed=sampling.seed)
     if not cd.empty:
         summary["cohens_d"] = {
             "statistic": "mean over experiments of Cohen's d_av; 90% percentile bootstrap "
@@ -161,7 +157,7 @@ def fit_cells(
             "pairs": cd.to_dict("records"),
         }
     # The spec as fitted: every prior explicit, default ones widened by data.prior_scale.
-    fitted_spec = resolve_priors(spec, data.prior_scale)
+    fitted_spec = resolve_priors(model_spec, data.prior_scale)
     result = run_fit(
         model,
         kind="effects",
@@ -169,38 +165,35 @@ def fit_cells(
         reported=reported_vars(model),
         sampling=sampling,
         allow_failure=allow_failure,
-        checks=checks,
-        spec=spec.to_dict(),
+        checks=fs.checks,
+        spec=model_spec.to_dict(),
         priors=fitted_spec.all_priors(),
         dropped=data.dropped,
+        notes=data.messages,
         summary=summary,
+        scale=model_spec.scale,
+        what=(
+            f"{data.n_cells} cells, {len(data.coords['pair'])} pairs, "
+            f"{len(data.coords['experiment'])} experiments"
+        ),
+        params=ParamRows(var_names=reported_vars(model), labels=LABELS),
+        data=data,
+        extras={"fitted_spec": fitted_spec},
         started=t0,
     )
-    summary = result.summary
-    if checks and compare_terms:
-        summary["loo"]["without"] = {
-            term: _compare_without(cells, spec, term, data, result.loo, sampling)
-            for term in compare_terms
+    if fs.checks and fs.compare:
+        result.summary["loo"]["without"] = {
+            term: _compare_without(cells, model_spec, term, data, result.loo, sampling)
+            for term in fs.compare
         }
     result.seconds = time.perf_counter() - t0
-    return EffectsFit(
-        idata=result.idata,
-        model=model,
-        data=data,
-        spec=fitted_spec,
-        diagnostics=result.diagnostics,
-        summary=summary,
-        seconds=result.seconds,
-        result=result,
-    )
+    return result
 
 
 def _compare_without(
     cells: pd.DataFrame, spec: EffectsSpec, term: str, data: EffectsData, loo_full, sampling
 ) -> dict:
     """Refit without ``term`` through the same pipeline; PSIS-LOO difference to the full fit."""
-    from .pipeline import run_fit
-
     if term not in data.active:
         return {"skipped": f"term {term!r} is not in the fitted model"}
     spec2 = replace(spec, terms={**spec.terms, term: False})
@@ -212,7 +205,7 @@ def _compare_without(
         kind="effects",
         observed="y",
         reported=reported_vars(model2),
-        sampling=replace(sampling, progressbar=False),
+        sampling=sampling.replace(progressbar=False),
         allow_failure=True,
         ppc=False,
     )
@@ -238,65 +231,46 @@ def _compare_without(
 
 def fit_effects(
     con,
+    selection: Selection | Mapping[str, Any] | None = None,
+    spec: EffectsFitSpec | EffectsSpec | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    post_condition: str = "plain",
-    base_condition: str | None = None,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    spec: EffectsSpec | None = None,
-    netcdf_dir: str | Path | None = None,
-    name: str | None = None,
-    **fit_kw,
-) -> EffectsFit:
+    allow_failure: bool = False,
+    store: StoreOptions | Mapping[str, Any] | None = None,
+) -> FitResult:
     """Cells from the warehouse -> :func:`fit_cells` -> ``fits``/``fit_params`` + NetCDF.
 
-    Nothing is written when the fit misses its gates (unless
-    ``allow_failure=True``, then it is stored with ``passed = false``).
+    The fit contract (docs/api.md): ``selection`` picks the pairs' scores
+    (conditions, models, experiments), ``spec`` the model and its checks,
+    ``sampling`` how to sample, ``store`` where the fit goes.  Nothing is
+    written when the fit misses its gates (unless ``allow_failure``, then it
+    is stored with ``passed = false``).
     """
-    from .cells import build_cells, with_scale
-    from .pipeline import StoreOptions, save_result
-
-    spec = spec or EffectsSpec()
-    base_condition = base_condition or post_condition
+    sel, fs = Selection.of(selection), EffectsFitSpec.of(spec)
+    sel.require("effects", ["models", "experiments"])
+    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel.check_names(con, conditions=[sel.post, sel.base])
     cells = with_scale(
         build_cells(
             con,
-            post_condition=post_condition,
-            base_condition=base_condition,
-            models=models,
-            experiments=experiments,
+            post_condition=sel.post,
+            base_condition=sel.base,
+            models=sel.only("models"),
+            experiments=sel.only("experiments"),
         ),
-        spec.scale,
+        fs.model.scale,
     )
-    fit = fit_cells(cells, spec, **fit_kw)
-    selection = {
-        "models": list(models) if models else None,
-        "experiments": list(experiments) if experiments else None,
-        "post_condition": post_condition,
-        "base_condition": base_condition,
-        "pairs": fit.data.coords["pair"],
+    result = fit_cells(cells, fs, sampling, allow_failure=allow_failure)
+    data = result.data
+    result.selection = {
+        **sel.record(),
+        "pairs": data.coords["pair"],
         "runs": sorted(
             {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
         ),
-        "n_cells": fit.data.n_cells,
-        "n_experiments": len(fit.data.coords["experiment"]),
+        "n_cells": data.n_cells,
+        "n_experiments": len(data.coords["experiment"]),
     }
-    condition = (
-        post_condition
-        if post_condition == base_condition
-        else f"{post_condition} vs {base_condition}"
-    )
-    fit.result.selection = selection
-    fit.fit_id = save_result(
-        con,
-        fit.result,
-        StoreOptions(
-            condition=condition,
-            scale=spec.scale,
-            name=name,
-            labels=LABELS,
-            var_names=reported_vars(fit.model),
-            netcdf_dir=netcdf_dir,
-        ),
-    )
-    return fit
+    result.condition = sel.label
+    save_result(con, result, store)
+    return result

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .effects_design import EffectsData, fixed_sigma
 from .effects_spec import EffectsSpec, Prior, resolve_priors

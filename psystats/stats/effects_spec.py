@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .generation_scale import DEFAULT_GENERATION_SCALE, check_generation_scale
 from .units import generation_slope_unit, outcome_unit, same_unit, size_slope_unit

@@ -36,14 +36,28 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
+
+from .cells import SCALES, build_cells, with_scale
+from .fit_checks import refresh_loo
+from .options import (
+    AnalysisSpec,
+    OneOf,
+    OptionError,
+    SamplingOptions,
+    Selection,
+    StoreOptions,
+    validated,
+)
+from .pipeline import FitResult, ParamRows, run_fit, save_result
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +196,7 @@ def _set_priors(model, priors: Mapping[str, Any] | None) -> None:
     known = [*parent.terms, *model.constant_components]
     unknown = [t for t in given if t not in known and t not in PRIOR_GROUPS]
     if unknown:
-        from psystats.warehouse.queries import did_you_mean
+        from psystats.warehouse.names import did_you_mean
 
         raise WarehouseError(
             f"--priors: {unknown[0]!r} is not a term of this model"
@@ -231,7 +245,7 @@ def used_priors(model) -> dict[str, Any]:
 
 def _column_error(formula: str, e: Exception) -> WarehouseError | None:
     """'unknown column ...' with the columns a formula may use, when ``e`` is a missing name."""
-    from psystats.warehouse.queries import did_you_mean
+    from psystats.warehouse.names import did_you_mean
 
     name = e.args[0] if isinstance(e, KeyError) and e.args else None
     if not isinstance(name, str) or name in FORMULA_COLUMNS:
@@ -353,20 +367,76 @@ def _gate_converted(result, allow_failure: bool) -> None:
         enforce(result.diagnostics, allow_failure)
 
 
-@dataclass
-class FormulaFit:
-    """What :func:`fit_formula_cells` returns (and :func:`fit_formula` after storing it)."""
+@dataclass(frozen=True)
+class FormulaSpec(AnalysisSpec):
+    """What ``fit formula`` fits: the formula, its priors, the cell scale, whether to check.
 
+    ``priors``: ``{term: {"dist": ..., params}}``, or that as JSON text or a
+    .json/.toml/.yaml file (what ``--priors`` takes).
+    """
+
+    KIND = "formula"
     formula: str
-    idata: Any
-    model: Any  # the bambi.Model
-    frame: pd.DataFrame
-    diagnostics: Any
-    summary: dict
-    seconds: float
-    priors: dict = field(default_factory=dict)
-    fit_id: int | None = None
-    result: Any = None  # the fit pipeline's FitResult (stats.pipeline)
+    priors: Mapping[str, Any] | None = None
+    scale: str = "nats"
+    checks: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.formula, str) or "~" not in self.formula:
+            raise OptionError(
+                f"a formula looks like 'mean ~ type + (1|experiment)', got {self.formula!r}"
+            )
+        validated("scale", OneOf(SCALES), self.scale)
+        if isinstance(self.priors, str):
+            object.__setattr__(self, "priors", read_priors(self.priors))
+        elif self.priors is not None and not isinstance(self.priors, Mapping):
+            raise OptionError(f"priors must be a dict, JSON text or a file, got {self.priors!r}")
+        object.__setattr__(self, "checks", bool(self.checks))
+
+    @classmethod
+    def of(cls, value: Any) -> FormulaSpec:
+        """A :class:`FormulaSpec` from itself, a formula, or a mapping of its field names."""
+        if isinstance(value, str):
+            return cls(formula=value)
+        if value is None:
+            raise OptionError(NEEDS_FORMULA)
+        return super().of(value)
+
+    @classmethod
+    def from_options(cls, spec: Any = None, **options: Any) -> FormulaSpec:
+        """The spec from the ``fit formula`` options (field names; unknown names refused)."""
+        if spec is None and "formula" not in options:
+            raise OptionError(NEEDS_FORMULA)
+        return super().from_options(spec, **options)
+
+
+NEEDS_FORMULA = "fit formula needs a formula, e.g. 'mean ~ type + (1|experiment)'"
+
+
+def read_priors(text: str) -> dict:
+    """``--priors``: JSON text, or a .json/.toml/.yaml file of ``{term: {dist: ..., ...}}``."""
+    p = Path(text)
+    try:
+        if p.suffix.lower() in (".json", ".toml", ".yaml", ".yml") and p.is_file():
+            raw = p.read_text()
+            if p.suffix.lower() == ".toml":
+                import tomllib
+
+                return tomllib.loads(raw)
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                return dict(yaml.safe_load(raw) or {})
+            return dict(json.loads(raw))
+        out = json.loads(text)
+    except Exception as e:  # any parser's complaint, in one line
+        raise OptionError(f"priors {text!r}: cannot read them ({e})") from None
+    if not isinstance(out, dict):
+        raise OptionError(
+            'priors: give JSON like \'{"type": {"dist": "Normal", "mu": 0, "sigma": 1}}\' or a '
+            ".json/.toml/.yaml file"
+        )
+    return out
 
 
 def fit_formula_cells(
@@ -374,35 +444,20 @@ def fit_formula_cells(
     formula: str,
     *,
     priors: Mapping[str, Any] | None = None,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.95,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     allow_failure: bool = False,
     checks: bool = True,
-) -> FormulaFit:
+) -> FitResult:
     """Fit ``formula`` to a cell table (with ``y``/``se``), check it, summarise it.
 
     Raises :class:`~psystats.stats.sampling.DiagnosticsFailure` when a gate
     fails and ``allow_failure`` is false.  ``checks`` adds the posterior
     predictive check (draws kept in the NetCDF) and PSIS-LOO over cells.
     """
-    from .pipeline import SamplingOptions, run_fit
-
-    sampling = SamplingOptions(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
     t0 = time.perf_counter()
     frame, messages = formula_frame(cells)
-    for m in messages:
-        log.warning(m)
+    for m in messages:  # also notes of the fit, which the CLI prints
+        log.info(m)
     model = build_formula_model(frame, formula, priors=priors)
     response = model.response_component.response.name
     summary: dict[str, Any] = {
@@ -430,23 +485,21 @@ def fit_formula_cells(
         observation_labels=[f"{p} / {e}" for p, e in zip(frame["pair"], frame["experiment"])],
         spec={"formula": formula, "priors": dict(priors or {})},
         priors=priors_used,
+        notes=messages,
         summary=summary,
+        what=f"{formula} on {len(frame)} cells",
+        params=ParamRows(var_names=reported_vars(model)),
         started=t0,
     )
     as_bambi_fit(model, result.idata)
     _gate_converted(result, allow_failure)
+    if checks:  # scored against the posterior as stored, as arviz.loo on the file does
+        full, result.loo = refresh_loo(result.idata)
+        result.summary["loo"]["full"] = full
     _attach_frame(result.idata, frame)
-    return FormulaFit(
-        formula=formula,
-        idata=result.idata,
-        model=model,
-        frame=frame,
-        diagnostics=result.diagnostics,
-        summary=result.summary,
-        seconds=result.seconds,
-        priors=priors_used,
-        result=result,
-    )
+    result.data = frame
+    result.extras.update(formula=formula, bambi_model=model)
+    return result
 
 
 FRAME_GROUP = "formula_data"  # the cells the formula saw, kept in the NetCDF for predictions
@@ -478,68 +531,57 @@ def stored_frame(idata) -> pd.DataFrame:
 
 def fit_formula(
     con,
-    formula: str,
+    selection: Selection | Mapping[str, Any] | None = None,
+    spec: FormulaSpec | str | Mapping[str, Any] | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    post_condition: str = "plain",
-    base_condition: str | None = None,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    scale: str = "nats",
-    priors: Mapping[str, Any] | None = None,
-    netcdf_dir=None,
-    name: str | None = None,
-    **fit_kw,
-) -> FormulaFit:
+    allow_failure: bool = False,
+    store: StoreOptions | Mapping[str, Any] | None = None,
+) -> FitResult:
     """Cells from the warehouse -> :func:`fit_formula_cells` -> ``fits``/``fit_params`` + NetCDF.
 
-    Stored with ``fits.kind = 'formula'`` and the formula in ``fits.spec``.
-    Nothing is written when a gate fails (unless ``allow_failure=True``).
+    The fit contract (docs/api.md); ``spec`` is the formula (a
+    :class:`FormulaSpec`, or just the formula text).  Stored with
+    ``fits.kind = 'formula'`` and the formula in ``fits.spec``; the result's
+    ``data`` is the cell frame the formula saw and ``extras`` hold the
+    ``formula`` and the ``bambi_model``.  Nothing is written when a gate
+    fails (unless ``allow_failure``).
     """
-    from .cells import build_cells, with_scale
-    from .pipeline import StoreOptions, save_result
-
-    base_condition = base_condition or post_condition
+    sel, fs = Selection.of(selection), FormulaSpec.of(spec)
+    sel.require("formula", ["models", "experiments"])
+    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel.check_names(con, conditions=[sel.post, sel.base])
     cells = with_scale(
         build_cells(
             con,
-            post_condition=post_condition,
-            base_condition=base_condition,
-            models=models,
-            experiments=experiments,
+            post_condition=sel.post,
+            base_condition=sel.base,
+            models=sel.only("models"),
+            experiments=sel.only("experiments"),
         ),
-        scale,
+        fs.scale,
     )
-    fit = fit_formula_cells(cells, formula, priors=priors, **fit_kw)
-    selection = {
-        "models": list(models) if models else None,
-        "experiments": list(experiments) if experiments else None,
-        "post_condition": post_condition,
-        "base_condition": base_condition,
-        "pairs": sorted(fit.frame["pair"].unique().tolist()),
+    priors = dict(fs.priors) if fs.priors else None
+    result = fit_formula_cells(
+        cells,
+        fs.formula,
+        priors=priors,
+        sampling=sampling,
+        allow_failure=allow_failure,
+        checks=fs.checks,
+    )
+    result.selection = {
+        **sel.record(),
+        "pairs": sorted(result.data["pair"].unique().tolist()),
         "runs": sorted(
             {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
         ),
-        "n_cells": len(fit.frame),
+        "n_cells": len(result.data),
     }
-    condition = (
-        post_condition
-        if post_condition == base_condition
-        else f"{post_condition} vs {base_condition}"
-    )
-    fit.result.spec = {"formula": formula, "priors": dict(priors or {}), "scale": scale}
-    fit.result.selection = selection
-    fit.fit_id = save_result(
-        con,
-        fit.result,
-        StoreOptions(
-            condition=condition,
-            scale=scale,
-            name=name,
-            var_names=reported_vars(fit.model),
-            netcdf_dir=netcdf_dir,
-        ),
-    )
-    return fit
+    result.spec = {"formula": fs.formula, "priors": dict(priors or {}), "scale": fs.scale}
+    result.condition, result.scale = sel.label, fs.scale
+    save_result(con, result, store)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -560,7 +602,7 @@ def new_pair_rows(
         new["log_params"] = raw - (size_center or 0.0)
     unknown = [k for k in new if k not in FORMULA_COLUMNS or k in ("mean", "se")]
     if unknown:
-        from psystats.warehouse.queries import did_you_mean
+        from psystats.warehouse.names import did_you_mean
 
         keys = [c for c in FORMULA_COLUMNS if c not in ("mean", "se")] + ["n_params"]
         raise WarehouseError(

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 GENERATION_SCALES = ("rank", "number", "date")
 # Rank: one step per successive generation, the one unit a slope pooled across

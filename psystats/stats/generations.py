@@ -35,35 +35,43 @@ quantities, so no straight-line assumption is forced on the levels.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .analysis_common import (
     cell_label,
     generation_coords,
-    load_models,
     log_size_term,
     prob,
     resolve_prior_scales,
 )
 from .cells import CELL_COLUMNS
+from .data import load_models
 from .generation_scale import (
     DEFAULT_GENERATION_SCALE,
+    GENERATION_SCALES,
     GENERATION_STEP,
     check_generation_scale,
     generation_values,
 )
 from .likelihoods import marginal_normal
+from .options import (
+    AnalysisSpec,
+    OneOf,
+    SamplingOptions,
+    Selection,
+    StoreOptions,
+    options_of,
+    validated,
+)
+from .pipeline import FitResult, ParamRows, run_fit
 from .units import NATS, generation_slope_unit, same_unit, size_slope_unit
-
-if TYPE_CHECKING:
-    from .pipeline import FitResult
 
 KIND = "generations"
 
@@ -441,7 +449,7 @@ def load_generations_data(
     the unit of the slopes, the same choice as ``fit effects``'
     (:mod:`.generation_scale`).
     """
-    from psystats.warehouse.db import scalar
+    from psystats.warehouse.sql import scalar
 
     from .base_cells import BASE_CELL_COLUMNS, base_cells
     from .cells import build_cells
@@ -879,89 +887,88 @@ def summarise_generations(idata, data: GenerationsData) -> dict:
 # --------------------------------------------------------------------------- the fit
 
 
+@dataclass(frozen=True)
+class GenerationsSpec(AnalysisSpec):
+    """What ``fit generations`` fits beyond its selection: the generation scale of its
+    slopes (:mod:`.generation_scale`; rank by default, as ``fit effects``) and the prior
+    scales (:class:`GenerationsPriors`, or a dict of its fields; default: from the data)."""
+
+    KIND = "generations"
+    generation_scale: str = DEFAULT_GENERATION_SCALE
+    priors: GenerationsPriors | None = None
+
+    def __post_init__(self) -> None:
+        validated("generation_scale", OneOf(GENERATION_SCALES), self.generation_scale)
+        object.__setattr__(self, "priors", options_of(GenerationsPriors, self.priors, "priors"))
+
+
 def fit_generations(
     con,
+    selection: Selection | Mapping[str, Any] | None = None,
+    spec: GenerationsSpec | Mapping[str, Any] | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    base_condition: str = "plain",
-    post_condition: str = "plain",
-    families: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    post_training: Sequence[str] | None = None,
-    priors: GenerationsPriors | None = None,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.95,
-    allow_diagnostics_failure: bool = False,
-    netcdf_dir=None,
-    name: str | None = None,
+    allow_failure: bool = False,
+    store: StoreOptions | Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Load, build, sample, check and store a generations fit (``stats.pipeline``).
+    """Load, build, sample, check and store a generations fit (the fit contract, docs/api.md).
 
-    A fit that misses its diagnostic gates raises :class:`DiagnosticsFailure`
-    (nothing stored) unless ``allow_diagnostics_failure``, which stores it
-    with ``fits.passed = false``.  Returns the pipeline's
-    :class:`~psystats.stats.pipeline.FitResult`; its summary holds the
-    slopes and probabilities, the posterior predictive check of the base and
-    gap cells (``ppc``) and PSIS-LOO over all cells (``loo``, also per
-    observed variable; the gap cells' densities are the exact
-    leave-one-cell-out densities of their marginal normal).
+    ``selection``: conditions (base models' scores: ``selection.base``;
+    post-trained: ``selection.post``), families, post-training types and
+    experiments.  A fit that misses its diagnostic gates raises
+    :class:`DiagnosticsFailure` (nothing stored) unless ``allow_failure``,
+    which stores it with ``fits.passed = false``.  Returns the pipeline's
+    :class:`~psystats.stats.pipeline.FitResult` (``data``: the
+    :class:`GenerationsData`); its summary holds the slopes and
+    probabilities, the posterior predictive check of the base and gap cells
+    (``ppc``) and PSIS-LOO over all cells (``loo``, also per observed
+    variable; the gap cells' densities are the exact leave-one-cell-out
+    densities of their marginal normal).
     """
-    from .analysis_fit import fit_analysis
-    from .pipeline import SamplingOptions, StoreOptions
-
     t0 = time.perf_counter()
-    sampling = SamplingOptions(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
+    sel, gs = Selection.of(selection), GenerationsSpec.of(spec)
+    sel.require(KIND, ["families", "post_training", "experiments"])
+    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel.check_names(con)
     data = load_generations_data(
         con,
-        base_condition=base_condition,
-        post_condition=post_condition,
-        families=families,
-        experiments=experiments,
-        post_training=post_training,
+        base_condition=sel.base,
+        post_condition=sel.post,
+        families=sel.only("families"),
+        experiments=sel.only("experiments"),
+        post_training=sel.only("post_training"),
+        generation_scale=gs.generation_scale,
     )
-    model, spec = build_generations_model(data, priors)
-    condition = (
-        base_condition
-        if base_condition == post_condition
-        else f"{post_condition} vs {base_condition}"
-    )
+    model, model_spec = build_generations_model(data, gs.priors)
     bc, gc = data.base_cells, data.gap_cells
-    return fit_analysis(
+    return run_fit(
         model,
         kind=KIND,
-        con=con,
+        observed=["base_obs", "gap_obs"],
         sampling=sampling,
-        allow_failure=allow_diagnostics_failure,
-        summarise=lambda idata: summarise_generations(idata, data),
+        allow_failure=allow_failure,
         observation_labels={
             "base_obs": [f"{m} / {e}" for m, e in zip(bc["model"], bc["experiment"])],
             "gap_obs": [f"{p} / {e}" for p, e in zip(gc["pair"], gc["experiment"])],
         },
-        spec=spec,
-        priors=spec["priors"],
+        summarise=lambda idata: summarise_generations(idata, data),
+        spec=model_spec,
+        priors=model_spec["priors"],
         selection=data.selection,
-        dropped=spec.get("dropped"),
+        dropped=model_spec.get("dropped"),
         notes=data.notes,
-        store=StoreOptions(
-            condition=condition,
-            scale="nats",
-            name=name,
-            netcdf_dir=netcdf_dir,
+        condition=sel.label,
+        scale="nats",
+        what=f"{len(bc)} base cells, {len(gc)} gap cells, {len(data.families)} families",
+        params=ParamRows(
             var_names=[n for n in PARAMS if n in model.named_vars],
             element_coords=generation_coords(
                 data.generations, ["base_generation", "gap_generation"]
             ),
         ),
+        data=data,
+        con=con,
+        store=store,
         started=t0,
     )
 
@@ -996,10 +1003,9 @@ def simulate_generations(
     Returns the truth: ``base_slope``, ``gap_slope`` (per unit of the scale)
     and ``gap`` by (family, generation).
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
-    from .analysis_common import responses_frame
-    from .simulate import register_models, write_run
+    from .simulate import register_models, responses_frame, write_run
 
     families = families or {"qwen": (1, 2, 3), "llama": (1, 2)}
     base_slope = base_slope or {f: -0.2 for f in families}

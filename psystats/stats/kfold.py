@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 KFOLD_KINDS = ("effects", "formula")
 LEFT_OUT_SE = 1e6  # a cell's SE while its fold is held out: its likelihood is flat

@@ -7,7 +7,7 @@ Two kinds of likelihood, both observed PyMC variables (so that
   every crossed Gaussian random intercept x_f ~ N(0, sigma_f^2) integrated out
   exactly.  The cells are then jointly multivariate normal with covariance
   Sigma = diag(var) + sum_f sigma_f^2 Z_f Z_f^T; the density is
-  :func:`~psystats.stats.analysis_common.crossed_normal_logp` (Woodbury, cost
+  :func:`crossed_normal_logp` (Woodbury, cost
   in levels not cells) and a replicate is drawn as mu + sum_f sigma_f z_f[level]
   + sqrt(var) e (fresh intercepts: new experiments, new models).
 * :func:`binomial_logit`: hits ~ Binomial(n, logistic(eta)) whose log density
@@ -34,10 +34,84 @@ from typing import Any
 
 import numpy as np
 
-from .analysis_common import crossed_normal_logp, grouped_normal_logp
-
 # Each factor: (level index per cell, number of levels, sigma).
 Factor = tuple[np.ndarray, int, Any]
+
+
+def grouped_normal_logp(y, mu, var, group: np.ndarray, n_groups: int, sigma):
+    """Log density of cells y ~ N(mu + x_group, var) with x_g ~ N(0, sigma^2) integrated out.
+
+    The exact marginal (a multivariate normal whose covariance is
+    diag(var) + sigma^2 Z Z^T, Z the cell-to-group indicator), evaluated per
+    group in closed form (Woodbury / matrix determinant lemma), so a random
+    intercept over groups costs one scalar parameter and no funnel:
+
+        sum_g [ -1/2 sum_c (log 2 pi v_c + r_c^2 / v_c)
+                - 1/2 log(1 + sigma^2 A_g) + sigma^2 B_g^2 / (2 (1 + sigma^2 A_g)) ]
+
+    with r = y - mu, A_g = sum_{c in g} 1/v_c, B_g = sum_{c in g} r_c / v_c.
+    Works on numpy arrays and PyTensor tensors alike.
+    """
+    import pytensor.tensor as pt
+
+    r = y - mu
+    w = 1.0 / var
+    A = pt.zeros(n_groups)
+    A = pt.inc_subtensor(A[group], w)
+    B = pt.zeros(n_groups)
+    B = pt.inc_subtensor(B[group], r * w)
+    s2 = sigma**2
+    return (
+        -0.5 * pt.sum(pt.log(2 * np.pi * var) + r**2 * w)
+        - 0.5 * pt.sum(pt.log1p(s2 * A))
+        + 0.5 * pt.sum(s2 * B**2 / (1.0 + s2 * A))
+    )
+
+
+def crossed_normal_logp(y, mu, var, factors: Sequence[tuple[np.ndarray, int, Any]]):
+    """Log density of cells y ~ N(mu + sum_f x_f[level_f(c)], var), x_f ~ N(0, sigma_f^2) iid,
+    with every random intercept integrated out exactly.
+
+    ``factors``: (level index per cell, number of levels, sigma) per crossed
+    factor (e.g. model and experiment).  The covariance is
+    D + Z Lambda Z^T (D = diag(var), Z the stacked indicators, Lambda the
+    sigma_f^2 on the diagonal); with L = Lambda^(1/2) and
+    K = I + L Z^T D^-1 Z L (k x k, k = total levels),
+
+        log|Sigma| = log|D| + log|K|
+        r^T Sigma^-1 r = r^T D^-1 r - b^T K^-1 b,  b = L Z^T D^-1 r
+
+    (matrix determinant lemma and Woodbury, written without Lambda^-1 so a
+    sigma of 0 is fine).  Z^T D^-1 Z is assembled by scatter-adds in O(cells)
+    and K is k x k, so the cost grows with the number of levels, not cells.
+    With one factor this equals :func:`grouped_normal_logp`.
+    """
+    import pytensor.tensor as pt
+    from pytensor.tensor.slinalg import cholesky, solve_triangular
+
+    r = y - mu
+    w = 1.0 / var
+    sizes = [n for _, n, _ in factors]
+    offsets = np.cumsum([0] + sizes)
+    k = int(offsets[-1])
+    cols = [np.asarray(idx) + off for (idx, _, _), off in zip(factors, offsets[:-1])]
+    M = pt.zeros((k, k))
+    for ci in cols:
+        for cj in cols:
+            M = pt.inc_subtensor(M[ci, cj], w)
+    zr = pt.zeros(k)
+    for ci in cols:
+        zr = pt.inc_subtensor(zr[ci], r * w)
+    ell = pt.concatenate([pt.ones(n) * s for _, n, s in factors])
+    K = pt.eye(k) + ell[:, None] * M * ell[None, :]
+    chol = cholesky(K)
+    b = ell * zr
+    v = solve_triangular(chol, b, lower=True)
+    return (
+        -0.5 * pt.sum(pt.log(2 * np.pi * var) + r**2 * w)
+        - pt.sum(pt.log(pt.diag(chol)))
+        + 0.5 * pt.sum(v**2)
+    )
 
 
 def marginal_normal(

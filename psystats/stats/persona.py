@@ -25,22 +25,32 @@ the interval is against the ROPE and roughly how much more data would decide
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
-from psystats.warehouse.queries import where_clause
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import where_clause
 
-from .analysis_common import load_models, prob, resolve_prior_scales
+from .analysis_common import prob, resolve_prior_scales
+from .data import load_models
 from .likelihoods import marginal_normal
+from .options import (
+    ANALYSIS,
+    PERSONA_CONDITION,
+    AnalysisSpec,
+    OneOf,
+    SamplingOptions,
+    Selection,
+    StoreOptions,
+    options_of,
+    validated,
+)
+from .pipeline import FitResult, ParamRows, run_fit
 from .units import outcome_unit, same_unit
-
-if TYPE_CHECKING:
-    from .pipeline import FitResult
 
 KIND = "persona"
 SCALES = ("nats", "standardised")
@@ -428,59 +438,67 @@ def summarise_persona(idata, data: PersonaData) -> dict:
     return out
 
 
+MODEL_EFFECTS = ("fixed", "random")
+
+
+@dataclass(frozen=True)
+class PersonaSpec(AnalysisSpec):
+    """What ``fit persona`` fits beyond its selection: the scale, the ROPE half-width
+    (None: :data:`DEFAULT_ROPE` of the scale), fixed or random model effects, the prior
+    scales (:class:`PersonaPriors` or a dict of its fields; default: from the data)."""
+
+    KIND = "persona"
+    scale: str = "nats"
+    rope: float | None = None
+    model_effects: str = "fixed"
+    priors: PersonaPriors | None = None
+
+    def __post_init__(self) -> None:
+        validated("scale", OneOf(SCALES), self.scale)
+        validated("model_effects", OneOf(MODEL_EFFECTS), self.model_effects)
+        object.__setattr__(self, "rope", ANALYSIS["rope"].validate(self.rope))
+        object.__setattr__(self, "priors", options_of(PersonaPriors, self.priors, "priors"))
+
+
 def fit_persona(
     con,
+    selection: Selection | Mapping[str, Any] | None = None,
+    spec: PersonaSpec | Mapping[str, Any] | None = None,
+    sampling: SamplingOptions | Mapping[str, Any] | None = None,
     *,
-    persona_condition: str = "persona",
-    plain_condition: str = "plain",
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    scale: str = "nats",
-    rope: float | None = None,
-    model_effects: str = "fixed",
-    priors: PersonaPriors | None = None,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.95,
-    allow_diagnostics_failure: bool = False,
-    netcdf_dir=None,
-    name: str | None = None,
+    allow_failure: bool = False,
+    store: StoreOptions | Mapping[str, Any] | None = None,
 ) -> FitResult:
-    """Load, build, sample, check and store a persona fit (``stats.pipeline``).
+    """Load, build, sample, check and store a persona fit (the fit contract, docs/api.md).
 
-    Returns the pipeline's :class:`~psystats.stats.pipeline.FitResult`: its
-    summary holds the ROPE statements, the posterior predictive check of the
-    cells (``ppc``) and PSIS-LOO over cells (``loo``; exact leave-one-cell-out
-    densities of the marginal normal).
+    The persona condition is ``selection.post_condition`` (default
+    ``"persona"``), compared with ``selection.base`` (``base_condition``, else
+    ``condition``; default ``"plain"``); models and experiments narrow it.
+    Returns the pipeline's :class:`~psystats.stats.pipeline.FitResult`
+    (``data``: the :class:`PersonaData`): its summary holds the ROPE
+    statements, the posterior predictive check of the cells (``ppc``) and
+    PSIS-LOO over cells (``loo``; exact leave-one-cell-out densities of the
+    marginal normal).
     """
-    from .analysis_fit import fit_analysis
-    from .pipeline import SamplingOptions, StoreOptions
-
     t0 = time.perf_counter()
-    sampling = SamplingOptions(
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-    )
+    sel, ps = Selection.of(selection), PersonaSpec.of(spec)
+    sel.require(KIND, ["models", "experiments"])
+    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel.check_names(con)
+    persona, plain = sel.post_condition or PERSONA_CONDITION, sel.base
     cells = persona_cells(
         con,
-        persona_condition=persona_condition,
-        plain_condition=plain_condition,
-        models=models,
-        experiments=experiments,
+        persona_condition=persona,
+        plain_condition=plain,
+        models=sel.only("models"),
+        experiments=sel.only("experiments"),
     )
-    data = prepare_persona(cells, load_models(con), scale=scale, rope=rope)
+    data = prepare_persona(cells, load_models(con), scale=ps.scale, rope=ps.rope)
     data.selection = dict(
-        persona_condition=persona_condition,
-        plain_condition=plain_condition,
-        models=list(models or []) or None,
-        experiments=list(experiments or []) or None,
+        persona_condition=persona,
+        plain_condition=plain,
+        models=sel.only("models"),
+        experiments=sel.only("experiments"),
         runs={
             m: {
                 "persona": sorted(set(map(int, g["persona_run_id"]))),
@@ -491,28 +509,29 @@ def fit_persona(
         n_cells=len(data.cells),
         notes=data.notes,
     )
-    model, spec = build_persona_model(data, priors, model_effects=model_effects)
+    model, model_spec = build_persona_model(data, ps.priors, model_effects=ps.model_effects)
     c = data.cells
-    return fit_analysis(
+    return run_fit(
         model,
         kind=KIND,
-        con=con,
+        observed=["obs"],
         sampling=sampling,
-        allow_failure=allow_diagnostics_failure,
-        summarise=lambda idata: summarise_persona(idata, data),
+        allow_failure=allow_failure,
         observation_labels={"obs": [f"{m} / {e}" for m, e in zip(c["model"], c["experiment"])]},
-        spec=spec,
-        priors=spec["priors"],
+        summarise=lambda idata: summarise_persona(idata, data),
+        spec=model_spec,
+        priors=model_spec["priors"],
         selection=data.selection,
-        dropped=spec.get("dropped"),
+        dropped=model_spec.get("dropped"),
         notes=data.notes,
-        store=StoreOptions(
-            condition=f"{persona_condition} vs {plain_condition}",
-            scale=scale,
-            name=name,
-            netcdf_dir=netcdf_dir,
-            var_names=[n for n in PARAMS if n in model.named_vars],
-        ),
+        condition=f"{persona} vs {plain}",
+        scale=ps.scale,
+        what=f"{len(c)} cells, {c['model'].nunique()} models, {c['experiment'].nunique()} "
+        "experiments",
+        params=ParamRows(var_names=[n for n in PARAMS if n in model.named_vars]),
+        data=data,
+        con=con,
+        store=store,
         started=t0,
     )
 
@@ -535,10 +554,9 @@ def simulate_persona(
     persona NLL = plain NLL + effect[type] + model deviation (N(0, model_sd))
     + d_i, d_i ~ N(0, difference_sd) per participant.  Returns the truth.
     """
-    from psystats.warehouse.db import transaction
+    from psystats.warehouse.sql import transaction
 
-    from .analysis_common import responses_frame
-    from .simulate import register_models, write_run
+    from .simulate import register_models, responses_frame, write_run
 
     effects = effects or {"base": 0.0, "instruct": -0.1}
     rng = np.random.default_rng(seed)

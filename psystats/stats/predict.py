@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
 
 from .generation_scale import generation_values
 
@@ -102,7 +102,7 @@ def predict_fit(
 
 
 def _fit_kind(con, fit_id: int) -> str:
-    from psystats.warehouse.db import scalar
+    from psystats.warehouse.sql import scalar
 
     kind = scalar(con, "SELECT kind FROM fits WHERE fit_id = ?", [int(fit_id)])
     if kind is None:
@@ -151,7 +151,7 @@ def effects_prediction_draws(
     """
     unknown = [k for k in new_pair if k not in EFFECTS_KEYS]
     if unknown:
-        from psystats.warehouse.queries import did_you_mean
+        from psystats.warehouse.names import did_you_mean
 
         raise WarehouseError(
             f"--new-pair: an effects fit reads {', '.join(EFFECTS_KEYS)}; not "

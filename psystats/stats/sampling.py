@@ -20,13 +20,15 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from psystats.warehouse.db import WarehouseError
+from psystats.warehouse.errors import WarehouseError
+
+from .options import SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +45,23 @@ def _quiet_arviz() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
 
-def sample(
-    model,
-    *,
-    draws: int = 1000,
-    tune: int = 1000,
-    chains: int = 4,
-    seed: int = 0,
-    sampler: str = "nutpie",
-    target_accept: float = 0.9,
-    progressbar: bool = False,
-    cores: int | None = None,
-):
+def sample(model, sampling: SamplingOptions | None = None):
     """Draw posterior samples from a PyMC model; returns ``arviz.InferenceData``.
 
-    ``sampler`` is ``"nutpie"`` (default) or ``"pymc"``.  If nutpie is not
-    installed or fails to compile the model, PyMC's NUTS runs instead and the
-    reason is recorded.  The result carries ``observed_data`` and
-    ``constant_data`` groups and ``attrs["psystats_sampler"]`` (JSON: sampler,
-    draws, tune, chains, seed, target_accept, compile_seconds,
-    sampling_seconds, fallback_reason).
+    ``sampling`` (:class:`~psystats.stats.options.SamplingOptions`, validated
+    there; default: its defaults) picks the sampler: ``"nutpie"`` (default)
+    or ``"pymc"``.  If nutpie is not installed or fails to compile the model,
+    PyMC's NUTS runs instead and the reason is recorded.  The result carries
+    ``observed_data`` and ``constant_data`` groups and
+    ``attrs["psystats_sampler"]`` (JSON: sampler, draws, tune, chains, seed,
+    target_accept, compile_seconds, sampling_seconds, fallback_reason).
     """
     import pymc as pm
 
     _quiet_arviz()
-    if sampler not in ("nutpie", "pymc"):
-        raise WarehouseError(f"unknown sampler {sampler!r}: use 'nutpie' or 'pymc'")
-    if chains < 1 or draws < 1 or tune < 0:
-        raise WarehouseError("chains and draws must be positive and tune non-negative")
+    opts = sampling or SamplingOptions()
+    draws, tune, chains, seed = opts.draws, opts.tune, opts.chains, opts.seed
+    sampler, target_accept, progressbar = opts.sampler, opts.target_accept, opts.progressbar
     record: dict[str, Any] = dict(
         sampler=sampler,
         draws=draws,
@@ -95,9 +86,6 @@ def sample(
                 log.warning("nutpie could not compile the model (%s); using PyMC NUTS", e)
             else:
                 record["compile_seconds"] = time.perf_counter() - t0
-                kwargs: dict[str, Any] = {}
-                if cores is not None:
-                    kwargs["cores"] = cores
                 t1 = time.perf_counter()
                 idata = nutpie.sample(
                     compiled,
@@ -108,7 +96,6 @@ def sample(
                     target_accept=target_accept,
                     progress_bar=progressbar,
                     save_warmup=False,
-                    **kwargs,
                 )
                 record["sampling_seconds"] = time.perf_counter() - t1
                 idata = _add_data_groups(model, _drop_transformed(model, idata))
@@ -123,7 +110,7 @@ def sample(
                 random_seed=seed,
                 target_accept=target_accept,
                 progressbar=progressbar,
-                cores=cores or min(chains, 2),
+                cores=min(chains, 2),
                 compute_convergence_checks=False,
             )
         record["compile_seconds"] = None  # included in sampling_seconds for PyMC
@@ -167,73 +154,6 @@ def _add_data_groups(model, idata):
     if groups:
         idata.add_groups(groups, coords=coords, dims=dims)
     return idata
-
-
-# ---------------------------------------------------------------------------
-# Posterior predictive checks (shared by every analysis with an observed variable)
-
-
-def posterior_predictive_draws(
-    model, idata, var_name: str, *, max_draws: int = 400, seed: int = 0, add_to_idata: bool = True
-):
-    """(replicated draws as (draws, observations), observed values) of an observed variable.
-
-    At most ``max_draws`` thinned posterior draws; with ``add_to_idata`` they
-    are added to ``idata`` as its ``posterior_predictive`` group.
-    """
-    import pymc as pm
-
-    thin = thin_draws(idata, max_draws)
-    with model, warnings.catch_warnings():
-        # PyMC warns that Potentials are ignored: they are not, here, because the
-        # parameters are posterior draws (the Potentials shaped them already).
-        warnings.filterwarnings("ignore", message=".*Potentials.*")
-        pp = pm.sample_posterior_predictive(
-            thin,
-            var_names=[var_name],
-            random_seed=seed,
-            progressbar=False,
-            extend_inferencedata=False,
-        )
-    if add_to_idata:
-        if "posterior_predictive" in idata.groups():
-            idata.posterior_predictive = idata.posterior_predictive.merge(pp.posterior_predictive)
-        else:
-            idata.add_groups({"posterior_predictive": pp.posterior_predictive})
-    values = pp.posterior_predictive[var_name].values
-    y = np.asarray(idata.observed_data[var_name].values, dtype=float).ravel()
-    return values.reshape(-1, y.size), y
-
-
-def ppc_statistics(y: np.ndarray, rep: np.ndarray) -> dict:
-    """Coverage of the 90% predictive intervals and p-values of summary statistics.
-
-    ``rep`` is (draws, observations).  Each observation is standardised by its
-    predictive mean and SD; p-values P(T(y_rep) >= T(y)) for T = mean, SD,
-    min and max over observations.  Values near 0 or 1 signal misfit.
-    """
-    lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
-    m, s = rep.mean(axis=0), rep.std(axis=0)
-    z_obs, z_rep = (y - m) / s, (rep - m) / s
-    stats: dict[str, Callable[..., Any]] = {
-        "mean": np.mean,
-        "sd": np.std,
-        "min": np.min,
-        "max": np.max,
-    }
-    pvals = {k: float(np.mean(f(z_rep, axis=1) >= f(z_obs))) for k, f in stats.items()}
-    return {
-        "draws": int(rep.shape[0]),
-        "coverage_90": float(np.mean((y >= lo) & (y <= hi))),
-        "p_values": pvals,
-    }
-
-
-def thin_draws(idata, max_draws: int):
-    """``idata`` with every k-th draw, k chosen so at most about ``max_draws`` draws remain."""
-    n = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
-    step = max(1, int(np.ceil(n / max_draws)))
-    return idata.sel(draw=slice(None, None, step)) if step > 1 else idata
 
 
 def sampler_record(idata) -> dict:
@@ -379,21 +299,55 @@ def gated_vars(model) -> list[str]:
     ]
 
 
-def enforce(diag: Diagnostics, allow_failure: bool = False) -> None:
+RETRY_TARGET_ACCEPT = 0.99  # the target_accept a retry against divergences uses
+
+
+def enforce(
+    diag: Diagnostics, allow_failure: bool = False, attempts: Sequence[Mapping] = ()
+) -> None:
     """Raise :class:`DiagnosticsFailure` naming every failed gate, unless ``allow_failure``.
 
-    With ``allow_failure`` the problems are only logged; the fit is still
-    stored with ``fits.passed = false``.
+    ``attempts``: every sampling of the fit (``draws``, ``target_accept``,
+    ``problems``), the last one ``diag``'s; the message names each, and
+    advises only what was not tried.  With ``allow_failure`` the problems
+    are only logged; the fit is still stored with ``fits.passed = false``.
     """
     if diag.passed:
         return
-    msg = (
-        "the fit missed its diagnostic gates: "
-        + "; ".join(diag.problems)
-        + ". Try more --draws/--tune, a higher --target-accept, or check the data; "
-        "--allow-diagnostics-failure keeps the fit anyway (marked passed = false)."
-    )
     if allow_failure:
-        log.warning(msg)
+        log.warning(
+            "the fit missed its diagnostic gates (%s); kept with passed = false as asked",
+            "; ".join(diag.problems),
+        )
         return
-    raise DiagnosticsFailure(msg)
+    raise DiagnosticsFailure(failure_message(diag, attempts))
+
+
+def failure_message(diag: Diagnostics, attempts: Sequence[Mapping] = ()) -> str:
+    """What missed, what was tried, and what is left to try."""
+    msg = "the fit missed its diagnostic gates: " + "; ".join(diag.problems) + "."
+    if len(attempts) > 1:
+        tried = [
+            f"{a['draws']} draws per chain at target_accept {a['target_accept']} "
+            f"({'; '.join(a.get('problems') or []) or 'met the gates'})"
+            for a in attempts
+        ]
+        msg += f" Sampled {len(attempts)} times: " + ", then ".join(tried) + "."
+    last = attempts[-1] if attempts else {}
+    advice = []
+    if diag.n_chains < 2:
+        advice.append("sample with --chains 4")
+    if diag.divergences:
+        if float(last.get("target_accept", 0.0)) < RETRY_TARGET_ACCEPT:
+            advice.append(f"raise --target-accept to {RETRY_TARGET_ACCEPT}")
+        else:
+            advice.append(
+                f"the divergences survived target_accept {last['target_accept']}: simplify or "
+                "reparameterise the model, or check the data"
+            )
+    elif diag.n_chains >= 2:
+        advice.append("sample longer (more --draws/--tune) or check the data")
+    return (
+        f"{msg} Next: {'; '.join(advice)}. --allow-diagnostics-failure keeps the fit anyway "
+        "(marked passed = false)."
+    )

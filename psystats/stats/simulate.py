@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError, next_id, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import next_id, scalar, transaction, where_clause
 
 from .effects_design import prepare
 from .effects_spec import EffectsSpec
@@ -522,3 +523,22 @@ def write_run(
         finally:
             con.unregister("_sim_rows")
     return run_id
+
+
+def responses_frame(con, experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """response_id, participant_key, experiment, text of the warehouse's responses."""
+    where, params = where_clause({"experiment": experiments})
+    cur = con.execute(
+        "SELECT response_id, participant_key, experiment, text FROM responses "
+        f"{where} ORDER BY response_id",
+        params,
+    )
+    df = pd.DataFrame(
+        cur.fetchall(), columns=["response_id", "participant_key", "experiment", "text"]
+    )
+    if df.empty:
+        raise WarehouseError(
+            "the warehouse has no responses to simulate scores for: ingest "
+            "studies or call stats.simulate.add_synthetic_experiments() first"
+        )
+    return df

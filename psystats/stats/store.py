@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from psystats.warehouse.db import WarehouseError, scalar, transaction
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.sql import scalar, transaction
 
 from .sampling import Diagnostics
 
