@@ -20,17 +20,29 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
-SECTION_TITLES = (
-    "1 Data",
-    "2 NLL against model size",
-    "3 Post-training effect by model and task domain",
-    "4 Generations",
-    "5 Effects model",
-    "6 Persona and accuracy",
-    "7 Diagnostics",
-    "8 Methods",
+# The report's sections in order; each is numbered by its place (``SECTION_TITLES``).
+# A new page is one name here and one ``reports/section_*.py`` module (content.py).
+SECTION_NAMES = (
+    "Data",
+    "NLL against model size",
+    "Post-training effect by model and task domain",
+    "Generations",
+    "Effects model",
+    "Persona and accuracy",
+    "Task-information gain",
+    "Floors",
+    # "Participants" goes here: `psystats fit participants` (issue 23 item 3) gets its page
+    # as reports/section_participants.py, placed in content.build_report after the floors.
+    "Diagnostics",
+    "Methods",
 )
+SECTION_TITLES = tuple(f"{i} {name}" for i, name in enumerate(SECTION_NAMES, 1))
 MAX_TABLE_ROWS = 60  # longer tables are cut with a pointer to `psystats sql`
+
+
+def title(name: str) -> str:
+    """The numbered title of the section called ``name`` (one of :data:`SECTION_NAMES`)."""
+    return SECTION_TITLES[SECTION_NAMES.index(name)]
 
 
 def esc(v: Any) -> str:
@@ -106,8 +118,12 @@ class Report:
     def tables(self) -> list[Table]:
         return [b for s in self.sections for b in s.blocks if isinstance(b, Table)]
 
-    def section(self, number: int) -> Section:
-        return self.sections[number - 1]
+    def section(self, key: int | str) -> Section:
+        """A section by its number (1-based) or its name (``"Diagnostics"``): names stay
+        right when pages are added before it."""
+        if isinstance(key, str):
+            return next(s for s in self.sections if s.title == title(key))
+        return self.sections[key - 1]
 
     def close(self) -> None:
         """Release the matplotlib figures (they hold memory until closed)."""

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from psystats.stats.data import VALID_SCORE
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.names import check_names
 
@@ -83,14 +84,14 @@ def _runs(con, model: str) -> pd.DataFrame:
     runs = q.frame(con, "SELECT * FROM score_runs WHERE model = ? ORDER BY run_id", [model])
     counts = q.frame(
         con,
-        """SELECT s.run_id, count(*)::BIGINT AS responses,
+        f"""SELECT s.run_id, count(*)::BIGINT AS responses,
                   coalesce(sum(s.n_tokens), 0)::BIGINT AS tokens,
                   count(DISTINCT r.participant_key)::BIGINT AS participants,
                   count(DISTINCT r.experiment)::BIGINT AS experiments,
                   count(DISTINCT r.study)::BIGINT AS studies
            FROM scores s JOIN responses r USING (response_id)
            JOIN score_runs sr USING (run_id)
-           WHERE sr.model = ? AND s.n_tokens > 0 GROUP BY s.run_id""",
+           WHERE sr.model = ? AND {VALID_SCORE} GROUP BY s.run_id""",
         [model],
     )
     runs = runs.merge(counts, on="run_id", how="left")
@@ -111,7 +112,7 @@ def scored_on(con, model: str, runs: pd.DataFrame) -> dict:
                        count(DISTINCT r.participant_key), count(DISTINCT s.response_id),
                        coalesce(sum(s.n_tokens), 0)
                 FROM scores s JOIN responses r USING (response_id)
-                WHERE s.run_id IN ({ph}) AND s.n_tokens > 0""",
+                WHERE s.run_id IN ({ph}) AND {VALID_SCORE}""",
             ids,
         ).fetchall()[0]
         totals = dict(zip(totals, (int(v or 0) for v in row)))
@@ -324,7 +325,8 @@ def generations(con, model: dict, fits: list[dict]) -> dict | None:
 
 def persona(con, model: dict, fits: list[dict]) -> dict | None:
     """The model's own persona effect (fixed model effects) or its type's, with the verdict."""
-    fit = _newest_passing(fits, "persona")
+    # Persona prompts only: a persona-model fit of a history window is not about them.
+    fit = _newest_passing([f for f in fits if q.is_persona_prompt_fit(f)], "persona")
     if fit is None:
         return None
     own = q.fit_params(con, fit["fit_id"], ["persona_model_effect"])

@@ -1,7 +1,7 @@
-"""What the report says: ``build_report(con)`` assembles sections 1-8 from the warehouse.
+"""What the report says: ``build_report(con)`` assembles the sections from the warehouse.
 
-Each section is built by the module named after it (``reports.section_data``
-... ``reports.section_methods``) from ``reports.queries`` into the blocks of
+Each section (``blocks.SECTION_NAMES``, in order) is built by the module named
+after it (``reports.section_data`` ... ``reports.section_methods``) from ``reports.queries`` into the blocks of
 ``reports.blocks``; ``reports.pdf`` and ``reports.html`` lay the same
 :class:`~reports.blocks.Report` out, so both formats say the same thing.
 """
@@ -14,11 +14,13 @@ from . import (
     section_data,
     section_diagnostics,
     section_effects,
+    section_floors,
     section_generations,
     section_heatmap,
     section_methods,
     section_persona,
     section_size,
+    section_task_information,
 )
 from .blocks import Note, Para, Report, esc
 
@@ -60,6 +62,10 @@ def build_report(
         section_generations.build(con, truth),
         section_effects.build(con, truth),
         section_persona.build(con, truth),
+        section_task_information.build(con, truth),
+        section_floors.build(con, truth),
+        # The participants page (`psystats fit participants`) goes here, after the floors
+        # (its name in blocks.SECTION_NAMES, its module reports/section_participants.py).
         section_diagnostics.build(con),
         section_methods.build(con),
     ]

@@ -43,6 +43,23 @@ def flag_list(flagged: list[tuple[str, str]]) -> str:
     )
 
 
+def pipeline_check_note(con, models: list[str], where: str) -> list:
+    """A caveat box naming the ``models`` (shown ``where``, e.g. "under condition plain")
+    that are flagged as a pipeline check; empty when none is."""
+    flagged = q.pipeline_checks(con, models)
+    if not flagged:
+        return []
+    return [
+        Note(
+            f"<b>{CAVEAT}: {plural(len(flagged), 'model')} {esc(where)} "
+            f"{'is' if len(flagged) == 1 else 'are'} flagged as a pipeline check</b>: "
+            + flag_list(flagged)
+            + ". Their scores check the pipeline; they are not evidence about real models.",
+            "warning",
+        )
+    ]
+
+
 def caveats(con, fit: dict, *, short: bool = False) -> list:
     """Warning boxes for a results page, from the fit's own record.
 
@@ -185,7 +202,9 @@ def truth_blocks(con, fit: dict, truth: dict | None) -> list:
     if fit.get("name") != truth_fit_name(truth):
         return []
     table = compare(con, truth)
-    table = table[(table["kind"] == fit["kind"]) & (table["fit_id"] == int(fit["fit_id"]))]
+    # By fit: one kind of fit can estimate two parts of a truth (the persona model's
+    # persona prompts and its history-window contrast).
+    table = table[table["fit_id"] == int(fit["fit_id"])]
     if table.empty:
         return []
     inside = int(table["inside"].sum())

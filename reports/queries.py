@@ -10,12 +10,15 @@ computations.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from psystats.stats.data import VALID_SCORE
 from psystats.warehouse.sql import scalar
 
 # Conditions in the order the report shows them.
@@ -113,6 +116,10 @@ def models_table(con) -> pd.DataFrame:
 def runs_table(con) -> pd.DataFrame:
     """Every scoring run with how many responses it scored (its provenance).
 
+    ``scored``: score rows; ``valid``: those every analysis reads
+    (``stats.data.VALID_SCORE``: a finite NLL, and tokens unless the scorer has
+    none, as baselines and imported scores).
+
     The counts are read one run at a time (and the cache released after each),
     so memory does not grow with the number of score rows.
     """
@@ -136,18 +143,20 @@ def runs_table(con) -> pd.DataFrame:
                sr.counts, sr.error, {spec}
         FROM score_runs sr ORDER BY sr.run_id""",
     )
-    scored, with_tokens = [], []
+    scored, valid = [], []
     for run_id in runs["run_id"]:
+        # Valid as every analysis counts it (stats.data.VALID_SCORE): a baseline's or an
+        # imported score has n_tokens NULL and counts; a skipped response does not.
         n, k = con.execute(
-            "SELECT count(response_id), count(response_id) FILTER (WHERE n_tokens > 0) "
-            "FROM scores WHERE run_id = ?",
+            f"SELECT count(s.response_id), count(s.response_id) FILTER (WHERE {VALID_SCORE}) "
+            "FROM scores s WHERE s.run_id = ?",
             [int(run_id)],
         ).fetchall()[0]
         release_buffers(con)
         scored.append(int(n))
-        with_tokens.append(int(k))
+        valid.append(int(k))
     runs.insert(5, "scored", pd.Series(scored, index=runs.index, dtype="int64"))
-    runs.insert(6, "with_tokens", pd.Series(with_tokens, index=runs.index, dtype="int64"))
+    runs.insert(6, "valid", pd.Series(valid, index=runs.index, dtype="int64"))
     return runs
 
 
@@ -158,8 +167,8 @@ def participant_nll(con, condition: str, models: list[str] | None = None) -> pd.
     """Per (model, participant): mean summed NLL per response under ``condition``.
 
     Uses the statistics layer's definition (latest complete run per model,
-    condition and experiment; responses with ``n_tokens > 0``), so the figure
-    and the fits read the same numbers.
+    condition and experiment; valid scores as ``stats.data.VALID_SCORE``), so
+    the figure and the fits read the same numbers.
     """
     from psystats.stats.data import participant_means
 
@@ -176,12 +185,20 @@ def conditions_scored(con) -> list[str]:
     )
 
 
+def t_half_width(sd: pd.Series, n: pd.Series, level: float) -> pd.Series:
+    """Half the width of the Student t interval of a mean over ``n`` participants:
+    t_{n-1} · sd / sqrt(n) (the report's intervals over participants)."""
+    return stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+
+
 def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, dict]:
     """Per model: mean NLL per response over participants, with a t interval.
 
     Models are compared on the same people: only participants scored by every
     model under ``condition`` count (if no participant is common to all, each
     model uses all of its own participants and ``info["common"]`` is False).
+    Floors (``post_training = 'baseline'``) are rows too, over the common
+    participants they scored, but do not narrow the common set.
     Each participant contributes the mean of their responses' NLLs; the model's
     value is the mean of those, and its ``level`` interval is
     mean ± t_{n-1} · sd / sqrt(n) over participants.
@@ -206,9 +223,15 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     q = """WITH participant_means AS (
         SELECT pm.model, pm.participant_key, pm.mean_nll FROM {pm} pm
     ),
-    n_models AS (SELECT count(DISTINCT model) AS n FROM participant_means),
+    -- Floors (baseline scorers) do not decide who is compared: the uniform floor skips
+    -- open-ended experiments, and would otherwise drop their participants for every model.
+    scored AS (
+        SELECT * FROM participant_means
+        WHERE model NOT IN (SELECT name FROM models WHERE post_training = 'baseline')
+    ),
+    n_models AS (SELECT count(DISTINCT model) AS n FROM scored),
     common AS (
-        SELECT participant_key FROM participant_means GROUP BY participant_key
+        SELECT participant_key FROM scored GROUP BY participant_key
         HAVING count(*) = (SELECT n FROM n_models)
     ),
     use_common AS (SELECT count(*) > 0 AS yes FROM common),
@@ -247,11 +270,7 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     out = per_model.set_index("model")[["n_participants", "mean", "sd"]].astype(
         {"n_participants": int, "mean": float, "sd": float}
     )
-    half = (
-        stats.t.ppf(0.5 + level / 2, np.maximum(out["n_participants"] - 1, 1))
-        * out["sd"]
-        / np.sqrt(out["n_participants"])
-    )
+    half = t_half_width(out["sd"], out["n_participants"], level)
     out["lo"] = out["mean"] - half
     out["hi"] = out["mean"] + half
     out = out.reset_index()
@@ -285,19 +304,25 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
 # ------------------------------------------------------------------- fits
 
 
-def latest_fit(con, kind: str) -> dict | None:
-    """The newest fit of ``kind`` as a dict with its JSON columns parsed, or None."""
+def latest_fit(con, kind: str, keep: Callable[[dict], bool] | None = None) -> dict | None:
+    """The newest fit of ``kind`` (that ``keep`` accepts) as a dict with its JSON columns
+    parsed, or None."""
+    for row in fits_of(con, kind):
+        if keep is None or keep(row):
+            return row
+    return None
+
+
+def fits_of(con, kind: str) -> list[dict]:
+    """Every fit of ``kind``, newest first, JSON columns parsed."""
     df = frame(
-        con,
-        "SELECT * FROM fits WHERE kind = ? ORDER BY created_at DESC, fit_id DESC LIMIT 1",
-        [kind],
+        con, "SELECT * FROM fits WHERE kind = ? ORDER BY created_at DESC, fit_id DESC", [kind]
     )
-    if df.empty:
-        return None
-    row = df.iloc[0].to_dict()
-    for k in ("spec", "priors", "selection", "sampler", "diagnostics", "summary"):
-        row[k] = parse_json(row.get(k))
-    return row
+    rows = df.to_dict("records")
+    for row in rows:
+        for k in ("spec", "priors", "selection", "sampler", "diagnostics", "summary"):
+            row[k] = parse_json(row.get(k))
+    return rows
 
 
 def all_fits(con) -> list[dict]:
@@ -749,3 +774,211 @@ def comparable_params(con, effects_id: int, formula_id: int) -> pd.DataFrame:
                 )
             )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------- task-information gain
+
+# A history window (docs/scoring.md): `history:K`.  A simulated study may prefix its own
+# conditions (the demo's `sim-history:0` beside its `sim`, as its `sim-persona`).
+HISTORY_WINDOW = re.compile(r"(?:^|-)history:(\d+)$")
+
+
+def contrast_conditions(fit: dict) -> tuple[str, str] | None:
+    """The two conditions a persona-model fit contrasts (first minus second): from its
+    ``selection``, else from ``fits.condition`` ("X vs Y"); None when neither says."""
+    sel = as_dict(fit.get("selection"))
+    a, b = sel.get("persona_condition"), sel.get("plain_condition")
+    if isinstance(a, str) and isinstance(b, str):
+        return a, b
+    cond = fit.get("condition")
+    if isinstance(cond, str) and " vs " in cond:
+        first, second = cond.split(" vs ", 1)
+        return first, second
+    return None
+
+
+def history_window(fit: dict) -> int | None:
+    """K when ``fit`` is the persona model's contrast of a history window ``history:K``
+    against another condition (a task-information fit), else None.
+
+    The persona model is a within-model contrast of any two conditions on the same
+    responses; with a history window first it measures how much the person's own
+    earlier answers help, not a persona prompt, so the report shows it on its own page.
+    """
+    if fit.get("kind") != "persona":
+        return None
+    conds = contrast_conditions(fit)
+    m = HISTORY_WINDOW.search(conds[0]) if conds else None
+    return int(m.group(1)) if m else None
+
+
+def is_persona_prompt_fit(fit: dict) -> bool:
+    """A persona fit about persona prompts (not a history-window contrast)."""
+    return history_window(fit) is None
+
+
+def task_information_fits(con) -> list[dict]:
+    """The newest history-window contrast fit for each pair of conditions, newest first."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for fit in fits_of(con, "persona"):
+        conds = contrast_conditions(fit)
+        if history_window(fit) is None or conds is None or conds in seen:
+            continue
+        seen.add(conds)
+        out.append(fit)
+    return out
+
+
+def history_conditions(con) -> list[tuple[str, str]]:
+    """(history window, condition it removes history from) pairs with complete runs of the
+    same model: ``history:K`` against ``plain``, ``<prefix>-history:K`` against ``<prefix>``."""
+    conds = set(conditions_scored(con))
+    out = []
+    for c in sorted(conds):
+        m = HISTORY_WINDOW.search(c)
+        if not m:
+            continue
+        prefix = c[: m.start()]
+        against = prefix if prefix else "plain"
+        if against in conds:
+            out.append((c, against))
+    return out
+
+
+def contrast_cells(con, first: str, second: str, models: list[str] | None = None) -> pd.DataFrame:
+    """Per (model, experiment): the raw paired difference first − second, the mean over
+    participants of each participant's mean difference on the responses both conditions
+    scored validly, with its paired standard error sd/sqrt(n) (the cells the persona model
+    reads: ``stats.persona.persona_cells``).
+
+    Columns: model, post_training, experiment, n (participants), n_responses, mean, se.
+    """
+    from psystats.stats.persona import persona_cells
+
+    cells = persona_cells(con, persona_condition=first, plain_condition=second, models=models)
+    if cells.empty:
+        return pd.DataFrame(
+            columns=["model", "post_training", "experiment", "n", "n_responses", "mean", "se"]
+        )
+    cells["se"] = np.sqrt(cells["var"] / cells["n"])
+    types = frame(con, "SELECT name AS model, post_training FROM models")
+    cells = cells.merge(types, on="model", how="left")
+    return cells[["model", "post_training", "experiment", "n", "n_responses", "mean", "se"]]
+
+
+# ------------------------------------------------------------------- floors
+
+FLOOR_LEVEL = 0.90  # the floors page's intervals (paired t intervals over participants)
+
+
+def floor_models(con) -> list[str]:
+    """The floors: models with ``post_training = 'baseline'`` (``baseline:uniform``, ...)."""
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT name FROM models WHERE post_training = 'baseline' ORDER BY name"
+        ).fetchall()
+    ]
+
+
+def floor_runs(con, condition: str) -> pd.DataFrame:
+    """The floor run each model under ``condition`` is compared with, per (floor,
+    experiment): the floor's latest complete run under ``condition``, else its latest
+    under any condition (a floor reads responses only: its numbers are the same under
+    every condition, docs/scoring.md "Baselines").  Columns: model, experiment, run_id."""
+    from psystats.stats.data import run_experiments
+
+    floors = floor_models(con)
+    if not floors:
+        return pd.DataFrame(columns=["model", "experiment", "run_id"])
+    ran = run_experiments(con, conditions_scored(con), models=floors)
+    ran["same"] = ran["condition"] == condition
+    ran = ran.sort_values(["model", "experiment", "same", "t", "run_id"])
+    last = ran.groupby(["model", "experiment"], sort=True).tail(1)
+    return last[["model", "experiment", "run_id"]].reset_index(drop=True)
+
+
+def floor_participants(con, condition: str) -> pd.DataFrame:
+    """Per (model, floor, experiment, participant): the participant's mean NLL of the
+    model (under ``condition``) and of the floor (:func:`floor_runs`), and the mean
+    paired difference model − floor, over the responses both scored validly (latest
+    complete run per model, condition and experiment, as every analysis reads).
+
+    Columns: model, floor, experiment, participant_key, n_responses, model_nll,
+    floor_nll, difference.  Read one model at a time (memory: one model's scores).
+    """
+    from psystats.stats.data import latest_runs, valid_score
+
+    cols = ["model", "floor", "experiment", "participant_key", "n_responses"]
+    cols += ["model_nll", "floor_nll", "difference"]
+    floors = floor_models(con)
+    runs = latest_runs(con, [condition])
+    fruns = floor_runs(con, condition)
+    if fruns.empty:
+        return pd.DataFrame(columns=cols)
+    parts = []
+    for model, mruns in runs[~runs["model"].isin(floors)].groupby("model", sort=True):
+        pairs = mruns.merge(fruns, on="experiment", suffixes=("", "_floor"))
+        if pairs.empty:
+            continue
+        values = ", ".join("(?, ?, ?, ?)" for _ in range(len(pairs)))
+        params = [
+            v
+            for r in pairs.itertuples()
+            for v in (int(r.run_id), int(r.run_id_floor), str(r.model_floor), str(r.experiment))
+        ]
+        parts.append(
+            frame(
+                con,
+                f"""WITH p(run_id, floor_run, floor, experiment) AS (VALUES {values})
+                SELECT ? AS model, p.floor, r.experiment, r.participant_key,
+                       count(*)::BIGINT AS n_responses, avg(sm.nll) AS model_nll,
+                       avg(sf.nll) AS floor_nll, avg(sm.nll - sf.nll) AS difference
+                FROM p JOIN scores sm ON sm.run_id = p.run_id
+                JOIN scores sf ON sf.run_id = p.floor_run AND sf.response_id = sm.response_id
+                JOIN responses r ON r.response_id = sm.response_id
+                                AND r.experiment = p.experiment
+                WHERE {valid_score("sm")} AND {valid_score("sf")}
+                GROUP BY ALL ORDER BY p.floor, r.experiment, r.participant_key""",
+                [*params, str(model)],
+            )
+        )
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
+def floor_comparisons(con, condition: str, level: float = FLOOR_LEVEL) -> pd.DataFrame:
+    """Per (experiment, floor, model) for the models scored under ``condition``: how far
+    the model's NLL per response lies below the floor's (:func:`floor_runs`), on the same
+    participants and responses.
+
+    ``mean`` is the mean over participants of their paired differences model − floor
+    (negative: the model beats the floor), ``lo``/``hi`` its ``level`` Student t interval
+    over participants (mean ± t_{n-1} sd/sqrt(n); none with one participant);
+    ``verdict``: ``beats`` when the whole interval is below 0, ``worse`` when above, else
+    ``unclear``.  Also: participants, responses, the model's and the floor's mean NLL.
+    """
+    per = floor_participants(con, condition)
+    cols = ["experiment", "floor", "model", "post_training", "participants", "responses"]
+    cols += ["model_nll", "floor_nll", "mean", "sd", "lo", "hi", "verdict"]
+    if per.empty:
+        return pd.DataFrame(columns=cols)
+    g = per.groupby(["experiment", "floor", "model"], sort=True)
+    out = g.agg(
+        participants=("difference", "size"),
+        responses=("n_responses", "sum"),
+        model_nll=("model_nll", "mean"),
+        floor_nll=("floor_nll", "mean"),
+        mean=("difference", "mean"),
+        sd=("difference", "std"),
+    ).reset_index()
+    half = t_half_width(out["sd"], out["participants"], level).where(out["participants"] >= 2)
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    out["verdict"] = np.select(
+        [out["hi"] < 0, out["lo"] > 0], ["beats", "worse"], default="unclear"
+    )
+    types = frame(con, "SELECT name AS model, post_training FROM models")
+    out = out.merge(types, on="model", how="left")
+    return out[cols]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Note, Para, Section, esc, fmt, no_data, plural, table_from
+from .blocks import Note, Para, Section, esc, fmt, no_data, plural, table_from, title
 
 
 def build(con) -> Section:
-    s = Section(SECTION_TITLES[0])
+    s = Section(title("Data"))
     ov = q.overview(con)
     if ov["participants"] == 0:
         return s.add(

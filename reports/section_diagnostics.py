@@ -12,7 +12,6 @@ from scipy import stats
 from . import figures as figs
 from . import queries as q
 from .blocks import (
-    SECTION_TITLES,
     Figure,
     Note,
     Para,
@@ -23,6 +22,7 @@ from .blocks import (
     plural,
     summary_of,
     table_from,
+    title,
 )
 from .fit_notes import caveats
 
@@ -84,7 +84,7 @@ PPC_CAPTION = (
 
 
 def build(con) -> Section:
-    s = Section(SECTION_TITLES[6])
+    s = Section(title("Diagnostics"))
     diag = q.diagnostics_table(con)
     if diag.empty:
         return s.add(no_data("no fits"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import queries as q
-from .blocks import SECTION_TITLES, Section, esc, no_data, summary_of, table_from
+from .blocks import Section, esc, no_data, summary_of, table_from, title
 from .fit_notes import (
     caveats,
     fit_caption,
@@ -18,7 +18,7 @@ from .section_formula import formula_blocks
 
 
 def build(con, truth: dict | None = None) -> Section:
-    s = Section(SECTION_TITLES[4])
+    s = Section(title("Effects model"))
     fit = q.latest_fit(con, "effects")
     formula = q.latest_fit(con, "formula")
     if fit is None:

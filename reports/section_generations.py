@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Figure, Section, no_data, table_from
+from .blocks import Figure, Section, no_data, table_from, title
 from .fit_notes import caveats, fit_caption, headline, others_note, truth_blocks, with_units
 
 
 def build(con, truth: dict | None = None) -> Section:
-    s = Section(SECTION_TITLES[3])
+    s = Section(title("Generations"))
     fit = q.latest_fit(con, "generations")
     if fit is None:
         return s.add(

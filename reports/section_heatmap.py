@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Figure, Para, Section, no_data
+from .blocks import Figure, Para, Section, no_data, title
 from .fit_notes import caveats, fit_caption, multiplicity_note
 
 
 def build(con) -> Section:
-    s = Section(SECTION_TITLES[2])
+    s = Section(title("Post-training effect by model and task domain"))
     fit = q.latest_fit(con, "effects")
     if fit is None:
         return s.add(

@@ -10,7 +10,6 @@ import pandas as pd
 from . import figures as figs
 from . import queries as q
 from .blocks import (
-    SECTION_TITLES,
     Figure,
     Note,
     Para,
@@ -21,6 +20,7 @@ from .blocks import (
     plural,
     summary_of,
     table_from,
+    title,
 )
 from .fit_notes import fit_caption
 
@@ -172,6 +172,8 @@ def kind_words(kind: str, fit: dict) -> str:
     """The model in words, true to what this fit did (e.g. persona's model effects)."""
     if kind != "persona":
         return KIND_WORDS.get(kind, "A model fitted by psystats.")
+    conds = q.contrast_conditions(fit)
+    first, second = conds if conds else ("persona", "plain")
     spec = q.as_dict(fit.get("spec"))
     if spec.get("model_effects") == "random":
         scope = (
@@ -186,10 +188,16 @@ def kind_words(kind: str, fit: dict) -> str:
             "of models; fitted with --model-effects fixed), so its verdicts hold for the "
             "models scored only, not for other models of the same type"
         )
+    if q.history_window(fit) is not None:
+        return (
+            f"NLL under {first} (earlier answers of the participant removed) minus NLL "
+            f"under {second} per participant (the task-information gain), for the same "
+            f"model and responses, with the persona model: {scope}."
+        )
     return (
-        "NLL with a persona prompt minus NLL with the plain prompt per participant, "
-        f"for the same model and responses, {scope}; a region of practical equivalence "
-        "turns 'no benefit' into a posterior probability."
+        f"NLL with a persona prompt ({first}) minus NLL with the plain prompt ({second}) "
+        f"per participant, for the same model and responses, {scope}; a region of "
+        "practical equivalence turns 'no benefit' into a posterior probability."
     )
 
 
@@ -265,18 +273,22 @@ def record_tables(kind: str, f: dict) -> list:
 
 
 def build(con) -> Section:
-    s = Section(SECTION_TITLES[7])
+    s = Section(title("Methods"))
     fits = q.all_fits(con)
     s.add(*scoring_blocks(q.runs_table(con)))
     if not fits:
         s.add(no_data("no fits, so no statistical methods to describe"))
     latest: dict[str, dict] = {}
     for f in fits:
-        latest[f["kind"]] = f  # ordered by fit_id: the last one wins
-    for kind, f in latest.items():
+        # ordered by fit_id: the last one wins; a history-window contrast of the persona
+        # model is described apart from the persona-prompt fits
+        history = f["kind"] == "persona" and q.history_window(f) is not None
+        latest["Task-information gain (persona)" if history else f["kind"]] = f
+    for heading, f in latest.items():
+        kind = f["kind"]
         s.add(
             Para(
-                f"<b>{esc(kind.capitalize())} model</b> ({fit_caption(f)}). "
+                f"<b>{esc(heading[0].upper() + heading[1:])} model</b> ({fit_caption(f)}). "
                 + esc(kind_words(kind, f))
             )
         )

@@ -9,15 +9,16 @@ import pandas as pd
 
 from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Figure, Para, Section, fmt, no_data, summary_of, table_from
+from .blocks import Figure, Para, Section, fmt, no_data, summary_of, table_from, title
 from .fit_notes import caveats, fit_caption, headline, others_note, truth_blocks
 
 MAX_FACTOR = 100.0  # beyond this "more data" is not a plan: say so instead of a number
 
 
 def build(con, truth: dict | None = None) -> Section:
-    s = Section(SECTION_TITLES[5])
-    persona = q.latest_fit(con, "persona")
+    s = Section(title("Persona and accuracy"))
+    # A persona-model fit of a history window is the task-information page's.
+    persona = q.latest_fit(con, "persona", q.is_persona_prompt_fit)
     accuracy = q.latest_fit(con, "accuracy")
     if persona is None and accuracy is None:
         return s.add(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from . import figures as figs
 from . import queries as q
-from .blocks import SECTION_TITLES, Figure, Note, Section, esc, no_data, plural, table_from
-from .fit_notes import CAVEAT, flag_list
+from .blocks import Figure, Note, Section, esc, no_data, plural, table_from, title
+from .fit_notes import pipeline_check_note
 
 
 def build(con) -> Section:
-    s = Section(SECTION_TITLES[1])
+    s = Section(title("NLL against model size"))
     conditions = q.conditions_scored(con)
     if not conditions:
         return s.add(no_data("no complete scoring runs"))
@@ -18,21 +18,12 @@ def build(con) -> Section:
         if table.empty:
             s.add(no_data(f"no valid scores under condition '{esc(cond)}'"))
             continue
-        missing = table[table["n_params"].isna()]
-        plotted = table[table["n_params"].notna()]
-        flagged = q.pipeline_checks(con, [str(m) for m in table["model"]])
-        if flagged:
-            s.add(
-                Note(
-                    f"<b>{CAVEAT}: {plural(len(flagged), 'model')} under condition "
-                    f"{esc(cond)} {'is' if len(flagged) == 1 else 'are'} flagged as a "
-                    "pipeline check</b>: "
-                    + flag_list(flagged)
-                    + ". Their scores check the pipeline; they are not evidence about "
-                    "real models.",
-                    "warning",
-                )
-            )
+        floor = table["post_training"] == "baseline"  # floors are rows, not points
+        missing = table[table["n_params"].isna() & ~floor]
+        plotted = table[table["n_params"].notna() & ~floor]
+        s.add(
+            *pipeline_check_note(con, [str(m) for m in table["model"]], f"under condition {cond}")
+        )
         if not plotted.empty:
             common = (
                 "the same " if info["common"] else ""
@@ -77,7 +68,15 @@ def build(con) -> Section:
                     "lo": "95% low",
                     "hi": "95% high",
                 },
-                caption=f"Per-model values behind the figure (condition {esc(cond)}).",
+                caption=f"Per-model values behind the figure (condition {esc(cond)})."
+                + (
+                    " Floors (post-training 'baseline', section "
+                    f"{title('Floors').split()[0]}) are rows here, over the compared "
+                    "participants they scored (baseline:uniform scores only experiments "
+                    "with an option set), not points of the figure."
+                    if floor.any()
+                    else ""
+                ),
                 formats={"n_params": figs.human_params},
             )
         )

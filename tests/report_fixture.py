@@ -456,11 +456,28 @@ def full_copy(small_warehouse: Path, root: Path, **kw) -> tuple[Path, Truth]:
     return db, truth
 
 
-def add_floor(con, name: str = "baseline:uniform", nll: float = 4.0, seed: int = 1) -> int:
-    """Register a floor (``post_training = 'baseline'``) with a complete plain run whose
-    response NLLs scatter around ``nll``; returns the run id."""
+def add_floor(
+    con,
+    name: str = "baseline:uniform",
+    nll: float = 4.0,
+    seed: int = 1,
+    experiments: list[str] | None = None,
+    condition: str = "plain",
+) -> int:
+    """Register a floor (``post_training = 'baseline'``) with a complete run whose response
+    NLLs scatter around ``nll``, ``n_tokens`` NULL as a baseline scorer writes them
+    (scoring/baselines.py), over every response (or those of ``experiments``, as
+    baseline:uniform skips experiments without an option set); returns the run id."""
     rng = np.random.default_rng(seed)
-    resp = [r for (r,) in con.execute("SELECT response_id FROM responses").fetchall()]
+    where = ""
+    if experiments:
+        where = "WHERE experiment IN (" + ", ".join("?" * len(experiments)) + ")"
+    resp = [
+        r
+        for (r,) in con.execute(
+            f"SELECT response_id FROM responses {where} ORDER BY response_id", experiments or []
+        ).fetchall()
+    ]
     run_id = next_id(con, "score_runs", "run_id")
     with transaction(con):
         con.execute(
@@ -470,23 +487,91 @@ def add_floor(con, name: str = "baseline:uniform", nll: float = 4.0, seed: int =
         con.execute(
             "INSERT INTO score_runs (run_id, model, condition, scorer, selection, settings, dtype,"
             " device, psystats_version, started_at, finished_at, status, n_participants,"
-            " n_responses, n_skipped, counts) VALUES (?, ?, 'plain', 'baseline', '{}', '{}',"
+            " n_responses, n_skipped, counts) VALUES (?, ?, ?, 'baseline', '{}', '{}',"
             " NULL, NULL, 'example', now(), now(), 'complete', 0, ?, 0, '{}')",
-            [run_id, name, len(resp)],
+            [run_id, name, condition, len(resp)],
         )
         scores = pd.DataFrame(
             {
                 "run_id": run_id,
                 "response_id": resp,
                 "nll": nll + rng.normal(0, 0.2, len(resp)),
-                "n_tokens": 1,
+                "n_tokens": None,
                 "first_token_nll": nll,
                 "top1_all": False,
                 "top1_first": False,
                 "first_token_entropy": 1.0,
             }
         )
+        scores["n_tokens"] = scores["n_tokens"].astype("Int64")
         con.register("_ex_floor", scores)
         con.execute("INSERT INTO scores SELECT * FROM _ex_floor")
         con.unregister("_ex_floor")
     return run_id
+
+
+# The task-information gain (history:0 − plain) per post-training type of the Qwen 3
+# models (the ones with several types) that add_task_information writes.
+GAIN = {"base": 0.3, "instruct": 0.1, "reasoning": 0.2}
+
+
+def add_task_information(con, truth: Truth, netcdf_dir, seed: int = 2) -> int:
+    """Qwen 3 models scored under ``history:0`` (their plain scores plus a known gain per
+    type, :data:`GAIN`, and noise) and a persona-model fit of history:0 against plain
+    whose draws are centred on those gains; returns the fit id."""
+    from psystats.stats.store import save_fit
+
+    rng = np.random.default_rng(seed)
+    models = {
+        name: ptype
+        for name, ptype in con.execute(
+            "SELECT name, post_training FROM models WHERE name LIKE 'Qwen3%' ORDER BY name"
+        ).fetchall()
+    }
+    run_id = next_id(con, "score_runs", "run_id")
+    runs: dict[str, list[int]] = {}
+    with transaction(con):
+        for name, ptype in models.items():
+            plain = truth.runs[name]
+            con.execute(
+                "INSERT INTO score_runs SELECT * REPLACE (? AS run_id, 'history:0' AS condition) "
+                "FROM score_runs WHERE run_id = ?",
+                [run_id, plain],
+            )
+            rows = pd.DataFrame(
+                con.execute(
+                    "SELECT * FROM scores WHERE run_id = ? ORDER BY response_id", [plain]
+                ).fetchdf()
+            )
+            rows["run_id"] = run_id
+            rows["nll"] = rows["nll"] + GAIN[ptype] + rng.normal(0, 0.2, len(rows))
+            con.register("_ex_history", rows)
+            con.execute("INSERT INTO scores SELECT * FROM _ex_history")
+            con.unregister("_ex_history")
+            runs[name] = [plain, run_id]
+            run_id += 1
+    types = sorted(set(models.values()))
+    idata = _idata(
+        {
+            "persona_effect": ([GAIN[t] for t in types], 0.02),
+            "persona_model_effect": ([GAIN[t] for t in models.values()], 0.03),
+        },
+        {"post_training": types, "model": list(models)},
+        {"persona_effect": ["post_training"], "persona_model_effect": ["model"]},
+        rng,
+    )
+    return save_fit(
+        con,
+        kind="persona",
+        idata=idata,
+        netcdf_dir=netcdf_dir,
+        condition="history:0 vs plain",
+        scale="nats",
+        seconds=1.0,
+        name="task-information gain",
+        selection={"persona_condition": "history:0", "plain_condition": "plain", "runs": runs},
+        spec={"kind": "persona", "model_effects": "fixed"},
+        diagnostics=_diagnostics(idata),
+        summary={"units": {"persona_effect": "nats", "persona_model_effect": "nats"}},
+        sampler=dict(sampler="example", chains=4, draws=250, tune=0, seed=0),
+    )

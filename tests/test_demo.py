@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from psystats.cli import COMMANDS, main
 from psystats.commands import demo_cmds
+from psystats.reports.blocks import title
 from psystats.sample import sample_path, sample_studies
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.sql import scalar
@@ -66,7 +67,7 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         chains=4,
         post_type="instruct",
     )
-    from psystats.stats.demo_study import option_files, study_files
+    from psystats.stats.demo_study import HISTORY_CONDITION, option_files, study_files
 
     n_files = len(study_files(tmp_path / "simulated"))
     assert [s.argv[0] for s in p.steps] == [
@@ -74,43 +75,83 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         "ingest",
         "models",
         "models",
-        "score",
-        "score",
+        *["score"] * 6,  # plain and history:0 for the pair, then the two floors
+        "fit",
         "fit",
         "simulate",
         "models",
         *["scores"] * n_files,
-        "fit",
-        "fit",
-        "fit",
-        "fit",
+        *["fit"] * 5,
         "simulate",
         "report",
+        "report",
+        *["card"] * 4,
     ]
+    # history:0 scores a seeded sample of the pair; its contrast with plain is the persona
+    # model's, fitted for the real pair and for the simulated study
+    history = [s.argv for s in p.steps if "history:0" in s.argv and s.argv[0] == "score"]
+    assert [a[a.index("--model") + 1] for a in history] == ["base-folder", "post"]
+    assert all(
+        a[a.index("--participants") + 1] == str(demo_cmds.HISTORY_PARTICIPANTS) for a in history
+    )
+    contrasts = [
+        (
+            s.argv[s.argv.index("--persona-condition") + 1],
+            s.argv[s.argv.index("--plain-condition") + 1],
+        )
+        for s in p.steps
+        if s.argv[:2] == ["fit", "persona"]
+    ]
+    assert contrasts == [
+        ("history:0", "plain"),
+        ("sim-persona", "sim"),
+        (HISTORY_CONDITION, "sim"),
+    ]
+    floors = [(s.argv[2], s.argv[4]) for s in p.steps if s.argv[2].startswith("baseline:")]
+    # once: a floor's numbers are the same under every condition (the report compares
+    # the simulated study's models with the plain runs)
+    assert floors == [("baseline:frequency", "plain"), ("baseline:uniform", "plain")]
     # option scores travel with the generation-2 'sim' runs; the report shows the truth
     with_options = [s for s in p.steps if "--options" in s.argv]
     assert len(with_options) == len(option_files(tmp_path / "simulated"))
     assert [s.argv[:2] for s in p.steps if s.argv[:2] == ["fit", "accuracy"]]
-    report = p.steps[-1].argv
-    assert report[report.index("--truth") + 1] == str(tmp_path / "simulated" / "truth.json")
+    pdf, html = (s.argv for s in p.steps if s.argv[0] == "report")
+    assert pdf[pdf.index("--truth") + 1] == str(tmp_path / "simulated" / "truth.json")
+    assert pdf[pdf.index("-o") + 1] == str(tmp_path / "demo.pdf")
+    assert html[html.index("-o") + 1] == str(tmp_path / "demo.html")
+    assert [a for a in pdf if a != str(tmp_path / "demo.pdf")] == [
+        a for a in html if a != str(tmp_path / "demo.html")
+    ]
+    cards = [s.argv[s.argv.index("-o") + 1] for s in p.steps if s.argv[0] == "card"]
+    assert cards == [
+        str(tmp_path / f"card-{m}.{x}") for m in ("base-folder", "post") for x in ("html", "json")
+    ]
     # the offline pair's random base is flagged as a pipeline check, by an ordinary command
     off = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", offline_pair=True)
     flag = next(s for s in off.steps if s.argv[:2] == ["models", "set"])
     assert flag.argv[2] == demo_cmds.OFFLINE_BASE_NAME
     assert flag.argv[3].startswith("pipeline_check=")
-    assert "SIMULATED STUDY" in p.steps[-1].argv[p.steps[-1].argv.index("--note") + 1]
+    assert "SIMULATED STUDY" in pdf[pdf.index("--note") + 1]
     plain = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", simulated=False)
-    assert [s.argv[0] for s in plain.steps][-2:] == ["fit", "report"]
+    assert [s.argv[0] for s in plain.steps][-8:] == [
+        "fit",
+        "fit",
+        "report",
+        "report",
+        *["card"] * 4,
+    ]
+    whole = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", history_participants=None)
+    assert not any("--participants" in s.argv for s in whole.steps)
     for step in p.steps:
         assert step.argv[0] in COMMANDS
         assert step.argv[step.argv.index("--db") + 1] == str(tmp_path / "demo.duckdb")
         assert step.command.startswith("psystats ")
+        assert step.cost > 0
     add_post = p.steps[3].argv
     assert add_post[add_post.index("--base") + 1] == "base-folder"
     assert add_post[add_post.index("--type") + 1] == "instruct"
     assert p.steps[4].argv[2] == "base-folder" and p.steps[5].argv[2] == "post"
-    assert p.steps[6].argv[:2] == ["fit", "effects"] and p.steps[6].may_fail
-    assert p.steps[-1].argv[p.steps[-1].argv.index("-o") + 1] == str(tmp_path / "demo.pdf")
+    assert p.steps[10].argv[:2] == ["fit", "effects"] and p.steps[10].may_fail
     # every planned command parses with the real CLI (only --help, nothing runs)
     for step in p.steps:
         grouped = ("models", "fit", "scores", "simulate")
@@ -121,9 +162,50 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
             assert opt in res.output, (opt, step.command)
 
 
+def test_card_paths_are_safe_file_names(tmp_path: Path):
+    assert demo_cmds.card_path(tmp_path, "HuggingFaceTB/SmolLM2-135M", "json") == (
+        tmp_path / "card-HuggingFaceTB--SmolLM2-135M.json"
+    )
+    assert demo_cmds.card_path(tmp_path, "SmolLM2-135M-Instruct.Q4_1", "html").name == (
+        "card-SmolLM2-135M-Instruct.Q4_1.html"
+    )
+
+
+def test_step_clock_estimates_from_typical_costs_refined_by_measured_ones():
+    """Before any step: the typical costs; after: scaled by measured / typical, shrunk
+    toward 1 by the prior's seconds; the header counts steps and formats like progress."""
+    now = [100.0]
+    steps = [demo_cmds.Step(str(i), ["init"], cost=c) for i, c in enumerate((10.0, 30.0, 60.0))]
+    clock = demo_cmds.StepClock(steps, clock=lambda: now[0])
+    assert clock.left(0) == pytest.approx(100.0)
+    assert clock.header(1) == "[1/3] (0:00 elapsed, about 1:40 left)"
+    now[0] += 40.0
+    clock.finished(steps[0], 40.0)  # four times slower than typical
+    w = demo_cmds.StepClock.PRIOR_SECONDS
+    speed = (40.0 + w) / (10.0 + w)
+    assert clock.speed() == pytest.approx(speed)
+    assert clock.left(1) == pytest.approx(speed * 90.0)
+    assert clock.header(2).startswith("[2/3] (0:40 elapsed, about ")
+    now[0] += 15.0
+    clock.finished(steps[1], 15.0)  # then twice as fast
+    assert clock.left(2) == pytest.approx((55.0 + w) / (40.0 + w) * 60.0)
+
+
+def test_demo_does_not_import_the_cli():
+    """The demo runs each step through the root command of its click context: importing
+    psystats.cli from psystats.commands would be an upward import (scripts/check_imports.py)."""
+    import ast
+
+    tree = ast.parse((ROOT / "psystats" / "commands" / "demo_cmds.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert "psystats.cli" not in imported
+
+
 def test_offline_pair_note_reaches_the_report(tmp_path: Path):
     p = demo_cmds.plan(tmp_path, "/x/tiny", "/x/SmolLM2-135M-Instruct.Q4_1.gguf", offline_pair=True)
-    report = p.steps[-1].argv
+    report = next(s.argv for s in p.steps if s.argv[0] == "report")
     assert "PIPELINE CHECK ONLY" in report[report.index("--note") + 1]
     assert p.base_name == demo_cmds.OFFLINE_BASE_NAME
     assert p.steps[2].argv[-2:] == ["--type", "base"]
@@ -142,36 +224,70 @@ def test_demo_needs_two_models(tmp_path: Path):
     assert res.exit_code == 2 and "exactly twice" in res.output
 
 
-def _check_demo_output(workdir: Path, models: int = 2, simulated: bool = False) -> None:
+def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = False) -> None:
+    import json
+
+    import jsonschema
     from pypdf import PdfReader
 
-    pdf = workdir / "demo.pdf"
-    assert pdf.exists()
+    from psystats.reports.card import schema
+
+    pdf, html = workdir / "demo.pdf", workdir / "demo.html"
+    assert pdf.exists() and html.exists()
     text = "\n".join(p.extract_text() or "" for p in PdfReader(str(pdf)).pages)
-    assert "1 Data" in text and "8 Methods" in text
+    assert "1 Data" in text and title("Methods") in text
     flat = " ".join(text.split())
+    page = html.read_text(encoding="utf-8")
+    for name in ("Task-information gain", "Floors"):
+        assert title(name) in flat and title(name) in page
+    assert "from the task, or from the person's own history?" in flat
+    assert "Is a model better than a trivial predictor?" in flat
     if simulated:
         # every section filled; the simulated fits' pages carry the pipeline-check caveat
-        # and each estimate beside its truth
+        # and each estimate beside its truth (effects, generations, persona, task
+        # information, accuracy, and the floors page's known distances)
         assert "No data for this section" not in flat
         assert "flagged as a pipeline check" in flat
-        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 4
+        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 6
+    for model in pair:
+        card = json.loads(demo_cmds.card_path(workdir, model, "json").read_text())
+        jsonschema.validate(card, schema())
+        assert card["model"]["name"] == model
+        assert demo_cmds.card_path(workdir, model, "html").exists()
     con = warehouse_db.open(workdir / "demo.duckdb")
     n_resp = scalar(con, "SELECT count(*) FROM responses")
-    runs = con.execute("SELECT run_id, status FROM score_runs").fetchall()
-    n_scores = scalar(con, "SELECT count(*) FROM scores")
-    fits = con.execute("SELECT kind FROM fits").fetchall()
-    n_options = scalar(con, "SELECT count(*) FROM option_scores")
+    runs = con.execute(
+        "SELECT sr.model, sr.condition, sr.status, sr.sample_spec, count(s.response_id) "
+        "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY sr.run_id"
+    ).fetchall()
+    fits = con.execute("SELECT kind, condition FROM fits ORDER BY fit_id").fetchall()
     con.close()
-    assert (n_options > 0) is simulated
+    assert all(status == "complete" for _, _, status, _, _ in runs)
+    by = {(m, c): (spec, n) for m, c, _, spec, n in runs}
+    for model in pair:
+        assert by[(model, "plain")] == (None, n_resp)
+        spec, n = by[(model, "history:0")]
+        assert spec.startswith(f"participants={demo_cmds.HISTORY_PARTICIPANTS} per experiment")
+        assert 0 < n < n_resp
+    assert by[("baseline:frequency", "plain")][1] == n_resp
+    assert 0 < by[("baseline:uniform", "plain")][1] < n_resp  # experiments with option sets
+    n_sim = 0
     if simulated:
         from psystats.stats.demo_study import study_files
 
-        models += len(study_files(workdir / "simulated"))
-    assert len(runs) == models and all(s == "complete" for _, s in runs)
-    assert n_scores == models * n_resp
-    kinds = ["effects"] + (["effects", "generations", "persona", "accuracy"] if simulated else [])
-    assert [k for (k,) in fits] == kinds
+        n_sim = len(study_files(workdir / "simulated"))
+        assert all(n == n_resp for (m, _), (_, n) in by.items() if m.startswith("SIM-"))
+    assert len(runs) == 2 * len(pair) + 2 + n_sim
+    kinds = [("effects", "plain"), ("persona", "history:0 vs plain")]
+    if simulated:
+        kinds += [
+            ("effects", "sim"),
+            ("generations", "sim"),
+            ("persona", "sim-persona vs sim"),
+            ("persona", "sim-history:0 vs sim"),
+            ("accuracy", "sim"),
+        ]
+    assert fits == kinds
 
 
 def _demo_on_tiny_models(tiny_models, workdir: Path, *extra: str):
@@ -208,7 +324,7 @@ def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
     res = _demo_on_tiny_models(tiny_models, tmp_path)
     assert res.exit_code == 0, res.output
     assert "The same, one command at a time" in res.output
-    _check_demo_output(tmp_path, simulated=True)
+    _check_demo_output(tmp_path, (tiny_models["llama"].name, tiny_models["qwen3"].name), True)
     # the simulated study's estimates are printed beside their truth
     assert re.search(r"\d+ of \d+ truths inside their 90% interval", res.output)
     print(f"demo on tiny models: {time.perf_counter() - t0:.0f} s")
@@ -217,15 +333,22 @@ def test_demo_end_to_end_with_local_models(tiny_models, tmp_path: Path):
 @pytest.mark.slow
 def test_demo_rerun_resumes(tiny_models, tmp_path: Path):
     """Running the demo again scores nothing twice (finished runs are not redone)."""
+    counts = []
     for _ in range(2):
         res = _demo_on_tiny_models(tiny_models, tmp_path, "--no-simulated")
         assert res.exit_code == 0, res.output
-    con = warehouse_db.open(tmp_path / "demo.duckdb")
-    assert scalar(con, "SELECT count(*) FROM score_runs") == 2
-    n_resp = scalar(con, "SELECT count(*) FROM responses")
-    assert scalar(con, "SELECT count(*) FROM scores") == 2 * n_resp
-    assert scalar(con, "SELECT count(*) FROM fits") == 2
-    con.close()
+        con = warehouse_db.open(tmp_path / "demo.duckdb")
+        counts.append(
+            con.execute(
+                "SELECT (SELECT count(*) FROM score_runs), (SELECT count(*) FROM scores), "
+                "(SELECT count(*) FROM fits)"
+            ).fetchall()[0]
+        )
+        con.close()
+    # plain and history:0 for the pair, two floors; each demo fits effects and the contrast
+    assert counts[0][0] == counts[1][0] == 6
+    assert counts[0][1] == counts[1][1]
+    assert (counts[0][2], counts[1][2]) == (2, 4)
 
 
 @pytest.mark.slow
@@ -235,7 +358,8 @@ def test_demo_offline_default_pair(smollm2_gguf, tmp_path: Path, monkeypatch):
     res = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "PIPELINE CHECK ONLY" in res.output
-    _check_demo_output(tmp_path, simulated=True)
+    assert re.search(r"\[7/\d+\] \(\d+:\d\d elapsed, about \d+:\d\d left\)", res.output)
+    _check_demo_output(tmp_path, (demo_cmds.OFFLINE_BASE_NAME, "SmolLM2-135M-Instruct.Q4_1"), True)
 
 
 def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):

@@ -16,7 +16,7 @@ from psystats.reports.blocks import SECTION_TITLES, Figure, Note, Table, esc
 from psystats.reports.content import build_report
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.sql import scalar
-from report_fixture import fabricate
+from report_fixture import add_floor, add_task_information, fabricate
 
 
 def pdf_text(path: Path) -> tuple[int, str]:
@@ -49,6 +49,8 @@ def full_warehouse(small_warehouse: Path, tmp_path_factory) -> tuple[Path, objec
     shutil.copy(small_warehouse, db)
     con = warehouse_db.open(db, "write", create=True)
     truth = fabricate(con, netcdf_dir=root / "fits")
+    add_floor(con, "baseline:frequency", nll=6.0)
+    add_task_information(con, truth, root / "fits")
     con.close()
     return db, truth
 
@@ -65,12 +67,12 @@ def test_empty_warehouse_says_no_data(db_path: Path, tmp_path: Path):
 
 
 def test_no_fits_report(warehouse_copy: Path, tmp_path: Path):
-    """Ingested data and scores but no fits: sections 1-2 have content, 3-7 say why not."""
+    """Ingested data and scores but no fits: sections 1-2 have content, the rest say why not."""
     con = warehouse_db.open(warehouse_copy, "write", create=True)
     fabricate(con, kinds=())
     report = build_report(con)
     assert any(isinstance(b, Figure) for b in report.section(2).blocks)
-    for n in (3, 4, 5, 6, 7):
+    for n in (3, 4, 5, 6, 7, 8, 9):
         notes = [b for b in report.section(n).blocks if isinstance(b, Note)]
         assert notes and "No data" in notes[0].text, SECTION_TITLES[n - 1]
     report.close()
@@ -133,10 +135,15 @@ def test_nll_by_size_matches_independent_computation(full_warehouse):
         """
         SELECT sr.model, r.participant_key, s.nll FROM scores s
         JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id)
-        WHERE sr.status = 'complete' AND sr.condition = 'plain' AND s.n_tokens > 0""",
+        WHERE sr.status = 'complete' AND sr.condition = 'plain'
+          AND (s.n_tokens IS NULL OR s.n_tokens > 0) AND isfinite(s.nll)""",
     )
     con.close()
     per_person = scores.groupby(["model", "participant_key"])["nll"].mean()
+    # the floor (n_tokens NULL, as a baseline writes it) is a row of its own
+    assert table.loc[table["model"] == "baseline:frequency", "post_training"].tolist() == [
+        "baseline"
+    ]
     for row in table.itertuples():
         x = per_person.loc[row.model].to_numpy()
         n = len(x)
@@ -148,7 +155,7 @@ def test_nll_by_size_matches_independent_computation(full_warehouse):
     assert table["mean"].max() < 10
     # known values: differences between models follow the fabrication formula
     # (participant effects are shared, so they cancel in differences)
-    m = table.set_index("model")["mean"]
+    m = table[table["post_training"] != "baseline"].set_index("model")["mean"]
     names = list(m.index)
     for a, b in zip(names, names[1:]):
         assert m[a] - m[b] == pytest.approx(truth.model_mean[a] - truth.model_mean[b], abs=0.06)
@@ -290,7 +297,7 @@ def test_report_on_a_real_effects_fit(small_warehouse: Path, tmp_path: Path):
     row = q.latest_fit(con, "effects")
     con.close()
     summ = row["summary"]
-    methods = report.section(8).blocks
+    methods = report.section("Methods").blocks
     tables = [b for b in methods if isinstance(b, Table)]
     terms = next(t for t in tables if t.caption and t.caption.startswith("Terms of fit"))
     status = {r[0]: r[1] for r in terms.rows}

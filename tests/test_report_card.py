@@ -51,7 +51,8 @@ def participant_means(db: Path) -> pd.DataFrame:
         """SELECT sr.model, r.participant_key, e.domain, s.nll FROM scores s
            JOIN score_runs sr USING (run_id) JOIN responses r USING (response_id)
            LEFT JOIN experiments e ON e.experiment = r.experiment
-           WHERE sr.status = 'complete' AND sr.condition = 'plain' AND s.n_tokens > 0"""
+           WHERE sr.status = 'complete' AND sr.condition = 'plain'
+             AND (s.n_tokens IS NULL OR s.n_tokens > 0) AND isfinite(s.nll)"""
     )
     df = pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
     con.close()

@@ -95,7 +95,7 @@ def test_caveat_boxes_follow_each_fits_record(flagged_warehouse):
         s2 = [b.text for b in report.section(2).blocks if isinstance(b, Note)]
         assert any("pipeline check" in t and esc(flagged) in t for t in s2)
         # The predictive-check plot of the failed effects fit carries its caveat.
-        s7 = report.section(7).blocks
+        s7 = report.section("Diagnostics").blocks
         fid = int(fits["effects"]["fit_id"])
         ppc = [i for i, b in enumerate(s7) if isinstance(b, Figure) and f"fit {fid}" in b.caption]
         assert ppc and any(
@@ -200,7 +200,7 @@ def test_report_of_real_failed_effects_and_formula_fits(tmp_path: Path):
         # Methods: the formula fit's specification exactly as recorded.
         spec = next(
             b
-            for b in report.section(8).blocks
+            for b in report.section("Methods").blocks
             if getattr(b, "caption", None)
             and b.caption.startswith(f"Specification of fit {fits['formula']['fit_id']}")
         )

@@ -47,7 +47,7 @@ def test_persona_scope_follows_the_fits_model_effects(report):
     from psystats.reports.section_persona import persona_scope
 
     # The stored fit has no model_effects: the default (fixed) is what it did.
-    s6, s8 = texts(report.section(6).blocks), texts(report.section(8).blocks)
+    s6, s8 = texts(report.section(6).blocks), texts(report.section("Methods").blocks)
     assert "hold for those models only" in s6
     assert "models scored only" in s8 and "hierarchical over experiments and models" not in s8
     for spec, own in (({"model_effects": "fixed"}, True), ({"model_effects": "random"}, False)):
@@ -117,7 +117,7 @@ def test_every_generation_slope_has_a_unit(report, full):
 
 
 def test_retries_column_and_attempts(report, full):
-    s7 = report.section(7).blocks
+    s7 = report.section("Diagnostics").blocks
     diag = table(s7, "Diagnostics per fit")
     i = diag.columns.index("retries")
     kinds = diag.columns.index("kind")
@@ -128,14 +128,17 @@ def test_retries_column_and_attempts(report, full):
     assert f"{a['draws']} draws at target_accept {a['target_accept']} missed" in line
     assert esc(a["problems"][0]) in line
     # the flattened redrawn[0]... rows are gone from the methods' sampler tables
-    assert "redrawn" not in texts(report.section(8).blocks)
+    assert "redrawn" not in texts(report.section("Methods").blocks)
     assert not any(
-        "redrawn" in r[0] for b in report.section(8).blocks if isinstance(b, Table) for r in b.rows
+        "redrawn" in r[0]
+        for b in report.section("Methods").blocks
+        if isinstance(b, Table)
+        for r in b.rows
     )
 
 
 def test_coverage_is_called_in_sample_and_loo_pit_sits_beside_it(report):
-    ppc = table(report.section(7).blocks, "Posterior predictive checks")
+    ppc = table(report.section("Diagnostics").blocks, "Posterior predictive checks")
     assert "in-sample 90% coverage" in ppc.columns and "LOO-PIT KS p" in ppc.columns
     assert "about 0.9 when the model fits" not in ppc.caption
     assert "usually above 0.9" in ppc.caption

@@ -482,12 +482,13 @@ def test_runs_table_counts_per_run_equal_one_query(scored, tmp_path):
         got = runs_table(c)
         ref = c.execute(
             "SELECT sr.run_id, count(s.response_id), "
-            "count(s.response_id) FILTER (WHERE s.n_tokens > 0) "
+            "count(s.response_id) FILTER (WHERE (s.n_tokens IS NULL OR s.n_tokens > 0) "
+            "AND s.nll IS NOT NULL AND isfinite(s.nll)) "
             "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY 1 ORDER BY 1"
         ).fetchall()
     finally:
         c.close()
-    assert [tuple(r) for r in got[["run_id", "scored", "with_tokens"]].itertuples(index=False)] == [
+    assert [tuple(r) for r in got[["run_id", "scored", "valid"]].itertuples(index=False)] == [
         tuple(r) for r in ref
     ]
     assert list(got.columns[:7]) == [
@@ -497,7 +498,7 @@ def test_runs_table_counts_per_run_equal_one_query(scored, tmp_path):
         "scorer",
         "status",
         "scored",
-        "with_tokens",
+        "valid",
     ]
 
 

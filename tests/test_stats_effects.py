@@ -424,7 +424,11 @@ def test_cli_fit_effects_end_to_end(sim_wh, tmp_path):
     try:
         ppc = [f for f in report.figures() if f.caption.startswith("Posterior predictive check")]
         assert len(ppc) == 1 and "(effects)" in ppc[0].caption
-        notes = [b for b in report.section(7).blocks if "No posterior predictive plot" in str(b)]
+        notes = [
+            b
+            for b in report.section("Diagnostics").blocks
+            if "No posterior predictive plot" in str(b)
+        ]
         assert not notes
     finally:
         report.close()

@@ -9,6 +9,7 @@ them all as a script to copy.  Nothing here scores, fits or draws by itself.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -41,10 +42,32 @@ class Step:
     title: str
     argv: list[str]  # arguments after `psystats`
     may_fail: bool = False  # the demo goes on (and says so) if this step fails
+    cost: float = 1.0  # typical seconds (TYPICAL_SECONDS): the step counter's estimate
 
     @property
     def command(self) -> str:
         return "psystats " + shlex.join(self.argv)
+
+
+# Typical seconds per step of `psystats demo --offline` on a quiet 2-core x86-64 CPU with
+# the SmolLM2 GGUF cached (measured 2026-12-06; docs/report.md), so the step counter can
+# say how long is left before it has measured anything.  The counter scales the rest
+# by how fast the finished steps went against these (StepClock).
+TYPICAL_SECONDS = {
+    "quick": 0.3,  # init, ingest, models add/set/load, simulate study/check, scores import
+    "add-post": 3.0,  # reads the post-trained model's files
+    "score-base": 3.0,  # the offline pair's tiny random base
+    "score-post": 160.0,  # SmolLM2-135M-Instruct over the sample's 26k tokens
+    "score-post-history": 120.0,  # the same under history:0 on a sample of participants
+    "score-floor": 2.0,  # a baseline scorer (no model loaded)
+    "fit-effects": 14.0,
+    "fit-generations": 8.0,
+    "fit-persona": 33.0,  # the persona model (persona prompts or a history window)
+    "fit-accuracy": 53.0,
+    "report-pdf": 45.0,
+    "report-html": 40.0,
+    "card": 2.0,
+}
 
 
 @dataclass
@@ -58,6 +81,13 @@ class Plan:
     offline_pair: bool = False  # the random-init fallback: a pipeline check only
     notes: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+
+
+# The real pair's history:0 scoring reads a seeded sample of this many participants per
+# experiment (`score --participants`): the whole sample costs minutes on a CPU, and the
+# task-information contrast needs two participants per experiment.
+HISTORY_PARTICIPANTS = 4
+REAL_CONTRAST_NAME = "task-information gain"
 
 
 def model_name(source: str) -> str:
@@ -111,14 +141,20 @@ def plan(
     device: str = "cpu",
     post_type: str | None = None,
     simulated: bool = True,
+    history_participants: int | None = HISTORY_PARTICIPANTS,
 ) -> Plan:
     """The demo's commands for a base/post pair, in order.
 
-    With ``simulated`` the real pair is followed by a clearly labelled
-    SIMULATED study on the same real responses (``psystats simulate study``,
-    imported with ``models load`` and ``scores import``), fitted with the
-    effects, generations and persona models and checked against its truth,
-    so every section of the report has something to show.
+    The real pair: scored under ``plain`` and (a seeded sample of
+    ``history_participants`` per experiment; None: all) under ``history:0``,
+    the floors scored, the effects model and the task-information contrast
+    fitted.  With ``simulated`` the real pair is followed by a clearly
+    labelled SIMULATED study on the same real responses (``psystats simulate
+    study``, imported with ``models load`` and ``scores import``), fitted with
+    the effects, generations, persona (prompts and history window) and
+    accuracy models and checked against its truth, so every section of the
+    report has something to show.  Last: the report as PDF and as
+    interactive HTML, and a card per model of the pair.
     """
     from psystats.sample import sample_path
 
@@ -133,13 +169,18 @@ def plan(
         offline_pair,
     )
     d = ["--db", str(db)]
-    add_base = ["models", "add", base, *d, "--name", p.base_name]
-    if offline_pair:
-        add_base += ["--type", "base"]
-    flag_base = ["models", "set", p.base_name, f"pipeline_check={OFFLINE_PIPELINE_CHECK}", *d]
-    add_post = ["models", "add", post, *d, "--name", p.post_name, "--base", p.base_name]
-    if post_type:
-        add_post += ["--type", post_type]
+    sampling = ["--draws", str(draws), "--tune", str(tune), "--chains", str(chains)]
+    p.steps = [
+        Step("Create the warehouse", ["init", *d], cost=TYPICAL_SECONDS["quick"]),
+        Step(
+            "Ingest the embedded Psych-201 sample",
+            ["ingest", str(sample_path()), *d],
+            cost=TYPICAL_SECONDS["quick"],
+        ),
+        *register_steps(p, d, post_type),
+        *real_steps(p, d, device, sampling, history_participants),
+    ]
+    report = ["report", *d, "-o", str(workdir / "demo.pdf"), "--title", "psystats demo"]
     note = (
         OFFLINE_WARNING
         if offline_pair
@@ -149,55 +190,144 @@ def plan(
             f"run the same commands on the full data for real conclusions."
         )
     )
-    p.steps = [
-        Step("Create the warehouse", ["init", *d]),
-        Step("Ingest the embedded Psych-201 sample", ["ingest", str(sample_path()), *d]),
-        Step("Register the base model", add_base),
-        Step("Register the post-trained model", add_post),
-        *(
-            [Step("Flag the random base as a pipeline check (the report says so)", flag_base)]
-            if offline_pair
-            else []
-        ),
-        Step(
-            "Score every response with the base model",
-            ["score", "--model", p.base_name, "--condition", "plain", "--device", device, *d],
-        ),
-        Step(
-            "Score every response with the post-trained model",
-            ["score", "--model", p.post_name, "--condition", "plain", "--device", device, *d],
-        ),
-        Step(
-            "Fit the hierarchical effects model",
-            [
-                "fit",
-                "effects",
-                *d,
-                "--draws",
-                str(draws),
-                "--tune",
-                str(tune),
-                "--chains",
-                str(chains),
-                "--allow-diagnostics-failure",
-            ],
-            may_fail=True,
-        ),
-    ]
-    report = ["report", *d, "-o", str(workdir / "demo.pdf"), "--title", "psystats demo"]
     if simulated:
         p.steps += simulated_steps(workdir, d, draws=draws, tune=tune, chains=chains)
         note += " " + SIMULATED_NOTE
         report += ["--truth", str(workdir / "simulated" / "truth.json")]
-    p.steps.append(Step("Write the report", [*report, "--note", note]))
+    p.steps += output_steps(p, [*report, "--note", note], d)
     return p
+
+
+def register_steps(p: Plan, d: list[str], post_type: str | None) -> list[Step]:
+    add_base = ["models", "add", p.base, *d, "--name", p.base_name]
+    if p.offline_pair:
+        add_base += ["--type", "base"]
+    add_post = ["models", "add", p.post, *d, "--name", p.post_name, "--base", p.base_name]
+    if post_type:
+        add_post += ["--type", post_type]
+    flag_base = ["models", "set", p.base_name, f"pipeline_check={OFFLINE_PIPELINE_CHECK}", *d]
+    quick = TYPICAL_SECONDS["quick"]
+    return [
+        Step("Register the base model", add_base, cost=quick),
+        Step("Register the post-trained model", add_post, cost=TYPICAL_SECONDS["add-post"]),
+        *(
+            [
+                Step(
+                    "Flag the random base as a pipeline check (the report says so)",
+                    flag_base,
+                    cost=quick,
+                )
+            ]
+            if p.offline_pair
+            else []
+        ),
+    ]
+
+
+def real_steps(
+    p: Plan, d: list[str], device: str, sampling: list[str], history_participants: int | None
+) -> list[Step]:
+    """Score the real pair (plain, history:0) and the floors; fit effects and the
+    task-information contrast."""
+    score = ["score", "--device", device, *d]
+    sample = ["--participants", str(history_participants)] if history_participants else []
+    sampled = f" (a sample of {history_participants} per experiment)" if sample else ""
+    lenient = ["--allow-diagnostics-failure"]
+    return [
+        Step(
+            "Score every response with the base model",
+            ["score", "--model", p.base_name, "--condition", "plain", "--device", device, *d],
+            cost=TYPICAL_SECONDS["score-base"],
+        ),
+        Step(
+            "Score every response with the post-trained model",
+            ["score", "--model", p.post_name, "--condition", "plain", "--device", device, *d],
+            cost=TYPICAL_SECONDS["score-post"],
+        ),
+        Step(
+            f"Score the base model without the participants' history{sampled}",
+            [*score[:1], "--model", p.base_name, "--condition", "history:0", *sample, *score[1:]],
+            cost=TYPICAL_SECONDS["score-base"],
+        ),
+        Step(
+            f"Score the post-trained model without the participants' history{sampled}",
+            [*score[:1], "--model", p.post_name, "--condition", "history:0", *sample, *score[1:]],
+            cost=TYPICAL_SECONDS["score-post-history"],
+        ),
+        *floor_steps(d),
+        Step(
+            "Fit the hierarchical effects model",
+            ["fit", "effects", *d, *sampling, *lenient],
+            may_fail=True,
+            cost=TYPICAL_SECONDS["fit-effects"],
+        ),
+        Step(
+            "Task-information gain: history:0 against plain, with the persona model",
+            [
+                "fit",
+                "persona",
+                "--persona-condition",
+                "history:0",
+                "--plain-condition",
+                "plain",
+                *d,
+                "--name",
+                REAL_CONTRAST_NAME,
+                *sampling,
+                *lenient,
+            ],
+            may_fail=True,
+            cost=TYPICAL_SECONDS["fit-persona"],
+        ),
+    ]
+
+
+def floor_steps(d: list[str]) -> list[Step]:
+    """The two floors (no model is loaded: seconds).  Scored once, under plain: a floor
+    reads the responses only, and the report compares every condition's models with it."""
+    return [
+        Step(
+            f"Score the {what} floor ({model})",
+            ["score", "--model", model, "--condition", "plain", *d],
+            cost=TYPICAL_SECONDS["score-floor"],
+        )
+        for what, model in (("frequency", "baseline:frequency"), ("uniform", "baseline:uniform"))
+    ]
+
+
+def card_path(workdir: Path, model: str, suffix: str) -> Path:
+    """``WORKDIR/card-<model>.<suffix>``, the model's name made safe as a file name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "--", model).strip("-") or "model"
+    return workdir / f"card-{safe}.{suffix}"
+
+
+def output_steps(p: Plan, report: list[str], d: list[str]) -> list[Step]:
+    """The report as PDF and as interactive HTML, and a card (HTML, JSON) per model."""
+    i = report.index("-o")
+    html = [*report[: i + 1], str(p.workdir / "demo.html"), *report[i + 2 :]]
+    steps = [
+        Step("Write the report (PDF)", report, cost=TYPICAL_SECONDS["report-pdf"]),
+        Step("Write the interactive report (HTML)", html, cost=TYPICAL_SECONDS["report-html"]),
+    ]
+    for model in (p.base_name, p.post_name):
+        for suffix in ("html", "json"):
+            steps.append(
+                Step(
+                    f"Write the card of {model} ({suffix.upper()})",
+                    ["card", model, *d, "-o", str(card_path(p.workdir, model, suffix))],
+                    cost=TYPICAL_SECONDS["card"],
+                )
+            )
+    return steps
 
 
 SIMULATED_NOTE = (
     "SIMULATED STUDY: the SIM-* models (two families, two generations, instruct and "
     "reasoning) have made-up scores and option scores with known effects, written on the "
-    "sample's real responses under the conditions 'sim' and 'sim-persona'; every fit named "
-    "'SIMULATED study' is about them, and its page shows each estimate beside its truth."
+    "sample's real responses under the conditions 'sim', 'sim-persona' and "
+    "'sim-history:0'; every fit named 'SIMULATED study' is about them, and its page shows "
+    "each estimate beside its truth, as the floors page does for their distance to the "
+    "floors."
 )
 
 
@@ -208,6 +338,7 @@ def simulated_steps(
     from psystats.stats.demo_study import (
         CONDITION,
         FIT_NAME,
+        HISTORY_CONDITION,
         PERSONA_CONDITION,
         option_files,
         study_files,
@@ -216,13 +347,17 @@ def simulated_steps(
     out = workdir / "simulated"
     sampling = ["--draws", str(draws), "--tune", str(tune), "--chains", str(chains)]
     fit_opts = [*d, "--name", FIT_NAME, *sampling, "--allow-diagnostics-failure"]
+    quick = TYPICAL_SECONDS["quick"]
     steps = [
         Step(
             "SIMULATED study: score files with known effects on the real responses",
             ["simulate", "study", "-o", str(out), *d],
+            cost=quick,
         ),
         Step(
-            "SIMULATED study: register its models", ["models", "load", str(out / "models.toml"), *d]
+            "SIMULATED study: register its models",
+            ["models", "load", str(out / "models.toml"), *d],
+            cost=quick,
         ),
     ]
     options = option_files(out)
@@ -230,54 +365,96 @@ def simulated_steps(
         argv = ["scores", "import", str(path), "--model", model, "--condition", condition, *d]
         if condition == CONDITION and model in options:
             argv += ["--options", str(options[model])]
-        steps.append(Step(f"SIMULATED study: import {model} ({condition})", argv))
+        steps.append(Step(f"SIMULATED study: import {model} ({condition})", argv, cost=quick))
+
+    def fit(title: str, argv: list[str], cost: str) -> Step:
+        return Step(
+            f"SIMULATED study: {title}", ["fit", *argv, *fit_opts], True, TYPICAL_SECONDS[cost]
+        )
+
     steps += [
-        Step(
-            "SIMULATED study: effects model",
-            ["fit", "effects", "--condition", CONDITION, "--no-compare", *fit_opts],
-            may_fail=True,
+        fit("effects model", ["effects", "--condition", CONDITION, "--no-compare"], "fit-effects"),
+        fit("generations", ["generations", "--condition", CONDITION], "fit-generations"),
+        fit(
+            "persona",
+            ["persona", "--persona-condition", PERSONA_CONDITION, "--plain-condition", CONDITION],
+            "fit-persona",
         ),
-        Step(
-            "SIMULATED study: generations",
-            ["fit", "generations", "--condition", CONDITION, *fit_opts],
-            may_fail=True,
+        fit(
+            "task-information gain (history window)",
+            ["persona", "--persona-condition", HISTORY_CONDITION, "--plain-condition", CONDITION],
+            "fit-persona",
         ),
-        Step(
-            "SIMULATED study: persona",
-            [
-                "fit",
-                "persona",
-                "--persona-condition",
-                PERSONA_CONDITION,
-                "--plain-condition",
-                CONDITION,
-                *fit_opts,
-            ],
-            may_fail=True,
-        ),
-        Step(
-            "SIMULATED study: accuracy from the option scores",
-            ["fit", "accuracy", "--condition", CONDITION, *fit_opts],
-            may_fail=True,
+        fit(
+            "accuracy from the option scores",
+            ["accuracy", "--condition", CONDITION],
+            "fit-accuracy",
         ),
         Step(
             "SIMULATED study: each estimate beside the truth it should recover",
             ["simulate", "check", str(out / "truth.json"), *d],
             may_fail=True,
+            cost=quick,
         ),
     ]
     return steps
 
 
-def run_step(step: Step, number: int, total: int) -> bool:
-    """Run one ``psystats`` command in this process; True when it succeeded."""
-    from psystats.cli import main
+class StepClock:
+    """The step counter's estimate of the time left (``warehouse.progress`` conventions:
+    elapsed and time left as ``format_duration`` writes them).
 
-    click.secho(f"\n[{number}/{total}] {step.title}", bold=True, err=True)
+    Before any step has finished, the time left is the sum of the remaining steps'
+    typical costs (:data:`TYPICAL_SECONDS`); after, those costs scaled by how the
+    finished steps' measured times compare with their typical ones.  The scale is
+    shrunk toward 1 by ``PRIOR_SECONDS`` of typical work, so the first quick steps
+    (dominated by imports) do not swing it.
+    """
+
+    PRIOR_SECONDS = 30.0
+
+    def __init__(self, steps: list[Step], clock=time.perf_counter) -> None:
+        self.steps = steps
+        self.clock = clock
+        self.started = clock()
+        self.planned_done = 0.0
+        self.measured_done = 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def finished(self, step: Step, seconds: float) -> None:
+        self.planned_done += step.cost
+        self.measured_done += seconds
+
+    def speed(self) -> float:
+        """Measured over typical seconds so far (1: as typical; 2: twice as slow)."""
+        w = self.PRIOR_SECONDS
+        return (self.measured_done + w) / (self.planned_done + w)
+
+    def left(self, next_index: int) -> float:
+        """Seconds left for the steps from ``next_index`` (0-based) on."""
+        return self.speed() * sum(s.cost for s in self.steps[next_index:])
+
+    def header(self, number: int) -> str:
+        """``[7/44] (0:45 elapsed, about 6:10 left)`` before step ``number`` (1-based)."""
+        from psystats.warehouse.progress import format_duration
+
+        return (
+            f"[{number}/{len(self.steps)}] ({format_duration(self.elapsed)} elapsed, "
+            f"about {format_duration(self.left(number - 1))} left)"
+        )
+
+
+def run_step(root: click.Command, step: Step, header: str) -> tuple[bool, float]:
+    """Run one ``psystats`` command in this process with the root command ``root``;
+    (whether it succeeded, its seconds)."""
+    click.secho(f"\n{header} {step.title}", bold=True, err=True)
     click.secho(f"$ {step.command}", fg="cyan", err=True)
     t0 = time.perf_counter()
     try:
-        main.main(args=list(step.argv), prog_name="psystats", standalone_mode=False)
+        root.main(args=list(step.argv), prog_name="psystats", standalone_mode=False)
     except click.exceptions.Exit as e:
         ok = e.exit_code == 0
     except click.ClickException as e:
@@ -287,8 +464,36 @@ def run_step(step: Step, number: int, total: int) -> bool:
         ok = not e.code
     else:
         ok = True
-    click.echo(f"    ({time.perf_counter() - t0:.1f} s)", err=True)
-    return ok
+    seconds = time.perf_counter() - t0
+    click.echo(f"    ({seconds:.1f} s)", err=True)
+    return ok, seconds
+
+
+def run_plan(root: click.Command, p: Plan) -> list[Step]:
+    """Run every step with the step counter; the steps that failed (and may fail)."""
+    from psystats.warehouse.progress import format_duration
+
+    clock = StepClock(p.steps)
+    click.secho(
+        f"{len(p.steps)} steps, typically about {format_duration(clock.left(0))} on a quiet "
+        "2-core CPU (more on a busy machine); each step's header says how long is left.",
+        err=True,
+    )
+    failed: list[Step] = []
+    for i, step in enumerate(p.steps, 1):
+        ok, seconds = run_step(root, step, clock.header(i))
+        clock.finished(step, seconds)
+        if ok:
+            continue
+        if not step.may_fail:
+            raise click.ClickException(
+                f"demo stopped at step {i} ({step.title}); rerun `psystats demo` to resume"
+            )
+        failed.append(step)
+        click.secho(
+            f"step {i} failed; the report will show the section as missing", fg="yellow", err=True
+        )
+    return failed
 
 
 @click.command()
@@ -297,7 +502,7 @@ def run_step(step: Step, number: int, total: int) -> bool:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("psystats-demo"),
     show_default=True,
-    help="Folder for the warehouse, fits, models built offline and demo.pdf.",
+    help="Folder for the warehouse, fits, models built offline, demo.pdf, demo.html and the cards.",
 )
 @click.option(
     "--offline",
@@ -323,6 +528,14 @@ def run_step(step: Step, number: int, total: int) -> bool:
 @setting_option("--chains", SAMPLING["chains"], "INTEGER")
 @click.option("--device", default="cpu", show_default=True, help="torch device for scoring.")
 @click.option(
+    "--history-participants",
+    type=click.IntRange(2),
+    default=HISTORY_PARTICIPANTS,
+    show_default=True,
+    help="Participants per experiment the real pair is scored on under history:0 (a "
+    "seeded sample: the whole sample costs minutes more on a CPU).",
+)
+@click.option(
     "--fresh", is_flag=True, help="Delete the workdir's earlier warehouse and fits first."
 )
 @click.option(
@@ -331,7 +544,9 @@ def run_step(step: Step, number: int, total: int) -> bool:
     show_default=True,
     help="Add the SIMULATED study with known effects (fills every report section).",
 )
+@click.pass_context
 def demo(
+    ctx: click.Context,
     workdir: Path,
     offline: bool,
     models: tuple[str, ...],
@@ -340,16 +555,23 @@ def demo(
     tune: int,
     chains: int,
     device: str,
+    history_participants: int,
     fresh: bool,
     simulated: bool,
 ) -> None:
-    """Run the whole pipeline on the embedded sample and write demo.pdf.
+    """Run the whole pipeline on the embedded sample; write demo.pdf, demo.html and cards.
 
     Creates a warehouse in WORKDIR, ingests a few real Psych-201 participants
     from four studies (shipped with psystats, with their READMEs and licence),
-    registers and scores a base and a post-trained model, fits the effects
-    model, and writes WORKDIR/demo.pdf.  Every step is an ordinary psystats
-    command, printed before it runs and listed at the end.
+    registers a base and a post-trained model and scores them with the whole
+    transcript (plain) and, on a sample of participants, without the
+    participants' own earlier answers (history:0), scores the floors
+    (baseline:frequency, baseline:uniform), fits the effects model and the
+    task-information gain (history:0 against plain), and writes
+    WORKDIR/demo.pdf, the interactive WORKDIR/demo.html and a card per model
+    (WORKDIR/card-<model>.html and .json).  Every step is an ordinary psystats
+    command, printed before it runs (with the time elapsed and an estimate of
+    the time left) and listed at the end.
 
     Without a reachable hub (or with HF_HUB_OFFLINE=1, or --offline without
     --model), it falls back to an offline pair: a tiny random-initialised base
@@ -359,9 +581,10 @@ def demo(
 
     Then (unless --no-simulated) a clearly labelled SIMULATED study on the
     same real responses: SIM-* models with known effects of type, family,
-    size, generation, domain and persona prompts, and option scores with a
-    known accuracy gap, imported with `models load` and `scores import`,
-    fitted (effects, generations, persona, accuracy), and each estimate
+    size, generation, domain, persona prompts and the participants' history,
+    and option scores with a known accuracy gap, imported with `models load`
+    and `scores import`, fitted (effects, generations, persona, task
+    information, accuracy), compared with the floors, and each estimate
     printed and shown in the report beside its truth (`psystats simulate
     check`, `report --truth`), so every section of the report is filled.
 
@@ -375,45 +598,10 @@ def demo(
     if models and len(models) != 2:
         raise click.UsageError("give --model exactly twice: the base, then the post-trained model")
     workdir = workdir.resolve()
-    if fresh and workdir.exists():
-        for old in (
-            workdir / "demo.duckdb",
-            workdir / "demo.duckdb.wal",
-            workdir / "demo.duckdb.fits",
-            workdir / "simulated",
-        ):
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
+    if fresh:
+        clear(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-
-    offline_pair = False
-    if models:
-        base, post = models
-        if offline:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-    else:
-        reachable, why = (False, "--offline") if offline else hub_reachable()
-        if reachable:
-            base, post = HUB_PAIR
-        else:
-            os.environ["HF_HUB_OFFLINE"] = "1"  # nothing below may try the hub again
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            click.secho(
-                "\n"
-                + "!" * 78
-                + f"\nThe Hugging Face hub is not used ({why}).\n"
-                + OFFLINE_WARNING
-                + "\nFor the real pair, run `psystats demo` with hub "
-                "access, or give --model BASE --model POST.\n" + "!" * 78,
-                fg="yellow",
-                bold=True,
-                err=True,
-            )
-            base, post = build_offline_pair(workdir)
-            offline_pair = True
-
+    base, post, offline_pair = choose_pair(workdir, offline, models)
     p = plan(
         workdir,
         base,
@@ -425,22 +613,10 @@ def demo(
         device=device,
         post_type=post_type,
         simulated=simulated,
+        history_participants=history_participants,
     )
     t0 = time.perf_counter()
-    failed: list[Step] = []
-    for i, step in enumerate(p.steps, 1):
-        if not run_step(step, i, len(p.steps)):
-            if not step.may_fail:
-                raise click.ClickException(
-                    f"demo stopped at step {i} ({step.title}); rerun `psystats demo` to resume"
-                )
-            failed.append(step)
-            click.secho(
-                f"step {i} failed; the report will show the section as missing",
-                fg="yellow",
-                err=True,
-            )
-
+    failed = run_plan(ctx.find_root().command, p)
     click.secho("\nThe same, one command at a time:", bold=True, err=True)
     for step in p.steps:
         click.echo(f"  {step.command}", err=True)
@@ -449,6 +625,48 @@ def demo(
     click.echo(
         f"\ndemo finished in {time.perf_counter() - t0:.0f} s"
         + (f" ({len(failed)} step(s) failed)" if failed else "")
-        + f": report at {workdir / 'demo.pdf'}"
+        + f": report at {workdir / 'demo.pdf'} and {workdir / 'demo.html'}, cards "
+        f"{card_path(workdir, p.base_name, 'html').name} and "
+        f"{card_path(workdir, p.post_name, 'html').name}"
     )
     sys.stdout.flush()
+
+
+def clear(workdir: Path) -> None:
+    """``--fresh``: remove the workdir's warehouse, fits, simulated study and outputs."""
+    if not workdir.exists():
+        return
+    old = [workdir / n for n in ("demo.duckdb", "demo.duckdb.wal", "demo.duckdb.fits")]
+    old += [workdir / "simulated", workdir / "demo.pdf", workdir / "demo.html"]
+    old += list(workdir.glob("card-*.html")) + list(workdir.glob("card-*.json"))
+    for path in old:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def choose_pair(workdir: Path, offline: bool, models: tuple[str, ...]) -> tuple[str, str, bool]:
+    """(base, post, offline pair?): the given models, the hub pair, or the offline pair."""
+    if models:
+        if offline:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        return models[0], models[1], False
+    reachable, why = (False, "--offline") if offline else hub_reachable()
+    if reachable:
+        return HUB_PAIR[0], HUB_PAIR[1], False
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing below may try the hub again
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    click.secho(
+        "\n"
+        + "!" * 78
+        + f"\nThe Hugging Face hub is not used ({why}).\n"
+        + OFFLINE_WARNING
+        + "\nFor the real pair, run `psystats demo` with hub "
+        "access, or give --model BASE --model POST.\n" + "!" * 78,
+        fg="yellow",
+        bold=True,
+        err=True,
+    )
+    base, post = build_offline_pair(workdir)
+    return base, post, True

@@ -37,11 +37,13 @@ def study(db, out, seed):
     Two families (SIM-qwen, SIM-llama) x two generations, each a base with an
     instruct and a reasoning model, with known effects of type, family, size,
     generation and domain on the post-minus-base NLL, known base-NLL trends
-    over generations, known persona effects, and (second generation) option
-    scores of the discrete-choice responses with a known accuracy gap.
-    Writes OUT/models.toml (`psystats models load`; every model is flagged
-    as a pipeline check), one Parquet per model and condition (`psystats
-    scores import --condition sim` / `sim-persona`), the option files
+    over generations, known persona effects, known task-information gains
+    (the second generation's scores without the participants' history), and
+    (second generation) option scores of the discrete-choice responses with
+    a known accuracy gap.  Writes OUT/models.toml (`psystats models load`;
+    every model is flagged as a pipeline check), one Parquet per model and
+    condition (`psystats scores import --condition sim` / `sim-persona` /
+    `sim-history:0`), the option files
     (`scores import ... --options`) and OUT/truth.json (`psystats simulate
     check`, `psystats report --truth`).  Nothing is written to the warehouse.
 
@@ -71,8 +73,11 @@ def check(truth_file, db, fmt):
     """Print each estimate of the simulated study's fits beside the truth it should recover.
 
     Reads the newest fit of each kind named 'SIMULATED study' (effects,
-    generations, persona, accuracy).  `inside`: the truth lies in the 90% interval
-    (expect about 9 in 10 when the fits are calibrated).
+    generations, persona: prompts (sim-persona vs sim) and the task-information
+    gain (sim-history:0 vs sim), accuracy).  `inside`: the truth lies in the
+    90% interval (expect about 9 in 10 when the fits are calibrated).  The
+    SIM models' known distances to the floors are on the report's floors page
+    (`psystats report --truth`).
 
     \b
     Examples:

@@ -11,6 +11,10 @@ sample), the files of a clearly labelled simulated study:
 * one Parquet of per-response NLLs per model in condition ``sim`` and, for
   the second generation, in condition ``sim-persona``
   (``psystats scores import``);
+* for the second generation, one more per model in condition ``sim-history:0``:
+  its ``sim`` scores as if the participant's earlier answers were removed, with a
+  known task-information gain per type (``fit persona --persona-condition
+  sim-history:0 --plain-condition sim``; the report's task-information page);
 * for the second generation, a Parquet of option scores (the log-probability
   of each option of the discrete-choice responses) beside the ``sim`` scores
   (``psystats scores import ... --options``), with a known accuracy gap;
@@ -28,8 +32,14 @@ with x the centred log parameter count and g the generation centred within
 the family, so ``type_mean``, ``family``, ``size_slope``,
 ``generation_slope`` and ``domain`` of ``psystats fit effects --condition
 sim`` estimate exactly the truth.  Base NLLs fall by ``base_slope[family]``
-per generation (``fit generations``), and a persona prompt shifts each
-response's NLL by ``persona[type]`` (``fit persona``).
+per generation (``fit generations``), a persona prompt shifts each
+response's NLL by ``persona[type]`` (``fit persona``), and removing the
+history by ``task_information[type]``.  ``truth.json`` also holds every SIM
+model's expected NLL per response in each experiment (``floors``): the
+report's floors page compares the SIM models with the real floors
+(``psystats score --model baseline:frequency``: one run serves every
+condition), which are fixed functions of the responses, so each model's
+distance to a floor is known up to the simulation's noise.
 
 Option scores follow ``psystats.stats.accuracy.simulate_accuracy``'s model:
 for each response with options O (the distinct responses of its
@@ -52,6 +62,9 @@ from psystats.warehouse.errors import WarehouseError
 
 CONDITION = "sim"
 PERSONA_CONDITION = "sim-persona"
+# The simulated study's own history window: its `sim` scores with every earlier answer
+# removed (the report's task-information page reads `<prefix>-history:K` against `<prefix>`).
+HISTORY_CONDITION = "sim-history:0"
 FIT_NAME = "SIMULATED study"
 FAMILIES = ("SIM-qwen", "SIM-llama")
 GENERATIONS = (1, 2)
@@ -64,6 +77,9 @@ TRUTH: dict[str, Any] = {
     "generation_slope": 0.08,  # per generation step
     "base_slope": {"SIM-qwen": -0.30, "SIM-llama": -0.15},
     "persona": {"base": 0.0, "instruct": -0.10, "reasoning": 0.05},
+    # Task-information gain: NLL at history:0 minus NLL with the whole history, per type
+    # (positive: the person's own earlier answers help the model).
+    "task_information": {"base": 0.30, "instruct": 0.15, "reasoning": 0.40},
     "domain_range": 0.2,  # domain effects spread evenly over [-range, range]
     "participant_sd": 0.1,
     # Option scores: accuracy (beta) and over-confidence (sharpness) per type.
@@ -111,13 +127,16 @@ def study_files(out: Path) -> list[tuple[str, str, Path]]:
         for g in GENERATIONS:
             for kind in ("base", *TYPES):
                 name = model_name(f, g, kind)
-                conds = (CONDITION, PERSONA_CONDITION) if g == GENERATIONS[-1] else (CONDITION,)
+                conds = (
+                    (CONDITION, PERSONA_CONDITION, HISTORY_CONDITION)
+                    if g == GENERATIONS[-1]
+                    else (CONDITION,)
+                )
                 files += [(name, c, out / f"{name}.{c}.parquet") for c in conds]
     return files
 
 
-def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
-    """Write models.toml, the score files and truth.json into ``out``; returns the truth."""
+def _responses(con) -> pd.DataFrame:
     rows = con.execute(
         "SELECT r.response_id, r.participant_key, r.experiment, e.domain, trim(r.text) "
         "FROM responses r LEFT JOIN experiments e USING (experiment) ORDER BY r.response_id"
@@ -128,7 +147,29 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
         rows, columns=["response_id", "participant_key", "experiment", "domain", "text"]
     )
     resp["domain"] = resp["domain"].fillna("(no domain)")
+    return resp
+
+
+# Base NLL = |level + participant + response noise| + 0.05: the two noise SDs.
+PARTICIPANT_SD, RESPONSE_SD = 0.3, 0.3
+
+
+def abs_normal_mean(mean: float, sd: float) -> float:
+    """E|X| for X ~ Normal(mean, sd) (the folded normal's mean)."""
+    from scipy.stats import norm
+
+    return float(sd * np.sqrt(2 / np.pi) * np.exp(-(mean**2) / (2 * sd**2))) + mean * (
+        1 - 2 * float(norm.cdf(-mean / sd))
+    )
+
+
+def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
+    """Write models.toml, the score files and truth.json into ``out``; returns the truth."""
+    resp = _responses(con)
     rng = np.random.default_rng(seed)
+    # What was added later (history windows) draws from a stream of its own, so every
+    # file an earlier version wrote for a seed stays as it was.
+    rng_history = np.random.default_rng([seed, 1])
     out.mkdir(parents=True, exist_ok=True)
 
     domains = sorted(resp["domain"].unique())
@@ -136,6 +177,7 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
     domain_eff = dict(zip(domains, spread - spread.mean()))
     exps = sorted(resp["experiment"].unique())
     exp_level = dict(zip(exps, rng.normal(0, 0.5, len(exps))))  # base NLL level per experiment
+    exp_domain = dict(zip(resp.experiment, resp.domain))
 
     pairs = [(f, g, t) for f in FAMILIES for g in GENERATIONS for t in TYPES]
     logn = {fg: np.log(n) for fg, n in N_PARAMS.items()}
@@ -143,45 +185,46 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
     gen_centre = {f: float(np.mean([g for ff, g, _ in pairs if ff == f])) for f in FAMILIES}
 
     participants = resp.drop_duplicates("participant_key")[["participant_key", "experiment"]]
-    u = dict(zip(participants.participant_key, rng.normal(0, 0.3, len(participants))))
+    u = dict(zip(participants.participant_key, rng.normal(0, PARTICIPANT_SD, len(participants))))
     files: list[dict] = []
+    plain: dict[str, np.ndarray] = {}  # model -> its `sim` NLLs
+    levels: dict[str, dict[str, float]] = {}  # model -> experiment -> expected NLL
     models_toml = ["# SIMULATED models of the demo's simulated study (psystats.stats.demo_study)\n"]
 
     def save(name: str, condition: str, nll: np.ndarray) -> None:
         path = out / f"{name}.{condition}.parquet"
         pd.DataFrame({"response_id": resp["response_id"], "nll": nll}).to_parquet(path, index=False)
         files.append({"model": name, "condition": condition, "path": str(path)})
+        if condition == CONDITION:
+            plain[name] = nll
 
     cell_truth = []
     for f in FAMILIES:
         for g in GENERATIONS:
             base = model_name(f, g, "base")
-            models_toml.append(
-                f'[[models]]\nname = "{base}"\ntype = "base"\nfamily = "{f}"\n'
-                f'generation = "{g}"\nn_params = {int(N_PARAMS[(f, g)])}\n'
-                f'pipeline_check = "{PIPELINE_CHECK}"\n'
-            )
+            models_toml.append(_toml(base, "base", f, g))
+            level = {
+                e: 2.0 + exp_level[e] + TRUTH["base_slope"][f] * (g - gen_centre[f]) for e in exps
+            }
             base_nll = (
-                2.0
-                + resp["experiment"].map(exp_level).to_numpy()
-                + TRUTH["base_slope"][f] * (g - gen_centre[f])
+                resp["experiment"].map(level).to_numpy()
                 + resp["participant_key"].map(u).to_numpy()
-                + rng.normal(0, 0.3, len(resp))
+                + rng.normal(0, RESPONSE_SD, len(resp))
             )
             base_nll = np.abs(base_nll) + 0.05  # an NLL is positive
+            sd = float(np.hypot(PARTICIPANT_SD, RESPONSE_SD))
+            levels[base] = {e: abs_normal_mean(a, sd) + 0.05 for e, a in level.items()}
             save(base, CONDITION, base_nll)
             with_persona = g == GENERATIONS[-1]
             if with_persona:
                 _save_options(out / f"{base}.{CONDITION}.options.parquet", resp, "base", rng)
             if with_persona:
-                save(base, PERSONA_CONDITION, base_nll + _persona_shift(resp, "base", rng))
+                save(
+                    base, PERSONA_CONDITION, base_nll + _shift(resp, TRUTH["persona"]["base"], rng)
+                )
             for t in TYPES:
                 post = model_name(f, g, t)
-                models_toml.append(
-                    f'[[models]]\nname = "{post}"\ntype = "{t}"\nbase = "{base}"\n'
-                    f'family = "{f}"\ngeneration = "{g}"\nn_params = {int(N_PARAMS[(f, g)])}\n'
-                    f'pipeline_check = "{PIPELINE_CHECK}"\n'
-                )
+                models_toml.append(_toml(post, t, f, g, base))
                 pair_mu = (
                     TRUTH["intercept"]
                     + TRUTH["type"][t]
@@ -189,23 +232,54 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
                     + TRUTH["size_slope"] * (logn[(f, g)] - size_centre)
                     + TRUTH["generation_slope"] * (g - gen_centre[f])
                 )
-                mu = {e: pair_mu + domain_eff[d] for e, d in zip(resp.experiment, resp.domain)}
+                mu = {e: pair_mu + domain_eff[d] for e, d in exp_domain.items()}
                 d_i = {
                     p: rng.normal(mu[e], TRUTH["participant_sd"])
                     for p, e in zip(participants.participant_key, participants.experiment)
                 }
                 post_nll = base_nll + resp["participant_key"].map(d_i).to_numpy()
+                levels[post] = {e: levels[base][e] + mu[e] for e in exps}
                 save(post, CONDITION, post_nll)
                 if with_persona:
-                    save(post, PERSONA_CONDITION, post_nll + _persona_shift(resp, t, rng))
+                    save(post, PERSONA_CONDITION, post_nll + _shift(resp, TRUTH["persona"][t], rng))
                     _save_options(out / f"{post}.{CONDITION}.options.parquet", resp, t, rng)
                 cell_truth.append({"pair": f"{post} vs {base}", "mean": pair_mu})
+    for f in FAMILIES:  # the second generation without the participants' history
+        for kind in ("base", *TYPES):
+            name = model_name(f, GENERATIONS[-1], kind)
+            gain = TRUTH["task_information"][kind]
+            save(name, HISTORY_CONDITION, plain[name] + _shift(resp, gain, rng_history))
     (out / "models.toml").write_text("\n".join(models_toml))
-    truth = {
+    truth = _truth(domain_eff, cell_truth, logn, levels, option_sets(resp))
+    truth.update(files=files, seed=seed)
+    (out / "truth.json").write_text(json.dumps(truth, indent=1))
+    return truth
+
+
+def _toml(name: str, kind: str, family: str, generation: int, base: str | None = None) -> str:
+    return (
+        f'[[models]]\nname = "{name}"\ntype = "{kind}"\n'
+        + (f'base = "{base}"\n' if base else "")
+        + f'family = "{family}"\ngeneration = "{generation}"\n'
+        f"n_params = {int(N_PARAMS[(family, generation)])}\n"
+        f'pipeline_check = "{PIPELINE_CHECK}"\n'
+    )
+
+
+def _truth(
+    domain_eff: dict,
+    cell_truth: list[dict],
+    logn: dict,
+    levels: dict[str, dict[str, float]],
+    sets: dict[str, list[str]],
+) -> dict[str, Any]:
+    """What the fits (and the floors page) should recover (``truth.json`` less its files)."""
+    return {
         "about": "SIMULATED study on the sample's real responses: known effects",
         "fit_name": FIT_NAME,
         "condition": CONDITION,
         "persona_condition": PERSONA_CONDITION,
+        "history_condition": HISTORY_CONDITION,
         "effects": {
             "intercept": TRUTH["intercept"],
             "type_mean": {t: TRUTH["intercept"] + v for t, v in TRUTH["type"].items()},
@@ -228,12 +302,15 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
             },
         },
         "persona": {"persona_effect": TRUTH["persona"]},
-        "accuracy": accuracy_truth(option_sets(resp)),
-        "files": files,
-        "seed": seed,
+        # The persona model's contrast of sim-history:0 against sim: per type the gain.
+        "task_information": {"persona_effect": TRUTH["task_information"]},
+        "accuracy": accuracy_truth(sets),
+        # Expected NLL per response of every SIM model in each experiment (over
+        # participants and responses): model − floor on the floors page is this minus the
+        # floor's own mean on the same participants (a floor is a fixed function of the
+        # responses, scored for real).
+        "floors": {"expected_nll": levels},
     }
-    (out / "truth.json").write_text(json.dumps(truth, indent=1))
-    return truth
 
 
 def option_sets(resp: pd.DataFrame) -> dict[str, list[str]]:
@@ -296,8 +373,8 @@ def accuracy_truth(sets: dict[str, list[str]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
-    """Per response: the type's persona effect, a per-participant wobble and response noise.
+def _shift(resp: pd.DataFrame, effect: float, rng) -> np.ndarray:
+    """Per response: a condition's known effect, a per-participant wobble and response noise.
 
     The noise keeps every cell's variance well estimated even with two
     participants (near-zero variances make the persona posterior needle-sharp
@@ -305,12 +382,24 @@ def _persona_shift(resp: pd.DataFrame, post_training: str, rng) -> np.ndarray:
     parts = resp["participant_key"].unique()
     wobble = dict(zip(parts, rng.normal(0, 0.05, len(parts))))
     noise = rng.normal(0, 0.2, len(resp))
-    return TRUTH["persona"][post_training] + resp["participant_key"].map(wobble).to_numpy() + noise
+    return effect + resp["participant_key"].map(wobble).to_numpy() + noise
+
+
+# Truth sections that fits estimate: section -> (fit kind, truth key of the fit's first
+# condition).  The persona model fits two of them, told apart by their conditions
+# (``fits.condition`` = "<first> vs <second>", the second being the study's condition).
+FITTED = {
+    "effects": ("effects", None),
+    "generations": ("generations", None),
+    "persona": ("persona", "persona_condition"),
+    "task_information": ("persona", "history_condition"),
+    "accuracy": ("accuracy", None),
+}
 
 
 def _flat(truth: dict) -> list[tuple[str, str, str | None, float]]:
     rows: list[tuple[str, str, str | None, float]] = []
-    for kind in ("effects", "generations", "persona", "accuracy"):
+    for kind in FITTED:
         for param, v in truth.get(kind, {}).items():
             if isinstance(v, dict):
                 rows += [(kind, param, str(k), float(x)) for k, x in v.items()]
@@ -319,18 +408,31 @@ def _flat(truth: dict) -> list[tuple[str, str, str | None, float]]:
     return rows
 
 
+def _fit_of(con, truth: dict, section: str) -> int | None:
+    """The newest simulated-study fit that estimates ``section`` of the truth."""
+    kind, key = FITTED[section]
+    sql = "SELECT max(fit_id) FROM fits WHERE kind = ? AND name = ?"
+    params = [kind, truth_fit_name(truth)]
+    first = truth.get(key) if key else None
+    if first:
+        sql += " AND condition = ?"
+        params.append(f"{first} vs {truth.get('condition') or CONDITION}")
+    fit = con.execute(sql, params).fetchall()[0][0]
+    return None if fit is None else int(fit)
+
+
 def compare(con, truth: dict) -> pd.DataFrame:
     """Every estimate of the newest simulated-study fit of each kind beside its truth.
 
-    Columns: kind, fit_id, parameter, level, truth, mean, q05, q95, inside
-    (truth within the 90% interval).  Kinds without a fit are left out.
+    Columns: kind (the truth's section: effects, generations, persona,
+    task_information, accuracy), fit_id, parameter, level, truth, mean, q05,
+    q95, inside (truth within the 90% interval).  Sections without a fit are
+    left out.
     """
     out = []
-    name = truth_fit_name(truth)
+    fits = {section: _fit_of(con, truth, section) for section in FITTED}
     for kind, param, level, value in _flat(truth):
-        fit = con.execute(
-            "SELECT max(fit_id) FROM fits WHERE kind = ? AND name = ?", [kind, name]
-        ).fetchall()[0][0]
+        fit = fits[kind]
         if fit is None:
             continue
         rows = con.execute(
