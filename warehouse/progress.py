@@ -87,6 +87,7 @@ class Reporter:
         self.terminal = bool(isatty and isatty()) if terminal is None else terminal
         self._bar: Any = None
         self._task: Any = None
+        self.detail = ""  # a breakdown after the count (draws per chain); set_detail
 
     # -- numbers --------------------------------------------------------------
 
@@ -128,13 +129,16 @@ class Reporter:
         left = self.remaining
         return f"about {format_duration(left)} left" if left is not None else "time left unknown"
 
+    def _detail_text(self) -> str:
+        return f" [{self.detail}]" if self.detail else ""
+
     def line(self) -> str:
         """The status as one plain line (what a log receives)."""
         pct = ""
         if self.total:
             pct = f" ({min(100.0, 100.0 * self.done / self.total):.0f}%)"
         parts = [
-            f"{self._count_text()}{pct}",
+            f"{self._count_text()}{pct}{self._detail_text()}",
             self._rate_text(),
             f"{format_duration(self.elapsed)} elapsed",
         ]
@@ -181,6 +185,7 @@ class Reporter:
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("{task.fields[left]}"),
+            TextColumn("{task.fields[detail]}"),
             console=Console(file=self.stream, force_terminal=True),
             transient=False,
         )
@@ -194,6 +199,7 @@ class Reporter:
             "count": self._count_text(),
             "rate": self._rate_text(),
             "left": self._left_text() if self.total is not None else "",
+            "detail": self.detail,
         }
 
     def advance(self, n: float = 1) -> None:
@@ -201,6 +207,11 @@ class Reporter:
         with self._lock:
             self.done += n
             self._show()
+
+    def set_detail(self, detail: str) -> None:
+        """A breakdown shown after the count (e.g. draws per chain), kept until replaced."""
+        with self._lock:
+            self.detail = detail
 
     def set_total(self, total: float | None) -> None:
         """A new (better known, or grown) total."""
