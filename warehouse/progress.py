@@ -150,7 +150,7 @@ class Reporter:
         rate = self.rate
         speed = f" ({self._rate_text()})" if rate is not None else ""
         return (
-            f"{self.label}: done, {format_count(self.done)}{self._units()} in "
+            f"{self.label}: done, {format_count(self.done)}{self._units()}{self._detail_text()} in "
             f"{format_duration(self.elapsed)}{speed}"
         )
 
