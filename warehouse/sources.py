@@ -102,16 +102,16 @@ class SourceFile:
                 return int(pq.ParquetFile(self.path).metadata.num_rows)
             if self.member is not None:
                 with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-                    return _count_lines(f)
+                    return count_lines(f)
             with open(self.path, "rb") as f:
-                return _count_lines(f)
+                return count_lines(f)
         # Only an estimate for a progress display: whatever the reader cannot read,
         # records() reports as the file's error; here it counts nothing.
         except Exception:
             return 0
 
 
-def _count_lines(f: IO[bytes]) -> int:
+def count_lines(f: IO[bytes]) -> int:
     """Lines in ``f`` (a last line without a newline counts), read in chunks."""
     n, last = 0, b"\n"
     while chunk := f.read(_CHUNK):
