@@ -23,7 +23,9 @@ rate.  A total may be unknown (``None``: count and rate only) or grow while
 the job runs (:meth:`Reporter.set_total`, e.g. when the size of later work is
 only estimated).  :meth:`Reporter.advance` may be called from any thread.
 Messages for the user while the bar is live go through :meth:`Reporter.say`,
-which prints them above the bar instead of through it.
+which prints them above the bar instead of through it.  A breakdown of the
+count (draws per chain, responses read) goes through :meth:`Reporter.set_detail`
+and is shown in brackets after the count, in the final line too.
 
 This module sits in the lowest layer (``warehouse``) so that every command
 can use it; it imports nothing from psystats.
