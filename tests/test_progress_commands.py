@@ -83,8 +83,8 @@ def _jsonl(psych201: Path, study: str) -> bytes:
 
 def test_ingest_progress_advances_within_a_file_and_counts_skipped_files(tmp_path, psych201):
     """Library level, lines every advance (interval 0): the count moves record by record
-    inside one file; a file skipped as already ingested counts its lines as done; a
-    blank line lowers the total to what was read."""
+    inside one file; a blank line lowers the total to what was read; a file skipped as
+    already ingested is not read, not even to count its lines."""
     from psystats.warehouse.ingest import ingest_paths
     from psystats.warehouse.progress import progress
 
@@ -108,8 +108,8 @@ def test_ingest_progress_advances_within_a_file_and_counts_skipped_files(tmp_pat
 
         out = io.StringIO()
         bar = progress("ingesting", None, "participants", stream=out, interval=0, terminal=False)
-        ingest_paths(con, [two], progress=bar)  # the same bytes again: skipped, counted done
-        assert out.getvalue().splitlines()[-1].startswith("ingesting: done, 5 participants in")
+        ingest_paths(con, [two], progress=bar)  # the same bytes again: skipped unread
+        assert out.getvalue().splitlines() == ["ingesting: done, 0 participants in 0:00"]
     finally:
         con.close()
 

@@ -297,12 +297,7 @@ def ingest_file(
         return _refuse_file(src, 0, "<file>", f"cannot be read: {e.strerror}", skip_bad, t0)
     started = datetime.now(UTC).replace(tzinfo=None)
     if not force:
-        seen = scalar(
-            con,
-            "SELECT max(ingest_id) FROM ingests WHERE content_sha256 = ? AND study = ? "
-            "AND coalesce(member, '') = ? AND status = 'complete'",
-            [sha, src.study, src.member or ""],
-        )
+        seen = _ingested_before(con, src, sha)
         if seen is not None:
             return FileResult(
                 src.label,
@@ -335,6 +330,17 @@ def ingest_file(
             local.execute(f"DROP TABLE IF EXISTS {_staged(table)}")
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _ingested_before(con: duckdb.DuckDBPyConnection, src: SourceFile, sha: str) -> int | None:
+    """The complete ingest that read these bytes of ``src`` already (None: none)."""
+    seen = scalar(
+        con,
+        "SELECT max(ingest_id) FROM ingests WHERE content_sha256 = ? AND study = ? "
+        "AND coalesce(member, '') = ? AND status = 'complete'",
+        [sha, src.study, src.member or ""],
+    )
+    return None if seen is None else int(seen)
 
 
 def _commit_ranges(local: duckdb.DuckDBPyConnection) -> list[tuple[int, int]]:
@@ -666,7 +672,7 @@ def ingest_paths(
     for w in found.warnings:
         if on_warning:
             on_warning(w)
-    counter = _RecordCounter(progress, found.sources)
+    counter = _RecordCounter(progress, found.sources, None if force else con)
     results = []
     with counter:
         for i, src in enumerate(found.sources):
@@ -689,18 +695,25 @@ def ingest_paths(
 class _RecordCounter:
     """Participants read (and their responses) on a progress reporter, across files.
 
-    The total is the files' lines, counted before reading (not when quiet:
-    nothing shows).  A skipped or refused file counts its lines as done; a
-    file with blank lines lowers the total to what was read.
+    The total is the lines of the files that will be read, counted before
+    reading (not when quiet: nothing shows); a file whose bytes were ingested
+    before (``con`` given: not ``force``) is skipped unread and counts
+    nothing.  A file refused whole counts its lines as done; a file with
+    blank lines lowers the total to what was read.
     """
 
-    def __init__(self, reporter: Reporter | None, sources: list[SourceFile]) -> None:
+    def __init__(
+        self,
+        reporter: Reporter | None,
+        sources: list[SourceFile],
+        con: duckdb.DuckDBPyConnection | None,
+    ) -> None:
         self.reporter = reporter
         self.responses = 0
         self.counts: list[int] = []
         self._file_start = 0.0
         if reporter is not None and not reporter.quiet:
-            self.counts = [src.count_records() for src in sources]
+            self.counts = [0 if _skipped(con, src) else src.count_records() for src in sources]
             reporter.set_total(sum(self.counts))
 
     def __enter__(self) -> _RecordCounter:
@@ -728,3 +741,13 @@ class _RecordCounter:
         elif read < self.counts[i]:
             bar.advance(self.counts[i] - read)
         self._file_start = bar.done
+
+
+def _skipped(con: duckdb.DuckDBPyConnection | None, src: SourceFile) -> bool:
+    """Whether ``ingest_file`` will skip ``src`` unread (its bytes were ingested before)."""
+    if con is None:
+        return False
+    try:
+        return _ingested_before(con, src, src.sha256()) is not None
+    except OSError:
+        return False  # unreadable: ingest_file says so
