@@ -80,7 +80,6 @@ def build_tiny_model(
     The tokenizer in ``tokenizer_dir`` is copied beside the weights so the
     folder loads like any Hugging Face model folder.
     """
-    import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,16 +93,30 @@ def build_tiny_model(
         num_key_value_heads=kv_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_positions,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         tie_word_embeddings=False,
+        **_special_ids(tok),
         **config_overrides,
     )
     if family == "qwen3":
         config.head_dim = hidden_size // heads
+    return _save_random(AutoModelForCausalLM, config, tok, dest, seed)
+
+
+def _special_ids(tok) -> dict:
+    """bos/eos/pad token ids of a tiny model's config (pad: eos when the tokenizer has none)."""
+    return dict(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+
+
+def _save_random(auto_cls, config, tok, dest: str | Path, seed: int) -> Path:
+    """Random-initialise ``auto_cls`` from ``config`` (seeded) and save it with ``tok``."""
+    import torch
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = auto_cls.from_config(config, dtype=torch.float32)
     # Larger-than-default init so the tiny model's predictions are not all
     # near-uniform: tests of exactness need logits that actually vary.
     with torch.no_grad():
@@ -225,27 +238,11 @@ def build_tiny_vl_model(
     Saved with the tokenizer (and its chat template) like a hub VL folder,
     loaded by psystats through ``AutoModelForImageTextToText``.
     """
-    import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    special = dict(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-    )
-    config = tiny_vl_config(family, len(tok), special)
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.2)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
-    return dest
+    config = tiny_vl_config(family, len(tok), _special_ids(tok))
+    return _save_random(AutoModelForImageTextToText, config, tok, dest, seed)
 
 
 def build_tiny_lora(
