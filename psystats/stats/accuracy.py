@@ -640,20 +640,11 @@ def fit_accuracy(
     store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
     sel.check_names(con)  # conditions: "no option scores" below says what to score
     # One (model, experiment) at a time: the option rows never all sit in memory.
-    rows = OptionGroups(
-        con,
-        post_condition=sel.post,
-        base_condition=sel.base,
-        models=sel.only("models"),
-        experiments=sel.only("experiments"),
-    )
+    rows = OptionGroups(con, **sel.reads("models", "experiments"))
     data = prepare_accuracy(rows, load_models(con), folds=acc.folds, seed=sampling.seed)
     runs = rows.groups.groupby("model")["run_id"].agg(lambda s: sorted(set(map(int, s))))
     data.selection = dict(
-        post_condition=sel.post,
-        base_condition=sel.base,
-        models=sel.only("models"),
-        experiments=sel.only("experiments"),
+        sel.reads("models", "experiments"),
         pairs=list(data.pairs["pair"]),
         runs={m: runs[m] for m in sorted(set(data.participants["model"]))},
         n_participants=int(data.participants.groupby(["experiment", "participant_key"]).ngroups),

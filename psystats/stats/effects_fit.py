@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from .cells import build_cells, with_scale
+from .cells import cell_runs, selected_cells
 from .cohens_d import pair_cohens_d
 from .effects_design import EffectsData, prepare
 from .effects_model import LABELS, build_effects_model, reported_vars
@@ -249,25 +249,13 @@ def fit_effects(
     sel, fs = Selection.of(selection), EffectsFitSpec.of(spec)
     sel.require("effects", ["models", "experiments"])
     store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
-    sel.check_names(con, conditions=[sel.post, sel.base])
-    cells = with_scale(
-        build_cells(
-            con,
-            post_condition=sel.post,
-            base_condition=sel.base,
-            models=sel.only("models"),
-            experiments=sel.only("experiments"),
-        ),
-        fs.model.scale,
-    )
+    cells = selected_cells(con, sel, fs.model.scale)
     result = fit_cells(cells, fs, sampling, allow_failure=allow_failure)
     data = result.data
     result.selection = {
         **sel.record(),
         "pairs": data.coords["pair"],
-        "runs": sorted(
-            {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
-        ),
+        "runs": cell_runs(cells),
         "n_cells": data.n_cells,
         "n_experiments": len(data.coords["experiment"]),
     }

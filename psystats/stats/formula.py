@@ -46,7 +46,7 @@ import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
 
-from .cells import SCALES, build_cells, with_scale
+from .cells import SCALES, cell_runs, selected_cells
 from .fit_checks import refresh_loo
 from .options import (
     AnalysisSpec,
@@ -550,17 +550,7 @@ def fit_formula(
     sel, fs = Selection.of(selection), FormulaSpec.of(spec)
     sel.require("formula", ["models", "experiments"])
     store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
-    sel.check_names(con, conditions=[sel.post, sel.base])
-    cells = with_scale(
-        build_cells(
-            con,
-            post_condition=sel.post,
-            base_condition=sel.base,
-            models=sel.only("models"),
-            experiments=sel.only("experiments"),
-        ),
-        fs.scale,
-    )
+    cells = selected_cells(con, sel, fs.scale)
     priors = dict(fs.priors) if fs.priors else None
     result = fit_formula_cells(
         cells,
@@ -573,9 +563,7 @@ def fit_formula(
     result.selection = {
         **sel.record(),
         "pairs": sorted(result.data["pair"].unique().tolist()),
-        "runs": sorted(
-            {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
-        ),
+        "runs": cell_runs(cells),
         "n_cells": len(result.data),
     }
     result.spec = {"formula": fs.formula, "priors": dict(priors or {}), "scale": fs.scale}

@@ -932,11 +932,7 @@ def fit_generations(
     sel.check_names(con)
     data = load_generations_data(
         con,
-        base_condition=sel.base,
-        post_condition=sel.post,
-        families=sel.only("families"),
-        experiments=sel.only("experiments"),
-        post_training=sel.only("post_training"),
+        **sel.reads("families", "experiments", "post_training"),
         generation_scale=gs.generation_scale,
     )
     model, model_spec = build_generations_model(data, gs.priors)
