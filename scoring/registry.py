@@ -40,6 +40,7 @@ import duckdb
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.names import did_you_mean
 from psystats.warehouse.parquet_layout import delete_runs
+from psystats.warehouse.schema import MODEL_FACTS
 from psystats.warehouse.sql import scalar, transaction
 
 from . import naming
@@ -55,12 +56,7 @@ COLUMNS = (
     "revision",
     "gguf_file",
     "tokenizer_source",
-    "family",
-    "generation",
-    "generation_order",
-    "n_params",
-    "post_training",
-    "base_model",
+    *MODEL_FACTS,
     "trust_remote_code",
     "inferred",
     "created_at",
