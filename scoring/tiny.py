@@ -157,6 +157,10 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
     )
     # Multimodal rotary sections (temporal, height, width) summing to head_dim / 2.
     mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    # The one-layer vision tower of Qwen2.5-VL and Qwen3-VL (they differ in one field).
+    qwen_vision = dict(
+        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64
+    )
     if family == "qwen2_vl":
         return transformers.Qwen2VLConfig(
             text_config=dict(text, rope_parameters=mrope),
@@ -166,14 +170,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
     if family == "qwen2_5_vl":
         return transformers.Qwen2_5_VLConfig(
             text_config=dict(text, rope_parameters=mrope),
-            vision_config=dict(
-                depth=1,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=64,
-                fullatt_block_indexes=[0],
-            ),
+            vision_config=dict(qwen_vision, fullatt_block_indexes=[0]),
             **special,
         )
     if family == "qwen3_vl":
@@ -181,14 +178,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
             text_config=dict(
                 text, head_dim=16, rope_parameters=dict(mrope, mrope_interleaved=True)
             ),
-            vision_config=dict(
-                depth=1,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=64,
-                deepstack_visual_indexes=[],
-            ),
+            vision_config=dict(qwen_vision, deepstack_visual_indexes=[]),
             **special,
         )
     if family == "mllama":
