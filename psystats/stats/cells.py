@@ -114,23 +114,17 @@ def _params(
     return params, exp_filter
 
 
-def participant_differences(
-    con,
-    *,
-    post_condition: str = "plain",
-    base_condition: str | None = None,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-) -> pd.DataFrame:
+def participant_differences(con, selection: Selection | None = None) -> pd.DataFrame:
     """One row per (pair, participant): ``d`` and both models' mean NLL.
 
     Columns: ``pair, post_model, base_model, experiment, study, domain,
     participant_key, n_responses, mean_post, mean_base, d, post_run_id,
-    base_run_id``.  ``base_condition`` defaults to ``post_condition``.
+    base_run_id``.  ``selection``: conditions, models, experiments (default:
+    all, plain).
     """
-    base_condition = base_condition or post_condition
-    pr = _pairs_or_fail(con, models)
-    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
+    sel = selection or Selection()
+    pr = _pairs_or_fail(con, sel.only("models"))
+    params, exp_filter = _params(pr, sel.post, sel.base, sel.only("experiments"))
     q = (
         _differences_sql(len(pr), exp_filter)
         + """
