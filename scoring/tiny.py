@@ -157,10 +157,10 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
     )
     # Multimodal rotary sections (temporal, height, width) summing to head_dim / 2.
     mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
-    # The one-layer vision tower of Qwen2.5-VL and Qwen3-VL (they differ in one field).
-    qwen_vision = dict(
-        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64
-    )
+    # Every tiny vision tower is this wide, with one layer; the one of Qwen2.5-VL and
+    # Qwen3-VL (they differ in one field).
+    tower = dict(hidden_size=32, intermediate_size=64)
+    qwen_vision = dict(tower, depth=1, num_heads=2, out_hidden_size=64)
     if family == "qwen2_vl":
         return transformers.Qwen2VLConfig(
             text_config=dict(text, rope_parameters=mrope),
@@ -187,8 +187,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
         return transformers.MllamaConfig(
             text_config=dict(text, num_hidden_layers=3, cross_attention_layers=[1]),
             vision_config=dict(
-                hidden_size=32,
-                intermediate_size=64,
+                tower,
                 num_hidden_layers=1,
                 num_global_layers=1,
                 attention_heads=2,
@@ -207,12 +206,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
                 layer_types=["sliding_attention", "full_attention"],
             ),
             vision_config=dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                image_size=28,
-                patch_size=14,
+                tower, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
             ),
             mm_tokens_per_image=4,
             **special,
