@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -41,6 +43,8 @@ from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.hashing import file_sha256
 from psystats.warehouse.outputs import table_suffix, write_batches
 from psystats.warehouse.parquet_layout import write_rows
+from psystats.warehouse.progress import Reporter
+from psystats.warehouse.sources import count_lines
 from psystats.warehouse.sql import scalar, transaction
 
 from . import registry
@@ -150,18 +154,49 @@ def open_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch], str]:
     raise WarehouseError(f"{path}: expected a .parquet, .csv or .tsv file")
 
 
+def count_rows(path: Path) -> int:
+    """About how many rows :func:`open_batches` streams (for progress): a Parquet file's
+    row count, a CSV's lines after the header; 0 when that cannot be read cheaply."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with open(path, "rb") as f:
+            return max(0, count_lines(f) - 1)
+    # An estimate only: the import itself reports what is wrong with the file.
+    except Exception:
+        return 0
+
+
+@contextmanager
+def _rows_progress(progress: Reporter | None, path: Path) -> Iterator[Callable[[int], Any] | None]:
+    """``progress`` started for the rows of ``path`` (closed after the import); yields
+    what counts rows as they are read (None without a reporter)."""
+    if progress is None:
+        yield None
+        return
+    if not progress.quiet:
+        progress.set_total(count_rows(path))
+    with progress:
+        yield progress.advance
+
+
 def read_table(path: Path) -> tuple[pa.Table, str]:
     """The whole file as one table (small files and tests; the import streams instead)."""
     schema, batches, where = open_batches(path)
     return pa.Table.from_batches(list(batches), schema=schema), where
 
 
-def _stage_raw(con, path: Path, table: str = "_import_raw") -> tuple[list[str], int, str]:
+def _stage_raw(
+    con, path: Path, table: str = "_import_raw", on_rows: Callable[[int], Any] | None = None
+) -> tuple[list[str], int, str]:
     """Stream the file into the temporary table ``table`` with a ``_row`` column
     (CSV line or Parquet row number as the user sees it) and lower-case column names.
 
     Returns (column names, row count, 'line'/'row').  DuckDB holds the rows,
     spilling beyond its memory limit, so RSS does not grow with the file.
+    ``on_rows(n)`` is called as each batch of ``n`` rows is read (progress).
     """
     schema, batches, where = open_batches(path)
     lower = [c.lower() for c in schema.names]
@@ -188,6 +223,8 @@ def _stage_raw(con, path: Path, table: str = "_import_raw") -> tuple[list[str], 
                 first += b.num_rows
                 cols = [c.cast(pa.float32()) if w else c for c, w in zip(b.columns, widen)]
                 yield pa.RecordBatch.from_arrays([*cols, rows], schema=out_schema)
+                if on_rows is not None:
+                    on_rows(b.num_rows)
         except WarehouseError as e:
             failure.append(e)  # DuckDB would wrap it in its own message
             raise
@@ -240,6 +277,7 @@ def import_scores(
     force: bool = False,
     options: str | Path | None = None,
     run: int | None = None,
+    progress: Reporter | None = None,
 ) -> ImportResult:
     """Import an external scorer's per-response NLLs as one complete score run.
 
@@ -261,6 +299,10 @@ def import_scores(
     and the run is complete again once nothing is missing
     (``warehouse.staleness.close_gaps``).  Model, condition and scorer are
     the run's.
+
+    ``progress`` (``warehouse.progress``; started and closed here) counts the
+    file's score rows as they are read, out of its row count; its final line
+    comes after the commit.
     """
     path = Path(path)
     if unit not in UNITS:
@@ -284,45 +326,76 @@ def import_scores(
 
     local = local_connection(con)
     try:
-        cols, natural, where, lower = _read_scores_file(con, path)
-        ignored = sorted(cols - KNOWN)
-        missing_optional = [c for c in OPTIONAL if c not in cols]
-        _validate(con, path, where, cols, natural, UNITS[unit])
-        opt_path = Path(options) if options is not None else None
-        n_options = _check_options(con, opt_path, unit) if opt_path is not None else 0
-        if run is not None:
-            added, skipped, still = _fill_run(con, path, run, settings, opt_path is not None)
-            return ImportResult(
-                run_id=run,
-                n_rows=added,
-                ignored_columns=ignored,
-                missing_optional=missing_optional,
-                n_options=n_options,
-                rows_present=skipped,
-                still_missing=still,
+        with _rows_progress(progress, path) as on_rows:
+            return _import_rows(
+                con,
+                path,
+                settings,
+                on_rows,
+                model=model,
+                condition=condition,
+                scorer=scorer,
+                unit=unit,
+                post_training=post_training,
+                options=options,
+                run=run,
             )
-        run_id, n_rows, registered = _write_new_run(
-            con,
-            path,
-            {**settings, "key": "response_id" if "response_id" in cols else "natural"},
-            sorted(lower),
-            model=model,
-            condition=condition,
-            scorer=scorer,
-            post_training=post_training,
-            with_options=opt_path is not None,
-        )
-        return ImportResult(
-            run_id=run_id,
-            n_rows=n_rows,
-            model_registered=registered,
-            ignored_columns=ignored,
-            missing_optional=missing_optional,
-            n_options=n_options,
-        )
     finally:
         for t in ("_import_raw", "_import_rows", *OPTION_TABLES):
             local.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _import_rows(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    settings: dict,
+    on_rows: Callable[[int], Any] | None,
+    *,
+    model: str,
+    condition: str,
+    scorer: str,
+    unit: str,
+    post_training: str | None,
+    options: str | Path | None,
+    run: int | None,
+) -> ImportResult:
+    """:func:`import_scores` once its arguments are checked: read, check, write."""
+    cols, natural, where, lower = _read_scores_file(con, path, on_rows)
+    ignored = sorted(cols - KNOWN)
+    missing_optional = [c for c in OPTIONAL if c not in cols]
+    _validate(con, path, where, cols, natural, UNITS[unit])
+    opt_path = Path(options) if options is not None else None
+    n_options = _check_options(con, opt_path, unit) if opt_path is not None else 0
+    if run is not None:
+        added, skipped, still = _fill_run(con, path, run, settings, opt_path is not None)
+        return ImportResult(
+            run_id=run,
+            n_rows=added,
+            ignored_columns=ignored,
+            missing_optional=missing_optional,
+            n_options=n_options,
+            rows_present=skipped,
+            still_missing=still,
+        )
+    run_id, n_rows, registered = _write_new_run(
+        con,
+        path,
+        {**settings, "key": "response_id" if "response_id" in cols else "natural"},
+        sorted(lower),
+        model=model,
+        condition=condition,
+        scorer=scorer,
+        post_training=post_training,
+        with_options=opt_path is not None,
+    )
+    return ImportResult(
+        run_id=run_id,
+        n_rows=n_rows,
+        model_registered=registered,
+        ignored_columns=ignored,
+        missing_optional=missing_optional,
+        n_options=n_options,
+    )
 
 
 OPTIONAL = ("n_tokens", "first_token_nll", "first_token_entropy", "top1_all", "top1_first")
@@ -416,11 +489,11 @@ def _refuse_stale_source(
 
 
 def _read_scores_file(
-    con: duckdb.DuckDBPyConnection, path: Path
+    con: duckdb.DuckDBPyConnection, path: Path, on_rows: Callable[[int], Any] | None = None
 ) -> tuple[set[str], list[str], str, list[str]]:
     """Stage the file as ``_import_raw``; (columns, natural-key columns, 'line'/'row',
     column names as given), after checking it has rows, an nll and a key."""
-    lower, n_rows, where = _stage_raw(con, path)
+    lower, n_rows, where = _stage_raw(con, path, on_rows=on_rows)
     cols = set(lower)
     if n_rows == 0:
         raise WarehouseError(f"{path}: no rows")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from psystats.warehouse import parquet_layout
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.progress import Reporter
 from psystats.warehouse.sql import scalar, transaction
 
 from .shard_files import finished_units, read_shard
@@ -186,7 +187,11 @@ def complete_shard_set(rdir: Path) -> tuple[list[dict] | None, str]:
 
 
 def merge_run_dir(
-    con: duckdb.DuckDBPyConnection, rdir: Path, *, on_unit: Callable[[str, int], None] | None = None
+    con: duckdb.DuckDBPyConnection,
+    rdir: Path,
+    *,
+    on_unit: Callable[[str, int], None] | None = None,
+    progress: Reporter | None = None,
 ) -> RunMerge:
     """Merge every finished unit in one ``run-<hash>`` folder; finish the run when all shards are in.
 
@@ -205,7 +210,11 @@ def merge_run_dir(
             m, added, skipped = merge_unit(con, run_id, mpath)
         except ShardError as e:
             result.errors.append(str(e))
+            if progress is not None and progress.total is not None:
+                progress.set_total(progress.total - unit_rows(mpath))  # never merged
             continue
+        if progress is not None:
+            progress.advance(added + skipped)
         merged_counts[unit_id] = m.get("counts") or {}
         result.units += 1
         result.rows_added += added
@@ -242,16 +251,28 @@ def sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
     return total
 
 
+def unit_rows(mpath: Path) -> int:
+    """The score rows a unit's manifest lists (0 if it cannot be read): a progress total."""
+    try:
+        return int(_read_json(mpath)["rows"]["scores"])
+    except (ShardError, KeyError, TypeError, ValueError):
+        return 0
+
+
 def merge_dir(
     con: duckdb.DuckDBPyConnection,
     out: str | os.PathLike,
     *,
     on_unit: Callable[[str, int], None] | None = None,
+    progress: Reporter | None = None,
 ) -> list[RunMerge]:
     """Merge every ``run-*`` folder under ``out`` (or ``out`` itself if it is one).
 
     Idempotent and restartable: rows the warehouse already holds are skipped.
     Raises ``ShardError`` listing the bad shards after merging all good ones.
+    ``progress`` (``warehouse.progress``; started and closed here) counts the
+    score rows of the merged shards (added or already present) out of the
+    rows their manifests list.
     """
     out = Path(out)
     if not out.is_dir():
@@ -263,7 +284,13 @@ def merge_dir(
     )
     if not dirs:
         raise ShardError(f"{out}: no shards found (expected run-*/run.json)")
-    results = [merge_run_dir(con, d, on_unit=on_unit) for d in dirs]
+    if progress is None:
+        results = [merge_run_dir(con, d, on_unit=on_unit) for d in dirs]
+    else:
+        if not progress.quiet:
+            progress.set_total(sum(unit_rows(m) for d in dirs for m in finished_units(d).values()))
+        with progress:
+            results = [merge_run_dir(con, d, on_unit=on_unit, progress=progress) for d in dirs]
     errors = [e for r in results for e in r.errors]
     if errors:
         err = ShardError(

@@ -130,3 +130,22 @@ def test_a_reporter_started_late_counts_from_its_start_and_one_never_started_say
     r.advance(200)
     r.close()
     assert out.getvalue().splitlines()[-1] == "scoring: done, 200 tokens in 0:02 (100 tokens/s)"
+
+
+def test_a_detail_follows_the_count_in_lines_the_final_line_and_the_bar():
+    out, clock = io.StringIO(), Clock()
+    with reporter(out, clock, total=400, terminal=False, interval=0) as r:
+        r.set_detail("per chain 50, 70 of 200")
+        clock.t += 2
+        r.advance(120)
+    first, last = out.getvalue().splitlines()
+    assert first == (
+        "scoring: 120/400 tokens (30%) [per chain 50, 70 of 200], 60 tokens/s, "
+        "0:02 elapsed, about 0:05 left"
+    )
+    assert last == "scoring: done, 120 tokens [per chain 50, 70 of 200] in 0:02 (60 tokens/s)"
+    out = io.StringIO()
+    with reporter(out, clock, terminal=True) as r:
+        r.set_detail("per chain 3, 4 of 10")
+        r.advance(7)
+    assert "per chain 3, 4 of 10" in out.getvalue()

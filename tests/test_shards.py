@@ -326,3 +326,21 @@ def test_cli_job_array_on_a_read_only_warehouse_then_merge_equals_local_score(
     cli_ok("--db", merged, "merge", out)
     assert snapshot(merged) == snapshot(local)
     assert snapshot(merged)["run"][0][2] == "complete"
+
+
+def test_merge_command_progress_counts_the_score_rows_and_nothing_with_q(scored, out, db):
+    """Plain lines on a non-terminal stderr; the rows counted are the run's rows in the
+    warehouse afterwards; -q prints none."""
+    import re
+
+    res = cli_ok("--db", db, "merge", out)
+    progress = [ln for ln in res.stderr.splitlines() if ln.startswith("merging:")]
+    done = re.fullmatch(r"merging: done, ([\d,]+) score rows in .*", progress[-1])
+    assert done, res.stderr
+    con = warehouse_db.open(db)
+    stored = scalar(con, "SELECT count(*) FROM scores")
+    con.close()
+    assert int(done[1].replace(",", "")) == stored == len(scored["reference"]["scores"])
+    assert f"/{stored:,} score rows" in progress[0]
+    res = cli_ok("--db", db, "merge", "-q", out)  # again: rows present, counted, not shown
+    assert "merging" not in res.stderr and "merged unit" not in res.stderr

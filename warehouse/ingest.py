@@ -56,6 +56,7 @@ from . import parquet_layout, staleness
 from .brief import local_connection
 from .errors import WarehouseError
 from .normalise import as_number
+from .progress import Reporter
 from .sources import DEFAULT_MAX_LINE_BYTES, LineError, SourceFile, discover_all
 from .sql import next_id, scalar, transaction
 from .transcript import Participant, RecordError, parse_record
@@ -282,8 +283,13 @@ def ingest_file(
     replace_changed: bool = False,
     force: bool = False,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    on_record: Callable[[int], Any] | None = None,
 ) -> FileResult:
-    """Ingest one source file in one transaction (see the module docstring)."""
+    """Ingest one source file in one transaction (see the module docstring).
+
+    ``on_record(n_responses)`` is called for every record read (0 for a
+    rejected one), as it is read: progress within the file.
+    """
     t0 = time.perf_counter()
     try:
         sha = src.sha256()
@@ -291,12 +297,7 @@ def ingest_file(
         return _refuse_file(src, 0, "<file>", f"cannot be read: {e.strerror}", skip_bad, t0)
     started = datetime.now(UTC).replace(tzinfo=None)
     if not force:
-        seen = scalar(
-            con,
-            "SELECT max(ingest_id) FROM ingests WHERE content_sha256 = ? AND study = ? "
-            "AND coalesce(member, '') = ? AND status = 'complete'",
-            [sha, src.study, src.member or ""],
-        )
+        seen = _ingested_before(con, src, sha)
         if seen is not None:
             return FileResult(
                 src.label,
@@ -310,7 +311,7 @@ def ingest_file(
     local = local_connection(con)
     try:
         snapshot = _existing(con, src.study)
-        _stage_file(local, src, result, skip_bad, max_line_bytes, snapshot)
+        _stage_file(local, src, result, skip_bad, max_line_bytes, snapshot, on_record)
         batches: list[tuple[int, int] | None] = [*_commit_ranges(local)] or [None]
         ingest_id = 0
         for i, keys in enumerate(batches):
@@ -329,6 +330,17 @@ def ingest_file(
             local.execute(f"DROP TABLE IF EXISTS {_staged(table)}")
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _ingested_before(con: duckdb.DuckDBPyConnection, src: SourceFile, sha: str) -> int | None:
+    """The complete ingest that read these bytes of ``src`` already (None: none)."""
+    seen = scalar(
+        con,
+        "SELECT max(ingest_id) FROM ingests WHERE content_sha256 = ? AND study = ? "
+        "AND coalesce(member, '') = ? AND status = 'complete'",
+        [sha, src.study, src.member or ""],
+    )
+    return None if seen is None else int(seen)
 
 
 def _commit_ranges(local: duckdb.DuckDBPyConnection) -> list[tuple[int, int]]:
@@ -372,6 +384,7 @@ def _stage_file(
     skip_bad: bool,
     max_line_bytes: int,
     snapshot: dict[tuple[str, str], tuple[int, str, int]],
+    on_record: Callable[[int], Any] | None = None,
 ) -> None:
     """Read, validate and stage every participant of ``src`` (file-local keys).
 
@@ -400,7 +413,11 @@ def _stage_file(
             if not skip_bad:
                 raise IngestError(src.label, line, e.field, e.message) from None
             result.rejected.append(Rejection(src.label, line, e.field, e.message))
+            if on_record is not None:
+                on_record(0)
             continue
+        if on_record is not None:
+            on_record(len(p.spans))
         pair = (p.experiment, p.participant)
         if pair in seen_here:
             first_hash, first_line = seen_here[pair]
@@ -641,27 +658,96 @@ def ingest_paths(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     on_file: Callable[[FileResult], Any] | None = None,
     on_warning: Callable[[str], Any] | None = None,
+    progress: Reporter | None = None,
 ) -> list[FileResult]:
     """Ingest every source under ``paths``; each file is its own transaction.
 
     Discovery warnings (stray files beside study folders, folders without a
-    data file) go to ``on_warning`` before anything is read.
+    data file) go to ``on_warning`` before anything is read.  ``progress``
+    (``warehouse.progress``; started and closed here) counts participants
+    (records) as they are read, across files, out of the lines the files hold,
+    with the responses read so far.
     """
     found = discover_all(list(paths), study)
     for w in found.warnings:
         if on_warning:
             on_warning(w)
+    counter = _RecordCounter(progress, found.sources, None if force else con)
     results = []
-    for src in found.sources:
-        r = ingest_file(
-            con,
-            src,
-            skip_bad=skip_bad,
-            replace_changed=replace_changed,
-            force=force,
-            max_line_bytes=max_line_bytes,
-        )
-        results.append(r)
-        if on_file:
-            on_file(r)
+    with counter:
+        for i, src in enumerate(found.sources):
+            r = ingest_file(
+                con,
+                src,
+                skip_bad=skip_bad,
+                replace_changed=replace_changed,
+                force=force,
+                max_line_bytes=max_line_bytes,
+                on_record=counter.record if progress is not None else None,
+            )
+            counter.file_done(i, r)
+            results.append(r)
+            if on_file:
+                on_file(r)
     return results
+
+
+class _RecordCounter:
+    """Participants read (and their responses) on a progress reporter, across files.
+
+    The total is the lines of the files that will be read, counted before
+    reading (not when quiet: nothing shows); a file whose bytes were ingested
+    before (``con`` given: not ``force``) is skipped unread and counts
+    nothing.  A file refused whole counts its lines as done; a file with
+    blank lines lowers the total to what was read.
+    """
+
+    def __init__(
+        self,
+        reporter: Reporter | None,
+        sources: list[SourceFile],
+        con: duckdb.DuckDBPyConnection | None,
+    ) -> None:
+        self.reporter = reporter
+        self.responses = 0
+        self.counts: list[int] = []
+        self._file_start = 0.0
+        if reporter is not None and not reporter.quiet:
+            self.counts = [0 if _skipped(con, src) else src.count_records() for src in sources]
+            reporter.set_total(sum(self.counts))
+
+    def __enter__(self) -> _RecordCounter:
+        if self.reporter is not None:
+            self.reporter.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self.reporter is not None:
+            self.reporter.close(success=exc_type is None)
+
+    def record(self, n_responses: int) -> None:
+        assert self.reporter is not None
+        self.responses += n_responses
+        self.reporter.set_detail(f"{self.responses:,} responses")
+        self.reporter.advance(1)
+
+    def file_done(self, i: int, r: FileResult) -> None:
+        bar = self.reporter
+        if bar is None or not self.counts:
+            return
+        read = bar.done - self._file_start
+        if r.status == "complete" and bar.total is not None:
+            bar.set_total(bar.total - (self.counts[i] - read))
+        elif read < self.counts[i]:
+            bar.advance(self.counts[i] - read)
+        self._file_start = bar.done
+
+
+def _skipped(con: duckdb.DuckDBPyConnection | None, src: SourceFile) -> bool:
+    """Whether ``ingest_file`` will skip ``src`` unread (its bytes were ingested before)."""
+    if con is None:
+        return False
+    try:
+        return _ingested_before(con, src, src.sha256()) is not None
+    except OSError:
+        return False  # unreadable: ingest_file says so

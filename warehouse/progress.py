@@ -23,7 +23,9 @@ rate.  A total may be unknown (``None``: count and rate only) or grow while
 the job runs (:meth:`Reporter.set_total`, e.g. when the size of later work is
 only estimated).  :meth:`Reporter.advance` may be called from any thread.
 Messages for the user while the bar is live go through :meth:`Reporter.say`,
-which prints them above the bar instead of through it.
+which prints them above the bar instead of through it.  A breakdown of the
+count (draws per chain, responses read) goes through :meth:`Reporter.set_detail`
+and is shown in brackets after the count, in the final line too.
 
 This module sits in the lowest layer (``warehouse``) so that every command
 can use it; it imports nothing from psystats.
@@ -93,6 +95,7 @@ class Reporter:
         self.terminal = bool(isatty and isatty()) if terminal is None else terminal
         self._bar: Any = None
         self._task: Any = None
+        self.detail = ""  # a breakdown after the count (draws per chain); set_detail
 
     # -- numbers --------------------------------------------------------------
 
@@ -134,13 +137,16 @@ class Reporter:
         left = self.remaining
         return f"about {format_duration(left)} left" if left is not None else "time left unknown"
 
+    def _detail_text(self) -> str:
+        return f" [{self.detail}]" if self.detail else ""
+
     def line(self) -> str:
         """The status as one plain line (what a log receives)."""
         pct = ""
         if self.total:
             pct = f" ({min(100.0, 100.0 * self.done / self.total):.0f}%)"
         parts = [
-            f"{self._count_text()}{pct}",
+            f"{self._count_text()}{pct}{self._detail_text()}",
             self._rate_text(),
             f"{format_duration(self.elapsed)} elapsed",
         ]
@@ -152,7 +158,7 @@ class Reporter:
         rate = self.rate
         speed = f" ({self._rate_text()})" if rate is not None else ""
         return (
-            f"{self.label}: done, {format_count(self.done)}{self._units()} in "
+            f"{self.label}: done, {format_count(self.done)}{self._units()}{self._detail_text()} in "
             f"{format_duration(self.elapsed)}{speed}"
         )
 
@@ -187,6 +193,7 @@ class Reporter:
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("{task.fields[left]}"),
+            TextColumn("{task.fields[detail]}"),
             console=Console(file=self.stream, force_terminal=True),
             transient=False,
         )
@@ -200,6 +207,7 @@ class Reporter:
             "count": self._count_text(),
             "rate": self._rate_text(),
             "left": self._left_text() if self.total is not None else "",
+            "detail": self.detail,
         }
 
     def advance(self, n: float = 1) -> None:
@@ -207,6 +215,11 @@ class Reporter:
         with self._lock:
             self.done += n
             self._show()
+
+    def set_detail(self, detail: str) -> None:
+        """A breakdown shown after the count (e.g. draws per chain), kept until replaced."""
+        with self._lock:
+            self.detail = detail
 
     def set_total(self, total: float | None) -> None:
         """A new (better known, or grown) total."""

@@ -89,6 +89,36 @@ class SourceFile:
             with f:
                 yield from _guarded(_jsonl_records(f, max_line_bytes), "file")
 
+    def count_records(self) -> int:
+        """About how many records :meth:`records` yields, for progress: the lines
+        (blank ones included) or a Parquet file's rows; 0 for a file that cannot be read
+        (:meth:`records` says why)."""
+        try:
+            if self.problem is not None:
+                return 0
+            if self.path.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                return int(pq.ParquetFile(self.path).metadata.num_rows)
+            if self.member is not None:
+                with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
+                    return count_lines(f)
+            with open(self.path, "rb") as f:
+                return count_lines(f)
+        # Only an estimate for a progress display: whatever the reader cannot read,
+        # records() reports as the file's error; here it counts nothing.
+        except Exception:
+            return 0
+
+
+def count_lines(f: IO[bytes]) -> int:
+    """Lines in ``f`` (a last line without a newline counts), read in chunks."""
+    n, last = 0, b"\n"
+    while chunk := f.read(_CHUNK):
+        n += chunk.count(b"\n")
+        last = chunk[-1:]
+    return n + (last != b"\n")
+
 
 def _guarded(records: Iterator[Record], what: str) -> Iterator[Record]:
     """Turn a reader's exception into a fatal LineError at the line it reached."""

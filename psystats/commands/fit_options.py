@@ -4,7 +4,7 @@
   --experiment, --family, --type) and hands the command one
   :class:`~psystats.stats.options.Selection` as ``selection``;
 * :func:`sampling_options` adds --draws ... --redraws,
-  --allow-diagnostics-failure, --name and --netcdf-dir and hands the command
+  --allow-diagnostics-failure, -q/--quiet, --name and --netcdf-dir and hands the command
   ``sampling`` (:class:`~psystats.stats.options.SamplingOptions`), ``store``
   (:class:`~psystats.stats.options.StoreOptions`) and ``allow_failure``.
 
@@ -18,7 +18,6 @@ SamplingOptions field names, which ``wh.fit`` takes as keywords.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -165,7 +164,8 @@ def selection_options(
 
 def sampling_options(f: Callable) -> Callable:
     """--draws/--tune/--chains/--seed/--sampler/--target-accept/--redraws,
-    --allow-diagnostics-failure, --name and --netcdf-dir; the command gets ``sampling``,
+    --allow-diagnostics-failure, -q/--quiet (``progressbar``: the sampling progress),
+    --name and --netcdf-dir; the command gets ``sampling``,
     ``store`` and ``allow_failure``."""
     metavars = {"sampler": "[nutpie|pymc]", "target_accept": "FLOAT"}
     flags = [n for n in SAMPLING if n != "progressbar"]
@@ -180,6 +180,14 @@ def sampling_options(f: Callable) -> Callable:
             is_flag=True,
             help="Store the fit (passed = false) even if the R-hat/ESS/divergence gates fail.",
         ),
+        click.option(
+            "--quiet",
+            "-q",
+            "quiet",
+            is_flag=True,
+            help="No sampling progress on stderr (otherwise: draws per chain, rate and time "
+            "left; a bar on a terminal, plain lines in a log).",
+        ),
         click.option("--name", default=None, help="A name stored with the fit (fits.name)."),
         click.option(
             "--netcdf-dir",
@@ -191,8 +199,8 @@ def sampling_options(f: Callable) -> Callable:
 
     def pack(kw: dict) -> None:
         values = {k: kw.pop(k) for k in flags}
-        # The sampler's own progress per chain, on a terminal only (logs stay readable).
-        values["progressbar"] = sys.stderr.isatty()
+        # Draws per chain on stderr (warehouse.progress: plain lines when not a terminal).
+        values["progressbar"] = not kw.pop("quiet")
         kw["sampling"] = _usage(lambda: SamplingOptions(**values))
         store = {"name": kw.pop("name"), "netcdf_dir": kw.pop("netcdf_dir")}
         kw["store"] = _usage(lambda: StoreOptions(**store))

@@ -58,6 +58,12 @@ def scores() -> None:
     "replaced responses it had scored): FILE's rows for responses the run lacks are added, "
     "rows it holds are skipped; model, condition and scorer are the run's.",
 )
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress on stderr (otherwise: score rows read, rate and time left).",
+)
 @friendly_errors
 def import_(
     file: str,
@@ -70,6 +76,7 @@ def import_(
     force: bool,
     options: str | None,
     run_id: int | None,
+    quiet: bool,
 ) -> None:
     """Import per-response scores from FILE (.parquet, .csv or .tsv).
 
@@ -95,7 +102,9 @@ def import_(
     The file is streamed in record batches (memory does not grow with it;
     see --memory-limit/--temp-dir of `psystats`), and the warehouse is held
     only per checking query and for the final commit: other commands can
-    read and write it meanwhile.
+    read and write it meanwhile.  Progress (score rows read out of the
+    file's rows, rate, time left) goes to stderr: a bar on a terminal, plain
+    lines in a log; -q silences it.
 
     \b
     Examples:
@@ -105,6 +114,7 @@ def import_(
       psystats scores import rescored.csv --run 7
     """
     from psystats.scoring.importer import import_scores
+    from psystats.warehouse.progress import progress
 
     # The file is checked while other processes may read and write the warehouse;
     # it is held for writing only while the run and its scores are committed.
@@ -122,6 +132,7 @@ def import_(
         force=force,
         options=options,
         run=run_id,
+        progress=progress("importing", None, "score rows", quiet=quiet),
     )
     if r.still_missing is not None:
         state = (

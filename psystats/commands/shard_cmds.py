@@ -10,7 +10,12 @@ from .common import db_option, friendly_errors, open_db, print_rows
 @click.command("merge")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @db_option
-@click.option("--quiet", "-q", is_flag=True, help="Print only the summary table.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Print only the summary table: no progress, no line per unit.",
+)
 @friendly_errors
 def merge(directory: str, db: str | None, quiet: bool) -> None:
     """Merge the score shards under DIRECTORY into the warehouse.
@@ -21,7 +26,9 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
     transcripts, then added in its own transaction.  Rows already present are
     skipped, so merging twice adds nothing and an interrupted merge is
     simply run again.  A run is marked complete once all N shard jobs of
-    some --shard I/N array have finished.
+    some --shard I/N array have finished.  Progress (score rows merged out
+    of those the shards list, rate, time left) goes to stderr: a bar on a
+    terminal, plain lines in a log; -q silences it.
 
     \b
     Examples:
@@ -30,16 +37,17 @@ def merge(directory: str, db: str | None, quiet: bool) -> None:
     """
     from psystats.scoring.shard_keys import ShardError
     from psystats.scoring.shard_merge import merge_dir
+    from psystats.warehouse.progress import progress
 
     con = open_db(db, "write")
+    bar = progress("merging", None, "score rows", quiet=quiet)
 
     def on_unit(unit_id: str, added: int) -> None:
-        if not quiet:
-            click.echo(f"merged unit {unit_id}: {added} new score rows", err=True)
+        bar.say(f"merged unit {unit_id}: {added} new score rows")  # silent when quiet
 
     error: ShardError | None = None
     try:
-        results = merge_dir(con, directory, on_unit=on_unit)
+        results = merge_dir(con, directory, on_unit=on_unit, progress=bar)
     except ShardError as e:
         partial = getattr(e, "results", None)
         if partial is None:

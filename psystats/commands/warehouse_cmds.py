@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -121,7 +122,12 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
     help="Longest line (or Parquet transcript) accepted, in MiB; checked while reading, "
     "so a longer line is refused without being held in memory.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="Print only the final totals.")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Print only the final totals (and warnings): no progress, no line per file.",
+)
 @friendly_errors
 def ingest(
     paths: tuple[str, ...],
@@ -147,6 +153,10 @@ def ingest(
     be JSON numbers or numeric strings, and there null, "", "NA", "nan",
     "None" mean missing (docs/warehouse.md, "Normalisation").  Files beside
     study folders that are not studies are reported as warnings.
+
+    Progress goes to stderr: participants read out of the lines the files
+    hold (and their responses), with rate and time left, advancing within
+    each file; a bar on a terminal, plain lines in a log; -q silences it.
 
     \b
     Examples:
@@ -174,6 +184,9 @@ def ingest(
         click.echo(f"loaded domain mapping for {n} experiments from {domains_file}")
     if not paths:
         return
+    from psystats.warehouse.progress import progress
+
+    bar = progress("ingesting", None, "participants", quiet=quiet)
     results = ingest_paths(
         con,
         paths,
@@ -182,8 +195,9 @@ def ingest(
         replace_changed=replace_changed,
         force=force,
         max_line_bytes=max_line_mib << 20,
-        on_file=lambda r: _report_file(r, replace_changed, quiet),
+        on_file=lambda r: _report_file(r, replace_changed, quiet, bar.say),
         on_warning=lambda w: click.echo(f"warning: {w}", err=True),
+        progress=bar,
     )
     rejected = [rej for r in results for rej in r.rejected]
     if rejected:
@@ -208,8 +222,11 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _report_file(r: FileResult, replace_changed: bool, quiet: bool) -> None:
-    """One line per file on stderr (warnings even with --quiet)."""
+def _report_file(
+    r: FileResult, replace_changed: bool, quiet: bool, say: Callable[[str], None]
+) -> None:
+    """One line per file on stderr through ``say`` (above a live progress bar); warnings
+    even with --quiet."""
     if r.negative_rt_lines:
         lines = ", ".join(map(str, r.negative_rt_lines[:5]))
         more = " ..." if len(r.negative_rt_lines) > 5 else ""
@@ -228,10 +245,10 @@ def _report_file(r: FileResult, replace_changed: bool, quiet: bool) -> None:
             if replace_changed
             else ""
         )
-        click.echo(f"{r.study}: unchanged since last ingest ({r.source}){hint}", err=True)
+        say(f"{r.study}: unchanged since last ingest ({r.source}){hint}")
         return
     if r.status == "rejected":
-        click.echo(f"{r.study}: whole file rejected: {r.rejected[0].message}", err=True)
+        say(f"{r.study}: whole file rejected: {r.rejected[0].message}")
         return
     extra = []
     if r.participants_unchanged:
@@ -252,10 +269,9 @@ def _report_file(r: FileResult, replace_changed: bool, quiet: bool) -> None:
         if r.participants_replaced
         else ""
     )
-    click.echo(
+    say(
         f"{r.study}: +{r.participants_added} participants, +{r.responses_added} "
-        f"responses{replaced} in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else ""),
-        err=True,
+        f"responses{replaced} in {r.seconds:.1f}s" + (f" ({'; '.join(extra)})" if extra else "")
     )
 
 

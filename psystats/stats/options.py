@@ -227,7 +227,12 @@ SAMPLING: dict[str, Setting] = _registry(
         "How often a fit that narrowly missed its gates samples again (a few divergences: "
         "target_accept 0.99; a narrow R-hat/ESS miss: twice the draws); 0: never.",
     ),
-    Setting("progressbar", False, Flag(), "Show the sampler's progress per chain."),
+    Setting(
+        "progressbar",
+        False,
+        Flag(),
+        "Report the draws of every chain on stderr (the fit commands' default; -q: off).",
+    ),
 )
 
 
@@ -309,7 +314,9 @@ class SamplingOptions:
 
     ``redraws``: how many times a fit that misses its gates in a way sampling
     can mend samples again (``pipeline.next_attempt``); ``progressbar``: the
-    sampler's own progress display (the CLI turns it on on a terminal).
+    draws of every chain on stderr through ``warehouse.progress`` (a bar on a
+    terminal, plain lines in a log; ``stats.sampling_progress``), on in the
+    fit commands unless ``-q``.
     """
 
     draws: int = _default("draws")

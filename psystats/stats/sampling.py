@@ -29,6 +29,7 @@ import numpy as np
 from psystats.warehouse.errors import WarehouseError
 
 from .options import SamplingOptions
+from .sampling_progress import chain_draws, sample_nutpie
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,16 @@ def sample(model, sampling: SamplingOptions | None = None):
     ``observed_data`` and ``constant_data`` groups and
     ``attrs["psystats_sampler"]`` (JSON: sampler, draws, tune, chains, seed,
     target_accept, compile_seconds, sampling_seconds, fallback_reason).
+    With ``sampling.progressbar``, the draws of every chain are reported on
+    stderr as they come (``sampling_progress``: a bar on a terminal, plain
+    lines in a log).
     """
     import pymc as pm
 
     _quiet_arviz()
     opts = sampling or SamplingOptions()
     draws, tune, chains, seed = opts.draws, opts.tune, opts.chains, opts.seed
-    sampler, target_accept, progressbar = opts.sampler, opts.target_accept, opts.progressbar
+    sampler, target_accept = opts.sampler, opts.target_accept
     record: dict[str, Any] = dict(
         sampler=sampler,
         draws=draws,
@@ -87,29 +91,22 @@ def sample(model, sampling: SamplingOptions | None = None):
             else:
                 record["compile_seconds"] = time.perf_counter() - t0
                 t1 = time.perf_counter()
-                idata = nutpie.sample(
-                    compiled,
-                    draws=draws,
-                    tune=tune,
-                    chains=chains,
-                    seed=seed,
-                    target_accept=target_accept,
-                    progress_bar=progressbar,
-                    save_warmup=False,
-                )
+                idata = sample_nutpie(compiled, opts)
                 record["sampling_seconds"] = time.perf_counter() - t1
                 idata = _add_data_groups(model, _drop_transformed(model, idata))
     if idata is None:
         record["sampler"] = "pymc"
         t1 = time.perf_counter()
-        with model:
+        # Progress through the one reporter (plain lines in a log), not PyMC's own bar.
+        with model, chain_draws(opts) as progress:
             idata = pm.sample(
                 draws=draws,
                 tune=tune,
                 chains=chains,
                 random_seed=seed,
                 target_accept=target_accept,
-                progressbar=progressbar,
+                progressbar=False,
+                callback=progress.pymc_callback if opts.progressbar else None,
                 cores=min(chains, 2),
                 compute_convergence_checks=False,
             )
