@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -151,9 +152,22 @@ def figure_csv(fig: Figure) -> str:
     return data.to_csv(index=False)
 
 
+def _finite(obj):
+    """``obj`` with every NaN or infinite float as None (JSON's null, which Vega reads as
+    missing): a tiny or degenerate fit can leave an interval or a statistic undefined."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _json_script(obj) -> str:
-    """JSON for a <script type="application/json">: '</' cannot end the element early."""
-    return json.dumps(obj, allow_nan=False, default=str).replace("</", "<\\/")
+    """JSON for a <script type="application/json">: '</' cannot end the element early;
+    non-finite numbers become null (JSON has no NaN)."""
+    return json.dumps(_finite(obj), allow_nan=False, default=str).replace("</", "<\\/")
 
 
 def runtime_bundle() -> str:

@@ -194,3 +194,26 @@ def test_table_and_figure_blocks_only():
         layout.add(block)
     with pytest.raises(TypeError):
         layout.add(Figure)  # a class, not a block
+
+
+def test_undefined_numbers_in_a_chart_become_null(rendered):
+    """A tiny or degenerate fit can leave an interval undefined (NaN, inf): the chart's
+    JSON carries null there (JSON has no NaN) instead of the report failing."""
+    import copy
+    import math
+
+    from psystats.reports.blocks import Report, Section
+
+    report = rendered[0]
+    fig = copy.copy(next(f for f in report.figures() if f.chart == "forest"))
+    data = fig.data.copy()
+    num = [c for c in ("q05", "q95", "mean") if c in data]
+    data.loc[data.index[0], num[0]] = math.nan
+    data.loc[data.index[-1], num[-1]] = math.inf
+    fig.data = data
+    page = render_html(Report(title="t", subtitle="", front=[], sections=[Section("x", [fig])]))
+    parsed = _Page()
+    parsed.feed(page)
+    (spec,) = parsed.specs.values()
+    values = [r.get(c) for r in spec_rows(spec) for c in num]
+    assert None in values and all(v is None or math.isfinite(v) for v in values)
