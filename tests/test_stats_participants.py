@@ -212,7 +212,7 @@ def test_fit_participants_recovers_known_effects_and_prints_its_draws(tmp_path):
     for lv in truth["level_effect"]:
         want = _oracle(post["level_effect"].sel(level=lv))
         (line,) = [ln for ln in res.output.splitlines() if ln.startswith("gender") and
-                   lv.split("=")[1] + " (" in ln]  # fmt: skip
+                   f" {lv.split('=')[1]} (n=" in ln]  # fmt: skip
         nums = [float(v) for v in re.findall(r"[-+]\d+\.?\d*(?:e[-+]?\d+)?", line)]
         assert all(_close(p, w) for p, w in zip(nums[:3], want[:3])), (line, want)
     assert_loo_stands_alone(nc, sm)
