@@ -22,7 +22,7 @@ def main() -> int:
     tree = build_tree("imports")
     env = {**os.environ, "PYTHONPATH": str(tree)}
     lint = Path(sys.executable).with_name("lint-imports")
-    cmd = [str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"]
+    cmd = [str(lint), str(ROOT / "pyproject.toml"), "--no-cache"]
     return subprocess.call(cmd, cwd=tree, env=env)
 
 

@@ -247,6 +247,46 @@ def test_participant_means_and_latest_run(sim_warehouse, tmp_path):
     np.testing.assert_allclose(after["var"], before["var"])
 
 
+def test_a_newer_sample_never_displaces_a_full_run(sim_warehouse, tmp_path):
+    """A full run counts before a newer sampled one; where only samples exist, the newest does."""
+    from psystats.stats.cells import build_cells
+    from psystats.stats.data import latest_runs
+
+    path = tmp_path / "w.duckdb"
+    shutil.copy(sim_warehouse[0], path)
+    con = warehouse_db.open(path, "write", create=True)
+    full = scalar(con, "SELECT run_id FROM score_runs WHERE model = 'sim-qwen1-instruct'")
+    before = build_cells(con, models=["sim-qwen1-instruct"])
+
+    def add_run(source: int, shift: float, sample_spec: str | None) -> int:
+        new = scalar(con, "SELECT nextval('run_id_seq')")
+        con.execute(
+            "INSERT INTO score_runs (run_id, model, condition, scorer, psystats_version,"
+            " started_at, finished_at, status, sample_spec) VALUES (?, 'sim-qwen1-instruct',"
+            " 'plain', 'x', 'x', current_timestamp, current_timestamp + INTERVAL 1 SECOND,"
+            " 'complete', ?)",
+            [new, sample_spec],
+        )
+        con.execute(
+            "INSERT INTO scores (run_id, response_id, nll, n_tokens) SELECT ?, response_id,"
+            " nll + ?, n_tokens FROM scores WHERE run_id = ?",
+            [new, shift, source],
+        )
+        return new
+
+    sampled = add_run(full, 3.0, "participants=5 per experiment, seed=0")
+    chosen = latest_runs(con, ["plain"], models=["sim-qwen1-instruct"])
+    assert set(chosen["run_id"]) == {full}
+    np.testing.assert_allclose(
+        build_cells(con, models=["sim-qwen1-instruct"])["mean"], before["mean"]
+    )
+    # Only samples: the newest sample counts (the full run's status no longer complete).
+    con.execute("UPDATE score_runs SET status = 'failed' WHERE run_id = ?", [full])
+    newer = add_run(sampled, 1.0, "participants=5 per experiment, seed=1")
+    assert set(latest_runs(con, ["plain"], models=["sim-qwen1-instruct"])["run_id"]) == {newer}
+    con.close()
+
+
 def test_no_pairs_is_a_clear_error(small_warehouse):
     from psystats.stats.cells import build_cells
 

@@ -37,12 +37,16 @@ def valid_score(alias: str) -> str:
 def latest_runs_sql(condition_param: str = "?") -> str:
     """SQL for ``latest_runs(model, condition, experiment, run_id)``; binds one condition list.
 
+    The run that counts for a (model, condition, experiment) is the newest
+    full run, else (only samples scored it) the newest sampled run: a quick
+    ``score --participants N`` after a full run never displaces it.
+
     ``condition_param`` is the placeholder text for the ``IN (...)`` list of
     conditions (e.g. ``"?, ?"``).
     """
     return f"""
     run_experiments AS (
-        SELECT sr.run_id, sr.model, sr.condition,
+        SELECT sr.run_id, sr.model, sr.condition, sr.sample_spec IS NULL AS full_run,
                coalesce(sr.finished_at, sr.started_at) AS t, r.experiment
         FROM score_runs sr
         JOIN scores s ON s.run_id = sr.run_id
@@ -51,7 +55,7 @@ def latest_runs_sql(condition_param: str = "?") -> str:
         GROUP BY ALL
     ),
     latest_runs AS (
-        SELECT model, condition, experiment, arg_max(run_id, (t, run_id)) AS run_id
+        SELECT model, condition, experiment, arg_max(run_id, (full_run, t, run_id)) AS run_id
         FROM run_experiments GROUP BY model, condition, experiment
     )"""
 
@@ -64,8 +68,8 @@ def run_experiments(
 ) -> pd.DataFrame:
     """Which experiments each complete run under ``conditions`` scored, one run at a time.
 
-    Columns: ``run_id, model, condition, t`` (finish time, else start time),
-    ``experiment``.  Each query reads only one run's scores (and the cache is
+    Columns: ``run_id, model, condition, full_run`` (not a sample), ``t``
+    (finish time, else start time), ``experiment``.  Each query reads only one run's scores (and the cache is
     released after it), so memory is that of the largest run, not of the
     warehouse; the result has one row per (run, experiment).
     """
@@ -73,14 +77,15 @@ def run_experiments(
 
     filt, params = where_clause({"condition": list(conditions), "model": models})
     cur = con.execute(
-        f"""SELECT run_id, model, condition, coalesce(finished_at, started_at) AS t
+        f"""SELECT run_id, model, condition, sample_spec IS NULL AS full_run,
+               coalesce(finished_at, started_at) AS t
         FROM score_runs {filt} {"AND" if filt else "WHERE"} status = 'complete'
         ORDER BY run_id""",
         params,
     )
     runs = cur.fetchall()
     rows = []
-    for run_id, model, condition, t in runs:
+    for run_id, model, condition, full_run, t in runs:
         # Responses contribute only their participant (two numbers a row in the join).
         exps = con.execute(
             """SELECT DISTINCT pa.experiment FROM participants pa
@@ -92,8 +97,10 @@ def run_experiments(
             [run_id],
         ).fetchall()
         release_buffers(con)
-        rows += [(run_id, model, condition, t, e) for (e,) in exps]
-    return pd.DataFrame(rows, columns=["run_id", "model", "condition", "t", "experiment"])
+        rows += [(run_id, model, condition, full_run, t, e) for (e,) in exps]
+    return pd.DataFrame(
+        rows, columns=["run_id", "model", "condition", "full_run", "t", "experiment"]
+    )
 
 
 def latest_runs(
@@ -115,8 +122,9 @@ def latest_runs(
     cols = ["model", "condition", "experiment", "run_id"]
     if ran.empty:
         return pd.DataFrame(columns=cols)
-    # The latest by (time, run_id), as latest_runs_sql's arg_max(run_id, (t, run_id)).
-    ran = ran.sort_values(["model", "condition", "experiment", "t", "run_id"])
+    # Full runs first, then the latest by (time, run_id), as latest_runs_sql's
+    # arg_max(run_id, (full_run, t, run_id)).
+    ran = ran.sort_values(["model", "condition", "experiment", "full_run", "t", "run_id"])
     last = ran.groupby(["model", "condition", "experiment"], sort=True).tail(1)
     out = last[cols].reset_index(drop=True)
     out["run_id"] = out["run_id"].astype(int)

@@ -291,15 +291,7 @@ def save_fit(
     else:
         diagnostics = dict(diagnostics or {})
         passed = diagnostics.get("passed")
-    if sampler is None:
-        from .sampling import sampler_record
-
-        sampler = sampler_record(idata)
-    if isinstance(sampler, Mapping) and "environment" not in sampler:
-        # Software versions and git revision: `psystats manifest fit:ID` shows them.
-        from psystats.warehouse.manifest import environment
-
-        sampler = {**sampler, "environment": environment()}
+    sampler = _sampler_with_environment(idata, sampler)
     folder = Path(netcdf_dir) if netcdf_dir is not None else default_netcdf_dir(con)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = final = None
@@ -352,15 +344,7 @@ def save_fit(
                     __version__,
                 ],
             )
-            params.insert(0, "fit_id", fit_id)
-            con.register("_psystats_fit_params", params)
-            try:
-                con.execute(
-                    f"INSERT INTO fit_params ({', '.join(PARAM_COLUMNS)}) "
-                    f"SELECT {', '.join(PARAM_COLUMNS)} FROM _psystats_fit_params"
-                )
-            finally:
-                con.unregister("_psystats_fit_params")
+            _insert_params(con, fit_id, params)
             os.replace(tmp, final)
     except BaseException:
         for p in (tmp, final):
@@ -368,6 +352,33 @@ def save_fit(
                 p.unlink()
         raise
     return fit_id
+
+
+def _sampler_with_environment(idata, sampler: Any) -> Any:
+    """The sampler record (read from ``idata`` when not given) with the software environment."""
+    if sampler is None:
+        from .sampling import sampler_record
+
+        sampler = sampler_record(idata)
+    if isinstance(sampler, Mapping) and "environment" not in sampler:
+        # Software versions and git revision: `psystats manifest fit:ID` shows them.
+        from psystats.warehouse.manifest import environment
+
+        sampler = {**sampler, "environment": environment()}
+    return sampler
+
+
+def _insert_params(con, fit_id: int, params) -> None:
+    """The ``fit_params`` rows of one fit (inside the caller's transaction)."""
+    params.insert(0, "fit_id", fit_id)
+    con.register("_psystats_fit_params", params)
+    try:
+        con.execute(
+            f"INSERT INTO fit_params ({', '.join(PARAM_COLUMNS)}) "
+            f"SELECT {', '.join(PARAM_COLUMNS)} FROM _psystats_fit_params"
+        )
+    finally:
+        con.unregister("_psystats_fit_params")
 
 
 def load_fit(con, fit_id: int):
