@@ -216,6 +216,7 @@ def test_fit_participants_recovers_known_effects_and_prints_its_draws(tmp_path):
         nums = [float(v) for v in re.findall(r"[-+]\d+\.?\d*(?:e[-+]?\d+)?", line)]
         assert all(_close(p, w) for p, w in zip(nums[:3], want[:3])), (line, want)
     assert_loo_stands_alone(nc, sm)
+    _assert_report_page(path, sm)
 
 
 @pytest.mark.slow
@@ -233,3 +234,24 @@ def test_wh_fit_participants_nll_outcome(sim_db):
     assert left >= max(truth["missing"]["age"], truth["missing"]["gender"]) and left > 0
     assert set(r.summary["covariates"]) == {"age", "gender"}
     assert r.idata.log_likelihood["obs"].shape[-1] == r.summary["participants"]["rows"]
+
+
+def _assert_report_page(path, sm: dict) -> None:
+    """The report's participants page shows the stored numbers (to the digits it prints)."""
+    from psystats.reports.blocks import Table
+    from psystats.reports.section_participants import build
+
+    con = warehouse_db.open(path)
+    section = build(con)
+    con.close()
+    assert section.title.endswith("Participants")
+    (table,) = [b for b in section.blocks if isinstance(b, Table)]
+    for cov, term, mean, q05, q95, _unit, _p, missing in table.rows:
+        v = sm["covariates"][cov]
+        if v["kind"] == "numeric":
+            d = v["effect"] if term.startswith("per SD") else v["slope"]
+        else:
+            d = v["levels"][term.split(" (")[0]]
+        for shown, key in ((mean, "mean"), (q05, "q05"), (q95, "q95")):
+            assert float(shown) == pytest.approx(d[key], abs=5e-4 + 5e-3 * abs(d[key])), (cov, term)
+        assert int(missing) == v["missing"]

@@ -198,24 +198,9 @@ def accuracy(db, **options):
         )
 
 
-def _g(d: dict) -> str:
+def _g(d) -> str:
     """mean [q05, q95] to 4 significant digits (slopes per year can be small)."""
     return f"{d['mean']:+.4g} [{d['q05']:+.4g}, {d['q95']:+.4g}]"
-
-
-def _covariate_rows(sm: dict) -> list[tuple]:
-    rows = []
-    for c, v in sm["covariates"].items():
-        if v["kind"] == "numeric":
-            rows.append((c, f"per SD ({v['sd']:.4g})", _g(v["effect"]), "nats per SD",
-                         v["effect"]["p_positive"], v["missing"]))  # fmt: skip
-            rows.append((c, "per unit", _g(v["slope"]), "nats per unit",
-                         v["slope"]["p_positive"], v["missing"]))  # fmt: skip
-        else:
-            for level, d in v["levels"].items():
-                rows.append((c, f"{level} (n={d['participants']})", _g(d),
-                             "nats vs average level", d["p_positive"], v["missing"]))  # fmt: skip
-    return rows
 
 
 @click.command()
@@ -274,7 +259,14 @@ def participants(db, **options):
         + f" mean NLL per response (nats); participants: {p['selected']} selected, "
         f"{p['used']} fitted, {p['left_out']} left out for a missing covariate"
     )
+    # The same rows as the report's participants page.
+    from psystats.reports.section_participants import covariate_rows
+
+    rows = covariate_rows(sm)
     print_rows(
         ["covariate", "term", "effect [90%]", "unit", "P(>0)", "missing"],
-        _covariate_rows(sm),
+        [
+            (r.covariate, r.term, _g(r._asdict()), r.unit, r.p_positive, r.missing)
+            for r in rows.itertuples(index=False)
+        ],  # fmt: skip
     )
