@@ -87,6 +87,8 @@ def build(con, truth: dict | None = None) -> Section:
                 "missing": "missing",
             },
             caption="Covariate effects (posterior mean and 90% interval, each in its unit).",
+            # Four significant digits: a slope per year of age is often below 0.01 nats.
+            formats={k: "{:+.4g}".format for k in ("mean", "q05", "q95")},
         )
     )
     return s
