@@ -91,7 +91,9 @@ def full_size(args) -> dict:
 def _compiled(cells):
     import nutpie
 
-    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_model import build_effects_model
+    from psystats.stats.effects_spec import EffectsSpec
 
     spec = EffectsSpec()
     data = prepare(cells, spec)
@@ -105,7 +107,7 @@ def recovery(args) -> dict:
     """Coverage of the 90% central intervals of every true parameter element."""
     import nutpie
 
-    from psystats.stats.effects import reported_vars
+    from psystats.stats.effects_model import reported_vars
     from psystats.stats.sampling import diagnose
     from psystats.stats.simulate import simulate_cells, simulate_design
 
@@ -315,7 +317,9 @@ def grid(args) -> dict:
     """Gate pass rate and 90% coverage per parameter family, for every corner."""
     import nutpie
 
-    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare, reported_vars
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_model import build_effects_model, reported_vars
+    from psystats.stats.effects_spec import EffectsSpec
     from psystats.stats.options import SamplingOptions
     from psystats.stats.pipeline import next_attempt
     from psystats.stats.sampling import diagnose

@@ -253,21 +253,13 @@ class Warehouse:
         formula may use (``mean, se, type, family, log_params, domain,
         experiment, pair, ...``).
         """
-        from psystats.stats.cells import build_cells, with_scale
+        from psystats.stats.cells import selected_cells
         from psystats.stats.options import Selection, build_spec
 
         sel = build_spec(Selection, selection, names, "selection")
         sel.require("cells", ["models", "experiments"])
         with self.connection() as con:
-            sel.check_names(con, conditions=[sel.post, sel.base])
-            cells = build_cells(
-                con,
-                post_condition=sel.post,
-                base_condition=sel.base,
-                models=sel.only("models"),
-                experiments=sel.only("experiments"),
-            )
-        cells = with_scale(cells, scale)
+            cells = selected_cells(con, sel, scale)
         if formula_columns:
             from psystats.stats.formula import formula_frame
 

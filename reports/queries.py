@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from psystats.stats.data import VALID_SCORE
+from psystats.warehouse.schema import MODEL_FACTS
 from psystats.warehouse.sql import scalar
 
 # Conditions in the order the report shows them.
@@ -274,28 +275,11 @@ def model_nll(con, condition: str, level: float = 0.95) -> tuple[pd.DataFrame, d
     out["lo"] = out["mean"] - half
     out["hi"] = out["mean"] + half
     out = out.reset_index()
-    meta = frame(
-        con,
-        """SELECT name AS model, family, generation, generation_order, n_params,
-                                post_training, base_model FROM models""",
-    )
+    meta = frame(con, f"SELECT name AS model, {', '.join(MODEL_FACTS)} FROM models")
     out = out.merge(meta, on="model", how="left")
     out["family"] = out["family"].fillna("other")
     out["post_training"] = out["post_training"].fillna("other")
-    cols = [
-        "model",
-        "family",
-        "generation",
-        "generation_order",
-        "n_params",
-        "post_training",
-        "base_model",
-        "n_participants",
-        "mean",
-        "sd",
-        "lo",
-        "hi",
-    ]
+    cols = ["model", *MODEL_FACTS, "n_participants", "mean", "sd", "lo", "hi"]
     return out[cols].sort_values(["family", "post_training", "n_params", "model"]).reset_index(
         drop=True
     ), info

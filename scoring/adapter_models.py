@@ -16,7 +16,6 @@ from typing import Any
 import duckdb
 
 from psystats.warehouse.errors import WarehouseError
-from psystats.warehouse.sql import transaction
 
 from . import adapters, naming
 from .model_fields import USER, coerce, field_name
@@ -24,8 +23,8 @@ from .model_files import looks_like_path
 from .registry import (
     apply_fields,
     explicit_fields,
-    fill_release_dates,
     get_model,
+    in_one_transaction,
     insert_row,
     register,
     row_by_name,
@@ -46,37 +45,6 @@ _ROW_FROM_BASE = (
     "n_params",
     "quantization",
 )
-
-
-def add_adapter(
-    con: duckdb.DuckDBPyConnection,
-    base_source: str | None,
-    adapter: str,
-    *,
-    name: str | None = None,
-    adapter_revision: str | None = None,
-    post_training: str | None = None,
-    gguf_file: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    overrides: dict | None = None,
-) -> dict:
-    """Register ``adapter`` on ``base_source`` (a registered name, folder, GGUF or hub id,
-    registered first when new), idempotently, in one transaction; returns the row."""
-    with transaction(con):
-        fill_release_dates(con)
-        return register_adapter(
-            con,
-            base_source,
-            adapter,
-            name=name,
-            adapter_revision=adapter_revision,
-            post_training=post_training,
-            gguf_file=gguf_file,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            overrides=overrides,
-        )
 
 
 def _base_row(
@@ -176,15 +144,18 @@ def register_adapter(
     base_source: str | None,
     adapter: str,
     *,
-    name: str | None,
-    adapter_revision: str | None,
-    post_training: str | None,
-    gguf_file: str | None,
-    revision: str | None,
-    trust_remote_code: bool,
-    overrides: dict | None,
+    name: str | None = None,
+    adapter_revision: str | None = None,
+    post_training: str | None = None,
+    gguf_file: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    overrides: dict | None = None,
 ) -> dict:
-    """:func:`add_adapter` inside the caller's transaction (``models load`` batches several)."""
+    """Register ``adapter`` on ``base_source`` (a registered name, folder, GGUF or hub id,
+    registered first when new), idempotently, in the caller's transaction (``models load``
+    batches several); returns the row.  :func:`add_adapter` is this in a transaction of
+    its own."""
     info = adapters.describe(adapter, adapter_revision)
     is_path = looks_like_path(adapter)
     adapter_loc = info["folder"] if is_path else adapter
@@ -218,3 +189,6 @@ def register_adapter(
         raise WarehouseError("a model cannot be its own base")
     insert_row(con, row, bool(base["trust_remote_code"]))
     return get_model(con, name)
+
+
+add_adapter = in_one_transaction(register_adapter)

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.outputs import table_suffix, write_batches
 from psystats.warehouse.sql import scalar
 
 LEVELS = ("response", "token", "word")
@@ -69,24 +70,6 @@ def export_level(
     Returns the row count.
     """
     out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
+    suffix = table_suffix(out)
     sql, params = level_query(con, runs, level)
-    reader = con.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
-    n = 0
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        with pq.ParquetWriter(out, reader.schema) as w:
-            for batch in reader:
-                w.write_batch(batch)
-                n += batch.num_rows
-    else:
-        import pyarrow.csv as pcsv
-
-        with pcsv.CSVWriter(out, reader.schema) as w:
-            for batch in reader:
-                w.write_batch(batch)
-                n += batch.num_rows
-    return n
+    return write_batches(con.sql(sql, params=params).to_arrow_reader(BATCH_ROWS), out, suffix)

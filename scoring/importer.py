@@ -39,6 +39,7 @@ from psystats.warehouse import staleness
 from psystats.warehouse.brief import local_connection
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.hashing import file_sha256
+from psystats.warehouse.outputs import table_suffix, write_batches
 from psystats.warehouse.parquet_layout import write_rows
 from psystats.warehouse.sql import scalar, transaction
 
@@ -1006,9 +1007,7 @@ def export_scores(
     with ``import_scores`` (its run/model columns are ignored there).
     """
     out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
+    suffix = table_suffix(out)
     runs = export_runs(con, run_id=run_id, model=model, condition=condition)
     # Record batches straight from DuckDB to the writer: RSS does not grow with the run.
     reader = con.sql(
@@ -1016,22 +1015,8 @@ def export_scores(
     ).to_arrow_reader(BATCH_ROWS)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    n = 0
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            with pq.ParquetWriter(tmp, reader.schema) as w:
-                for batch in reader:
-                    w.write_batch(batch)
-                    n += batch.num_rows
-        else:
-            import pyarrow.csv as pcsv
-
-            with pcsv.CSVWriter(tmp, reader.schema) as w:
-                for batch in reader:
-                    w.write_batch(batch)
-                    n += batch.num_rows
+        n = write_batches(reader, tmp, suffix)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -31,15 +31,18 @@ Sources
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import duckdb
 
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.names import did_you_mean
 from psystats.warehouse.parquet_layout import delete_runs
+from psystats.warehouse.schema import MODEL_FACTS
 from psystats.warehouse.sql import scalar, transaction
 
 from . import naming
@@ -48,6 +51,9 @@ from .model_fields import USER, coerce, field_name
 from .model_files import classify_source
 from .release_dates import release_date_for
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 COLUMNS = (
     "model_id",
     "name",
@@ -55,12 +61,7 @@ COLUMNS = (
     "revision",
     "gguf_file",
     "tokenizer_source",
-    "family",
-    "generation",
-    "generation_order",
-    "n_params",
-    "post_training",
-    "base_model",
+    *MODEL_FACTS,
     "trust_remote_code",
     "inferred",
     "created_at",
@@ -394,6 +395,22 @@ def _apply_explicit(con: duckdb.DuckDBPyConnection, row: dict, explicit: dict, h
         row["inferred"]["release_date"] = {"value": day, "from": why}
 
 
+def in_one_transaction(
+    register_fn: Callable[Concatenate[duckdb.DuckDBPyConnection, P], R],
+) -> Callable[Concatenate[duckdb.DuckDBPyConnection, P], R]:
+    """``register_fn`` (:func:`register`, ``register_adapter``) as a unit of work of its own:
+    one transaction, release dates filled first (rows registered before the table knew
+    their date)."""
+
+    @functools.wraps(register_fn)
+    def unit(con: duckdb.DuckDBPyConnection, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with transaction(con):
+            fill_release_dates(con)
+            return register_fn(con, *args, **kwargs)
+
+    return unit
+
+
 def register(
     con: duckdb.DuckDBPyConnection,
     source: str | None,
@@ -407,7 +424,20 @@ def register(
     overrides: dict | None = None,
     how: str = USER,
 ) -> dict:
-    """:func:`add_model` without its transaction (``models load`` and the importer batch several)."""
+    """Register a model (idempotently) and return its row, in the caller's transaction
+    (``models load`` and the importer batch several); :func:`add_model` is this in a
+    transaction of its own.
+
+    ``source`` is a hub id, a local safetensors folder, a local ``.gguf`` file
+    (stored as ``source`` = folder, ``gguf_file`` = file name), a baseline
+    (``baseline:uniform``, ``baseline:frequency``) or None for an external
+    scorer (then ``name`` is required).  Family, generation, post-training
+    type and parameter count are inferred; ``base``, ``post_training`` and
+    ``overrides`` (any editable field) win over inference.  Registering the
+    same name and source again changes only the fields given explicitly; the
+    same name with another source is an error.  Adapters on a base:
+    :func:`scoring.adapter_models.add_adapter`.
+    """
     if source is not None and source.startswith("baseline:") and source not in naming.BASELINES:
         raise WarehouseError(f"no baseline {source!r}; psystats has {', '.join(naming.BASELINES)}")
     if source in naming.BASELINES:
@@ -447,43 +477,7 @@ def register(
     return get_model(con, row["name"])
 
 
-def add_model(
-    con: duckdb.DuckDBPyConnection,
-    source: str | None,
-    *,
-    name: str | None = None,
-    base: str | None = None,
-    post_training: str | None = None,
-    gguf_file: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    overrides: dict | None = None,
-) -> dict:
-    """Register a model (idempotently) and return its row.
-
-    ``source`` is a hub id, a local safetensors folder, a local ``.gguf`` file
-    (stored as ``source`` = folder, ``gguf_file`` = file name), a baseline
-    (``baseline:uniform``, ``baseline:frequency``) or None for an external
-    scorer (then ``name`` is required).  Family, generation, post-training
-    type and parameter count are inferred; ``base``, ``post_training`` and
-    ``overrides`` (any editable field) win over inference.  Registering the
-    same name and source again changes only the fields given explicitly; the
-    same name with another source is an error.  Adapters on a base:
-    :func:`scoring.adapter_models.add_adapter`.
-    """
-    with transaction(con):
-        fill_release_dates(con)  # rows registered before the table knew their date
-        return register(
-            con,
-            source,
-            name=name,
-            base=base,
-            post_training=post_training,
-            gguf_file=gguf_file,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            overrides=overrides,
-        )
+add_model = in_one_transaction(register)
 
 
 def set_fields(con: duckdb.DuckDBPyConnection, name: str, fields: dict[str, Any]) -> dict:

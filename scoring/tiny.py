@@ -80,7 +80,6 @@ def build_tiny_model(
     The tokenizer in ``tokenizer_dir`` is copied beside the weights so the
     folder loads like any Hugging Face model folder.
     """
-    import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,16 +93,30 @@ def build_tiny_model(
         num_key_value_heads=kv_heads,
         intermediate_size=intermediate_size,
         max_position_embeddings=max_positions,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         tie_word_embeddings=False,
+        **_special_ids(tok),
         **config_overrides,
     )
     if family == "qwen3":
         config.head_dim = hidden_size // heads
+    return _save_random(AutoModelForCausalLM, config, tok, dest, seed)
+
+
+def _special_ids(tok) -> dict:
+    """bos/eos/pad token ids of a tiny model's config (pad: eos when the tokenizer has none)."""
+    return dict(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+
+
+def _save_random(auto_cls, config, tok, dest: str | Path, seed: int) -> Path:
+    """Random-initialise ``auto_cls`` from ``config`` (seeded) and save it with ``tok``."""
+    import torch
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = auto_cls.from_config(config, dtype=torch.float32)
     # Larger-than-default init so the tiny model's predictions are not all
     # near-uniform: tests of exactness need logits that actually vary.
     with torch.no_grad():
@@ -144,6 +157,10 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
     )
     # Multimodal rotary sections (temporal, height, width) summing to head_dim / 2.
     mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    # Every tiny vision tower is this wide, with one layer; the one of Qwen2.5-VL and
+    # Qwen3-VL (they differ in one field).
+    tower = dict(hidden_size=32, intermediate_size=64)
+    qwen_vision = dict(tower, depth=1, num_heads=2, out_hidden_size=64)
     if family == "qwen2_vl":
         return transformers.Qwen2VLConfig(
             text_config=dict(text, rope_parameters=mrope),
@@ -153,14 +170,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
     if family == "qwen2_5_vl":
         return transformers.Qwen2_5_VLConfig(
             text_config=dict(text, rope_parameters=mrope),
-            vision_config=dict(
-                depth=1,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=64,
-                fullatt_block_indexes=[0],
-            ),
+            vision_config=dict(qwen_vision, fullatt_block_indexes=[0]),
             **special,
         )
     if family == "qwen3_vl":
@@ -168,14 +178,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
             text_config=dict(
                 text, head_dim=16, rope_parameters=dict(mrope, mrope_interleaved=True)
             ),
-            vision_config=dict(
-                depth=1,
-                hidden_size=32,
-                intermediate_size=64,
-                num_heads=2,
-                out_hidden_size=64,
-                deepstack_visual_indexes=[],
-            ),
+            vision_config=dict(qwen_vision, deepstack_visual_indexes=[]),
             **special,
         )
     if family == "mllama":
@@ -184,8 +187,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
         return transformers.MllamaConfig(
             text_config=dict(text, num_hidden_layers=3, cross_attention_layers=[1]),
             vision_config=dict(
-                hidden_size=32,
-                intermediate_size=64,
+                tower,
                 num_hidden_layers=1,
                 num_global_layers=1,
                 attention_heads=2,
@@ -204,12 +206,7 @@ def tiny_vl_config(family: str, vocab_size: int, special: dict, *, sliding_windo
                 layer_types=["sliding_attention", "full_attention"],
             ),
             vision_config=dict(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                image_size=28,
-                patch_size=14,
+                tower, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
             ),
             mm_tokens_per_image=4,
             **special,
@@ -225,27 +222,11 @@ def build_tiny_vl_model(
     Saved with the tokenizer (and its chat template) like a hub VL folder,
     loaded by psystats through ``AutoModelForImageTextToText``.
     """
-    import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    special = dict(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-    )
-    config = tiny_vl_config(family, len(tok), special)
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.2)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
-    return dest
+    config = tiny_vl_config(family, len(tok), _special_ids(tok))
+    return _save_random(AutoModelForImageTextToText, config, tok, dest, seed)
 
 
 def build_tiny_lora(

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from psystats.cli import main
 from psystats.scoring import registry
 from psystats.stats.cells import build_cells, with_scale
-from psystats.stats.effects import EffectsSpec, prepare
+from psystats.stats.effects_design import prepare
+from psystats.stats.effects_spec import EffectsSpec
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
 

@@ -643,6 +643,7 @@ def test_option_groups_equal_option_rows_and_prepare_the_same_data(tmp_path):
     from psystats.stats.accuracy import option_rows, prepare_accuracy, simulate_accuracy
     from psystats.stats.data import load_models
     from psystats.stats.option_groups import OptionGroups
+    from psystats.stats.options import Selection
     from psystats.stats.simulate import add_synthetic_experiments
 
     path = tmp_path / "acc.duckdb"
@@ -654,7 +655,7 @@ def test_option_groups_equal_option_rows_and_prepare_the_same_data(tmp_path):
         groups = OptionGroups(c)
         got = groups.to_frame()
         one_exp = sorted(set(ref.experiment))[0]
-        ref_one = option_rows(c, experiments=[one_exp])
+        ref_one = option_rows(c, Selection(experiments=[one_exp]))
         got_one = OptionGroups(c, experiments=[one_exp]).to_frame()
         models = load_models(c)
         a = prepare_accuracy(ref, models, folds=3, seed=0)

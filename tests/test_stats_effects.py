@@ -28,7 +28,7 @@ def _cells(**cols) -> pd.DataFrame:
 
 
 def test_constraint_basis_is_orthonormal_and_constrained():
-    from psystats.stats.effects import constraint_basis
+    from psystats.stats.effects_design import constraint_basis
 
     groups = np.array([0, 0, 0, 1, 1, 2])
     G = np.eye(3)[groups]
@@ -39,7 +39,8 @@ def test_constraint_basis_is_orthonormal_and_constrained():
 
 
 def test_degenerate_data_drop_terms_with_messages():
-    from psystats.stats.effects import NO_DOMAIN, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_spec import NO_DOMAIN
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(6, 8, n_families=1, n_types=1, n_domains=1, seed=2)
@@ -62,7 +63,7 @@ def test_degenerate_data_drop_terms_with_messages():
 
 
 def test_single_pair_drops_experiment_term_and_all_zero_variance_fails():
-    from psystats.stats.effects import prepare
+    from psystats.stats.effects_design import prepare
 
     one = _cells(
         pair=["p"] * 4,
@@ -81,7 +82,7 @@ def test_single_pair_drops_experiment_term_and_all_zero_variance_fails():
 
 def test_absent_type_domain_is_noncentred_and_a_large_one_centred():
     """The issue's failing default, cheaply: the choice a centred funnel would need."""
-    from psystats.stats.effects import prepare
+    from psystats.stats.effects_design import prepare
     from psystats.stats.simulate import simulate_cells, simulate_design
 
     design = simulate_design(24, 40, n_families=4, n_types=3, n_domains=6, seed=0)
@@ -101,7 +102,7 @@ def test_absent_effect_is_noncentred_and_a_large_one_centred(term):
     The margin: with sigma = 0 the moment estimate exceeds twice the level SE only
     when chi2_k / k > 5 (k >= 10 coefficients here), probability < 1e-6 per seed.
     """
-    from psystats.stats.effects import prepare
+    from psystats.stats.effects_design import prepare
     from psystats.stats.simulate import simulate_cells
 
     name = term.removeprefix("sigma_")
@@ -116,7 +117,7 @@ def test_absent_effect_is_noncentred_and_a_large_one_centred(term):
 
 
 def test_moment_scale_estimates_match_the_truth_on_a_big_layout():
-    from psystats.stats.effects import prepare
+    from psystats.stats.effects_design import prepare
     from psystats.stats.simulate import simulate_cells
 
     sim = simulate_cells(
@@ -142,7 +143,9 @@ def test_moment_scale_estimates_match_the_truth_on_a_big_layout():
     ],
 )
 def test_small_layouts_say_which_scales_cannot_be_learned(layout, fixed):
-    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_model import build_effects_model
+    from psystats.stats.effects_spec import EffectsSpec
     from psystats.stats.simulate import simulate_cells
 
     P, E, F, T, D = layout
@@ -159,7 +162,7 @@ def test_small_layouts_say_which_scales_cannot_be_learned(layout, fixed):
 
 
 def test_spec_from_toml_and_errors(tmp_path):
-    from psystats.stats.effects import EffectsSpec, Prior
+    from psystats.stats.effects_spec import EffectsSpec, Prior
 
     p = tmp_path / "spec.toml"
     p.write_text(
@@ -210,7 +213,9 @@ def _row_model(df, cells, spec):
 
 def test_suffstat_model_logp_equals_row_level_model_logp():
     from psystats.stats.cells import suffstat_loglik
-    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_model import build_effects_model
+    from psystats.stats.effects_spec import EffectsSpec
 
     df, cells = _participant_data()
     spec = EffectsSpec(residual="explicit")
@@ -236,7 +241,9 @@ def test_suffstat_model_logp_equals_row_level_model_logp():
 
 @pytest.mark.slow
 def test_suffstat_posterior_agrees_with_row_level_posterior():
-    from psystats.stats.effects import EffectsSpec, build_effects_model, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_model import build_effects_model
+    from psystats.stats.effects_spec import EffectsSpec
     from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import sample
 
@@ -253,7 +260,9 @@ def test_suffstat_posterior_agrees_with_row_level_posterior():
 
 @pytest.mark.slow
 def test_eight_schools_through_the_effects_builder():
-    from psystats.stats.effects import EffectsSpec, Prior, build_effects_model, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_model import build_effects_model
+    from psystats.stats.effects_spec import EffectsSpec, Prior
     from psystats.stats.options import SamplingOptions
     from psystats.stats.sampling import diagnose, sample
 
@@ -458,8 +467,8 @@ def test_ppc_is_sensible_on_large_scale_data_from_the_model():
     Before autoscaling, such data met priors built for tenths of a nat: the fit sat between
     prior and data and every p-value was 0 or 1 (the demo's stored ppc).
     """
-    from psystats.stats.effects import EffectsSpec, prior_scale_for
     from psystats.stats.effects_fit import EffectsFitSpec, fit_cells
+    from psystats.stats.effects_spec import EffectsSpec, prior_scale_for
     from psystats.stats.options import SamplingOptions
     from psystats.stats.simulate import TRUE_SCALES, simulate_cells
 
@@ -484,7 +493,7 @@ def test_ppc_is_sensible_on_large_scale_data_from_the_model():
 
 
 def test_default_priors_unchanged_on_the_nats_scale_and_user_priors_kept():
-    from psystats.stats.effects import DEFAULT_PRIORS, EffectsSpec, Prior, resolve_priors
+    from psystats.stats.effects_spec import DEFAULT_PRIORS, EffectsSpec, Prior, resolve_priors
 
     spec = EffectsSpec(priors={"sigma_pair": Prior("HalfNormal", sigma=0.2)})
     assert resolve_priors(spec, 1.0) is spec
@@ -577,7 +586,8 @@ def test_compare_without_a_named_term_prefers_the_true_model():
 def test_generation_rank_scale_is_invariant_to_renaming_versions():
     """Pooled slopes per successive generation: the design (hence the posterior) is the
     same whatever the version numbers, as long as their order within a family is."""
-    from psystats.stats.effects import EffectsSpec, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_spec import EffectsSpec
     from psystats.stats.simulate import simulate_cells
 
     cells = simulate_cells(24, 6, n_families=4, n_types=3, n_domains=2, seed=2).cells
@@ -605,7 +615,8 @@ def test_design_is_its_definition():
     """prepare()'s covariates and constraint bases against docs/model.md, computed here
     from the cell table alone: each basis is orthonormal and spans exactly its
     constraint subspace (projectors compared, so the choice of basis does not matter)."""
-    from psystats.stats.effects import TERMS, EffectsSpec, prepare
+    from psystats.stats.effects_design import prepare
+    from psystats.stats.effects_spec import TERMS, EffectsSpec
     from psystats.stats.simulate import simulate_cells
 
     c = simulate_cells(24, 9, n_families=4, n_types=3, n_domains=3, seed=4).cells

@@ -116,14 +116,17 @@ def parse_ref(ref: str | int) -> tuple[str, int]:
     return kind, int(num)
 
 
+def _recorded(con, table: str, key: str, value: int, what: str, shown: str) -> dict[str, Any]:
+    """The row of ``table`` whose ``key`` is ``value``; else an error saying how to list them."""
+    rows = _rows(con, f"SELECT * FROM {table} WHERE {key} = ?", [int(value)])
+    if not rows:
+        raise WarehouseError(f'no {what} {value}: see `psystats sql "SELECT {shown} FROM {table}"`')
+    return rows[0]
+
+
 def run_manifest(con, run_id: int) -> dict[str, Any]:
     """What a score run recorded: model, weights/tokenizer hashes, settings, software."""
-    rows = _rows(con, "SELECT * FROM score_runs WHERE run_id = ?", [int(run_id)])
-    if not rows:
-        raise WarehouseError(
-            f'no score run {run_id}: see `psystats sql "SELECT run_id, model FROM score_runs"`'
-        )
-    r = rows[0]
+    r = _recorded(con, "score_runs", "run_id", run_id, "score run", "run_id, model")
     settings = _parse(r.get("settings")) or {}
     model = _rows(
         con,
@@ -166,12 +169,7 @@ def _find(obj: Any, key: str) -> Any:
 
 def fit_manifest(con, fit_id: int) -> dict[str, Any]:
     """What a fit recorded: kind, spec, priors, sampler and seed, software, and its runs."""
-    rows = _rows(con, "SELECT * FROM fits WHERE fit_id = ?", [int(fit_id)])
-    if not rows:
-        raise WarehouseError(
-            f'no fit {fit_id}: see `psystats sql "SELECT fit_id, kind, created_at FROM fits"`'
-        )
-    f = rows[0]
+    f = _recorded(con, "fits", "fit_id", fit_id, "fit", "fit_id, kind, created_at")
     sampler = _parse(f.get("sampler")) or {}
     selection = _parse(f.get("selection")) or {}
     runs = selection.get("runs") if isinstance(selection, dict) else None

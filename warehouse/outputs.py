@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import NO_SPACE, WarehouseError
 
@@ -93,6 +94,36 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise _os_error(e, target) from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+def table_suffix(out: Path) -> str:
+    """The table format of ``out`` (``.parquet`` or ``.csv``, by its suffix); else a WarehouseError."""
+    suffix = out.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise WarehouseError(f"{out}: expected a .parquet or .csv output file")
+    return suffix
+
+
+def write_batches(reader: Any, path: Path, suffix: str) -> int:
+    """Write an Arrow record batch reader to ``path`` as ``suffix`` (:func:`table_suffix`)
+    batch by batch (memory flat in the row count); returns the row count."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        writer: Any = pq.ParquetWriter(path, reader.schema)
+    else:
+        import pyarrow.csv as pcsv
+
+        writer = pcsv.CSVWriter(path, reader.schema)
+    n = 0
+    with writer as w:
+        for batch in reader:
+            w.write_batch(batch)
+            n += batch.num_rows
+    return n
 
 
 def _os_error(e: OSError, target: Path) -> WarehouseError:

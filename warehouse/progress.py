@@ -2,7 +2,7 @@
 
 Every long job (scoring tokens, ingesting rows, importing score rows,
 merging shards, the demo's steps, sampling chains) reports through
-:func:`progress`, so they all look and behave alike:
+:data:`progress`, so they all look and behave alike:
 
 * on a terminal, a live ``rich`` bar on stderr::
 
@@ -56,7 +56,13 @@ def format_count(n: float) -> str:
 
 
 class Reporter:
-    """Progress of one job.  Use as a context manager; build with :func:`progress`."""
+    """A progress reporter for one job (use it as a context manager; :data:`progress`).
+
+    ``label`` names the job (``"scoring"``), ``total`` is how many ``unit``
+    s it will take (None: unknown), ``quiet`` silences it.  ``stream``
+    defaults to stderr; ``terminal`` overrides the check whether it is one;
+    ``clock`` is the time source (tests pass a fake one).
+    """
 
     def __init__(
         self,
@@ -248,28 +254,5 @@ class Reporter:
                 self._write(self.final_line())
 
 
-def progress(
-    label: str,
-    total: float | None = None,
-    unit: str = "",
-    *,
-    quiet: bool = False,
-    stream: TextIO | None = None,
-    interval: float = DEFAULT_INTERVAL,
-    terminal: bool | None = None,
-) -> Reporter:
-    """A progress reporter for one job (use it as a context manager).
-
-    ``label`` names the job (``"scoring"``), ``total`` is how many ``unit``
-    s it will take (None: unknown), ``quiet`` silences it.  ``stream``
-    defaults to stderr; ``terminal`` overrides the check whether it is one.
-    """
-    return Reporter(
-        label,
-        total,
-        unit,
-        quiet=quiet,
-        stream=stream,
-        interval=interval,
-        terminal=terminal,
-    )
+# The name every job builds its reporter by: ``with progress("scoring", n, "tokens") as bar:``.
+progress = Reporter

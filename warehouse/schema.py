@@ -33,6 +33,17 @@ DOMAINS: tuple[str, ...] = (
     "Psychophysics",
 )
 
+# The columns of ``models`` that say what a model is (family, generation, size,
+# post-training and base): what analyses, reports and the registry share.
+MODEL_FACTS = (
+    "family",
+    "generation",
+    "generation_order",
+    "n_params",
+    "post_training",
+    "base_model",
+)
+
 MIGRATION_1 = """
 CREATE TABLE schema_version (
     version     INTEGER NOT NULL,

@@ -39,8 +39,7 @@ gap is credible with the same sign.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,13 +59,11 @@ from .options import (
     ANALYSIS,
     AnalysisSpec,
     Flag,
-    SamplingOptions,
     Selection,
-    StoreOptions,
     options_of,
     validated,
 )
-from .pipeline import FitResult, ParamRows, run_fit
+from .pipeline import FitCall, FitResult, ParamRows, built, fit_entry
 from .units import LOGIT, same_unit
 
 KIND = "accuracy"
@@ -76,26 +73,23 @@ LOG_T_BOUNDS = (np.log(0.02), np.log(50.0))  # temperatures searched (ample for 
 # --------------------------------------------------------------------------- data
 
 
-def option_rows(
-    con,
-    *,
-    post_condition: str = "plain",
-    base_condition: str | None = None,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-) -> pd.DataFrame:
+def option_rows(con, selection: Selection | None = None) -> pd.DataFrame:
     """Option log-probabilities of every scored response of the pairs' models.
 
     One row per (model, response, option): model, condition, run_id,
     experiment, participant_key, response_id, response (trimmed text),
     option (trimmed), logprob.  Each model's rows come from its latest
     complete run of the experiment in its condition (post-trained models:
-    ``post_condition``; base models: ``base_condition``).
+    ``selection.post``; base models: ``selection.base``); ``selection``
+    (default: all, plain) also picks models and experiments.
     """
     from .data import latest_runs_sql
 
-    base_condition = base_condition or post_condition
-    filt, fparams = where_clause({"lr.model": models, "lr.experiment": experiments})
+    sel = selection or Selection()
+    post_condition, base_condition = sel.post, sel.base
+    filt, fparams = where_clause(
+        {"lr.model": sel.only("models"), "lr.experiment": sel.only("experiments")}
+    )
     extra = (" AND " + filt.removeprefix("WHERE ")) if filt else ""
     q = f"""
     WITH {latest_runs_sql("?, ?")},
@@ -616,15 +610,8 @@ class AccuracySpec(AnalysisSpec):
         object.__setattr__(self, "priors", options_of(AccuracyPriors, self.priors, "priors"))
 
 
-def fit_accuracy(
-    con,
-    selection: Selection | Mapping[str, Any] | None = None,
-    spec: AccuracySpec | Mapping[str, Any] | None = None,
-    sampling: SamplingOptions | Mapping[str, Any] | None = None,
-    *,
-    allow_failure: bool = False,
-    store: StoreOptions | Mapping[str, Any] | None = None,
-) -> FitResult:
+@fit_entry(KIND, AccuracySpec, ["models", "experiments"])
+def fit_accuracy(con, call: FitCall) -> FitResult:
     """Load, calibrate, build, sample, check and store an accuracy fit (the fit contract).
 
     ``selection``: conditions (post-trained models' scores: ``selection.post``;
@@ -634,26 +621,14 @@ def fit_accuracy(
     the posterior predictive check of the hits (``ppc``) and PSIS-LOO over
     (model, participant) rows (``loo``, also per outcome).
     """
-    t0 = time.perf_counter()
-    sel, acc = Selection.of(selection), AccuracySpec.of(spec)
-    sel.require(KIND, ["models", "experiments"])
-    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel, acc, sampling = call.selection, call.spec, call.sampling
     sel.check_names(con)  # conditions: "no option scores" below says what to score
     # One (model, experiment) at a time: the option rows never all sit in memory.
-    rows = OptionGroups(
-        con,
-        post_condition=sel.post,
-        base_condition=sel.base,
-        models=sel.only("models"),
-        experiments=sel.only("experiments"),
-    )
+    rows = OptionGroups(con, **sel.reads("models", "experiments"))
     data = prepare_accuracy(rows, load_models(con), folds=acc.folds, seed=sampling.seed)
     runs = rows.groups.groupby("model")["run_id"].agg(lambda s: sorted(set(map(int, s))))
     data.selection = dict(
-        post_condition=sel.post,
-        base_condition=sel.base,
-        models=sel.only("models"),
-        experiments=sel.only("experiments"),
+        sel.reads("models", "experiments"),
         pairs=list(data.pairs["pair"]),
         runs={m: runs[m] for m in sorted(set(data.participants["model"]))},
         n_participants=int(data.participants.groupby(["experiment", "participant_key"]).ngroups),
@@ -665,27 +640,18 @@ def fit_accuracy(
         f"{m} / {e} / {p}" for m, e, p in zip(d["model"], d["experiment"], d["participant_key"])
     ]
     observed = {"hits": rows_lab, **({"hits_calibrated": rows_lab} if acc.calibration else {})}
-    return run_fit(
+    return call.run_fit(
         model,
+        con,
         kind=KIND,
         observed=list(observed),
-        sampling=sampling,
-        allow_failure=allow_failure,
         observation_labels=observed,
         summarise=lambda idata: summarise_accuracy(idata, data, acc.folds),
-        spec=model_spec,
-        priors=model_spec["priors"],
-        selection=data.selection,
-        dropped=model_spec.get("dropped"),
-        notes=data.notes,
+        **built(model_spec, data),
         condition=sel.label,
         scale="logit",
         what=f"{len(d)} (model, participant) rows, {len(data.pairs)} pairs",
         params=ParamRows(var_names=[n for n in PARAMS if n in model.named_vars]),
-        data=data,
-        con=con,
-        store=store,
-        started=t0,
     )
 
 

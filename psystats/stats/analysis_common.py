@@ -26,6 +26,21 @@ def cell_label(family: Any, generation: Any) -> str:
     return f"{family} {generation}"
 
 
+def without_thin_cells(
+    cells: pd.DataFrame, notes: list[str], what: str, label: str
+) -> pd.DataFrame:
+    """``cells`` less those of fewer than 2 participants (no standard error), with a note
+    naming them (``what``: what they are, e.g. "cell(s) with fewer than 2 participants";
+    ``label``: the column that names each beside its experiment)."""
+    thin = cells[cells["n"] < 2]
+    if len(thin):
+        notes.append(
+            f"{len(thin)} {what} left out: "
+            + ", ".join(f"{a} / {e}" for a, e in zip(thin[label], thin["experiment"]))
+        )
+    return cells[cells["n"] >= 2]
+
+
 def log_size_term(cells: pd.DataFrame, keys: list[str], model_col: str):
     """Centred log parameter count per cell, if the data can separate size from the levels.
 

@@ -38,20 +38,13 @@ from psystats.warehouse.buffers import release_buffers
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import where_clause
 
-from .data import PAIR_COLUMNS, latest_runs, latest_runs_sql, pairs, valid_score
+from .data import PAIR_FACTS, latest_runs, latest_runs_sql, pairs, valid_score
+from .options import Selection
 
 SCALES = ("nats", "standardised")
 
 CELL_COLUMNS = [
-    "pair",
-    "post_model",
-    "base_model",
-    "post_training",
-    "family",
-    "generation",
-    "generation_order",
-    "n_params",
-    "release_date",
+    *PAIR_FACTS,
     "experiment",
     "study",
     "domain",
@@ -121,23 +114,17 @@ def _params(
     return params, exp_filter
 
 
-def participant_differences(
-    con,
-    *,
-    post_condition: str = "plain",
-    base_condition: str | None = None,
-    models: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-) -> pd.DataFrame:
+def participant_differences(con, selection: Selection | None = None) -> pd.DataFrame:
     """One row per (pair, participant): ``d`` and both models' mean NLL.
 
     Columns: ``pair, post_model, base_model, experiment, study, domain,
     participant_key, n_responses, mean_post, mean_base, d, post_run_id,
-    base_run_id``.  ``base_condition`` defaults to ``post_condition``.
+    base_run_id``.  ``selection``: conditions, models, experiments (default:
+    all, plain).
     """
-    base_condition = base_condition or post_condition
-    pr = _pairs_or_fail(con, models)
-    params, exp_filter = _params(pr, post_condition, base_condition, experiments)
+    sel = selection or Selection()
+    pr = _pairs_or_fail(con, sel.only("models"))
+    params, exp_filter = _params(pr, sel.post, sel.base, sel.only("experiments"))
     q = (
         _differences_sql(len(pr), exp_filter)
         + """
@@ -285,12 +272,24 @@ def build_cells(
         df[col] = df[col].astype(float)
     df["pooled_sd"] = np.sqrt((df.sd_post**2 + df.sd_base**2) / 2)
     df = df.merge(
-        pr[[c for c in PAIR_COLUMNS if not c.startswith("base_") or c == "base_model"]],
+        pr[PAIR_FACTS],
         on=["post_model", "base_model"],
         how="left",
     )
     df["post_condition"], df["base_condition"] = post_condition, base_condition
     return df[CELL_COLUMNS]
+
+
+def selected_cells(con, selection: Selection, scale: str) -> pd.DataFrame:
+    """The cells ``selection`` reads (conditions, models, experiments) on ``scale``, its
+    names checked first: what the effects and formula fits and ``wh.cells`` read."""
+    selection.check_names(con, conditions=[selection.post, selection.base])
+    return with_scale(build_cells(con, **selection.reads("models", "experiments")), scale)
+
+
+def cell_runs(cells: pd.DataFrame) -> list[int]:
+    """The score runs a cell table compares (post and base), sorted: ``fits.selection.runs``."""
+    return sorted({int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()})
 
 
 def with_scale(cells: pd.DataFrame, scale: str = "nats") -> pd.DataFrame:

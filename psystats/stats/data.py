@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 
+from psystats.warehouse.schema import MODEL_FACTS
 from psystats.warehouse.sql import where_clause
 
 # Scores that count: the response produced tokens and the NLL is known
@@ -254,7 +255,8 @@ def participant_means(
     return pd.DataFrame(cur.fetchall(), columns=[d[0] for d in cur.description])
 
 
-PAIR_COLUMNS = [
+# A pair's names and its post model's facts (the base's where the post model's are unknown)...
+PAIR_FACTS = [
     "pair",
     "post_model",
     "base_model",
@@ -264,6 +266,10 @@ PAIR_COLUMNS = [
     "generation_order",
     "n_params",
     "release_date",
+]
+# ... then the base's own.
+PAIR_COLUMNS = [
+    *PAIR_FACTS,
     "base_family",
     "base_generation",
     "base_generation_order",
@@ -309,15 +315,7 @@ def pairs(con, models: Sequence[str] | None = None) -> pd.DataFrame:
     return df[PAIR_COLUMNS].reset_index(drop=True)
 
 
-MODEL_COLUMNS = [
-    "name",
-    "family",
-    "generation",
-    "generation_order",
-    "n_params",
-    "post_training",
-    "base_model",
-]
+MODEL_COLUMNS = ["name", *MODEL_FACTS]
 
 
 def load_models(con) -> pd.DataFrame:

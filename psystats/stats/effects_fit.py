@@ -12,13 +12,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from .cells import build_cells, with_scale
+from .cells import cell_runs, selected_cells
 from .cohens_d import pair_cohens_d
 from .effects_design import EffectsData, prepare
 from .effects_model import LABELS, build_effects_model, reported_vars
 from .effects_spec import TERMS, EffectsSpec, resolve_priors
-from .options import OptionError, SamplingOptions, Selection, StoreOptions
-from .pipeline import FitResult, ParamRows, run_fit, save_result
+from .options import OptionError, SamplingOptions
+from .pipeline import FitCall, FitResult, ParamRows, fit_entry, run_fit, save_result
 
 log = logging.getLogger(__name__)
 
@@ -229,15 +229,8 @@ def _compare_without(
     }
 
 
-def fit_effects(
-    con,
-    selection: Selection | Mapping[str, Any] | None = None,
-    spec: EffectsFitSpec | EffectsSpec | None = None,
-    sampling: SamplingOptions | Mapping[str, Any] | None = None,
-    *,
-    allow_failure: bool = False,
-    store: StoreOptions | Mapping[str, Any] | None = None,
-) -> FitResult:
+@fit_entry("effects", EffectsFitSpec, ["models", "experiments"])
+def fit_effects(con, call: FitCall) -> FitResult:
     """Cells from the warehouse -> :func:`fit_cells` -> ``fits``/``fit_params`` + NetCDF.
 
     The fit contract (docs/api.md): ``selection`` picks the pairs' scores
@@ -246,31 +239,17 @@ def fit_effects(
     written when the fit misses its gates (unless ``allow_failure``, then it
     is stored with ``passed = false``).
     """
-    sel, fs = Selection.of(selection), EffectsFitSpec.of(spec)
-    sel.require("effects", ["models", "experiments"])
-    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
-    sel.check_names(con, conditions=[sel.post, sel.base])
-    cells = with_scale(
-        build_cells(
-            con,
-            post_condition=sel.post,
-            base_condition=sel.base,
-            models=sel.only("models"),
-            experiments=sel.only("experiments"),
-        ),
-        fs.model.scale,
-    )
-    result = fit_cells(cells, fs, sampling, allow_failure=allow_failure)
+    sel, fs = call.selection, call.spec
+    cells = selected_cells(con, sel, fs.model.scale)
+    result = fit_cells(cells, fs, call.sampling, allow_failure=call.allow_failure)
     data = result.data
     result.selection = {
         **sel.record(),
         "pairs": data.coords["pair"],
-        "runs": sorted(
-            {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
-        ),
+        "runs": cell_runs(cells),
         "n_cells": data.n_cells,
         "n_experiments": len(data.coords["experiment"]),
     }
     result.condition = sel.label
-    save_result(con, result, store)
+    save_result(con, result, call.store)
     return result

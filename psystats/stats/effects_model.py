@@ -1,4 +1,21 @@
-"""The effects model's PyMC graph (:func:`build_effects_model`) for prepared cells."""
+"""The effects model's PyMC graph (:func:`build_effects_model`) for prepared cells.
+
+How post-training changes NLL, by type, family, size, generation and domain.
+Its parts: :mod:`.effects_spec` (:class:`EffectsSpec`, :class:`Prior`,
+default priors, autoscaling), :mod:`.effects_design` (:func:`prepare`,
+:class:`EffectsData`, constraint bases), this graph, and :mod:`.effects_fit`
+(:func:`fit_cells`, :func:`fit_effects`: sample, check, store).
+
+For cell c = (pair p, experiment e) with observed mean paired difference y_c
+and standard error se_c (from n_c participants, plug-in participant SD):
+
+    y_c ~ Normal(eta_c, sqrt(sigma_cell^2 + se_c^2))       (cell residual integrated out)
+    eta_c = intercept + type[t(p)] + family[f(p)] + size_slope * x_p
+            + generation_slope_family[f(p)] * g_p + domain[d(e)]
+            + type_domain[t(p), d(e)] + experiment[e] + pair[p]
+
+``docs/model.md`` writes the model out in full.
+"""
 
 from __future__ import annotations
 

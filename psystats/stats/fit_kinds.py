@@ -11,7 +11,7 @@ sorted into :class:`~.options.Selection`, :class:`~.options.SamplingOptions`,
 declares.  An unknown name is refused with a "did you mean", and every value
 is checked before the warehouse is opened.
 
-Adding a kind: write ``fit_<kind>`` with the contract's signature and a spec
+Adding a kind: write ``fit_<kind>`` (its body, under ``pipeline.fit_entry``) and a spec
 dataclass with ``of`` and ``from_options`` next to it, and add a row to
 :data:`KINDS` (DEVELOPERS.md, "How to add a fit kind").
 """

@@ -46,18 +46,16 @@ import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
 
-from .cells import SCALES, build_cells, with_scale
+from .cells import SCALES, cell_runs, selected_cells
 from .fit_checks import refresh_loo
 from .options import (
     AnalysisSpec,
     OneOf,
     OptionError,
     SamplingOptions,
-    Selection,
-    StoreOptions,
     validated,
 )
-from .pipeline import FitResult, ParamRows, run_fit, save_result
+from .pipeline import FitCall, FitResult, ParamRows, fit_entry, run_fit, save_result
 
 log = logging.getLogger(__name__)
 
@@ -529,15 +527,8 @@ def stored_frame(idata) -> pd.DataFrame:
     return df[[c for c in FORMULA_COLUMNS if c in df.columns]]
 
 
-def fit_formula(
-    con,
-    selection: Selection | Mapping[str, Any] | None = None,
-    spec: FormulaSpec | str | Mapping[str, Any] | None = None,
-    sampling: SamplingOptions | Mapping[str, Any] | None = None,
-    *,
-    allow_failure: bool = False,
-    store: StoreOptions | Mapping[str, Any] | None = None,
-) -> FitResult:
+@fit_entry("formula", FormulaSpec, ["models", "experiments"])
+def fit_formula(con, call: FitCall) -> FitResult:
     """Cells from the warehouse -> :func:`fit_formula_cells` -> ``fits``/``fit_params`` + NetCDF.
 
     The fit contract (docs/api.md); ``spec`` is the formula (a
@@ -547,40 +538,26 @@ def fit_formula(
     ``formula`` and the ``bambi_model``.  Nothing is written when a gate
     fails (unless ``allow_failure``).
     """
-    sel, fs = Selection.of(selection), FormulaSpec.of(spec)
-    sel.require("formula", ["models", "experiments"])
-    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
-    sel.check_names(con, conditions=[sel.post, sel.base])
-    cells = with_scale(
-        build_cells(
-            con,
-            post_condition=sel.post,
-            base_condition=sel.base,
-            models=sel.only("models"),
-            experiments=sel.only("experiments"),
-        ),
-        fs.scale,
-    )
+    sel, fs, sampling = call.selection, call.spec, call.sampling
+    cells = selected_cells(con, sel, fs.scale)
     priors = dict(fs.priors) if fs.priors else None
     result = fit_formula_cells(
         cells,
         fs.formula,
         priors=priors,
         sampling=sampling,
-        allow_failure=allow_failure,
+        allow_failure=call.allow_failure,
         checks=fs.checks,
     )
     result.selection = {
         **sel.record(),
         "pairs": sorted(result.data["pair"].unique().tolist()),
-        "runs": sorted(
-            {int(r) for r in pd.concat([cells.post_run_id, cells.base_run_id]).dropna()}
-        ),
+        "runs": cell_runs(cells),
         "n_cells": len(result.data),
     }
     result.spec = {"formula": fs.formula, "priors": dict(priors or {}), "scale": fs.scale}
     result.condition, result.scale = sel.label, fs.scale
-    save_result(con, result, store)
+    save_result(con, result, call.store)
     return result
 
 

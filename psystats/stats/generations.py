@@ -34,8 +34,7 @@ quantities, so no straight-line assumption is forced on the levels.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +49,7 @@ from .analysis_common import (
     log_size_term,
     prob,
     resolve_prior_scales,
+    without_thin_cells,
 )
 from .cells import CELL_COLUMNS
 from .data import load_models
@@ -64,13 +64,11 @@ from .likelihoods import marginal_normal
 from .options import (
     AnalysisSpec,
     OneOf,
-    SamplingOptions,
     Selection,
-    StoreOptions,
     options_of,
     validated,
 )
-from .pipeline import FitResult, ParamRows, run_fit
+from .pipeline import FitCall, FitResult, ParamRows, built, fit_entry
 from .units import NATS, generation_slope_unit, same_unit, size_slope_unit
 
 KIND = "generations"
@@ -267,13 +265,9 @@ def _gap_cells(
     gap_cells = pair_cells[
         pair_cells["post_model"].isin(posts.index) & pair_cells["base_model"].isin(bases.index)
     ].copy()
-    thin = gap_cells[gap_cells["n"] < 2]
-    if len(thin):
-        notes.append(
-            f"{len(thin)} gap cell(s) with fewer than 2 paired participants left out: "
-            + ", ".join(f"{p} / {e}" for p, e in zip(thin["pair"], thin["experiment"]))
-        )
-        gap_cells = gap_cells[gap_cells["n"] >= 2]
+    gap_cells = without_thin_cells(
+        gap_cells, notes, "gap cell(s) with fewer than 2 paired participants", "pair"
+    )
     gap_cells["sd"] = np.sqrt(gap_cells["var"].astype(float))
     gap_cells["se"] = gap_cells["sd"] / np.sqrt(gap_cells["n"].astype(float))
     gap_cells["mean"] = gap_cells["mean"].astype(float)
@@ -432,16 +426,15 @@ def _release_dates(con) -> pd.DataFrame:
 
 def load_generations_data(
     con,
+    selection: Selection | None = None,
     *,
-    base_condition: str = "plain",
-    post_condition: str = "plain",
-    families: Sequence[str] | None = None,
-    experiments: Sequence[str] | None = None,
-    post_training: Sequence[str] | None = None,
     generation_scale: str = DEFAULT_GENERATION_SCALE,
 ) -> GenerationsData:
     """Read the warehouse and :func:`prepare_generations`.
 
+    ``selection`` (default: all, plain): the base models' condition
+    (``selection.base``), the post-trained models' (``selection.post``),
+    families, experiments and post-training types.
     Each model's scores come from its latest complete run of each experiment
     in the given condition (``stats.data``); the gap cells pair the post and
     base scores response by response (``stats.cells.build_cells``).
@@ -455,6 +448,10 @@ def load_generations_data(
     from .cells import build_cells
 
     check_generation_scale(generation_scale)
+    sel = selection or Selection()
+    base_condition, post_condition = sel.base, sel.post
+    families, experiments = sel.only("families"), sel.only("experiments")
+    post_training = sel.only("post_training")
     models = load_models(con)
     if generation_scale == "date":
         models = models.merge(_release_dates(con), on="name", how="left")
@@ -902,15 +899,8 @@ class GenerationsSpec(AnalysisSpec):
         object.__setattr__(self, "priors", options_of(GenerationsPriors, self.priors, "priors"))
 
 
-def fit_generations(
-    con,
-    selection: Selection | Mapping[str, Any] | None = None,
-    spec: GenerationsSpec | Mapping[str, Any] | None = None,
-    sampling: SamplingOptions | Mapping[str, Any] | None = None,
-    *,
-    allow_failure: bool = False,
-    store: StoreOptions | Mapping[str, Any] | None = None,
-) -> FitResult:
+@fit_entry(KIND, GenerationsSpec, ["families", "post_training", "experiments"])
+def fit_generations(con, call: FitCall) -> FitResult:
     """Load, build, sample, check and store a generations fit (the fit contract, docs/api.md).
 
     ``selection``: conditions (base models' scores: ``selection.base``;
@@ -925,38 +915,22 @@ def fit_generations(
     variable; the gap cells' densities are the exact leave-one-cell-out
     densities of their marginal normal).
     """
-    t0 = time.perf_counter()
-    sel, gs = Selection.of(selection), GenerationsSpec.of(spec)
-    sel.require(KIND, ["families", "post_training", "experiments"])
-    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel, gs = call.selection, call.spec
     sel.check_names(con)
-    data = load_generations_data(
-        con,
-        base_condition=sel.base,
-        post_condition=sel.post,
-        families=sel.only("families"),
-        experiments=sel.only("experiments"),
-        post_training=sel.only("post_training"),
-        generation_scale=gs.generation_scale,
-    )
+    data = load_generations_data(con, sel, generation_scale=gs.generation_scale)
     model, model_spec = build_generations_model(data, gs.priors)
     bc, gc = data.base_cells, data.gap_cells
-    return run_fit(
+    return call.run_fit(
         model,
+        con,
         kind=KIND,
         observed=["base_obs", "gap_obs"],
-        sampling=sampling,
-        allow_failure=allow_failure,
         observation_labels={
             "base_obs": [f"{m} / {e}" for m, e in zip(bc["model"], bc["experiment"])],
             "gap_obs": [f"{p} / {e}" for p, e in zip(gc["pair"], gc["experiment"])],
         },
         summarise=lambda idata: summarise_generations(idata, data),
-        spec=model_spec,
-        priors=model_spec["priors"],
-        selection=data.selection,
-        dropped=model_spec.get("dropped"),
-        notes=data.notes,
+        **built(model_spec, data),
         condition=sel.label,
         scale="nats",
         what=f"{len(bc)} base cells, {len(gc)} gap cells, {len(data.families)} families",
@@ -966,10 +940,6 @@ def fit_generations(
                 data.generations, ["base_generation", "gap_generation"]
             ),
         ),
-        data=data,
-        con=con,
-        store=store,
-        started=t0,
     )
 
 
@@ -1036,25 +1006,10 @@ def simulate_generations(
         for o, x, day in zip(orders, on_scale, dates):
             g = f"{o:g}"
             base, post = f"sim-{f}{g}-base", f"sim-{f}{g}-instruct"
+            facts = dict(family=f, generation=g, generation_order=float(o), n_params=int(1e9))
             rows += [
-                dict(
-                    name=base,
-                    family=f,
-                    generation=g,
-                    generation_order=float(o),
-                    n_params=int(1e9),
-                    post_training="base",
-                    release_date=day,
-                ),
-                dict(
-                    name=post,
-                    family=f,
-                    generation=g,
-                    generation_order=float(o),
-                    n_params=int(1e9),
-                    post_training="instruct",
-                    base_model=base,
-                ),
+                dict(name=base, **facts, post_training="base", release_date=day),
+                dict(name=post, **facts, post_training="instruct", base_model=base),
             ]
             b = base_level + base_slope[f] * (x - centre) + rng.normal(0.0, response_sd, len(resp))
             gap = gap_mean + gap_slope[f] * (x - centre)

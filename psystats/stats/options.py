@@ -429,11 +429,16 @@ class Selection:
         check_names(con, "experiment", self.experiments)
         check_names(con, "condition", [c for c in conditions if c])
 
+    def reads(self, *lists: str) -> dict[str, Any]:
+        """The keywords of the score readers (``build_cells``, ``OptionGroups``, ...): the
+        resolved conditions and the named list fields (None for "all")."""
+        out: dict[str, Any] = {"post_condition": self.post, "base_condition": self.base}
+        out.update({n: self.only(n) for n in lists})
+        return out
+
     def record(self) -> dict[str, Any]:
         """The stored form (``fits.selection``): resolved conditions, lists or None."""
-        out: dict[str, Any] = {"post_condition": self.post, "base_condition": self.base}
-        out.update({n: self.only(n) for n in SELECTION_LISTS})
-        return out
+        return self.reads(*SELECTION_LISTS)
 
 
 # --------------------------------------------------------------------------- analysis specs

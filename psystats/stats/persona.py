@@ -24,8 +24,7 @@ the interval is against the ROPE and roughly how much more data would decide
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,7 @@ import pandas as pd
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import where_clause
 
-from .analysis_common import prob, resolve_prior_scales
+from .analysis_common import prob, resolve_prior_scales, without_thin_cells
 from .data import load_models
 from .likelihoods import marginal_normal
 from .options import (
@@ -43,13 +42,10 @@ from .options import (
     PERSONA_CONDITION,
     AnalysisSpec,
     OneOf,
-    SamplingOptions,
-    Selection,
-    StoreOptions,
     options_of,
     validated,
 )
-from .pipeline import FitResult, ParamRows, run_fit
+from .pipeline import FitCall, FitResult, ParamRows, built, fit_entry
 from .units import outcome_unit, same_unit
 
 KIND = "persona"
@@ -169,13 +165,7 @@ def prepare_persona(
             "`--condition plain`) first"
         )
     c = cells.copy()
-    thin = c[c["n"] < 2]
-    if len(thin):
-        notes.append(
-            f"{len(thin)} cell(s) with fewer than 2 participants left out: "
-            + ", ".join(f"{m} / {e}" for m, e in zip(thin["model"], thin["experiment"]))
-        )
-        c = c[c["n"] >= 2]
+    c = without_thin_cells(c, notes, "cell(s) with fewer than 2 participants", "model")
     se = np.sqrt(c["var"] / c["n"])
     if scale == "nats":
         c["y"], c["se"] = c["mean"], se
@@ -460,15 +450,8 @@ class PersonaSpec(AnalysisSpec):
         object.__setattr__(self, "priors", options_of(PersonaPriors, self.priors, "priors"))
 
 
-def fit_persona(
-    con,
-    selection: Selection | Mapping[str, Any] | None = None,
-    spec: PersonaSpec | Mapping[str, Any] | None = None,
-    sampling: SamplingOptions | Mapping[str, Any] | None = None,
-    *,
-    allow_failure: bool = False,
-    store: StoreOptions | Mapping[str, Any] | None = None,
-) -> FitResult:
+@fit_entry(KIND, PersonaSpec, ["models", "experiments"])
+def fit_persona(con, call: FitCall) -> FitResult:
     """Load, build, sample, check and store a persona fit (the fit contract, docs/api.md).
 
     The persona condition is ``selection.post_condition`` (default
@@ -480,10 +463,7 @@ def fit_persona(
     PSIS-LOO over cells (``loo``; exact leave-one-cell-out densities of the
     marginal normal).
     """
-    t0 = time.perf_counter()
-    sel, ps = Selection.of(selection), PersonaSpec.of(spec)
-    sel.require(KIND, ["models", "experiments"])
-    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+    sel, ps = call.selection, call.spec
     sel.check_names(con)
     persona, plain = sel.post_condition or PERSONA_CONDITION, sel.base
     cells = persona_cells(
@@ -511,28 +491,19 @@ def fit_persona(
     )
     model, model_spec = build_persona_model(data, ps.priors, model_effects=ps.model_effects)
     c = data.cells
-    return run_fit(
+    return call.run_fit(
         model,
+        con,
         kind=KIND,
         observed=["obs"],
-        sampling=sampling,
-        allow_failure=allow_failure,
         observation_labels={"obs": [f"{m} / {e}" for m, e in zip(c["model"], c["experiment"])]},
         summarise=lambda idata: summarise_persona(idata, data),
-        spec=model_spec,
-        priors=model_spec["priors"],
-        selection=data.selection,
-        dropped=model_spec.get("dropped"),
-        notes=data.notes,
+        **built(model_spec, data),
         condition=f"{persona} vs {plain}",
         scale=ps.scale,
         what=f"{len(c)} cells, {c['model'].nunique()} models, {c['experiment'].nunique()} "
         "experiments",
         params=ParamRows(var_names=[n for n in PARAMS if n in model.named_vars]),
-        data=data,
-        con=con,
-        store=store,
-        started=t0,
     )
 
 

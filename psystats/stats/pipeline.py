@@ -73,7 +73,7 @@ import numpy as np
 from psystats.warehouse.sql import scalar
 
 from .fit_checks import loo_check, predictive_check
-from .options import MAX_DRAWS, SamplingOptions, StoreOptions
+from .options import MAX_DRAWS, SamplingOptions, Selection, StoreOptions
 from .sampling import (
     ESS_MIN,
     RETRY_TARGET_ACCEPT,
@@ -199,6 +199,81 @@ class FitResult:
 def observed_names(model) -> list[str]:
     """Names of the model's observed random variables (empty for a Potential-only model)."""
     return [rv.name for rv in model.observed_RVs]
+
+
+@dataclass(frozen=True)
+class FitCall:
+    """The validated arguments of one ``fit_<kind>`` call, what the analysis' body reads."""
+
+    selection: Selection
+    spec: Any  # the kind's spec dataclass
+    sampling: SamplingOptions
+    store: StoreOptions
+    allow_failure: bool
+    started: float  # time.perf_counter() at the call: ``seconds`` include loading the data
+
+    def run_fit(self, model, con, **fit: Any) -> FitResult:
+        """:func:`run_fit` with this call's sampling, ``allow_failure``, store and start time."""
+        return run_fit(
+            model,
+            sampling=self.sampling,
+            allow_failure=self.allow_failure,
+            con=con,
+            store=self.store,
+            started=self.started,
+            **fit,
+        )
+
+
+def built(model_spec: Mapping[str, Any], data: Any) -> dict[str, Any]:
+    """What :func:`run_fit` records of a model builder's output: the ``spec`` dict with the
+    ``priors`` used and the ``dropped`` terms, and ``data`` with its ``selection``/``notes``."""
+    return dict(
+        spec=model_spec,
+        priors=model_spec["priors"],
+        selection=data.selection,
+        dropped=model_spec.get("dropped"),
+        notes=data.notes,
+        data=data,
+    )
+
+
+def fit_entry(
+    kind: str, spec_class: Any, selects: Sequence[str]
+) -> Callable[[Callable[[Any, FitCall], FitResult]], Callable[..., FitResult]]:
+    """Make ``body(con, call: FitCall)`` the kind's entry function, the fit contract::
+
+        fit_<kind>(con, selection=None, spec=None, sampling=None, *,
+                   allow_failure=False, store=None) -> FitResult
+
+    the one place its arguments are built and checked: :class:`~.options.Selection`
+    (refusing a list field the kind cannot apply; ``selects`` are those it can),
+    ``spec_class.of(spec)``, :class:`~.options.SamplingOptions` and
+    :class:`~.options.StoreOptions`, each from itself, a mapping of its fields or
+    None.  The entry function keeps the body's name and docstring.
+    """
+
+    def entry(body: Callable[[Any, FitCall], FitResult]) -> Callable[..., FitResult]:
+        def fit(
+            con,
+            selection: Selection | Mapping[str, Any] | None = None,
+            spec: Any = None,
+            sampling: SamplingOptions | Mapping[str, Any] | None = None,
+            *,
+            allow_failure: bool = False,
+            store: StoreOptions | Mapping[str, Any] | None = None,
+        ) -> FitResult:
+            started = time.perf_counter()
+            sel, kind_spec = Selection.of(selection), spec_class.of(spec)
+            sel.require(kind, selects)
+            store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
+            return body(con, FitCall(sel, kind_spec, sampling, store, allow_failure, started))
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(fit, attr, getattr(body, attr))
+        return fit
+
+    return entry
 
 
 def run_fit(

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.schema import DOMAINS
 from psystats.warehouse.sql import next_id, scalar, transaction, where_clause
 
 from .effects_design import prepare
@@ -47,19 +48,6 @@ TRUE_SCALES = dict(
 
 FAMILIES = ("qwen", "llama", "olmo", "gemma", "mistral", "phi", "smollm", "falcon")
 TYPES = ("instruct", "reasoning", "code", "math", "vision")
-DOMAINS_SIM = (
-    "Reinforcement Learning",
-    "Risky Choice",
-    "Intertemporal Choice",
-    "Economic Games",
-    "Moral Judgment",
-    "Reasoning",
-    "Categorization",
-    "Memory",
-    "Cognitive Control",
-    "Psycholinguistics",
-    "Psychophysics",
-)
 
 
 @dataclass
@@ -93,7 +81,7 @@ def simulate_design(
         for i in range(n_families)
     ]
     types = list(TYPES[:n_types])
-    doms = list(DOMAINS_SIM[:n_domains])
+    doms = list(DOMAINS[:n_domains])
     pairs = []
     for p in range(n_pairs):
         fam = fams[p % n_families]
@@ -162,6 +150,13 @@ def simulate_cells(
         B = data.bases[term]
         return B @ rng.normal(0, sd, B.shape[1])
 
+    def grouped(term: str) -> np.ndarray:
+        """Draw grouped effect ``term`` (SD ``sigma_<term>``) and record it and its SD."""
+        effect = draw(term, sc[f"sigma_{term}"])
+        truth[term] = pd.Series(effect, index=co[term])
+        truth[f"sigma_{term}"] = sc[f"sigma_{term}"]
+        return effect
+
     P, E, T, D = (len(co[k]) for k in ("pair", "experiment", "type", "domain"))
     pair_part = np.full(P, sc["intercept"])
     if "type" in data.active:
@@ -170,10 +165,7 @@ def simulate_cells(
         truth["type_mean"] = truth["type"] + sc["intercept"]
         pair_part += t[data.pair_type]
     if "family" in data.active:
-        f = draw("family", sc["sigma_family"])
-        truth["family"] = pd.Series(f, index=co["family"])
-        truth["sigma_family"] = sc["sigma_family"]
-        pair_part += f[data.pair_family]
+        pair_part += grouped("family")[data.pair_family]
     if "size" in data.active:
         truth["size_slope"] = sc["size_slope"]
         pair_part += sc["size_slope"] * data.size_x
@@ -189,23 +181,15 @@ def simulate_cells(
             slope = np.array([gf.get(f, sc["generation_slope"]) for f in fam_names])
         pair_part += slope * data.generation_x
     if "pair" in data.active:
-        pe = draw("pair", sc["sigma_pair"])
-        truth["pair"] = pd.Series(pe, index=co["pair"])
-        truth["sigma_pair"] = sc["sigma_pair"]
-        pair_part += pe
+        pair_part += grouped("pair")
     truth["pair_mean"] = pd.Series(pair_part, index=co["pair"])
     exp_part = np.zeros(E)
     dom = np.zeros(D)
     if "domain" in data.active:
-        dom = draw("domain", sc["sigma_domain"])
-        truth["domain"] = pd.Series(dom, index=co["domain"])
-        truth["sigma_domain"] = sc["sigma_domain"]
+        dom = grouped("domain")
         exp_part += dom[data.experiment_domain]
     if "experiment" in data.active:
-        ex = draw("experiment", sc["sigma_experiment"])
-        truth["experiment"] = pd.Series(ex, index=co["experiment"])
-        truth["sigma_experiment"] = sc["sigma_experiment"]
-        exp_part += ex
+        exp_part += grouped("experiment")
     td = np.zeros((T, D))
     if "type_domain" in data.active:
         td = draw("type_domain", sc["sigma_type_domain"]).reshape(T, D)
@@ -261,7 +245,7 @@ def add_synthetic_experiments(
     without a domain.  Returns the experiment names.  One transaction.
     """
     rng = np.random.default_rng(seed)
-    domains = list(domains) if domains is not None else list(DOMAINS_SIM[:3])
+    domains = list(domains) if domains is not None else list(DOMAINS[:3])
     names = []
     with transaction(con):
         pk = next_id(con, "participants", "participant_key")
