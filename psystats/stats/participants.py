@@ -25,7 +25,6 @@ many were left out is a note of the fit and stored in its summary (``missing``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +39,6 @@ from .options import (
     AnalysisSpec,
     OneOf,
     OptionError,
-    SamplingOptions,
-    Selection,
-    StoreOptions,
     validated,
 )
 from .participants_data import (
@@ -52,7 +48,7 @@ from .participants_data import (
     covariate_table,
     outcome_rows,
 )
-from .pipeline import FitResult, ParamRows, run_fit
+from .pipeline import FitCall, FitResult, ParamRows, fit_entry
 from .units import NATS, per
 
 KIND = "participants"
@@ -410,15 +406,8 @@ def summarise_participants(idata, data: ParticipantsData) -> dict[str, Any]:
     }
 
 
-def fit_participants(
-    con,
-    selection: Selection | Mapping[str, Any] | None = None,
-    spec: ParticipantsSpec | Mapping[str, Any] | None = None,
-    sampling: SamplingOptions | Mapping[str, Any] | None = None,
-    *,
-    allow_failure: bool = False,
-    store: StoreOptions | Mapping[str, Any] | None = None,
-) -> FitResult:
+@fit_entry(KIND, ParticipantsSpec, ["models", "experiments", "families", "post_training"])
+def fit_participants(con, call: FitCall) -> FitResult:
     """Read, prepare, sample, check and store a participants fit (the fit contract).
 
     ``spec.outcome="nll"`` reads ``selection.models``' scores under
@@ -428,8 +417,7 @@ def fit_participants(
     metadata keys as stored; none given, or one no selected participant has, is a
     one-line error naming the covariates that exist.
     """
-    t0 = time.perf_counter()
-    sel, ps = Selection.of(selection), ParticipantsSpec.of(spec)
+    sel, ps = call.selection, call.spec
     if ps.outcome == "nll":
         sel.require(KIND + " --outcome nll", ["models", "experiments"])
         if sel.post_condition or sel.base_condition:
@@ -437,9 +425,6 @@ def fit_participants(
                 "fit participants --outcome nll reads one condition: use --condition, not "
                 "--post-condition/--base-condition"
             )
-    else:
-        sel.require(KIND, ["models", "experiments", "families", "post_training"])
-    store, sampling = StoreOptions.of(store), SamplingOptions.of(sampling)
     sel.check_names(con, conditions=[sel.post, sel.base])
     rows = outcome_rows(con, sel, ps.outcome)
     keys = sorted(set(rows["participant_key"]))
@@ -450,12 +435,11 @@ def fit_participants(
     r = data.rows
     record = sel.record() | {"outcome": ps.outcome, "covariates": list(ps.covariates)}
     record |= {"missing": data.missing, "runs": sorted(set(r["runs"])), "notes": data.notes}
-    return run_fit(
+    return call.run_fit(
         model,
+        con,
         kind=KIND,
         observed=["obs"],
-        sampling=sampling,
-        allow_failure=allow_failure,
         observation_labels={"obs": [f"{u} / {k}" for u, k in zip(r["unit"], r["participant_key"])]},
         summarise=lambda idata: summarise_participants(idata, data),
         spec=model_spec
@@ -476,7 +460,4 @@ def fit_participants(
         f"{r['cell'].nunique()} cells, covariates {', '.join(ps.covariates)}",
         params=ParamRows(var_names=[n for n in PARAMS if n in model.named_vars]),
         data=data,
-        con=con,
-        store=store,
-        started=t0,
     )
