@@ -6,6 +6,7 @@
     python benchmarks/bench_fit.py --sbc 200             # simulation-based calibration, main layout
     python benchmarks/bench_fit.py --grid 20             # null and small corners, 20 datasets each
     python benchmarks/bench_fit.py --grid 5 --corners type_domain_zero,one_cell
+    python benchmarks/bench_fit.py --participants 8 --draws 1000 --tune 500   # fit participants
 
 The grid (``--grid N``) simulates N datasets per corner: every grouped term
 (type, family, domain, type x domain, experiment, pair, generation-by-family)
@@ -470,8 +471,18 @@ def main() -> None:
         help="JSON-lines file: each SBC replication / grid dataset is appended when done, and "
         "a rerun with the same file resumes after the last one (the summary covers all)",
     )
+    ap.add_argument(
+        "--participants",
+        type=int,
+        default=0,
+        help="datasets per corner of the fit participants recovery grid (bench_participants.py)",
+    )
     args = ap.parse_args()
-    if args.grid:
+    if args.participants:
+        from bench_participants import participants_grid
+
+        res = participants_grid(args)
+    elif args.grid:
         res = grid(args)
     elif args.recovery:
         res = recovery(args)

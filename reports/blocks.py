@@ -31,8 +31,7 @@ SECTION_NAMES = (
     "Persona and accuracy",
     "Task-information gain",
     "Floors",
-    # "Participants" goes here: `psystats fit participants` (issue 23 item 3) gets its page
-    # as reports/section_participants.py, placed in content.build_report after the floors.
+    "Participants",
     "Diagnostics",
     "Methods",
 )

@@ -18,6 +18,7 @@ from . import (
     section_generations,
     section_heatmap,
     section_methods,
+    section_participants,
     section_persona,
     section_size,
     section_task_information,
@@ -64,8 +65,7 @@ def build_report(
         section_persona.build(con, truth),
         section_task_information.build(con, truth),
         section_floors.build(con, truth),
-        # The participants page (`psystats fit participants`) goes here, after the floors
-        # (its name in blocks.SECTION_NAMES, its module reports/section_participants.py).
+        section_participants.build(con, truth),
         section_diagnostics.build(con),
         section_methods.build(con),
     ]

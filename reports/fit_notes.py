@@ -15,7 +15,7 @@ from scipy import stats
 
 from . import figures as figs
 from . import queries as q
-from .blocks import Figure, Note, Para, esc, fmt, plural, summary_of, table_from
+from .blocks import Figure, Note, Para, esc, fmt, plural, summary_of, table_from, title
 
 
 def fit_caption(fit: dict) -> str:
@@ -102,7 +102,8 @@ def caveats(con, fit: dict, *, short: bool = False) -> list:
                 f"<b>{CAVEAT}: {fit_caption(fit)} failed its diagnostic gates</b> ({gates}). "
                 "It was stored only because --allow-diagnostics-failure was given: its "
                 "estimates may be wrong. Refit with more draws or tuning, or a simpler model, "
-                "before reading them (section 7 lists every gate).",
+                f"before reading them (section {title('Diagnostics').split()[0]} lists every "
+                "gate).",
                 "warning",
             )
         )

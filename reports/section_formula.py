@@ -4,7 +4,7 @@ with the effects fit where both estimate the same quantity."""
 from __future__ import annotations
 
 from . import queries as q
-from .blocks import Note, Para, esc, no_data, plural, summary_of, table_from
+from .blocks import Note, Para, esc, no_data, plural, summary_of, table_from, title
 from .fit_notes import (
     caveats,
     diagnostics_line,
@@ -44,7 +44,7 @@ def formula_blocks(con, fit: dict, effects: dict | None) -> list:
         "90% credible intervals (thick), 94% HDIs (thin). Bambi names: 'a|g' is the "
         "group-level effect of a by g, '..._sigma' its standard deviation, 'sigma' the "
         "cell residual beyond the known standard errors. The predictive check is in "
-        "section 7.",
+        f"section {title('Diagnostics').split()[0]}.",
         first={"parameter": "parameter"},
         table=f"Posterior table of {fit_caption(fit)}.",
     )

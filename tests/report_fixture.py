@@ -575,3 +575,60 @@ def add_task_information(con, truth: Truth, netcdf_dir, seed: int = 2) -> int:
         summary={"units": {"persona_effect": "nats", "persona_model_effect": "nats"}},
         sampler=dict(sampler="example", chains=4, draws=250, tune=0, seed=0),
     )
+
+
+def add_participants(con, truth: Truth, netcdf_dir, seed: int = 4) -> int:
+    """A participants fit (``psystats fit participants``): an age slope and gender levels,
+    stored with the summary the analysis writes (``stats.participants.summarise_participants``)."""
+    rng = np.random.default_rng(seed)
+    idata = _idata(
+        {
+            "effect": ([0.04], 0.01),
+            "slope": ([0.004], 0.001),
+            "level_effect": ([0.02, -0.02], 0.01),
+        },
+        {"covariate": ["age"], "level": ["gender=female", "gender=male"]},
+        {"effect": ["covariate"], "slope": ["covariate"], "level_effect": ["level"]},
+        rng,
+    )
+    post = idata.posterior
+
+    def interval(x) -> dict:
+        x = np.asarray(x).ravel()
+        q05, q95 = np.quantile(x, [0.05, 0.95])
+        return dict(mean=float(x.mean()), q05=float(q05), q95=float(q95),
+                    p_positive=float(np.mean(x > 0)))  # fmt: skip
+
+    summary = {
+        "outcome": "gap",
+        "missing": {"age": 3, "gender": 0},
+        "participants": dict(selected=40, used=37, left_out=3, rows=37, cells=2),
+        "covariates": {
+            "age": dict(
+                kind="numeric",
+                missing=3,
+                mean=40.0,
+                sd=10.0,
+                effect=interval(post["effect"]),
+                slope=interval(post["slope"]),
+            ),  # fmt: skip
+            "gender": dict(
+                kind="categorical",
+                missing=0,
+                levels={
+                    lv: {
+                        **interval(post["level_effect"].sel(level=f"gender={lv}")),
+                        "participants": n,
+                    }  # fmt: skip
+                    for lv, n in (("female", 20), ("male", 17))
+                },
+                sigma_level=None,
+            ),
+        },
+        "units": {
+            "effect": "nats per SD of the covariate",
+            "slope": "nats per unit of the covariate",
+            "level_effect": "nats",
+        },  # fmt: skip
+    }
+    return _save(con, "participants", idata, truth, netcdf_dir, summary=summary)

@@ -16,7 +16,7 @@ from psystats.reports.blocks import SECTION_TITLES, Figure, Note, Table, esc
 from psystats.reports.content import build_report
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.sql import scalar
-from report_fixture import add_floor, add_task_information, fabricate
+from report_fixture import add_floor, add_participants, add_task_information, fabricate
 
 
 def pdf_text(path: Path) -> tuple[int, str]:
@@ -51,6 +51,7 @@ def full_warehouse(small_warehouse: Path, tmp_path_factory) -> tuple[Path, objec
     truth = fabricate(con, netcdf_dir=root / "fits")
     add_floor(con, "baseline:frequency", nll=6.0)
     add_task_information(con, truth, root / "fits")
+    add_participants(con, truth, root / "fits")
     con.close()
     return db, truth
 

@@ -196,3 +196,77 @@ def accuracy(db, **options):
             ],
             cal,
         )
+
+
+def _g(d) -> str:
+    """mean [q05, q95] to 4 significant digits (slopes per year can be small)."""
+    return f"{d['mean']:+.4g} [{d['q05']:+.4g}, {d['q95']:+.4g}]"
+
+
+@click.command()
+@db_option
+@selection_options("models", "experiments", "families", "post_training")
+@click.option(
+    "--outcome",
+    type=click.Choice(["gap", "nll"]),
+    default="gap",
+    show_default=True,
+    help="gap: post-trained minus base mean NLL per participant on the same responses, for "
+    "each registered pair in the selection; nll: the mean NLL per participant of --model.",
+)
+@click.option(
+    "--covariates",
+    "covariates",
+    multiple=True,
+    help="Participant metadata keys as stored, comma-separated (age, gender, nationality, "
+    "education, diagnosis, or a study's own key such as 'FACSIMILE A/D'); repeatable.",
+)
+@click.option(
+    "--categorical",
+    "categorical",
+    multiple=True,
+    help="Read these covariates as categories even if their values are numbers "
+    "(comma-separated; repeatable).",
+)
+@sampling_options
+@friendly_errors
+def participants(db, **options):
+    """Whose behaviour does post-training lose? Regress per-participant scores on metadata.
+
+    Per participant: the post-minus-base gap in mean NLL per response (or one
+    model's mean NLL with --outcome nll), regressed on the chosen covariates
+    with an intercept and residual SD per (pair or model, experiment), the
+    experiment intercepts partially pooled.  Numeric covariates are
+    standardised (effect per SD, and per unit); categorical ones get one
+    effect per level (against the average level; partially pooled with 5 or
+    more levels).  A participant lacking a covariate is left out of the fit,
+    counted per covariate in a note and in the stored summary.  An effect > 0
+    on the gap: post-training loses more of those participants' behaviour.
+
+    \b
+    Examples:
+      psystats fit participants --covariates age,gender
+      psystats fit participants --covariates "FACSIMILE A/D" --type instruct
+      psystats fit participants --outcome nll --model qwen3-8b --covariates age
+      psystats fit participants --covariates condition --categorical condition
+    """
+    result, _ = run_fit_command("participants", db, **options)
+    sm = result.summary
+    p = sm["participants"]
+    click.echo(
+        f"outcome {sm['outcome']}: "
+        + ("post-trained minus base" if sm["outcome"] == "gap" else "the model's")
+        + f" mean NLL per response (nats); participants: {p['selected']} selected, "
+        f"{p['used']} fitted, {p['left_out']} left out for a missing covariate"
+    )
+    # The same rows as the report's participants page.
+    from psystats.reports.section_participants import covariate_rows
+
+    rows = covariate_rows(sm)
+    print_rows(
+        ["covariate", "term", "effect [90%]", "unit", "P(>0)", "missing"],
+        [
+            (r.covariate, r.term, _g(r._asdict()), r.unit, r.p_positive, r.missing)
+            for r in rows.itertuples(index=False)
+        ],  # fmt: skip
+    )

@@ -226,11 +226,12 @@ def cells(db, output, selection):
 
 
 # The focused analyses live in their own module (generations, persona, accuracy).
-from .fit_analyses_cmds import accuracy, generations, persona  # noqa: E402
+from .fit_analyses_cmds import accuracy, generations, participants, persona  # noqa: E402
 
 fit.add_command(generations)
 fit.add_command(persona)
 fit.add_command(accuracy)
+fit.add_command(participants)
 
 # Any Bambi formula over the cells, and predictions from it (psystats/commands/formula_cmds.py).
 from .formula_cmds import formula, predict  # noqa: E402

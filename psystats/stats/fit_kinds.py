@@ -43,6 +43,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "generations": ("psystats.stats.generations", "fit_generations", "GenerationsSpec"),
     "persona": ("psystats.stats.persona", "fit_persona", "PersonaSpec"),
     "accuracy": ("psystats.stats.accuracy", "fit_accuracy", "AccuracySpec"),
+    "participants": ("psystats.stats.participants", "fit_participants", "ParticipantsSpec"),
 }
 # The persona command names its two conditions after what they are (options.py says how
 # they map onto a Selection).
