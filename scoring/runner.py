@@ -36,6 +36,7 @@ from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.db import Target
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.progress import progress
+from psystats.warehouse.validators import IntIn, Maybe
 
 from .baselines import baseline_scorer
 from .config import ScorerConfig
@@ -92,8 +93,10 @@ class RunOptions:
             except WarehouseError as e:
                 raise RunOptionsError(str(e)) from None
         for name, value in (("commit-chars", self.commit_chars), ("unit-tokens", self.unit_tokens)):
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise RunOptionsError(f"--{name} {value}: give a whole number of at least 1")
+            try:
+                Maybe(IntIn(1))(value)
+            except ValueError as e:
+                raise RunOptionsError(f"--{name} {e}") from None
         object.__setattr__(self, "studies", tuple(sorted(self.studies)))
         object.__setattr__(self, "experiments", tuple(sorted(self.experiments)))
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from psystats.warehouse.outputs import output_folder
+
 from .common import db_option, friendly_errors, open_db, print_rows
 
 
@@ -57,7 +59,8 @@ def study(db, out, seed):
     from psystats.stats.demo_study import write_study
 
     con = open_db(db, "read")
-    truth = write_study(con, out, seed=seed)
+    with output_folder(out) as folder:  # a failure leaves none of its files
+        truth = write_study(con, folder, seed=seed)
     click.echo(
         f"wrote {len(truth['files'])} score files, models.toml and truth.json to {out} "
         "(SIMULATED data)"

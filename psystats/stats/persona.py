@@ -34,6 +34,7 @@ import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import where_clause
+from psystats.warehouse.validators import OneOf
 
 from .analysis_common import prob, resolve_prior_scales
 from .data import load_models
@@ -42,7 +43,6 @@ from .options import (
     ANALYSIS,
     PERSONA_CONDITION,
     AnalysisSpec,
-    OneOf,
     SamplingOptions,
     Selection,
     StoreOptions,
