@@ -14,6 +14,7 @@ import click
 from psystats.warehouse.outputs import output_folder
 
 from .common import db_option, friendly_errors, open_db, print_rows
+from .option_types import SEED
 
 
 @click.group()
@@ -31,7 +32,7 @@ def simulate() -> None:
     required=True,
     help="Folder for models.toml, the score files and truth.json.",
 )
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @friendly_errors
 def study(db, out, seed):
     """Write a SIMULATED study on the warehouse's real responses: files to import.

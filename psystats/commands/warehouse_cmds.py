@@ -10,8 +10,10 @@ import click
 from psystats.warehouse import domains as domain_map
 from psystats.warehouse.sql import transaction
 from psystats.warehouse.summary import summary_rows
+from psystats.warehouse.validators import IntIn
 
 from .common import db_option, db_path, friendly_errors, open_db, print_rows
+from .option_types import FILE, FOLDER, Checked
 
 if TYPE_CHECKING:
     from psystats.warehouse.ingest import FileResult
@@ -30,7 +32,7 @@ FORMATS = click.Choice(["table", "csv", "json"])
 )
 @click.option(
     "--scores-dir",
-    type=click.Path(file_okay=False),
+    type=FOLDER,
     help="Folder of the Parquet scores (default: <warehouse>.scores next to the file).  "
     "On a Parquet warehouse whose scores folder was moved: its new place.",
 )
@@ -83,7 +85,7 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
 @click.option(
     "--domains",
     "domains_file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=FILE,
     help="Experiment->domain mapping CSV (experiment_domains.csv format); "
     "overrides the shipped mapping for the keys it lists.",
 )
@@ -115,7 +117,7 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
 )
 @click.option(
     "--max-line-mib",
-    type=click.IntRange(1, 1 << 20),
+    type=Checked(IntIn(1, 1 << 20), "MIB"),
     default=64,
     show_default=True,
     help="Longest line (or Parquet transcript) accepted, in MiB; checked while reading, "
