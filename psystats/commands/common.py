@@ -25,7 +25,16 @@ from psystats.warehouse.errors import (
 from psystats.warehouse.integrity import damage_error, is_damage_error
 
 # OS errors a user fixes (space, permissions, a missing path): one line, not a traceback.
-USER_OS_ERRORS = NO_SPACE + (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR)
+USER_OS_ERRORS = NO_SPACE + (
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+)
 
 
 def db_option(f: Callable) -> Callable:

@@ -158,6 +158,7 @@ def ingest(
       psystats ingest --replace-changed --force my_study/prompts.jsonl
     """
     from psystats.warehouse.ingest import ingest_paths
+    from psystats.warehouse.sources import discover_all
 
     if not paths and not domains_file:
         raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
@@ -165,6 +166,8 @@ def ingest(
         from psystats.warehouse.outputs import check_target
 
         check_target(rejects)
+    if paths:  # a path holding no study fails here, before a new warehouse file is made
+        discover_all(list(paths), study)
     # Per statement: files are read and staged without holding the warehouse, which is
     # held only for each file's short write transaction (readers wait at most that long).
     con = open_db(db, "statement", create=True)
@@ -391,6 +394,13 @@ def sql(
 
 
 def _sql_error(message: str, write: bool, allow_external: bool) -> str:
+    """:func:`_sql_message` on one line: DuckDB's "LINE 1: ..." context kept, its caret
+    line (which points into a line no longer shown above it) dropped."""
+    lines = _sql_message(message, write, allow_external).splitlines()
+    return " ".join(x.strip() for x in lines if x.strip() and set(x.strip()) != {"^"})
+
+
+def _sql_message(message: str, write: bool, allow_external: bool) -> str:
     """DuckDB's message, plus which flag would allow what the sandbox refused."""
     low = message.lower()
     if "out of memory" in low:
