@@ -92,7 +92,7 @@ class IntIn:
     def __call__(self, value: Any) -> int:
         n = integer(value)
         if n is None or not self.lo <= n <= self.hi:
-            raise ValueError(f"must be an integer {self._range()}, got {value!r}")
+            raise ValueError(f"must be an integer {self._range()}, got {_short(value)}")
         return n
 
     def _range(self) -> str:
@@ -114,8 +114,16 @@ class FloatIn:
         x = number(value)
         low_ok = x is not None and (x > self.lo if self.open_lo else x >= self.lo)
         if x is None or not low_ok or x > self.hi:
-            raise ValueError(f"must be a number {self.describe()}, got {value!r}")
+            raise ValueError(f"must be a finite number {self._range()}, got {_short(value)}")
         return x
+
+    def _range(self) -> str:
+        low = f"above {self.lo:g}" if self.open_lo else f"of at least {self.lo:g}"
+        if math.isinf(self.hi):
+            return low
+        return (
+            f"{low} and at most {self.hi:g}" if self.open_lo else f"from {self.lo:g} to {self.hi:g}"
+        )
 
     def describe(self) -> str:
         lo = f"{self.lo:g}<x" if self.open_lo else f"{self.lo:g}<=x"
