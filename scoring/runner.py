@@ -174,6 +174,10 @@ def plan_run(
 
     run = run or RunOptions()
     with warehouse_db.open(db, "read" if read_only else "write") as con:
+        # The selection and the declared option sets first: a typo there is refused
+        # before a new model is registered.
+        inputs = _load_selection(con, run)
+        declared = option_sets.parse_declarations(tuple(run.option_decls), run.options_file)
         if read_only:
             from .shard_merge import resolve_model_read_only
 
@@ -182,11 +186,9 @@ def plan_run(
             from .registry import resolve_model
 
             model = resolve_model(con, model_name, trust_remote_code=trust_remote_code)
-        inputs = _load_selection(con, run)
         from .hub import require_model_files
 
         require_model_files(model)  # an unreachable hub id: one line now, before torch loads
-        declared = option_sets.parse_declarations(tuple(run.option_decls), run.options_file)
         exps = sorted({p.experiment for p in inputs})
         if read_only:
             # Stored + declared (+ detected) sets, without writing them.

@@ -17,15 +17,19 @@ does not exist, ids that do not exist), so an accepted value costs a
 fraction of a second.  ``demo`` is skipped: any valid value starts the whole
 pipeline (its options are the fit registry's, fuzzed through ``fit``).
 
-Fast suite: ``FAST_EXAMPLES`` per command; slow suite: ``SLOW_EXAMPLES``.
+Fast suite: ``FAST_EXAMPLES`` hypothesis examples per command and per API
+method; slow suite: ``SLOW_EXAMPLES`` per command, and every listed value
+against every parameter of every command and API method.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import traceback
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import click
@@ -40,7 +44,7 @@ from psystats.cli import main
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from make_cli_docs import walk  # noqa: E402
 
-FAST_EXAMPLES = 6
+FAST_EXAMPLES = 5
 SLOW_EXAMPLES = 120
 
 SKIP = {"demo": "any valid value runs the whole pipeline (models, fits, report)"}
@@ -189,13 +193,23 @@ def world(small_warehouse: Path, tmp_path_factory) -> tuple[Path, Path]:
     return db, fix
 
 
+@contextlib.contextmanager
+def _chdir(path: str):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 def check(name: str, cmd: click.Command, world, param: click.Parameter, value: str) -> None:
     db, fix = world
     words = argv(name, cmd, param, value, fix)
     before = snapshot(db)
     runner = CliRunner()
     env = {"HF_HUB_OFFLINE": "1", "PSYSTATS_LOCK_TIMEOUT": "0"}
-    with runner.isolated_filesystem(temp_dir=fix.parent) as cwd:
+    with tempfile.TemporaryDirectory(dir=fix.parent) as cwd, _chdir(cwd):
         res = runner.invoke(main, ["--db", str(db), *words], env=env)
         shown = f"psystats {' '.join(w[:60] for w in words)}\n{res.output[-1500:]}"
         if res.exception is not None and not isinstance(res.exception, SystemExit):
@@ -269,6 +283,7 @@ def test_hostile_values_fail_in_one_line_or_succeed_longer(name, cmd, world):
     _run(name, cmd, world, SLOW_EXAMPLES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "cmd"), COMMANDS, ids=IDS)
 def test_every_listed_value_of_every_parameter(name, cmd, world):
     """The listed hostile values, each against every parameter (no sampling)."""
@@ -368,15 +383,43 @@ def api_check(wh, name: str, param: str, value, cwd: Path) -> None:
         pytest.fail(f"wh.{name}({param}={value!r:.60}) raised {type(e).__name__}:\n{tb}")
 
 
-@pytest.mark.parametrize(("name", "params"), API_METHODS, ids=[n for n, _ in API_METHODS])
-def test_notebook_api_hostile_values_raise_warehouse_error(name, params, world, monkeypatch):
+def _api_world(world, name: str):
     import psystats as ps
 
     db, fix = world
-    wh = ps.open(db)
-    before = snapshot(db)
     cwd = fix.parent / f"api-{name}"
-    cwd.mkdir()
+    cwd.mkdir(exist_ok=True)
+    return ps.open(db), db, cwd
+
+
+@pytest.mark.parametrize(("name", "params"), API_METHODS, ids=[n for n, _ in API_METHODS])
+def test_notebook_api_hostile_values_raise_warehouse_error(name, params, world, monkeypatch):
+    wh, db, cwd = _api_world(world, name)
+    before = snapshot(db)
+    monkeypatch.chdir(cwd)
+    if not params:
+        pytest.skip("takes no value")
+
+    @settings(
+        max_examples=FAST_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(param=st.sampled_from(params), value=st.sampled_from(API_HOSTILE))
+    def inner(param, value):
+        api_check(wh, name, param, value, cwd)
+
+    inner()
+    assert snapshot(db) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "params"), API_METHODS, ids=[n for n, _ in API_METHODS])
+def test_notebook_api_every_hostile_value_of_every_parameter(name, params, world, monkeypatch):
+    wh, db, cwd = _api_world(world, name)
+    before = snapshot(db)
     monkeypatch.chdir(cwd)
     for param in params:
         for value in API_HOSTILE:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from psystats.warehouse.ingest import FileResult
 
 FORMATS = click.Choice(["table", "csv", "json"])
+MAX_SQL_FILE_CHARS = 10_000_000  # a script longer than this is not SQL a person wrote
 
 
 @click.command()
@@ -376,7 +377,12 @@ def sql(
       psystats sql --allow-external "COPY (SELECT * FROM experiments) TO 'experiments.csv'"
     """
     if query_file is not None:
-        query = query_file.read()
+        # Bounded: `--file /dev/zero` or a huge file is refused, not read into memory.
+        query = query_file.read(MAX_SQL_FILE_CHARS + 1)
+        if len(query) > MAX_SQL_FILE_CHARS:
+            raise click.UsageError(
+                f"the file given with --file holds more than {MAX_SQL_FILE_CHARS:,} characters"
+            )
     if query is None:
         raise click.UsageError("give a QUERY or --file")
     if not query.replace(";", " ").strip():
