@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from make_cli_docs import walk  # noqa: E402
 
 FAST_EXAMPLES = 5
-SLOW_EXAMPLES = 120
+SLOW_EXAMPLES = 40
 
 SKIP = {"demo": "any valid value runs the whole pipeline (models, fits, report)"}
 
@@ -243,6 +243,17 @@ def _values(param: click.Parameter) -> st.SearchStrategy[str]:
     )
 
 
+def budget(examples: int):
+    """A fixed, reproducible example budget (no example database, no deadline)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+
+
 def _case(name: str, cmd: click.Command):
     params = fuzzed(name, cmd)
     return st.sampled_from(params).flatmap(lambda p: st.tuples(st.just(p), _values(p)))
@@ -254,13 +265,7 @@ def _run(name: str, cmd: click.Command, world, examples: int) -> None:
     if not fuzzed(name, cmd):
         pytest.skip("no parameter takes a value")
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @budget(examples)
     @given(case=_case(name, cmd))
     def inner(case):
         param, value = case
@@ -400,13 +405,7 @@ def test_notebook_api_hostile_values_raise_warehouse_error(name, params, world, 
     if not params:
         pytest.skip("takes no value")
 
-    @settings(
-        max_examples=FAST_EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @budget(FAST_EXAMPLES)
     @given(param=st.sampled_from(params), value=st.sampled_from(API_HOSTILE))
     def inner(param, value):
         api_check(wh, name, param, value, cwd)

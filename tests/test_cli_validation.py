@@ -11,24 +11,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from psystats.cli import main
-
-
-def cli(*args, input: str | None = None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
-def one_line(res, code: int, *needles: str) -> str:
-    """Exit ``code`` with one 'Error: ...' line and no traceback; returns that line."""
-    assert res.exit_code == code, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    errors = [x for x in res.output.splitlines() if x.startswith("Error: ")]
-    assert len(errors) == 1 and "Traceback" not in res.output, res.output
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
+from test_reliability_probes import cli, one_line
 
 
 def digest(path: Path) -> str:
