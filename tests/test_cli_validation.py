@@ -11,7 +11,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_reliability_probes import cli, one_line
+
+from helpers import cli, one_line
 
 
 def digest(path: Path) -> str:
