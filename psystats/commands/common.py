@@ -85,7 +85,7 @@ def open_db(
             path, mode, create=create, sandbox=sandbox, on_wait=_waiting, verify=verify
         )
     except WarehouseError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(one_line(str(e))) from None
     ctx = click.get_current_context()
     ctx.call_on_close(con.close)
     if new:  # made by this command: gone again if the command fails before it holds data
@@ -149,20 +149,26 @@ def friendly_errors(f: Callable) -> Callable:
         try:
             return f(*args, **kwargs)
         except WarehouseError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(one_line(str(e))) from None
         except duckdb.Error as e:
             if is_damage_error(e):  # a damaged Parquet score file (warehouse/integrity.py)
-                raise click.ClickException(str(damage_error(e))) from None
+                raise click.ClickException(one_line(str(damage_error(e)))) from None
             if not is_environment_error(e):
                 raise
-            raise click.ClickException(str(environment_error(e, _current_db()))) from None
+            raise click.ClickException(one_line(str(environment_error(e, _current_db())))) from None
         except OSError as e:
             if e.errno not in USER_OS_ERRORS:
                 raise
             where = e.filename or _current_db()
-            raise click.ClickException(str(environment_error(e, str(where)))) from None
+            raise click.ClickException(one_line(str(environment_error(e, str(where))))) from None
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """A message as the one line a user reads: its lines joined, and a line break inside a
+    name the user gave (a path with a carriage return) no longer starts a new line."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _current_db() -> str:
