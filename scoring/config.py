@@ -65,7 +65,13 @@ def physical_cores() -> int:
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    _check(name, OneOf(choices), value)
+    try:
+        OneOf(choices)(value)
+    except ValueError:
+        label = name.replace("-", " ")
+        raise ScorerConfigError(
+            f"unknown {label} {value!r} (--{name}); choose from {', '.join(choices)}"
+        ) from None
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:

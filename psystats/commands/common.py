@@ -79,7 +79,10 @@ def open_db(
     held by another process is waited for with one line on stderr.
     """
     path = db_path(db)
-    new = create and not os.path.lexists(path)
+    # A new file for one unit of work (models add/load, init) is removed again if the
+    # command fails before storing anything; ingest (mode "statement") keeps its new,
+    # empty warehouse, which shows that the file was read and refused.
+    new = create and mode == "write" and not os.path.lexists(path)
     try:
         con = warehouse_db.open(
             path, mode, create=create, sandbox=sandbox, on_wait=_waiting, verify=verify
