@@ -262,21 +262,22 @@ class PathOf:
 
     def __call__(self, value: Any) -> str:
         text = _path_text(value)
+        shown = text if text.isprintable() else repr(text)  # a line break stays in the line
         try:
             st: os.stat_result | None = os.stat(text)
         except FileNotFoundError:
             st = None
         except OSError as e:
-            raise ValueError(f"{text}: cannot be read ({e.strerror})") from None
+            raise ValueError(f"{shown}: cannot be read ({e.strerror})") from None
         if self.kind == "folder":
             if st is not None and not stat.S_ISDIR(st.st_mode):
-                raise ValueError(f"{text} is {_kind(st)}, not a folder")
+                raise ValueError(f"{shown} is {_kind(st)}, not a folder")
             return text
         if st is None:
-            raise ValueError(f"{text} does not exist")
+            raise ValueError(f"{shown} does not exist")
         want_dir = self.kind == "existing-folder"
         if want_dir != stat.S_ISDIR(st.st_mode) or not want_dir and not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{text} is {_kind(st)}, not {'a folder' if want_dir else 'a file'}")
+            raise ValueError(f"{shown} is {_kind(st)}, not {'a folder' if want_dir else 'a file'}")
         return text
 
     def describe(self) -> str:
