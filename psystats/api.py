@@ -13,8 +13,10 @@ in a terminal.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,13 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from psystats.stats.options import MAX_SEED, OptionError, unknown_names, validated
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.integrity import damage_error, is_damage_error
 from psystats.warehouse.names import check_names
 from psystats.warehouse.sql import where_clause
+from psystats.warehouse.validators import Check, IntIn, Maybe, Text
 
 PLOTS = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
 
@@ -83,14 +87,22 @@ class Warehouse:
         """Unknown names raise with "did you mean", as on the command line."""
         if names is not None:
             with self.connection() as con:
-                check_names(con, kind, _list(names))
+                check_names(con, kind, _list(names, kind))
 
     # ------------------------------------------------------------------ reading
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
         """Any read-only SQL as a DataFrame (bind values with ``?`` and ``params``)."""
+        query = _valid("query", Text(longest=10**7), query)
+        if params is not None and (isinstance(params, (str, bytes)) or not _is_list(params)):
+            raise OptionError(f"params must be a list of values, got {params!r:.60}")
         with self.connection() as con:
-            return _frame(con.execute(query, list(params) if params else None))
+            try:
+                return _frame(con.execute(query, list(params) if params else None))
+            except duckdb.Error as e:  # the user's SQL: DuckDB's first line says what is wrong
+                if is_damage_error(e):
+                    raise
+                raise WarehouseError(str(e).strip().splitlines()[0]) from None
 
     def summary(self) -> pd.DataFrame:
         """Counts per study: experiments, participants, responses."""
@@ -118,7 +130,7 @@ class Warehouse:
             {
                 "r.study": _list(study),
                 "r.experiment": _list(experiment),
-                "r.participant": _list(participant),
+                "r.participant": _list(_as_text(participant), "participant"),
             }
         )
         q = (
@@ -129,7 +141,7 @@ class Warehouse:
         )
         if limit is not None:
             q += " LIMIT ?"
-            params = [*params, int(limit)]
+            params = [*params, _valid("limit", IntIn(0), limit)]
         return self.sql(q, params)
 
     def models(self) -> pd.DataFrame:
@@ -176,7 +188,7 @@ class Warehouse:
                 "sr.model": _list(model),
                 "sr.condition": _list(condition),
                 "r.experiment": _list(experiment),
-                "sr.run_id": None if run_id is None else [int(run_id)],
+                "sr.run_id": None if run_id is None else [_valid("run_id", IntIn(1), run_id)],
             }
         )
         cols = (
@@ -218,7 +230,7 @@ class Warehouse:
         from psystats.scoring.export_levels import level_query
 
         with self.connection() as con:
-            query, params = level_query(con, [int(run_id)], level)
+            query, params = level_query(con, [_valid("run_id", IntIn(1), run_id)], level)
             return _frame(con.execute(query, params))
 
     def participant_means(
@@ -233,7 +245,10 @@ class Warehouse:
 
         with self.connection() as con:
             return participant_means(
-                con, condition=condition, models=models, experiments=experiments
+                con,
+                condition=_valid("condition", Text(), condition),
+                models=_list(models, "models"),
+                experiments=_list(experiments, "experiments"),
             )
 
     def cells(
@@ -280,7 +295,8 @@ class Warehouse:
 
     def params(self, fit_id: int, parameter: str | Sequence[str] | None = None) -> pd.DataFrame:
         """A fit's ``fit_params`` rows: mean, sd, quantiles, HDI, R-hat, ESS per element."""
-        filt, params = where_clause({"fit_id": [int(fit_id)], "parameter": _list(parameter)})
+        fit = _valid("fit_id", IntIn(1), fit_id)
+        filt, params = where_clause({"fit_id": [fit], "parameter": _list(parameter)})
         return self.sql(f"SELECT * FROM fit_params {filt} ORDER BY parameter, label", params)
 
     def fit_info(self, fit_id: int) -> dict:
@@ -295,7 +311,7 @@ class Warehouse:
         from psystats.stats.store import load_fit
 
         with self.connection() as con:
-            return load_fit(con, int(fit_id))
+            return load_fit(con, _valid("fit_id", IntIn(1), fit_id))
 
     def fit(
         self,
@@ -323,6 +339,7 @@ class Warehouse:
         """
         from psystats.stats.fit_kinds import fit_request
 
+        kind = _valid("kind", Text(), kind)
         request = fit_request(
             kind,
             selection,
@@ -363,14 +380,20 @@ class Warehouse:
         from psystats.stats.predict import predict_fit
 
         with self.connection() as con:
-            return predict_fit(con, int(fit_id), new_pair, per_experiment=per_experiment, seed=seed)
+            return predict_fit(
+                con,
+                _valid("fit_id", IntIn(1), fit_id),
+                new_pair,
+                per_experiment=per_experiment,
+                seed=_valid("seed", IntIn(0, MAX_SEED), seed),
+            )
 
     def formula_model(self, fit_id: int):
         """The Bambi model of a stored formula fit and its InferenceData (for ``bambi.interpret``)."""
         from psystats.stats.formula import load_formula_fit
 
         with self.connection() as con:
-            _, idata, model, _ = load_formula_fit(con, int(fit_id))
+            _, idata, model, _ = load_formula_fit(con, _valid("fit_id", IntIn(1), fit_id))
         return model, idata
 
     def compare(
@@ -393,11 +416,14 @@ class Warehouse:
         """
         from psystats.stats.compare import compare_fits
 
+        ids = _ids(fit_ids, "fit_ids")
+        kfold = _valid("kfold", Maybe(IntIn(2)), kfold)
+        seed = _valid("seed", IntIn(0, MAX_SEED), seed)
         # K-fold refits take minutes: hold the file per statement only, as a fit does.
         with self._writer() if kfold else self.connection() as con:
             return compare_fits(
                 con,
-                [int(f) for f in fit_ids],
+                ids,
                 kfold=kfold,
                 seed=seed,
                 include_failed=include_failed,
@@ -414,7 +440,7 @@ class Warehouse:
         from psystats.reports.single import write_figure
 
         with self.connection() as con:
-            return write_figure(con, name, Path(output), fit_id=fit_id, **kw)
+            return write_figure(con, name, _output(output), fit_id=fit_id, **kw)
 
     def manifest(self, ref: str | int) -> dict:
         """The reproducibility manifest of a run (``run:3``) or fit (``fit:2`` or ``2``)."""
@@ -424,12 +450,66 @@ class Warehouse:
             return manifest(con, ref)
 
 
-def _list(v: str | Sequence[str] | None) -> list | None:
+def _valid(name: str, check: Check, value: Any) -> Any:
+    """``value`` checked by one of the shared validators (OptionError, a WarehouseError)."""
+    return validated(name, check, value)
+
+
+def _named_only(method: Callable) -> Callable:
+    """Refuse a keyword ``method`` does not take with a "did you mean" (a WarehouseError),
+    not Python's TypeError."""
+    sig = inspect.signature(method)
+    known = [n for n in sig.parameters if n != "self"]
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return method  # it names what it takes itself (fit, cells)
+
+    @functools.wraps(method)
+    def wrapper(self: Warehouse, *args: Any, **kw: Any) -> Any:
+        if set(kw) - set(known):
+            raise unknown_names(f"{method.__name__}()", kw, known)
+        return method(self, *args, **kw)
+
+    return wrapper
+
+
+for _name, _method in list(vars(Warehouse).items()):
+    if callable(_method) and not _name.startswith("_"):
+        setattr(Warehouse, _name, _named_only(_method))
+
+
+def _output(path: Any) -> Path:
+    """An output path's text checked (its kind is checked when written: outputs.py)."""
+    return Path(
+        _valid("output", Text(), os.fspath(path) if isinstance(path, os.PathLike) else path)
+    )
+
+
+def _as_text(v: Any) -> Any:
+    """Participant ids as text: an integer id is the same participant as its digits."""
+    items = list(v) if _is_list(v) else None if v is None else [v]
+    if items is None:
+        return None
+    return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in items]
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple, set, frozenset, pd.Series, pd.Index)) or (
+        hasattr(v, "__iter__") and not isinstance(v, (str, bytes, Mapping))
+    )
+
+
+def _list(v: str | Sequence[str] | None, name: str = "names") -> list | None:
+    """Names as a list (one name, or a list of them; None: all), each a non-empty text."""
     if v is None:
         return None
-    if isinstance(v, (str, int)):
-        return [v]
-    return list(v)
+    items = [v] if isinstance(v, str) or not _is_list(v) else list(v)
+    return [_valid(name, Text(), x) for x in items]
+
+
+def _ids(v: Any, name: str) -> list[int]:
+    """Row ids (one, or a list of them), each a whole number of at least 1."""
+    items = list(v) if _is_list(v) else [v]
+    return [_valid(name, IntIn(1), x) for x in items]
 
 
 def open(path: str | os.PathLike, *, create: bool = False) -> Warehouse:  # noqa: A001

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from psystats.warehouse.validators import Check, IntIn, Maybe, OneOf
+
 from .attention import BLOCK
 from .errors import ScoringError
 from .loader import DTYPES
@@ -63,16 +65,25 @@ def physical_cores() -> int:
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+    try:
+        OneOf(choices)(value)
+    except ValueError:
         label = name.replace("-", " ")
         raise ScorerConfigError(
             f"unknown {label} {value!r} (--{name}); choose from {', '.join(choices)}"
-        )
+        ) from None
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:
-    if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
-        raise ScorerConfigError(f"--{name} {value}: give a whole number of at least {low}")
+    _check(name, Maybe(IntIn(low)), value)
+
+
+def _check(name: str, check: Check, value: Any) -> None:
+    """``check(value)``, or :class:`ScorerConfigError` naming the option ``--name``."""
+    try:
+        check(value)
+    except ValueError as e:
+        raise ScorerConfigError(f"--{name} {e}") from None
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import duckdb
 
 from psystats.warehouse.errors import WarehouseError
-from psystats.warehouse.names import did_you_mean
 from psystats.warehouse.parquet_layout import delete_runs
 from psystats.warehouse.schema import MODEL_FACTS
 from psystats.warehouse.sql import scalar, transaction
+from psystats.warehouse.validators import did_you_mean
 
 from . import naming
 from .model_facts import describe

@@ -36,6 +36,7 @@ from psystats.warehouse import db as warehouse_db
 from psystats.warehouse.db import Target
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.progress import progress
+from psystats.warehouse.validators import IntIn, Maybe
 
 from .baselines import baseline_scorer
 from .config import ScorerConfig
@@ -92,8 +93,10 @@ class RunOptions:
             except WarehouseError as e:
                 raise RunOptionsError(str(e)) from None
         for name, value in (("commit-chars", self.commit_chars), ("unit-tokens", self.unit_tokens)):
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-                raise RunOptionsError(f"--{name} {value}: give a whole number of at least 1")
+            try:
+                Maybe(IntIn(1))(value)
+            except ValueError as e:
+                raise RunOptionsError(f"--{name} {e}") from None
         object.__setattr__(self, "studies", tuple(sorted(self.studies)))
         object.__setattr__(self, "experiments", tuple(sorted(self.experiments)))
 
@@ -171,6 +174,10 @@ def plan_run(
 
     run = run or RunOptions()
     with warehouse_db.open(db, "read" if read_only else "write") as con:
+        # The selection and the declared option sets first: a typo there is refused
+        # before a new model is registered.
+        inputs = _load_selection(con, run)
+        declared = option_sets.parse_declarations(tuple(run.option_decls), run.options_file)
         if read_only:
             from .shard_merge import resolve_model_read_only
 
@@ -179,11 +186,9 @@ def plan_run(
             from .registry import resolve_model
 
             model = resolve_model(con, model_name, trust_remote_code=trust_remote_code)
-        inputs = _load_selection(con, run)
         from .hub import require_model_files
 
         require_model_files(model)  # an unreachable hub id: one line now, before torch loads
-        declared = option_sets.parse_declarations(tuple(run.option_decls), run.options_file)
         exps = sorted({p.experiment for p in inputs})
         if read_only:
             # Stored + declared (+ detected) sets, without writing them.

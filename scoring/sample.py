@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import duckdb
 
 from psystats.warehouse.sql import where_clause
+from psystats.warehouse.validators import FloatIn, IntIn, Maybe
 
 from .errors import ScoringError
 
@@ -43,14 +44,15 @@ class SampleSpec:
     def __post_init__(self) -> None:
         if self.participants is None and self.fraction is None:
             raise SampleSpecError("a sample needs --participants N or --sample FRACTION")
-        n = self.participants
-        if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
-            raise SampleSpecError(f"--participants {n}: give a whole number of at least 1")
-        f = self.fraction
-        if f is not None and not (math.isfinite(f) and 0 < f <= 1):
-            raise SampleSpecError(f"--sample {f}: give a fraction above 0 and at most 1")
-        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
-            raise SampleSpecError(f"--seed {self.seed}: give a whole number of at least 0")
+        for name, check, value in (
+            ("participants", Maybe(IntIn(1)), self.participants),
+            ("sample", Maybe(FloatIn(0.0, 1.0, open_lo=True)), self.fraction),
+            ("seed", IntIn(0), self.seed),
+        ):
+            try:
+                check(value)
+            except ValueError as e:
+                raise SampleSpecError(f"--{name} {e}") from None
 
     @property
     def text(self) -> str:

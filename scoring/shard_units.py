@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.validators import Shard
 
 from .shard_keys import _canonical
 
@@ -112,16 +113,9 @@ def partition(token_counts: Mapping[int, int], n_shards: int) -> list[list[int]]
 def parse_shard_spec(spec: str) -> tuple[int, int]:
     """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (I is 0-based, like ``--array=0-(N-1)``)."""
     try:
-        i_text, n_text = spec.split("/")
-        i, n = int(i_text), int(n_text)
-    except ValueError:
-        raise WarehouseError(
-            f"--shard {spec!r}: expected I/N, e.g. 0/8 "
-            f"(I from 0 to N-1, e.g. $SLURM_ARRAY_TASK_ID/8)"
-        ) from None
-    if n < 1 or not 0 <= i < n:
-        raise WarehouseError(f"--shard {spec!r}: need 0 <= I < N (I is 0-based)")
-    return i, n
+        return Shard()(spec)
+    except ValueError as e:
+        raise WarehouseError(f"--shard {e}") from None
 
 
 def partition_digest(token_counts: Mapping[int, int]) -> str:

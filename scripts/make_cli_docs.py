@@ -31,30 +31,32 @@ variable, or uses `psystats.duckdb` in the current folder.
 """
 
 
-def _help(cmd: click.Command, path: list[str], parent: click.Context | None) -> str:
+def walk(cmd: click.Command, path: list[str], parent: click.Context | None = None):
+    """Every command and subcommand under ``cmd`` in `--help` order, as
+    ``(path, command, context)`` (the reference below and the CLI fuzz test walk it)."""
     ctx = click.Context(
         cmd, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
     )
-    return cmd.get_help(ctx), ctx
-
-
-def _walk(cmd: click.Command, path: list[str], parent: click.Context | None, out: list[str]):
-    text, ctx = _help(cmd, path, parent)
-    level = min(len(path) + 1, 4)
-    out.append(f"{'#' * level} `{' '.join(path)}`\n")
-    out.append("```text\n" + text.rstrip() + "\n```\n")
+    yield path, cmd, ctx
     if isinstance(cmd, click.Group):
         for name in cmd.list_commands(ctx):
             sub = cmd.get_command(ctx, name)
             if sub is not None and not getattr(sub, "hidden", False):
-                _walk(sub, [*path, name], ctx, out)
+                yield from walk(sub, [*path, name], ctx)
+
+
+def _walk(root: click.Command, out: list[str]) -> None:
+    for path, cmd, ctx in walk(root, ["psystats"]):
+        level = min(len(path) + 1, 4)
+        out.append(f"{'#' * level} `{' '.join(path)}`\n")
+        out.append("```text\n" + cmd.get_help(ctx).rstrip() + "\n```\n")
 
 
 def render() -> str:
     from psystats.cli import main
 
     out = [HEADER]
-    _walk(main, ["psystats"], None, out)
+    _walk(main, out)
     return "\n".join(out)
 
 

@@ -282,3 +282,21 @@ def cli_base_warehouse(tmp_path: Path, psych201: Path, model_dir: Path) -> Path:
     cli_ok("--db", base, "ingest", src)
     cli_ok("--db", base, "models", "add", model_dir, "--name", "tiny-qwen3")
     return base
+
+
+def cli(*args, env: dict | None = None, input: str | None = None) -> Result:
+    """``psystats ARGS`` in this process, whatever its outcome."""
+    from psystats.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, input=input)
+
+
+def one_line(res, code: int, *needles: str) -> str:
+    """Exit ``code`` with one 'Error: ...' line and no traceback; returns that line."""
+    assert res.exit_code == code, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    errors = [x for x in res.output.splitlines() if x.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]

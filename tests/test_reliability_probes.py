@@ -18,30 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import psystats as ps
-from psystats.cli import main
+from helpers import cli, one_line
 from psystats.warehouse import db as warehouse_db
 from psystats.warehouse import settings
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.names import check_names
-
-
-def cli(*args, env: dict | None = None, input: str | None = None):
-    return CliRunner().invoke(main, [str(a) for a in args], env=env, input=input)
-
-
-def one_line(res, code: int, *needles: str) -> str:
-    """Exit ``code`` with one 'Error: ...' line and no traceback; returns that line."""
-    assert res.exit_code == code, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    errors = [x for x in res.output.splitlines() if x.startswith("Error: ")]
-    assert len(errors) == 1 and "Traceback" not in res.output, res.output
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
-
 
 # --------------------------------------------------------------------------- settings
 

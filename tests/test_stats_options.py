@@ -155,5 +155,5 @@ def test_store_options(tmp_path):
     f.write_text("x")
     with pytest.raises(OptionError, match="is a file, not a folder"):
         StoreOptions(netcdf_dir=f)
-    with pytest.raises(OptionError, match="name must be text"):
+    with pytest.raises(OptionError, match="name must be a non-empty name"):
         StoreOptions(name=3)  # type: ignore[arg-type]

@@ -7,12 +7,12 @@ that lists them all; the CLI and the notebook API check alike.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import duckdb
 
 from .errors import WarehouseError
+from .validators import did_you_mean
 
 # Fewer known names than this are listed in full when none is close to the one given.
 LIST_ALL_BELOW = 8
@@ -34,19 +34,6 @@ NAMED: dict[str, tuple[str, str]] = {
     ),
     "model": ("SELECT name FROM models", "psystats models list"),
 }
-
-
-def did_you_mean(name: str, candidates: Sequence[str], n: int = 3) -> str:
-    """`` (did you mean 'x' or 'y'?)`` for the candidates close to ``name``, else ``""``."""
-    cands = [c for c in candidates if c is not None]
-    close = difflib.get_close_matches(name, cands, n=n, cutoff=0.6)
-    if not close:
-        # A different case or a name's tail (the hub id's model part) also counts.
-        low = name.lower()
-        close = [c for c in cands if c.lower() == low or c.lower().endswith("/" + low)][:n]
-    if not close:
-        return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
 def check_names(con: duckdb.DuckDBPyConnection, kind: str, names: Sequence[str] | None) -> None:

@@ -135,3 +135,33 @@ def _os_error(e: OSError, target: Path) -> WarehouseError:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return WarehouseError(f"{target}: permission denied writing to {target.parent}")
     return WarehouseError(f"{target}: cannot write the output ({e.strerror or e})")
+
+
+@contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """``with output_folder(out) as folder:`` write files into ``folder``; if the block
+    fails, what it created there is removed (the folder too, when it made it), so a
+    failed command leaves no half of its output beside what was there before.
+
+    Refuses a path that exists and is not a folder (a file, a device, a link to one).
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir() or p.is_symlink() and not p.is_dir():
+        raise WarehouseError(f"{path} exists and is not a folder: give a folder for the output")
+    top = p  # the highest folder the block may create: removed on failure
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    made = not p.exists()
+    before = set() if made else set(p.iterdir())
+    try:
+        yield p
+    except BaseException:
+        if made:
+            shutil.rmtree(top, ignore_errors=True)
+        else:
+            for q in set(p.iterdir()) - before:
+                if q.is_dir() and not q.is_symlink():
+                    shutil.rmtree(q, ignore_errors=True)
+                else:
+                    q.unlink(missing_ok=True)
+        raise

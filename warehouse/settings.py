@@ -29,14 +29,14 @@ options; the previous state is restored when the command ends.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from .validators import ByteSize, Check, FloatIn, PathOf
 
 T = TypeVar("T")
 
@@ -48,22 +48,16 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 # A week: longer than any command; what lies beyond is a typo (or inf).
 MAX_LOCK_TIMEOUT = 7 * 24 * 3600.0
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib|%)\s*$", re.I)
-_FACTORS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
 
 class SettingsError(ValueError):
     """A bad option value; the message names the option (or variable) and what is expected."""
+
+
+def _setting(check: Check, value: object) -> Any:
+    try:
+        return check(value)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def memory_limit(value: str) -> str:
@@ -74,41 +68,22 @@ def memory_limit(value: str) -> str:
     DuckDB's out-of-memory error, one line).  The message says what is expected; the
     caller says where the value came from.
     """
-    text = str(value).strip()
-    m = _SIZE.match(text)
-    if not m:
-        raise SettingsError("expected a size such as 4GB, 512MiB or 50% (of RAM)")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    if unit == "%":
-        if not 0 < number <= 100:
-            raise SettingsError("a percentage of RAM is more than 0 and at most 100")
-        return text
-    if number * _FACTORS[unit] < 1:
-        raise SettingsError("expected a size above 0, such as 4GB (1GB is the default)")
-    return text
+    return _setting(ByteSize(), value)
 
 
 def lock_timeout(value: object) -> float:
     """Seconds to wait for another process's lock: finite, >= 0 (0: do not wait)."""
     try:
-        seconds = float(str(value).strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_LOCK_TIMEOUT:
+        return FloatIn(0.0, MAX_LOCK_TIMEOUT)(value)
+    except ValueError:
         raise SettingsError(
             f"expected a number of seconds from 0 (do not wait) to {MAX_LOCK_TIMEOUT:g}"
-        )
-    return seconds
+        ) from None
 
 
 def temp_dir(value: str) -> str:
     """A folder DuckDB may spill to: not empty, not an existing file."""
-    text = str(value).strip()
-    if not text or "\x00" in text:
-        raise SettingsError("expected a folder path")
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise SettingsError("exists and is not a folder")
-    return text
+    return _setting(PathOf("folder"), str(value).strip())
 
 
 def _checked(validate: Callable[[Any], T], value: Any, source: str) -> T:

@@ -7,8 +7,11 @@ import errno
 import functools
 import io
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,7 +28,16 @@ from psystats.warehouse.errors import (
 from psystats.warehouse.integrity import damage_error, is_damage_error
 
 # OS errors a user fixes (space, permissions, a missing path): one line, not a traceback.
-USER_OS_ERRORS = NO_SPACE + (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.EISDIR)
+USER_OS_ERRORS = NO_SPACE + (
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+)
 
 
 def db_option(f: Callable) -> Callable:
@@ -66,14 +78,58 @@ def open_db(
     --lock-timeout) are the current settings (``psystats.cli.main``); a file
     held by another process is waited for with one line on stderr.
     """
+    path = db_path(db)
+    # A new file for one unit of work (models add/load, init) is removed again if the
+    # command fails before storing anything; ingest (mode "statement") keeps its new,
+    # empty warehouse, which shows that the file was read and refused.
+    new = create and mode == "write" and not os.path.lexists(path)
     try:
         con = warehouse_db.open(
-            db_path(db), mode, create=create, sandbox=sandbox, on_wait=_waiting, verify=verify
+            path, mode, create=create, sandbox=sandbox, on_wait=_waiting, verify=verify
         )
     except WarehouseError as e:
-        raise click.ClickException(str(e)) from None
-    click.get_current_context().call_on_close(con.close)
+        raise click.ClickException(one_line(str(e))) from None
+    ctx = click.get_current_context()
+    ctx.call_on_close(con.close)
+    if new:  # made by this command: gone again if the command fails before it holds data
+        ctx.meta[_NEW_WAREHOUSE] = (path, con)
     return con
+
+
+_NEW_WAREHOUSE = "psystats.new_warehouse"
+# Tables a new warehouse fills by itself (the schema, the shipped domain map).
+_BOOKKEEPING = ("schema_version", "warehouse_settings", "domain_map")
+
+
+def _drop_new_empty_warehouse() -> None:
+    """After a failed command: remove the warehouse file it created (``--db`` with a typo,
+    ``models add`` of a source that is not a model) if nothing was stored in it."""
+    ctx = click.get_current_context(silent=True)
+    made = ctx.meta.pop(_NEW_WAREHOUSE, None) if ctx is not None else None
+    if made is None:
+        return
+    path, con = made
+    try:
+        con.close()
+        check = duckdb.connect(path, read_only=True)
+        try:
+            tables = check.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = 'main' AND table_type = 'BASE TABLE'"
+            ).fetchall()
+            held = any(
+                check.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchall()
+                for (t,) in tables
+                if t not in _BOOKKEEPING
+            )
+        finally:
+            check.close()
+    except (duckdb.Error, OSError):
+        return  # cannot tell: keep it
+    if not held:
+        for p in (path, f"{path}.wal"):
+            Path(p).unlink(missing_ok=True)
+        shutil.rmtree(f"{path}.lock-notes", ignore_errors=True)
 
 
 def friendly_errors(f: Callable) -> Callable:
@@ -87,22 +143,35 @@ def friendly_errors(f: Callable) -> Callable:
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            return shown(*args, **kwargs)
+        except BaseException:
+            _drop_new_empty_warehouse()
+            raise
+
+    def shown(*args: Any, **kwargs: Any) -> Any:
+        try:
             return f(*args, **kwargs)
         except WarehouseError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(one_line(str(e))) from None
         except duckdb.Error as e:
             if is_damage_error(e):  # a damaged Parquet score file (warehouse/integrity.py)
-                raise click.ClickException(str(damage_error(e))) from None
+                raise click.ClickException(one_line(str(damage_error(e)))) from None
             if not is_environment_error(e):
                 raise
-            raise click.ClickException(str(environment_error(e, _current_db()))) from None
+            raise click.ClickException(one_line(str(environment_error(e, _current_db())))) from None
         except OSError as e:
             if e.errno not in USER_OS_ERRORS:
                 raise
             where = e.filename or _current_db()
-            raise click.ClickException(str(environment_error(e, str(where)))) from None
+            raise click.ClickException(one_line(str(environment_error(e, str(where))))) from None
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """A message as the one line a user reads: its lines joined, and a line break inside a
+    name the user gave (a path with a carriage return) no longer starts a new line."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _current_db() -> str:

@@ -22,6 +22,7 @@ import click
 from psystats.stats.options import SAMPLING
 
 from .fit_options import setting_option
+from .option_types import at_least
 
 HUB_PAIR = ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct")
 OFFLINE_BASE_NAME = "tiny-random-smollm2-base"
@@ -529,7 +530,7 @@ def run_plan(root: click.Command, p: Plan) -> list[Step]:
 @click.option("--device", default="cpu", show_default=True, help="torch device for scoring.")
 @click.option(
     "--history-participants",
-    type=click.IntRange(2),
+    type=at_least(2),
     default=HISTORY_PARTICIPANTS,
     show_default=True,
     help="Participants per experiment the real pair is scored on under history:0 (a "

@@ -9,6 +9,7 @@ import click
 from .common import db_option, friendly_errors, open_db, print_rows
 from .fit_options import sampling_options, selection_options
 from .fit_output import print_params, run_fit_command
+from .option_types import FILE, ID, SEED, at_least
 
 
 @click.group()
@@ -40,7 +41,7 @@ def fit() -> None:
 @click.option(
     "--spec",
     "spec",
-    type=click.Path(exists=True, dir_okay=False),
+    type=FILE,
     default=None,
     help="Model specification (TOML, YAML or JSON): terms, priors, parameterization.",
 )
@@ -101,15 +102,15 @@ def effects(db, **options):
 
 @fit.command("compare")
 @db_option
-@click.argument("fit_ids", nargs=-1, type=int, required=True)
+@click.argument("fit_ids", nargs=-1, type=ID, required=True)
 @click.option(
     "--kfold",
-    type=click.IntRange(min=2),
+    type=at_least(2),
     default=None,
     help="Compare by K-fold cross-validation instead of PSIS-LOO: refit every fit K times, "
     "each without one fold of observations (effects and formula fits).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the K-fold folds.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the K-fold folds.")
 @click.option(
     "--include-failed",
     is_flag=True,

@@ -9,7 +9,7 @@
   (:class:`~psystats.stats.options.StoreOptions`) and ``allow_failure``.
 
 Defaults, help and checks come from the registry in ``psystats.stats.options``
-(:class:`SettingType` runs the registry's validator), so a value is refused as
+(``option_types.Checked`` runs the registry's validator), so a value is refused as
 a usage error (exit 2) before any work, with the words the notebook API uses,
 and every command agrees.  The option names are the Selection and
 SamplingOptions field names, which ``wh.fit`` takes as keywords.
@@ -26,29 +26,15 @@ import click
 from psystats.stats.options import (
     PERSONA_CONDITION,
     SAMPLING,
-    OneOf,
     OptionError,
     SamplingOptions,
     Selection,
     Setting,
     StoreOptions,
 )
+from psystats.warehouse.validators import OneOf
 
-
-class SettingType(click.ParamType):
-    """A click type that checks a value with a registered :class:`Setting`'s validator."""
-
-    def __init__(self, setting: Setting, metavar: str) -> None:
-        self.setting, self.name, self._metavar = setting, setting.name, metavar
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return self._metavar
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            return self.setting.check(value)
-        except ValueError as e:
-            self.fail(f"{self.setting.name} {e}", param, ctx)
+from .option_types import FOLDER, TEXT, Checked
 
 
 def setting_option(flag: str, setting: Setting, metavar: str, **kw: Any) -> Callable:
@@ -59,7 +45,7 @@ def setting_option(flag: str, setting: Setting, metavar: str, **kw: Any) -> Call
     return click.option(
         flag,
         setting.name,
-        type=SettingType(setting, metavar),
+        type=Checked(setting.check, metavar, label=setting.name),
         default=setting.default,
         show_default=setting.default is not None,
         help=help_text,
@@ -188,10 +174,12 @@ def sampling_options(f: Callable) -> Callable:
             help="No sampling progress on stderr (otherwise: draws per chain, rate and time "
             "left; a bar on a terminal, plain lines in a log).",
         ),
-        click.option("--name", default=None, help="A name stored with the fit (fits.name)."),
+        click.option(
+            "--name", type=TEXT, default=None, help="A name stored with the fit (fits.name)."
+        ),
         click.option(
             "--netcdf-dir",
-            type=click.Path(file_okay=False),
+            type=FOLDER,
             default=None,
             help="Folder for the NetCDF posterior [default: <db file>.fits/].",
         ),

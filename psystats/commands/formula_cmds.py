@@ -11,6 +11,7 @@ import click
 from .common import db_option, friendly_errors, print_rows
 from .fit_options import sampling_options, selection_options
 from .fit_output import print_params, run_fit_command
+from .option_types import ID, SEED
 
 
 @click.command("formula")
@@ -59,7 +60,7 @@ def formula(formula, db, **options):
 
 
 @click.command("predict")
-@click.argument("fit_id", type=int)
+@click.argument("fit_id", type=ID)
 @db_option
 @click.option(
     "--new-pair",
@@ -70,7 +71,9 @@ def formula(formula, db, **options):
     "(repeatable).",
 )
 @click.option("--per-experiment", is_flag=True, help="One row per fitted experiment.")
-@click.option("--seed", default=0, show_default=True, help="Seed for the new-group draws.")
+@click.option(
+    "--seed", type=SEED, default=0, show_default=True, help="Seed for the new-group draws."
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @friendly_errors
 def predict(fit_id, db, new_pairs, per_experiment, seed, fmt):

@@ -11,6 +11,7 @@ import click
 from psystats.scoring.naming import POST_TRAINING_TYPES
 
 from .common import db_option, friendly_errors, open_db, print_rows
+from .option_types import FILE
 
 FORMATS = click.Choice(["table", "csv", "json"])
 LIST_COLUMNS = (
@@ -268,7 +269,7 @@ def set_(name: str, assignments: tuple[str, ...], db: str | None) -> None:
 
 
 @models.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=FILE)
 @db_option
 @friendly_errors
 def load(file: str, db: str | None) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import db_option, friendly_errors, open_db
+from .option_types import ID
 
 FIGURES = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
 
@@ -24,7 +25,7 @@ FIGURES = ("nll-vs-size", "domain-heatmap", "forest", "generations", "ppc")
 @click.option(
     "--fit",
     "fit_id",
-    type=int,
+    type=ID,
     default=None,
     help="Fit to draw [default: the newest fit of the kind the figure needs].",
 )

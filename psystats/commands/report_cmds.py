@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import db_option, db_path, friendly_errors, open_db
+from .option_types import FILE
 
 
 @click.command()
@@ -33,7 +34,7 @@ from .common import db_option, db_path, friendly_errors, open_db
 @click.option(
     "--truth",
     "truth_file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=FILE,
     help="A simulated study's truth.json (`psystats simulate study`): the pages of its fits "
     "show every estimate beside the truth it should recover.",
 )

@@ -11,6 +11,7 @@ from psystats.scoring.render import CONDITION_HELP
 from psystats.scoring.runner import RunOptions
 
 from .common import db_option, db_path, friendly_errors
+from .option_types import FILE, FOLDER, FRACTION, NON_NEGATIVE, POSITIVE, at_least
 
 # The only defaults are the configuration classes': the options show them.
 _C = ScorerConfig
@@ -40,7 +41,7 @@ _R = RunOptions
 @click.option(
     "--participants",
     "sample_participants",
-    type=int,
+    type=POSITIVE,
     default=None,
     metavar="N",
     help="Score a seeded sample: N participants per experiment (a first look; the run "
@@ -49,7 +50,7 @@ _R = RunOptions
 @click.option(
     "--sample",
     "sample_fraction",
-    type=float,
+    type=FRACTION,
     default=None,
     metavar="FRACTION",
     help="Score a seeded sample: this fraction of each experiment's participants "
@@ -57,7 +58,7 @@ _R = RunOptions
 )
 @click.option(
     "--seed",
-    type=int,
+    type=at_least(0, "INTEGER"),
     default=None,
     help="Seed of --participants / --sample [default: 0]; the same seed picks the same people.",
 )
@@ -79,13 +80,13 @@ _R = RunOptions
 )
 @click.option(
     "--offload-folder",
-    type=click.Path(file_okay=False),
+    type=FOLDER,
     default=None,
     help="Folder for weights --device-map offloads to disk.",
 )
 @click.option(
     "--gpus-per-model",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="--engine ray: GPUs per Ray actor; each actor loads its copy of the model over its "
     "GPUs with --device-map (auto unless given). E.g. 4 on an 8-GPU node: two copies of a 70B.",
@@ -99,7 +100,7 @@ _R = RunOptions
 )
 @click.option(
     "--token-budget",
-    type=int,
+    type=POSITIVE,
     default=_C.token_budget,
     show_default=True,
     help="Most tokens per forward pass when packing (halved automatically on out-of-memory).",
@@ -129,14 +130,14 @@ _R = RunOptions
 )
 @click.option(
     "--compile-bucket",
-    type=int,
+    type=POSITIVE,
     default=_C.compile_bucket,
     show_default=True,
     help="With --compile: pad packed forwards to a multiple of this many tokens.",
 )
 @click.option(
     "--max-context",
-    type=int,
+    type=at_least(2),
     default=None,
     help="Longest sequence given to the model [default: the model's maximum positions].",
 )
@@ -150,7 +151,7 @@ _R = RunOptions
 )
 @click.option(
     "--stride",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="Window step for --context-policy window [default: half the context]; every "
     "token is scored with at least (context - stride) tokens before it.",
@@ -202,7 +203,7 @@ _R = RunOptions
 )
 @click.option(
     "--options-file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=FILE,
     help="Option sets from CSV (experiment,option) or JSON {experiment: [options]}.",
 )
 @click.option(
@@ -223,7 +224,7 @@ _R = RunOptions
 @click.option("--force", is_flag=True, help="Score again even if this run is already complete.")
 @click.option(
     "--commit-chars",
-    type=int,
+    type=POSITIVE,
     default=_R.commit_chars,
     show_default=True,
     help="Transcript characters per committed batch (what an interruption can lose).",
@@ -240,7 +241,7 @@ _R = RunOptions
 )
 @click.option(
     "--num-gpus-per-worker",
-    type=float,
+    type=NON_NEGATIVE,
     default=1.0,
     show_default=True,
     help="GPUs per Ray worker (0 for CPU workers).",
@@ -255,27 +256,27 @@ _R = RunOptions
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
+    type=FOLDER,
     default=_R.out_dir,
     show_default=True,
     help="Shard folder for --shard and --engine ray.",
 )
 @click.option(
     "--cpu-threads",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="torch CPU threads [default: the physical cores]; on a machine busy with other "
     "work, 1 is often fastest (BENCHMARKS.md).",
 )
 @click.option(
     "--num-workers",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="Ray workers for --engine ray [default: every GPU (or CPU) of the cluster].",
 )
 @click.option(
     "--unit-tokens",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="Tokens per work unit (one shard each) for --engine ray / --shard "
     "[default: ray: about 8 units per worker; shard: 200000].",

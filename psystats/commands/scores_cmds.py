@@ -7,6 +7,7 @@ import click
 from psystats.scoring.naming import POST_TRAINING_TYPES
 
 from .common import db_option, friendly_errors, open_db
+from .option_types import FILE, ID, POSITIVE
 
 
 @click.group()
@@ -15,7 +16,7 @@ def scores() -> None:
 
 
 @scores.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=FILE)
 @click.option(
     "--model",
     help="Model name the scores belong to (registered with no source if new); "
@@ -46,14 +47,14 @@ def scores() -> None:
 @click.option(
     "--options",
     "options",
-    type=click.Path(exists=True, dir_okay=False),
+    type=FILE,
     help="Option scores of the same run (.parquet/.csv/.tsv): key, option, logprob; "
     "one row per response and option (for `psystats fit accuracy`).",
 )
 @click.option(
     "--run",
     "run_id",
-    type=click.IntRange(min=1),
+    type=POSITIVE,
     help="Fill this incomplete imported run in place (after `ingest --replace-changed` "
     "replaced responses it had scored): FILE's rows for responses the run lacks are added, "
     "rows it holds are skipped; model, condition and scorer are the run's.",
@@ -167,7 +168,7 @@ def import_(
 
 @scores.command("export")
 @db_option
-@click.option("--run", "run_id", type=int, help="The score run to export.")
+@click.option("--run", "run_id", type=ID, help="The score run to export.")
 @click.option("--model", help="Export this model's newest complete run of each condition.")
 @click.option("--condition", help="With --model: only this condition.")
 @click.option(

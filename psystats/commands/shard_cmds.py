@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from .common import db_option, friendly_errors, open_db, print_rows
+from .option_types import EXISTING_FOLDER
 
 
 @click.command("merge")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory", type=EXISTING_FOLDER)
 @db_option
 @click.option(
     "--quiet",

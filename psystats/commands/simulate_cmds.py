@@ -11,7 +11,11 @@ from pathlib import Path
 
 import click
 
+from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.outputs import output_folder
+
 from .common import db_option, friendly_errors, open_db, print_rows
+from .option_types import FILE, SEED
 
 
 @click.group()
@@ -29,7 +33,7 @@ def simulate() -> None:
     required=True,
     help="Folder for models.toml, the score files and truth.json.",
 )
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @friendly_errors
 def study(db, out, seed):
     """Write a SIMULATED study on the warehouse's real responses: files to import.
@@ -57,7 +61,8 @@ def study(db, out, seed):
     from psystats.stats.demo_study import write_study
 
     con = open_db(db, "read")
-    truth = write_study(con, out, seed=seed)
+    with output_folder(out) as folder:  # a failure leaves none of its files
+        truth = write_study(con, folder, seed=seed)
     click.echo(
         f"wrote {len(truth['files'])} score files, models.toml and truth.json to {out} "
         "(SIMULATED data)"
@@ -65,11 +70,12 @@ def study(db, out, seed):
 
 
 @simulate.command("check")
-@click.argument("truth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("truth_file", type=FILE)
 @db_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @friendly_errors
 def check(truth_file, db, fmt):
+    truth_file = Path(truth_file)
     """Print each estimate of the simulated study's fits beside the truth it should recover.
 
     Reads the newest fit of each kind named 'SIMULATED study' (effects,
@@ -85,8 +91,14 @@ def check(truth_file, db, fmt):
     """
     from psystats.stats.demo_study import compare
 
+    try:
+        truth = json.loads(truth_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise WarehouseError(f"{truth_file}: not a truth file ({e})") from None
+    if not isinstance(truth, dict):
+        raise WarehouseError(f"{truth_file}: not a truth file (expected a JSON object)")
     con = open_db(db, "read")
-    df = compare(con, json.loads(truth_file.read_text()))
+    df = compare(con, truth)
     if df.empty:
         click.echo(
             "no fit of the simulated study yet: run `psystats fit effects --condition sim "

@@ -11,13 +11,16 @@ import click
 from psystats.warehouse import domains as domain_map
 from psystats.warehouse.sql import transaction
 from psystats.warehouse.summary import summary_rows
+from psystats.warehouse.validators import IntIn
 
 from .common import db_option, db_path, friendly_errors, open_db, print_rows
+from .option_types import FILE, FOLDER, Checked
 
 if TYPE_CHECKING:
     from psystats.warehouse.ingest import FileResult
 
 FORMATS = click.Choice(["table", "csv", "json"])
+MAX_SQL_FILE_CHARS = 10_000_000  # a script longer than this is not SQL a person wrote
 
 
 @click.command()
@@ -31,7 +34,7 @@ FORMATS = click.Choice(["table", "csv", "json"])
 )
 @click.option(
     "--scores-dir",
-    type=click.Path(file_okay=False),
+    type=FOLDER,
     help="Folder of the Parquet scores (default: <warehouse>.scores next to the file).  "
     "On a Parquet warehouse whose scores folder was moved: its new place.",
 )
@@ -84,7 +87,7 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
 @click.option(
     "--domains",
     "domains_file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=FILE,
     help="Experiment->domain mapping CSV (experiment_domains.csv format); "
     "overrides the shipped mapping for the keys it lists.",
 )
@@ -116,7 +119,7 @@ def init(db: str | None, scores_layout: str | None, scores_dir: str | None) -> N
 )
 @click.option(
     "--max-line-mib",
-    type=click.IntRange(1, 1 << 20),
+    type=Checked(IntIn(1, 1 << 20), "MIB"),
     default=64,
     show_default=True,
     help="Longest line (or Parquet transcript) accepted, in MiB; checked while reading, "
@@ -166,6 +169,7 @@ def ingest(
       psystats ingest --replace-changed --force my_study/prompts.jsonl
     """
     from psystats.warehouse.ingest import ingest_paths
+    from psystats.warehouse.sources import discover_all
 
     if not paths and not domains_file:
         raise click.UsageError("give PATHS to ingest, or --domains FILE to load a mapping")
@@ -173,6 +177,8 @@ def ingest(
         from psystats.warehouse.outputs import check_target
 
         check_target(rejects)
+    if paths:  # a path holding no study fails here, before a new warehouse file is made
+        discover_all(list(paths), study)
     # Per statement: files are read and staged without holding the warehouse, which is
     # held only for each file's short write transaction (readers wait at most that long).
     con = open_db(db, "statement", create=True)
@@ -387,7 +393,12 @@ def sql(
       psystats sql --allow-external "COPY (SELECT * FROM experiments) TO 'experiments.csv'"
     """
     if query_file is not None:
-        query = query_file.read()
+        # Bounded: `--file /dev/zero` or a huge file is refused, not read into memory.
+        query = query_file.read(MAX_SQL_FILE_CHARS + 1)
+        if len(query) > MAX_SQL_FILE_CHARS:
+            raise click.UsageError(
+                f"the file given with --file holds more than {MAX_SQL_FILE_CHARS:,} characters"
+            )
     if query is None:
         raise click.UsageError("give a QUERY or --file")
     if not query.replace(";", " ").strip():
@@ -405,6 +416,13 @@ def sql(
 
 
 def _sql_error(message: str, write: bool, allow_external: bool) -> str:
+    """:func:`_sql_message` on one line: DuckDB's "LINE 1: ..." context kept, its caret
+    line (which points into a line no longer shown above it) dropped."""
+    lines = _sql_message(message, write, allow_external).splitlines()
+    return " ".join(x.strip() for x in lines if x.strip() and set(x.strip()) != {"^"})
+
+
+def _sql_message(message: str, write: bool, allow_external: bool) -> str:
     """DuckDB's message, plus which flag would allow what the sandbox refused."""
     low = message.lower()
     if "out of memory" in low:

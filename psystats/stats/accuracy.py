@@ -50,6 +50,7 @@ from scipy.special import logsumexp
 
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import where_clause
+from psystats.warehouse.validators import Flag
 
 from .analysis_common import prob
 from .data import load_models
@@ -58,7 +59,6 @@ from .option_groups import OptionGroups
 from .options import (
     ANALYSIS,
     AnalysisSpec,
-    Flag,
     Selection,
     options_of,
     validated,

@@ -166,6 +166,12 @@ def abs_normal_mean(mean: float, sd: float) -> float:
 def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
     """Write models.toml, the score files and truth.json into ``out``; returns the truth."""
     resp = _responses(con)
+    if not option_sets(resp):  # checked before any file is written
+        raise WarehouseError(
+            "simulate study needs an experiment with 2 to "
+            f"{MAX_OPTIONS} distinct answers (discrete choice, for the option scores); the "
+            "warehouse holds none: ingest such a study too"
+        )
     rng = np.random.default_rng(seed)
     # What was added later (history windows) draws from a stream of its own, so every
     # file an earlier version wrote for a seed stays as it was.

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.validators import PathOf
 
 from .generation_scale import DEFAULT_GENERATION_SCALE, check_generation_scale
 from .units import generation_slope_unit, outcome_unit, same_unit, size_slope_unit
@@ -54,6 +55,7 @@ OUTCOME_PARAMETERS = (
     "pair_domain_effect",
     "sigma_cell",
 )
+MAX_SPEC_BYTES = 1_000_000  # a spec is a few lines; a larger file is something else
 MIN_POOLED_LEVELS = 5  # fewer levels than this: a fixed-scale prior instead of a pooled scale
 MIN_RESIDUAL_DF = 2  # fewer cells beyond the location parameters: sigma_cell fixed at 0
 # The data scale (nats per response, or SDs) the default priors are written for:
@@ -240,7 +242,12 @@ class EffectsSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> EffectsSpec:
         """Read a spec from TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON."""
-        path = Path(path)
+        try:  # a regular file (not a device such as /dev/zero, read forever), of spec size
+            path = Path(PathOf("file")(path))
+        except ValueError as e:
+            raise WarehouseError(f"spec {e}") from None
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise WarehouseError(f"{path}: larger than {MAX_SPEC_BYTES:,} bytes: not a spec")
         try:
             text = path.read_text(encoding="utf-8")
             if path.suffix == ".toml":

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from psystats.warehouse.names import did_you_mean
+from psystats.warehouse.validators import did_you_mean
 
 from .options import (
     OptionError,

@@ -45,12 +45,12 @@ import numpy as np
 import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.validators import OneOf
 
 from .cells import SCALES, cell_runs, selected_cells
 from .fit_checks import refresh_loo
 from .options import (
     AnalysisSpec,
-    OneOf,
     OptionError,
     SamplingOptions,
     validated,
@@ -194,7 +194,7 @@ def _set_priors(model, priors: Mapping[str, Any] | None) -> None:
     known = [*parent.terms, *model.constant_components]
     unknown = [t for t in given if t not in known and t not in PRIOR_GROUPS]
     if unknown:
-        from psystats.warehouse.names import did_you_mean
+        from psystats.warehouse.validators import did_you_mean
 
         raise WarehouseError(
             f"--priors: {unknown[0]!r} is not a term of this model"
@@ -243,7 +243,7 @@ def used_priors(model) -> dict[str, Any]:
 
 def _column_error(formula: str, e: Exception) -> WarehouseError | None:
     """'unknown column ...' with the columns a formula may use, when ``e`` is a missing name."""
-    from psystats.warehouse.names import did_you_mean
+    from psystats.warehouse.validators import did_you_mean
 
     name = e.args[0] if isinstance(e, KeyError) and e.args else None
     if not isinstance(name, str) or name in FORMULA_COLUMNS:
@@ -579,7 +579,7 @@ def new_pair_rows(
         new["log_params"] = raw - (size_center or 0.0)
     unknown = [k for k in new if k not in FORMULA_COLUMNS or k in ("mean", "se")]
     if unknown:
-        from psystats.warehouse.names import did_you_mean
+        from psystats.warehouse.validators import did_you_mean
 
         keys = [c for c in FORMULA_COLUMNS if c not in ("mean", "se")] + ["n_params"]
         raise WarehouseError(

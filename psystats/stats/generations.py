@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.validators import OneOf
 
 from .analysis_common import (
     cell_label,
@@ -63,7 +64,6 @@ from .generation_scale import (
 from .likelihoods import marginal_normal
 from .options import (
     AnalysisSpec,
-    OneOf,
     Selection,
     options_of,
     validated,

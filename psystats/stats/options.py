@@ -38,14 +38,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from psystats.warehouse.errors import WarehouseError
-from psystats.warehouse.names import check_names, did_you_mean
+from psystats.warehouse.names import check_names
+from psystats.warehouse.validators import (
+    Check,
+    Flag,
+    FloatIn,
+    IntIn,
+    Maybe,
+    OneOf,
+    PathOf,
+    Text,
+    did_you_mean,
+)
 
 
 class OptionError(WarehouseError):
@@ -60,119 +70,6 @@ MAX_SEED = 2**32 - 1  # what every random generator psystats seeds accepts
 MAX_REDRAWS = 5  # each retry may double the draws: 2**5 = 32 times the first run
 SAMPLERS = ("nutpie", "pymc")
 TARGET_ACCEPT_RANGE = (0.5, 0.999)
-
-
-class Check(Protocol):
-    """A validator: the value as stored, or ValueError saying why not; ``describe`` for help."""
-
-    def __call__(self, value: Any) -> Any: ...
-
-    def describe(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class IntIn:
-    """An integer from ``lo`` to ``hi`` (integral floats such as ``1e3`` count; bools do not)."""
-
-    lo: int
-    hi: int
-
-    def __call__(self, value: Any) -> int:
-        n = _integer(value)
-        if n is None or not self.lo <= n <= self.hi:
-            raise ValueError(f"must be an integer from {self.lo} to {self.hi}, got {value!r}")
-        return n
-
-    def describe(self) -> str:
-        return f"{self.lo}<=x<={self.hi}"
-
-
-@dataclass(frozen=True)
-class FloatIn:
-    """A finite number from ``lo`` to ``hi`` (above ``lo`` when ``open_lo``)."""
-
-    lo: float
-    hi: float
-    open_lo: bool = False
-
-    def __call__(self, value: Any) -> float:
-        x = _number(value)
-        low_ok = x is not None and (x > self.lo if self.open_lo else x >= self.lo)
-        if x is None or not low_ok or x > self.hi:
-            raise ValueError(f"must be a number {self.describe()}, got {value!r}")
-        return x
-
-    def describe(self) -> str:
-        lo = f"{self.lo}<x" if self.open_lo else f"{self.lo}<=x"
-        return lo if math.isinf(self.hi) else f"{lo}<={self.hi}"
-
-
-@dataclass(frozen=True)
-class Maybe:
-    """None (the analysis chooses), or what ``check`` accepts."""
-
-    check: Check
-
-    def __call__(self, value: Any) -> Any:
-        return None if value is None else self.check(value)
-
-    def describe(self) -> str:
-        return self.check.describe()
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of ``choices`` (text)."""
-
-    choices: tuple[str, ...]
-
-    def __call__(self, value: Any) -> str:
-        if isinstance(value, str) and value in self.choices:
-            return value
-        hint = did_you_mean(value, self.choices) if isinstance(value, str) else ""
-        raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}{hint}")
-
-    def describe(self) -> str:
-        return "|".join(self.choices)
-
-
-@dataclass(frozen=True)
-class Flag:
-    """True or False."""
-
-    def __call__(self, value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"must be True or False, got {value!r}")
-
-    def describe(self) -> str:
-        return "True|False"
-
-
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, numbers.Real) and math.isfinite(float(value)):
-        x = float(value)
-        return int(x) if x.is_integer() else None
-    return None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        x = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 @dataclass(frozen=True)
@@ -355,9 +252,7 @@ SELECTION_LISTS = ("models", "experiments", "families", "post_training")
 
 
 def _text(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise OptionError(f"{name} must be a non-empty name, got {value!r}")
-    return value
+    return validated(name, Text(), value)
 
 
 def _names(name: str, value: Any) -> tuple[str, ...]:
@@ -478,13 +373,8 @@ class StoreOptions:
     netcdf_dir: str | Path | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if self.name is not None and not isinstance(self.name, str):
-            raise OptionError(f"name must be text, got {self.name!r}")
-        if self.netcdf_dir is not None:
-            if not isinstance(self.netcdf_dir, (str, Path)) or not str(self.netcdf_dir).strip():
-                raise OptionError(f"netcdf_dir must be a folder path, got {self.netcdf_dir!r}")
-            if Path(self.netcdf_dir).exists() and not Path(self.netcdf_dir).is_dir():
-                raise OptionError(f"netcdf_dir {str(self.netcdf_dir)!r} is a file, not a folder")
+        validated("name", Maybe(Text()), self.name)
+        validated("netcdf_dir", Maybe(PathOf("folder")), self.netcdf_dir)
 
     @classmethod
     def of(cls, value: StoreOptions | Mapping[str, Any] | None) -> StoreOptions:

@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
+from psystats.warehouse.validators import OneOf
 
 from .analysis_common import prob
 from .options import (
     AnalysisSpec,
-    OneOf,
     OptionError,
     validated,
 )

@@ -33,6 +33,7 @@ import pandas as pd
 
 from psystats.warehouse.errors import WarehouseError
 from psystats.warehouse.sql import where_clause
+from psystats.warehouse.validators import OneOf
 
 from .analysis_common import prob, resolve_prior_scales, without_thin_cells
 from .data import load_models
@@ -41,7 +42,6 @@ from .options import (
     ANALYSIS,
     PERSONA_CONDITION,
     AnalysisSpec,
-    OneOf,
     options_of,
     validated,
 )

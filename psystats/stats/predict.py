@@ -151,7 +151,7 @@ def effects_prediction_draws(
     """
     unknown = [k for k in new_pair if k not in EFFECTS_KEYS]
     if unknown:
-        from psystats.warehouse.names import did_you_mean
+        from psystats.warehouse.validators import did_you_mean
 
         raise WarehouseError(
             f"--new-pair: an effects fit reads {', '.join(EFFECTS_KEYS)}; not "
