@@ -152,7 +152,10 @@ def condition_blocks(con, condition: str, table: pd.DataFrame, truth: dict | Non
         "means over the same participants and responses, their paired difference and its "
         "90% t interval.",
     )
-    out += truth_blocks(table, truth)
+    # The expected NLLs a truth file holds are those of its own condition (``sim``); the
+    # persona and history conditions shift them by the effects those fits estimate.
+    if truth and str(truth.get("condition", "")) == str(condition):
+        out += truth_blocks(table, truth)
     return out
 
 

@@ -75,7 +75,6 @@ def study(db, out, seed):
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
 @friendly_errors
 def check(truth_file, db, fmt):
-    truth_file = Path(truth_file)
     """Print each estimate of the simulated study's fits beside the truth it should recover.
 
     Reads the newest fit of each kind named 'SIMULATED study' (effects,
@@ -89,6 +88,7 @@ def check(truth_file, db, fmt):
     Examples:
       psystats simulate check simulated/truth.json
     """
+    truth_file = Path(truth_file)
     from psystats.stats.demo_study import compare
 
     try:
