@@ -64,6 +64,7 @@ TYPICAL_SECONDS = {
     "fit-generations": 8.0,
     "fit-persona": 33.0,  # the persona model (persona prompts or a history window)
     "fit-accuracy": 53.0,
+    "fit-participants": 25.0,  # gap on age (the real pair: one cell; the SIM study: 8)
     "report-pdf": 45.0,
     "report-html": 40.0,
     "card": 2.0,
@@ -279,6 +280,13 @@ def real_steps(
             may_fail=True,
             cost=TYPICAL_SECONDS["fit-persona"],
         ),
+        Step(
+            "Whose behaviour does post-training lose? The pair's gap per participant on age",
+            ["fit", "participants", "--outcome", "gap", "--covariates", "age", *d, *sampling,
+             *lenient],  # fmt: skip
+            may_fail=True,
+            cost=TYPICAL_SECONDS["fit-participants"],
+        ),
     ]
 
 
@@ -389,6 +397,11 @@ def simulated_steps(
             "accuracy from the option scores",
             ["accuracy", "--condition", CONDITION],
             "fit-accuracy",
+        ),
+        fit(
+            "whose behaviour post-training loses (the gap per participant on age)",
+            ["participants", "--condition", CONDITION, "--covariates", "age"],
+            "fit-participants",
         ),
         Step(
             "SIMULATED study: each estimate beside the truth it should recover",
