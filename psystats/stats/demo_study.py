@@ -187,8 +187,9 @@ def age_shift(con, resp: pd.DataFrame) -> tuple[np.ndarray, dict[str, Any]]:
     from .participants import MIN_CELL_PARTICIPANTS
 
     ages = dict(
-        con.execute("SELECT participant_key, age FROM participants WHERE age IS NOT NULL")
-        .fetchall()
+        con.execute(
+            "SELECT participant_key, age FROM participants WHERE age IS NOT NULL"
+        ).fetchall()
     )
     people = resp.drop_duplicates("participant_key")[["participant_key", "experiment"]]
     people = people[people["participant_key"].isin(list(ages))].copy()
