@@ -265,7 +265,7 @@ def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = F
     n_resp = scalar(con, "SELECT count(*) FROM responses")
     runs = con.execute(
         "SELECT sr.model, sr.condition, sr.status, sr.sample_spec, count(s.response_id) "
-        "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY sr.run_id"
+        "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY min(sr.run_id)"
     ).fetchall()
     fits = con.execute("SELECT kind, condition FROM fits ORDER BY fit_id").fetchall()
     con.close()
