@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import queries as q
 from .blocks import Para, Section, esc, no_data, summary_of, table_from, title
-from .fit_notes import caveats, fit_caption
+from .fit_notes import caveats, fit_caption, truth_blocks
 
 QUESTION = (
     "<b>Whose behaviour does post-training lose?</b> Each participant's mean NLL per "
@@ -91,4 +91,5 @@ def build(con, truth: dict | None = None) -> Section:
             formats={k: "{:+.4g}".format for k in ("mean", "q05", "q95")},
         )
     )
-    return s
+    # A simulated study's fit (psystats demo): its known covariate effects beside these.
+    return s.add(*truth_blocks(con, fit, truth))

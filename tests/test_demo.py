@@ -76,12 +76,11 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
         "models",
         "models",
         *["score"] * 6,  # plain and history:0 for the pair, then the two floors
-        "fit",
-        "fit",
+        *["fit"] * 3,  # effects, task information, participants
         "simulate",
         "models",
         *["scores"] * n_files,
-        *["fit"] * 5,
+        *["fit"] * 6,
         "simulate",
         "report",
         "report",
@@ -115,6 +114,12 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
     with_options = [s for s in p.steps if "--options" in s.argv]
     assert len(with_options) == len(option_files(tmp_path / "simulated"))
     assert [s.argv[:2] for s in p.steps if s.argv[:2] == ["fit", "accuracy"]]
+    # whose behaviour post-training loses: the pair's plain runs, then the simulated study's
+    regressions = [s.argv for s in p.steps if s.argv[:2] == ["fit", "participants"]]
+    assert [a[a.index("--covariates") + 1] for a in regressions] == ["age", "age"]
+    assert "--condition" not in regressions[0]  # plain, the default
+    assert regressions[1][regressions[1].index("--condition") + 1] == "sim"
+    assert all("--allow-diagnostics-failure" in a and "--draws" in a for a in regressions)
     pdf, html = (s.argv for s in p.steps if s.argv[0] == "report")
     assert pdf[pdf.index("--truth") + 1] == str(tmp_path / "simulated" / "truth.json")
     assert pdf[pdf.index("-o") + 1] == str(tmp_path / "demo.pdf")
@@ -133,9 +138,8 @@ def test_plan_is_ordinary_commands(tmp_path: Path):
     assert flag.argv[3].startswith("pipeline_check=")
     assert "SIMULATED STUDY" in pdf[pdf.index("--note") + 1]
     plain = demo_cmds.plan(tmp_path, "/m/base", "/m/post.gguf", simulated=False)
-    assert [s.argv[0] for s in plain.steps][-8:] == [
-        "fit",
-        "fit",
+    assert [s.argv[0] for s in plain.steps][-9:] == [
+        *["fit"] * 3,
         "report",
         "report",
         *["card"] * 4,
@@ -245,13 +249,13 @@ def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = F
     if simulated:
         # every section filled; the simulated fits' pages carry the pipeline-check caveat
         # and each estimate beside its truth (effects, generations, persona, task
-        # information, accuracy, and the floors page's known distances)
-        # (but the participants page: the demo fits no participants regression yet)
-        assert flat.count("No data for this section") == flat.count(
-            "No data for this section: no participants fit"
-        ), flat
+        # information, accuracy, participants, and the floors page's known distances)
+        assert "No data for this section" not in flat, flat
         assert "flagged as a pipeline check" in flat
-        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 6
+        # one line per simulated fit (effects, generations, persona, task information,
+        # accuracy, participants) and one per condition of the floors page (sim,
+        # sim-persona, sim-history:0)
+        assert len(re.findall(r"truths lie inside their 90% interval", flat)) == 6 + 3
     for model in pair:
         card = json.loads(demo_cmds.card_path(workdir, model, "json").read_text())
         jsonschema.validate(card, schema())
@@ -261,7 +265,7 @@ def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = F
     n_resp = scalar(con, "SELECT count(*) FROM responses")
     runs = con.execute(
         "SELECT sr.model, sr.condition, sr.status, sr.sample_spec, count(s.response_id) "
-        "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY sr.run_id"
+        "FROM score_runs sr LEFT JOIN scores s USING (run_id) GROUP BY ALL ORDER BY min(sr.run_id)"
     ).fetchall()
     fits = con.execute("SELECT kind, condition FROM fits ORDER BY fit_id").fetchall()
     con.close()
@@ -281,7 +285,9 @@ def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = F
         n_sim = len(study_files(workdir / "simulated"))
         assert all(n == n_resp for (m, _), (_, n) in by.items() if m.startswith("SIM-"))
     assert len(runs) == 2 * len(pair) + 2 + n_sim
-    kinds = [("effects", "plain"), ("persona", "history:0 vs plain")]
+    # the participants page is filled by the real pair's regression on age, too
+    assert "No data for this section: no participants fit" not in flat
+    kinds = [("effects", "plain"), ("persona", "history:0 vs plain"), ("participants", "plain")]
     if simulated:
         kinds += [
             ("effects", "sim"),
@@ -289,6 +295,7 @@ def _check_demo_output(workdir: Path, pair: tuple[str, str], simulated: bool = F
             ("persona", "sim-persona vs sim"),
             ("persona", "sim-history:0 vs sim"),
             ("accuracy", "sim"),
+            ("participants", "sim"),
         ]
     assert fits == kinds
 
@@ -348,10 +355,11 @@ def test_demo_rerun_resumes(tiny_models, tmp_path: Path):
             ).fetchall()[0]
         )
         con.close()
-    # plain and history:0 for the pair, two floors; each demo fits effects and the contrast
+    # plain and history:0 for the pair, two floors; each demo fits effects, the contrast
+    # and the participants regression
     assert counts[0][0] == counts[1][0] == 6
     assert counts[0][1] == counts[1][1]
-    assert (counts[0][2], counts[1][2]) == (2, 4)
+    assert (counts[0][2], counts[1][2]) == (3, 6)
 
 
 @pytest.mark.slow
@@ -429,6 +437,42 @@ def test_simulated_study_files_carry_the_known_effects(tmp_path: Path):
         name = ds.model_name(ds.FAMILIES[0], ds.GENERATIONS[-1], t)
         shift = nll(name, ds.PERSONA_CONDITION)["nll"] - nll(name)["nll"]
         assert abs(shift.mean() - eff) < 0.06  # ~5 SE of wobble and response noise
+    _check_age_effect(tmp_path / "sim", truth, resp, nll)
+
+
+def _check_age_effect(out: Path, truth: dict, resp, nll) -> None:
+    """The age effect: its truth from the ages, as `fit participants` standardises them
+    (participants with an age in experiments where at least 3 have one; SD with ddof 1),
+    a zero-mean shift within each experiment, and each pair's per-participant gap
+    regressed on the standardised age (after the pair's and experiment's means) near it."""
+    import numpy as np
+    import pandas as pd
+
+    from psystats.stats import demo_study as ds
+
+    con = warehouse_db.open(out.parent / "w.duckdb", "read")
+    ages = pd.DataFrame(
+        con.execute(
+            "SELECT participant_key, experiment, age FROM participants WHERE age IS NOT NULL"
+        ).fetchall(),
+        columns=["participant_key", "experiment", "age"],
+    )
+    con.close()
+    ages = ages[ages.groupby("experiment")["age"].transform("size") >= 3]
+    assert len(ages) == 6  # the embedded sample's guenther2024 participants
+    sd = float(np.std(ages["age"].to_numpy(float), ddof=1))
+    beta = ds.TRUTH["age_effect"]
+    assert truth["participants"] == {"effect": {"age": beta}, "slope": {"age": beta / sd}}
+    z = (ages["age"] - ages["age"].mean()) / sd
+    gaps = []
+    for f, g, t in [(f, g, t) for f in ds.FAMILIES for g in ds.GENERATIONS for t in ds.TYPES]:
+        post, base = nll(ds.model_name(f, g, t)), nll(ds.model_name(f, g, "base"))
+        d = (post["nll"] - base["nll"]).groupby(post["participant_key"]).first()
+        d = d.reindex(ages["participant_key"]).to_numpy()
+        gaps.append(d - d.mean())  # the pair's (and the one experiment's) mean removed
+    # d_i ~ N(mu, 0.1) per pair: averaged over 8 pairs, SD 0.035; the slope SE ~0.016
+    slope = np.polyfit(z.to_numpy(), np.mean(gaps, axis=0), 1)[0]
+    assert abs(slope - beta) < 0.05, slope  # 3 SE: fails without the shift
 
 
 def test_simulated_option_scores_carry_the_known_accuracy(tmp_path: Path):

@@ -65,6 +65,7 @@ TYPICAL_SECONDS = {
     "fit-generations": 8.0,
     "fit-persona": 33.0,  # the persona model (persona prompts or a history window)
     "fit-accuracy": 53.0,
+    "fit-participants": 25.0,  # gap on age (the real pair: one cell; the SIM study: 8)
     "report-pdf": 45.0,
     "report-html": 40.0,
     "card": 2.0,
@@ -148,12 +149,12 @@ def plan(
 
     The real pair: scored under ``plain`` and (a seeded sample of
     ``history_participants`` per experiment; None: all) under ``history:0``,
-    the floors scored, the effects model and the task-information contrast
-    fitted.  With ``simulated`` the real pair is followed by a clearly
+    the floors scored, the effects model, the task-information contrast and
+    the participants regression on age fitted.  With ``simulated`` the real pair is followed by a clearly
     labelled SIMULATED study on the same real responses (``psystats simulate
     study``, imported with ``models load`` and ``scores import``), fitted with
-    the effects, generations, persona (prompts and history window) and
-    accuracy models and checked against its truth, so every section of the
+    the effects, generations, persona (prompts and history window),
+    accuracy and participants models and checked against its truth, so every section of the
     report has something to show.  Last: the report as PDF and as
     interactive HTML, and a card per model of the pair.
     """
@@ -228,12 +229,13 @@ def register_steps(p: Plan, d: list[str], post_type: str | None) -> list[Step]:
 def real_steps(
     p: Plan, d: list[str], device: str, sampling: list[str], history_participants: int | None
 ) -> list[Step]:
-    """Score the real pair (plain, history:0) and the floors; fit effects and the
-    task-information contrast."""
+    """Score the real pair (plain, history:0) and the floors; fit effects, the
+    task-information contrast and the participants regression on age."""
     score = ["score", "--device", device, *d]
     sample = ["--participants", str(history_participants)] if history_participants else []
     sampled = f" (a sample of {history_participants} per experiment)" if sample else ""
     lenient = ["--allow-diagnostics-failure"]
+    regression = ["--outcome", "gap", "--covariates", "age"]
     return [
         Step(
             "Score every response with the base model",
@@ -279,6 +281,12 @@ def real_steps(
             ],
             may_fail=True,
             cost=TYPICAL_SECONDS["fit-persona"],
+        ),
+        Step(
+            "Whose behaviour does post-training lose? The pair's gap per participant on age",
+            ["fit", "participants", *regression, *d, *sampling, *lenient],
+            may_fail=True,
+            cost=TYPICAL_SECONDS["fit-participants"],
         ),
     ]
 
@@ -390,6 +398,11 @@ def simulated_steps(
             "accuracy from the option scores",
             ["accuracy", "--condition", CONDITION],
             "fit-accuracy",
+        ),
+        fit(
+            "whose behaviour post-training loses (the gap per participant on age)",
+            ["participants", "--condition", CONDITION, "--covariates", "age"],
+            "fit-participants",
         ),
         Step(
             "SIMULATED study: each estimate beside the truth it should recover",
@@ -567,8 +580,9 @@ def demo(
     registers a base and a post-trained model and scores them with the whole
     transcript (plain) and, on a sample of participants, without the
     participants' own earlier answers (history:0), scores the floors
-    (baseline:frequency, baseline:uniform), fits the effects model and the
-    task-information gain (history:0 against plain), and writes
+    (baseline:frequency, baseline:uniform), fits the effects model, the
+    task-information gain (history:0 against plain) and the participants
+    regression (the pair's per-participant gap on age), and writes
     WORKDIR/demo.pdf, the interactive WORKDIR/demo.html and a card per model
     (WORKDIR/card-<model>.html and .json).  Every step is an ordinary psystats
     command, printed before it runs (with the time elapsed and an estimate of
@@ -582,10 +596,10 @@ def demo(
 
     Then (unless --no-simulated) a clearly labelled SIMULATED study on the
     same real responses: SIM-* models with known effects of type, family,
-    size, generation, domain, persona prompts and the participants' history,
-    and option scores with a known accuracy gap, imported with `models load`
+    size, generation, domain, persona prompts, the participants' history and
+    their age, and option scores with a known accuracy gap, imported with `models load`
     and `scores import`, fitted (effects, generations, persona, task
-    information, accuracy), compared with the floors, and each estimate
+    information, accuracy, participants), compared with the floors, and each estimate
     printed and shown in the report beside its truth (`psystats simulate
     check`, `report --truth`), so every section of the report is filled.
 

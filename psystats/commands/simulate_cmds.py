@@ -42,7 +42,8 @@ def study(db, out, seed):
     instruct and a reasoning model, with known effects of type, family, size,
     generation and domain on the post-minus-base NLL, known base-NLL trends
     over generations, known persona effects, known task-information gains
-    (the second generation's scores without the participants' history), and
+    (the second generation's scores without the participants' history), a
+    known effect of the participants' age on the post-minus-base gap, and
     (second generation) option scores of the discrete-choice responses with
     a known accuracy gap.  Writes OUT/models.toml (`psystats models load`;
     every model is flagged as a pipeline check), one Parquet per model and
@@ -79,7 +80,8 @@ def check(truth_file, db, fmt):
 
     Reads the newest fit of each kind named 'SIMULATED study' (effects,
     generations, persona: prompts (sim-persona vs sim) and the task-information
-    gain (sim-history:0 vs sim), accuracy).  `inside`: the truth lies in the
+    gain (sim-history:0 vs sim), accuracy, participants: the gap's effect
+    of age).  `inside`: the truth lies in the
     90% interval (expect about 9 in 10 when the fits are calibrated).  The
     SIM models' known distances to the floors are on the report's floors page
     (`psystats report --truth`).

@@ -15,6 +15,10 @@ sample), the files of a clearly labelled simulated study:
   its ``sim`` scores as if the participant's earlier answers were removed, with a
   known task-information gain per type (``fit persona --persona-condition
   sim-history:0 --plain-condition sim``; the report's task-information page);
+* in the post-trained models' ``sim`` scores (and so in their ``sim-persona`` and
+  ``sim-history:0`` scores, which add to them), a known effect of the participants'
+  ``age`` on the post-minus-base gap (``fit participants --condition sim --covariates
+  age``; the report's participants page);
 * for the second generation, a Parquet of option scores (the log-probability
   of each option of the discrete-choice responses) beside the ``sim`` scores
   (``psystats scores import ... --options``), with a known accuracy gap;
@@ -34,7 +38,19 @@ the family, so ``type_mean``, ``family``, ``size_slope``,
 sim`` estimate exactly the truth.  Base NLLs fall by ``base_slope[family]``
 per generation (``fit generations``), a persona prompt shifts each
 response's NLL by ``persona[type]`` (``fit persona``), and removing the
-history by ``task_information[type]``.  ``truth.json`` also holds every SIM
+history by ``task_information[type]``.
+
+The age effect: each participant i whom ``fit participants --covariates age`` uses (those
+with an age, in experiments where at least ``MIN_CELL_PARTICIPANTS`` have one) has every
+post-trained model's NLLs shifted by ``age_effect * (z_i - mean_e z)``, z_i its age
+standardised over those participants exactly as the fit standardises it (mean, SD with
+ddof 1), mean_e z the mean over those participants of its experiment.  The shift is a
+constant per participant and zero-mean over the participants of each experiment, so every
+cell mean above (and the persona, history and floors truths, which contrast or average
+them) stays as it was (the floors' per-response expectation exactly so when the
+participants of an experiment gave equally many responses, as in the embedded sample);
+the fit's cell intercepts absorb mean_e z, so its ``effect`` for age (nats per SD)
+estimates ``age_effect`` and its ``slope`` ``age_effect / SD(age)``.  ``truth.json`` also holds every SIM
 model's expected NLL per response in each experiment (``floors``): the
 report's floors page compares the SIM models with the real floors
 (``psystats score --model baseline:frequency``: one run serves every
@@ -82,6 +98,8 @@ TRUTH: dict[str, Any] = {
     "task_information": {"base": 0.30, "instruct": 0.15, "reasoning": 0.40},
     "domain_range": 0.2,  # domain effects spread evenly over [-range, range]
     "participant_sd": 0.1,
+    # fit participants: the gap's change per SD of age (older participants: larger gap).
+    "age_effect": 0.1,
     # Option scores: accuracy (beta) and over-confidence (sharpness) per type.
     "option_beta": {"base": 1.0, "instruct": 1.8, "reasoning": 0.6},
     "option_sharpness": {"base": 1.0, "instruct": 3.0, "reasoning": 0.6},
@@ -163,6 +181,32 @@ def abs_normal_mean(mean: float, sd: float) -> float:
     )
 
 
+def age_shift(con, resp: pd.DataFrame) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per response: the post-trained models' known age shift (module docstring), and the
+    ``participants`` truth section (empty when no experiment has enough ages)."""
+    from .participants import MIN_CELL_PARTICIPANTS
+
+    ages = dict(
+        con.execute(
+            "SELECT participant_key, age FROM participants WHERE age IS NOT NULL"
+        ).fetchall()
+    )
+    people = resp.drop_duplicates("participant_key")[["participant_key", "experiment"]]
+    people = people[people["participant_key"].isin(list(ages))].copy()
+    people["age"] = people["participant_key"].map(ages).astype(float)
+    n = people.groupby("experiment")["participant_key"].transform("size")
+    people = people[n >= MIN_CELL_PARTICIPANTS]
+    if len(people) < 2 or not people["age"].std(ddof=1) > 0:
+        return np.zeros(len(resp)), {}
+    mean, sd = float(people["age"].mean()), float(people["age"].std(ddof=1))
+    z = (people["age"] - mean) / sd
+    beta = TRUTH["age_effect"]
+    shift = beta * (z - z.groupby(people["experiment"]).transform("mean"))
+    by_person = dict(zip(people["participant_key"], shift))
+    section = {"effect": {"age": beta}, "slope": {"age": beta / sd}}
+    return resp["participant_key"].map(by_person).fillna(0.0).to_numpy(float), section
+
+
 def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
     """Write models.toml, the score files and truth.json into ``out``; returns the truth."""
     resp = _responses(con)
@@ -192,6 +236,8 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
 
     participants = resp.drop_duplicates("participant_key")[["participant_key", "experiment"]]
     u = dict(zip(participants.participant_key, rng.normal(0, PARTICIPANT_SD, len(participants))))
+    # No draw: every other file of a seed stays as an earlier version wrote it.
+    by_age, age_truth = age_shift(con, resp)
     files: list[dict] = []
     plain: dict[str, np.ndarray] = {}  # model -> its `sim` NLLs
     levels: dict[str, dict[str, float]] = {}  # model -> experiment -> expected NLL
@@ -243,7 +289,7 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
                     p: rng.normal(mu[e], TRUTH["participant_sd"])
                     for p, e in zip(participants.participant_key, participants.experiment)
                 }
-                post_nll = base_nll + resp["participant_key"].map(d_i).to_numpy()
+                post_nll = base_nll + resp["participant_key"].map(d_i).to_numpy() + by_age
                 levels[post] = {e: levels[base][e] + mu[e] for e in exps}
                 save(post, CONDITION, post_nll)
                 if with_persona:
@@ -257,6 +303,8 @@ def write_study(con, out: Path, *, seed: int = 0) -> dict[str, Any]:
             save(name, HISTORY_CONDITION, plain[name] + _shift(resp, gain, rng_history))
     (out / "models.toml").write_text("\n".join(models_toml))
     truth = _truth(domain_eff, cell_truth, logn, levels, option_sets(resp))
+    if age_truth:
+        truth["participants"] = age_truth
     truth.update(files=files, seed=seed)
     (out / "truth.json").write_text(json.dumps(truth, indent=1))
     return truth
@@ -400,6 +448,7 @@ FITTED = {
     "persona": ("persona", "persona_condition"),
     "task_information": ("persona", "history_condition"),
     "accuracy": ("accuracy", None),
+    "participants": ("participants", None),
 }
 
 
@@ -431,7 +480,7 @@ def compare(con, truth: dict) -> pd.DataFrame:
     """Every estimate of the newest simulated-study fit of each kind beside its truth.
 
     Columns: kind (the truth's section: effects, generations, persona,
-    task_information, accuracy), fit_id, parameter, level, truth, mean, q05,
+    task_information, accuracy, participants), fit_id, parameter, level, truth, mean, q05,
     q95, inside (truth within the 90% interval).  Sections without a fit are
     left out.
     """
