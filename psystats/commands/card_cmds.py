@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .common import db_option, friendly_errors, open_db
+from .common import db_option, friendly_errors, open_db, output_option
 
 
 @click.command()
 @click.argument("model")
 @db_option
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="card.json (the versioned JSON layout) or card.html (the same card as a page).",
-)
+@output_option("card.json (the versioned JSON layout) or card.html (the same card as a page).")
 @click.option(
     "--condition",
     default=None,

@@ -52,6 +52,13 @@ def db_option(f: Callable) -> Callable:
     )(f)
 
 
+def output_option(help: str, *, dest: str = "output", default: str | None = None):
+    """``-o/--output FILE``: the one output-file option of the commands that write a file
+    (the file itself is checked and written by ``warehouse.outputs``)."""
+    extra = {"default": default, "show_default": True} if default else {"required": True}
+    return click.option("-o", "--output", dest, type=click.Path(dir_okay=False), help=help, **extra)
+
+
 def db_path(db: str | None) -> str:
     ctx = click.get_current_context()
     root = ctx.find_root()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import db_option, friendly_errors, open_db, print_rows
+from .common import db_option, friendly_errors, open_db, output_option, print_rows
 from .fit_options import sampling_options, selection_options
 from .fit_output import print_params, run_fit_command
 from .option_types import FILE, ID, SEED, at_least
@@ -170,14 +170,7 @@ def export() -> None:
 
 @export.command("cells")
 @db_option
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="Output file: .parquet or .csv.",
-)
+@output_option("Output file: .parquet or .csv.")
 @selection_options("models", "experiments")
 @friendly_errors
 def cells(db, output, selection):

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .common import db_option, db_path, friendly_errors, open_db
+from .common import db_option, db_path, friendly_errors, open_db, output_option
 from .option_types import FILE
 
 
 @click.command()
 @db_option
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(dir_okay=False),
-    default="report.pdf",
-    show_default=True,
-    help="Where to write the report.",
-)
+@output_option("Where to write the report.", default="report.pdf")
 @click.option(
     "--format",
     "fmt",

@@ -6,7 +6,7 @@ import click
 
 from psystats.scoring.naming import POST_TRAINING_TYPES
 
-from .common import db_option, friendly_errors, open_db
+from .common import db_option, friendly_errors, open_db, output_option
 from .option_types import FILE, ID, POSITIVE
 
 
@@ -171,14 +171,7 @@ def import_(
 @click.option("--run", "run_id", type=ID, help="The score run to export.")
 @click.option("--model", help="Export this model's newest complete run of each condition.")
 @click.option("--condition", help="With --model: only this condition.")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="Output file (.parquet or .csv).",
-)
+@output_option("Output file (.parquet or .csv).", dest="out")
 @click.option(
     "--level",
     type=click.Choice(["response", "token", "word"]),
